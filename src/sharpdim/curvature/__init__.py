@@ -1,0 +1,1 @@
+"""Curvature engine (pure): Hessian operators, dense Hessians, Lanczos, SLQ and traces."""

@@ -1,0 +1,57 @@
+"""Flat parameter vectors: the coordinates in which every curvature operator acts.
+
+A model's trainable parameters ``[p_1, ..., p_m]`` are identified with one vector in ``R^d``,
+``d = sum_i numel(p_i)``, in the order of ``model.parameters()`` (or of the subset given).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from sharpdim.errors import SharpdimError
+
+
+def trainable_parameters(
+    model: nn.Module, params: Iterable[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
+    """The parameters an operator differentiates: ``params`` if given, else all trainable ones."""
+    chosen = list(model.parameters()) if params is None else list(params)
+    chosen = [p for p in chosen if p.requires_grad]
+    if not chosen:
+        raise SharpdimError(
+            f"{type(model).__name__} has no trainable parameters: "
+            "pass a model with requires_grad=True parameters or a non-empty `params` subset"
+        )
+    return chosen
+
+
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors into one flat vector."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Split a flat vector (or the rows of a ``(d, k)`` block) back into parameter shapes.
+
+    For a block the result has shapes ``(k, *p.shape)``, the layout of batched autograd.
+    """
+    sizes = [p.numel() for p in like]
+    if vector.ndim == 1:
+        return [c.view_as(p) for c, p in zip(vector.split(sizes), like)]
+    k = vector.shape[1]
+    return [c.T.reshape(k, *p.shape) for c, p in zip(vector.split(sizes), like)]
+
+
+def get_flat_params(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A detached copy of the parameters as one flat vector."""
+    return flatten([p.detach() for p in params]).clone()
+
+
+@torch.no_grad()
+def set_flat_params(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
+    """Write a flat vector into the parameters in place."""
+    for p, v in zip(params, unflatten(vector, params)):
+        p.copy_(v)

@@ -1,0 +1,1 @@
+"""Dynamics (pure): optimizer step maps and their Jacobians, Lyapunov spectra, chaos tests."""

@@ -1,0 +1,15 @@
+"""Exceptions raised for bad input.
+
+Every message is one line that says what is wrong and what to do. The CLI turns a
+:class:`SharpdimError` into exit code 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class SharpdimError(ValueError):
+    """Bad input or an impossible request, with a one-line message for the user."""
+
+
+class TooLargeError(SharpdimError):
+    """A dense or exact computation was asked for a model above the configured size limit."""

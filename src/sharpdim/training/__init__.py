@@ -1,0 +1,1 @@
+"""Training (the only loop-aware code): models, offline datasets, training loop, EoS monitor."""
