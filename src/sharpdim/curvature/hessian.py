@@ -12,7 +12,8 @@ graph of one batch at a time is built, used and freed, so memory stays that of o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, final
 
 import torch
@@ -50,25 +51,53 @@ def checked_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
         )
     if not torch.isfinite(loss.detach()).all():
         raise SharpdimError(
-            f"loss is not finite ({loss.item()}): the model has diverged or the input holds "
+            f"loss is not finite ({loss.detach().item()}): the model has diverged or the input holds "
             "NaN/inf; check the data and the parameters before computing curvature"
         )
     return loss.reshape(())
 
 
+def _differentiable_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
+    """:func:`checked_loss` that must also carry a graph to differentiate."""
+    loss = checked_loss(model, loss_fn, batch)
+    if not loss.requires_grad:
+        raise SharpdimError(
+            "loss_fn returned a loss without a gradient graph: do not compute it under "
+            "torch.no_grad() or .detach() it, and make it depend on the parameters"
+        )
+    return loss
+
+
 class _ModeScope:
-    """Puts the model in train or eval mode for the duration of a block, then restores it."""
+    """Puts the model in train or eval mode for a block, then restores its flags.
+
+    Whenever some module runs in training mode, its buffers are swapped for copies during
+    the block, so that batch-norm running statistics (updated in place by every training
+    forward) are left untouched: computing curvature never changes the model. The copies
+    are what a gradient graph built inside the block refers to.
+    """
 
     def __init__(self, model: nn.Module, mode: Mode) -> None:
         self.model, self.mode = model, mode
         self.saved = [m.training for m in model.modules()]
+        self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
 
     def __enter__(self) -> None:
         if self.mode != "keep":
             self.model.train(self.mode == "train")
+        for m in self.model.modules():
+            if not m.training:
+                continue
+            for name, buf in list(m._buffers.items()):
+                if buf is not None:
+                    self.swapped.append((m, name, buf))
+                    m._buffers[name] = buf.detach().clone()
 
     def __exit__(self, *exc: object) -> None:
-        for m, was_training in zip(self.model.modules(), self.saved):
+        for m, name, buf in self.swapped:
+            m._buffers[name] = buf
+        self.swapped.clear()
+        for m, was_training in zip(self.model.modules(), self.saved, strict=False):
             m.training = was_training
 
 
@@ -87,13 +116,19 @@ class HessianOperator(LinearOperator):
         weights: per-batch weights; default ``n_b / N`` (``loss_fn`` returns a batch mean).
         mode: ``"eval"`` (default: dropout off, batch norm uses running statistics, so the
             operator is deterministic and symmetric), ``"train"`` (the loss the optimizer
-            sees; batch-norm statistics of the batch, one dropout mask frozen per graph), or
+            sees; batch-norm statistics of the batch, one dropout mask per batch), or
             ``"keep"`` the model's current mode. The model's modes are restored afterwards.
+            Randomness in the forward pass (dropout) is drawn once per batch and replayed
+            for every later pass on it, so the operator stays one fixed symmetric matrix.
         reuse_graph: keep the gradient graph of a single batch between matvecs (faster,
             holds the activations' memory). Ignored for ``batches``.
 
-    The operator notices in-place changes of the parameters (an optimizer step) and rebuilds
-    its graph, so it always describes the current parameters.
+    The operator notices in-place changes (an optimizer step, ``load_state_dict``,
+    :func:`~sharpdim.curvature.params.set_flat_params`) of the model's parameters and buffers
+    and of ``params``, and rebuilds its graph, so it always describes the current state.
+    Writes through ``p.data`` are invisible to autograd's version counters: call
+    :meth:`refresh` after them. Computing curvature never changes the model: its train/eval
+    flags and its buffers (batch-norm running statistics) are restored.
 
     Example:
         >>> import torch
@@ -119,18 +154,27 @@ class HessianOperator(LinearOperator):
         reuse_graph: bool = True,
     ) -> None:
         if (batch is None) == (batches is None):
+            given = "both" if batch is not None else "neither"
             raise SharpdimError(
-                "give exactly one of `batch` (one minibatch) or `batches` (a list for the "
-                "full-batch Hessian)"
+                f"got {given} of `batch` and `batches`: give exactly one, `batch` (one "
+                "minibatch) or `batches` (a list for the full-batch Hessian)"
             )
         if mode not in ("eval", "train", "keep"):
             raise SharpdimError(f"unknown mode {mode!r}: use 'eval', 'train' or 'keep'")
         self.model, self.loss_fn, self.mode = model, loss_fn, mode
         self.params = trainable_parameters(model, params)
+        kinds = {(p.dtype, p.device) for p in self.params}
+        if len(kinds) > 1:
+            raise SharpdimError(
+                f"the parameters mix dtypes/devices {sorted(str(k) for k in kinds)}: "
+                "move the model to one dtype and device (e.g. model.double()) first"
+            )
         self.batches = [batch] if batches is None else list(batches)
         if not self.batches:
             raise SharpdimError("`batches` is empty: pass at least one batch")
-        if weights is None:
+        if weights is None and len(self.batches) == 1:
+            weights = [1.0]
+        elif weights is None:
             sizes = [batch_size(b) for b in self.batches]
             weights = [n / sum(sizes) for n in sizes]
         if len(weights) != len(self.batches):
@@ -141,6 +185,8 @@ class HessianOperator(LinearOperator):
         self.reuse_graph = reuse_graph and len(self.batches) == 1
         self._graph: tuple[list[torch.Tensor], list[int]] | None = None
         self._versions: list[int] = []
+        self._tracked = self._tensors_to_track()
+        self._rng: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     # -- LinearOperator interface -------------------------------------------------------
     @property
@@ -157,41 +203,96 @@ class HessianOperator(LinearOperator):
 
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         if self.reuse_graph:
-            return self._hvp(self._cached_graph(), block)
+            out = self._hvp(self._cached_graph(), block)
+            return out if self.weights[0] == 1.0 else self.weights[0] * out
         out = torch.zeros_like(block)
-        for b, w in zip(self.batches, self.weights):
-            out += w * self._hvp(self._gradient_graph(b), block)
+        for i, w in enumerate(self.weights):
+            out += w * self._hvp(self._gradient_graph(i), block)
         return out
 
     # -- extras ---------------------------------------------------------------------------
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
         """The (weighted) loss and its flat gradient at the current parameters."""
         total, grad = 0.0, torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
-        for b, w in zip(self.batches, self.weights):
-            with _ModeScope(self.model, self.mode):
-                loss = checked_loss(self.model, self.loss_fn, b)
+        for i, (b, w) in enumerate(zip(self.batches, self.weights, strict=True)):
+            with torch.enable_grad(), self._same_randomness(i), _ModeScope(self.model, self.mode):
+                loss = _differentiable_loss(self.model, self.loss_fn, b)
             gs = torch.autograd.grad(loss, self.params, allow_unused=True)
-            grad += w * flatten([torch.zeros_like(p) if g is None else g for g, p in zip(gs, self.params)])
-            total += w * float(loss)
+            grad += w * flatten(
+                [
+                    torch.zeros_like(p) if g is None else g
+                    for g, p in zip(gs, self.params, strict=False)
+                ]
+            )
+            total += w * float(loss.detach())
         return total, grad
 
+    def refresh(self) -> None:
+        """Drop the cached gradient graph; the next matvec rebuilds it.
+
+        Needed only after changes the operator does not watch: writes through ``p.data``,
+        or in-place changes of the batch or of a tensor captured by ``loss_fn``.
+        """
+        self._graph = None
+
     # -- internals ------------------------------------------------------------------------
-    def _gradient_graph(self, batch: Any) -> tuple[list[torch.Tensor], list[int]]:
-        """Gradients with their graph, and the indices of those that depend on ``w``."""
-        with torch.enable_grad(), _ModeScope(self.model, self.mode):
-            loss = checked_loss(self.model, self.loss_fn, batch)
+    @contextmanager
+    def _same_randomness(self, index: int) -> Iterator[None]:
+        """Every forward pass on batch ``index`` draws the same random numbers.
+
+        The first pass uses the global generator as it stands (and advances it); later ones
+        replay its state inside ``torch.random.fork_rng``, which leaves the global generator
+        untouched. So in train mode a dropout mask is fixed per batch for the operator's
+        lifetime, and a graph rebuilt per matvec (``batches``) is still one linear map.
+        """
+        devices = [self.device] if self.device.type == "cuda" else []
+        saved = self._rng.get(index)
+        if saved is None:
+            cuda = [torch.cuda.get_rng_state(d) for d in devices]
+            self._rng[index] = (torch.get_rng_state(), cuda)
+            yield
+            return
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(saved[0])
+            for d, state in zip(devices, saved[1], strict=True):
+                torch.cuda.set_rng_state(state, d)
+            yield
+
+    def _gradient_graph(self, index: int) -> tuple[list[torch.Tensor], list[int]]:
+        """Gradients of batch ``index`` with their graph, and the indices of the live ones."""
+        with torch.enable_grad(), self._same_randomness(index), _ModeScope(self.model, self.mode):
+            loss = _differentiable_loss(self.model, self.loss_fn, self.batches[index])
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        return [grads[i] for i in live], live  # type: ignore[misc]
+        return [grads[i] for i in live], live
+
+    def _tensors_to_track(self) -> list[torch.Tensor]:
+        """``params``, all of the model's parameters and its buffers (each tensor once)."""
+        seen: dict[int, torch.Tensor] = {}
+        for t in [*self.params, *self.model.parameters(), *self.model.buffers()]:
+            seen.setdefault(id(t), t)
+        return list(seen.values())
 
     def _cached_graph(self) -> tuple[list[torch.Tensor], list[int]]:
-        versions = [p._version for p in self.params]
-        if self._graph is None or versions != self._versions:
-            self._graph = self._gradient_graph(self.batches[0])
-            self._versions = versions
+        """The reused gradient graph, rebuilt when any tracked tensor changed in place.
+
+        Tracking every parameter (not only ``params``) matters for a subset: an update of
+        another layer changes this block of the Hessian too.
+        """
+        tracked = self._tensors_to_track()
+        versions = [t._version for t in tracked]
+        same = len(tracked) == len(self._tracked) and all(
+            a is b for a, b in zip(tracked, self._tracked, strict=False)
+        )
+        if self._graph is None or not same or versions != self._versions:
+            self._graph = self._gradient_graph(0)
+            self._tracked = tracked
+            self._versions = [t._version for t in tracked]
         return self._graph
 
-    def _hvp(self, graph: tuple[list[torch.Tensor], list[int]], block: torch.Tensor) -> torch.Tensor:
+    def _hvp(
+        self, graph: tuple[list[torch.Tensor], list[int]], block: torch.Tensor
+    ) -> torch.Tensor:
         """``H @ block`` column by column (vmap'd double backward was slower on CPU)."""
         grads, live = graph
         out = torch.zeros_like(block)
@@ -208,7 +309,7 @@ class HessianOperator(LinearOperator):
                 allow_unused=True,
             )
             by_param: list[torch.Tensor] = [torch.zeros_like(p) for p in self.params]
-            for i, h in zip(live, hv):
+            for i, h in zip(live, hv, strict=True):
                 if h is not None:
                     by_param[i] = h
             out[:, j] = flatten(by_param)

@@ -8,7 +8,7 @@ runs on a 10x10 matrix in a test and on a Hessian of 10^6 parameters in practice
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Union, final
+from typing import Any, final
 
 import torch
 
@@ -67,11 +67,11 @@ class LinearOperator(ABC):
         cols = [self._matmat(eye[:, i : i + 256]) for i in range(0, n, 256)]
         return torch.cat(cols, dim=1)
 
-    def to_scipy(self):  # pragma: no cover - thin adapter, exercised in benchmarks
+    def to_scipy(self) -> Any:
         """A :class:`scipy.sparse.linalg.LinearOperator` view (float64 numpy in and out)."""
         from scipy.sparse.linalg import LinearOperator as ScipyOperator
 
-        def mv(x):
+        def mv(x: Any) -> Any:
             t = torch.as_tensor(x, dtype=self.dtype, device=self.device)
             return self.matvec(t).detach().cpu().double().numpy()
 
@@ -108,7 +108,7 @@ class DenseOperator(LinearOperator):
         return self.matrix
 
 
-OperatorLike = Union[LinearOperator, torch.Tensor]
+OperatorLike = LinearOperator | torch.Tensor
 
 
 def as_operator(a: OperatorLike) -> LinearOperator:

@@ -17,9 +17,22 @@ from sharpdim.errors import SharpdimError
 def trainable_parameters(
     model: nn.Module, params: Iterable[torch.Tensor] | None = None
 ) -> list[torch.Tensor]:
-    """The parameters an operator differentiates: ``params`` if given, else all trainable ones."""
+    """The parameters an operator differentiates: ``params`` if given, else all trainable ones.
+
+    Tensors with ``requires_grad=False`` are skipped and repeated tensors kept once (in the
+    order of their first appearance).
+    """
+    if isinstance(params, nn.Module):
+        raise SharpdimError(
+            f"`params` is a module ({type(params).__name__}): pass its .parameters() instead"
+        )
     chosen = list(model.parameters()) if params is None else list(params)
-    chosen = [p for p in chosen if p.requires_grad]
+    if not all(isinstance(p, torch.Tensor) for p in chosen):
+        raise SharpdimError(
+            "`params` must hold tensors: pass e.g. model.fc.parameters() or [model.fc.weight]"
+        )
+    unique = {id(p): p for p in chosen if p.requires_grad}
+    chosen = list(unique.values())
     if not chosen:
         raise SharpdimError(
             f"{type(model).__name__} has no trainable parameters: "
@@ -40,9 +53,9 @@ def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.
     """
     sizes = [p.numel() for p in like]
     if vector.ndim == 1:
-        return [c.view_as(p) for c, p in zip(vector.split(sizes), like)]
+        return [c.view_as(p) for c, p in zip(vector.split(sizes), like, strict=False)]
     k = vector.shape[1]
-    return [c.T.reshape(k, *p.shape) for c, p in zip(vector.split(sizes), like)]
+    return [c.T.reshape(k, *p.shape) for c, p in zip(vector.split(sizes), like, strict=False)]
 
 
 def get_flat_params(params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -53,5 +66,5 @@ def get_flat_params(params: Sequence[torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def set_flat_params(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
     """Write a flat vector into the parameters in place."""
-    for p, v in zip(params, unflatten(vector, params)):
+    for p, v in zip(params, unflatten(vector, params), strict=False):
         p.copy_(v)

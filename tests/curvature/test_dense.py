@@ -1,0 +1,72 @@
+"""Dense Hessians and the size guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sharpdim.curvature.dense import (
+    DENSE_LIMIT,
+    check_dense_size,
+    dense_hessian,
+    dense_operator_matrix,
+)
+from sharpdim.curvature.hessian import HessianOperator
+from sharpdim.curvature.operator import DenseOperator
+from sharpdim.errors import SharpdimError, TooLargeError
+from tests.curvature.models import (
+    DTYPE,
+    assert_matches,
+    ce_loss,
+    classification_batch,
+    make_mlp,
+    mse_loss,
+    reference_hessian,
+    regression_batch,
+)
+
+
+def test_dense_hessian_matches_reference_and_is_symmetric() -> None:
+    model, batch = make_mlp([4, 6, 3], "gelu", layernorm=True), classification_batch(10, 4, 3)
+    h = dense_hessian(model, ce_loss, batch)
+    assert torch.equal(h, h.T)  # symmetrized exactly
+    assert_matches(h, reference_hessian(model, ce_loss, batch))
+    raw = dense_hessian(model, ce_loss, batch, symmetrize=False)
+    assert_matches(raw, h)
+
+
+def test_dense_hessian_subset_and_mode() -> None:
+    model = make_mlp([4, 6, 3], "tanh", batchnorm=True)
+    batch = regression_batch(12, 4, 3)
+    layer = list(model[3].parameters())
+    h = dense_hessian(model, mse_loss, batch, layer, mode="train")
+    assert_matches(h, reference_hessian(model, mse_loss, batch, params=layer, train=True))
+
+
+def test_size_guard_refuses_and_names_iterative_methods() -> None:
+    model, batch = make_mlp([4, 6, 3]), regression_batch(8, 4, 3)  # 51 parameters
+    with pytest.raises(TooLargeError) as err:
+        dense_hessian(model, mse_loss, batch, max_params=50)
+    msg = str(err.value)
+    assert isinstance(err.value, SharpdimError) and "\n" not in msg
+    for name in ("lanczos_eigenvalues", "slq_spectrum", "hutchinson_trace", "max_params"):
+        assert name in msg
+    assert dense_hessian(model, mse_loss, batch, max_params=51).shape == (51, 51)
+    assert dense_hessian(model, mse_loss, batch, max_params=None).shape == (51, 51)
+
+
+def test_check_dense_size_boundaries() -> None:
+    check_dense_size(DENSE_LIMIT)
+    check_dense_size(10**9, None)
+    with pytest.raises(TooLargeError, match=r"100,001 parameters \(74.5 GiB"):
+        check_dense_size(100_001, 100_000)
+
+
+def test_dense_operator_matrix() -> None:
+    a = torch.randn(5, 5, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
+    assert torch.equal(dense_operator_matrix(DenseOperator(a)), a)
+    with pytest.raises(TooLargeError):
+        dense_operator_matrix(DenseOperator(a), max_params=4)
+    model, batch = make_mlp([3, 4, 2]), regression_batch(6, 3, 2)
+    op = HessianOperator(model, mse_loss, batch)
+    assert_matches(dense_operator_matrix(op), reference_hessian(model, mse_loss, batch))

@@ -1,0 +1,447 @@
+"""HessianOperator against float64 dense references, analytic Hessians and bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sharpdim.curvature.hessian import HessianOperator, batch_size
+from sharpdim.curvature.params import flatten, get_flat_params, set_flat_params
+from sharpdim.errors import SharpdimError
+from tests.curvature.models import (
+    DTYPE,
+    assert_matches,
+    assert_symmetric,
+    ce_loss,
+    classification_batch,
+    lm_batch,
+    lm_loss,
+    make_mlp,
+    make_transformer,
+    mse_loss,
+    reference_hessian,
+    regression_batch,
+)
+
+
+def _random(*shape: int, seed: int = 7) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+
+
+# -- dense references ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_mlp_matches_reference(activation: str, bias: bool, loss: str) -> None:
+    model = make_mlp([4, 6, 5, 3], activation, bias=bias)
+    if loss == "mse":
+        loss_fn, batch = mse_loss, regression_batch(12, 4, 3)
+    else:
+        loss_fn, batch = ce_loss, classification_batch(12, 4, 3)
+    ref = reference_hessian(model, loss_fn, batch)
+    op = HessianOperator(model, loss_fn, batch)
+    assert op.num_params == ref.shape[0] == sum(p.numel() for p in model.parameters())
+    assert_matches(op.dense(), ref)
+    v, block = _random(op.num_params), _random(op.num_params, 3, seed=8)
+    assert_matches(op @ v, ref @ v)
+    assert_matches(op @ block, ref @ block)
+
+
+def test_transformer_block_matches_reference() -> None:
+    model, tokens = make_transformer(), lm_batch()
+    ref = reference_hessian(model, lm_loss, tokens)
+    op = HessianOperator(model, lm_loss, tokens)
+    dense = op.dense()
+    assert_symmetric(dense)
+    assert_matches(dense, ref)
+    block = _random(op.num_params, 2)
+    assert_matches(op @ block, ref @ block)
+
+
+def test_layernorm_mlp_matches_reference() -> None:
+    # The model on which torch.func.hessian is visibly asymmetric under torch 2.13.
+    model, batch = make_mlp([6, 9, 4], layernorm=True), regression_batch(10, 6, 4)
+    ref = reference_hessian(model, mse_loss, batch)
+    dense = HessianOperator(model, mse_loss, batch).dense()
+    assert_symmetric(dense)
+    assert_matches(dense, ref)
+
+
+def test_parameter_subset_is_block_of_full_hessian() -> None:
+    model, batch = make_mlp([4, 6, 3], "gelu"), classification_batch(10, 4, 3)
+    full = reference_hessian(model, ce_loss, batch)
+    layer = list(model[2].parameters())  # the second Linear: weight (3, 6) and bias (3,)
+    start = sum(p.numel() for p in model[0].parameters())
+    stop = start + sum(p.numel() for p in layer)
+    op = HessianOperator(model, ce_loss, batch, params=model[2].parameters())
+    assert op.num_params == stop - start
+    assert_matches(op.dense(), full[start:stop, start:stop])
+    assert_matches(op.dense(), reference_hessian(model, ce_loss, batch, params=layer))
+
+
+def test_loss_linear_in_parameters_has_zero_hessian() -> None:
+    model = nn.Linear(3, 2).to(DTYPE)
+    op = HessianOperator(model, lambda m, x: m(x).sum(), _random(5, 3))
+    assert torch.equal(op.dense(), torch.zeros(8, 8, dtype=DTYPE))
+
+
+# -- analytic Hessians -----------------------------------------------------------------------
+
+
+def test_linear_regression_hessian_is_analytic() -> None:
+    x, y = _random(30, 5), _random(30, seed=3)
+    model = nn.Linear(5, 1, bias=False).to(DTYPE)
+
+    def loss_fn(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return ((m(b[0]).squeeze(-1) - b[1]) ** 2).mean()
+
+    assert_matches(HessianOperator(model, loss_fn, (x, y)).dense(), 2 / 30 * x.T @ x)
+
+
+def test_logistic_regression_hessian_is_analytic() -> None:
+    x = _random(40, 4)
+    y = (_random(40, seed=4) > 0).to(DTYPE)
+    model = nn.Linear(4, 1, bias=False).to(DTYPE)
+
+    def loss_fn(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(m(b[0]).squeeze(-1), b[1])
+
+    p = torch.sigmoid(x @ model.weight.detach()[0])
+    expected = x.T @ (x * (p * (1 - p))[:, None]) / 40
+    assert_matches(HessianOperator(model, loss_fn, (x, y)).dense(), expected)
+
+
+# -- full batch and weights ------------------------------------------------------------------
+
+
+def test_batches_equal_hessian_of_concatenated_batch() -> None:
+    model = make_mlp([4, 5, 3], "tanh")
+    x, y = classification_batch(17, 4, 3)
+    chunks = [(x[:5], y[:5]), (x[5:12], y[5:12]), (x[12:], y[12:])]  # unequal sizes
+    op = HessianOperator(model, ce_loss, batches=chunks)
+    assert op.weights == pytest.approx([5 / 17, 7 / 17, 5 / 17])
+    ref = reference_hessian(model, ce_loss, (x, y))
+    assert_matches(op.dense(), ref)
+    v = _random(op.num_params)
+    assert_matches(op @ v, ref @ v)
+
+
+def test_weights_give_weighted_sum_of_batch_hessians() -> None:
+    model = make_mlp([4, 5, 2], "gelu")
+    b1, b2 = regression_batch(6, 4, 2, seed=1), regression_batch(9, 4, 2, seed=2)
+    h1, h2 = (reference_hessian(model, mse_loss, b) for b in (b1, b2))
+    op = HessianOperator(model, mse_loss, batches=[b1, b2], weights=[0.25, 2.0])
+    assert_matches(op.dense(), 0.25 * h1 + 2.0 * h2)
+    single = HessianOperator(model, mse_loss, b1, weights=[3.0])
+    assert_matches(single.dense(), 3.0 * h1)
+    loss, _ = single.loss_and_gradient()
+    assert loss == pytest.approx(3.0 * float(mse_loss(model, b1).detach()), rel=1e-12)
+
+
+def test_loss_and_gradient_equal_autograd() -> None:
+    model = make_mlp([4, 6, 3], "relu")
+    x, y = classification_batch(15, 4, 3)
+    loss = ce_loss(model, (x, y))
+    grad = flatten(torch.autograd.grad(loss, list(model.parameters())))
+    for op in (
+        HessianOperator(model, ce_loss, (x, y)),
+        HessianOperator(model, ce_loss, batches=[(x[:4], y[:4]), (x[4:], y[4:])]),
+    ):
+        value, g = op.loss_and_gradient()
+        assert value == pytest.approx(float(loss.detach()), rel=1e-12)
+        assert_matches(g, grad)
+    with torch.no_grad():  # the operator turns gradients on itself
+        value, g = HessianOperator(model, ce_loss, (x, y)).loss_and_gradient()
+    assert_matches(g, grad)
+
+
+def test_batch_size_of_common_containers() -> None:
+    t = torch.zeros(4, 2)
+    assert batch_size(t) == batch_size((t, t)) == batch_size([t]) == batch_size({"x": t}) == 4
+    assert batch_size(torch.tensor(1.0)) == 1
+    with pytest.raises(SharpdimError, match="weights="):
+        batch_size(object())
+
+
+def test_single_batch_of_any_type_needs_no_size() -> None:
+    class Batch:
+        def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+            self.x, self.y = x, y
+
+    model, (x, y) = make_mlp([3, 4, 2]), regression_batch(8, 3, 2)
+    op = HessianOperator(model, lambda m, b: ((m(b.x) - b.y) ** 2).mean(), Batch(x, y))
+    assert_matches(op.dense(), reference_hessian(model, mse_loss, (x, y)))
+
+
+# -- train / eval mode -----------------------------------------------------------------------
+
+
+def test_dropout_eval_mode_is_deterministic_and_restores_flags() -> None:
+    model = make_mlp([4, 8, 3], "tanh", dropout=0.5)
+    batch = regression_batch(10, 4, 3)
+    model.train()
+    model[2].eval()  # a mixed pattern of flags must come back exactly
+    flags = [m.training for m in model.modules()]
+    op = HessianOperator(model, mse_loss, batch)  # mode="eval" by default
+    first, second = op.dense(), op.dense()
+    assert torch.equal(first, second)
+    assert_symmetric(first)
+    assert_matches(first, reference_hessian(model, mse_loss, batch, train=False))
+    assert [m.training for m in model.modules()] == flags
+
+
+def test_dropout_train_mode_freezes_one_mask_per_graph() -> None:
+    model = make_mlp([4, 8, 3], "tanh", dropout=0.5).eval()
+    batch = regression_batch(10, 4, 3)
+    op = HessianOperator(model, mse_loss, batch, mode="train")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        first, second = op.dense(), op.dense()
+    assert torch.equal(first, second)  # same reused graph, same mask
+    assert_symmetric(first)
+    assert not torch.allclose(first, reference_hessian(model, mse_loss, batch))
+    assert not any(m.training for m in model.modules())
+
+
+def test_dropout_train_mode_replays_the_mask_when_rebuilding() -> None:
+    model = make_mlp([4, 8, 3], "tanh", dropout=0.5)
+    x, y = regression_batch(10, 4, 3)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        reused = HessianOperator(model, mse_loss, (x, y), mode="train").dense()
+        torch.manual_seed(1)
+        op = HessianOperator(model, mse_loss, (x, y), mode="train", reuse_graph=False)
+        rebuilt = torch.cat([op @ torch.eye(op.num_params, dtype=DTYPE)[:, j] for j in range(3)])
+        state = torch.get_rng_state()
+        _ = op @ torch.ones(op.num_params, dtype=DTYPE)  # a replay leaves the global RNG alone
+        assert torch.equal(torch.get_rng_state(), state)
+    assert_matches(rebuilt, reused[:, :3].T.reshape(-1))
+    chunks = [(x[:4], y[:4]), (x[4:], y[4:])]
+    full = HessianOperator(model, mse_loss, batches=chunks, mode="train")
+    first = full.dense()
+    assert_symmetric(first)  # every matvec sees the same two masks
+    assert torch.equal(first, full.dense())
+    _, g = full.loss_and_gradient()
+    assert torch.equal(g, full.loss_and_gradient()[1])
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_batch_norm_mode_selects_statistics(mode: str) -> None:
+    model = make_mlp([4, 6, 3], "tanh", batchnorm=True)
+    x, y = regression_batch(12, 4, 3)
+    with torch.no_grad():  # non-trivial running statistics
+        model.train()(x + 0.5)
+    model.eval()
+    bn = model[1]
+    buffers = {k: v.clone() for k, v in bn.state_dict().items()}
+    op = HessianOperator(model, mse_loss, (x, y), mode=mode)
+    ref = reference_hessian(model, mse_loss, (x, y), train=mode == "train")
+    assert_matches(op.dense(), ref)
+    other = reference_hessian(model, mse_loss, (x, y), train=mode != "train")
+    assert not torch.allclose(ref, other)
+    for k, v in bn.state_dict().items():  # curvature never changes the running statistics
+        assert torch.equal(v, buffers[k]), k
+    assert not model.training
+
+
+def test_keep_mode_uses_current_flags() -> None:
+    model = make_mlp([4, 6, 3], batchnorm=True)
+    batch = regression_batch(12, 4, 3)
+    model.train()
+    op = HessianOperator(model, mse_loss, batch, mode="keep")
+    assert_matches(op.dense(), reference_hessian(model, mse_loss, batch, train=True))
+    assert model.training
+
+
+# -- graph reuse and in-place updates --------------------------------------------------------
+
+
+def _sgd_step(model: nn.Module, loss_fn, batch) -> None:  # type: ignore[no-untyped-def]
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    opt.zero_grad()
+    loss_fn(model, batch).backward()
+    opt.step()
+
+
+def test_operator_rebuilds_after_optimizer_step() -> None:
+    model, batch = make_mlp([4, 6, 3], "tanh"), classification_batch(10, 4, 3)
+    op = HessianOperator(model, ce_loss, batch)
+    v = _random(op.num_params)
+    before = op @ v
+    _sgd_step(model, ce_loss, batch)
+    after = op @ v
+    assert not torch.allclose(before, after)
+    assert_matches(after, HessianOperator(model, ce_loss, batch) @ v)
+
+
+def test_subset_operator_rebuilds_when_another_layer_changes() -> None:
+    model, batch = make_mlp([4, 6, 3], "tanh"), classification_batch(10, 4, 3)
+    op = HessianOperator(model, ce_loss, batch, params=model[2].parameters())
+    v = _random(op.num_params)
+    before = op @ v
+    with torch.no_grad():
+        model[0].weight.mul_(1.5)  # not a parameter of the operator, but its Hessian block moves
+    after = op @ v
+    assert not torch.allclose(before, after)
+    assert_matches(after, HessianOperator(model, ce_loss, batch, params=model[2].parameters()) @ v)
+
+
+def test_set_flat_params_and_refresh() -> None:
+    model, batch = make_mlp([3, 5, 2], "gelu"), regression_batch(9, 3, 2)
+    op = HessianOperator(model, mse_loss, batch)
+    v = _random(op.num_params)
+    _ = op @ v
+    set_flat_params(op.params, get_flat_params(op.params) * 0.5)
+    assert_matches(op @ v, HessianOperator(model, mse_loss, batch) @ v)
+    model[0].weight.data.mul_(2.0)  # invisible to version counters: refresh() is needed
+    op.refresh()
+    assert_matches(op @ v, HessianOperator(model, mse_loss, batch) @ v)
+
+
+def test_graph_reuse_and_rebuild_agree() -> None:
+    model, tokens = make_transformer(seed=3), lm_batch(n=3, seed=5)
+    v = _random(sum(p.numel() for p in model.parameters()), 2)
+    reused = HessianOperator(model, lm_loss, tokens)
+    fresh = HessianOperator(model, lm_loss, tokens, reuse_graph=False)
+    assert reused.reuse_graph and not fresh.reuse_graph
+    assert_matches(reused @ v, fresh @ v)
+
+
+# -- dtype and device ------------------------------------------------------------------------
+
+
+def test_dtype_and_device_follow_the_model() -> None:
+    model = make_mlp([3, 4, 2]).float()
+    x, y = regression_batch(6, 3, 2)
+    op = HessianOperator(model, mse_loss, (x.float(), y.float()))
+    assert op.dtype == torch.float32 and op.device == torch.device("cpu")
+    out = op @ torch.ones(op.num_params, dtype=torch.float64)  # converted to the model's dtype
+    assert out.dtype == torch.float32 and out.shape == (op.num_params,)
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def _one_line(err: pytest.ExceptionInfo[SharpdimError]) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg and ":" in msg, msg
+    return msg
+
+
+def test_non_scalar_loss_is_rejected() -> None:
+    model, batch = make_mlp([3, 4, 2]), regression_batch(6, 3, 2)
+    op = HessianOperator(model, lambda m, b: (m(b[0]) - b[1]) ** 2, batch)
+    with pytest.raises(SharpdimError, match="scalar") as err:
+        op @ torch.zeros(op.num_params, dtype=DTYPE)
+    _one_line(err)
+
+
+def test_model_without_trainable_parameters_is_rejected() -> None:
+    frozen = make_mlp([3, 4, 2]).requires_grad_(False)
+    for model in (frozen, nn.ReLU()):
+        with pytest.raises(SharpdimError, match="no trainable parameters") as err:
+            HessianOperator(model, mse_loss, regression_batch(6, 3, 2))
+        _one_line(err)
+
+
+@pytest.mark.parametrize("shape", [(5,), (31,), (30, 2, 1), ()])
+def test_mismatched_vector_shape_is_rejected(shape: tuple[int, ...]) -> None:
+    model = make_mlp([3, 4, 2], bias=False)  # 12 + 8 = 20 parameters
+    op = HessianOperator(model, mse_loss, regression_batch(6, 3, 2))
+    with pytest.raises(SharpdimError, match="does not match") as err:
+        op @ torch.zeros(shape, dtype=DTYPE)
+    _one_line(err)
+
+
+def test_non_finite_loss_is_rejected() -> None:
+    model = make_mlp([3, 4, 2])
+    x, y = regression_batch(6, 3, 2)
+    x[2, 1] = float("nan")
+    op = HessianOperator(model, mse_loss, (x, y))
+    with pytest.raises(SharpdimError, match="not finite") as err:
+        op @ torch.zeros(op.num_params, dtype=DTYPE)
+    _one_line(err)
+    with pytest.raises(SharpdimError, match="not finite"):
+        op.loss_and_gradient()
+
+
+def test_loss_without_graph_is_rejected() -> None:
+    model, batch = make_mlp([3, 4, 2]), regression_batch(6, 3, 2)
+    op = HessianOperator(model, lambda m, b: mse_loss(m, b).detach(), batch)
+    with pytest.raises(SharpdimError, match="no_grad") as err:
+        op @ torch.zeros(op.num_params, dtype=DTYPE)
+    _one_line(err)
+
+
+def test_batch_arguments_are_checked() -> None:
+    model, batch = make_mlp([3, 4, 2]), regression_batch(6, 3, 2)
+    bad: list[dict[str, object]] = [
+        {"batch": batch, "batches": [batch]},
+        {},
+        {"batches": []},
+        {"batch": batch, "mode": "training"},
+        {"batches": [batch, batch], "weights": [1.0]},
+        {"batch": batch, "params": model[0]},
+    ]
+    for kwargs in bad:
+        with pytest.raises(SharpdimError) as err:
+            HessianOperator(model, mse_loss, **kwargs)  # type: ignore[arg-type]
+        _one_line(err)
+
+
+def test_mixed_dtypes_are_rejected() -> None:
+    model = make_mlp([3, 4, 2])
+    model[2].float()
+    with pytest.raises(SharpdimError, match="dtype") as err:
+        HessianOperator(model, mse_loss, regression_batch(6, 3, 2))
+    _one_line(err)
+
+
+def test_repeated_parameters_count_once() -> None:
+    model, batch = make_mlp([3, 4, 2]), regression_batch(6, 3, 2)
+    w = model[0].weight
+    op = HessianOperator(model, mse_loss, batch, params=[w, w, model[0].bias, w])
+    assert op.num_params == 16
+    assert_matches(op.dense(), reference_hessian(model, mse_loss, batch, params=[w, model[0].bias]))
+
+
+# -- properties ------------------------------------------------------------------------------
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(
+    hidden=st.integers(1, 6),
+    depth=st.integers(1, 2),
+    activation=st.sampled_from(["tanh", "gelu", "relu"]),
+    seed=st.integers(0, 2**16),
+)
+def test_hessian_vector_products_are_symmetric_and_linear(
+    hidden: int, depth: int, activation: str, seed: int
+) -> None:
+    model = make_mlp([3, *[hidden] * depth, 2], activation, seed=seed)
+    op = HessianOperator(model, ce_loss, classification_batch(7, 3, 2, seed=seed))
+    u, v = _random(op.num_params, seed=seed), _random(op.num_params, seed=seed + 1)
+    hu, hv = op @ u, op @ v
+    scale = float(hu.norm() * v.norm() + hv.norm() * u.norm()) + 1e-300
+    assert abs(float(u @ hv - v @ hu)) <= 1e-12 * scale  # u^T H v = v^T H u
+    both = op @ torch.stack([u, v], dim=1)
+    assert_matches(both, torch.stack([hu, hv], dim=1))
+    assert_matches(op @ (2.0 * u - 3.0 * v), 2.0 * hu - 3.0 * hv)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(split=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_any_split_into_batches_gives_the_full_batch_hessian(split: int, seed: int) -> None:
+    model = make_mlp([3, 4, 2], "tanh", seed=seed)
+    x, y = regression_batch(10, 3, 2, seed=seed)
+    op = HessianOperator(model, mse_loss, batches=[(x[:split], y[:split]), (x[split:], y[split:])])
+    full = HessianOperator(copy.deepcopy(model), mse_loss, (x, y))
+    assert_matches(op.dense(), full.dense())

@@ -1,0 +1,66 @@
+"""Flat parameter vectors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sharpdim.curvature.params import (
+    flatten,
+    get_flat_params,
+    set_flat_params,
+    trainable_parameters,
+    unflatten,
+)
+from sharpdim.errors import SharpdimError
+from tests.curvature.models import make_mlp
+
+
+def test_flatten_unflatten_round_trip() -> None:
+    params = list(make_mlp([3, 4, 2]).parameters())
+    flat = flatten(params)
+    assert flat.shape == (3 * 4 + 4 + 4 * 2 + 2,)
+    for p, q in zip(params, unflatten(flat, params), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_unflatten_block_is_batched_layout() -> None:
+    params = list(make_mlp([3, 4, 2]).parameters())
+    n = sum(p.numel() for p in params)
+    block = torch.randn(n, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pieces = unflatten(block, params)
+    for j in range(3):
+        column = unflatten(block[:, j], params)
+        for piece, col, p in zip(pieces, column, params, strict=True):
+            assert piece.shape == (3, *p.shape)
+            assert torch.equal(piece[j], col)
+
+
+def test_get_and_set_flat_params() -> None:
+    model = make_mlp([3, 4, 2])
+    params = list(model.parameters())
+    w = get_flat_params(params)
+    assert not w.requires_grad
+    w.add_(1.0)  # a copy: the model does not change
+    assert not torch.equal(flatten([p.detach() for p in params]), w)
+    versions = [p._version for p in params]
+    set_flat_params(params, w)
+    assert torch.equal(get_flat_params(params), w)
+    assert all(
+        p._version > v for p, v in zip(params, versions, strict=True)
+    )  # visible to operators
+
+
+def test_trainable_parameters_selection() -> None:
+    model = make_mlp([3, 4, 2])
+    model[0].bias.requires_grad_(False)
+    assert trainable_parameters(model) == [model[0].weight, model[2].weight, model[2].bias]
+    w = model[2].weight
+    assert trainable_parameters(model, [w, model[0].bias, w]) == [w]
+    with pytest.raises(SharpdimError, match="no trainable parameters"):
+        trainable_parameters(model, [model[0].bias])
+    with pytest.raises(SharpdimError, match=r"\.parameters\(\)"):
+        trainable_parameters(model, model[2])  # type: ignore[arg-type]
+    with pytest.raises(SharpdimError, match="tensors"):
+        trainable_parameters(model, [nn.Linear(1, 1)])  # type: ignore[list-item]
