@@ -1,0 +1,195 @@
+"""Reader and writer for the IDX file format of MNIST (and Fashion-MNIST, KMNIST, EMNIST).
+
+An IDX file is: two zero bytes; one byte naming the element type (``0x08`` uint8,
+``0x09`` int8, ``0x0B`` int16, ``0x0C`` int32, ``0x0D`` float32, ``0x0E`` float64); one
+byte with the number of dimensions ``k``; ``k`` big-endian ``uint32`` sizes; then the
+elements in C order, big-endian. Files ending in ``.gz`` are read and written through gzip.
+Reference: Y. LeCun, C. Cortes & C. Burges, "The MNIST database of handwritten digits".
+
+:func:`load_idx_dataset` turns the four MNIST files into a
+:class:`~sharpdim.training.datasets.Dataset` (``load_dataset("idx", ...)``). Nothing here opens
+a network connection: the user supplies the files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sharpdim.errors import SharpdimError
+from sharpdim.training.datasets import Dataset
+
+_IDX_TYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_CODES: dict[str, int] = {
+    "u1": 0x08,
+    "i1": 0x09,
+    "i2": 0x0B,
+    "i4": 0x0C,
+    "f4": 0x0D,
+    "f8": 0x0E,
+}
+
+
+def _open_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise SharpdimError(f"IDX file {path} does not exist: check the path or the directory")
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except OSError as exc:
+            raise SharpdimError(
+                f"{path} ends in .gz but is not gzip data ({exc}): rename or re-download it"
+            ) from exc
+    return raw
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into a numpy array in native byte order.
+
+    Args:
+        path: a file such as ``train-images-idx3-ubyte`` or ``t10k-labels-idx1-ubyte.gz``.
+
+    Returns:
+        An array of the stored shape and element type (uint8 for MNIST images and labels).
+
+    Raises:
+        SharpdimError: the file is missing, has a bad magic number or a wrong length.
+    """
+    path = Path(path)
+    raw = _open_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise SharpdimError(
+            f"{path} is not an IDX file (bad magic number {raw[:4].hex()}): "
+            "pass MNIST-style idx files (e.g. train-images-idx3-ubyte[.gz])"
+        )
+    dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise SharpdimError(f"{path} is truncated inside its header: re-download the file")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise SharpdimError(
+            f"{path} holds {len(raw) - header} data bytes but its header {shape} needs "
+            f"{expected}: the file is truncated or corrupt; re-download it"
+        )
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> Path:
+    """Write an array as an IDX file (gzipped when the name ends in ``.gz``).
+
+    Args:
+        path: destination file.
+        array: uint8, int8, int16, int32, float32 or float64 array with 1 to 255 dimensions.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    code = _IDX_CODES.get(array.dtype.kind + str(array.dtype.itemsize))
+    if code is None or not 1 <= array.ndim <= 255:
+        raise SharpdimError(
+            f"cannot write an array of dtype {array.dtype} and {array.ndim} dimensions as IDX: "
+            "use uint8/int8/int16/int32/float32/float64 with 1 to 255 dimensions"
+        )
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    body = np.ascontiguousarray(array, dtype=_IDX_TYPES[code]).tobytes()
+    raw = header + body
+    path.write_bytes(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
+    return path
+
+
+def find_idx_file(directory: str | Path, stem: str) -> Path:
+    """The file ``stem`` or ``stem.gz`` in ``directory`` (MNIST's standard file names)."""
+    directory = Path(directory)
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise SharpdimError(
+        f"no {stem} or {stem}.gz in {directory}: put the four MNIST idx files there "
+        "or pass train_images=, train_labels=, test_images=, test_labels= explicitly"
+    )
+
+
+def load_idx_dataset(
+    *,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    directory: str | Path | None = None,
+    train_images: str | Path | None = None,
+    train_labels: str | Path | None = None,
+    test_images: str | Path | None = None,
+    test_labels: str | Path | None = None,
+    flatten: bool = True,
+) -> Dataset:
+    """The user's own MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST, ...).
+
+    Either ``directory`` holding the standard names ``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each
+    optionally ``.gz``), or the four paths. Pixels are scaled to ``[0, 1]`` and then
+    standardised with the training set's mean and standard deviation (one scalar each); the
+    first ``n_train`` / ``n_test`` examples are kept. ``seed`` is unused (the files fix the order).
+    """
+    del seed
+    names = {
+        "train_images": ("train-images-idx3-ubyte", train_images),
+        "train_labels": ("train-labels-idx1-ubyte", train_labels),
+        "test_images": ("t10k-images-idx3-ubyte", test_images),
+        "test_labels": ("t10k-labels-idx1-ubyte", test_labels),
+    }
+    paths: dict[str, Path] = {}
+    for key, (stem, given) in names.items():
+        if given is not None:
+            paths[key] = Path(given)
+        elif directory is not None:
+            paths[key] = find_idx_file(directory, stem)
+        else:
+            raise SharpdimError(
+                f"no {key} file: pass directory= (with the standard MNIST names) or {key}="
+            )
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    for split in ("train", "test"):
+        imgs, labs = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if imgs.shape[0] != labs.shape[0] or labs.ndim != 1:
+            raise SharpdimError(
+                f"{split} images {imgs.shape} and labels {labs.shape} do not match: "
+                "pass an images file and the labels file of the same split"
+            )
+    scale = 255.0 if arrays["train_images"].dtype == np.uint8 else 1.0
+
+    def images(key: str, n: int | None) -> torch.Tensor:
+        t = torch.as_tensor(arrays[key][:n].astype(np.float64)) / scale
+        return t.reshape(t.shape[0], -1) if flatten else t
+
+    x_train, x_test = images("train_images", n_train), images("test_images", n_test)
+    mean, std = x_train.mean(), x_train.std() if x_train.numel() > 1 else torch.tensor(1.0)
+    std = std if std > 0 else torch.tensor(1.0, dtype=torch.float64)
+    y_train = torch.as_tensor(arrays["train_labels"][:n_train].astype(np.int64))
+    y_test = torch.as_tensor(arrays["test_labels"][:n_test].astype(np.int64))
+    num_classes = int(max(int(y_train.max()), int(y_test.max()) if y_test.numel() else 0)) + 1
+    return Dataset(
+        "idx",
+        ((x_train - mean) / std).to(dtype),
+        y_train,
+        ((x_test - mean) / std).to(dtype),
+        y_test,
+        num_classes,
+        {"files": {k: str(v) for k, v in paths.items()}},
+    )

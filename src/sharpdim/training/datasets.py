@@ -1,0 +1,386 @@
+"""Offline datasets: digits, MNIST-1D, modular arithmetic, teacher–student, IDX files.
+
+Every dataset is generated or read locally (no network access) and is a pure function of its
+arguments: the same ``seed`` gives the same tensors. Randomness comes from a seeded
+``torch.Generator``; MNIST-1D's generator seeds numpy's and Python's global RNGs, whose states
+are saved and restored around it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from sharpdim.errors import SharpdimError
+from sharpdim.training.models import build_mlp
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A train/test split held in memory.
+
+    Attributes:
+        name: dataset name (``"digits"``, ``"mnist1d"``, ...).
+        x_train, y_train, x_test, y_test: inputs and targets. Class labels are int64;
+            regression targets are float of shape ``(n, out_dim)``.
+        num_classes: number of classes; ``0`` for regression.
+        info: extra facts (e.g. ``p``, ``vocab_size`` and ``seq_len`` for modular arithmetic).
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def num_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+    @property
+    def input_dim(self) -> int:
+        """Number of input features per example (product of the trailing shape)."""
+        return math.prod(self.x_train.shape[1:])
+
+    @property
+    def num_outputs(self) -> int:
+        """Model outputs needed: the classes, or the regression targets' width."""
+        return self.num_classes if self.num_classes else math.prod(self.y_train.shape[1:])
+
+    def train_batch(self) -> Batch:
+        """The whole training set as one batch ``(x, y)``."""
+        return self.x_train, self.y_train
+
+    def test_batch(self) -> Batch:
+        """The whole test set as one batch ``(x, y)``."""
+        return self.x_test, self.y_test
+
+    def batches(
+        self,
+        batch_size: int | None,
+        generator: torch.Generator | None = None,
+        *,
+        drop_last: bool = True,
+    ) -> Iterator[Batch]:
+        """One epoch of training minibatches.
+
+        Args:
+            batch_size: examples per batch; ``None`` yields the full batch once, unshuffled.
+            generator: order of the examples (a fresh permutation per call); ``None`` keeps
+                the stored order.
+            drop_last: skip a last, smaller batch so every step sees ``batch_size`` examples.
+        """
+        n = self.num_train
+        if batch_size is None:
+            yield self.train_batch()
+            return
+        if not 1 <= batch_size <= n:
+            raise SharpdimError(
+                f"batch_size={batch_size} is not in [1, {n}] for {self.name} with {n} "
+                "training examples: choose a smaller batch or use batch_size=None (full batch)"
+            )
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            idx = order[start : start + batch_size]
+            yield self.x_train[idx], self.y_train[idx]
+
+    def subset(self, n: int) -> Dataset:
+        """The first ``n`` training examples (e.g. Cohen et al. 2021's fixed 5,000), same test set."""
+        if not 1 <= n <= self.num_train:
+            raise SharpdimError(
+                f"subset size {n} is not in [1, {self.num_train}]: choose n <= the training size"
+            )
+        return replace(self, x_train=self.x_train[:n], y_train=self.y_train[:n])
+
+    def to(
+        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> Dataset:
+        """Move to ``device`` and cast floating tensors to ``dtype`` (labels stay int64)."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            cast = dtype if dtype is not None and t.is_floating_point() else None
+            return t.to(device=device, dtype=cast)
+
+        return replace(
+            self,
+            x_train=move(self.x_train),
+            y_train=move(self.y_train),
+            x_test=move(self.x_test),
+            y_test=move(self.y_test),
+        )
+
+
+def _sizes(
+    total: int, n_train: int | None, n_test: int | None, default_test: int
+) -> tuple[int, int]:
+    n_test = default_test if n_test is None else n_test
+    n_train = total - n_test if n_train is None else n_train
+    if n_train < 1 or n_test < 0 or n_train + n_test > total:
+        raise SharpdimError(
+            f"n_train={n_train}, n_test={n_test} do not fit in {total} examples: "
+            "choose n_train >= 1 and n_train + n_test <= the dataset size"
+        )
+    return n_train, n_test
+
+
+def _standardize(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature standardisation with training statistics (constant features: centred only)."""
+    mean = x_train.mean(0)
+    std = x_train.std(0) if x_train.shape[0] > 1 else torch.ones_like(mean)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def load_digits_dataset(
+    *,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1,797 images shipped with scikit-learn).
+
+    A seeded random split (default 1,500 train / 297 test), 64 features standardised with the
+    training statistics, labels 0-9.
+    """
+    from sklearn.datasets import load_digits
+
+    features, labels = load_digits(return_X_y=True)
+    total = features.shape[0]
+    n_train, n_test = _sizes(total, n_train, n_test, default_test=297)
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    x = torch.as_tensor(features, dtype=torch.float64)[order]
+    y = torch.as_tensor(labels, dtype=torch.int64)[order]
+    x_train, x_test = _standardize(x[:n_train], x[n_train : n_train + n_test])
+    return Dataset(
+        "digits",
+        x_train.to(dtype),
+        y[:n_train],
+        x_test.to(dtype),
+        y[n_train : n_train + n_test],
+        10,
+    )
+
+
+def make_mnist1d_dataset(
+    *,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    **mnist1d_args: Any,
+) -> Dataset:
+    """MNIST-1D (Greydanus 2020), generated procedurally by ``mnist1d.data.make_dataset``.
+
+    Only as many examples as asked for are generated (default 4,000 train / 1,000 test, the
+    library's defaults), so small subsets are fast. ``seed`` is mnist1d's ``seed`` argument;
+    other keyword arguments override ``mnist1d.data.get_dataset_args()`` (e.g.
+    ``final_seq_length``, ``iid_noise_scale``). Features (length 40) are standardised by
+    mnist1d over the generated set. Never downloads: ``get_dataset`` is not used.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    n_train = 4000 if n_train is None else n_train
+    n_test = 1000 if n_test is None else n_test
+    if n_train < 1 or n_test < 0:
+        raise SharpdimError(f"n_train={n_train}, n_test={n_test}: need n_train >= 1, n_test >= 0")
+    args = get_dataset_args()
+    unknown = set(mnist1d_args) - set(vars(args))
+    if unknown:
+        raise SharpdimError(
+            f"unknown mnist1d option(s) {sorted(unknown)}: use keys of mnist1d.data.get_dataset_args()"
+        )
+    total = 10 * math.ceil((n_train + n_test) / 10)  # mnist1d makes num_samples // 10 per class
+    vars(args).update(mnist1d_args, num_samples=total, train_split=1.0, seed=seed)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    x = torch.as_tensor(np.asarray(data["x"]), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(data["y"]), dtype=torch.int64)
+    end = n_train + n_test
+    return Dataset(
+        "mnist1d", x[:n_train].to(dtype), y[:n_train], x[n_train:end].to(dtype), y[n_train:end], 10
+    )
+
+
+_OPERATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "add": lambda a, b, p: (a + b) % p,
+    "sub": lambda a, b, p: (a - b) % p,
+    "mul": lambda a, b, p: (a * b) % p,
+}
+
+
+def make_modular_dataset(
+    *,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    p: int = 97,
+    train_fraction: float = 0.5,
+    operation: str = "add",
+    encoding: str = "tokens",
+    equals_token: bool = True,
+) -> Dataset:
+    """Modular arithmetic ``c = (a op b) mod p`` over all ``p^2`` pairs (Power et al. 2022).
+
+    A seeded permutation of the pairs; the first ``round(train_fraction * p^2)`` (or
+    ``n_train``) are the training set, the rest (or the next ``n_test``) the test set.
+
+    Args:
+        p: modulus (a prime such as 97 or 113).
+        train_fraction: share of pairs used for training (grokking needs 0.3-0.5).
+        operation: ``"add"`` (default), ``"sub"`` or ``"mul"``.
+        encoding: ``"tokens"``: int64 inputs ``[a, b, =]`` (token ``=`` is ``p``; omitted
+            with ``equals_token=False``) for :func:`~sharpdim.training.models.build_transformer`;
+            ``"onehot"``: float inputs ``[onehot(a), onehot(b)]`` of width ``2p`` for an MLP.
+    """
+    if p < 2:
+        raise SharpdimError(f"modulus p={p} must be >= 2: use e.g. p=97")
+    if operation not in _OPERATIONS:
+        raise SharpdimError(f"unknown operation {operation!r}: use one of {', '.join(_OPERATIONS)}")
+    if encoding not in ("tokens", "onehot"):
+        raise SharpdimError(f"unknown encoding {encoding!r}: use 'tokens' or 'onehot'")
+    if not 0.0 < train_fraction <= 1.0:
+        raise SharpdimError(f"train_fraction={train_fraction} must lie in (0, 1]")
+    total = p * p
+    default_train = max(1, round(train_fraction * total))
+    n_train = default_train if n_train is None else n_train
+    n_train, n_test = _sizes(total, n_train, n_test, default_test=total - n_train)
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    a, b = order // p, order % p
+    c = _OPERATIONS[operation](a, b, p)
+    if encoding == "tokens":
+        columns = [a, b] + ([torch.full_like(a, p)] if equals_token else [])
+        x = torch.stack(columns, dim=1)
+    else:
+        eye = torch.eye(p, dtype=torch.float64)
+        x = torch.cat([eye[a], eye[b]], dim=1).to(dtype)
+    info = {
+        "p": p,
+        "operation": operation,
+        "encoding": encoding,
+        "vocab_size": p + 1 if equals_token else p,
+        "seq_len": x.shape[1] if encoding == "tokens" else 0,
+    }
+    end = n_train + n_test
+    return Dataset("modular", x[:n_train], c[:n_train], x[n_train:end], c[n_train:end], p, info)
+
+
+def make_teacher_student_dataset(
+    *,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    in_dim: int = 10,
+    out_dim: int = 1,
+    teacher_width: int = 32,
+    teacher_depth: int = 1,
+    activation: str = "tanh",
+    noise_std: float = 0.0,
+) -> Dataset:
+    """Synthetic regression: ``y = teacher(x) + noise_std * N(0, I)``, ``x ~ N(0, I_in_dim)``.
+
+    The teacher is a random MLP (:func:`~sharpdim.training.models.build_mlp`, seeded), the
+    inputs and noise come from the same seeded generator; defaults 500 train / 500 test.
+    Targets have shape ``(n, out_dim)``.
+    """
+    n_train = 500 if n_train is None else n_train
+    n_test = 500 if n_test is None else n_test
+    if n_train < 1 or n_test < 0 or noise_std < 0:
+        raise SharpdimError(
+            f"n_train={n_train}, n_test={n_test}, noise_std={noise_std}: need n_train >= 1, "
+            "n_test >= 0, noise_std >= 0"
+        )
+    g = torch.Generator().manual_seed(seed)
+    teacher = build_mlp(
+        in_dim,
+        out_dim,
+        width=teacher_width,
+        depth=teacher_depth,
+        activation=activation,
+        generator=g,
+        dtype=torch.float64,
+    )
+    x = torch.randn(n_train + n_test, in_dim, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = teacher(x) + noise_std * torch.randn(
+            n_train + n_test, out_dim, generator=g, dtype=torch.float64
+        )
+    x, y = x.to(dtype), y.to(dtype)
+    info = {"teacher_width": teacher_width, "teacher_depth": teacher_depth, "noise_std": noise_std}
+    return Dataset("teacher_student", x[:n_train], y[:n_train], x[n_train:], y[n_train:], 0, info)
+
+
+DATASETS = ("digits", "mnist1d", "modular", "teacher_student", "idx")
+
+
+def _loader(name: str) -> Callable[..., Dataset]:
+    if name == "idx":  # lives with the IDX reader, which imports this module
+        from sharpdim.training.data_idx import load_idx_dataset
+
+        return load_idx_dataset
+    loaders: dict[str, Callable[..., Dataset]] = {
+        "digits": load_digits_dataset,
+        "mnist1d": make_mnist1d_dataset,
+        "modular": make_modular_dataset,
+        "teacher_student": make_teacher_student_dataset,
+    }
+    return loaders[name]
+
+
+def load_dataset(
+    name: str,
+    *,
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    **options: Any,
+) -> Dataset:
+    """Load or generate a dataset by name; see the ``load_*``/``make_*`` functions for options.
+
+    Args:
+        name: ``"digits"``, ``"mnist1d"``, ``"modular"``, ``"teacher_student"`` or ``"idx"``.
+        seed: seed of the split / generation (same seed, same tensors).
+        n_train, n_test: sizes (each dataset has a default).
+        dtype: dtype of floating inputs and regression targets (labels are int64).
+        **options: dataset-specific keyword arguments.
+
+    Example:
+        >>> ds = load_dataset("modular", p=7, train_fraction=0.5)
+        >>> ds.num_train, ds.num_test, ds.num_classes
+        (24, 25, 7)
+    """
+    if name not in DATASETS:
+        raise SharpdimError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    loader = _loader(name)
+    accepted = set(inspect.signature(loader).parameters)
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(loader).parameters.values())
+    unknown = set(options) - accepted
+    if unknown and not var_kw:
+        raise SharpdimError(
+            f"unknown option(s) {sorted(unknown)} for dataset {name!r}: "
+            f"accepted are {sorted(accepted - {'seed', 'n_train', 'n_test', 'dtype'})}"
+        )
+    return loader(seed=seed, n_train=n_train, n_test=n_test, dtype=dtype, **options)

@@ -1,0 +1,345 @@
+"""The training loop: full-batch GD, SGD, momentum, Adam/AdamW on an in-memory dataset.
+
+One step ``s = 0, 1, ..., steps - 1``: take batch ``B_s`` (the full training set when
+``batch_size`` is ``None``, else the next minibatch of a seeded per-epoch permutation), compute
+``L_{B_s}(w_s)`` and its gradient, check for divergence, call the monitor and the callbacks
+(parameters still ``w_s``, gradients in ``.grad``), then update ``w_s -> w_{s+1}``.
+
+A run is deterministic given ``TrainConfig.seed`` and the model's initial parameters: the batch
+order comes from a ``torch.Generator`` and anything else random in the model (dropout) draws
+from PyTorch's global RNG seeded inside a forked RNG state, which is restored afterwards.
+
+Divergence never raises: a non-finite loss, a loss above
+``divergence_factor * max(L_0, 1)`` (or above ``divergence_threshold``) or non-finite
+parameters end the run with ``status="diverged"`` and the step where it was seen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from sharpdim.curvature.params import get_flat_params
+from sharpdim.errors import SharpdimError
+from sharpdim.training.checkpoint import save_checkpoint
+from sharpdim.training.datasets import Batch, Dataset
+from sharpdim.training.losses import LossFn, evaluate, get_loss
+from sharpdim.training.optimizers import OPTIMIZERS, make_optimizer
+
+
+class StepMonitor(Protocol):
+    """Anything with ``on_step(step, model, loss_value, optimizer)`` (e.g. ``EoSMonitor``)."""
+
+    def on_step(
+        self, step: int, model: nn.Module, loss_value: float, optimizer: torch.optim.Optimizer
+    ) -> Any: ...
+
+
+Callback = Callable[[int, nn.Module, float, torch.optim.Optimizer], Any]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run.
+
+    Attributes:
+        optimizer: ``"gd"``, ``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"adam"``, ``"adamw"``.
+        lr: step size ``eta``.
+        momentum: momentum ``mu`` (heavy-ball and Nesterov only).
+        betas: Adam's ``(beta1, beta2)``.
+        eps: Adam's ``eps``.
+        weight_decay: L2 coefficient (decoupled for AdamW).
+        batch_size: minibatch size; ``None`` = full batch (gradient descent).
+        steps: number of optimizer steps.
+        loss: ``"mse"`` (one-hot targets, Cohen et al. 2021) or ``"ce"``.
+        seed: seed of the batch order (and of dropout).
+        eval_every: evaluate train and test loss/accuracy every this many steps (``0``: only
+            at the end).
+        log_every: record the step's minibatch loss in the history every this many steps.
+        checkpoint_steps: after how many updates to take a checkpoint (``0`` = the initial
+            parameters, ``steps`` = the final ones).
+        checkpoint_dir: where to ``torch.save`` the checkpoints; ``None`` = none on disk.
+        keep_snapshots: keep a flat copy of the parameters at each checkpoint step in memory.
+        divergence_factor: diverged when the loss exceeds this times ``max(L_0, 1)``.
+        divergence_threshold: diverged when the loss exceeds this (optional, absolute).
+        stop_loss: stop early (status ``"ok"``) once the step's loss falls below this.
+    """
+
+    optimizer: str = "gd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    batch_size: int | None = None
+    steps: int = 1000
+    loss: str = "mse"
+    seed: int = 0
+    eval_every: int = 0
+    log_every: int = 1
+    checkpoint_steps: tuple[int, ...] = ()
+    checkpoint_dir: str | None = None
+    keep_snapshots: bool = True
+    divergence_factor: float = 1e6
+    divergence_threshold: float | None = None
+    stop_loss: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise SharpdimError(
+                f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
+            )
+        get_loss(self.loss)
+        if self.steps < 0 or self.eval_every < 0 or self.log_every < 1:
+            raise SharpdimError(
+                f"steps={self.steps}, eval_every={self.eval_every}, log_every={self.log_every}: "
+                "need steps >= 0, eval_every >= 0 and log_every >= 1"
+            )
+        if not self.lr > 0 or not self.divergence_factor > 1:
+            raise SharpdimError(
+                f"lr={self.lr}, divergence_factor={self.divergence_factor}: need lr > 0 and a "
+                "divergence factor > 1"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise SharpdimError(f"batch_size={self.batch_size}: use a positive size or None")
+        bad = [s for s in self.checkpoint_steps if not 0 <= s <= self.steps]
+        if bad:
+            raise SharpdimError(f"checkpoint steps {bad} are outside [0, {self.steps}]")
+        object.__setattr__(self, "checkpoint_steps", tuple(sorted(set(self.checkpoint_steps))))
+        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
+
+    def make_optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+        """The ``torch.optim`` optimizer this configuration describes."""
+        return make_optimizer(
+            self.optimizer,
+            params,
+            lr=self.lr,
+            momentum=self.momentum,
+            betas=self.betas,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train`.
+
+    Attributes:
+        status: ``"ok"`` or ``"diverged"``.
+        diverged_at: the step whose loss (or parameters) first showed divergence, else ``None``.
+        steps_completed: optimizer updates actually applied.
+        final_train_loss, final_test_loss: full-set losses at the last parameters
+            (``nan`` when the test set is empty; possibly ``inf``/``nan`` after divergence).
+        final_train_accuracy, final_test_accuracy: accuracies, ``None`` for regression.
+        history: ``(step, minibatch loss)`` pairs every ``log_every`` steps.
+        evaluations: dicts ``{"step", "train_loss", "test_loss", "train_accuracy",
+            "test_accuracy"}`` every ``eval_every`` steps and at the end.
+        checkpoint_paths: step -> file written (when ``checkpoint_dir`` is set).
+        snapshots: step -> flat parameter vector (when ``keep_snapshots``).
+        wall_time_s: seconds spent in :func:`train`.
+    """
+
+    status: str
+    diverged_at: int | None
+    steps_completed: int
+    final_train_loss: float
+    final_test_loss: float
+    final_train_accuracy: float | None
+    final_test_accuracy: float | None
+    history: tuple[tuple[int, float], ...]
+    evaluations: tuple[dict[str, Any], ...] = ()
+    checkpoint_paths: Mapping[int, str] = field(default_factory=dict)
+    snapshots: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (snapshots as lists)."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "snapshots"}
+        out["history"] = [list(h) for h in self.history]
+        out["evaluations"] = [dict(e) for e in self.evaluations]
+        out["checkpoint_paths"] = dict(self.checkpoint_paths)
+        out["snapshots"] = {k: v.tolist() for k, v in self.snapshots.items()}
+        return out
+
+
+def _batch_stream(
+    dataset: Dataset, batch_size: int | None, generator: torch.Generator
+) -> Iterator[Batch]:
+    """Full batch forever, or minibatches of fresh seeded permutations, epoch after epoch."""
+    if batch_size is None:
+        full = dataset.train_batch()
+        while True:
+            yield full
+    while True:
+        yield from dataset.batches(batch_size, generator, drop_last=True)
+
+
+def _parameters_finite(params: Sequence[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def _evaluation(step: int, model: nn.Module, loss_fn: LossFn, dataset: Dataset) -> dict[str, Any]:
+    train_loss, train_acc = evaluate(model, loss_fn, dataset.train_batch())
+    test_loss, test_acc = evaluate(model, loss_fn, dataset.test_batch())
+    return {
+        "step": step,
+        "train_loss": train_loss,
+        "test_loss": test_loss,
+        "train_accuracy": train_acc,
+        "test_accuracy": test_acc,
+    }
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    monitor: StepMonitor | None = None,
+    callbacks: Sequence[Callback] = (),
+    loss_fn: LossFn | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train ``model`` in place on ``dataset`` as ``config`` says.
+
+    Args:
+        model: the network (its parameters are updated in place).
+        dataset: a :class:`~sharpdim.training.datasets.Dataset`; floating tensors are cast to
+            the model's dtype and device.
+        config: the hyperparameters.
+        monitor: an object whose ``on_step(step, model, loss_value, optimizer)`` is called at
+            every step after the backward pass and before the update (parameters ``w_s``,
+            ``loss_value = L_{B_s}(w_s)``), e.g. ``EoSMonitor``.
+        callbacks: callables with the same arguments, called right after the monitor.
+        loss_fn: a custom ``loss_fn(model, batch)`` instead of ``config.loss``.
+        optimizer: a ready optimizer over the model's parameters instead of ``config``'s.
+        progress: show a rich progress bar.
+
+    Returns:
+        A :class:`TrainResult`; divergence is reported in it, never raised.
+    """
+    start = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise SharpdimError("the model has no trainable parameters: nothing to train")
+    loss_fn = get_loss(config.loss) if loss_fn is None else loss_fn
+    dataset = dataset.to(dtype=params[0].dtype, device=params[0].device)
+    optimizer = config.make_optimizer(params) if optimizer is None else optimizer
+    checkpoints = set(config.checkpoint_steps)
+    history: list[tuple[int, float]] = []
+    evaluations: list[dict[str, Any]] = []
+    paths: dict[int, str] = {}
+    snapshots: dict[int, torch.Tensor] = {}
+
+    def checkpoint(step: int) -> None:
+        if step not in checkpoints:
+            return
+        if config.checkpoint_dir is not None:
+            paths[step] = str(save_checkpoint(Path(config.checkpoint_dir), step, model, optimizer))
+        if config.keep_snapshots:
+            snapshots[step] = get_flat_params(params).cpu()
+
+    status, diverged_at, step, limit = "ok", None, 0, math.inf
+    generator = torch.Generator().manual_seed(config.seed)
+    stream = _batch_stream(dataset, config.batch_size, generator)
+    bar = _progress_bar(config.steps) if progress else None
+    was_training = model.training
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model.train()
+        try:
+            for step in range(config.steps):
+                checkpoint(step)
+                if config.eval_every and step % config.eval_every == 0:
+                    evaluations.append(_evaluation(step, model, loss_fn, dataset))
+                    model.train()
+                batch = next(stream)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model, batch)
+                value = float(loss.detach())
+                if step == 0:
+                    limit = config.divergence_factor * max(abs(value), 1.0)
+                    if config.divergence_threshold is not None:
+                        limit = min(limit, config.divergence_threshold)
+                if not math.isfinite(value) or value > limit:
+                    status, diverged_at = "diverged", step
+                    break
+                if step % config.log_every == 0:
+                    history.append((step, value))
+                loss.backward()
+                if monitor is not None:
+                    monitor.on_step(step, model, value, optimizer)
+                for callback in callbacks:
+                    callback(step, model, value, optimizer)
+                if config.stop_loss is not None and value < config.stop_loss:
+                    break
+                optimizer.step()
+                if bar is not None:
+                    bar[0].update(bar[1], advance=1, description=f"loss {value:.4g}")
+                if not _parameters_finite(params):
+                    status, diverged_at = "diverged", step + 1
+                    step += 1
+                    break
+            else:
+                step = config.steps
+        finally:
+            if bar is not None:
+                bar[0].stop()
+            model.train(was_training)
+    if status == "ok":
+        checkpoint(step)
+    with torch.random.fork_rng(devices=[]):
+        final = _evaluation(step, model, loss_fn, dataset)
+    if status == "ok" and (not evaluations or evaluations[-1]["step"] != step):
+        evaluations.append(final)
+    return TrainResult(
+        status=status,
+        diverged_at=diverged_at,
+        steps_completed=step,
+        final_train_loss=final["train_loss"],
+        final_test_loss=final["test_loss"],
+        final_train_accuracy=final["train_accuracy"],
+        final_test_accuracy=final["test_accuracy"],
+        history=tuple(history),
+        evaluations=tuple(evaluations),
+        checkpoint_paths=paths,
+        snapshots=snapshots,
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+def _progress_bar(total: int) -> tuple[Any, Any]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+    task = bar.add_task("training", total=total)
+    bar.start()
+    return bar, task

@@ -1,0 +1,107 @@
+"""Losses in the form ``loss_fn(model, batch) -> scalar`` used by every curvature operator.
+
+``batch = (x, y)``; integer ``y`` are class labels, floating ``y`` regression targets.
+
+* :func:`mse_loss`: ``L = (1/n) sum_i 0.5 * ||f(x_i) - t_i||^2`` with ``t_i`` the one-hot
+  vector of the label (classification, as in Cohen et al., ICLR 2021, "Gradient descent on
+  neural networks typically occurs at the edge of stability") or the target itself
+  (regression). The factor 0.5 and the sum over outputs follow Cohen et al., so sharpness
+  values are comparable with theirs.
+* :func:`cross_entropy_loss`: ``L = (1/n) sum_i -log softmax(f(x_i))_{y_i}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sharpdim.errors import SharpdimError
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise SharpdimError(
+            f"a batch must be a pair (x, y), got {type(batch).__name__}: pass (inputs, targets)"
+        )
+    return batch[0], batch[1]
+
+
+def mse_targets(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The regression targets for ``outputs``: one-hot labels, or ``y`` in ``outputs``' shape."""
+    if not y.is_floating_point():
+        return F.one_hot(y.long(), outputs.shape[-1]).to(outputs.dtype)
+    if y.numel() != outputs.numel():
+        raise SharpdimError(
+            f"targets of shape {tuple(y.shape)} do not match outputs {tuple(outputs.shape)}: "
+            "give the model one output per target"
+        )
+    return y.reshape(outputs.shape).to(outputs.dtype)
+
+
+def mse_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Squared loss ``(1/n) sum_i 0.5 * ||f(x_i) - t_i||^2`` (one-hot ``t_i`` for labels)."""
+    x, y = _unpack(batch)
+    out = model(x)
+    out2d = out.reshape(out.shape[0], -1)
+    return 0.5 * (out2d - mse_targets(out2d, y)).pow(2).sum(dim=1).mean()
+
+
+def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``f(x)`` against integer labels ``y``."""
+    x, y = _unpack(batch)
+    if y.is_floating_point():
+        raise SharpdimError(
+            "cross-entropy needs integer class labels but the targets are floating point: "
+            "use the 'mse' loss for regression"
+        )
+    return F.cross_entropy(model(x), y)
+
+
+LOSSES: dict[str, LossFn] = {
+    "mse": mse_loss,
+    "ce": cross_entropy_loss,
+    "cross_entropy": cross_entropy_loss,
+}
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss function called ``name``: ``"mse"`` or ``"ce"`` (alias ``"cross_entropy"``)."""
+    if name not in LOSSES:
+        raise SharpdimError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, batch: Any) -> float:
+    """Share of examples whose arg-max output equals the integer label."""
+    x, y = _unpack(batch)
+    if y.is_floating_point():
+        raise SharpdimError("accuracy needs integer class labels: it is undefined for regression")
+    if y.numel() == 0:
+        return float("nan")
+    return float((model(x).argmax(dim=-1) == y).double().mean())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: LossFn, batch: Any) -> tuple[float, float | None]:
+    """``(loss, accuracy)`` on a batch in eval mode; accuracy is ``None`` for regression.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        _, y = _unpack(batch)
+        if y.numel() == 0:
+            return float("nan"), None
+        loss = float(loss_fn(model, batch).detach())
+        acc = None if y.is_floating_point() else accuracy(model, batch)
+    finally:
+        model.train(was_training)
+    return loss, acc

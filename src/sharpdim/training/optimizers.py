@@ -1,0 +1,177 @@
+"""Optimizers by name, and the edge-of-stability threshold of each.
+
+The optimizers are ``torch.optim`` ones (PyTorch's conventions: heavy-ball ``v <- mu v + g``,
+``w <- w - eta v``); "gd" is SGD used with full batches (the loop decides the batch).
+
+Stability thresholds (largest curvature for which the update, linearised on a quadratic with
+that curvature, does not diverge):
+
+* GD / SGD: ``lambda_max(H) < 2 / eta``;
+* heavy-ball momentum ``mu``: ``lambda_max(H) < (2 + 2 mu) / eta``;
+* Nesterov momentum ``mu``: ``lambda_max(H) < (2 + 2 mu) / (eta (1 + 2 mu))``
+  (Cohen et al., ICLR 2021, appendix on momentum);
+* Adam / AdamW with a frozen preconditioner ``P``: the *preconditioned* sharpness
+  ``lambda_max(P^-1 H) < (2 + 2 beta1) / (eta (1 - beta1))`` with
+  ``P = (1 - beta1^t) (sqrt(v_t / (1 - beta2^t)) + eps)`` (Cohen et al. 2022, "Adaptive gradient
+  methods at the edge of stability"). AdamW's decoupled decay is ignored by this threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from sharpdim.errors import SharpdimError
+
+OPTIMIZERS = ("gd", "sgd", "momentum", "heavy_ball", "nesterov", "adam", "adamw")
+ADAPTIVE = ("adam", "adamw")
+
+
+def _check(name: str, lr: float, momentum: float, betas: Sequence[float]) -> None:
+    if name not in OPTIMIZERS:
+        raise SharpdimError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+    if not lr > 0:
+        raise SharpdimError(f"learning rate {lr} must be > 0: pass a positive lr")
+    if name in ("momentum", "heavy_ball", "nesterov") and not 0 <= momentum < 1:
+        raise SharpdimError(f"momentum {momentum} must lie in [0, 1): e.g. 0.9")
+    if name in ADAPTIVE and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
+        raise SharpdimError(
+            f"betas {tuple(betas)} must be two numbers in [0, 1): e.g. (0.9, 0.999)"
+        )
+
+
+def make_optimizer(
+    name: str,
+    params: Iterable[torch.nn.Parameter],
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
+    """A ``torch.optim`` optimizer by name.
+
+    Args:
+        name: ``"gd"``/``"sgd"`` (no momentum), ``"momentum"``/``"heavy_ball"``,
+            ``"nesterov"``, ``"adam"`` (L2 weight decay added to the gradient) or ``"adamw"``
+            (decoupled weight decay).
+        params: the parameters to optimise.
+        lr: step size ``eta``.
+        momentum: ``mu`` for heavy-ball and Nesterov (ignored otherwise).
+        betas: ``(beta1, beta2)`` for Adam/AdamW (ignored otherwise).
+        eps: Adam's ``eps``.
+        weight_decay: L2 coefficient (decoupled for AdamW).
+    """
+    _check(name, lr, momentum, betas)
+    params = list(params)
+    if name in ("gd", "sgd"):
+        return torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay)
+    if name in ("momentum", "heavy_ball", "nesterov"):
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=name == "nesterov"
+        )
+    beta_pair = (float(betas[0]), float(betas[1]))
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return cls(params, lr=lr, betas=beta_pair, eps=eps, weight_decay=weight_decay)
+
+
+def stability_threshold(
+    name: str,
+    lr: float,
+    *,
+    momentum: float = 0.9,
+    betas: Sequence[float] = (0.9, 0.999),
+) -> float:
+    """The EoS threshold of an optimizer (see the module docstring for the formulas).
+
+    For ``"adam"``/``"adamw"`` it bounds the preconditioned sharpness ``lambda_max(P^-1 H)``,
+    for the others the sharpness ``lambda_max(H)``.
+
+    Example:
+        >>> stability_threshold("gd", 0.01), stability_threshold("momentum", 0.01, momentum=0.9)
+        (200.0, 380.0)
+    """
+    _check(name, lr, momentum, betas)
+    if name in ("gd", "sgd"):
+        return 2.0 / lr
+    if name in ("momentum", "heavy_ball"):
+        return (2.0 + 2.0 * momentum) / lr
+    if name == "nesterov":
+        return (2.0 + 2.0 * momentum) / (lr * (1.0 + 2.0 * momentum))
+    beta1 = float(betas[0])
+    return (2.0 + 2.0 * beta1) / (lr * (1.0 - beta1))
+
+
+def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """The name (as in :func:`make_optimizer`) of a ``torch.optim`` optimizer's update rule.
+
+    Reads the first parameter group; SGD with momentum 0 is ``"gd"``.
+    """
+    group = optimizer.param_groups[0]
+    if isinstance(optimizer, torch.optim.AdamW):
+        return "adamw"
+    if isinstance(optimizer, torch.optim.Adam):
+        return "adam"
+    if isinstance(optimizer, torch.optim.SGD):
+        if group.get("momentum", 0.0) == 0.0:
+            return "gd"
+        if group.get("dampening", 0.0) != 0.0:
+            raise SharpdimError("SGD with dampening has no threshold here: use dampening=0")
+        return "nesterov" if group.get("nesterov", False) else "momentum"
+    raise SharpdimError(
+        f"no stability threshold known for {type(optimizer).__name__}: "
+        "use SGD (with or without momentum), Adam or AdamW"
+    )
+
+
+def optimizer_stability_threshold(optimizer: torch.optim.Optimizer) -> tuple[str, float]:
+    """``(name, threshold)`` read from a live ``torch.optim`` optimizer's first group."""
+    name = optimizer_name(optimizer)
+    group = optimizer.param_groups[0]
+    value = stability_threshold(
+        name,
+        float(group["lr"]),
+        momentum=float(group.get("momentum", 0.0)),
+        betas=tuple(group.get("betas", (0.9, 0.999))),
+    )
+    return name, value
+
+
+@torch.no_grad()
+def adam_preconditioner(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The diagonal of Adam's preconditioner ``P_t`` as one flat vector.
+
+    ``P_t = (1 - beta1^t) * (sqrt(v_t / (1 - beta2^t)) + eps)``, so that Adam's step is
+    ``w <- w - eta * P_t^-1 m_t`` (Cohen et al. 2022). ``params`` fixes the order (default:
+    the optimizer's parameters, group by group); each must have taken at least one step.
+    """
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        raise SharpdimError(
+            f"{type(optimizer).__name__} has no Adam preconditioner: pass an Adam/AdamW optimizer"
+        )
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    chosen = (
+        list(params)
+        if params is not None
+        else [p for g in optimizer.param_groups for p in g["params"]]
+    )
+    pieces = []
+    for p in chosen:
+        state = optimizer.state.get(p, {})
+        if "exp_avg_sq" not in state or id(p) not in group_of:
+            raise SharpdimError(
+                "the Adam optimizer has no state for a parameter yet: take at least one step "
+                "(and pass parameters this optimizer owns) before asking for its preconditioner"
+            )
+        group = group_of[id(p)]
+        if group.get("amsgrad", False):
+            raise SharpdimError("amsgrad is not supported here: use amsgrad=False")
+        beta1, beta2 = group["betas"]
+        t = float(state["step"])
+        v_hat = state["exp_avg_sq"] / (1.0 - beta2**t)
+        pieces.append(((1.0 - beta1**t) * (v_hat.sqrt() + group["eps"])).reshape(-1))
+    return torch.cat(pieces)

@@ -1,0 +1,55 @@
+"""IDX reader/writer: round trips, gzip, corrupt files."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from sharpdim.errors import SharpdimError
+from sharpdim.training.data_idx import find_idx_file, read_idx, write_idx
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("dtype", ["u1", "i1", "i2", "i4", "f4", "f8"])
+def test_round_trip(tmp_path, suffix, dtype):
+    rng = np.random.default_rng(0)
+    array = (rng.standard_normal((5, 3, 2)) * 50).astype(dtype)
+    path = write_idx(tmp_path / f"a-idx3{suffix}", array)
+    back = read_idx(path)
+    assert back.dtype == np.dtype(dtype).newbyteorder("=")
+    np.testing.assert_array_equal(back, array)
+
+
+def test_header_is_mnist_layout(tmp_path):
+    labels = np.array([7, 2, 1], dtype=np.uint8)
+    raw = write_idx(tmp_path / "labels", labels).read_bytes()
+    # magic 0x00000801 (uint8, 1 dimension), then the size 3 big-endian, then the bytes
+    assert raw == bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 2, 1])
+    gz = write_idx(tmp_path / "labels.gz", labels).read_bytes()
+    assert gzip.decompress(gz) == raw
+
+
+def test_bad_files_raise(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(SharpdimError, match="magic"):
+        read_idx(tmp_path / "bad")
+    raw = write_idx(tmp_path / "ok", np.zeros((4, 4), dtype=np.uint8)).read_bytes()
+    (tmp_path / "short").write_bytes(raw[:-1])
+    with pytest.raises(SharpdimError, match="truncated"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "fake.gz").write_bytes(raw)
+    with pytest.raises(SharpdimError, match="gzip"):
+        read_idx(tmp_path / "fake.gz")
+    with pytest.raises(SharpdimError, match="does not exist"):
+        read_idx(tmp_path / "missing")
+    with pytest.raises(SharpdimError, match="cannot write"):
+        write_idx(tmp_path / "x", np.zeros(3, dtype=np.complex64))
+
+
+def test_find_prefers_plain_then_gz(tmp_path):
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(2, dtype=np.uint8))
+    assert find_idx_file(tmp_path, "t10k-labels-idx1-ubyte").name.endswith(".gz")
+    with pytest.raises(SharpdimError, match="no train-labels"):
+        find_idx_file(tmp_path, "train-labels-idx1-ubyte")

@@ -1,0 +1,206 @@
+"""Offline, deterministic datasets."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from sharpdim.errors import SharpdimError
+from sharpdim.training.data_idx import write_idx
+from sharpdim.training.datasets import load_dataset
+
+SMALL = {
+    "digits": {},
+    "mnist1d": {"n_train": 60, "n_test": 20},
+    "modular": {"p": 11},
+    "teacher_student": {"n_train": 40, "n_test": 10},
+}
+
+
+def _same(a, b) -> bool:
+    return all(
+        torch.equal(getattr(a, k), getattr(b, k))
+        for k in ("x_train", "y_train", "x_test", "y_test")
+    )
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_same_seed_same_data_other_seed_other_data(name):
+    a = load_dataset(name, seed=3, **SMALL[name])
+    b = load_dataset(name, seed=3, **SMALL[name])
+    c = load_dataset(name, seed=4, **SMALL[name])
+    assert _same(a, b)
+    assert not _same(a, c)
+
+
+def test_no_socket_is_opened(monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dataset tried to open a network connection")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    for name, options in SMALL.items():
+        load_dataset(name, **options)
+    _write_mnist_files(tmp_path)
+    load_dataset("idx", directory=tmp_path)
+
+
+def test_digits_split_and_standardisation():
+    ds = load_dataset("digits", dtype=torch.float64)
+    assert (ds.num_train, ds.num_test, ds.num_classes, ds.input_dim) == (1500, 297, 10, 64)
+    assert set(ds.y_train.tolist()) == set(range(10))
+    std = ds.x_train.std(0)
+    varying = std > 0
+    torch.testing.assert_close(ds.x_train.mean(0), torch.zeros(64, dtype=torch.float64))
+    torch.testing.assert_close(std[varying], torch.ones(int(varying.sum()), dtype=torch.float64))
+    small = load_dataset("digits", n_train=100, n_test=50)
+    assert (small.num_train, small.num_test) == (100, 50)
+    with pytest.raises(SharpdimError, match="do not fit"):
+        load_dataset("digits", n_train=1700, n_test=200)
+
+
+def test_mnist1d_matches_make_dataset_and_keeps_global_rng():
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    np.random.seed(123)
+    random.seed(5)
+    before_np, before_py = np.random.get_state()[1].copy(), random.getstate()
+    ds = load_dataset("mnist1d", seed=7, n_train=35, n_test=15, dtype=torch.float64)
+    np.testing.assert_array_equal(np.random.get_state()[1], before_np)
+    assert random.getstate() == before_py
+    args = get_dataset_args()
+    args.num_samples, args.train_split, args.seed = 50, 1.0, 7
+    ref = make_dataset(args)
+    np.testing.assert_array_equal(ds.x_train.numpy(), ref["x"][:35])
+    np.testing.assert_array_equal(ds.y_test.numpy(), ref["y"][35:50])
+    assert ds.x_train.shape == (35, 40)
+    with pytest.raises(SharpdimError, match="unknown mnist1d option"):
+        load_dataset("mnist1d", n_train=10, n_test=0, bogus=1)
+
+
+@pytest.mark.parametrize("operation", ["add", "sub", "mul"])
+def test_modular_labels_and_partition(operation):
+    p = 7
+    ds = load_dataset("modular", p=p, train_fraction=0.3, operation=operation)
+    assert ds.num_train == round(0.3 * p * p) and ds.num_train + ds.num_test == p * p
+    x = torch.cat([ds.x_train, ds.x_test])
+    y = torch.cat([ds.y_train, ds.y_test])
+    assert torch.all(x[:, 2] == p) and ds.info["vocab_size"] == p + 1
+    a, b = x[:, 0], x[:, 1]
+    expected = {"add": (a + b) % p, "sub": (a - b) % p, "mul": (a * b) % p}[operation]
+    assert torch.equal(y, expected)
+    assert (
+        len({(int(i), int(j)) for i, j in zip(a, b, strict=True)}) == p * p
+    )  # every pair exactly once
+
+
+def test_modular_onehot_and_no_equals():
+    ds = load_dataset("modular", p=5, encoding="onehot", dtype=torch.float64)
+    assert ds.x_train.shape[1] == 10 and ds.x_train.dtype == torch.float64
+    assert torch.all(ds.x_train.sum(1) == 2)
+    a, b = ds.x_train[:, :5].argmax(1), ds.x_train[:, 5:].argmax(1)
+    assert torch.equal(ds.y_train, (a + b) % 5)
+    tokens = load_dataset("modular", p=5, equals_token=False)
+    assert tokens.x_train.shape[1] == 2 and tokens.info["vocab_size"] == 5
+
+
+def test_teacher_student_is_a_noiseless_mlp():
+    from sharpdim.training.models import build_mlp
+
+    ds = load_dataset(
+        "teacher_student", seed=2, n_train=30, n_test=5, in_dim=4, out_dim=2, dtype=torch.float64
+    )
+    g = torch.Generator().manual_seed(2)
+    teacher = build_mlp(4, 2, width=32, depth=1, generator=g, dtype=torch.float64)
+    x = torch.randn(35, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(ds.x_train, x[:30])
+    with torch.no_grad():
+        torch.testing.assert_close(ds.y_test, teacher(x[30:]))
+    assert ds.num_classes == 0 and ds.num_outputs == 2
+    noisy = load_dataset(
+        "teacher_student",
+        seed=2,
+        n_train=30,
+        n_test=5,
+        in_dim=4,
+        out_dim=2,
+        noise_std=0.1,
+        dtype=torch.float64,
+    )
+    assert torch.equal(noisy.x_train, ds.x_train) and not torch.equal(noisy.y_train, ds.y_train)
+
+
+def test_batches_and_subset():
+    ds = load_dataset("modular", p=5)
+    g = torch.Generator().manual_seed(0)
+    seen = torch.cat([x[:, 0] * 5 + x[:, 1] for x, _ in ds.batches(4, g, drop_last=False)])
+    train_ids = ds.x_train[:, 0] * 5 + ds.x_train[:, 1]
+    assert sorted(seen.tolist()) == sorted(train_ids.tolist())
+    sizes = [len(y) for _, y in ds.batches(5, g)]
+    assert sizes == [5] * (ds.num_train // 5)
+    (full,) = list(ds.batches(None))
+    assert full[0] is ds.x_train
+    with pytest.raises(SharpdimError, match="batch_size"):
+        next(ds.batches(ds.num_train + 1, g))
+    sub = ds.subset(3)
+    assert torch.equal(sub.x_train, ds.x_train[:3]) and sub.x_test is ds.x_test
+    with pytest.raises(SharpdimError, match="subset"):
+        ds.subset(0)
+
+
+def test_unknown_names_and_options():
+    with pytest.raises(SharpdimError, match="unknown dataset"):
+        load_dataset("cifar")
+    with pytest.raises(SharpdimError, match="unknown option"):
+        load_dataset("digits", p=3)
+    with pytest.raises(SharpdimError, match="encoding"):
+        load_dataset("modular", encoding="bits")
+
+
+def _write_mnist_files(directory, gz=True):
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (12, 4, 4), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, 12, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (6, 4, 4), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.arange(6, dtype=np.uint8),
+    }
+    for stem, array in arrays.items():
+        write_idx(directory / f"{stem}{suffix}", array)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_dataset_round_trip(tmp_path, gz):
+    arrays = _write_mnist_files(tmp_path, gz=gz)
+    ds = load_dataset("idx", directory=tmp_path, dtype=torch.float64)
+    pixels = arrays["train-images-idx3-ubyte"].reshape(12, 16) / 255.0
+    mean, std = pixels.mean(), pixels.std(ddof=1)
+    np.testing.assert_allclose(ds.x_train.numpy(), (pixels - mean) / std)
+    test_pixels = arrays["t10k-images-idx3-ubyte"].reshape(6, 16) / 255.0
+    np.testing.assert_allclose(ds.x_test.numpy(), (test_pixels - mean) / std)
+    np.testing.assert_array_equal(ds.y_train.numpy(), arrays["train-labels-idx1-ubyte"])
+    assert ds.num_classes == max(int(arrays["train-labels-idx1-ubyte"].max()), 5) + 1
+    few = load_dataset("idx", directory=tmp_path, n_train=5, n_test=2, flatten=False)
+    assert few.x_train.shape == (5, 4, 4) and few.num_test == 2
+
+
+def test_idx_dataset_explicit_paths_and_mismatch(tmp_path):
+    _write_mnist_files(tmp_path, gz=False)
+    files = {
+        "train_images": tmp_path / "train-images-idx3-ubyte",
+        "train_labels": tmp_path / "train-labels-idx1-ubyte",
+        "test_images": tmp_path / "t10k-images-idx3-ubyte",
+        "test_labels": tmp_path / "t10k-labels-idx1-ubyte",
+    }
+    assert load_dataset("idx", **files).num_train == 12
+    with pytest.raises(SharpdimError, match="do not match"):
+        load_dataset("idx", **{**files, "test_labels": files["train_labels"]})
+    with pytest.raises(SharpdimError, match="directory="):
+        load_dataset("idx")

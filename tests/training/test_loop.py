@@ -1,0 +1,179 @@
+"""Training loop: determinism, GD by hand, divergence, checkpoints, monitor hook."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sharpdim.curvature.params import get_flat_params
+from sharpdim.errors import SharpdimError
+from sharpdim.training.checkpoint import checkpoint_path, load_checkpoint
+from sharpdim.training.datasets import load_dataset
+from sharpdim.training.loop import TrainConfig, train
+from sharpdim.training.losses import mse_loss
+from sharpdim.training.models import DeepScalarLinear, build_mlp
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", n_train=200, n_test=50, dtype=torch.float64)
+
+
+def small_mlp(seed: int = 0):
+    return build_mlp(64, 10, width=16, depth=1, seed=seed, dtype=torch.float64)
+
+
+def flat(model):
+    return get_flat_params(list(model.parameters()))
+
+
+def test_full_batch_gd_equals_a_hand_written_loop(digits):
+    model, manual = small_mlp(), small_mlp()
+    config = TrainConfig(optimizer="gd", lr=0.1, steps=5)
+    result = train(model, digits, config)
+    losses = []
+    for _ in range(5):
+        loss = mse_loss(manual, digits.train_batch())
+        losses.append(float(loss.detach()))
+        grads = torch.autograd.grad(loss, list(manual.parameters()))
+        with torch.no_grad():
+            for p, g in zip(manual.parameters(), grads, strict=True):
+                p -= 0.1 * g
+    torch.testing.assert_close(flat(model), flat(manual), rtol=1e-12, atol=1e-14)
+    assert [s for s, _ in result.history] == list(range(5))
+    assert [v for _, v in result.history] == pytest.approx(losses, rel=1e-12)
+    assert result.status == "ok" and result.steps_completed == 5 and result.diverged_at is None
+    assert result.final_train_loss == pytest.approx(
+        float(mse_loss(manual, digits.train_batch()).detach())
+    )
+    assert result.final_test_accuracy is not None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_same_seed_same_run(digits, optimizer):
+    config = TrainConfig(optimizer=optimizer, lr=0.01, batch_size=32, steps=15, seed=4)
+    runs = [small_mlp() for _ in range(3)]
+    r0 = train(runs[0], digits, config)
+    r1 = train(runs[1], digits, config)
+    train(
+        runs[2], digits, TrainConfig(optimizer=optimizer, lr=0.01, batch_size=32, steps=15, seed=5)
+    )
+    assert torch.equal(flat(runs[0]), flat(runs[1])) and r0.history == r1.history
+    assert not torch.equal(flat(runs[0]), flat(runs[2]))
+
+
+def test_global_rng_untouched_and_dropout_seeded(digits):
+    model = torch.nn.Sequential(torch.nn.Dropout(0.2), small_mlp())
+    other = copy.deepcopy(model)
+    state = torch.get_rng_state()
+    config = TrainConfig(lr=0.05, steps=4)
+    train(model, digits, config)
+    assert torch.equal(torch.get_rng_state(), state)
+    train(other, digits, config)
+    assert torch.equal(flat(model), flat(other))
+
+
+def test_divergence_is_recorded_not_raised(digits):
+    result = train(small_mlp(), digits, TrainConfig(lr=50.0, steps=100))
+    assert result.status == "diverged" and result.diverged
+    assert result.diverged_at is not None and 0 < result.diverged_at < 100
+    assert result.steps_completed == result.diverged_at
+    assert len(result.history) == result.diverged_at
+    capped = train(small_mlp(), digits, TrainConfig(lr=50.0, steps=100, divergence_threshold=2.0))
+    assert capped.diverged and capped.diverged_at <= result.diverged_at
+
+
+def test_minimalist_example_converges_below_and_diverges_above():
+    net = DeepScalarLinear((2.0, 0.3, 2.0, 0.3))
+    one = net.batch()
+    from sharpdim.training.datasets import Dataset
+
+    data = Dataset("scalar", one[0], one[1], one[0][:0], one[1][:0], 0)
+    ok = train(net, data, TrainConfig(lr=0.01, steps=2000))
+    assert ok.status == "ok" and ok.final_train_loss < 1e-10
+    assert ok.final_test_accuracy is None
+    bad = train(DeepScalarLinear((2.0, 0.3, 2.0, 0.3)), data, TrainConfig(lr=5.0, steps=2000))
+    assert bad.status == "diverged"
+
+
+def test_nonfinite_parameters_end_the_run(digits):
+    def poison(step, model, loss_value, optimizer):
+        if step == 2:
+            next(model.parameters()).grad.fill_(float("inf"))
+
+    result = train(small_mlp(), digits, TrainConfig(lr=0.1, steps=10), callbacks=[poison])
+    assert result.status == "diverged" and result.diverged_at == 3
+
+
+def test_checkpoints_on_disk_and_in_memory(digits, tmp_path):
+    model = small_mlp()
+    initial = flat(model)
+    config = TrainConfig(
+        optimizer="momentum",
+        lr=0.05,
+        steps=6,
+        checkpoint_steps=(6, 0, 3),
+        checkpoint_dir=str(tmp_path),
+    )
+    result = train(model, digits, config)
+    assert sorted(result.snapshots) == [0, 3, 6] and sorted(result.checkpoint_paths) == [0, 3, 6]
+    assert torch.equal(result.snapshots[0], initial)
+    assert torch.equal(result.snapshots[6], flat(model))
+    restored = small_mlp(seed=9)
+    optimizer = config.make_optimizer(list(restored.parameters()))
+    assert load_checkpoint(checkpoint_path(tmp_path, 3), restored, optimizer) == 3
+    assert torch.equal(flat(restored), result.snapshots[3])
+    assert optimizer.state_dict()["state"]  # momentum buffers came back
+    with pytest.raises(SharpdimError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt", restored)
+    assert result.to_dict()["snapshots"][0] == initial.tolist()
+
+
+def test_monitor_sees_each_step_before_the_update(digits):
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def on_step(self, step, model, loss_value, optimizer):
+            current = float(mse_loss(model, digits.train_batch()).detach())
+            self.calls.append((step, loss_value, current, type(optimizer).__name__))
+
+    monitor = Recorder()
+    seen = []
+    result = train(
+        small_mlp(),
+        digits,
+        TrainConfig(lr=0.1, steps=4),
+        monitor=monitor,
+        callbacks=[lambda s, m, v, o: seen.append(s)],
+    )
+    assert [c[0] for c in monitor.calls] == [0, 1, 2, 3] == seen
+    for (_, value, current, name), (_, logged) in zip(monitor.calls, result.history, strict=True):
+        assert value == pytest.approx(current, rel=1e-12) and value == logged and name == "SGD"
+
+
+def test_evaluations_stop_loss_and_casting(digits):
+    model = build_mlp(64, 10, width=16, depth=1)  # float32 model, float64 data: cast
+    result = train(model, digits, TrainConfig(lr=0.1, steps=10, eval_every=4, log_every=3))
+    assert [e["step"] for e in result.evaluations] == [0, 4, 8, 10]
+    assert [s for s, _ in result.history] == [0, 3, 6, 9]
+    stopped = train(small_mlp(), digits, TrainConfig(lr=0.1, steps=50, stop_loss=0.44))
+    assert stopped.status == "ok" and stopped.steps_completed < 50
+    assert stopped.history[-1][1] < 0.44
+    assert train(small_mlp(), digits, TrainConfig(steps=3), progress=True).status == "ok"
+
+
+def test_config_validation():
+    with pytest.raises(SharpdimError, match="unknown optimizer"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(SharpdimError, match="unknown loss"):
+        TrainConfig(loss="hinge")
+    with pytest.raises(SharpdimError, match="checkpoint steps"):
+        TrainConfig(steps=5, checkpoint_steps=(6,))
+    with pytest.raises(SharpdimError, match="lr="):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(SharpdimError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    assert TrainConfig(betas=[0.5, 0.6]).to_dict()["betas"] == (0.5, 0.6)

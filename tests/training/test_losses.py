@@ -1,0 +1,68 @@
+"""Losses: MSE to one-hot targets (Cohen et al.), plain MSE, cross-entropy, accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sharpdim.errors import SharpdimError
+from sharpdim.training.losses import (
+    accuracy,
+    cross_entropy_loss,
+    evaluate,
+    get_loss,
+    mse_loss,
+)
+
+
+class Fixed(nn.Module):
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out
+
+
+OUT = torch.tensor([[1.0, 0.0, 2.0], [0.5, 0.5, -1.0]], dtype=torch.float64)
+LABELS = torch.tensor([2, 0])
+
+
+def test_mse_to_one_hot():
+    # 0.5 * mean_i ||f_i - e_{y_i}||^2 = 0.5 * ((1 + 0 + 1) + (0.25 + 0.25 + 1)) / 2
+    assert float(mse_loss(Fixed(OUT), (None, LABELS)).detach()) == pytest.approx(0.875)
+
+
+def test_mse_regression_and_shape_check():
+    y = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    assert float(mse_loss(Fixed(OUT), (None, y))) == pytest.approx(0.5 * (5 + 0.25 + 0.25 + 4) / 2)
+    flat = Fixed(torch.tensor([[1.0], [3.0]]))
+    assert float(mse_loss(flat, (None, torch.tensor([0.0, 1.0])))) == pytest.approx(1.25)
+    with pytest.raises(SharpdimError, match="do not match"):
+        mse_loss(flat, (None, torch.zeros(3)))
+
+
+def test_cross_entropy_and_accuracy():
+    ref = nn.functional.cross_entropy(OUT, LABELS)
+    assert float(cross_entropy_loss(Fixed(OUT), (None, LABELS))) == pytest.approx(float(ref))
+    assert accuracy(Fixed(OUT), (None, LABELS)) == 1.0
+    assert accuracy(Fixed(OUT), (None, torch.tensor([2, 2]))) == 0.5
+    with pytest.raises(SharpdimError, match="integer class labels"):
+        cross_entropy_loss(Fixed(OUT), (None, OUT))
+    with pytest.raises(SharpdimError, match="pair"):
+        mse_loss(Fixed(OUT), OUT)
+
+
+def test_get_loss_and_evaluate():
+    assert get_loss("mse") is mse_loss and get_loss("ce") is cross_entropy_loss
+    with pytest.raises(SharpdimError, match="unknown loss"):
+        get_loss("hinge")
+    model = nn.Sequential(nn.Dropout(0.5), Fixed(OUT))
+    model.train()
+    loss, acc = evaluate(model, mse_loss, (torch.zeros(2, 3), LABELS))
+    assert loss == pytest.approx(0.875) and acc == 1.0 and model.training
+    loss, acc = evaluate(
+        model, mse_loss, (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64))
+    )
+    assert acc is None

@@ -1,0 +1,158 @@
+"""Optimizers: one step equals the hand-written update; thresholds are stability boundaries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sharpdim.errors import SharpdimError
+from sharpdim.training.optimizers import (
+    adam_preconditioner,
+    make_optimizer,
+    optimizer_name,
+    optimizer_stability_threshold,
+    stability_threshold,
+)
+
+A = torch.tensor([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]], dtype=torch.float64)
+B = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+W0 = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)
+LR, MU, BETAS, EPS, WD = 0.05, 0.8, (0.9, 0.99), 1e-8, 0.1
+
+
+def grad(w: torch.Tensor) -> torch.Tensor:
+    """Gradient of L(w) = 0.5 w^T A w - b^T w."""
+    return A @ w - B
+
+
+def hand_written(name: str, steps: int) -> torch.Tensor:
+    """The update rules written out (PyTorch's conventions), ``steps`` steps from W0."""
+    w, v, m, s = W0.clone(), torch.zeros(3, dtype=torch.float64), 0 * W0, 0 * W0
+    for t in range(1, steps + 1):
+        g = grad(w)
+        if name == "gd":
+            w = w - LR * (g + WD * w)
+        elif name in ("momentum", "nesterov"):
+            g = g + WD * w
+            v = MU * v + g
+            w = w - LR * (g + MU * v if name == "nesterov" else v)
+        else:
+            if name == "adamw":
+                w = w * (1 - LR * WD)
+            else:
+                g = g + WD * w
+            m = BETAS[0] * m + (1 - BETAS[0]) * g
+            s = BETAS[1] * s + (1 - BETAS[1]) * g**2
+            m_hat, s_hat = m / (1 - BETAS[0] ** t), s / (1 - BETAS[1] ** t)
+            w = w - LR * m_hat / (s_hat.sqrt() + EPS)
+    return w
+
+
+def run_torch(name: str, steps: int, optimizer=None):
+    w = nn.Parameter(W0.clone())
+    opt = (
+        optimizer(w)
+        if optimizer
+        else make_optimizer(name, [w], lr=LR, momentum=MU, betas=BETAS, eps=EPS, weight_decay=WD)
+    )
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * w @ A @ w - B @ w).backward()
+        opt.step()
+    return w.detach(), opt
+
+
+REFERENCE = {
+    "gd": lambda w: torch.optim.SGD([w], lr=LR, weight_decay=WD),
+    "momentum": lambda w: torch.optim.SGD([w], lr=LR, momentum=MU, weight_decay=WD),
+    "nesterov": lambda w: torch.optim.SGD([w], lr=LR, momentum=MU, weight_decay=WD, nesterov=True),
+    "adam": lambda w: torch.optim.Adam([w], lr=LR, betas=BETAS, eps=EPS, weight_decay=WD),
+    "adamw": lambda w: torch.optim.AdamW([w], lr=LR, betas=BETAS, eps=EPS, weight_decay=WD),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+@pytest.mark.parametrize("steps", [1, 3])
+def test_step_equals_hand_written_and_torch_optim(name, steps):
+    ours, opt = run_torch(name, steps)
+    torch.testing.assert_close(ours, hand_written(name, steps), rtol=1e-12, atol=1e-14)
+    reference, _ = run_torch(name, steps, REFERENCE[name])
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    assert optimizer_name(opt) == name
+
+
+def test_aliases_and_bad_input():
+    assert optimizer_name(make_optimizer("sgd", [nn.Parameter(W0)], lr=0.1, momentum=0.9)) == "gd"
+    assert optimizer_name(make_optimizer("heavy_ball", [nn.Parameter(W0)], lr=0.1)) == "momentum"
+    with pytest.raises(SharpdimError, match="unknown optimizer"):
+        make_optimizer("lbfgs", [nn.Parameter(W0)], lr=0.1)
+    with pytest.raises(SharpdimError, match="learning rate"):
+        make_optimizer("gd", [nn.Parameter(W0)], lr=0.0)
+    with pytest.raises(SharpdimError, match="momentum"):
+        stability_threshold("momentum", 0.1, momentum=1.0)
+    with pytest.raises(SharpdimError, match="no stability threshold"):
+        optimizer_name(torch.optim.RMSprop([nn.Parameter(W0)]))
+
+
+def test_threshold_values():
+    assert stability_threshold("gd", 0.01) == pytest.approx(200.0)
+    assert stability_threshold("momentum", 0.01, momentum=0.9) == pytest.approx(380.0)
+    assert stability_threshold("nesterov", 0.01, momentum=0.9) == pytest.approx(380.0 / 2.8)
+    assert stability_threshold("adam", 1e-3, betas=(0.9, 0.999)) == pytest.approx(38000.0)
+    opt = make_optimizer("momentum", [nn.Parameter(W0)], lr=0.1, momentum=0.5)
+    assert optimizer_stability_threshold(opt) == ("momentum", pytest.approx(30.0))
+
+
+def _final_size(name: str, curvature: float, steps: int = 1500) -> float:
+    """|w| after running the real optimizer on 0.5 * a * w^2 from w = 1."""
+    w = nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt = make_optimizer(name, [w], lr=0.1, momentum=0.7)
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * curvature * w.pow(2).sum()).backward()
+        opt.step()
+    return float(w.detach().abs())
+
+
+@pytest.mark.parametrize("name", ["gd", "momentum", "nesterov"])
+def test_threshold_is_the_stability_boundary_of_the_real_step(name):
+    threshold = stability_threshold(name, 0.1, momentum=0.7)
+    assert _final_size(name, 0.98 * threshold) < 1e-3
+    assert _final_size(name, 1.02 * threshold) > 1e3
+
+
+def test_adam_threshold_is_the_boundary_with_a_frozen_preconditioner():
+    lr, beta1 = 0.01, 0.9
+    threshold = stability_threshold("adam", lr, betas=(beta1, 0.999))
+
+    def radius(a: float) -> float:
+        # state (m, w): m' = beta1 m + (1 - beta1) a w;  w' = w - lr m'  (P^-1 H = a)
+        step = torch.tensor(
+            [[beta1, (1 - beta1) * a], [-lr * beta1, 1 - lr * (1 - beta1) * a]], dtype=torch.float64
+        )
+        return float(torch.linalg.eigvals(step).abs().max())
+
+    assert radius(0.999 * threshold) < 1 < radius(1.001 * threshold)
+    assert radius(threshold) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_adam_preconditioner_reproduces_the_step():
+    w, opt = run_torch("adam", 3)
+    before = w.clone()
+    param = opt.param_groups[0]["params"][0]
+    opt.zero_grad()
+    (0.5 * param @ A @ param - B @ param).backward()
+    opt.step()
+    precond = adam_preconditioner(opt)
+    m = opt.state[param]["exp_avg"]
+    # w_t = w_{t-1} - lr * P_t^-1 m_t (weight decay enters through g and so through m)
+    torch.testing.assert_close(param.detach() - before, -LR * m / precond, rtol=1e-12, atol=1e-15)
+    assert math.isfinite(float(precond.min())) and float(precond.min()) > 0
+    fresh = make_optimizer("adam", [nn.Parameter(W0.clone())], lr=0.1)
+    with pytest.raises(SharpdimError, match="take at least one step"):
+        adam_preconditioner(fresh)
+    with pytest.raises(SharpdimError, match="no Adam preconditioner"):
+        adam_preconditioner(make_optimizer("gd", [nn.Parameter(W0)], lr=0.1))
