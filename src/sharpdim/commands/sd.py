@@ -1,7 +1,190 @@
-"""`sharpdim sd ...` commands."""
+"""``sharpdim sd ...``: the sharpness dimension of a small model trained on an offline dataset.
+
+``sharpdim sd compute`` trains an MLP briefly (gradient descent, SGD, momentum or Adam) with
+:func:`sharpdim.training.loop.train`, then computes its sharpness dimension (paper Def. 4.2)
+with :func:`sharpdim.dimension.sharpness_dimension.sharpness_dimension` and prints a table
+(optionally a JSON file).
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+import math
+from pathlib import Path
+from typing import Any
 
-app = typer.Typer(help="sd commands.", no_args_is_help=True)
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sharpdim.dimension.sharpness_dimension import METHODS, SDResult, sharpness_dimension
+from sharpdim.errors import SharpdimError
+
+app = typer.Typer(
+    help="Sharpness dimension (paper Def. 4.2): exact and SLQ-based estimators.",
+    no_args_is_help=True,
+)
+
+_TRAIN_TO_SD = {
+    "gd": "sgd",
+    "sgd": "sgd",
+    "momentum": "momentum",
+    "nesterov": "nesterov",
+    "adam": "adam",
+    "adamw": "adamw",
+}
+
+
+def _table(result: SDResult, extra: dict[str, Any]) -> Table:
+    table = Table(title="Sharpness dimension", show_header=True)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    ci = "-" if result.num_bootstrap == 0 else f"[{result.ci_low:.3f}, {result.ci_high:.3f}]"
+    rows = [
+        ("SD", f"{result.sd:.4f}"),
+        ("SD / number of exponents", f"{result.sd_fraction:.4f}"),
+        (f"{int(result.confidence * 100)}% bootstrap CI", ci),
+        ("j*", f"{result.j_star:.3f}"),
+        ("lambda_1 (RDS sharpness)", f"{result.lambda_1:.5f} +- {result.lambda_1_stderr:.1e}"),
+        ("expanding directions", f"{result.num_expanding:.1f}"),
+        ("parameters d / exponents", f"{result.num_params} / {result.num_exponents}"),
+        ("method / optimizer / lr", f"{result.method} / {result.optimizer} / {result.lr:g}"),
+        ("SD wall time (s)", f"{result.wall_time_s:.2f}"),
+    ]
+    rows += [(k, v if isinstance(v, str) else f"{v:.4g}") for k, v in extra.items()]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+@app.command("compute")
+def compute(
+    dataset: str = typer.Option("digits", help="digits | mnist1d | modular | teacher_student"),
+    n_train: int | None = typer.Option(None, help="training examples (dataset default if unset)"),
+    width: int = typer.Option(32, help="MLP hidden width"),
+    depth: int = typer.Option(2, help="MLP hidden layers"),
+    activation: str = typer.Option("tanh", help="tanh | relu | gelu"),
+    loss: str = typer.Option("mse", help="mse | ce"),
+    lr: float = typer.Option(0.1, help="step size of training and of the SD's optimizer step"),
+    optimizer: str = typer.Option("gd", help="gd | sgd | momentum | nesterov | adam | adamw"),
+    momentum: float = typer.Option(0.9, help="momentum (heavy ball / Nesterov)"),
+    train_batch_size: int | None = typer.Option(
+        None, help="training minibatch (default: full batch)"
+    ),
+    train_steps: int = typer.Option(200, help="training steps before measuring"),
+    method: str = typer.Option("exact", help="exact | slq | kde | ps"),
+    batch_size: int = typer.Option(64, help="minibatch size of the SD's Jacobians"),
+    num_batches: int = typer.Option(10, help="minibatches (exact method)"),
+    num_runs: int = typer.Option(100, help="Lanczos runs (slq/kde/ps)"),
+    num_steps: int = typer.Option(100, help="Lanczos steps per run (slq/kde/ps)"),
+    num_bootstrap: int = typer.Option(200, help="bootstrap resamples for the CI (0: none)"),
+    max_params: int = typer.Option(20_000, help="largest model for method=exact"),
+    float64: bool = typer.Option(True, "--float64/--float32", help="model dtype"),
+    seed: int = typer.Option(0, help="seed of data, model, training and SD sampling"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
+) -> None:
+    """Train an MLP briefly, then compute its sharpness dimension and print it."""
+    from sharpdim.training.datasets import load_dataset
+    from sharpdim.training.loop import TrainConfig, train
+    from sharpdim.training.losses import get_loss
+    from sharpdim.training.models import build_mlp
+    from sharpdim.training.optimizers import adam_preconditioner
+
+    if method not in METHODS:
+        raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if optimizer not in _TRAIN_TO_SD:
+        raise SharpdimError(
+            f"unknown optimizer {optimizer!r}: use one of {', '.join(_TRAIN_TO_SD)}"
+        )
+    dtype = torch.float64 if float64 else torch.float32
+    data = load_dataset(dataset, seed=seed, n_train=n_train, dtype=dtype)
+    model = build_mlp(
+        data.input_dim,
+        data.num_outputs,
+        width=width,
+        depth=depth,
+        activation=activation,
+        seed=seed,
+        dtype=dtype,
+    )
+    config = TrainConfig(
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        batch_size=train_batch_size,
+        steps=train_steps,
+        loss=loss,
+        seed=seed,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = config.make_optimizer(params)
+    trained = train(model, data, config, optimizer=opt)
+    if trained.diverged:
+        raise SharpdimError(
+            f"training diverged at step {trained.diverged_at}: lower --lr or --train-steps"
+        )
+    sd_optimizer = _TRAIN_TO_SD[optimizer]
+    pre = (
+        adam_preconditioner(opt, params).to(torch.float64)
+        if sd_optimizer in ("adam", "adamw") and train_steps > 0
+        else None
+    )
+    result = sharpness_dimension(
+        model,
+        get_loss(loss),
+        data.train_batch(),
+        lr,
+        method=method,
+        optimizer=sd_optimizer,
+        num_batches=num_batches,
+        batch_size=min(batch_size, data.num_train),
+        generator=torch.Generator().manual_seed(seed),
+        max_params=max_params,
+        num_runs=num_runs,
+        num_steps=num_steps,
+        momentum=momentum,
+        betas=config.betas,
+        weight_decay=config.weight_decay,
+        adam_eps=config.eps,
+        preconditioner=pre,
+        num_bootstrap=num_bootstrap,
+    )
+    extra: dict[str, Any] = {
+        "train loss": trained.final_train_loss,
+        "test loss": trained.final_test_loss,
+    }
+    if trained.final_train_accuracy is not None and trained.final_test_accuracy is not None:
+        extra["train / test accuracy"] = (
+            f"{trained.final_train_accuracy:.3f} / {trained.final_test_accuracy:.3f}"
+        )
+    Console().print(_table(result, extra))
+    if json_out is not None:
+        payload = {
+            "result": result.to_dict(),
+            "training": {
+                "dataset": dataset,
+                "width": width,
+                "depth": depth,
+                "activation": activation,
+                "loss": loss,
+                **config.to_dict(),
+                "final_train_loss": trained.final_train_loss,
+                "final_test_loss": trained.final_test_loss,
+                "final_train_accuracy": trained.final_train_accuracy,
+                "final_test_accuracy": trained.final_test_accuracy,
+            },
+        }
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    """Replace NaN/inf floats by ``None`` so the JSON is strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,199 @@
+"""Cost of the sharpness dimension against its unavoidable kernels (issue 3).
+
+* exact SD of the 784-16-16-10 ReLU MLP without biases (12,960 parameters): time per minibatch
+  of ``sharpness_dimension(method="exact")`` (dense Hessian from 12,960 HVPs, float64
+  ``eigvalsh``, closed-form exponents) against ``torch.linalg.eigvalsh`` alone on that
+  Hessian (target <= 1.3x);
+* SD-SLQ on the 5-layer width-200 ReLU MLP without biases, 784-200-200-200-200-10
+  (784*200 + 3*200*200 + 200*10 = 278,800 parameters): time per Lanczos run of
+  ``sharpness_dimension(method="slq")`` against ``num_steps`` Hessian-vector products alone on
+  a fresh minibatch (graph build included in both; target <= 1.3x).
+
+Inputs are scikit-learn's 8x8 handwritten digits (1,797 images) upsampled bilinearly to 28x28
+(784 features) and standardised; models are float32 at their seeded initialisation. Both
+measurements of a ratio are taken in the same run, alternating, so machine load cancels.
+
+    python benchmarks/bench_sd.py --out bench_sd.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from sharpdim.curvature.dense import dense_hessian
+from sharpdim.curvature.hessian import HessianOperator
+from sharpdim.dimension.sharpness_dimension import sharpness_dimension
+
+
+def digits_784(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn digits upsampled from 8x8 to 28x28, standardised."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float64)[:, None]
+    x = nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    x = x.reshape(x.shape[0], -1)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    return x.to(dtype), torch.tensor(d.target, dtype=torch.int64)
+
+
+def relu_mlp(widths: list[int], seed: int = 0) -> nn.Sequential:
+    gen = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        lin = nn.Linear(a, b, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_((2 * torch.rand(b, a, generator=gen) - 1) / a**0.5)
+        layers.append(lin)
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+def bench_exact(batch_size: int, repeats: int) -> dict[str, Any]:
+    model = relu_mlp([784, 16, 16, 10])
+    d = sum(p.numel() for p in model.parameters())
+    x, y = digits_784()
+    sd_times, eig_times, build_times, sds = [], [], [], []
+    for r in range(repeats):
+        # one minibatch; the SD is asked for exactly this batch (data = the batch itself)
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(r))[:batch_size]
+        batch = (x[idx], y[idx])
+        t0 = time.perf_counter()
+        hess = dense_hessian(model, ce, batch, max_params=None).to(torch.float64)
+        build_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        torch.linalg.eigvalsh(hess)
+        eig_times.append(time.perf_counter() - t0)
+        del hess
+        t0 = time.perf_counter()
+        res = sharpness_dimension(
+            model,
+            ce,
+            batch,
+            0.1,
+            method="exact",
+            num_batches=1,
+            batch_size=batch_size,
+            max_params=None,
+            num_bootstrap=0,
+        )
+        sd_times.append(time.perf_counter() - t0)
+        sds.append(res.sd)
+    ratios = [s / e for s, e in zip(sd_times, eig_times, strict=True)]
+    return {
+        "model": "784-16-16-10 ReLU, no bias",
+        "num_params": d,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "sd_per_batch_s": min(sd_times),
+        "eigvalsh_s": min(eig_times),
+        "hessian_build_s": min(build_times),
+        "ratio_of_minima": min(sd_times) / min(eig_times),
+        "ratio_per_repeat": ratios,
+        "target": 1.3,
+        "sd_values": sds,
+        "all_sd_s": sd_times,
+        "all_eigvalsh_s": eig_times,
+    }
+
+
+def bench_slq(batch_size: int, num_runs: int, num_steps: int, repeats: int) -> dict[str, Any]:
+    model = relu_mlp([784, 200, 200, 200, 200, 10])
+    d = sum(p.numel() for p in model.parameters())
+    assert d == 278_800, d
+    data = digits_784()
+    sd_times, hvp_times = [], []
+    res = None
+    for r in range(repeats):
+        gen = torch.Generator().manual_seed(200 + r)
+        t0 = time.perf_counter()
+        for _ in range(num_runs):  # num_steps HVPs on a fresh minibatch, graph build included
+            idx = torch.randperm(data[0].shape[0], generator=gen)[:batch_size]
+            op = HessianOperator(model, ce, (data[0][idx], data[1][idx]))
+            v = torch.randn(d, generator=gen)
+            for _ in range(num_steps):
+                v = op @ v
+                v = v / v.norm()
+        hvp_times.append((time.perf_counter() - t0) / num_runs)
+        t0 = time.perf_counter()
+        res = sharpness_dimension(
+            model,
+            ce,
+            data,
+            0.1,
+            method="slq",
+            num_runs=num_runs,
+            num_steps=num_steps,
+            batch_size=batch_size,
+            num_bootstrap=0,
+            generator=torch.Generator().manual_seed(300 + r),
+        )
+        sd_times.append((time.perf_counter() - t0) / num_runs)
+    assert res is not None
+    sd_t, hvp_t = min(sd_times), min(hvp_times)
+    return {
+        "model": "784-200-200-200-200-10 ReLU, no bias",
+        "num_params": d,
+        "batch_size": batch_size,
+        "num_runs": num_runs,
+        "num_steps": num_steps,
+        "repeats": repeats,
+        "sd_slq_per_run_s": sd_t,
+        "hvps_per_run_s": hvp_t,
+        "ratio": sd_t / hvp_t,
+        "target": 1.3,
+        "sd": res.sd,
+        "sd_fraction": res.sd_fraction,
+        "all_sd_slq_per_run_s": sd_times,
+        "all_hvps_per_run_s": hvp_times,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--part", choices=["exact", "slq", "all"], default="all")
+    parser.add_argument("--batch-size", type=int, default=128, help="minibatch of the exact SD")
+    parser.add_argument("--slq-batch-size", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--num-runs", type=int, default=5)
+    parser.add_argument("--num-steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=str, default=None, help="JSON output file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+    }
+    if args.part in ("exact", "all"):
+        out["exact"] = bench_exact(args.batch_size, args.repeats)
+        print(json.dumps(out["exact"], indent=1))
+    if args.part in ("slq", "all"):
+        out["slq"] = [
+            bench_slq(b, args.num_runs, args.num_steps, args.repeats) for b in args.slq_batch_size
+        ]
+        print(json.dumps(out["slq"], indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,370 @@
+"""The sharpness dimension of a model, its data, an optimizer and a learning rate.
+
+Paper Def. 4.2 (Tuci et al., "Generalization at the Edge of Stability", arXiv 2604.19740): the
+Kaplan–Yorke dimension of the RDS sharpnesses ``lambda_1 >= ... >= lambda_n`` (Def. 4.1), the
+batch-averaged sorted log singular values of the optimizer's one-step Jacobian at the current
+parameters. Methods:
+
+* ``"exact"``: per sampled minibatch the dense Hessian, float64 ``eigvalsh``, closed-form
+  singular values (:mod:`sharpdim.dimension.rds_sharpness`), Def. 4.2 on the batch mean.
+  Refused above ``max_params`` with a message naming the scalable methods.
+* ``"slq"``, ``"kde"``, ``"ps"``: stochastic Lanczos quadrature, one fresh minibatch and one
+  Rademacher probe per run, full reorthogonalization, then SD-SLQ / SD-KDE / SD-PS
+  (:mod:`sharpdim.dimension.sd_estimators`).
+
+Minibatches of ``batch_size`` examples are drawn without replacement from ``data`` with the
+given ``torch.Generator``, independently for every batch. The confidence interval is a
+percentile bootstrap over batches (exact) or Lanczos runs (SLQ methods), seeded from the
+same generator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sharpdim.curvature.dense import DENSE_LIMIT
+from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
+from sharpdim.curvature.params import trainable_parameters
+from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
+from sharpdim.dimension.rds_sharpness import rds_sharpness
+from sharpdim.dimension.sd_estimators import (
+    SD_METHODS,
+    exponent_measure,
+    sd_from_measure,
+    weighted_quantiles,
+)
+from sharpdim.dynamics.jacobian_spectra import (
+    LOG_EPS,
+    OPTIMIZERS,
+    StepMatrixOperator,
+    StepSpectrumConfig,
+)
+from sharpdim.errors import SharpdimError, TooLargeError
+
+METHODS: tuple[str, ...] = ("exact", *SD_METHODS)
+
+
+@dataclass(frozen=True)
+class SDResult:
+    """The sharpness dimension and what it was computed from.
+
+    Attributes:
+        sd: the sharpness dimension, in ``[0, num_exponents]``.
+        j_star: ``j*`` of Def. 4.2 (for the SLQ methods: the exponent mass above the crossing).
+        lambda_1: RDS sharpness (mean over batches of the top exponent); lambda_1_stderr its
+            standard error.
+        exponents: ``lambda_k`` in descending order (exact), or equal-mass quantiles of the
+            estimated exponent measure (SLQ methods), each standing for ``exponent_weight``
+            exponents.
+        exponent_weight: how many exponents each entry of ``exponents`` stands for.
+        num_expanding: number (mass) of exponents ``> 0``.
+        num_params: ``d``; num_exponents: ``d`` (SGD) or ``2d`` (momentum, Adam).
+        ci_low, ci_high: bootstrap confidence interval of SD (NaN without bootstrap).
+        confidence: its level; num_bootstrap: resamples.
+        method, optimizer, lr: the request; settings: every other setting used.
+        wall_time_s: seconds spent.
+    """
+
+    sd: float
+    j_star: float
+    lambda_1: float
+    lambda_1_stderr: float
+    exponents: torch.Tensor
+    exponent_weight: float
+    num_expanding: float
+    num_params: int
+    num_exponents: int
+    ci_low: float
+    ci_high: float
+    confidence: float
+    num_bootstrap: int
+    method: str
+    optimizer: str
+    lr: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+    @property
+    def sd_fraction(self) -> float:
+        """``SD / num_exponents``."""
+        return self.sd / self.num_exponents
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(x: float) -> float | None:
+            return None if math.isnan(x) else x
+
+        return {
+            "sd": self.sd,
+            "j_star": self.j_star,
+            "lambda_1": self.lambda_1,
+            "lambda_1_stderr": clean(self.lambda_1_stderr),
+            "num_expanding": self.num_expanding,
+            "num_params": self.num_params,
+            "num_exponents": self.num_exponents,
+            "ci_low": clean(self.ci_low),
+            "ci_high": clean(self.ci_high),
+            "confidence": self.confidence,
+            "num_bootstrap": self.num_bootstrap,
+            "method": self.method,
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "settings": dict(self.settings),
+            "wall_time_s": self.wall_time_s,
+            "exponent_weight": self.exponent_weight,
+            "exponents": self.exponents.tolist(),
+        }
+
+
+def _check_data(data: Any) -> int:
+    if not isinstance(data, (tuple, list)) or not data:
+        raise SharpdimError(
+            "data must be a non-empty (x, y) tuple of tensors: pass (x_train, y_train)"
+        )
+    if not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in data):
+        raise SharpdimError("data must hold tensors with a leading example dimension: pass (x, y)")
+    n = int(data[0].shape[0])
+    if n == 0:
+        raise SharpdimError("data is empty: pass at least one example")
+    if any(int(t.shape[0]) != n for t in data):
+        raise SharpdimError(
+            "the tensors in data have different lengths: pass x and y with one row per example"
+        )
+    return n
+
+
+def _sample_batches(
+    data: Sequence[torch.Tensor], count: int, batch_size: int, generator: torch.Generator
+) -> list[tuple[torch.Tensor, ...]]:
+    n = int(data[0].shape[0])
+    out = []
+    for _ in range(count):
+        idx = torch.randperm(n, generator=generator)[:batch_size]
+        out.append(tuple(t[idx.to(t.device)] for t in data))
+    return out
+
+
+def _estimate_preconditioner(
+    model: nn.Module, loss_fn: LossFn, batches: Sequence[Any], adam_eps: float, mode: Mode
+) -> torch.Tensor:
+    """``P = sqrt(mean_B g_B^2) + eps``: the stationary second moment over the sampled batches."""
+    sq = None
+    for b in batches:
+        _, g = HessianOperator(model, loss_fn, b, mode=mode).loss_and_gradient()
+        g2 = g.detach().to(torch.float64) ** 2
+        sq = g2 if sq is None else sq + g2
+    assert sq is not None
+    return (sq / len(batches)).sqrt() + adam_eps
+
+
+def _child_generator(gen: torch.Generator) -> torch.Generator:
+    """A new generator seeded from ``gen`` (the bootstrap's own stream)."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+
+
+def _percentile_ci(samples: list[float], confidence: float) -> tuple[float, float]:
+    if not samples:
+        return float("nan"), float("nan")
+    t = torch.tensor(samples, dtype=torch.float64)
+    lo = (1 - confidence) / 2
+    q = torch.quantile(t, torch.tensor([lo, 1 - lo], dtype=torch.float64))
+    return float(q[0]), float(q[1])
+
+
+def sharpness_dimension(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Sequence[torch.Tensor],
+    lr: float,
+    *,
+    method: str = "exact",
+    optimizer: str = "sgd",
+    num_batches: int = 10,
+    batch_size: int = 128,
+    generator: torch.Generator | None = None,
+    eps: float = LOG_EPS,
+    max_params: int | None = DENSE_LIMIT,
+    num_runs: int = 100,
+    num_steps: int = 100,
+    momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    adam_eps: float = 1e-8,
+    preconditioner: torch.Tensor | None = None,
+    step: int | None = None,
+    iterates: Sequence[torch.Tensor] | None = None,
+    mode: Mode = "eval",
+    num_bootstrap: int = 200,
+    confidence: float = 0.95,
+    estimator_options: dict[str, Any] | None = None,
+) -> SDResult:
+    """Sharpness dimension (paper Def. 4.2) of ``model`` trained by ``optimizer`` at step size ``lr``.
+
+    Args:
+        model: the network at (near) convergence; loss_fn: ``loss_fn(model, batch) -> scalar``
+            with ``batch`` an ``(x, y)`` tuple.
+        data: the training set as a tuple of tensors ``(x, y)``; minibatches are drawn from it.
+        lr: the optimizer's step size ``eta`` (> 0).
+        method: ``"exact"``, ``"slq"`` (SD-SLQ), ``"kde"`` (SD-KDE) or ``"ps"`` (SD-PS).
+        optimizer: ``"sgd"``, ``"momentum"`` (heavy ball, torch convention), ``"nesterov"``,
+            ``"adam"`` or ``"adamw"`` (frozen preconditioner, see
+            :mod:`sharpdim.dynamics.jacobian_spectra`).
+        num_batches: minibatches for the exact method; batch_size: their size.
+        generator: source of the minibatches, probes and bootstrap (default: seed 0).
+        eps: guard in ``ln(sigma + eps)``.
+        max_params: the exact method refuses models above this size.
+        num_runs, num_steps: Lanczos runs (one minibatch each) and steps per run.
+        momentum, betas, weight_decay, adam_eps: optimizer hyperparameters (torch's meaning).
+        preconditioner: Adam's ``P = sqrt(v_hat) + adam_eps`` (flat); default: estimated as
+            ``sqrt(mean_B g_B^2) + adam_eps`` over ``num_batches`` sampled minibatches.
+            ``sharpdim.training.optimizers.adam_preconditioner(opt)`` reads it from a live
+            optimizer with the bias correction ``1 - b1^t`` folded in (then leave ``step=None``).
+        step: Adam's step count for the bias correction of ``m``; ``None``: late training.
+        iterates: flat parameter vectors of late iterates (attractor samples, exact only):
+            per batch and ``k`` the maximum over them before averaging.
+        mode: module mode for the Hessians (``"eval"`` default).
+        num_bootstrap: bootstrap resamples for the confidence interval (0: none).
+        confidence: level of the interval.
+        estimator_options: extra keywords of the SD estimator (``num_bins``, ``bandwidth``,
+            ``grid_size``, ``integration``, ``num_quantiles``).
+
+    Returns:
+        :class:`SDResult`.
+
+    Raises:
+        SharpdimError: bad input; TooLargeError: ``"exact"`` above ``max_params``.
+    """
+    start = time.perf_counter()
+    if method not in METHODS:
+        raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if optimizer not in OPTIMIZERS:
+        raise SharpdimError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise SharpdimError(
+            f"lr must be a positive number, got {lr}: pass the optimizer's step size"
+        )
+    n = _check_data(data)
+    if not 1 <= batch_size <= n:
+        raise SharpdimError(
+            f"batch_size={batch_size} but the data has {n} examples: pass 1 <= batch_size <= {n}"
+        )
+    if num_batches < 1 or num_runs < 1 or num_steps < 1:
+        raise SharpdimError("num_batches, num_runs and num_steps must be >= 1")
+    if num_bootstrap < 0 or not 0 < confidence < 1:
+        raise SharpdimError("num_bootstrap must be >= 0 and confidence in (0, 1)")
+    if iterates is not None and method != "exact":
+        raise SharpdimError("`iterates` (attractor samples) needs method='exact'")
+    config = StepSpectrumConfig(
+        optimizer=optimizer,
+        lr=float(lr),
+        momentum=momentum,
+        betas=betas,
+        weight_decay=weight_decay,
+        step=step,
+        eps=eps,
+    )
+    d = sum(p.numel() for p in trainable_parameters(model))
+    if method == "exact" and max_params is not None and d > max_params:
+        raise TooLargeError(
+            f"method='exact' needs dense Hessians of {d:,} parameters, above max_params="
+            f"{max_params:,}: use method='slq', 'kde' or 'ps' (or raise max_params)"
+        )
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    opts = dict(estimator_options or {})
+    settings: dict[str, Any] = {
+        "batch_size": batch_size,
+        "eps": eps,
+        "mode": mode,
+        "estimator_options": opts,
+    }
+    if optimizer in ("momentum", "nesterov"):
+        settings["momentum"] = momentum
+    if config.is_adam:
+        settings.update(betas=list(betas), adam_eps=adam_eps, step=step)
+    if weight_decay:
+        settings["weight_decay"] = weight_decay
+    if config.is_adam and preconditioner is None:
+        preconditioner = _estimate_preconditioner(
+            model, loss_fn, _sample_batches(data, num_batches, batch_size, gen), adam_eps, mode
+        )
+        settings["preconditioner"] = "estimated: sqrt(mean_B g_B^2) + adam_eps"
+    num_exp = d * config.states_per_param
+
+    if method == "exact":
+        batches = _sample_batches(data, num_batches, batch_size, gen)
+        boot_gen = _child_generator(gen)
+        rds = rds_sharpness(
+            model,
+            loss_fn,
+            batches,
+            config,
+            preconditioner=preconditioner,
+            iterates=iterates,
+            mode=mode,
+            max_params=max_params,
+        )
+        ky = kaplan_yorke_dimension(rds.exponents)
+        boot = []
+        for _ in range(num_bootstrap):
+            pick = torch.randint(0, num_batches, (num_batches,), generator=boot_gen)
+            boot.append(kaplan_yorke_dimension(rds.per_batch[pick].mean(0)).dimension)
+        settings.update(num_batches=num_batches, num_iterates=rds.num_iterates)
+        exponents, weight = rds.exponents, 1.0
+        lam1, lam1_se = rds.lambda_1, rds.lambda_1_stderr
+        expanding = float((rds.exponents > 0).sum())
+    else:
+        from sharpdim.curvature.slq import slq_spectrum
+
+        batches = _sample_batches(data, num_runs, batch_size, gen)
+        boot_gen = _child_generator(gen)
+
+        def factory(run: int, _gen: torch.Generator) -> StepMatrixOperator:
+            return StepMatrixOperator(
+                HessianOperator(model, loss_fn, batches[run], mode=mode), config, preconditioner
+            )
+
+        slq = slq_spectrum(factory, num_runs=num_runs, num_steps=num_steps, generator=gen)
+        values, masses = exponent_measure(slq.nodes, slq.weights, d, config)
+        ky = sd_from_measure(method, values, masses, **opts)
+        boot = []
+        for _ in range(num_bootstrap):
+            pick = torch.randint(0, num_runs, (num_runs,), generator=boot_gen)
+            boot.append(sd_from_measure(method, values[pick], masses[pick], **opts).dimension)
+        top = values.amax(dim=1)
+        lam1 = float(top.mean())
+        lam1_se = (
+            float(top.std(correction=1) / math.sqrt(num_runs)) if num_runs > 1 else float("nan")
+        )
+        m_q = min(num_exp, 1000)
+        levels = (torch.arange(m_q, dtype=torch.float64) + 0.5) / m_q
+        exponents = torch.flip(weighted_quantiles(values, masses, levels), [0])
+        weight = num_exp / m_q
+        expanding = float(masses[values > 0].sum())
+        settings.update(num_runs=num_runs, num_steps=num_steps)
+    lo, hi = _percentile_ci(boot, confidence)
+    return SDResult(
+        sd=ky.dimension,
+        j_star=ky.j_star,
+        lambda_1=lam1,
+        lambda_1_stderr=lam1_se,
+        exponents=exponents,
+        exponent_weight=weight,
+        num_expanding=expanding,
+        num_params=d,
+        num_exponents=num_exp,
+        ci_low=lo,
+        ci_high=hi,
+        confidence=confidence,
+        num_bootstrap=num_bootstrap,
+        method=method,
+        optimizer=optimizer,
+        lr=float(lr),
+        settings=settings,
+        wall_time_s=time.perf_counter() - start,
+    )

@@ -1,0 +1,248 @@
+"""Log singular values of one optimizer step's Jacobian, from the Hessian's eigenvalues.
+
+The RDS sharpness (paper Def. 4.1, Tuci et al., arXiv 2604.19740) needs the singular values
+``sigma_k`` of the one-step Jacobian of the optimizer. For the optimizers below the Jacobian is
+orthogonally similar to a direct sum of ``1 x 1`` or ``2 x 2`` blocks indexed by the
+eigenvalues ``a`` of a symmetric matrix ``A`` (the minibatch Hessian ``H_B``, shifted by the
+L2 weight decay, or Adam's preconditioned Hessian), so its singular values follow in closed
+form from the eigenvalues of ``A`` — no ``2d x 2d`` SVD. Every formula is checked against the
+SVD of ``torch.autograd.functional.jacobian`` of the real torch.optim step in the tests.
+
+Exponents are ``ln(sigma + eps)``: the guard ``eps`` (default :data:`LOG_EPS` ``= 1e-12``)
+keeps ``ln 0`` finite. ``sigma = |1 - eta * a|`` computed in float64 carries an absolute
+round-off of about ``2.2e-16 * max(1, eta * |a|)``, below ``1e-12`` for ``eta * |a| < 10^3``:
+the guard leaves every singular value float64 can resolve essentially unchanged (relative
+change ``eps / sigma``) and caps an exactly singular direction at ``ln(1e-12) = -27.6``.
+
+Blocks (``a`` an eigenvalue of ``A``, ``lr`` the step size):
+
+* **SGD** ``w' = w - lr (g + wd w)``: ``A = H_B + wd I``, ``sigma = |1 - lr a|``.
+* **Heavy ball** (torch.optim.SGD, ``momentum = mu``, ``dampening = 0``): ``v' = mu v + g``,
+  ``w' = w - lr v'``, state ``(w, v)``: block ``[[1 - lr a, -lr mu], [a, mu]]`` (``det = mu``).
+* **Nesterov** (``nesterov=True``): ``w' = w - lr (g + mu v')``: block
+  ``[[1 - lr (1 + mu) a, -lr mu^2], [a, mu]]``.
+* **Adam / AdamW, frozen preconditioner** (an approximation, stated as such): torch's step is
+  ``m' = b1 m + (1 - b1) g``, ``v' = b2 v + (1 - b2) g^2``,
+  ``w' = (1 - lr wd_w) w - (lr / c1) m' / (sqrt(v' / c2) + eps_adam)`` with
+  ``c_i = 1 - b_i^t`` (``wd_w`` the decoupled AdamW decay). The approximation holds the
+  preconditioner ``D = diag(1 / (sqrt(v'/c2) + eps_adam))`` fixed: the dependence of ``v'`` on
+  ``w`` (through ``g^2``) is dropped and ``v`` leaves the state, which becomes ``(w, m)``.
+  Then ``J = [[(1 - lr wd_w) I - (lr/c1)(1 - b1) D A, -(lr/c1) b1 D], [(1 - b1) A, b1 I]]``
+  with ``A = H_B + wd I`` (Adam's L2 decay; ``wd = 0`` for AdamW). ``D A`` is not symmetric,
+  so the exponents are taken in the *preconditioned coordinates* ``(u, n) = (D^{-1/2} w,
+  D^{1/2} m)``, where ``J`` becomes ``S^{-1} J S`` (``S = diag(D^{1/2}, D^{-1/2})``) with blocks
+  ``[[1 - lr wd_w - (lr/c1)(1 - b1) a, -(lr/c1) b1], [(1 - b1) a, b1]]`` and ``a`` the
+  eigenvalues of the symmetric ``D^{1/2} A D^{1/2} = P^{-1/2} A P^{-1/2}``. A fixed change of
+  coordinates leaves Lyapunov exponents (long-time growth rates) unchanged; only the one-step
+  singular values, hence the RDS sharpness, depend on it.
+
+The singular values of a real ``2 x 2`` block ``[[p, q], [r, s]]`` are
+``(sqrt((p + s)^2 + (q - r)^2) +- sqrt((p - s)^2 + (q + r)^2)) / 2`` (absolute value for the
+smaller one), a cancellation-free form of ``sigma_1 sigma_2 = |ps - qr|``,
+``sigma_1^2 + sigma_2^2 = p^2 + q^2 + r^2 + s^2``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, final
+
+import torch
+
+from sharpdim.curvature.operator import LinearOperator
+from sharpdim.errors import SharpdimError
+
+LOG_EPS = 1e-12
+"""Default guard ``eps`` in the exponents ``ln(sigma + eps)`` (see the module docstring)."""
+
+Optimizer = Literal["sgd", "momentum", "nesterov", "adam", "adamw"]
+OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class StepSpectrumConfig:
+    """Hyperparameters that turn Hessian eigenvalues into one-step Jacobian singular values.
+
+    Attributes:
+        optimizer: ``"sgd"``, ``"momentum"`` (heavy ball), ``"nesterov"``, ``"adam"``,
+            ``"adamw"`` (the last two with a frozen preconditioner).
+        lr: step size ``eta`` (> 0).
+        momentum: ``mu`` for heavy ball / Nesterov (torch convention ``v <- mu v + g``).
+        betas: Adam's ``(b1, b2)``; only ``b1`` enters the frozen-preconditioner blocks.
+        weight_decay: L2 decay (SGD, Adam) or decoupled decay (AdamW).
+        step: Adam's step count ``t`` for the bias correction ``c1 = 1 - b1^t``; ``None``
+            means late in training (``c1 = 1``).
+        eps: the guard in ``ln(sigma + eps)``.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    step: int | None = None
+    eps: float = LOG_EPS
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise SharpdimError(
+                f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
+            )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SharpdimError(f"lr must be a positive number, got {self.lr}: pass lr > 0")
+        if not 0 <= self.momentum < 1:
+            raise SharpdimError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise SharpdimError(f"betas must lie in [0, 1), got {self.betas}")
+        if self.eps < 0:
+            raise SharpdimError(f"eps must be >= 0, got {self.eps}")
+        if self.step is not None and self.step < 1:
+            raise SharpdimError(f"step must be >= 1 (or None for late training), got {self.step}")
+
+    @property
+    def states_per_param(self) -> int:
+        """1 for SGD (state ``w``), 2 for momentum and Adam (state ``(w, v)`` or ``(w, m)``)."""
+        return 1 if self.optimizer == "sgd" else 2
+
+    @property
+    def is_adam(self) -> bool:
+        return self.optimizer in ("adam", "adamw")
+
+    @property
+    def hessian_shift(self) -> float:
+        """``A = H + shift * I``: the L2 weight decay (0 for AdamW's decoupled decay)."""
+        return 0.0 if self.optimizer == "adamw" else self.weight_decay
+
+
+def singular_values_2x2(
+    p: torch.Tensor, q: torch.Tensor | float, r: torch.Tensor, s: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values ``(sigma_1 >= sigma_2)`` of the blocks ``[[p, q], [r, s]]`` elementwise."""
+    p, r = torch.as_tensor(p), torch.as_tensor(r)
+    q = torch.as_tensor(q, dtype=p.dtype)
+    s = torch.as_tensor(s, dtype=p.dtype)
+    plus = torch.hypot(p + s, q - r)
+    minus = torch.hypot(p - s, q + r)
+    return (plus + minus) / 2, (plus - minus).abs() / 2
+
+
+def block_singular_values(a: torch.Tensor, config: StepSpectrumConfig) -> torch.Tensor:
+    """Singular values of the one-step Jacobian for the eigenvalues ``a`` of ``A``.
+
+    Args:
+        a: eigenvalues of the symmetric step matrix ``A`` (see :func:`step_matrix`):
+            ``H_B + wd I`` for SGD and momentum, ``D^{1/2} (H_B + wd I) D^{1/2}`` for Adam
+            (``wd = 0`` for AdamW).
+        config: the optimizer and its hyperparameters.
+
+    Returns:
+        Float64 singular values, shape ``(n,)`` for SGD and ``(2n,)`` otherwise (unsorted:
+        the two of each block side by side).
+    """
+    a = torch.as_tensor(a).detach().to(torch.float64).reshape(-1)
+    lr, mu = config.lr, config.momentum
+    if config.optimizer == "sgd":
+        return (1 - lr * a).abs()
+    if config.optimizer == "momentum":
+        s1, s2 = singular_values_2x2(1 - lr * a, -lr * mu, a, mu)
+    elif config.optimizer == "nesterov":
+        s1, s2 = singular_values_2x2(1 - lr * (1 + mu) * a, -lr * mu * mu, a, mu)
+    else:  # adam / adamw, frozen preconditioner, preconditioned coordinates
+        b1 = config.betas[0]
+        c1 = 1.0 if config.step is None else 1 - b1**config.step
+        decay = lr * config.weight_decay if config.optimizer == "adamw" else 0.0
+        step = lr / c1
+        s1, s2 = singular_values_2x2(1 - decay - step * (1 - b1) * a, -step * b1, (1 - b1) * a, b1)
+    return torch.stack([s1, s2], dim=1).reshape(-1)
+
+
+def _check_preconditioner(
+    config: StepSpectrumConfig, preconditioner: torch.Tensor | None, n: int
+) -> None:
+    if config.is_adam and preconditioner is None:
+        raise SharpdimError(
+            f"optimizer {config.optimizer!r} needs the preconditioner P = sqrt(v_hat) + eps: "
+            "pass `preconditioner` (a flat tensor of the model's parameter count)"
+        )
+    if config.is_adam and preconditioner is not None and preconditioner.shape != (n,):
+        raise SharpdimError(
+            f"preconditioner of shape {tuple(preconditioner.shape)} does not match {n} "
+            f"parameters: pass a flat tensor of shape ({n},)"
+        )
+    if config.is_adam and preconditioner is not None and not bool((preconditioner > 0).all()):
+        raise SharpdimError("the preconditioner must be positive: pass sqrt(v_hat) + eps, eps > 0")
+
+
+def step_matrix(
+    hessian: torch.Tensor, config: StepSpectrumConfig, preconditioner: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The symmetric step matrix ``A`` (float64) whose eigenvalues feed :func:`block_singular_values`.
+
+    ``A = H + wd I`` (SGD, momentum, Nesterov; L2 decay), ``A = P^{-1/2} (H + wd I) P^{-1/2}``
+    (Adam; ``wd = 0`` for AdamW) with ``P = preconditioner = sqrt(v_hat) + eps_adam``.
+    """
+    a = hessian.detach().to(torch.float64)
+    n = a.shape[0]
+    _check_preconditioner(config, preconditioner, n)
+    shift = config.hessian_shift
+    if shift:
+        a = a + shift * torch.eye(n, dtype=a.dtype, device=a.device)
+    if config.is_adam and preconditioner is not None:
+        r = preconditioner.detach().to(a.dtype).rsqrt()
+        a = r[:, None] * a * r[None, :]
+    return a
+
+
+@final
+class StepMatrixOperator(LinearOperator):
+    """The step matrix ``A`` of :func:`step_matrix` as an operator, from a Hessian operator."""
+
+    def __init__(
+        self,
+        hessian: LinearOperator,
+        config: StepSpectrumConfig,
+        preconditioner: torch.Tensor | None = None,
+    ) -> None:
+        _check_preconditioner(config, preconditioner, hessian.num_params)
+        self.hessian, self.config = hessian, config
+        self.shift = config.hessian_shift
+        self.scale = (
+            preconditioner.detach().to(hessian.dtype).rsqrt()
+            if config.is_adam and preconditioner is not None
+            else None
+        )
+
+    @property
+    def num_params(self) -> int:
+        return self.hessian.num_params
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hessian.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.hessian.device
+
+    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:
+            out = self.hessian @ block
+            return out + self.shift * block if self.shift else out
+        z = self.scale[:, None] * block
+        out = self.hessian @ z
+        if self.shift:
+            out = out + self.shift * z
+        return self.scale[:, None] * out
+
+
+def step_log_singular_values(a: torch.Tensor, config: StepSpectrumConfig) -> torch.Tensor:
+    """Sorted (descending) exponents ``ln(sigma_k + eps)`` of one step, from eigenvalues ``a``."""
+    sigma = block_singular_values(a, config)
+    return torch.sort(torch.log(sigma + config.eps), descending=True).values
+
+
+def sgd_exponent(alpha: torch.Tensor, lr: float, eps: float = LOG_EPS) -> torch.Tensor:
+    """The SGD push-forward ``g(alpha) = ln(|1 - lr * alpha| + eps)`` elementwise (float64)."""
+    a = torch.as_tensor(alpha).detach().to(torch.float64)
+    return torch.log((1 - lr * a).abs() + eps)

@@ -1,0 +1,261 @@
+"""The real optimizer step as a map on a flat state vector, with its Jacobian-vector products.
+
+A training step with minibatch ``B_t`` is a map ``x_{t+1} = phi_t(x_t)`` on the optimizer
+state ``x`` (paper Sec. 3, Tuci et al., arXiv 2604.19740: SGD as a random dynamical system).
+:class:`TrainingMap` implements the update rules of ``torch.optim`` exactly (same order of
+operations, same conventions), so that Lyapunov exponents and Jacobian spectra are those of the
+optimizer a user actually runs:
+
+* ``"sgd"``: ``x = w``; ``g = grad L_B(w) + wd w``; ``w' = w - lr g``.
+* ``"momentum"`` / ``"nesterov"`` (torch.optim.SGD, ``dampening = 0``): ``x = [w, v]``;
+  ``v' = mu v + g``; ``w' = w - lr v'`` (heavy ball) or ``w' = w - lr (g + mu v')`` (Nesterov).
+  torch's first step sets ``v = g``, which is ``mu * 0 + g``: start from ``v = 0``.
+* ``"adam"`` / ``"adamw"`` (torch.optim.Adam/AdamW, ``amsgrad=False``): ``x = [w, m, v]``;
+  ``g = grad L_B(w) (+ wd w for Adam)``; AdamW first decays ``w <- (1 - lr wd) w``;
+  ``m' = b1 m + (1 - b1) g``; ``v' = b2 v + (1 - b2) g^2``;
+  ``w' = w - (lr / c1) m' / (sqrt(v') / sqrt(c2) + eps)``, ``c_i = 1 - b_i^s`` with the step
+  number ``s = step_offset + t + 1`` of the map's call index ``t``.
+
+``jvp`` propagates tangents ``dx`` with Hessian-vector products by double backward on one
+gradient graph (``dg = H_B dw + wd dw``); ``jacobian`` builds the dense Jacobian with
+``torch.autograd.functional.jacobian`` (tests and brute-force references only). The model is
+never modified: parameters enter through ``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from sharpdim.curvature.hessian import LossFn, Mode, _ModeScope, checked_loss
+from sharpdim.curvature.params import get_flat_params, trainable_parameters, unflatten
+from sharpdim.dynamics.jacobian_spectra import OPTIMIZERS
+from sharpdim.errors import SharpdimError
+
+
+class _LossModule(nn.Module):
+    """``forward(batch) = loss_fn(model, batch)``, so functional_call can swap the parameters."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return checked_loss(self.model, self.loss_fn, batch)
+
+
+class TrainingMap:
+    """One step of a torch.optim optimizer as a map ``x -> phi_t(x)`` on a flat state.
+
+    Args:
+        model: the network; its current parameters give :meth:`initial_state`.
+        loss_fn: ``loss_fn(model, batch) -> scalar``.
+        batches: a sequence of batches (index ``t`` modulo its length) or a callable
+            ``t -> batch``.
+        optimizer: ``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"adam"`` or ``"adamw"``.
+        lr: step size; momentum: ``mu`` (heavy ball / Nesterov); betas, eps: Adam's;
+        weight_decay: L2 decay (SGD, Adam) or decoupled decay (AdamW).
+        mode: module mode during the loss (``"train"`` default: the loss the optimizer sees).
+        step_offset: Adam steps already taken before ``t = 0`` (bias correction).
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> data = (torch.eye(2, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64))
+        >>> mse = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()
+        >>> phi = TrainingMap(model, mse, [data], lr=0.5)
+        >>> x0 = phi.initial_state()
+        >>> torch.allclose(phi.step(x0, 0), 0.5 * x0)  # H = I: w' = w - 0.5 w
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Sequence[Any] | Callable[[int], Any],
+        *,
+        optimizer: str = "sgd",
+        lr: float,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        mode: Mode = "train",
+        step_offset: int = 0,
+    ) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise SharpdimError(
+                f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
+            )
+        if not lr > 0:
+            raise SharpdimError(f"lr must be positive, got {lr}: pass lr > 0")
+        if not callable(batches) and len(batches) == 0:
+            raise SharpdimError("`batches` is empty: pass at least one batch")
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.batches = batches
+        self.lr, self.momentum, self.betas, self.eps = float(lr), float(momentum), betas, eps
+        self.weight_decay, self.mode, self.step_offset = float(weight_decay), mode, step_offset
+        self._params = trainable_parameters(model)
+        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self._module = _LossModule(model, loss_fn)
+
+    # -- sizes -----------------------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self._params)
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of ``d``-blocks in the state: 1 (SGD), 2 (momentum) or 3 (Adam)."""
+        return {"sgd": 1, "momentum": 2, "nesterov": 2, "adam": 3, "adamw": 3}[self.optimizer]
+
+    @property
+    def state_dim(self) -> int:
+        return self.num_blocks * self.num_params
+
+    def initial_state(self) -> torch.Tensor:
+        """The model's current parameters followed by zero optimizer state."""
+        w = get_flat_params(self._params)
+        return torch.cat([w] + [torch.zeros_like(w)] * (self.num_blocks - 1))
+
+    def params(self, x: torch.Tensor) -> torch.Tensor:
+        """The parameter part ``w`` of a state."""
+        return x[: self.num_params]
+
+    def batch(self, t: int) -> Any:
+        if callable(self.batches):
+            return self.batches(t)
+        return self.batches[t % len(self.batches)]
+
+    # -- the map ---------------------------------------------------------------------------
+    def loss_and_grad(
+        self, w: torch.Tensor, t: int, *, create_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, grad L_B(w), w_leaf)``: with ``create_graph`` the gradient keeps its graph."""
+        leaf = w if (create_graph and w.requires_grad) else w.detach().requires_grad_(True)
+        named = dict(
+            zip(["model." + n for n in self._names], unflatten(leaf, self._params), strict=True)
+        )
+        with torch.enable_grad(), _ModeScope(self.model, self.mode):
+            loss = torch.func.functional_call(self._module, named, (self.batch(t),))
+            (grad,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
+        return loss, grad, leaf
+
+    def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """One optimizer step with batch ``t``: ``phi_t(x)`` (no graph)."""
+        return self._step(x, t, differentiable=False).detach()
+
+    def _step(
+        self, x: torch.Tensor, t: int, *, differentiable: bool, freeze_second_moment: bool = False
+    ) -> torch.Tensor:
+        d = self.num_params
+        w = x[:d]
+        _, g, _ = self.loss_and_grad(w, t, create_graph=differentiable)
+        lr, mu, wd = self.lr, self.momentum, self.weight_decay
+        if self.optimizer in ("sgd", "momentum", "nesterov", "adam") and wd:
+            g = g + wd * w
+        if self.optimizer == "sgd":
+            return w - lr * g
+        if self.optimizer in ("momentum", "nesterov"):
+            v = mu * x[d:] + g
+            step = g + mu * v if self.optimizer == "nesterov" else v
+            return torch.cat([w - lr * step, v])
+        b1, b2 = self.betas
+        s = self.step_offset + t + 1
+        c1, c2 = 1 - b1**s, 1 - b2**s
+        if self.optimizer == "adamw":
+            w = w * (1 - lr * wd)
+        m = b1 * x[d : 2 * d] + (1 - b1) * g
+        v = b2 * x[2 * d :] + (1 - b2) * g * g
+        vp = v.detach() if freeze_second_moment else v
+        w_next = w - (lr / c1) * m / (vp.sqrt() / c2**0.5 + self.eps)
+        return torch.cat([w_next, m, v])
+
+    def jvp(
+        self, x: torch.Tensor, t: int, tangents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(phi_t(x), J_t(x) @ tangents)`` for tangents ``(state_dim,)`` or ``(state_dim, k)``.
+
+        Hessian-vector products by double backward on one gradient graph; no dense Jacobian.
+        """
+        vec = tangents.ndim == 1
+        dx = tangents[:, None] if vec else tangents
+        if dx.shape[0] != self.state_dim:
+            raise SharpdimError(
+                f"tangents have {dx.shape[0]} rows, the state has {self.state_dim}: "
+                f"pass a ({self.state_dim}, k) block"
+            )
+        d, lr, mu, wd = self.num_params, self.lr, self.momentum, self.weight_decay
+        w = x[:d].detach()
+        _, g_graph, leaf = self.loss_and_grad(w, t, create_graph=True)
+        dw = dx[:d].to(w.dtype)
+        hd = torch.stack(
+            [
+                torch.autograd.grad(g_graph, leaf, dw[:, j], retain_graph=True)[0]
+                for j in range(dw.shape[1])
+            ],
+            dim=1,
+        )
+        g = g_graph.detach()
+        if self.optimizer in ("sgd", "momentum", "nesterov", "adam") and wd:
+            g, hd = g + wd * w, hd + wd * dw
+        if self.optimizer == "sgd":
+            out_x, out_dx = w - lr * g, dw - lr * hd
+        elif self.optimizer in ("momentum", "nesterov"):
+            v = mu * x[d:] + g
+            dv = mu * dx[d:] + hd
+            if self.optimizer == "nesterov":
+                out_w, out_dw = w - lr * (g + mu * v), dw - lr * (hd + mu * dv)
+            else:
+                out_w, out_dw = w - lr * v, dw - lr * dv
+            out_x, out_dx = torch.cat([out_w, v]), torch.cat([out_dw, dv])
+        else:
+            out_x, out_dx = self._adam_jvp(x, t, g, hd, dx)
+        return out_x.detach(), (out_dx[:, 0] if vec else out_dx).detach()
+
+    def _adam_jvp(
+        self, x: torch.Tensor, t: int, g: torch.Tensor, hd: torch.Tensor, dx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        d, lr, wd = self.num_params, self.lr, self.weight_decay
+        b1, b2 = self.betas
+        s = self.step_offset + t + 1
+        c1, c2 = 1 - b1**s, 1 - b2**s
+        w, dw = x[:d], dx[:d]
+        if self.optimizer == "adamw":
+            w, dw = w * (1 - lr * wd), dw * (1 - lr * wd)
+        m = b1 * x[d : 2 * d] + (1 - b1) * g
+        v = b2 * x[2 * d :] + (1 - b2) * g * g
+        dm = b1 * dx[d : 2 * d] + (1 - b1) * hd
+        dv = b2 * dx[2 * d :] + 2 * (1 - b2) * g[:, None] * hd
+        root = v.sqrt()
+        denom = root / c2**0.5 + self.eps
+        # d sqrt(v) = dv / (2 sqrt(v)); where v = 0 the map is not differentiable: use 0
+        safe = torch.where(root > 0, root, torch.ones_like(root))
+        droot = torch.where((root > 0)[:, None], dv / (2 * safe[:, None]), torch.zeros_like(dv))
+        ddenom = droot / c2**0.5
+        w_next = w - (lr / c1) * m / denom
+        dw_next = dw - (lr / c1) * (dm / denom[:, None] - (m / denom**2)[:, None] * ddenom)
+        return torch.cat([w_next, m, v]), torch.cat([dw_next, dm, dv])
+
+    def jacobian(
+        self, x: torch.Tensor, t: int, *, freeze_second_moment: bool = False
+    ) -> torch.Tensor:
+        """Dense Jacobian ``d phi_t / dx`` by ``torch.autograd.functional.jacobian``.
+
+        For tests and brute-force references on tiny models (``state_dim^2`` entries). With
+        ``freeze_second_moment`` (Adam only) the new second moment ``v'`` is treated as a
+        constant, the frozen-preconditioner approximation of
+        :mod:`sharpdim.dynamics.jacobian_spectra`.
+        """
+        x = x.detach()
+        return torch.autograd.functional.jacobian(
+            lambda z: self._step(
+                z, t, differentiable=True, freeze_second_moment=freeze_second_moment
+            ),
+            x,
+            vectorize=False,
+        )

@@ -1,0 +1,93 @@
+"""`sharpdim sd compute` at tiny size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sharpdim.cli import main
+
+
+def test_sd_compute_exact_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sd.json"
+    code = main(
+        [
+            "sd",
+            "compute",
+            "--dataset",
+            "digits",
+            "--n-train",
+            "200",
+            "--width",
+            "6",
+            "--depth",
+            "1",
+            "--lr",
+            "0.5",
+            "--train-steps",
+            "10",
+            "--num-batches",
+            "3",
+            "--batch-size",
+            "32",
+            "--num-bootstrap",
+            "20",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert "Sharpness dimension" in capsys.readouterr().out
+    payload = json.loads(out.read_text())
+    r = payload["result"]
+    assert r["method"] == "exact" and r["optimizer"] == "sgd"
+    assert r["num_params"] == 64 * 6 + 6 + 6 * 10 + 10
+    assert 0 <= r["sd"] <= r["num_exponents"]
+    assert r["ci_low"] <= r["ci_high"]
+    assert payload["training"]["steps"] == 10
+
+
+def test_sd_compute_momentum_and_adam(tmp_path: Path) -> None:
+    for opt, n_exp in (("momentum", 2), ("adam", 2)):
+        out = tmp_path / f"{opt}.json"
+        code = main(
+            [
+                "sd",
+                "compute",
+                "--n-train",
+                "100",
+                "--width",
+                "4",
+                "--depth",
+                "1",
+                "--lr",
+                "0.05",
+                "--optimizer",
+                opt,
+                "--train-steps",
+                "5",
+                "--num-batches",
+                "2",
+                "--batch-size",
+                "16",
+                "--num-bootstrap",
+                "0",
+                "--json",
+                str(out),
+            ]
+        )
+        assert code == 0
+        r = json.loads(out.read_text())["result"]
+        assert r["optimizer"] == opt and r["num_exponents"] == n_exp * r["num_params"]
+
+
+def test_sd_compute_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sd", "compute", "--method", "bogus", "--train-steps", "0"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["sd", "compute", "--lr", "-1", "--train-steps", "0"]) == 2
+    assert (
+        main(["sd", "compute", "--width", "200", "--max-params", "1000", "--train-steps", "0"]) == 2
+    )
+    assert "'slq', 'kde' or 'ps'" in capsys.readouterr().err

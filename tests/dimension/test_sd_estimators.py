@@ -1,0 +1,137 @@
+"""SD-SLQ / SD-KDE / SD-PS on exponent measures whose Kaplan–Yorke dimension is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension, kaplan_yorke_measure
+from sharpdim.dimension.sd_estimators import (
+    exponent_measure,
+    sd_from_measure,
+    sd_histogram,
+    sd_kde,
+    sd_quantiles,
+    silverman_bandwidth,
+    weighted_quantiles,
+)
+from sharpdim.dynamics.jacobian_spectra import StepSpectrumConfig, step_log_singular_values
+from sharpdim.errors import SharpdimError
+
+
+def _spectrum(d: int = 40, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat(
+        [
+            torch.rand(d - 3, generator=gen, dtype=torch.float64) * 2 - 0.2,
+            torch.tensor([4.5, 6.0, 8.0], dtype=torch.float64),
+        ]
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_exponent_measure_of_exact_eigenvalues(optimizer: str) -> None:
+    alpha = _spectrum()
+    d = alpha.numel()
+    config = StepSpectrumConfig(optimizer=optimizer, lr=0.3, momentum=0.5)
+    # one "run" holding every eigenvalue with weight 1/d: the exact spectral measure
+    values, masses = exponent_measure(
+        alpha[None], torch.full((1, d), 1.0 / d, dtype=torch.float64), d, config
+    )
+    s = config.states_per_param
+    assert values.shape == (1, s * d) and float(masses.sum()) == pytest.approx(s * d)
+    exact = kaplan_yorke_dimension(step_log_singular_values(alpha, config))
+    assert sd_quantiles(values, masses).dimension == pytest.approx(exact.dimension, abs=1e-12)
+    assert sd_histogram(values, masses, num_bins=100_000).dimension == pytest.approx(
+        exact.dimension, abs=1e-9
+    )
+    kde = sd_kde(values, masses, bandwidth=1e-6, grid_size=4096).dimension
+    assert kde == pytest.approx(exact.dimension, abs=1e-3)
+
+
+def test_runs_pool_with_mass_d_over_r() -> None:
+    nodes = torch.tensor([[1.0, 3.0], [2.0, 4.0]], dtype=torch.float64)
+    weights = torch.tensor([[0.25, 0.75], [0.5, 0.5]], dtype=torch.float64)
+    values, masses = exponent_measure(nodes, weights, 10, StepSpectrumConfig(lr=0.1))
+    torch.testing.assert_close(
+        masses, torch.tensor([[1.25, 3.75], [2.5, 2.5]], dtype=torch.float64)
+    )
+    torch.testing.assert_close(values, torch.log((1 - 0.1 * nodes).abs() + 1e-12))
+
+
+def test_histogram_bins_keep_first_moment() -> None:
+    # all atoms in one bin: the bin atom is the mass-weighted mean
+    r = sd_histogram([0.3, -0.1], [1.0, 2.0], num_bins=1)
+    assert r.exponents.tolist() == pytest.approx([0.1 / 3]) and r.dimension == 3.0
+    r2 = sd_histogram([0.5, -1.0, -1.2], [1.0, 1.0, 1.0], num_bins=1000)
+    assert r2.dimension == pytest.approx(
+        kaplan_yorke_dimension([0.5, -1.0, -1.2]).dimension, abs=1e-12
+    )
+
+
+def test_quantiles_equal_mass_and_clipped() -> None:
+    r = sd_quantiles([1.0, -2.0], [3.0, 1.0], num_quantiles=8)
+    assert r.masses.tolist() == [0.5] * 8
+    assert r.exponents.tolist() == [1.0] * 6 + [-2.0] * 2
+    assert r.dimension == 4.0  # 3 - 2 = 1 >= 0: every partial sum non-negative
+    assert 0 <= sd_quantiles([-1.0], [5.0]).dimension == 0.0
+
+
+def test_weighted_quantiles() -> None:
+    q = weighted_quantiles(
+        [3.0, 1.0, 2.0], [1.0, 1.0, 2.0], torch.tensor([0.1, 0.25, 0.5, 0.74, 0.76, 1.0])
+    )
+    assert q.tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+
+
+def test_kde_exact_and_trapezoid_agree_on_a_smooth_measure() -> None:
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(3000, generator=gen, dtype=torch.float64) * 0.5 - 0.2
+    m = torch.full_like(v, 1.0 / 30)  # mass 100
+    a = sd_kde(v, m, integration="exact").dimension
+    b = sd_kde(v, m, integration="trapezoid").dimension
+    assert a == pytest.approx(b, abs=0.05)
+    # against the density's own answer: N(-0.2, 0.5^2 + h^2) has int_l^inf u p(u) du = 0 at
+    # mu * Phi((mu - l)/s) + s * phi((mu - l)/s) = 0
+    h = silverman_bandwidth(v, m)
+    s = math.sqrt(float(v.var()) + h * h)
+    mu = float(v.mean())
+    lo, hi = -10.0, mu
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        z = (mu - mid) / s
+        val = mu * 0.5 * math.erfc(-z / math.sqrt(2)) + s * math.exp(-0.5 * z * z) / math.sqrt(
+            2 * math.pi
+        )
+        lo, hi = (mid, hi) if val < 0 else (lo, mid)
+    expected = 100 * 0.5 * math.erfc(-((mu - lo) / s) / math.sqrt(2))
+    assert a == pytest.approx(expected, rel=0.01)
+
+
+def test_silverman_bandwidth_normal_sample() -> None:
+    gen = torch.Generator().manual_seed(1)
+    v = torch.randn(10_000, generator=gen, dtype=torch.float64)
+    h = silverman_bandwidth(v, torch.ones_like(v))
+    assert h == pytest.approx(0.9 * 10_000 ** (-0.2), rel=0.05)
+
+
+def test_measure_and_point_masses_consistency() -> None:
+    assert kaplan_yorke_measure([0.2, -0.4], [1.0, 1.0]).dimension == pytest.approx(1.5)
+    assert sd_kde([0.2], [1.0]).dimension == 1.0  # a single value: nothing to smooth
+
+
+def test_bad_input() -> None:
+    with pytest.raises(SharpdimError, match="unknown SD estimator"):
+        sd_from_measure("hist", [0.0], [1.0])
+    with pytest.raises(SharpdimError):
+        exponent_measure(torch.zeros(2, 3), torch.zeros(2, 2), 5, StepSpectrumConfig())
+    with pytest.raises(SharpdimError):
+        sd_histogram([0.0], [1.0], num_bins=0)
+    with pytest.raises(SharpdimError):
+        sd_kde([0.0, 1.0], [1.0, 1.0], integration="simpson")
+    with pytest.raises(SharpdimError):
+        sd_kde([0.0, 1.0], [1.0, 1.0], bandwidth=-1.0)
+    with pytest.raises(SharpdimError):
+        sd_quantiles([0.0], [1.0], num_quantiles=0)

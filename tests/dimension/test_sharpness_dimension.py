@@ -1,0 +1,192 @@
+"""sharpness_dimension: exact SD against a brute-force reference, Adam, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from sharpdim.curvature.params import get_flat_params
+from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
+from sharpdim.dimension.sharpness_dimension import SDResult, sharpness_dimension
+from sharpdim.dynamics.step_maps import TrainingMap
+from sharpdim.errors import SharpdimError, TooLargeError
+
+
+def _ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+def _setup(n: int = 40) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    return model, (x, torch.randint(0, 3, (n,), generator=gen))
+
+
+def _brute_force_sd(
+    model: nn.Module,
+    data: tuple,
+    lr: float,
+    optimizer: str,
+    num_batches: int,
+    batch_size: int,
+    seed: int,
+    momentum: float = 0.9,
+) -> float:
+    """Jacobian of the real optimizer step by autograd, SVD per batch, mean of sorted logs, Def. 4.2."""
+    gen = torch.Generator().manual_seed(seed)
+    n = data[0].shape[0]
+    batches = []
+    for _ in range(num_batches):  # the same draws as sharpness_dimension
+        idx = torch.randperm(n, generator=gen)[:batch_size]
+        batches.append((data[0][idx], data[1][idx]))
+    phi = TrainingMap(
+        model, _ce, batches, optimizer=optimizer, lr=lr, momentum=momentum, mode="eval"
+    )
+    x = phi.initial_state()
+    rows = []
+    for t in range(num_batches):
+        sigma = torch.linalg.svdvals(phi.jacobian(x, t))
+        rows.append(torch.sort(torch.log(sigma + 1e-12), descending=True).values)
+    return kaplan_yorke_dimension(torch.stack(rows).mean(0)).dimension
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr"), [("sgd", 0.5), ("sgd", 3.0), ("momentum", 1.0), ("momentum", 4.0)]
+)
+def test_exact_sd_equals_brute_force(optimizer: str, lr: float) -> None:
+    model, data = _setup()
+    r = sharpness_dimension(
+        model,
+        _ce,
+        data,
+        lr,
+        optimizer=optimizer,
+        momentum=0.6,
+        num_batches=5,
+        batch_size=8,
+        generator=torch.Generator().manual_seed(7),
+        num_bootstrap=20,
+    )
+    ref = _brute_force_sd(model, data, lr, optimizer, 5, 8, 7, momentum=0.6)
+    assert r.sd == pytest.approx(ref, abs=1e-8)
+    assert r.num_params == 38 and r.num_exponents == 38 * (1 if optimizer == "sgd" else 2)
+    assert 0 <= r.sd <= r.num_exponents
+    assert r.exponents.shape == (r.num_exponents,) and r.exponent_weight == 1.0
+    assert r.lambda_1 == pytest.approx(float(r.exponents[0]))
+    assert r.num_expanding == float((r.exponents > 0).sum())
+
+
+def test_result_fields_bootstrap_and_determinism() -> None:
+    model, data = _setup()
+    kw = {"num_batches": 6, "batch_size": 10, "num_bootstrap": 50}
+    a = sharpness_dimension(model, _ce, data, 2.0, generator=torch.Generator().manual_seed(3), **kw)
+    b = sharpness_dimension(model, _ce, data, 2.0, generator=torch.Generator().manual_seed(3), **kw)
+    assert isinstance(a, SDResult)
+    assert a.sd == b.sd and a.ci_low == b.ci_low and a.ci_high == b.ci_high
+    assert a.ci_low <= a.ci_high and a.confidence == 0.95
+    assert a.method == "exact" and a.optimizer == "sgd" and a.lr == 2.0
+    assert a.settings["num_batches"] == 6 and a.settings["batch_size"] == 10
+    assert a.wall_time_s > 0
+    d = json.loads(json.dumps(a.to_dict()))
+    assert d["sd"] == a.sd and len(d["exponents"]) == a.num_exponents
+    no_boot = sharpness_dimension(
+        model, _ce, data, 2.0, num_batches=2, batch_size=5, num_bootstrap=0
+    )
+    assert no_boot.to_dict()["ci_low"] is None
+
+
+def test_sd_is_zero_below_stability_on_a_convex_loss() -> None:
+    # least squares with a full-rank design: H = 2 X^T X / n > 0, all exponents < 0 for small lr
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+    y = torch.randn(50, 2, generator=gen, dtype=torch.float64)
+    model = nn.Linear(4, 2, bias=False).double()
+
+    def mse(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    small = sharpness_dimension(
+        model, mse, (x, y), 1e-2, num_batches=3, batch_size=20, num_bootstrap=0
+    )
+    assert small.sd == 0.0 and small.lambda_1 < 0 and small.num_expanding == 0
+    big = sharpness_dimension(
+        model, mse, (x, y), 5.0, num_batches=3, batch_size=20, num_bootstrap=0
+    )
+    assert big.sd > 0 and big.lambda_1 > 0
+
+
+def test_negative_curvature_expands_at_any_learning_rate() -> None:
+    model, data = _setup()  # a tanh network at initialisation: H_B has negative eigenvalues
+    r = sharpness_dimension(model, _ce, data, 1e-3, num_batches=2, batch_size=10, num_bootstrap=0)
+    assert r.lambda_1 > 0 and r.sd > 0
+
+
+def test_adam_with_given_and_estimated_preconditioner() -> None:
+    model, data = _setup()
+    p = torch.full((38,), 0.5, dtype=torch.float64)
+    adam = sharpness_dimension(
+        model,
+        _ce,
+        data,
+        0.2,
+        optimizer="adam",
+        preconditioner=p,
+        betas=(0.9, 0.999),
+        num_batches=3,
+        batch_size=10,
+        num_bootstrap=0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    # P = 0.5 I: Adam's frozen blocks are heavy ball blocks with lr' = 2 lr (1 - b1), mu = b1,
+    # and A = 2 H; in (w, m) coordinates the m-scale differs from heavy ball's v by 1 - b1.
+    assert adam.num_exponents == 76 and 0 <= adam.sd <= 76
+    est = sharpness_dimension(
+        model, _ce, data, 0.2, optimizer="adamw", num_batches=3, batch_size=10, num_bootstrap=0
+    )
+    assert est.settings["preconditioner"].startswith("estimated") and 0 <= est.sd <= 76
+
+
+def test_iterates_option() -> None:
+    model, data = _setup()
+    w = get_flat_params(list(model.parameters()))
+    one = sharpness_dimension(
+        model, _ce, data, 3.0, num_batches=3, batch_size=10, num_bootstrap=0, iterates=[w]
+    )
+    base = sharpness_dimension(model, _ce, data, 3.0, num_batches=3, batch_size=10, num_bootstrap=0)
+    assert one.sd == base.sd
+    two = sharpness_dimension(
+        model, _ce, data, 3.0, num_batches=3, batch_size=10, num_bootstrap=0, iterates=[w, w + 0.2]
+    )
+    assert (two.exponents >= base.exponents - 1e-12).all()  # a max over more iterates
+    assert two.settings["num_iterates"] == 2
+
+
+def test_bad_input() -> None:
+    model, data = _setup()
+    with pytest.raises(SharpdimError, match="lr"):
+        sharpness_dimension(model, _ce, data, 0.0)
+    with pytest.raises(SharpdimError, match="lr"):
+        sharpness_dimension(model, _ce, data, -0.1)
+    with pytest.raises(SharpdimError, match="empty"):
+        sharpness_dimension(model, _ce, (data[0][:0], data[1][:0]), 0.1)
+    with pytest.raises(SharpdimError, match="tuple"):
+        sharpness_dimension(model, _ce, (), 0.1)
+    with pytest.raises(SharpdimError, match="batch_size"):
+        sharpness_dimension(model, _ce, data, 0.1, batch_size=41)
+    with pytest.raises(SharpdimError, match="unknown method"):
+        sharpness_dimension(model, _ce, data, 0.1, method="lanczos")
+    with pytest.raises(SharpdimError, match="unknown optimizer"):
+        sharpness_dimension(model, _ce, data, 0.1, optimizer="rmsprop")
+    with pytest.raises(SharpdimError, match="lengths"):
+        sharpness_dimension(model, _ce, (data[0], data[1][:5]), 0.1)
+    with pytest.raises(SharpdimError, match="iterates"):
+        sharpness_dimension(
+            model, _ce, data, 0.1, method="slq", batch_size=10, iterates=[torch.zeros(38)]
+        )
+    with pytest.raises(TooLargeError, match="'slq', 'kde' or 'ps'"):
+        sharpness_dimension(model, _ce, data, 0.1, batch_size=10, max_params=20)

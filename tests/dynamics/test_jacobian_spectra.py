@@ -1,0 +1,174 @@
+"""Closed-form one-step singular values against the SVD of the real optimizer's Jacobian."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sharpdim.curvature.dense import dense_hessian
+from sharpdim.curvature.operator import DenseOperator
+from sharpdim.curvature.params import set_flat_params
+from sharpdim.dynamics.jacobian_spectra import (
+    StepMatrixOperator,
+    StepSpectrumConfig,
+    block_singular_values,
+    sgd_exponent,
+    singular_values_2x2,
+    step_log_singular_values,
+    step_matrix,
+)
+from sharpdim.dynamics.step_maps import TrainingMap
+from sharpdim.errors import SharpdimError
+
+
+def _setup() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,), generator=gen)
+    return model, [(x[:8], y[:8]), (x[8:], y[8:])]
+
+
+def _ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+def test_singular_values_2x2_match_svd() -> None:
+    gen = torch.Generator().manual_seed(0)
+    m = (
+        torch.randn(500, 2, 2, generator=gen, dtype=torch.float64)
+        * torch.rand(500, 1, 1, generator=gen, dtype=torch.float64)
+        * 10
+    )
+    s1, s2 = singular_values_2x2(m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1])
+    ref = torch.linalg.svdvals(m)
+    torch.testing.assert_close(torch.stack([s1, s2], 1), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_sgd_exponent_and_guard() -> None:
+    assert float(sgd_exponent(torch.tensor(3.0), 0.9)) == pytest.approx(math.log(1.7))
+    assert float(sgd_exponent(torch.tensor(2.0), 0.5)) == pytest.approx(math.log(1e-12))
+    assert float(sgd_exponent(torch.tensor(2.0), 0.5, eps=1e-6)) == pytest.approx(math.log(1e-6))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_sgd_momentum_blocks_equal_brute_force_svd(optimizer: str, weight_decay: float) -> None:
+    model, batches = _setup()
+    lr, mu = 2.5, 0.7
+    phi = TrainingMap(
+        model,
+        _ce,
+        batches,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=mu,
+        weight_decay=weight_decay,
+        mode="eval",
+    )
+    x = phi.initial_state()
+    if phi.num_blocks == 2:  # the Jacobian does not depend on v: any v
+        x[phi.num_params :] = torch.randn(
+            phi.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+        )
+    config = StepSpectrumConfig(optimizer=optimizer, lr=lr, momentum=mu, weight_decay=weight_decay)
+    for t, batch in enumerate(batches):
+        brute = torch.sort(
+            torch.log(torch.linalg.svdvals(phi.jacobian(x, t)) + config.eps), descending=True
+        ).values
+        alpha = torch.linalg.eigvalsh(step_matrix(dense_hessian(model, _ce, batch), config))
+        closed = step_log_singular_values(alpha, config)
+        assert closed.shape == brute.shape
+        torch.testing.assert_close(closed, brute, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "weight_decay"), [("adam", 0.0), ("adam", 0.05), ("adamw", 0.1)]
+)
+def test_adam_frozen_preconditioner_equals_brute_force(optimizer: str, weight_decay: float) -> None:
+    """Jacobian of the real Adam step with v' held constant, in coordinates (P^-1/2 w, P^1/2 m)."""
+    model, batches = _setup()
+    lr, betas, adam_eps, t = 0.05, (0.85, 0.99), 1e-8, 1
+    phi = TrainingMap(
+        model,
+        _ce,
+        batches,
+        optimizer=optimizer,
+        lr=lr,
+        betas=betas,
+        eps=adam_eps,
+        weight_decay=weight_decay,
+        mode="eval",
+        step_offset=2,
+    )
+    x = phi.initial_state()
+    x = phi.step(phi.step(x, 0), 1)  # non-trivial m and v
+    d = phi.num_params
+    jac = phi.jacobian(x, t, freeze_second_moment=True)[: 2 * d, : 2 * d]
+    s = phi.step_offset + t + 1  # the step number of this call
+    _, g, _ = phi.loss_and_grad(x[:d], t)
+    if optimizer == "adam":
+        g = g + weight_decay * x[:d]
+    v_new = betas[1] * x[2 * d :] + (1 - betas[1]) * g * g
+    p = (v_new / (1 - betas[1] ** s)).sqrt() + adam_eps
+    scale = torch.cat([p.rsqrt(), p.sqrt()])  # S = diag(D^1/2, D^-1/2), D = 1/P
+    jac_pre = jac * scale[None, :] / scale[:, None]  # S^-1 J S
+    config = StepSpectrumConfig(
+        optimizer=optimizer, lr=lr, betas=betas, weight_decay=weight_decay, step=s
+    )
+    brute = torch.sort(
+        torch.log(torch.linalg.svdvals(jac_pre) + config.eps), descending=True
+    ).values
+    set_flat_params(list(model.parameters()), x[:d])  # the Hessian at the current iterate
+    h = dense_hessian(model, _ce, batches[t])
+    closed = step_log_singular_values(torch.linalg.eigvalsh(step_matrix(h, config, p)), config)
+    torch.testing.assert_close(closed, brute, rtol=0, atol=1e-9)
+    # the eigenvalues of J are those of the original coordinates too
+    ev = torch.linalg.eigvals(jac)
+    ev_pre = torch.linalg.eigvals(jac_pre)
+    torch.testing.assert_close(
+        torch.sort(ev.abs()).values, torch.sort(ev_pre.abs()).values, rtol=1e-8, atol=1e-10
+    )
+
+
+def test_step_matrix_operator_matches_dense() -> None:
+    gen = torch.Generator().manual_seed(0)
+    b = torch.randn(7, 7, generator=gen, dtype=torch.float64)
+    h = b + b.T
+    p = torch.rand(7, generator=gen, dtype=torch.float64) + 0.1
+    for config, pre in [
+        (StepSpectrumConfig(optimizer="sgd", lr=0.1, weight_decay=0.3), None),
+        (StepSpectrumConfig(optimizer="adam", lr=0.1, weight_decay=0.3), p),
+        (StepSpectrumConfig(optimizer="adamw", lr=0.1, weight_decay=0.3), p),
+    ]:
+        op = StepMatrixOperator(DenseOperator(h), config, pre)
+        torch.testing.assert_close(op.dense(), step_matrix(h, config, pre))
+    assert torch.allclose(
+        step_matrix(h, StepSpectrumConfig(optimizer="adamw", lr=0.1, weight_decay=0.3), p),
+        p.rsqrt()[:, None] * h * p.rsqrt()[None, :],
+    )
+
+
+def test_heavy_ball_block_determinant_is_mu() -> None:
+    a = torch.linspace(-3, 30, 50, dtype=torch.float64)
+    sig = block_singular_values(
+        a, StepSpectrumConfig(optimizer="momentum", lr=0.2, momentum=0.6)
+    ).view(-1, 2)
+    torch.testing.assert_close(sig.prod(1), torch.full((50,), 0.6, dtype=torch.float64))
+
+
+def test_bad_config() -> None:
+    with pytest.raises(SharpdimError, match="unknown optimizer"):
+        StepSpectrumConfig(optimizer="rmsprop")
+    with pytest.raises(SharpdimError, match="lr"):
+        StepSpectrumConfig(lr=-1.0)
+    with pytest.raises(SharpdimError, match="momentum"):
+        StepSpectrumConfig(momentum=1.0)
+    with pytest.raises(SharpdimError, match="preconditioner"):
+        step_matrix(torch.eye(3), StepSpectrumConfig(optimizer="adam"))
+    with pytest.raises(SharpdimError, match="shape"):
+        step_matrix(torch.eye(3), StepSpectrumConfig(optimizer="adam"), torch.ones(2))

@@ -1,0 +1,147 @@
+"""TrainingMap equals torch.optim's step; its JVP equals the autograd Jacobian."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from sharpdim.curvature.params import get_flat_params
+from sharpdim.dynamics.step_maps import TrainingMap
+from sharpdim.errors import SharpdimError
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 2, (12,), generator=gen)
+    return [(x[:4], y[:4]), (x[4:8], y[4:8]), (x[8:], y[8:])]
+
+
+def _ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+CASES: list[tuple[str, dict, Callable]] = [
+    ("sgd", {"weight_decay": 0.01}, lambda p: torch.optim.SGD(p, lr=0.3, weight_decay=0.01)),
+    (
+        "momentum",
+        {"momentum": 0.8, "weight_decay": 0.01},
+        lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.8, weight_decay=0.01),
+    ),
+    (
+        "nesterov",
+        {"momentum": 0.8},
+        lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.8, nesterov=True),
+    ),
+    (
+        "adam",
+        {"weight_decay": 0.01, "betas": (0.8, 0.95)},
+        lambda p: torch.optim.Adam(p, lr=0.3, weight_decay=0.01, betas=(0.8, 0.95)),
+    ),
+    ("adamw", {"weight_decay": 0.1}, lambda p: torch.optim.AdamW(p, lr=0.3, weight_decay=0.1)),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "make"), CASES, ids=[c[0] for c in CASES])
+def test_step_equals_torch_optim(name: str, kwargs: dict, make: Callable) -> None:
+    model, batches = _model(), _batches()
+    phi = TrainingMap(model, _ce, batches, optimizer=name, lr=0.3, **kwargs)
+    x = phi.initial_state()
+    ref = _model()
+    opt = make(list(ref.parameters()))
+    for t in range(7):
+        x = phi.step(x, t)
+        opt.zero_grad()
+        _ce(ref, batches[t % 3]).backward()
+        opt.step()
+    params = list(ref.parameters())
+    torch.testing.assert_close(phi.params(x), get_flat_params(params), rtol=0, atol=1e-13)
+    d = phi.num_params
+    state = [opt.state[p] for p in params]
+    if name in ("momentum", "nesterov"):
+        buf = torch.cat([s["momentum_buffer"].reshape(-1) for s in state])
+        torch.testing.assert_close(x[d:], buf, rtol=0, atol=1e-13)
+    if name in ("adam", "adamw"):
+        m = torch.cat([s["exp_avg"].reshape(-1) for s in state])
+        v = torch.cat([s["exp_avg_sq"].reshape(-1) for s in state])
+        torch.testing.assert_close(x[d : 2 * d], m, rtol=0, atol=1e-13)
+        torch.testing.assert_close(x[2 * d :], v, rtol=0, atol=1e-13)
+    # the model itself was not modified by the map
+    torch.testing.assert_close(
+        get_flat_params(list(model.parameters())), phi.params(phi.initial_state())
+    )
+
+
+@pytest.mark.parametrize(("name", "kwargs", "make"), CASES, ids=[c[0] for c in CASES])
+def test_jvp_equals_autograd_jacobian(name: str, kwargs: dict, make: Callable) -> None:
+    phi = TrainingMap(_model(), _ce, _batches(), optimizer=name, lr=0.3, **kwargs)
+    x = phi.initial_state()
+    for t in range(3):  # a state with non-zero optimizer buffers
+        x = phi.step(x, t)
+    jac = phi.jacobian(x, 1)
+    assert jac.shape == (phi.state_dim, phi.state_dim)
+    tangents = torch.randn(
+        phi.state_dim, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
+    x_next, jt = phi.jvp(x, 1, tangents)
+    torch.testing.assert_close(x_next, phi.step(x, 1), rtol=0, atol=1e-15)
+    torch.testing.assert_close(jt, jac @ tangents, rtol=1e-9, atol=1e-10)
+    _, jv = phi.jvp(x, 1, tangents[:, 0])
+    torch.testing.assert_close(jv, jt[:, 0])
+
+
+def test_sgd_jacobian_is_identity_minus_lr_hessian() -> None:
+    model, batches = _model(), _batches()
+    phi = TrainingMap(model, _ce, batches, lr=0.7, mode="eval")
+    x = phi.initial_state()
+    hess = torch.autograd.functional.hessian(lambda w: _loss_at(model, w, batches[2]), x)
+    eye = torch.eye(phi.num_params, dtype=torch.float64)
+    torch.testing.assert_close(phi.jacobian(x, 2), eye - 0.7 * hess, rtol=1e-10, atol=1e-12)
+
+
+def _loss_at(
+    model: nn.Module, w: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    chunks = w.split([int(torch.Size(s).numel()) for s in shapes])
+    params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
+    return _ce_functional(model, params, batch)
+
+
+def _ce_functional(
+    model: nn.Module, params: dict, batch: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    out = torch.func.functional_call(model, params, (batch[0],))
+    return nn.functional.cross_entropy(out, batch[1])
+
+
+def test_callable_batches_and_step_offset() -> None:
+    batches = _batches()
+    phi = TrainingMap(
+        _model(), _ce, lambda t: batches[t % 3], lr=0.1, optimizer="adam", step_offset=5
+    )
+    psi = TrainingMap(_model(), _ce, batches, lr=0.1, optimizer="adam", step_offset=5)
+    x = phi.initial_state()
+    torch.testing.assert_close(phi.step(x, 4), psi.step(x, 4))
+    assert phi.state_dim == 3 * phi.num_params
+
+
+def test_bad_input() -> None:
+    with pytest.raises(SharpdimError, match="unknown optimizer"):
+        TrainingMap(_model(), _ce, _batches(), optimizer="lion", lr=0.1)
+    with pytest.raises(SharpdimError, match="lr"):
+        TrainingMap(_model(), _ce, _batches(), lr=0.0)
+    with pytest.raises(SharpdimError, match="empty"):
+        TrainingMap(_model(), _ce, [], lr=0.1)
+    phi = TrainingMap(_model(), _ce, _batches(), lr=0.1)
+    with pytest.raises(SharpdimError, match="rows"):
+        phi.jvp(phi.initial_state(), 0, torch.zeros(3, 2, dtype=torch.float64))
