@@ -14,7 +14,9 @@ targets, float64), each trained briefly by full-batch gradient descent. For each
 
 The Hessian spectra do not depend on ``eta``: one set of spectra per model serves both
 learning rates and all three estimators. Reported: ``|SD_est - SD_exact| / d`` per method,
-setting and number of runs ``R`` (the first ``R`` runs; every ``R`` is a multiple of ``K``).
+setting and number of runs ``R``: the mean over the ``R_max / R`` disjoint blocks of ``R``
+consecutive runs (each block uses every batch ``R / K`` times), so the decay with ``R`` is not
+one noisy draw. Every ``R`` must divide ``R_max`` and be a multiple of ``K``.
 
     python benchmarks/sd_accuracy.py --out sd_accuracy.json
 """
@@ -27,11 +29,11 @@ import time
 from typing import Any
 
 import torch
-from sharpdim.curvature.slq import slq_spectrum
 from torch import nn
 
 from sharpdim.curvature.dense import dense_hessian
 from sharpdim.curvature.hessian import HessianOperator
+from sharpdim.curvature.slq import slq_spectrum
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.dimension.sd_estimators import exponent_measure, sd_from_measure
 from sharpdim.dynamics.jacobian_spectra import StepSpectrumConfig, step_log_singular_values
@@ -56,7 +58,7 @@ def train_gd(
         loss = mse_loss(model, data)
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def study_model(
@@ -104,9 +106,15 @@ def study_model(
             torch.stack([step_log_singular_values(a, config) for a in alphas]).mean(0)
         ).dimension
         for runs in args.runs:
-            values, masses = exponent_measure(slq.nodes[:runs], slq.weights[:runs], d, config)
-            for method in ("slq", "kde", "ps"):
-                est = sd_from_measure(method, values, masses).dimension
+            blocks = [(b, b + runs) for b in range(0, max(args.runs), runs)]
+            ests: dict[str, list[float]] = {"slq": [], "kde": [], "ps": []}
+            for lo, hi in blocks:
+                values, masses = exponent_measure(slq.nodes[lo:hi], slq.weights[lo:hi], d, config)
+                for method in ests:
+                    ests[method].append(sd_from_measure(method, values, masses).dimension)
+            for method, vals in ests.items():
+                errs = [abs(e - exact) / d for e in vals]
+                est = vals[0]
                 rows.append(
                     {
                         "model": name,
@@ -119,7 +127,10 @@ def study_model(
                         "method": method,
                         "sd_exact": exact,
                         "sd_est": est,
-                        "rel_error": abs(est - exact) / d,
+                        "rel_error": sum(errs) / len(errs),
+                        "rel_error_first_block": errs[0],
+                        "rel_error_max": max(errs),
+                        "num_blocks": len(errs),
                         "train_loss": train_loss,
                         "exact_spectra_s": exact_s,
                         "slq_s": slq_s,
@@ -155,25 +166,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, nargs="+", default=[50, 100, 200, 500])
+    parser.add_argument("--runs", type=int, nargs="+", default=[25, 50, 100, 250, 500])
     parser.add_argument("--num-steps", type=int, default=100)
     parser.add_argument(
-        "--num-batches", type=int, default=10, help="K: minibatches shared by exact and SLQ"
+        "--num-batches", type=int, default=5, help="K: minibatches shared by exact and SLQ"
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-lr", type=float, default=0.1)
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", type=int, nargs="+", default=[0, 1, 2], help="MODELS indices")
     parser.add_argument("--out", type=str, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if any(r % args.num_batches for r in args.runs):
-        parser.error("every --runs value must be a multiple of --num-batches")
+    if any(r % args.num_batches or max(args.runs) % r for r in args.runs):
+        parser.error("every --runs value must divide the largest and be a multiple of K")
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    for spec in MODELS:
+    for spec in [MODELS[i] for i in args.models]:
         rows += study_model(*spec, args)
         print(f"done {spec[0]} after {time.perf_counter() - start:.0f} s", flush=True)
+        if args.out:  # partial results survive an interruption
+            with open(args.out, "w") as f:
+                json.dump({"args": vars(args), "rows": rows, "partial": True}, f, indent=2)
     md = table(rows, args.runs)
     print(md)
     out = {

@@ -83,11 +83,59 @@ def test_sd_compute_momentum_and_adam(tmp_path: Path) -> None:
         assert r["optimizer"] == opt and r["num_exponents"] == n_exp * r["num_params"]
 
 
-def test_sd_compute_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sd", "compute", "--method", "bogus", "--train-steps", "0"]) == 2
-    assert "unknown method" in capsys.readouterr().err
-    assert main(["sd", "compute", "--lr", "-1", "--train-steps", "0"]) == 2
-    assert (
-        main(["sd", "compute", "--width", "200", "--max-params", "1000", "--train-steps", "0"]) == 2
+def test_sd_compute_slq_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "slq.json"
+    code = main(
+        [
+            "sd",
+            "compute",
+            "--n-train",
+            "100",
+            "--width",
+            "4",
+            "--depth",
+            "1",
+            "--lr",
+            "0.5",
+            "--train-steps",
+            "3",
+            "--method",
+            "ps",
+            "--num-runs",
+            "4",
+            "--num-steps",
+            "8",
+            "--batch-size",
+            "16",
+            "--num-bootstrap",
+            "5",
+            "--json",
+            str(out),
+        ]
     )
-    assert "'slq', 'kde' or 'ps'" in capsys.readouterr().err
+    assert code == 0
+    r = json.loads(out.read_text())["result"]
+    assert r["method"] == "ps" and r["settings"]["num_runs"] == 4
+    assert 0 <= r["sd"] <= r["num_exponents"]
+
+
+BAD = [
+    (["--method", "bogus"], "unknown method"),
+    (["--optimizer", "rmsprop"], "unknown optimizer"),
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--lr", "0"], "--lr must be a positive number"),
+    (["--n-train", "50", "--batch-size", "64"], "--batch-size 64 exceeds the 50"),
+    (["--width", "200", "--max-params", "1000"], "'slq', 'kde' or 'ps'"),
+    (["--dataset", "imagenet"], "imagenet"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[b[1][:20] for b in BAD])
+def test_sd_compute_bad_input_exits_2_with_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["sd", "compute", "--train-steps", "0", "--n-train", "100", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1, err

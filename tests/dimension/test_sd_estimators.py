@@ -47,7 +47,7 @@ def test_exponent_measure_of_exact_eigenvalues(optimizer: str) -> None:
     assert sd_histogram(values, masses, num_bins=100_000).dimension == pytest.approx(
         exact.dimension, abs=1e-9
     )
-    kde = sd_kde(values, masses, bandwidth=1e-6, grid_size=4096).dimension
+    kde = sd_kde(values, masses, bandwidth=1e-4, points_per_bandwidth=4).dimension
     assert kde == pytest.approx(exact.dimension, abs=1e-3)
 
 
@@ -135,3 +135,23 @@ def test_bad_input() -> None:
         sd_kde([0.0, 1.0], [1.0, 1.0], bandwidth=-1.0)
     with pytest.raises(SharpdimError):
         sd_quantiles([0.0], [1.0], num_quantiles=0)
+
+
+def test_kde_converges_with_the_grid_and_keeps_the_mass() -> None:
+    gen = torch.Generator().manual_seed(2)
+    v = torch.cat(
+        [
+            torch.randn(5000, generator=gen, dtype=torch.float64) * 0.3 - 0.4,
+            torch.rand(500, generator=gen, dtype=torch.float64) * 1.5,
+        ]
+    )
+    m = torch.rand(v.numel(), generator=gen, dtype=torch.float64)
+    m = m * (800 / m.sum())
+    coarse = sd_kde(v, m, points_per_bandwidth=4, grid_size=64)
+    fine = sd_kde(v, m, points_per_bandwidth=64, grid_size=4096)
+    assert fine.total_mass == pytest.approx(800) and float(fine.masses.sum()) == pytest.approx(800)
+    assert coarse.dimension == pytest.approx(fine.dimension, abs=2e-3 * 800)
+    for integration in ("exact", "trapezoid"):  # the two quadratures agree on a fine grid
+        r = sd_kde(v, m, points_per_bandwidth=64, integration=integration)
+        assert r.dimension == pytest.approx(fine.dimension, abs=1e-4 * 800)
+    assert 0 < fine.dimension < 800

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from sharpdim.curvature.dense import dense_hessian
 from sharpdim.curvature.params import get_flat_params
-from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.dimension.sharpness_dimension import SDResult, sharpness_dimension
-from sharpdim.dynamics.step_maps import TrainingMap
 from sharpdim.errors import SharpdimError, TooLargeError
+from tests.dynamics.real_optim import real_step_jacobian
 
 
 def _ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -36,27 +36,37 @@ def _brute_force_sd(
     batch_size: int,
     seed: int,
     momentum: float = 0.9,
+    loss_fn: object = None,
 ) -> float:
-    """Jacobian of the real optimizer step by autograd, SVD per batch, mean of sorted logs, Def. 4.2."""
+    """Jacobian of the real torch.optim step by autograd, SVD per batch, mean of sorted logs, Def. 4.2."""
     gen = torch.Generator().manual_seed(seed)
     n = data[0].shape[0]
-    batches = []
+    w = get_flat_params(list(model.parameters()))
+    x = torch.cat([w] + [torch.zeros_like(w)] * (0 if optimizer == "sgd" else 1))
+    rows = []
     for _ in range(num_batches):  # the same draws as sharpness_dimension
         idx = torch.randperm(n, generator=gen)[:batch_size]
-        batches.append((data[0][idx], data[1][idx]))
-    phi = TrainingMap(
-        model, _ce, batches, optimizer=optimizer, lr=lr, momentum=momentum, mode="eval"
-    )
-    x = phi.initial_state()
-    rows = []
-    for t in range(num_batches):
-        sigma = torch.linalg.svdvals(phi.jacobian(x, t))
+        batch = (data[0][idx], data[1][idx])
+        jac = real_step_jacobian(
+            model, loss_fn or _ce, batch, optimizer, x, lr=lr, momentum=momentum
+        )
+        assert jac.shape == (x.numel(), x.numel())
+        sigma = torch.linalg.svdvals(jac)
         rows.append(torch.sort(torch.log(sigma + 1e-12), descending=True).values)
-    return kaplan_yorke_dimension(torch.stack(rows).mean(0)).dimension
+    lam = torch.stack(rows).mean(0)
+    # Def. 4.2 written out independently of kaplan_yorke_dimension
+    if float(lam[0]) < 0:
+        return 0.0
+    partial = torch.cumsum(lam, 0)
+    j = int((partial >= 0).sum())  # partial sums of a descending vector: non-negative first
+    if j == lam.numel():
+        return float(j)
+    return j + float(partial[j - 1]) / abs(float(lam[j]))
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "lr"), [("sgd", 0.5), ("sgd", 3.0), ("momentum", 1.0), ("momentum", 4.0)]
+    ("optimizer", "lr"),
+    [("sgd", 0.5), ("sgd", 3.0), ("momentum", 1.0), ("momentum", 4.0), ("nesterov", 2.0)],
 )
 def test_exact_sd_equals_brute_force(optimizer: str, lr: float) -> None:
     model, data = _setup()
@@ -79,6 +89,33 @@ def test_exact_sd_equals_brute_force(optimizer: str, lr: float) -> None:
     assert r.exponents.shape == (r.num_exponents,) and r.exponent_weight == 1.0
     assert r.lambda_1 == pytest.approx(float(r.exponents[0]))
     assert r.num_expanding == float((r.exponents > 0).sum())
+
+
+def _mse(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return 0.5 * ((model(batch[0]) - batch[1]) ** 2).sum(1).mean()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_exact_sd_equals_brute_force_near_a_minimum(optimizer: str) -> None:
+    # a trained regression net: strongly contracting directions, SD well inside (0, n)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(48, 3, generator=gen, dtype=torch.float64)
+    y = torch.sin(x[:, :2]) + 0.1 * torch.randn(48, 2, generator=gen, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    for _ in range(300):
+        opt.zero_grad()
+        _mse(model, (x, y)).backward()
+        opt.step()
+    lr = 1.8 / float(torch.linalg.eigvalsh(dense_hessian(model, _mse, (x, y)))[-1])
+    kw = {"optimizer": optimizer, "momentum": 0.3, "num_batches": 6, "batch_size": 12}
+    r = sharpness_dimension(
+        model, _mse, (x, y), lr, generator=torch.Generator().manual_seed(4), num_bootstrap=0, **kw
+    )
+    ref = _brute_force_sd(model, (x, y), lr, optimizer, 6, 12, 4, momentum=0.3, loss_fn=_mse)
+    assert 1 < ref < 0.9 * r.num_exponents
+    assert r.sd == pytest.approx(ref, abs=1e-8)
 
 
 def test_result_fields_bootstrap_and_determinism() -> None:
@@ -190,3 +227,33 @@ def test_bad_input() -> None:
         )
     with pytest.raises(TooLargeError, match="'slq', 'kde' or 'ps'"):
         sharpness_dimension(model, _ce, data, 0.1, batch_size=10, max_params=20)
+
+
+def test_bootstrap_ci_collapses_when_every_batch_is_the_same() -> None:
+    model, data = _setup()
+    r = sharpness_dimension(model, _ce, data, 3.0, num_batches=4, batch_size=40, num_bootstrap=30)
+    assert r.ci_low == pytest.approx(r.sd, abs=1e-12)
+    assert r.ci_high == pytest.approx(r.sd, abs=1e-12)
+
+
+def test_bootstrap_ci_brackets_sd_and_shrinks_with_more_batches() -> None:
+    model, data = _setup()
+
+    def width(num_batches: int) -> float:
+        r = sharpness_dimension(
+            model,
+            _ce,
+            data,
+            3.0,
+            num_batches=num_batches,
+            batch_size=6,
+            num_bootstrap=200,
+            confidence=0.9,
+            generator=torch.Generator().manual_seed(11),
+        )
+        assert r.ci_low < r.sd < r.ci_high
+        assert r.num_bootstrap == 200 and r.confidence == 0.9
+        return r.ci_high - r.ci_low
+
+    # a percentile bootstrap of a mean-like statistic: width ~ 1/sqrt(num_batches)
+    assert width(64) < 0.7 * width(8)

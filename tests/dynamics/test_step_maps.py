@@ -11,6 +11,7 @@ from torch import nn
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.dynamics.step_maps import TrainingMap
 from sharpdim.errors import SharpdimError
+from tests.dynamics.real_optim import real_step_fn, real_step_jacobian
 
 
 def _model() -> nn.Module:
@@ -145,3 +146,19 @@ def test_bad_input() -> None:
     phi = TrainingMap(_model(), _ce, _batches(), lr=0.1)
     with pytest.raises(SharpdimError, match="rows"):
         phi.jvp(phi.initial_state(), 0, torch.zeros(3, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("name", "kwargs", "make"), CASES, ids=[c[0] for c in CASES])
+def test_jacobian_equals_jacobian_of_real_torch_optim_step(
+    name: str, kwargs: dict, make: Callable
+) -> None:
+    """autograd through torch.optim itself (differentiable=True) gives the same Jacobian."""
+    model, batches = _model(), _batches()
+    phi = TrainingMap(model, _ce, batches, optimizer=name, lr=0.3, mode="eval", **kwargs)
+    x = phi.initial_state()
+    for t in range(3):  # non-zero optimizer buffers; Adam's step count is then 4 at t = 3
+        x = phi.step(x, t)
+    real = real_step_fn(model, _ce, batches[0], name, lr=0.3, step_number=4, **kwargs)
+    torch.testing.assert_close(real(x).detach(), phi.step(x, 3), rtol=0, atol=1e-13)
+    jac = real_step_jacobian(model, _ce, batches[0], name, x, lr=0.3, step_number=4, **kwargs)
+    torch.testing.assert_close(phi.jacobian(x, 3), jac, rtol=1e-10, atol=1e-12)

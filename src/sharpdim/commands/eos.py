@@ -1,7 +1,305 @@
-"""`sharpdim eos ...` commands."""
+"""``sharpdim eos ...``: the edge-of-stability reproductions, each writing a PNG and a JSON summary.
+
+* ``sharpening``: progressive sharpening and EoS under full-batch GD (Cohen et al., ICLR 2021);
+* ``minimalist``: GD on ``0.5 (1 - xyzw)^2`` (Zhu et al., ICLR 2023): EoS ratios and a
+  bifurcation diagram;
+* ``thresholds``: heavy-ball momentum and Adam at their stability thresholds;
+* ``fractal``: the toy fractal attractor of Tuci et al. (arXiv 2604.19740, Fig. 6).
+
+The defaults are the sizes of ``docs/reproductions.md``; every size can be shrunk for a quick
+look (the tests run each command at a tiny size).
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
-app = typer.Typer(help="eos commands.", no_args_is_help=True)
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sharpdim.errors import SharpdimError
+
+app = typer.Typer(
+    help="Edge-of-stability reproductions: sharpening, minimalist, thresholds, fractal.",
+    no_args_is_help=True,
+)
+
+_OUT = typer.Option(Path("eos_results"), "--out", help="folder for the PNG and the JSON summary")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe values: NaN/inf become null, tensors lists, tuples lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, torch.Tensor):
+        return _plain(value.tolist())
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _write(out: Path, name: str, summary: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(_plain(summary), indent=2) + "\n")
+    return path
+
+
+@contextmanager
+def _bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar; yields ``update(completed)``."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+    task = progress.add_task(description, total=total)
+    with progress:
+        yield lambda done: progress.update(task, completed=done)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise SharpdimError(
+            f"{what} {text!r} is not a list of numbers: use e.g. '0.2,0.3,0.5'"
+        ) from None
+    if not values:
+        raise SharpdimError(f"{what} is empty: give at least one number")
+    return values
+
+
+def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float64: bool) -> Any:
+    from sharpdim.training.eos_experiments import MLPSetup
+
+    if n_train < 1 or width < 1 or depth < 0:
+        raise SharpdimError(
+            f"n_train={n_train}, width={width}, depth={depth}: need n_train >= 1, width >= 1, "
+            "depth >= 0"
+        )
+    return MLPSetup(
+        dataset=dataset,
+        n_train=n_train,
+        width=width,
+        depth=depth,
+        seed=seed,
+        dtype="float64" if float64 else "float32",
+    )
+
+
+def _runs_table(title: str, result: Any) -> Table:
+    table = Table(title=title)
+    for col in ("optimizer", "lr", "threshold", "late median ratio", "late min..max", "status"):
+        table.add_column(col, justify="right")
+    for r in result.runs:
+        low, high = r.late_ratio_range
+        table.add_row(
+            r.optimizer,
+            f"{r.lr:g}",
+            f"{r.threshold:.4g}",
+            f"{r.late_median_ratio:.4f}",
+            f"{low:.3f}..{high:.3f}",
+            r.status,
+        )
+    return table
+
+
+def _run_monitored(
+    kind: str, runner: Callable[..., Any], num_runs: int, steps: int, **kwargs: Any
+) -> Any:
+    with _bar(kind, num_runs * steps) as update:
+        return runner(progress=lambda i, s, t: update(i * t + s), steps=steps, **kwargs)
+
+
+@app.command("sharpening")
+def sharpening(
+    lrs: str = typer.Option("0.2,0.3,0.5", help="GD step sizes, comma separated"),
+    steps: int = typer.Option(2000, help="GD steps per step size"),
+    every: int = typer.Option(10, help="measure the sharpness every this many steps"),
+    dataset: str = typer.Option("digits", help="digits | mnist1d"),
+    n_train: int = typer.Option(1000, help="training examples (the first of the split)"),
+    width: int = typer.Option(100, help="tanh MLP hidden width"),
+    depth: int = typer.Option(2, help="tanh MLP hidden layers"),
+    late_fraction: float = typer.Option(0.3, help="final share of training summarised"),
+    float64: bool = typer.Option(True, "--float64/--float32", help="model dtype"),
+    seed: int = typer.Option(0, help="seed of data and initialisation"),
+    out: Path = _OUT,
+) -> None:
+    """Progressive sharpening and EoS: GD on a tanh MLP with MSE (Cohen et al. 2021)."""
+    from sharpdim.report.eos_figures import plot_eos_runs
+    from sharpdim.training.eos_experiments import progressive_sharpening
+
+    grid = _floats(lrs, "lrs")
+    setup = _setup(dataset, n_train, width, depth, seed, float64)
+    result = _run_monitored(
+        "sharpening",
+        progressive_sharpening,
+        len(grid),
+        steps,
+        lrs=grid,
+        setup=setup,
+        every=every,
+        late_fraction=late_fraction,
+    )
+    png = plot_eos_runs(result, out / "sharpening.png")
+    js = _write(out, "sharpening", result.to_dict())
+    console = Console()
+    console.print(_runs_table("sharpness / (2/eta), last 30% of training", result))
+    console.print(f"wrote {png} and {js} ({result.wall_time_s:.1f} s)")
+
+
+@app.command("thresholds")
+def thresholds(
+    momentum_lr: float = typer.Option(0.2, help="heavy-ball step size (0 = skip)"),
+    adam_lr: float = typer.Option(0.001, help="Adam step size (0 = skip)"),
+    momentum: float = typer.Option(0.9, help="heavy-ball momentum mu"),
+    beta1: float = typer.Option(0.9, help="Adam beta1"),
+    beta2: float = typer.Option(0.999, help="Adam beta2"),
+    steps: int = typer.Option(2000, help="steps per run"),
+    every: int = typer.Option(10, help="measure every this many steps"),
+    dataset: str = typer.Option("digits", help="digits | mnist1d"),
+    n_train: int = typer.Option(1000, help="training examples"),
+    width: int = typer.Option(100, help="tanh MLP hidden width"),
+    depth: int = typer.Option(2, help="tanh MLP hidden layers"),
+    late_fraction: float = typer.Option(0.3, help="final share of training summarised"),
+    float64: bool = typer.Option(True, "--float64/--float32", help="model dtype"),
+    seed: int = typer.Option(0, help="seed of data and initialisation"),
+    out: Path = _OUT,
+) -> None:
+    """Heavy-ball momentum and Adam at their EoS thresholds (full batch, tanh MLP, MSE)."""
+    from sharpdim.report.eos_figures import plot_eos_runs
+    from sharpdim.training.eos_experiments import optimizer_thresholds
+
+    runs = [(n, lr) for n, lr in (("momentum", momentum_lr), ("adam", adam_lr)) if lr > 0]
+    if not runs:
+        raise SharpdimError("both step sizes are 0: give --momentum-lr or --adam-lr > 0")
+    setup = _setup(dataset, n_train, width, depth, seed, float64)
+    result = _run_monitored(
+        "thresholds",
+        optimizer_thresholds,
+        len(runs),
+        steps,
+        runs=runs,
+        momentum=momentum,
+        betas=(beta1, beta2),
+        setup=setup,
+        every=every,
+        late_fraction=late_fraction,
+    )
+    png = plot_eos_runs(result, out / "thresholds.png")
+    js = _write(out, "thresholds", result.to_dict())
+    console = Console()
+    console.print(_runs_table("(preconditioned) sharpness / threshold, last 30%", result))
+    console.print(f"wrote {png} and {js} ({result.wall_time_s:.1f} s)")
+
+
+@app.command("minimalist")
+def minimalist(
+    lr_min: float = typer.Option(0.02, help="smallest step size of the ratio sweep"),
+    lr_max: float = typer.Option(0.54, help="largest step size of the ratio sweep"),
+    num_lrs: int = typer.Option(53, help="step sizes in the ratio sweep"),
+    bif_min: float = typer.Option(0.2, help="smallest step size of the bifurcation diagram"),
+    bif_max: float = typer.Option(1.1, help="largest step size of the bifurcation diagram"),
+    bif_num: int = typer.Option(451, help="step sizes in the bifurcation diagram"),
+    steps: int = typer.Option(20_000, help="GD steps"),
+    late: int = typer.Option(300, help="late iterates kept per step size"),
+    out: Path = _OUT,
+) -> None:
+    """GD on 0.5 (1 - xyzw)^2: EoS ratios and a bifurcation diagram (Zhu et al. 2023)."""
+    from sharpdim.report.eos_figures import plot_minimalist
+    from sharpdim.training.eos_experiments import minimalist_experiment
+
+    if num_lrs < 1 or bif_num < 1 or not 0 < lr_min <= lr_max or not 0 < bif_min <= bif_max:
+        raise SharpdimError(
+            "step-size grids need 0 < min <= max and at least one value: check --lr-min, "
+            "--lr-max, --num-lrs, --bif-min, --bif-max, --bif-num"
+        )
+    ratio_lrs = torch.linspace(lr_min, lr_max, num_lrs, dtype=torch.float64).tolist()
+    bif_lrs = torch.linspace(bif_min, bif_max, bif_num, dtype=torch.float64).tolist()
+    trace = [lr for lr in (0.05, 0.3, 0.45) if lr_min <= lr <= lr_max] or [lr_max]
+    with _bar("minimalist", 2 * steps) as update:
+        result = minimalist_experiment(
+            ratio_lrs=ratio_lrs,
+            bifurcation_lrs=bif_lrs,
+            steps=steps,
+            late=min(late, steps),
+            trace_lrs=trace,
+            progress=lambda done, _total: update(done),
+        )
+    png = plot_minimalist(result, out / "minimalist.png")
+    js = _write(out, "minimalist", result.to_dict())
+    rs, bs = result.ratio_summary, result.bifurcation_summary
+    stats = rs.ratio_stats()
+    table = Table(title="minimalist example")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("reference sharpness (smallest eta)", f"{rs.reference_sharpness:.4f}"),
+        ("EoS step sizes", f"{len(rs.eos_lrs)}"),
+        ("final sharpness / (2/eta): min", f"{stats['min']:.4f}"),
+        ("                            median", f"{stats['median']:.4f}"),
+        ("                            max", f"{stats['max']:.4f}"),
+        (
+            "first eta with period P",
+            ", ".join(f"P={k}: {v:.4g}" for k, v in bs.first_period.items()),
+        ),
+        ("first chaotic eta", f"{bs.first_chaotic:.4g}"),
+        ("largest Lyapunov exponent", f"{bs.max_lyapunov:.3f}"),
+        ("first diverged eta", f"{bs.first_diverged:.4g}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {png} and {js} ({result.wall_time_s:.1f} s)")
+
+
+@app.command("fractal")
+def fractal(
+    particles: int = typer.Option(20_000, help="particles moved together"),
+    steps: int = typer.Option(250, help="noisy GD steps"),
+    lr: float = typer.Option(0.15, help="step size eta"),
+    amplitude: float = typer.Option(2.0, help="A"),
+    frequency: float = typer.Option(4.0, help="k"),
+    noise_std: float = typer.Option(0.1, help="sigma of the additive Gaussian noise"),
+    init_range: float = typer.Option(3.0, help="initial points uniform in [-r, r]^2"),
+    seed: int = typer.Option(0, help="seed of the initial points and the noise"),
+    out: Path = _OUT,
+) -> None:
+    """The toy fractal attractor: noisy GD on 0.5|x|^2 - A cos(k x1) cos(k x2) (paper Fig. 6)."""
+    from sharpdim.report.eos_figures import plot_fractal
+    from sharpdim.training.eos_fractal import fractal_attractor
+
+    result = fractal_attractor(
+        particles,
+        steps=steps,
+        lr=lr,
+        amplitude=amplitude,
+        frequency=frequency,
+        noise_std=noise_std,
+        init_range=init_range,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    png = plot_fractal(result, out / "fractal.png")
+    summary = result.to_dict()
+    js = _write(out, "fractal", summary)
+    console = Console()
+    console.print(
+        f"2/eta = {result.threshold:.4g}; share of particles with sharpness above it: "
+        f"{result.eos_fraction:.3f}; median sharpness {summary['median_sharpness']:.3f}; "
+        f"box-counting slope {result.box_dimension:.3f}"
+    )
+    console.print(f"wrote {png} and {js}")

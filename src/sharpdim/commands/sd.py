@@ -97,8 +97,17 @@ def compute(
         raise SharpdimError(
             f"unknown optimizer {optimizer!r}: use one of {', '.join(_TRAIN_TO_SD)}"
         )
+    if not (math.isfinite(lr) and lr > 0):
+        raise SharpdimError(f"--lr must be a positive number, got {lr}: pass e.g. --lr 0.1")
+    if batch_size < 1:
+        raise SharpdimError(f"--batch-size must be >= 1, got {batch_size}")
     dtype = torch.float64 if float64 else torch.float32
     data = load_dataset(dataset, seed=seed, n_train=n_train, dtype=dtype)
+    if batch_size > data.num_train:
+        raise SharpdimError(
+            f"--batch-size {batch_size} exceeds the {data.num_train} training examples: "
+            f"pass --batch-size <= {data.num_train} (or a larger --n-train)"
+        )
     model = build_mlp(
         data.input_dim,
         data.num_outputs,
@@ -138,7 +147,7 @@ def compute(
         method=method,
         optimizer=sd_optimizer,
         num_batches=num_batches,
-        batch_size=min(batch_size, data.num_train),
+        batch_size=batch_size,
         generator=torch.Generator().manual_seed(seed),
         max_params=max_params,
         num_runs=num_runs,

@@ -23,10 +23,10 @@ is estimated three ways:
 * **SD-KDE** (:func:`sd_kde`): the measure smoothed by a Gaussian kernel of bandwidth ``h``
   (default: Silverman's robust rule ``0.9 min(std, IQR/1.34) n_eff^{-1/5}`` on the weighted
   atoms, ``n_eff = (sum tau)^2 / sum tau^2``); ``N`` and ``S`` are integrated cell by cell on a
-  grid — with the trapezoid rule on the density (``integration="trapezoid"``, the paper's
-  quadrature) or exactly through the normal CDF (``"exact"``, the default, free of grid error).
-  The grid holds equal-mass quantiles of the atoms (fine where the mass is) and a uniform grid
-  over ``[min - 6h, max + 6h]``.
+  uniform grid over ``[min - 8h, max + 8h]`` (spacing at most ``h/16``) — with the trapezoid
+  rule on the density (``integration="trapezoid"``, the paper's quadrature) or exactly through
+  the normal CDF (``"exact"``, the default). Atoms are linearly binned onto the grid first, so
+  both integrals are discrete convolutions (fast for ``10^5`` atoms and bootstraps).
 * **SD-PS** (:func:`sd_quantiles`): ``M`` equal-mass quantiles at levels ``(i - 1/2)/M``, each an
   atom of weight ``d_state / M`` (default ``M = d_state``: one quantile per exponent, the
   estimated ``lambda_k``); the result lies in ``[0, d_state]`` by construction.
@@ -128,13 +128,38 @@ def silverman_bandwidth(values: Any, masses: Any) -> float:
     return 0.9 * spread * n_eff ** (-0.2)
 
 
-def _kde_grid(v: torch.Tensor, m: torch.Tensor, h: float, grid_size: int) -> torch.Tensor:
-    levels = (torch.arange(grid_size, dtype=torch.float64) + 0.5) / grid_size
-    quant = weighted_quantiles(v, m, levels)
-    uniform = torch.linspace(
-        float(v.min()) - 6 * h, float(v.max()) + 6 * h, grid_size, dtype=torch.float64
+def _kde_kernels(h: float, delta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cell kernels of a Gaussian ``N(0, h^2)`` on the cells ``[k delta, (k+1) delta]``.
+
+    For ``|k| <= L`` (``L delta >= 8 h``, beyond which the mass is below ``1e-15``):
+    ``P_k`` = the cell's mass, ``T_k = int (u - k delta) N(u) du`` = its first moment about
+    the cell's left edge, and ``F_k = N(k delta)`` = the density at the node (trapezoid rule).
+    """
+    half = math.ceil(8 * h / delta) + 1
+    k = torch.arange(-half, half + 1, dtype=torch.float64)
+    z0, z1 = k * delta / h, (k + 1) * delta / h
+    # cell mass without cancellation: upper tails on the right, lower tails on the left
+    mass = torch.where(
+        k >= 0,
+        torch.special.ndtr(-z0) - torch.special.ndtr(-z1),
+        torch.special.ndtr(z1) - torch.special.ndtr(z0),
     )
-    return torch.unique(torch.cat([quant, uniform]))  # sorted ascending
+    pdf0 = torch.exp(-0.5 * z0 * z0) / math.sqrt(2 * math.pi)
+    pdf1 = torch.exp(-0.5 * z1 * z1) / math.sqrt(2 * math.pi)
+    first = h * (pdf0 - pdf1) - k * delta * mass
+    return mass, first, pdf0 / h
+
+
+def _convolve(w: torch.Tensor, kernel: torch.Tensor, count: int) -> torch.Tensor:
+    """``out_i = sum_j w_j kernel_{i - j}`` for ``i = 0..count-1`` (``kernel`` centred on 0).
+
+    By FFT (float64): the absolute round-off is about ``1e-16`` times the total mass.
+    """
+    half = (kernel.numel() - 1) // 2
+    size = w.numel() + kernel.numel() - 1
+    fft_size = 1 << (size - 1).bit_length()
+    full = torch.fft.irfft(torch.fft.rfft(w, fft_size) * torch.fft.rfft(kernel, fft_size), fft_size)
+    return full[half : half + count]
 
 
 def sd_kde(
@@ -142,20 +167,34 @@ def sd_kde(
     masses: Any,
     *,
     bandwidth: float | None = None,
-    grid_size: int = 2048,
+    grid_size: int = 4096,
+    points_per_bandwidth: float = 16.0,
+    max_grid: int = 2**21,
     integration: str = "exact",
 ) -> KaplanYorkeResult:
     """SD-KDE: Kaplan–Yorke dimension of the Gaussian-smoothed exponent measure.
 
+    The measure is smoothed by ``N(0, h^2)`` and cut into the cells of a uniform grid over
+    ``[min - 8h, max + 8h]`` with spacing ``delta = min(extent / grid_size, h /
+    points_per_bandwidth)`` (at most ``max_grid`` nodes). Each cell becomes one atom at its
+    mean exponent. The atoms are first *linearly binned* onto the grid nodes (each atom's mass
+    split between its two neighbouring nodes so that mass and first moment are kept; this
+    adds at most ``delta^2 / 4`` to the kernel's variance), so the cell masses and first
+    moments are discrete convolutions: cost ``O(n + G * 16 h / delta)``, independent of the
+    number of atoms times the grid.
+
     Args:
         values, masses: the exponent measure (e.g. from :func:`exponent_measure`).
         bandwidth: kernel standard deviation ``h``; default :func:`silverman_bandwidth`.
-        grid_size: points of each of the two grids (quantile and uniform) that are merged.
-        integration: ``"exact"`` (cell masses and first moments through the normal CDF) or
-            ``"trapezoid"`` (trapezoid rule on the density at the grid points).
+        grid_size: minimum number of grid cells over the extent.
+        points_per_bandwidth: grid cells per bandwidth (the spacing is at most ``h`` over it).
+        max_grid: cap on the number of grid nodes (then the spacing exceeds the above).
+        integration: ``"exact"`` (cell masses and first moments of the Gaussians through the
+            normal CDF) or ``"trapezoid"`` (trapezoid rule on the density at the nodes, the
+            paper's quadrature).
 
     Returns:
-        :class:`KaplanYorkeResult` over the grid cells (each an atom at its mean exponent).
+        :class:`KaplanYorkeResult` over the grid cells.
     """
     v, m = _flat(values, masses)
     if integration not in ("exact", "trapezoid"):
@@ -163,39 +202,38 @@ def sd_kde(
     h = silverman_bandwidth(v, m) if bandwidth is None else float(bandwidth)
     if h < 0 or not math.isfinite(h):
         raise SharpdimError(f"bandwidth must be a finite number >= 0, got {bandwidth}")
+    if grid_size < 2 or points_per_bandwidth <= 0 or max_grid < 2:
+        raise SharpdimError("grid_size and max_grid must be >= 2, points_per_bandwidth > 0")
     if h == 0:  # nothing to smooth (a single value): the measure itself
         return kaplan_yorke_measure(v, m)
     total = float(m.sum())
-    grid = _kde_grid(v, m, h, grid_size)
-    mass_cells = torch.empty(grid.numel() - 1, dtype=torch.float64)
-    first_cells = torch.empty_like(mass_cells)
+    lo, hi = float(v.min()) - 8 * h, float(v.max()) + 8 * h
+    delta = min((hi - lo) / grid_size, h / points_per_bandwidth)
+    if (hi - lo) / delta + 2 > max_grid:
+        delta = (hi - lo) / (max_grid - 2)
+    nodes = math.ceil((hi - lo) / delta) + 1
+    grid = lo + delta * torch.arange(nodes, dtype=torch.float64)
+    pos = (v - lo) / delta
+    k = pos.floor().clamp(0, nodes - 2)
+    t = pos - k
+    k_idx = k.long()
+    w = torch.zeros(nodes, dtype=torch.float64)
+    w.index_add_(0, k_idx, m * (1 - t)).index_add_(0, k_idx + 1, m * t)
+    p_ker, t_ker, f_ker = _kde_kernels(h, delta)
+    cells = nodes - 1
     if integration == "exact":
-        # int_a^b N(x; v, h^2) dx and int_a^b x N(x; v, h^2) dx, summed over atoms in chunks
-        cdf_sum = torch.zeros_like(grid)
-        mom_sum = torch.zeros_like(grid)
-        for start in range(0, v.numel(), 4096):
-            vc, mc = v[start : start + 4096], m[start : start + 4096]
-            z = (grid[:, None] - vc[None, :]) / h
-            cdf = torch.special.ndtr(z)
-            pdf = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-            cdf_sum += (cdf * mc).sum(1)
-            mom_sum += ((vc * cdf - h * pdf) * mc).sum(1)
-        mass_cells = cdf_sum.diff()
-        first_cells = mom_sum.diff()
+        mass_cells = _convolve(w, p_ker, cells)
+        first_cells = grid[:-1] * mass_cells + _convolve(w, t_ker, cells)
     else:
-        dens = torch.zeros_like(grid)
-        for start in range(0, v.numel(), 4096):
-            vc, mc = v[start : start + 4096], m[start : start + 4096]
-            z = (grid[:, None] - vc[None, :]) / h
-            dens += (torch.exp(-0.5 * z * z) * mc).sum(1) / (h * math.sqrt(2 * math.pi))
-        dx = grid.diff()
-        mass_cells = 0.5 * dx * (dens[1:] + dens[:-1])
-        first_cells = 0.5 * dx * (dens[1:] * grid[1:] + dens[:-1] * grid[:-1])
-    keep = mass_cells > 0
+        dens = _convolve(w, f_ker, nodes)
+        mass_cells = 0.5 * delta * (dens[1:] + dens[:-1])
+        first_cells = 0.5 * delta * (dens[1:] * grid[1:] + dens[:-1] * grid[:-1])
+    keep = mass_cells > 1e-14 * total  # drop round-off noise of empty cells
     mass_cells, first_cells = mass_cells[keep], first_cells[keep]
-    scale = total / float(mass_cells.sum())  # the tails beyond +-6h: renormalise to mass d
-    mass_cells, first_cells = mass_cells * scale, first_cells * scale
-    return kaplan_yorke_measure(first_cells / mass_cells, mass_cells)
+    # a cell's mean lies inside the cell (clamp away round-off)
+    mean = (first_cells / mass_cells).clamp(grid[:-1][keep], grid[1:][keep])
+    mass_cells = mass_cells * (total / float(mass_cells.sum()))  # tails beyond 8h: mass d
+    return kaplan_yorke_measure(mean, mass_cells)
 
 
 def sd_quantiles(

@@ -1,0 +1,425 @@
+"""Extreme eigenvalues of a symmetric operator by thick-restart Lanczos.
+
+The Lanczos process (Lanczos 1950) builds an orthonormal basis ``V_m`` of the Krylov space
+``span{v, Hv, ..., H^{m-1} v}`` and the projection ``T_m = V_m^T H V_m`` (tridiagonal in exact
+arithmetic). The eigenpairs ``(theta_i, s_i)`` of ``T_m`` (Ritz values and vectors) approximate
+the extreme eigenpairs of ``H``, and the residual of the Ritz vector ``y_i = V_m s_i`` is known
+without another product:
+
+    ||H y_i - theta_i y_i|| = ||B_m s_i[last block]||      (= |beta_m s_{m,i}| for one vector),
+
+which bounds the eigenvalue error (``|theta_i - lambda| <= residual``, and ``<= residual^2 / gap``).
+
+Implementation choices:
+
+* **Full reorthogonalization** (two passes of classical Gram–Schmidt with matrix products,
+  a third when the second removes much): every new vector is orthogonal to the whole basis to
+  working precision, so no spurious copies of converged eigenvalues appear (Parlett, *The
+  Symmetric Eigenvalue Problem*, 1998, ch. 13). The basis and ``T`` are kept in float64 even
+  for a float32 operator (the products ``H v`` themselves stay in the operator's dtype).
+* **Thick restart** (Wu & Simon, SIAM J. Matrix Anal. Appl. 22, 2000): when the basis reaches
+  ``max_basis`` vectors it is compressed to the most wanted Ritz vectors plus the residual
+  vector, so memory stays ``n x max_basis`` however many products convergence needs.
+* **Blocks** (``block_size > 1``): a block Krylov space finds eigenvalues of multiplicity up to
+  the block size, which a single start vector cannot in exact arithmetic.
+* **Convergence per eigenvalue**: a wanted Ritz value is converged when its residual is at most
+  ``max(tol * |theta|, 8 * eps * ||T||)``, where ``eps`` is the machine epsilon of the operator's
+  dtype (the accuracy of a product ``H v`` itself; below it no residual can be trusted).
+
+``which="LA"`` (largest algebraic, e.g. the sharpness ``lambda_max(H)``, *not* the largest
+magnitude), ``"SA"`` (smallest algebraic) or ``"both"`` (both ends from one Krylov space).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
+from sharpdim.errors import SharpdimError
+
+Which = Literal["LA", "SA", "both"]
+_BREAKDOWN = 1e-10
+"""A new direction shorter than this fraction of ``||H v||`` marks an invariant subspace."""
+
+
+@dataclass(frozen=True)
+class LanczosResult:
+    """Extreme eigenvalues found by :func:`lanczos_eigenvalues` (all tensors float64).
+
+    Attributes:
+        eigenvalues: ``"LA"``: the ``k`` largest, descending; ``"SA"``: the ``k`` smallest,
+            ascending; ``"both"``: the ``k`` largest followed by the ``k`` smallest, the whole
+            vector descending (all ``n`` eigenvalues when ``2k >= n``), so
+            ``eigenvalues[:k]`` are the largest and ``eigenvalues[-k:]`` the smallest.
+        converged: per eigenvalue, whether its residual met the tolerance.
+        residuals: per eigenvalue, ``||H y - theta y||`` of its Ritz vector (unit norm).
+        eigenvectors: the Ritz vectors as columns ``(n, len(eigenvalues))`` when requested.
+        num_matvecs: operator products used (columns of blocks counted one by one).
+        num_restarts: thick restarts performed.
+        which, k, tol: the request.
+    """
+
+    eigenvalues: torch.Tensor
+    converged: torch.Tensor
+    residuals: torch.Tensor
+    eigenvectors: torch.Tensor | None
+    num_matvecs: int
+    num_restarts: int
+    which: str
+    k: int
+    tol: float
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+    @property
+    def largest(self) -> torch.Tensor:
+        """The ``k`` largest eigenvalues, descending (``"LA"`` or ``"both"``)."""
+        if self.which == "SA":
+            raise SharpdimError("this result holds the smallest eigenvalues: use which='LA'/'both'")
+        return self.eigenvalues[: self.k]
+
+    @property
+    def smallest(self) -> torch.Tensor:
+        """The ``k`` smallest eigenvalues, ascending (``"SA"`` or ``"both"``)."""
+        if self.which == "LA":
+            raise SharpdimError("this result holds the largest eigenvalues: use which='SA'/'both'")
+        if self.which == "SA":
+            return self.eigenvalues
+        return torch.flip(self.eigenvalues[-self.k :], [0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "which": self.which,
+            "k": self.k,
+            "tol": self.tol,
+            "eigenvalues": self.eigenvalues.tolist(),
+            "converged": self.converged.tolist(),
+            "residuals": self.residuals.tolist(),
+            "num_matvecs": self.num_matvecs,
+            "num_restarts": self.num_restarts,
+        }
+
+
+class _KrylovBasis:
+    """Orthonormal (block) Krylov basis with its projected matrix, in float64.
+
+    Rows ``0..m-1`` of ``V`` are *processed* vectors (their products are projected into
+    ``T[:m, :m]``); rows ``m..m+nb-1`` hold the pending block, whose coupling to the processed
+    ones is ``T[m:m+nb, :m]``; so ``H V_m^T = V_m^T T_m + V_pend^T T[m:m+nb, :m]``.
+    """
+
+    def __init__(
+        self,
+        op: LinearOperator,
+        capacity: int,
+        start: torch.Tensor,
+        generator: torch.Generator | None,
+        restart_on_breakdown: bool,
+    ) -> None:
+        self.op, self.n = op, op.num_params
+        self.gen, self.restart_on_breakdown = generator, restart_on_breakdown
+        dev = op.device
+        self.V = torch.empty(capacity, self.n, dtype=torch.float64, device=dev)
+        self.T = torch.zeros(capacity, capacity, dtype=torch.float64, device=dev)
+        self.m, self.nb, self.matvecs = 0, 0, 0
+        block = start.to(dtype=torch.float64, device=dev).reshape(self.n, -1).T.contiguous()
+        if not bool(torch.isfinite(block).all()) or float(block.norm()) == 0:
+            raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
+        scale = block.norm(dim=1)
+        q, _ = self._orthonormalize(block.clone(), self.V[:0], random_fill=True, scale=scale)
+        self.V[: q.shape[0]] = q
+        self.nb = q.shape[0]
+
+    # -- orthogonalization ----------------------------------------------------------------
+    @staticmethod
+    def _project(w: torch.Tensor, basis: torch.Tensor, *, passes: int = 2) -> torch.Tensor:
+        """Remove the components of the rows of ``w`` along ``basis``; return the coefficients.
+
+        Classical Gram–Schmidt with matrix products, ``passes`` times, plus one more pass when
+        the last one shortened a row below ``1/sqrt(2)`` (the DGKS criterion: a big removal
+        leaves rounding errors of the size of what was removed).
+        """
+        coef = torch.zeros(w.shape[0], basis.shape[0], dtype=w.dtype, device=w.device)
+        if basis.shape[0] == 0:
+            return coef
+        for i in range(passes + 1):
+            before = w.norm(dim=1)
+            c = w @ basis.T
+            w -= c @ basis
+            coef += c
+            if i + 1 >= passes and not bool((w.norm(dim=1) < 0.7071 * before).any()):
+                break
+        return coef
+
+    def _random_row(self) -> torch.Tensor:
+        return torch.randn(self.n, generator=self.gen, dtype=torch.float64).to(self.V.device)
+
+    def _orthonormalize(
+        self, w: torch.Tensor, basis: torch.Tensor, *, random_fill: bool, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Orthonormalize the rows of ``w`` (already orthogonal to ``basis``) among themselves.
+
+        Returns ``(Q, R)`` with ``w_i = sum_l R[l, i] q_l``. A row that vanishes (relative to
+        ``scale``: an invariant subspace) is replaced by a random direction with zero coupling
+        when ``random_fill`` and the basis has room, else dropped; rows beyond dimension ``n``
+        are dropped.
+        """
+        room = basis.shape[0] < self.n
+        if w.shape[0] == 1 and room and float(w.norm()) > _BREAKDOWN * float(scale[0]):
+            norm = w.norm()
+            return w / norm, norm.reshape(1, 1)
+        rows: list[torch.Tensor] = []
+        coefs: list[torch.Tensor] = []
+        for i in range(w.shape[0]):
+            x = w[i : i + 1].clone()
+            prev = torch.stack(rows) if rows else x[:0]
+            coef = self._project(x, prev)[0]
+            norm = float(x.norm())
+            col = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+            col[: coef.numel()] = coef
+            if basis.shape[0] + len(rows) >= self.n:
+                coefs.append(col)
+                continue
+            if norm > _BREAKDOWN * float(scale[i]) and norm > 0:
+                rows.append((x / norm)[0])
+                col[len(rows) - 1] = norm
+            elif random_fill:
+                r = self._random_row()[None]
+                self._project(r, torch.cat([basis, prev]))
+                rows.append((r / r.norm())[0])
+            coefs.append(col)
+        q = torch.stack(rows) if rows else w[:0]
+        return q, torch.stack(coefs, 1)[: q.shape[0]]
+
+    # -- one block step -------------------------------------------------------------------
+    def step(self) -> None:
+        """Multiply the pending block by ``H``, project it, and make the next pending block."""
+        m, nb = self.m, self.nb
+        x = self.V[m : m + nb]
+        hx = self.op @ x.T.to(self.op.dtype)
+        self.matvecs += nb
+        w = hx.to(torch.float64).T.contiguous()
+        scale = w.norm(dim=1)
+        # coef[i, j] = v_j . H x_i: first against the vectors coupled to x (the three-term
+        # recurrence, or the kept Ritz vectors after a restart), then one full pass over the
+        # basis (a second one only if the DGKS criterion asks for it)
+        coupled = torch.nonzero(self.T[m : m + nb, :m].abs().sum(0)).reshape(-1)
+        local = torch.cat([coupled, torch.arange(m, m + nb, device=coupled.device)])
+        coef = torch.zeros(nb, m + nb, dtype=torch.float64, device=w.device)
+        coef[:, local] = self._project(w, self.V[local], passes=1)
+        coef += self._project(w, self.V[: m + nb], passes=1)
+        self.T[: m + nb, m : m + nb] = coef.T
+        self.T[m : m + nb, : m + nb] = coef
+        diag = self.T[m : m + nb, m : m + nb]
+        self.T[m : m + nb, m : m + nb] = (diag + diag.T) / 2
+        self.m = m + nb
+        q, r = self._orthonormalize(
+            w, self.V[: self.m], random_fill=self.restart_on_breakdown, scale=scale
+        )
+        q, r = q[: self.V.shape[0] - self.m], r[: self.V.shape[0] - self.m]
+        self.nb = q.shape[0]
+        if self.nb == 0:
+            return
+        self.V[self.m : self.m + self.nb] = q
+        self.T[self.m : self.m + self.nb, : self.m] = 0
+        self.T[self.m : self.m + self.nb, m : self.m] = r  # q_l . H x_i
+        self.T[: self.m, self.m : self.m + self.nb] = self.T[self.m : self.m + self.nb, : self.m].T
+
+    # -- Ritz pairs and restart -----------------------------------------------------------
+    def ritz(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ritz values (ascending), vectors in the basis coordinates, residual norms."""
+        m, nb = self.m, self.nb
+        theta, s = torch.linalg.eigh(self.T[:m, :m])
+        if nb == 0:
+            res = torch.zeros(m, dtype=torch.float64, device=theta.device)
+        else:
+            res = (self.T[m : m + nb, :m] @ s).norm(dim=0)
+        return theta, s, res
+
+    def restart(self, s_keep: torch.Tensor, theta_keep: torch.Tensor) -> None:
+        """Compress the basis to the Ritz vectors ``V^T s_keep`` plus the pending block."""
+        m, nb, k = self.m, self.nb, s_keep.shape[1]
+        y = s_keep.T @ self.V[:m]
+        pending = self.V[m : m + nb].clone()
+        coupling = self.T[m : m + nb, :m] @ s_keep
+        self.V.zero_()
+        self.T.zero_()
+        self.V[:k] = y
+        self.V[k : k + nb] = pending
+        self.T[:k, :k] = torch.diag(theta_keep)
+        self.T[k : k + nb, :k] = coupling
+        self.T[:k, k : k + nb] = coupling.T
+        self.m = k
+
+
+def lanczos_tridiagonal(
+    H: OperatorLike,
+    num_steps: int,
+    v0: torch.Tensor,
+    *,
+    return_basis: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``num_steps`` Lanczos steps from ``v0`` with full reorthogonalization.
+
+    Returns ``(alpha, beta, Q)``: the diagonal ``alpha`` (m,) and off-diagonal ``beta``
+    (m-1,) of the tridiagonal ``T_m = Q^T H Q`` (float64) and, with ``return_basis``, the
+    orthonormal basis ``Q`` as rows ``(m, n)`` (first row ``v0 / ||v0||``). The process stops
+    early, with ``m < num_steps``, when the Krylov space of ``v0`` is invariant (then ``T_m``
+    holds the whole spectral measure of ``v0``) or when ``m = n``.
+    """
+    op = as_operator(H)
+    n = op.num_params
+    if num_steps < 1:
+        raise SharpdimError(f"num_steps must be >= 1, got {num_steps}")
+    if v0.ndim != 1 or v0.shape[0] != n:
+        raise SharpdimError(f"v0 has shape {tuple(v0.shape)}: pass a vector of shape ({n},)")
+    steps = min(num_steps, n)
+    basis = _KrylovBasis(op, steps + 1, v0, None, restart_on_breakdown=False)
+    while basis.m < steps and basis.nb > 0:
+        basis.step()
+    m = basis.m
+    t = basis.T[:m, :m]
+    alpha = t.diagonal().clone()
+    beta = t.diagonal(-1).clone()
+    return alpha, beta, basis.V[:m].clone() if return_basis else None
+
+
+def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
+    """Indices of ``theta`` (ascending) from most to least wanted."""
+    m = theta.numel()
+    up = torch.arange(m, device=theta.device)
+    if which == "SA":
+        return up
+    down = torch.flip(up, [0])
+    if which == "LA":
+        return down
+    order = torch.stack([down, up], 1).reshape(-1)  # top, bottom, 2nd top, 2nd bottom, ...
+    seen: set[int] = set()
+    out = []
+    for i in order.tolist():
+        if i not in seen:
+            seen.add(i)
+            out.append(i)
+    return torch.tensor(out, device=theta.device)
+
+
+def _check(op: LinearOperator, k: int, which: str, tol: float, block_size: int) -> None:
+    n = op.num_params
+    if which not in ("LA", "SA", "both"):
+        raise SharpdimError(
+            f"unknown which={which!r}: use 'LA' (largest algebraic), 'SA' (smallest) or 'both'"
+        )
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SharpdimError(f"k must be a positive integer, got {k!r}")
+    if k > n:
+        raise SharpdimError(
+            f"k={k} exceeds the dimension {n} of the operator: ask for at most {n} eigenvalues"
+        )
+    if not tol > 0:
+        raise SharpdimError(f"tol must be > 0, got {tol}")
+    if block_size < 1 or block_size > n:
+        raise SharpdimError(f"block_size must be in [1, {n}], got {block_size}")
+
+
+def lanczos_eigenvalues(
+    H: OperatorLike,
+    k: int = 5,
+    which: Which = "LA",
+    *,
+    tol: float = 1e-6,
+    max_iter: int | None = None,
+    generator: torch.Generator | None = None,
+    v0: torch.Tensor | None = None,
+    block_size: int = 1,
+    max_basis: int | None = None,
+    return_eigenvectors: bool = False,
+) -> LanczosResult:
+    """The ``k`` largest and/or smallest algebraic eigenvalues of a symmetric operator.
+
+    Args:
+        H: a dense symmetric tensor or a :class:`LinearOperator` (e.g. ``HessianOperator``).
+        k: how many eigenvalues at each wanted end (``1 <= k <= n``).
+        which: ``"LA"`` largest algebraic (the sharpness), ``"SA"`` smallest, ``"both"``.
+        tol: relative residual tolerance, ``||H y - theta y|| <= tol |theta|`` per eigenvalue.
+        max_iter: at most this many operator products (default ``max(1000, 10 max_basis)``);
+            eigenvalues not converged by then are reported with ``converged=False``.
+        generator: source of the random start vector (default: a generator seeded with 0).
+        v0: start vector ``(n,)`` or block ``(n, block_size)`` instead of a random one.
+        block_size: vectors per Krylov block; use ``>= m`` to resolve multiplicity ``m``.
+        max_basis: basis vectors kept before a thick restart
+            (default ``min(n, max(2 k_wanted + 40, 80))``; memory ``8 n max_basis`` bytes).
+        return_eigenvectors: also return the Ritz vectors (float64 columns).
+
+    Returns:
+        :class:`LanczosResult`.
+
+    Example:
+        >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
+        >>> lanczos_eigenvalues(A, k=3, which="LA").eigenvalues.tolist()
+        [100.0, 99.0, 98.0]
+    """
+    op = as_operator(H)
+    _check(op, k, which, tol, block_size)
+    n, b = op.num_params, block_size
+    wanted = min(2 * k, n) if which == "both" else k
+    if max_basis is None:
+        max_basis = max(2 * wanted + 40, 80)
+    max_basis = min(int(max_basis), n)
+    if max_basis < min(n, wanted + 2 * b):
+        raise SharpdimError(
+            f"max_basis={max_basis} is too small for {wanted} eigenvalues with block_size={b}: "
+            f"use at least {wanted + 2 * b}"
+        )
+    budget = max(1000, 10 * max_basis) if max_iter is None else int(max_iter)
+    if budget < 1:
+        raise SharpdimError(f"max_iter must be >= 1, got {max_iter}")
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    if v0 is None:
+        start = torch.randn(n, b, generator=gen, dtype=torch.float64)
+    else:
+        if v0.shape not in ((n,), (n, b)):
+            raise SharpdimError(
+                f"v0 has shape {tuple(v0.shape)}: pass a tensor of shape ({n},) or ({n}, {b})"
+            )
+        start = v0.reshape(n, -1)
+    basis = _KrylovBasis(op, max_basis + b, start, gen, restart_on_breakdown=True)
+    eps = torch.finfo(op.dtype).eps if op.dtype.is_floating_point else 2.0**-52
+    restarts = 0
+    while True:
+        basis.step()
+        theta, s, res = basis.ritz()
+        m = basis.m
+        prio = _priority(theta, which)
+        idx = prio[: min(wanted, m)]
+        anorm = float(theta.abs().max()) if m else 0.0
+        bound = torch.clamp(tol * theta[idx].abs(), min=8 * eps * anorm)
+        ok = res[idx] <= bound
+        done = idx.numel() == wanted and bool(ok.all())
+        if done or basis.nb == 0 or basis.matvecs >= budget:
+            break
+        if m + 2 * basis.nb > basis.V.shape[0]:  # full: thick restart
+            keep = min(m - basis.nb, wanted + max(basis.nb, (m - wanted) // 2))
+            kept = prio[:keep]
+            basis.restart(s[:, kept], theta[kept])
+            restarts += 1
+    order = torch.argsort(theta[idx], descending=which != "SA")
+    idx = idx[order]
+    vecs = None
+    if return_eigenvectors:
+        vecs = (s[:, idx].T @ basis.V[:m]).T.contiguous()
+    return LanczosResult(
+        eigenvalues=theta[idx].cpu(),
+        converged=(res[idx] <= torch.clamp(tol * theta[idx].abs(), min=8 * eps * anorm)).cpu(),
+        residuals=res[idx].cpu(),
+        eigenvectors=vecs,
+        num_matvecs=basis.matvecs,
+        num_restarts=restarts,
+        which=which,
+        k=k,
+        tol=float(tol),
+    )

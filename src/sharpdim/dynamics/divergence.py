@@ -1,0 +1,195 @@
+"""Divergence of two nearby trajectories driven by the same batches.
+
+Two orbits of the same (random) map, ``x_{t+1} = phi_t(x_t)`` and ``y_{t+1} = phi_t(y_t)``,
+start ``delta`` apart: ``y_0 = x_0 + delta u`` with ``u`` a unit vector. With identical batches
+(the same ``phi_t`` for both) their distance ``d_t = ||x_t - y_t||`` grows like
+``d_0 exp(lambda_1 t)`` while it is small (``lambda_1`` the largest Lyapunov exponent, see
+:mod:`sharpdim.dynamics.lyapunov`) and saturates at the size of the attractor; in a stable
+regime it shrinks. The growth rate is the least-squares slope of ``ln d_t`` against ``t`` over
+the pre-saturation window: from ``fit_start`` to the first step at which ``d_t`` reaches
+``saturation_fraction`` of its maximum over the run (the whole run if ``d_t`` never grows
+above ``d_0``). This is the direct test of chaotic training of Tuci et al. ("Generalization at
+the Edge of Stability", arXiv 2604.19740, Sec. 3): positive rate = sensitive dependence on the
+initialization.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sharpdim.dynamics.lyapunov import as_step_map
+from sharpdim.errors import SharpdimError
+
+
+@dataclass(frozen=True)
+class DivergenceResult:
+    """Distance between two nearby trajectories over time.
+
+    Attributes:
+        log_distance: ``(T + 1,)`` float64, ``ln d_t`` for ``t = 0..T`` (``-inf`` where the
+            orbits coincide exactly).
+        growth_rate: slope of ``ln d_t`` over the fit window (per step); growth_rate_stderr:
+            its least-squares standard error (NaN with fewer than 3 points).
+        fit_start, fit_stop: the window ``[fit_start, fit_stop)`` of steps used in the fit.
+        saturated: whether the automatic fit window ended before the end of the run
+            (``d_t`` reached ``saturation_fraction`` of its maximum).
+        delta: the initial distance; num_steps: ``T``.
+        diverged_at: step at which an orbit became non-finite, else ``None``.
+    """
+
+    log_distance: torch.Tensor
+    growth_rate: float
+    growth_rate_stderr: float
+    fit_start: int
+    fit_stop: int
+    saturated: bool
+    delta: float
+    num_steps: int
+    diverged_at: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "log_distance": [v if math.isfinite(v) else None for v in self.log_distance.tolist()],
+            "growth_rate": self.growth_rate,
+            "growth_rate_stderr": self.growth_rate_stderr,
+            "fit_start": self.fit_start,
+            "fit_stop": self.fit_stop,
+            "saturated": self.saturated,
+            "delta": self.delta,
+            "num_steps": self.num_steps,
+            "diverged_at": self.diverged_at,
+        }
+
+
+def _slope(y: torch.Tensor) -> tuple[float, float]:
+    """Least-squares slope of ``y`` against ``0..len-1`` and its standard error."""
+    n = y.numel()
+    if n < 2:
+        return math.nan, math.nan
+    t = torch.arange(n, dtype=torch.float64)
+    tc = t - t.mean()
+    slope = float((tc * (y - y.mean())).sum() / (tc * tc).sum())
+    if n < 3:
+        return slope, math.nan
+    resid = y - y.mean() - slope * tc
+    var = float((resid * resid).sum()) / (n - 2) / float((tc * tc).sum())
+    return slope, math.sqrt(max(var, 0.0))
+
+
+def trajectory_divergence(
+    step_fn: Any,
+    x0: torch.Tensor,
+    num_steps: int,
+    *,
+    delta: float = 1e-8,
+    direction: torch.Tensor | None = None,
+    perturb_dims: int | None = None,
+    generator: torch.Generator | None = None,
+    start_step: int = 0,
+    fit_start: int = 0,
+    fit_stop: int | None = None,
+    saturation_fraction: float = 0.1,
+) -> DivergenceResult:
+    """Run ``x0`` and ``x0 + delta u`` through the same steps; fit the growth of ``ln d_t``.
+
+    Args:
+        step_fn: a callable ``x -> x'`` or an object with ``step(x, t)`` (e.g. a
+            :class:`~sharpdim.dynamics.step_maps.TrainingMap`: both runs see batch ``t`` at
+            step ``t``).
+        x0: the initial state (1-D floating tensor; float64 recommended, since ``delta`` must
+            be resolvable in the dtype).
+        num_steps: steps ``T`` to run (``>= 1``).
+        delta: initial distance (``> 0``).
+        direction: the perturbation direction (normalized; default: a random Gaussian
+            direction from ``generator``, seed 0 when ``None``).
+        perturb_dims: perturb and measure only the first this many coordinates (default:
+            ``step_fn.num_params`` when it has one, i.e. the parameters of a training state,
+            else all).
+        start_step: time index of the first step.
+        fit_start, fit_stop: an explicit fit window (``fit_stop`` default: automatic).
+        saturation_fraction: the automatic window ends where ``d_t`` first reaches this
+            fraction of its maximum over the run.
+
+    Returns:
+        A :class:`DivergenceResult`; a non-finite orbit ends the run (``diverged_at``).
+
+    Example (a linear map expanding by 2 per step along the first axis):
+        >>> A = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))
+        >>> x0 = torch.zeros(2, dtype=torch.float64)
+        >>> r = trajectory_divergence(lambda x: A @ x, x0, 20, direction=torch.tensor([1.0, 0.0]))
+        >>> round(r.growth_rate, 6) == round(math.log(2), 6)
+        True
+    """
+    fmap = as_step_map(step_fn)
+    if not isinstance(x0, torch.Tensor) or x0.ndim != 1 or not x0.is_floating_point():
+        raise SharpdimError("x0 must be a 1-D floating tensor: flatten the state first")
+    if num_steps < 1 or not delta > 0 or not 0 < saturation_fraction <= 1:
+        raise SharpdimError("need num_steps >= 1, delta > 0 and 0 < saturation_fraction <= 1")
+    n = x0.numel()
+    m = perturb_dims if perturb_dims is not None else int(getattr(step_fn, "num_params", n))
+    if not 1 <= m <= n:
+        raise SharpdimError(f"perturb_dims={m} for a {n}-dimensional state: pass 1..{n}")
+    if direction is None:
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        u = torch.randn(m, generator=gen, dtype=torch.float64)
+    else:
+        u = direction.detach().to(torch.float64).reshape(-1)
+        if u.numel() != m:
+            raise SharpdimError(f"direction has {u.numel()} entries: pass {m}")
+    if not float(u.norm()) > 0:
+        raise SharpdimError("the perturbation direction is zero: pass a non-zero direction")
+    x = x0.detach()
+    y = x.clone()
+    y[:m] = (x[:m].to(torch.float64) + delta * u / u.norm()).to(x.dtype)
+
+    def dist(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a[:m].to(torch.float64) - b[:m].to(torch.float64)).norm())
+
+    d0 = dist(x, y)
+    if d0 == 0:
+        raise SharpdimError(
+            f"delta={delta:g} vanishes in {x.dtype}: use float64 states or a larger delta"
+        )
+    logs = [math.log(d0)]
+    diverged_at: int | None = None
+    for i in range(num_steps):
+        t = start_step + i
+        x_next, y_next = fmap.step(x, t).detach(), fmap.step(y, t).detach()
+        if not (torch.isfinite(x_next).all() and torch.isfinite(y_next).all()):
+            diverged_at = i
+            break
+        x, y = x_next, y_next
+        d = dist(x, y)
+        logs.append(math.log(d) if d > 0 else -math.inf)
+    log_d = torch.tensor(logs, dtype=torch.float64)
+    finite = torch.isfinite(log_d)
+    peak = float(log_d[finite].max())
+    saturated = peak > log_d[0].item() and log_d.numel() > 1
+    if fit_stop is None:
+        stop = log_d.numel()
+        if saturated:
+            level = peak + math.log(saturation_fraction)
+            above = torch.nonzero(finite & (log_d >= level))
+            stop = max(int(above[0]) + 1, 2) if above.numel() else stop
+            saturated = stop < log_d.numel()
+    else:
+        stop = min(fit_stop, log_d.numel())
+    start = min(max(fit_start, 0), max(stop - 2, 0))
+    window = log_d[start:stop]
+    window = window[torch.isfinite(window)]
+    rate, err = _slope(window)
+    return DivergenceResult(
+        log_distance=log_d,
+        growth_rate=rate,
+        growth_rate_stderr=err,
+        fit_start=start,
+        fit_stop=stop,
+        saturated=bool(saturated),
+        delta=float(delta),
+        num_steps=log_d.numel() - 1,
+        diverged_at=diverged_at,
+    )

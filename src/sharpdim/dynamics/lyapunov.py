@@ -1,0 +1,317 @@
+"""Top-k Lyapunov exponents of a torch map by the QR (Benettin) method with JVPs.
+
+For a (possibly time-dependent) map ``x_{t+1} = phi_t(x_t)`` on ``R^n`` with Jacobians
+``J_t = D phi_t(x_t)``, the Lyapunov exponents are the growth rates of volumes spanned by
+tangent vectors (Oseledets 1968). The discrete QR method of Benettin, Galgani, Giorgilli &
+Strelcyn (Meccanica 15, 1980) propagates an orthonormal block ``Q_t`` (``n x k``):
+
+    V_{t+1} = J_t Q_t,       V_{t+1} = Q_{t+1} R_{t+1}  (QR, diag R >= 0),
+    lambda_i(T) = (1/T) sum_{t=1}^{T} ln R_{t, ii},    lambda_i = lim_{T->inf} lambda_i(T).
+
+``lambda_1 >= ... >= lambda_k`` are the ``k`` largest exponents (natural log, per step).
+``J_t Q_t`` only needs ``k`` Jacobian-vector products: never a dense Jacobian. For training
+(paper Sec. 3, Tuci et al., "Generalization at the Edge of Stability", arXiv 2604.19740),
+``phi_t`` is the real optimizer step with minibatch ``B_t`` of a fixed sequence
+(:class:`sharpdim.dynamics.step_maps.TrainingMap`), so the result is the Lyapunov spectrum of
+the random dynamical system along that batch sequence. Its Kaplan–Yorke dimension (paper
+Def. 4.2, computed by :func:`sharpdim.dimension.kaplan_yorke.kaplan_yorke_dimension`) is that
+of the top-``k`` exponents; when all ``k`` partial sums are non-negative it equals ``k`` and is
+only a lower bound of the full spectrum's dimension.
+
+The standard error of each exponent comes from batch means: the ``T`` local stretches
+``ln R_{t, ii}`` are split into ``num_blocks`` consecutive blocks and
+``stderr = std(block means) / sqrt(num_blocks)``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
+from sharpdim.errors import SharpdimError
+
+
+@runtime_checkable
+class StepMap(Protocol):
+    """A time-dependent map with JVPs, e.g. :class:`~sharpdim.dynamics.step_maps.TrainingMap`."""
+
+    def step(self, x: torch.Tensor, t: int) -> torch.Tensor: ...
+
+    def jvp(
+        self, x: torch.Tensor, t: int, tangents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def _load_jvp_decompositions() -> None:
+    """Import torch's forward-AD decompositions once, hiding the deprecation warning that
+    torch 2.13 emits from its own ``torch.jit.script`` use on that first import."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+
+
+class FunctionMap:
+    """A plain autonomous map ``x -> f(x)`` seen as a :class:`StepMap`.
+
+    Args:
+        fn: a differentiable torch function of a 1-D tensor.
+        jvp_mode: ``"forward"``: ``torch.func.jvp`` (forward mode), the ``k`` products batched
+            with ``torch.func.vmap`` (or a loop, see ``vectorize``); ``"reverse"``: the
+            double-backward identity ``J v = d/du <J^T u, v>`` on one reverse-mode graph
+            (usually faster for small maps, where torch.func's per-call overhead dominates).
+        vectorize: batch the forward-mode JVPs with ``vmap``; if ``fn`` does not support vmap
+            (data-dependent control flow, in-place ops) it falls back to a loop.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        jvp_mode: str = "forward",
+        vectorize: bool = True,
+    ) -> None:
+        if jvp_mode not in ("forward", "reverse"):
+            raise SharpdimError(f"unknown jvp_mode {jvp_mode!r}: use 'forward' or 'reverse'")
+        self.fn, self.jvp_mode, self.vectorize = fn, jvp_mode, vectorize
+
+    def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.fn(x)
+
+    def jvp(
+        self, x: torch.Tensor, t: int, tangents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        vec = tangents.ndim == 1
+        dx = tangents[:, None] if vec else tangents
+        if self.jvp_mode == "reverse":
+            y, out = self._reverse(x, dx)
+        else:
+            y, out = self._forward(x, dx)
+        return y.detach(), (out[:, 0] if vec else out).detach()
+
+    def _forward(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _load_jvp_decompositions()
+
+        def push(v: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(self.fn, (x,), (v,))[1]
+
+        if self.vectorize:
+            try:
+                return self.step(x, 0), torch.func.vmap(push, in_dims=1, out_dims=1)(dx)
+            except Exception:  # vmap-incompatible function: fall back to a loop
+                self.vectorize = False
+        cols = [torch.func.jvp(self.fn, (x,), (dx[:, j],)) for j in range(dx.shape[1])]
+        return cols[0][0], torch.stack([c[1] for c in cols], dim=1)
+
+    def _reverse(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            y = self.fn(leaf)
+            u = torch.zeros_like(y, requires_grad=True)
+            (vjp,) = torch.autograd.grad(y, leaf, u, create_graph=True)
+            cols = [
+                torch.autograd.grad(vjp, u, dx[:, j], retain_graph=True, allow_unused=True)[0]
+                for j in range(dx.shape[1])
+            ]
+        out = [torch.zeros_like(y) if c is None else c for c in cols]
+        return y, torch.stack(out, dim=1)
+
+
+def as_step_map(step_fn: Any, *, jvp_mode: str = "forward", vectorize: bool = True) -> StepMap:
+    """``step_fn`` itself when it has ``step``/``jvp``; a :class:`FunctionMap` for a callable."""
+    if isinstance(step_fn, StepMap):
+        return step_fn
+    if callable(step_fn):
+        return FunctionMap(step_fn, jvp_mode=jvp_mode, vectorize=vectorize)
+    raise SharpdimError(
+        f"step_fn is a {type(step_fn).__name__}: pass a callable x -> x' or an object with "
+        "step(x, t) and jvp(x, t, tangents) (e.g. a TrainingMap)"
+    )
+
+
+@dataclass(frozen=True)
+class LyapunovResult:
+    """The top-``k`` Lyapunov spectrum of a map.
+
+    Attributes:
+        exponents: ``(k,)`` float64, ``lambda_1, ..., lambda_k`` in the order of the QR
+            columns (descending in the limit; natural log per step), averaged over the steps
+            completed after the warmup.
+        stderr: ``(k,)`` batch-means standard errors (NaN with fewer than 2 steps).
+        finite_time: ``(T, k)``: ``lambda_i(t)`` after ``t = 1..T`` steps (running means).
+        log_stretches: ``(T, k)``: the local stretches ``ln R_{t, ii}``.
+        kaplan_yorke: Kaplan–Yorke dimension of ``exponents`` (a lower bound of the full
+            spectrum's when it equals ``k``); kaplan_yorke_j_star: its ``j*``.
+        num_steps: steps averaged (``T``); warmup: steps discarded before them.
+        state_dim: ``n``; k: number of exponents.
+        diverged_at: step index (counted from the start, warmup included) at which the state
+            or the tangents became non-finite; ``None`` if they never did.
+        final_state: the state after the last step; final_vectors: ``(n, k)`` the
+            orthonormal tangent block (continue a run from them).
+    """
+
+    exponents: torch.Tensor
+    stderr: torch.Tensor
+    finite_time: torch.Tensor
+    log_stretches: torch.Tensor
+    kaplan_yorke: float
+    kaplan_yorke_j_star: float
+    num_steps: int
+    warmup: int
+    state_dim: int
+    k: int
+    diverged_at: int | None
+    final_state: torch.Tensor
+    final_vectors: torch.Tensor
+
+    @property
+    def largest(self) -> float:
+        """``lambda_1``."""
+        return float(self.exponents[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (the trajectory tensors are left out except the finite-time curve)."""
+        return {
+            "exponents": self.exponents.tolist(),
+            "stderr": self.stderr.tolist(),
+            "finite_time": self.finite_time.tolist(),
+            "kaplan_yorke": self.kaplan_yorke,
+            "kaplan_yorke_j_star": self.kaplan_yorke_j_star,
+            "num_steps": self.num_steps,
+            "warmup": self.warmup,
+            "state_dim": self.state_dim,
+            "k": self.k,
+            "diverged_at": self.diverged_at,
+        }
+
+
+def _qr_positive(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduced QR with ``diag R >= 0``; returns ``(Q, |diag R|)``."""
+    q, r = torch.linalg.qr(v)
+    diag = torch.diagonal(r)
+    sign = torch.where(diag < 0, -torch.ones_like(diag), torch.ones_like(diag))
+    return q * sign, diag.abs()
+
+
+def _batch_stderr(logs: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    steps, k = logs.shape
+    blocks = min(num_blocks, steps)
+    if blocks < 2:
+        return torch.full((k,), math.nan, dtype=torch.float64)
+    size = steps // blocks
+    means = logs[: size * blocks].reshape(blocks, size, k).mean(dim=1)
+    return means.std(dim=0, unbiased=True) / math.sqrt(blocks)
+
+
+def lyapunov_spectrum(
+    step_fn: Any,
+    x0: torch.Tensor,
+    k: int,
+    num_steps: int,
+    *,
+    warmup: int = 0,
+    generator: torch.Generator | None = None,
+    initial_vectors: torch.Tensor | None = None,
+    start_step: int = 0,
+    num_blocks: int = 10,
+    jvp_mode: str = "forward",
+    vectorize: bool = True,
+) -> LyapunovResult:
+    """Top-``k`` Lyapunov exponents of ``step_fn`` along the orbit of ``x0`` (Benettin QR).
+
+    Each step pushes the orthonormal block ``Q`` through ``J_t`` with ``k`` JVPs and
+    re-orthonormalizes it, ``J_t Q_t = Q_{t+1} R_{t+1}``; ``lambda_i`` is the mean of
+    ``ln R_{t, ii}`` over the ``num_steps`` steps after ``warmup`` steps (during which the
+    orbit and ``Q`` evolve but nothing is recorded). ``|R_ii|`` is floored at the dtype's
+    smallest normal number so that a singular step gives a large negative, finite log.
+
+    Args:
+        step_fn: a callable ``x -> x'`` (autonomous map; JVPs by ``torch.func.jvp``, batched
+            with ``vmap``) or an object with ``step(x, t)`` and ``jvp(x, t, tangents)``
+            (e.g. :class:`~sharpdim.dynamics.step_maps.TrainingMap`: ``t`` picks the batch).
+        x0: initial state, a 1-D floating tensor (use float64 for tight exponents).
+        k: number of exponents, ``1 <= k <= n``.
+        num_steps: steps averaged (``>= 1``).
+        warmup: steps discarded first (transient of the orbit and alignment of ``Q``).
+        generator: draws the random initial block (default seed 0).
+        initial_vectors: an ``(n, k)`` initial block instead (orthonormalized).
+        start_step: time index of the first step (``t`` runs from it).
+        num_blocks: blocks of the batch-means standard error.
+        jvp_mode: for a plain callable: ``"forward"`` (``torch.func.jvp``) or ``"reverse"``
+            (double backward), see :class:`FunctionMap`.
+        vectorize: batch the forward-mode JVPs of a plain callable with ``vmap``.
+
+    Returns:
+        A :class:`LyapunovResult`. If the orbit becomes non-finite, the run stops there and
+        the exponents average the steps completed (``diverged_at`` says where).
+
+    Example (a linear map: the exponents are the log moduli of its eigenvalues):
+        >>> A = torch.tensor([[2.0, 0.0], [0.0, -0.5]], dtype=torch.float64)
+        >>> x0, q0 = torch.ones(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+        >>> r = lyapunov_spectrum(lambda x: A @ x, x0, 2, 50, initial_vectors=q0)
+        >>> [round(v, 4) for v in r.exponents.tolist()]
+        [0.6931, -0.6931]
+    """
+    fmap = as_step_map(step_fn, jvp_mode=jvp_mode, vectorize=vectorize)
+    if not isinstance(x0, torch.Tensor) or x0.ndim != 1 or not x0.is_floating_point():
+        raise SharpdimError("x0 must be a 1-D floating tensor: flatten the state first")
+    n = x0.numel()
+    if not 1 <= k <= n:
+        raise SharpdimError(f"k={k} exponents of a {n}-dimensional map: pass 1 <= k <= {n}")
+    if num_steps < 1 or warmup < 0 or num_blocks < 1:
+        raise SharpdimError("need num_steps >= 1, warmup >= 0 and num_blocks >= 1")
+    x = x0.detach()
+    if initial_vectors is None:
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        block = torch.randn(n, k, generator=gen, dtype=torch.float64).to(x.dtype)
+    else:
+        if initial_vectors.shape != (n, k):
+            raise SharpdimError(
+                f"initial_vectors has shape {tuple(initial_vectors.shape)}: pass ({n}, {k})"
+            )
+        block = initial_vectors.detach().to(x.dtype)
+    q, _ = _qr_positive(block)
+    tiny = torch.finfo(x.dtype).tiny
+    logs: list[torch.Tensor] = []
+    diverged_at: int | None = None
+    for i in range(warmup + num_steps):
+        x_next, v = fmap.jvp(x, start_step + i, q)
+        if not (torch.isfinite(x_next).all() and torch.isfinite(v).all()):
+            diverged_at = i
+            break
+        q_next, stretch = _qr_positive(v.detach())
+        x, q = x_next.detach(), q_next
+        if i >= warmup:
+            logs.append(torch.log(stretch.to(torch.float64).clamp_min(tiny)))
+    log_stretches = torch.stack(logs) if logs else torch.empty(0, k, dtype=torch.float64)
+    steps = log_stretches.shape[0]
+    counts = torch.arange(1, steps + 1, dtype=torch.float64)[:, None]
+    finite_time = torch.cumsum(log_stretches, 0) / counts
+    if steps:
+        exponents = finite_time[-1].clone()
+        ky = kaplan_yorke_dimension(exponents)
+        ky_dim, ky_j = ky.dimension, ky.j_star
+    else:
+        exponents = torch.full((k,), math.nan, dtype=torch.float64)
+        ky_dim, ky_j = math.nan, math.nan
+    return LyapunovResult(
+        exponents=exponents,
+        stderr=_batch_stderr(log_stretches, num_blocks),
+        finite_time=finite_time,
+        log_stretches=log_stretches,
+        kaplan_yorke=ky_dim,
+        kaplan_yorke_j_star=ky_j,
+        num_steps=steps,
+        warmup=warmup,
+        state_dim=n,
+        k=k,
+        diverged_at=diverged_at,
+        final_state=x,
+        final_vectors=q,
+    )

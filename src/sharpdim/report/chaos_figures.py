@@ -1,0 +1,59 @@
+"""Figures of chaos measures (matplotlib, Agg backend; imports core, never the reverse)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) -> Path:
+    """Save a three-panel comparison of training runs (``sharpdim chaos compare`` output).
+
+    Panels: finite-time largest Lyapunov exponent against steps; log distance of two runs
+    ``delta`` apart against steps (fit window marked); a bar chart of the dimensions (Kaplan–
+    Yorke of the top-k, SD, PH0 Euclidean and loss metric).
+
+    Args:
+        cases: name -> the dict of :func:`sharpdim.commands.chaos.run_case`.
+        path: output PNG path (parent folders are created).
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.8), dpi=100)
+    for i, (name, case) in enumerate(cases.items()):
+        color = f"C{i}"
+        label = f"{name} (lr={case['lr']:g})"
+        ft = [row[0] for row in case["lyapunov"]["finite_time"]]
+        axes[0].plot(range(1, len(ft) + 1), ft, color=color, label=label)
+        div = case["divergence"]
+        logd = [float("nan") if v is None else v for v in div["log_distance"]]
+        axes[1].plot(range(len(logd)), logd, color=color, label=label)
+        axes[1].axvspan(div["fit_start"], div["fit_stop"], color=color, alpha=0.08)
+    axes[0].axhline(0.0, color="k", lw=0.6)
+    axes[0].set(xlabel="step", ylabel="finite-time lambda_1", title="Largest Lyapunov exponent")
+    axes[1].set(xlabel="step", ylabel="ln ||w_t - w'_t||", title="Divergence of nearby runs")
+    keys = [
+        ("KY (top-k)", "kaplan_yorke_top_k"),
+        ("SD", "sd"),
+        ("PH0", "ph0_dimension"),
+        ("PH0 (loss)", "ph0_dimension_loss"),
+    ]
+    width = 0.8 / max(len(cases), 1)
+    for i, (name, case) in enumerate(cases.items()):
+        vals = [case[key] if case[key] is not None else 0.0 for _, key in keys]
+        xs = [j + (i - (len(cases) - 1) / 2) * width for j in range(len(keys))]
+        axes[2].bar(xs, vals, width=width, color=f"C{i}", label=name)
+    axes[2].set_xticks(range(len(keys)), [k for k, _ in keys])
+    axes[2].set_yscale("symlog", linthresh=1.0)
+    axes[2].set(title="Dimensions")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,135 @@
+"""Figures of the edge-of-stability reproductions (matplotlib, Agg; imports core, never the reverse).
+
+Each function takes a result of :mod:`sharpdim.training.eos_experiments` (or
+:mod:`sharpdim.training.eos_fractal`), writes one PNG (parent folders created) and returns
+its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from sharpdim.training.eos_experiments import EoSRunsResult, MinimalistExperiment
+from sharpdim.training.eos_fractal import FractalResult
+
+
+def _save(fig: plt.Figure, path: str | Path, dpi: int) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
+def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) -> Path:
+    """Loss (top) and sharpness with each run's threshold dashed (bottom), per run.
+
+    For Adam the bottom panel shows the preconditioned sharpness ``lambda_max(P^-1 H)``
+    against ``(2 + 2 beta1)/(eta (1 - beta1))``; the shaded span is the late window whose
+    median ratio is reported.
+    """
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True)
+    for i, run in enumerate(result.runs):
+        color = f"C{i}"
+        label = f"{run.optimizer} $\\eta$={run.lr:g} (ratio {run.late_median_ratio:.3f})"
+        steps = np.asarray(run.steps)
+        top.semilogy(steps, np.asarray(run.loss), color=color, lw=1.0, label=label)
+        bottom.plot(steps, np.asarray(run.bounded), color=color, lw=1.0)
+        bottom.axhline(run.threshold, color=color, ls="--", lw=0.9)
+    bottom.axvspan((1 - result.late_fraction) * result.steps, result.steps, color="0.9", zorder=0)
+    adaptive = any(r.optimizer in ("adam", "adamw") for r in result.runs)
+    top.set_ylabel("train loss")
+    top.legend(fontsize=7)
+    bottom.set_ylabel("(preconditioned) sharpness" if adaptive else "sharpness $\\lambda_{max}(H)$")
+    bottom.set_xlabel("step")
+    bottom.set_yscale("log")
+    title = (
+        "Progressive sharpening and EoS (GD, dashed: 2/$\\eta$)"
+        if result.kind == "sharpening"
+        else "EoS thresholds (dashed): momentum $(2+2\\mu)/\\eta$, Adam on $P^{-1}H$"
+    )
+    top.set_title(title, fontsize=10)
+    return _save(fig, path, dpi)
+
+
+def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int = 100) -> Path:
+    """Three panels: sharpness traces, final sharpness vs ``2/eta``, bifurcation diagram."""
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.0))
+    sweep = result.ratios
+    ax = axes[0]
+    if sweep.trace_steps is not None and sweep.trace_sharpness is not None:
+        for i, lr in enumerate(sweep.trace_lrs):
+            ax.plot(
+                sweep.trace_steps.numpy(),
+                sweep.trace_sharpness[i].numpy(),
+                color=f"C{i}",
+                lw=1.0,
+                label=f"$\\eta$={lr:g}",
+            )
+            ax.axhline(2.0 / lr, color=f"C{i}", ls="--", lw=0.8)
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(left=0)
+        top = float(np.nanmax(sweep.trace_sharpness.numpy()))
+        ax.set_ylim(0, 1.3 * top if np.isfinite(top) else 10.0)
+        ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("sharpness (dashed: 2/$\\eta$)")
+    ax.set_title(f"GD from {tuple(sweep.init)}", fontsize=10)
+
+    ax = axes[1]
+    lrs = sweep.lrs.numpy()
+    sharp = sweep.final_sharpness.numpy()
+    settled = (sweep.periods == 1).numpy()
+    ax.plot(lrs[settled], sharp[settled], "o", ms=3, label="final sharpness (converged)")
+    ax.plot(
+        lrs[~settled], sharp[~settled], "o", ms=3, mfc="none", color="0.5", label="not converged"
+    )
+    grid = np.linspace(lrs.min(), lrs.max(), 200)
+    ax.plot(grid, 2.0 / grid, "k--", lw=0.9, label="2/$\\eta$")
+    ax.set_ylim(0, 1.3 * float(np.nanmax(sweep.final_sharpness.numpy())))
+    summary = result.ratio_summary.ratio_stats()
+    ax.set_title(
+        f"EoS ratios: median {summary['median']:.4f} (min {summary['min']:.4f})", fontsize=10
+    )
+    ax.set_xlabel("$\\eta$")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    bif = result.bifurcation
+    ok = ~bif.diverged
+    xs = np.repeat(bif.lrs[ok].numpy(), bif.late_products.shape[1])
+    ys = bif.late_products[ok].reshape(-1).numpy()
+    ax.plot(xs, ys, ",", color="k", alpha=0.6)
+    bsum = result.bifurcation_summary
+    for period, lr in bsum.first_period.items():
+        ax.axvline(lr, color="C1", lw=0.5, alpha=0.6)
+        ax.text(lr, 1.02, str(period), color="C1", fontsize=7, transform=ax.get_xaxis_transform())
+    ax.set_xlabel("$\\eta$")
+    ax.set_ylabel("late xyzw")
+    ax.set_title(f"bifurcation from {tuple(bif.init)}", fontsize=10)
+    return _save(fig, path, dpi)
+
+
+def plot_fractal(result: FractalResult, path: str | Path, *, dpi: int = 100) -> Path:
+    """Scatter of the final particles, coloured by sharpness relative to ``2/eta``."""
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    pts = result.final.numpy()
+    ratio = (result.final_sharpness / result.threshold).numpy()
+    sc = ax.scatter(pts[:, 0], pts[:, 1], s=0.3, c=ratio, cmap="coolwarm", vmin=0, vmax=2.5)
+    fig.colorbar(sc, ax=ax, label="sharpness / (2/$\\eta$)")
+    ax.set_aspect("equal")
+    ax.set_title(
+        f"A={result.amplitude:g}, k={result.frequency:g}, $\\eta$={result.lr:g}, "
+        f"{result.steps} steps, $\\sigma$={result.noise_std:g}, n={len(pts)}",
+        fontsize=9,
+    )
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    return _save(fig, path, dpi)

@@ -1,0 +1,66 @@
+"""A self-contained HTML report: tables and PNG figures embedded as base64, no assets."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+    "table{border-collapse:collapse;margin:0.5rem 0}"
+    "td,th{border:1px solid #ccc;padding:0.25rem 0.6rem;text-align:left}"
+    "th{background:#f4f4f4}img{max-width:100%}"
+)
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """One section: a heading, an optional paragraph, key/value rows and figures."""
+
+    heading: str
+    text: str = ""
+    rows: Mapping[str, object] = field(default_factory=dict)
+    figures: Sequence[Path] = ()
+
+
+def _format(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def render_html_report(title: str, sections: Sequence[ReportSection]) -> str:
+    """The report as one HTML string (figures inlined as ``data:`` URIs)."""
+    parts = [
+        "<!DOCTYPE html>",
+        f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec.heading)}</h2>")
+        if sec.text:
+            parts.append(f"<p>{html.escape(sec.text)}</p>")
+        if sec.rows:
+            parts.append("<table>")
+            for key, value in sec.rows.items():
+                cells = f"<th>{html.escape(key)}</th><td>{html.escape(_format(value))}</td>"
+                parts.append(f"<tr>{cells}</tr>")
+            parts.append("</table>")
+        for fig in sec.figures:
+            data = base64.b64encode(Path(fig).read_bytes()).decode("ascii")
+            alt = html.escape(Path(fig).stem)
+            parts.append(f"<p><img alt='{alt}' src='data:image/png;base64,{data}'></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html_report(path: str | Path, title: str, sections: Sequence[ReportSection]) -> Path:
+    """Write :func:`render_html_report` to ``path`` (parent folders are created)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html_report(title, sections), encoding="utf-8")
+    return out

@@ -1,1 +1,0 @@
-"""sharpdim.study."""

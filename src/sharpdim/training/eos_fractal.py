@@ -1,0 +1,223 @@
+"""The toy fractal attractor of Tuci et al. (arXiv 2604.19740, Fig. 6).
+
+Noisy gradient descent on the two-dimensional loss
+
+    L(x) = 0.5 * ||x||^2 - A * cos(k x_1) * cos(k x_2)
+
+with the update ``x <- x - eta * grad L(x) + xi``, ``xi ~ N(0, sigma^2 I)`` drawn afresh for
+every particle and step (a random dynamical system). Its derivatives:
+
+* ``grad L(x) = (x_1 + A k sin(k x_1) cos(k x_2),  x_2 + A k cos(k x_1) sin(k x_2))``;
+* ``H(x) = I + A k^2 [[c_1 c_2, -s_1 s_2], [-s_1 s_2, c_1 c_2]]`` with ``c_i = cos(k x_i)``,
+  ``s_i = sin(k x_i)``, whose eigenvalues are ``1 + A k^2 (c_1 c_2 +- s_1 s_2)``
+  ``= 1 + A k^2 cos(k (x_1 -+ x_2))``.
+
+With the paper's ``A = 2, k = 4`` the global minimum ``x = 0`` has sharpness
+``1 + A k^2 = 33`` while ``2 / eta = 13.3`` for ``eta = 0.15``: gradient descent cannot settle
+in the deep central wells. Without noise the particles end on flatter stationary points or
+cycles; with the noise they spread over a fractal-looking cloud, about half of it in regions
+of sharpness above ``2 / eta`` (see ``docs/reproductions.md``). Everything is vectorised over
+particles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sharpdim.errors import SharpdimError
+
+
+def fractal_loss(
+    x: torch.Tensor, *, amplitude: float = 2.0, frequency: float = 4.0
+) -> torch.Tensor:
+    """``0.5 ||x||^2 - A cos(k x_1) cos(k x_2)`` for points ``x (..., 2)``."""
+    k = frequency
+    return 0.5 * (x**2).sum(dim=-1) - amplitude * torch.cos(k * x[..., 0]) * torch.cos(
+        k * x[..., 1]
+    )
+
+
+def fractal_gradient(
+    x: torch.Tensor, *, amplitude: float = 2.0, frequency: float = 4.0
+) -> torch.Tensor:
+    """Analytic gradient of :func:`fractal_loss`, shape ``(..., 2)``."""
+    k, a = frequency, amplitude
+    c1, c2 = torch.cos(k * x[..., 0]), torch.cos(k * x[..., 1])
+    s1, s2 = torch.sin(k * x[..., 0]), torch.sin(k * x[..., 1])
+    return torch.stack((x[..., 0] + a * k * s1 * c2, x[..., 1] + a * k * c1 * s2), dim=-1)
+
+
+def fractal_hessian(
+    x: torch.Tensor, *, amplitude: float = 2.0, frequency: float = 4.0
+) -> torch.Tensor:
+    """Analytic Hessian of :func:`fractal_loss`, shape ``(..., 2, 2)``."""
+    k, a = frequency, amplitude
+    c1, c2 = torch.cos(k * x[..., 0]), torch.cos(k * x[..., 1])
+    s1, s2 = torch.sin(k * x[..., 0]), torch.sin(k * x[..., 1])
+    diag = 1.0 + a * k**2 * c1 * c2
+    off = -a * k**2 * s1 * s2
+    return torch.stack((torch.stack((diag, off), -1), torch.stack((off, diag), -1)), -2)
+
+
+def fractal_sharpness(
+    x: torch.Tensor, *, amplitude: float = 2.0, frequency: float = 4.0
+) -> torch.Tensor:
+    """Largest Hessian eigenvalue ``1 + A k^2 max(cos(k(x_1 - x_2)), cos(k(x_1 + x_2)))``."""
+    k = frequency
+    top = torch.maximum(
+        torch.cos(k * (x[..., 0] - x[..., 1])), torch.cos(k * (x[..., 0] + x[..., 1]))
+    )
+    return 1.0 + amplitude * k**2 * top
+
+
+def fractal_step(
+    x: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    lr: float = 0.15,
+    amplitude: float = 2.0,
+    frequency: float = 4.0,
+) -> torch.Tensor:
+    """One noisy GD step ``x - lr * grad L(x) + noise`` for all particles at once."""
+    return x - lr * fractal_gradient(x, amplitude=amplitude, frequency=frequency) + noise
+
+
+@dataclass(frozen=True)
+class FractalResult:
+    """Particles of the noisy GD random dynamical system after ``steps`` steps.
+
+    Attributes:
+        initial, final: ``(n, 2)`` positions at the start and the end.
+        final_loss, final_sharpness: per particle at the end.
+        lr, amplitude, frequency, noise_std, steps, init_range: the settings.
+        eos_fraction: share of final particles where the sharpness exceeds ``2 / lr``.
+        mean_loss: mean final loss.
+        box_dimension: box-counting slope of the final cloud over ``box_sizes`` (a rough
+            summary; with noise the cloud is not a true fractal at scales below ``noise_std``).
+        box_sizes, box_counts: the boxes used.
+    """
+
+    initial: torch.Tensor
+    final: torch.Tensor
+    final_loss: torch.Tensor
+    final_sharpness: torch.Tensor
+    lr: float
+    amplitude: float
+    frequency: float
+    noise_std: float
+    steps: int
+    init_range: float
+    eos_fraction: float
+    mean_loss: float
+    box_dimension: float
+    box_sizes: tuple[float, ...]
+    box_counts: tuple[int, ...]
+
+    @property
+    def threshold(self) -> float:
+        return 2.0 / self.lr
+
+    def to_dict(self, *, with_points: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "num_particles": int(self.final.shape[0]),
+            "lr": self.lr,
+            "amplitude": self.amplitude,
+            "frequency": self.frequency,
+            "noise_std": self.noise_std,
+            "steps": self.steps,
+            "init_range": self.init_range,
+            "threshold": self.threshold,
+            "max_minimum_sharpness": 1.0 + self.amplitude * self.frequency**2,
+            "eos_fraction": self.eos_fraction,
+            "mean_loss": self.mean_loss,
+            "median_sharpness": float(self.final_sharpness.median()),
+            "box_dimension": self.box_dimension,
+            "box_sizes": list(self.box_sizes),
+            "box_counts": list(self.box_counts),
+        }
+        if with_points:
+            out["final"] = self.final.tolist()
+        return out
+
+
+def box_counting_dimension(
+    points: torch.Tensor, sizes: tuple[float, ...]
+) -> tuple[float, tuple[int, ...]]:
+    """Least-squares slope of ``log N(s)`` against ``log(1/s)``; ``N(s)`` = occupied boxes of side s."""
+    counts = []
+    for size in sizes:
+        cells = torch.floor(points / size).long()
+        counts.append(int(torch.unique(cells, dim=0).shape[0]))
+    x = torch.tensor([math.log(1.0 / s) for s in sizes], dtype=torch.float64)
+    y = torch.tensor([math.log(c) for c in counts], dtype=torch.float64)
+    xc = x - x.mean()
+    slope = float((xc * (y - y.mean())).sum() / (xc**2).sum()) if len(sizes) > 1 else math.nan
+    return slope, tuple(counts)
+
+
+def fractal_attractor(
+    num_particles: int = 20_000,
+    *,
+    steps: int = 250,
+    lr: float = 0.15,
+    amplitude: float = 2.0,
+    frequency: float = 4.0,
+    noise_std: float = 0.1,
+    init_range: float = 3.0,
+    box_sizes: tuple[float, ...] = (0.4, 0.2, 0.1, 0.05),
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> FractalResult:
+    """Run noisy GD from ``num_particles`` uniform starting points in ``[-r, r]^2``.
+
+    Args:
+        num_particles: particles moved together (one row each).
+        steps: noisy GD steps (paper: 250).
+        lr: step size ``eta`` (paper: 0.15).
+        amplitude, frequency: ``A`` and ``k`` of the loss (paper: 2 and 4).
+        noise_std: ``sigma`` of the additive Gaussian noise (paper: 0.1).
+        init_range: ``r`` of the uniform initial square.
+        box_sizes: box sides for :func:`box_counting_dimension`.
+        generator: source of the initial points and the noise (default: seed 0).
+        dtype: float dtype of the particles.
+
+    Returns:
+        A :class:`FractalResult`.
+    """
+    if num_particles < 1 or steps < 0 or not lr > 0 or noise_std < 0 or not init_range > 0:
+        raise SharpdimError(
+            f"num_particles={num_particles}, steps={steps}, lr={lr}, noise_std={noise_std}, "
+            f"init_range={init_range}: need >= 1 particle, steps >= 0, lr > 0, noise_std >= 0 "
+            "and init_range > 0"
+        )
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    opts = {"amplitude": amplitude, "frequency": frequency}
+    x = (2.0 * torch.rand(num_particles, 2, generator=gen, dtype=dtype) - 1.0) * init_range
+    initial = x.clone()
+    for _ in range(steps):
+        noise = noise_std * torch.randn(num_particles, 2, generator=gen, dtype=dtype)
+        x = fractal_step(x, noise, lr=lr, **opts)
+    sharp = fractal_sharpness(x, **opts)
+    loss = fractal_loss(x, **opts)
+    dim, counts = box_counting_dimension(x, box_sizes)
+    return FractalResult(
+        initial=initial,
+        final=x,
+        final_loss=loss,
+        final_sharpness=sharp,
+        lr=lr,
+        amplitude=amplitude,
+        frequency=frequency,
+        noise_std=noise_std,
+        steps=steps,
+        init_range=init_range,
+        eos_fraction=float((sharp > 2.0 / lr).to(torch.float64).mean()),
+        mean_loss=float(loss.mean()),
+        box_dimension=dim,
+        box_sizes=tuple(box_sizes),
+        box_counts=counts,
+    )

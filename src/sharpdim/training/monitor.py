@@ -1,0 +1,384 @@
+"""Watch the edge of stability during training: loss, sharpness and the optimizer's threshold.
+
+Every ``every`` steps :class:`EoSMonitor` records
+
+* the loss the training loop reports;
+* the **sharpness** ``lambda_max(H)``, the largest *algebraic* eigenvalue of the Hessian of
+  the loss on a fixed set of examples (the full training set, or its first ``max_examples``
+  examples as Cohen et al., ICLR 2021, do with the first 5,000), by Lanczos iteration on
+  Hessian-vector products, warm-started from the previous top eigenvector;
+* the optimizer's **stability threshold**: ``2/eta`` (GD/SGD), ``(2 + 2 mu)/eta`` (heavy-ball),
+  ``(2 + 2 mu)/(eta (1 + 2 mu))`` (Nesterov), and for Adam/AdamW the threshold
+  ``(2 + 2 beta1)/(eta (1 - beta1))`` on the **preconditioned sharpness**
+  ``lambda_max(P^-1 H)`` (Cohen et al., 2022, "Adaptive gradient methods at the edge of
+  stability"), computed as the top eigenvalue of the symmetric ``P^-1/2 H P^-1/2``;
+* optionally the sharpness dimension (Tuci et al., arXiv 2604.19740, Def. 4.2).
+
+It plugs into :func:`sharpdim.training.loop.train` (``monitor=``) and into any hand-written
+PyTorch loop: call ``monitor.on_step(step, model, loss_value, optimizer)`` after
+``loss.backward()`` and before ``optimizer.step()`` (see ``examples/monitor_own_loop.py``).
+Called there, Adam's preconditioner is the one of the update about to be taken (the optimizer's
+second-moment estimate advanced with the current gradient); called elsewhere (no gradients), the
+one of the last update.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
+from sharpdim.curvature.lanczos import lanczos_eigenvalues
+from sharpdim.curvature.operator import LinearOperator
+from sharpdim.errors import SharpdimError
+from sharpdim.training.datasets import Dataset
+from sharpdim.training.losses import get_loss
+from sharpdim.training.optimizers import (
+    ADAPTIVE,
+    adam_preconditioner,
+    optimizer_name,
+    stability_threshold,
+)
+
+
+@dataclass(frozen=True)
+class EoSRecord:
+    """One measurement of :class:`EoSMonitor`.
+
+    Attributes:
+        step: the training step (parameters ``w_step``, before its update).
+        loss: the loss value the loop reported (``nan`` if none was given).
+        sharpness: ``lambda_max(H)`` on the monitor's examples (``nan`` if not measured).
+        threshold: the optimizer's stability threshold (``nan`` without an optimizer).
+        optimizer: the update rule's name (``"gd"``, ``"momentum"``, ``"adam"``, ...).
+        lr: the optimizer's step size (``nan`` without an optimizer).
+        preconditioned_sharpness: ``lambda_max(P^-1 H)`` for Adam/AdamW, else ``None``.
+        ratio: the quantity the threshold bounds (sharpness, or preconditioned sharpness for
+            Adam) divided by the threshold; about 1 at the edge of stability.
+        converged: whether the Lanczos eigenvalue(s) met their tolerance.
+        num_matvecs: Hessian-vector products spent.
+        sd: the sharpness dimension when it was measured at this step, else ``None``.
+        wall_time_s: seconds this measurement took.
+    """
+
+    step: int
+    loss: float
+    sharpness: float
+    threshold: float
+    optimizer: str
+    lr: float
+    preconditioned_sharpness: float | None
+    ratio: float
+    converged: bool
+    num_matvecs: int
+    sd: float | None
+    wall_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _ScaledOperator(LinearOperator):
+    """``D H D`` for a diagonal ``D = diag(d)``: with ``d = P^-1/2`` it is similar to ``P^-1 H``."""
+
+    def __init__(self, inner: LinearOperator, diagonal: torch.Tensor) -> None:
+        self.inner = inner
+        self.diagonal = diagonal.to(dtype=inner.dtype, device=inner.device)
+
+    @property
+    def num_params(self) -> int:
+        return self.inner.num_params
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        d = self.diagonal[:, None]
+        return d * (self.inner @ (d * block))
+
+
+@torch.no_grad()
+def upcoming_adam_preconditioner(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Adam's diagonal preconditioner ``P_{t+1}`` for the update about to be taken.
+
+    With the gradients ``g`` in ``.grad`` (Adam: plus ``weight_decay * w``), the second moment
+    is advanced as ``v <- beta2 v + (1 - beta2) g^2`` and ``t <- t + 1`` (zero state before the
+    first step); then ``P = (1 - beta1^t) (sqrt(v / (1 - beta2^t)) + eps)`` as in
+    :func:`sharpdim.training.optimizers.adam_preconditioner`. The optimizer is not changed.
+    Parameters without a gradient fall back to the last step's ``P``.
+    """
+    if any(p.grad is None for p in params):
+        return adam_preconditioner(optimizer, params)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    pieces = []
+    for p in params:
+        if id(p) not in group_of:
+            raise SharpdimError(
+                "a parameter of the model is not in the Adam optimizer: pass the optimizer "
+                "that trains this model"
+            )
+        group = group_of[id(p)]
+        if group.get("amsgrad", False):
+            raise SharpdimError("amsgrad is not supported here: use amsgrad=False")
+        beta1, beta2 = group["betas"]
+        state = optimizer.state.get(p, {})
+        grad = p.grad.detach()  # type: ignore[union-attr]
+        if isinstance(optimizer, torch.optim.Adam) and not isinstance(optimizer, torch.optim.AdamW):
+            grad = grad + group["weight_decay"] * p.detach()
+        v = state.get("exp_avg_sq", torch.zeros_like(p))
+        t = float(state.get("step", 0.0)) + 1.0
+        v_new = beta2 * v + (1.0 - beta2) * grad * grad
+        p_diag = (1.0 - beta1**t) * ((v_new / (1.0 - beta2**t)).sqrt() + group["eps"])
+        pieces.append(p_diag.reshape(-1))
+    return torch.cat(pieces)
+
+
+def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, Dataset):
+        data = data.train_batch()
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise SharpdimError(
+            f"data must be a Dataset or a pair (x, y) of tensors, got {type(data).__name__}: "
+            "pass dataset.train_batch() or (inputs, targets)"
+        )
+    x, y = data
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or len(x) != len(y):
+        raise SharpdimError("data must be two tensors with the same number of examples")
+    if max_examples is not None:
+        if max_examples < 1:
+            raise SharpdimError(f"max_examples={max_examples}: use a positive number or None")
+        x, y = x[:max_examples], y[:max_examples]
+    return x, y
+
+
+class EoSMonitor:
+    """Records loss, sharpness and the optimizer's EoS threshold every ``every`` steps.
+
+    Args:
+        loss_fn: ``loss_fn(model, batch) -> scalar`` or a name (``"mse"``, ``"ce"``).
+        data: the examples the Hessian is taken on: a
+            :class:`~sharpdim.training.datasets.Dataset` (its training set) or a pair
+            ``(x, y)``; kept fixed for the whole run.
+        every: measure when ``step % every == 0``.
+        max_examples: use only the first this many examples (Cohen et al. 2021: 5,000);
+            ``None`` = all.
+        chunk_size: split the examples into chunks of this size for the Hessian (memory of
+            one chunk; the mean loss is the size-weighted sum); ``None`` = one batch.
+        tol: relative tolerance of the Lanczos eigenvalue.
+        max_iter: Lanczos iterations at most (default: the solver's).
+        mode: module mode for the Hessian (``"eval"``: dropout off; see
+            :class:`~sharpdim.curvature.hessian.HessianOperator`).
+        raw_sharpness: for Adam also measure the plain ``lambda_max(H)`` (one more Lanczos).
+        warm_start: start Lanczos from the previous top eigenvector.
+        sd_every: also compute the sharpness dimension every this many steps (a multiple
+            of ``every``; ``0`` = never) with :func:`sharpdim.dimension.sharpness_dimension`.
+        sd_options: keyword arguments for it (e.g. ``method``, ``batch_size``,
+            ``num_batches``); ``lr`` and ``optimizer`` come from the live optimizer.
+        generator: randomness of Lanczos start vectors and of the SD minibatches
+            (default: seed 0).
+    """
+
+    def __init__(
+        self,
+        loss_fn: LossFn | str,
+        data: Dataset | tuple[torch.Tensor, torch.Tensor],
+        *,
+        every: int = 10,
+        max_examples: int | None = 5000,
+        chunk_size: int | None = None,
+        tol: float = 1e-4,
+        max_iter: int | None = None,
+        mode: Mode = "eval",
+        raw_sharpness: bool = True,
+        warm_start: bool = True,
+        sd_every: int = 0,
+        sd_options: dict[str, Any] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if every < 1 or sd_every < 0 or (sd_every and sd_every % every):
+            raise SharpdimError(
+                f"every={every}, sd_every={sd_every}: need every >= 1 and sd_every a multiple "
+                "of every (0 = no SD)"
+            )
+        if chunk_size is not None and chunk_size < 1:
+            raise SharpdimError(f"chunk_size={chunk_size}: use a positive size or None")
+        if not tol > 0:
+            raise SharpdimError(f"tol={tol}: use a positive tolerance, e.g. 1e-4")
+        self.loss_fn: LossFn = get_loss(loss_fn) if isinstance(loss_fn, str) else loss_fn
+        self.x, self.y = _examples(data, max_examples)
+        self.every, self.chunk_size, self.tol, self.max_iter = every, chunk_size, tol, max_iter
+        self.mode: Mode = mode
+        self.raw_sharpness, self.warm_start = raw_sharpness, warm_start
+        self.sd_every, self.sd_options = sd_every, dict(sd_options or {})
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.records: list[EoSRecord] = []
+        self._start: dict[str, torch.Tensor] = {}
+
+    # -- hooks ---------------------------------------------------------------------------
+    def on_step(
+        self,
+        step: int,
+        model: nn.Module,
+        loss_value: float,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> EoSRecord | None:
+        """Measure when ``step % every == 0`` (the :class:`~sharpdim.training.loop.StepMonitor` hook)."""
+        if step % self.every:
+            return None
+        return self.measure(model, optimizer, step=step, loss_value=loss_value)
+
+    __call__ = on_step
+
+    def measure(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        step: int = -1,
+        loss_value: float = math.nan,
+    ) -> EoSRecord:
+        """Measure now, append the record to :attr:`records` and return it."""
+        start = time.perf_counter()
+        hessian = self._hessian(model)
+        name, lr, threshold = "unknown", math.nan, math.nan
+        if optimizer is not None:
+            name = optimizer_name(optimizer)
+            group = optimizer.param_groups[0]
+            lr = float(group["lr"])
+            threshold = stability_threshold(
+                name,
+                lr,
+                momentum=float(group.get("momentum", 0.0)),
+                betas=tuple(group.get("betas", (0.9, 0.999))),
+            )
+        matvecs, converged = 0, True
+        sharpness, pre = math.nan, None
+        if name not in ADAPTIVE or self.raw_sharpness:
+            sharpness, ok, used = self._top_eigenvalue("raw", hessian)
+            matvecs, converged = matvecs + used, converged and ok
+        if optimizer is not None and name in ADAPTIVE:
+            p_diag = upcoming_adam_preconditioner(optimizer, hessian.params)
+            scaled = _ScaledOperator(hessian, p_diag.rsqrt())
+            pre, ok, used = self._top_eigenvalue("preconditioned", scaled)
+            matvecs, converged = matvecs + used, converged and ok
+        bounded = pre if pre is not None else sharpness
+        sd = None
+        if self.sd_every and step >= 0 and step % self.sd_every == 0 and optimizer is not None:
+            sd = self._sharpness_dimension(model, name, lr, optimizer)
+        record = EoSRecord(
+            step=int(step),
+            loss=float(loss_value),
+            sharpness=float(sharpness),
+            threshold=float(threshold),
+            optimizer=name,
+            lr=lr,
+            preconditioned_sharpness=pre,
+            ratio=float(bounded / threshold) if optimizer is not None else math.nan,
+            converged=bool(converged),
+            num_matvecs=int(matvecs),
+            sd=sd,
+            wall_time_s=time.perf_counter() - start,
+        )
+        self.records.append(record)
+        return record
+
+    # -- results -------------------------------------------------------------------------
+    @property
+    def history(self) -> dict[str, list[Any]]:
+        """Column view of :attr:`records`: ``{"step": [...], "sharpness": [...], ...}``."""
+        names = list(EoSRecord.__dataclass_fields__)
+        return {n: [getattr(r, n) for r in self.records] for n in names}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Settings and the history, as plain Python values."""
+        return {
+            "every": self.every,
+            "num_examples": len(self.x),
+            "tol": self.tol,
+            "mode": self.mode,
+            "records": [r.to_dict() for r in self.records],
+        }
+
+    def reset(self) -> None:
+        """Forget the records and the warm-start vectors."""
+        self.records.clear()
+        self._start.clear()
+
+    # -- internals -----------------------------------------------------------------------
+    def _hessian(self, model: nn.Module) -> HessianOperator:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise SharpdimError("the model has no trainable parameters: nothing to monitor")
+        ref = params[0]
+        x = self.x.to(device=ref.device, dtype=ref.dtype if self.x.is_floating_point() else None)
+        y = self.y.to(device=ref.device, dtype=ref.dtype if self.y.is_floating_point() else None)
+        self.x, self.y = x, y  # cast once
+        if self.chunk_size is None or self.chunk_size >= len(x):
+            return HessianOperator(model, self.loss_fn, (x, y), mode=self.mode)
+        chunks = [
+            (x[i : i + self.chunk_size], y[i : i + self.chunk_size])
+            for i in range(0, len(x), self.chunk_size)
+        ]
+        return HessianOperator(model, self.loss_fn, batches=chunks, mode=self.mode)
+
+    def _top_eigenvalue(self, key: str, op: LinearOperator) -> tuple[float, bool, int]:
+        """Largest algebraic eigenvalue by Lanczos, warm-started from ``key``'s last vector."""
+        start = self._start.get(key) if self.warm_start else None
+        if start is not None and start.numel() != op.num_params:
+            start = None
+        result = lanczos_eigenvalues(
+            op,
+            k=1,
+            which="LA",
+            tol=self.tol,
+            max_iter=self.max_iter,
+            generator=self.generator,
+            v0=start,
+            return_eigenvectors=self.warm_start,
+        )
+        if self.warm_start and result.eigenvectors is not None:
+            self._start[key] = result.eigenvectors[:, 0].detach().clone()
+        return (
+            float(result.eigenvalues[0]),
+            bool(result.converged[0]),
+            int(result.num_matvecs),
+        )
+
+    def _sharpness_dimension(
+        self, model: nn.Module, name: str, lr: float, optimizer: torch.optim.Optimizer
+    ) -> float:
+        from sharpdim.dimension.sharpness_dimension import sharpness_dimension
+
+        options = {
+            "batch_size": min(128, len(self.x)),
+            "num_batches": 5,
+            "num_bootstrap": 0,
+            **self.sd_options,
+        }
+        group = optimizer.param_groups[0]
+        sd_name = "sgd" if name == "gd" else name
+        result = sharpness_dimension(
+            model,
+            self.loss_fn,
+            (self.x, self.y),
+            lr,
+            optimizer=sd_name,
+            momentum=float(group.get("momentum", 0.9)),
+            betas=tuple(group.get("betas", (0.9, 0.999))),
+            generator=self.generator,
+            **options,
+        )
+        return float(result.sd)

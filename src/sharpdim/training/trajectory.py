@@ -1,0 +1,322 @@
+"""Trajectory capture: the last iterates of a training run, or simulated steps from ``w*``.
+
+Trajectory-based complexity measures (PH0 dimension, Birdal et al., NeurIPS 2021; the
+data-dependent variant of Dupuis et al., ICML 2023; ``E_alpha``, Andreeva et al. 2024) are
+computed on a set of iterates ``{w_t}`` near the end of training. Two ways to get them:
+
+* **backward**: the last ``N`` iterates of an actual run. :class:`IterateRecorder` is a
+  :func:`~sharpdim.training.loop.train` callback holding a ring buffer of ``N`` flat parameter
+  vectors (every ``every``-th step); when ``N x d`` exceeds ``max_memory_bytes`` the buffer is
+  a ``.npy`` memmap on disk instead of RAM. :func:`capture_backward` trains and records.
+* **forward**: ``N`` steps of the real optimizer step (:class:`TrainingMap`) from a given
+  ``w*`` with fresh minibatches (:func:`capture_forward`).
+
+:func:`per_example_losses` turns a trajectory into the per-example loss vectors on which the
+loss-based pseudo-metric of Dupuis et al. is defined.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sharpdim.curvature.params import get_flat_params, set_flat_params, trainable_parameters
+from sharpdim.dynamics.step_maps import TrainingMap
+from sharpdim.errors import SharpdimError
+from sharpdim.training.datasets import Dataset
+from sharpdim.training.loop import TrainConfig, TrainResult, train
+from sharpdim.training.losses import get_loss, mse_targets
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Iterates of a run, oldest first.
+
+    Attributes:
+        points: ``(N, d)`` float tensor (memmap-backed when ``path`` is set).
+        steps: ``(N,)`` int64 step index of each iterate.
+        losses: ``(N,)`` float64 minibatch loss at each iterate (NaN where unknown).
+        path: the ``.npy`` file holding ``points`` when spilled to disk, else ``None``.
+        kind: ``"backward"`` or ``"forward"``.
+    """
+
+    points: torch.Tensor
+    steps: torch.Tensor
+    losses: torch.Tensor
+    path: str | None
+    kind: str
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_points": len(self),
+            "dim": int(self.points.shape[1]) if self.points.ndim == 2 else 0,
+            "steps": self.steps.tolist(),
+            "losses": [v if math.isfinite(v) else None for v in self.losses.tolist()],
+            "path": self.path,
+            "kind": self.kind,
+        }
+
+
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+class IterateRecorder:
+    """A ``train`` callback keeping the last ``num_iterates`` flat parameter vectors.
+
+    Called as ``recorder(step, model, loss_value, optimizer)`` (parameters ``w_step``, before
+    the update); records every ``every``-th step in a ring buffer, in RAM or, when
+    ``num_iterates * d * itemsize > max_memory_bytes``, in a ``.npy`` memmap under
+    ``spill_dir`` (a temporary directory by default). :meth:`finish` optionally appends the
+    final parameters and returns the :class:`Trajectory` in time order.
+    """
+
+    def __init__(
+        self,
+        num_iterates: int,
+        *,
+        every: int = 1,
+        max_memory_bytes: int = 256 * 2**20,
+        spill_dir: str | Path | None = None,
+    ) -> None:
+        if num_iterates < 1 or every < 1 or max_memory_bytes < 0:
+            raise SharpdimError("need num_iterates >= 1, every >= 1 and max_memory_bytes >= 0")
+        self.num_iterates, self.every = num_iterates, every
+        self.max_memory_bytes = max_memory_bytes
+        self.spill_dir = spill_dir
+        self._buffer: np.ndarray | None = None
+        self._path: Path | None = None
+        self._steps = np.zeros(num_iterates, dtype=np.int64)
+        self._losses = np.full(num_iterates, np.nan)
+        self._count = 0
+        self._dtype: torch.dtype = torch.float32
+
+    @property
+    def count(self) -> int:
+        """Iterates recorded so far (including overwritten ones)."""
+        return self._count
+
+    @property
+    def on_disk(self) -> bool:
+        return self._path is not None
+
+    def _allocate(self, w: torch.Tensor) -> np.ndarray:
+        self._dtype = w.dtype
+        np_dtype = _NP_DTYPES.get(w.dtype)
+        if np_dtype is None:
+            raise SharpdimError(f"cannot record parameters of dtype {w.dtype}: use float32/64")
+        shape = (self.num_iterates, w.numel())
+        nbytes = shape[0] * shape[1] * np.dtype(np_dtype).itemsize
+        if nbytes <= self.max_memory_bytes:
+            return np.empty(shape, dtype=np_dtype)
+        folder = Path(self.spill_dir or tempfile.mkdtemp(prefix="sharpdim-trajectory-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        self._path = folder / "ring.npy"
+        return np.lib.format.open_memmap(self._path, mode="w+", dtype=np_dtype, shape=shape)
+
+    def record(self, step: int, w: torch.Tensor, loss_value: float = math.nan) -> None:
+        """Store ``w`` (flat) as the iterate of ``step``."""
+        flat = w.detach().reshape(-1).cpu()
+        if self._buffer is None:
+            self._buffer = self._allocate(flat)
+        if flat.numel() != self._buffer.shape[1]:
+            raise SharpdimError(
+                f"iterate of size {flat.numel()} but the recorder holds {self._buffer.shape[1]}"
+            )
+        slot = self._count % self.num_iterates
+        self._buffer[slot] = flat.to(self._dtype).numpy()
+        self._steps[slot], self._losses[slot] = step, loss_value
+        self._count += 1
+
+    def __call__(self, step: int, model: nn.Module, loss_value: float, optimizer: Any) -> None:
+        if step % self.every == 0:
+            self.record(step, get_flat_params(trainable_parameters(model)), loss_value)
+
+    def finish(self, final: tuple[int, torch.Tensor] | None = None) -> Trajectory:
+        """The recorded iterates in time order (``final = (step, w)`` appended first)."""
+        if final is not None:
+            self.record(final[0], final[1])
+        if self._buffer is None:
+            raise SharpdimError("no iterate was recorded: train for at least one step")
+        n = min(self._count, self.num_iterates)
+        start = self._count % self.num_iterates if self._count > self.num_iterates else 0
+        order = (np.arange(n) + start) % self.num_iterates
+        steps = torch.from_numpy(self._steps[order].copy())
+        losses = torch.from_numpy(self._losses[order].copy())
+        if self._path is None:
+            points = torch.from_numpy(np.ascontiguousarray(self._buffer[order]))
+            return Trajectory(points, steps, losses, None, "backward")
+        out_path = self._path.with_name("trajectory.npy")
+        out = np.lib.format.open_memmap(
+            out_path, mode="w+", dtype=self._buffer.dtype, shape=(n, self._buffer.shape[1])
+        )
+        chunk = max(1, (64 * 2**20) // max(1, self._buffer.shape[1] * self._buffer.itemsize))
+        for i in range(0, n, chunk):
+            out[i : i + chunk] = self._buffer[order[i : i + chunk]]
+        out.flush()
+        del self._buffer
+        self._buffer = None
+        self._path.unlink()
+        self._path = None
+        return Trajectory(torch.from_numpy(out), steps, losses, str(out_path), "backward")
+
+
+def capture_backward(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    num_iterates: int,
+    *,
+    every: int = 1,
+    include_final: bool = True,
+    max_memory_bytes: int = 256 * 2**20,
+    spill_dir: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[TrainResult, Trajectory]:
+    """Train ``model`` with ``config`` and keep its last ``num_iterates`` iterates.
+
+    Returns:
+        ``(train result, trajectory)``; with ``include_final`` the parameters after the last
+        update are the trajectory's last point (step ``steps_completed``).
+    """
+    recorder = IterateRecorder(
+        num_iterates, every=every, max_memory_bytes=max_memory_bytes, spill_dir=spill_dir
+    )
+    result = train(model, dataset, config, callbacks=[recorder], progress=progress)
+    final = None
+    if include_final and result.status == "ok":
+        final = (result.steps_completed, get_flat_params(trainable_parameters(model)))
+    return result, recorder.finish(final)
+
+
+def fresh_batches(
+    dataset: Dataset, batch_size: int | None, num_steps: int, generator: torch.Generator
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """``t -> batch``: an independent uniform minibatch per step (full batch for ``None``).
+
+    The indices are drawn up front, so the same ``t`` always gives the same batch.
+    """
+    n = dataset.num_train
+    if batch_size is None:
+        full = dataset.train_batch()
+        return lambda t: full
+    if not 1 <= batch_size <= n:
+        raise SharpdimError(f"batch_size={batch_size} is not in [1, {n}]: choose a smaller one")
+    idx = torch.stack(
+        [torch.randperm(n, generator=generator)[:batch_size] for _ in range(num_steps)]
+    )
+    x, y = dataset.x_train, dataset.y_train
+    return lambda t: (x[idx[t % num_steps]], y[idx[t % num_steps]])
+
+
+def capture_forward(
+    model: nn.Module,
+    dataset: Dataset,
+    w_star: torch.Tensor,
+    num_steps: int,
+    *,
+    lr: float,
+    optimizer: str = "sgd",
+    batch_size: int | None = None,
+    loss: str = "mse",
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    every: int = 1,
+    **map_options: Any,
+) -> Trajectory:
+    """``num_steps`` steps of the real optimizer from ``w*`` with fresh minibatches.
+
+    The optimizer state starts at zero (momentum, Adam moments). The trajectory holds
+    ``w*`` and every ``every``-th iterate after it (``num_steps // every + 1`` points).
+
+    Args:
+        model: the network (its parameters are not modified).
+        dataset: training data; w_star: flat parameters to start from.
+        lr, optimizer, map_options: the step (see :class:`TrainingMap`).
+        batch_size: minibatch size (``None``: full batch, i.e. gradient descent).
+        loss: ``"mse"`` or ``"ce"``; loss_fn: a custom ``loss_fn(model, batch)`` instead.
+        generator: draws the minibatches (default seed 0).
+    """
+    if num_steps < 0 or every < 1:
+        raise SharpdimError("need num_steps >= 0 and every >= 1")
+    params = trainable_parameters(model)
+    data = dataset.to(dtype=params[0].dtype, device=params[0].device)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    batches = fresh_batches(data, batch_size, max(num_steps, 1), gen)
+    fn = get_loss(loss) if loss_fn is None else loss_fn
+    phi = TrainingMap(model, fn, batches, optimizer=optimizer, lr=lr, **map_options)
+    w = w_star.detach().to(params[0].dtype).reshape(-1)
+    if w.numel() != phi.num_params:
+        raise SharpdimError(f"w_star has {w.numel()} entries, the model {phi.num_params}")
+    x = torch.cat([w] + [torch.zeros_like(w)] * (phi.num_blocks - 1))
+    points, steps = [w.clone()], [0]
+    for t in range(num_steps):
+        x = phi.step(x, t)
+        if not torch.isfinite(x).all():
+            break
+        if (t + 1) % every == 0:
+            points.append(phi.params(x).clone())
+            steps.append(t + 1)
+    return Trajectory(
+        torch.stack(points),
+        torch.tensor(steps, dtype=torch.int64),
+        torch.full((len(steps),), math.nan, dtype=torch.float64),
+        None,
+        "forward",
+    )
+
+
+def _example_losses(model: nn.Module, loss: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example losses of the named loss (same conventions as ``training.losses``)."""
+    out = model(x)
+    if loss == "mse":
+        out2d = out.reshape(out.shape[0], -1)
+        return 0.5 * (out2d - mse_targets(out2d, y)).pow(2).sum(dim=1)
+    return F.cross_entropy(out, y, reduction="none")
+
+
+@torch.no_grad()
+def per_example_losses(
+    model: nn.Module,
+    points: torch.Tensor,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    *,
+    loss: str = "mse",
+) -> torch.Tensor:
+    """``(N, n)`` float64 losses ``l(w_i, z_j)`` of each iterate on each example of ``batch``.
+
+    These vectors carry the data-dependent pseudo-metric of Dupuis et al. (ICML 2023),
+    ``rho_S(w, w') = (1/n) sum_j |l(w, z_j) - l(w', z_j)|`` (``metric="loss"`` of
+    :func:`sharpdim.dimension.ph_dimension.ph_dimension`). Evaluated in eval mode; the model's
+    parameters and mode are restored.
+    """
+    get_loss(loss)
+    if loss == "cross_entropy":
+        loss = "ce"
+    params = trainable_parameters(model)
+    saved = get_flat_params(params).clone()
+    x, y = batch
+    x = x.to(saved.dtype) if x.is_floating_point() else x
+    y = y.to(saved.dtype) if y.is_floating_point() else y
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for w in points:
+            set_flat_params(params, torch.as_tensor(w).to(saved.dtype))
+            rows.append(_example_losses(model, loss, x, y).to(torch.float64))
+    finally:
+        set_flat_params(params, saved)
+        model.train(was_training)
+    return torch.stack(rows)

@@ -1,0 +1,105 @@
+"""Histogram and Gaussian-KDE densities of a weighted measure: normalisation and shape."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sharpdim.curvature.density import histogram_density, kde_density
+from sharpdim.curvature.slq import slq_spectrum
+from sharpdim.errors import SharpdimError
+
+F64 = torch.float64
+
+
+def test_histogram_integrates_to_one_and_bins_mass() -> None:
+    nodes = torch.tensor([0.1, 0.2, 0.7, 0.9], dtype=F64)
+    weights = torch.tensor([1.0, 1.0, 2.0, 4.0], dtype=F64)
+    edges, dens = histogram_density(nodes, weights, bins=2, range=(0.0, 1.0))
+    assert edges.tolist() == [0.0, 0.5, 1.0]
+    torch.testing.assert_close(dens, torch.tensor([0.5, 1.5], dtype=F64))  # masses 1/4, 3/4
+    assert float((dens * edges.diff()).sum()) == pytest.approx(1.0)
+
+
+def test_histogram_of_slq_measure() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(80, 80, generator=g, dtype=F64)
+    res = slq_spectrum((a + a.T) / 2, num_runs=4, num_steps=20)
+    edges, dens = histogram_density(res.nodes, res.weights, bins=30)
+    assert edges.shape == (31,) and dens.shape == (30,)
+    assert float((dens * edges.diff()).sum()) == pytest.approx(1.0, rel=1e-12)
+    assert float(edges[0]) == float(res.nodes.min()) and float(edges[-1]) == float(res.nodes.max())
+
+
+def test_histogram_single_point_and_range_cut() -> None:
+    edges, dens = histogram_density(torch.tensor([2.0]), torch.tensor([1.0]), bins=4)
+    assert float(edges[0]) == 1.5 and float(edges[-1]) == 2.5
+    assert float((dens * edges.diff()).sum()) == pytest.approx(1.0)
+    edges, dens = histogram_density(torch.tensor([0.0, 5.0]), torch.tensor([1.0, 1.0]), 5, (-1, 1))
+    assert float((dens * edges.diff()).sum()) == pytest.approx(1.0)  # the atom at 5 is dropped
+
+
+def test_kde_integrates_to_one_by_trapezoid() -> None:
+    nodes = torch.tensor([[-1.0, 0.0, 2.0], [0.5, 1.0, 3.0]], dtype=F64)
+    weights = torch.tensor([[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]], dtype=F64)
+    grid, dens = kde_density(nodes, weights, grid_size=400)
+    assert grid.shape == dens.shape == (400,)
+    assert float(torch.trapezoid(dens, grid)) == pytest.approx(1.0, rel=1e-12)
+    assert bool((dens >= 0).all())
+
+
+def test_kde_matches_gaussian_mixture() -> None:
+    """With a fixed bandwidth on a wide grid the KDE is the normal mixture itself."""
+    nodes = torch.tensor([0.0, 1.0], dtype=F64)
+    weights = torch.tensor([0.25, 0.75], dtype=F64)
+    grid = torch.linspace(-4, 5, 2001, dtype=F64)
+    _, dens = kde_density(nodes, weights, grid, bandwidth=0.3)
+
+    def normal(x: torch.Tensor, mu: float) -> torch.Tensor:
+        return torch.exp(-0.5 * ((x - mu) / 0.3) ** 2) / (0.3 * math.sqrt(2 * math.pi))
+
+    expected = 0.25 * normal(grid, 0.0) + 0.75 * normal(grid, 1.0)
+    torch.testing.assert_close(dens, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_kde_default_bandwidth_is_silverman() -> None:
+    from sharpdim.dimension.sd_estimators import silverman_bandwidth
+
+    g = torch.Generator().manual_seed(1)
+    nodes = torch.randn(500, generator=g, dtype=F64)
+    weights = torch.ones(500, dtype=F64)
+    grid = torch.linspace(-6, 6, 801, dtype=F64)
+    _, default = kde_density(nodes, weights, grid)
+    _, explicit = kde_density(nodes, weights, grid, bandwidth=silverman_bandwidth(nodes, weights))
+    torch.testing.assert_close(default, explicit)
+    # a standard normal sample: the KDE is close to the normal density
+    normal = torch.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi)
+    assert float((default - normal).abs().max()) < 0.06
+
+
+def test_kde_single_atom() -> None:
+    grid, dens = kde_density(torch.tensor([3.0]), torch.tensor([1.0]))
+    assert float(torch.trapezoid(dens, grid)) == pytest.approx(1.0)
+    assert float(grid[dens.argmax()]) == pytest.approx(3.0, abs=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: histogram_density([1.0, 2.0], [1.0]), "equal"),
+        (lambda: histogram_density([1.0], [-1.0]), "negative"),
+        (lambda: histogram_density([1.0], [0.0]), "sum to 0"),
+        (lambda: histogram_density([1.0], [1.0], bins=0), "bins"),
+        (lambda: histogram_density([1.0], [1.0], range=(2.0, 2.0)), "empty"),
+        (lambda: histogram_density([1.0], [1.0], range=(2.0, 3.0)), "no mass"),
+        (lambda: kde_density([1.0], [1.0], bandwidth=-1.0), "bandwidth"),
+        (lambda: kde_density([1.0], [1.0], grid=torch.tensor([1.0, 0.0])), "increasing"),
+        (lambda: kde_density([1.0], [1.0], grid_size=1), "grid_size"),
+        (lambda: kde_density([float("nan")], [1.0]), "NaN"),
+    ],
+)
+def test_bad_input(call, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SharpdimError, match=match):
+        call()

@@ -1,0 +1,245 @@
+"""Lanczos eigenvalues against ``eigvalsh`` (float64), on matrices and Hessian operators."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sharpdim.curvature.hessian import HessianOperator
+from sharpdim.curvature.lanczos import LanczosResult, lanczos_eigenvalues, lanczos_tridiagonal
+from sharpdim.curvature.operator import LinearOperator
+from sharpdim.errors import SharpdimError
+from tests.curvature.models import (
+    ce_loss,
+    classification_batch,
+    make_mlp,
+    mse_loss,
+    reference_hessian,
+    regression_batch,
+)
+
+F64 = torch.float64
+
+
+def random_symmetric(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=g, dtype=F64)
+    return (a + a.T) / 2
+
+
+def with_spectrum(values: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    n = values.numel()
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    return q @ torch.diag(values.to(F64)) @ q.T
+
+
+def expected(a: torch.Tensor, k: int, which: str) -> torch.Tensor:
+    ev = torch.linalg.eigvalsh(a)
+    top, bottom = torch.flip(ev, [0])[:k], ev[:k]
+    if which == "LA":
+        return top
+    if which == "SA":
+        return bottom
+    if 2 * k >= ev.numel():
+        return torch.flip(ev, [0])
+    return torch.cat([top, torch.flip(bottom, [0])])
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "both"])
+@pytest.mark.parametrize("block_size", [1, 3])
+def test_extreme_eigenvalues_of_random_matrix(which: str, block_size: int) -> None:
+    a = random_symmetric(200)
+    # a small basis forces several thick restarts
+    res = lanczos_eigenvalues(a, k=5, which=which, tol=1e-10, block_size=block_size, max_basis=40)
+    assert res.num_restarts > 0
+    assert res.all_converged
+    ref = expected(a, 5, which)
+    torch.testing.assert_close(res.eigenvalues, ref, rtol=0, atol=1e-9 * float(ref.abs().max()))
+    assert res.eigenvalues.dtype == F64
+
+
+def test_largest_algebraic_is_not_largest_magnitude() -> None:
+    a = with_spectrum(torch.cat([torch.tensor([-10.0, 3.0, 2.5]), torch.linspace(-1, 1, 60)]))
+    res = lanczos_eigenvalues(a, k=1, which="LA")
+    assert res.eigenvalues.item() == pytest.approx(3.0, abs=1e-8)
+    assert lanczos_eigenvalues(a, k=1, which="SA").eigenvalues.item() == pytest.approx(-10.0)
+
+
+def test_both_ends_and_accessors() -> None:
+    a = random_symmetric(80, seed=3)
+    ev = torch.linalg.eigvalsh(a)
+    res = lanczos_eigenvalues(a, k=4, which="both", tol=1e-10)
+    torch.testing.assert_close(res.largest, torch.flip(ev, [0])[:4], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(res.smallest, ev[:4], rtol=1e-9, atol=1e-9)
+    assert bool((res.eigenvalues.diff() <= 0).all())
+    d = res.to_dict()
+    assert d["which"] == "both" and len(d["eigenvalues"]) == 8 and d["num_matvecs"] > 0
+    with pytest.raises(SharpdimError):
+        _ = lanczos_eigenvalues(a, k=2, which="LA").smallest
+
+
+def test_whole_spectrum_when_k_covers_dimension() -> None:
+    a = random_symmetric(12, seed=5)
+    res = lanczos_eigenvalues(a, k=7, which="both")
+    torch.testing.assert_close(res.eigenvalues, torch.flip(torch.linalg.eigvalsh(a), [0]))
+    assert res.num_matvecs == 12  # the Krylov space fills R^12: exact
+    full = lanczos_eigenvalues(a, k=12, which="SA")
+    torch.testing.assert_close(full.eigenvalues, torch.linalg.eigvalsh(a))
+
+
+@pytest.mark.parametrize("block_size", [1, 3])
+def test_exactly_degenerate_top_eigenvalue(block_size: int) -> None:
+    """Multiplicity 3 at the top; blocks of 3 span it, one vector finds it through rounding."""
+    values = torch.cat([torch.tensor([5.0, 5.0, 5.0, 4.0]), torch.linspace(0, 2, 150)])
+    a = with_spectrum(values)
+    res = lanczos_eigenvalues(a, k=4, tol=1e-10, block_size=block_size, return_eigenvectors=True)
+    torch.testing.assert_close(res.eigenvalues, torch.tensor([5.0, 5.0, 5.0, 4.0], dtype=F64))
+    assert res.eigenvectors is not None
+    vecs = res.eigenvectors
+    torch.testing.assert_close(vecs.T @ vecs, torch.eye(4, dtype=F64), atol=1e-8, rtol=0)
+    true_res = (a @ vecs - vecs * res.eigenvalues).norm(dim=0)
+    torch.testing.assert_close(true_res, res.residuals, atol=1e-9, rtol=0)
+
+
+def test_clustered_top_eigenvalues() -> None:
+    values = torch.cat([3.0 + 1e-4 * torch.arange(5.0), torch.linspace(-1, 2.9, 300)])
+    a = with_spectrum(values, seed=2)
+    res = lanczos_eigenvalues(a, k=5, tol=1e-10)
+    assert res.all_converged
+    torch.testing.assert_close(res.eigenvalues, expected(a, 5, "LA"), rtol=0, atol=1e-9)
+
+
+def test_not_converged_is_reported() -> None:
+    values = torch.cat([1.0 + 1e-6 * torch.arange(5.0), torch.linspace(0, 0.999, 400)])
+    res = lanczos_eigenvalues(with_spectrum(values), k=5, tol=1e-12, max_iter=30)
+    assert res.num_matvecs <= 30
+    assert not res.all_converged
+    assert bool((res.residuals[~res.converged] > 1e-12 * res.eigenvalues[~res.converged]).all())
+
+
+def test_top_and_bottom_of_mlp_hessian_operator() -> None:
+    model = make_mlp([4, 6, 3], "tanh")
+    batch = regression_batch(20, 4, 3)
+    ref = reference_hessian(model, mse_loss, batch)
+    op = HessianOperator(model, mse_loss, batch)
+    res = lanczos_eigenvalues(op, k=3, which="both", tol=1e-10)
+    ev = torch.linalg.eigvalsh(ref)
+    scale = float(ev.abs().max())
+    torch.testing.assert_close(res.largest, torch.flip(ev, [0])[:3], rtol=0, atol=1e-9 * scale)
+    torch.testing.assert_close(res.smallest, ev[:3], rtol=0, atol=1e-9 * scale)
+
+
+def test_layernorm_model_hessian_operator() -> None:
+    model = make_mlp([5, 6, 3], "gelu", layernorm=True)
+    batch = classification_batch(12, 5, 3)
+    ev = torch.linalg.eigvalsh(reference_hessian(model, ce_loss, batch))
+    res = lanczos_eigenvalues(HessianOperator(model, ce_loss, batch), k=4, tol=1e-10)
+    torch.testing.assert_close(
+        res.eigenvalues, torch.flip(ev, [0])[:4], rtol=0, atol=1e-9 * float(ev.abs().max())
+    )
+
+
+def test_float32_operator_converges_to_its_precision() -> None:
+    a = with_spectrum(torch.cat([torch.tensor([4.0, 3.0]), torch.linspace(-1, 1, 200)]))
+    res = lanczos_eigenvalues(a.float(), k=2, tol=1e-6)
+    assert res.all_converged
+    torch.testing.assert_close(
+        res.eigenvalues, torch.tensor([4.0, 3.0], dtype=F64), rtol=1e-6, atol=0
+    )
+
+
+def test_deterministic_given_generator_and_v0() -> None:
+    a = random_symmetric(60, seed=9)
+    r1 = lanczos_eigenvalues(a, k=2, generator=torch.Generator().manual_seed(4))
+    r2 = lanczos_eigenvalues(a, k=2, generator=torch.Generator().manual_seed(4))
+    assert r1.eigenvalues.tolist() == r2.eigenvalues.tolist()
+    r3 = lanczos_eigenvalues(a, k=2, v0=torch.ones(60, dtype=F64))
+    torch.testing.assert_close(r3.eigenvalues, r1.eigenvalues, rtol=1e-9, atol=1e-9)
+
+
+def test_zero_and_invariant_start() -> None:
+    a = torch.diag(torch.arange(1.0, 31.0, dtype=F64))
+    e1 = torch.zeros(30, dtype=F64)
+    e1[0] = 1.0  # an eigenvector: the Krylov space is invariant at once, Lanczos must go on
+    res = lanczos_eigenvalues(a, k=3, v0=e1, tol=1e-10)
+    torch.testing.assert_close(res.eigenvalues, torch.tensor([30.0, 29.0, 28.0], dtype=F64))
+    with pytest.raises(SharpdimError, match="zero"):
+        lanczos_eigenvalues(a, k=1, v0=torch.zeros(30, dtype=F64))
+    zero = lanczos_eigenvalues(torch.zeros(10, 10, dtype=F64), k=2)
+    assert zero.eigenvalues.tolist() == [0.0, 0.0] and zero.all_converged
+
+
+class _Counting(LinearOperator):
+    def __init__(self, a: torch.Tensor) -> None:
+        self.a, self.calls = a, 0
+
+    @property
+    def num_params(self) -> int:
+        return int(self.a.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.a.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.a.device
+
+    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        self.calls += block.shape[1]
+        return self.a @ block
+
+
+def test_matvec_count_is_reported() -> None:
+    op = _Counting(random_symmetric(100, seed=1))
+    res = lanczos_eigenvalues(op, k=3)
+    assert res.num_matvecs == op.calls
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 0}, "k must be"),
+        ({"k": 11}, "exceeds the dimension"),
+        ({"k": 2, "which": "LM"}, "unknown which"),
+        ({"k": 2, "tol": 0.0}, "tol"),
+        ({"k": 2, "block_size": 0}, "block_size"),
+        ({"k": 2, "v0": torch.ones(3)}, "v0"),
+        ({"k": 5, "max_basis": 6}, "max_basis"),
+    ],
+)
+def test_bad_input(kwargs: dict, match: str) -> None:
+    with pytest.raises(SharpdimError, match=match):
+        lanczos_eigenvalues(random_symmetric(10), **kwargs)
+
+
+def test_not_an_operator() -> None:
+    with pytest.raises(SharpdimError):
+        lanczos_eigenvalues([[1.0]], k=1)  # type: ignore[arg-type]
+
+
+def test_tridiagonal_is_projection() -> None:
+    a = random_symmetric(50, seed=7)
+    v0 = torch.randn(50, generator=torch.Generator().manual_seed(1), dtype=F64)
+    alpha, beta, q = lanczos_tridiagonal(a, 20, v0, return_basis=True)
+    assert q is not None and alpha.shape == (20,) and beta.shape == (19,)
+    t = torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
+    torch.testing.assert_close(q @ q.T, torch.eye(20, dtype=F64), atol=1e-13, rtol=0)
+    torch.testing.assert_close(q @ a @ q.T, t, atol=1e-12, rtol=0)
+    torch.testing.assert_close(q[0], v0 / v0.norm())
+    # an invariant start stops early: a diagonal matrix from a vector with 3 nonzero entries
+    d = torch.diag(torch.arange(10.0, dtype=F64))
+    v = torch.zeros(10, dtype=F64)
+    v[[1, 4, 7]] = 1.0
+    alpha, beta, none = lanczos_tridiagonal(d, 8, v)
+    assert alpha.shape == (3,) and none is None
+    with pytest.raises(SharpdimError):
+        lanczos_tridiagonal(d, 0, v)
+
+
+def test_result_is_frozen() -> None:
+    res = lanczos_eigenvalues(random_symmetric(10), k=1)
+    assert isinstance(res, LanczosResult)
+    with pytest.raises(AttributeError):
+        res.k = 3  # type: ignore[misc]

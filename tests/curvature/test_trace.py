@@ -1,0 +1,120 @@
+"""Hutchinson and Hutch++ against the exact trace, with their Monte-Carlo rates (seeded)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sharpdim.curvature.hessian import HessianOperator
+from sharpdim.curvature.trace import TraceResult, hutchinson_trace, hutchpp_trace
+from sharpdim.errors import SharpdimError
+from tests.curvature.models import make_mlp, mse_loss, reference_hessian, regression_batch
+
+F64 = torch.float64
+
+
+def low_rank_plus_noise(n: int = 200, rank: int = 10, seed: int = 0) -> torch.Tensor:
+    """A few large eigenvalues (10..1) on top of a small full-rank symmetric part."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    values = torch.cat([torch.linspace(10.0, 1.0, rank), 0.01 * torch.rand(n - rank, generator=g)])
+    return q @ torch.diag(values.to(F64)) @ q.T
+
+
+def mean_abs_error(estimator, a: torch.Tensor, m: int, seeds: int = 60) -> float:  # type: ignore[no-untyped-def]
+    exact = float(torch.trace(a))
+    errs = [
+        abs(estimator(a, m, generator=torch.Generator().manual_seed(s)).estimate - exact)
+        for s in range(seeds)
+    ]
+    return sum(errs) / seeds
+
+
+def test_hutchinson_exact_on_diagonal() -> None:
+    d = torch.diag(torch.arange(1.0, 11.0, dtype=F64))
+    res = hutchinson_trace(d, 7)
+    assert res.estimate == pytest.approx(55.0) and res.stderr == pytest.approx(0.0)
+    assert res.num_matvecs == 7 and res.method == "hutchinson" and res.num_params == 10
+
+
+def test_hutchinson_rate_is_one_over_sqrt_m() -> None:
+    a = low_rank_plus_noise()
+    e16 = mean_abs_error(hutchinson_trace, a, 16)
+    e256 = mean_abs_error(hutchinson_trace, a, 256)
+    ratio = e16 / e256  # expected sqrt(256 / 16) = 4
+    assert 2.5 < ratio < 6.4, ratio
+
+
+def test_hutchinson_stderr_matches_variance() -> None:
+    """Rademacher variance of one term: 2 sum_{i != j} a_ij^2; stderr estimates its root / sqrt(m)."""
+    a = low_rank_plus_noise(seed=1)
+    off = a - torch.diag(torch.diagonal(a))
+    sigma = math.sqrt(2 * float((off**2).sum()) / 400)
+    res = hutchinson_trace(a, 400, generator=torch.Generator().manual_seed(0))
+    assert res.stderr == pytest.approx(sigma, rel=0.25)
+    assert abs(res.estimate - float(torch.trace(a))) < 4 * sigma
+
+
+def test_hutchpp_beats_hutchinson_and_converges_faster() -> None:
+    """On a low-rank-dominated matrix: error ~1/m for Hutch++ once the sketch holds the top."""
+    a = low_rank_plus_noise()
+    hpp_30 = mean_abs_error(hutchpp_trace, a, 30)
+    hpp_240 = mean_abs_error(hutchpp_trace, a, 240)
+    hut_240 = mean_abs_error(hutchinson_trace, a, 240)
+    assert hpp_240 < hut_240 / 10
+    assert hpp_30 / hpp_240 > 8  # faster than the 1/sqrt(m) rate (which would give ~2.8)
+
+
+def test_hutchpp_exact_when_sketch_spans_space() -> None:
+    a = low_rank_plus_noise(n=12, rank=3)
+    res = hutchpp_trace(a, 40)
+    assert res.estimate == pytest.approx(float(torch.trace(a)), rel=1e-12)
+    assert res.stderr == 0.0 and res.num_matvecs == 24
+
+
+def test_hutchpp_stderr_covers_error() -> None:
+    a = low_rank_plus_noise(seed=3)
+    exact = float(torch.trace(a))
+    inside = 0
+    for s in range(40):
+        r = hutchpp_trace(a, 60, generator=torch.Generator().manual_seed(s))
+        inside += abs(r.estimate - exact) <= 2 * r.stderr
+    assert inside >= 30  # ~95% nominal coverage, loose for 40 seeds
+
+
+def test_on_hessian_operator() -> None:
+    model = make_mlp([4, 8, 3], "tanh")
+    batch = regression_batch(16, 4, 3)
+    exact = float(torch.trace(reference_hessian(model, mse_loss, batch)))
+    op = HessianOperator(model, mse_loss, batch)
+    n = op.num_params
+    assert hutchpp_trace(op, 3 * n).estimate == pytest.approx(exact, rel=1e-10)
+    res = hutchinson_trace(op, 300, generator=torch.Generator().manual_seed(0))
+    assert abs(res.estimate - exact) < 4 * res.stderr
+    assert isinstance(res, TraceResult) and res.to_dict()["num_matvecs"] == 300
+
+
+def test_deterministic_and_float32() -> None:
+    a = low_rank_plus_noise(n=50)
+    r1 = hutchpp_trace(a, 30, generator=torch.Generator().manual_seed(5))
+    r2 = hutchpp_trace(a, 30, generator=torch.Generator().manual_seed(5))
+    assert r1 == r2
+    r32 = hutchinson_trace(a.float(), 10)
+    assert isinstance(r32.estimate, float)
+    assert math.isnan(hutchinson_trace(a, 1).stderr)
+
+
+@pytest.mark.parametrize("fn", [hutchinson_trace, hutchpp_trace])
+def test_bad_input(fn) -> None:  # type: ignore[no-untyped-def]
+    a = torch.eye(5, dtype=F64)
+    with pytest.raises(SharpdimError, match="num_matvecs"):
+        fn(a, 0)
+    with pytest.raises(SharpdimError, match="num_matvecs"):
+        fn(a, 2.5)
+    with pytest.raises(SharpdimError):
+        fn(torch.ones(3, 4), 10)
+    if fn is hutchpp_trace:
+        with pytest.raises(SharpdimError, match=">= 3"):
+            fn(a, 2)

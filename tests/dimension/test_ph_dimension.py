@@ -1,0 +1,70 @@
+"""PH0 dimension of sets with known dimension."""
+
+import math
+
+import pytest
+import torch
+
+from sharpdim.dimension.ph_dimension import ph_dimension
+from sharpdim.errors import SharpdimError
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize(("dim", "tol"), [(1, 0.05), (2, 0.15), (3, 0.35)])
+def test_uniform_cubes(dim: int, tol: float) -> None:
+    g = torch.Generator().manual_seed(dim)
+    pts = torch.rand(1500, dim, generator=g, dtype=F64)
+    r = ph_dimension(pts, min_points=150, generator=g)
+    # E_1 ~ n^{(d-1)/d}; boundary effects bias small samples of the cube low
+    assert abs(r.dimension - dim) < tol
+
+
+def test_segment_embedded_in_high_dimension() -> None:
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(50, generator=g, dtype=F64)
+    pts = torch.rand(800, 1, generator=g, dtype=F64) * direction + 3.0
+    assert abs(ph_dimension(pts, generator=g).dimension - 1.0) < 0.05
+
+
+def test_sierpinski_triangle() -> None:
+    g = torch.Generator().manual_seed(0)
+    v = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]], dtype=F64)
+    idx = torch.randint(0, 3, (1600,), generator=g)
+    x, pts = torch.zeros(2, dtype=F64), []
+    for i in range(1600):
+        x = (x + v[idx[i]]) / 2
+        if i >= 100:
+            pts.append(x)
+    r = ph_dimension(torch.stack(pts), min_points=150, generator=g)
+    assert abs(r.dimension - math.log(3) / math.log(2)) < 0.1
+
+
+def test_loss_metric_equals_scaled_l1() -> None:
+    # per-example loss vectors on a line: the loss metric is |a - b| * mean |direction|
+    g = torch.Generator().manual_seed(0)
+    vecs = torch.rand(500, 1, generator=g, dtype=F64) * torch.rand(1, 20, generator=g)
+    r = ph_dimension(vecs, "loss", generator=g)
+    assert abs(r.dimension - 1.0) < 0.05 and r.metric == "loss"
+
+
+def test_callable_metric_matches_euclidean() -> None:
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(300, 2, generator=g, dtype=F64)
+    a = ph_dimension(pts, generator=torch.Generator().manual_seed(1))
+    b = ph_dimension(
+        pts, lambda u, w: torch.cdist(u, w), generator=torch.Generator().manual_seed(1)
+    )
+    assert abs(a.dimension - b.dimension) < 1e-9 and b.metric == "callable"
+    assert a.to_dict()["sizes"][0] == 30
+
+
+def test_bad_input() -> None:
+    with pytest.raises(SharpdimError):
+        ph_dimension(torch.rand(10, 2), min_points=20)
+    with pytest.raises(SharpdimError):
+        ph_dimension(torch.rand(10))
+    with pytest.raises(SharpdimError):
+        ph_dimension(torch.rand(50, 2), metric="manhattan")
+    with pytest.raises(SharpdimError):
+        ph_dimension(torch.zeros(50, 2))

@@ -1,0 +1,143 @@
+"""Lyapunov spectra against maps with known exponents."""
+
+import math
+
+import pytest
+import torch
+
+from sharpdim.dynamics.lyapunov import FunctionMap, lyapunov_spectrum
+from sharpdim.dynamics.step_maps import TrainingMap
+from sharpdim.errors import SharpdimError
+
+F64 = torch.float64
+
+
+def henon(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack([1 - 1.4 * x[0] ** 2 + x[1], 0.3 * x[0]])
+
+
+def test_henon_exponents_and_exact_sum() -> None:
+    r = lyapunov_spectrum(
+        henon, torch.tensor([0.1, 0.1], dtype=F64), 2, 3000, warmup=100, jvp_mode="reverse"
+    )
+    # reference values (0.41922, -1.62319); the finite-time error is a few stderr
+    assert abs(r.exponents[0].item() - 0.41922) < 0.02
+    assert abs(r.exponents[1].item() - (-1.62319)) < 0.02
+    # det J = -0.3 at every point, so the sum is ln 0.3 up to rounding
+    assert abs(r.exponents.sum().item() - math.log(0.3)) < 1e-6
+    assert 1.2 < r.kaplan_yorke < 1.3  # KY dimension of the Henon attractor ~ 1.26
+    assert r.finite_time.shape == (3000, 2) and r.num_steps == 3000
+
+
+def test_forward_and_reverse_jvp_agree() -> None:
+    x0 = torch.tensor([0.1, 0.1], dtype=F64)
+    a = lyapunov_spectrum(henon, x0, 2, 20, jvp_mode="forward")
+    b = lyapunov_spectrum(henon, x0, 2, 20, jvp_mode="reverse")
+    c = lyapunov_spectrum(henon, x0, 2, 20, vectorize=False)
+    torch.testing.assert_close(a.log_stretches, b.log_stretches, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a.log_stretches, c.log_stretches, rtol=1e-10, atol=1e-12)
+
+
+def test_logistic_map_ln2() -> None:
+    r = lyapunov_spectrum(
+        lambda x: 4 * x * (1 - x), torch.tensor([0.3], dtype=F64), 1, 3000, jvp_mode="reverse"
+    )
+    assert abs(r.largest - math.log(2)) < 0.02
+
+
+def test_linear_map_log_moduli() -> None:
+    g = torch.Generator().manual_seed(1)
+    evals = torch.tensor([1.5, -0.9, 0.5, 0.2], dtype=F64)
+    basis = torch.randn(4, 4, generator=g, dtype=F64)
+    a = basis @ torch.diag(evals) @ torch.linalg.inv(basis)
+    r = lyapunov_spectrum(lambda x: a @ x, torch.ones(4, dtype=F64), 3, 400, warmup=50)
+    expected = torch.log(evals.abs())[:3]
+    torch.testing.assert_close(r.exponents, expected, atol=5e-3, rtol=0)
+
+
+def test_gd_on_quadratic_exact() -> None:
+    a, eta = torch.tensor([3.0, 1.0, 0.1], dtype=F64), 0.9
+    # GD on 0.5 x^T diag(a) x: J = I - eta diag(a) everywhere, the QR is exact after 1 step
+    r = lyapunov_spectrum(
+        lambda x: x - eta * a * x,
+        torch.ones(3, dtype=F64),
+        3,
+        5,
+        initial_vectors=torch.eye(3, dtype=F64),
+    )
+    expected = torch.log((1 - eta * a).abs())
+    torch.testing.assert_close(r.exponents, expected, atol=1e-12, rtol=0)
+    assert abs(r.kaplan_yorke - 2.18949) < 1e-5
+
+
+def test_complex_pair_rotation() -> None:
+    # rotation scaled by 0.8: both exponents ln 0.8
+    c, s = math.cos(1.0), math.sin(1.0)
+    m = 0.8 * torch.tensor([[c, -s], [s, c]], dtype=F64)
+    r = lyapunov_spectrum(lambda x: m @ x, torch.ones(2, dtype=F64), 2, 20)
+    torch.testing.assert_close(r.exponents, torch.full((2,), math.log(0.8), dtype=F64))
+
+
+def _tiny_problem() -> tuple[torch.nn.Module, list, object]:
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)
+    ).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=F64))
+    batches = [
+        (torch.randn(6, 3, generator=g, dtype=F64), torch.randn(6, 2, generator=g, dtype=F64))
+        for _ in range(3)
+    ]
+
+    def mse(m: torch.nn.Module, b: tuple) -> torch.Tensor:
+        return 0.5 * ((m(b[0]) - b[1]) ** 2).sum(dim=1).mean()
+
+    return model, batches, mse
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_training_map_matches_dense_qr(optimizer: str) -> None:
+    model, batches, mse = _tiny_problem()
+    phi = TrainingMap(model, mse, batches, optimizer=optimizer, lr=0.3)
+    x0 = phi.initial_state()
+    k, steps = 4, 8
+    q0 = torch.linalg.qr(
+        torch.randn(phi.state_dim, k, generator=torch.Generator().manual_seed(3), dtype=F64)
+    )[0]
+    r = lyapunov_spectrum(phi, x0, k, steps, initial_vectors=q0)
+    # dense reference: the same QR recursion with full Jacobians
+    x, q, logs = x0, q0, []
+    for t in range(steps):
+        jac = phi.jacobian(x, t)
+        qn, rr = torch.linalg.qr(jac @ q)
+        sign = torch.sign(torch.diagonal(rr))
+        q, x = qn * sign, phi.step(x, t)
+        logs.append(torch.log(torch.diagonal(rr).abs()))
+    torch.testing.assert_close(r.log_stretches, torch.stack(logs), rtol=1e-8, atol=1e-10)
+
+
+def test_divergence_is_recorded() -> None:
+    r = lyapunov_spectrum(lambda x: x * x * 10, torch.tensor([2.0], dtype=F64), 1, 50)
+    assert r.diverged_at is not None and r.num_steps == r.diverged_at
+
+
+@pytest.mark.parametrize(
+    ("k", "steps"),
+    [(0, 10), (3, 10), (1, 0)],
+)
+def test_bad_input(k: int, steps: int) -> None:
+    with pytest.raises(SharpdimError):
+        lyapunov_spectrum(henon, torch.zeros(2, dtype=F64), k, steps)
+
+
+def test_function_map_bad_mode() -> None:
+    with pytest.raises(SharpdimError):
+        FunctionMap(henon, jvp_mode="sideways")
+
+
+def test_to_dict_round_trip() -> None:
+    r = lyapunov_spectrum(henon, torch.tensor([0.1, 0.1], dtype=F64), 2, 30)
+    d = r.to_dict()
+    assert d["k"] == 2 and len(d["finite_time"]) == 30 and len(d["stderr"]) == 2

@@ -1,0 +1,97 @@
+"""The toy fractal attractor (Tuci et al., Fig. 6): derivatives, the step, the particle run."""
+
+import math
+
+import pytest
+import torch
+
+from sharpdim.errors import SharpdimError
+from sharpdim.training.eos_fractal import (
+    box_counting_dimension,
+    fractal_attractor,
+    fractal_gradient,
+    fractal_hessian,
+    fractal_loss,
+    fractal_sharpness,
+    fractal_step,
+)
+
+
+def _points() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return (2 * torch.rand(8, 2, generator=g, dtype=torch.float64) - 1) * 2.0
+
+
+@pytest.mark.parametrize(("amplitude", "frequency"), [(2.0, 4.0), (0.7, 1.5)])
+def test_derivatives_match_autograd(amplitude, frequency):
+    def loss(x):
+        return fractal_loss(x, amplitude=amplitude, frequency=frequency)
+
+    opts = {"amplitude": amplitude, "frequency": frequency}
+    for x in _points():
+        grad = torch.autograd.functional.jacobian(loss, x)
+        hess = torch.autograd.functional.hessian(loss, x)
+        torch.testing.assert_close(fractal_gradient(x, **opts), grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fractal_hessian(x, **opts), hess, rtol=1e-12, atol=1e-12)
+        top = torch.linalg.eigvalsh(hess)[-1]
+        torch.testing.assert_close(fractal_sharpness(x, **opts), top, rtol=1e-12, atol=1e-12)
+
+
+def test_origin_is_too_sharp_for_the_step_size():
+    zero = torch.zeros(2, dtype=torch.float64)
+    assert float(fractal_sharpness(zero)) == pytest.approx(33.0)  # 1 + A k^2
+    assert float(fractal_sharpness(zero)) > 2.0 / 0.15
+    assert float(fractal_gradient(zero).abs().max()) == 0.0
+
+
+def test_step_matches_autograd_gradient_descent():
+    x = _points().requires_grad_(True)
+    noise = 0.1 * torch.randn(8, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (grad,) = torch.autograd.grad(fractal_loss(x).sum(), x)
+    expected = x.detach() - 0.15 * grad + noise
+    torch.testing.assert_close(fractal_step(x.detach(), noise, lr=0.15), expected)
+
+
+def test_attractor_run_is_seeded_and_summarised():
+    a = fractal_attractor(500, steps=40, generator=torch.Generator().manual_seed(3))
+    b = fractal_attractor(500, steps=40, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a.final, b.final, rtol=0, atol=0)
+    assert a.final.shape == (500, 2) and a.initial.abs().max() <= 3.0
+    assert a.threshold == pytest.approx(2.0 / 0.15)
+    frac = float((fractal_sharpness(a.final) > a.threshold).double().mean())
+    assert a.eos_fraction == pytest.approx(frac)
+    assert a.mean_loss == pytest.approx(float(fractal_loss(a.final).mean()))
+    d = a.to_dict()
+    assert d["num_particles"] == 500 and d["max_minimum_sharpness"] == pytest.approx(33.0)
+    assert "final" not in d and len(a.to_dict(with_points=True)["final"]) == 500
+
+
+def test_attractor_without_noise_replays_the_steps():
+    gen = torch.Generator().manual_seed(4)
+    res = fractal_attractor(50, steps=5, noise_std=0.0, generator=gen)
+    x = res.initial.clone()
+    for _ in range(5):
+        x = fractal_step(x, torch.zeros_like(x))
+    torch.testing.assert_close(res.final, x, rtol=0, atol=0)
+
+
+def test_box_counting_dimension_of_a_line_and_a_square():
+    t = torch.linspace(0, 1, 20001, dtype=torch.float64)
+    line = torch.stack([t, 0.5 * t], dim=1)
+    sizes = (0.1, 0.05, 0.025, 0.0125)
+    dim_line, counts = box_counting_dimension(line, sizes)
+    assert dim_line == pytest.approx(1.0, abs=0.05) and counts[0] >= 10
+    g = torch.Generator().manual_seed(5)
+    square = torch.rand(200_000, 2, generator=g, dtype=torch.float64)
+    dim_square, _ = box_counting_dimension(square, sizes)
+    assert dim_square == pytest.approx(2.0, abs=0.05)
+    assert math.isnan(box_counting_dimension(square, (0.1,))[0])
+
+
+def test_bad_input():
+    with pytest.raises(SharpdimError):
+        fractal_attractor(0)
+    with pytest.raises(SharpdimError):
+        fractal_attractor(10, lr=0.0)
+    with pytest.raises(SharpdimError):
+        fractal_attractor(10, noise_std=-1.0)

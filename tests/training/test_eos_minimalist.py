@@ -1,0 +1,158 @@
+"""The minimalist example of Zhu et al. (ICLR 2023): derivatives, analytic facts, GD sweeps."""
+
+import math
+
+import pytest
+import torch
+
+from sharpdim.errors import SharpdimError
+from sharpdim.training.datasets import Dataset
+from sharpdim.training.eos_minimalist import (
+    PAPER_INIT,
+    detect_periods,
+    minimalist_gradient,
+    minimalist_hessian,
+    minimalist_loss,
+    minimalist_sharpness,
+    minimalist_sweep,
+    summarize_minimalist,
+)
+from sharpdim.training.loop import TrainConfig, train
+from sharpdim.training.models import DeepScalarLinear
+
+
+def _points() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(6, 4, generator=g, dtype=torch.float64) * 1.3
+
+
+def test_gradient_and_hessian_match_autograd():
+    for theta in _points():
+        grad = torch.autograd.functional.jacobian(minimalist_loss, theta)
+        hess = torch.autograd.functional.hessian(minimalist_loss, theta)
+        torch.testing.assert_close(minimalist_gradient(theta), grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(minimalist_hessian(theta), hess, rtol=1e-12, atol=1e-12)
+
+
+def test_batched_and_other_depths():
+    pts = _points()
+    torch.testing.assert_close(
+        minimalist_hessian(pts), torch.stack([minimalist_hessian(p) for p in pts])
+    )
+    theta = torch.tensor([0.7, -1.2, 2.0], dtype=torch.float64)  # d = 3, a zero-free point
+    hess = torch.autograd.functional.hessian(minimalist_loss, theta)
+    torch.testing.assert_close(minimalist_hessian(theta), hess, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        minimalist_sharpness(theta), torch.linalg.eigvalsh(hess)[-1], rtol=1e-12, atol=1e-12
+    )
+
+
+def test_minimum_manifold_sharpness_is_sum_of_inverse_squares():
+    # On x*y*z*w = 1 the Hessian is q q^T with q_i = 1 / theta_i: one eigenvalue sum 1/theta_i^2.
+    theta = torch.tensor([2.0, 0.5, 1.6, 0.625], dtype=torch.float64)
+    assert float(theta.prod()) == pytest.approx(1.0, abs=1e-15)
+    eig = torch.linalg.eigvalsh(minimalist_hessian(theta))
+    expected = float((1.0 / theta**2).sum())
+    assert float(eig[-1]) == pytest.approx(expected, rel=1e-12)
+    assert eig[:-1].abs().max() < 1e-12
+    assert float(minimalist_loss(theta)) == 0.0
+    # The flattest minimum (AM-GM): all |theta_i| = 1 gives sharpness d = 4.
+    assert float(minimalist_sharpness(torch.ones(4, dtype=torch.float64))) == pytest.approx(4.0)
+
+
+def test_sharpness_keeps_nan_rows():
+    theta = torch.tensor([[1.0, 1.0, 1.0, 1.0], [math.nan, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    out = minimalist_sharpness(theta)
+    assert out[0] == pytest.approx(4.0) and math.isnan(float(out[1]))
+
+
+def test_sweep_matches_training_loop_and_single_runs():
+    steps = 300
+    sweep = minimalist_sweep([0.05, 0.3], steps=steps, late=10)
+    for row, lr in enumerate((0.05, 0.3)):
+        net = DeepScalarLinear(PAPER_INIT)
+        u, target = net.batch()
+        data = Dataset("minimalist", u, target, u[:0], target[:0], num_classes=0)
+        train(net, data, TrainConfig(optimizer="gd", lr=lr, steps=steps, keep_snapshots=False))
+        torch.testing.assert_close(
+            sweep.final_theta[row], net.theta.detach(), rtol=1e-10, atol=1e-12
+        )
+    single = minimalist_sweep([0.3], steps=steps, late=10)
+    torch.testing.assert_close(single.final_theta[0], sweep.final_theta[1], rtol=0, atol=0)
+
+
+def test_small_step_converges_to_sharp_minimum_and_eos_step_to_flat_one():
+    sweep = minimalist_sweep([0.05, 0.3], steps=4000, late=50)
+    small, eos = sweep.final_sharpness.tolist()
+    assert float(sweep.final_loss.max()) < 1e-12
+    assert sweep.periods.tolist() == [1, 1]
+    assert small == pytest.approx(8.77, abs=0.02)  # gradient-flow-like limit
+    assert small < 2.0 / 0.05
+    assert small > 2.0 / 0.3  # eta = 0.3 cannot stay there: edge of stability
+    ratio = eos / (2.0 / 0.3)
+    assert 0.95 < ratio < 1.0  # converges just below 2/eta
+
+
+def test_period_two_chaos_and_divergence():
+    lrs = [0.55, 0.7, 1.2]
+    sweep = minimalist_sweep(lrs, init=(1.5, 0.6, 1.5, 0.6), steps=3000, late=200)
+    assert sweep.periods.tolist() == [2, 0, -1]
+    assert sweep.lyapunov[0] < 0 < sweep.lyapunov[1]  # stable cycle, then chaos
+    assert math.isnan(float(sweep.lyapunov[2])) and int(sweep.diverged_at[2]) > 0
+    assert bool(sweep.diverged[2]) and not bool(sweep.diverged[0])
+    # period 2: the product alternates around the minimum manifold p = 1
+    late = sweep.late_products[0]
+    assert torch.allclose(late[2:], late[:-2], atol=1e-9)
+    assert float(late[::2].mean() - 1.0) * float(late[1::2].mean() - 1.0) < 0
+
+
+def test_summary_classifies_a_sweep():
+    lrs = torch.tensor([0.05, 0.15, 0.3, 0.4, 0.56, 0.64, 0.655, 0.7, 1.2], dtype=torch.float64)
+    sweep = minimalist_sweep(lrs, init=(1.5, 0.6, 1.5, 0.6), steps=6000, late=256)
+    summary = summarize_minimalist(sweep)
+    assert summary.reference_sharpness > 2.0 / 0.4
+    assert summary.eos_lrs == (0.4,)
+    assert 0.95 < summary.eos_ratios[0] < 1.0
+    assert summary.first_period == {2: 0.56, 4: 0.64, 8: 0.655}
+    assert summary.first_chaotic == 0.7 and summary.max_lyapunov > 0.1
+    assert summary.first_diverged == 1.2
+    d = summary.to_dict()
+    assert d["first_period"] == {"2": 0.56, "4": 0.64, "8": 0.655}
+    assert d["eos_ratio_stats"]["median"] == pytest.approx(summary.eos_ratios[0])
+    assert set(sweep.to_dict()) >= {"lrs", "final_sharpness", "periods", "lyapunov"}
+
+
+def test_trace_records_sharpness():
+    sweep = minimalist_sweep([0.3], steps=100, late=5, trace_lrs=[0.3, 0.05], trace_every=10)
+    assert sweep.trace_steps is not None and sweep.trace_sharpness is not None
+    assert sweep.trace_steps.tolist() == list(range(0, 100, 10))
+    assert sweep.trace_sharpness.shape == (2, 10)
+    assert float(sweep.trace_sharpness[0, 0]) == pytest.approx(
+        float(minimalist_sharpness(torch.tensor(PAPER_INIT, dtype=torch.float64)))
+    )
+    assert "trace_sharpness" in sweep.to_dict()
+
+
+def test_detect_periods():
+    t = torch.arange(12, dtype=torch.float64)
+    series = torch.stack(
+        [
+            torch.full((12,), 3.0, dtype=torch.float64),
+            (-1.0) ** t,
+            torch.tensor([1.0, 2.0, 3.0] * 4, dtype=torch.float64),
+            t,  # no period
+            torch.cat([torch.ones(11, dtype=torch.float64), torch.tensor([math.nan])]),
+        ]
+    )
+    assert detect_periods(series, max_period=5).tolist() == [1, 2, 3, 0, -1]
+
+
+def test_bad_input():
+    with pytest.raises(SharpdimError):
+        minimalist_sweep([])
+    with pytest.raises(SharpdimError):
+        minimalist_sweep([-0.1])
+    with pytest.raises(SharpdimError):
+        minimalist_sweep([0.1], steps=10, late=20)
+    with pytest.raises(SharpdimError):
+        minimalist_sweep([0.1], init=(1.0,))

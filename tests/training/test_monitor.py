@@ -1,0 +1,181 @@
+"""EoSMonitor: sharpness against dense float64 eigvalsh, thresholds, both kinds of loops."""
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sharpdim.curvature.dense import dense_hessian
+from sharpdim.errors import SharpdimError
+from sharpdim.training.datasets import Dataset
+from sharpdim.training.loop import TrainConfig, train
+from sharpdim.training.losses import mse_loss
+from sharpdim.training.models import build_mlp
+from sharpdim.training.monitor import EoSMonitor, EoSRecord, upcoming_adam_preconditioner
+from sharpdim.training.optimizers import adam_preconditioner
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _data(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (n,), generator=g)
+    return x, y
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    return build_mlp(3, 2, width=4, depth=1, seed=seed, dtype=torch.float64)
+
+
+def _top(matrix: torch.Tensor) -> float:
+    return float(torch.linalg.eigvalsh(matrix)[-1])
+
+
+def test_sharpness_equals_dense_eigvalsh_and_gd_threshold():
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.25)
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, tol=1e-10)
+    record = monitor.on_step(0, model, 0.5, opt)
+    assert isinstance(record, EoSRecord)
+    expected = _top(dense_hessian(model, mse_loss, (x, y)))
+    assert record.sharpness == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert record.threshold == 8.0 and record.optimizer == "gd" and record.lr == 0.25
+    assert record.ratio == pytest.approx(expected / 8.0, rel=1e-9)
+    assert record.preconditioned_sharpness is None and record.converged
+    assert record.loss == 0.5 and record.num_matvecs > 0
+
+
+def test_subset_and_chunks():
+    x, y = _data(40)
+    model = _model(1)
+    first = EoSMonitor(mse_loss, (x, y), max_examples=15, tol=1e-10).measure(model)
+    expected = _top(dense_hessian(model, mse_loss, (x[:15], y[:15])))
+    assert first.sharpness == pytest.approx(expected, rel=1e-9)
+    assert math.isnan(first.threshold) and math.isnan(first.ratio)  # no optimizer given
+    chunked = EoSMonitor(mse_loss, (x, y), max_examples=None, chunk_size=7, tol=1e-10).measure(
+        model
+    )
+    full = _top(dense_hessian(model, mse_loss, (x, y)))
+    assert chunked.sharpness == pytest.approx(full, rel=1e-9)
+
+
+def test_momentum_threshold():
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    record = EoSMonitor("mse", (x, y), tol=1e-10).measure(model, opt, step=3)
+    assert record.optimizer == "momentum"
+    assert record.threshold == pytest.approx(38.0)
+    assert record.ratio == pytest.approx(record.sharpness / 38.0)
+
+
+def test_adam_preconditioned_sharpness():
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.99), weight_decay=0.01)
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, tol=1e-10)
+    for step in range(3):
+        opt.zero_grad()
+        loss = mse_loss(model, (x, y))
+        loss.backward()
+        record = monitor.on_step(step, model, float(loss.detach()), opt)
+        p_next = upcoming_adam_preconditioner(opt, list(model.parameters()))
+        h = dense_hessian(model, mse_loss, (x, y))
+        d = p_next.rsqrt()
+        expected = _top(d[:, None] * h * d[None, :])  # eigenvalues of P^-1 H
+        assert record is not None and record.preconditioned_sharpness is not None
+        assert record.preconditioned_sharpness == pytest.approx(expected, rel=1e-8)
+        assert record.sharpness == pytest.approx(_top(h), rel=1e-8)
+        assert record.threshold == pytest.approx((2 + 2 * 0.9) / (0.01 * 0.1))
+        assert record.ratio == pytest.approx(expected / record.threshold, rel=1e-8)
+        opt.step()  # the preconditioner the step used is the one predicted before it
+        torch.testing.assert_close(adam_preconditioner(opt), p_next, rtol=1e-12, atol=1e-15)
+
+
+def test_adam_without_gradients_uses_the_last_step():
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    mse_loss(model, (x, y)).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    params = list(model.parameters())
+    torch.testing.assert_close(upcoming_adam_preconditioner(opt, params), adam_preconditioner(opt))
+    record = EoSMonitor(mse_loss, (x, y), raw_sharpness=False).measure(model, opt)
+    assert math.isnan(record.sharpness) and record.preconditioned_sharpness is not None
+
+
+def test_warm_start_saves_products():
+    x, y = _data(60)
+    model = build_mlp(3, 2, width=16, depth=2, seed=0, dtype=torch.float64)
+    cold = EoSMonitor(mse_loss, (x, y), warm_start=False, tol=1e-8)
+    warm = EoSMonitor(mse_loss, (x, y), warm_start=True, tol=1e-8)
+    a, b = cold.measure(model), cold.measure(model)
+    c, d = warm.measure(model), warm.measure(model)
+    # a fresh random start each time (the generator advances) needs about as many products;
+    # the previous top eigenvector as start converges at once
+    assert d.num_matvecs < 0.5 * min(a.num_matvecs, b.num_matvecs, c.num_matvecs)
+    assert d.sharpness == pytest.approx(a.sharpness, rel=1e-7)
+
+
+def test_inside_the_training_loop():
+    x, y = _data(50)
+    data = Dataset("toy", x, y, x[:0], y[:0], num_classes=2)
+    model = _model()
+    monitor = EoSMonitor(mse_loss, data, every=5)
+    train(model, data, TrainConfig(optimizer="gd", lr=0.3, steps=21), monitor=monitor)
+    hist = monitor.history
+    assert hist["step"] == [0, 5, 10, 15, 20]
+    assert all(t == pytest.approx(2 / 0.3) for t in hist["threshold"])
+    assert all(s > 0 for s in hist["sharpness"])
+    assert set(hist) >= {"loss", "sharpness", "threshold", "ratio", "sd", "wall_time_s"}
+    out = json.loads(json.dumps(monitor.to_dict()))
+    assert len(out["records"]) == 5 and out["num_examples"] == 50
+    monitor.reset()
+    assert monitor.records == []
+
+
+def test_sharpness_dimension_option():
+    x, y = _data(40)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    monitor = EoSMonitor(
+        mse_loss, (x, y), every=2, sd_every=4, sd_options={"batch_size": 10, "num_batches": 3}
+    )
+    records = [monitor.on_step(s, model, 0.0, opt) for s in range(5)]
+    assert records[1] is None and records[3] is None
+    assert records[0] is not None and records[0].sd is not None
+    assert 0.0 <= records[0].sd <= sum(p.numel() for p in model.parameters())
+    assert records[2] is not None and records[2].sd is None
+
+
+def test_bad_input():
+    x, y = _data()
+    with pytest.raises(SharpdimError):
+        EoSMonitor(mse_loss, (x, y), every=0)
+    with pytest.raises(SharpdimError):
+        EoSMonitor(mse_loss, (x, y), every=3, sd_every=4)
+    with pytest.raises(SharpdimError):
+        EoSMonitor(mse_loss, x)
+    with pytest.raises(SharpdimError):
+        EoSMonitor(mse_loss, (x, y[:3]))
+    with pytest.raises(SharpdimError):
+        EoSMonitor(mse_loss, (x, y), max_examples=0)
+    with pytest.raises(SharpdimError):
+        EoSMonitor("nope", (x, y))
+
+
+def test_example_script_runs(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["monitor_own_loop.py"])
+    namespace = runpy.run_path(str(ROOT / "examples" / "monitor_own_loop.py"))
+    monitor = namespace["main"](steps=41, lr=0.5)
+    out = capsys.readouterr().out
+    assert "sharpness" in out and "median sharpness / (2/eta)" in out
+    assert monitor.history["step"] == [0, 20, 40]
+    assert all(t == pytest.approx(4.0) for t in monitor.history["threshold"])
