@@ -6,7 +6,7 @@ An SLQ result (:func:`~sharpdim.curvature.slq.slq_spectrum`) is a discrete measu
 * :func:`histogram_density`: the mass of each bin divided by the bin width;
 * :func:`kde_density`: Gaussian smoothing ``sum_j p_j N(x; theta_j, h^2)`` (Ghorbani, Krishnan
   & Xiao, ICML 2019, use the same construction), bandwidth by default Silverman's robust rule
-  on the weighted atoms (:func:`~sharpdim.dimension.sd_estimators.silverman_bandwidth`, shared
+  on the weighted atoms (:func:`~sharpdim.curvature.measure.silverman_bandwidth`, shared
   with the SD-KDE estimator of Tuci et al., arXiv 2604.19740, App. C).
 
 Both are normalised to integrate to 1: the histogram exactly, the KDE with the trapezoid rule
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.dimension.sd_estimators import silverman_bandwidth
+from sharpdim.curvature.measure import silverman_bandwidth
 from sharpdim.errors import SharpdimError
 
 

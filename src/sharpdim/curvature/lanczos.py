@@ -15,8 +15,10 @@ Implementation choices:
 * **Full reorthogonalization** (two passes of classical Gram–Schmidt with matrix products,
   a third when the second removes much): every new vector is orthogonal to the whole basis to
   working precision, so no spurious copies of converged eigenvalues appear (Parlett, *The
-  Symmetric Eigenvalue Problem*, 1998, ch. 13). The basis and ``T`` are kept in float64 even
-  for a float32 operator (the products ``H v`` themselves stay in the operator's dtype).
+  Symmetric Eigenvalue Problem*, 1998, ch. 13). The basis is kept in the operator's dtype
+  (float32 for a float32 model: orthogonal to the accuracy of the products ``H v`` themselves,
+  at half the memory traffic of a float64 basis, which dominates the cost of a step on large
+  models); ``T`` and its eigendecomposition are always float64.
 * **Thick restart** (Wu & Simon, SIAM J. Matrix Anal. Appl. 22, 2000): when the basis reaches
   ``max_basis`` vectors it is compressed to the most wanted Ritz vectors plus the residual
   vector, so memory stays ``n x max_basis`` however many products convergence needs.
@@ -105,8 +107,13 @@ class LanczosResult:
         }
 
 
+def basis_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the Krylov basis for an operator of ``dtype`` (float32 or float64)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float64
+
+
 class _KrylovBasis:
-    """Orthonormal (block) Krylov basis with its projected matrix, in float64.
+    """Orthonormal (block) Krylov basis (operator dtype) with its projected matrix (float64).
 
     Rows ``0..m-1`` of ``V`` are *processed* vectors (their products are projected into
     ``T[:m, :m]``); rows ``m..m+nb-1`` hold the pending block, whose coupling to the processed
@@ -124,10 +131,11 @@ class _KrylovBasis:
         self.op, self.n = op, op.num_params
         self.gen, self.restart_on_breakdown = generator, restart_on_breakdown
         dev = op.device
-        self.V = torch.empty(capacity, self.n, dtype=torch.float64, device=dev)
+        self.dtype = basis_dtype(op.dtype)
+        self.V = torch.zeros(capacity, self.n, dtype=self.dtype, device=dev)
         self.T = torch.zeros(capacity, capacity, dtype=torch.float64, device=dev)
         self.m, self.nb, self.matvecs = 0, 0, 0
-        block = start.to(dtype=torch.float64, device=dev).reshape(self.n, -1).T.contiguous()
+        block = start.to(dtype=self.dtype, device=dev).reshape(self.n, -1).T.contiguous()
         if not bool(torch.isfinite(block).all()) or float(block.norm()) == 0:
             raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
         scale = block.norm(dim=1)
@@ -149,15 +157,16 @@ class _KrylovBasis:
             return coef
         for i in range(passes + 1):
             before = w.norm(dim=1)
-            c = w @ basis.T
-            w -= c @ basis
+            c = torch.mm(w, basis.T)
+            w.addmm_(c, basis, alpha=-1.0)
             coef += c
             if i + 1 >= passes and not bool((w.norm(dim=1) < 0.7071 * before).any()):
                 break
         return coef
 
     def _random_row(self) -> torch.Tensor:
-        return torch.randn(self.n, generator=self.gen, dtype=torch.float64).to(self.V.device)
+        row = torch.randn(self.n, generator=self.gen, dtype=torch.float64)
+        return row.to(dtype=self.dtype, device=self.V.device)
 
     def _orthonormalize(
         self, w: torch.Tensor, basis: torch.Tensor, *, random_fill: bool, scale: torch.Tensor
@@ -170,9 +179,10 @@ class _KrylovBasis:
         are dropped.
         """
         room = basis.shape[0] < self.n
-        if w.shape[0] == 1 and room and float(w.norm()) > _BREAKDOWN * float(scale[0]):
+        if w.shape[0] == 1 and room:
             norm = w.norm()
-            return w / norm, norm.reshape(1, 1)
+            if float(norm) > _BREAKDOWN * float(scale[0]):
+                return w.div_(norm), norm.reshape(1, 1)  # in place: callers pass a scratch w
         rows: list[torch.Tensor] = []
         coefs: list[torch.Tensor] = []
         for i in range(w.shape[0]):
@@ -203,15 +213,21 @@ class _KrylovBasis:
         x = self.V[m : m + nb]
         hx = self.op @ x.T.to(self.op.dtype)
         self.matvecs += nb
-        w = hx.to(torch.float64).T.contiguous()
+        if m + 2 * nb <= self.V.shape[0]:  # work in the rows the next block will occupy
+            w = self.V[m + nb : m + 2 * nb]
+            w.copy_(hx.T)
+        else:
+            w = hx.to(self.dtype).T.contiguous()
         scale = w.norm(dim=1)
         # coef[i, j] = v_j . H x_i: first against the vectors coupled to x (the three-term
         # recurrence, or the kept Ritz vectors after a restart), then one full pass over the
         # basis (a second one only if the DGKS criterion asks for it)
+        # (the coupled vectors and x form one contiguous run of rows: the previous block, or
+        # the kept Ritz vectors right after a restart, so a view of V serves without a copy)
         coupled = torch.nonzero(self.T[m : m + nb, :m].abs().sum(0)).reshape(-1)
-        local = torch.cat([coupled, torch.arange(m, m + nb, device=coupled.device)])
-        coef = torch.zeros(nb, m + nb, dtype=torch.float64, device=w.device)
-        coef[:, local] = self._project(w, self.V[local], passes=1)
+        lo = int(coupled.min()) if coupled.numel() else m
+        coef = torch.zeros(nb, m + nb, dtype=self.dtype, device=w.device)
+        coef[:, lo:] = self._project(w, self.V[lo : m + nb], passes=1)
         coef += self._project(w, self.V[: m + nb], passes=1)
         self.T[: m + nb, m : m + nb] = coef.T
         self.T[m : m + nb, : m + nb] = coef
@@ -225,7 +241,8 @@ class _KrylovBasis:
         self.nb = q.shape[0]
         if self.nb == 0:
             return
-        self.V[self.m : self.m + self.nb] = q
+        if q.data_ptr() != self.V[self.m].data_ptr():  # (already in place on the fast path)
+            self.V[self.m : self.m + self.nb] = q
         self.T[self.m : self.m + self.nb, : self.m] = 0
         self.T[self.m : self.m + self.nb, m : self.m] = r  # q_l . H x_i
         self.T[: self.m, self.m : self.m + self.nb] = self.T[self.m : self.m + self.nb, : self.m].T
@@ -244,11 +261,10 @@ class _KrylovBasis:
     def restart(self, s_keep: torch.Tensor, theta_keep: torch.Tensor) -> None:
         """Compress the basis to the Ritz vectors ``V^T s_keep`` plus the pending block."""
         m, nb, k = self.m, self.nb, s_keep.shape[1]
-        y = s_keep.T @ self.V[:m]
+        y = s_keep.T.to(self.dtype) @ self.V[:m]
         pending = self.V[m : m + nb].clone()
         coupling = self.T[m : m + nb, :m] @ s_keep
-        self.V.zero_()
-        self.T.zero_()
+        self.T.zero_()  # (rows of V past the pending block are written before they are read)
         self.V[:k] = y
         self.V[k : k + nb] = pending
         self.T[:k, :k] = torch.diag(theta_keep)
@@ -286,7 +302,7 @@ def lanczos_tridiagonal(
     t = basis.T[:m, :m]
     alpha = t.diagonal().clone()
     beta = t.diagonal(-1).clone()
-    return alpha, beta, basis.V[:m].clone() if return_basis else None
+    return alpha, beta, basis.V[:m].to(torch.float64) if return_basis else None
 
 
 def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
@@ -411,7 +427,7 @@ def lanczos_eigenvalues(
     idx = idx[order]
     vecs = None
     if return_eigenvectors:
-        vecs = (s[:, idx].T @ basis.V[:m]).T.contiguous()
+        vecs = (s[:, idx].T.to(basis.dtype) @ basis.V[:m]).T.to(torch.float64).contiguous()
     return LanczosResult(
         eigenvalues=theta[idx].cpu(),
         converged=(res[idx] <= torch.clamp(tol * theta[idx].abs(), min=8 * eps * anorm)).cpu(),

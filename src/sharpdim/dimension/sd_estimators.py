@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from sharpdim.curvature.measure import flat_measure as _flat
+from sharpdim.curvature.measure import silverman_bandwidth, weighted_quantiles
 from sharpdim.dimension.kaplan_yorke import KaplanYorkeResult, kaplan_yorke_measure
 from sharpdim.dynamics.jacobian_spectra import StepSpectrumConfig, block_singular_values
 from sharpdim.errors import SharpdimError
@@ -79,26 +81,6 @@ def exponent_measure(
     return values, masses
 
 
-def _flat(values: Any, masses: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    m = torch.as_tensor(masses, dtype=torch.float64).reshape(-1)
-    if v.shape != m.shape or v.numel() == 0:
-        raise SharpdimError("values and masses must be non-empty and of equal size")
-    if not (torch.isfinite(v).all() and torch.isfinite(m).all()) or (m < 0).any():
-        raise SharpdimError("the exponent measure holds NaN/inf or negative masses")
-    return v, m
-
-
-def weighted_quantiles(values: Any, masses: Any, levels: torch.Tensor) -> torch.Tensor:
-    """Lower quantiles ``inf{x : P(X <= x) >= q}`` of a weighted measure, for ``q`` in ``levels``."""
-    v, m = _flat(values, masses)
-    order = torch.argsort(v)
-    v, cdf = v[order], torch.cumsum(m[order], 0)
-    cdf = cdf / cdf[-1]
-    idx = torch.searchsorted(cdf, levels.to(torch.float64).clamp(0, 1))
-    return v[idx.clamp(max=v.numel() - 1)]
-
-
 def sd_histogram(values: Any, masses: Any, *, num_bins: int = 2000) -> KaplanYorkeResult:
     """SD-SLQ: Kaplan–Yorke dimension of the binned exponent measure (bin atoms at bin means)."""
     v, m = _flat(values, masses)
@@ -113,19 +95,6 @@ def sd_histogram(values: Any, masses: Any, *, num_bins: int = 2000) -> KaplanYor
     first = torch.zeros(num_bins, dtype=torch.float64).index_add_(0, idx, m * v)
     full = mass > 0
     return kaplan_yorke_measure(first[full] / mass[full], mass[full])
-
-
-def silverman_bandwidth(values: Any, masses: Any) -> float:
-    """Silverman's robust rule ``0.9 min(std, IQR/1.34) n_eff^{-1/5}`` for a weighted measure."""
-    v, m = _flat(values, masses)
-    p = m / m.sum()
-    mean = float((p * v).sum())
-    std = math.sqrt(max(float((p * (v - mean) ** 2).sum()), 0.0))
-    q = weighted_quantiles(v, m, torch.tensor([0.25, 0.75], dtype=torch.float64))
-    iqr = float(q[1] - q[0]) / 1.34
-    spread = min(std, iqr) if iqr > 0 else std
-    n_eff = 1.0 / float((p * p).sum())
-    return 0.9 * spread * n_eff ** (-0.2)
 
 
 def _kde_kernels(h: float, delta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,0 +1,52 @@
+"""Weighted point measures ``sum_j m_j delta_{v_j}``: checks, quantiles, KDE bandwidth.
+
+Shared by the spectral densities of :mod:`sharpdim.curvature.density` and the SD estimators
+of :mod:`sharpdim.dimension.sd_estimators` (Tuci et al., arXiv 2604.19740, App. C).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from sharpdim.errors import SharpdimError
+
+
+def flat_measure(values: Any, masses: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The atoms and masses as flat float64 tensors, checked (finite, masses >= 0, same size)."""
+    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    m = torch.as_tensor(masses, dtype=torch.float64).reshape(-1)
+    if v.shape != m.shape or v.numel() == 0:
+        raise SharpdimError(
+            "values and masses must be non-empty and of equal size: pass one mass per value"
+        )
+    if not (torch.isfinite(v).all() and torch.isfinite(m).all()) or (m < 0).any():
+        raise SharpdimError(
+            "the measure holds NaN/inf or negative masses: pass finite values and masses >= 0"
+        )
+    return v, m
+
+
+def weighted_quantiles(values: Any, masses: Any, levels: torch.Tensor) -> torch.Tensor:
+    """Lower quantiles ``inf{x : P(X <= x) >= q}`` of a weighted measure, for ``q`` in ``levels``."""
+    v, m = flat_measure(values, masses)
+    order = torch.argsort(v)
+    v, cdf = v[order], torch.cumsum(m[order], 0)
+    cdf = cdf / cdf[-1]
+    idx = torch.searchsorted(cdf, levels.to(torch.float64).clamp(0, 1))
+    return v[idx.clamp(max=v.numel() - 1)]
+
+
+def silverman_bandwidth(values: Any, masses: Any) -> float:
+    """Silverman's robust rule ``0.9 min(std, IQR/1.34) n_eff^{-1/5}`` for a weighted measure."""
+    v, m = flat_measure(values, masses)
+    p = m / m.sum()
+    mean = float((p * v).sum())
+    std = math.sqrt(max(float((p * (v - mean) ** 2).sum()), 0.0))
+    q = weighted_quantiles(v, m, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    iqr = float(q[1] - q[0]) / 1.34
+    spread = min(std, iqr) if iqr > 0 else std
+    n_eff = 1.0 / float((p * p).sum())
+    return 0.9 * spread * n_eff ** (-0.2)
