@@ -26,26 +26,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from _common import ce_loss, dump_json, machine
 from sharpdim.curvature.dense import dense_hessian
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def ce_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    return F.cross_entropy(model(batch[0]), batch[1])
 
 
 def teacher_data(n: int, d_in: int, classes: int, seed: int) -> Batch:
@@ -258,8 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, torch "
-        f"{torch.__version__}, {args.threads} threads",
+        "machine": f"{machine()}, torch {torch.__version__}, {args.threads} threads",
         "command": "python benchmarks/bench_curvature.py " + " ".join(argv or []),
     }
     if args.part in ("hvp", "all"):
@@ -292,9 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(c) dense Hessian ({d['num_params']} params) build {d['build_s']:.1f} s, "
             f"eigvalsh {d['eigvalsh_s']:.1f} s, ratio {d['build_over_eigvalsh']:.2f}"
         )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+    dump_json(args.out, out, indent=1)
     return out
 
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from _common import ce_loss, dump_json, machine
 from sharpdim.curvature.dense import dense_hessian
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.dimension.sharpness_dimension import sharpness_dimension
@@ -58,10 +58,6 @@ def relu_mlp(widths: list[int], seed: int = 0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    return nn.functional.cross_entropy(model(batch[0]), batch[1])
-
-
 def bench_exact(batch_size: int, repeats: int) -> dict[str, Any]:
     model = relu_mlp([784, 16, 16, 10])
     d = sum(p.numel() for p in model.parameters())
@@ -73,7 +69,7 @@ def bench_exact(batch_size: int, repeats: int) -> dict[str, Any]:
         idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(r))[:batch_size]
         batch = (x[idx], y[idx])
         t0 = time.perf_counter()
-        hess = dense_hessian(model, ce, batch, max_params=None).to(torch.float64)
+        hess = dense_hessian(model, ce_loss, batch, max_params=None).to(torch.float64)
         build_times.append(time.perf_counter() - t0)
         t0, c0 = time.perf_counter(), time.process_time()
         torch.linalg.eigvalsh(hess)
@@ -83,7 +79,7 @@ def bench_exact(batch_size: int, repeats: int) -> dict[str, Any]:
         t0, c0 = time.perf_counter(), time.process_time()
         res = sharpness_dimension(
             model,
-            ce,
+            ce_loss,
             batch,
             0.1,
             method="exact",
@@ -128,7 +124,7 @@ def bench_slq(batch_size: int, num_runs: int, num_steps: int, repeats: int) -> d
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(num_runs):  # num_steps HVPs on a fresh minibatch, graph build included
             idx = torch.randperm(data[0].shape[0], generator=gen)[:batch_size]
-            op = HessianOperator(model, ce, (data[0][idx], data[1][idx]))
+            op = HessianOperator(model, ce_loss, (data[0][idx], data[1][idx]))
             v = torch.randn(d, generator=gen)
             for _ in range(num_steps):
                 v = op @ v
@@ -138,7 +134,7 @@ def bench_slq(batch_size: int, num_runs: int, num_steps: int, repeats: int) -> d
         t0, c0 = time.perf_counter(), time.process_time()
         res = sharpness_dimension(
             model,
-            ce,
+            ce_loss,
             data,
             0.1,
             method="slq",
@@ -190,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": args.threads,
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine(),
     }
     if args.part in ("exact", "all"):
         out["exact"] = bench_exact(args.batch_size, args.repeats)
@@ -200,9 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bench_slq(b, args.num_runs, args.num_steps, args.repeats) for b in args.slq_batch_size
         ]
         print(json.dumps(out["slq"], indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=2)
+    dump_json(args.out, out)
     return out
 
 

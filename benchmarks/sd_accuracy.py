@@ -24,13 +24,13 @@ one noisy draw. Every ``R`` must divide ``R_max`` and be a multiple of ``K``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from _common import dump_json
 from sharpdim.curvature.dense import dense_hessian
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.curvature.slq import slq_spectrum
@@ -186,9 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for spec in [MODELS[i] for i in args.models]:
         rows += study_model(*spec, args)
         print(f"done {spec[0]} after {time.perf_counter() - start:.0f} s", flush=True)
-        if args.out:  # partial results survive an interruption
-            with open(args.out, "w") as f:
-                json.dump({"args": vars(args), "rows": rows, "partial": True}, f, indent=2)
+        # partial results survive an interruption
+        dump_json(args.out, {"args": vars(args), "rows": rows, "partial": True})
     md = table(rows, args.runs)
     print(md)
     out = {
@@ -197,9 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "table": md,
         "wall_time_s": time.perf_counter() - start,
     }
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=2)
+    dump_json(args.out, out)
     return out
 
 

@@ -4,43 +4,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sharpdim.cli import main
 
+TINY = "--n-train 100 --width 4 --depth 1"
+
+
+def _compute(out: Path, flags: str) -> dict[str, Any]:
+    """Run ``sharpdim sd compute FLAGS --json OUT`` (flags space separated); expect exit 0.
+
+    Returns the JSON payload written to ``out``.
+    """
+    assert main(["sd", "compute", *flags.split(), "--json", str(out)]) == 0
+    payload: dict[str, Any] = json.loads(out.read_text())
+    return payload
+
 
 def test_sd_compute_exact_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "sd.json"
-    code = main(
-        [
-            "sd",
-            "compute",
-            "--dataset",
-            "digits",
-            "--n-train",
-            "200",
-            "--width",
-            "6",
-            "--depth",
-            "1",
-            "--lr",
-            "0.5",
-            "--train-steps",
-            "10",
-            "--num-batches",
-            "3",
-            "--batch-size",
-            "32",
-            "--num-bootstrap",
-            "20",
-            "--json",
-            str(out),
-        ]
+    payload = _compute(
+        tmp_path / "sd.json",
+        "--dataset digits --n-train 200 --width 6 --depth 1 --lr 0.5 --train-steps 10 "
+        "--num-batches 3 --batch-size 32 --num-bootstrap 20",
     )
-    assert code == 0
     assert "Sharpness dimension" in capsys.readouterr().out
-    payload = json.loads(out.read_text())
     r = payload["result"]
     assert r["method"] == "exact" and r["optimizer"] == "sgd"
     assert r["num_params"] == 64 * 6 + 6 + 6 * 10 + 10
@@ -51,70 +40,20 @@ def test_sd_compute_exact_writes_json(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_sd_compute_momentum_and_adam(tmp_path: Path) -> None:
     for opt, n_exp in (("momentum", 2), ("adam", 2)):
-        out = tmp_path / f"{opt}.json"
-        code = main(
-            [
-                "sd",
-                "compute",
-                "--n-train",
-                "100",
-                "--width",
-                "4",
-                "--depth",
-                "1",
-                "--lr",
-                "0.05",
-                "--optimizer",
-                opt,
-                "--train-steps",
-                "5",
-                "--num-batches",
-                "2",
-                "--batch-size",
-                "16",
-                "--num-bootstrap",
-                "0",
-                "--json",
-                str(out),
-            ]
-        )
-        assert code == 0
-        r = json.loads(out.read_text())["result"]
+        r = _compute(
+            tmp_path / f"{opt}.json",
+            f"{TINY} --lr 0.05 --optimizer {opt} --train-steps 5 --num-batches 2 "
+            "--batch-size 16 --num-bootstrap 0",
+        )["result"]
         assert r["optimizer"] == opt and r["num_exponents"] == n_exp * r["num_params"]
 
 
 def test_sd_compute_slq_tiny(tmp_path: Path) -> None:
-    out = tmp_path / "slq.json"
-    code = main(
-        [
-            "sd",
-            "compute",
-            "--n-train",
-            "100",
-            "--width",
-            "4",
-            "--depth",
-            "1",
-            "--lr",
-            "0.5",
-            "--train-steps",
-            "3",
-            "--method",
-            "ps",
-            "--num-runs",
-            "4",
-            "--num-steps",
-            "8",
-            "--batch-size",
-            "16",
-            "--num-bootstrap",
-            "5",
-            "--json",
-            str(out),
-        ]
-    )
-    assert code == 0
-    r = json.loads(out.read_text())["result"]
+    r = _compute(
+        tmp_path / "slq.json",
+        f"{TINY} --lr 0.5 --train-steps 3 --method ps --num-runs 4 --num-steps 8 "
+        "--batch-size 16 --num-bootstrap 5",
+    )["result"]
     assert r["method"] == "ps" and r["settings"]["num_runs"] == 4
     assert 0 <= r["sd"] <= r["num_exponents"]
 

@@ -10,8 +10,8 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from sharpdim.commands._common import kv_table
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.curvature.summary import SpectrumSummary, spectrum_summary
 from sharpdim.dimension.sharpness_dimension import SDResult, sharpness_dimension
@@ -125,10 +125,7 @@ def _write_outputs(
 def _print_summary(
     console: Console, run: TrainResult, s: SpectrumSummary, res: SDResult, lr: float, out: Path
 ) -> None:
-    table = Table(title="Hessian spectrum summary")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    for key, value in _rows(run, s, res, lr).items():
-        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
-    console.print(table)
+    rows = _rows(run, s, res, lr).items()
+    shown = [(k, f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in rows]
+    console.print(kv_table("Hessian spectrum summary", shown))
     console.print(f"wrote {out / 'spectrum.png'}, {out / 'summary.json'}, {out / 'report.html'}")

@@ -12,19 +12,25 @@ look (the tests run each command at a tiny size).
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sharpdim.commands._common import (
+    depth_option,
+    float64_option,
+    kv_table,
+    parse_floats,
+    print_report,
+    progress_bar,
+    seed_option,
+    width_option,
+    write_json,
+)
 from sharpdim.errors import SharpdimError
 
 app = typer.Typer(
@@ -32,54 +38,24 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+# options of the two tanh-MLP commands (sharpening, thresholds) and of all four (--out)
 _OUT = typer.Option(Path("eos_results"), "--out", help="folder for the PNG and the JSON summary")
+_DATASET = typer.Option("digits", help="digits | mnist1d")
+_WIDTH = width_option(100, help="tanh MLP hidden width")
+_DEPTH = depth_option(2, help="tanh MLP hidden layers")
+_N_TRAIN = typer.Option(1000, help="training examples (the first of the split)")
+_EVERY = typer.Option(10, help="measure the sharpness every this many steps")
+_LATE_FRACTION = typer.Option(0.3, help="final share of training summarised")
+_FLOAT64 = float64_option()
+_SEED = seed_option("seed of data and initialisation")
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe values: NaN/inf become null, tensors lists, tuples lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, torch.Tensor):
-        return _plain(value.tolist())
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _write(out: Path, name: str, summary: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(_plain(summary), indent=2) + "\n")
-    return path
-
-
-@contextmanager
-def _bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar; yields ``update(completed)``."""
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-    )
-    task = progress.add_task(description, total=total)
-    with progress:
-        yield lambda done: progress.update(task, completed=done)
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise SharpdimError(
-            f"{what} {text!r} is not a list of numbers: use e.g. '0.2,0.3,0.5'"
-        ) from None
-    if not values:
-        raise SharpdimError(f"{what} is empty: give at least one number")
-    return values
+def _save(
+    out: Path, name: str, result: Any, plot: Callable[[Any, Path], Path]
+) -> tuple[Path, Path]:
+    """Write ``<out>/<name>.png`` (by ``plot``) and ``<out>/<name>.json``; return both paths."""
+    png = plot(result, out / f"{name}.png")
+    return png, write_json(out / f"{name}.json", result.to_dict())
 
 
 def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float64: bool) -> Any:
@@ -117,48 +93,56 @@ def _runs_table(title: str, result: Any) -> Table:
     return table
 
 
-def _run_monitored(
-    kind: str, runner: Callable[..., Any], num_runs: int, steps: int, **kwargs: Any
-) -> Any:
-    with _bar(kind, num_runs * steps) as update:
-        return runner(progress=lambda i, s, t: update(i * t + s), steps=steps, **kwargs)
+def _runs_command(
+    kind: str,
+    runner: Callable[..., Any],
+    num_runs: int,
+    title: str,
+    out: Path,
+    *,
+    steps: int,
+    **kwargs: Any,
+) -> None:
+    """Run ``runner`` (``num_runs`` monitored runs) under a progress bar, save and print it."""
+    from sharpdim.report.eos_figures import plot_eos_runs
+
+    with progress_bar(kind, num_runs * steps) as update:
+        result = runner(progress=lambda i, s, t: update(i * t + s), steps=steps, **kwargs)
+    png, js = _save(out, kind, result, plot_eos_runs)
+    print_report(_runs_table(title, result), png, js, seconds=result.wall_time_s)
 
 
 @app.command("sharpening")
 def sharpening(
     lrs: str = typer.Option("0.2,0.3,0.5", help="GD step sizes, comma separated"),
     steps: int = typer.Option(2000, help="GD steps per step size"),
-    every: int = typer.Option(10, help="measure the sharpness every this many steps"),
-    dataset: str = typer.Option("digits", help="digits | mnist1d"),
-    n_train: int = typer.Option(1000, help="training examples (the first of the split)"),
-    width: int = typer.Option(100, help="tanh MLP hidden width"),
-    depth: int = typer.Option(2, help="tanh MLP hidden layers"),
-    late_fraction: float = typer.Option(0.3, help="final share of training summarised"),
-    float64: bool = typer.Option(True, "--float64/--float32", help="model dtype"),
-    seed: int = typer.Option(0, help="seed of data and initialisation"),
+    every: int = _EVERY,
+    dataset: str = _DATASET,
+    n_train: int = _N_TRAIN,
+    width: int = _WIDTH,
+    depth: int = _DEPTH,
+    late_fraction: float = _LATE_FRACTION,
+    float64: bool = _FLOAT64,
+    seed: int = _SEED,
     out: Path = _OUT,
 ) -> None:
     """Progressive sharpening and EoS: GD on a tanh MLP with MSE (Cohen et al. 2021)."""
-    from sharpdim.report.eos_figures import plot_eos_runs
     from sharpdim.training.eos_experiments import progressive_sharpening
 
-    grid = _floats(lrs, "lrs")
+    grid = parse_floats(lrs, "lrs")
     setup = _setup(dataset, n_train, width, depth, seed, float64)
-    result = _run_monitored(
+    _runs_command(
         "sharpening",
         progressive_sharpening,
         len(grid),
-        steps,
+        "sharpness / (2/eta), last 30% of training",
+        out,
         lrs=grid,
         setup=setup,
+        steps=steps,
         every=every,
         late_fraction=late_fraction,
     )
-    png = plot_eos_runs(result, out / "sharpening.png")
-    js = _write(out, "sharpening", result.to_dict())
-    console = Console()
-    console.print(_runs_table("sharpness / (2/eta), last 30% of training", result))
-    console.print(f"wrote {png} and {js} ({result.wall_time_s:.1f} s)")
 
 
 @app.command("thresholds")
@@ -169,41 +153,37 @@ def thresholds(
     beta1: float = typer.Option(0.9, help="Adam beta1"),
     beta2: float = typer.Option(0.999, help="Adam beta2"),
     steps: int = typer.Option(2000, help="steps per run"),
-    every: int = typer.Option(10, help="measure every this many steps"),
-    dataset: str = typer.Option("digits", help="digits | mnist1d"),
-    n_train: int = typer.Option(1000, help="training examples"),
-    width: int = typer.Option(100, help="tanh MLP hidden width"),
-    depth: int = typer.Option(2, help="tanh MLP hidden layers"),
-    late_fraction: float = typer.Option(0.3, help="final share of training summarised"),
-    float64: bool = typer.Option(True, "--float64/--float32", help="model dtype"),
-    seed: int = typer.Option(0, help="seed of data and initialisation"),
+    every: int = _EVERY,
+    dataset: str = _DATASET,
+    n_train: int = _N_TRAIN,
+    width: int = _WIDTH,
+    depth: int = _DEPTH,
+    late_fraction: float = _LATE_FRACTION,
+    float64: bool = _FLOAT64,
+    seed: int = _SEED,
     out: Path = _OUT,
 ) -> None:
     """Heavy-ball momentum and Adam at their EoS thresholds (full batch, tanh MLP, MSE)."""
-    from sharpdim.report.eos_figures import plot_eos_runs
     from sharpdim.training.eos_experiments import optimizer_thresholds
 
     runs = [(n, lr) for n, lr in (("momentum", momentum_lr), ("adam", adam_lr)) if lr > 0]
     if not runs:
         raise SharpdimError("both step sizes are 0: give --momentum-lr or --adam-lr > 0")
     setup = _setup(dataset, n_train, width, depth, seed, float64)
-    result = _run_monitored(
+    _runs_command(
         "thresholds",
         optimizer_thresholds,
         len(runs),
-        steps,
+        "(preconditioned) sharpness / threshold, last 30%",
+        out,
         runs=runs,
         momentum=momentum,
         betas=(beta1, beta2),
         setup=setup,
+        steps=steps,
         every=every,
         late_fraction=late_fraction,
     )
-    png = plot_eos_runs(result, out / "thresholds.png")
-    js = _write(out, "thresholds", result.to_dict())
-    console = Console()
-    console.print(_runs_table("(preconditioned) sharpness / threshold, last 30%", result))
-    console.print(f"wrote {png} and {js} ({result.wall_time_s:.1f} s)")
 
 
 @app.command("minimalist")
@@ -230,7 +210,7 @@ def minimalist(
     ratio_lrs = torch.linspace(lr_min, lr_max, num_lrs, dtype=torch.float64).tolist()
     bif_lrs = torch.linspace(bif_min, bif_max, bif_num, dtype=torch.float64).tolist()
     trace = [lr for lr in (0.05, 0.3, 0.45) if lr_min <= lr <= lr_max] or [lr_max]
-    with _bar("minimalist", 2 * steps) as update:
+    with progress_bar("minimalist", 2 * steps) as update:
         result = minimalist_experiment(
             ratio_lrs=ratio_lrs,
             bifurcation_lrs=bif_lrs,
@@ -239,13 +219,9 @@ def minimalist(
             trace_lrs=trace,
             progress=lambda done, _total: update(done),
         )
-    png = plot_minimalist(result, out / "minimalist.png")
-    js = _write(out, "minimalist", result.to_dict())
+    png, js = _save(out, "minimalist", result, plot_minimalist)
     rs, bs = result.ratio_summary, result.bifurcation_summary
     stats = rs.ratio_stats()
-    table = Table(title="minimalist example")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
     rows = [
         ("reference sharpness (smallest eta)", f"{rs.reference_sharpness:.4f}"),
         ("EoS step sizes", f"{len(rs.eos_lrs)}"),
@@ -260,11 +236,7 @@ def minimalist(
         ("largest Lyapunov exponent", f"{bs.max_lyapunov:.3f}"),
         ("first diverged eta", f"{bs.first_diverged:.4g}"),
     ]
-    for k, v in rows:
-        table.add_row(k, v)
-    console = Console()
-    console.print(table)
-    console.print(f"wrote {png} and {js} ({result.wall_time_s:.1f} s)")
+    print_report(kv_table("minimalist example", rows), png, js, seconds=result.wall_time_s)
 
 
 @app.command("fractal")
@@ -276,7 +248,7 @@ def fractal(
     frequency: float = typer.Option(4.0, help="k"),
     noise_std: float = typer.Option(0.1, help="sigma of the additive Gaussian noise"),
     init_range: float = typer.Option(3.0, help="initial points uniform in [-r, r]^2"),
-    seed: int = typer.Option(0, help="seed of the initial points and the noise"),
+    seed: int = seed_option("seed of the initial points and the noise"),
     out: Path = _OUT,
 ) -> None:
     """The toy fractal attractor: noisy GD on 0.5|x|^2 - A cos(k x1) cos(k x2) (paper Fig. 6)."""
@@ -293,13 +265,12 @@ def fractal(
         init_range=init_range,
         generator=torch.Generator().manual_seed(seed),
     )
-    png = plot_fractal(result, out / "fractal.png")
-    summary = result.to_dict()
-    js = _write(out, "fractal", summary)
-    console = Console()
-    console.print(
+    png, js = _save(out, "fractal", result, plot_fractal)
+    median = float(result.final_sharpness.median())
+    print_report(
         f"2/eta = {result.threshold:.4g}; share of particles with sharpness above it: "
-        f"{result.eos_fraction:.3f}; median sharpness {summary['median_sharpness']:.3f}; "
-        f"box-counting slope {result.box_dimension:.3f}"
+        f"{result.eos_fraction:.3f}; median sharpness {median:.3f}; "
+        f"box-counting slope {result.box_dimension:.3f}",
+        png,
+        js,
     )
-    console.print(f"wrote {png} and {js}")

@@ -8,7 +8,6 @@ with :func:`sharpdim.dimension.sharpness_dimension.sharpness_dimension` and prin
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sharpdim.commands._common import (
+    dataset_option,
+    depth_option,
+    float64_option,
+    json_option,
+    kv_table,
+    seed_option,
+    width_option,
+    write_json,
+)
 from sharpdim.dimension.sharpness_dimension import METHODS, SDResult, sharpness_dimension
 from sharpdim.errors import SharpdimError
 
@@ -37,9 +46,6 @@ _TRAIN_TO_SD = {
 
 
 def _table(result: SDResult, extra: dict[str, Any]) -> Table:
-    table = Table(title="Sharpness dimension", show_header=True)
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
     ci = "-" if result.num_bootstrap == 0 else f"[{result.ci_low:.3f}, {result.ci_high:.3f}]"
     rows = [
         ("SD", f"{result.sd:.4f}"),
@@ -53,17 +59,15 @@ def _table(result: SDResult, extra: dict[str, Any]) -> Table:
         ("SD wall time (s)", f"{result.wall_time_s:.2f}"),
     ]
     rows += [(k, v if isinstance(v, str) else f"{v:.4g}") for k, v in extra.items()]
-    for k, v in rows:
-        table.add_row(k, v)
-    return table
+    return kv_table("Sharpness dimension", rows)
 
 
 @app.command("compute")
 def compute(
-    dataset: str = typer.Option("digits", help="digits | mnist1d | modular | teacher_student"),
+    dataset: str = dataset_option(),
     n_train: int | None = typer.Option(None, help="training examples (dataset default if unset)"),
-    width: int = typer.Option(32, help="MLP hidden width"),
-    depth: int = typer.Option(2, help="MLP hidden layers"),
+    width: int = width_option(32),
+    depth: int = depth_option(2),
     activation: str = typer.Option("tanh", help="tanh | relu | gelu"),
     loss: str = typer.Option("mse", help="mse | ce"),
     lr: float = typer.Option(0.1, help="step size of training and of the SD's optimizer step"),
@@ -80,9 +84,9 @@ def compute(
     num_steps: int = typer.Option(100, help="Lanczos steps per run (slq/kde/ps)"),
     num_bootstrap: int = typer.Option(200, help="bootstrap resamples for the CI (0: none)"),
     max_params: int = typer.Option(20_000, help="largest model for method=exact"),
-    float64: bool = typer.Option(True, "--float64/--float32", help="model dtype"),
-    seed: int = typer.Option(0, help="seed of data, model, training and SD sampling"),
-    json_out: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
+    float64: bool = float64_option(),
+    seed: int = seed_option("seed of data, model, training and SD sampling"),
+    json_out: Path | None = json_option(),
 ) -> None:
     """Train an MLP briefly, then compute its sharpness dimension and print it."""
     from sharpdim.training.datasets import load_dataset
@@ -184,16 +188,4 @@ def compute(
                 "final_test_accuracy": trained.final_test_accuracy,
             },
         }
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
-
-
-def _finite(obj: Any) -> Any:
-    """Replace NaN/inf floats by ``None`` so the JSON is strict."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+        write_json(json_out, payload)

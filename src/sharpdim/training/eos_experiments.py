@@ -252,6 +252,54 @@ def _check_common(steps: int, every: int, late_fraction: float) -> None:
         )
 
 
+def _monitored_runs(
+    kind: str,
+    runs: Sequence[tuple[str, float]],
+    setup: MLPSetup,
+    *,
+    steps: int,
+    every: int,
+    late_fraction: float,
+    max_examples: int | None,
+    tol: float,
+    progress: Progress | None,
+    **hyper: Any,
+) -> EoSRunsResult:
+    """One :func:`monitored_run` per ``(optimizer, lr)`` on ``setup``'s data, in order.
+
+    ``hyper`` (e.g. ``momentum``, ``betas``) goes to every run's
+    :class:`~sharpdim.training.loop.TrainConfig`.
+    """
+    data = setup.data()
+    start = time.perf_counter()
+    out = []
+    for i, (name, lr) in enumerate(runs):
+        config = TrainConfig(
+            optimizer=name,
+            lr=float(lr),
+            steps=steps,
+            loss=setup.loss,
+            seed=setup.seed,
+            keep_snapshots=False,
+            **hyper,
+        )
+        out.append(
+            monitored_run(
+                setup,
+                data,
+                config,
+                every=every,
+                late_fraction=late_fraction,
+                max_examples=max_examples,
+                tol=tol,
+                progress=_for_run(progress, i),
+            )
+        )
+    return EoSRunsResult(
+        kind, setup, steps, every, late_fraction, tuple(out), time.perf_counter() - start
+    )
+
+
 def progressive_sharpening(
     lrs: Sequence[float] = (0.2, 0.3, 0.5),
     *,
@@ -279,33 +327,16 @@ def progressive_sharpening(
     _check_common(steps, every, late_fraction)
     if not lrs or any(not lr > 0 for lr in lrs):
         raise SharpdimError(f"lrs={list(lrs)}: give one or more positive step sizes")
-    setup = setup or MLPSetup()
-    data = setup.data()
-    start = time.perf_counter()
-    runs = []
-    for i, lr in enumerate(lrs):
-        config = TrainConfig(
-            optimizer="gd",
-            lr=float(lr),
-            steps=steps,
-            loss=setup.loss,
-            seed=setup.seed,
-            keep_snapshots=False,
-        )
-        runs.append(
-            monitored_run(
-                setup,
-                data,
-                config,
-                every=every,
-                late_fraction=late_fraction,
-                max_examples=max_examples,
-                tol=tol,
-                progress=_for_run(progress, i),
-            )
-        )
-    return EoSRunsResult(
-        "sharpening", setup, steps, every, late_fraction, tuple(runs), time.perf_counter() - start
+    return _monitored_runs(
+        "sharpening",
+        [("gd", lr) for lr in lrs],
+        setup or MLPSetup(),
+        steps=steps,
+        every=every,
+        late_fraction=late_fraction,
+        max_examples=max_examples,
+        tol=tol,
+        progress=progress,
     )
 
 
@@ -338,35 +369,18 @@ def optimizer_thresholds(
     _check_common(steps, every, late_fraction)
     if not runs:
         raise SharpdimError("no runs given: pass (optimizer, lr) pairs, e.g. ('adam', 0.001)")
-    setup = setup or MLPSetup()
-    data = setup.data()
-    start = time.perf_counter()
-    out = []
-    for i, (name, lr) in enumerate(runs):
-        config = TrainConfig(
-            optimizer=name,
-            lr=float(lr),
-            momentum=momentum,
-            betas=betas,
-            steps=steps,
-            loss=setup.loss,
-            seed=setup.seed,
-            keep_snapshots=False,
-        )
-        out.append(
-            monitored_run(
-                setup,
-                data,
-                config,
-                every=every,
-                late_fraction=late_fraction,
-                max_examples=max_examples,
-                tol=tol,
-                progress=_for_run(progress, i),
-            )
-        )
-    return EoSRunsResult(
-        "thresholds", setup, steps, every, late_fraction, tuple(out), time.perf_counter() - start
+    return _monitored_runs(
+        "thresholds",
+        runs,
+        setup or MLPSetup(),
+        steps=steps,
+        every=every,
+        late_fraction=late_fraction,
+        max_examples=max_examples,
+        tol=tol,
+        progress=progress,
+        momentum=momentum,
+        betas=betas,
     )
 
 

@@ -41,9 +41,10 @@ from sharpdim.training.datasets import Dataset
 from sharpdim.training.losses import get_loss
 from sharpdim.training.optimizers import (
     ADAPTIVE,
+    adam_diagonal,
     adam_preconditioner,
-    optimizer_name,
-    stability_threshold,
+    optimizer_stability_threshold,
+    param_groups_by_id,
 )
 
 
@@ -122,7 +123,7 @@ def upcoming_adam_preconditioner(
     """
     if any(p.grad is None for p in params):
         return adam_preconditioner(optimizer, params)
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    group_of = param_groups_by_id(optimizer)
     pieces = []
     for p in params:
         if id(p) not in group_of:
@@ -131,18 +132,14 @@ def upcoming_adam_preconditioner(
                 "that trains this model"
             )
         group = group_of[id(p)]
-        if group.get("amsgrad", False):
-            raise SharpdimError("amsgrad is not supported here: use amsgrad=False")
-        beta1, beta2 = group["betas"]
         state = optimizer.state.get(p, {})
         grad = p.grad.detach()  # type: ignore[union-attr]
         if isinstance(optimizer, torch.optim.Adam) and not isinstance(optimizer, torch.optim.AdamW):
             grad = grad + group["weight_decay"] * p.detach()
+        beta2 = group["betas"][1]
         v = state.get("exp_avg_sq", torch.zeros_like(p))
-        t = float(state.get("step", 0.0)) + 1.0
         v_new = beta2 * v + (1.0 - beta2) * grad * grad
-        p_diag = (1.0 - beta1**t) * ((v_new / (1.0 - beta2**t)).sqrt() + group["eps"])
-        pieces.append(p_diag.reshape(-1))
+        pieces.append(adam_diagonal(group, v_new, float(state.get("step", 0.0)) + 1.0))
     return torch.cat(pieces)
 
 
@@ -255,15 +252,8 @@ class EoSMonitor:
         hessian = self._hessian(model)
         name, lr, threshold = "unknown", math.nan, math.nan
         if optimizer is not None:
-            name = optimizer_name(optimizer)
-            group = optimizer.param_groups[0]
-            lr = float(group["lr"])
-            threshold = stability_threshold(
-                name,
-                lr,
-                momentum=float(group.get("momentum", 0.0)),
-                betas=tuple(group.get("betas", (0.9, 0.999))),
-            )
+            name, threshold = optimizer_stability_threshold(optimizer)
+            lr = float(optimizer.param_groups[0]["lr"])
         matvecs, converged = 0, True
         sharpness, pre = math.nan, None
         if name not in ADAPTIVE or self.raw_sharpness:

@@ -19,6 +19,7 @@ that curvature, does not diverge):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -153,7 +154,7 @@ def adam_preconditioner(
         raise SharpdimError(
             f"{type(optimizer).__name__} has no Adam preconditioner: pass an Adam/AdamW optimizer"
         )
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    group_of = param_groups_by_id(optimizer)
     chosen = (
         list(params)
         if params is not None
@@ -167,11 +168,23 @@ def adam_preconditioner(
                 "the Adam optimizer has no state for a parameter yet: take at least one step "
                 "(and pass parameters this optimizer owns) before asking for its preconditioner"
             )
-        group = group_of[id(p)]
-        if group.get("amsgrad", False):
-            raise SharpdimError("amsgrad is not supported here: use amsgrad=False")
-        beta1, beta2 = group["betas"]
-        t = float(state["step"])
-        v_hat = state["exp_avg_sq"] / (1.0 - beta2**t)
-        pieces.append(((1.0 - beta1**t) * (v_hat.sqrt() + group["eps"])).reshape(-1))
+        pieces.append(adam_diagonal(group_of[id(p)], state["exp_avg_sq"], float(state["step"])))
     return torch.cat(pieces)
+
+
+def param_groups_by_id(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, Any]]:
+    """``{id(parameter): its param group}`` over all of ``optimizer``'s groups."""
+    return {id(p): g for g in optimizer.param_groups for p in g["params"]}
+
+
+def adam_diagonal(group: dict[str, Any], exp_avg_sq: torch.Tensor, step: float) -> torch.Tensor:
+    """Adam's preconditioner ``P = (1 - beta1^t) (sqrt(v / (1 - beta2^t)) + eps)``, flattened.
+
+    ``group`` is the parameter's param group (``betas``, ``eps``), ``exp_avg_sq`` its second
+    moment ``v`` and ``step`` the step count ``t`` (Cohen et al. 2022).
+    """
+    if group.get("amsgrad", False):
+        raise SharpdimError("amsgrad is not supported here: use amsgrad=False")
+    beta1, beta2 = group["betas"]
+    v_hat = exp_avg_sq / (1.0 - beta2**step)
+    return ((1.0 - beta1**step) * (v_hat.sqrt() + group["eps"])).reshape(-1)
