@@ -2,7 +2,7 @@
 
 1. Lyapunov step (``TrainingMap.jvp`` with ``k`` tangents + QR) vs a plain training step
    (``torch.optim.SGD``: forward, backward, update) on an MLP; reported per tangent vector
-   (target <= 3x).
+   (target <= 3x). Timed in interleaved rounds (best of each), so CPU load hits all alike.
 2. PH0 dimension of 5,000 points in dimension 10,000 (a random walk, like SGD iterates):
    wall time and the resident-memory peak.
 
@@ -12,8 +12,11 @@ Run: ``python benchmarks/bench_chaos.py [--quick]``.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import resource
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -26,14 +29,21 @@ from sharpdim.training.losses import mse_loss
 from sharpdim.training.models import build_mlp
 
 
-def _best(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    times = []
+def _interleaved_best(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` time of each function, measured in interleaved rounds.
+
+    Each round times every function once, so slow phases of a shared CPU hit all of them
+    alike and the ratios stay meaningful.
+    """
+    for fn in fns.values():
+        fn()  # warm up
+    best = dict.fromkeys(fns, math.inf)
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
 
 
 def bench_lyapunov_step(repeats: int) -> None:
@@ -49,17 +59,19 @@ def bench_lyapunov_step(repeats: int) -> None:
 
     phi = TrainingMap(model, mse_loss, [batch], lr=0.01)
     x = get_flat_params(trainable_parameters(model))
-    base = _best(train_step, repeats)
-    print(f"MLP 64-128-128-10 ({phi.num_params} params), batch 512, float32")
-    print(f"plain training step: {base * 1e3:.2f} ms")
+    fns: dict[str, Callable[[], object]] = {"train": train_step}
     for k in (1, 4, 16):
         q = torch.linalg.qr(torch.randn(phi.num_params, k))[0]
-
-        def lyap_step(q: torch.Tensor = q) -> None:
-            _, v = phi.jvp(x, 0, q)
-            _qr_positive(v)
-
-        t = _best(lyap_step, repeats)
+        fns[f"k={k}"] = lambda q=q: _qr_positive(phi.jvp(x, 0, q)[1])
+    best = _interleaved_best(fns, repeats)
+    base = best["train"]
+    print(
+        f"MLP 64-128-128-10 ({phi.num_params} params), batch 512, float32, "
+        f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.2f}"
+    )
+    print(f"plain training step: {base * 1e3:.2f} ms")
+    for k in (1, 4, 16):
+        t = best[f"k={k}"]
         print(
             f"Lyapunov step k={k:2d}: {t * 1e3:.2f} ms = {t / base:.2f}x a training step, "
             f"{t / base / k:.2f}x per tangent vector"

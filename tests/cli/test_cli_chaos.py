@@ -30,6 +30,7 @@ def test_compare_writes_json_and_figure(tmp_path: Path) -> None:
             "--lyap-steps", "10",
             "--warmup", "2",
             "--num-iterates", "30",
+            "--seeds", "2",
             "--out", str(out),
         ]
     )  # fmt: skip
@@ -37,6 +38,12 @@ def test_compare_writes_json_and_figure(tmp_path: Path) -> None:
     payload = json.loads((out / "chaos_compare.json").read_text())
     for case in payload["cases"].values():
         assert len(case["lyapunov"]["exponents"]) == 2
+        per_seed = case["largest_lyapunov_per_seed"]
+        assert len(per_seed) == 2 and per_seed[0] == case["largest_lyapunov"]
+        assert abs(case["largest_lyapunov_seed_mean"] - sum(per_seed) / 2) < 1e-12
+        assert (
+            abs(case["largest_lyapunov_seed_stderr"] - abs(per_seed[0] - per_seed[1]) / 2) < 1e-12
+        )
         assert case["ph0_dimension"] is None or case["ph0_dimension"] > 0
         assert case["sd"] >= 0
     assert (out / "chaos_compare.png").stat().st_size > 1000

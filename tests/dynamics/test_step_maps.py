@@ -162,3 +162,58 @@ def test_jacobian_equals_jacobian_of_real_torch_optim_step(
     torch.testing.assert_close(real(x).detach(), phi.step(x, 3), rtol=0, atol=1e-13)
     jac = real_step_jacobian(model, _ce, batches[0], name, x, lr=0.3, step_number=4, **kwargs)
     torch.testing.assert_close(phi.jacobian(x, 3), jac, rtol=1e-10, atol=1e-12)
+
+
+def _layernorm_model() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Linear(3, 5),
+        nn.LayerNorm(5),
+        nn.Tanh(),
+        nn.Linear(5, 5),
+        nn.LayerNorm(5),
+        nn.Linear(5, 2),
+    ).double()
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_jvp_on_layernorm_model_equals_jacobian_of_real_torch_optim_step(name: str) -> None:
+    """Double backward through LayerNorm is exact (vmapped torch.func double backward is not)."""
+    model, batches = _layernorm_model(), _batches()
+    phi = TrainingMap(model, _ce, batches, optimizer=name, lr=0.3, mode="eval")
+    x = phi.initial_state()
+    for t in range(3):
+        x = phi.step(x, t)
+    jac = real_step_jacobian(model, _ce, batches[0], name, x, lr=0.3, step_number=4)
+    tangents = torch.randn(
+        phi.state_dim, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4)
+    )
+    x_next, jt = phi.jvp(x, 3, tangents)
+    torch.testing.assert_close(
+        x_next,
+        real_step_fn(model, _ce, batches[0], name, lr=0.3, step_number=4)(x).detach(),
+        rtol=0,
+        atol=1e-13,
+    )
+    torch.testing.assert_close(jt, jac @ tangents, rtol=1e-9, atol=1e-11)
+
+
+def test_tied_parameters_and_model_left_untouched() -> None:
+    """A parameter shared by two layers gets one block of the state; the model is restored."""
+    torch.manual_seed(5)
+    first, second = nn.Linear(3, 3, bias=False), nn.Linear(3, 3)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.Tanh(), second, nn.Linear(3, 2)).double()
+    batches = _batches()
+    phi = TrainingMap(model, _ce, batches, lr=0.2)
+    assert phi.num_params == 9 + 3 + 6 + 2
+    x = phi.initial_state() + 0.1
+    jac = phi.jacobian(x, 0)
+    tangents = torch.randn(phi.state_dim, 2, dtype=torch.float64)
+    _, jt = phi.jvp(x, 0, tangents)
+    torch.testing.assert_close(jt, jac @ tangents, rtol=1e-9, atol=1e-12)
+    assert model[2].weight is model[0].weight
+    assert all(
+        isinstance(p, nn.Parameter | None) for m in model.modules() for p in m._parameters.values()
+    )
+    torch.testing.assert_close(phi.initial_state() + 0.1, x)

@@ -4,7 +4,8 @@
   optimizer step at the end of training (:func:`sharpdim.dynamics.lyapunov.lyapunov_spectrum`
   on a :class:`~sharpdim.dynamics.step_maps.TrainingMap`).
 * ``sharpdim chaos compare``: the same MLP trained at the edge of stability and well below it;
-  for each run the largest Lyapunov exponent, the divergence rate of two runs ``delta`` apart
+  for each run the largest Lyapunov exponent (also as mean and standard error over ``--seeds``
+  independent runs), the divergence rate of two runs ``delta`` apart
   (same batches), the Kaplan–Yorke dimension of the top-k spectrum, the sharpness dimension,
   the PH0 dimension (Euclidean and loss pseudo-metric) and ``E_1`` of the last iterates; a
   table, a JSON file and a figure.
@@ -57,44 +58,30 @@ def _power_sharpness(model: torch.nn.Module, loss_fn: Any, batch: Any, iters: in
     return lam
 
 
-def run_case(
+def _train_and_lyapunov(
     *,
     lr: float,
-    dataset: str = "digits",
-    n_train: int = 256,
-    width: int = 16,
-    depth: int = 2,
-    train_steps: int = 2000,
-    batch_size: int | None = None,
-    k: int = 6,
-    lyap_steps: int = 300,
-    warmup: int = 50,
-    delta: float = 1e-8,
-    num_iterates: int = 500,
-    sd_batches: int = 4,
-    seed: int = 0,
-    progress: Progress | None = None,
+    dataset: str,
+    n_train: int,
+    width: int,
+    depth: int,
+    train_steps: int,
+    batch_size: int | None,
+    k: int,
+    lyap_steps: int,
+    warmup: int,
+    num_iterates: int,
+    seed: int,
 ) -> dict[str, Any]:
-    """Train one MLP by GD/SGD at ``lr`` and measure every chaos/geometry quantity of its end."""
+    """Train one MLP (seed ``seed``) and take the top-``k`` Lyapunov spectrum of its step."""
     from sharpdim.curvature.params import get_flat_params, trainable_parameters
-    from sharpdim.dimension.lifetime_sum import alpha_weighted_lifetime_sum
-    from sharpdim.dimension.ph_dimension import ph_dimension
-    from sharpdim.dimension.sharpness_dimension import sharpness_dimension
-    from sharpdim.dynamics.divergence import trajectory_divergence
     from sharpdim.dynamics.lyapunov import lyapunov_spectrum
     from sharpdim.dynamics.step_maps import TrainingMap
     from sharpdim.training.datasets import load_dataset
     from sharpdim.training.loop import TrainConfig
     from sharpdim.training.losses import mse_loss
     from sharpdim.training.models import build_mlp
-    from sharpdim.training.trajectory import capture_backward, fresh_batches, per_example_losses
-
-    start = time.perf_counter()
-    task = progress.add_task(f"lr={lr:g}", total=6) if progress is not None else None
-
-    def advance(what: str) -> None:
-        if progress is not None and task is not None:
-            progress.update(task, advance=1, description=f"lr={lr:g}: {what}")
+    from sharpdim.training.trajectory import capture_backward, fresh_batches
 
     data = load_dataset(dataset, seed=seed, n_train=n_train, dtype=torch.float64)
     model = build_mlp(data.input_dim, data.num_outputs, width=width, depth=depth, seed=seed)
@@ -106,12 +93,10 @@ def run_case(
     trained, traj = capture_backward(model, data, config, num_iterates)
     if trained.diverged:
         raise SharpdimError(
-            f"training at lr={lr:g} diverged at step {trained.diverged_at}: lower the lr"
+            f"training at lr={lr:g} (seed {seed}) diverged at step {trained.diverged_at}: "
+            "lower the lr"
         )
-    advance("trained")
-    params = trainable_parameters(model)
-    w_star = get_flat_params(params)
-    sharp = _power_sharpness(model, mse_loss, data.train_batch())
+    w_star = get_flat_params(trainable_parameters(model))
     batches = fresh_batches(
         data, batch_size, warmup + lyap_steps, torch.Generator().manual_seed(seed + 1)
     )
@@ -119,7 +104,85 @@ def run_case(
     lyap = lyapunov_spectrum(
         phi, w_star, k, lyap_steps, warmup=warmup, generator=torch.Generator().manual_seed(seed)
     )
-    advance("Lyapunov")
+    return dict(
+        data=data, model=model, trained=trained, traj=traj, w_star=w_star, phi=phi, lyap=lyap
+    )
+
+
+def _mean_stderr(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (NaN error for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def run_case(
+    *,
+    lr: float,
+    dataset: str = "digits",
+    n_train: int = 1024,
+    width: int = 32,
+    depth: int = 2,
+    train_steps: int = 500,
+    batch_size: int | None = None,
+    k: int = 8,
+    lyap_steps: int = 400,
+    warmup: int = 50,
+    delta: float = 1e-8,
+    num_iterates: int = 500,
+    sd_batches: int = 4,
+    seed: int = 0,
+    seeds: int = 3,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train MLPs by GD/SGD at ``lr`` and measure every chaos/geometry quantity of their end.
+
+    The largest Lyapunov exponent is measured on ``seeds`` independent runs (data split,
+    initialisation and batches from seeds ``seed, seed + 1, ...``) and reported as their mean
+    with the standard error over runs; the other quantities come from the run of ``seed``.
+    """
+    from sharpdim.dimension.lifetime_sum import alpha_weighted_lifetime_sum
+    from sharpdim.dimension.ph_dimension import ph_dimension
+    from sharpdim.dimension.sharpness_dimension import sharpness_dimension
+    from sharpdim.dynamics.divergence import trajectory_divergence
+    from sharpdim.training.losses import mse_loss
+    from sharpdim.training.trajectory import per_example_losses
+
+    if seeds < 1:
+        raise SharpdimError(f"seeds={seeds}: pass seeds >= 1")
+    start = time.perf_counter()
+    task = progress.add_task(f"lr={lr:g}", total=4 + seeds) if progress is not None else None
+
+    def advance(what: str) -> None:
+        if progress is not None and task is not None:
+            progress.update(task, advance=1, description=f"lr={lr:g}: {what}")
+
+    run_opts: dict[str, Any] = dict(
+        lr=lr,
+        dataset=dataset,
+        n_train=n_train,
+        width=width,
+        depth=depth,
+        train_steps=train_steps,
+        batch_size=batch_size,
+        k=k,
+        lyap_steps=lyap_steps,
+        warmup=warmup,
+    )
+    main = _train_and_lyapunov(num_iterates=num_iterates, seed=seed, **run_opts)
+    data, model, trained, traj = main["data"], main["model"], main["trained"], main["traj"]
+    w_star, phi, lyap = main["w_star"], main["phi"], main["lyap"]
+    advance("trained, Lyapunov")
+    per_seed = [lyap.largest]
+    for extra in range(1, seeds):
+        other = _train_and_lyapunov(num_iterates=1, seed=seed + extra, **run_opts)
+        per_seed.append(other["lyap"].largest)
+        advance(f"Lyapunov of seed {seed + extra}")
+    lyap_mean, lyap_sem = _mean_stderr(per_seed)
+    sharp = _power_sharpness(model, mse_loss, data.train_batch())
     div = trajectory_divergence(
         phi, w_star, lyap_steps, delta=delta, generator=torch.Generator().manual_seed(seed)
     )
@@ -158,9 +221,13 @@ def run_case(
         "lyapunov": lyap.to_dict(),
         "largest_lyapunov": lyap.largest,
         "largest_lyapunov_stderr": float(lyap.stderr[0]),
+        "largest_lyapunov_per_seed": per_seed,
+        "largest_lyapunov_seed_mean": lyap_mean,
+        "largest_lyapunov_seed_stderr": lyap_sem,
         "kaplan_yorke_top_k": lyap.kaplan_yorke,
         "divergence": div.to_dict(),
         "divergence_rate": div.growth_rate,
+        "divergence_rate_stderr": div.growth_rate_stderr,
         "sd": sd.sd,
         "sd_lambda_1": sd.lambda_1,
         "ph0_dimension": ph.dimension,
@@ -177,7 +244,9 @@ _ROWS = [
     ("sharpness (full batch)", "sharpness_full_batch"),
     ("2 / lr", "threshold_2_over_lr"),
     ("largest Lyapunov exponent", "largest_lyapunov"),
-    ("  its stderr", "largest_lyapunov_stderr"),
+    ("  its stderr (time blocks)", "largest_lyapunov_stderr"),
+    ("  mean over seeds", "largest_lyapunov_seed_mean"),
+    ("  its stderr (over seeds)", "largest_lyapunov_seed_stderr"),
     ("divergence rate (per step)", "divergence_rate"),
     ("Kaplan-Yorke dim. of top-k", "kaplan_yorke_top_k"),
     ("sharpness dimension (SD)", "sd"),
@@ -215,19 +284,20 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 @app.command("compare")
 def compare(
-    lr_eos: float = typer.Option(1.35, help="step size that trains at the edge of stability"),
-    lr_below: float = typer.Option(0.05, help="step size well below the edge of stability"),
+    lr_eos: float = typer.Option(1.5, help="step size that trains at the edge of stability"),
+    lr_below: float = typer.Option(0.1, help="step size well below the edge of stability"),
     dataset: str = typer.Option("digits", help="digits | mnist1d | modular | teacher_student"),
-    n_train: int = typer.Option(256, help="training examples"),
-    width: int = typer.Option(16, help="MLP hidden width"),
+    n_train: int = typer.Option(1024, help="training examples"),
+    width: int = typer.Option(32, help="MLP hidden width"),
     depth: int = typer.Option(2, help="MLP hidden layers"),
-    train_steps: int = typer.Option(2000, help="training steps"),
+    train_steps: int = typer.Option(500, help="training steps before measuring"),
     batch_size: int | None = typer.Option(None, help="minibatch size (default: full batch GD)"),
-    k: int = typer.Option(6, help="number of Lyapunov exponents"),
-    lyap_steps: int = typer.Option(300, help="steps averaged by the Lyapunov/divergence runs"),
+    k: int = typer.Option(8, help="number of Lyapunov exponents"),
+    lyap_steps: int = typer.Option(400, help="steps averaged by the Lyapunov/divergence runs"),
     warmup: int = typer.Option(50, help="Lyapunov warmup steps"),
     num_iterates: int = typer.Option(500, help="last iterates kept for PH0 / E_alpha"),
     seed: int = typer.Option(0, help="seed of data, model and sampling"),
+    seeds: int = typer.Option(3, help="independent runs for the largest Lyapunov exponent"),
     out: Path = typer.Option(Path("chaos_compare"), help="output folder (JSON + figure)"),
 ) -> None:
     """Train the same MLP at the edge of stability and well below; compare chaos measures."""
@@ -245,6 +315,7 @@ def compare(
         warmup=warmup,
         num_iterates=num_iterates,
         seed=seed,
+        seeds=seeds,
     )
     start = time.perf_counter()
     with Progress(transient=True) as progress:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import matplotlib.pyplot as plt
 def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """Save a three-panel comparison of training runs (``sharpdim chaos compare`` output).
 
-    Panels: finite-time largest Lyapunov exponent against steps; log distance of two runs
+    Panels: finite-time largest Lyapunov exponent against steps (of the first seed; the legend
+    gives the mean +- standard error over seeds when there are several); log distance of two runs
     ``delta`` apart against steps (fit window marked); a bar chart of the dimensions (Kaplan–
     Yorke of the top-k, SD, PH0 Euclidean and loss metric).
 
@@ -29,7 +31,14 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
         color = f"C{i}"
         label = f"{name} (lr={case['lr']:g})"
         ft = [row[0] for row in case["lyapunov"]["finite_time"]]
-        axes[0].plot(range(1, len(ft) + 1), ft, color=color, label=label)
+        mean, sem = case.get("largest_lyapunov_seed_mean"), case.get("largest_lyapunov_seed_stderr")
+        seeds = len(case.get("largest_lyapunov_per_seed", []))
+        stat = (
+            f": {mean:.2g} +- {sem:.1g} ({seeds} seeds)"
+            if mean is not None and sem is not None and math.isfinite(sem)
+            else ""
+        )
+        axes[0].plot(range(1, len(ft) + 1), ft, color=color, label=label + stat)
         div = case["divergence"]
         logd = [float("nan") if v is None else v for v in div["log_distance"]]
         axes[1].plot(range(len(logd)), logd, color=color, label=label)
