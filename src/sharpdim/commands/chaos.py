@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -25,23 +24,21 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from sharpdim.commands._common import (
+    dataset_option,
+    depth_option,
+    json_option,
+    seed_option,
+    width_option,
+    write_json,
+    wrote_line,
+)
 from sharpdim.errors import SharpdimError
 
 app = typer.Typer(
     help="Chaos and trajectory geometry: Lyapunov spectra, divergence, PH0 dimension, E_alpha.",
     no_args_is_help=True,
 )
-
-
-def _finite(obj: Any) -> Any:
-    """Replace NaN/inf floats by ``None`` so the JSON is strict."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _power_sharpness(model: torch.nn.Module, loss_fn: Any, batch: Any, iters: int = 100) -> float:
@@ -277,26 +274,21 @@ def _table(cases: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
-
-
 @app.command("compare")
 def compare(
     lr_eos: float = typer.Option(1.5, help="step size that trains at the edge of stability"),
     lr_below: float = typer.Option(0.1, help="step size well below the edge of stability"),
-    dataset: str = typer.Option("digits", help="digits | mnist1d | modular | teacher_student"),
+    dataset: str = dataset_option(),
     n_train: int = typer.Option(1024, help="training examples"),
-    width: int = typer.Option(32, help="MLP hidden width"),
-    depth: int = typer.Option(2, help="MLP hidden layers"),
+    width: int = width_option(32),
+    depth: int = depth_option(2),
     train_steps: int = typer.Option(500, help="training steps before measuring"),
     batch_size: int | None = typer.Option(None, help="minibatch size (default: full batch GD)"),
     k: int = typer.Option(8, help="number of Lyapunov exponents"),
     lyap_steps: int = typer.Option(400, help="steps averaged by the Lyapunov/divergence runs"),
     warmup: int = typer.Option(50, help="Lyapunov warmup steps"),
     num_iterates: int = typer.Option(500, help="last iterates kept for PH0 / E_alpha"),
-    seed: int = typer.Option(0, help="seed of data, model and sampling"),
+    seed: int = seed_option("seed of data, model and sampling"),
     seeds: int = typer.Option(3, help="independent runs for the largest Lyapunov exponent"),
     out: Path = typer.Option(Path("chaos_compare"), help="output folder (JSON + figure)"),
 ) -> None:
@@ -333,24 +325,24 @@ def compare(
         "wall_time_s": time.perf_counter() - start,
         "figure": str(figure),
     }
-    _write_json(out / "chaos_compare.json", payload)
-    Console().print(f"wrote {out / 'chaos_compare.json'} and {figure}")
+    write_json(out / "chaos_compare.json", payload)
+    Console().print(wrote_line(out / "chaos_compare.json", figure))
 
 
 @app.command("lyapunov")
 def lyapunov(
     lr: float = typer.Option(0.5, help="step size of training and of the map"),
-    dataset: str = typer.Option("digits", help="digits | mnist1d | modular | teacher_student"),
+    dataset: str = dataset_option(),
     n_train: int = typer.Option(256, help="training examples"),
-    width: int = typer.Option(16, help="MLP hidden width"),
-    depth: int = typer.Option(2, help="MLP hidden layers"),
+    width: int = width_option(16),
+    depth: int = depth_option(2),
     train_steps: int = typer.Option(1000, help="training steps before measuring"),
     batch_size: int | None = typer.Option(None, help="minibatch size (default: full batch GD)"),
     k: int = typer.Option(6, help="number of exponents"),
     steps: int = typer.Option(300, help="steps averaged"),
     warmup: int = typer.Option(50, help="warmup steps"),
-    seed: int = typer.Option(0, help="seed of data, model and sampling"),
-    json_out: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
+    seed: int = seed_option("seed of data, model and sampling"),
+    json_out: Path | None = json_option(),
 ) -> None:
     """Train an MLP, then the top-k Lyapunov spectrum of its optimizer step (Benettin QR)."""
     from sharpdim.curvature.params import get_flat_params, trainable_parameters
@@ -390,4 +382,4 @@ def lyapunov(
     Console().print(table)
     Console().print(f"Kaplan-Yorke dimension of the top-{k}: {result.kaplan_yorke:.3f}")
     if json_out is not None:
-        _write_json(json_out, {"result": result.to_dict(), "training": config.to_dict()})
+        write_json(json_out, {"result": result.to_dict(), "training": config.to_dict()})
