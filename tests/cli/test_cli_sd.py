@@ -52,9 +52,10 @@ def test_sd_compute_slq_tiny(tmp_path: Path) -> None:
     r = _compute(
         tmp_path / "slq.json",
         f"{TINY} --lr 0.5 --train-steps 3 --method ps --num-runs 4 --num-steps 8 "
-        "--batch-size 16 --num-bootstrap 5",
+        "--batch-size 16 --num-bootstrap 5 --reorth partial",
     )["result"]
     assert r["method"] == "ps" and r["settings"]["num_runs"] == 4
+    assert r["settings"]["reorthogonalization"] == "partial"
     assert 0 <= r["sd"] <= r["num_exponents"]
 
 
@@ -66,6 +67,7 @@ BAD = [
     (["--n-train", "50", "--batch-size", "64"], "--batch-size 64 exceeds the 50"),
     (["--width", "200", "--max-params", "1000"], "'slq', 'kde' or 'ps'"),
     (["--dataset", "imagenet"], "imagenet"),
+    (["--reorth", "none"], "unknown reorthogonalization"),
 ]
 
 

@@ -148,3 +148,28 @@ def test_slq_momentum_has_two_exponents_per_parameter() -> None:
     )
     assert r.num_exponents == 228 and 0 <= r.sd <= 228
     assert r.exponents.numel() == 228
+
+
+def test_partial_reorthogonalization_gives_the_same_sd() -> None:
+    """Semi-orthogonal Lanczos (Simon 1984) reproduces the full-reorthogonalization SD-SLQ."""
+    model, data = _setup()
+    results = {
+        reorth: sharpness_dimension(
+            model,
+            _mse,
+            data,
+            1.5,
+            method="slq",
+            num_runs=10,
+            num_steps=40,
+            batch_size=20,
+            num_bootstrap=0,
+            reorthogonalization=reorth,
+            generator=torch.Generator().manual_seed(5),
+        )
+        for reorth in ("full", "partial")
+    }
+    full, partial = results["full"], results["partial"]
+    assert partial.settings["reorthogonalization"] == "partial"
+    assert partial.sd == pytest.approx(full.sd, abs=1e-6 * 114)
+    assert partial.lambda_1 == pytest.approx(full.lambda_1, abs=1e-9)

@@ -27,6 +27,7 @@ from sharpdim.commands._common import (
     width_option,
     write_json,
 )
+from sharpdim.curvature.slq import REORTHOGONALIZATIONS
 from sharpdim.dimension.sharpness_dimension import METHODS, SDResult, sharpness_dimension
 from sharpdim.errors import SharpdimError
 
@@ -82,6 +83,9 @@ def compute(
     num_batches: int = typer.Option(10, help="minibatches (exact method)"),
     num_runs: int = typer.Option(100, help="Lanczos runs (slq/kde/ps)"),
     num_steps: int = typer.Option(100, help="Lanczos steps per run (slq/kde/ps)"),
+    reorth: str = typer.Option(
+        "full", help="Lanczos reorthogonalization (slq/kde/ps): full (the paper's) | partial"
+    ),
     num_bootstrap: int = typer.Option(200, help="bootstrap resamples for the CI (0: none)"),
     max_params: int = typer.Option(20_000, help="largest model for method=exact"),
     float64: bool = float64_option(),
@@ -97,6 +101,8 @@ def compute(
 
     if method not in METHODS:
         raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if reorth not in REORTHOGONALIZATIONS:
+        raise SharpdimError(f"unknown reorthogonalization {reorth!r}: use 'full' or 'partial'")
     if optimizer not in _TRAIN_TO_SD:
         raise SharpdimError(
             f"unknown optimizer {optimizer!r}: use one of {', '.join(_TRAIN_TO_SD)}"
@@ -156,6 +162,7 @@ def compute(
         max_params=max_params,
         num_runs=num_runs,
         num_steps=num_steps,
+        reorthogonalization=reorth,
         momentum=momentum,
         betas=config.betas,
         weight_decay=config.weight_decay,

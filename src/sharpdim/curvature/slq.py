@@ -28,7 +28,10 @@ import torch
 
 from sharpdim.curvature.lanczos import lanczos_tridiagonal
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
+from sharpdim.curvature.partial_reorth import lanczos_tridiagonal_partial
 from sharpdim.errors import SharpdimError
+
+REORTHOGONALIZATIONS = ("full", "partial")
 
 OperatorFactory = Callable[[int, torch.Generator], OperatorLike]
 
@@ -110,6 +113,7 @@ def slq_spectrum(
     num_steps: int = 80,
     *,
     generator: torch.Generator | None = None,
+    reorthogonalization: str = "full",
 ) -> SLQResult:
     """Stochastic Lanczos quadrature with Rademacher probes and full reorthogonalization.
 
@@ -121,6 +125,11 @@ def slq_spectrum(
         num_steps: Lanczos steps per run; ``m = min(num_steps, n)`` nodes per run.
         generator: the only source of randomness (default: a generator seeded with 0). Per
             run, the factory is called first, then the probe is drawn.
+        reorthogonalization: ``"full"`` (the paper's SD-SLQ: every Lanczos vector orthogonal
+            to the whole basis) or ``"partial"`` (Simon 1984: semi-orthogonal basis, a
+            Gram–Schmidt pass only when the estimated loss of orthogonality exceeds
+            ``sqrt(eps)``; same nodes and weights to working precision, much less memory
+            traffic on large models, see :mod:`sharpdim.curvature.partial_reorth`).
 
     Returns:
         :class:`SLQResult` with ``nodes`` and ``weights`` of shape ``(num_runs, m)``.
@@ -134,6 +143,13 @@ def slq_spectrum(
             f"expected a tensor, a LinearOperator or a factory, got {type(H_or_factory).__name__}: "
             "pass e.g. HessianOperator(model, loss_fn, batch)"
         )
+    if reorthogonalization not in REORTHOGONALIZATIONS:
+        raise SharpdimError(
+            f"unknown reorthogonalization {reorthogonalization!r}: use 'full' or 'partial'"
+        )
+    tridiagonal = (
+        lanczos_tridiagonal if reorthogonalization == "full" else lanczos_tridiagonal_partial
+    )
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     all_nodes, all_weights, steps = [], [], []
     n: int | None = None
@@ -149,7 +165,7 @@ def slq_spectrum(
                 "the factory must return operators of one dimension"
             )
         z = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int64).to(torch.float64) * 2 - 1
-        alpha, beta, _ = lanczos_tridiagonal(op, m, z.to(op.device))
+        alpha, beta, _ = tridiagonal(op, m, z.to(op.device))
         theta, w = gauss_quadrature(alpha.cpu(), beta.cpu())
         j = theta.numel()
         steps.append(j)

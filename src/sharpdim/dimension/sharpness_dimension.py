@@ -192,6 +192,7 @@ def sharpness_dimension(
     max_params: int | None = DENSE_LIMIT,
     num_runs: int = 100,
     num_steps: int = 100,
+    reorthogonalization: str = "full",
     momentum: float = 0.9,
     betas: tuple[float, float] = (0.9, 0.999),
     weight_decay: float = 0.0,
@@ -220,6 +221,9 @@ def sharpness_dimension(
         eps: guard in ``ln(sigma + eps)``.
         max_params: the exact method refuses models above this size.
         num_runs, num_steps: Lanczos runs (one minibatch each) and steps per run.
+        reorthogonalization: ``"full"`` (the paper's SD-SLQ) or ``"partial"`` (Simon 1984,
+            semi-orthogonal basis: same quadrature to working precision, faster on large
+            models; see :func:`~sharpdim.curvature.slq.slq_spectrum`).
         momentum, betas, weight_decay, adam_eps: optimizer hyperparameters (torch's meaning).
         preconditioner: Adam's ``P = sqrt(v_hat) + adam_eps`` (flat); default: estimated as
             ``sqrt(mean_B g_B^2) + adam_eps`` over ``num_batches`` sampled minibatches.
@@ -253,6 +257,10 @@ def sharpness_dimension(
     if not 1 <= batch_size <= n:
         raise SharpdimError(
             f"batch_size={batch_size} but the data has {n} examples: pass 1 <= batch_size <= {n}"
+        )
+    if reorthogonalization not in ("full", "partial"):
+        raise SharpdimError(
+            f"unknown reorthogonalization {reorthogonalization!r}: use 'full' or 'partial'"
         )
     if num_batches < 1 or num_runs < 1 or num_steps < 1:
         raise SharpdimError("num_batches, num_runs and num_steps must be >= 1")
@@ -329,7 +337,13 @@ def sharpness_dimension(
                 HessianOperator(model, loss_fn, batches[run], mode=mode), config, preconditioner
             )
 
-        slq = slq_spectrum(factory, num_runs=num_runs, num_steps=num_steps, generator=gen)
+        slq = slq_spectrum(
+            factory,
+            num_runs=num_runs,
+            num_steps=num_steps,
+            generator=gen,
+            reorthogonalization=reorthogonalization,
+        )
         values, masses = exponent_measure(slq.nodes, slq.weights, d, config)
         ky = sd_from_measure(method, values, masses, **opts)
         boot = []
@@ -346,7 +360,9 @@ def sharpness_dimension(
         exponents = torch.flip(weighted_quantiles(values, masses, levels), [0])
         weight = num_exp / m_q
         expanding = float(masses[values > 0].sum())
-        settings.update(num_runs=num_runs, num_steps=num_steps)
+        settings.update(
+            num_runs=num_runs, num_steps=num_steps, reorthogonalization=reorthogonalization
+        )
     lo, hi = _percentile_ci(boot, confidence)
     return SDResult(
         sd=ky.dimension,

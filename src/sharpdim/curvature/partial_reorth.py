@@ -1,0 +1,148 @@
+"""Lanczos tridiagonalization with partial reorthogonalization (Simon 1984).
+
+Full reorthogonalization (:func:`~sharpdim.curvature.lanczos.lanczos_tridiagonal`) keeps every
+Lanczos vector orthogonal to the whole basis to working precision, at the price of one
+Gram–Schmidt pass over the basis per step: ``4 m n`` bytes of memory traffic for a float32
+basis of ``m`` vectors of length ``n``, which exceeds the cost of a Hessian-vector product for
+large models and small batches (see ``docs/benchmarks.md``).
+
+*Partial* reorthogonalization (H. D. Simon, "The Lanczos algorithm with partial
+reorthogonalization", Math. Comp. 42, 1984) keeps the basis only *semi-orthogonal*,
+``|v_j . v_k| <= sqrt(eps)``. Simon proved this is enough for the computed ``T_m`` to equal the
+orthogonal projection of ``H`` onto the Krylov space up to working precision, so its Ritz
+values and Gauss-quadrature nodes and weights (stochastic Lanczos quadrature) are as accurate
+as with full reorthogonalization. The level of orthogonality is not measured but *estimated*
+by Simon's recurrence for ``omega_{j,k} ~ v_j . v_k``:
+
+    beta_j omega_{j+1,k} = beta_k omega_{j,k+1} + (alpha_k - alpha_j) omega_{j,k}
+                           + beta_{k-1} omega_{j,k-1} - beta_{j-1} omega_{j-1,k} + noise,
+
+and the new vector is orthogonalized against the whole basis only when some
+``|omega_{j+1,k}| > sqrt(eps)`` — and then at the next step too, as the recurrence for that step
+still carries the large ``omega_{j,k}``. Between those steps a Lanczos step costs one product
+and a few vector operations.
+
+This is an *approximation of the paper's method* (Tuci et al., arXiv 2604.19740, App. C, use
+full reorthogonalization); :func:`~sharpdim.curvature.slq.slq_spectrum` uses it only when asked
+(``reorthogonalization="partial"``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sharpdim.curvature.lanczos import basis_dtype
+from sharpdim.curvature.operator import OperatorLike, as_operator
+from sharpdim.errors import SharpdimError
+
+_BREAKDOWN = 1e-10
+"""A new direction shorter than this fraction of ``||H v||`` marks an invariant subspace."""
+
+
+def _gram_schmidt(w: torch.Tensor, basis: torch.Tensor) -> None:
+    """Orthogonalize ``w`` against the rows of ``basis`` in place (CGS, DGKS second pass)."""
+    for _ in range(2):
+        before = w.norm()
+        w.addmv_(basis.T, torch.mv(basis, w), alpha=-1.0)
+        if float(w.norm()) >= 0.7071 * float(before):
+            break
+
+
+def _omega_step(
+    cur: torch.Tensor,
+    prev: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    j: int,
+    eps: float,
+    psi: float,
+) -> torch.Tensor:
+    """Simon's estimates ``omega_{j+1,k}`` (k = 0..j) from ``omega_{j,.}`` and ``omega_{j-1,.}``.
+
+    ``cur[k] = omega_{j,k}`` (k = 0..j, ``cur[j] = 1``); ``prev[k] = omega_{j-1,k}`` (k = 0..j-1);
+    ``beta[j]`` is the new coefficient. The rounding term is added with the sign of the rest,
+    so the estimate errs on the side of reorthogonalizing.
+    """
+    nxt = torch.empty(j + 1, dtype=torch.float64)
+    nxt[j] = psi
+    if j == 0:
+        return nxt
+    k = torch.arange(j)
+    num = beta[:j] * cur[1 : j + 1] + (alpha[:j] - alpha[j]) * cur[:j]
+    num[1:] += beta[: j - 1] * cur[: j - 1]
+    num -= beta[j - 1] * prev[:j]
+    noise = eps * (beta[k] + beta[j])
+    num += torch.where(num >= 0, noise, -noise)
+    nxt[:j] = num / beta[j]
+    return nxt
+
+
+def lanczos_tridiagonal_partial(
+    H: OperatorLike,
+    num_steps: int,
+    v0: torch.Tensor,
+    *,
+    return_basis: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``num_steps`` Lanczos steps from ``v0`` keeping the basis semi-orthogonal (Simon 1984).
+
+    Same contract as :func:`~sharpdim.curvature.lanczos.lanczos_tridiagonal`: returns
+    ``(alpha, beta, Q)`` with the diagonal ``alpha`` (m,), the off-diagonal ``beta`` (m-1,) of
+    ``T_m`` (float64) and, with ``return_basis``, the basis ``Q`` as rows ``(m, n)``, whose
+    rows are orthogonal to each other to about ``sqrt(eps)`` of the operator's dtype. Stops
+    early when the Krylov space of ``v0`` is invariant.
+    """
+    op = as_operator(H)
+    n = op.num_params
+    if num_steps < 1:
+        raise SharpdimError(f"num_steps must be >= 1, got {num_steps}")
+    if v0.ndim != 1 or v0.shape[0] != n:
+        raise SharpdimError(f"v0 has shape {tuple(v0.shape)}: pass a vector of shape ({n},)")
+    if not bool(torch.isfinite(v0).all()) or float(v0.norm()) == 0:
+        raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
+    steps = min(num_steps, n)
+    dtype = basis_dtype(op.dtype)
+    eps = torch.finfo(dtype).eps
+    level = math.sqrt(eps)
+    V = torch.zeros(steps + 1, n, dtype=dtype, device=op.device)
+    V[0] = v0.to(dtype=dtype, device=op.device) / v0.norm()
+    alpha = torch.zeros(steps, dtype=torch.float64)
+    beta = torch.zeros(steps, dtype=torch.float64)
+    cur = torch.ones(1, dtype=torch.float64)  # omega_{0,0}
+    prev = torch.zeros(0, dtype=torch.float64)
+    anorm, force, m = 0.0, False, steps
+    for j in range(steps):
+        w = V[j + 1]
+        w.copy_((op @ V[j].to(op.dtype)).reshape(-1))
+        scale = float(w.norm())
+        if j > 0:
+            w.add_(V[j - 1], alpha=-float(beta[j - 1]))
+        a = float(torch.dot(w, V[j]))
+        w.add_(V[j], alpha=-a)
+        c = float(torch.dot(w, V[j]))  # second local pass: alpha to working precision
+        w.add_(V[j], alpha=-c)
+        alpha[j] = a + c
+        if j + 1 == steps:
+            break
+        b = float(w.norm())
+        anorm = max(anorm, abs(float(alpha[j])) + b + (float(beta[j - 1]) if j else 0.0))
+        if b <= _BREAKDOWN * max(scale, anorm) or j + 1 >= n:
+            m = j + 1
+            break
+        beta[j] = b
+        nxt = _omega_step(cur, prev, alpha, beta, j, eps, eps * anorm / b)
+        if force or bool((nxt[:j].abs() > level).any()):
+            _gram_schmidt(w, V[: j + 1])
+            b = float(w.norm())
+            if b <= _BREAKDOWN * max(scale, anorm):
+                m = j + 1
+                break
+            beta[j] = b
+            nxt[: j + 1] = eps
+            force = not force  # the next vector too: its recurrence still holds omega_{j,.}
+        w.div_(b)
+        prev, cur = cur, torch.cat([nxt, torch.ones(1, dtype=torch.float64)])
+    basis = V[:m].to(torch.float64) if return_basis else None
+    return alpha[:m].clone(), beta[: m - 1].clone(), basis
