@@ -133,3 +133,16 @@ def test_bad_input() -> None:
         lanczos_tridiagonal_partial(a, 5, torch.zeros(40, dtype=F64))
     with pytest.raises(SharpdimError, match="reorthogonalization"):
         slq_spectrum(a, num_runs=1, num_steps=5, reorthogonalization="none")
+
+
+@pytest.mark.parametrize("method", [lanczos_tridiagonal, lanczos_tridiagonal_partial])
+def test_workspace_contents_are_never_read(method: object) -> None:
+    """A NaN-filled workspace (reused across SLQ runs) gives the same coefficients."""
+    n, steps = 300, 40
+    a = outlier_matrix(n, F64)
+    fresh = method(a, steps, probe(n))  # type: ignore[operator]
+    work = torch.full((steps + 5, n), float("nan"), dtype=F64)
+    reused = method(a, steps, probe(n), workspace=work)  # type: ignore[operator]
+    torch.testing.assert_close(reused[0], fresh[0], rtol=0, atol=0)
+    torch.testing.assert_close(reused[1], fresh[1], rtol=0, atol=0)
+    assert not bool(torch.isnan(work[:steps]).any())  # the basis was built in the workspace

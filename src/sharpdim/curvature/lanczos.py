@@ -112,6 +112,28 @@ def basis_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float64
 
 
+def basis_storage(
+    op: LinearOperator, rows: int, workspace: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Room for ``rows`` basis vectors of ``op``: a view of ``workspace`` when it fits.
+
+    Reusing one workspace across Lanczos runs (as :func:`~sharpdim.curvature.slq.slq_spectrum`
+    does) saves allocating and first-touching ``rows x n`` floats per run, which on large models
+    costs as much as several products. The contents are never read before being written.
+    """
+    dtype, n = basis_dtype(op.dtype), op.num_params
+    if (
+        workspace is not None
+        and workspace.dtype == dtype
+        and workspace.device == op.device
+        and workspace.ndim == 2
+        and workspace.shape[0] >= rows
+        and workspace.shape[1] == n
+    ):
+        return workspace[:rows]
+    return torch.empty(rows, n, dtype=dtype, device=op.device)
+
+
 class _KrylovBasis:
     """Orthonormal (block) Krylov basis (operator dtype) with its projected matrix (float64).
 
@@ -127,12 +149,13 @@ class _KrylovBasis:
         start: torch.Tensor,
         generator: torch.Generator | None,
         restart_on_breakdown: bool,
+        workspace: torch.Tensor | None = None,
     ) -> None:
         self.op, self.n = op, op.num_params
         self.gen, self.restart_on_breakdown = generator, restart_on_breakdown
         dev = op.device
         self.dtype = basis_dtype(op.dtype)
-        self.V = torch.zeros(capacity, self.n, dtype=self.dtype, device=dev)
+        self.V = basis_storage(op, capacity, workspace)
         self.T = torch.zeros(capacity, capacity, dtype=torch.float64, device=dev)
         self.m, self.nb, self.matvecs = 0, 0, 0
         block = start.to(dtype=self.dtype, device=dev).reshape(self.n, -1).T.contiguous()
@@ -279,6 +302,7 @@ def lanczos_tridiagonal(
     v0: torch.Tensor,
     *,
     return_basis: bool = False,
+    workspace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``num_steps`` Lanczos steps from ``v0`` with full reorthogonalization.
 
@@ -286,7 +310,9 @@ def lanczos_tridiagonal(
     (m-1,) of the tridiagonal ``T_m = Q^T H Q`` (float64) and, with ``return_basis``, the
     orthonormal basis ``Q`` as rows ``(m, n)`` (first row ``v0 / ||v0||``). The process stops
     early, with ``m < num_steps``, when the Krylov space of ``v0`` is invariant (then ``T_m``
-    holds the whole spectral measure of ``v0``) or when ``m = n``.
+    holds the whole spectral measure of ``v0``) or when ``m = n``. ``workspace``: optional
+    ``(>= num_steps + 1, n)`` tensor of the basis dtype (see :func:`basis_storage`) to hold
+    the basis instead of a fresh allocation.
     """
     op = as_operator(H)
     n = op.num_params
@@ -295,7 +321,7 @@ def lanczos_tridiagonal(
     if v0.ndim != 1 or v0.shape[0] != n:
         raise SharpdimError(f"v0 has shape {tuple(v0.shape)}: pass a vector of shape ({n},)")
     steps = min(num_steps, n)
-    basis = _KrylovBasis(op, steps + 1, v0, None, restart_on_breakdown=False)
+    basis = _KrylovBasis(op, steps + 1, v0, None, restart_on_breakdown=False, workspace=workspace)
     while basis.m < steps and basis.nb > 0:
         basis.step()
     m = basis.m

@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from sharpdim.curvature.lanczos import basis_dtype
+from sharpdim.curvature.lanczos import basis_dtype, basis_storage
 from sharpdim.curvature.operator import OperatorLike, as_operator
 from sharpdim.errors import SharpdimError
 
@@ -85,6 +85,7 @@ def lanczos_tridiagonal_partial(
     v0: torch.Tensor,
     *,
     return_basis: bool = False,
+    workspace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``num_steps`` Lanczos steps from ``v0`` keeping the basis semi-orthogonal (Simon 1984).
 
@@ -92,7 +93,7 @@ def lanczos_tridiagonal_partial(
     ``(alpha, beta, Q)`` with the diagonal ``alpha`` (m,), the off-diagonal ``beta`` (m-1,) of
     ``T_m`` (float64) and, with ``return_basis``, the basis ``Q`` as rows ``(m, n)``, whose
     rows are orthogonal to each other to about ``sqrt(eps)`` of the operator's dtype. Stops
-    early when the Krylov space of ``v0`` is invariant.
+    early when the Krylov space of ``v0`` is invariant. ``workspace``: as there.
     """
     op = as_operator(H)
     n = op.num_params
@@ -106,7 +107,7 @@ def lanczos_tridiagonal_partial(
     dtype = basis_dtype(op.dtype)
     eps = torch.finfo(dtype).eps
     level = math.sqrt(eps)
-    V = torch.zeros(steps + 1, n, dtype=dtype, device=op.device)
+    V = basis_storage(op, steps + 1, workspace)
     V[0] = v0.to(dtype=dtype, device=op.device) / v0.norm()
     alpha = torch.zeros(steps, dtype=torch.float64)
     beta = torch.zeros(steps, dtype=torch.float64)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.curvature.lanczos import lanczos_tridiagonal
+from sharpdim.curvature.lanczos import basis_storage, lanczos_tridiagonal
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
 from sharpdim.curvature.partial_reorth import lanczos_tridiagonal_partial
 from sharpdim.errors import SharpdimError
@@ -154,6 +154,7 @@ def slq_spectrum(
     all_nodes, all_weights, steps = [], [], []
     n: int | None = None
     m = 0
+    work: torch.Tensor | None = None
     for run in range(num_runs):
         op = _resolve(H_or_factory, run, gen)
         if n is None:
@@ -165,7 +166,8 @@ def slq_spectrum(
                 "the factory must return operators of one dimension"
             )
         z = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int64).to(torch.float64) * 2 - 1
-        alpha, beta, _ = tridiagonal(op, m, z.to(op.device))
+        work = basis_storage(op, m + 1, work)  # one basis buffer for all runs
+        alpha, beta, _ = tridiagonal(op, m, z.to(op.device), workspace=work)
         theta, w = gauss_quadrature(alpha.cpu(), beta.cpu())
         j = theta.numel()
         steps.append(j)
