@@ -194,7 +194,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--reorth", nargs="+", choices=["full", "partial"], default=["full", "partial"]
+        "--reorth",
+        nargs="+",
+        choices=["full", "partial", "none"],
+        default=["full", "partial", "none"],
     )
     parser.add_argument("--out", type=str, default=None, help="JSON output file")
     args = parser.parse_args(argv)

@@ -67,7 +67,7 @@ BAD = [
     (["--n-train", "50", "--batch-size", "64"], "--batch-size 64 exceeds the 50"),
     (["--width", "200", "--max-params", "1000"], "'slq', 'kde' or 'ps'"),
     (["--dataset", "imagenet"], "imagenet"),
-    (["--reorth", "none"], "unknown reorthogonalization"),
+    (["--reorth", "bogus"], "unknown reorthogonalization"),
 ]
 
 

@@ -9,7 +9,10 @@ import torch
 
 import sharpdim.curvature.partial_reorth as partial
 from sharpdim.curvature.lanczos import lanczos_tridiagonal
-from sharpdim.curvature.partial_reorth import lanczos_tridiagonal_partial
+from sharpdim.curvature.partial_reorth import (
+    lanczos_tridiagonal_partial,
+    lanczos_tridiagonal_plain,
+)
 from sharpdim.curvature.slq import gauss_quadrature, slq_spectrum
 from sharpdim.errors import SharpdimError
 
@@ -132,10 +135,12 @@ def test_bad_input() -> None:
     with pytest.raises(SharpdimError, match="zero or not finite"):
         lanczos_tridiagonal_partial(a, 5, torch.zeros(40, dtype=F64))
     with pytest.raises(SharpdimError, match="reorthogonalization"):
-        slq_spectrum(a, num_runs=1, num_steps=5, reorthogonalization="none")
+        slq_spectrum(a, num_runs=1, num_steps=5, reorthogonalization="bogus")
 
 
-@pytest.mark.parametrize("method", [lanczos_tridiagonal, lanczos_tridiagonal_partial])
+@pytest.mark.parametrize(
+    "method", [lanczos_tridiagonal, lanczos_tridiagonal_partial, lanczos_tridiagonal_plain]
+)
 def test_workspace_contents_are_never_read(method: object) -> None:
     """A NaN-filled workspace (reused across SLQ runs) gives the same coefficients."""
     n, steps = 300, 40
@@ -145,4 +150,59 @@ def test_workspace_contents_are_never_read(method: object) -> None:
     reused = method(a, steps, probe(n), workspace=work)  # type: ignore[operator]
     torch.testing.assert_close(reused[0], fresh[0], rtol=0, atol=0)
     torch.testing.assert_close(reused[1], fresh[1], rtol=0, atol=0)
-    assert not bool(torch.isnan(work[:steps]).any())  # the basis was built in the workspace
+    rows = 3 if method is lanczos_tridiagonal_plain else steps
+    assert not bool(torch.isnan(work[:rows]).any())  # the basis was built in the workspace
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 1e-5)])
+def test_plain_lanczos_loses_orthogonality_but_keeps_the_measure(
+    dtype: torch.dtype, tol: float
+) -> None:
+    """Greenbaum (1989): without reorthogonalization the top eigenvalue gets ghost copies,
+    yet the Gauss rule still has the probe measure's moments and the extreme eigenvalue."""
+    n, steps = 1500, 100
+    a = outlier_matrix(n, dtype)
+    z = probe(n)
+    alpha, beta, q = lanczos_tridiagonal_plain(a, steps, z, return_basis=True)
+    assert q is not None
+    assert float((q @ q.T - torch.eye(steps, dtype=F64)).abs().max()) > 0.5
+    nodes, weights = gauss_quadrature(alpha, beta)
+    assert int((nodes - 20.0).abs().lt(1e-4).sum()) >= 2  # a ghost of the top eigenvalue
+    x = (z / z.norm()).to(F64)
+    u = x.clone()
+    for p in range(12):
+        exact = float(x @ u)
+        assert abs(float((weights * nodes**p).sum()) - exact) <= tol * abs(exact)
+        u = a.to(F64) @ u
+    assert float(nodes[-1]) == pytest.approx(20.0, rel=tol)
+
+
+def test_plain_lanczos_keeps_three_vectors() -> None:
+    """Without ``return_basis`` the recurrence fits in a 3-row workspace: O(n) memory."""
+    n, steps = 300, 40
+    a = outlier_matrix(n, F64)
+    work = torch.full((3, n), float("nan"), dtype=F64)
+    alpha, beta, _ = lanczos_tridiagonal_plain(a, steps, probe(n), workspace=work)
+    full_alpha, full_beta, _ = lanczos_tridiagonal_plain(a, steps, probe(n), return_basis=True)
+    assert alpha.shape == (steps,) and not bool(torch.isnan(work).any())
+    torch.testing.assert_close(alpha, full_alpha, rtol=0, atol=0)
+    torch.testing.assert_close(beta, full_beta, rtol=0, atol=0)
+
+
+def test_slq_plain_matches_full_moments() -> None:
+    a = outlier_matrix(800, F64)
+    runs = {
+        reorth: slq_spectrum(
+            a,
+            num_runs=3,
+            num_steps=60,
+            generator=torch.Generator().manual_seed(3),
+            reorthogonalization=reorth,
+        )
+        for reorth in ("full", "none")
+    }
+    full, plain = runs["full"], runs["none"]
+    for p in range(8):
+        torch.testing.assert_close(
+            (plain.weights * plain.nodes**p).sum(1), (full.weights * full.nodes**p).sum(1)
+        )

@@ -150,8 +150,14 @@ def test_slq_momentum_has_two_exponents_per_parameter() -> None:
     assert r.exponents.numel() == 228
 
 
-def test_partial_reorthogonalization_gives_the_same_sd() -> None:
-    """Semi-orthogonal Lanczos (Simon 1984) reproduces the full-reorthogonalization SD-SLQ."""
+# partial: the same quadrature to working precision. none: another Gauss rule of (nearly) the
+# same measure, as ghost Ritz values form; measured |diff| 0.0073 = 6e-5 d here, while both
+# are 2.1 (1.9% of d) from the exact SD (103.39) at these 10 runs.
+@pytest.mark.parametrize(("cheaper", "tol"), [("partial", 1e-6), ("none", 1e-3)])
+def test_cheaper_reorthogonalization_gives_the_same_sd(cheaper: str, tol: float) -> None:
+    """Semi-orthogonal (Simon 1984) and plain Lanczos (Greenbaum 1989) reproduce the
+    full-reorthogonalization SD-SLQ: 40 steps on 114 parameters, so plain Lanczos does
+    lose orthogonality here."""
     model, data = _setup()
     results = {
         reorth: sharpness_dimension(
@@ -167,9 +173,9 @@ def test_partial_reorthogonalization_gives_the_same_sd() -> None:
             reorthogonalization=reorth,
             generator=torch.Generator().manual_seed(5),
         )
-        for reorth in ("full", "partial")
+        for reorth in ("full", cheaper)
     }
-    full, partial = results["full"], results["partial"]
-    assert partial.settings["reorthogonalization"] == "partial"
-    assert partial.sd == pytest.approx(full.sd, abs=1e-6 * 114)
+    full, partial = results["full"], results[cheaper]
+    assert partial.settings["reorthogonalization"] == cheaper
+    assert partial.sd == pytest.approx(full.sd, abs=tol * 114)
     assert partial.lambda_1 == pytest.approx(full.lambda_1, abs=1e-9)

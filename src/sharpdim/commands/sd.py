@@ -84,7 +84,7 @@ def compute(
     num_runs: int = typer.Option(100, help="Lanczos runs (slq/kde/ps)"),
     num_steps: int = typer.Option(100, help="Lanczos steps per run (slq/kde/ps)"),
     reorth: str = typer.Option(
-        "full", help="Lanczos reorthogonalization (slq/kde/ps): full (the paper's) | partial"
+        "full", help="Lanczos reorthogonalization (slq/kde/ps): full (the paper's) | partial | none"
     ),
     num_bootstrap: int = typer.Option(200, help="bootstrap resamples for the CI (0: none)"),
     max_params: int = typer.Option(20_000, help="largest model for method=exact"),
@@ -102,7 +102,9 @@ def compute(
     if method not in METHODS:
         raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if reorth not in REORTHOGONALIZATIONS:
-        raise SharpdimError(f"unknown reorthogonalization {reorth!r}: use 'full' or 'partial'")
+        raise SharpdimError(
+            f"unknown reorthogonalization {reorth!r}: use one of {', '.join(REORTHOGONALIZATIONS)}"
+        )
     if optimizer not in _TRAIN_TO_SD:
         raise SharpdimError(
             f"unknown optimizer {optimizer!r}: use one of {', '.join(_TRAIN_TO_SD)}"

@@ -1,4 +1,4 @@
-"""Lanczos tridiagonalization with partial reorthogonalization (Simon 1984).
+"""Lanczos tridiagonalization with partial (Simon 1984) or no reorthogonalization.
 
 Full reorthogonalization (:func:`~sharpdim.curvature.lanczos.lanczos_tridiagonal`) keeps every
 Lanczos vector orthogonal to the whole basis to working precision, at the price of one
@@ -22,9 +22,14 @@ and the new vector is orthogonalized against the whole basis only when some
 still carries the large ``omega_{j,k}``. Between those steps a Lanczos step costs one product
 and a few vector operations.
 
-This is an *approximation of the paper's method* (Tuci et al., arXiv 2604.19740, App. C, use
-full reorthogonalization); :func:`~sharpdim.curvature.slq.slq_spectrum` uses it only when asked
-(``reorthogonalization="partial"``).
+*No* reorthogonalization (:func:`lanczos_tridiagonal_plain`, the recurrence with local
+orthogonalization only) keeps just three vectors; its basis loses orthogonality, yet its Gauss
+quadrature still integrates the probe's spectral measure (Greenbaum 1989), which is all SLQ
+needs: the cheapest choice when the basis itself is not wanted.
+
+Both are *approximations of the paper's method* (Tuci et al., arXiv 2604.19740, App. C, use
+full reorthogonalization); :func:`~sharpdim.curvature.slq.slq_spectrum` uses them only when
+asked (``reorthogonalization="partial"`` or ``"none"``).
 """
 
 from __future__ import annotations
@@ -95,6 +100,41 @@ def lanczos_tridiagonal_partial(
     rows are orthogonal to each other to about ``sqrt(eps)`` of the operator's dtype. Stops
     early when the Krylov space of ``v0`` is invariant. ``workspace``: as there.
     """
+    return _lanczos(H, num_steps, v0, return_basis, workspace, semi_orthogonal=True)
+
+
+def lanczos_tridiagonal_plain(
+    H: OperatorLike,
+    num_steps: int,
+    v0: torch.Tensor,
+    *,
+    return_basis: bool = False,
+    workspace: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``num_steps`` steps of the plain Lanczos recurrence (local orthogonalization only).
+
+    No Gram–Schmidt against earlier vectors: the basis loses orthogonality as Ritz values
+    converge and extreme Ritz values reappear as "ghost" copies. Greenbaum (1989) showed that
+    the computed ``T_m`` is nevertheless the exact Lanczos matrix of a matrix whose eigenvalues
+    lie in tiny intervals around those of ``H``, the probe's weight split among each cluster;
+    so its Gauss quadrature still integrates the spectral measure of ``v0`` (the quantity SLQ
+    needs), a ghost sharing its eigenvalue's weight (Knizhnerman 1996; Chen, Trogdon & Ubaru,
+    ICML 2021). Only three vectors are kept unless ``return_basis``: memory ``O(n)``.
+    Same contract as :func:`lanczos_tridiagonal_partial`, without its orthogonality bound.
+    """
+    return _lanczos(H, num_steps, v0, return_basis, workspace, semi_orthogonal=False)
+
+
+def _lanczos(
+    H: OperatorLike,
+    num_steps: int,
+    v0: torch.Tensor,
+    return_basis: bool,
+    workspace: torch.Tensor | None,
+    *,
+    semi_orthogonal: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The Lanczos recurrence with (``semi_orthogonal``) or without Simon's safeguard."""
     op = as_operator(H)
     n = op.num_params
     if num_steps < 1:
@@ -107,7 +147,9 @@ def lanczos_tridiagonal_partial(
     dtype = basis_dtype(op.dtype)
     eps = torch.finfo(dtype).eps
     level = math.sqrt(eps)
-    V = basis_storage(op, steps + 1, workspace)
+    keep = semi_orthogonal or return_basis  # else three rotating rows suffice
+    rows = steps + 1 if keep else min(3, steps + 1)
+    V = basis_storage(op, rows, workspace)
     V[0] = v0.to(dtype=dtype, device=op.device) / v0.norm()
     alpha = torch.zeros(steps, dtype=torch.float64)
     beta = torch.zeros(steps, dtype=torch.float64)
@@ -115,35 +157,37 @@ def lanczos_tridiagonal_partial(
     prev = torch.zeros(0, dtype=torch.float64)
     anorm, force, m = 0.0, False, steps
     for j in range(steps):
-        w = V[j + 1]
-        w.copy_((op @ V[j].to(op.dtype)).reshape(-1))
-        scale = float(w.norm())
+        vj = V[j % rows]
+        w = V[(j + 1) % rows]
+        w.copy_((op @ vj.to(op.dtype)).reshape(-1))
         if j > 0:
-            w.add_(V[j - 1], alpha=-float(beta[j - 1]))
-        a = float(torch.dot(w, V[j]))
-        w.add_(V[j], alpha=-a)
-        c = float(torch.dot(w, V[j]))  # second local pass: alpha to working precision
-        w.add_(V[j], alpha=-c)
+            w.add_(V[(j - 1) % rows], alpha=-float(beta[j - 1]))
+        a = float(torch.dot(w, vj))
+        w.add_(vj, alpha=-a)
+        c = float(torch.dot(w, vj))  # second local pass: alpha to working precision
+        w.add_(vj, alpha=-c)
         alpha[j] = a + c
         if j + 1 == steps:
             break
         b = float(w.norm())
+        # ||H v_j|| <= |alpha_j| + beta_j + beta_{j-1} <= anorm: the scale of breakdown
         anorm = max(anorm, abs(float(alpha[j])) + b + (float(beta[j - 1]) if j else 0.0))
-        if b <= _BREAKDOWN * max(scale, anorm) or j + 1 >= n:
+        if b <= _BREAKDOWN * anorm or j + 1 >= n:
             m = j + 1
             break
         beta[j] = b
-        nxt = _omega_step(cur, prev, alpha, beta, j, eps, eps * anorm / b)
-        if force or bool((nxt[:j].abs() > level).any()):
-            _gram_schmidt(w, V[: j + 1])
-            b = float(w.norm())
-            if b <= _BREAKDOWN * max(scale, anorm):
-                m = j + 1
-                break
-            beta[j] = b
-            nxt[: j + 1] = eps
-            force = not force  # the next vector too: its recurrence still holds omega_{j,.}
+        if semi_orthogonal:
+            nxt = _omega_step(cur, prev, alpha, beta, j, eps, eps * anorm / b)
+            if force or bool((nxt[:j].abs() > level).any()):
+                _gram_schmidt(w, V[: j + 1])
+                b = float(w.norm())
+                if b <= _BREAKDOWN * anorm:
+                    m = j + 1
+                    break
+                beta[j] = b
+                nxt[: j + 1] = eps
+                force = not force  # the next vector too: its recurrence still holds omega_{j,.}
+            prev, cur = cur, torch.cat([nxt, torch.ones(1, dtype=torch.float64)])
         w.div_(b)
-        prev, cur = cur, torch.cat([nxt, torch.ones(1, dtype=torch.float64)])
     basis = V[:m].to(torch.float64) if return_basis else None
     return alpha[:m].clone(), beta[: m - 1].clone(), basis

@@ -28,10 +28,13 @@ import torch
 
 from sharpdim.curvature.lanczos import basis_storage, lanczos_tridiagonal
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
-from sharpdim.curvature.partial_reorth import lanczos_tridiagonal_partial
+from sharpdim.curvature.partial_reorth import (
+    lanczos_tridiagonal_partial,
+    lanczos_tridiagonal_plain,
+)
 from sharpdim.errors import SharpdimError
 
-REORTHOGONALIZATIONS = ("full", "partial")
+REORTHOGONALIZATIONS = ("full", "partial", "none")
 
 OperatorFactory = Callable[[int, torch.Generator], OperatorLike]
 
@@ -129,7 +132,10 @@ def slq_spectrum(
             to the whole basis) or ``"partial"`` (Simon 1984: semi-orthogonal basis, a
             Gram–Schmidt pass only when the estimated loss of orthogonality exceeds
             ``sqrt(eps)``; same nodes and weights to working precision, much less memory
-            traffic on large models, see :mod:`sharpdim.curvature.partial_reorth`).
+            traffic on large models) or ``"none"`` (local orthogonalization only, three
+            vectors of memory; the quadrature still integrates the probe's measure, ghost
+            copies of converged Ritz values sharing its weight; Greenbaum 1989); see
+            :mod:`sharpdim.curvature.partial_reorth`.
 
     Returns:
         :class:`SLQResult` with ``nodes`` and ``weights`` of shape ``(num_runs, m)``.
@@ -145,11 +151,14 @@ def slq_spectrum(
         )
     if reorthogonalization not in REORTHOGONALIZATIONS:
         raise SharpdimError(
-            f"unknown reorthogonalization {reorthogonalization!r}: use 'full' or 'partial'"
+            f"unknown reorthogonalization {reorthogonalization!r}: use one of "
+            f"{', '.join(REORTHOGONALIZATIONS)}"
         )
-    tridiagonal = (
-        lanczos_tridiagonal if reorthogonalization == "full" else lanczos_tridiagonal_partial
-    )
+    tridiagonal = {
+        "full": lanczos_tridiagonal,
+        "partial": lanczos_tridiagonal_partial,
+        "none": lanczos_tridiagonal_plain,
+    }[reorthogonalization]
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     all_nodes, all_weights, steps = [], [], []
     n: int | None = None
@@ -166,7 +175,8 @@ def slq_spectrum(
                 "the factory must return operators of one dimension"
             )
         z = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int64).to(torch.float64) * 2 - 1
-        work = basis_storage(op, m + 1, work)  # one basis buffer for all runs
+        rows = m + 1 if reorthogonalization != "none" else min(3, m + 1)
+        work = basis_storage(op, rows, work)  # one basis buffer for all runs
         alpha, beta, _ = tridiagonal(op, m, z.to(op.device), workspace=work)
         theta, w = gauss_quadrature(alpha.cpu(), beta.cpu())
         j = theta.numel()

@@ -32,6 +32,7 @@ from torch import nn
 from sharpdim.curvature.dense import DENSE_LIMIT
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.params import trainable_parameters
+from sharpdim.curvature.slq import REORTHOGONALIZATIONS
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.dimension.rds_sharpness import rds_sharpness
 from sharpdim.dimension.sd_estimators import (
@@ -221,9 +222,11 @@ def sharpness_dimension(
         eps: guard in ``ln(sigma + eps)``.
         max_params: the exact method refuses models above this size.
         num_runs, num_steps: Lanczos runs (one minibatch each) and steps per run.
-        reorthogonalization: ``"full"`` (the paper's SD-SLQ) or ``"partial"`` (Simon 1984,
+        reorthogonalization: ``"full"`` (the paper's SD-SLQ), ``"partial"`` (Simon 1984,
             semi-orthogonal basis: same quadrature to working precision, faster on large
-            models; see :func:`~sharpdim.curvature.slq.slq_spectrum`).
+            models) or ``"none"`` (plain Lanczos, O(n) memory; the quadrature still
+            integrates the measure, Greenbaum 1989); see
+            :func:`~sharpdim.curvature.slq.slq_spectrum`.
         momentum, betas, weight_decay, adam_eps: optimizer hyperparameters (torch's meaning).
         preconditioner: Adam's ``P = sqrt(v_hat) + adam_eps`` (flat); default: estimated as
             ``sqrt(mean_B g_B^2) + adam_eps`` over ``num_batches`` sampled minibatches.
@@ -258,9 +261,10 @@ def sharpness_dimension(
         raise SharpdimError(
             f"batch_size={batch_size} but the data has {n} examples: pass 1 <= batch_size <= {n}"
         )
-    if reorthogonalization not in ("full", "partial"):
+    if reorthogonalization not in REORTHOGONALIZATIONS:
         raise SharpdimError(
-            f"unknown reorthogonalization {reorthogonalization!r}: use 'full' or 'partial'"
+            f"unknown reorthogonalization {reorthogonalization!r}: use one of "
+            f"{', '.join(REORTHOGONALIZATIONS)}"
         )
     if num_batches < 1 or num_runs < 1 or num_steps < 1:
         raise SharpdimError("num_batches, num_runs and num_steps must be >= 1")
