@@ -6,7 +6,7 @@ targets, float64), each trained briefly by full-batch gradient descent. For each
 * ``K`` minibatches of ``batch_size`` examples are drawn once; the exact SD uses the dense
   Hessian of each (float64 ``eigvalsh``) and Def. 4.2 on the mean sorted exponents;
 * stochastic Lanczos quadrature (``num_steps`` steps, Rademacher probes, full
-  reorthogonalization) runs ``R_max`` times, run ``r`` on batch ``r mod K`` — the same
+  reorthogonalization unless ``--reorth partial|none``) runs ``R_max`` times, run ``r`` on batch ``r mod K`` — the same
   batches as the exact SD, so the comparison isolates the estimator's own error (quadrature,
   probes, pooling) from minibatch sampling, which both methods share;
 * the learning rates are ``eta = 1/lambda_max`` (below the edge of stability) and
@@ -33,7 +33,7 @@ from torch import nn
 from _common import dump_json
 from sharpdim.curvature.dense import dense_hessian
 from sharpdim.curvature.hessian import HessianOperator
-from sharpdim.curvature.slq import slq_spectrum
+from sharpdim.curvature.slq import REORTHOGONALIZATIONS, slq_spectrum
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.dimension.sd_estimators import exponent_measure, sd_from_measure
 from sharpdim.dynamics.jacobian_spectra import StepSpectrumConfig, step_log_singular_values
@@ -97,6 +97,7 @@ def study_model(
         num_runs=max(args.runs),
         num_steps=args.num_steps,
         generator=torch.Generator().manual_seed(2),
+        reorthogonalization=args.reorth,
     )
     slq_s = time.perf_counter() - t0
     rows = []
@@ -124,6 +125,7 @@ def study_model(
                         "lambda_max": lam_max,
                         "runs": runs,
                         "num_steps": args.num_steps,
+                        "reorthogonalization": args.reorth,
                         "method": method,
                         "sd_exact": exact,
                         "sd_est": est,
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-lr", type=float, default=0.1)
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reorth", choices=REORTHOGONALIZATIONS, default="full")
     parser.add_argument("--models", type=int, nargs="+", default=[0, 1, 2], help="MODELS indices")
     parser.add_argument("--out", type=str, default=None)
     args = parser.parse_args(argv)

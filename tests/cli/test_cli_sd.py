@@ -48,14 +48,15 @@ def test_sd_compute_momentum_and_adam(tmp_path: Path) -> None:
         assert r["optimizer"] == opt and r["num_exponents"] == n_exp * r["num_params"]
 
 
-def test_sd_compute_slq_tiny(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reorth", ["partial", "none"])
+def test_sd_compute_slq_tiny(tmp_path: Path, reorth: str) -> None:
     r = _compute(
         tmp_path / "slq.json",
         f"{TINY} --lr 0.5 --train-steps 3 --method ps --num-runs 4 --num-steps 8 "
-        "--batch-size 16 --num-bootstrap 5 --reorth partial",
+        f"--batch-size 16 --num-bootstrap 5 --reorth {reorth}",
     )["result"]
     assert r["method"] == "ps" and r["settings"]["num_runs"] == 4
-    assert r["settings"]["reorthogonalization"] == "partial"
+    assert r["settings"]["reorthogonalization"] == reorth
     assert 0 <= r["sd"] <= r["num_exponents"]
 
 
