@@ -296,6 +296,18 @@ class _KrylovBasis:
         self.m = k
 
 
+def tridiagonal_steps(op: LinearOperator, num_steps: int, v0: torch.Tensor) -> int:
+    """Validate a tridiagonalization's arguments; the number of steps, ``min(num_steps, n)``."""
+    n = op.num_params
+    if num_steps < 1:
+        raise SharpdimError(f"num_steps must be >= 1, got {num_steps}")
+    if v0.ndim != 1 or v0.shape[0] != n:
+        raise SharpdimError(f"v0 has shape {tuple(v0.shape)}: pass a vector of shape ({n},)")
+    if not bool(torch.isfinite(v0).all()) or float(v0.norm()) == 0:
+        raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
+    return min(num_steps, n)
+
+
 def lanczos_tridiagonal(
     H: OperatorLike,
     num_steps: int,
@@ -315,12 +327,7 @@ def lanczos_tridiagonal(
     the basis instead of a fresh allocation.
     """
     op = as_operator(H)
-    n = op.num_params
-    if num_steps < 1:
-        raise SharpdimError(f"num_steps must be >= 1, got {num_steps}")
-    if v0.ndim != 1 or v0.shape[0] != n:
-        raise SharpdimError(f"v0 has shape {tuple(v0.shape)}: pass a vector of shape ({n},)")
-    steps = min(num_steps, n)
+    steps = tridiagonal_steps(op, num_steps, v0)
     basis = _KrylovBasis(op, steps + 1, v0, None, restart_on_breakdown=False, workspace=workspace)
     while basis.m < steps and basis.nb > 0:
         basis.step()

@@ -38,9 +38,8 @@ import math
 
 import torch
 
-from sharpdim.curvature.lanczos import basis_dtype, basis_storage
+from sharpdim.curvature.lanczos import basis_dtype, basis_storage, tridiagonal_steps
 from sharpdim.curvature.operator import OperatorLike, as_operator
-from sharpdim.errors import SharpdimError
 
 _BREAKDOWN = 1e-10
 """A new direction shorter than this fraction of ``||H v||`` marks an invariant subspace."""
@@ -137,13 +136,7 @@ def _lanczos(
     """The Lanczos recurrence with (``semi_orthogonal``) or without Simon's safeguard."""
     op = as_operator(H)
     n = op.num_params
-    if num_steps < 1:
-        raise SharpdimError(f"num_steps must be >= 1, got {num_steps}")
-    if v0.ndim != 1 or v0.shape[0] != n:
-        raise SharpdimError(f"v0 has shape {tuple(v0.shape)}: pass a vector of shape ({n},)")
-    if not bool(torch.isfinite(v0).all()) or float(v0.norm()) == 0:
-        raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
-    steps = min(num_steps, n)
+    steps = tridiagonal_steps(op, num_steps, v0)
     dtype = basis_dtype(op.dtype)
     eps = torch.finfo(dtype).eps
     level = math.sqrt(eps)
