@@ -93,6 +93,41 @@ def test_loss_linear_in_parameters_has_zero_hessian() -> None:
     assert torch.equal(op.dense(), torch.zeros(8, 8, dtype=DTYPE))
 
 
+class _UnevenUse(nn.Module):
+    """A tanh layer, a parameter the loss never uses and one it uses only linearly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2).to(DTYPE)
+        self.unused = nn.Parameter(torch.ones(4, dtype=DTYPE))
+        self.shift = nn.Parameter(torch.ones(2, dtype=DTYPE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.lin(x))
+
+
+def test_unused_and_linear_parameters_get_zero_blocks() -> None:
+    """Rows of a parameter outside the graph, or with a constant gradient, are exactly zero,
+    and the others equal the reference, whichever order they come in."""
+    model = _UnevenUse()
+    batch = regression_batch(7, 3, 2)
+
+    def loss_fn(m: _UnevenUse, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return mse_loss(m, b) + 3.0 * m.shift.sum()
+
+    params = [model.unused, model.lin.weight, model.shift, model.lin.bias]
+    op = HessianOperator(model, loss_fn, batch, params=params)
+    block = _random(op.num_params, 3)
+    out = op @ block
+    # the linear term adds no curvature: the weight/bias block is that of the MSE alone
+    ref = reference_hessian(model, mse_loss, batch, params=[model.lin.weight, model.lin.bias])
+    live = torch.cat([torch.arange(4, 10), torch.arange(12, 14)])  # weight (6), bias (2)
+    assert_matches(out[live], ref @ block[live])
+    assert torch.equal(out[:4], torch.zeros(4, 3, dtype=DTYPE))  # unused
+    assert torch.equal(out[10:12], torch.zeros(2, 3, dtype=DTYPE))  # shift: linear
+    assert bool(out[live].abs().gt(0).all())
+
+
 # -- analytic Hessians -----------------------------------------------------------------------
 
 

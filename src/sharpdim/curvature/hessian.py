@@ -295,10 +295,11 @@ class HessianOperator(LinearOperator):
     ) -> torch.Tensor:
         """``H @ block`` column by column (vmap'd double backward was slower on CPU)."""
         grads, live = graph
-        out = torch.zeros_like(block)
         if not grads:
-            return out  # the loss is at most linear in the parameters: H = 0
+            return torch.zeros_like(block)  # the loss is at most linear in the parameters: H = 0
+        out = torch.empty_like(block)
         live_params = [self.params[i] for i in live]
+        sizes = [p.numel() for p in self.params]
         for j in range(block.shape[1]):
             vs = unflatten(block[:, j], self.params)
             hv = torch.autograd.grad(
@@ -308,9 +309,12 @@ class HessianOperator(LinearOperator):
                 retain_graph=True,
                 allow_unused=True,
             )
-            by_param: list[torch.Tensor] = [torch.zeros_like(p) for p in self.params]
+            by_param: list[torch.Tensor | None] = [None] * len(self.params)
             for i, h in zip(live, hv, strict=True):
-                if h is not None:
-                    by_param[i] = h
-            out[:, j] = flatten(by_param)
+                by_param[i] = h
+            for piece, block_h in zip(out[:, j].split(sizes), by_param, strict=True):
+                if block_h is None:  # a parameter the loss does not reach (twice): zero block
+                    piece.zero_()
+                else:
+                    piece.copy_(block_h.reshape(-1))
         return out
