@@ -2,7 +2,7 @@
 
 Full reorthogonalization (:func:`~sharpdim.curvature.lanczos.lanczos_tridiagonal`) keeps every
 Lanczos vector orthogonal to the whole basis to working precision, at the price of one
-Gram–Schmidt pass over the basis per step: ``4 m n`` bytes of memory traffic for a float32
+Gram–Schmidt pass over the basis per step, which reads it twice: ``8 m n`` bytes for a float32
 basis of ``m`` vectors of length ``n``, which exceeds the cost of a Hessian-vector product for
 large models and small batches (see ``docs/benchmarks.md``).
 
@@ -24,8 +24,9 @@ and a few vector operations.
 
 *No* reorthogonalization (:func:`lanczos_tridiagonal_plain`, the recurrence with local
 orthogonalization only) keeps just three vectors; its basis loses orthogonality, yet its Gauss
-quadrature still integrates the probe's spectral measure (Greenbaum 1989), which is all SLQ
-needs: the cheapest choice when the basis itself is not wanted.
+quadrature still integrates the probe's spectral measure to about the accuracy of an
+``m``-point rule (Greenbaum 1989), which is all SLQ needs: the cheapest choice when the basis
+itself is not wanted.
 
 Both are *approximations of the paper's method* (Tuci et al., arXiv 2604.19740, App. C, use
 full reorthogonalization); :func:`~sharpdim.curvature.slq.slq_spectrum` uses them only when
