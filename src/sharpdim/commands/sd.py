@@ -27,7 +27,7 @@ from sharpdim.commands._common import (
     width_option,
     write_json,
 )
-from sharpdim.curvature.slq import REORTHOGONALIZATIONS
+from sharpdim.curvature.slq import check_reorthogonalization
 from sharpdim.dimension.sharpness_dimension import METHODS, SDResult, sharpness_dimension
 from sharpdim.errors import SharpdimError
 
@@ -101,10 +101,7 @@ def compute(
 
     if method not in METHODS:
         raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if reorth not in REORTHOGONALIZATIONS:
-        raise SharpdimError(
-            f"unknown reorthogonalization {reorth!r}: use one of {', '.join(REORTHOGONALIZATIONS)}"
-        )
+    check_reorthogonalization(reorth)
     if optimizer not in _TRAIN_TO_SD:
         raise SharpdimError(
             f"unknown optimizer {optimizer!r}: use one of {', '.join(_TRAIN_TO_SD)}"

@@ -34,7 +34,21 @@ from sharpdim.curvature.partial_reorth import (
 )
 from sharpdim.errors import SharpdimError
 
-REORTHOGONALIZATIONS = ("full", "partial", "none")
+_TRIDIAGONALIZATIONS = {
+    "full": lanczos_tridiagonal,
+    "partial": lanczos_tridiagonal_partial,
+    "none": lanczos_tridiagonal_plain,
+}
+REORTHOGONALIZATIONS = tuple(_TRIDIAGONALIZATIONS)
+
+
+def check_reorthogonalization(name: str) -> None:
+    """Raise a one-line error unless ``name`` is one of :data:`REORTHOGONALIZATIONS`."""
+    if name not in _TRIDIAGONALIZATIONS:
+        raise SharpdimError(
+            f"unknown reorthogonalization {name!r}: use one of {', '.join(REORTHOGONALIZATIONS)}"
+        )
+
 
 OperatorFactory = Callable[[int, torch.Generator], OperatorLike]
 
@@ -149,16 +163,8 @@ def slq_spectrum(
             f"expected a tensor, a LinearOperator or a factory, got {type(H_or_factory).__name__}: "
             "pass e.g. HessianOperator(model, loss_fn, batch)"
         )
-    if reorthogonalization not in REORTHOGONALIZATIONS:
-        raise SharpdimError(
-            f"unknown reorthogonalization {reorthogonalization!r}: use one of "
-            f"{', '.join(REORTHOGONALIZATIONS)}"
-        )
-    tridiagonal = {
-        "full": lanczos_tridiagonal,
-        "partial": lanczos_tridiagonal_partial,
-        "none": lanczos_tridiagonal_plain,
-    }[reorthogonalization]
+    check_reorthogonalization(reorthogonalization)
+    tridiagonal = _TRIDIAGONALIZATIONS[reorthogonalization]
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     all_nodes, all_weights, steps = [], [], []
     n: int | None = None

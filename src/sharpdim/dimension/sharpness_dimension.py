@@ -32,7 +32,7 @@ from torch import nn
 from sharpdim.curvature.dense import DENSE_LIMIT
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.params import trainable_parameters
-from sharpdim.curvature.slq import REORTHOGONALIZATIONS
+from sharpdim.curvature.slq import check_reorthogonalization
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.dimension.rds_sharpness import rds_sharpness
 from sharpdim.dimension.sd_estimators import (
@@ -261,11 +261,7 @@ def sharpness_dimension(
         raise SharpdimError(
             f"batch_size={batch_size} but the data has {n} examples: pass 1 <= batch_size <= {n}"
         )
-    if reorthogonalization not in REORTHOGONALIZATIONS:
-        raise SharpdimError(
-            f"unknown reorthogonalization {reorthogonalization!r}: use one of "
-            f"{', '.join(REORTHOGONALIZATIONS)}"
-        )
+    check_reorthogonalization(reorthogonalization)
     if num_batches < 1 or num_runs < 1 or num_steps < 1:
         raise SharpdimError("num_batches, num_runs and num_steps must be >= 1")
     if num_bootstrap < 0 or not 0 < confidence < 1:
