@@ -9,6 +9,7 @@ import torch
 
 from sharpdim.dimension.lifetime_sum import alpha_weighted_lifetime_sum
 from sharpdim.dimension.mst import mst_edge_lengths, pairwise_distances
+from sharpdim.dimension.ph_dimension import ph_dimension
 from sharpdim.errors import SharpdimError
 
 F64 = torch.float64
@@ -74,3 +75,92 @@ def test_bad_alpha() -> None:
         alpha_weighted_lifetime_sum(torch.rand(5, 2), alpha=0.0)
     with pytest.raises(SharpdimError):
         alpha_weighted_lifetime_sum(torch.tensor([[0.0], [float("nan")]]))
+
+
+def prim(dist: torch.Tensor) -> list[float]:
+    """Prim's algorithm written out with Python loops on a dense distance matrix."""
+    d = dist.tolist()
+    n = len(d)
+    in_tree = [True] + [False] * (n - 1)
+    key = list(d[0])
+    out = []
+    for _ in range(n - 1):
+        j = min((k for k in range(n) if not in_tree[k]), key=lambda k: key[k])
+        out.append(key[j])
+        in_tree[j] = True
+        key = [min(key[k], d[j][k]) for k in range(n)]
+    return sorted(out)
+
+
+def test_tiny_and_zero_edges_are_kept() -> None:
+    # scipy's dense MST input drops |d| < 1e-8 as "no edge": the tiny edges must survive
+    three = alpha_weighted_lifetime_sum(torch.tensor([[0.0], [0.0], [1e-3]], dtype=F64))
+    assert three.lifetimes[0].item() == 0.0
+    assert three.lifetimes[1].item() == pytest.approx(1e-3, rel=1e-12)
+    close = alpha_weighted_lifetime_sum(torch.tensor([[0.0], [1e-9], [1.0]], dtype=F64))
+    np.testing.assert_allclose(close.lifetimes.numpy(), [1e-9, 1.0 - 1e-9], rtol=1e-12)
+    dist = torch.tensor([[0.0, 1e-20, 1.0], [1e-20, 0.0, 1.0], [1.0, 1.0, 0.0]], dtype=F64)
+    assert mst_edge_lengths(dist).tolist() == [1e-20, 1.0]
+    assert mst_edge_lengths(torch.zeros(4, 4, dtype=F64)).tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e9])
+def test_lifetime_sum_is_scale_invariant(scale: float) -> None:
+    u = torch.rand(300, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    e = alpha_weighted_lifetime_sum(u).value
+    assert e == pytest.approx(sum(kruskal(u.numpy())), rel=1e-12)
+    assert alpha_weighted_lifetime_sum(u * scale).value == pytest.approx(scale * e, rel=1e-9)
+
+
+def test_ph_dimension_of_a_tiny_cloud_is_that_of_the_cloud() -> None:
+    u = torch.rand(300, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    ref = ph_dimension(u, generator=torch.Generator().manual_seed(0)).dimension
+    tiny = ph_dimension(u * 1e-8, generator=torch.Generator().manual_seed(0)).dimension
+    assert tiny == pytest.approx(ref, rel=1e-9)
+
+
+def test_duplicated_cloud_adds_zero_length_bars() -> None:
+    u = torch.rand(200, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    r = alpha_weighted_lifetime_sum(torch.cat([u, u]))
+    assert r.lifetimes.numel() == 399 and int((r.lifetimes == 0).sum()) == 200
+    assert r.value == pytest.approx(sum(kruskal(u.numpy())), rel=1e-12)
+    # the MST of the distinct points, 200 zeros below it
+    np.testing.assert_allclose(r.lifetimes[200:].numpy(), np.sort(kruskal(u.numpy())), rtol=1e-12)
+
+
+def test_mst_equals_brute_force_prim() -> None:
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(60, 4, generator=g, dtype=F64) * 10.0 + 50.0
+    near = base[:10] + 1e-9 * torch.randn(10, 4, generator=g, dtype=F64)
+    pts = torch.cat([base, base[10:20], near, base[:1] * 1e-6])  # duplicates, close pairs
+    dist = pairwise_distances(pts)
+    lengths = mst_edge_lengths(dist)
+    assert lengths.tolist() == prim(dist)  # the sorted MST weights are unique
+    assert int((lengths == 0).sum()) == 10
+
+
+def test_duplicate_and_close_distances_are_exact() -> None:
+    # > 25 rows: torch.cdist's default matmul form gave duplicates ~1e-7 apart
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(40, 5, generator=g, dtype=F64) * 10.0
+    step = torch.randn(5, generator=g, dtype=F64)
+    close = base[:1] + 1.7e-9 * step / step.norm()
+    dist = pairwise_distances(torch.cat([base, base, close]))
+    assert (dist[torch.arange(40), torch.arange(40) + 40] == 0).all()
+    ref = math.dist(base[0].tolist(), close[0].tolist())
+    assert ref == pytest.approx(1.7e-9, rel=1e-6)
+    assert dist[0, 80].item() == pytest.approx(ref, rel=1e-12)
+    assert dist[40, 80].item() == pytest.approx(ref, rel=1e-12)
+    far = (base[:, None, :] - base[None, :, :]).square().sum(-1).sqrt()
+    torch.testing.assert_close(dist[:40, :40], far, rtol=1e-12, atol=0.0)
+
+
+def test_disconnected_or_invalid_distances() -> None:
+    inf = math.inf
+    dist = torch.tensor([[0.0, 1.0, inf], [1.0, 0.0, inf], [inf, inf, 0.0]], dtype=F64)
+    with pytest.raises(SharpdimError, match="disconnected"):
+        mst_edge_lengths(dist)
+    dist[0, 2] = dist[2, 0] = 2.0  # connected: the inf edge is just not used
+    assert mst_edge_lengths(dist).tolist() == [1.0, 2.0]
+    with pytest.raises(SharpdimError, match="NaN or negative"):
+        mst_edge_lengths(torch.tensor([[0.0, math.nan], [math.nan, 0.0]], dtype=F64))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -188,6 +189,54 @@ def test_adam_with_given_and_estimated_preconditioner() -> None:
     assert est.settings["preconditioner"].startswith("estimated") and 0 <= est.sd <= 76
 
 
+def _mse(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return 0.5 * (model(batch[0]) - batch[1]).square().sum(1).mean()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_estimated_preconditioner_equals_hand_built_one(optimizer: str) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, 1, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    wd, nb, bs = 0.5, 4, 10
+    # torch.optim.Adam(weight_decay=wd) feeds g + wd w to its second moment; AdamW feeds g
+    coupled = wd if optimizer == "adam" else 0.0
+    gen = torch.Generator().manual_seed(0)
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    sq = torch.zeros_like(w)
+    for _ in range(nb):  # the batches sharpness_dimension draws first
+        idx = torch.randperm(40, generator=gen)[:bs]
+        grads = torch.autograd.grad(_mse(model, (x[idx], y[idx])), list(model.parameters()))
+        sq += (torch.cat([g.reshape(-1) for g in grads]) + coupled * w) ** 2
+    p_hand = (sq / nb).sqrt() + 1e-8
+    kwargs = {"optimizer": optimizer, "weight_decay": wd, "num_batches": nb, "batch_size": bs}
+    est = sharpness_dimension(
+        model,
+        _mse,
+        (x, y),
+        0.01,
+        num_bootstrap=0,
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    )
+    given = sharpness_dimension(
+        model,
+        _mse,
+        (x, y),
+        0.01,
+        num_bootstrap=0,
+        generator=gen,
+        preconditioner=p_hand,
+        **kwargs,
+    )
+    torch.testing.assert_close(est.exponents, given.exponents, rtol=1e-10, atol=1e-12)
+    assert est.sd == pytest.approx(given.sd, rel=1e-10)
+    assert ("weight_decay w" in est.settings["preconditioner"]) == (optimizer == "adam")
+
+
 def test_iterates_option() -> None:
     model, data = _setup()
     w = get_flat_params(list(model.parameters()))
@@ -227,6 +276,70 @@ def test_bad_input() -> None:
         )
     with pytest.raises(TooLargeError, match="'slq', 'kde' or 'ps'"):
         sharpness_dimension(model, _ce, data, 0.1, batch_size=10, max_params=20)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "slq", "estimator_options": {"bandwidth": 0.1}}, "bandwidth.*num_bins"),
+        ({"method": "ps", "estimator_options": {"foo": 1}}, "foo.*num_quantiles"),
+        ({"method": "kde", "estimator_options": {"num_bins": 10}}, "num_bins.*bandwidth"),
+        ({"estimator_options": {"num_bins": 10}}, "no effect with method='exact'"),
+        ({"batch_size": 2.5}, "batch_size must be an integer"),
+        ({"batch_size": True}, "batch_size must be an integer"),
+        ({"lr": True}, "lr must be"),
+        ({"lr": "0.1"}, "lr must be"),
+        ({"lr": float("inf")}, "lr must be"),
+        ({"lr": np.float32(-0.1)}, "lr must be"),
+        ({"lr": torch.tensor(0.0)}, "lr must be"),
+        ({"lr": torch.tensor([0.1])}, "lr must be"),
+        ({"optimizer": "adam", "preconditioner": ["a"] * 38}, "preconditioner"),
+        ({"optimizer": "adam", "preconditioner": [1.0] * 37}, "shape"),
+        ({"iterates": [["a"] * 38]}, "iterate"),
+        ({"iterates": [[0.0] * 37]}, "shape"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(kwargs: dict, match: str) -> None:
+    model, data = _setup()
+    args = {"lr": 0.1, "batch_size": 10, "num_batches": 2, "num_runs": 2, "num_steps": 3}
+    args.update(kwargs)
+    with pytest.raises(SharpdimError, match=match) as err:
+        sharpness_dimension(model, _ce, data, num_bootstrap=0, **args)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("lr", [np.float32(0.5), torch.tensor(0.5), np.int64(2), torch.tensor(2)])
+def test_lr_accepts_numpy_and_tensor_scalars(lr: object) -> None:
+    model, data = _setup()
+    kwargs = {"batch_size": 10, "num_batches": 2, "num_bootstrap": 0}
+    r = sharpness_dimension(model, _ce, data, lr, **kwargs)  # type: ignore[arg-type]
+    ref = sharpness_dimension(model, _ce, data, float(lr), **kwargs)  # type: ignore[arg-type]
+    assert r.lr == ref.lr == float(lr) and r.sd == ref.sd
+
+
+@pytest.mark.parametrize("method", ["exact", "slq"])
+def test_list_preconditioner_equals_tensor(method: str) -> None:
+    model, data = _setup()
+    p = torch.linspace(0.5, 2.0, 38, dtype=torch.float64)
+    kwargs = {"optimizer": "adam", "batch_size": 10, "num_batches": 2, "num_bootstrap": 0}
+    kwargs.update(method=method, num_runs=3, num_steps=5)
+    ref = sharpness_dimension(model, _ce, data, 0.2, preconditioner=p, **kwargs)
+    r = sharpness_dimension(model, _ce, data, 0.2, preconditioner=p.tolist(), **kwargs)
+    assert r.sd == ref.sd
+    torch.testing.assert_close(r.exponents, ref.exponents, rtol=0, atol=0)
+
+
+def test_list_iterates_equal_tensors() -> None:
+    model, data = _setup()
+    w = get_flat_params(list(model.parameters()))
+    kwargs = {"batch_size": 10, "num_batches": 2, "num_bootstrap": 0}
+    ref = sharpness_dimension(model, _ce, data, 3.0, iterates=[w, w + 0.2], **kwargs)
+    r = sharpness_dimension(
+        model, _ce, data, 3.0, iterates=[w.tolist(), (w + 0.2).tolist()], **kwargs
+    )
+    assert r.sd == ref.sd and r.settings["num_iterates"] == 2
+    torch.testing.assert_close(r.exponents, ref.exponents, rtol=0, atol=0)
+    assert torch.equal(get_flat_params(list(model.parameters())), w)  # restored
 
 
 def test_bootstrap_ci_collapses_when_every_batch_is_the_same() -> None:

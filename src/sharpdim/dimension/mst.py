@@ -5,12 +5,15 @@ the finite ``H0`` bars die exactly at the edge lengths of a minimum spanning tre
 complete distance graph (Kruskal's algorithm merges components in the same order as the
 filtration). So total ``H0`` persistence needs no TDA library: ``E_alpha = sum_e |e|^alpha``
 over the MST edges ``e`` (Birdal et al., NeurIPS 2021; Andreeva et al. 2024). The MST is
-scipy's ``minimum_spanning_tree`` on the dense distance matrix.
+found by Prim's algorithm, ``O(N^2)`` on the dense distance matrix, so edges of any length,
+zero included, are kept.
 
 Metrics:
 
-* ``"euclidean"``: ``||a - b||_2`` (points centred first and computed in float64, in row
-  chunks with ``torch.cdist``, to avoid cancellation between close points far from 0);
+* ``"euclidean"``: ``||a - b||_2`` in float64, in row chunks with ``torch.cdist``: the fast
+  matmul form ``||a||^2 + ||b||^2 - 2 a.b`` on points centred in float64, and, for the close
+  pairs where that form cancels, the differences ``a - b`` themselves (duplicates are exactly
+  0 apart, close pairs keep full relative precision);
 * ``"loss"``: the data-dependent pseudo-metric of Dupuis, Deligiannidis & Şimşekli (ICML 2023),
   ``rho_S(w, w') = (1/n) sum_j |l(w, z_j) - l(w', z_j)|``, on the rows of per-example loss
   vectors ``(l(w, z_1), ..., l(w, z_n))``;
@@ -24,12 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.sparse.csgraph import minimum_spanning_tree
 
 from sharpdim.errors import SharpdimError
 
 Metric = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS = ("euclidean", "loss")
+_CANCELLATION_RATIO = 1e-3  # d^2 / (|a|^2 + |b|^2) below which the matmul form is redone
 
 
 def as_points(points: Any) -> torch.Tensor:
@@ -58,14 +61,13 @@ def pairwise_distances(
     n = pts.shape[0]
     if isinstance(metric, str) and metric not in METRICS:
         raise SharpdimError(f"unknown metric {metric!r}: use one of {METRICS} or a callable")
-    if metric == "euclidean":
-        pts = pts - pts.mean(dim=0, dtype=torch.float64).to(pts.dtype)
     full = pts.to(torch.float64)
+    centred = full - full.mean(dim=0) if metric == "euclidean" else full
     out = torch.empty(n, n, dtype=torch.float64)
     for i in range(0, n, chunk_size):
         rows = full[i : i + chunk_size]
         if metric == "euclidean":
-            block = torch.cdist(rows, full, p=2.0)
+            block = _euclidean_block(full, centred, i, rows.shape[0])
         elif metric == "loss":
             block = torch.cdist(rows, full, p=1.0) / full.shape[1]
         else:
@@ -85,15 +87,36 @@ def pairwise_distances(
     return out
 
 
+def _euclidean_block(full: torch.Tensor, centred: torch.Tensor, i: int, m: int) -> torch.Tensor:
+    """Rows ``i .. i+m`` of the Euclidean distance matrix, accurate for close pairs.
+
+    Fast matmul form ``d^2 = |a|^2 + |b|^2 - 2 a.b`` on the centred points, whose rounding error
+    is ``~ eps (|a|^2 + |b|^2)``; pairs with ``d^2 <= 1e-3 (|a|^2 + |b|^2)`` (duplicates and
+    close pairs, where that error is not small against ``d^2``) are recomputed as
+    ``||a - b||`` from the uncentred points: duplicates get exactly 0, close pairs full
+    relative precision.
+    """
+    sq = centred.square().sum(dim=1)
+    block = torch.cdist(centred[i : i + m], centred, compute_mode="use_mm_for_euclid_dist")
+    close = block.square() <= _CANCELLATION_RATIO * (sq[i : i + m, None] + sq[None, :])
+    close[torch.arange(m), torch.arange(i, i + m)] = False  # the diagonal is set to 0 later
+    rows, cols = close.nonzero(as_tuple=True)
+    step = max(1, 2**22 // max(1, full.shape[1]))  # pairs per batch of differences
+    for s in range(0, rows.numel(), step):
+        r, c = rows[s : s + step], cols[s : s + step]
+        block[r, c] = torch.linalg.vector_norm(full[i + r] - full[c], dim=1)
+    return block
+
+
 def mst_edge_lengths(distances: torch.Tensor) -> torch.Tensor:
     """Edge lengths of a minimum spanning tree of a dense distance matrix, ascending.
 
-    Always ``N - 1`` lengths: scipy treats zero entries as missing edges, so zero distances
-    between distinct points (duplicates) are replaced by a tiny positive sentinel (``1e-6``
-    times the smallest positive distance) before the MST and mapped back to exact zeros.
+    Prim's algorithm: grow the tree from vertex 0, each step adding the vertex ``j`` outside it
+    with the smallest ``key_j = min_{i in tree} d_ij`` and recording ``key_j`` (``O(N^2)``).
+    Always ``N - 1`` lengths; a zero distance (duplicate points) is an edge of length 0.
 
     Args:
-        distances: ``(N, N)`` symmetric, non-negative.
+        distances: ``(N, N)`` symmetric, non-negative (``inf`` marks a missing edge).
 
     Returns:
         ``(N - 1,)`` float64: the finite ``H0`` death times of the Rips filtration.
@@ -104,17 +127,21 @@ def mst_edge_lengths(distances: torch.Tensor) -> torch.Tensor:
         raise SharpdimError(f"distances must be square, got shape {tuple(d.shape)}")
     if n < 2:
         return torch.zeros(0, dtype=torch.float64)
-    dense = d.numpy().copy()
-    positive = dense[dense > 0]
-    tiny = float(positive.min()) * 1e-6 if positive.size else 1.0  # scipy drops denormals
-    dense[dense == 0] = tiny
-    np.fill_diagonal(dense, 0.0)
-    tree = minimum_spanning_tree(dense)
-    lengths = np.sort(np.asarray(tree.data, dtype=np.float64))
-    lengths[lengths <= tiny] = 0.0
-    if lengths.size != n - 1:
+    dense = d.detach().cpu().numpy()
+    if np.isnan(dense).any() or (dense < 0).any():
+        raise SharpdimError("distances hold NaN or negative values: fix the metric")
+    key = dense[0].copy()  # key[j]: distance from j to the tree, while j is outside it
+    outside = np.arange(1, n)
+    lengths = np.empty(n - 1, dtype=np.float64)
+    for step in range(n - 1):
+        pick = int(np.argmin(key[outside]))
+        j = int(outside[pick])
+        lengths[step] = key[j]
+        outside = np.delete(outside, pick)
+        np.minimum(key, dense[j], out=key)
+    if not np.isfinite(lengths).all():
         raise SharpdimError("the distance graph is disconnected: distances must be finite")
-    return torch.from_numpy(lengths)
+    return torch.from_numpy(np.sort(lengths))
 
 
 def lifetime_sum(lengths: torch.Tensor, alpha: float) -> float:

@@ -175,6 +175,14 @@ def rds_sharpness(
     rows: list[torch.Tensor] = []
     try:
         for w in points:
+            if not isinstance(w, torch.Tensor):
+                try:
+                    w = torch.as_tensor(w, dtype=saved.dtype, device=saved.device)
+                except (TypeError, ValueError, RuntimeError):
+                    raise SharpdimError(
+                        f"iterate of type {type(w).__name__} is not numeric: pass flat "
+                        "parameter vectors (sharpdim get_flat_params)"
+                    ) from None
             if w.shape != saved.shape:
                 raise SharpdimError(
                     f"iterate of shape {tuple(w.shape)} does not match {saved.numel()} "

@@ -20,9 +20,11 @@ same generator.
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +33,7 @@ from torch import nn
 
 from sharpdim.curvature.dense import DENSE_LIMIT
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
-from sharpdim.curvature.params import trainable_parameters
+from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.slq import check_reorthogonalization
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.dimension.rds_sharpness import rds_sharpness
@@ -39,6 +41,9 @@ from sharpdim.dimension.sd_estimators import (
     SD_METHODS,
     exponent_measure,
     sd_from_measure,
+    sd_histogram,
+    sd_kde,
+    sd_quantiles,
     weighted_quantiles,
 )
 from sharpdim.dynamics.jacobian_spectra import (
@@ -152,16 +157,62 @@ def _sample_batches(
 
 
 def _estimate_preconditioner(
-    model: nn.Module, loss_fn: LossFn, batches: Sequence[Any], adam_eps: float, mode: Mode
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    adam_eps: float,
+    mode: Mode,
+    weight_decay: float = 0.0,
 ) -> torch.Tensor:
-    """``P = sqrt(mean_B g_B^2) + eps``: the stationary second moment over the sampled batches."""
+    """``P = sqrt(mean_B (g_B + wd w)^2) + eps``: the stationary second moment over the batches.
+
+    ``wd`` is Adam's coupled L2 decay (torch ``Adam(weight_decay=wd)`` adds ``wd w`` to the
+    gradient before its second moment); pass ``0`` for AdamW, whose decay is decoupled.
+    """
+    w = get_flat_params(trainable_parameters(model)).to(torch.float64)
     sq = None
     for b in batches:
         _, g = HessianOperator(model, loss_fn, b, mode=mode).loss_and_gradient()
-        g2 = g.detach().to(torch.float64) ** 2
+        g2 = (g.detach().to(torch.float64) + weight_decay * w) ** 2
         sq = g2 if sq is None else sq + g2
     assert sq is not None
     return (sq / len(batches)).sqrt() + adam_eps
+
+
+def _check_estimator_options(method: str, opts: dict[str, Any]) -> None:
+    """Reject ``estimator_options`` keys that the chosen SD estimator does not take."""
+    if method == "exact":
+        if opts:
+            raise SharpdimError(
+                f"estimator_options {sorted(opts)} have no effect with method='exact': "
+                "drop them or use method='slq', 'kde' or 'ps'"
+            )
+        return
+    estimators: dict[str, Callable[..., Any]] = {
+        "slq": sd_histogram,
+        "kde": sd_kde,
+        "ps": sd_quantiles,
+    }
+    params = inspect.signature(estimators[method]).parameters.values()
+    allowed = sorted(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise SharpdimError(
+            f"estimator_options {unknown} are not options of method={method!r}: "
+            f"use {', '.join(allowed)}"
+        )
+
+
+def _check_lr(lr: Any) -> float:
+    """``lr`` as a float: a real number or 0-dim real tensor, finite and ``> 0``."""
+    if isinstance(lr, torch.Tensor) and lr.ndim == 0 and lr.dtype != torch.bool:
+        lr = lr.item()  # a complex tensor gives a complex number, rejected below
+    real = isinstance(lr, numbers.Real) and not isinstance(lr, bool)
+    if not (real and math.isfinite(lr) and lr > 0):
+        raise SharpdimError(
+            f"lr must be a finite number > 0, got {lr!r}: pass the optimizer's step size"
+        )
+    return float(lr)
 
 
 def _child_generator(gen: torch.Generator) -> torch.Generator:
@@ -229,7 +280,8 @@ def sharpness_dimension(
             :func:`~sharpdim.curvature.slq.slq_spectrum`.
         momentum, betas, weight_decay, adam_eps: optimizer hyperparameters (torch's meaning).
         preconditioner: Adam's ``P = sqrt(v_hat) + adam_eps`` (flat); default: estimated as
-            ``sqrt(mean_B g_B^2) + adam_eps`` over ``num_batches`` sampled minibatches.
+            ``sqrt(mean_B g_B^2) + adam_eps`` over ``num_batches`` sampled minibatches, with
+            ``g_B + weight_decay w`` in place of ``g_B`` for ``"adam"`` (coupled L2 decay).
             ``sharpdim.training.optimizers.adam_preconditioner(opt)`` reads it from a live
             optimizer with the bias correction ``1 - b1^t`` folded in (then leave ``step=None``).
         step: Adam's step count for the bias correction of ``m``; ``None``: late training.
@@ -238,8 +290,9 @@ def sharpness_dimension(
         mode: module mode for the Hessians (``"eval"`` default).
         num_bootstrap: bootstrap resamples for the confidence interval (0: none).
         confidence: level of the interval.
-        estimator_options: extra keywords of the SD estimator (``num_bins``, ``bandwidth``,
-            ``grid_size``, ``integration``, ``num_quantiles``).
+        estimator_options: extra keywords of the SD estimator: ``num_bins`` (``"slq"``),
+            ``bandwidth``, ``grid_size``, ``points_per_bandwidth``, ``max_grid``,
+            ``integration`` (``"kde"``), ``num_quantiles`` (``"ps"``); none for ``"exact"``.
 
     Returns:
         :class:`SDResult`.
@@ -252,11 +305,11 @@ def sharpness_dimension(
         raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if optimizer not in OPTIMIZERS:
         raise SharpdimError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise SharpdimError(
-            f"lr must be a positive number, got {lr}: pass the optimizer's step size"
-        )
+    lr = _check_lr(lr)
     n = _check_data(data)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise SharpdimError(f"batch_size must be an integer, got {batch_size!r}: pass e.g. 128")
+    batch_size = int(batch_size)
     if not 1 <= batch_size <= n:
         raise SharpdimError(
             f"batch_size={batch_size} but the data has {n} examples: pass 1 <= batch_size <= {n}"
@@ -270,7 +323,7 @@ def sharpness_dimension(
         raise SharpdimError("`iterates` (attractor samples) needs method='exact'")
     config = StepSpectrumConfig(
         optimizer=optimizer,
-        lr=float(lr),
+        lr=lr,
         momentum=momentum,
         betas=betas,
         weight_decay=weight_decay,
@@ -285,6 +338,7 @@ def sharpness_dimension(
         )
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     opts = dict(estimator_options or {})
+    _check_estimator_options(method, opts)
     settings: dict[str, Any] = {
         "batch_size": batch_size,
         "eps": eps,
@@ -298,10 +352,16 @@ def sharpness_dimension(
     if weight_decay:
         settings["weight_decay"] = weight_decay
     if config.is_adam and preconditioner is None:
+        coupled = weight_decay if optimizer == "adam" else 0.0  # AdamW decouples its decay
+        batches = _sample_batches(data, num_batches, batch_size, gen)
         preconditioner = _estimate_preconditioner(
-            model, loss_fn, _sample_batches(data, num_batches, batch_size, gen), adam_eps, mode
+            model, loss_fn, batches, adam_eps, mode, weight_decay=coupled
         )
-        settings["preconditioner"] = "estimated: sqrt(mean_B g_B^2) + adam_eps"
+        settings["preconditioner"] = (
+            "estimated: sqrt(mean_B (g_B + weight_decay w)^2) + adam_eps"
+            if coupled
+            else "estimated: sqrt(mean_B g_B^2) + adam_eps"
+        )
     num_exp = d * config.states_per_param
 
     if method == "exact":

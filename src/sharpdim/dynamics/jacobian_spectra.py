@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, final
+from typing import Any, Literal, final
 
 import torch
 
@@ -158,20 +158,32 @@ def block_singular_values(a: torch.Tensor, config: StepSpectrumConfig) -> torch.
 
 
 def _check_preconditioner(
-    config: StepSpectrumConfig, preconditioner: torch.Tensor | None, n: int
-) -> None:
+    config: StepSpectrumConfig, preconditioner: Any, n: int
+) -> torch.Tensor | None:
+    """Adam's preconditioner as a checked tensor (lists, arrays: float64); ``None`` otherwise."""
     if config.is_adam and preconditioner is None:
         raise SharpdimError(
             f"optimizer {config.optimizer!r} needs the preconditioner P = sqrt(v_hat) + eps: "
             "pass `preconditioner` (a flat tensor of the model's parameter count)"
         )
-    if config.is_adam and preconditioner is not None and preconditioner.shape != (n,):
+    if not config.is_adam:
+        return None
+    if not isinstance(preconditioner, torch.Tensor):
+        try:
+            preconditioner = torch.as_tensor(preconditioner, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise SharpdimError(
+                f"preconditioner of type {type(preconditioner).__name__} is not numeric: "
+                f"pass a flat tensor of shape ({n},)"
+            ) from None
+    if preconditioner.shape != (n,):
         raise SharpdimError(
             f"preconditioner of shape {tuple(preconditioner.shape)} does not match {n} "
             f"parameters: pass a flat tensor of shape ({n},)"
         )
-    if config.is_adam and preconditioner is not None and not bool((preconditioner > 0).all()):
+    if not bool((preconditioner > 0).all()):
         raise SharpdimError("the preconditioner must be positive: pass sqrt(v_hat) + eps, eps > 0")
+    return preconditioner
 
 
 def step_matrix(
@@ -184,7 +196,7 @@ def step_matrix(
     """
     a = hessian.detach().to(torch.float64)
     n = a.shape[0]
-    _check_preconditioner(config, preconditioner, n)
+    preconditioner = _check_preconditioner(config, preconditioner, n)
     shift = config.hessian_shift
     if shift:
         a = a + shift * torch.eye(n, dtype=a.dtype, device=a.device)
@@ -204,7 +216,7 @@ class StepMatrixOperator(LinearOperator):
         config: StepSpectrumConfig,
         preconditioner: torch.Tensor | None = None,
     ) -> None:
-        _check_preconditioner(config, preconditioner, hessian.num_params)
+        preconditioner = _check_preconditioner(config, preconditioner, hessian.num_params)
         self.hessian, self.config = hessian, config
         self.shift = config.hessian_shift
         self.scale = (
