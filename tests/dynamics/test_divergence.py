@@ -53,3 +53,53 @@ def test_bad_input() -> None:
     with pytest.raises(SharpdimError):  # delta not resolvable in float32 around 1e4
         trajectory_divergence(lambda x: x, torch.full((2,), 1e4), 5, delta=1e-9)
     assert trajectory_divergence(lambda x: x, torch.ones(2, dtype=F64), 3).to_dict()["num_steps"]
+
+
+def test_training_map_overflow_is_recorded_not_raised() -> None:
+    # GD on mean_i (3 w_i)^2 (Hessian 9 I), lr = 5: w_t = (-44)^t w_0 from w_0 = e_1; the loss
+    # at w_t first overflows (9 * 44^(2t) > float64 max) at step 94, see test_lyapunov
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0]]))
+    batch = (3 * torch.eye(2, dtype=F64), torch.zeros(2, 1, dtype=F64))
+
+    def mse(m: torch.nn.Module, b: tuple) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    phi = TrainingMap(model, mse, [batch], lr=5.0)
+    r = trajectory_divergence(phi, phi.initial_state(), 2000)
+    assert r.diverged_at == 94 and r.num_steps == 94
+    assert r.log_distance.numel() == 95 and torch.isfinite(r.log_distance).all()
+    steps = torch.arange(95, dtype=F64)
+    torch.testing.assert_close(
+        r.log_distance, r.log_distance[0] + steps * math.log(44), rtol=0, atol=1e-6
+    )
+
+
+def test_dropout_orbits_follow_the_tangent_map() -> None:
+    """Both orbits see the same dropout masks: ``d_t`` is ``delta |J_{t-1} ... J_0 u|``."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Dropout(0.3), torch.nn.Linear(8, 2)
+    ).double()
+    gen = torch.Generator().manual_seed(1)
+    batch = (
+        torch.randn(16, 4, generator=gen, dtype=F64),
+        torch.randn(16, 2, generator=gen, dtype=F64),
+    )
+
+    def mse(m: torch.nn.Module, b: tuple) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    phi = TrainingMap(model, mse, [batch], lr=0.05)  # mode="train": dropout on
+    x = phi.initial_state()
+    u = torch.randn(phi.num_params, generator=gen, dtype=F64)
+    r = trajectory_divergence(phi, x, 20, delta=1e-8, direction=u)
+    # reference: the tangent u / |u| pushed through the JVPs along the orbit (linearization;
+    # its error relative to d_t is O(delta))
+    v, ref = u / u.norm(), [math.log(1e-8)]
+    for t in range(20):
+        x, v = phi.jvp(x, t, v)
+        ref.append(math.log(1e-8) + math.log(float(v.norm())))
+    torch.testing.assert_close(r.log_distance, torch.tensor(ref, dtype=F64), rtol=0, atol=1e-6)
+    assert r.growth_rate < 0.01

@@ -141,3 +141,30 @@ def test_to_dict_round_trip() -> None:
     r = lyapunov_spectrum(henon, torch.tensor([0.1, 0.1], dtype=F64), 2, 30)
     d = r.to_dict()
     assert d["k"] == 2 and len(d["finite_time"]) == 30 and len(d["stderr"]) == 2
+
+
+def _overflowing_gd() -> TrainingMap:
+    """GD on ``L(w) = mean_i (3 w_i)^2 = 4.5 |w|^2`` (Hessian ``9 I``) with ``lr = 5``."""
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0]]))
+    x, y = 3 * torch.eye(2, dtype=F64), torch.zeros(2, 1, dtype=F64)
+
+    def mse(m: torch.nn.Module, b: tuple) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    return TrainingMap(model, mse, [(x, y)], lr=5.0)
+
+
+def test_training_map_overflow_is_recorded_not_raised() -> None:
+    # w_t = (1 - 5 * 9)^t e_1 = (-44)^t e_1; the loss at w_t first overflows where
+    # (3 w_t)^2 = 9 * 44^(2t) > float64 max: step 94 (w_94 itself is finite)
+    t_star = math.ceil((math.log(torch.finfo(F64).max) - math.log(9)) / (2 * math.log(44)))
+    assert t_star == 94
+    phi = _overflowing_gd()
+    r = lyapunov_spectrum(phi, phi.initial_state(), 1, 2000)
+    assert r.diverged_at == t_star and r.num_steps == t_star
+    assert torch.isfinite(r.log_stretches).all()
+    torch.testing.assert_close(r.exponents, torch.tensor([math.log(44)], dtype=F64))
+    expected = torch.tensor([(-44.0) ** t_star, 0.0], dtype=F64)
+    torch.testing.assert_close(r.final_state, expected, rtol=1e-12, atol=0)

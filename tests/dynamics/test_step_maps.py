@@ -217,3 +217,67 @@ def test_tied_parameters_and_model_left_untouched() -> None:
         isinstance(p, nn.Parameter | None) for m in model.modules() for p in m._parameters.values()
     )
     torch.testing.assert_close(phi.initial_state() + 0.1, x)
+
+
+def _dropout_model() -> nn.Module:
+    torch.manual_seed(6)
+    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 2)).double()
+
+
+def test_dropout_step_is_a_fixed_map_and_leaves_the_global_rng() -> None:
+    model, batches = _dropout_model(), _batches()
+    phi = TrainingMap(model, _ce, batches, lr=0.3)  # mode="train": dropout on
+    x = phi.initial_state()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = phi.step(x, 1)
+    assert torch.equal(phi.step(x, 1), first)
+    torch.testing.assert_close(
+        phi.jvp(x, 1, torch.ones(phi.state_dim, dtype=torch.float64))[0], first, rtol=0, atol=1e-15
+    )
+    assert torch.equal(torch.get_rng_state(), before)
+    # the masks are real (eval mode differs) and come from the map's seed
+    assert not torch.allclose(
+        TrainingMap(model, _ce, batches, lr=0.3, mode="eval").step(x, 1), first
+    )
+    assert not torch.allclose(TrainingMap(model, _ce, batches, lr=0.3, seed=1).step(x, 1), first)
+    assert torch.equal(TrainingMap(model, _ce, batches, lr=0.3).step(x, 1), first)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "make"), CASES, ids=[c[0] for c in CASES])
+def test_dropout_jvp_equals_jacobian_and_finite_differences(
+    name: str, kwargs: dict, make: Callable
+) -> None:
+    """JVP, Jacobian and the step itself see the same dropout mask at step ``t``."""
+    phi = TrainingMap(_dropout_model(), _ce, _batches(), optimizer=name, lr=0.3, **kwargs)
+    x = phi.initial_state()
+    for t in range(3):
+        x = phi.step(x, t)
+    tangents = torch.randn(
+        phi.state_dim, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7)
+    )
+    _, jt = phi.jvp(x, 1, tangents)
+    torch.testing.assert_close(jt, phi.jacobian(x, 1) @ tangents, rtol=1e-9, atol=1e-10)
+    if name in ("adam", "adamw"):  # sqrt(v') is not differentiable where a dropped unit
+        return  # leaves g = v = 0: finite differences do not apply there
+    h = 1e-6  # central differences: truncation O(h^2), rounding O(1e-16 / h)
+    fd = torch.stack(
+        [(phi.step(x + h * v, 1) - phi.step(x - h * v, 1)) / (2 * h) for v in tangents.T], 1
+    )
+    torch.testing.assert_close(jt, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_non_finite_loss_gives_a_nan_state() -> None:
+    """A diverged orbit is a NaN state (recorded by the callers), not an error."""
+
+    def overflow(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return _ce(m, b) * 1e300 * 1e300  # inf at a finite state
+
+    phi = TrainingMap(_model(), overflow, _batches(), lr=0.1, optimizer="momentum")
+    x = phi.initial_state()
+    assert torch.isnan(phi.step(x, 0)).all()
+    x_next, jt = phi.jvp(x, 0, torch.ones(phi.state_dim, 2, dtype=torch.float64))
+    assert torch.isnan(x_next).all() and torch.isnan(jt).all() and jt.shape == (phi.state_dim, 2)
+    bad = TrainingMap(_model(), lambda m, b: m(b[0]).sum(1), _batches(), lr=0.1)
+    with pytest.raises(SharpdimError, match="scalar"):
+        bad.step(bad.initial_state(), 0)

@@ -155,6 +155,68 @@ def test_sharpness_dimension_option():
     assert records[2] is not None and records[2].sd is None
 
 
+def _direct_sd(model, x, y, lr, **kwargs):
+    from sharpdim.dimension.sharpness_dimension import sharpness_dimension
+
+    # one full batch: the value does not depend on the generator's state
+    return sharpness_dimension(
+        model, mse_loss, (x, y), lr, batch_size=len(x), num_batches=1, num_bootstrap=0, **kwargs
+    ).sd
+
+
+def test_sharpness_dimension_uses_the_optimizer_weight_decay():
+    x, y = _data(40)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5, weight_decay=5.0)
+    options = {"batch_size": 40, "num_batches": 1}
+    record = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1, sd_options=options).measure(
+        model, opt, step=0
+    )
+    expected = _direct_sd(model, x, y, 0.5, optimizer="momentum", momentum=0.5, weight_decay=5.0)
+    assert record.sd == pytest.approx(expected, rel=1e-12)
+    assert expected != pytest.approx(
+        _direct_sd(model, x, y, 0.5, optimizer="momentum", momentum=0.5)
+    )
+
+
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
+def test_sharpness_dimension_uses_the_live_adam_preconditioner(cls):
+    x, y = _data(40)
+    model = _model()
+    b1, b2, eps, wd = 0.8, 0.95, 1e-3, 0.05
+    opt = cls(model.parameters(), lr=0.01, betas=(b1, b2), eps=eps, weight_decay=wd)
+    options = {"batch_size": 40, "num_batches": 1}
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1, sd_options=options)
+    for step in range(3):
+        opt.zero_grad()
+        mse_loss(model, (x, y)).backward()
+        record = monitor.on_step(step, model, 0.0, opt)
+        # Adam's P of the update about to be taken, by hand (torch's formulas)
+        params = list(model.parameters())
+        w = torch.cat([p.detach().reshape(-1) for p in params])
+        g = torch.cat([p.grad.reshape(-1) for p in params]) + (
+            wd * w if cls is torch.optim.Adam else 0
+        )
+        v = torch.cat(
+            [
+                opt.state[p]["exp_avg_sq"].reshape(-1)
+                if p in opt.state
+                else torch.zeros(p.numel(), dtype=w.dtype)
+                for p in params
+            ]
+        )
+        v, t = b2 * v + (1 - b2) * g * g, step + 1
+        precond = (1 - b1**t) * ((v / (1 - b2**t)).sqrt() + eps)
+        name = "adam" if cls is torch.optim.Adam else "adamw"
+        kwargs = {"optimizer": name, "betas": (b1, b2), "weight_decay": wd, "adam_eps": eps}
+        expected = _direct_sd(model, x, y, 0.01, preconditioner=precond, **kwargs)
+        assert record is not None and record.sd == pytest.approx(expected, rel=1e-10)
+        assert expected != pytest.approx(
+            _direct_sd(model, x, y, 0.01, optimizer=name, betas=(b1, b2))
+        )
+        opt.step()
+
+
 def test_bad_input():
     x, y = _data()
     with pytest.raises(SharpdimError):

@@ -1,5 +1,6 @@
 """Trajectory capture: ring buffer in RAM and on disk, forward simulation."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from sharpdim.errors import SharpdimError
-from sharpdim.training.datasets import load_dataset
+from sharpdim.training.datasets import Dataset, load_dataset
 from sharpdim.training.loop import TrainConfig
 from sharpdim.training.models import build_mlp
 from sharpdim.training.trajectory import (
@@ -49,6 +50,47 @@ def test_capture_backward_matches_training_iterates() -> None:
     assert traj.steps.tolist() == [16, 17, 18, 19, 20]
     torch.testing.assert_close(traj.points[1], result.snapshots[17])
     torch.testing.assert_close(traj.points[-1], result.snapshots[20])
+
+
+def test_capture_backward_stopped_by_stop_loss_has_no_duplicate_point() -> None:
+    data = load_dataset("digits", n_train=40, n_test=10, dtype=torch.float64)
+    model = build_mlp(64, 10, width=4, depth=1, seed=0, dtype=torch.float64)
+    config = TrainConfig(lr=0.1, steps=20, stop_loss=0.44)
+    result, traj = capture_backward(model, data, config, 5)
+    end = result.steps_completed
+    assert result.status == "ok" and end < 20  # stopped early by stop_loss at step `end`
+    assert traj.steps.tolist() == list(range(end - 4, end + 1))
+    final = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(traj.points[-1], final, rtol=0, atol=0)
+    assert math.isfinite(traj.losses[-1].item())  # the recorded iterate, not a copy
+    assert (traj.points[1:] - traj.points[:-1]).norm(dim=1).min() > 0
+
+
+def test_finish_skips_a_final_point_already_recorded() -> None:
+    rec = IterateRecorder(3)
+    for s in range(4):
+        rec.record(s, torch.full((2,), float(s)), loss_value=1.0)
+    traj = rec.finish(final=(3, torch.full((2,), 3.0)))
+    assert traj.steps.tolist() == [1, 2, 3] and traj.losses.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_capture_forward_records_divergence() -> None:
+    # GD on mean_i (3 w_i)^2 (Hessian 9 I), lr = 5, w_0 = e_1: w_t = (-44)^t e_1, and the loss
+    # at w_t first overflows (9 * 44^(2t) > float64 max) at t = 94
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    x, y = 3 * torch.eye(2, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    data = Dataset("quadratic", x, y, x, y, 0)
+
+    def mse(m: torch.nn.Module, b: tuple) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    w0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    traj = capture_forward(model, data, w0, 2000, lr=5.0, loss_fn=mse)
+    assert traj.diverged_at == 94 and traj.to_dict()["diverged_at"] == 94
+    assert traj.steps.tolist() == list(range(95))
+    expected = torch.tensor([(-44.0) ** t for t in range(95)], dtype=torch.float64)
+    torch.testing.assert_close(traj.points[:, 0], expected, rtol=1e-12, atol=0)
+    assert capture_forward(model, data, w0, 5, lr=0.01, loss_fn=mse).diverged_at is None
 
 
 def test_capture_forward_full_batch_equals_gd() -> None:

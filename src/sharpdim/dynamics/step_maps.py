@@ -21,11 +21,18 @@ gradient graph (``dg = H_B dw + wd dw``); ``jacobian`` builds the dense Jacobian
 ``torch.autograd.functional.jacobian`` (tests and brute-force references only). The model is
 never modified: for the duration of one loss evaluation its parameter slots point at views of
 the state vector, and are restored afterwards.
+
+``phi_t`` is a fixed map: the loss of step ``t`` runs under a forked global RNG seeded from
+``(seed, t)``, so dropout draws the same masks at every call of step ``t`` (both orbits of a
+divergence test, the step and its JVP/Jacobian) and the caller's RNG is left untouched. A
+non-finite loss (a diverged orbit) gives a NaN state, which the callers record as divergence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -35,6 +42,23 @@ from sharpdim.curvature.hessian import LossFn, Mode, _ModeScope, checked_loss
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.dynamics.jacobian_spectra import OPTIMIZERS
 from sharpdim.errors import SharpdimError
+
+
+def _orbit_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
+    """:func:`checked_loss` that lets a non-finite scalar through: on an orbit it is divergence."""
+    loss = loss_fn(model, batch)
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1 and not torch.isfinite(loss).all():
+        return loss.reshape(())
+    return checked_loss(model, lambda m, b: loss, batch)
+
+
+def _step_seed(seed: int, t: int) -> int:
+    """A 32-bit seed for step ``t`` of a map seeded ``seed`` (splitmix64's finalizer of the
+    pair): torch's CPU generator keeps only the low 32 bits of a seed."""
+    z = ((seed % 2**32) << 32) | (t % 2**32)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) % 2**32
 
 
 class _ParameterSwap:
@@ -89,6 +113,8 @@ class TrainingMap:
         weight_decay: L2 decay (SGD, Adam) or decoupled decay (AdamW).
         mode: module mode during the loss (``"train"`` default: the loss the optimizer sees).
         step_offset: Adam steps already taken before ``t = 0`` (bias correction).
+        seed: base of the per-step seeds of the loss's randomness (dropout masks of step
+            ``t`` are those of seed ``(seed, t)``).
 
     Example:
         >>> model = torch.nn.Linear(2, 1, bias=False).double()
@@ -114,6 +140,7 @@ class TrainingMap:
         weight_decay: float = 0.0,
         mode: Mode = "train",
         step_offset: int = 0,
+        seed: int = 0,
     ) -> None:
         if optimizer not in OPTIMIZERS:
             raise SharpdimError(
@@ -127,6 +154,7 @@ class TrainingMap:
         self.batches = batches
         self.lr, self.momentum, self.betas, self.eps = float(lr), float(momentum), betas, eps
         self.weight_decay, self.mode, self.step_offset = float(weight_decay), mode, step_offset
+        self.seed = int(seed)
         self._params = trainable_parameters(model)
         self._swap = _ParameterSwap(model, self._params)
 
@@ -159,14 +187,32 @@ class TrainingMap:
         return self.batches[t % len(self.batches)]
 
     # -- the map ---------------------------------------------------------------------------
+    @contextmanager
+    def _step_rng(self, t: int) -> Iterator[None]:
+        """Forks the global RNG (CPU, and the model's CUDA device) seeded from ``(seed, t)``."""
+        seed = _step_seed(self.seed, t)
+        device = self._params[0].device if self._params else torch.device("cpu")
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.random.default_generator.manual_seed(seed)
+            for d in devices:
+                with torch.cuda.device(d):
+                    torch.cuda.manual_seed(seed)
+            yield
+
     def loss_and_grad(
         self, w: torch.Tensor, t: int, *, create_graph: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(loss, grad L_B(w), w_leaf)``: with ``create_graph`` the gradient keeps its graph."""
+        """``(loss, grad L_B(w), w_leaf)``: with ``create_graph`` the gradient keeps its graph.
+
+        The loss runs under the RNG of step ``t``; a non-finite loss gives a NaN gradient.
+        """
         leaf = w if (create_graph and w.requires_grad) else w.detach().requires_grad_(True)
         with torch.enable_grad():
-            with _ModeScope(self.model, self.mode), self._swap(leaf):
-                loss = checked_loss(self.model, self.loss_fn, self.batch(t))
+            with _ModeScope(self.model, self.mode), self._swap(leaf), self._step_rng(t):
+                loss = _orbit_loss(self.model, self.loss_fn, self.batch(t))
+            if not torch.isfinite(loss):
+                return loss.detach(), torch.full_like(leaf.detach(), math.nan), leaf
             (grad,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
         return loss, grad, leaf
 
@@ -220,7 +266,10 @@ class TrainingMap:
             )
         d, lr, mu, wd = self.num_params, self.lr, self.momentum, self.weight_decay
         w = x[:d].detach()
-        _, g_graph, leaf = self.loss_and_grad(w, t, create_graph=True)
+        loss, g_graph, leaf = self.loss_and_grad(w, t, create_graph=True)
+        if not torch.isfinite(loss):  # diverged orbit: a NaN state, recorded by the caller
+            nan = torch.full((self.state_dim,), math.nan, dtype=x.dtype, device=x.device)
+            return nan, torch.full_like(tangents, math.nan)
         dw = dx[:d].to(w.dtype)
         hd = torch.empty_like(dw)
         for j in range(dw.shape[1]):  # one double backward per tangent on the shared graph

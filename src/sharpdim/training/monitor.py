@@ -36,6 +36,7 @@ from torch import nn
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
 from sharpdim.curvature.operator import LinearOperator
+from sharpdim.curvature.params import trainable_parameters
 from sharpdim.errors import SharpdimError
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.losses import get_loss
@@ -183,7 +184,10 @@ class EoSMonitor:
         sd_every: also compute the sharpness dimension every this many steps (a multiple
             of ``every``; ``0`` = never) with :func:`sharpdim.dimension.sharpness_dimension`.
         sd_options: keyword arguments for it (e.g. ``method``, ``batch_size``,
-            ``num_batches``); ``lr`` and ``optimizer`` come from the live optimizer.
+            ``num_batches``); ``lr`` and ``optimizer`` come from the live optimizer, and
+            unless given here so do ``momentum``, ``betas``, ``weight_decay`` (its first
+            group) and for Adam/AdamW ``adam_eps`` and the preconditioner of the update about
+            to be taken (:func:`upcoming_adam_preconditioner`).
         generator: randomness of Lanczos start vectors and of the SD minibatches
             (default: seed 0).
     """
@@ -360,15 +364,23 @@ class EoSMonitor:
         }
         group = optimizer.param_groups[0]
         sd_name = "sgd" if name == "gd" else name
+        live: dict[str, Any] = {
+            "momentum": float(group.get("momentum", 0.9)),
+            "betas": tuple(group.get("betas", (0.9, 0.999))),
+            "weight_decay": float(group.get("weight_decay", 0.0)),
+        }
+        if name in ADAPTIVE:
+            live["adam_eps"] = float(group["eps"])
+            if "preconditioner" not in options:  # that of the update about to be taken
+                params = trainable_parameters(model)
+                live["preconditioner"] = upcoming_adam_preconditioner(optimizer, params)
         result = sharpness_dimension(
             model,
             self.loss_fn,
             (self.x, self.y),
             lr,
             optimizer=sd_name,
-            momentum=float(group.get("momentum", 0.9)),
-            betas=tuple(group.get("betas", (0.9, 0.999))),
             generator=self.generator,
-            **options,
+            **{**live, **options},
         )
         return float(result.sd)

@@ -47,6 +47,8 @@ class Trajectory:
         losses: ``(N,)`` float64 minibatch loss at each iterate (NaN where unknown).
         path: the ``.npy`` file holding ``points`` when spilled to disk, else ``None``.
         kind: ``"backward"`` or ``"forward"``.
+        diverged_at: forward only: the step ``t`` whose update gave a non-finite state (the
+            run ends there, the iterates up to ``w_t`` are kept), else ``None``.
     """
 
     points: torch.Tensor
@@ -54,6 +56,7 @@ class Trajectory:
     losses: torch.Tensor
     path: str | None
     kind: str
+    diverged_at: int | None = None
 
     def __len__(self) -> int:
         return int(self.points.shape[0])
@@ -66,6 +69,7 @@ class Trajectory:
             "losses": [v if math.isfinite(v) else None for v in self.losses.tolist()],
             "path": self.path,
             "kind": self.kind,
+            "diverged_at": self.diverged_at,
         }
 
 
@@ -144,8 +148,13 @@ class IterateRecorder:
             self.record(step, get_flat_params(trainable_parameters(model)), loss_value)
 
     def finish(self, final: tuple[int, torch.Tensor] | None = None) -> Trajectory:
-        """The recorded iterates in time order (``final = (step, w)`` appended first)."""
-        if final is not None:
+        """The recorded iterates in time order (``final = (step, w)`` appended first).
+
+        ``final`` is skipped when its step is already the last recorded one (a run stopped by
+        ``stop_loss`` ends on a recorded iterate).
+        """
+        last = int(self._steps[(self._count - 1) % self.num_iterates]) if self._count else None
+        if final is not None and final[0] != last:
             self.record(final[0], final[1])
         if self._buffer is None:
             raise SharpdimError("no iterate was recorded: train for at least one step")
@@ -238,7 +247,8 @@ def capture_forward(
     """``num_steps`` steps of the real optimizer from ``w*`` with fresh minibatches.
 
     The optimizer state starts at zero (momentum, Adam moments). The trajectory holds
-    ``w*`` and every ``every``-th iterate after it (``num_steps // every + 1`` points).
+    ``w*`` and every ``every``-th iterate after it (``num_steps // every + 1`` points). A
+    diverging run (non-finite loss or state at step ``t``) ends there with ``diverged_at = t``.
 
     Args:
         model: the network (its parameters are not modified).
@@ -261,9 +271,11 @@ def capture_forward(
         raise SharpdimError(f"w_star has {w.numel()} entries, the model {phi.num_params}")
     x = torch.cat([w] + [torch.zeros_like(w)] * (phi.num_blocks - 1))
     points, steps = [w.clone()], [0]
+    diverged_at: int | None = None
     for t in range(num_steps):
         x = phi.step(x, t)
         if not torch.isfinite(x).all():
+            diverged_at = t
             break
         if (t + 1) % every == 0:
             points.append(phi.params(x).clone())
@@ -274,6 +286,7 @@ def capture_forward(
         torch.full((len(steps),), math.nan, dtype=torch.float64),
         None,
         "forward",
+        diverged_at,
     )
 
 
