@@ -53,3 +53,13 @@ def test_find_prefers_plain_then_gz(tmp_path):
     assert find_idx_file(tmp_path, "t10k-labels-idx1-ubyte").name.endswith(".gz")
     with pytest.raises(SharpdimError, match="no train-labels"):
         find_idx_file(tmp_path, "train-labels-idx1-ubyte")
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    raw = write_idx(tmp_path / "ok", np.arange(40, dtype=np.uint8).reshape(10, 4)).read_bytes()
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(raw, mtime=0)[:-20])
+    with pytest.raises(SharpdimError, match=r"cut\.gz ends in \.gz but is not complete gzip data"):
+        read_idx(tmp_path / "cut.gz")
+    (tmp_path / "bad_crc.gz").write_bytes(gzip.compress(raw, mtime=0)[:-8] + bytes(8))
+    with pytest.raises(SharpdimError, match=r"bad_crc\.gz"):
+        read_idx(tmp_path / "bad_crc.gz")

@@ -204,3 +204,65 @@ def test_idx_dataset_explicit_paths_and_mismatch(tmp_path):
         load_dataset("idx", **{**files, "test_labels": files["train_labels"]})
     with pytest.raises(SharpdimError, match="directory="):
         load_dataset("idx")
+
+
+def _idx_files(directory, **replace):
+    """The four MNIST files in ``directory``, with some arrays replaced."""
+    arrays = _write_mnist_files(directory, gz=False)
+    for stem, array in replace.items():
+        write_idx(directory / stem, array)
+        arrays[stem] = array
+    return arrays
+
+
+@pytest.mark.parametrize(
+    ("stem", "array", "message"),
+    [
+        ("train-labels-idx1-ubyte", np.full(12, 3.7, dtype=np.float32), "not whole numbers >= 0"),
+        ("train-labels-idx1-ubyte", np.full(12, -3, dtype=np.int8), "not whole numbers >= 0"),
+        ("t10k-labels-idx1-ubyte", np.full(6, np.nan), "not whole numbers >= 0"),
+        ("train-images-idx3-ubyte", np.zeros(12, dtype=np.uint8), r"images \(12,\) and labels"),
+        ("t10k-images-idx3-ubyte", np.zeros((6, 5, 5), dtype=np.uint8), r"shape \(5, 5\)"),
+        ("train-images-idx3-ubyte", np.zeros((12, 4, 4), dtype=np.float32), "float32 of shape"),
+        ("train-images-idx3-ubyte", np.full((12, 4, 4), np.nan, np.float32), "NaN or infinite"),
+    ],
+)
+def test_idx_dataset_rejects_inconsistent_files(tmp_path, stem, array, message):
+    _idx_files(tmp_path, **{stem: array})
+    with pytest.raises(SharpdimError, match=message):
+        load_dataset("idx", directory=tmp_path)
+
+
+def test_idx_dataset_zero_dim_labels_and_sizes(tmp_path):
+    _idx_files(tmp_path)
+    for n_train in (0, -5, 13):
+        with pytest.raises(SharpdimError, match=f"n_train={n_train} but the files hold 12"):
+            load_dataset("idx", directory=tmp_path, n_train=n_train)
+    with pytest.raises(SharpdimError, match="n_test=7 but the files hold 6"):
+        load_dataset("idx", directory=tmp_path, n_test=7)
+    no_test = load_dataset("idx", directory=tmp_path, n_train=1, n_test=0)
+    assert tuple(no_test.x_train.shape) == (1, 16) and tuple(no_test.x_test.shape) == (0, 16)
+    assert no_test.y_train.tolist() == [1] and no_test.num_classes == 2
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 0, 5]))  # 0-dim file
+    with pytest.raises(SharpdimError, match=r"labels \(\) do not match"):
+        load_dataset("idx", directory=tmp_path)
+
+
+def test_idx_dataset_whole_float_labels_and_float_images(tmp_path):
+    images = np.linspace(0.0, 1.0, 12 * 16, dtype=np.float32).reshape(12, 4, 4)
+    arrays = _idx_files(
+        tmp_path,
+        **{
+            "train-labels-idx1-ubyte": np.arange(12, dtype=np.float64) % 3,
+            "train-images-idx3-ubyte": images,
+            "t10k-images-idx3-ubyte": images[:6],
+        },
+    )
+    ds = load_dataset("idx", directory=tmp_path, dtype=torch.float64)
+    assert ds.y_train.tolist() == [0, 1, 2] * 4 and ds.y_train.dtype == torch.int64
+    assert ds.num_classes == 6  # test labels are 0..5
+    pixels = images.reshape(12, 16).astype(np.float64)  # float pixels are not divided by 255
+    expected = (pixels - pixels.mean()) / pixels.std(ddof=1)
+    np.testing.assert_allclose(ds.x_train.numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ds.x_test.numpy(), expected[:6], rtol=1e-12, atol=1e-12)
+    assert arrays["t10k-labels-idx1-ubyte"].tolist() == ds.y_test.tolist()

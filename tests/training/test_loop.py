@@ -177,3 +177,93 @@ def test_config_validation():
     with pytest.raises(SharpdimError, match="batch_size"):
         TrainConfig(batch_size=0)
     assert TrainConfig(betas=[0.5, 0.6]).to_dict()["betas"] == (0.5, 0.6)
+
+
+def with_dropout():
+    model = small_mlp()
+    model.insert(2, torch.nn.Dropout(0.3))
+    return model
+
+
+def test_resuming_a_minibatch_run_is_bit_identical(digits, tmp_path):
+    config = TrainConfig(
+        optimizer="momentum",
+        lr=0.05,
+        batch_size=10,
+        steps=10,
+        seed=3,
+        checkpoint_steps=(5,),
+        checkpoint_dir=str(tmp_path),
+    )
+    whole = with_dropout()
+    uninterrupted = train(whole, digits, config)
+    resumed_model = with_dropout()  # same initialisation: the checkpoint overwrites it anyway
+    state = torch.get_rng_state()
+    resumed = train(
+        resumed_model,
+        digits,
+        TrainConfig(optimizer="momentum", lr=0.05, batch_size=10, steps=10, seed=3),
+        resume_from=checkpoint_path(tmp_path, 5),
+    )
+    assert torch.equal(torch.get_rng_state(), state)
+    for a, b in zip(whole.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.steps_completed == 10 and [s for s, _ in resumed.history] == [5, 6, 7, 8, 9]
+    assert resumed.history == uninterrupted.history[5:]
+
+
+def test_resuming_from_a_checkpoint_without_loop_state_replays_the_batch_order(digits, tmp_path):
+    config = TrainConfig(
+        optimizer="momentum",
+        lr=0.05,
+        batch_size=30,
+        steps=9,
+        checkpoint_steps=(7,),
+        checkpoint_dir=str(tmp_path),
+    )
+    whole = small_mlp()
+    train(whole, digits, config)
+    state = torch.load(checkpoint_path(tmp_path, 7), weights_only=True)
+    del state["loop"]  # as written by older versions
+    torch.save(state, tmp_path / "old.pt")
+    resumed = small_mlp(seed=1)
+    train(
+        resumed,
+        digits,
+        TrainConfig(**{**config.to_dict(), "checkpoint_dir": None}),
+        resume_from=tmp_path / "old.pt",
+    )
+    assert torch.equal(flat(whole), flat(resumed))
+
+
+def test_bad_checkpoints_and_options_give_one_line_errors(digits, tmp_path):
+    with pytest.raises(SharpdimError, match=r"^eps -1.0 must be >= 0"):
+        TrainConfig(optimizer="adam", eps=-1.0)
+    with pytest.raises(SharpdimError, match=r"^weight_decay -0.1 must be >= 0"):
+        TrainConfig(weight_decay=-0.1)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SharpdimError, match="cannot create checkpoint directory"):
+        train(
+            small_mlp(),
+            digits,
+            TrainConfig(steps=2, checkpoint_steps=(2,), checkpoint_dir=str(blocker / "sub")),
+        )
+    config = TrainConfig(steps=2, checkpoint_steps=(2,), checkpoint_dir=str(tmp_path))
+    train(small_mlp(), digits, config)
+    wrong = build_mlp(64, 10, width=8, depth=1, dtype=torch.float64)
+    with pytest.raises(SharpdimError, match="does not fit this model"):
+        load_checkpoint(checkpoint_path(tmp_path, 2), wrong)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(SharpdimError, match="is not a readable sharpdim checkpoint"):
+        load_checkpoint(garbage, small_mlp())
+    with pytest.raises(SharpdimError, match="past steps=1"):
+        train(small_mlp(), digits, TrainConfig(steps=1), resume_from=checkpoint_path(tmp_path, 2))
+    with pytest.raises(SharpdimError, match="batch_size=None, not 10"):
+        train(
+            small_mlp(),
+            digits,
+            TrainConfig(steps=3, batch_size=10),
+            resume_from=checkpoint_path(tmp_path, 2),
+        )

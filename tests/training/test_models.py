@@ -47,6 +47,27 @@ def test_mlp_seeds_bias_depth_activation():
         build_mlp(4, 2, depth=-1)
 
 
+def test_builders_leave_global_rng_alone_and_keep_their_values():
+    # values recorded before the builders were wrapped in fork_rng: they must not change
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    mlp = build_mlp(5, 3, width=4, depth=2, seed=7, dtype=torch.float64)
+    assert torch.equal(torch.get_rng_state(), before)
+    flat = get_flat_params(list(mlp.parameters()))
+    assert flat.numel() == 59
+    assert flat.sum().item() == 1.898126918822527
+    assert (flat**2).sum().item() == 5.774634852887872
+    assert flat[:3].tolist() == [-0.1973281353712082, -0.20241449773311615, 0.3238658010959625]
+    assert flat[-1].item() == 0.3597777783870697
+    tf = build_transformer(7, seq_len=3, d_model=8, num_heads=2, seed=3, dtype=torch.float64)
+    assert torch.equal(torch.get_rng_state(), before)
+    flat = get_flat_params(list(tf.parameters()))
+    assert flat.numel() == 1031
+    assert flat.sum().item() == 19.816725781420246
+    assert (flat**2).sum().item() == 60.91127057580402
+    assert flat[:3].tolist() == [-0.07698582112789154, 0.05185819789767265, 0.23655590415000916]
+
+
 def test_transformer_shapes_and_causality():
     model = build_transformer(
         8, 5, seq_len=4, d_model=8, num_heads=2, num_layers=2, last_only=False, dtype=torch.float64

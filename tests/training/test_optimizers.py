@@ -97,6 +97,22 @@ def test_aliases_and_bad_input():
         optimizer_name(torch.optim.RMSprop([nn.Parameter(W0)]))
 
 
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("adam", {"eps": -1.0}, r"^eps -1.0 must be >= 0: e.g. 1e-8$"),
+        ("adamw", {"eps": float("nan")}, r"^eps nan must be >= 0"),
+        ("gd", {"weight_decay": -0.1}, r"^weight_decay -0.1 must be >= 0"),
+        ("adam", {"weight_decay": -1e-3}, r"^weight_decay -0.001 must be >= 0"),
+    ],
+)
+def test_negative_eps_and_weight_decay_are_refused(name, options, message):
+    with pytest.raises(SharpdimError, match=message):
+        make_optimizer(name, [nn.Parameter(W0)], lr=0.1, **options)
+    sgd = make_optimizer("gd", [nn.Parameter(W0)], lr=0.1, eps=-1.0)  # eps is Adam's only
+    assert isinstance(sgd, torch.optim.SGD)
+
+
 def test_threshold_values():
     assert stability_threshold("gd", 0.01) == pytest.approx(200.0)
     assert stability_threshold("momentum", 0.01, momentum=0.9) == pytest.approx(380.0)

@@ -1,8 +1,18 @@
-"""Checkpoints: ``torch.save`` of a model's and an optimizer's state dicts at a step."""
+"""Checkpoints: ``torch.save`` of a model's and an optimizer's state dicts at a step.
+
+A checkpoint written by :func:`~sharpdim.training.loop.train` also holds the loop's state
+(``"loop"``: the batch-order generator at the start of the current epoch and the batches of
+that epoch already taken, the global RNG that dropout draws from, the divergence limit), so
+``train(..., resume_from=path)`` continues the run bit-identically. Files are written to a
+temporary name and then renamed, so a killed process never leaves a half-written checkpoint.
+"""
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,22 +25,100 @@ def checkpoint_path(directory: str | Path, step: int) -> Path:
     return Path(directory) / f"step_{step:06d}.pt"
 
 
+def prepare_checkpoint_dir(directory: str | Path) -> Path:
+    """Create ``directory`` (and its parents) and check that it is writable."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SharpdimError(
+            f"cannot create checkpoint directory {directory} ({exc.strerror or exc}): "
+            "pass a writable checkpoint_dir"
+        ) from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SharpdimError(
+            f"checkpoint directory {directory} is not writable: pass a writable checkpoint_dir"
+        )
+    return directory
+
+
 def save_checkpoint(
     directory: str | Path,
     step: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
+    loop_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Save ``{"step", "model", "optimizer"}`` state dicts to ``directory/step_XXXXXX.pt``."""
-    path = checkpoint_path(directory, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
+    """Save ``{"step", "model", "optimizer"[, "loop"]}`` to ``directory/step_XXXXXX.pt``.
+
+    ``loop_state`` is the training loop's own state (see the module docstring); it is stored
+    only when given.
+    """
+    path = checkpoint_path(prepare_checkpoint_dir(directory), step)
+    state: dict[str, Any] = {
         "step": step,
         "model": model.state_dict(),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
     }
-    torch.save(state, path)
+    if loop_state is not None:
+        state["loop"] = loop_state
+    partial = path.with_name(path.name + ".partial")
+    try:
+        torch.save(state, partial)
+        os.replace(partial, path)
+    except OSError as exc:
+        raise SharpdimError(
+            f"cannot write checkpoint {path} ({exc.strerror or exc}): "
+            "pass a writable checkpoint_dir with free space"
+        ) from exc
     return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw contents of a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SharpdimError(f"checkpoint {path} does not exist: check the directory and step")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise SharpdimError(
+            f"{path} is not a readable sharpdim checkpoint ({type(exc).__name__}): "
+            "pass a step_XXXXXX.pt file written by train() or save_checkpoint()"
+        ) from exc
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise SharpdimError(
+            f"{path} is not a sharpdim checkpoint (no step and model state): "
+            "pass a step_XXXXXX.pt file written by train() or save_checkpoint()"
+        )
+    return state
+
+
+def restore_checkpoint(
+    state: dict[str, Any],
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> int:
+    """Load the contents ``state`` of checkpoint ``path`` into ``model`` (and ``optimizer``)."""
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise SharpdimError(
+            f"{path} does not fit this model (its parameter names or shapes differ): "
+            "build the model with the architecture the checkpoint was written from"
+        ) from exc
+    if optimizer is not None:
+        if state.get("optimizer") is None:
+            raise SharpdimError(f"{path} holds no optimizer state: load the model only")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise SharpdimError(
+                f"{path} holds the state of a different optimizer or parameter layout: "
+                "use the optimizer the checkpoint was written with"
+            ) from exc
+    return int(state["step"])
 
 
 def load_checkpoint(
@@ -43,13 +131,4 @@ def load_checkpoint(
     Returns:
         The step stored in the checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SharpdimError(f"checkpoint {path} does not exist: check the directory and step")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    if optimizer is not None:
-        if state.get("optimizer") is None:
-            raise SharpdimError(f"{path} holds no optimizer state: load the model only")
-        optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
+    return restore_checkpoint(read_checkpoint(path), path, model, optimizer)

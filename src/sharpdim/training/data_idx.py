@@ -14,7 +14,9 @@ a network connection: the user supplies the files.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +50,10 @@ def _open_bytes(path: Path) -> bytes:
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
-        except OSError as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise SharpdimError(
-                f"{path} ends in .gz but is not gzip data ({exc}): rename or re-download it"
+                f"{path} ends in .gz but is not complete gzip data ({exc}): "
+                "the file is truncated or not gzipped; re-download or rename it"
             ) from exc
     return raw
 
@@ -126,6 +129,45 @@ def find_idx_file(directory: str | Path, stem: str) -> Path:
     )
 
 
+def _check_split(
+    split: str, images: np.ndarray, labels: np.ndarray, paths: dict[str, Path]
+) -> None:
+    """Raise unless ``images`` ``(N, ...)`` and ``labels`` ``(N,)`` form a usable split."""
+    if (
+        images.ndim < 2
+        or math.prod(images.shape[1:]) == 0
+        or labels.ndim != 1
+        or images.shape[0] != labels.shape[0]
+    ):
+        raise SharpdimError(
+            f"{split} images {images.shape} and labels {labels.shape} do not match: pass an "
+            "images file (N, ...) and the labels file (N,) of the same split"
+        )
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        raise SharpdimError(
+            f"{paths[f'{split}_images']} holds NaN or infinite pixels: clean or re-export it"
+        )
+    whole = labels.dtype.kind != "f" or bool(
+        (np.isfinite(labels) & (np.floor(labels) == labels)).all()
+    )
+    if not whole or (labels.size and labels.min() < 0):
+        raise SharpdimError(
+            f"{paths[f'{split}_labels']} holds labels that are not whole numbers >= 0: "
+            "class labels must be 0, 1, 2, ..."
+        )
+
+
+def _count(name: str, n: int | None, available: int, *, minimum: int) -> int:
+    """``n`` examples (default all) after checking ``minimum <= n <= available``."""
+    n = available if n is None else n
+    if not minimum <= n <= available:
+        raise SharpdimError(
+            f"{name}={n} but the files hold {available} examples: choose {name} between "
+            f"{minimum} and {available}"
+        )
+    return n
+
+
 def load_idx_dataset(
     *,
     seed: int = 0,
@@ -143,9 +185,13 @@ def load_idx_dataset(
 
     Either ``directory`` holding the standard names ``train-images-idx3-ubyte``,
     ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each
-    optionally ``.gz``), or the four paths. Pixels are scaled to ``[0, 1]`` and then
-    standardised with the training set's mean and standard deviation (one scalar each); the
-    first ``n_train`` / ``n_test`` examples are kept. ``seed`` is unused (the files fix the order).
+    optionally ``.gz``), or the four paths. Images are ``(N, ...)`` with at least one
+    feature dimension (MNIST: ``(N, 28, 28)``), the same per-example shape and element type in
+    both splits, and finite values; labels are ``(N,)`` whole numbers ``>= 0`` (``num_classes``
+    is the largest label plus one). uint8 pixels are divided by 255 (other types are taken as
+    they are), then standardised with the training set's mean and standard deviation (one
+    scalar each); the first ``n_train`` (default all, at least 1) / ``n_test`` (default all,
+    may be 0) examples are kept. ``seed`` is unused (the files fix the order).
     """
     del seed
     names = {
@@ -166,17 +212,22 @@ def load_idx_dataset(
             )
     arrays = {key: read_idx(path) for key, path in paths.items()}
     for split in ("train", "test"):
-        imgs, labs = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if imgs.shape[0] != labs.shape[0] or labs.ndim != 1:
-            raise SharpdimError(
-                f"{split} images {imgs.shape} and labels {labs.shape} do not match: "
-                "pass an images file and the labels file of the same split"
-            )
-    scale = 255.0 if arrays["train_images"].dtype == np.uint8 else 1.0
+        _check_split(split, arrays[f"{split}_images"], arrays[f"{split}_labels"], paths)
+    train_imgs, test_imgs = arrays["train_images"], arrays["test_images"]
+    if train_imgs.shape[1:] != test_imgs.shape[1:] or train_imgs.dtype != test_imgs.dtype:
+        raise SharpdimError(
+            f"train images are {train_imgs.dtype} of shape {train_imgs.shape[1:]} per example but "
+            f"test images {test_imgs.dtype} of shape {test_imgs.shape[1:]}: pass files of the "
+            "same dataset (same image size and element type)"
+        )
+    n_train = _count("n_train", n_train, train_imgs.shape[0], minimum=1)
+    n_test = _count("n_test", n_test, test_imgs.shape[0], minimum=0)
+    scale = 255.0 if train_imgs.dtype == np.uint8 else 1.0
+    features = math.prod(train_imgs.shape[1:])
 
-    def images(key: str, n: int | None) -> torch.Tensor:
+    def images(key: str, n: int) -> torch.Tensor:
         t = torch.as_tensor(arrays[key][:n].astype(np.float64)) / scale
-        return t.reshape(t.shape[0], -1) if flatten else t
+        return t.reshape(n, features) if flatten else t
 
     x_train, x_test = images("train_images", n_train), images("test_images", n_test)
     mean, std = x_train.mean(), x_train.std() if x_train.numel() > 1 else torch.tensor(1.0)

@@ -8,6 +8,8 @@ One step ``s = 0, 1, ..., steps - 1``: take batch ``B_s`` (the full training set
 A run is deterministic given ``TrainConfig.seed`` and the model's initial parameters: the batch
 order comes from a ``torch.Generator`` and anything else random in the model (dropout) draws
 from PyTorch's global RNG seeded inside a forked RNG state, which is restored afterwards.
+Checkpoints hold the state of both (and of the optimizer), and ``train(..., resume_from=path)``
+continues a run from one: the resumed run's parameters equal the uninterrupted run's bit for bit.
 
 Divergence never raises: a non-finite loss, a loss above
 ``divergence_factor * max(L_0, 1)`` (or above ``divergence_threshold``) or non-finite
@@ -21,17 +23,22 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, final
 
 import torch
 from torch import nn
 
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
-from sharpdim.training.checkpoint import save_checkpoint
+from sharpdim.training.checkpoint import (
+    prepare_checkpoint_dir,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from sharpdim.training.datasets import Batch, Dataset
 from sharpdim.training.losses import LossFn, evaluate, get_loss
-from sharpdim.training.optimizers import OPTIMIZERS, make_optimizer
+from sharpdim.training.optimizers import OPTIMIZERS, check_optimizer_options, make_optimizer
 
 
 class StepMonitor(Protocol):
@@ -107,6 +114,14 @@ class TrainConfig:
                 f"lr={self.lr}, divergence_factor={self.divergence_factor}: need lr > 0 and a "
                 "divergence factor > 1"
             )
+        check_optimizer_options(
+            self.optimizer,
+            self.lr,
+            self.momentum,
+            self.betas,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+        )
         if self.batch_size is not None and self.batch_size < 1:
             raise SharpdimError(f"batch_size={self.batch_size}: use a positive size or None")
         bad = [s for s in self.checkpoint_steps if not 0 <= s <= self.steps]
@@ -177,16 +192,57 @@ class TrainResult:
         return out
 
 
-def _batch_stream(
-    dataset: Dataset, batch_size: int | None, generator: torch.Generator
-) -> Iterator[Batch]:
-    """Full batch forever, or minibatches of fresh seeded permutations, epoch after epoch."""
-    if batch_size is None:
-        full = dataset.train_batch()
+@final
+class _BatchStream:
+    """Full batch forever, or minibatches of fresh seeded permutations, epoch after epoch.
+
+    :meth:`state` is what a checkpoint needs to continue the same sequence: the generator's
+    state at the start of the current epoch and how many of that epoch's batches were taken.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int | None, seed: int) -> None:
+        self.dataset, self.batch_size = dataset, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch_start, self.taken = self.generator.get_state(), 0
+        self.epoch: Iterator[Batch] | None = None
+
+    def __next__(self) -> Batch:
+        if self.batch_size is None:
+            return self.dataset.train_batch()
         while True:
-            yield full
-    while True:
-        yield from dataset.batches(batch_size, generator, drop_last=True)
+            if self.epoch is None:
+                self.epoch_start, self.taken = self.generator.get_state(), 0
+                self.epoch = self.dataset.batches(self.batch_size, self.generator)
+            batch = next(self.epoch, None)
+            if batch is not None:
+                self.taken += 1
+                return batch
+            self.epoch = None
+
+    def state(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "epoch_start": self.epoch_start, "taken": self.taken}
+
+    def restore(self, state: Mapping[str, Any], path: str | Path) -> None:
+        if state["batch_size"] != self.batch_size:
+            raise SharpdimError(
+                f"{path} was written with batch_size={state['batch_size']}, not "
+                f"{self.batch_size}: resume with the configuration of the interrupted run"
+            )
+        if self.batch_size is None:
+            return
+        self.generator.set_state(state["epoch_start"])
+        self.epoch_start, self.taken = state["epoch_start"], int(state["taken"])
+        self.epoch = self.dataset.batches(self.batch_size, self.generator)
+        for _ in range(self.taken):
+            if next(self.epoch, None) is None:
+                raise SharpdimError(
+                    f"{path} is {self.taken} batches into an epoch, more than this dataset "
+                    "has: resume with the dataset of the interrupted run"
+                )
+
+    def skip(self, count: int) -> None:
+        for _ in range(count):
+            next(self)
 
 
 def _parameters_finite(params: Sequence[torch.Tensor]) -> bool:
@@ -215,6 +271,7 @@ def train(
     loss_fn: LossFn | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     progress: bool = False,
+    resume_from: str | Path | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset`` as ``config`` says.
 
@@ -230,6 +287,13 @@ def train(
         loss_fn: a custom ``loss_fn(model, batch)`` instead of ``config.loss``.
         optimizer: a ready optimizer over the model's parameters instead of ``config``'s.
         progress: show a rich progress bar.
+        resume_from: a checkpoint written by an earlier ``train`` with the same ``config``,
+            dataset and model architecture: load the parameters, the optimizer state, the
+            batch order and the global RNG (dropout) from it and run its step up to
+            ``config.steps``, bit-identically to the uninterrupted run. ``history`` and
+            ``evaluations`` then start at the checkpoint's step. Checkpoints of older
+            versions (no loop state) replay the batch order from ``config.seed``; dropout
+            then restarts from the seed.
 
     Returns:
         A :class:`TrainResult`; divergence is reported in it, never raised.
@@ -242,29 +306,56 @@ def train(
     dataset = dataset.to(dtype=params[0].dtype, device=params[0].device)
     optimizer = config.make_optimizer(params) if optimizer is None else optimizer
     checkpoints = set(config.checkpoint_steps)
+    if config.checkpoint_dir is not None and checkpoints:
+        prepare_checkpoint_dir(config.checkpoint_dir)
+    start, loop_state = 0, None
+    if resume_from is not None:
+        saved = read_checkpoint(resume_from)
+        start, loop_state = (
+            restore_checkpoint(saved, resume_from, model, optimizer),
+            saved.get("loop"),
+        )
+        if start > config.steps:
+            raise SharpdimError(
+                f"{resume_from} is at step {start}, past steps={config.steps}: "
+                "raise steps or resume from an earlier checkpoint"
+            )
     history: list[tuple[int, float]] = []
     evaluations: list[dict[str, Any]] = []
     paths: dict[int, str] = {}
     snapshots: dict[int, torch.Tensor] = {}
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int) -> None:  # called inside the forked RNG state
         if step not in checkpoints:
             return
         if config.checkpoint_dir is not None:
-            paths[step] = str(save_checkpoint(Path(config.checkpoint_dir), step, model, optimizer))
+            state = {"batches": stream.state(), "rng": torch.get_rng_state(), "limit": limit}
+            if params[0].device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(params[0].device)
+            paths[step] = str(
+                save_checkpoint(Path(config.checkpoint_dir), step, model, optimizer, state)
+            )
         if config.keep_snapshots:
             snapshots[step] = get_flat_params(params).cpu()
 
-    status, diverged_at, step, limit = "ok", None, 0, math.inf
-    generator = torch.Generator().manual_seed(config.seed)
-    stream = _batch_stream(dataset, config.batch_size, generator)
-    bar = _progress_bar(config.steps) if progress else None
+    status, diverged_at, step = "ok", None, start
+    limit = math.inf if loop_state is None else float(loop_state["limit"])
+    stream = _BatchStream(dataset, config.batch_size, config.seed)
+    if loop_state is not None:
+        stream.restore(loop_state["batches"], str(resume_from))
+    else:
+        stream.skip(start)  # an older checkpoint: replay the batch order from the seed
+    bar = _progress_bar(config.steps - start) if progress else None
     was_training = model.training
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
+        if loop_state is not None:
+            torch.set_rng_state(loop_state["rng"])
+            if "cuda_rng" in loop_state and params[0].device.type == "cuda":
+                torch.cuda.set_rng_state(loop_state["cuda_rng"], params[0].device)
         model.train()
         try:
-            for step in range(config.steps):
+            for step in range(start, config.steps):
                 checkpoint(step)
                 if config.eval_every and step % config.eval_every == 0:
                     evaluations.append(_evaluation(step, model, loss_fn, dataset))
@@ -273,7 +364,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model, batch)
                 value = float(loss.detach())
-                if step == 0:
+                if step == 0 or (step == start and loop_state is None):
                     limit = config.divergence_factor * max(abs(value), 1.0)
                     if config.divergence_threshold is not None:
                         limit = min(limit, config.divergence_threshold)
@@ -302,8 +393,8 @@ def train(
             if bar is not None:
                 bar[0].stop()
             model.train(was_training)
-    if status == "ok":
-        checkpoint(step)
+        if status == "ok":
+            checkpoint(step)
     with torch.random.fork_rng(devices=[]):
         final = _evaluation(step, model, loss_fn, dataset)
     if status == "ok" and (not evaluations or evaluations[-1]["step"] != step):

@@ -1,7 +1,8 @@
 """Models for edge-of-stability experiments: MLP, small decoder-only transformer, scalar network.
 
-Every builder initialises its parameters from a seeded ``torch.Generator`` (never the global
-RNG), so a seed gives the same model on every run:
+Every builder initialises its parameters from a seeded ``torch.Generator`` and leaves the
+global RNG untouched (the layers are constructed inside ``torch.random.fork_rng``), so a seed
+gives the same model on every run:
 
 * linear layers: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weights and biases (PyTorch's
   default distribution for ``nn.Linear``);
@@ -94,13 +95,14 @@ def build_mlp(
             f"bad MLP shape (in_dim={in_dim}, out_dim={out_dim}, width={width}, depth={depth}): "
             "dimensions and width must be >= 1 and depth >= 0"
         )
-    layers: list[nn.Module] = [nn.Flatten()]
-    fan_in = in_dim
-    for _ in range(depth):
-        layers += [nn.Linear(fan_in, width, bias=bias), _ACTIVATIONS[activation]()]
-        fan_in = width
-    layers.append(nn.Linear(fan_in, out_dim, bias=bias))
-    model = nn.Sequential(*layers)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws from the global RNG
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = in_dim
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width, bias=bias), _ACTIVATIONS[activation]()]
+            fan_in = width
+        layers.append(nn.Linear(fan_in, out_dim, bias=bias))
+        model = nn.Sequential(*layers)
     init_parameters(model, _generator(seed, generator))
     return model.to(dtype)
 
@@ -229,16 +231,17 @@ def build_transformer(
             "vocab_size, seq_len, d_model, num_heads and num_layers must all be >= 1: "
             "fix the transformer configuration"
         )
-    model = DecoderTransformer(
-        vocab_size,
-        vocab_size if num_outputs is None else num_outputs,
-        seq_len,
-        d_model=d_model,
-        num_heads=num_heads,
-        num_layers=num_layers,
-        d_mlp=4 * d_model if d_mlp is None else d_mlp,
-        last_only=last_only,
-    )
+    with torch.random.fork_rng(devices=[]):  # the layers' own init draws from the global RNG
+        model = DecoderTransformer(
+            vocab_size,
+            vocab_size if num_outputs is None else num_outputs,
+            seq_len,
+            d_model=d_model,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            d_mlp=4 * d_model if d_mlp is None else d_mlp,
+            last_only=last_only,
+        )
     init_parameters(model, _generator(seed, generator))
     return model.to(dtype)
 

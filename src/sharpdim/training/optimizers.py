@@ -29,7 +29,16 @@ OPTIMIZERS = ("gd", "sgd", "momentum", "heavy_ball", "nesterov", "adam", "adamw"
 ADAPTIVE = ("adam", "adamw")
 
 
-def _check(name: str, lr: float, momentum: float, betas: Sequence[float]) -> None:
+def check_optimizer_options(
+    name: str,
+    lr: float,
+    momentum: float,
+    betas: Sequence[float],
+    *,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> None:
+    """Raise a :class:`SharpdimError` for hyperparameters ``torch.optim`` would reject."""
     if name not in OPTIMIZERS:
         raise SharpdimError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
     if not lr > 0:
@@ -40,6 +49,10 @@ def _check(name: str, lr: float, momentum: float, betas: Sequence[float]) -> Non
         raise SharpdimError(
             f"betas {tuple(betas)} must be two numbers in [0, 1): e.g. (0.9, 0.999)"
         )
+    if name in ADAPTIVE and not eps >= 0:
+        raise SharpdimError(f"eps {eps} must be >= 0: e.g. 1e-8")
+    if not weight_decay >= 0:
+        raise SharpdimError(f"weight_decay {weight_decay} must be >= 0: e.g. 0 or 1e-4")
 
 
 def make_optimizer(
@@ -65,7 +78,7 @@ def make_optimizer(
         eps: Adam's ``eps``.
         weight_decay: L2 coefficient (decoupled for AdamW).
     """
-    _check(name, lr, momentum, betas)
+    check_optimizer_options(name, lr, momentum, betas, eps=eps, weight_decay=weight_decay)
     params = list(params)
     if name in ("gd", "sgd"):
         return torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay)
@@ -94,7 +107,7 @@ def stability_threshold(
         >>> stability_threshold("gd", 0.01), stability_threshold("momentum", 0.01, momentum=0.9)
         (200.0, 380.0)
     """
-    _check(name, lr, momentum, betas)
+    check_optimizer_options(name, lr, momentum, betas)
     if name in ("gd", "sgd"):
         return 2.0 / lr
     if name in ("momentum", "heavy_ball"):
