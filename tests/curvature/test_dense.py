@@ -10,6 +10,7 @@ from sharpdim.curvature.dense import (
     check_dense_size,
     dense_hessian,
     dense_operator_matrix,
+    symmetrize_,
 )
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.curvature.operator import DenseOperator
@@ -70,3 +71,13 @@ def test_dense_operator_matrix() -> None:
     model, batch = make_mlp([3, 4, 2]), regression_batch(6, 3, 2)
     op = HessianOperator(model, mse_loss, batch)
     assert_matches(dense_operator_matrix(op), reference_hessian(model, mse_loss, batch))
+
+
+@pytest.mark.parametrize("n", [1, 7, 1030])
+@pytest.mark.parametrize("block", [3, 1024])
+def test_symmetrize_in_place_equals_the_average(n: int, block: int) -> None:
+    a = torch.randn(n, n, generator=torch.Generator().manual_seed(n), dtype=DTYPE)
+    expected = (a + a.T) / 2
+    out = symmetrize_(a, block=block)
+    assert out is a
+    assert torch.equal(out, expected)

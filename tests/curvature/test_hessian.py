@@ -87,6 +87,16 @@ def test_parameter_subset_is_block_of_full_hessian() -> None:
     assert_matches(op.dense(), reference_hessian(model, ce_loss, batch, params=layer))
 
 
+def test_a_single_tensor_is_a_one_parameter_subset() -> None:
+    model, batch = make_mlp([4, 6, 3], "tanh"), classification_batch(10, 4, 3)
+    full = reference_hessian(model, ce_loss, batch)
+    start = sum(p.numel() for p in model[0].parameters())
+    stop = start + model[2].weight.numel()
+    op = HessianOperator(model, ce_loss, batch, params=model[2].weight)
+    assert_matches(op.dense(), full[start:stop, start:stop])
+    assert float(op.dense().abs().max()) > 0
+
+
 def test_loss_linear_in_parameters_has_zero_hessian() -> None:
     model = nn.Linear(3, 2).to(DTYPE)
     op = HessianOperator(model, lambda m, x: m(x).sum(), _random(5, 3))
@@ -425,6 +435,10 @@ def test_batch_arguments_are_checked() -> None:
         {"batch": batch, "mode": "training"},
         {"batches": [batch, batch], "weights": [1.0]},
         {"batch": batch, "params": model[0]},
+        {"batches": [(batch[0][:0], batch[1][:0])] * 2},
+        {"batches": [batch, batch], "weights": ["a", "b"]},
+        {"batches": [batch, batch], "weights": [float("nan"), 1.0]},
+        {"batch": batch, "params": make_mlp([3, 4, 2]).parameters()},
     ]
     for kwargs in bad:
         with pytest.raises(SharpdimError) as err:

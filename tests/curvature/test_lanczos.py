@@ -102,6 +102,47 @@ def test_exactly_degenerate_top_eigenvalue(block_size: int) -> None:
     torch.testing.assert_close(true_res, res.residuals, atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("which", ["LA", "SA", "both"])
+@pytest.mark.parametrize("k", [3, 6, 8])
+@pytest.mark.parametrize("block_size", [1, 2, 3])
+def test_rank_deficient_hessian_keeps_going_after_an_invariant_subspace(
+    which: str, k: int, block_size: int
+) -> None:
+    """Linear least squares with 5 examples and 20 weights: H = (2/5) X^T X has rank 5.
+
+    The Krylov space of a random start is invariant after 6 products (5 eigenvalues and one
+    null vector), where every residual is 0; the 15-fold zero must still be counted.
+    """
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 20, generator=g, dtype=F64), torch.randn(5, generator=g, dtype=F64)
+    model = torch.nn.Linear(20, 1, bias=False).double()
+    op = HessianOperator(model, mse_loss, (x, y[:, None]))
+    a = 2 / 5 * x.T @ x
+    res = lanczos_eigenvalues(op, k=k, which=which, block_size=block_size)
+    assert res.all_converged
+    torch.testing.assert_close(res.eigenvalues, expected(a, k, which), rtol=0, atol=1e-10)
+    assert res.num_matvecs <= 20
+
+
+@pytest.mark.parametrize("trial", range(60))
+def test_repeated_and_low_rank_spectra(trial: int) -> None:
+    """Random sizes, multiplicities, ends and block sizes (default basis): exact or flagged."""
+    g = torch.Generator().manual_seed(trial)
+    n = int(torch.randint(2, 41, (1,), generator=g))
+    if trial % 2:
+        values = torch.randint(-2, 3, (n,), generator=g).to(F64)  # a few values, many copies
+    else:
+        values = torch.zeros(n, dtype=F64)  # rank <= 2
+        values[: min(n, 2)] = torch.tensor([3.0, -1.0])[: min(n, 2)]
+    which = ("LA", "SA", "both")[trial % 3]
+    k = int(torch.randint(1, n + 1, (1,), generator=g))
+    block = int(torch.randint(1, min(n, 4) + 1, (1,), generator=g))
+    a = with_spectrum(values, seed=trial)
+    res = lanczos_eigenvalues(a, k=k, which=which, block_size=block, tol=1e-9)
+    assert res.all_converged
+    torch.testing.assert_close(res.eigenvalues, expected(a, k, which), rtol=0, atol=1e-8)
+
+
 def test_clustered_top_eigenvalues() -> None:
     values = torch.cat([3.0 + 1e-4 * torch.arange(5.0), torch.linspace(-1, 2.9, 300)])
     a = with_spectrum(values, seed=2)
@@ -207,6 +248,9 @@ def test_matvec_count_is_reported() -> None:
         ({"k": 2, "block_size": 0}, "block_size"),
         ({"k": 2, "v0": torch.ones(3)}, "v0"),
         ({"k": 5, "max_basis": 6}, "max_basis"),
+        ({"k": 2, "block_size": 2.0}, "block_size must be an integer"),
+        ({"k": 5, "max_iter": 3}, "max_iter=3"),
+        ({"k": 2, "which": "both", "max_iter": 3}, "max_iter=3"),
     ],
 )
 def test_bad_input(kwargs: dict, match: str) -> None:

@@ -70,6 +70,12 @@ def test_shape_mismatch(shape: tuple[int, ...]) -> None:
         DenseOperator(_matrix(4)) @ torch.zeros(shape, dtype=DTYPE)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex128])
+def test_non_real_floating_matrix_is_rejected(dtype: torch.dtype) -> None:
+    with pytest.raises(SharpdimError, match="not a real floating type"):
+        as_operator(torch.eye(4).to(dtype))
+
+
 def test_non_square_matrix_is_rejected() -> None:
     with pytest.raises(SharpdimError, match="square"):
         DenseOperator(torch.zeros(3, 4))

@@ -56,4 +56,16 @@ def dense_hessian(
     """
     op = HessianOperator(model, loss_fn, batch, params, mode=mode)
     h = dense_operator_matrix(op, max_params)
-    return (h + h.T) / 2 if symmetrize else h
+    return symmetrize_(h) if symmetrize else h
+
+
+def symmetrize_(h: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """Replace a square matrix by ``(H + H^T) / 2`` in place, by tiles (no full temporaries)."""
+    n = h.shape[0]
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            upper, lower = h[i : i + block, j : j + block], h[j : j + block, i : i + block]
+            avg = (upper + lower.T) / 2
+            upper.copy_(avg)
+            lower.copy_(avg.T)
+    return h

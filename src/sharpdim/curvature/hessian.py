@@ -12,6 +12,7 @@ graph of one batch at a time is built, used and freed, so memory stays that of o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, final
@@ -101,6 +102,30 @@ class _ModeScope:
             m.training = was_training
 
 
+def _batch_weights(batches: list[Any], weights: Sequence[float] | None) -> list[float]:
+    """Checked per-batch weights; by default ``n_b / N`` (one batch: ``[1.0]``)."""
+    if weights is None and len(batches) == 1:
+        return [1.0]
+    if weights is None:
+        sizes = [batch_size(b) for b in batches]
+        if sum(sizes) == 0:
+            raise SharpdimError("every batch is empty: pass batches holding examples")
+        return [n / sum(sizes) for n in sizes]
+    if len(weights) != len(batches):
+        raise SharpdimError(
+            f"{len(weights)} weights for {len(batches)} batches: give one weight per batch"
+        )
+    try:
+        out = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise SharpdimError(
+            f"weights must be real numbers, got {list(weights)!r}: pass one float per batch"
+        ) from None
+    if not all(math.isfinite(w) for w in out):
+        raise SharpdimError(f"weights must be finite, got {out}: pass one finite float per batch")
+    return out
+
+
 @final
 class HessianOperator(LinearOperator):
     """The Hessian of ``loss_fn(model, batch)`` with respect to the model's parameters.
@@ -172,16 +197,7 @@ class HessianOperator(LinearOperator):
         self.batches = [batch] if batches is None else list(batches)
         if not self.batches:
             raise SharpdimError("`batches` is empty: pass at least one batch")
-        if weights is None and len(self.batches) == 1:
-            weights = [1.0]
-        elif weights is None:
-            sizes = [batch_size(b) for b in self.batches]
-            weights = [n / sum(sizes) for n in sizes]
-        if len(weights) != len(self.batches):
-            raise SharpdimError(
-                f"{len(weights)} weights for {len(self.batches)} batches: give one weight per batch"
-            )
-        self.weights = [float(w) for w in weights]
+        self.weights = _batch_weights(self.batches, weights)
         self.reuse_graph = reuse_graph and len(self.batches) == 1
         self._graph: tuple[list[torch.Tensor], list[int]] | None = None
         self._versions: list[int] = []

@@ -27,6 +27,10 @@ Implementation choices:
 * **Convergence per eigenvalue**: a wanted Ritz value is converged when its residual is at most
   ``max(tol * |theta|, 8 * eps * ||T||)``, where ``eps`` is the machine epsilon of the operator's
   dtype (the accuracy of a product ``H v`` itself; below it no residual can be trusted).
+* **Invariant subspaces** (a new direction shorter than ``1e-10 ||H||``): the process goes on
+  from a random vector in the complement (a *round*), and zero residuals do not end it until
+  the latest round can no longer change the wanted values (:func:`_round_settled`): a
+  rank-deficient Hessian's repeated zeros are all counted.
 
 ``which="LA"`` (largest algebraic, e.g. the sharpness ``lambda_max(H)``, *not* the largest
 magnitude), ``"SA"`` (smallest algebraic) or ``"both"`` (both ends from one Krylov space).
@@ -44,7 +48,7 @@ from sharpdim.errors import SharpdimError
 
 Which = Literal["LA", "SA", "both"]
 _BREAKDOWN = 1e-10
-"""A new direction shorter than this fraction of ``||H v||`` marks an invariant subspace."""
+"""A new direction shorter than this fraction of ``||H||`` marks an invariant subspace."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,11 @@ class _KrylovBasis:
         self.V = basis_storage(op, capacity, workspace)
         self.T = torch.zeros(capacity, capacity, dtype=torch.float64, device=dev)
         self.m, self.nb, self.matvecs = 0, 0, 0
+        self.fills, self.rounds, self.hnorm = 0, 0, 0.0
+        self.round_of = torch.zeros(capacity, dtype=torch.long, device=dev)
+        """Per row, its *round*: 0 for the Krylov sequence of the start block, ``r`` for that
+        of the random block that replaced the ``r``-th invariant subspace (see
+        :func:`_round_settled`; only needed to decide when to stop)."""
         block = start.to(dtype=self.dtype, device=dev).reshape(self.n, -1).T.contiguous()
         if not bool(torch.isfinite(block).all()) or float(block.norm()) == 0:
             raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
@@ -222,6 +231,7 @@ class _KrylovBasis:
                 rows.append((x / norm)[0])
                 col[len(rows) - 1] = norm
             elif random_fill:
+                self.fills += 1
                 r = self._random_row()[None]
                 self._project(r, torch.cat([basis, prev]))
                 rows.append((r / r.norm())[0])
@@ -241,7 +251,10 @@ class _KrylovBasis:
             w.copy_(hx.T)
         else:
             w = hx.to(self.dtype).T.contiguous()
-        scale = w.norm(dim=1)
+        # a direction vanishes relative to ||H||, estimated by the largest ||H x|| so far (a
+        # null vector's product is rounding noise of its own size, not a new direction)
+        self.hnorm = max(self.hnorm, float(w.norm(dim=1).max()))
+        scale = torch.full((nb,), self.hnorm, dtype=w.dtype, device=w.device)
         # coef[i, j] = v_j . H x_i: first against the vectors coupled to x (the three-term
         # recurrence, or the kept Ritz vectors after a restart), then one full pass over the
         # basis (a second one only if the DGKS criterion asks for it)
@@ -257,6 +270,7 @@ class _KrylovBasis:
         diag = self.T[m : m + nb, m : m + nb]
         self.T[m : m + nb, m : m + nb] = (diag + diag.T) / 2
         self.m = m + nb
+        self.fills = 0
         q, r = self._orthonormalize(
             w, self.V[: self.m], random_fill=self.restart_on_breakdown, scale=scale
         )
@@ -264,6 +278,9 @@ class _KrylovBasis:
         self.nb = q.shape[0]
         if self.nb == 0:
             return
+        if self.fills:  # a direction vanished: the new block starts a round
+            self.rounds += 1
+        self.round_of[self.m : self.m + self.nb] = self.rounds
         if q.data_ptr() != self.V[self.m].data_ptr():  # (already in place on the fast path)
             self.V[self.m : self.m + self.nb] = q
         self.T[self.m : self.m + self.nb, : self.m] = 0
@@ -281,13 +298,22 @@ class _KrylovBasis:
             res = (self.T[m : m + nb, :m] @ s).norm(dim=0)
         return theta, s, res
 
-    def restart(self, s_keep: torch.Tensor, theta_keep: torch.Tensor) -> None:
-        """Compress the basis to the Ritz vectors ``V^T s_keep`` plus the pending block."""
+    def restart(
+        self, s_keep: torch.Tensor, theta_keep: torch.Tensor, locked: torch.Tensor | None = None
+    ) -> None:
+        """Compress the basis to the Ritz vectors ``V^T s_keep`` plus the pending block.
+
+        ``locked`` marks kept Ritz vectors that have converged: after an invariant subspace
+        they leave the current round (round ``-1``), which goes on in their complement."""
         m, nb, k = self.m, self.nb, s_keep.shape[1]
         y = s_keep.T.to(self.dtype) @ self.V[:m]
         pending = self.V[m : m + nb].clone()
         coupling = self.T[m : m + nb, :m] @ s_keep
         self.T.zero_()  # (rows of V past the pending block are written before they are read)
+        if self.rounds:
+            self.round_of[: k + nb] = self.rounds
+            if locked is not None:
+                self.round_of[:k][locked] = -1
         self.V[:k] = y
         self.V[k : k + nb] = pending
         self.T[:k, :k] = torch.diag(theta_keep)
@@ -357,6 +383,49 @@ def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
     return torch.tensor(out, device=theta.device)
 
 
+def _round_settled(
+    basis: _KrylovBasis, theta: torch.Tensor, which: str, k: int, tol: float, floor: float
+) -> bool:
+    """Whether further rounds after an invariant subspace can no longer change the answer.
+
+    From a random start, an invariant Krylov space holds one vector of every eigenspace, so
+    its orthogonal complement holds only further copies of eigenvalues already found; the
+    Krylov sequence of a random vector there (a *round*) finds copies of a subset of them, and
+    so does every later round. Small residuals alone would stop right after the breakdown and
+    miss multiplicities (e.g. a rank-deficient Hessian's zeros for ``"SA"``). So once a round
+    has begun, its most extreme Ritz value at each wanted end must have converged and be no
+    more extreme than the ``k``-th wanted value: then no later copy can enter. A round that
+    has itself ended in an invariant subspace is exact and decides before the next one starts.
+    At a thick restart the converged Ritz vectors are locked out of the round, which goes on
+    in their complement (where the same test applies).
+    """
+    if basis.rounds == 0 or basis.m >= basis.n:  # (a basis of the whole space is exact)
+        return True
+    m, nb = basis.m, basis.nb
+    rows = torch.nonzero(basis.round_of[:m] == basis.rounds).reshape(-1)
+    if rows.numel() == 0:  # the new round has no products yet: judge the complete one before
+        rows = torch.nonzero(basis.round_of[:m] == basis.rounds - 1).reshape(-1)
+    if rows.numel() == 0:
+        return False
+    t_round, s_round = torch.linalg.eigh(basis.T[rows][:, rows])
+    # residuals through the pending block, as for all Ritz pairs (the coupling to the earlier,
+    # invariant rows is zero but for rounding)
+    res = (basis.T[m : m + nb, rows] @ s_round).norm(dim=0)
+
+    def settled(i: int, kth: float, sign: float) -> bool:
+        top = float(t_round[i])
+        return float(res[i]) <= max(tol * abs(top), floor) and sign * (top - kth) <= max(
+            tol * abs(kth), floor
+        )
+
+    ok = True
+    if which in ("LA", "both"):
+        ok = ok and settled(-1, float(theta[-k]), 1.0)
+    if which in ("SA", "both"):
+        ok = ok and settled(0, float(theta[k - 1]), -1.0)
+    return ok
+
+
 def _check(op: LinearOperator, k: int, which: str, tol: float, block_size: int) -> None:
     n = op.num_params
     if which not in ("LA", "SA", "both"):
@@ -371,6 +440,8 @@ def _check(op: LinearOperator, k: int, which: str, tol: float, block_size: int) 
         )
     if not tol > 0:
         raise SharpdimError(f"tol must be > 0, got {tol}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int):
+        raise SharpdimError(f"block_size must be an integer, got {block_size!r}")
     if block_size < 1 or block_size > n:
         raise SharpdimError(f"block_size must be in [1, {n}], got {block_size}")
 
@@ -409,7 +480,7 @@ def lanczos_eigenvalues(
 
     Example:
         >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
-        >>> lanczos_eigenvalues(A, k=3, which="LA").eigenvalues.tolist()
+        >>> [round(x, 6) for x in lanczos_eigenvalues(A, k=3, which="LA").eigenvalues.tolist()]
         [100.0, 99.0, 98.0]
     """
     op = as_operator(H)
@@ -425,8 +496,11 @@ def lanczos_eigenvalues(
             f"use at least {wanted + 2 * b}"
         )
     budget = max(1000, 10 * max_basis) if max_iter is None else int(max_iter)
-    if budget < 1:
-        raise SharpdimError(f"max_iter must be >= 1, got {max_iter}")
+    if budget < wanted:
+        raise SharpdimError(
+            f"max_iter={max_iter} products cannot give {wanted} eigenvalues: "
+            f"use max_iter >= {wanted} (or leave it unset)"
+        )
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     if v0 is None:
         start = torch.randn(n, b, generator=gen, dtype=torch.float64)
@@ -449,12 +523,15 @@ def lanczos_eigenvalues(
         bound = torch.clamp(tol * theta[idx].abs(), min=8 * eps * anorm)
         ok = res[idx] <= bound
         done = idx.numel() == wanted and bool(ok.all())
+        done = done and _round_settled(basis, theta, which, k, tol, 8 * eps * anorm)
         if done or basis.nb == 0 or basis.matvecs >= budget:
             break
-        if m + 2 * basis.nb > basis.V.shape[0]:  # full: thick restart
+        full = m + 2 * basis.nb > basis.V.shape[0]
+        if full and m + basis.nb < n:  # thick restart (unless the next step spans the space)
             keep = min(m - basis.nb, wanted + max(basis.nb, (m - wanted) // 2))
             kept = prio[:keep]
-            basis.restart(s[:, kept], theta[kept])
+            locked = res[kept] <= torch.clamp(tol * theta[kept].abs(), min=8 * eps * anorm)
+            basis.restart(s[:, kept], theta[kept], locked)
             restarts += 1
     order = torch.argsort(theta[idx], descending=which != "SA")
     idx = idx[order]
@@ -463,7 +540,10 @@ def lanczos_eigenvalues(
         vecs = (s[:, idx].T.to(basis.dtype) @ basis.V[:m]).T.to(torch.float64).contiguous()
     return LanczosResult(
         eigenvalues=theta[idx].cpu(),
-        converged=(res[idx] <= torch.clamp(tol * theta[idx].abs(), min=8 * eps * anorm)).cpu(),
+        converged=(
+            (res[idx] <= torch.clamp(tol * theta[idx].abs(), min=8 * eps * anorm))
+            & (idx.numel() < k or _round_settled(basis, theta, which, k, tol, 8 * eps * anorm))
+        ).cpu(),
         residuals=res[idx].cpu(),
         eigenvectors=vecs,
         num_matvecs=basis.matvecs,

@@ -61,11 +61,16 @@ class LinearOperator(ABC):
         return self.matvec(v)
 
     def dense(self) -> torch.Tensor:
-        """The full ``n x n`` matrix, built column block by column block."""
+        """The full ``n x n`` matrix, built 256 columns at a time into one preallocated output
+        (peak memory: the matrix plus one ``n x 256`` identity block and its product)."""
         n = self.num_params
-        eye = torch.eye(n, dtype=self.dtype, device=self.device)
-        cols = [self._matmat(eye[:, i : i + 256]) for i in range(0, n, 256)]
-        return torch.cat(cols, dim=1)
+        out = torch.empty(n, n, dtype=self.dtype, device=self.device)
+        for i in range(0, n, 256):
+            j = min(n, i + 256)
+            unit = torch.zeros(n, j - i, dtype=self.dtype, device=self.device)
+            unit[i:j].fill_diagonal_(1)
+            out[:, i:j] = self._matmat(unit)
+        return out
 
     def to_scipy(self) -> Any:
         """A :class:`scipy.sparse.linalg.LinearOperator` view (float64 numpy in and out)."""
@@ -86,6 +91,11 @@ class DenseOperator(LinearOperator):
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise SharpdimError(
                 f"expected a square matrix, got shape {tuple(matrix.shape)}: pass an n x n tensor"
+            )
+        if not matrix.is_floating_point():
+            raise SharpdimError(
+                f"the matrix has dtype {matrix.dtype}, not a real floating type: convert it, "
+                "e.g. with .double()"
             )
         self.matrix = matrix
 

@@ -20,16 +20,27 @@ def trainable_parameters(
     """The parameters an operator differentiates: ``params`` if given, else all trainable ones.
 
     Tensors with ``requires_grad=False`` are skipped and repeated tensors kept once (in the
-    order of their first appearance).
+    order of their first appearance). A single tensor counts as a one-element subset; every
+    tensor given must be a parameter of ``model`` (anything else has no Hessian block here).
     """
     if isinstance(params, nn.Module):
         raise SharpdimError(
             f"`params` is a module ({type(params).__name__}): pass its .parameters() instead"
         )
-    chosen = list(model.parameters()) if params is None else list(params)
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    own = list(model.parameters())
+    chosen = own if params is None else list(params)
     if not all(isinstance(p, torch.Tensor) for p in chosen):
         raise SharpdimError(
             "`params` must hold tensors: pass e.g. model.fc.parameters() or [model.fc.weight]"
+        )
+    own_ids = {id(p) for p in own}
+    foreign = [tuple(p.shape) for p in chosen if id(p) not in own_ids]
+    if foreign:
+        raise SharpdimError(
+            f"`params` holds {len(foreign)} tensor(s) that are not parameters of the model "
+            f"(shapes {foreign[:3]}): pass tensors from this model's .parameters()"
         )
     unique = {id(p): p for p in chosen if p.requires_grad}
     chosen = list(unique.values())
