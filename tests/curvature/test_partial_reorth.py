@@ -56,9 +56,33 @@ def test_basis_stays_semi_orthogonal_with_few_reorthogonalizations(
     assert q is not None and q.shape == (steps, n)
     loss = float((q @ q.T - torch.eye(steps, dtype=F64)).abs().max())
     assert loss <= math.sqrt(torch.finfo(dtype).eps)  # Simon's semi-orthogonality
-    # reorthogonalized, but not at every step (44/100 in float64, 60/100 in float32 here: the
-    # outliers 20x the bulk make orthogonality decay fast; 16/100 on the benchmark Hessian)
-    assert 0 < calls[0] <= 0.7 * steps
+    # reorthogonalized, but not at every step (44/100 in float64, 89/100 in float32 here: the
+    # outliers 20x the bulk make orthogonality decay fast, and float32 rounding is counted
+    # generously, see _NOISE)
+    assert 0 < calls[0] <= 0.9 * steps
+
+
+@pytest.mark.parametrize(("n", "low", "high", "steps"), [(300, -6, 3, 150), (500, -8, 4, 250)])
+def test_float32_wide_spectrum_stays_semi_orthogonal(
+    n: int, low: int, high: int, steps: int
+) -> None:
+    """Eigenvalues 10^low .. 10^high in float32: the local rounding eps ||H|| / beta_j nearly
+    reaches sqrt(eps), and estimates that restart from eps after a Gram-Schmidt pass (or add
+    too little rounding per step) fall behind: the basis collapses and Ritz values leave the
+    spectrum (nodes up to 5495 for a top eigenvalue of 1000, before the fix)."""
+    g = torch.Generator().manual_seed(n)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    a = ((q * torch.logspace(low, high, n, dtype=F64)) @ q.T).float()
+    for seed in range(3):
+        alpha, beta, basis = lanczos_tridiagonal_partial(
+            a, steps, probe(n, seed), return_basis=True
+        )
+        assert basis is not None
+        loss = float((basis @ basis.T - torch.eye(basis.shape[0], dtype=F64)).abs().max())
+        assert loss <= math.sqrt(torch.finfo(torch.float32).eps)
+        nodes, _ = gauss_quadrature(alpha, beta)
+        assert float(nodes.max()) <= 10.0**high * (1 + 1e-5)
+        assert float(nodes.min()) >= -1e-3
 
 
 def test_without_reorthogonalization_orthogonality_would_be_lost(
