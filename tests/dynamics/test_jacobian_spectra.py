@@ -168,6 +168,9 @@ def test_bad_config() -> None:
         StepSpectrumConfig(lr=-1.0)
     with pytest.raises(SharpdimError, match="momentum"):
         StepSpectrumConfig(momentum=1.0)
+    for wd in (-0.1, float("nan")):
+        with pytest.raises(SharpdimError, match="weight_decay must be a finite number >= 0"):
+            StepSpectrumConfig(weight_decay=wd)
     with pytest.raises(SharpdimError, match="preconditioner"):
         step_matrix(torch.eye(3), StepSpectrumConfig(optimizer="adam"))
     with pytest.raises(SharpdimError, match="shape"):

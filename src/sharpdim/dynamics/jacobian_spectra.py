@@ -92,13 +92,21 @@ class StepSpectrumConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise SharpdimError(f"lr must be a positive number, got {self.lr}: pass lr > 0")
         if not 0 <= self.momentum < 1:
-            raise SharpdimError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise SharpdimError(f"momentum must be in [0, 1), got {self.momentum}: e.g. 0.9")
         if not all(0 <= b < 1 for b in self.betas):
-            raise SharpdimError(f"betas must lie in [0, 1), got {self.betas}")
+            raise SharpdimError(f"betas must lie in [0, 1), got {self.betas}: e.g. (0.9, 0.999)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise SharpdimError(
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay}: "
+                "pass the optimizer's weight decay (0 for none)"
+            )
         if self.eps < 0:
-            raise SharpdimError(f"eps must be >= 0, got {self.eps}")
+            raise SharpdimError(f"eps must be >= 0, got {self.eps}: pass e.g. 1e-12")
         if self.step is not None and self.step < 1:
-            raise SharpdimError(f"step must be >= 1 (or None for late training), got {self.step}")
+            raise SharpdimError(
+                f"step must be >= 1, got {self.step}: pass Adam's step count, or None late in "
+                "training"
+            )
 
     @property
     def states_per_param(self) -> int:
