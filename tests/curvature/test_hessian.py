@@ -304,6 +304,8 @@ def test_keep_mode_uses_current_flags() -> None:
     op = HessianOperator(model, mse_loss, batch, mode="keep")
     assert_matches(op.dense(), reference_hessian(model, mse_loss, batch, train=True))
     assert model.training
+    model.eval()  # the kept graph was built in train mode: it must be rebuilt
+    assert_matches(op.dense(), reference_hessian(model, mse_loss, batch, train=False))
 
 
 # -- graph reuse and in-place updates --------------------------------------------------------

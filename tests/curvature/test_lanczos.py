@@ -143,6 +143,17 @@ def test_repeated_and_low_rank_spectra(trial: int) -> None:
     torch.testing.assert_close(res.eigenvalues, expected(a, k, which), rtol=0, atol=1e-8)
 
 
+def test_one_start_vector_for_a_block_is_completed_at_random() -> None:
+    """``v0`` of shape ``(n,)`` with ``block_size=3`` starts a block of 3 (it used to run a
+    single-vector Lanczos, which cannot see the triple eigenvalue in exact arithmetic)."""
+    values = torch.cat([torch.tensor([5.0, 5.0, 5.0, 4.0]), torch.linspace(0, 2, 150)])
+    a = with_spectrum(values)
+    v0 = torch.ones(154, dtype=F64)
+    res = lanczos_eigenvalues(a, k=4, block_size=3, v0=v0, tol=1e-10)
+    torch.testing.assert_close(res.eigenvalues, torch.tensor([5.0, 5.0, 5.0, 4.0], dtype=F64))
+    assert res.num_matvecs % 3 == 0
+
+
 def test_clustered_top_eigenvalues() -> None:
     values = torch.cat([3.0 + 1e-4 * torch.arange(5.0), torch.linspace(-1, 2.9, 300)])
     a = with_spectrum(values, seed=2)

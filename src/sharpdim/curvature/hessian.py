@@ -200,8 +200,7 @@ class HessianOperator(LinearOperator):
         self.weights = _batch_weights(self.batches, weights)
         self.reuse_graph = reuse_graph and len(self.batches) == 1
         self._graph: tuple[list[torch.Tensor], list[int]] | None = None
-        self._versions: list[int] = []
-        self._tracked = self._tensors_to_track()
+        self._tracked_at_build: tuple[list[int], list[int], list[bool]] | None = None
         self._rng: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     # -- LinearOperator interface -------------------------------------------------------
@@ -295,16 +294,18 @@ class HessianOperator(LinearOperator):
         Tracking every parameter (not only ``params``) matters for a subset: an update of
         another layer changes this block of the Hessian too.
         """
-        tracked = self._tensors_to_track()
-        versions = [t._version for t in tracked]
-        same = len(tracked) == len(self._tracked) and all(
-            a is b for a, b in zip(tracked, self._tracked, strict=False)
-        )
-        if self._graph is None or not same or versions != self._versions:
+        tracked = self._tracked_state()
+        if self._graph is None or tracked != self._tracked_at_build:
             self._graph = self._gradient_graph(0)
-            self._tracked = tracked
-            self._versions = [t._version for t in tracked]
+            self._tracked_at_build = self._tracked_state()
         return self._graph
+
+    def _tracked_state(self) -> tuple[list[int], list[int], list[bool]]:
+        """Identity and version of every tracked tensor, and (``mode="keep"``) the modules'
+        train/eval flags: a graph built under other values describes another Hessian."""
+        tracked = self._tensors_to_track()
+        flags = [m.training for m in self.model.modules()] if self.mode == "keep" else []
+        return [id(t) for t in tracked], [t._version for t in tracked], flags
 
     def _hvp(
         self, graph: tuple[list[torch.Tensor], list[int]], block: torch.Tensor

@@ -469,7 +469,8 @@ def lanczos_eigenvalues(
         max_iter: at most this many operator products (default ``max(1000, 10 max_basis)``);
             eigenvalues not converged by then are reported with ``converged=False``.
         generator: source of the random start vector (default: a generator seeded with 0).
-        v0: start vector ``(n,)`` or block ``(n, block_size)`` instead of a random one.
+        v0: start vector ``(n,)`` (with ``block_size > 1``: the block's first column, the
+            others random) or block ``(n, block_size)`` instead of a random one.
         block_size: vectors per Krylov block; use ``>= m`` to resolve multiplicity ``m``.
         max_basis: basis vectors kept before a thick restart
             (default ``min(n, max(2 k_wanted + 40, 80))``; memory ``8 n max_basis`` bytes).
@@ -509,7 +510,10 @@ def lanczos_eigenvalues(
             raise SharpdimError(
                 f"v0 has shape {tuple(v0.shape)}: pass a tensor of shape ({n},) or ({n}, {b})"
             )
-        start = v0.reshape(n, -1)
+        start = v0.reshape(n, -1).to(torch.float64)
+        if start.shape[1] < b:  # one vector for a block: the other columns are random
+            extra = torch.randn(n, b - start.shape[1], generator=gen, dtype=torch.float64)
+            start = torch.cat([start.cpu(), extra], 1)
     basis = _KrylovBasis(op, max_basis + b, start, gen, restart_on_breakdown=True)
     eps = torch.finfo(op.dtype).eps if op.dtype.is_floating_point else 2.0**-52
     restarts = 0
