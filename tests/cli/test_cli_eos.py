@@ -1,8 +1,12 @@
 """`sharpdim eos ...` at tiny sizes: each command writes its figure and JSON summary."""
 
 import json
+import sqlite3
+
+import pytest
 
 from sharpdim.cli import main
+from sharpdim.training import eos_experiments
 
 TINY_MLP = ["--n-train", "60", "--width", "8", "--depth", "1", "--steps", "12", "--every", "4"]
 
@@ -61,3 +65,131 @@ def test_bad_input_exits_with_code_2(tmp_path, capsys):
     assert main(["eos", "minimalist", "--lr-min", "0.5", "--lr-max", "0.1"]) == 2
     assert main(["eos", "fractal", "--particles", "0", "--out", str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """The step sizes trained by ``monitored_run`` (patched to count; raises at ``crash_lr``)."""
+    calls: list[float] = []
+    state = {"crash_lr": None}
+    original = eos_experiments.monitored_run
+
+    def counting(setup, data, config, **kwargs):
+        if config.lr == state["crash_lr"]:
+            raise RuntimeError("killed")
+        calls.append(config.lr)
+        return original(setup, data, config, **kwargs)
+
+    monkeypatch.setattr(eos_experiments, "monitored_run", counting)
+    return calls, state
+
+
+def _sharpening(out, lrs, *extra):
+    return main(["eos", "sharpening", "--lrs", lrs, *TINY_MLP, *extra, "--out", str(out)])
+
+
+def _stored_lrs(out):
+    conn = sqlite3.connect(out / "runs.sqlite")
+    rows = conn.execute("SELECT config, status FROM runs ORDER BY rowid").fetchall()
+    conn.close()
+    return [(json.loads(c)["train"]["lr"], status) for c, status in rows]
+
+
+def test_sharpening_rerun_trains_nothing_and_writes_the_same_json(tmp_path, trained, capsys):
+    calls, _ = trained
+    assert _sharpening(tmp_path, "0.2,0.5") == 0
+    first = (tmp_path / "sharpening.json").read_text()
+    assert calls == [0.2, 0.5] and "reused" not in capsys.readouterr().out
+    assert _sharpening(tmp_path, "0.2,0.5") == 0
+    assert calls == [0.2, 0.5]  # nothing trained again
+    assert (tmp_path / "sharpening.json").read_text() == first
+    assert "reused 2 of 2 runs stored in" in capsys.readouterr().out
+    assert _stored_lrs(tmp_path) == [(0.2, "done"), (0.5, "done")]
+
+
+def test_sharpening_resumes_after_a_crash(tmp_path, trained):
+    calls, state = trained
+    state["crash_lr"] = 0.5
+    with pytest.raises(RuntimeError, match="killed"):
+        _sharpening(tmp_path, "0.2,0.5")
+    assert _stored_lrs(tmp_path) == [(0.2, "done")]  # the finished run survived
+    state["crash_lr"] = None
+    assert _sharpening(tmp_path, "0.2,0.5") == 0
+    assert calls == [0.2, 0.5]  # 0.2 once before the crash, only 0.5 after it
+    summary = json.loads((tmp_path / "sharpening.json").read_text())
+    assert [r["lr"] for r in summary["runs"]] == [0.2, 0.5]
+
+
+def test_sweeps_into_one_folder_keep_their_own_runs(tmp_path, trained, capsys):
+    calls, _ = trained
+    assert _sharpening(tmp_path, "0.2,0.5") == 0
+    assert _sharpening(tmp_path, "0.3", "--late-fraction", "0.5") == 0
+    summary = json.loads((tmp_path / "sharpening.json").read_text())
+    assert [r["lr"] for r in summary["runs"]] == [0.3]
+    assert "last 50% of training" in capsys.readouterr().out
+    # stored runs serve another late fraction: the summary is recomputed, nothing trained
+    assert _sharpening(tmp_path, "0.5,0.2", "--late-fraction", "0.5") == 0
+    assert calls == [0.2, 0.5, 0.3]
+    assert [lr for lr, _ in _stored_lrs(tmp_path)] == [0.2, 0.5, 0.3]
+    summary = json.loads((tmp_path / "sharpening.json").read_text())
+    assert [r["lr"] for r in summary["runs"]] == [0.5, 0.2] and summary["late_fraction"] == 0.5
+    for run in summary["runs"]:  # records at steps 8 and 12; torch's median: the lower one
+        late = sorted(
+            b / run["threshold"]
+            for s, b in zip(run["steps"], run["bounded"], strict=True)
+            if s >= 6
+        )
+        assert run["late_median_ratio"] == late[0]
+        assert run["late_ratio_range"] == [late[0], late[1]]
+    assert "reused 2 of 2 runs" in capsys.readouterr().out
+
+
+def test_thresholds_zero_skips_an_optimizer(tmp_path, trained):
+    calls, _ = trained
+    code = main(["eos", "thresholds", "--momentum-lr", "0", "--adam-lr", "0.01", *TINY_MLP,
+                 "--late-fraction", "0.25", "--out", str(tmp_path)])  # fmt: skip
+    assert code == 0 and calls == [0.01]
+    summary = json.loads((tmp_path / "thresholds.json").read_text())
+    assert [r["optimizer"] for r in summary["runs"]] == ["adam"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--momentum-lr", "-1", "--adam-lr", "-1"],
+            "error: --momentum-lr -1.0 is not a step size",
+        ),
+        (["--adam-lr", "nan"], "error: --adam-lr nan is not a step size"),
+        (["--momentum-lr", "inf"], "error: --momentum-lr inf is not a step size"),
+        (["--momentum-lr", "0", "--adam-lr", "0"], "error: both step sizes are 0"),
+    ],
+)
+def test_thresholds_refuses_bad_step_sizes(tmp_path, capsys, args, message):
+    assert main(["eos", "thresholds", *args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "runs.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "idx"], "dataset 'idx' is not one of the EoS datasets: use one of digits"),
+        (["--dataset", "cifar"], "dataset 'cifar' is not one of the EoS datasets"),
+        (["--n-train", "1501"], "n_train=1501 does not fit in the 1500 training examples"),
+    ],
+)
+def test_eos_data_errors(tmp_path, capsys, trained, args, message):
+    code = main(
+        ["eos", "sharpening", "--lrs", "0.2", "--steps", "4", *args, "--out", str(tmp_path)]
+    )
+    assert code == 2 and trained[0] == []
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_a_corrupt_store_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "runs.sqlite").write_bytes(b"not sqlite\n" * 100)
+    assert _sharpening(tmp_path, "0.2") == 2
+    assert "runs.sqlite is not a readable SQLite results store" in capsys.readouterr().err

@@ -8,16 +8,25 @@
 
 The defaults are the sizes of ``docs/reproductions.md``; every size can be shrunk for a quick
 look (the tests run each command at a tiny size).
+
+``sharpening`` and ``thresholds`` are sweeps of independent runs (one per step size /
+optimizer). Each finished run, diverged ones included, is stored at once in
+``<out>/runs.sqlite`` (a :class:`~sharpdim.runner.ResultsStore`) keyed by its full config, so
+rerunning a sweep (after a crash or a kill) trains only the runs that are missing. Sweeps
+into the same folder accumulate runs there; the JSON and PNG of a sweep hold exactly the runs
+of its own options.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from sharpdim.commands._common import (
@@ -39,8 +48,13 @@ app = typer.Typer(
 )
 
 # options of the two tanh-MLP commands (sharpening, thresholds) and of all four (--out)
-_OUT = typer.Option(Path("eos_results"), "--out", help="folder for the PNG and the JSON summary")
-_DATASET = typer.Option("digits", help="digits | mnist1d")
+_OUT = typer.Option(
+    Path("eos_results"),
+    "--out",
+    help="folder for the PNG, the JSON summary and (sharpening, thresholds) runs.sqlite",
+)
+_DATASET = typer.Option("digits", help="digits | mnist1d | modular | teacher_student")
+STORE_NAME = "runs.sqlite"
 _WIDTH = width_option(100, help="tanh MLP hidden width")
 _DEPTH = depth_option(2, help="tanh MLP hidden layers")
 _N_TRAIN = typer.Option(1000, help="training examples (the first of the split)")
@@ -59,7 +73,7 @@ def _save(
 
 
 def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float64: bool) -> Any:
-    from sharpdim.training.eos_experiments import MLPSetup
+    from sharpdim.training.eos_setup import MLPSetup
 
     if n_train < 1 or width < 1 or depth < 0:
         raise SharpdimError(
@@ -74,6 +88,11 @@ def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float6
         seed=seed,
         dtype="float64" if float64 else "float32",
     )
+
+
+def _late_title(quantity: str, late_fraction: float) -> str:
+    """``"<quantity>, last 30% of training"`` for ``late_fraction=0.3``."""
+    return f"{quantity}, last {100 * late_fraction:g}% of training"
 
 
 def _runs_table(title: str, result: Any) -> Table:
@@ -103,11 +122,30 @@ def _runs_command(
     steps: int,
     **kwargs: Any,
 ) -> None:
-    """Run ``runner`` (``num_runs`` monitored runs) under a progress bar, save and print it."""
-    from sharpdim.report.eos_figures import plot_eos_runs
+    """Run ``runner`` (``num_runs`` monitored runs) under a progress bar, save and print it.
 
-    with progress_bar(kind, num_runs * steps) as update:
-        result = runner(progress=lambda i, s, t: update(i * t + s), steps=steps, **kwargs)
+    Runs go through a :class:`~sharpdim.runner.ResumableRuns` on ``<out>/runs.sqlite``:
+    stored runs of the same config are reused, new ones stored as each finishes.
+    """
+    from sharpdim.report.eos_figures import plot_eos_runs
+    from sharpdim.runner import ResultsStore, ResumableRuns
+    from sharpdim.training.eos_experiments import EoSRun
+
+    with ResultsStore(out / STORE_NAME) as store:
+        runs: ResumableRuns[EoSRun] = ResumableRuns(
+            store,
+            encode=EoSRun.to_dict,
+            decode=EoSRun.from_dict,
+            status=lambda run: "diverged" if run.status == "diverged" else "done",
+        )
+        with progress_bar(kind, num_runs * steps) as update:
+            result = runner(
+                progress=lambda i, s, t: update(i * t + s), execute=runs, steps=steps, **kwargs
+            )
+    if runs.reused:
+        Console().print(
+            f"reused {runs.reused} of {num_runs} runs stored in {out / STORE_NAME}", markup=False
+        )
     png, js = _save(out, kind, result, plot_eos_runs)
     print_report(_runs_table(title, result), png, js, seconds=result.wall_time_s)
 
@@ -135,7 +173,7 @@ def sharpening(
         "sharpening",
         progressive_sharpening,
         len(grid),
-        "sharpness / (2/eta), last 30% of training",
+        _late_title("sharpness / (2/eta)", late_fraction),
         out,
         lrs=grid,
         setup=setup,
@@ -166,6 +204,12 @@ def thresholds(
     """Heavy-ball momentum and Adam at their EoS thresholds (full batch, tanh MLP, MSE)."""
     from sharpdim.training.eos_experiments import optimizer_thresholds
 
+    for flag, lr in (("--momentum-lr", momentum_lr), ("--adam-lr", adam_lr)):
+        if not (math.isfinite(lr) and lr >= 0):
+            raise SharpdimError(
+                f"{flag} {lr} is not a step size: give a positive number, or 0 to skip this "
+                "optimizer"
+            )
     runs = [(n, lr) for n, lr in (("momentum", momentum_lr), ("adam", adam_lr)) if lr > 0]
     if not runs:
         raise SharpdimError("both step sizes are 0: give --momentum-lr or --adam-lr > 0")
@@ -174,7 +218,7 @@ def thresholds(
         "thresholds",
         optimizer_thresholds,
         len(runs),
-        "(preconditioned) sharpness / threshold, last 30%",
+        _late_title("(preconditioned) sharpness / threshold", late_fraction),
         out,
         runs=runs,
         momentum=momentum,
@@ -200,7 +244,7 @@ def minimalist(
 ) -> None:
     """GD on 0.5 (1 - xyzw)^2: EoS ratios and a bifurcation diagram (Zhu et al. 2023)."""
     from sharpdim.report.eos_figures import plot_minimalist
-    from sharpdim.training.eos_experiments import minimalist_experiment
+    from sharpdim.training.eos_minimalist_experiment import minimalist_experiment
 
     if num_lrs < 1 or bif_num < 1 or not 0 < lr_min <= lr_max or not 0 < bif_min <= bif_max:
         raise SharpdimError(

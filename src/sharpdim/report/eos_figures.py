@@ -15,8 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sharpdim.training.eos_experiments import EoSRunsResult, MinimalistExperiment
+from sharpdim.training.eos_experiments import EoSRunsResult
 from sharpdim.training.eos_fractal import FractalResult
+from sharpdim.training.eos_minimalist_experiment import MinimalistExperiment
 
 
 def _save(fig: plt.Figure, path: str | Path, dpi: int) -> Path:

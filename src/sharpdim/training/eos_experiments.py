@@ -5,8 +5,8 @@
    tanh MLP with the square loss: the sharpness rises (progressive sharpening) until it
    reaches ``2/eta`` and then hovers there (the edge of stability). Summary: the median of
    ``sharpness / (2/eta)`` over the last ``late_fraction`` of training.
-2. :func:`minimalist_experiment`: Zhu, Wang, Wang, Zhou & Ge (ICLR 2023), GD on
-   ``0.5 (1 - xyzw)^2`` (see :mod:`sharpdim.training.eos_minimalist`).
+2. :func:`~sharpdim.training.eos_minimalist_experiment.minimalist_experiment`: Zhu, Wang,
+   Wang, Zhou & Ge (ICLR 2023), GD on ``0.5 (1 - xyzw)^2``.
 3. :func:`optimizer_thresholds`: the same MLP trained with heavy-ball momentum (sharpness
    against ``(2 + 2 mu)/eta``) and with Adam (preconditioned sharpness ``lambda_max(P^-1 H)``
    against ``(2 + 2 beta1)/(eta (1 - beta1))``; Cohen et al. 2022).
@@ -14,83 +14,32 @@
    :func:`sharpdim.training.eos_fractal.fractal_attractor`.
 
 Training runs go through :func:`sharpdim.training.loop.train` with an
-:class:`~sharpdim.training.monitor.EoSMonitor`; no files, plots or printing here.
+:class:`~sharpdim.training.monitor.EoSMonitor`; no files, plots or printing here. Each run of
+1 and 3 is independent: its full config (:func:`eos_run_config`) and an ``execute`` hook let a
+caller reuse stored runs (the CLI resumes sweeps through :mod:`sharpdim.runner`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from sharpdim.errors import SharpdimError
-from sharpdim.training.datasets import Dataset, load_dataset
-from sharpdim.training.eos_minimalist import (
-    PAPER_INIT,
-    MinimalistSummary,
-    MinimalistSweep,
-    minimalist_sweep,
-    summarize_minimalist,
-)
+from sharpdim.training.datasets import Dataset
+from sharpdim.training.eos_setup import MLPSetup
 from sharpdim.training.loop import TrainConfig, train
-from sharpdim.training.models import build_mlp
 from sharpdim.training.monitor import EoSMonitor
+from sharpdim.training.optimizers import ADAPTIVE
 
 # progress(run_index, step, total_steps)
 Progress = Callable[[int, int, int], None]
-
-BIFURCATION_INIT: tuple[float, ...] = (1.5, 0.6, 1.5, 0.6)
-
-
-@dataclass(frozen=True)
-class MLPSetup:
-    """The network and data of reproductions 1 and 3.
-
-    Attributes:
-        dataset: ``"digits"`` or ``"mnist1d"`` (any name of ``load_dataset``).
-        n_train: training examples (the first ones of the seeded split).
-        width, depth: hidden width and number of hidden layers of the tanh MLP.
-        activation: hidden activation (``"tanh"`` as in Cohen et al. 2021).
-        loss: ``"mse"`` (Cohen et al.'s square loss) or ``"ce"``.
-        seed: seed of the data split and of the initialisation.
-        dtype: ``"float64"`` or ``"float32"``.
-    """
-
-    dataset: str = "digits"
-    n_train: int = 1000
-    width: int = 100
-    depth: int = 2
-    activation: str = "tanh"
-    loss: str = "mse"
-    seed: int = 0
-    dtype: str = "float64"
-
-    def torch_dtype(self) -> torch.dtype:
-        if self.dtype not in ("float64", "float32"):
-            raise SharpdimError(f"dtype {self.dtype!r}: use 'float64' or 'float32'")
-        return torch.float64 if self.dtype == "float64" else torch.float32
-
-    def data(self) -> Dataset:
-        if self.dataset == "mnist1d":
-            full = load_dataset("mnist1d", seed=self.seed, n_train=self.n_train, n_test=200)
-        else:
-            full = load_dataset(self.dataset, seed=self.seed)
-        return full.subset(min(self.n_train, full.num_train)).to(dtype=self.torch_dtype())
-
-    def model(self, data: Dataset) -> torch.nn.Module:
-        return build_mlp(
-            data.input_dim,
-            data.num_outputs,
-            width=self.width,
-            depth=self.depth,
-            activation=self.activation,
-            seed=self.seed,
-            dtype=self.torch_dtype(),
-        )
+# execute(run_config, train) -> the run: train() or a stored run (see eos_run_config)
+Execute = Callable[[Mapping[str, Any], Callable[[], "EoSRun"]], "EoSRun"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +78,44 @@ class EoSRun:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EoSRun:
+        """The inverse of :meth:`to_dict`, also on its JSON form (``null`` numbers read as NaN)."""
+
+        def num(value: Any) -> float:
+            return math.nan if value is None else float(value)
+
+        def nums(values: Sequence[Any]) -> tuple[float, ...]:
+            return tuple(num(v) for v in values)
+
+        low, high = data["late_ratio_range"]
+        accuracy = data["final_train_accuracy"]
+        diverged_at = data["diverged_at"]
+        return cls(
+            optimizer=str(data["optimizer"]),
+            lr=float(data["lr"]),
+            threshold=num(data["threshold"]),
+            status=str(data["status"]),
+            diverged_at=None if diverged_at is None else int(diverged_at),
+            steps=tuple(int(s) for s in data["steps"]),
+            loss=nums(data["loss"]),
+            sharpness=nums(data["sharpness"]),
+            bounded=nums(data["bounded"]),
+            late_median_ratio=num(data["late_median_ratio"]),
+            late_ratio_range=(num(low), num(high)),
+            final_train_loss=num(data["final_train_loss"]),
+            final_train_accuracy=None if accuracy is None else float(accuracy),
+            wall_time_s=float(data["wall_time_s"]),
+        )
+
+    def summarized(self, total_steps: int, late_fraction: float) -> EoSRun:
+        """This run with ``late_median_ratio`` and ``late_ratio_range`` taken over the records
+        with ``step >= (1 - late_fraction) * total_steps`` (ratio = ``bounded / threshold``)."""
+        threshold = self.threshold
+        ratio = [b / threshold if threshold else math.nan for b in self.bounded]
+        median, spread = _late_stats(self.steps, ratio, total_steps, late_fraction)
+        return replace(self, late_median_ratio=median, late_ratio_range=spread)
+
 
 @dataclass(frozen=True)
 class EoSRunsResult:
@@ -139,7 +126,8 @@ class EoSRunsResult:
         setup: the network and data.
         steps: training steps per run; every: monitor period; late_fraction: see EoSRun.
         runs: one :class:`EoSRun` per step size / optimizer.
-        wall_time_s: seconds for all runs.
+        wall_time_s: seconds of all runs (the sum of theirs, reused runs included, so the
+            result does not depend on which runs a resumed sweep reused).
     """
 
     kind: str
@@ -208,29 +196,27 @@ def monitored_run(
             model, optimizer, step=result.steps_completed, loss_value=result.final_train_loss
         )
     records = monitor.records
-    steps = tuple(r.step for r in records)
-    ratio = [r.ratio for r in records]
-    median, spread = _late_stats(steps, ratio, config.steps, late_fraction)
     bounded = tuple(
         r.preconditioned_sharpness if r.preconditioned_sharpness is not None else r.sharpness
         for r in records
     )
-    return EoSRun(
+    run = EoSRun(
         optimizer=records[0].optimizer if records else config.optimizer,
         lr=config.lr,
         threshold=records[0].threshold if records else math.nan,
         status=result.status,
         diverged_at=result.diverged_at,
-        steps=steps,
+        steps=tuple(r.step for r in records),
         loss=tuple(r.loss for r in records),
         sharpness=tuple(r.sharpness for r in records),
         bounded=bounded,
-        late_median_ratio=median,
-        late_ratio_range=spread,
+        late_median_ratio=math.nan,
+        late_ratio_range=(math.nan, math.nan),
         final_train_loss=result.final_train_loss,
         final_train_accuracy=result.final_train_accuracy,
         wall_time_s=time.perf_counter() - start,
     )
+    return run.summarized(config.steps, late_fraction)
 
 
 def _for_run(progress: Progress | None, index: int) -> Callable[[int, int], None] | None:
@@ -252,6 +238,39 @@ def _check_common(steps: int, every: int, late_fraction: float) -> None:
         )
 
 
+def eos_run_config(
+    setup: MLPSetup,
+    config: TrainConfig,
+    *,
+    every: int,
+    max_examples: int | None,
+    tol: float,
+) -> dict[str, Any]:
+    """Everything that determines one monitored run, as plain data: the key of a stored run.
+
+    The network and data (``setup``), the training config without the hyperparameters its
+    optimizer ignores (momentum for Adam, betas and eps for momentum, all three for GD) and
+    the monitor's options. ``late_fraction`` is left out: it only summarises the records
+    (:meth:`EoSRun.summarized`), so a stored run serves any late fraction.
+    """
+    unused: tuple[str, ...] = ("betas", "eps")  # heavy-ball, Nesterov
+    if config.optimizer in ("gd", "sgd"):
+        unused = ("momentum", "betas", "eps")
+    elif config.optimizer in ADAPTIVE:
+        unused = ("momentum",)
+    train = {k: v for k, v in config.to_dict().items() if k not in unused}
+    return {
+        "experiment": "eos.monitored_run",
+        "setup": dict(setup.__dict__),
+        "train": train,
+        "monitor": {"every": every, "max_examples": max_examples, "tol": tol},
+    }
+
+
+def _train_now(config: Mapping[str, Any], train: Callable[[], EoSRun]) -> EoSRun:
+    return train()
+
+
 def _monitored_runs(
     kind: str,
     runs: Sequence[tuple[str, float]],
@@ -263,15 +282,18 @@ def _monitored_runs(
     max_examples: int | None,
     tol: float,
     progress: Progress | None,
+    execute: Execute | None,
     **hyper: Any,
 ) -> EoSRunsResult:
     """One :func:`monitored_run` per ``(optimizer, lr)`` on ``setup``'s data, in order.
 
     ``hyper`` (e.g. ``momentum``, ``betas``) goes to every run's
-    :class:`~sharpdim.training.loop.TrainConfig`.
+    :class:`~sharpdim.training.loop.TrainConfig`. Each run goes through
+    ``execute(eos_run_config(...), train)`` (default: ``train()``); the data are loaded only
+    if some run is trained.
     """
-    data = setup.data()
-    start = time.perf_counter()
+    execute = execute or _train_now
+    data: list[Dataset] = []
     out = []
     for i, (name, lr) in enumerate(runs):
         config = TrainConfig(
@@ -283,21 +305,27 @@ def _monitored_runs(
             keep_snapshots=False,
             **hyper,
         )
-        out.append(
-            monitored_run(
+
+        def train(config: TrainConfig = config, index: int = i) -> EoSRun:
+            if not data:
+                data.append(setup.data())
+            return monitored_run(
                 setup,
-                data,
+                data[0],
                 config,
                 every=every,
                 late_fraction=late_fraction,
                 max_examples=max_examples,
                 tol=tol,
-                progress=_for_run(progress, i),
+                progress=_for_run(progress, index),
             )
-        )
-    return EoSRunsResult(
-        kind, setup, steps, every, late_fraction, tuple(out), time.perf_counter() - start
-    )
+
+        key = eos_run_config(setup, config, every=every, max_examples=max_examples, tol=tol)
+        out.append(execute(key, train).summarized(steps, late_fraction))
+        if progress is not None:
+            progress(i, steps, steps)
+    wall = sum(r.wall_time_s for r in out)
+    return EoSRunsResult(kind, setup, steps, every, late_fraction, tuple(out), wall)
 
 
 def progressive_sharpening(
@@ -310,6 +338,7 @@ def progressive_sharpening(
     max_examples: int | None = 5000,
     tol: float = 1e-4,
     progress: Progress | None = None,
+    execute: Execute | None = None,
 ) -> EoSRunsResult:
     """Reproduction 1: full-batch GD on a tanh MLP with MSE at several step sizes.
 
@@ -320,13 +349,16 @@ def progressive_sharpening(
         late_fraction: the final share of training summarised by the median ratio.
         max_examples, tol: passed to :class:`EoSMonitor`.
         progress: ``progress(run_index, step, steps)`` after every step.
+        execute: runs each run as ``execute(config, train)``, ``config`` the run's
+            :func:`eos_run_config` and ``train()`` the training; ``None`` trains every run.
+            The CLI passes a :class:`sharpdim.runner.ResumableRuns` that reuses stored runs.
 
     Returns:
         :class:`EoSRunsResult` with one GD run per step size.
     """
     _check_common(steps, every, late_fraction)
-    if not lrs or any(not lr > 0 for lr in lrs):
-        raise SharpdimError(f"lrs={list(lrs)}: give one or more positive step sizes")
+    if not lrs or not all(math.isfinite(lr) and lr > 0 for lr in lrs):
+        raise SharpdimError(f"lrs={list(lrs)}: give one or more positive, finite step sizes")
     return _monitored_runs(
         "sharpening",
         [("gd", lr) for lr in lrs],
@@ -337,6 +369,7 @@ def progressive_sharpening(
         max_examples=max_examples,
         tol=tol,
         progress=progress,
+        execute=execute,
     )
 
 
@@ -352,6 +385,7 @@ def optimizer_thresholds(
     max_examples: int | None = 5000,
     tol: float = 1e-4,
     progress: Progress | None = None,
+    execute: Execute | None = None,
 ) -> EoSRunsResult:
     """Reproduction 3: heavy-ball momentum and Adam at their EoS thresholds, full batch.
 
@@ -359,7 +393,7 @@ def optimizer_thresholds(
         runs: ``(optimizer, lr)`` pairs; optimizers ``"momentum"``, ``"nesterov"``, ``"adam"``,
             ``"adamw"`` or ``"gd"``.
         momentum, betas: the hyperparameters (torch conventions).
-        setup, steps, every, late_fraction, max_examples, tol, progress: as in
+        setup, steps, every, late_fraction, max_examples, tol, progress, execute: as in
             :func:`progressive_sharpening`.
 
     Returns:
@@ -369,6 +403,9 @@ def optimizer_thresholds(
     _check_common(steps, every, late_fraction)
     if not runs:
         raise SharpdimError("no runs given: pass (optimizer, lr) pairs, e.g. ('adam', 0.001)")
+    bad = [(name, lr) for name, lr in runs if not (math.isfinite(lr) and lr > 0)]
+    if bad:
+        raise SharpdimError(f"runs {bad}: give positive, finite step sizes")
     return _monitored_runs(
         "thresholds",
         runs,
@@ -379,95 +416,7 @@ def optimizer_thresholds(
         max_examples=max_examples,
         tol=tol,
         progress=progress,
+        execute=execute,
         momentum=momentum,
         betas=betas,
-    )
-
-
-@dataclass(frozen=True)
-class MinimalistExperiment:
-    """Reproduction 2: EoS ratios and the bifurcation diagram of the minimalist example.
-
-    Attributes:
-        ratios: sweep from ``ratio_init`` (default ``(2, 0.3, 2, 0.3)``) over ``ratio_lrs``,
-            with a sharpness trace for a few step sizes; ratio_summary: its classification
-            (the EoS step sizes and final sharpness / (2/eta)).
-        bifurcation: sweep over a fine grid of step sizes from ``bifurcation_init`` (a less
-            unbalanced start, which survives large step sizes long enough to show period
-            doubling and chaos); bifurcation_summary: its classification.
-        wall_time_s: seconds for both sweeps.
-    """
-
-    ratios: MinimalistSweep
-    ratio_summary: MinimalistSummary
-    bifurcation: MinimalistSweep
-    bifurcation_summary: MinimalistSummary
-    wall_time_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ratios": self.ratio_summary.to_dict(),
-            "ratio_init": list(self.ratios.init),
-            "ratio_steps": self.ratios.steps,
-            "bifurcation": self.bifurcation_summary.to_dict(),
-            "bifurcation_init": list(self.bifurcation.init),
-            "bifurcation_steps": self.bifurcation.steps,
-            "bifurcation_num_lrs": int(self.bifurcation.lrs.numel()),
-            "wall_time_s": self.wall_time_s,
-        }
-
-
-def minimalist_experiment(
-    *,
-    ratio_lrs: Sequence[float] | None = None,
-    bifurcation_lrs: Sequence[float] | None = None,
-    steps: int = 20_000,
-    late: int = 300,
-    ratio_init: Sequence[float] = PAPER_INIT,
-    bifurcation_init: Sequence[float] = BIFURCATION_INIT,
-    trace_lrs: Sequence[float] = (0.05, 0.3, 0.45),
-    progress: Callable[[int, int], None] | None = None,
-) -> MinimalistExperiment:
-    """Reproduction 2 (Zhu et al., ICLR 2023), vectorised over step sizes.
-
-    Args:
-        ratio_lrs: step sizes of the ratio sweep (default 0.02, 0.03, ..., 0.54).
-        bifurcation_lrs: step sizes of the bifurcation diagram (default 451 values in
-            [0.2, 1.1]).
-        steps, late: GD steps, and late iterates kept per step size.
-        ratio_init, bifurcation_init: the two initial points.
-        trace_lrs: step sizes whose sharpness is traced over training (ratio sweep).
-        progress: ``progress(done, total)`` in units of 1,000 GD steps of either sweep.
-    """
-    ratio_grid = torch.arange(2, 55, dtype=torch.float64) / 100 if ratio_lrs is None else ratio_lrs
-    bif_grid = (
-        torch.linspace(0.2, 1.1, 451, dtype=torch.float64)
-        if bifurcation_lrs is None
-        else bifurcation_lrs
-    )
-    start = time.perf_counter()
-
-    def part(offset: int) -> Callable[[int, int], None] | None:
-        if progress is None:
-            return None
-        return lambda done, _total: progress(offset + done, 2 * steps)
-
-    ratios = minimalist_sweep(
-        ratio_grid,
-        init=ratio_init,
-        steps=steps,
-        late=late,
-        trace_lrs=trace_lrs,
-        trace_every=max(1, steps // 4000),
-        callback=part(0),
-    )
-    bifurcation = minimalist_sweep(
-        bif_grid, init=bifurcation_init, steps=steps, late=late, callback=part(steps)
-    )
-    return MinimalistExperiment(
-        ratios=ratios,
-        ratio_summary=summarize_minimalist(ratios),
-        bifurcation=bifurcation,
-        bifurcation_summary=summarize_minimalist(bifurcation),
-        wall_time_s=time.perf_counter() - start,
     )

@@ -1,0 +1,14 @@
+"""Running sweeps: the SQLite results store and resumable runs (executors come later)."""
+
+from sharpdim.runner.encoding import canonical_json, config_key, json_value
+from sharpdim.runner.resume import ResumableRuns
+from sharpdim.runner.store import ResultsStore, RunRecord
+
+__all__ = [
+    "ResultsStore",
+    "ResumableRuns",
+    "RunRecord",
+    "canonical_json",
+    "config_key",
+    "json_value",
+]

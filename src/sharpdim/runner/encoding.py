@@ -1,0 +1,102 @@
+"""Plain JSON for the results store: conversion of run configs and results, and config keys.
+
+* :func:`json_value`: numbers, strings, booleans, ``None``, lists and string-keyed dicts;
+  tuples become lists, tensors and numpy arrays/scalars their ``tolist()``/``item()``.
+  Non-finite floats (NaN, +-inf) become ``None`` in results (``nonfinite="null"``, the same
+  convention as the JSON summaries the CLI writes) and are refused in configs
+  (``nonfinite="error"``). Anything else is refused with a one-line
+  :class:`~sharpdim.errors.SharpdimError` that names where it sits.
+* :func:`canonical_json` / :func:`config_key`: sorted keys, no whitespace, floats in Python's
+  shortest round-trip form (exact: ``float(repr(x)) == x``), so equal configs give equal
+  text and keys whatever the order of their keys. ``1`` and ``1.0`` are different values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from sharpdim.errors import SharpdimError
+
+NonFinite = Literal["null", "error"]
+
+
+def json_value(value: Any, *, nonfinite: NonFinite = "null", where: str = "value") -> Any:
+    """``value`` as plain JSON data (see the module docstring).
+
+    Args:
+        value: the object to convert.
+        nonfinite: ``"null"`` turns NaN/inf into ``None``; ``"error"`` refuses them.
+        where: how to name ``value`` in an error message (e.g. ``"config"``).
+
+    Raises:
+        SharpdimError: for an object that has no JSON form, a non-string dict key, or
+            (``nonfinite="error"``) a NaN/inf.
+
+    Example:
+        >>> json_value({"lr": 0.1, "betas": (0.9, float("nan")), "w": torch.tensor([1, 2])})
+        {'lr': 0.1, 'betas': [0.9, None], 'w': [1, 2]}
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        if nonfinite == "error":
+            raise SharpdimError(f"{where} is {value}: configs must hold finite numbers")
+        return None
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return json_value(value.tolist(), nonfinite=nonfinite, where=where)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SharpdimError(
+                    f"{where} has the key {key!r} of type {type(key).__name__}: "
+                    "use string keys in stored configs and results"
+                )
+            out[key] = json_value(item, nonfinite=nonfinite, where=f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [
+            json_value(item, nonfinite=nonfinite, where=f"{where}[{i}]")
+            for i, item in enumerate(value)
+        ]
+    raise SharpdimError(
+        f"{where} is a {type(value).__name__}, which has no JSON form: store numbers, strings, "
+        "lists or dicts (e.g. the object's to_dict())"
+    )
+
+
+def canonical_json(config: Mapping[str, Any]) -> str:
+    """The canonical JSON text of a run config: sorted keys, no spaces, finite numbers only.
+
+    Example:
+        >>> canonical_json({"steps": 10, "lr": 0.1, "betas": (0.9, 0.999)})
+        '{"betas":[0.9,0.999],"lr":0.1,"steps":10}'
+    """
+    if not isinstance(config, Mapping):
+        raise SharpdimError(
+            f"a run config must be a dict, got {type(config).__name__}: pass the run's "
+            "options as a dict"
+        )
+    plain = json_value(config, nonfinite="error", where="config")
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """Hex SHA-256 of :func:`canonical_json` of ``config``: the run's key in the store.
+
+    Example:
+        >>> config_key({"lr": 0.1, "steps": 10}) == config_key({"steps": 10, "lr": 0.1})
+        True
+        >>> config_key({"lr": 0.1})[:12]
+        '9c9ba942d8bb'
+    """
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()

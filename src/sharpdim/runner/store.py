@@ -1,0 +1,282 @@
+"""The results store: one SQLite row per run, keyed by a hash of the run's full config.
+
+A sweep writes each run as soon as it finishes, in its own transaction, so a sweep killed at
+any point (even by SIGKILL) loses only the run in progress, and a rerun reuses every stored
+run instead of repeating it. The file is an ordinary SQLite database (stdlib :mod:`sqlite3`)
+in WAL mode, which lets several processes read while one writes; writers wait for each other
+up to ``timeout`` seconds (SQLite's busy timeout).
+
+Table ``runs``:
+
+* ``key``: :func:`~sharpdim.runner.encoding.config_key` of the config (primary key);
+* ``config``: the canonical JSON of the config;
+* ``status``: ``"done"``, ``"diverged"`` (a diverged run is a result, not an error) or
+  ``"failed"``, as the caller says;
+* ``result``: the result as JSON (NaN/inf stored as ``null``, see
+  :mod:`sharpdim.runner.encoding`);
+* ``created``, ``updated``: UTC ISO-8601 times of the first and the latest write.
+
+Putting a config that is already stored **replaces** its status and result (one row per
+key; ``created`` is kept, ``updated`` moves): a failed run that is retried ends up with its
+new outcome. The database is marked with SQLite's ``application_id`` so that another file at
+the same path is refused instead of written into.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sharpdim.errors import SharpdimError
+from sharpdim.runner.encoding import canonical_json, config_key, json_value
+
+STATUSES = ("done", "diverged", "failed")
+FINISHED = ("done", "diverged")  # outcomes a resumed sweep does not repeat
+APPLICATION_ID = 0x53445253  # "SDRS": marks a sharpdim results store
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE runs (
+    key TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done', 'diverged', 'failed')),
+    result TEXT NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+)
+"""
+_COLUMNS = "key, config, status, result, created, updated"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One stored run.
+
+    Attributes:
+        key: hex SHA-256 of the canonical config.
+        config, result: the config and the result, as plain JSON data.
+        status: ``"done"``, ``"diverged"`` or ``"failed"``.
+        created, updated: UTC ISO-8601 times of the first and the latest write.
+    """
+
+    key: str
+    config: dict[str, Any]
+    status: str
+    result: Any
+    created: str
+    updated: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _record(row: tuple[str, str, str, str, str, str]) -> RunRecord:
+    key, config, status, result, created, updated = row
+    return RunRecord(key, json.loads(config), status, json.loads(result), created, updated)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class ResultsStore:
+    """A SQLite file of runs keyed by config (see the module docstring).
+
+    Args:
+        path: the database file; created (with its folder) if missing.
+        timeout: seconds a write waits for another process's write to finish.
+
+    Raises:
+        SharpdimError: ``path`` cannot be opened, or holds something other than a results
+            store (another SQLite database, a corrupt or a non-SQLite file).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder, ResultsStore(f"{folder}/r.sqlite") as s:
+        ...     _ = s.put({"lr": 0.1}, {"loss": float("nan"), "acc": 0.9}, status="diverged")
+        ...     record = s.get({"lr": 0.1})
+        ...     (record.status, record.result, len(s))
+        ('diverged', {'loss': None, 'acc': 0.9}, 1)
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        except (OSError, sqlite3.Error) as err:
+            raise SharpdimError(
+                f"cannot open the results store {self.path} ({err}): choose a writable file path"
+            ) from None
+        try:
+            self._open()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- connection ----------------------------------------------------------------------------
+    def _fail(self, err: sqlite3.Error, doing: str) -> SharpdimError:
+        text = str(err)
+        if "locked" in text or "busy" in text:
+            return SharpdimError(
+                f"the results store {self.path} stayed locked by another process while "
+                f"{doing}: wait for it to finish or raise the timeout"
+            )
+        if isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.OperationalError):
+            return SharpdimError(
+                f"{self.path} is not a readable SQLite results store ({text}): move the file "
+                "away or choose another path"
+            )
+        return SharpdimError(f"results store {self.path}: {text} while {doing}: check the file")
+
+    def _open(self) -> None:
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            if self._check_or_create(create=False):
+                return
+            self._conn.execute("BEGIN IMMEDIATE")  # a new file: one process creates the table
+            try:
+                self._check_or_create(create=True)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as err:
+            raise self._fail(err, "opening it") from None
+
+    def _check_or_create(self, *, create: bool) -> bool:
+        """True if the file is a store; refuse other files; create an empty one if ``create``."""
+        app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id == 0 and tables == 0:
+            if not create:
+                return False
+            self._conn.execute(_SCHEMA)
+            self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif app_id != APPLICATION_ID:
+            raise SharpdimError(
+                f"{self.path} is an SQLite database but not a sharpdim results store: move it "
+                "away or choose another path"
+            )
+        elif version != SCHEMA_VERSION:
+            raise SharpdimError(
+                f"{self.path} is a results store of schema version {version}, this sharpdim "
+                f"reads version {SCHEMA_VERSION}: use a matching sharpdim or a new path"
+            )
+        return True
+
+    def close(self) -> None:
+        """Close the connection (everything put is already committed)."""
+        self._conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as err:
+            raise self._fail(err, "reading") from None
+
+    # -- runs ------------------------------------------------------------------------------
+    @staticmethod
+    def config_key(config: Mapping[str, Any]) -> str:
+        """The key of ``config`` (:func:`sharpdim.runner.encoding.config_key`)."""
+        return config_key(config)
+
+    def put(self, config: Mapping[str, Any], result: Any, status: str = "done") -> RunRecord:
+        """Store one run atomically, replacing a stored run with the same config.
+
+        Args:
+            config: everything that determines the run (JSON data, finite numbers).
+            result: the run's outcome (JSON data; tensors, numpy values and tuples are
+                converted, NaN/inf stored as ``null``).
+            status: ``"done"``, ``"diverged"`` or ``"failed"``.
+
+        Returns:
+            The stored :class:`RunRecord` (``result`` as it reads back).
+        """
+        if status not in STATUSES:
+            raise SharpdimError(f"status {status!r}: use one of {', '.join(STATUSES)}")
+        text = canonical_json(config)
+        key = config_key(config)
+        plain = json_value(result, nonfinite="null", where="result")
+        body = json.dumps(plain, allow_nan=False, separators=(",", ":"))
+        now = _now()
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    f"INSERT INTO runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET config = excluded.config, "
+                    "status = excluded.status, result = excluded.result, updated = excluded.updated",
+                    (key, text, status, body, now, now),
+                )
+                row = self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM runs WHERE key = ?", (key,)
+                ).fetchone()
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as err:
+            raise self._fail(err, "writing a run") from None
+        return _record(row)
+
+    def get(self, config: Mapping[str, Any]) -> RunRecord | None:
+        """The stored run of ``config``, or ``None``."""
+        rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE key = ?", (config_key(config),))
+        return _record(rows[0]) if rows else None
+
+    def finished_keys(self) -> set[str]:
+        """Keys of the runs a resumed sweep skips: status ``"done"`` or ``"diverged"``.
+
+        ``"failed"`` runs are left out, so a sweep retries them.
+        """
+        rows = self._query("SELECT key FROM runs WHERE status IN (?, ?)", FINISHED)
+        return {key for (key,) in rows}
+
+    def records(self, status: str | None = None) -> Iterator[RunRecord]:
+        """All stored runs (or those with ``status``) in the order they were first put."""
+        where, params = ("WHERE status = ?", (status,)) if status is not None else ("", ())
+        rows = self._query(f"SELECT {_COLUMNS} FROM runs {where} ORDER BY rowid", params)
+        return (_record(row) for row in rows)
+
+    def __len__(self) -> int:
+        return int(self._query("SELECT count(*) FROM runs")[0][0])
+
+    def to_pandas(self) -> Any:
+        """A pandas DataFrame, one row per run: ``key``, ``status``, ``created``, ``updated``
+        and the config's and result's fields flattened as ``config.<name>``,
+        ``result.<name>`` (nested dicts joined with ``.``; lists kept as cells).
+
+        pandas is optional and imported here; ``.to_parquet(path)`` on the frame (with
+        pyarrow installed) gives the Parquet export.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise SharpdimError(
+                "to_pandas needs pandas, which is not installed: pip install pandas, or read "
+                "the runs with records()"
+            ) from None
+        rows = [record.to_dict() for record in self.records()]
+        if not rows:
+            return pd.DataFrame(columns=["key", "config", "status", "result", "created", "updated"])
+        return pd.json_normalize(rows, sep=".")

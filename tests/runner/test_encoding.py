@@ -1,0 +1,65 @@
+"""Canonical JSON and config keys: equal configs give equal keys, whatever the key order."""
+
+import hashlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sharpdim.errors import SharpdimError
+from sharpdim.runner.encoding import canonical_json, config_key, json_value
+
+CONFIG = {"setup": {"dataset": "digits", "width": 8}, "train": {"lr": 0.2, "betas": (0.9, 0.999)}}
+
+
+def test_canonical_json_sorts_keys_and_writes_floats_exactly():
+    assert canonical_json(CONFIG) == (
+        '{"setup":{"dataset":"digits","width":8},"train":{"betas":[0.9,0.999],"lr":0.2}}'
+    )
+    assert canonical_json({"lr": 0.1 + 0.2}) == '{"lr":0.30000000000000004}'
+
+
+def test_key_is_sha256_of_canonical_json():
+    expected = hashlib.sha256(canonical_json(CONFIG).encode()).hexdigest()
+    assert config_key(CONFIG) == expected and len(expected) == 64
+
+
+def test_key_ignores_key_order_but_not_values():
+    reordered = {
+        "train": {"betas": [0.9, 0.999], "lr": 0.2},
+        "setup": {"width": 8, "dataset": "digits"},
+    }
+    assert config_key(reordered) == config_key(CONFIG)
+    other_lr = {**CONFIG, "train": {"lr": 0.3, "betas": (0.9, 0.999)}}
+    assert config_key(other_lr) != config_key(CONFIG)
+    assert config_key({"lr": 0.1 + 0.2}) != config_key({"lr": 0.3})  # exact floats
+    assert config_key({"steps": 1}) != config_key({"steps": 1.0})
+
+
+def test_results_convert_tensors_numpy_and_non_finite_numbers():
+    value = {
+        "t": torch.tensor([1.5, math.inf]),
+        "n": np.float64(0.25),
+        "i": np.int64(3),
+        "a": np.array([[1, 2]]),
+        "x": (math.nan, -math.inf, None, True, "s"),
+    }
+    assert json_value(value) == {
+        "t": [1.5, None],
+        "n": 0.25,
+        "i": 3,
+        "a": [[1, 2]],
+        "x": [None, None, None, True, "s"],
+    }
+
+
+def test_unstorable_values_give_one_line_errors_that_say_where():
+    with pytest.raises(SharpdimError, match=r"result\['model'\]\[1\] is a object, which has no"):
+        json_value({"model": [1, object()]}, where="result")
+    with pytest.raises(SharpdimError, match=r"has the key 3 of type int: use string keys"):
+        json_value({3: 1.0})
+    with pytest.raises(SharpdimError, match=r"config\['train'\]\['lr'\] is nan: configs must"):
+        config_key({"train": {"lr": math.nan}})
+    with pytest.raises(SharpdimError, match="a run config must be a dict, got list"):
+        config_key([1, 2])  # type: ignore[arg-type]

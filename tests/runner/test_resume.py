@@ -1,0 +1,82 @@
+"""ResumableRuns: a killed sweep resumes without losing or repeating finished runs."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sharpdim.runner import ResultsStore, ResumableRuns
+
+LRS = (0.1, 0.2, 0.3, 0.4)
+
+
+class Killed(Exception):
+    pass
+
+
+def _sweep(path, calls, kill_at=None):
+    """Run the sweep over LRS; raise Killed when about to compute lr == kill_at."""
+
+    def compute(lr):
+        if lr == kill_at:
+            raise Killed
+        calls.append(lr)
+        return {"loss": lr * 10, "status": "diverged" if lr > 0.35 else "ok"}
+
+    with ResultsStore(path) as store:
+        runs = ResumableRuns(
+            store,
+            encode=dict,
+            decode=dict,
+            status=lambda r: "diverged" if r["status"] == "diverged" else "done",
+        )
+        results = [runs({"lr": lr}, lambda lr=lr: compute(lr)) for lr in LRS]
+    return results, runs
+
+
+def test_a_killed_sweep_reruns_only_what_is_missing(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    calls: list[float] = []
+    with pytest.raises(Killed):
+        _sweep(path, calls, kill_at=0.3)
+    assert calls == [0.1, 0.2]
+    results, runs = _sweep(path, calls)
+    assert calls == [0.1, 0.2, 0.3, 0.4]  # 0.1 and 0.2 not repeated
+    assert (runs.reused, runs.computed) == (2, 2)
+    assert [r["loss"] for r in results] == [1.0, 2.0, 3.0, 4.0]
+    _, again = _sweep(path, calls)
+    assert len(calls) == 4 and (again.reused, again.computed) == (4, 0)  # diverged is a result
+    with ResultsStore(path) as store:
+        assert [r.status for r in store.records()] == ["done", "done", "done", "diverged"]
+
+
+def test_failed_runs_are_computed_again(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    with ResultsStore(path) as store:
+        store.put({"lr": 0.2}, {"loss": None, "status": "ok"}, status="failed")
+    calls: list[float] = []
+    _, runs = _sweep(path, calls)
+    assert calls == [0.1, 0.2, 0.3, 0.4] and runs.reused == 0
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_midway_loses_only_the_run_in_progress(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from sharpdim.runner import ResultsStore
+        store = ResultsStore({str(path)!r})
+        for lr in (0.1, 0.2):
+            store.put({{"lr": lr}}, {{"loss": lr}})
+        os.kill(os.getpid(), signal.SIGKILL)  # killed while the third run trains
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=os.environ, check=False)
+    assert done.returncode == -signal.SIGKILL
+    calls: list[float] = []
+    _sweep(path, calls)
+    assert calls == [0.3, 0.4]

@@ -1,0 +1,112 @@
+"""EoS reproductions 1 and 3: datasets, run configs, the execute hook, stored-run round trip."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sharpdim.errors import SharpdimError
+from sharpdim.runner.encoding import config_key, json_value
+from sharpdim.training.eos_experiments import (
+    EoSRun,
+    MLPSetup,
+    eos_run_config,
+    optimizer_thresholds,
+    progressive_sharpening,
+)
+from sharpdim.training.loop import TrainConfig
+
+RUN = EoSRun(
+    optimizer="gd",
+    lr=0.5,
+    threshold=4.0,
+    status="diverged",
+    diverged_at=9,
+    steps=(0, 4, 8, 12),
+    loss=(1.0, 0.5, math.inf, math.nan),
+    sharpness=(2.0, 4.0, 6.0, math.nan),
+    bounded=(2.0, 4.0, 6.0, 10.0),
+    late_median_ratio=math.nan,
+    late_ratio_range=(math.nan, math.nan),
+    final_train_loss=math.nan,
+    final_train_accuracy=None,
+    wall_time_s=1.25,
+)
+
+
+def test_setup_refuses_datasets_eos_cannot_train():
+    with pytest.raises(SharpdimError, match="dataset 'idx' is not one of the EoS datasets"):
+        MLPSetup(dataset="idx")
+    with pytest.raises(SharpdimError, match="n_train=1501 does not fit in the 1500 training"):
+        MLPSetup(n_train=1501).data()
+
+
+def test_modular_is_one_hot_encoded_for_the_mlp():
+    data = MLPSetup(dataset="modular", n_train=60).data()
+    assert tuple(data.x_train.shape) == (60, 194) and data.x_train.dtype == torch.float64
+    assert data.num_outputs == 97 and data.x_train.sum(dim=1).tolist() == [2.0] * 60
+
+
+def test_run_survives_the_json_round_trip_of_the_store():
+    stored = json.loads(json.dumps(json_value(RUN.to_dict())))
+    assert stored["loss"] == [1.0, 0.5, None, None]
+    back = EoSRun.from_dict(stored)
+    assert back.steps == (0, 4, 8, 12) and back.diverged_at == 9
+    assert math.isnan(back.loss[3]) and math.isnan(back.loss[2])  # inf is stored as null
+    assert json_value(back.to_dict()) == json_value(RUN.to_dict())
+
+
+def test_summarized_takes_the_late_records():
+    run = RUN.summarized(12, 0.5)  # records at steps 8 and 12: ratios 1.5 and 2.5
+    assert run.late_median_ratio == 1.5  # torch's median of an even count: the lower one
+    assert run.late_ratio_range == (1.5, 2.5)
+    assert RUN.summarized(12, 0.25).late_ratio_range == (2.5, 2.5)
+
+
+def test_run_config_holds_what_determines_the_run():
+    setup = MLPSetup(n_train=60, width=8, depth=1)
+
+    def config(**kw):
+        return eos_run_config(
+            setup, TrainConfig(steps=12, **kw), every=4, max_examples=5000, tol=1e-4
+        )
+
+    gd = config(optimizer="gd", lr=0.2)
+    assert gd["setup"] == {"dataset": "digits", "n_train": 60, "width": 8, "depth": 1,
+                           "activation": "tanh", "loss": "mse", "seed": 0, "dtype": "float64"}  # fmt: skip
+    assert gd["monitor"] == {"every": 4, "max_examples": 5000, "tol": 1e-4}
+    assert {"momentum", "betas", "eps"}.isdisjoint(gd["train"]) and gd["train"]["lr"] == 0.2
+    heavy = config(optimizer="momentum", lr=0.2, momentum=0.9)
+    assert heavy["train"]["momentum"] == 0.9 and "betas" not in heavy["train"]
+    # Adam's betas do not change a momentum run's key; its own momentum does
+    other_betas = config(optimizer="momentum", lr=0.2, momentum=0.9, betas=(0.5, 0.5))
+    assert config_key(other_betas) == config_key(heavy)
+    assert config_key(config(optimizer="momentum", lr=0.2, momentum=0.8)) != config_key(heavy)
+    adam = config(optimizer="adam", lr=0.01, betas=(0.8, 0.99))
+    assert adam["train"]["betas"] == (0.8, 0.99) and "momentum" not in adam["train"]
+
+
+def test_execute_hook_can_skip_training_and_data_loading():
+    seen = []
+
+    def execute(config, train):
+        seen.append((config["train"]["optimizer"], config["train"]["lr"]))
+        return RUN
+
+    setup = MLPSetup(n_train=1501)  # data() would raise: never loaded
+    result = optimizer_thresholds(
+        [("momentum", 0.2), ("adam", 0.01)], setup=setup, steps=12, execute=execute
+    )
+    assert seen == [("momentum", 0.2), ("adam", 0.01)]
+    assert [r.late_median_ratio for r in result.runs] == [2.5, 2.5]  # last 30%: step 12
+    assert result.wall_time_s == 2.5  # the runs' own times
+    sharp = progressive_sharpening([0.3], setup=setup, steps=12, late_fraction=0.5, execute=execute)
+    assert sharp.runs[0].late_ratio_range == (1.5, 2.5)
+
+
+def test_step_sizes_must_be_positive_and_finite():
+    with pytest.raises(SharpdimError, match=r"lrs=\[0.2, inf\]: give one or more positive, finite"):
+        progressive_sharpening([0.2, math.inf])
+    with pytest.raises(SharpdimError, match=r"runs \[\('adam', nan\)\]: give positive, finite"):
+        optimizer_thresholds([("momentum", 0.2), ("adam", math.nan)])
