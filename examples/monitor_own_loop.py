@@ -3,7 +3,8 @@
 Full-batch gradient descent on 500 handwritten digits with a small tanh MLP and the square
 loss. Every 20 steps ``EoSMonitor`` measures the sharpness (largest Hessian eigenvalue, by
 Lanczos) and compares it with the stability threshold ``2/eta`` of the optimizer it is handed.
-Runs in about 10-20 seconds on a laptop CPU:
+The default 400 steps take about 5 seconds on one CPU thread (5.4 s measured with
+``OMP_NUM_THREADS=1``), longer on a busy machine:
 
     python examples/monitor_own_loop.py [--steps 400]
 """
@@ -47,8 +48,17 @@ def main(steps: int = 400, lr: float = 0.5) -> EoSMonitor:
             )
         optimizer.step()
     history = monitor.history  # columns: step, loss, sharpness, threshold, ratio, ...
-    late = [r for s, r in zip(history["step"], history["ratio"], strict=True) if s >= 0.7 * steps]
-    print(f"median sharpness / (2/eta) over the last 30%: {sorted(late)[len(late) // 2]:.3f}")
+    ratios = list(zip(history["step"], history["ratio"], strict=True))
+    late = [r for s, r in ratios if s >= 0.7 * steps]
+    if late:
+        print(f"median sharpness / (2/eta) over the last 30%: {sorted(late)[len(late) // 2]:.3f}")
+    elif ratios:  # a short run: no measurement fell in the last 30% of the steps
+        print(
+            f"sharpness / (2/eta) at the last measurement (step {ratios[-1][0]}): "
+            f"{ratios[-1][1]:.3f}"
+        )
+    else:
+        print("no measurement: run at least one step")
     return monitor
 
 

@@ -1,12 +1,16 @@
 """The ``sharpdim`` command line: parse, call the library, store and report.
 
-Bad input (a :class:`sharpdim.errors.SharpdimError`) prints one line and exits with code 2,
-without a traceback.
+Bad input (a :class:`sharpdim.errors.SharpdimError` or a usage error: unknown option or
+command, an option value of the wrong type or out of range) prints one line
+``error: what is wrong: what to do`` on stderr and exits with code 2, without a traceback.
+Ctrl-C (SIGINT) prints one line and exits with code 130. ``--help`` exits with code 0; a
+group called without a command prints its help and exits with code 2.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -25,27 +29,60 @@ app.add_typer(sd.app, name="sd")
 app.add_typer(eos.app, name="eos")
 app.add_typer(chaos.app, name="chaos")
 
+#: exit code of a command stopped by Ctrl-C (128 + SIGINT, the shell convention)
+INTERRUPTED = 130
+INTERRUPTED_LINE = (
+    "error: interrupted before the command finished (results not written yet are lost): "
+    "rerun the same command; eos sharpening/thresholds and chaos compare resume from their "
+    "finished runs, "
+    "other commands start over"
+)
+
+
+def _is_a(err: BaseException, class_name: str) -> bool:
+    # typer >= 0.2x vendors click (typer._click) and older typer uses click itself: match the
+    # exception classes by name so that both work
+    return any(cls.__name__ == class_name for cls in type(err).__mro__)
+
+
+def usage_error_line(err: Any) -> str:
+    """``error: {message}: see '{command path} --help'`` on one line, for a click usage error."""
+    message = " ".join(str(err.format_message()).split()).rstrip(".")
+    ctx = getattr(err, "ctx", None)
+    path = ctx.command_path if ctx is not None else "sharpdim"
+    return f"error: {message}: see '{path} --help'"
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit code (0 ok, 1 failure, 2 bad input)."""
+    """Run the CLI; return the exit code (0 ok, 1 failure, 2 bad input, 130 interrupted)."""
     try:
-        app(args=argv, prog_name="sharpdim", standalone_mode=False)
+        # non-standalone typer returns the command's value (None) or, for typer.Exit and for
+        # Ctrl-C (which it turns into Exit(130)), the exit code
+        code = app(args=argv, prog_name="sharpdim", standalone_mode=False)
+    except KeyboardInterrupt:  # an interrupt that typer did not catch
+        code = INTERRUPTED
     except SharpdimError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except typer.Exit as ex:
         return int(ex.exit_code)
     except typer.Abort:
-        print("aborted", file=sys.stderr)
+        print("error: aborted (end of input): rerun the command", file=sys.stderr)
         return 1
-    except Exception as err:  # click usage errors carry their own exit code (2)
-        show = getattr(err, "show", None)
-        code = getattr(err, "exit_code", None)
-        if show is None or code is None:
+    except Exception as err:
+        exit_code = getattr(err, "exit_code", None)
+        if not isinstance(exit_code, int) or not hasattr(err, "format_message"):
             raise
-        show()
-        return int(code)
-    return 0
+        if _is_a(err, "NoArgsIsHelpError"):  # a group called without a command: its help
+            err.show()  # type: ignore[attr-defined]
+        elif _is_a(err, "UsageError"):  # unknown option/command, bad or out-of-range value
+            print(usage_error_line(err), file=sys.stderr)
+        else:  # another click exception
+            print(f"error: {' '.join(str(err.format_message()).split())}", file=sys.stderr)
+        return exit_code
+    if code == INTERRUPTED:
+        print(INTERRUPTED_LINE, file=sys.stderr)
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:  # pragma: no cover - console-script shim

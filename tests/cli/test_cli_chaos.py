@@ -2,8 +2,16 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
+import torch
+
+import sharpdim.training.loop as loop_module
+import sharpdim.training.trajectory as trajectory_module
+from sharpdim.cli import main
 from sharpdim.commands.chaos import app
+from sharpdim.commands.chaos_cases import full_batch_sharpness, train_and_lyapunov
 
 
 def _run(args: list[str]) -> int:
@@ -46,6 +54,7 @@ def test_compare_writes_json_and_figure(tmp_path: Path) -> None:
         )
         assert case["ph0_dimension"] is None or case["ph0_dimension"] > 0
         assert case["sd"] >= 0
+        assert case["sharpness_converged"] is True
     assert (out / "chaos_compare.png").stat().st_size > 1000
 
 
@@ -54,7 +63,14 @@ def test_lyapunov_json(tmp_path: Path) -> None:
     args = ["lyapunov", "--n-train", "32", "--width", "4", "--depth", "1"]
     args += ["--train-steps", "5", "--k", "3", "--steps", "5", "--warmup", "0"]
     assert _run([*args, "--json", str(out)]) == 0
-    assert len(json.loads(out.read_text())["result"]["exponents"]) == 3
+    payload = json.loads(out.read_text())
+    assert len(payload["result"]["exponents"]) == 3
+    training = payload["training"]
+    assert (training["dataset"], training["n_train"]) == ("digits", 32)
+    assert (training["width"], training["depth"]) == (4, 1)
+    assert training["num_params"] == 64 * 4 + 4 + 4 * 10 + 10
+    assert training["steps"] == 5 and training["lr"] == 0.5
+    assert payload["lyapunov"] == {"k": 3, "steps": 5, "warmup": 0, "lr": 0.5, "seed": 0}
 
 
 def test_bad_lrs_is_an_error(tmp_path: Path) -> None:
@@ -64,3 +80,161 @@ def test_bad_lrs_is_an_error(tmp_path: Path) -> None:
 
     with pytest.raises(SharpdimError):
         _run(["compare", "--lr-eos", "0.01", "--lr-below", "0.1", "--out", str(tmp_path)])
+
+
+class _Quadratic(torch.nn.Module):
+    """``0.5 w^T A w`` with ``A = Q diag(2, -6, 1, 0.5, -3, 0.1) Q^T``: a saddle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))
+        eig = torch.tensor([2.0, -6.0, 1.0, 0.5, -3.0, 0.1], dtype=torch.float64)
+        self.register_buffer("a", q @ torch.diag(eig) @ q.T)
+        self.w = torch.nn.Parameter(torch.randn(6, generator=gen, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.w @ self.a @ self.w
+
+
+def test_sharpness_is_largest_algebraic_eigenvalue_not_magnitude() -> None:
+    model = _Quadratic()
+
+    def loss_fn(m: torch.nn.Module, batch: Any) -> torch.Tensor:
+        return m(batch)
+
+    dense = torch.autograd.functional.hessian(lambda w: 0.5 * w @ model.a @ w, model.w.detach())
+    assert float(torch.linalg.eigvalsh(dense).max()) == pytest.approx(2.0, abs=1e-12)
+    sharpness, converged = full_batch_sharpness(model, loss_fn, torch.zeros(1))
+    assert sharpness == pytest.approx(2.0, abs=1e-8)  # power iteration gave -6
+    assert converged is True
+
+
+def _no_training(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("training started before the options were checked")
+
+
+def _exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err.removeprefix("error: ").rstrip("\n")
+
+
+def test_compare_rerun_reuses_stored_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun of the same comparison computes nothing and writes the same cases."""
+    import sharpdim.commands.chaos as chaos_module
+
+    out = tmp_path / "cmp"
+    args = [
+        "compare", "--lr-eos", "0.5", "--lr-below", "0.05", "--n-train", "48", "--width", "4",
+        "--depth", "1", "--train-steps", "30", "--k", "2", "--lyap-steps", "10",
+        "--warmup", "2", "--num-iterates", "30", "--seeds", "1", "--out", str(out),
+    ]  # fmt: skip
+    assert _run(args) == 0
+    first = json.loads((out / "chaos_compare.json").read_text())["cases"]
+    calls: list[float] = []
+    original = chaos_module.run_case
+
+    def counted(**kwargs: Any) -> dict[str, Any]:
+        calls.append(kwargs["lr"])
+        return original(**kwargs)
+
+    monkeypatch.setattr(chaos_module, "run_case", counted)
+    assert _run(args) == 0
+    assert calls == []
+    assert json.loads((out / "chaos_compare.json").read_text())["cases"] == first
+    assert _run([*args[:-2], "--lr-below", "0.04", "--out", str(out)]) == 0
+    assert calls == [0.04]  # only the new case is computed
+
+
+@pytest.mark.parametrize(
+    ("args", "points"), [(["--num-iterates", "10"], 10), (["--train-steps", "5"], 6)]
+)
+def test_compare_too_few_iterates_fails_first(
+    args: list[str],
+    points: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(trajectory_module, "capture_backward", _no_training)
+    iterates = args[1] if args[0] == "--num-iterates" else "500"
+    steps = args[1] if args[0] == "--train-steps" else "500"
+    msg = _exit_2(["chaos", "compare", *args, "--out", str(tmp_path)], capsys)
+    assert msg == (
+        f"--num-iterates {iterates} with --train-steps {steps} keeps {points} trajectory "
+        "points, but the PH0 dimension needs at least 11: pass --num-iterates >= 11 and "
+        "--train-steps >= 10"
+    )
+
+
+def test_compare_checks_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(trajectory_module, "capture_backward", _no_training)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    msg = _exit_2(["chaos", "compare", "--out", str(afile)], capsys)
+    assert (
+        msg
+        == f"cannot write {afile} ({afile} is a file, not a folder): choose a writable --out folder"
+    )
+    msg = _exit_2(["chaos", "compare", "--lr-eos", "nan", "--out", str(tmp_path)], capsys)
+    assert msg == "--lr-eos must be a positive finite number, got nan: pass e.g. --lr-eos 1.5"
+    msg = _exit_2(["chaos", "compare", "--k", "0", "--out", str(tmp_path)], capsys)
+    assert msg == "--k must be >= 1, got 0: pass --k 1 or more"
+
+
+LYAP_BAD = [
+    (["--lr", "0"], "--lr must be a positive finite number, got 0.0: pass e.g. --lr 0.5"),
+    (["--k", "0"], "--k must be >= 1, got 0: pass --k 1 or more"),
+    (["--k", "500"], "--k 500 exceeds the 310 parameters of the MLP: pass --k <= 310"),
+    (["--steps", "0"], "--steps must be >= 1, got 0: pass --steps 1 or more"),
+    (
+        ["--batch-size", "999"],
+        "--batch-size 999 exceeds the 256 training examples: pass --batch-size <= 256 "
+        "(or a larger --n-train)",
+    ),
+    (["--json", "{tmp}"], "cannot write {tmp} (it is a folder): choose a writable --json path"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), LYAP_BAD, ids=[b[0][0] for b in LYAP_BAD])
+def test_lyapunov_checks_before_training(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(loop_module, "train", _no_training)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    msg = _exit_2(["chaos", "lyapunov", "--width", "4", "--depth", "1", *argv], capsys)
+    assert msg == message.replace("{tmp}", str(tmp_path))
+
+
+def test_modular_dataset_runs(tmp_path: Path) -> None:
+    out = tmp_path / "l.json"
+    args = ["chaos", "lyapunov", "--dataset", "modular", "--n-train", "30", "--width", "2"]
+    args += ["--depth", "1", "--train-steps", "2", "--k", "2", "--steps", "3", "--warmup", "0"]
+    assert main([*args, "--json", str(out)]) == 0
+    training = json.loads(out.read_text())["training"]
+    assert (
+        training["dataset"] == "modular" and training["num_params"] == 2 * 97 * 2 + 2 + 2 * 97 + 97
+    )
+    run = train_and_lyapunov(
+        lr=0.1,
+        dataset="modular",
+        n_train=30,
+        width=2,
+        depth=1,
+        train_steps=2,
+        batch_size=None,
+        k=1,
+        lyap_steps=2,
+        warmup=0,
+        num_iterates=3,
+        seed=0,
+    )  # what chaos compare runs per case; a dtype error with token inputs before
+    assert run["data"].x_train.dtype == torch.float64 and len(run["traj"]) == 3

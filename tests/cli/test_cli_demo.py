@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+import sharpdim.commands.demo as demo_module
 from sharpdim.cli import main
 
 
@@ -22,5 +26,46 @@ def test_demo_tiny(tmp_path: Path) -> None:
     assert "data:image/png;base64," in (out / "report.html").read_text()
 
 
-def test_demo_bad_lr_exits_2(tmp_path: Path) -> None:
-    assert main(["demo", "--out", str(tmp_path), "--lr", "-1"]) == 2
+def _no_training(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("training started before the options were checked")
+
+
+@pytest.mark.parametrize("lr", ["-1", "0", "nan", "inf"])
+def test_demo_bad_lr_exits_2_before_training(
+    lr: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo_module, "train", _no_training)
+    assert main(["demo", "--out", str(tmp_path), "--lr", lr]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --lr must be a positive finite number, got {float(lr)}: pass e.g. --lr 0.5\n"
+    )
+
+
+def test_demo_unwritable_out_exits_2_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo_module, "train", _no_training)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["demo", "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot write {afile} ({afile} is a file, not a folder): "
+        "choose a writable --out folder\n"
+    )
+    assert afile.read_text() == "x"
+
+
+def test_demo_write_error_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fail(out: Path, *args: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(out / "summary.json"))
+
+    monkeypatch.setattr(demo_module, "_write_outputs", fail)
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--n-train", "20", "--width", "2", "--steps", "2"]
+    assert main([*args, "--sd-batches", "1", "--slq-runs", "1", "--slq-steps", "4"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot write {out / 'summary.json'} (Permission denied): "
+        "choose a writable --out folder\n"
+    )

@@ -63,12 +63,29 @@ def test_sd_compute_slq_tiny(tmp_path: Path, reorth: str) -> None:
 BAD = [
     (["--method", "bogus"], "unknown method"),
     (["--optimizer", "rmsprop"], "unknown optimizer"),
-    (["--lr", "-1"], "--lr must be a positive number"),
-    (["--lr", "0"], "--lr must be a positive number"),
+    (["--lr", "-1"], "--lr must be a positive finite number"),
+    (["--lr", "0"], "--lr must be a positive finite number"),
+    (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
     (["--n-train", "50", "--batch-size", "64"], "--batch-size 64 exceeds the 50"),
     (["--width", "200", "--max-params", "1000"], "'slq', 'kde' or 'ps'"),
     (["--dataset", "imagenet"], "imagenet"),
     (["--reorth", "bogus"], "unknown reorthogonalization"),
+    (["--num-batches", "0"], "--num-batches must be >= 1, got 0: pass --num-batches 1 or more"),
+    (["--num-runs", "0"], "--num-runs must be >= 1, got 0"),
+    (["--num-steps", "0"], "--num-steps must be >= 1, got 0"),
+    (["--num-bootstrap", "-1"], "--num-bootstrap must be >= 0, got -1"),
+    (["--width", "0"], "--width must be >= 1, got 0"),
+    (
+        ["--max-params", "10"],
+        "--method exact needs dense Hessians of 3,466 parameters, above --max-params 10: use "
+        "--method 'slq', 'kde' or 'ps' (or raise --max-params)",
+    ),
+    (
+        ["--train-batch-size", "101"],
+        "--train-batch-size 101 exceeds the 100 training examples: pass --train-batch-size "
+        "<= 100 or omit it (full batch)",
+    ),
+    (["--steps", "3"], "No such option: --steps"),
 ]
 
 
@@ -81,3 +98,50 @@ def test_sd_compute_bad_input_exits_2_with_one_line(
     assert code == 2
     assert err.startswith("error: ") and message in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def _no_training(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("training started before the options were checked")
+
+
+CHECKED_FIRST = [
+    ["--num-batches", "0"],
+    ["--max-params", "10"],
+    ["--json", "{tmp}"],  # a folder
+    ["--json", "{tmp}/afile/x.json"],  # below a file
+    ["--json", "/proc/nonexist/x.json"],
+]
+
+
+@pytest.mark.parametrize("args", CHECKED_FIRST, ids=[" ".join(a) for a in CHECKED_FIRST])
+def test_sd_compute_checks_before_training(
+    args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import sharpdim.training.loop as loop
+
+    monkeypatch.setattr(loop, "train", _no_training)
+    (tmp_path / "afile").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code = main(
+        ["sd", "compute", "--train-steps", "2000", "--n-train", "100", "--width", "8", *argv]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    if argv[0] == "--json":
+        assert err.startswith(f"error: cannot write {argv[1]} (")
+        assert err.endswith("): choose a writable --json path\n")
+
+
+def test_sd_compute_modular_and_json_records_the_data(tmp_path: Path) -> None:
+    payload = _compute(
+        tmp_path / "mod.json",
+        "--dataset modular --n-train 40 --width 3 --depth 1 --lr 0.1 --train-steps 2 "
+        "--num-batches 1 --batch-size 8 --num-bootstrap 0",
+    )
+    training = payload["training"]
+    assert training["dataset"] == "modular" and training["n_train"] == 40
+    assert (training["width"], training["depth"]) == (3, 1)
+    assert payload["result"]["num_params"] == 2 * 97 * 3 + 3 + 3 * 97 + 97

@@ -9,7 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from sharpdim.commands._common import jsonable, kv_table, parse_floats, write_json, wrote_line
+from sharpdim.commands._common import (
+    check_at_least,
+    check_positive_lr,
+    jsonable,
+    kv_table,
+    load_mlp_dataset,
+    mlp_setup,
+    output_errors,
+    parse_floats,
+    prepare_output_dir,
+    prepare_output_file,
+    write_json,
+    wrote_line,
+)
 from sharpdim.errors import SharpdimError
 
 
@@ -36,3 +49,78 @@ def test_wrote_line_and_kv_table() -> None:
     table = kv_table("t", [("k1", "v1"), ("k2", "v2")])
     assert [c.header for c in table.columns] == ["quantity", "value"]
     assert table.row_count == 2 and table.columns[1].justify == "right"
+
+
+def test_prepare_output_dir_creates_and_refuses_files(tmp_path: Path) -> None:
+    folder = tmp_path / "a" / "b"
+    assert prepare_output_dir(folder, "--out folder") == folder and folder.is_dir()
+    assert list(folder.iterdir()) == []  # the scratch file is gone
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad in (afile, afile / "sub"):
+        with pytest.raises(SharpdimError) as err:
+            prepare_output_dir(bad, "--out folder")
+        assert str(err.value) == (
+            f"cannot write {bad} ({afile} is a file, not a folder): choose a writable --out folder"
+        )
+    assert afile.read_text() == "x"
+    with pytest.raises(SharpdimError, match=r"^cannot write /proc/nonexist/x \(cannot create"):
+        prepare_output_dir(Path("/proc/nonexist/x"), "--out folder")
+
+
+def test_prepare_output_file(tmp_path: Path) -> None:
+    assert prepare_output_file(None) is None
+    path = tmp_path / "new" / "r.json"
+    assert prepare_output_file(path, "--json path") == path
+    assert path.parent.is_dir() and not path.exists()  # the folder is made, not the file
+    path.write_text("old")
+    assert prepare_output_file(path, "--json path") == path and path.read_text() == "old"
+    with pytest.raises(SharpdimError) as err:
+        prepare_output_file(tmp_path, "--json path")
+    assert str(err.value) == (
+        f"cannot write {tmp_path} (it is a folder): choose a writable --json path"
+    )
+    with pytest.raises(SharpdimError) as err:
+        prepare_output_file(Path("/proc/nonexist/x.json"), "--json path")
+    assert str(err.value) == (
+        "cannot write /proc/nonexist/x.json (cannot create folder /proc/nonexist: "
+        "No such file or directory): choose a writable --json path"
+    )
+
+
+def test_write_errors_become_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SharpdimError) as err:
+        write_json(tmp_path, {"a": 1}, "--json path")  # a folder: IsADirectoryError
+    assert str(err.value).startswith(f"cannot write {tmp_path} (")
+    assert str(err.value).endswith("): choose a writable --json path")
+    with pytest.raises(SharpdimError) as err, output_errors(tmp_path, "--out folder"):
+        raise FileExistsError(17, "File exists", str(tmp_path / "x"))
+    assert str(err.value) == (
+        f"cannot write {tmp_path / 'x'} (File exists): choose a writable --out folder"
+    )
+
+
+def test_option_checks_name_the_flag() -> None:
+    assert check_positive_lr(0.5) == 0.5
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(SharpdimError) as err:
+            check_positive_lr(bad, "--lr-eos", "1.5")
+        assert str(err.value) == (
+            f"--lr-eos must be a positive finite number, got {bad}: pass e.g. --lr-eos 1.5"
+        )
+    assert check_at_least(0, 0, "--warmup") == 0
+    with pytest.raises(SharpdimError) as err:
+        check_at_least(0, 1, "--num-batches")
+    assert str(err.value) == "--num-batches must be >= 1, got 0: pass --num-batches 1 or more"
+
+
+def test_modular_is_one_hot_for_mlps() -> None:
+    data = load_mlp_dataset("modular", seed=0, n_train=30, dtype=torch.float64)
+    assert data.x_train.dtype == torch.float64 and data.x_train.shape == (30, 2 * 97)
+    assert torch.equal(data.x_train.sum(1), torch.full((30,), 2.0, dtype=torch.float64))
+    data, model = mlp_setup("modular", n_train=30, width=3, depth=1, seed=0)
+    assert model(data.x_train).shape == (30, 97)  # int64 tokens made this a dtype error
+    with pytest.raises(SharpdimError, match=r"^--batch-size 31 exceeds the 30 training examples"):
+        mlp_setup("modular", n_train=30, width=3, depth=1, seed=0, batch_size=31)
+    with pytest.raises(SharpdimError, match=r"^--width must be >= 1, got 0"):
+        mlp_setup("digits", n_train=30, width=0, depth=1, seed=0)

@@ -5,6 +5,14 @@
   ``typer.Option`` so a command can pass its own default and help text;
 * :func:`parse_floats`: a comma/space separated list of numbers, or a one-line
   :class:`~sharpdim.errors.SharpdimError`;
+* :func:`load_mlp_dataset`: :func:`~sharpdim.training.datasets.load_dataset` with the float
+  inputs an MLP needs (modular arithmetic one-hot encoded); :func:`mlp_setup`: that data and
+  the MLP, with the model options checked before any training;
+* :func:`check_positive_lr`, :func:`check_at_least`: option checks whose one-line errors
+  name the flag; :func:`training_record`: the model/data/training part of a JSON result;
+* :func:`prepare_output_dir` / :func:`prepare_output_file`: check (and create) where a command
+  will write, at its start, so that a bad ``--out``/``--json`` fails before any computing;
+  :func:`output_errors`: an ``OSError`` while writing becomes the same one-line error;
 * :func:`jsonable` / :func:`write_json`: strict JSON (NaN/inf become ``null``, tensors and
   tuples lists) written with a trailing newline, parent folders created;
 * :func:`kv_table`, :func:`wrote_line`, :func:`print_report`: the two-column rich table and the
@@ -16,10 +24,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import typer
@@ -29,7 +39,11 @@ from rich.table import Table
 
 from sharpdim.errors import SharpdimError
 
-DATASETS_HELP = "digits | mnist1d | modular | teacher_student"
+if TYPE_CHECKING:
+    from sharpdim.training.datasets import Dataset
+    from sharpdim.training.loop import TrainConfig, TrainResult
+
+DATASETS_HELP = "digits | mnist1d | modular (one-hot a, b; p = 97) | teacher_student"
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -77,6 +91,180 @@ def parse_floats(text: str, what: str) -> list[float]:
     return values
 
 
+def load_mlp_dataset(
+    name: str, *, seed: int, n_train: int | None, dtype: torch.dtype = torch.float32
+) -> Dataset:
+    """``load_dataset(name, ...)`` with float inputs for an MLP.
+
+    Modular arithmetic comes as int64 token inputs by default (for transformers); an MLP needs
+    its one-hot encoding ``[onehot(a), onehot(b)]`` (width ``2p``), so that is what it gets.
+    """
+    from sharpdim.training.datasets import load_dataset
+
+    options: dict[str, Any] = {"encoding": "onehot"} if name == "modular" else {}
+    return load_dataset(name, seed=seed, n_train=n_train, dtype=dtype, **options)
+
+
+def mlp_setup(
+    dataset: str,
+    *,
+    n_train: int | None,
+    width: int,
+    depth: int,
+    seed: int,
+    activation: str = "tanh",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int | None = None,
+) -> tuple[Dataset, torch.nn.Sequential]:
+    """Check ``--n-train``, ``--width``, ``--depth``, ``--batch-size``; load the data, build the MLP.
+
+    Cheap, so commands call it before any training. ``batch_size=None`` is not checked.
+    """
+    from sharpdim.training.models import build_mlp
+
+    if n_train is not None:
+        check_at_least(n_train, 1, "--n-train")
+    check_at_least(width, 1, "--width")
+    check_at_least(depth, 0, "--depth")
+    if batch_size is not None:
+        check_at_least(batch_size, 1, "--batch-size")
+    data = load_mlp_dataset(dataset, seed=seed, n_train=n_train, dtype=dtype)
+    if batch_size is not None and batch_size > data.num_train:
+        raise SharpdimError(
+            f"--batch-size {batch_size} exceeds the {data.num_train} training examples: "
+            f"pass --batch-size <= {data.num_train} (or a larger --n-train)"
+        )
+    model = build_mlp(
+        data.input_dim,
+        data.num_outputs,
+        width=width,
+        depth=depth,
+        activation=activation,
+        seed=seed,
+        dtype=dtype,
+    )
+    return data, model
+
+
+def check_positive_lr(lr: float, flag: str = "--lr", example: str = "0.1") -> float:
+    """``lr`` if it is a finite number > 0, else a one-line error naming ``flag``."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise SharpdimError(
+            f"{flag} must be a positive finite number, got {lr}: pass e.g. {flag} {example}"
+        )
+    return lr
+
+
+def check_at_least(value: int, minimum: int, flag: str) -> int:
+    """``value`` if it is ``>= minimum``, else a one-line error naming ``flag``."""
+    if value < minimum:
+        raise SharpdimError(
+            f"{flag} must be >= {minimum}, got {value}: pass {flag} {minimum} or more"
+        )
+    return value
+
+
+def training_record(
+    dataset: str,
+    data: Dataset,
+    *,
+    width: int,
+    depth: int,
+    activation: str,
+    loss: str,
+    config: TrainConfig,
+    trained: TrainResult,
+) -> dict[str, Any]:
+    """What a command's JSON records about the model, the data and the training run."""
+    return {
+        "dataset": dataset,
+        "n_train": data.num_train,
+        "n_test": data.num_test,
+        "width": width,
+        "depth": depth,
+        "activation": activation,
+        "loss": loss,
+        **config.to_dict(),
+        "final_train_loss": trained.final_train_loss,
+        "final_test_loss": trained.final_test_loss,
+        "final_train_accuracy": trained.final_train_accuracy,
+        "final_test_accuracy": trained.final_test_accuracy,
+    }
+
+
+# -- output locations ------------------------------------------------------------------------
+def _cannot_write(path: Path | str, reason: str, flag: str) -> SharpdimError:
+    return SharpdimError(f"cannot write {path} ({reason}): choose a writable {flag}")
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or type(err).__name__
+
+
+def _dir_problem(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` (created with its parents), or ``None``.
+
+    Creates the folder if needed and writes and deletes a scratch file in it.
+    """
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"cannot create folder {err.filename or folder}: {_reason(err)}"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"cannot create files in {folder}: {_reason(err)}"
+    return None
+
+
+def prepare_output_dir(folder: Path, flag: str = "--out") -> Path:
+    """Make sure the command can write files into ``folder``; call it before any work.
+
+    Creates ``folder`` and its parents and checks that a file can be written there.
+
+    Raises:
+        SharpdimError: one line ``cannot write FOLDER (reason): choose a writable FLAG``.
+    """
+    problem = _dir_problem(folder)
+    if problem is not None:
+        raise _cannot_write(folder, problem, flag)
+    return folder
+
+
+def prepare_output_file(path: Path | None, flag: str = "--json") -> Path | None:
+    """Make sure the command can write the file ``path`` (``None``: nothing to check).
+
+    ``path`` must not be a folder; its parent folder is created if needed and must be
+    writable; an existing file must be writable (it is left unchanged).
+
+    Raises:
+        SharpdimError: one line ``cannot write PATH (reason): choose a writable FLAG``.
+    """
+    if path is None:
+        return None
+    if path.is_dir():
+        raise _cannot_write(path, "it is a folder", flag)
+    problem = _dir_problem(path.parent)
+    if problem is not None:
+        raise _cannot_write(path, problem, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise _cannot_write(path, "permission denied", flag)
+    return path
+
+
+@contextmanager
+def output_errors(path: Path, flag: str) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside the block (writing under ``path``) into one line."""
+    try:
+        yield
+    except OSError as err:
+        raise _cannot_write(err.filename or path, _reason(err), flag) from None
+
+
 # -- JSON ------------------------------------------------------------------------------------
 def jsonable(value: Any) -> Any:
     """JSON-safe values: NaN/inf floats become ``None``, tensors and tuples lists, keys strings."""
@@ -91,10 +279,15 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, payload: Any) -> Path:
-    """Write ``jsonable(payload)`` as strict, indented JSON to ``path``; return ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
+def write_json(path: Path, payload: Any, flag: str = "--out/--json") -> Path:
+    """Write ``jsonable(payload)`` as strict, indented JSON to ``path``; return ``path``.
+
+    An ``OSError`` becomes the one-line error of :func:`output_errors` naming ``flag``.
+    """
+    text = json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n"
+    with output_errors(path, flag):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     return path
 
 

@@ -8,15 +8,16 @@
   independent runs), the divergence rate of two runs ``delta`` apart
   (same batches), the Kaplan–Yorke dimension of the top-k spectrum, the sharpness dimension,
   the PH0 dimension (Euclidean and loss pseudo-metric) and ``E_1`` of the last iterates; a
-  table, a JSON file and a figure.
+  table, a JSON file and a figure. Each finished case is stored in ``<out>/runs.sqlite``
+  (:mod:`sharpdim.runner`), so a rerun of a killed comparison reuses it.
 """
 
 from __future__ import annotations
 
-import math
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import typer
@@ -25,15 +26,26 @@ from rich.progress import Progress
 from rich.table import Table
 
 from sharpdim.commands._common import (
+    check_at_least,
+    check_positive_lr,
     dataset_option,
     depth_option,
     json_option,
+    mlp_setup,
+    output_errors,
+    prepare_output_dir,
+    prepare_output_file,
     seed_option,
+    training_record,
     width_option,
     write_json,
     wrote_line,
 )
+from sharpdim.commands.chaos_cases import run_case
 from sharpdim.errors import SharpdimError
+
+if TYPE_CHECKING:
+    from sharpdim.training.datasets import Dataset
 
 app = typer.Typer(
     help="Chaos and trajectory geometry: Lyapunov spectra, divergence, PH0 dimension, E_alpha.",
@@ -41,200 +53,30 @@ app = typer.Typer(
 )
 
 
-def _power_sharpness(model: torch.nn.Module, loss_fn: Any, batch: Any, iters: int = 100) -> float:
-    """Largest Hessian eigenvalue (in magnitude; positive near a minimum) by power iteration."""
-    from sharpdim.curvature.hessian import HessianOperator
-
-    op = HessianOperator(model, loss_fn, batch, mode="eval")
-    v = torch.randn(op.num_params, generator=torch.Generator().manual_seed(0), dtype=op.dtype)
-    lam = 0.0
-    for _ in range(iters):
-        w = op @ (v / v.norm())
-        lam = float(torch.dot(w, v / v.norm()))
-        v = w
-    return lam
+#: smallest trajectory the PH0 dimension fits (its default subsample sizes start at 10)
+MIN_TRAJECTORY_POINTS = 11
 
 
-def _train_and_lyapunov(
-    *,
-    lr: float,
-    dataset: str,
-    n_train: int,
-    width: int,
-    depth: int,
-    train_steps: int,
-    batch_size: int | None,
-    k: int,
-    lyap_steps: int,
-    warmup: int,
-    num_iterates: int,
-    seed: int,
-) -> dict[str, Any]:
-    """Train one MLP (seed ``seed``) and take the top-``k`` Lyapunov spectrum of its step."""
-    from sharpdim.curvature.params import get_flat_params, trainable_parameters
-    from sharpdim.dynamics.lyapunov import lyapunov_spectrum
-    from sharpdim.dynamics.step_maps import TrainingMap
-    from sharpdim.training.datasets import load_dataset
-    from sharpdim.training.loop import TrainConfig
-    from sharpdim.training.losses import mse_loss
-    from sharpdim.training.models import build_mlp
-    from sharpdim.training.trajectory import capture_backward, fresh_batches
+def _check_model_options(
+    *, dataset: str, n_train: int, width: int, depth: int, batch_size: int | None, k: int, seed: int
+) -> Dataset:
+    """Check the model options and ``--k`` before any training; return the data."""
+    from sharpdim.curvature.params import trainable_parameters
 
-    data = load_dataset(dataset, seed=seed, n_train=n_train, dtype=torch.float64)
-    model = build_mlp(data.input_dim, data.num_outputs, width=width, depth=depth, seed=seed)
-    model = model.to(torch.float64)
-    optimizer = "gd" if batch_size is None else "sgd"
-    config = TrainConfig(
-        optimizer=optimizer, lr=lr, batch_size=batch_size, steps=train_steps, seed=seed
-    )
-    trained, traj = capture_backward(model, data, config, num_iterates)
-    if trained.diverged:
-        raise SharpdimError(
-            f"training at lr={lr:g} (seed {seed}) diverged at step {trained.diverged_at}: "
-            "lower the lr"
-        )
-    w_star = get_flat_params(trainable_parameters(model))
-    batches = fresh_batches(
-        data, batch_size, warmup + lyap_steps, torch.Generator().manual_seed(seed + 1)
-    )
-    phi = TrainingMap(model, mse_loss, batches, optimizer="sgd", lr=lr)
-    lyap = lyapunov_spectrum(
-        phi, w_star, k, lyap_steps, warmup=warmup, generator=torch.Generator().manual_seed(seed)
-    )
-    return dict(
-        data=data, model=model, trained=trained, traj=traj, w_star=w_star, phi=phi, lyap=lyap
-    )
-
-
-def _mean_stderr(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (NaN error for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
-
-
-def run_case(
-    *,
-    lr: float,
-    dataset: str = "digits",
-    n_train: int = 1024,
-    width: int = 32,
-    depth: int = 2,
-    train_steps: int = 500,
-    batch_size: int | None = None,
-    k: int = 8,
-    lyap_steps: int = 400,
-    warmup: int = 50,
-    delta: float = 1e-8,
-    num_iterates: int = 500,
-    sd_batches: int = 4,
-    seed: int = 0,
-    seeds: int = 3,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Train MLPs by GD/SGD at ``lr`` and measure every chaos/geometry quantity of their end.
-
-    The largest Lyapunov exponent is measured on ``seeds`` independent runs (data split,
-    initialisation and batches from seeds ``seed, seed + 1, ...``) and reported as their mean
-    with the standard error over runs; the other quantities come from the run of ``seed``.
-    """
-    from sharpdim.dimension.lifetime_sum import alpha_weighted_lifetime_sum
-    from sharpdim.dimension.ph_dimension import ph_dimension
-    from sharpdim.dimension.sharpness_dimension import sharpness_dimension
-    from sharpdim.dynamics.divergence import trajectory_divergence
-    from sharpdim.training.losses import mse_loss
-    from sharpdim.training.trajectory import per_example_losses
-
-    if seeds < 1:
-        raise SharpdimError(f"seeds={seeds}: pass seeds >= 1")
-    start = time.perf_counter()
-    task = progress.add_task(f"lr={lr:g}", total=4 + seeds) if progress is not None else None
-
-    def advance(what: str) -> None:
-        if progress is not None and task is not None:
-            progress.update(task, advance=1, description=f"lr={lr:g}: {what}")
-
-    run_opts: dict[str, Any] = dict(
-        lr=lr,
-        dataset=dataset,
+    check_at_least(k, 1, "--k")
+    data, model = mlp_setup(
+        dataset,
         n_train=n_train,
         width=width,
         depth=depth,
-        train_steps=train_steps,
+        seed=seed,
+        dtype=torch.float64,
         batch_size=batch_size,
-        k=k,
-        lyap_steps=lyap_steps,
-        warmup=warmup,
     )
-    main = _train_and_lyapunov(num_iterates=num_iterates, seed=seed, **run_opts)
-    data, model, trained, traj = main["data"], main["model"], main["trained"], main["traj"]
-    w_star, phi, lyap = main["w_star"], main["phi"], main["lyap"]
-    advance("trained, Lyapunov")
-    per_seed = [lyap.largest]
-    for extra in range(1, seeds):
-        other = _train_and_lyapunov(num_iterates=1, seed=seed + extra, **run_opts)
-        per_seed.append(other["lyap"].largest)
-        advance(f"Lyapunov of seed {seed + extra}")
-    lyap_mean, lyap_sem = _mean_stderr(per_seed)
-    sharp = _power_sharpness(model, mse_loss, data.train_batch())
-    div = trajectory_divergence(
-        phi, w_star, lyap_steps, delta=delta, generator=torch.Generator().manual_seed(seed)
-    )
-    advance("divergence")
-    sd_bs = data.num_train if batch_size is None else batch_size
-    sd = sharpness_dimension(
-        model,
-        mse_loss,
-        data.train_batch(),
-        lr,
-        method="exact",
-        num_batches=1 if batch_size is None else sd_batches,
-        batch_size=sd_bs,
-        generator=torch.Generator().manual_seed(seed),
-        num_bootstrap=0,
-    )
-    advance("SD")
-    points = traj.points.to(torch.float64)
-    gen = torch.Generator().manual_seed(seed)
-    ph = ph_dimension(points, generator=gen)
-    losses = per_example_losses(model, points, data.train_batch())
-    ph_loss = ph_dimension(losses, "loss", generator=gen)
-    advance("PH0")
-    e1 = alpha_weighted_lifetime_sum(points, alpha=1.0)
-    e1_loss = alpha_weighted_lifetime_sum(losses, alpha=1.0, metric="loss")
-    advance("E_alpha")
-    return {
-        "lr": lr,
-        "threshold_2_over_lr": 2.0 / lr,
-        "sharpness_full_batch": sharp,
-        "train_loss": trained.final_train_loss,
-        "test_loss": trained.final_test_loss,
-        "train_accuracy": trained.final_train_accuracy,
-        "test_accuracy": trained.final_test_accuracy,
-        "num_params": phi.num_params,
-        "lyapunov": lyap.to_dict(),
-        "largest_lyapunov": lyap.largest,
-        "largest_lyapunov_stderr": float(lyap.stderr[0]),
-        "largest_lyapunov_per_seed": per_seed,
-        "largest_lyapunov_seed_mean": lyap_mean,
-        "largest_lyapunov_seed_stderr": lyap_sem,
-        "kaplan_yorke_top_k": lyap.kaplan_yorke,
-        "divergence": div.to_dict(),
-        "divergence_rate": div.growth_rate,
-        "divergence_rate_stderr": div.growth_rate_stderr,
-        "sd": sd.sd,
-        "sd_lambda_1": sd.lambda_1,
-        "ph0_dimension": ph.dimension,
-        "ph0_dimension_r2": ph.r_squared,
-        "ph0_dimension_loss": ph_loss.dimension,
-        "e1": e1.value,
-        "e1_loss": e1_loss.value,
-        "num_iterates": len(traj),
-        "wall_time_s": time.perf_counter() - start,
-    }
+    d = sum(p.numel() for p in trainable_parameters(model))
+    if k > d:
+        raise SharpdimError(f"--k {k} exceeds the {d} parameters of the MLP: pass --k <= {d}")
+    return data
 
 
 _ROWS = [
@@ -267,7 +109,7 @@ def _table(cases: dict[str, dict[str, Any]]) -> Table:
         table.add_column(f"{name} (lr={case['lr']:g})", justify="right")
     for label, key in _ROWS:
         if key is None:
-            vals = [f"{c['train_loss']:.4g} / {c['test_loss']:.4g}" for c in cases.values()]
+            vals = [f"{_fmt(c['train_loss'])} / {_fmt(c['test_loss'])}" for c in cases.values()]
         else:
             vals = [_fmt(c[key]) for c in cases.values()]
         table.add_row(label, *vals)
@@ -293,8 +135,36 @@ def compare(
     out: Path = typer.Option(Path("chaos_compare"), help="output folder (JSON + figure)"),
 ) -> None:
     """Train the same MLP at the edge of stability and well below; compare chaos measures."""
-    if not lr_eos > lr_below > 0:
-        raise SharpdimError(f"need lr_eos > lr_below > 0, got {lr_eos:g} and {lr_below:g}")
+    check_positive_lr(lr_eos, "--lr-eos", "1.5")
+    check_positive_lr(lr_below, "--lr-below", "0.1")
+    if not lr_eos > lr_below:
+        raise SharpdimError(
+            f"--lr-eos {lr_eos:g} must be larger than --lr-below {lr_below:g}: pass e.g. "
+            "--lr-eos 1.5 --lr-below 0.1"
+        )
+    check_at_least(train_steps, 0, "--train-steps")
+    check_at_least(lyap_steps, 1, "--lyap-steps")
+    check_at_least(warmup, 0, "--warmup")
+    check_at_least(seeds, 1, "--seeds")
+    check_at_least(num_iterates, 1, "--num-iterates")
+    points = min(num_iterates, train_steps + 1)
+    if points < MIN_TRAJECTORY_POINTS:
+        raise SharpdimError(
+            f"--num-iterates {num_iterates} with --train-steps {train_steps} keeps {points} "
+            f"trajectory points, but the PH0 dimension needs at least {MIN_TRAJECTORY_POINTS}: "
+            f"pass --num-iterates >= {MIN_TRAJECTORY_POINTS} and "
+            f"--train-steps >= {MIN_TRAJECTORY_POINTS - 1}"
+        )
+    _check_model_options(
+        dataset=dataset,
+        n_train=n_train,
+        width=width,
+        depth=depth,
+        batch_size=batch_size,
+        k=k,
+        seed=seed,
+    )
+    prepare_output_dir(out, "--out folder")
     opts: dict[str, Any] = dict(
         dataset=dataset,
         n_train=n_train,
@@ -310,22 +180,34 @@ def compare(
         seeds=seeds,
     )
     start = time.perf_counter()
-    with Progress(transient=True) as progress:
+    from sharpdim.runner import ResultsStore, ResumableRuns
+
+    store_path = out / "runs.sqlite"
+    with ResultsStore(store_path) as store, Progress(transient=True) as progress:
+        runs: ResumableRuns[dict[str, Any]] = ResumableRuns(
+            store, encode=dict, decode=dict, status=lambda case: "done"
+        )
         cases = {
-            "EoS": run_case(lr=lr_eos, progress=progress, **opts),
-            "below": run_case(lr=lr_below, progress=progress, **opts),
+            name: runs(
+                {"command": "chaos compare", "lr": lr, **opts},
+                partial(run_case, lr=lr, progress=progress, **opts),
+            )
+            for name, lr in (("EoS", lr_eos), ("below", lr_below))
         }
+    if runs.reused:
+        Console().print(f"reused {runs.reused} of 2 cases stored in {store_path}", markup=False)
     Console().print(_table(cases))
     from sharpdim.report.chaos_figures import plot_chaos_comparison
 
-    figure = plot_chaos_comparison(cases, out / "chaos_compare.png")
+    with output_errors(out, "--out folder"):
+        figure = plot_chaos_comparison(cases, out / "chaos_compare.png")
     payload = {
         "settings": {"lr_eos": lr_eos, "lr_below": lr_below, **opts},
         "cases": cases,
         "wall_time_s": time.perf_counter() - start,
         "figure": str(figure),
     }
-    write_json(out / "chaos_compare.json", payload)
+    write_json(out / "chaos_compare.json", payload, "--out folder")
     Console().print(wrote_line(out / "chaos_compare.json", figure))
 
 
@@ -348,13 +230,25 @@ def lyapunov(
     from sharpdim.curvature.params import get_flat_params, trainable_parameters
     from sharpdim.dynamics.lyapunov import lyapunov_spectrum
     from sharpdim.dynamics.step_maps import TrainingMap
-    from sharpdim.training.datasets import load_dataset
     from sharpdim.training.loop import TrainConfig, train
     from sharpdim.training.losses import mse_loss
     from sharpdim.training.models import build_mlp
     from sharpdim.training.trajectory import fresh_batches
 
-    data = load_dataset(dataset, seed=seed, n_train=n_train, dtype=torch.float64)
+    check_positive_lr(lr, example="0.5")
+    check_at_least(train_steps, 0, "--train-steps")
+    check_at_least(steps, 1, "--steps")
+    check_at_least(warmup, 0, "--warmup")
+    data = _check_model_options(
+        dataset=dataset,
+        n_train=n_train,
+        width=width,
+        depth=depth,
+        batch_size=batch_size,
+        k=k,
+        seed=seed,
+    )
+    prepare_output_file(json_out, "--json path")
     model = build_mlp(data.input_dim, data.num_outputs, width=width, depth=depth, seed=seed)
     model = model.to(torch.float64)
     config = TrainConfig(
@@ -382,4 +276,21 @@ def lyapunov(
     Console().print(table)
     Console().print(f"Kaplan-Yorke dimension of the top-{k}: {result.kaplan_yorke:.3f}")
     if json_out is not None:
-        write_json(json_out, {"result": result.to_dict(), "training": config.to_dict()})
+        payload = {
+            "result": result.to_dict(),
+            "training": {
+                **training_record(
+                    dataset,
+                    data,
+                    width=width,
+                    depth=depth,
+                    activation="tanh",
+                    loss="mse",
+                    config=config,
+                    trained=trained,
+                ),
+                "num_params": phi.num_params,
+            },
+            "lyapunov": {"k": k, "steps": steps, "warmup": warmup, "lr": lr, "seed": seed},
+        }
+        write_json(json_out, payload, "--json path")

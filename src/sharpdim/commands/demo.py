@@ -11,7 +11,12 @@ import torch
 import typer
 from rich.console import Console
 
-from sharpdim.commands._common import kv_table
+from sharpdim.commands._common import (
+    check_positive_lr,
+    kv_table,
+    output_errors,
+    prepare_output_dir,
+)
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.curvature.summary import SpectrumSummary, spectrum_summary
 from sharpdim.dimension.sharpness_dimension import SDResult, sharpness_dimension
@@ -44,8 +49,8 @@ def demo(
     threshold 2/eta and the sharpness dimension of SGD at that step size (Tuci et al.,
     arXiv 2604.19740, Def. 4.2); writes spectrum.png, summary.json and report.html.
     """
-    if lr <= 0:
-        raise SharpdimError(f"--lr must be positive, got {lr}: pass a step size such as 0.5")
+    check_positive_lr(lr, example="0.5")
+    prepare_output_dir(out, "--out folder")
     console = Console()
     start = time.perf_counter()
     data = load_dataset("digits", seed=seed, n_train=n_train)
@@ -73,7 +78,8 @@ def demo(
         batch_size=config.batch_size or n_train,
         generator=gen,
     )
-    _write_outputs(out, run, summary, sd_result, lr)
+    with output_errors(out, "--out folder"):
+        _write_outputs(out, run, summary, sd_result, lr)
     _print_summary(console, run, summary, sd_result, lr, out)
     console.print(f"done in {time.perf_counter() - start:.1f} s")
 

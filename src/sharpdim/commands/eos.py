@@ -33,7 +33,9 @@ from sharpdim.commands._common import (
     depth_option,
     float64_option,
     kv_table,
+    output_errors,
     parse_floats,
+    prepare_output_dir,
     print_report,
     progress_bar,
     seed_option,
@@ -68,8 +70,9 @@ def _save(
     out: Path, name: str, result: Any, plot: Callable[[Any, Path], Path]
 ) -> tuple[Path, Path]:
     """Write ``<out>/<name>.png`` (by ``plot``) and ``<out>/<name>.json``; return both paths."""
-    png = plot(result, out / f"{name}.png")
-    return png, write_json(out / f"{name}.json", result.to_dict())
+    with output_errors(out, "--out folder"):
+        png = plot(result, out / f"{name}.png")
+    return png, write_json(out / f"{name}.json", result.to_dict(), "--out folder")
 
 
 def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float64: bool) -> Any:
@@ -131,6 +134,7 @@ def _runs_command(
     from sharpdim.runner import ResultsStore, ResumableRuns
     from sharpdim.training.eos_experiments import EoSRun
 
+    prepare_output_dir(out, "--out folder")
     with ResultsStore(out / STORE_NAME) as store:
         runs: ResumableRuns[EoSRun] = ResumableRuns(
             store,
@@ -254,6 +258,7 @@ def minimalist(
     ratio_lrs = torch.linspace(lr_min, lr_max, num_lrs, dtype=torch.float64).tolist()
     bif_lrs = torch.linspace(bif_min, bif_max, bif_num, dtype=torch.float64).tolist()
     trace = [lr for lr in (0.05, 0.3, 0.45) if lr_min <= lr <= lr_max] or [lr_max]
+    prepare_output_dir(out, "--out folder")
     with progress_bar("minimalist", 2 * steps) as update:
         result = minimalist_experiment(
             ratio_lrs=ratio_lrs,
@@ -299,6 +304,7 @@ def fractal(
     from sharpdim.report.eos_figures import plot_fractal
     from sharpdim.training.eos_fractal import fractal_attractor
 
+    prepare_output_dir(out, "--out folder")
     result = fractal_attractor(
         particles,
         steps=steps,

@@ -8,7 +8,6 @@ with :func:`sharpdim.dimension.sharpness_dimension.sharpness_dimension` and prin
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,17 @@ from rich.console import Console
 from rich.table import Table
 
 from sharpdim.commands._common import (
+    check_at_least,
+    check_positive_lr,
     dataset_option,
     depth_option,
     float64_option,
     json_option,
     kv_table,
+    mlp_setup,
+    prepare_output_file,
     seed_option,
+    training_record,
     width_option,
     write_json,
 )
@@ -93,10 +97,9 @@ def compute(
     json_out: Path | None = json_option(),
 ) -> None:
     """Train an MLP briefly, then compute its sharpness dimension and print it."""
-    from sharpdim.training.datasets import load_dataset
+    from sharpdim.curvature.params import trainable_parameters
     from sharpdim.training.loop import TrainConfig, train
     from sharpdim.training.losses import get_loss
-    from sharpdim.training.models import build_mlp
     from sharpdim.training.optimizers import adam_preconditioner
 
     if method not in METHODS:
@@ -106,26 +109,38 @@ def compute(
         raise SharpdimError(
             f"unknown optimizer {optimizer!r}: use one of {', '.join(_TRAIN_TO_SD)}"
         )
-    if not (math.isfinite(lr) and lr > 0):
-        raise SharpdimError(f"--lr must be a positive number, got {lr}: pass e.g. --lr 0.1")
-    if batch_size < 1:
-        raise SharpdimError(f"--batch-size must be >= 1, got {batch_size}")
+    check_positive_lr(lr)
+    check_at_least(num_batches, 1, "--num-batches")
+    check_at_least(num_runs, 1, "--num-runs")
+    check_at_least(num_steps, 1, "--num-steps")
+    check_at_least(num_bootstrap, 0, "--num-bootstrap")
+    check_at_least(train_steps, 0, "--train-steps")
+    if train_batch_size is not None:
+        check_at_least(train_batch_size, 1, "--train-batch-size")
     dtype = torch.float64 if float64 else torch.float32
-    data = load_dataset(dataset, seed=seed, n_train=n_train, dtype=dtype)
-    if batch_size > data.num_train:
-        raise SharpdimError(
-            f"--batch-size {batch_size} exceeds the {data.num_train} training examples: "
-            f"pass --batch-size <= {data.num_train} (or a larger --n-train)"
-        )
-    model = build_mlp(
-        data.input_dim,
-        data.num_outputs,
+    data, model = mlp_setup(
+        dataset,
+        n_train=n_train,
         width=width,
         depth=depth,
-        activation=activation,
         seed=seed,
+        activation=activation,
         dtype=dtype,
+        batch_size=batch_size,
     )
+    if train_batch_size is not None and train_batch_size > data.num_train:
+        raise SharpdimError(
+            f"--train-batch-size {train_batch_size} exceeds the {data.num_train} training "
+            f"examples: pass --train-batch-size <= {data.num_train} or omit it (full batch)"
+        )
+    num_params = sum(p.numel() for p in trainable_parameters(model))
+    if method == "exact" and num_params > max_params:
+        raise SharpdimError(
+            f"--method exact needs dense Hessians of {num_params:,} parameters, above "
+            f"--max-params {max_params:,}: use --method 'slq', 'kde' or 'ps' (or raise "
+            "--max-params)"
+        )
+    prepare_output_file(json_out, "--json path")
     config = TrainConfig(
         optimizer=optimizer,
         lr=lr,
@@ -181,17 +196,15 @@ def compute(
     if json_out is not None:
         payload = {
             "result": result.to_dict(),
-            "training": {
-                "dataset": dataset,
-                "width": width,
-                "depth": depth,
-                "activation": activation,
-                "loss": loss,
-                **config.to_dict(),
-                "final_train_loss": trained.final_train_loss,
-                "final_test_loss": trained.final_test_loss,
-                "final_train_accuracy": trained.final_train_accuracy,
-                "final_test_accuracy": trained.final_test_accuracy,
-            },
+            "training": training_record(
+                dataset,
+                data,
+                width=width,
+                depth=depth,
+                activation=activation,
+                loss=loss,
+                config=config,
+                trained=trained,
+            ),
         }
-        write_json(json_out, payload)
+        write_json(json_out, payload, "--json path")

@@ -8,7 +8,11 @@ Strelcyn (Meccanica 15, 1980) propagates an orthonormal block ``Q_t`` (``n x k``
     V_{t+1} = J_t Q_t,       V_{t+1} = Q_{t+1} R_{t+1}  (QR, diag R >= 0),
     lambda_i(T) = (1/T) sum_{t=1}^{T} ln R_{t, ii},    lambda_i = lim_{T->inf} lambda_i(T).
 
-``lambda_1 >= ... >= lambda_k`` are the ``k`` largest exponents (natural log, per step).
+In the limit the columns give the ``k`` largest exponents in order,
+``lambda_1 >= ... >= lambda_k`` (natural log, per step): column ``i`` estimates ``lambda_i``.
+The finite-time estimates ``lambda_i(T)`` need not be ordered: exponents closer together than
+their standard errors can come out in any order (e.g. ``-0.00599, -0.00554, -0.00551``), and
+they are reported in column order, not sorted.
 ``J_t Q_t`` only needs ``k`` Jacobian-vector products: never a dense Jacobian. For training
 (paper Sec. 3, Tuci et al., "Generalization at the Edge of Stability", arXiv 2604.19740),
 ``phi_t`` is the real optimizer step with minibatch ``B_t`` of a fixed sequence
@@ -140,9 +144,11 @@ class LyapunovResult:
     """The top-``k`` Lyapunov spectrum of a map.
 
     Attributes:
-        exponents: ``(k,)`` float64, ``lambda_1, ..., lambda_k`` in the order of the QR
-            columns (descending in the limit; natural log per step), averaged over the steps
-            completed after the warmup.
+        exponents: ``(k,)`` float64, the finite-time estimates ``lambda_1(T), ...,
+            lambda_k(T)`` in the order of the QR columns (column ``i`` estimates
+            ``lambda_i``; natural log per step), averaged over the steps completed after the
+            warmup. Descending only in the limit ``T -> inf``: close exponents can come out
+            unsorted, and they are not reordered.
         stderr: ``(k,)`` batch-means standard errors (NaN with fewer than 2 steps).
         finite_time: ``(T, k)``: ``lambda_i(t)`` after ``t = 1..T`` steps (running means).
         log_stretches: ``(T, k)``: the local stretches ``ln R_{t, ii}``.
@@ -172,7 +178,7 @@ class LyapunovResult:
 
     @property
     def largest(self) -> float:
-        """``lambda_1``."""
+        """``lambda_1(T)``, column 1's estimate (not always the maximum of ``exponents``)."""
         return float(self.exponents[0])
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
     Yorke of the top-k, SD, PH0 Euclidean and loss metric).
 
     Args:
-        cases: name -> the dict of :func:`sharpdim.commands.chaos.run_case`.
+        cases: name -> the dict of :func:`sharpdim.commands.chaos_cases.run_case`.
         path: output PNG path (parent folders are created).
     """
     out = Path(path)

@@ -1,0 +1,214 @@
+"""One case of ``sharpdim chaos``: train an MLP, then measure chaos and trajectory geometry.
+
+:func:`train_and_lyapunov` trains one MLP and takes the top-``k`` Lyapunov spectrum of its
+real optimizer step (``chaos lyapunov``); :func:`run_case` adds, for ``chaos compare``, the
+largest exponent over independent seeds, the divergence of nearby runs, the sharpness (largest
+algebraic Hessian eigenvalue), the sharpness dimension, the PH0 dimension and ``E_1``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from sharpdim.commands._common import load_mlp_dataset
+from sharpdim.errors import SharpdimError
+
+
+def full_batch_sharpness(model: torch.nn.Module, loss_fn: Any, batch: Any) -> tuple[float, bool]:
+    """Sharpness: the largest *algebraic* Hessian eigenvalue (Lanczos), and if it converged.
+
+    Not the largest in magnitude: at a saddle with eigenvalues ``(2, -6)`` it is ``2``.
+    """
+    from sharpdim.curvature.hessian import HessianOperator
+    from sharpdim.curvature.lanczos import lanczos_eigenvalues
+
+    op = HessianOperator(model, loss_fn, batch, mode="eval")
+    top = lanczos_eigenvalues(op, k=1, which="LA", generator=torch.Generator().manual_seed(0))
+    return float(top.eigenvalues[0]), bool(top.converged.all())
+
+
+def train_and_lyapunov(
+    *,
+    lr: float,
+    dataset: str,
+    n_train: int,
+    width: int,
+    depth: int,
+    train_steps: int,
+    batch_size: int | None,
+    k: int,
+    lyap_steps: int,
+    warmup: int,
+    num_iterates: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Train one MLP (seed ``seed``) and take the top-``k`` Lyapunov spectrum of its step."""
+    from sharpdim.curvature.params import get_flat_params, trainable_parameters
+    from sharpdim.dynamics.lyapunov import lyapunov_spectrum
+    from sharpdim.dynamics.step_maps import TrainingMap
+    from sharpdim.training.loop import TrainConfig
+    from sharpdim.training.losses import mse_loss
+    from sharpdim.training.models import build_mlp
+    from sharpdim.training.trajectory import capture_backward, fresh_batches
+
+    data = load_mlp_dataset(dataset, seed=seed, n_train=n_train, dtype=torch.float64)
+    model = build_mlp(data.input_dim, data.num_outputs, width=width, depth=depth, seed=seed)
+    model = model.to(torch.float64)
+    optimizer = "gd" if batch_size is None else "sgd"
+    config = TrainConfig(
+        optimizer=optimizer, lr=lr, batch_size=batch_size, steps=train_steps, seed=seed
+    )
+    trained, traj = capture_backward(model, data, config, num_iterates)
+    if trained.diverged:
+        raise SharpdimError(
+            f"training at lr={lr:g} (seed {seed}) diverged at step {trained.diverged_at}: "
+            "lower the lr"
+        )
+    w_star = get_flat_params(trainable_parameters(model))
+    batches = fresh_batches(
+        data, batch_size, warmup + lyap_steps, torch.Generator().manual_seed(seed + 1)
+    )
+    phi = TrainingMap(model, mse_loss, batches, optimizer="sgd", lr=lr)
+    lyap = lyapunov_spectrum(
+        phi, w_star, k, lyap_steps, warmup=warmup, generator=torch.Generator().manual_seed(seed)
+    )
+    return dict(
+        data=data, model=model, trained=trained, traj=traj, w_star=w_star, phi=phi, lyap=lyap
+    )
+
+
+def _mean_stderr(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (NaN error for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def run_case(
+    *,
+    lr: float,
+    dataset: str = "digits",
+    n_train: int = 1024,
+    width: int = 32,
+    depth: int = 2,
+    train_steps: int = 500,
+    batch_size: int | None = None,
+    k: int = 8,
+    lyap_steps: int = 400,
+    warmup: int = 50,
+    delta: float = 1e-8,
+    num_iterates: int = 500,
+    sd_batches: int = 4,
+    seed: int = 0,
+    seeds: int = 3,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train MLPs by GD/SGD at ``lr`` and measure every chaos/geometry quantity of their end.
+
+    The largest Lyapunov exponent is measured on ``seeds`` independent runs (data split,
+    initialisation and batches from seeds ``seed, seed + 1, ...``) and reported as their mean
+    with the standard error over runs; the other quantities come from the run of ``seed``.
+    """
+    from sharpdim.dimension.lifetime_sum import alpha_weighted_lifetime_sum
+    from sharpdim.dimension.ph_dimension import ph_dimension
+    from sharpdim.dimension.sharpness_dimension import sharpness_dimension
+    from sharpdim.dynamics.divergence import trajectory_divergence
+    from sharpdim.training.losses import mse_loss
+    from sharpdim.training.trajectory import per_example_losses
+
+    if seeds < 1:
+        raise SharpdimError(f"seeds={seeds}: pass seeds >= 1")
+    start = time.perf_counter()
+    task = progress.add_task(f"lr={lr:g}", total=4 + seeds) if progress is not None else None
+
+    def advance(what: str) -> None:
+        if progress is not None and task is not None:
+            progress.update(task, advance=1, description=f"lr={lr:g}: {what}")
+
+    run_opts: dict[str, Any] = dict(
+        lr=lr,
+        dataset=dataset,
+        n_train=n_train,
+        width=width,
+        depth=depth,
+        train_steps=train_steps,
+        batch_size=batch_size,
+        k=k,
+        lyap_steps=lyap_steps,
+        warmup=warmup,
+    )
+    main = train_and_lyapunov(num_iterates=num_iterates, seed=seed, **run_opts)
+    data, model, trained, traj = main["data"], main["model"], main["trained"], main["traj"]
+    w_star, phi, lyap = main["w_star"], main["phi"], main["lyap"]
+    advance("trained, Lyapunov")
+    per_seed = [lyap.largest]
+    for extra in range(1, seeds):
+        other = train_and_lyapunov(num_iterates=1, seed=seed + extra, **run_opts)
+        per_seed.append(other["lyap"].largest)
+        advance(f"Lyapunov of seed {seed + extra}")
+    lyap_mean, lyap_sem = _mean_stderr(per_seed)
+    sharp, sharp_converged = full_batch_sharpness(model, mse_loss, data.train_batch())
+    div = trajectory_divergence(
+        phi, w_star, lyap_steps, delta=delta, generator=torch.Generator().manual_seed(seed)
+    )
+    advance("divergence")
+    sd_bs = data.num_train if batch_size is None else batch_size
+    sd = sharpness_dimension(
+        model,
+        mse_loss,
+        data.train_batch(),
+        lr,
+        method="exact",
+        num_batches=1 if batch_size is None else sd_batches,
+        batch_size=sd_bs,
+        generator=torch.Generator().manual_seed(seed),
+        num_bootstrap=0,
+    )
+    advance("SD")
+    points = traj.points.to(torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    ph = ph_dimension(points, generator=gen)
+    losses = per_example_losses(model, points, data.train_batch())
+    ph_loss = ph_dimension(losses, "loss", generator=gen)
+    advance("PH0")
+    e1 = alpha_weighted_lifetime_sum(points, alpha=1.0)
+    e1_loss = alpha_weighted_lifetime_sum(losses, alpha=1.0, metric="loss")
+    advance("E_alpha")
+    return {
+        "lr": lr,
+        "threshold_2_over_lr": 2.0 / lr,
+        "sharpness_full_batch": sharp,
+        "sharpness_converged": sharp_converged,
+        "train_loss": trained.final_train_loss,
+        "test_loss": trained.final_test_loss,
+        "train_accuracy": trained.final_train_accuracy,
+        "test_accuracy": trained.final_test_accuracy,
+        "num_params": phi.num_params,
+        "lyapunov": lyap.to_dict(),
+        "largest_lyapunov": lyap.largest,
+        "largest_lyapunov_stderr": float(lyap.stderr[0]),
+        "largest_lyapunov_per_seed": per_seed,
+        "largest_lyapunov_seed_mean": lyap_mean,
+        "largest_lyapunov_seed_stderr": lyap_sem,
+        "kaplan_yorke_top_k": lyap.kaplan_yorke,
+        "divergence": div.to_dict(),
+        "divergence_rate": div.growth_rate,
+        "divergence_rate_stderr": div.growth_rate_stderr,
+        "sd": sd.sd,
+        "sd_lambda_1": sd.lambda_1,
+        "ph0_dimension": ph.dimension,
+        "ph0_dimension_r2": ph.r_squared,
+        "ph0_dimension_loss": ph_loss.dimension,
+        "e1": e1.value,
+        "e1_loss": e1_loss.value,
+        "num_iterates": len(traj),
+        "wall_time_s": time.perf_counter() - start,
+    }

@@ -1,0 +1,96 @@
+"""``sharpdim.cli.main``: exit codes and one-line messages for Ctrl-C and usage errors."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sharpdim.commands.demo as demo_module
+import sharpdim.training.loop as loop_module
+from sharpdim.cli import INTERRUPTED_LINE, main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _interrupt(*args: Any, **kwargs: Any) -> Any:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("target", "argv"),
+    [
+        ((demo_module, "train"), ["demo", "--n-train", "20", "--width", "2", "--steps", "1"]),
+        (
+            (loop_module, "train"),
+            ["sd", "compute", "--n-train", "20", "--width", "2", "--batch-size", "8"],
+        ),
+    ],
+    ids=["demo", "sd-compute"],
+)
+def test_ctrl_c_exits_130_with_one_line(
+    target: tuple[Any, str],
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(*target, _interrupt)
+    out = tmp_path / "out"
+    flag = ["--out", str(out)] if argv[0] == "demo" else ["--json", str(out / "sd.json")]
+    assert main([*argv, *flag]) == 130
+    err = capsys.readouterr().err
+    assert err == INTERRUPTED_LINE + "\n"
+    assert err.startswith("error: interrupted") and "rerun the same command" in err
+    assert not list(out.glob("*"))  # nothing was written
+
+
+USAGE = [
+    (["demo", "--steps", "0"], "Invalid value for '--steps'", "sharpdim demo"),
+    (["demo", "--lr", "abc"], "Invalid value for '--lr'", "sharpdim demo"),
+    (["sd", "compute", "--wdth", "3"], "No such option: --wdth", "sharpdim sd compute"),
+    (["sd", "bogus"], "No such command 'bogus'", "sharpdim sd"),
+    (["bogus"], "No such command 'bogus'", "sharpdim"),
+    (["chaos", "lyapunov", "extra"], "unexpected extra argument", "sharpdim chaos lyapunov"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message", "command"), USAGE, ids=[u[1][:24] for u in USAGE])
+def test_usage_errors_are_one_line(
+    argv: list[str], message: str, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and message in err
+    assert err.endswith(f": see '{command} --help'\n")
+    assert "Usage:" not in err + captured.out
+
+
+def test_help_and_no_arguments_still_show_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--help"]) == 0
+    assert "--steps" in capsys.readouterr().out
+    assert main(["sd", "compute", "--help"]) == 0
+    assert "--num-batches" in capsys.readouterr().out
+    assert main([]) == 2  # a group without a command: its help (click's exit code 2)
+    captured = capsys.readouterr()
+    assert "demo" in captured.out + captured.err and "Usage" in captured.out + captured.err
+
+
+@pytest.mark.parametrize("steps", [0, 1, 10, 30])
+def test_example_monitor_own_loop_short_runs(
+    steps: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = str(EXAMPLES / "monitor_own_loop.py")
+    monkeypatch.setattr(sys, "argv", [script, "--steps", str(steps)])
+    runpy.run_path(script, run_name="__main__")  # raised IndexError for these before
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    if steps == 0:
+        assert last == "no measurement: run at least one step"
+    else:
+        at = 20 if steps == 30 else 0
+        assert last.startswith(f"sharpness / (2/eta) at the last measurement (step {at}): ")
