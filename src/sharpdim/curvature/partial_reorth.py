@@ -39,7 +39,8 @@ import math
 
 import torch
 
-from sharpdim.curvature.lanczos import basis_dtype, basis_storage, tridiagonal_steps
+from sharpdim.curvature.krylov_basis import basis_dtype, basis_storage
+from sharpdim.curvature.lanczos import tridiagonal_steps
 from sharpdim.curvature.operator import OperatorLike, as_operator
 
 _BREAKDOWN = 1e-10

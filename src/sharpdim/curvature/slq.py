@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from sharpdim.curvature.lanczos import basis_storage, lanczos_tridiagonal
+from sharpdim.curvature.krylov_basis import basis_storage
+from sharpdim.curvature.lanczos import lanczos_tridiagonal
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
 from sharpdim.curvature.partial_reorth import (
     lanczos_tridiagonal_partial,

@@ -1,0 +1,231 @@
+"""The orthonormal (block) Krylov basis behind :mod:`sharpdim.curvature.lanczos`.
+
+Rows of ``V`` (in the operator's dtype, float32 or float64) with the projected matrix ``T``
+(float64): each step multiplies the pending block by ``H``, orthogonalizes the products against
+the vectors coupled to it (the three-term recurrence, or the kept Ritz vectors after a thick
+restart) and then against the whole basis (classical Gram–Schmidt, a second pass only when the
+DGKS criterion asks), and records the coefficients in ``T``. A direction that vanishes
+(shorter than ``1e-10 ||H||``: an invariant subspace) is replaced by a random one, which
+starts a new *round* (see :func:`sharpdim.curvature.lanczos.lanczos_eigenvalues`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sharpdim.curvature.operator import LinearOperator
+from sharpdim.errors import SharpdimError
+
+_BREAKDOWN = 1e-10
+"""A new direction shorter than this fraction of ``||H||`` marks an invariant subspace."""
+
+
+def basis_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the Krylov basis for an operator of ``dtype`` (float32 or float64)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float64
+
+
+def basis_storage(
+    op: LinearOperator, rows: int, workspace: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Room for ``rows`` basis vectors of ``op``: a view of ``workspace`` when it fits.
+
+    Reusing one workspace across Lanczos runs (as :func:`~sharpdim.curvature.slq.slq_spectrum`
+    does) saves allocating and first-touching ``rows x n`` floats per run, which on large models
+    costs as much as several products. The contents are never read before being written.
+    """
+    dtype, n = basis_dtype(op.dtype), op.num_params
+    if (
+        workspace is not None
+        and workspace.dtype == dtype
+        and workspace.device == op.device
+        and workspace.ndim == 2
+        and workspace.shape[0] >= rows
+        and workspace.shape[1] == n
+    ):
+        return workspace[:rows]
+    return torch.empty(rows, n, dtype=dtype, device=op.device)
+
+
+class KrylovBasis:
+    """Orthonormal (block) Krylov basis (operator dtype) with its projected matrix (float64).
+
+    Rows ``0..m-1`` of ``V`` are *processed* vectors (their products are projected into
+    ``T[:m, :m]``); rows ``m..m+nb-1`` hold the pending block, whose coupling to the processed
+    ones is ``T[m:m+nb, :m]``; so ``H V_m^T = V_m^T T_m + V_pend^T T[m:m+nb, :m]``.
+    """
+
+    def __init__(
+        self,
+        op: LinearOperator,
+        capacity: int,
+        start: torch.Tensor,
+        generator: torch.Generator | None,
+        restart_on_breakdown: bool,
+        workspace: torch.Tensor | None = None,
+    ) -> None:
+        self.op, self.n = op, op.num_params
+        self.gen, self.restart_on_breakdown = generator, restart_on_breakdown
+        dev = op.device
+        self.dtype = basis_dtype(op.dtype)
+        self.V = basis_storage(op, capacity, workspace)
+        self.T = torch.zeros(capacity, capacity, dtype=torch.float64, device=dev)
+        self.m, self.nb, self.matvecs = 0, 0, 0
+        self.fills, self.rounds, self.hnorm = 0, 0, 0.0
+        self.round_of = torch.zeros(capacity, dtype=torch.long, device=dev)
+        """Per row, its *round*: 0 for the Krylov sequence of the start block, ``r`` for that
+        of the random block that replaced the ``r``-th invariant subspace (see
+        :func:`_round_settled`; only needed to decide when to stop)."""
+        block = start.to(dtype=self.dtype, device=dev).reshape(self.n, -1).T.contiguous()
+        if not bool(torch.isfinite(block).all()) or float(block.norm()) == 0:
+            raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
+        scale = block.norm(dim=1)
+        q, _ = self._orthonormalize(block.clone(), self.V[:0], random_fill=True, scale=scale)
+        self.V[: q.shape[0]] = q
+        self.nb = q.shape[0]
+
+    # -- orthogonalization ----------------------------------------------------------------
+    @staticmethod
+    def _project(w: torch.Tensor, basis: torch.Tensor, *, passes: int = 2) -> torch.Tensor:
+        """Remove the components of the rows of ``w`` along ``basis``; return the coefficients.
+
+        Classical Gram–Schmidt with matrix products, ``passes`` times, plus one more pass when
+        the last one shortened a row below ``1/sqrt(2)`` (the DGKS criterion: a big removal
+        leaves rounding errors of the size of what was removed).
+        """
+        coef = torch.zeros(w.shape[0], basis.shape[0], dtype=w.dtype, device=w.device)
+        if basis.shape[0] == 0:
+            return coef
+        for i in range(passes + 1):
+            before = w.norm(dim=1)
+            c = torch.mm(w, basis.T)
+            w.addmm_(c, basis, alpha=-1.0)
+            coef += c
+            if i + 1 >= passes and not bool((w.norm(dim=1) < 0.7071 * before).any()):
+                break
+        return coef
+
+    def _random_row(self) -> torch.Tensor:
+        row = torch.randn(self.n, generator=self.gen, dtype=torch.float64)
+        return row.to(dtype=self.dtype, device=self.V.device)
+
+    def _orthonormalize(
+        self, w: torch.Tensor, basis: torch.Tensor, *, random_fill: bool, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Orthonormalize the rows of ``w`` (already orthogonal to ``basis``) among themselves.
+
+        Returns ``(Q, R)`` with ``w_i = sum_l R[l, i] q_l``. A row that vanishes (relative to
+        ``scale``: an invariant subspace) is replaced by a random direction with zero coupling
+        when ``random_fill`` and the basis has room, else dropped; rows beyond dimension ``n``
+        are dropped.
+        """
+        room = basis.shape[0] < self.n
+        if w.shape[0] == 1 and room:
+            norm = w.norm()
+            if float(norm) > _BREAKDOWN * float(scale[0]):
+                return w.div_(norm), norm.reshape(1, 1)  # in place: callers pass a scratch w
+        rows: list[torch.Tensor] = []
+        coefs: list[torch.Tensor] = []
+        for i in range(w.shape[0]):
+            x = w[i : i + 1].clone()
+            prev = torch.stack(rows) if rows else x[:0]
+            coef = self._project(x, prev)[0]
+            norm = float(x.norm())
+            col = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+            col[: coef.numel()] = coef
+            if basis.shape[0] + len(rows) >= self.n:
+                coefs.append(col)
+                continue
+            if norm > _BREAKDOWN * float(scale[i]) and norm > 0:
+                rows.append((x / norm)[0])
+                col[len(rows) - 1] = norm
+            elif random_fill:
+                self.fills += 1
+                r = self._random_row()[None]
+                self._project(r, torch.cat([basis, prev]))
+                rows.append((r / r.norm())[0])
+            coefs.append(col)
+        q = torch.stack(rows) if rows else w[:0]
+        return q, torch.stack(coefs, 1)[: q.shape[0]]
+
+    # -- one block step -------------------------------------------------------------------
+    def step(self) -> None:
+        """Multiply the pending block by ``H``, project it, and make the next pending block."""
+        m, nb = self.m, self.nb
+        x = self.V[m : m + nb]
+        hx = self.op @ x.T.to(self.op.dtype)
+        self.matvecs += nb
+        if m + 2 * nb <= self.V.shape[0]:  # work in the rows the next block will occupy
+            w = self.V[m + nb : m + 2 * nb]
+            w.copy_(hx.T)
+        else:
+            w = hx.to(self.dtype).T.contiguous()
+        # a direction vanishes relative to ||H||, estimated by the largest ||H x|| so far (a
+        # null vector's product is rounding noise of its own size, not a new direction)
+        self.hnorm = max(self.hnorm, float(w.norm(dim=1).max()))
+        scale = torch.full((nb,), self.hnorm, dtype=w.dtype, device=w.device)
+        # coef[i, j] = v_j . H x_i: first against the vectors coupled to x (the three-term
+        # recurrence, or the kept Ritz vectors after a restart), then one full pass over the
+        # basis (a second one only if the DGKS criterion asks for it)
+        # (the coupled vectors and x form one contiguous run of rows: the previous block, or
+        # the kept Ritz vectors right after a restart, so a view of V serves without a copy)
+        coupled = torch.nonzero(self.T[m : m + nb, :m].abs().sum(0)).reshape(-1)
+        lo = int(coupled.min()) if coupled.numel() else m
+        coef = torch.zeros(nb, m + nb, dtype=self.dtype, device=w.device)
+        coef[:, lo:] = self._project(w, self.V[lo : m + nb], passes=1)
+        coef += self._project(w, self.V[: m + nb], passes=1)
+        self.T[: m + nb, m : m + nb] = coef.T
+        self.T[m : m + nb, : m + nb] = coef
+        diag = self.T[m : m + nb, m : m + nb]
+        self.T[m : m + nb, m : m + nb] = (diag + diag.T) / 2
+        self.m = m + nb
+        self.fills = 0
+        q, r = self._orthonormalize(
+            w, self.V[: self.m], random_fill=self.restart_on_breakdown, scale=scale
+        )
+        q, r = q[: self.V.shape[0] - self.m], r[: self.V.shape[0] - self.m]
+        self.nb = q.shape[0]
+        if self.nb == 0:
+            return
+        if self.fills:  # a direction vanished: the new block starts a round
+            self.rounds += 1
+        self.round_of[self.m : self.m + self.nb] = self.rounds
+        if q.data_ptr() != self.V[self.m].data_ptr():  # (already in place on the fast path)
+            self.V[self.m : self.m + self.nb] = q
+        self.T[self.m : self.m + self.nb, : self.m] = 0
+        self.T[self.m : self.m + self.nb, m : self.m] = r  # q_l . H x_i
+        self.T[: self.m, self.m : self.m + self.nb] = self.T[self.m : self.m + self.nb, : self.m].T
+
+    # -- Ritz pairs and restart -----------------------------------------------------------
+    def ritz(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ritz values (ascending), vectors in the basis coordinates, residual norms."""
+        m, nb = self.m, self.nb
+        theta, s = torch.linalg.eigh(self.T[:m, :m])
+        if nb == 0:
+            res = torch.zeros(m, dtype=torch.float64, device=theta.device)
+        else:
+            res = (self.T[m : m + nb, :m] @ s).norm(dim=0)
+        return theta, s, res
+
+    def restart(
+        self, s_keep: torch.Tensor, theta_keep: torch.Tensor, locked: torch.Tensor | None = None
+    ) -> None:
+        """Compress the basis to the Ritz vectors ``V^T s_keep`` plus the pending block.
+
+        ``locked`` marks kept Ritz vectors that have converged: after an invariant subspace
+        they leave the current round (round ``-1``), which goes on in their complement."""
+        m, nb, k = self.m, self.nb, s_keep.shape[1]
+        y = s_keep.T.to(self.dtype) @ self.V[:m]
+        pending = self.V[m : m + nb].clone()
+        coupling = self.T[m : m + nb, :m] @ s_keep
+        self.T.zero_()  # (rows of V past the pending block are written before they are read)
+        if self.rounds:
+            self.round_of[: k + nb] = self.rounds
+            if locked is not None:
+                self.round_of[:k][locked] = -1
+        self.V[:k] = y
+        self.V[k : k + nb] = pending
+        self.T[:k, :k] = torch.diag(theta_keep)
+        self.T[k : k + nb, :k] = coupling
+        self.T[:k, k : k + nb] = coupling.T
+        self.m = k
