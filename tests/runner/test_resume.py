@@ -68,10 +68,12 @@ def test_sigkill_midway_loses_only_the_run_in_progress(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from sharpdim.runner import ResultsStore
-        store = ResultsStore({str(path)!r})
+        from sharpdim.runner import ResultsStore, ResumableRuns
+        runs = ResumableRuns(
+            ResultsStore({str(path)!r}), encode=dict, decode=dict, status=lambda r: "done"
+        )
         for lr in (0.1, 0.2):
-            store.put({{"lr": lr}}, {{"loss": lr}})
+            runs({{"lr": lr}}, lambda lr=lr: {{"loss": lr}})
         os.kill(os.getpid(), signal.SIGKILL)  # killed while the third run trains
         """
     )
@@ -80,3 +82,19 @@ def test_sigkill_midway_loses_only_the_run_in_progress(tmp_path):
     calls: list[float] = []
     _sweep(path, calls)
     assert calls == [0.3, 0.4]
+
+
+def test_runs_of_another_version_are_computed_again(tmp_path):
+    """The package version is part of every key: another version's numbers are not reused."""
+    with ResultsStore(tmp_path / "runs.sqlite") as store:
+        old = ResumableRuns(
+            store, encode=dict, decode=dict, status=lambda r: "done", version="0.0.1"
+        )
+        assert old({"lr": 0.1}, lambda: {"loss": 1.0}) == {"loss": 1.0}
+        new = ResumableRuns(
+            store, encode=dict, decode=dict, status=lambda r: "done", version="0.0.2"
+        )
+        assert new({"lr": 0.1}, lambda: {"loss": 2.0}) == {"loss": 2.0}
+        assert (new.computed, new.reused) == (1, 0)
+        assert old({"lr": 0.1}, lambda: {"loss": 9.0}) == {"loss": 1.0}
+        assert sorted(r.config["sharpdim_version"] for r in store.records()) == ["0.0.1", "0.0.2"]

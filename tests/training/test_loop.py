@@ -212,6 +212,36 @@ def test_resuming_a_minibatch_run_is_bit_identical(digits, tmp_path):
     assert resumed.history == uninterrupted.history[5:]
 
 
+def test_resuming_under_another_config_is_refused(digits, tmp_path):
+    config = TrainConfig(
+        optimizer="momentum",
+        lr=0.05,
+        batch_size=10,
+        steps=6,
+        seed=3,
+        checkpoint_steps=(3,),
+        checkpoint_dir=str(tmp_path),
+    )
+    first = train(small_mlp(), digits, config)
+    assert 0 <= first.wall_time_s < 60  # seconds spent in train, not a clock reading
+    base = {**config.to_dict(), "checkpoint_steps": (), "checkpoint_dir": None}
+    for change in ({"lr": 0.5}, {"momentum": 0.5}, {"seed": 4}, {"loss": "ce"}):
+        with pytest.raises(SharpdimError) as err:
+            train(
+                small_mlp(),
+                digits,
+                TrainConfig(**{**base, **change}),
+                resume_from=checkpoint_path(tmp_path, 3),
+            )
+        ((name, value),) = change.items()
+        assert f"{name}=" in str(err.value) and f"(now {value!r})" in str(err.value)
+        assert "\n" not in str(err.value)
+    resumed = train(
+        small_mlp(), digits, TrainConfig(**base), resume_from=checkpoint_path(tmp_path, 3)
+    )
+    assert resumed.steps_completed == 6 and 0 <= resumed.wall_time_s < 60
+
+
 def test_resuming_from_a_checkpoint_without_loop_state_replays_the_batch_order(digits, tmp_path):
     config = TrainConfig(
         optimizer="momentum",
@@ -260,7 +290,7 @@ def test_bad_checkpoints_and_options_give_one_line_errors(digits, tmp_path):
         load_checkpoint(garbage, small_mlp())
     with pytest.raises(SharpdimError, match="past steps=1"):
         train(small_mlp(), digits, TrainConfig(steps=1), resume_from=checkpoint_path(tmp_path, 2))
-    with pytest.raises(SharpdimError, match="batch_size=None, not 10"):
+    with pytest.raises(SharpdimError, match=r"batch_size=None \(now 10\)"):
         train(
             small_mlp(),
             digits,

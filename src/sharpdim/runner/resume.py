@@ -8,7 +8,9 @@ the run in progress; rerun, it computes only what is missing. Runs stored as ``"
 are computed again. An exception raised while computing a run propagates and stores nothing.
 
 Fresh and reused runs both come back through the stored form (``decode`` of the stored
-JSON), so a sweep's output does not depend on which of its runs were reused.
+JSON), so a sweep's output does not depend on which of its runs were reused. The package
+version is part of every key (``"sharpdim_version"``): runs stored by another version, whose
+numbers may differ, are computed again rather than reused.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class ResumableRuns(Generic[T]):
         decode: the inverse of ``encode`` on the stored JSON.
         status: the store status of a computed run: ``"done"``, ``"diverged"`` or
             ``"failed"``.
+        version: the version written into every key (default: this sharpdim's).
 
     Attributes:
         reused, computed: how many calls returned a stored run / computed one.
@@ -52,21 +55,30 @@ class ResumableRuns(Generic[T]):
         encode: Callable[[T], Any],
         decode: Callable[[Any], T],
         status: Callable[[T], str],
+        version: str | None = None,
     ) -> None:
         self.store = store
         self.encode = encode
         self.decode = decode
         self.status = status
+        self.version = _package_version() if version is None else version
         self.reused = 0
         self.computed = 0
 
     def __call__(self, config: Mapping[str, Any], compute: Callable[[], T]) -> T:
         """The run of ``config``: stored if finished, else ``compute()`` (then stored)."""
-        record = self.store.get(config)
+        keyed = {**config, "sharpdim_version": self.version}
+        record = self.store.get(keyed)
         if record is not None and record.status in FINISHED:
             self.reused += 1
             return self.decode(record.result)
         value = compute()
-        stored = self.store.put(config, self.encode(value), self.status(value))
+        stored = self.store.put(keyed, self.encode(value), self.status(value))
         self.computed += 1
         return self.decode(stored.result)
+
+
+def _package_version() -> str:
+    from sharpdim import __version__
+
+    return __version__

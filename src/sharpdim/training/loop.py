@@ -245,6 +245,45 @@ class _BatchStream:
             next(self)
 
 
+_RUN_FIELDS = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "betas",
+    "eps",
+    "weight_decay",
+    "batch_size",
+    "loss",
+    "seed",
+    "divergence_factor",
+    "divergence_threshold",
+)
+"""The fields of a :class:`TrainConfig` that shape the trajectory (a resume must match them)."""
+
+
+def _run_fields(config: TrainConfig) -> dict[str, Any]:
+    return {name: _plain(getattr(config, name)) for name in _RUN_FIELDS}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check_same_run(saved: Mapping[str, Any], config: TrainConfig, path: str | Path) -> None:
+    """Refuse to resume a checkpoint under a config that would train differently."""
+    now = _run_fields(config)
+    differ = [
+        f"{k}={_plain(saved.get(k))!r} (now {now[k]!r})"
+        for k in now
+        if _plain(saved.get(k)) != now[k]
+    ]
+    if differ:
+        raise SharpdimError(
+            f"{path} was written with {', '.join(differ)}: resume with the configuration of "
+            "the interrupted run"
+        )
+
+
 def _parameters_finite(params: Sequence[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in params)
 
@@ -308,16 +347,16 @@ def train(
     checkpoints = set(config.checkpoint_steps)
     if config.checkpoint_dir is not None and checkpoints:
         prepare_checkpoint_dir(config.checkpoint_dir)
-    start, loop_state = 0, None
+    first, loop_state = 0, None
     if resume_from is not None:
         saved = read_checkpoint(resume_from)
-        start, loop_state = (
-            restore_checkpoint(saved, resume_from, model, optimizer),
-            saved.get("loop"),
-        )
-        if start > config.steps:
+        loop_state = saved.get("loop")
+        if loop_state is not None and "config" in loop_state:
+            _check_same_run(loop_state["config"], config, resume_from)
+        first = restore_checkpoint(saved, resume_from, model, optimizer)
+        if first > config.steps:
             raise SharpdimError(
-                f"{resume_from} is at step {start}, past steps={config.steps}: "
+                f"{resume_from} is at step {first}, past steps={config.steps}: "
                 "raise steps or resume from an earlier checkpoint"
             )
     history: list[tuple[int, float]] = []
@@ -329,7 +368,12 @@ def train(
         if step not in checkpoints:
             return
         if config.checkpoint_dir is not None:
-            state = {"batches": stream.state(), "rng": torch.get_rng_state(), "limit": limit}
+            state = {
+                "batches": stream.state(),
+                "rng": torch.get_rng_state(),
+                "limit": limit,
+                "config": _run_fields(config),
+            }
             if params[0].device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(params[0].device)
             paths[step] = str(
@@ -338,14 +382,14 @@ def train(
         if config.keep_snapshots:
             snapshots[step] = get_flat_params(params).cpu()
 
-    status, diverged_at, step = "ok", None, start
+    status, diverged_at, step = "ok", None, first
     limit = math.inf if loop_state is None else float(loop_state["limit"])
     stream = _BatchStream(dataset, config.batch_size, config.seed)
     if loop_state is not None:
         stream.restore(loop_state["batches"], str(resume_from))
     else:
-        stream.skip(start)  # an older checkpoint: replay the batch order from the seed
-    bar = _progress_bar(config.steps - start) if progress else None
+        stream.skip(first)  # an older checkpoint: replay the batch order from the seed
+    bar = _progress_bar(config.steps - first) if progress else None
     was_training = model.training
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -355,7 +399,7 @@ def train(
                 torch.cuda.set_rng_state(loop_state["cuda_rng"], params[0].device)
         model.train()
         try:
-            for step in range(start, config.steps):
+            for step in range(first, config.steps):
                 checkpoint(step)
                 if config.eval_every and step % config.eval_every == 0:
                     evaluations.append(_evaluation(step, model, loss_fn, dataset))
@@ -364,7 +408,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model, batch)
                 value = float(loss.detach())
-                if step == 0 or (step == start and loop_state is None):
+                if step == 0 or (step == first and loop_state is None):
                     limit = config.divergence_factor * max(abs(value), 1.0)
                     if config.divergence_threshold is not None:
                         limit = min(limit, config.divergence_threshold)
