@@ -94,3 +94,46 @@ def test_example_monitor_own_loop_short_runs(
     else:
         at = 20 if steps == 30 else 0
         assert last.startswith(f"sharpness / (2/eta) at the last measurement (step {at}): ")
+
+
+def _never(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("trained or computed although the options were bad")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sd", "compute", "--seed", str(2**64)], "--seed"),
+        (["demo", "--seed", "-1"], "--seed"),
+        (["eos", "fractal", "--seed", str(2**64)], "--seed"),
+        (["sd", "compute", "--width", "100000000"], "use a smaller --width or --depth"),
+        (["eos", "sharpening", "--width", "100000000"], "use a smaller --width or --depth"),
+        (["sd", "compute", "--optimizer", "momentum", "--momentum", "nan"], "--momentum"),
+        (["eos", "fractal", "--amplitude", "nan"], "--amplitude must be a finite number"),
+        (["eos", "fractal", "--lr", "inf"], "--lr must be a positive finite number"),
+        (["eos", "fractal", "--noise-std", "-1"], "--noise-std must be a finite number >= 0"),
+        (["eos", "minimalist", "--num-lrs", "1000000000"], "--num-lrs 1000000000 exceeds"),
+        (["eos", "minimalist", "--lr-max", "inf"], "--lr-max must be a positive finite"),
+        (["eos", "sharpening", "--lrs", "-1"], "--lrs must be a positive finite number"),
+        (["eos", "sharpening", "--steps", "0"], "--steps must be >= 1"),
+        (["eos", "sharpening", "--late-fraction", "nan"], "--late-fraction must be in (0, 1]"),
+        (["eos", "sharpening", "--n-train", "999999"], "n_train=999999 does not fit"),
+        (["eos", "thresholds", "--beta2", "1.0"], "--beta2 must be in [0, 1)"),
+    ],
+)
+def test_bad_options_fail_first_in_one_line_and_write_nothing(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(loop_module, "train", _never)
+    out = tmp_path / "out"
+    flag = "--json" if argv[:2] == ["sd", "compute"] else "--out"
+    target = out / "r.json" if flag == "--json" else out
+    code = main([*argv, flag, str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert message in err
+    assert not out.exists()  # nothing written: no folder, no empty runs.sqlite

@@ -62,9 +62,13 @@ def depth_option(default: int, help: str = "MLP hidden layers") -> Any:
     return typer.Option(default, help=help)
 
 
+SEED_RANGE = (0, 2**63 - 1)
+"""Seeds a ``torch.Generator`` accepts."""
+
+
 def seed_option(help: str, default: int = 0) -> Any:
-    """``--seed``; ``help`` says what it seeds."""
-    return typer.Option(default, help=help)
+    """``--seed``; ``help`` says what it seeds (checked to fit a ``torch.Generator``)."""
+    return typer.Option(default, help=help, min=SEED_RANGE[0], max=SEED_RANGE[1])
 
 
 def float64_option(default: bool = True) -> Any:
@@ -134,6 +138,7 @@ def mlp_setup(
             f"--batch-size {batch_size} exceeds the {data.num_train} training examples: "
             f"pass --batch-size <= {data.num_train} (or a larger --n-train)"
         )
+    check_mlp_size(data.input_dim, data.num_outputs, width, depth)
     model = build_mlp(
         data.input_dim,
         data.num_outputs,
@@ -144,6 +149,40 @@ def mlp_setup(
         dtype=dtype,
     )
     return data, model
+
+
+MAX_MLP_PARAMS = 100_000_000
+"""Largest MLP the commands build (400 MB of float32 parameters before any curvature)."""
+
+
+def check_mlp_size(input_dim: int, outputs: int, width: int, depth: int) -> int:
+    """The parameter count of ``build_mlp(input_dim, outputs, width, depth)`` (with biases);
+    a one-line error naming ``--width``/``--depth`` above :data:`MAX_MLP_PARAMS`."""
+    fan_in = width if depth else input_dim  # of the output layer
+    params = fan_in * outputs + outputs
+    if depth:
+        params += input_dim * width + width + (depth - 1) * (width * width + width)
+    if params > MAX_MLP_PARAMS:
+        raise SharpdimError(
+            f"--width {width} and --depth {depth} give an MLP of {params:,} parameters, more "
+            f"than {MAX_MLP_PARAMS:,}: use a smaller --width or --depth"
+        )
+    return params
+
+
+def check_finite(value: float, flag: str, *, low: float | None = None, example: str) -> float:
+    """``value`` if finite (and ``>= low`` when given), else a one-line error naming ``flag``."""
+    if not math.isfinite(value) or (low is not None and value < low):
+        bound = "a finite number" if low is None else f"a finite number >= {low:g}"
+        raise SharpdimError(f"{flag} must be {bound}, got {value}: pass e.g. {flag} {example}")
+    return value
+
+
+def check_fraction(value: float, flag: str, example: str) -> float:
+    """``value`` if in ``[0, 1)``, else a one-line error naming ``flag``."""
+    if not 0 <= value < 1:
+        raise SharpdimError(f"{flag} must be in [0, 1), got {value}: pass e.g. {flag} {example}")
+    return value
 
 
 def check_positive_lr(lr: float, flag: str = "--lr", example: str = "0.1") -> float:

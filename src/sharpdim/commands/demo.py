@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,10 +11,12 @@ import typer
 from rich.console import Console
 
 from sharpdim.commands._common import (
+    SEED_RANGE,
     check_positive_lr,
     kv_table,
     output_errors,
     prepare_output_dir,
+    write_json,
 )
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.curvature.summary import SpectrumSummary, spectrum_summary
@@ -41,7 +42,12 @@ def demo(
     sd_batches: Annotated[int, typer.Option(min=1, help="Minibatches for the exact SD.")] = 4,
     slq_runs: Annotated[int, typer.Option(min=1, help="SLQ runs for the density.")] = 5,
     slq_steps: Annotated[int, typer.Option(min=2, help="Lanczos steps per SLQ run.")] = 60,
-    seed: Annotated[int, typer.Option(help="Seed of data split, init and batches.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            min=SEED_RANGE[0], max=SEED_RANGE[1], help="Seed of data split, init and batches."
+        ),
+    ] = 0,
 ) -> None:
     """Train a tanh MLP on scikit-learn digits with SGD, then summarise its curvature.
 
@@ -118,7 +124,7 @@ def _write_outputs(
         "spectrum": s.to_dict(),
         "sharpness_dimension": res.to_dict(),
     }
-    (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str))
+    write_json(out / "summary.json", payload, "--out folder")
     section = ReportSection(
         "Hessian spectrum and sharpness dimension",
         text="A tanh MLP trained with SGD on scikit-learn digits (MSE to one-hot targets).",

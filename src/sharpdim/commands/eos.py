@@ -30,6 +30,11 @@ from rich.console import Console
 from rich.table import Table
 
 from sharpdim.commands._common import (
+    check_at_least,
+    check_finite,
+    check_fraction,
+    check_mlp_size,
+    check_positive_lr,
     depth_option,
     float64_option,
     kv_table,
@@ -57,6 +62,7 @@ _OUT = typer.Option(
 )
 _DATASET = typer.Option("digits", help="digits | mnist1d | modular | teacher_student")
 STORE_NAME = "runs.sqlite"
+MAX_GRID = 100_000  # step sizes per minimalist grid (each a vectorised GD run)
 _WIDTH = width_option(100, help="tanh MLP hidden width")
 _DEPTH = depth_option(2, help="tanh MLP hidden layers")
 _N_TRAIN = typer.Option(1000, help="training examples (the first of the split)")
@@ -78,12 +84,10 @@ def _save(
 def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float64: bool) -> Any:
     from sharpdim.training.eos_setup import MLPSetup
 
-    if n_train < 1 or width < 1 or depth < 0:
-        raise SharpdimError(
-            f"n_train={n_train}, width={width}, depth={depth}: need n_train >= 1, width >= 1, "
-            "depth >= 0"
-        )
-    return MLPSetup(
+    check_at_least(n_train, 1, "--n-train")
+    check_at_least(width, 1, "--width")
+    check_at_least(depth, 0, "--depth")
+    setup = MLPSetup(
         dataset=dataset,
         n_train=n_train,
         width=width,
@@ -91,6 +95,9 @@ def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float6
         seed=seed,
         dtype="float64" if float64 else "float32",
     )
+    data = setup.data()  # cheap; refuses too large an n_train before anything is written
+    check_mlp_size(data.input_dim, data.num_outputs, width, depth)
+    return setup
 
 
 def _late_title(quantity: str, late_fraction: float) -> str:
@@ -154,6 +161,16 @@ def _runs_command(
     print_report(_runs_table(title, result), png, js, seconds=result.wall_time_s)
 
 
+def _check_run_options(steps: int, every: int, late_fraction: float) -> None:
+    """The options of a monitored run, checked before anything is written or trained."""
+    check_at_least(steps, 1, "--steps")
+    check_at_least(every, 1, "--every")
+    if not 0 < late_fraction <= 1:
+        raise SharpdimError(
+            f"--late-fraction must be in (0, 1], got {late_fraction}: pass e.g. --late-fraction 0.3"
+        )
+
+
 @app.command("sharpening")
 def sharpening(
     lrs: str = typer.Option("0.2,0.3,0.5", help="GD step sizes, comma separated"),
@@ -172,6 +189,9 @@ def sharpening(
     from sharpdim.training.eos_experiments import progressive_sharpening
 
     grid = parse_floats(lrs, "lrs")
+    for lr in grid:
+        check_positive_lr(lr, "--lrs", "0.2,0.3,0.5")
+    _check_run_options(steps, every, late_fraction)
     setup = _setup(dataset, n_train, width, depth, seed, float64)
     _runs_command(
         "sharpening",
@@ -217,6 +237,10 @@ def thresholds(
     runs = [(n, lr) for n, lr in (("momentum", momentum_lr), ("adam", adam_lr)) if lr > 0]
     if not runs:
         raise SharpdimError("both step sizes are 0: give --momentum-lr or --adam-lr > 0")
+    check_fraction(momentum, "--momentum", "0.9")
+    check_fraction(beta1, "--beta1", "0.9")
+    check_fraction(beta2, "--beta2", "0.999")
+    _check_run_options(steps, every, late_fraction)
     setup = _setup(dataset, n_train, width, depth, seed, float64)
     _runs_command(
         "thresholds",
@@ -250,10 +274,19 @@ def minimalist(
     from sharpdim.report.eos_figures import plot_minimalist
     from sharpdim.training.eos_minimalist_experiment import minimalist_experiment
 
-    if num_lrs < 1 or bif_num < 1 or not 0 < lr_min <= lr_max or not 0 < bif_min <= bif_max:
+    for flag, value in (("--lr-min", lr_min), ("--lr-max", lr_max)):
+        check_positive_lr(value, flag, "0.02")
+    for flag, value in (("--bif-min", bif_min), ("--bif-max", bif_max)):
+        check_positive_lr(value, flag, "0.2")
+    for flag, count in (("--num-lrs", num_lrs), ("--bif-num", bif_num)):
+        check_at_least(count, 1, flag)
+        if count > MAX_GRID:
+            raise SharpdimError(f"{flag} {count} exceeds {MAX_GRID:,}: use a coarser grid")
+    check_at_least(steps, 1, "--steps")
+    check_at_least(late, 1, "--late")
+    if not (lr_min <= lr_max and bif_min <= bif_max):
         raise SharpdimError(
-            "step-size grids need 0 < min <= max and at least one value: check --lr-min, "
-            "--lr-max, --num-lrs, --bif-min, --bif-max, --bif-num"
+            "step-size grids need min <= max: check --lr-min/--lr-max and --bif-min/--bif-max"
         )
     ratio_lrs = torch.linspace(lr_min, lr_max, num_lrs, dtype=torch.float64).tolist()
     bif_lrs = torch.linspace(bif_min, bif_max, bif_num, dtype=torch.float64).tolist()
@@ -304,6 +337,13 @@ def fractal(
     from sharpdim.report.eos_figures import plot_fractal
     from sharpdim.training.eos_fractal import fractal_attractor
 
+    check_positive_lr(lr, "--lr", "0.15")
+    check_at_least(particles, 1, "--particles")
+    check_at_least(steps, 1, "--steps")
+    check_finite(amplitude, "--amplitude", example="2.0")
+    check_finite(frequency, "--frequency", example="4.0")
+    check_finite(noise_std, "--noise-std", low=0.0, example="0.1")
+    check_finite(init_range, "--init-range", low=0.0, example="3.0")
     prepare_output_dir(out, "--out folder")
     result = fractal_attractor(
         particles,

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from sharpdim.commands._common import (
     check_at_least,
+    check_fraction,
     check_positive_lr,
     dataset_option,
     depth_option,
@@ -110,6 +111,8 @@ def compute(
             f"unknown optimizer {optimizer!r}: use one of {', '.join(_TRAIN_TO_SD)}"
         )
     check_positive_lr(lr)
+    if optimizer in ("momentum", "nesterov"):
+        check_fraction(momentum, "--momentum", "0.9")
     check_at_least(num_batches, 1, "--num-batches")
     check_at_least(num_runs, 1, "--num-runs")
     check_at_least(num_steps, 1, "--num-steps")
