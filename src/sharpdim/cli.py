@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exit_code, int) or not hasattr(err, "format_message"):
             raise
         if _is_a(err, "NoArgsIsHelpError"):  # a group called without a command: its help
-            err.show()  # type: ignore[attr-defined]
+            ctx = getattr(err, "ctx", None)
+            print(ctx.get_help() if ctx is not None else err.format_message())
         elif _is_a(err, "UsageError"):  # unknown option/command, bad or out-of-range value
             print(usage_error_line(err), file=sys.stderr)
         else:  # another click exception
