@@ -139,3 +139,38 @@ def test_bad_options_fail_first_in_one_line_and_write_nothing(
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert message in err
     assert not out.exists()  # nothing written: no folder, no empty runs.sqlite
+
+
+def test_ctrl_c_while_loading_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The console script catches Ctrl-C during the (slow) import of torch and the commands."""
+    import builtins
+
+    from sharpdim import entry
+
+    real_import = builtins.__import__
+
+    def interrupted(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "sharpdim.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as ex:
+        entry.run()
+    assert ex.value.code == 130
+    assert capsys.readouterr().err == entry.INTERRUPTED_WHILE_LOADING + "\n"
+
+
+def test_import_sharpdim_is_lazy() -> None:
+    """``import sharpdim`` loads no torch; a public name loads its module on first use."""
+    import subprocess
+
+    code = (
+        "import sys, sharpdim; assert 'torch' not in sys.modules; "
+        "assert sharpdim.lanczos_eigenvalues.__module__ == 'sharpdim.curvature.lanczos'; "
+        "from sharpdim import TrainConfig; print(sorted(set(sharpdim.__all__) - set(dir(sharpdim))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
