@@ -20,11 +20,10 @@ same generator.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,13 +36,11 @@ from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.slq import check_reorthogonalization
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.dimension.rds_sharpness import rds_sharpness
+from sharpdim.dimension.sd_arguments import check_data, check_estimator_options, check_lr
 from sharpdim.dimension.sd_estimators import (
     SD_METHODS,
     exponent_measure,
     sd_from_measure,
-    sd_histogram,
-    sd_kde,
-    sd_quantiles,
     weighted_quantiles,
 )
 from sharpdim.dynamics.jacobian_spectra import (
@@ -128,23 +125,6 @@ class SDResult:
         }
 
 
-def _check_data(data: Any) -> int:
-    if not isinstance(data, (tuple, list)) or not data:
-        raise SharpdimError(
-            "data must be a non-empty (x, y) tuple of tensors: pass (x_train, y_train)"
-        )
-    if not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in data):
-        raise SharpdimError("data must hold tensors with a leading example dimension: pass (x, y)")
-    n = int(data[0].shape[0])
-    if n == 0:
-        raise SharpdimError("data is empty: pass at least one example")
-    if any(int(t.shape[0]) != n for t in data):
-        raise SharpdimError(
-            "the tensors in data have different lengths: pass x and y with one row per example"
-        )
-    return n
-
-
 def _sample_batches(
     data: Sequence[torch.Tensor], count: int, batch_size: int, generator: torch.Generator
 ) -> list[tuple[torch.Tensor, ...]]:
@@ -177,42 +157,6 @@ def _estimate_preconditioner(
         sq = g2 if sq is None else sq + g2
     assert sq is not None
     return (sq / len(batches)).sqrt() + adam_eps
-
-
-def _check_estimator_options(method: str, opts: dict[str, Any]) -> None:
-    """Reject ``estimator_options`` keys that the chosen SD estimator does not take."""
-    if method == "exact":
-        if opts:
-            raise SharpdimError(
-                f"estimator_options {sorted(opts)} have no effect with method='exact': "
-                "drop them or use method='slq', 'kde' or 'ps'"
-            )
-        return
-    estimators: dict[str, Callable[..., Any]] = {
-        "slq": sd_histogram,
-        "kde": sd_kde,
-        "ps": sd_quantiles,
-    }
-    params = inspect.signature(estimators[method]).parameters.values()
-    allowed = sorted(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
-    unknown = sorted(set(opts) - set(allowed))
-    if unknown:
-        raise SharpdimError(
-            f"estimator_options {unknown} are not options of method={method!r}: "
-            f"use {', '.join(allowed)}"
-        )
-
-
-def _check_lr(lr: Any) -> float:
-    """``lr`` as a float: a real number or 0-dim real tensor, finite and ``> 0``."""
-    if isinstance(lr, torch.Tensor) and lr.ndim == 0 and lr.dtype != torch.bool:
-        lr = lr.item()  # a complex tensor gives a complex number, rejected below
-    real = isinstance(lr, numbers.Real) and not isinstance(lr, bool)
-    if not (real and math.isfinite(lr) and lr > 0):
-        raise SharpdimError(
-            f"lr must be a finite number > 0, got {lr!r}: pass the optimizer's step size"
-        )
-    return float(lr)
 
 
 def _child_generator(gen: torch.Generator) -> torch.Generator:
@@ -305,8 +249,8 @@ def sharpness_dimension(
         raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if optimizer not in OPTIMIZERS:
         raise SharpdimError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-    lr = _check_lr(lr)
-    n = _check_data(data)
+    lr = check_lr(lr)
+    n = check_data(data)
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
         raise SharpdimError(f"batch_size must be an integer, got {batch_size!r}: pass e.g. 128")
     batch_size = int(batch_size)
@@ -338,7 +282,7 @@ def sharpness_dimension(
         )
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     opts = dict(estimator_options or {})
-    _check_estimator_options(method, opts)
+    check_estimator_options(method, opts)
     settings: dict[str, Any] = {
         "batch_size": batch_size,
         "eps": eps,

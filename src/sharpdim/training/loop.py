@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, final
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -36,7 +36,8 @@ from sharpdim.training.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from sharpdim.training.datasets import Batch, Dataset
+from sharpdim.training.datasets import Dataset
+from sharpdim.training.loop_state import BatchStream, check_same_run, run_fields
 from sharpdim.training.losses import LossFn, evaluate, get_loss
 from sharpdim.training.optimizers import OPTIMIZERS, check_optimizer_options, make_optimizer
 
@@ -192,98 +193,6 @@ class TrainResult:
         return out
 
 
-@final
-class _BatchStream:
-    """Full batch forever, or minibatches of fresh seeded permutations, epoch after epoch.
-
-    :meth:`state` is what a checkpoint needs to continue the same sequence: the generator's
-    state at the start of the current epoch and how many of that epoch's batches were taken.
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int | None, seed: int) -> None:
-        self.dataset, self.batch_size = dataset, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.epoch_start, self.taken = self.generator.get_state(), 0
-        self.epoch: Iterator[Batch] | None = None
-
-    def __next__(self) -> Batch:
-        if self.batch_size is None:
-            return self.dataset.train_batch()
-        while True:
-            if self.epoch is None:
-                self.epoch_start, self.taken = self.generator.get_state(), 0
-                self.epoch = self.dataset.batches(self.batch_size, self.generator)
-            batch = next(self.epoch, None)
-            if batch is not None:
-                self.taken += 1
-                return batch
-            self.epoch = None
-
-    def state(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "epoch_start": self.epoch_start, "taken": self.taken}
-
-    def restore(self, state: Mapping[str, Any], path: str | Path) -> None:
-        if state["batch_size"] != self.batch_size:
-            raise SharpdimError(
-                f"{path} was written with batch_size={state['batch_size']}, not "
-                f"{self.batch_size}: resume with the configuration of the interrupted run"
-            )
-        if self.batch_size is None:
-            return
-        self.generator.set_state(state["epoch_start"])
-        self.epoch_start, self.taken = state["epoch_start"], int(state["taken"])
-        self.epoch = self.dataset.batches(self.batch_size, self.generator)
-        for _ in range(self.taken):
-            if next(self.epoch, None) is None:
-                raise SharpdimError(
-                    f"{path} is {self.taken} batches into an epoch, more than this dataset "
-                    "has: resume with the dataset of the interrupted run"
-                )
-
-    def skip(self, count: int) -> None:
-        for _ in range(count):
-            next(self)
-
-
-_RUN_FIELDS = (
-    "optimizer",
-    "lr",
-    "momentum",
-    "betas",
-    "eps",
-    "weight_decay",
-    "batch_size",
-    "loss",
-    "seed",
-    "divergence_factor",
-    "divergence_threshold",
-)
-"""The fields of a :class:`TrainConfig` that shape the trajectory (a resume must match them)."""
-
-
-def _run_fields(config: TrainConfig) -> dict[str, Any]:
-    return {name: _plain(getattr(config, name)) for name in _RUN_FIELDS}
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _check_same_run(saved: Mapping[str, Any], config: TrainConfig, path: str | Path) -> None:
-    """Refuse to resume a checkpoint under a config that would train differently."""
-    now = _run_fields(config)
-    differ = [
-        f"{k}={_plain(saved.get(k))!r} (now {now[k]!r})"
-        for k in now
-        if _plain(saved.get(k)) != now[k]
-    ]
-    if differ:
-        raise SharpdimError(
-            f"{path} was written with {', '.join(differ)}: resume with the configuration of "
-            "the interrupted run"
-        )
-
-
 def _parameters_finite(params: Sequence[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in params)
 
@@ -352,7 +261,7 @@ def train(
         saved = read_checkpoint(resume_from)
         loop_state = saved.get("loop")
         if loop_state is not None and "config" in loop_state:
-            _check_same_run(loop_state["config"], config, resume_from)
+            check_same_run(loop_state["config"], config, resume_from)
         first = restore_checkpoint(saved, resume_from, model, optimizer)
         if first > config.steps:
             raise SharpdimError(
@@ -372,7 +281,7 @@ def train(
                 "batches": stream.state(),
                 "rng": torch.get_rng_state(),
                 "limit": limit,
-                "config": _run_fields(config),
+                "config": run_fields(config),
             }
             if params[0].device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(params[0].device)
@@ -384,7 +293,7 @@ def train(
 
     status, diverged_at, step = "ok", None, first
     limit = math.inf if loop_state is None else float(loop_state["limit"])
-    stream = _BatchStream(dataset, config.batch_size, config.seed)
+    stream = BatchStream(dataset, config.batch_size, config.seed)
     if loop_state is not None:
         stream.restore(loop_state["batches"], str(resume_from))
     else:

@@ -1,0 +1,69 @@
+"""Argument checks of :func:`~sharpdim.dimension.sharpness_dimension.sharpness_dimension`:
+each bad value is a one-line :class:`~sharpdim.errors.SharpdimError` saying what to pass."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from sharpdim.dimension.sd_estimators import sd_histogram, sd_kde, sd_quantiles
+from sharpdim.errors import SharpdimError
+
+
+def check_data(data: Any) -> int:
+    """The number of examples of ``data`` = ``(x, y, ...)``: tensors of equal length >= 1."""
+    if not isinstance(data, (tuple, list)) or not data:
+        raise SharpdimError(
+            "data must be a non-empty (x, y) tuple of tensors: pass (x_train, y_train)"
+        )
+    if not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in data):
+        raise SharpdimError("data must hold tensors with a leading example dimension: pass (x, y)")
+    n = int(data[0].shape[0])
+    if n == 0:
+        raise SharpdimError("data is empty: pass at least one example")
+    if any(int(t.shape[0]) != n for t in data):
+        raise SharpdimError(
+            "the tensors in data have different lengths: pass x and y with one row per example"
+        )
+    return n
+
+
+def check_estimator_options(method: str, opts: dict[str, Any]) -> None:
+    """Reject ``estimator_options`` keys that the chosen SD estimator does not take."""
+    if method == "exact":
+        if opts:
+            raise SharpdimError(
+                f"estimator_options {sorted(opts)} have no effect with method='exact': "
+                "drop them or use method='slq', 'kde' or 'ps'"
+            )
+        return
+    estimators: dict[str, Callable[..., Any]] = {
+        "slq": sd_histogram,
+        "kde": sd_kde,
+        "ps": sd_quantiles,
+    }
+    params = inspect.signature(estimators[method]).parameters.values()
+    allowed = sorted(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise SharpdimError(
+            f"estimator_options {unknown} are not options of method={method!r}: "
+            f"use {', '.join(allowed)}"
+        )
+
+
+def check_lr(lr: Any) -> float:
+    """``lr`` as a float: a real number or 0-dim real tensor, finite and ``> 0``."""
+    if isinstance(lr, torch.Tensor) and lr.ndim == 0 and lr.dtype != torch.bool:
+        lr = lr.item()  # a complex tensor gives a complex number, rejected below
+    real = isinstance(lr, numbers.Real) and not isinstance(lr, bool)
+    if not (real and math.isfinite(lr) and lr > 0):
+        raise SharpdimError(
+            f"lr must be a finite number > 0, got {lr!r}: pass the optimizer's step size"
+        )
+    return float(lr)

@@ -1,0 +1,113 @@
+"""What a checkpoint needs to continue a :func:`~sharpdim.training.loop.train` run exactly.
+
+:class:`BatchStream` is the loop's sequence of batches (the full batch forever, or seeded
+permutations epoch after epoch) with a state to save and restore; :func:`run_fields` are the
+config fields that shape the trajectory, which a resumed run must share
+(:func:`check_same_run`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+import torch
+
+from sharpdim.errors import SharpdimError
+from sharpdim.training.datasets import Batch, Dataset
+
+if TYPE_CHECKING:
+    from sharpdim.training.loop import TrainConfig
+
+
+@final
+class BatchStream:
+    """Full batch forever, or minibatches of fresh seeded permutations, epoch after epoch.
+
+    :meth:`state` is what a checkpoint needs to continue the same sequence: the generator's
+    state at the start of the current epoch and how many of that epoch's batches were taken.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int | None, seed: int) -> None:
+        self.dataset, self.batch_size = dataset, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch_start, self.taken = self.generator.get_state(), 0
+        self.epoch: Iterator[Batch] | None = None
+
+    def __next__(self) -> Batch:
+        if self.batch_size is None:
+            return self.dataset.train_batch()
+        while True:
+            if self.epoch is None:
+                self.epoch_start, self.taken = self.generator.get_state(), 0
+                self.epoch = self.dataset.batches(self.batch_size, self.generator)
+            batch = next(self.epoch, None)
+            if batch is not None:
+                self.taken += 1
+                return batch
+            self.epoch = None
+
+    def state(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "epoch_start": self.epoch_start, "taken": self.taken}
+
+    def restore(self, state: Mapping[str, Any], path: str | Path) -> None:
+        if state["batch_size"] != self.batch_size:
+            raise SharpdimError(
+                f"{path} was written with batch_size={state['batch_size']}, not "
+                f"{self.batch_size}: resume with the configuration of the interrupted run"
+            )
+        if self.batch_size is None:
+            return
+        self.generator.set_state(state["epoch_start"])
+        self.epoch_start, self.taken = state["epoch_start"], int(state["taken"])
+        self.epoch = self.dataset.batches(self.batch_size, self.generator)
+        for _ in range(self.taken):
+            if next(self.epoch, None) is None:
+                raise SharpdimError(
+                    f"{path} is {self.taken} batches into an epoch, more than this dataset "
+                    "has: resume with the dataset of the interrupted run"
+                )
+
+    def skip(self, count: int) -> None:
+        for _ in range(count):
+            next(self)
+
+
+_RUN_FIELDS = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "betas",
+    "eps",
+    "weight_decay",
+    "batch_size",
+    "loss",
+    "seed",
+    "divergence_factor",
+    "divergence_threshold",
+)
+"""The fields of a :class:`TrainConfig` that shape the trajectory (a resume must match them)."""
+
+
+def run_fields(config: TrainConfig) -> dict[str, Any]:
+    return {name: _plain(getattr(config, name)) for name in _RUN_FIELDS}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_same_run(saved: Mapping[str, Any], config: TrainConfig, path: str | Path) -> None:
+    """Refuse to resume a checkpoint under a config that would train differently."""
+    now = run_fields(config)
+    differ = [
+        f"{k}={_plain(saved.get(k))!r} (now {now[k]!r})"
+        for k in now
+        if _plain(saved.get(k)) != now[k]
+    ]
+    if differ:
+        raise SharpdimError(
+            f"{path} was written with {', '.join(differ)}: resume with the configuration of "
+            "the interrupted run"
+        )
