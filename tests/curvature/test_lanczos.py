@@ -124,6 +124,22 @@ def test_rank_deficient_hessian_keeps_going_after_an_invariant_subspace(
     assert res.num_matvecs <= 20
 
 
+@pytest.mark.parametrize("which", ["LA", "SA", "both"])
+def test_float32_invariant_subspace_is_noticed_above_rounding_noise(which: str) -> None:
+    """In float32 the product of a null vector is rounding noise (~1e-7 ||H||), far above the
+    float64 breakdown level 1e-10 ||H||: it must still count as an invariant subspace, or the
+    zero residuals at noise level end the run with the multiplicities missed."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 40, generator=g, dtype=F64)
+    a = (2 / 5 * x.T @ x).float()  # rank 5: 35 zeros
+    k = 8
+    res = lanczos_eigenvalues(a, k=k, which=which, tol=1e-5)
+    assert res.all_converged
+    want = expected(a.double(), k, which)
+    norm = float(torch.linalg.eigvalsh(a.double()).abs().max())
+    assert float((res.eigenvalues - want).abs().max()) <= 1e-5 * norm
+
+
 @pytest.mark.parametrize("trial", range(60))
 def test_repeated_and_low_rank_spectra(trial: int) -> None:
     """Random sizes, multiplicities, ends and block sizes (default basis): exact or flagged."""

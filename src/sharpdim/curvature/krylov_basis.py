@@ -18,6 +18,8 @@ from sharpdim.errors import SharpdimError
 
 _BREAKDOWN = 1e-10
 """A new direction shorter than this fraction of ``||H||`` marks an invariant subspace."""
+_NOISE_ULPS = 64
+"""... or shorter than this many machine epsilons of the basis dtype times ``||H||``."""
 
 
 def basis_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -161,9 +163,12 @@ class KrylovBasis:
         else:
             w = hx.to(self.dtype).T.contiguous()
         # a direction vanishes relative to ||H||, estimated by the largest ||H x|| so far (a
-        # null vector's product is rounding noise of its own size, not a new direction)
+        # null vector's product is rounding noise of its own size, not a new direction), below
+        # max(1e-10, 64 eps) of it: in float32 the rounding noise of a product is far above
+        # 1e-10 ||H||, and a noise direction would pass for a real one
         self.hnorm = max(self.hnorm, float(w.norm(dim=1).max()))
-        scale = torch.full((nb,), self.hnorm, dtype=w.dtype, device=w.device)
+        level = max(_BREAKDOWN, _NOISE_ULPS * torch.finfo(self.dtype).eps)
+        scale = torch.full((nb,), self.hnorm * level / _BREAKDOWN, dtype=w.dtype, device=w.device)
         # coef[i, j] = v_j . H x_i: first against the vectors coupled to x (the three-term
         # recurrence, or the kept Ritz vectors after a restart), then one full pass over the
         # basis (a second one only if the DGKS criterion asks for it)
