@@ -34,8 +34,7 @@ INTERRUPTED = 130
 INTERRUPTED_LINE = (
     "error: interrupted before the command finished (results not written yet are lost): "
     "rerun the same command; eos sharpening/thresholds and chaos compare resume from their "
-    "finished runs, "
-    "other commands start over"
+    "finished runs, other commands start over"
 )
 
 

@@ -81,8 +81,8 @@ class KrylovBasis:
         block = start.to(dtype=self.dtype, device=dev).reshape(self.n, -1).T.contiguous()
         if not bool(torch.isfinite(block).all()) or float(block.norm()) == 0:
             raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
-        scale = block.norm(dim=1)
-        q, _ = self._orthonormalize(block.clone(), self.V[:0], random_fill=True, scale=scale)
+        floor = _BREAKDOWN * block.norm(dim=1)
+        q, _ = self._orthonormalize(block.clone(), self.V[:0], random_fill=True, floor=floor)
         self.V[: q.shape[0]] = q
         self.nb = q.shape[0]
 
@@ -112,19 +112,19 @@ class KrylovBasis:
         return row.to(dtype=self.dtype, device=self.V.device)
 
     def _orthonormalize(
-        self, w: torch.Tensor, basis: torch.Tensor, *, random_fill: bool, scale: torch.Tensor
+        self, w: torch.Tensor, basis: torch.Tensor, *, random_fill: bool, floor: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Orthonormalize the rows of ``w`` (already orthogonal to ``basis``) among themselves.
 
-        Returns ``(Q, R)`` with ``w_i = sum_l R[l, i] q_l``. A row that vanishes (relative to
-        ``scale``: an invariant subspace) is replaced by a random direction with zero coupling
+        Returns ``(Q, R)`` with ``w_i = sum_l R[l, i] q_l``. A row no longer than ``floor[i]``
+        (it vanished: an invariant subspace) is replaced by a random direction with zero coupling
         when ``random_fill`` and the basis has room, else dropped; rows beyond dimension ``n``
         are dropped.
         """
         room = basis.shape[0] < self.n
         if w.shape[0] == 1 and room:
             norm = w.norm()
-            if float(norm) > _BREAKDOWN * float(scale[0]):
+            if float(norm) > float(floor[0]):
                 return w.div_(norm), norm.reshape(1, 1)  # in place: callers pass a scratch w
         rows: list[torch.Tensor] = []
         coefs: list[torch.Tensor] = []
@@ -138,7 +138,7 @@ class KrylovBasis:
             if basis.shape[0] + len(rows) >= self.n:
                 coefs.append(col)
                 continue
-            if norm > _BREAKDOWN * float(scale[i]) and norm > 0:
+            if norm > float(floor[i]) and norm > 0:
                 rows.append((x / norm)[0])
                 col[len(rows) - 1] = norm
             elif random_fill:
@@ -168,7 +168,7 @@ class KrylovBasis:
         # 1e-10 ||H||, and a noise direction would pass for a real one
         self.hnorm = max(self.hnorm, float(w.norm(dim=1).max()))
         level = max(_BREAKDOWN, _NOISE_ULPS * torch.finfo(self.dtype).eps)
-        scale = torch.full((nb,), self.hnorm * level / _BREAKDOWN, dtype=w.dtype, device=w.device)
+        floor = torch.full((nb,), self.hnorm * level, dtype=w.dtype, device=w.device)
         # coef[i, j] = v_j . H x_i: first against the vectors coupled to x (the three-term
         # recurrence, or the kept Ritz vectors after a restart), then one full pass over the
         # basis (a second one only if the DGKS criterion asks for it)
@@ -186,7 +186,7 @@ class KrylovBasis:
         self.m = m + nb
         self.fills = 0
         q, r = self._orthonormalize(
-            w, self.V[: self.m], random_fill=self.restart_on_breakdown, scale=scale
+            w, self.V[: self.m], random_fill=self.restart_on_breakdown, floor=floor
         )
         q, r = q[: self.V.shape[0] - self.m], r[: self.V.shape[0] - self.m]
         self.nb = q.shape[0]

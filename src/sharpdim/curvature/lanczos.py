@@ -311,18 +311,17 @@ def lanczos_eigenvalues(
         m = basis.m
         prio = _priority(theta, which)
         idx = prio[: min(wanted, m)]
-        anorm = float(theta.abs().max()) if m else 0.0
-        bound = torch.clamp(tol * theta[idx].abs(), min=8 * eps * anorm)
-        ok = res[idx] <= bound
-        done = idx.numel() == wanted and bool(ok.all())
-        done = done and _round_settled(basis, theta, which, k, tol, 8 * eps * anorm)
+        floor = 8 * eps * float(theta.abs().max()) if m else 0.0  # accuracy of one product
+        ok = res[idx] <= torch.clamp(tol * theta[idx].abs(), min=floor)
+        settled = idx.numel() < k or _round_settled(basis, theta, which, k, tol, floor)
+        done = idx.numel() == wanted and bool(ok.all()) and settled
         if done or basis.nb == 0 or basis.matvecs >= budget:
             break
         full = m + 2 * basis.nb > basis.V.shape[0]
         if full and m + basis.nb < n:  # thick restart (unless the next step spans the space)
             keep = min(m - basis.nb, wanted + max(basis.nb, (m - wanted) // 2))
             kept = prio[:keep]
-            locked = res[kept] <= torch.clamp(tol * theta[kept].abs(), min=8 * eps * anorm)
+            locked = res[kept] <= torch.clamp(tol * theta[kept].abs(), min=floor)
             basis.restart(s[:, kept], theta[kept], locked)
             restarts += 1
     order = torch.argsort(theta[idx], descending=which != "SA")
@@ -332,10 +331,7 @@ def lanczos_eigenvalues(
         vecs = (s[:, idx].T.to(basis.dtype) @ basis.V[:m]).T.to(torch.float64).contiguous()
     return LanczosResult(
         eigenvalues=theta[idx].cpu(),
-        converged=(
-            (res[idx] <= torch.clamp(tol * theta[idx].abs(), min=8 * eps * anorm))
-            & (idx.numel() < k or _round_settled(basis, theta, which, k, tol, 8 * eps * anorm))
-        ).cpu(),
+        converged=(ok[order] & settled).cpu(),
         residuals=res[idx].cpu(),
         eigenvectors=vecs,
         num_matvecs=basis.matvecs,
