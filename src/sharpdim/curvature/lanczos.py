@@ -29,7 +29,7 @@ Implementation choices:
   operator's dtype (the accuracy of a product ``H v`` itself; below it no residual can be
   trusted). The bound is the residual (``criterion="residual"``, the default: it also bounds
   the Ritz vector's error by ``residual / gap``) or, with ``criterion="eigenvalue"``, the
-  Kato–Temple refinement ``min(residual, residual^2 / gap)`` (Parlett 1998, §10.2 and §11.7),
+  Kato–Temple refinement ``min(residual, residual^2 / gap)`` (Parlett 1998, chs. 10-11),
   which certifies the *value* with fewer products: the residual only has to fall to about
   ``sqrt(tol |theta| gap)``. The gap of ``theta_i`` to the rest of the spectrum is estimated as
   ``min_j (|theta_i - theta_j| - residual_j)`` over the other Ritz values (each eigenvalue
@@ -78,7 +78,8 @@ class LanczosResult:
         converged: per eigenvalue, whether its error bound met the tolerance.
         residuals: per eigenvalue, ``||H y - theta y||`` of its Ritz vector (unit norm).
         error_bounds: per eigenvalue, the bound on ``|theta - lambda|`` that was tested: the
-            residual, or ``min(residual, residual^2 / gap)`` for ``criterion="eigenvalue"``.
+            residual, or for ``criterion="eigenvalue"`` the residual refined to
+            ``residual^2 / gap`` (at most 100x smaller; see :func:`error_bounds`).
         eigenvectors: the Ritz vectors as columns ``(n, len(eigenvalues))`` when requested.
         num_matvecs: operator products used (columns of blocks counted one by one).
         num_restarts: thick restarts performed.
