@@ -24,19 +24,9 @@ Implementation choices:
   vector, so memory stays ``n x max_basis`` however many products convergence needs.
 * **Blocks** (``block_size > 1``): a block Krylov space finds eigenvalues of multiplicity up to
   the block size, which a single start vector cannot in exact arithmetic.
-* **Convergence per eigenvalue**: a wanted Ritz value is converged when its error bound is at
-  most ``max(tol * |theta|, 8 * eps * ||T||)``, where ``eps`` is the machine epsilon of the
-  operator's dtype (the accuracy of a product ``H v`` itself; below it no residual can be
-  trusted). The bound is the residual (``criterion="residual"``, the default: it also bounds
-  the Ritz vector's error by ``residual / gap``) or, with ``criterion="eigenvalue"``, the
-  Kato–Temple refinement ``min(residual, residual^2 / gap)`` (Parlett 1998, chs. 10-11),
-  which certifies the *value* with fewer products: the residual only has to fall to about
-  ``sqrt(tol |theta| gap)``. The gap of ``theta_i`` to the rest of the spectrum is estimated as
-  ``min_j (|theta_i - theta_j| - residual_j)`` over the other Ritz values (each eigenvalue
-  near ``theta_j`` lies within ``residual_j`` of it). No Krylov stopping rule can see an
-  eigenvalue that no Ritz value has approached yet; such a near-degenerate partner makes the
-  estimated gap too large, so the refinement is trusted at most a factor 100 below the
-  residual (the worst case is then ``100 tol``; see docs/curvature.md for measurements).
+* **Convergence per eigenvalue**: a wanted Ritz value is converged when its residual is at most
+  ``max(tol * |theta|, 8 * eps * ||T||)``, where ``eps`` is the machine epsilon of the operator's
+  dtype (the accuracy of a product ``H v`` itself; below it no residual can be trusted).
 * **Invariant subspaces** (a new direction shorter than ``1e-10 ||H||``): the process goes on
   from a random vector in the complement (a *round*), and zero residuals do not end it until
   the latest round can no longer change the wanted values (:func:`_round_settled`): a
@@ -58,12 +48,6 @@ from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operato
 from sharpdim.errors import SharpdimError
 
 Which = Literal["LA", "SA", "both"]
-Criterion = Literal["residual", "eigenvalue"]
-
-_REFINE_MAX = 100.0
-"""``criterion="eigenvalue"`` claims at most this factor below the residual: an eigenvalue that
-no Ritz value has approached yet (a near-degenerate partner) makes the estimated gap too large,
-and then costs at most ``_REFINE_MAX * tol`` of relative accuracy (the residual always holds)."""
 
 
 @dataclass(frozen=True)
@@ -75,28 +59,23 @@ class LanczosResult:
             ascending; ``"both"``: the ``k`` largest followed by the ``k`` smallest, the whole
             vector descending (all ``n`` eigenvalues when ``2k >= n``), so
             ``eigenvalues[:k]`` are the largest and ``eigenvalues[-k:]`` the smallest.
-        converged: per eigenvalue, whether its error bound met the tolerance.
+        converged: per eigenvalue, whether its residual met the tolerance.
         residuals: per eigenvalue, ``||H y - theta y||`` of its Ritz vector (unit norm).
-        error_bounds: per eigenvalue, the bound on ``|theta - lambda|`` that was tested: the
-            residual, or for ``criterion="eigenvalue"`` the residual refined to
-            ``residual^2 / gap`` (at most 100x smaller; see :func:`error_bounds`).
         eigenvectors: the Ritz vectors as columns ``(n, len(eigenvalues))`` when requested.
         num_matvecs: operator products used (columns of blocks counted one by one).
         num_restarts: thick restarts performed.
-        which, k, tol, criterion: the request.
+        which, k, tol: the request.
     """
 
     eigenvalues: torch.Tensor
     converged: torch.Tensor
     residuals: torch.Tensor
-    error_bounds: torch.Tensor
     eigenvectors: torch.Tensor | None
     num_matvecs: int
     num_restarts: int
     which: str
     k: int
     tol: float
-    criterion: str = "residual"
 
     @property
     def all_converged(self) -> bool:
@@ -123,11 +102,9 @@ class LanczosResult:
             "which": self.which,
             "k": self.k,
             "tol": self.tol,
-            "criterion": self.criterion,
             "eigenvalues": self.eigenvalues.tolist(),
             "converged": self.converged.tolist(),
             "residuals": self.residuals.tolist(),
-            "error_bounds": self.error_bounds.tolist(),
             "num_matvecs": self.num_matvecs,
             "num_restarts": self.num_restarts,
         }
@@ -194,29 +171,6 @@ def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
     return torch.tensor(out, device=theta.device)
 
 
-def error_bounds(theta: torch.Tensor, res: torch.Tensor, criterion: str) -> torch.Tensor:
-    """Per Ritz value, a bound on its distance to the nearest eigenvalue.
-
-    ``"residual"``: ``res_i`` (always valid for a symmetric operator). ``"eigenvalue"``: the
-    Kato–Temple bound ``res_i^2 / gap_i`` where it is smaller, with the gap to the rest of the
-    spectrum estimated from the other Ritz values less their own residuals; it applies only
-    when ``gap_i > res_i`` (the interval around ``theta_i`` then holds one eigenvalue), and it
-    is trusted at most :data:`_REFINE_MAX` times below the residual.
-
-    >>> error_bounds(torch.tensor([0.0, 1.0]), torch.tensor([1e-2, 1e-2]), "eigenvalue")
-    tensor([0.0001, 0.0001])
-    """
-    if criterion == "residual" or theta.numel() < 2:
-        return res
-    dist = (theta[:, None] - theta[None, :]).abs() - res[None, :]
-    dist.fill_diagonal_(float("inf"))
-    gap = dist.min(1).values
-    refined = torch.maximum(
-        res.square() / gap.clamp(min=torch.finfo(res.dtype).tiny), res / _REFINE_MAX
-    )
-    return torch.where(gap > res, torch.minimum(res, refined), res)
-
-
 def _round_settled(
     basis: KrylovBasis, theta: torch.Tensor, which: str, k: int, tol: float, floor: float
 ) -> bool:
@@ -260,16 +214,12 @@ def _round_settled(
     return ok
 
 
-def _check(
-    op: LinearOperator, k: int, which: str, tol: float, block_size: int, criterion: str
-) -> None:
+def _check(op: LinearOperator, k: int, which: str, tol: float, block_size: int) -> None:
     n = op.num_params
     if which not in ("LA", "SA", "both"):
         raise SharpdimError(
             f"unknown which={which!r}: use 'LA' (largest algebraic), 'SA' (smallest) or 'both'"
         )
-    if criterion not in ("residual", "eigenvalue"):
-        raise SharpdimError(f"unknown criterion={criterion!r}: use 'residual' or 'eigenvalue'")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SharpdimError(f"k must be a positive integer, got {k!r}")
     if k > n:
@@ -296,7 +246,6 @@ def lanczos_eigenvalues(
     block_size: int = 1,
     max_basis: int | None = None,
     return_eigenvectors: bool = False,
-    criterion: Criterion = "residual",
 ) -> LanczosResult:
     """The ``k`` largest and/or smallest algebraic eigenvalues of a symmetric operator.
 
@@ -304,7 +253,7 @@ def lanczos_eigenvalues(
         H: a dense symmetric tensor or a :class:`LinearOperator` (e.g. ``HessianOperator``).
         k: how many eigenvalues at each wanted end (``1 <= k <= n``).
         which: ``"LA"`` largest algebraic (the sharpness), ``"SA"`` smallest, ``"both"``.
-        tol: relative tolerance per eigenvalue: its error bound ``<= tol |theta|``.
+        tol: relative residual tolerance, ``||H y - theta y|| <= tol |theta|`` per eigenvalue.
         max_iter: at most this many operator products (default ``max(1000, 10 max_basis)``);
             eigenvalues not converged by then are reported with ``converged=False``.
         generator: source of the random start vector (default: a generator seeded with 0).
@@ -314,9 +263,6 @@ def lanczos_eigenvalues(
         max_basis: basis vectors kept before a thick restart
             (default ``min(n, max(2 k_wanted + 40, 80))``; memory ``8 n max_basis`` bytes).
         return_eigenvectors: also return the Ritz vectors (float64 columns).
-        criterion: ``"residual"`` (the bound is ``||H y - theta y||``: values *and* vectors
-            are accurate) or ``"eigenvalue"`` (the bound is ``min(res, res^2 / gap)``: only
-            the values are certified, usually with fewer products; see the module notes).
 
     Returns:
         :class:`LanczosResult`.
@@ -327,7 +273,7 @@ def lanczos_eigenvalues(
         [100.0, 99.0, 98.0]
     """
     op = as_operator(H)
-    _check(op, k, which, tol, block_size, criterion)
+    _check(op, k, which, tol, block_size)
     n, b = op.num_params, block_size
     wanted = min(2 * k, n) if which == "both" else k
     if max_basis is None:
@@ -366,8 +312,7 @@ def lanczos_eigenvalues(
         prio = _priority(theta, which)
         idx = prio[: min(wanted, m)]
         floor = 8 * eps * float(theta.abs().max()) if m else 0.0  # accuracy of one product
-        bound = error_bounds(theta, res, criterion)
-        ok = bound[idx] <= torch.clamp(tol * theta[idx].abs(), min=floor)
+        ok = res[idx] <= torch.clamp(tol * theta[idx].abs(), min=floor)
         settled = idx.numel() < k or _round_settled(basis, theta, which, k, tol, floor)
         done = idx.numel() == wanted and bool(ok.all()) and settled
         if done or basis.nb == 0 or basis.matvecs >= budget:
@@ -376,7 +321,7 @@ def lanczos_eigenvalues(
         if full and m + basis.nb < n:  # thick restart (unless the next step spans the space)
             keep = min(m - basis.nb, wanted + max(basis.nb, (m - wanted) // 2))
             kept = prio[:keep]
-            locked = bound[kept] <= torch.clamp(tol * theta[kept].abs(), min=floor)
+            locked = res[kept] <= torch.clamp(tol * theta[kept].abs(), min=floor)
             basis.restart(s[:, kept], theta[kept], locked)
             restarts += 1
     order = torch.argsort(theta[idx], descending=which != "SA")
@@ -388,12 +333,10 @@ def lanczos_eigenvalues(
         eigenvalues=theta[idx].cpu(),
         converged=(ok[order] & settled).cpu(),
         residuals=res[idx].cpu(),
-        error_bounds=bound[idx].cpu(),
         eigenvectors=vecs,
         num_matvecs=basis.matvecs,
         num_restarts=restarts,
         which=which,
         k=k,
         tol=float(tol),
-        criterion=criterion,
     )
