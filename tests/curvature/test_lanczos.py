@@ -178,6 +178,37 @@ def test_clustered_top_eigenvalues() -> None:
     torch.testing.assert_close(res.eigenvalues, expected(a, 5, "LA"), rtol=0, atol=1e-9)
 
 
+def hessian_like(trial: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A spectrum like a trained network's: a few outliers, the top ones 1e-3 apart (what the
+    edge of stability produces), over a heavy-tailed bulk near zero; ``(A, eigenvalues, k)``."""
+    g = torch.Generator().manual_seed(trial)
+    n = int(torch.randint(200, 401, (1,), generator=g))
+    outliers = int(torch.randint(2, 9, (1,), generator=g))
+    top = 1 + 10 * float(torch.rand(1, generator=g, dtype=F64))
+    cluster = top * (1 - 1e-3 * torch.rand(outliers, generator=g, dtype=F64))
+    bulk = 0.3 * torch.randn(n - outliers, generator=g, dtype=F64) ** 2 - 0.01
+    values = torch.cat([cluster, bulk])
+    k = int(torch.randint(1, outliers + 1, (1,), generator=g))
+    return with_spectrum(values, seed=trial), torch.sort(values, descending=True).values, k
+
+
+@pytest.mark.parametrize(
+    ("trial", "tol", "block_size"),
+    [(t, 1e-8, 1) for t in range(40)] + [(t, 1e-6, 2) for t in range(40, 60)],
+)
+def test_tight_top_clusters_are_resolved_before_convergence_is_claimed(
+    trial: int, tol: float, block_size: int
+) -> None:
+    """No stop while a Ritz value still mixes two cluster members or a member has not appeared
+    (a stopping rule on ``res^2 / gap`` failed this: see docs/benchmarks.md). Measured limits
+    (docs/curvature.md): at ``tol=1e-6`` with one start vector 5 of 200 such spectra lose a
+    member; a block of 2, or ``tol=1e-8``, lost none."""
+    a, values, k = hessian_like(trial)
+    res = lanczos_eigenvalues(a, k=k, which="LA", tol=tol, block_size=block_size)
+    assert res.all_converged
+    torch.testing.assert_close(res.eigenvalues, values[:k], rtol=tol, atol=0)
+
+
 def test_not_converged_is_reported() -> None:
     values = torch.cat([1.0 + 1e-6 * torch.arange(5.0), torch.linspace(0, 0.999, 400)])
     res = lanczos_eigenvalues(with_spectrum(values), k=5, tol=1e-12, max_iter=30)
