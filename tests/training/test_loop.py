@@ -212,6 +212,28 @@ def test_resuming_a_minibatch_run_is_bit_identical(digits, tmp_path):
     assert resumed.history == uninterrupted.history[5:]
 
 
+def test_stop_loss_at_a_checkpoint_step_keeps_the_checkpoint_of_that_step(digits, tmp_path):
+    # losses of this run: 1.14, 0.92, 0.69, 0.68, 0.74, 0.42 at step 5 (first below 0.45)
+    base = {"optimizer": "momentum", "lr": 0.05, "batch_size": 10, "steps": 10, "seed": 3}
+    full = TrainConfig(**base, checkpoint_steps=(5,), checkpoint_dir=str(tmp_path / "full"))
+    whole = with_dropout()
+    train(whole, digits, full)
+    stop_dir = tmp_path / "stop"
+    stopped = train(
+        with_dropout(),
+        digits,
+        TrainConfig(**base, stop_loss=0.45, checkpoint_steps=(5,), checkpoint_dir=str(stop_dir)),
+    )
+    assert stopped.steps_completed == 5 and list(stopped.checkpoint_paths) == [5]
+    ref = torch.load(checkpoint_path(tmp_path / "full", 5), weights_only=True)
+    got = torch.load(checkpoint_path(stop_dir, 5), weights_only=True)
+    assert got["loop"]["batches"]["taken"] == ref["loop"]["batches"]["taken"] == 5
+    assert torch.equal(got["loop"]["rng"], ref["loop"]["rng"])
+    resumed = with_dropout()
+    train(resumed, digits, TrainConfig(**base), resume_from=checkpoint_path(stop_dir, 5))
+    assert torch.equal(flat(whole), flat(resumed))
+
+
 def test_resuming_under_another_config_is_refused(digits, tmp_path):
     config = TrainConfig(
         optimizer="momentum",
@@ -264,6 +286,28 @@ def test_resuming_from_a_checkpoint_without_loop_state_replays_the_batch_order(d
         resume_from=tmp_path / "old.pt",
     )
     assert torch.equal(flat(whole), flat(resumed))
+
+
+def test_files_that_are_not_checkpoints_give_one_line_errors(digits, tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello world\n")
+    model = small_mlp()
+    other = {
+        "no_model.pt": {"step": 1, "weights": model.state_dict()},
+        "step_not_int.pt": {"step": "one", "model": model.state_dict()},
+        "bad_loop.pt": {"step": 1, "model": model.state_dict(), "optimizer": None, "loop": {}},
+    }
+    for name, state in other.items():
+        torch.save(state, tmp_path / name)
+    config = TrainConfig(steps=3)
+    with pytest.raises(SharpdimError, match=r"notes.pt is not a readable sharpdim checkpoint"):
+        load_checkpoint(text, small_mlp())
+    with pytest.raises(SharpdimError, match=r"notes.pt is not a readable sharpdim checkpoint"):
+        train(small_mlp(), digits, config, resume_from=text)
+    for name in other:
+        with pytest.raises(SharpdimError, match=rf"{name} is not a sharpdim checkpoint") as err:
+            train(small_mlp(), digits, config, resume_from=tmp_path / name)
+        assert "\n" not in str(err.value) and "written by train()" in str(err.value)
 
 
 def test_bad_checkpoints_and_options_give_one_line_errors(digits, tmp_path):

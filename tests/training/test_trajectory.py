@@ -31,8 +31,23 @@ def test_ring_buffer_keeps_last_in_order(max_bytes: int, tmp_path: Path) -> None
     assert traj.losses.tolist() == [3.5, 4.0, 4.5, 5.0]
     if max_bytes == 0:
         assert traj.path is not None and Path(traj.path).exists()
-        assert not (tmp_path / "ring.npy").exists()
+        assert not (Path(traj.path).parent / "ring.npy").exists()
         np.testing.assert_array_equal(np.load(traj.path)[:, 1], [7.0, 8.0, 9.0, 10.0])
+
+
+def test_recorders_sharing_a_spill_dir_keep_their_own_files(tmp_path: Path) -> None:
+    recorders = [IterateRecorder(3, max_memory_bytes=0, spill_dir=tmp_path) for _ in range(2)]
+    for offset, rec in zip((0.0, 100.0), recorders, strict=True):
+        for s in range(5):
+            rec.record(s, torch.full((4,), offset + s, dtype=torch.float64))
+    first = recorders[0].finish()
+    second = recorders[1].finish()  # written after the first finished
+    assert first.path is not None and second.path is not None
+    folders = {Path(first.path).parent, Path(second.path).parent}
+    assert len(folders) == 2 and {f.parent for f in folders} == {tmp_path}
+    assert first.points[:, 0].tolist() == [2.0, 3.0, 4.0]
+    assert second.points[:, 0].tolist() == [102.0, 103.0, 104.0]
+    np.testing.assert_array_equal(np.load(str(first.path))[:, 3], [2.0, 3.0, 4.0])
 
 
 def test_fewer_records_than_capacity() -> None:

@@ -10,7 +10,6 @@ temporary name and then renamed, so a killed process never leaves a half-written
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +80,34 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise SharpdimError(f"checkpoint {path} does not exist: check the directory and step")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # the unpickler fails in many ways (KeyError on text files, ...)
         raise SharpdimError(
             f"{path} is not a readable sharpdim checkpoint ({type(exc).__name__}): "
             "pass a step_XXXXXX.pt file written by train() or save_checkpoint()"
         ) from exc
-    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+    if not _is_checkpoint(state):
         raise SharpdimError(
-            f"{path} is not a sharpdim checkpoint (no step and model state): "
-            "pass a step_XXXXXX.pt file written by train() or save_checkpoint()"
+            f"{path} is not a sharpdim checkpoint (its step, model or loop state is missing or "
+            "malformed): pass a step_XXXXXX.pt file written by train() or save_checkpoint()"
         )
     return state
+
+
+def _is_checkpoint(state: Any) -> bool:
+    """Whether ``state`` has the layout :func:`save_checkpoint` writes."""
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        return False
+    if not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
+        return False
+    loop = state.get("loop")
+    if loop is None:
+        return True
+    return (
+        isinstance(loop, dict)
+        and {"batches", "rng", "limit"} <= loop.keys()
+        and isinstance(loop["batches"], dict)
+        and {"batch_size", "epoch_start", "taken"} <= loop["batches"].keys()
+    )
 
 
 def restore_checkpoint(

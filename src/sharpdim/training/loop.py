@@ -276,6 +276,8 @@ def train(
     def checkpoint(step: int) -> None:  # called inside the forked RNG state
         if step not in checkpoints:
             return
+        # Once per step: after a stop_loss break at this step, the batches and RNG moved on.
+        checkpoints.discard(step)
         if config.checkpoint_dir is not None:
             state = {
                 "batches": stream.state(),

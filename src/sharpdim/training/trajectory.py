@@ -81,9 +81,10 @@ class IterateRecorder:
 
     Called as ``recorder(step, model, loss_value, optimizer)`` (parameters ``w_step``, before
     the update); records every ``every``-th step in a ring buffer, in RAM or, when
-    ``num_iterates * d * itemsize > max_memory_bytes``, in a ``.npy`` memmap under
-    ``spill_dir`` (a temporary directory by default). :meth:`finish` optionally appends the
-    final parameters and returns the :class:`Trajectory` in time order.
+    ``num_iterates * d * itemsize > max_memory_bytes``, in a ``.npy`` memmap in a new folder
+    of its own inside ``spill_dir`` (the system's temporary directory by default).
+    :meth:`finish` optionally appends the final parameters and returns the
+    :class:`Trajectory` in time order.
     """
 
     def __init__(
@@ -124,9 +125,16 @@ class IterateRecorder:
         nbytes = shape[0] * shape[1] * np.dtype(np_dtype).itemsize
         if nbytes <= self.max_memory_bytes:
             return np.empty(shape, dtype=np_dtype)
-        folder = Path(self.spill_dir or tempfile.mkdtemp(prefix="sharpdim-trajectory-"))
-        folder.mkdir(parents=True, exist_ok=True)
-        self._path = folder / "ring.npy"
+        try:  # a folder of its own, so recorders sharing spill_dir never share files
+            if self.spill_dir is not None:
+                Path(self.spill_dir).mkdir(parents=True, exist_ok=True)
+            folder = tempfile.mkdtemp(prefix="sharpdim-trajectory-", dir=self.spill_dir)
+        except OSError as exc:
+            raise SharpdimError(
+                f"cannot create a spill folder in {self.spill_dir} ({exc.strerror or exc}): "
+                "pass a writable spill_dir"
+            ) from exc
+        self._path = Path(folder) / "ring.npy"
         return np.lib.format.open_memmap(self._path, mode="w+", dtype=np_dtype, shape=shape)
 
     def record(self, step: int, w: torch.Tensor, loss_value: float = math.nan) -> None:
