@@ -55,6 +55,86 @@ def test_bad_input() -> None:
     assert trajectory_divergence(lambda x: x, torch.ones(2, dtype=F64), 3).to_dict()["num_steps"]
 
 
+def _ls_slope(y: torch.Tensor) -> float:
+    t = torch.arange(y.numel(), dtype=F64)
+    tc = t - t.mean()
+    return float((tc * (y - y.mean())).sum() / (tc * tc).sum())
+
+
+def _slow_growth(num_steps: int = 30, **kwargs: object) -> tuple:
+    """diag(1.05, 0.5) from the direction (1, 1): ``d_t^2 = delta^2 (1.05^2t + 0.25^t) / 2``,
+    3x growth over 30 steps (below the 10x of ``saturation_fraction = 0.1``)."""
+    a = torch.diag(torch.tensor([1.05, 0.5], dtype=F64))
+    r = trajectory_divergence(
+        lambda x: a @ x,
+        torch.zeros(2, dtype=F64),
+        num_steps,
+        direction=torch.tensor([1.0, 1.0]),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    t = torch.arange(num_steps + 1, dtype=F64)
+    exact = math.log(1e-8) + 0.5 * torch.log((1.05 ** (2 * t) + 0.25**t) / 2)
+    return r, exact
+
+
+def test_slow_growth_is_not_cut_as_saturation() -> None:
+    r, exact = _slow_growth()
+    torch.testing.assert_close(r.log_distance, exact, rtol=0, atol=1e-12)
+    assert not r.saturated and (r.fit_start, r.fit_stop) == (0, 31)
+    assert abs(r.growth_rate - _ls_slope(exact)) < 1e-12
+    assert abs(r.growth_rate - math.log(1.05)) < 0.005  # the transient of the 0.5 axis
+    a = torch.diag(torch.tensor([1.05, 0.5], dtype=F64))
+    e1 = trajectory_divergence(
+        lambda x: a @ x, torch.zeros(2, dtype=F64), 30, direction=torch.tensor([1.0, 0.0])
+    )
+    assert not e1.saturated and e1.fit_stop == 31
+    assert abs(e1.growth_rate - math.log(1.05)) < 1e-12
+
+
+def _doubling_to_one(**kwargs: object) -> object:
+    """``x -> min(2x, 1)`` from 0 and ``2^-20``: ``d_t = 2^(t - 20)`` up to ``d_20 = 1``; it
+    first reaches 0.1 at ``t = 17``."""
+    return trajectory_divergence(
+        lambda x: torch.clamp(2 * x, max=1.0),
+        torch.zeros(1, dtype=F64),
+        30,
+        delta=2.0**-20,
+        direction=torch.tensor([1.0]),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_saturation_cut_at_the_first_step_reaching_the_level() -> None:
+    r = _doubling_to_one()
+    assert r.saturated and (r.fit_start, r.fit_stop) == (0, 18)  # type: ignore[attr-defined]
+    assert abs(r.growth_rate - math.log(2)) < 1e-12  # type: ignore[attr-defined]
+    r = _doubling_to_one(fit_start=5)
+    assert r.saturated and (r.fit_start, r.fit_stop) == (5, 18)  # type: ignore[attr-defined]
+    assert abs(r.growth_rate - math.log(2)) < 1e-12  # type: ignore[attr-defined]
+
+
+def test_user_fit_window_is_respected() -> None:
+    r, exact = _slow_growth(fit_start=5)
+    assert (r.fit_start, r.fit_stop) == (5, 31) and not r.saturated
+    assert abs(r.growth_rate - _ls_slope(exact[5:])) < 1e-12
+    r, exact = _slow_growth(fit_start=28, fit_stop=30)
+    assert (r.fit_start, r.fit_stop) == (28, 30)
+    assert abs(r.growth_rate - float(exact[29] - exact[28])) < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("start", "stop"), [(-1, None), (30, None), (5, 6), (5, 32), (3, 2)], ids=str
+)
+def test_invalid_fit_window_raises(start: int, stop: int | None) -> None:
+    with pytest.raises(SharpdimError, match="fit_st"):
+        _slow_growth(fit_start=start, fit_stop=stop)
+
+
+def test_fit_start_past_saturation_raises() -> None:
+    with pytest.raises(SharpdimError, match="saturates at step 17"):
+        _doubling_to_one(fit_start=17)
+
+
 def test_training_map_overflow_is_recorded_not_raised() -> None:
     # GD on mean_i (3 w_i)^2 (Hessian 9 I), lr = 5: w_t = (-44)^t w_0 from w_0 = e_1; the loss
     # at w_t first overflows (9 * 44^(2t) > float64 max) at step 94, see test_lyapunov

@@ -281,3 +281,46 @@ def test_non_finite_loss_gives_a_nan_state() -> None:
     bad = TrainingMap(_model(), lambda m, b: m(b[0]).sum(1), _batches(), lr=0.1)
     with pytest.raises(SharpdimError, match="scalar"):
         bad.step(bad.initial_state(), 0)
+
+
+def _linear_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Linear in the parameters: a constant gradient, zero Hessian."""
+    return model(batch[0]).mean()
+
+
+def test_jvp_of_a_loss_linear_in_the_parameters() -> None:
+    """Zero Hessian: SGD's Jacobian is I, heavy ball's ``[[(1 - lr wd) I, -lr mu I], [wd I, mu
+    I]]``."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).double()
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.zeros(8, 1, dtype=torch.float64))
+    tangents = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    sgd = TrainingMap(model, _linear_loss, [batch], lr=0.1)
+    x = sgd.initial_state()
+    x_next, jt = sgd.jvp(x, 0, tangents[:4])
+    torch.testing.assert_close(x_next, sgd.step(x, 0), rtol=0, atol=0)
+    torch.testing.assert_close(jt, tangents[:4], rtol=0, atol=0)
+    hb = TrainingMap(
+        model, _linear_loss, [batch], optimizer="momentum", lr=0.1, momentum=0.8, weight_decay=0.5
+    )
+    dw, dv = tangents[:4], tangents[4:]
+    dv_next = 0.8 * dv + 0.5 * dw
+    _, jt = hb.jvp(hb.step(hb.initial_state(), 0), 1, tangents)
+    torch.testing.assert_close(jt, torch.cat([dw - 0.1 * dv_next, dv_next]), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "make"), CASES, ids=[c[0] for c in CASES])
+def test_jvp_of_a_linear_loss_equals_autograd_jacobian(
+    name: str, kwargs: dict, make: Callable
+) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.zeros(8, 2, dtype=torch.float64))
+    phi = TrainingMap(model, _linear_loss, [batch], optimizer=name, lr=0.3, **kwargs)
+    x = phi.step(phi.step(phi.initial_state(), 0), 1)
+    tangents = torch.randn(
+        phi.state_dim, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
+    x_next, jt = phi.jvp(x, 2, tangents)
+    torch.testing.assert_close(x_next, phi.step(x, 2), rtol=0, atol=1e-15)
+    torch.testing.assert_close(jt, phi.jacobian(x, 2) @ tangents, rtol=1e-12, atol=1e-14)

@@ -7,10 +7,10 @@ start ``delta`` apart: ``y_0 = x_0 + delta u`` with ``u`` a unit vector. With id
 :mod:`sharpdim.dynamics.lyapunov`) and saturates at the size of the attractor; in a stable
 regime it shrinks. The growth rate is the least-squares slope of ``ln d_t`` against ``t`` over
 the pre-saturation window: from ``fit_start`` to the first step at which ``d_t`` reaches
-``saturation_fraction`` of its maximum over the run (the whole run if ``d_t`` never grows
-above ``d_0``). This is the direct test of chaotic training of Tuci et al. ("Generalization at
-the Edge of Stability", arXiv 2604.19740, Sec. 3): positive rate = sensitive dependence on the
-initialization.
+``saturation_fraction`` of its maximum over the run (the whole run if that level is not above
+``d_0``, i.e. ``d_t`` never grows by ``1 / saturation_fraction``). This is the direct test of
+chaotic training of Tuci et al. ("Generalization at the Edge of Stability", arXiv 2604.19740,
+Sec. 3): positive rate = sensitive dependence on the initialization.
 """
 
 from __future__ import annotations
@@ -110,12 +110,17 @@ def trajectory_divergence(
             ``step_fn.num_params`` when it has one, i.e. the parameters of a training state,
             else all).
         start_step: time index of the first step.
-        fit_start, fit_stop: an explicit fit window (``fit_stop`` default: automatic).
+        fit_start, fit_stop: the fit window ``[fit_start, fit_stop)``, used as given
+            (``fit_stop`` default: automatic); it must hold 2 or more steps of ``0..T``.
         saturation_fraction: the automatic window ends where ``d_t`` first reaches this
-            fraction of its maximum over the run.
+            fraction of its maximum over the run, if ``d_0`` is below that level.
 
     Returns:
         A :class:`DivergenceResult`; a non-finite orbit ends the run (``diverged_at``).
+
+    Raises:
+        SharpdimError: a window outside the run, or one the saturation cut leaves with fewer
+            than 2 steps after ``fit_start``.
 
     Example (a linear map expanding by 2 per step along the first axis):
         >>> A = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))
@@ -129,6 +134,15 @@ def trajectory_divergence(
         raise SharpdimError("x0 must be a 1-D floating tensor: flatten the state first")
     if num_steps < 1 or not delta > 0 or not 0 < saturation_fraction <= 1:
         raise SharpdimError("need num_steps >= 1, delta > 0 and 0 < saturation_fraction <= 1")
+    if not 0 <= fit_start < num_steps:
+        raise SharpdimError(
+            f"fit_start={fit_start} for a run of {num_steps} steps: pass 0..{num_steps - 1}"
+        )
+    if fit_stop is not None and not fit_start + 2 <= fit_stop <= num_steps + 1:
+        raise SharpdimError(
+            f"fit_stop={fit_stop} with fit_start={fit_start}: the window [fit_start, fit_stop) "
+            f"needs 2 or more of the steps 0..{num_steps}, pass {fit_start + 2}..{num_steps + 1}"
+        )
     n = x0.numel()
     m = perturb_dims if perturb_dims is not None else int(getattr(step_fn, "num_params", n))
     if not 1 <= m <= n:
@@ -167,18 +181,21 @@ def trajectory_divergence(
         logs.append(math.log(d) if d > 0 else -math.inf)
     log_d = torch.tensor(logs, dtype=torch.float64)
     finite = torch.isfinite(log_d)
-    peak = float(log_d[finite].max())
-    saturated = peak > log_d[0].item() and log_d.numel() > 1
-    if fit_stop is None:
-        stop = log_d.numel()
-        if saturated:
-            level = peak + math.log(saturation_fraction)
-            above = torch.nonzero(finite & (log_d >= level))
-            stop = max(int(above[0]) + 1, 2) if above.numel() else stop
-            saturated = stop < log_d.numel()
-    else:
-        stop = min(fit_stop, log_d.numel())
-    start = min(max(fit_start, 0), max(stop - 2, 0))
+    # the saturation level, a fraction of the largest distance, only cuts the window if the
+    # distance grew past it from below (a run growing less than 1 / saturation_fraction is fit
+    # whole)
+    level = float(log_d[finite].max()) + math.log(saturation_fraction)
+    stop = log_d.numel() if fit_stop is None else min(fit_stop, log_d.numel())
+    saturated = False
+    if fit_stop is None and log_d[0].item() < level:
+        first = int(torch.nonzero(finite & (log_d >= level))[0]) + 1
+        saturated, stop = first < stop, first
+        if stop < fit_start + 2:
+            raise SharpdimError(
+                f"the distance saturates at step {stop - 1}, before fit_start={fit_start} "
+                "leaves 2 steps to fit: pass a smaller fit_start or an explicit fit_stop"
+            )
+    start, stop = fit_start, max(stop, fit_start)  # an orbit that diverged early: few points
     window = log_d[start:stop]
     window = window[torch.isfinite(window)]
     rate, err = _slope(window)

@@ -271,10 +271,15 @@ class TrainingMap:
             nan = torch.full((self.state_dim,), math.nan, dtype=x.dtype, device=x.device)
             return nan, torch.full_like(tangents, math.nan)
         dw = dx[:d].to(w.dtype)
-        hd = torch.empty_like(dw)
-        for j in range(dw.shape[1]):  # one double backward per tangent on the shared graph
-            (hd[:, j],) = torch.autograd.grad(
-                g_graph, leaf, dw[:, j], retain_graph=j + 1 < dw.shape[1]
+        hd = torch.zeros_like(dw)  # stays zero where the gradient is constant (linear loss)
+        for j in range(dw.shape[1] if g_graph.requires_grad else 0):
+            (hd[:, j],) = torch.autograd.grad(  # one double backward per tangent, shared graph
+                g_graph,
+                leaf,
+                dw[:, j],
+                retain_graph=j + 1 < dw.shape[1],
+                allow_unused=True,
+                materialize_grads=True,
             )
         g = g_graph.detach()
         if self.optimizer in ("sgd", "momentum", "nesterov", "adam") and wd:
