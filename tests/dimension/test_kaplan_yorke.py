@@ -98,3 +98,19 @@ def test_measure_zero_and_full_cases() -> None:
     assert r.dimension == 4.0 and r.total_mass == 4.0
     # a zero-mass positive atom does not count as lambda_1
     assert kaplan_yorke_measure([5.0, -1.0], [0.0, 2.0]).dimension == 0.0
+
+
+@pytest.mark.parametrize(
+    ("exponents", "match"),
+    [
+        ([[0.5, -1.0], [0.3, -0.9]], r"shape \(2, 2\): pass one vector"),
+        (torch.zeros(2, 1, 3), r"shape \(2, 1, 3\)"),
+        ([[1.0, 2.0], [3.0]], "not a numeric vector"),
+        ("abc", "not a numeric vector"),
+    ],
+)
+def test_dimension_needs_one_vector(exponents: object, match: str) -> None:
+    with pytest.raises(SharpdimError, match=match) as err:
+        kaplan_yorke_dimension(exponents)
+    assert "\n" not in str(err.value)
+    assert kaplan_yorke_dimension(0.5).dimension == 1.0  # a scalar is one exponent

@@ -77,6 +77,13 @@ def test_bad_alpha() -> None:
         alpha_weighted_lifetime_sum(torch.tensor([[0.0], [float("nan")]]))
 
 
+@pytest.mark.parametrize("alpha", [0.0, -1.0, math.inf, math.nan, True, "1"])
+def test_alpha_must_be_a_finite_positive_number(alpha: object) -> None:
+    with pytest.raises(SharpdimError, match="alpha must be a finite number > 0") as err:
+        alpha_weighted_lifetime_sum(torch.rand(5, 2), alpha=alpha)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+
+
 def prim(dist: torch.Tensor) -> list[float]:
     """Prim's algorithm written out with Python loops on a dense distance matrix."""
     d = dist.tolist()

@@ -109,3 +109,46 @@ def test_rds_sharpness_bad_input() -> None:
         rds_sharpness(model, _ce, batches, StepSpectrumConfig(), max_params=10)
     with pytest.raises(SharpdimError, match="iterate"):
         rds_sharpness(model, _ce, batches, StepSpectrumConfig(), iterates=[torch.zeros(3)])
+
+
+@pytest.mark.parametrize("bad", [[[1.0, 2.0], [3.0]], "a", [["a", "b"]]])
+def test_rds_exponents_ragged_or_non_numeric_input(bad: object) -> None:
+    with pytest.raises(SharpdimError, match="rows of equal length") as err:
+        rds_exponents(bad)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+
+
+def _norm_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
+    return model.weight.norm()  # finite (0) at w = 0, its Hessian is NaN there
+
+
+def _exp_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
+    return torch.exp(model(batch[0]).squeeze(-1)).mean()  # float32: finite loss, inf Hessian
+
+
+@pytest.mark.parametrize(
+    ("dtype", "weight", "loss_fn", "x"),
+    [(torch.float64, 0.0, _norm_loss, 1.0), (torch.float32, 0.04, _exp_loss, 1000.0)],
+)
+def test_non_finite_hessian_with_a_finite_loss(
+    dtype: torch.dtype, weight: float, loss_fn: object, x: float
+) -> None:
+    model = nn.Linear(2, 1, bias=False).to(dtype)
+    with torch.no_grad():
+        model.weight.fill_(weight)
+    batch = (torch.full((3, 2), x, dtype=dtype), torch.zeros(3, dtype=dtype))
+    assert math.isfinite(float(loss_fn(model, batch).detach()))  # type: ignore[operator]
+    with pytest.raises(SharpdimError, match=r"Hessian holds NaN or inf.*float64") as err:
+        rds_sharpness(model, loss_fn, [batch], StepSpectrumConfig())  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+
+
+def test_overflowing_exponents_name_the_learning_rate() -> None:
+    model = nn.Linear(2, 1, bias=False).double()
+    batch = (torch.full((3, 2), 10.0, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+
+    def mse(m: nn.Module, b: tuple) -> torch.Tensor:  # Hessian eigenvalues 0 and 400
+        return (m(b[0]).squeeze(-1) - b[1]).pow(2).mean()
+
+    with pytest.raises(SharpdimError, match=r"exponents overflow float64.*lower lr"):
+        rds_sharpness(model, mse, [batch], StepSpectrumConfig(lr=1e308))

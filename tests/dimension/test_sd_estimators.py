@@ -155,3 +155,60 @@ def test_kde_converges_with_the_grid_and_keeps_the_mass() -> None:
         r = sd_kde(v, m, points_per_bandwidth=64, integration=integration)
         assert r.dimension == pytest.approx(fine.dimension, abs=1e-4 * 800)
     assert 0 < fine.dimension < 800
+
+
+_FOUR_ATOMS = ([0.3, -0.1, -0.5, -2.0], [1.0] * 4)  # Def. 4.2: 2 + 0.2 / 0.5 = 2.4
+
+
+@pytest.mark.parametrize("integration", ["exact", "trapezoid"])
+@pytest.mark.parametrize("h", [1e-300, 1e-10, 1e-8, 1e-7, 1e-6])
+def test_kde_with_a_bandwidth_below_the_grid_spacing_keeps_every_atom(
+    h: float, integration: str
+) -> None:
+    # the default grid has cells of ~1.1e-6 here: the kernel cannot be resolved
+    r = sd_kde(*_FOUR_ATOMS, bandwidth=h, integration=integration)
+    assert r.dimension == pytest.approx(2.4, abs=1e-12)
+    assert float(r.masses[r.exponents > 0.29].sum()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_kde_on_a_coarse_grid_keeps_every_atom() -> None:
+    assert sd_kde(*_FOUR_ATOMS, max_grid=4).dimension == pytest.approx(2.4, abs=1e-12)
+    for h in (1e-4, 1e-3):  # resolved: the smoothed measure, 2.4 + O(h)
+        assert sd_kde(*_FOUR_ATOMS, bandwidth=h).dimension == pytest.approx(2.4, abs=h)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "kwargs", "match"),
+    [
+        (sd_kde, {"max_grid": 2}, "max_grid must be an integer >= 4"),
+        (sd_kde, {"max_grid": 3}, "max_grid must be an integer >= 4"),
+        (sd_kde, {"max_grid": 64.0}, "max_grid must be an integer"),
+        (sd_kde, {"grid_size": 2.5}, "grid_size must be an integer"),
+        (sd_kde, {"grid_size": True}, "grid_size must be an integer"),
+        (sd_kde, {"bandwidth": "a"}, "bandwidth must be a finite number"),
+        (sd_kde, {"bandwidth": True}, "bandwidth must be a finite number"),
+        (sd_kde, {"points_per_bandwidth": 0}, "points_per_bandwidth must be a finite number > 0"),
+        (sd_kde, {"integration": None}, "unknown integration"),
+        (sd_histogram, {"num_bins": 2.5}, "num_bins must be an integer"),
+        (sd_histogram, {"num_bins": "10"}, "num_bins must be an integer"),
+        (sd_histogram, {"num_bins": True}, "num_bins must be an integer"),
+        (sd_quantiles, {"num_quantiles": 2.5}, "num_quantiles must be an integer"),
+        (sd_quantiles, {"num_quantiles": True}, "num_quantiles must be an integer"),
+    ],
+)
+def test_bad_estimator_options_are_one_line_errors(
+    estimator: object, kwargs: dict, match: str
+) -> None:
+    with pytest.raises(SharpdimError, match=match) as err:
+        estimator(*_FOUR_ATOMS, **kwargs)  # type: ignore[operator]
+    assert "\n" not in str(err.value)
+
+
+def test_exponent_measure_refuses_non_finite_curvature_and_overflow() -> None:
+    w = torch.full((1, 2), 0.5, dtype=torch.float64)
+    nodes = torch.tensor([[1.0, float("nan")]], dtype=torch.float64)
+    with pytest.raises(SharpdimError, match="NaN or inf: second derivatives overflow"):
+        exponent_measure(nodes, w, 2, StepSpectrumConfig(lr=0.1))
+    nodes = torch.tensor([[1.0, 1e10]], dtype=torch.float64)
+    with pytest.raises(SharpdimError, match=r"exponents overflow float64.*lower lr"):
+        exponent_measure(nodes, w, 2, StepSpectrumConfig(lr=1e300))

@@ -297,14 +297,49 @@ def test_bad_input() -> None:
         ({"optimizer": "adam", "preconditioner": [1.0] * 37}, "shape"),
         ({"iterates": [["a"] * 38]}, "iterate"),
         ({"iterates": [[0.0] * 37]}, "shape"),
+        ({"num_batches": 2.5}, "num_batches must be an integer >= 1"),
+        ({"num_batches": "3"}, "num_batches must be an integer >= 1"),
+        ({"num_batches": True}, "num_batches must be an integer >= 1"),
+        ({"method": "slq", "num_runs": 2.5}, "num_runs must be an integer >= 1"),
+        ({"method": "slq", "num_steps": False}, "num_steps must be an integer >= 1"),
+        ({"num_bootstrap": 2.5}, "num_bootstrap must be an integer >= 0"),
+        ({"num_bootstrap": "10"}, "num_bootstrap must be an integer >= 0"),
+        ({"confidence": "0.9"}, r"confidence must be a finite number in \(0, 1\)"),
+        ({"confidence": float("nan")}, r"confidence must be a finite number in \(0, 1\)"),
+        ({"generator": 123}, "generator must be a torch.Generator, got int"),
+        ({"max_params": "100"}, "max_params must be an integer"),
+        ({"method": "slq", "estimator_options": "num_bins"}, "estimator_options must be a dict"),
+        ({"method": "slq", "estimator_options": {"num_bins": 2.5}}, "num_bins must be an integer"),
+        ({"method": "slq", "estimator_options": {"num_bins": "10"}}, "num_bins must be an integer"),
+        ({"method": "kde", "estimator_options": {"bandwidth": "a"}}, "bandwidth must be a finite"),
+        ({"method": "kde", "estimator_options": {"grid_size": 2.5}}, "grid_size must be an int"),
+        ({"method": "kde", "estimator_options": {"max_grid": 3}}, "max_grid must be an int.* >= 4"),
+        ({"method": "ps", "estimator_options": {"num_quantiles": 2.5}}, "num_quantiles must be"),
+        ({"method": "ps", "estimator_options": {"num_quantiles": True}}, "num_quantiles must be"),
+        ({"eps": "x"}, "eps must be a finite number >= 0"),
+        ({"eps": float("nan")}, "eps must be a finite number >= 0"),
+        ({"eps": float("inf")}, "eps must be a finite number >= 0"),
+        ({"weight_decay": "x"}, "weight_decay must be a finite number >= 0"),
+        (
+            {"optimizer": "momentum", "momentum": "x"},
+            r"momentum must be a finite number in \[0, 1\)",
+        ),
+        ({"optimizer": "adam", "betas": (0.9,)}, r"betas must be a pair \(b1, b2\)"),
+        ({"optimizer": "adam", "betas": 0.9}, r"betas must be a pair \(b1, b2\)"),
+        ({"optimizer": "adam", "betas": ("a", 0.9)}, r"betas must be a finite number in \[0, 1\)"),
+        ({"optimizer": "adam", "adam_eps": True}, "adam_eps must be a finite number >= 0"),
+        ({"optimizer": "adam", "step": 2.5}, "step must be an integer >= 1.*Adam's step count"),
+        ({"optimizer": "adam", "step": True}, "step must be an integer >= 1.*Adam's step count"),
+        ({"preconditioner": torch.ones(38)}, "optimizer='sgd' does not use it"),
+        ({"optimizer": "momentum", "preconditioner": [1.0] * 38}, "'momentum' does not use it"),
     ],
 )
 def test_bad_input_is_a_one_line_error(kwargs: dict, match: str) -> None:
     model, data = _setup()
     args = {"lr": 0.1, "batch_size": 10, "num_batches": 2, "num_runs": 2, "num_steps": 3}
-    args.update(kwargs)
+    args.update({"num_bootstrap": 0, **kwargs})
     with pytest.raises(SharpdimError, match=match) as err:
-        sharpness_dimension(model, _ce, data, num_bootstrap=0, **args)
+        sharpness_dimension(model, _ce, data, **args)
     assert "\n" not in str(err.value)
 
 
@@ -370,3 +405,28 @@ def test_bootstrap_ci_brackets_sd_and_shrinks_with_more_batches() -> None:
 
     # a percentile bootstrap of a mean-like statistic: width ~ 1/sqrt(num_batches)
     assert width(64) < 0.7 * width(8)
+
+
+def _norm_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
+    return model.weight.norm()  # finite (0) at w = 0, its Hessian is NaN there
+
+
+@pytest.mark.parametrize("method", ["exact", "slq", "kde", "ps"])
+def test_non_finite_curvature_with_a_finite_loss_is_a_clear_error(method: str) -> None:
+    model = nn.Linear(3, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.zero_()
+    data = (torch.randn(10, 3, dtype=torch.float64), torch.zeros(10, dtype=torch.float64))
+    kwargs = {"num_batches": 2, "batch_size": 5, "num_runs": 3, "num_steps": 2}
+    with pytest.raises(SharpdimError, match="NaN or inf: second derivatives") as err:
+        sharpness_dimension(model, _norm_loss, data, 0.5, method=method, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_sd_and_its_interval_never_exceed_the_number_of_exponents() -> None:
+    model, data = _setup()  # lr = 1000: every direction expands, SD = d = 38
+    r = sharpness_dimension(
+        model, _ce, data, 1e3, method="kde", batch_size=10, num_runs=5, num_steps=5, num_bootstrap=5
+    )
+    assert r.sd == r.num_exponents == 38  # the pooled mass sums to 38 + 1 ulp
+    assert r.ci_low == r.ci_high == 38

@@ -68,8 +68,19 @@ class KaplanYorkeResult:
         }
 
 
-def _as_float64_vector(x: Any, name: str) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.float64).detach().cpu().reshape(-1)
+def _as_float64_vector(x: Any, name: str, flatten: bool = True) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(x, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise SharpdimError(
+            f"`{name}` of type {type(x).__name__} is not a numeric vector: pass a 1-d tensor"
+        ) from None
+    if not flatten and t.ndim > 1:
+        raise SharpdimError(
+            f"`{name}` has shape {tuple(t.shape)}: pass one vector of exponents (for per-batch "
+            "rows, their mean over batches, e.g. rds_exponents(rows).exponents)"
+        )
+    t = t.reshape(-1)
     if t.numel() == 0:
         raise SharpdimError(f"`{name}` is empty: pass at least one exponent")
     if not torch.isfinite(t).all():
@@ -137,7 +148,8 @@ def kaplan_yorke_dimension(exponents: Any) -> KaplanYorkeResult:
     are sorted in descending order first.
 
     Args:
-        exponents: Lyapunov exponents or RDS sharpnesses ``lambda_k`` (any order, finite).
+        exponents: Lyapunov exponents or RDS sharpnesses ``lambda_k`` (a vector or scalar;
+            any order, finite).
 
     Returns:
         A :class:`KaplanYorkeResult` with an integer-valued ``j_star``.
@@ -150,7 +162,7 @@ def kaplan_yorke_dimension(exponents: Any) -> KaplanYorkeResult:
         >>> round(r.dimension, 5), r.j_star
         (2.18949, 2.0)
     """
-    lam = _as_float64_vector(exponents, "exponents")
+    lam = _as_float64_vector(exponents, "exponents", flatten=False)
     lam = torch.sort(lam, descending=True).values
     d = lam.numel()
     ones = torch.ones(d, dtype=torch.float64)
@@ -161,4 +173,4 @@ def kaplan_yorke_dimension(exponents: Any) -> KaplanYorkeResult:
     if j_star == d:
         return KaplanYorkeResult(float(d), float(d), lam, ones, float(d))
     dim = j_star + float(partial[j_star - 1]) / abs(float(lam[j_star]))
-    return KaplanYorkeResult(dim, float(j_star), lam, ones, float(d))
+    return KaplanYorkeResult(min(max(dim, 0.0), d), float(j_star), lam, ones, float(d))

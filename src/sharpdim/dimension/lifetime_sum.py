@@ -26,6 +26,7 @@ from sharpdim.dimension.mst import (
     mst_edge_lengths,
     pairwise_distances,
 )
+from sharpdim.dimension.sd_arguments import check_number
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def alpha_weighted_lifetime_sum(
 
     Args:
         points: ``(N, D)`` tensor or array (per-example loss vectors for ``metric="loss"``).
-        alpha: the weight (``> 0``).
+        alpha: the weight (a finite number ``> 0``).
         metric: ``"euclidean"``, ``"loss"`` (Dupuis et al. 2023) or a callable.
         chunk_size: rows of the distance matrix computed at a time.
 
@@ -70,11 +71,12 @@ def alpha_weighted_lifetime_sum(
         >>> alpha_weighted_lifetime_sum(pts, alpha=2.0).value
         5.0
     """
+    alpha = check_number(alpha, "alpha", "> 0", "1.0")
     pts = as_points(points)
     lengths = mst_edge_lengths(pairwise_distances(pts, metric, chunk_size=chunk_size))
     return LifetimeSumResult(
         value=lifetime_sum(lengths, alpha),
-        alpha=float(alpha),
+        alpha=alpha,
         metric=metric if isinstance(metric, str) else "callable",
         num_points=int(pts.shape[0]),
         lifetimes=lengths,

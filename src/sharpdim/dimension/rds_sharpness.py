@@ -29,6 +29,7 @@ from torch import nn
 from sharpdim.curvature.dense import DENSE_LIMIT, check_dense_size, dense_hessian
 from sharpdim.curvature.hessian import LossFn, Mode
 from sharpdim.curvature.params import get_flat_params, set_flat_params, trainable_parameters
+from sharpdim.dimension.sd_estimators import EXPONENTS_NOT_FINITE, HESSIAN_NOT_FINITE
 from sharpdim.dynamics.jacobian_spectra import (
     StepSpectrumConfig,
     step_log_singular_values,
@@ -88,7 +89,13 @@ def rds_exponents(log_singular_values: torch.Tensor) -> RDSSharpnessResult:
         >>> r.exponents.tolist(), r.lambda_1
         ([1.5, -0.5], 1.5)
     """
-    x = torch.as_tensor(log_singular_values).detach().to(torch.float64)
+    try:
+        x = torch.as_tensor(log_singular_values).detach().to(torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise SharpdimError(
+            "exponents must be a numeric (num_batches, n) array with rows of equal length: "
+            "pass one row of n exponents per batch"
+        ) from None
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3 or x.numel() == 0:
@@ -134,8 +141,12 @@ def batch_log_singular_values(
     h = dense_hessian(model, loss_fn, batch, mode=mode, max_params=max_params)
     a = step_matrix(h, config, preconditioner)
     del h
-    alpha = torch.linalg.eigvalsh(a)
-    return step_log_singular_values(alpha, config)
+    if not torch.isfinite(a).all():
+        raise SharpdimError(f"the minibatch Hessian holds NaN or inf: {HESSIAN_NOT_FINITE}")
+    exponents = step_log_singular_values(torch.linalg.eigvalsh(a), config)
+    if not torch.isfinite(exponents).all():
+        raise SharpdimError(EXPONENTS_NOT_FINITE)
+    return exponents
 
 
 def rds_sharpness(

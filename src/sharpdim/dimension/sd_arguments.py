@@ -11,8 +11,63 @@ from typing import Any
 
 import torch
 
-from sharpdim.dimension.sd_estimators import sd_histogram, sd_kde, sd_quantiles
 from sharpdim.errors import SharpdimError
+
+_RANGES: dict[str, Callable[[float], bool]] = {
+    ">= 0": lambda x: x >= 0,
+    "> 0": lambda x: x > 0,
+    "in [0, 1)": lambda x: 0 <= x < 1,
+    "in (0, 1)": lambda x: 0 < x < 1,
+}
+
+
+def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole number") -> int:
+    """``value`` as an ``int >= minimum``; bools, floats and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise SharpdimError(f"{name} must be an integer >= {minimum}, got {value!r}: pass {hint}")
+    return int(value)
+
+
+def check_number(value: Any, name: str, rule: str, example: str) -> float:
+    """``value`` as a float: a finite real number (not a bool) with ``rule`` (a key of ``_RANGES``)."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and _RANGES[rule](value)):
+        raise SharpdimError(
+            f"{name} must be a finite number {rule}, got {value!r}: pass e.g. {example}"
+        )
+    return float(value)
+
+
+def check_betas(betas: Any) -> tuple[float, float]:
+    """Adam's ``(b1, b2)``: two numbers in ``[0, 1)``."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise SharpdimError(f"betas must be a pair (b1, b2), got {betas!r}: pass e.g. (0.9, 0.999)")
+    b1, b2 = (check_number(b, "betas", "in [0, 1)", "(0.9, 0.999)") for b in betas)
+    return b1, b2
+
+
+def _check_integration(value: Any) -> str:
+    if value not in ("exact", "trapezoid"):
+        raise SharpdimError(f"unknown integration {value!r}: use 'exact' or 'trapezoid'")
+    return str(value)
+
+
+# checks of the SD estimators' options (None where that is the default)
+_ESTIMATOR_OPTIONS: dict[str, Callable[[Any], Any]] = {
+    "num_bins": lambda v: check_count(v, "num_bins"),
+    "num_quantiles": lambda v: None if v is None else check_count(v, "num_quantiles"),
+    "grid_size": lambda v: check_count(v, "grid_size", 2),
+    "max_grid": lambda v: check_count(v, "max_grid", 4),
+    "bandwidth": lambda v: None if v is None else check_number(v, "bandwidth", ">= 0", "0.05"),
+    "points_per_bandwidth": lambda v: check_number(v, "points_per_bandwidth", "> 0", "16"),
+    "integration": _check_integration,
+}
+
+
+def check_estimator_option(name: str, value: Any) -> Any:
+    """A checked SD estimator option (``num_bins``, ``bandwidth``, ...), converted to int/float."""
+    check = _ESTIMATOR_OPTIONS.get(name)
+    return value if check is None else check(value)
 
 
 def check_data(data: Any) -> int:
@@ -33,15 +88,24 @@ def check_data(data: Any) -> int:
     return n
 
 
-def check_estimator_options(method: str, opts: dict[str, Any]) -> None:
-    """Reject ``estimator_options`` keys that the chosen SD estimator does not take."""
+def check_estimator_options(method: str, opts: Any) -> dict[str, Any]:
+    """``estimator_options`` as a dict of checked values; keys the estimator does not take fail."""
+    from sharpdim.dimension.sd_estimators import sd_histogram, sd_kde, sd_quantiles
+
+    if opts is None:
+        opts = {}
+    if not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
+        raise SharpdimError(
+            f"estimator_options must be a dict of keyword options, got {opts!r}: "
+            "pass e.g. {'num_bins': 500}"
+        )
     if method == "exact":
         if opts:
             raise SharpdimError(
                 f"estimator_options {sorted(opts)} have no effect with method='exact': "
                 "drop them or use method='slq', 'kde' or 'ps'"
             )
-        return
+        return {}
     estimators: dict[str, Callable[..., Any]] = {
         "slq": sd_histogram,
         "kde": sd_kde,
@@ -55,6 +119,7 @@ def check_estimator_options(method: str, opts: dict[str, Any]) -> None:
             f"estimator_options {unknown} are not options of method={method!r}: "
             f"use {', '.join(allowed)}"
         )
+    return {k: check_estimator_option(k, v) for k, v in opts.items()}
 
 
 def check_lr(lr: Any) -> float:

@@ -26,7 +26,9 @@ is estimated three ways:
   uniform grid over ``[min - 8h, max + 8h]`` (spacing at most ``h/16``) — with the trapezoid
   rule on the density (``integration="trapezoid"``, the paper's quadrature) or exactly through
   the normal CDF (``"exact"``, the default). Atoms are linearly binned onto the grid first, so
-  both integrals are discrete convolutions (fast for ``10^5`` atoms and bootstraps).
+  both integrals are discrete convolutions (fast for ``10^5`` atoms and bootstraps). A
+  bandwidth below the grid spacing (a tiny Silverman ``h`` on a degenerate spectrum, or a
+  small ``max_grid``) cannot be resolved: then the unsmoothed measure is used (error ``O(h)``).
 * **SD-PS** (:func:`sd_quantiles`): ``M`` equal-mass quantiles at levels ``(i - 1/2)/M``, each an
   atom of weight ``d_state / M`` (default ``M = d_state``: one quantile per exponent, the
   estimated ``lambda_k``); the result lies in ``[0, d_state]`` by construction.
@@ -46,10 +48,20 @@ import torch
 from sharpdim.curvature.measure import flat_measure as _flat
 from sharpdim.curvature.measure import silverman_bandwidth, weighted_quantiles
 from sharpdim.dimension.kaplan_yorke import KaplanYorkeResult, kaplan_yorke_measure
+from sharpdim.dimension.sd_arguments import check_estimator_option
 from sharpdim.dynamics.jacobian_spectra import StepSpectrumConfig, block_singular_values
 from sharpdim.errors import SharpdimError
 
 SD_METHODS: tuple[str, ...] = ("slq", "kde", "ps")
+
+HESSIAN_NOT_FINITE = (
+    "second derivatives overflow (use a float64 model) or are undefined there (e.g. sqrt or "
+    "norm at 0) although the loss is finite: check the model and loss, or use other parameters"
+)
+EXPONENTS_NOT_FINITE = (
+    "the one-step exponents overflow float64 (lr times the curvature is too large): "
+    "lower lr or check the model's parameters"
+)
 
 
 def exponent_measure(
@@ -74,9 +86,13 @@ def exponent_measure(
             f"nodes {tuple(nodes.shape)} and weights {tuple(weights.shape)} must be equal "
             "(runs, steps) arrays: pass SLQResult.nodes and SLQResult.weights"
         )
+    if not (torch.isfinite(nodes).all() and torch.isfinite(weights).all()):
+        raise SharpdimError(f"the SLQ measure holds NaN or inf: {HESSIAN_NOT_FINITE}")
     runs, s = nodes.shape[0], config.states_per_param
     sigma = block_singular_values(nodes.reshape(-1), config).reshape(runs, -1)
     values = torch.log(sigma + config.eps)
+    if not torch.isfinite(values).all():
+        raise SharpdimError(EXPONENTS_NOT_FINITE)
     masses = (weights * (num_params / runs)).repeat_interleave(s, dim=1)
     return values, masses
 
@@ -84,8 +100,7 @@ def exponent_measure(
 def sd_histogram(values: Any, masses: Any, *, num_bins: int = 2000) -> KaplanYorkeResult:
     """SD-SLQ: Kaplan–Yorke dimension of the binned exponent measure (bin atoms at bin means)."""
     v, m = _flat(values, masses)
-    if num_bins < 1:
-        raise SharpdimError(f"num_bins must be >= 1, got {num_bins}")
+    num_bins = check_estimator_option("num_bins", num_bins)
     lo, hi = float(v.min()), float(v.max())
     if hi == lo:
         return kaplan_yorke_measure(v[:1], m.sum()[None])
@@ -157,7 +172,8 @@ def sd_kde(
         bandwidth: kernel standard deviation ``h``; default :func:`silverman_bandwidth`.
         grid_size: minimum number of grid cells over the extent.
         points_per_bandwidth: grid cells per bandwidth (the spacing is at most ``h`` over it).
-        max_grid: cap on the number of grid nodes (then the spacing exceeds the above).
+        max_grid: cap on the number of grid nodes, ``>= 4`` (then the spacing exceeds the
+            above; if it exceeds ``h``, the measure is used unsmoothed).
         integration: ``"exact"`` (cell masses and first moments of the Gaussians through the
             normal CDF) or ``"trapezoid"`` (trapezoid rule on the density at the nodes, the
             paper's quadrature).
@@ -166,13 +182,12 @@ def sd_kde(
         :class:`KaplanYorkeResult` over the grid cells.
     """
     v, m = _flat(values, masses)
-    if integration not in ("exact", "trapezoid"):
-        raise SharpdimError(f"unknown integration {integration!r}: use 'exact' or 'trapezoid'")
-    h = silverman_bandwidth(v, m) if bandwidth is None else float(bandwidth)
-    if h < 0 or not math.isfinite(h):
-        raise SharpdimError(f"bandwidth must be a finite number >= 0, got {bandwidth}")
-    if grid_size < 2 or points_per_bandwidth <= 0 or max_grid < 2:
-        raise SharpdimError("grid_size and max_grid must be >= 2, points_per_bandwidth > 0")
+    grid_size = check_estimator_option("grid_size", grid_size)
+    points_per_bandwidth = check_estimator_option("points_per_bandwidth", points_per_bandwidth)
+    max_grid = check_estimator_option("max_grid", max_grid)
+    integration = check_estimator_option("integration", integration)
+    bandwidth = check_estimator_option("bandwidth", bandwidth)
+    h = silverman_bandwidth(v, m) if bandwidth is None else bandwidth
     if h == 0:  # nothing to smooth (a single value): the measure itself
         return kaplan_yorke_measure(v, m)
     total = float(m.sum())
@@ -180,6 +195,8 @@ def sd_kde(
     delta = min((hi - lo) / grid_size, h / points_per_bandwidth)
     if (hi - lo) / delta + 2 > max_grid:
         delta = (hi - lo) / (max_grid - 2)
+    if h < delta:  # a kernel narrower than a cell: below the grid's resolution, no smoothing
+        return kaplan_yorke_measure(v, m)
     nodes = math.ceil((hi - lo) / delta) + 1
     grid = lo + delta * torch.arange(nodes, dtype=torch.float64)
     pos = (v - lo) / delta
@@ -215,9 +232,8 @@ def sd_quantiles(
     """
     v, m = _flat(values, masses)
     total = float(m.sum())
-    num = max(1, round(total)) if num_quantiles is None else int(num_quantiles)
-    if num < 1:
-        raise SharpdimError(f"num_quantiles must be >= 1, got {num_quantiles}")
+    num_quantiles = check_estimator_option("num_quantiles", num_quantiles)
+    num = max(1, round(total)) if num_quantiles is None else num_quantiles
     levels = (torch.arange(num, dtype=torch.float64) + 0.5) / num
     q = torch.flip(weighted_quantiles(v, m, levels), [0])
     return kaplan_yorke_measure(q, torch.full((num,), total / num, dtype=torch.float64))

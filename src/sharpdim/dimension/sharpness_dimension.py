@@ -21,7 +21,6 @@ same generator.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,14 @@ from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.slq import check_reorthogonalization
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.dimension.rds_sharpness import rds_sharpness
-from sharpdim.dimension.sd_arguments import check_data, check_estimator_options, check_lr
+from sharpdim.dimension.sd_arguments import (
+    check_betas,
+    check_count,
+    check_data,
+    check_estimator_options,
+    check_lr,
+    check_number,
+)
 from sharpdim.dimension.sd_estimators import (
     SD_METHODS,
     exponent_measure,
@@ -251,18 +257,36 @@ def sharpness_dimension(
         raise SharpdimError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     lr = check_lr(lr)
     n = check_data(data)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise SharpdimError(f"batch_size must be an integer, got {batch_size!r}: pass e.g. 128")
-    batch_size = int(batch_size)
-    if not 1 <= batch_size <= n:
+    batch_size = check_count(batch_size, "batch_size")
+    if batch_size > n:
         raise SharpdimError(
             f"batch_size={batch_size} but the data has {n} examples: pass 1 <= batch_size <= {n}"
         )
     check_reorthogonalization(reorthogonalization)
-    if num_batches < 1 or num_runs < 1 or num_steps < 1:
-        raise SharpdimError("num_batches, num_runs and num_steps must be >= 1")
-    if num_bootstrap < 0 or not 0 < confidence < 1:
-        raise SharpdimError("num_bootstrap must be >= 0 and confidence in (0, 1)")
+    num_batches = check_count(num_batches, "num_batches")
+    num_runs = check_count(num_runs, "num_runs")
+    num_steps = check_count(num_steps, "num_steps")
+    num_bootstrap = check_count(num_bootstrap, "num_bootstrap", 0)
+    confidence = check_number(confidence, "confidence", "in (0, 1)", "0.95")
+    eps = check_number(eps, "eps", ">= 0", "1e-12")
+    momentum = check_number(momentum, "momentum", "in [0, 1)", "0.9")
+    weight_decay = check_number(weight_decay, "weight_decay", ">= 0", "0.0")
+    adam_eps = check_number(adam_eps, "adam_eps", ">= 0", "1e-8")
+    betas = check_betas(betas)
+    if step is not None:
+        step = check_count(step, "step", hint="Adam's step count, or None late in training")
+    if max_params is not None:
+        max_params = check_count(max_params, "max_params", hint="a parameter count, or None")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise SharpdimError(
+            f"generator must be a torch.Generator, got {type(generator).__name__}: "
+            "pass torch.Generator().manual_seed(seed)"
+        )
+    if preconditioner is not None and optimizer not in ("adam", "adamw"):
+        raise SharpdimError(
+            f"a preconditioner is Adam's; optimizer={optimizer!r} does not use it: drop it or "
+            "pass optimizer='adam' or 'adamw'"
+        )
     if iterates is not None and method != "exact":
         raise SharpdimError("`iterates` (attractor samples) needs method='exact'")
     config = StepSpectrumConfig(
@@ -281,8 +305,7 @@ def sharpness_dimension(
             f"{max_params:,}: use method='slq', 'kde' or 'ps' (or raise max_params)"
         )
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    opts = dict(estimator_options or {})
-    check_estimator_options(method, opts)
+    opts = check_estimator_options(method, estimator_options)
     settings: dict[str, Any] = {
         "batch_size": batch_size,
         "eps": eps,
@@ -367,9 +390,10 @@ def sharpness_dimension(
         settings.update(
             num_runs=num_runs, num_steps=num_steps, reorthogonalization=reorthogonalization
         )
+    boot = [min(max(b, 0.0), num_exp) for b in boot]  # estimators' mass can exceed d by 1 ulp
     lo, hi = _percentile_ci(boot, confidence)
     return SDResult(
-        sd=ky.dimension,
+        sd=min(max(ky.dimension, 0.0), num_exp),
         j_star=ky.j_star,
         lambda_1=lam1,
         lambda_1_stderr=lam1_se,
