@@ -44,11 +44,31 @@ def _is_a(err: BaseException, class_name: str) -> bool:
     return any(cls.__name__ == class_name for cls in type(err).__mro__)
 
 
-def usage_error_line(err: Any) -> str:
-    """``error: {message}: see '{command path} --help'`` on one line, for a click usage error."""
+def command_path(argv: list[str]) -> str:
+    """The command that ``argv`` calls, e.g. ``sharpdim eos minimalist``: its leading words
+    that name commands."""
+    command: Any = typer.main.get_command(app)
+    names = ["sharpdim"]
+    for word in argv:
+        command = getattr(command, "commands", {}).get(word)
+        if command is None:
+            break
+        names.append(word)
+    return " ".join(names)
+
+
+def usage_error_line(err: Any, argv: list[str] | None = None) -> str:
+    """``error: {message}: see '{command path} --help'`` on one line, for a click usage error.
+
+    The command is the error's own or, for an error click raises without one (an option
+    missing its value), the one ``argv`` (default: the process's arguments) calls.
+    """
     message = " ".join(str(err.format_message()).split()).rstrip(".")
     ctx = getattr(err, "ctx", None)
-    path = ctx.command_path if ctx is not None else "sharpdim"
+    if ctx is not None:
+        path = ctx.command_path
+    else:
+        path = command_path(sys.argv[1:] if argv is None else argv)
     return f"error: {message}: see '{path} --help'"
 
 
@@ -72,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = getattr(err, "exit_code", None)
         if not isinstance(exit_code, int) or not hasattr(err, "format_message"):
             raise
-        if _is_a(err, "NoArgsIsHelpError"):  # a group called without a command: its help
-            ctx = getattr(err, "ctx", None)
-            print(ctx.get_help() if ctx is not None else err.format_message())
+        if _is_a(err, "NoArgsIsHelpError"):  # a group called without a command: its help,
+            help_text = err.format_message()  # which typer with rich has printed already
+            if help_text.strip():
+                print(help_text)
         elif _is_a(err, "UsageError"):  # unknown option/command, bad or out-of-range value
-            print(usage_error_line(err), file=sys.stderr)
+            print(usage_error_line(err, argv), file=sys.stderr)
         else:  # another click exception
             print(f"error: {' '.join(str(err.format_message()).split())}", file=sys.stderr)
         return exit_code

@@ -55,6 +55,15 @@ USAGE = [
     (["sd", "bogus"], "No such command 'bogus'", "sharpdim sd"),
     (["bogus"], "No such command 'bogus'", "sharpdim"),
     (["chaos", "lyapunov", "extra"], "unexpected extra argument", "sharpdim chaos lyapunov"),
+    # an option without its value: click gives no command here, argv names it
+    (["eos", "minimalist", "--lrs"], "No such option: --lrs", "sharpdim eos minimalist"),
+    (
+        ["eos", "minimalist", "--lr-max"],
+        "'--lr-max' requires an argument",
+        "sharpdim eos minimalist",
+    ),
+    (["sd", "compute", "--width"], "'--width' requires an argument", "sharpdim sd compute"),
+    (["demo", "--steps"], "'--steps' requires an argument", "sharpdim demo"),
 ]
 
 
@@ -81,6 +90,21 @@ def test_help_and_no_arguments_still_show_help(capsys: pytest.CaptureFixture[str
         captured = capsys.readouterr()
         assert "Usage" in captured.out and "COMMAND" in captured.out
         assert captured.err == ""  # help on stdout only, no stray line on stderr
+
+
+@pytest.mark.parametrize("rich", [True, False], ids=["rich", "plain"])
+@pytest.mark.parametrize("argv", [[], ["sd"], ["eos"], ["chaos"]], ids=str)
+def test_a_group_without_a_command_prints_its_help_once(
+    argv: list[str], rich: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer.core
+
+    monkeypatch.setattr(typer.core, "HAS_RICH", rich)  # typer's help without rich, too
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("Usage:") == 1, captured.out
+    assert f"Usage: {' '.join(['sharpdim', *argv])} [OPTIONS] COMMAND" in captured.out
+    assert captured.err == ""
 
 
 @pytest.mark.parametrize("steps", [0, 1, 10, 30])

@@ -2,13 +2,15 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from sharpdim.runner import ResultsStore, ResumableRuns
+from sharpdim import __version__
+from sharpdim.runner import ResultsStore, ResumableRuns, config_key
 
 LRS = (0.1, 0.2, 0.3, 0.4)
 
@@ -98,3 +100,24 @@ def test_runs_of_another_version_are_computed_again(tmp_path):
         assert (new.computed, new.reused) == (1, 0)
         assert old({"lr": 0.1}, lambda: {"loss": 9.0}) == {"loss": 1.0}
         assert sorted(r.config["sharpdim_version"] for r in store.records()) == ["0.0.1", "0.0.2"]
+
+
+def test_undecodable_stored_runs_are_computed_again(tmp_path):
+    """Damaged JSON, or a stored result that ``decode`` refuses, is a missing run."""
+    path = tmp_path / "runs.sqlite"
+    calls: list[float] = []
+    _sweep(path, calls)
+    conn = sqlite3.connect(path)
+    for lr, result in ((0.1, "[1, 2"), (0.3, "5")):  # dict(5) raises: decode refuses it
+        key = config_key({"lr": lr, "sharpdim_version": __version__})
+        conn.execute("UPDATE runs SET result = ? WHERE key = ?", (result, key))
+    conn.commit()
+    conn.close()
+    with pytest.warns(UserWarning, match="cannot be decoded") as caught:
+        results, runs = _sweep(path, calls)
+    assert len(caught) == 1  # once per store
+    assert calls == [0.1, 0.2, 0.3, 0.4, 0.1, 0.3]
+    assert (runs.reused, runs.computed) == (2, 2)
+    assert [r["loss"] for r in results] == [1.0, 2.0, 3.0, 4.0]
+    _, again = _sweep(path, calls)  # stored again, reused now
+    assert (again.reused, again.computed) == (4, 0)

@@ -1,9 +1,11 @@
 """ResultsStore: one SQLite row per run config, WAL mode, safe to share between writers."""
 
 import math
+import multiprocessing
 import sqlite3
 import sys
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 from sharpdim.errors import SharpdimError
 from sharpdim.runner.encoding import config_key
 from sharpdim.runner.store import ResultsStore
+from tests.runner._store_worker import open_and_put
 
 CONFIG = {"dataset": "digits", "lr": 0.2, "betas": (0.9, 0.999), "steps": 10}
 
@@ -126,6 +129,9 @@ def test_corrupt_or_foreign_files_are_refused(tmp_path):
     conn.close()
     with pytest.raises(SharpdimError, match="is an SQLite database but not a sharpdim results"):
         ResultsStore(foreign)
+    conn = sqlite3.connect(foreign)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # not switched to WAL
+    conn.close()
     with pytest.raises(SharpdimError, match="cannot open the results store"):
         ResultsStore(tmp_path)  # a folder
     assert junk.read_bytes().startswith(b"definitely not")  # left untouched
@@ -147,3 +153,123 @@ def test_to_pandas_without_pandas_is_a_one_line_error(path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with ResultsStore(path) as store, pytest.raises(SharpdimError, match="needs pandas"):
         store.to_pandas()
+
+
+def test_processes_opening_a_new_store_at_once_all_write(tmp_path):
+    """Spawned processes create and open the same new files together (schema, WAL switch);
+    the interleavings it hits by chance are pinned by the test below."""
+    context = multiprocessing.get_context("spawn")
+    n, paths = 8, [str(tmp_path / f"{k}.sqlite") for k in range(12)]
+    barrier, errors = context.Barrier(n), context.Queue()
+    processes = [
+        context.Process(target=open_and_put, args=(paths, i, barrier, errors)) for i in range(n)
+    ]
+    for process in processes:
+        process.start()
+    reports = [errors.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join()
+    assert [r for r in reports if r is not None] == []
+    for path in paths:
+        with ResultsStore(path) as store:
+            assert sorted(r.config["writer"] for r in store.records()) == list(range(n))
+
+
+def _hooked_connect(after: int, act: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next ``sqlite3.connect`` gives a connection that calls ``act()`` right after its
+    ``after``-th statement: another process acting at that point of opening the store."""
+    real_connect = sqlite3.connect
+
+    class Hooked(sqlite3.Connection):
+        statements = 0
+
+        def execute(self, *args: Any) -> sqlite3.Cursor:
+            cursor = super().execute(*args)
+            Hooked.statements += 1
+            if Hooked.statements == after:
+                act()
+            return cursor
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        monkeypatch.setattr(sqlite3, "connect", real_connect)
+        return real_connect(*args, factory=Hooked, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+
+@pytest.mark.parametrize("after", range(1, 16))
+@pytest.mark.parametrize("other", ["creates the store", "holds a write"])
+def test_another_process_acting_at_any_point_of_opening(path, monkeypatch, other, after):
+    """Opening a new file never sees a half-made store (after=2, 3 failed with separate
+    reads) and waits out a write lock held while it switches to WAL (after=13)."""
+    path.parent.mkdir()
+    timers = []
+
+    def create() -> None:
+        try:
+            ResultsStore(path, timeout=0).close()
+        except SharpdimError as err:  # we hold the lock: that process would wait for us
+            assert "stayed locked" in str(err)
+
+    def write() -> None:
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # we hold the lock: that process would wait for us
+            conn.close()
+            return
+        timers.append(threading.Timer(0.2, lambda: (conn.execute("COMMIT"), conn.close())))
+        timers[-1].start()
+
+    _hooked_connect(after, create if other == "creates the store" else write, monkeypatch)
+    with ResultsStore(path, timeout=5) as store:
+        store.put(CONFIG, {"loss": 0.5})
+    for timer in timers:
+        timer.join()
+    with ResultsStore(path) as store:
+        assert [r.result for r in store.records()] == [{"loss": 0.5}]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+def test_opening_waits_for_a_writer_on_a_rollback_journal_file(path):
+    """Switching the file to WAL is retried while another connection holds a write lock."""
+    ResultsStore(path).close()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA journal_mode=DELETE")  # as a store being created is, briefly
+    other.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.2, lambda: other.execute("COMMIT"))
+    timer.start()
+    with ResultsStore(path, timeout=5) as store:
+        assert len(store) == 0
+    timer.join()
+    other.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+def test_undecodable_rows_read_as_missing_with_one_warning(path):
+    """A row whose JSON was damaged or written by another program is a missing run."""
+    with ResultsStore(path) as store:
+        for lr in (0.1, 0.2, 0.3):
+            store.put({"lr": lr}, {"loss": lr})
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "UPDATE runs SET result = '{\"loss\": 0.' WHERE key = ?", (config_key({"lr": 0.1}),)
+    )
+    conn.execute("UPDATE runs SET config = x'ff00' WHERE key = ?", (config_key({"lr": 0.2}),))
+    conn.commit()
+    conn.close()
+    with ResultsStore(path) as store:
+        with pytest.warns(UserWarning) as caught:
+            assert store.get({"lr": 0.1}) is None and store.get({"lr": 0.2}) is None
+            assert [r.config for r in store.records()] == [{"lr": 0.3}]
+            assert store.finished_keys() == {config_key({"lr": 0.3})}
+        assert len(caught) == 1  # once per store
+        message = str(caught[0].message)
+        assert message.startswith(f"{path}: the stored run {config_key({'lr': 0.1})} cannot be")
+        assert "treated as missing" in message and "\n" not in message
+        store.put({"lr": 0.1}, {"loss": 1.0})  # replaces the damaged row
+        assert store.get({"lr": 0.1}).result == {"loss": 1.0} and len(store) == 3

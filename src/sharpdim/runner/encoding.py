@@ -16,11 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any, Literal
-
-import numpy as np
-import torch
 
 from sharpdim.errors import SharpdimError
 
@@ -40,6 +38,7 @@ def json_value(value: Any, *, nonfinite: NonFinite = "null", where: str = "value
             (``nonfinite="error"``) a NaN/inf.
 
     Example:
+        >>> import torch
         >>> json_value({"lr": 0.1, "betas": (0.9, float("nan")), "w": torch.tensor([1, 2])})
         {'lr': 0.1, 'betas': [0.9, None], 'w': [1, 2]}
     """
@@ -51,7 +50,7 @@ def json_value(value: Any, *, nonfinite: NonFinite = "null", where: str = "value
         if nonfinite == "error":
             raise SharpdimError(f"{where} is {value}: configs must hold finite numbers")
         return None
-    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+    if _is_array(value):
         return json_value(value.tolist(), nonfinite=nonfinite, where=where)
     if isinstance(value, Mapping):
         out = {}
@@ -71,6 +70,15 @@ def json_value(value: Any, *, nonfinite: NonFinite = "null", where: str = "value
     raise SharpdimError(
         f"{where} is a {type(value).__name__}, which has no JSON form: store numbers, strings, "
         "lists or dicts (e.g. the object's to_dict())"
+    )
+
+
+def _is_array(value: Any) -> bool:
+    """A tensor or a numpy array/scalar; neither module is imported here (a value of one
+    exists only once it is), so that a process using the store alone does not load them."""
+    torch, np = sys.modules.get("torch"), sys.modules.get("numpy")
+    return (torch is not None and isinstance(value, torch.Tensor)) or (
+        np is not None and isinstance(value, (np.ndarray, np.generic))
     )
 
 

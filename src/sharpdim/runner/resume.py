@@ -5,7 +5,9 @@ function that computes the run, it returns the stored result when the store hold
 run (status ``"done"`` or ``"diverged"``) for that config, and otherwise computes it, stores
 it at once (its own transaction) and returns it. A sweep killed midway therefore loses only
 the run in progress; rerun, it computes only what is missing. Runs stored as ``"failed"``
-are computed again. An exception raised while computing a run propagates and stores nothing.
+are computed again, and so are stored runs that cannot be decoded (damaged JSON, or a result
+that ``decode`` refuses), with one warning per store. An exception raised while computing a
+run propagates and stores nothing.
 
 Fresh and reused runs both come back through the stored form (``decode`` of the stored
 JSON), so a sweep's output does not depend on which of its runs were reused. The package
@@ -70,8 +72,13 @@ class ResumableRuns(Generic[T]):
         keyed = {**config, "sharpdim_version": self.version}
         record = self.store.get(keyed)
         if record is not None and record.status in FINISHED:
-            self.reused += 1
-            return self.decode(record.result)
+            try:
+                reused = self.decode(record.result)
+            except Exception as err:  # stored by another program or version: computed again
+                self.store.warn_undecodable(record.key, err)
+            else:
+                self.reused += 1
+                return reused
         value = compute()
         stored = self.store.put(keyed, self.encode(value), self.status(value))
         self.computed += 1

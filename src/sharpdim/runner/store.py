@@ -4,7 +4,8 @@ A sweep writes each run as soon as it finishes, in its own transaction, so a swe
 any point (even by SIGKILL) loses only the run in progress, and a rerun reuses every stored
 run instead of repeating it. The file is an ordinary SQLite database (stdlib :mod:`sqlite3`)
 in WAL mode, which lets several processes read while one writes; writers wait for each other
-up to ``timeout`` seconds (SQLite's busy timeout).
+up to ``timeout`` seconds (SQLite's busy timeout). Processes may open, and create, the same
+new file at the same moment.
 
 Table ``runs``:
 
@@ -19,13 +20,18 @@ Table ``runs``:
 Putting a config that is already stored **replaces** its status and result (one row per
 key; ``created`` is kept, ``updated`` moves): a failed run that is retried ends up with its
 new outcome. The database is marked with SQLite's ``application_id`` so that another file at
-the same path is refused instead of written into.
+the same path is refused instead of written into (its journal mode included). A row that
+cannot be decoded (its JSON damaged, or written by another program) reads as missing, with one
+warning per store: :meth:`~ResultsStore.get` returns ``None`` and
+:meth:`~ResultsStore.records` leaves it out; putting its config replaces it.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -78,7 +84,10 @@ class RunRecord:
 
 def _record(row: tuple[str, str, str, str, str, str]) -> RunRecord:
     key, config, status, result, created, updated = row
-    return RunRecord(key, json.loads(config), status, json.loads(result), created, updated)
+    plain = json.loads(config)
+    if not isinstance(plain, dict):
+        raise ValueError(f"the config is a {type(plain).__name__}, not a dict")
+    return RunRecord(key, plain, status, json.loads(result), created, updated)
 
 
 def _now() -> str:
@@ -107,6 +116,8 @@ class ResultsStore:
 
     def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
         self.path = Path(path)
+        self.timeout = timeout
+        self._warned = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
@@ -137,18 +148,38 @@ class ResultsStore:
 
     def _open(self) -> None:
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            if self._check_or_create(create=False):
-                return
-            self._conn.execute("BEGIN IMMEDIATE")  # a new file: one process creates the table
-            try:
-                self._check_or_create(create=True)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            # each check reads one snapshot, so a file that another process is making a store
+            # is seen empty or complete; an empty one is made a store in a write transaction
+            if not self._in_transaction("BEGIN", create=False):
+                self._in_transaction("BEGIN IMMEDIATE", create=True)
+            self._switch_to_wal()  # after the checks: another file is left as it is
         except sqlite3.Error as err:
             raise self._fail(err, "opening it") from None
+
+    def _switch_to_wal(self) -> None:
+        """``PRAGMA journal_mode=WAL``, retried while locked: SQLite's busy timeout does not
+        cover it when another connection holds a write lock on a rollback-journal file."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.1)
+
+    def _in_transaction(self, begin: str, *, create: bool) -> bool:
+        self._conn.execute(begin)
+        try:
+            found = self._check_or_create(create=create)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        return found
 
     def _check_or_create(self, *, create: bool) -> bool:
         """True if the file is a store; refuse other files; create an empty one if ``create``."""
@@ -193,6 +224,27 @@ class ResultsStore:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as err:
             raise self._fail(err, "reading") from None
+
+    def _records(self, rows: list[Any]) -> Iterator[RunRecord]:
+        """The records of ``rows``, leaving out (with a warning) those that cannot be decoded."""
+        for row in rows:
+            try:
+                yield _record(row)
+            except (ValueError, TypeError) as err:  # JSON damaged or written by another program
+                self.warn_undecodable(row[0], err)
+
+    def warn_undecodable(self, key: str, err: Exception) -> None:
+        """Warn, once per store, that the run ``key`` cannot be decoded and counts as missing."""
+        if not self._warned:
+            self._warned = True
+            reason = " ".join(f"{type(err).__name__}: {err}".split())
+            warnings.warn(
+                f"{self.path}: the stored run {key} cannot be decoded ({reason}): it is treated "
+                "as missing, so a resumed sweep computes it again and replaces it (further such "
+                "runs of this store are not reported)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # -- runs ------------------------------------------------------------------------------
     @staticmethod
@@ -240,25 +292,27 @@ class ResultsStore:
         return _record(row)
 
     def get(self, config: Mapping[str, Any]) -> RunRecord | None:
-        """The stored run of ``config``, or ``None``."""
+        """The stored run of ``config``, or ``None`` (also for a row that cannot be decoded)."""
         rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE key = ?", (config_key(config),))
-        return _record(rows[0]) if rows else None
+        return next(self._records(rows), None)
 
     def finished_keys(self) -> set[str]:
         """Keys of the runs a resumed sweep skips: status ``"done"`` or ``"diverged"``.
 
-        ``"failed"`` runs are left out, so a sweep retries them.
+        ``"failed"`` runs are left out, so a sweep retries them, and so are undecodable rows.
         """
-        rows = self._query("SELECT key FROM runs WHERE status IN (?, ?)", FINISHED)
-        return {key for (key,) in rows}
+        rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE status IN (?, ?)", FINISHED)
+        return {record.key for record in self._records(rows)}
 
     def records(self, status: str | None = None) -> Iterator[RunRecord]:
-        """All stored runs (or those with ``status``) in the order they were first put."""
+        """All stored runs (or those with ``status``) in the order they were first put; rows
+        that cannot be decoded are left out (see :meth:`warn_undecodable`)."""
         where, params = ("WHERE status = ?", (status,)) if status is not None else ("", ())
         rows = self._query(f"SELECT {_COLUMNS} FROM runs {where} ORDER BY rowid", params)
-        return (_record(row) for row in rows)
+        return self._records(rows)
 
     def __len__(self) -> int:
+        """The number of stored rows, undecodable ones included."""
         return int(self._query("SELECT count(*) FROM runs")[0][0])
 
     def to_pandas(self) -> Any:
