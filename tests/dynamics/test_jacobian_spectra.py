@@ -175,3 +175,28 @@ def test_bad_config() -> None:
         step_matrix(torch.eye(3), StepSpectrumConfig(optimizer="adam"))
     with pytest.raises(SharpdimError, match="shape"):
         step_matrix(torch.eye(3), StepSpectrumConfig(optimizer="adam"), torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lr", "0.1", "lr must be a finite number > 0"),
+        ("momentum", None, "momentum must be a finite number in"),
+        ("betas", (0.9,), "betas must be a pair"),
+        ("betas", (0.9, "x"), "betas must be a finite number"),
+        ("weight_decay", "0", "weight_decay must be a finite number >= 0"),
+        ("eps", float("inf"), "eps must be a finite number >= 0"),
+        ("step", True, "step must be an integer >= 1"),
+        ("step", 2.5, "step must be an integer >= 1"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_one_line_errors(
+    field: str, value: object, message: str
+) -> None:
+    with pytest.raises(SharpdimError, match=message):
+        StepSpectrumConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_a_preconditioner_with_a_non_adam_optimizer_is_refused() -> None:
+    with pytest.raises(SharpdimError, match="a preconditioner is Adam's"):
+        step_matrix(torch.eye(3), StepSpectrumConfig(optimizer="sgd"), torch.ones(3))

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import check_number
 from sharpdim.dimension.mst import (
     Metric,
     as_points,
@@ -26,7 +27,6 @@ from sharpdim.dimension.mst import (
     mst_edge_lengths,
     pairwise_distances,
 )
-from sharpdim.dimension.sd_arguments import check_number
 
 
 @dataclass(frozen=True)

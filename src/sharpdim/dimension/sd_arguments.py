@@ -11,39 +11,8 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import check_count, check_number
 from sharpdim.errors import SharpdimError
-
-_RANGES: dict[str, Callable[[float], bool]] = {
-    ">= 0": lambda x: x >= 0,
-    "> 0": lambda x: x > 0,
-    "in [0, 1)": lambda x: 0 <= x < 1,
-    "in (0, 1)": lambda x: 0 < x < 1,
-}
-
-
-def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole number") -> int:
-    """``value`` as an ``int >= minimum``; bools, floats and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise SharpdimError(f"{name} must be an integer >= {minimum}, got {value!r}: pass {hint}")
-    return int(value)
-
-
-def check_number(value: Any, name: str, rule: str, example: str) -> float:
-    """``value`` as a float: a finite real number (not a bool) with ``rule`` (a key of ``_RANGES``)."""
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (real and math.isfinite(value) and _RANGES[rule](value)):
-        raise SharpdimError(
-            f"{name} must be a finite number {rule}, got {value!r}: pass e.g. {example}"
-        )
-    return float(value)
-
-
-def check_betas(betas: Any) -> tuple[float, float]:
-    """Adam's ``(b1, b2)``: two numbers in ``[0, 1)``."""
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise SharpdimError(f"betas must be a pair (b1, b2), got {betas!r}: pass e.g. (0.9, 0.999)")
-    b1, b2 = (check_number(b, "betas", "in [0, 1)", "(0.9, 0.999)") for b in betas)
-    return b1, b2
 
 
 def _check_integration(value: Any) -> str:

@@ -29,20 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from sharpdim.checks import check_betas, check_count, check_number
 from sharpdim.curvature.dense import DENSE_LIMIT
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.slq import check_reorthogonalization
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.dimension.rds_sharpness import rds_sharpness
-from sharpdim.dimension.sd_arguments import (
-    check_betas,
-    check_count,
-    check_data,
-    check_estimator_options,
-    check_lr,
-    check_number,
-)
+from sharpdim.dimension.sd_arguments import check_data, check_estimator_options, check_lr
 from sharpdim.dimension.sd_estimators import (
     SD_METHODS,
     exponent_measure,

@@ -44,12 +44,12 @@ smaller one), a cancellation-free form of ``sigma_1 sigma_2 = |ps - qr|``,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal, final
 
 import torch
 
+from sharpdim.checks import check_betas, check_count, check_number
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.errors import SharpdimError
 
@@ -89,24 +89,13 @@ class StepSpectrumConfig:
             raise SharpdimError(
                 f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
             )
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise SharpdimError(f"lr must be a positive number, got {self.lr}: pass lr > 0")
-        if not 0 <= self.momentum < 1:
-            raise SharpdimError(f"momentum must be in [0, 1), got {self.momentum}: e.g. 0.9")
-        if not all(0 <= b < 1 for b in self.betas):
-            raise SharpdimError(f"betas must lie in [0, 1), got {self.betas}: e.g. (0.9, 0.999)")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise SharpdimError(
-                f"weight_decay must be a finite number >= 0, got {self.weight_decay}: "
-                "pass the optimizer's weight decay (0 for none)"
-            )
-        if self.eps < 0:
-            raise SharpdimError(f"eps must be >= 0, got {self.eps}: pass e.g. 1e-12")
-        if self.step is not None and self.step < 1:
-            raise SharpdimError(
-                f"step must be >= 1, got {self.step}: pass Adam's step count, or None late in "
-                "training"
-            )
+        check_number(self.lr, "lr", "> 0", "0.1")
+        check_number(self.momentum, "momentum", "in [0, 1)", "0.9")
+        check_betas(self.betas)
+        check_number(self.weight_decay, "weight_decay", ">= 0", "0.0 (no decay)")
+        check_number(self.eps, "eps", ">= 0", "1e-12")
+        if self.step is not None:
+            check_count(self.step, "step", hint="Adam's step count, or None late in training")
 
     @property
     def states_per_param(self) -> int:
@@ -175,6 +164,11 @@ def _check_preconditioner(
             "pass `preconditioner` (a flat tensor of the model's parameter count)"
         )
     if not config.is_adam:
+        if preconditioner is not None:
+            raise SharpdimError(
+                f"a preconditioner is Adam's; optimizer {config.optimizer!r} does not use it: "
+                "drop it or use optimizer 'adam' or 'adamw'"
+            )
         return None
     if not isinstance(preconditioner, torch.Tensor):
         try:
