@@ -1,6 +1,7 @@
 """``sharpdim chaos`` commands at tiny sizes."""
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,92 @@ def test_modular_dataset_runs(tmp_path: Path) -> None:
         seed=0,
     )  # what chaos compare runs per case; a dtype error with token inputs before
     assert run["data"].x_train.dtype == torch.float64 and len(run["traj"]) == 3
+
+
+def test_compare_records_a_diverging_run_and_keeps_going(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    out = tmp_path / "cmp"
+    args = [
+        "chaos", "compare", "--lr-eos", "50", "--lr-below", "0.05", "--n-train", "48",
+        "--width", "4", "--depth", "1", "--train-steps", "10", "--k", "1", "--lyap-steps", "4",
+        "--warmup", "0", "--num-iterates", "11", "--seeds", "1", "--out", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert (
+        "EoS (lr=50): training diverged at step 2; its measures are NaN" in capsys.readouterr().out
+    )
+    cases = json.loads((out / "chaos_compare.json").read_text())["cases"]
+    eos, below = cases["EoS"], cases["below"]
+    assert (eos["status"], eos["diverged_at"]) == ("diverged", 2)  # loss blew up at step 2
+    assert eos["lyapunov"] is None and eos["num_params"] == 64 * 4 + 4 + 4 * 10 + 10
+    for key in ("largest_lyapunov", "sd", "ph0_dimension", "e1", "divergence_rate"):
+        assert eos[key] is None  # NaN in strict JSON
+    assert (below["status"], below["diverged_at"]) == ("done", None)
+    assert below["sd"] >= 0 and len(below["lyapunov"]["exponents"]) == 1
+    assert (out / "chaos_compare.png").stat().st_size > 1000
+    conn = sqlite3.connect(out / "runs.sqlite")
+    statuses = sorted(s for (s,) in conn.execute("SELECT status FROM runs"))
+    conn.close()
+    assert statuses == ["diverged", "done"]
+
+
+def test_run_case_records_diverged_seeds() -> None:
+    from sharpdim.commands.chaos_cases import run_case
+
+    # at lr=2.75 the run of seed 0 finishes, those of seeds 1 and 2 diverge (steps 9 and 8)
+    case = run_case(
+        lr=2.75, n_train=48, width=4, depth=1, train_steps=10, k=1, lyap_steps=4, warmup=0,
+        num_iterates=11, seed=0, seeds=3,
+    )  # fmt: skip
+    assert (case["status"], case["diverged_at"], case["diverged_seeds"]) == ("done", None, [1, 2])
+    first, *others = case["largest_lyapunov_per_seed"]
+    assert first == case["largest_lyapunov"] and all(math.isnan(v) for v in others)
+    assert case["largest_lyapunov_seed_mean"] == first  # over the seeds that finished
+    assert math.isnan(case["largest_lyapunov_seed_stderr"])  # one finished seed
+
+
+def test_compare_too_large_for_the_exact_sd_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(trajectory_module, "capture_backward", _no_training)
+    out = tmp_path / "cmp"
+    msg = _exit_2(["chaos", "compare", "--width", "300", "--depth", "1", "--out", str(out)], capsys)
+    assert msg == (  # 64*300 + 300 + 300*10 + 10
+        "the MLP has 22,510 parameters, more than the 20,000 the exact sharpness dimension "
+        "(dense Hessians) takes: pass a smaller --width or --depth"
+    )
+    assert not out.exists()
+
+
+def test_compare_store_folder_and_empty_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(trajectory_module, "capture_backward", _no_training)
+    store = tmp_path / "runs.sqlite"
+    store.mkdir()
+    msg = _exit_2(["chaos", "compare", "--out", str(tmp_path)], capsys)
+    assert msg == (
+        f"cannot use {store} as the results store (it is a folder): choose another --out "
+        f"folder or move {store} away"
+    )
+    monkeypatch.chdir(tmp_path)
+    msg = _exit_2(["chaos", "compare", "--out", ""], capsys)
+    assert msg == (
+        "Invalid value for '--out': it is empty: name a folder, e.g. --out results: "
+        "see 'sharpdim chaos compare --help'"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["runs.sqlite"]
+
+
+def test_idx_dataset_names_the_cli_options(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(loop_module, "train", _no_training)
+    msg = _exit_2(["chaos", "lyapunov", "--dataset", "idx"], capsys)
+    assert msg == (
+        "--dataset 'idx' is not one the command line can load: pass --dataset digits, "
+        "mnist1d, modular, teacher_student (your own IDX files: load_idx_dataset in Python)"
+    )

@@ -69,3 +69,52 @@ def test_demo_write_error_is_one_line(
         f"error: cannot write {out / 'summary.json'} (Permission denied): "
         "choose a writable --out folder\n"
     )
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err.removeprefix("error: ").rstrip("\n")
+
+
+@pytest.mark.parametrize(("width", "params"), [(109, "20,175"), (10**6, "1,000,076,000,010")])
+def test_demo_too_wide_for_the_exact_sd_fails_before_training(
+    width: int,
+    params: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(demo_module, "train", _no_training)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--width", str(width)]) == 2
+    # 64-w-w-10: w^2 + 76 w + 10 parameters; w = 108 gives 19,882 <= 20,000
+    assert _one_error_line(capsys) == (
+        f"the MLP has {params} parameters, more than the 20,000 the exact sharpness "
+        "dimension (dense Hessians) takes: pass --width 108 or less"
+    )
+    assert not out.exists()
+
+
+def test_demo_n_train_above_digits_fails_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo_module, "train", _no_training)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-train", "1501"]) == 2
+    msg = _one_error_line(capsys)
+    assert msg.startswith("Invalid value for '--n-train'") and "1500" in msg, msg
+    assert not out.exists()
+
+
+def test_demo_empty_out_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo_module, "train", _no_training)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", ""]) == 2
+    assert _one_error_line(capsys) == (
+        "Invalid value for '--out': it is empty: name a folder, e.g. --out results: "
+        "see 'sharpdim demo --help'"
+    )
+    assert list(tmp_path.iterdir()) == []

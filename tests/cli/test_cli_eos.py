@@ -193,3 +193,63 @@ def test_a_corrupt_store_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "runs.sqlite").write_bytes(b"not sqlite\n" * 100)
     assert _sharpening(tmp_path, "0.2") == 2
     assert "runs.sqlite is not a readable SQLite results store" in capsys.readouterr().err
+
+
+def test_minimalist_where_every_step_size_diverges(tmp_path, capsys):
+    code = main(["eos", "minimalist", "--lr-min", "5", "--lr-max", "6", "--num-lrs", "3",
+                 "--bif-min", "5", "--bif-max", "6", "--bif-num", "3", "--steps", "50",
+                 "--late", "10", "--out", str(tmp_path)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    summary = _summary(tmp_path / "minimalist.json")  # the figure is written too
+    for part in ("ratios", "bifurcation"):
+        assert summary[part]["first_diverged"] == 5.0  # the smallest step size diverged
+        assert summary[part]["eos_lrs"] == [] and summary[part]["reference_sharpness"] is None
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err.removeprefix("error: ").rstrip("\n")
+
+
+def test_fractal_particles_have_an_upper_bound(tmp_path, capsys, monkeypatch):
+    from sharpdim.training import eos_fractal
+
+    monkeypatch.setattr(eos_fractal, "fractal_attractor", None)  # never reached
+    args = ["eos", "fractal", "--particles", "1000001", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert _one_error_line(capsys) == (
+        "--particles 1,000,001 exceeds 1,000,000: pass --particles <= 1,000,000 (the default "
+        "20,000 shows the attractor)"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_lrs_with_an_empty_item_is_an_error(tmp_path, capsys, trained):
+    assert _sharpening(tmp_path / "o", "0.2,,0.3") == 2
+    assert _one_error_line(capsys) == (
+        "--lrs '0.2,,0.3' has an empty item between commas: use e.g. '0.2,0.3,0.5'"
+    )
+    assert trained[0] == [] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["sharpening", "minimalist", "fractal"])
+def test_empty_out_is_an_error(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["eos", command, "--out", ""]) == 2
+    assert _one_error_line(capsys) == (
+        f"Invalid value for '--out': it is empty: name a folder, e.g. --out results: "
+        f"see 'sharpdim eos {command} --help'"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
+
+
+def test_a_store_path_that_is_a_folder_is_a_one_line_error(tmp_path, capsys, trained):
+    (tmp_path / "runs.sqlite").mkdir()
+    assert _sharpening(tmp_path, "0.2") == 2
+    store = tmp_path / "runs.sqlite"
+    assert _one_error_line(capsys) == (
+        f"cannot use {store} as the results store (it is a folder): choose another --out "
+        f"folder or move {store} away"
+    )
+    assert trained[0] == []

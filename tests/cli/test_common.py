@@ -11,19 +11,22 @@ import torch
 
 from sharpdim.commands._common import (
     check_at_least,
+    check_exact_sd_size,
     check_positive_lr,
     jsonable,
     kv_table,
     load_mlp_dataset,
+    mlp_num_params,
     mlp_setup,
     output_errors,
     parse_floats,
     prepare_output_dir,
     prepare_output_file,
+    prepare_store_path,
     write_json,
     wrote_line,
 )
-from sharpdim.errors import SharpdimError
+from sharpdim.errors import SharpdimError, TooLargeError
 
 
 def test_parse_floats_commas_and_spaces() -> None:
@@ -124,3 +127,50 @@ def test_modular_is_one_hot_for_mlps() -> None:
         mlp_setup("modular", n_train=30, width=3, depth=1, seed=0, batch_size=31)
     with pytest.raises(SharpdimError, match=r"^--width must be >= 1, got 0"):
         mlp_setup("digits", n_train=30, width=0, depth=1, seed=0)
+
+
+@pytest.mark.parametrize("text", ["0.2,,0.3", "0.2,0.3,", ",0.2", "0.2, ,0.3"])
+def test_parse_floats_refuses_empty_items(text: str) -> None:
+    with pytest.raises(SharpdimError) as err:
+        parse_floats(text, "--lrs")
+    assert str(err.value) == (
+        f"--lrs {text!r} has an empty item between commas: use e.g. '0.2,0.3,0.5'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"), [("idx", " (your own IDX files: load_idx_dataset in Python)"), ("cifar", "")]
+)
+def test_cli_datasets_name_the_option(name: str, hint: str) -> None:
+    with pytest.raises(SharpdimError) as err:
+        mlp_setup(name, n_train=30, width=3, depth=1, seed=0)
+    assert str(err.value) == (
+        f"--dataset {name!r} is not one the command line can load: pass --dataset digits, "
+        f"mnist1d, modular, teacher_student{hint}"
+    )
+    assert "directory=" not in str(err.value) and "train_images=" not in str(err.value)
+
+
+def test_store_path_refuses_a_folder(tmp_path: Path) -> None:
+    assert prepare_store_path(tmp_path) == tmp_path / "runs.sqlite"
+    (tmp_path / "runs.sqlite").mkdir()
+    with pytest.raises(SharpdimError) as err:
+        prepare_store_path(tmp_path)
+    store = tmp_path / "runs.sqlite"
+    assert str(err.value) == (
+        f"cannot use {store} as the results store (it is a folder): choose another --out "
+        f"folder or move {store} away"
+    )
+
+
+def test_exact_sd_size_limit() -> None:
+    # 64-w-10 MLP, w = 300: 64*300 + 300 + 300*10 + 10 parameters
+    assert mlp_num_params(64, 10, 300, 1) == 22_510
+    assert mlp_num_params(64, 10, 108, 2) == 19_882 and mlp_num_params(64, 10, 109, 2) == 20_175
+    assert check_exact_sd_size(20_000, "x") == 20_000
+    with pytest.raises(TooLargeError) as err:
+        check_exact_sd_size(22_510, "pass a smaller --width or --depth")
+    assert str(err.value) == (
+        "the MLP has 22,510 parameters, more than the 20,000 the exact sharpness dimension "
+        "(dense Hessians) takes: pass a smaller --width or --depth"
+    )

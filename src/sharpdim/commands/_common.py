@@ -8,13 +8,15 @@
 * :func:`load_mlp_dataset`: :func:`~sharpdim.training.datasets.load_dataset` with the float
   inputs an MLP needs (modular arithmetic one-hot encoded); :func:`mlp_setup`: that data and
   the MLP, with the model options checked before any training;
-* :func:`check_positive_lr`, :func:`check_at_least`: option checks whose one-line errors
-  name the flag; :func:`training_record`: the model/data/training part of a JSON result;
-* :func:`prepare_output_dir` / :func:`prepare_output_file`: check (and create) where a command
+* :func:`check_positive_lr`, :func:`check_at_least`, :func:`check_mlp_size`,
+  :func:`check_exact_sd_size`: option checks whose one-line errors name the flag;
+  :func:`training_record`: the model/data/training part of a JSON result;
+* :func:`parse_output_folder` (``--out`` must not be empty), :func:`prepare_output_dir` /
+  :func:`prepare_output_file` / :func:`prepare_store_path`: check (and create) where a command
   will write, at its start, so that a bad ``--out``/``--json`` fails before any computing;
   :func:`output_errors`: an ``OSError`` while writing becomes the same one-line error;
 * :func:`jsonable` / :func:`write_json`: strict JSON (NaN/inf become ``null``, tensors and
-  tuples lists) written with a trailing newline, parent folders created;
+  tuples lists) written atomically with a trailing newline, parent folders created;
 * :func:`kv_table`, :func:`wrote_line`, :func:`print_report`: the two-column rich table and the
   closing "wrote ..." line the commands print;
 * :func:`progress_bar`: a transient rich progress bar.
@@ -37,7 +39,8 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sharpdim.errors import SharpdimError
+from sharpdim.atomic import write_text_atomic
+from sharpdim.errors import SharpdimError, TooLargeError
 
 if TYPE_CHECKING:
     from sharpdim.training.datasets import Dataset
@@ -83,7 +86,10 @@ def json_option() -> Any:
 
 # -- checks ----------------------------------------------------------------------------------
 def parse_floats(text: str, what: str) -> list[float]:
-    """Numbers separated by commas and/or spaces; ``what`` names the flag in the error."""
+    """Numbers separated by commas and/or spaces; ``what`` names the flag in the error.
+
+    An empty item between commas (``'0.2,,0.3'``, a trailing comma) is an error.
+    """
     try:
         values = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
@@ -92,19 +98,33 @@ def parse_floats(text: str, what: str) -> list[float]:
         ) from None
     if not values:
         raise SharpdimError(f"{what} is empty: give at least one number")
+    if any(not item.strip() for item in text.split(",")):
+        raise SharpdimError(
+            f"{what} {text!r} has an empty item between commas: use e.g. '0.2,0.3,0.5'"
+        )
     return values
+
+
+CLI_DATASETS = ("digits", "mnist1d", "modular", "teacher_student")
+"""The ``--dataset`` names (``"idx"`` needs file paths, which only the Python API takes)."""
 
 
 def load_mlp_dataset(
     name: str, *, seed: int, n_train: int | None, dtype: torch.dtype = torch.float32
 ) -> Dataset:
-    """``load_dataset(name, ...)`` with float inputs for an MLP.
+    """``load_dataset(name, ...)`` with float inputs for an MLP; ``name`` one of :data:`CLI_DATASETS`.
 
     Modular arithmetic comes as int64 token inputs by default (for transformers); an MLP needs
     its one-hot encoding ``[onehot(a), onehot(b)]`` (width ``2p``), so that is what it gets.
     """
     from sharpdim.training.datasets import load_dataset
 
+    if name not in CLI_DATASETS:
+        idx = " (your own IDX files: load_idx_dataset in Python)" if name == "idx" else ""
+        raise SharpdimError(
+            f"--dataset {name!r} is not one the command line can load: pass --dataset "
+            f"{', '.join(CLI_DATASETS)}{idx}"
+        )
     options: dict[str, Any] = {"encoding": "onehot"} if name == "modular" else {}
     return load_dataset(name, seed=seed, n_train=n_train, dtype=dtype, **options)
 
@@ -155,19 +175,39 @@ MAX_MLP_PARAMS = 100_000_000
 """Largest MLP the commands build (400 MB of float32 parameters before any curvature)."""
 
 
-def check_mlp_size(input_dim: int, outputs: int, width: int, depth: int) -> int:
-    """The parameter count of ``build_mlp(input_dim, outputs, width, depth)`` (with biases);
-    a one-line error naming ``--width``/``--depth`` above :data:`MAX_MLP_PARAMS`."""
+def mlp_num_params(input_dim: int, outputs: int, width: int, depth: int) -> int:
+    """The parameter count of ``build_mlp(input_dim, outputs, width, depth)`` (with biases)."""
     fan_in = width if depth else input_dim  # of the output layer
     params = fan_in * outputs + outputs
     if depth:
         params += input_dim * width + width + (depth - 1) * (width * width + width)
+    return params
+
+
+def check_mlp_size(input_dim: int, outputs: int, width: int, depth: int) -> int:
+    """:func:`mlp_num_params`; a one-line error naming ``--width``/``--depth`` above
+    :data:`MAX_MLP_PARAMS`."""
+    params = mlp_num_params(input_dim, outputs, width, depth)
     if params > MAX_MLP_PARAMS:
         raise SharpdimError(
             f"--width {width} and --depth {depth} give an MLP of {params:,} parameters, more "
             f"than {MAX_MLP_PARAMS:,}: use a smaller --width or --depth"
         )
     return params
+
+
+def check_exact_sd_size(num_params: int, fix: str) -> int:
+    """``num_params`` if the exact sharpness dimension takes a model that size (its dense
+    Hessians: :data:`~sharpdim.curvature.dense.DENSE_LIMIT` parameters at most), else a one-line
+    error ending in ``fix`` (the options to change)."""
+    from sharpdim.curvature.dense import DENSE_LIMIT
+
+    if num_params > DENSE_LIMIT:
+        raise TooLargeError(
+            f"the MLP has {num_params:,} parameters, more than the {DENSE_LIMIT:,} the exact "
+            f"sharpness dimension (dense Hessians) takes: {fix}"
+        )
+    return num_params
 
 
 def check_finite(value: float, flag: str, *, low: float | None = None, example: str) -> float:
@@ -260,6 +300,16 @@ def _dir_problem(folder: Path) -> str | None:
     return None
 
 
+def parse_output_folder(value: str | Path) -> Path:
+    """The ``--out`` folder as a ``Path``; an empty value is an error (it would mean ``.``).
+
+    Typer's ``parser=`` for the option, so it sees the text as typed.
+    """
+    if not str(value).strip():
+        raise typer.BadParameter("it is empty: name a folder, e.g. --out results")
+    return Path(value)
+
+
 def prepare_output_dir(folder: Path, flag: str = "--out") -> Path:
     """Make sure the command can write files into ``folder``; call it before any work.
 
@@ -295,6 +345,21 @@ def prepare_output_file(path: Path | None, flag: str = "--json") -> Path | None:
     return path
 
 
+def prepare_store_path(folder: Path, name: str = "runs.sqlite") -> Path:
+    """``folder / name``, the results store of a resumable command; refuses a folder there.
+
+    Raises:
+        SharpdimError: one line naming the path and ``--out``.
+    """
+    path = folder / name
+    if path.is_dir():
+        raise SharpdimError(
+            f"cannot use {path} as the results store (it is a folder): choose another --out "
+            f"folder or move {path} away"
+        )
+    return path
+
+
 @contextmanager
 def output_errors(path: Path, flag: str) -> Iterator[None]:
     """Turn an ``OSError`` raised inside the block (writing under ``path``) into one line."""
@@ -319,14 +384,13 @@ def jsonable(value: Any) -> Any:
 
 
 def write_json(path: Path, payload: Any, flag: str = "--out/--json") -> Path:
-    """Write ``jsonable(payload)`` as strict, indented JSON to ``path``; return ``path``.
+    """Write ``jsonable(payload)`` as strict, indented JSON to ``path`` atomically; return it.
 
     An ``OSError`` becomes the one-line error of :func:`output_errors` naming ``flag``.
     """
     text = json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n"
     with output_errors(path, flag):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_text_atomic(path, text)
     return path
 
 

@@ -8,8 +8,10 @@
   independent runs), the divergence rate of two runs ``delta`` apart
   (same batches), the Kaplan–Yorke dimension of the top-k spectrum, the sharpness dimension,
   the PH0 dimension (Euclidean and loss pseudo-metric) and ``E_1`` of the last iterates; a
-  table, a JSON file and a figure. Each finished case is stored in ``<out>/runs.sqlite``
-  (:mod:`sharpdim.runner`), so a rerun of a killed comparison reuses it.
+  table, a JSON file and a figure. A case whose training diverges is recorded as such
+  (``status`` ``"diverged"``, ``diverged_at``, NaN measures) and the other case still runs.
+  Each finished case is stored in ``<out>/runs.sqlite`` (:mod:`sharpdim.runner`), so a rerun
+  of a killed comparison reuses it.
 """
 
 from __future__ import annotations
@@ -27,14 +29,17 @@ from rich.table import Table
 
 from sharpdim.commands._common import (
     check_at_least,
+    check_exact_sd_size,
     check_positive_lr,
     dataset_option,
     depth_option,
     json_option,
     mlp_setup,
     output_errors,
+    parse_output_folder,
     prepare_output_dir,
     prepare_output_file,
+    prepare_store_path,
     seed_option,
     training_record,
     width_option,
@@ -59,8 +64,8 @@ MIN_TRAJECTORY_POINTS = 11
 
 def _check_model_options(
     *, dataset: str, n_train: int, width: int, depth: int, batch_size: int | None, k: int, seed: int
-) -> Dataset:
-    """Check the model options and ``--k`` before any training; return the data."""
+) -> tuple[Dataset, int]:
+    """Check the model options and ``--k`` before any training; the data and parameter count."""
     from sharpdim.curvature.params import trainable_parameters
 
     check_at_least(k, 1, "--k")
@@ -76,10 +81,11 @@ def _check_model_options(
     d = sum(p.numel() for p in trainable_parameters(model))
     if k > d:
         raise SharpdimError(f"--k {k} exceeds the {d} parameters of the MLP: pass --k <= {d}")
-    return data
+    return data, d
 
 
 _ROWS = [
+    ("status (done / diverged)", "status"),
     ("sharpness (full batch)", "sharpness_full_batch"),
     ("2 / lr", "threshold_2_over_lr"),
     ("largest Lyapunov exponent", "largest_lyapunov"),
@@ -111,7 +117,7 @@ def _table(cases: dict[str, dict[str, Any]]) -> Table:
         if key is None:
             vals = [f"{_fmt(c['train_loss'])} / {_fmt(c['test_loss'])}" for c in cases.values()]
         else:
-            vals = [_fmt(c[key]) for c in cases.values()]
+            vals = [_fmt(c.get(key)) for c in cases.values()]
         table.add_row(label, *vals)
     return table
 
@@ -132,7 +138,9 @@ def compare(
     num_iterates: int = typer.Option(500, help="last iterates kept for PH0 / E_alpha"),
     seed: int = seed_option("seed of data, model and sampling"),
     seeds: int = typer.Option(3, help="independent runs for the largest Lyapunov exponent"),
-    out: Path = typer.Option(Path("chaos_compare"), help="output folder (JSON + figure)"),
+    out: Path = typer.Option(
+        Path("chaos_compare"), help="output folder (JSON + figure)", parser=parse_output_folder
+    ),
 ) -> None:
     """Train the same MLP at the edge of stability and well below; compare chaos measures."""
     check_positive_lr(lr_eos, "--lr-eos", "1.5")
@@ -155,7 +163,7 @@ def compare(
             f"pass --num-iterates >= {MIN_TRAJECTORY_POINTS} and "
             f"--train-steps >= {MIN_TRAJECTORY_POINTS - 1}"
         )
-    _check_model_options(
+    _, num_params = _check_model_options(
         dataset=dataset,
         n_train=n_train,
         width=width,
@@ -164,6 +172,7 @@ def compare(
         k=k,
         seed=seed,
     )
+    check_exact_sd_size(num_params, "pass a smaller --width or --depth")
     prepare_output_dir(out, "--out folder")
     opts: dict[str, Any] = dict(
         dataset=dataset,
@@ -182,10 +191,10 @@ def compare(
     start = time.perf_counter()
     from sharpdim.runner import ResultsStore, ResumableRuns
 
-    store_path = out / "runs.sqlite"
+    store_path = prepare_store_path(out)
     with ResultsStore(store_path) as store, Progress(transient=True) as progress:
         runs: ResumableRuns[dict[str, Any]] = ResumableRuns(
-            store, encode=dict, decode=dict, status=lambda case: "done"
+            store, encode=dict, decode=dict, status=lambda case: case["status"]
         )
         cases = {
             name: runs(
@@ -197,17 +206,25 @@ def compare(
     if runs.reused:
         Console().print(f"reused {runs.reused} of 2 cases stored in {store_path}", markup=False)
     Console().print(_table(cases))
+    for name, case in cases.items():
+        if case.get("status") == "diverged":
+            Console().print(
+                f"{name} (lr={case['lr']:g}): training diverged at step {case['diverged_at']}; "
+                "its measures are NaN",
+                markup=False,
+            )
     from sharpdim.report.chaos_figures import plot_chaos_comparison
 
-    with output_errors(out, "--out folder"):
-        figure = plot_chaos_comparison(cases, out / "chaos_compare.png")
+    figure = out / "chaos_compare.png"
     payload = {
         "settings": {"lr_eos": lr_eos, "lr_below": lr_below, **opts},
         "cases": cases,
         "wall_time_s": time.perf_counter() - start,
         "figure": str(figure),
     }
-    write_json(out / "chaos_compare.json", payload, "--out folder")
+    write_json(out / "chaos_compare.json", payload, "--out folder")  # the results first
+    with output_errors(out, "--out folder"):
+        plot_chaos_comparison(cases, figure)
     Console().print(wrote_line(out / "chaos_compare.json", figure))
 
 
@@ -239,7 +256,7 @@ def lyapunov(
     check_at_least(train_steps, 0, "--train-steps")
     check_at_least(steps, 1, "--steps")
     check_at_least(warmup, 0, "--warmup")
-    data = _check_model_options(
+    data, _ = _check_model_options(
         dataset=dataset,
         n_train=n_train,
         width=width,

@@ -4,6 +4,8 @@
 real optimizer step (``chaos lyapunov``); :func:`run_case` adds, for ``chaos compare``, the
 largest exponent over independent seeds, the divergence of nearby runs, the sharpness (largest
 algebraic Hessian eigenvalue), the sharpness dimension, the PH0 dimension and ``E_1``.
+Training that diverges is a recorded outcome, not an error: the case gets ``status``
+``"diverged"``, the step ``diverged_at`` and NaN measures.
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ def train_and_lyapunov(
     num_iterates: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Train one MLP (seed ``seed``) and take the top-``k`` Lyapunov spectrum of its step."""
+    """Train one MLP (seed ``seed``) and take the top-``k`` Lyapunov spectrum of its step.
+
+    When training diverges (``result["trained"].diverged``) nothing is measured: ``lyap``,
+    ``w_star`` and ``phi`` are ``None``.
+    """
     from sharpdim.curvature.params import get_flat_params, trainable_parameters
     from sharpdim.dynamics.lyapunov import lyapunov_spectrum
     from sharpdim.dynamics.step_maps import TrainingMap
@@ -65,9 +71,8 @@ def train_and_lyapunov(
     )
     trained, traj = capture_backward(model, data, config, num_iterates)
     if trained.diverged:
-        raise SharpdimError(
-            f"training at lr={lr:g} (seed {seed}) diverged at step {trained.diverged_at}: "
-            "lower the lr"
+        return dict(
+            data=data, model=model, trained=trained, traj=traj, w_star=None, phi=None, lyap=None
         )
     w_star = get_flat_params(trainable_parameters(model))
     batches = fresh_batches(
@@ -83,8 +88,10 @@ def train_and_lyapunov(
 
 
 def _mean_stderr(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (NaN error for one value)."""
+    """Mean and standard error of the mean (NaN error for one value, both NaN for none)."""
     n = len(values)
+    if n == 0:
+        return math.nan, math.nan
     mean = sum(values) / n
     if n < 2:
         return mean, math.nan
@@ -148,13 +155,17 @@ def run_case(
     main = train_and_lyapunov(num_iterates=num_iterates, seed=seed, **run_opts)
     data, model, trained, traj = main["data"], main["model"], main["trained"], main["traj"]
     w_star, phi, lyap = main["w_star"], main["phi"], main["lyap"]
+    if lyap is None:
+        return _diverged_case(lr, trained, model, time.perf_counter() - start)
     advance("trained, Lyapunov")
-    per_seed = [lyap.largest]
+    per_seed, diverged_seeds = [lyap.largest], []
     for extra in range(1, seeds):
         other = train_and_lyapunov(num_iterates=1, seed=seed + extra, **run_opts)
-        per_seed.append(other["lyap"].largest)
+        if other["lyap"] is None:
+            diverged_seeds.append(seed + extra)
+        per_seed.append(math.nan if other["lyap"] is None else other["lyap"].largest)
         advance(f"Lyapunov of seed {seed + extra}")
-    lyap_mean, lyap_sem = _mean_stderr(per_seed)
+    lyap_mean, lyap_sem = _mean_stderr([v for v in per_seed if not math.isnan(v)])
     sharp, sharp_converged = full_batch_sharpness(model, mse_loss, data.train_batch())
     div = trajectory_divergence(
         phi, w_star, lyap_steps, delta=delta, generator=torch.Generator().manual_seed(seed)
@@ -184,6 +195,8 @@ def run_case(
     advance("E_alpha")
     return {
         "lr": lr,
+        "status": "done",
+        "diverged_at": None,
         "threshold_2_over_lr": 2.0 / lr,
         "sharpness_full_batch": sharp,
         "sharpness_converged": sharp_converged,
@@ -198,6 +211,7 @@ def run_case(
         "largest_lyapunov_per_seed": per_seed,
         "largest_lyapunov_seed_mean": lyap_mean,
         "largest_lyapunov_seed_stderr": lyap_sem,
+        "diverged_seeds": diverged_seeds,
         "kaplan_yorke_top_k": lyap.kaplan_yorke,
         "divergence": div.to_dict(),
         "divergence_rate": div.growth_rate,
@@ -211,4 +225,51 @@ def run_case(
         "e1_loss": e1_loss.value,
         "num_iterates": len(traj),
         "wall_time_s": time.perf_counter() - start,
+    }
+
+
+MEASURES = (
+    "sharpness_full_batch",
+    "largest_lyapunov",
+    "largest_lyapunov_stderr",
+    "largest_lyapunov_seed_mean",
+    "largest_lyapunov_seed_stderr",
+    "kaplan_yorke_top_k",
+    "divergence_rate",
+    "divergence_rate_stderr",
+    "sd",
+    "sd_lambda_1",
+    "ph0_dimension",
+    "ph0_dimension_r2",
+    "ph0_dimension_loss",
+    "e1",
+    "e1_loss",
+)
+"""The measures of :func:`run_case`, NaN in a case whose training diverged."""
+
+
+def _diverged_case(
+    lr: float, trained: Any, model: torch.nn.Module, seconds: float
+) -> dict[str, Any]:
+    """The case of a run whose training diverged: its status and step, NaN measures."""
+    from sharpdim.curvature.params import trainable_parameters
+
+    return {
+        "lr": lr,
+        "status": "diverged",
+        "diverged_at": trained.diverged_at,
+        "threshold_2_over_lr": 2.0 / lr,
+        "sharpness_converged": False,
+        "train_loss": trained.final_train_loss,
+        "test_loss": trained.final_test_loss,
+        "train_accuracy": trained.final_train_accuracy,
+        "test_accuracy": trained.final_test_accuracy,
+        "num_params": sum(p.numel() for p in trainable_parameters(model)),
+        "lyapunov": None,
+        "largest_lyapunov_per_seed": [],
+        "diverged_seeds": [],
+        "divergence": None,
+        **dict.fromkeys(MEASURES, math.nan),
+        "num_iterates": 0,
+        "wall_time_s": seconds,
     }

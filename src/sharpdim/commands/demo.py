@@ -12,12 +12,16 @@ from rich.console import Console
 
 from sharpdim.commands._common import (
     SEED_RANGE,
+    check_exact_sd_size,
     check_positive_lr,
     kv_table,
+    mlp_num_params,
     output_errors,
+    parse_output_folder,
     prepare_output_dir,
     write_json,
 )
+from sharpdim.curvature.dense import DENSE_LIMIT
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.curvature.summary import SpectrumSummary, spectrum_summary
 from sharpdim.dimension.sharpness_dimension import SDResult, sharpness_dimension
@@ -29,12 +33,31 @@ from sharpdim.training.loop import TrainConfig, TrainResult, train
 from sharpdim.training.losses import mse_loss
 from sharpdim.training.models import build_mlp
 
+DIGITS_TRAIN = 1500
+"""Training examples of scikit-learn digits (1,797 images, 297 kept for testing)."""
+DIGITS_IN, DIGITS_OUT = 64, 10
+
+
+def _check_width(width: int) -> None:
+    """The 64-w-w-10 MLP must fit the exact sharpness dimension (before any training)."""
+    params = mlp_num_params(DIGITS_IN, DIGITS_OUT, width, 2)
+    if params > DENSE_LIMIT:
+        largest = 1
+        while mlp_num_params(DIGITS_IN, DIGITS_OUT, largest + 1, 2) <= DENSE_LIMIT:
+            largest += 1
+        check_exact_sd_size(params, f"pass --width {largest} or less")
+
 
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the figure, JSON and HTML report.")] = Path(
-        "sharpdim-demo"
-    ),
-    n_train: Annotated[int, typer.Option(min=10, help="Training examples (digits).")] = 1000,
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for the figure, JSON and HTML report.", parser=parse_output_folder
+        ),
+    ] = Path("sharpdim-demo"),
+    n_train: Annotated[
+        int, typer.Option(min=10, max=DIGITS_TRAIN, help="Training examples (digits).")
+    ] = 1000,
     width: Annotated[int, typer.Option(min=1, help="MLP width (2 hidden tanh layers).")] = 16,
     lr: Annotated[float, typer.Option(help="SGD step size eta.")] = 0.5,
     batch_size: Annotated[int, typer.Option(min=1, help="SGD minibatch size.")] = 64,
@@ -56,11 +79,12 @@ def demo(
     arXiv 2604.19740, Def. 4.2); writes spectrum.png, summary.json and report.html.
     """
     check_positive_lr(lr, example="0.5")
+    _check_width(width)
     prepare_output_dir(out, "--out folder")
     console = Console()
     start = time.perf_counter()
     data = load_dataset("digits", seed=seed, n_train=n_train)
-    model = build_mlp(data.input_dim, data.num_classes, width=width, depth=2, seed=seed)
+    model = build_mlp(DIGITS_IN, DIGITS_OUT, width=width, depth=2, seed=seed)
     config = TrainConfig(
         optimizer="sgd", lr=lr, batch_size=min(batch_size, n_train), steps=steps, seed=seed
     )
@@ -111,7 +135,12 @@ def _rows(run: TrainResult, s: SpectrumSummary, res: SDResult, lr: float) -> dic
 def _write_outputs(
     out: Path, run: TrainResult, s: SpectrumSummary, res: SDResult, lr: float
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "training": run.to_dict(),
+        "spectrum": s.to_dict(),
+        "sharpness_dimension": res.to_dict(),
+    }
+    write_json(out / "summary.json", payload, "--out folder")  # the results first
     png = plot_spectrum_density(
         s.grid,
         s.density,
@@ -119,12 +148,6 @@ def _write_outputs(
         top_eigenvalues=s.top_eigenvalues.tolist(),
         threshold=2.0 / lr,
     )
-    payload = {
-        "training": run.to_dict(),
-        "spectrum": s.to_dict(),
-        "sharpness_dimension": res.to_dict(),
-    }
-    write_json(out / "summary.json", payload, "--out folder")
     section = ReportSection(
         "Hessian spectrum and sharpness dimension",
         text="A tanh MLP trained with SGD on scikit-learn digits (MSE to one-hot targets).",

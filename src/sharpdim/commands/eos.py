@@ -40,7 +40,9 @@ from sharpdim.commands._common import (
     kv_table,
     output_errors,
     parse_floats,
+    parse_output_folder,
     prepare_output_dir,
+    prepare_store_path,
     print_report,
     progress_bar,
     seed_option,
@@ -59,10 +61,12 @@ _OUT = typer.Option(
     Path("eos_results"),
     "--out",
     help="folder for the PNG, the JSON summary and (sharpening, thresholds) runs.sqlite",
+    parser=parse_output_folder,
 )
 _DATASET = typer.Option("digits", help="digits | mnist1d | modular | teacher_student")
 STORE_NAME = "runs.sqlite"
 MAX_GRID = 100_000  # step sizes per minimalist grid (each a vectorised GD run)
+MAX_PARTICLES = 1_000_000  # fractal particles (each scattered into the figure)
 _WIDTH = width_option(100, help="tanh MLP hidden width")
 _DEPTH = depth_option(2, help="tanh MLP hidden layers")
 _N_TRAIN = typer.Option(1000, help="training examples (the first of the split)")
@@ -75,10 +79,14 @@ _SEED = seed_option("seed of data and initialisation")
 def _save(
     out: Path, name: str, result: Any, plot: Callable[[Any, Path], Path]
 ) -> tuple[Path, Path]:
-    """Write ``<out>/<name>.png`` (by ``plot``) and ``<out>/<name>.json``; return both paths."""
+    """Write ``<out>/<name>.json``, then ``<out>/<name>.png`` (by ``plot``); return (png, json).
+
+    The results first: a failing figure leaves them written.
+    """
+    js = write_json(out / f"{name}.json", result.to_dict(), "--out folder")
     with output_errors(out, "--out folder"):
         png = plot(result, out / f"{name}.png")
-    return png, write_json(out / f"{name}.json", result.to_dict(), "--out folder")
+    return png, js
 
 
 def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float64: bool) -> Any:
@@ -142,7 +150,7 @@ def _runs_command(
     from sharpdim.training.eos_experiments import EoSRun
 
     prepare_output_dir(out, "--out folder")
-    with ResultsStore(out / STORE_NAME) as store:
+    with ResultsStore(prepare_store_path(out, STORE_NAME)) as store:
         runs: ResumableRuns[EoSRun] = ResumableRuns(
             store,
             encode=EoSRun.to_dict,
@@ -188,7 +196,7 @@ def sharpening(
     """Progressive sharpening and EoS: GD on a tanh MLP with MSE (Cohen et al. 2021)."""
     from sharpdim.training.eos_experiments import progressive_sharpening
 
-    grid = parse_floats(lrs, "lrs")
+    grid = parse_floats(lrs, "--lrs")
     for lr in grid:
         check_positive_lr(lr, "--lrs", "0.2,0.3,0.5")
     _check_run_options(steps, every, late_fraction)
@@ -339,6 +347,11 @@ def fractal(
 
     check_positive_lr(lr, "--lr", "0.15")
     check_at_least(particles, 1, "--particles")
+    if particles > MAX_PARTICLES:
+        raise SharpdimError(
+            f"--particles {particles:,} exceeds {MAX_PARTICLES:,}: pass --particles "
+            f"<= {MAX_PARTICLES:,} (the default 20,000 shows the attractor)"
+        )
     check_at_least(steps, 1, "--steps")
     check_finite(amplitude, "--amplitude", example="2.0")
     check_finite(frequency, "--frequency", example="4.0")

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from sharpdim.atomic import save_figure_atomic
+
 
 def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """Save a three-panel comparison of training runs (``sharpdim chaos compare`` output).
@@ -18,18 +20,23 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
     Panels: finite-time largest Lyapunov exponent against steps (of the first seed; the legend
     gives the mean +- standard error over seeds when there are several); log distance of two runs
     ``delta`` apart against steps (fit window marked); a bar chart of the dimensions (Kaplan–
-    Yorke of the top-k, SD, PH0 Euclidean and loss metric).
+    Yorke of the top-k, SD, PH0 Euclidean and loss metric). A case whose training diverged
+    (``status`` ``"diverged"``) only gets a legend entry saying so.
 
     Args:
         cases: name -> the dict of :func:`sharpdim.commands.chaos_cases.run_case`.
-        path: output PNG path (parent folders are created).
+        path: output PNG path (parent folders are created; written atomically).
     """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.8), dpi=100)
     for i, (name, case) in enumerate(cases.items()):
         color = f"C{i}"
         label = f"{name} (lr={case['lr']:g})"
+        if case.get("status") == "diverged":  # nothing measured: a legend entry only
+            for ax in axes[:2]:
+                ax.plot(
+                    [], [], color=color, label=f"{label}: diverged at step {case['diverged_at']}"
+                )
+            continue
         ft = [row[0] for row in case["lyapunov"]["finite_time"]]
         mean, sem = case.get("largest_lyapunov_seed_mean"), case.get("largest_lyapunov_seed_stderr")
         seeds = len(case.get("largest_lyapunov_per_seed", []))
@@ -54,7 +61,8 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
     ]
     width = 0.8 / max(len(cases), 1)
     for i, (name, case) in enumerate(cases.items()):
-        vals = [case[key] if case[key] is not None else 0.0 for _, key in keys]
+        diverged = case.get("status") == "diverged"
+        vals = [math.nan if diverged else case[key] or 0.0 for _, key in keys]
         xs = [j + (i - (len(cases) - 1) / 2) * width for j in range(len(keys))]
         axes[2].bar(xs, vals, width=width, color=f"C{i}", label=name)
     axes[2].set_xticks(range(len(keys)), [k for k, _ in keys])
@@ -63,6 +71,7 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
     for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    try:
+        return save_figure_atomic(fig, path)
+    finally:
+        plt.close(fig)

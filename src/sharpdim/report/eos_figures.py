@@ -15,18 +15,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from sharpdim.atomic import save_figure_atomic
 from sharpdim.training.eos_experiments import EoSRunsResult
 from sharpdim.training.eos_fractal import FractalResult
 from sharpdim.training.eos_minimalist_experiment import MinimalistExperiment
 
 
 def _save(fig: plt.Figure, path: str | Path, dpi: int) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return out
+    try:
+        return save_figure_atomic(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
+def _upper_limit(values: np.ndarray, default: float = 10.0) -> float:
+    """1.3 times the largest finite value; ``default`` when none is finite (all diverged)."""
+    finite = values[np.isfinite(values)]
+    return 1.3 * float(finite.max()) if finite.size and finite.max() > 0 else default
 
 
 def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) -> Path:
@@ -77,8 +83,7 @@ def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int 
             ax.axhline(2.0 / lr, color=f"C{i}", ls="--", lw=0.8)
         ax.set_xscale("symlog", linthresh=10)
         ax.set_xlim(left=0)
-        top = float(np.nanmax(sweep.trace_sharpness.numpy()))
-        ax.set_ylim(0, 1.3 * top if np.isfinite(top) else 10.0)
+        ax.set_ylim(0, _upper_limit(sweep.trace_sharpness.numpy()))
         ax.legend(fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("sharpness (dashed: 2/$\\eta$)")
@@ -94,7 +99,7 @@ def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int 
     )
     grid = np.linspace(lrs.min(), lrs.max(), 200)
     ax.plot(grid, 2.0 / grid, "k--", lw=0.9, label="2/$\\eta$")
-    ax.set_ylim(0, 1.3 * float(np.nanmax(sweep.final_sharpness.numpy())))
+    ax.set_ylim(0, _upper_limit(sharp))
     summary = result.ratio_summary.ratio_stats()
     ax.set_title(
         f"EoS ratios: median {summary['median']:.4f} (min {summary['min']:.4f})", fontsize=10

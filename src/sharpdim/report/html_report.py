@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sharpdim.atomic import write_text_atomic
+
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
     "table{border-collapse:collapse;margin:0.5rem 0}"
@@ -59,8 +61,5 @@ def render_html_report(title: str, sections: Sequence[ReportSection]) -> str:
 
 
 def write_html_report(path: str | Path, title: str, sections: Sequence[ReportSection]) -> Path:
-    """Write :func:`render_html_report` to ``path`` (parent folders are created)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html_report(title, sections), encoding="utf-8")
-    return out
+    """Write :func:`render_html_report` to ``path`` atomically (parent folders are created)."""
+    return write_text_atomic(path, render_html_report(title, sections))

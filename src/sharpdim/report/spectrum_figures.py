@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from sharpdim.atomic import save_figure_atomic
+
 
 def plot_spectrum_density(
     grid: torch.Tensor,
@@ -31,8 +33,6 @@ def plot_spectrum_density(
         threshold: the optimizer's stability threshold (e.g. ``2/eta``), drawn dashed.
         title: axes title.
     """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     floor = max(float(density.max()) * 1e-8, 1e-12)
     ax.semilogy(grid.cpu().numpy(), density.clamp_min(floor).cpu().numpy(), color="C0")
@@ -48,6 +48,7 @@ def plot_spectrum_density(
     if top_eigenvalues or threshold is not None:
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    try:
+        return save_figure_atomic(fig, path)
+    finally:
+        plt.close(fig)

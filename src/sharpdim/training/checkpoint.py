@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sharpdim.atomic import atomic_path
 from sharpdim.errors import SharpdimError
 
 
@@ -61,10 +62,9 @@ def save_checkpoint(
     }
     if loop_state is not None:
         state["loop"] = loop_state
-    partial = path.with_name(path.name + ".partial")
     try:
-        torch.save(state, partial)
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            torch.save(state, partial)
     except OSError as exc:
         raise SharpdimError(
             f"cannot write checkpoint {path} ({exc.strerror or exc}): "

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sharpdim.atomic import atomic_path
 from sharpdim.errors import SharpdimError
 from sharpdim.training.datasets import Dataset
 
@@ -113,7 +114,8 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     body = np.ascontiguousarray(array, dtype=_IDX_TYPES[code]).tobytes()
     raw = header + body
-    path.write_bytes(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
+    with atomic_path(path) as partial:
+        partial.write_bytes(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
     return path
 
 

@@ -1,0 +1,51 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never a partial one.
+
+The content goes to a hidden temporary file in the same folder, which ``os.replace`` then
+moves over the target in one step; when writing fails (an error, Ctrl-C) the temporary file
+is deleted and the old file is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary path next to ``path``; on success move it onto ``path``.
+
+    Parent folders are created. The block must create the file at the yielded path.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename in (str(tmp), tmp):
+            err.filename, err.filename2 = str(out), None  # name the file the user asked for
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; return ``path`` as a ``Path``."""
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return out
+
+
+def save_figure_atomic(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
+    """``fig.savefig`` to ``path`` atomically, in the format of its suffix (default PNG)."""
+    out = Path(path)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=fmt, **savefig_kwargs)
+    return out

@@ -1,0 +1,110 @@
+"""Output files are written atomically: a failed write leaves the old file and no temporary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from sharpdim.atomic import atomic_path, write_text_atomic
+from sharpdim.cli import main
+from sharpdim.commands._common import write_json
+from sharpdim.errors import SharpdimError
+from sharpdim.report import eos_figures
+from sharpdim.report.html_report import ReportSection, write_html_report
+from sharpdim.report.spectrum_figures import plot_spectrum_density
+
+
+def _disk_full_after_half(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Path.write_text`` writes half of the text, then fails as on a full disk."""
+
+    def half(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError(28, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", half)
+
+
+def test_atomic_path_keeps_the_old_file_when_the_block_raises(tmp_path: Path) -> None:
+    target = tmp_path / "r.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="killed"), atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".r.json.")
+        tmp.write_text("partial")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    assert write_text_atomic(tmp_path / "a" / "b.txt", "new") == tmp_path / "a" / "b.txt"
+    assert (tmp_path / "a" / "b.txt").read_text() == "new"
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.txt"]
+
+
+def test_write_json_failing_midway_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "r.json"
+    target.write_text('{"old": 1}\n')
+    _disk_full_after_half(monkeypatch)
+    with pytest.raises(SharpdimError) as err:
+        write_json(target, {"new": list(range(100))}, "--json path")
+    assert str(err.value) == (  # the file asked for, not the temporary one
+        f"cannot write {target} (No space left on device): choose a writable --json path"
+    )
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_html_report_failing_midway_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "report.html"
+    target.write_text("old")
+    _disk_full_after_half(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        write_html_report(target, "t", [ReportSection("h", rows={"a": 1.0})])
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_figure_failing_midway_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "spectrum.png"
+    target.write_bytes(b"old png")
+    formats: list[str] = []
+
+    def half(self: Figure, fname: Any, *, format: str, **kwargs: Any) -> None:
+        formats.append(format)  # the temporary name has no .png: the format is explicit
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device", str(fname))
+
+    monkeypatch.setattr(Figure, "savefig", half)
+    grid = torch.linspace(0.0, 1.0, 5)
+    with pytest.raises(OSError, match="No space left"):
+        plot_spectrum_density(grid, torch.ones(5), target)
+    assert formats == ["png"]
+    assert target.read_bytes() == b"old png"
+    assert [p.name for p in tmp_path.iterdir()] == ["spectrum.png"]
+
+
+def test_eos_writes_the_json_before_the_figure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fail(result: Any, path: Path) -> Path:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(eos_figures, "plot_fractal", fail)
+    args = ["eos", "fractal", "--particles", "50", "--steps", "3", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot write {tmp_path / 'fractal.png'} (No space left on device): "
+        "choose a writable --out folder\n"
+    )
+    summary = json.loads((tmp_path / "fractal.json").read_text())
+    assert summary["num_particles"] == 50 and summary["steps"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["fractal.json"]

@@ -1,0 +1,60 @@
+"""Checkpoints and IDX files are written atomically: a failed write keeps the old file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sharpdim.errors import SharpdimError
+from sharpdim.training import checkpoint as checkpoint_module
+from sharpdim.training.checkpoint import load_checkpoint, save_checkpoint
+from sharpdim.training.data_idx import read_idx, write_idx
+
+
+def test_a_failed_checkpoint_write_keeps_the_old_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    path = save_checkpoint(tmp_path, 5, model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+    def failing_save(state: Any, target: Any) -> None:
+        Path(target).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", failing_save)
+    with pytest.raises(SharpdimError, match="cannot write checkpoint"):
+        save_checkpoint(tmp_path, 5, model)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    fresh = torch.nn.Linear(3, 2)
+    load_checkpoint(path, fresh)
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, before[name])
+
+
+def test_a_failed_idx_write_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "labels.idx.gz"
+    old = np.arange(7, dtype=np.uint8)
+    write_idx(path, old)
+
+    def failing_write(self: Path, data: bytes) -> int:
+        with open(self, "wb") as f:  # half the bytes, then the process is interrupted
+            f.write(data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        write_idx(path, np.zeros(3, dtype=np.uint8))
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    np.testing.assert_array_equal(read_idx(path), old)
