@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,18 +20,22 @@ from typing import Any
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary path next to ``path``; on success move it onto ``path``.
 
-    Parent folders are created. The block must create the file at the yielded path.
+    Parent folders are created. The block must create the file at the yielded path. A
+    symbolic link at ``path`` is followed (its target is replaced, the link kept), and an
+    existing file's permission bits carry over to the new one.
     """
-    out = Path(path)
+    out = Path(os.path.realpath(path))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
+        if out.exists():
+            os.chmod(tmp, stat.S_IMODE(out.stat().st_mode))
         os.replace(tmp, out)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.filename in (str(tmp), tmp):
-            err.filename, err.filename2 = str(out), None  # name the file the user asked for
+            err.filename, err.filename2 = str(path), None  # name the file the user asked for
         raise
 
 

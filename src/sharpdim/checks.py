@@ -18,15 +18,31 @@ _RANGES: dict[str, Callable[[float], bool]] = {
 }
 
 
+def _scalar(value: Any) -> Any:
+    """A 0-dim tensor or numpy array (e.g. a torch optimizer's ``step`` or tensor ``betas``) as
+    a Python number; anything else unchanged (bool tensors stay, and are refused)."""
+    is_array = hasattr(value, "ndim") and hasattr(value, "item") and value.ndim == 0
+    if is_array and str(getattr(value, "dtype", "")).split(".")[-1] != "bool":
+        return value.item()
+    return value
+
+
 def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole number") -> int:
-    """``value`` as an ``int >= minimum``; bools, floats and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    """``value`` as an ``int >= minimum``: an integer, a whole float (``5.0``) or a 0-dim
+    tensor of one; bools, fractions and strings are refused."""
+    value = _scalar(value)
+    whole = isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+    )
+    if isinstance(value, bool) or not whole or value < minimum:
         raise SharpdimError(f"{name} must be an integer >= {minimum}, got {value!r}: pass {hint}")
     return int(value)
 
 
 def check_number(value: Any, name: str, rule: str, example: str) -> float:
-    """``value`` as a float: a finite real number (not a bool) with ``rule`` (a key of ``_RANGES``)."""
+    """``value`` as a float: a finite real number or 0-dim tensor (not a bool) with ``rule``
+    (a key of ``_RANGES``)."""
+    value = _scalar(value)
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not (real and math.isfinite(value) and _RANGES[rule](value)):
         raise SharpdimError(
@@ -36,8 +52,8 @@ def check_number(value: Any, name: str, rule: str, example: str) -> float:
 
 
 def check_betas(betas: Any) -> tuple[float, float]:
-    """Adam's ``(b1, b2)``: two numbers in ``[0, 1)``."""
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+    """Adam's ``(b1, b2)``: a pair (tuple, list, array or tensor) of numbers in ``[0, 1)``."""
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
         raise SharpdimError(f"betas must be a pair (b1, b2), got {betas!r}: pass e.g. (0.9, 0.999)")
     b1, b2 = (check_number(b, "betas", "in [0, 1)", "(0.9, 0.999)") for b in betas)
     return b1, b2

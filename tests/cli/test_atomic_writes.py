@@ -108,3 +108,22 @@ def test_eos_writes_the_json_before_the_figure(
     summary = json.loads((tmp_path / "fractal.json").read_text())
     assert summary["num_particles"] == 50 and summary["steps"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["fractal.json"]
+
+
+def test_a_symlink_keeps_pointing_at_the_rewritten_target(tmp_path: Path) -> None:
+    target = tmp_path / "results" / "run1.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "latest.json"
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["run1.json"]
+
+
+def test_the_permission_bits_of_a_rewritten_file_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "private.json"
+    path.write_text("old")
+    path.chmod(0o640)
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new" and (path.stat().st_mode & 0o777) == 0o640

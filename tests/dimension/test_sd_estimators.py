@@ -172,7 +172,12 @@ def test_kde_with_a_bandwidth_below_the_grid_spacing_keeps_every_atom(
 
 
 def test_kde_on_a_coarse_grid_keeps_every_atom() -> None:
-    assert sd_kde(*_FOUR_ATOMS, max_grid=4).dimension == pytest.approx(2.4, abs=1e-12)
+    # 64 nodes over 2.3 + 16h: cells of ~0.037 > h = 1e-3, unresolved
+    coarse = sd_kde(*_FOUR_ATOMS, bandwidth=1e-3, max_grid=64)
+    assert coarse.dimension == pytest.approx(2.4, abs=1e-12)
+    # the smallest grid allowed still smooths a wide kernel (fine grid: 3.9051327)
+    wide = sd_kde(*_FOUR_ATOMS, bandwidth=10.0, max_grid=64).dimension
+    assert wide == pytest.approx(sd_kde(*_FOUR_ATOMS, bandwidth=10.0).dimension, abs=5e-4)
     for h in (1e-4, 1e-3):  # resolved: the smoothed measure, 2.4 + O(h)
         assert sd_kde(*_FOUR_ATOMS, bandwidth=h).dimension == pytest.approx(2.4, abs=h)
 
@@ -180,9 +185,9 @@ def test_kde_on_a_coarse_grid_keeps_every_atom() -> None:
 @pytest.mark.parametrize(
     ("estimator", "kwargs", "match"),
     [
-        (sd_kde, {"max_grid": 2}, "max_grid must be an integer >= 4"),
-        (sd_kde, {"max_grid": 3}, "max_grid must be an integer >= 4"),
-        (sd_kde, {"max_grid": 64.0}, "max_grid must be an integer"),
+        (sd_kde, {"max_grid": 2}, "max_grid must be an integer >= 64"),
+        (sd_kde, {"max_grid": 63}, "max_grid must be an integer >= 64"),
+        (sd_kde, {"max_grid": 64.5}, "max_grid must be an integer"),
         (sd_kde, {"grid_size": 2.5}, "grid_size must be an integer"),
         (sd_kde, {"grid_size": True}, "grid_size must be an integer"),
         (sd_kde, {"bandwidth": "a"}, "bandwidth must be a finite number"),

@@ -313,7 +313,10 @@ def test_bad_input() -> None:
         ({"method": "slq", "estimator_options": {"num_bins": "10"}}, "num_bins must be an integer"),
         ({"method": "kde", "estimator_options": {"bandwidth": "a"}}, "bandwidth must be a finite"),
         ({"method": "kde", "estimator_options": {"grid_size": 2.5}}, "grid_size must be an int"),
-        ({"method": "kde", "estimator_options": {"max_grid": 3}}, "max_grid must be an int.* >= 4"),
+        (
+            {"method": "kde", "estimator_options": {"max_grid": 3}},
+            "max_grid must be an int.* >= 64",
+        ),
         ({"method": "ps", "estimator_options": {"num_quantiles": 2.5}}, "num_quantiles must be"),
         ({"method": "ps", "estimator_options": {"num_quantiles": True}}, "num_quantiles must be"),
         ({"eps": "x"}, "eps must be a finite number >= 0"),

@@ -183,3 +183,10 @@ def test_dropout_orbits_follow_the_tangent_map() -> None:
         ref.append(math.log(1e-8) + math.log(float(v.norm())))
     torch.testing.assert_close(r.log_distance, torch.tensor(ref, dtype=F64), rtol=0, atol=1e-6)
     assert r.growth_rate < 0.01
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_start_is_a_one_line_error(bad: float) -> None:
+    x0 = torch.tensor([0.1, bad], dtype=torch.float64)
+    with pytest.raises(SharpdimError, match="x0 holds NaN or inf"):
+        trajectory_divergence(lambda x, t: 2 * x, x0, 10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -200,3 +201,22 @@ def test_config_values_of_the_wrong_type_are_one_line_errors(
 def test_a_preconditioner_with_a_non_adam_optimizer_is_refused() -> None:
     with pytest.raises(SharpdimError, match="a preconditioner is Adam's"):
         step_matrix(torch.eye(3), StepSpectrumConfig(optimizer="sgd"), torch.ones(3))
+
+
+def test_config_takes_numbers_as_torch_and_numpy_give_them() -> None:
+    # what a live optimizer holds: tensor betas, a float or tensor step count
+    plain = StepSpectrumConfig(optimizer="adam", lr=0.1, betas=(0.5, 0.75), step=5)
+    for config in (
+        StepSpectrumConfig(optimizer="adam", lr=np.float64(0.1), betas=(0.5, 0.75), step=5.0),
+        StepSpectrumConfig(
+            optimizer="adam",
+            lr=torch.tensor(0.1, dtype=torch.float64),
+            betas=torch.tensor([0.5, 0.75]),
+            step=torch.tensor(5.0),
+        ),
+        StepSpectrumConfig(optimizer="adam", lr=0.1, betas=np.array([0.5, 0.75]), step=np.int64(5)),
+    ):
+        a = torch.diag(torch.tensor([1.0, 3.0], dtype=torch.float64))
+        p = torch.tensor([2.0, 0.5], dtype=torch.float64)
+        torch.testing.assert_close(step_matrix(a, config, p), step_matrix(a, plain, p))
+        assert config == plain

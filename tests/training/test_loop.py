@@ -341,3 +341,21 @@ def test_bad_checkpoints_and_options_give_one_line_errors(digits, tmp_path):
             TrainConfig(steps=3, batch_size=10),
             resume_from=checkpoint_path(tmp_path, 2),
         )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("limit", "abc"), ("rng", "state"), ("rng", torch.zeros(3)), ("taken", -5), ("taken", 1.5)],
+)
+def test_a_checkpoint_with_a_malformed_loop_state_is_refused(digits, tmp_path, field, value):
+    config = TrainConfig(
+        steps=4, batch_size=50, checkpoint_steps=(2,), checkpoint_dir=str(tmp_path)
+    )
+    train(small_mlp(), digits, config)
+    state = torch.load(checkpoint_path(tmp_path, 2), weights_only=True)
+    target = state["loop"]["batches"] if field == "taken" else state["loop"]
+    target[field] = value
+    edited = tmp_path / "edited.pt"
+    torch.save(state, edited)
+    with pytest.raises(SharpdimError, match=r"edited.pt is not a sharpdim checkpoint"):
+        train(small_mlp(), digits, config, resume_from=edited)

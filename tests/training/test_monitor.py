@@ -179,12 +179,16 @@ def test_sharpness_dimension_uses_the_optimizer_weight_decay():
     )
 
 
+@pytest.mark.parametrize("tensor_betas", [False, True])
 @pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
-def test_sharpness_dimension_uses_the_live_adam_preconditioner(cls):
+def test_sharpness_dimension_uses_the_live_adam_preconditioner(cls, tensor_betas):
     x, y = _data(40)
     model = _model()
     b1, b2, eps, wd = 0.8, 0.95, 1e-3, 0.05
-    opt = cls(model.parameters(), lr=0.01, betas=(b1, b2), eps=eps, weight_decay=wd)
+    betas = (b1, b2)
+    if tensor_betas:  # torch's Adam takes 0-dim tensors too
+        betas = tuple(torch.tensor(b, dtype=torch.float64) for b in betas)
+    opt = cls(model.parameters(), lr=0.01, betas=betas, eps=eps, weight_decay=wd)
     options = {"batch_size": 40, "num_batches": 1}
     monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1, sd_options=options)
     for step in range(3):

@@ -26,7 +26,7 @@ _ESTIMATOR_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "num_bins": lambda v: check_count(v, "num_bins"),
     "num_quantiles": lambda v: None if v is None else check_count(v, "num_quantiles"),
     "grid_size": lambda v: check_count(v, "grid_size", 2),
-    "max_grid": lambda v: check_count(v, "max_grid", 4),
+    "max_grid": lambda v: check_count(v, "max_grid", 64),
     "bandwidth": lambda v: None if v is None else check_number(v, "bandwidth", ">= 0", "0.05"),
     "points_per_bandwidth": lambda v: check_number(v, "points_per_bandwidth", "> 0", "16"),
     "integration": _check_integration,

@@ -172,7 +172,7 @@ def sd_kde(
         bandwidth: kernel standard deviation ``h``; default :func:`silverman_bandwidth`.
         grid_size: minimum number of grid cells over the extent.
         points_per_bandwidth: grid cells per bandwidth (the spacing is at most ``h`` over it).
-        max_grid: cap on the number of grid nodes, ``>= 4`` (then the spacing exceeds the
+        max_grid: cap on the number of grid nodes, ``>= 64`` (then the spacing exceeds the
             above; if it exceeds ``h``, the measure is used unsmoothed).
         integration: ``"exact"`` (cell masses and first moments of the Gaussians through the
             normal CDF) or ``"trapezoid"`` (trapezoid rule on the density at the nodes, the

@@ -132,6 +132,8 @@ def trajectory_divergence(
     fmap = as_step_map(step_fn)
     if not isinstance(x0, torch.Tensor) or x0.ndim != 1 or not x0.is_floating_point():
         raise SharpdimError("x0 must be a 1-D floating tensor: flatten the state first")
+    if not bool(torch.isfinite(x0).all()):
+        raise SharpdimError("x0 holds NaN or inf: pass a finite starting state")
     if num_steps < 1 or not delta > 0 or not 0 < saturation_fraction <= 1:
         raise SharpdimError("need num_steps >= 1, delta > 0 and 0 < saturation_fraction <= 1")
     if not 0 <= fit_start < num_steps:

@@ -89,13 +89,18 @@ class StepSpectrumConfig:
             raise SharpdimError(
                 f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
             )
-        check_number(self.lr, "lr", "> 0", "0.1")
-        check_number(self.momentum, "momentum", "in [0, 1)", "0.9")
-        check_betas(self.betas)
-        check_number(self.weight_decay, "weight_decay", ">= 0", "0.0 (no decay)")
-        check_number(self.eps, "eps", ">= 0", "1e-12")
+        checked = {  # stored as Python numbers (torch and numpy scalars are accepted)
+            "lr": check_number(self.lr, "lr", "> 0", "0.1"),
+            "momentum": check_number(self.momentum, "momentum", "in [0, 1)", "0.9"),
+            "betas": check_betas(self.betas),
+            "weight_decay": check_number(self.weight_decay, "weight_decay", ">= 0", "0.0"),
+            "eps": check_number(self.eps, "eps", ">= 0", "1e-12"),
+        }
         if self.step is not None:
-            check_count(self.step, "step", hint="Adam's step count, or None late in training")
+            hint = "Adam's step count, or None late in training"
+            checked["step"] = check_count(self.step, "step", hint=hint)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     @property
     def states_per_param(self) -> int:

@@ -102,12 +102,26 @@ def _is_checkpoint(state: Any) -> bool:
     loop = state.get("loop")
     if loop is None:
         return True
+    if not isinstance(loop, dict) or not {"batches", "rng", "limit"} <= loop.keys():
+        return False
+    batches = loop["batches"]
     return (
-        isinstance(loop, dict)
-        and {"batches", "rng", "limit"} <= loop.keys()
-        and isinstance(loop["batches"], dict)
-        and {"batch_size", "epoch_start", "taken"} <= loop["batches"].keys()
+        _is_rng_state(loop["rng"])
+        and isinstance(loop["limit"], (int, float))
+        and isinstance(batches, dict)
+        and {"batch_size", "epoch_start", "taken"} <= batches.keys()
+        and (batches["batch_size"] is None or _is_count(batches["batch_size"]))
+        and (batches["epoch_start"] is None or _is_rng_state(batches["epoch_start"]))
+        and _is_count(batches["taken"])
     )
+
+
+def _is_rng_state(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.ndim == 1
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def restore_checkpoint(
