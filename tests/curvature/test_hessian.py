@@ -496,3 +496,104 @@ def test_any_split_into_batches_gives_the_full_batch_hessian(split: int, seed: i
     op = HessianOperator(model, mse_loss, batches=[(x[:split], y[:split]), (x[split:], y[split:])])
     full = HessianOperator(copy.deepcopy(model), mse_loss, (x, y))
     assert_matches(op.dense(), full.dense())
+
+
+# -- review fixes: attention, list batches, non-finite products, complex losses ---------------
+
+
+def _sdp_flags() -> tuple[bool, ...]:
+    b = torch.backends.cuda
+    return (
+        b.flash_sdp_enabled(),
+        b.mem_efficient_sdp_enabled(),
+        b.math_sdp_enabled(),
+        b.cudnn_sdp_enabled(),
+    )
+
+
+class _AttentionBlock(nn.Module):
+    """``nn.TransformerEncoderLayer`` (``F.scaled_dot_product_attention``) and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(x).mean(1))
+
+
+def test_scaled_dot_product_attention_is_twice_differentiable() -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _AttentionBlock().to(DTYPE)
+    batch = (_random(3, 4, 8), torch.tensor([0, 2, 1]))
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = reference_hessian(model, ce_loss, batch)
+    flags = _sdp_flags()
+    op = HessianOperator(model, ce_loss, batch)
+    v = _random(op.num_params)
+    assert_matches(op @ v, ref @ v)
+    assert_matches(op.dense(), ref)
+    assert_matches(
+        op.loss_and_gradient()[1],
+        flatten(list(torch.autograd.grad(ce_loss(model, batch), list(model.parameters())))),
+    )
+    assert _sdp_flags() == flags == (True,) * 4  # the default backends are restored
+
+
+def _example_list_loss(model: nn.Module, examples: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    xs, ys = torch.stack([e[0] for e in examples]), torch.stack([e[1] for e in examples])
+    return F.cross_entropy(model(xs), ys)
+
+
+def test_batches_of_example_lists_need_explicit_weights() -> None:
+    model, (x, y) = make_mlp([6, 8, 3]), classification_batch(30, 6, 3)
+    examples = list(zip(x, y, strict=True))  # 30 (x_i, y_i) pairs, x_i of shape (6,)
+    chunks = [examples[:4], examples[4:]]
+    with pytest.raises(SharpdimError, match="weights=") as err:
+        HessianOperator(model, _example_list_loss, batches=chunks)
+    _one_line(err)
+    op = HessianOperator(model, _example_list_loss, batches=chunks, weights=[4 / 30, 26 / 30])
+    full = HessianOperator(model, _example_list_loss, examples).dense()
+    assert_matches(op.dense(), full)
+
+
+def test_batch_size_uses_top_level_tensors_only() -> None:
+    t = torch.zeros(4, 2)
+    assert batch_size((t, t[:, 0], "names", torch.tensor(0.5))) == 4
+    assert batch_size({"x": t, "y": t[:, 0], "step": 3}) == 4
+    for ambiguous in ([(t, t), (t, t)], ((t,), t), {"x": {"y": t}}, (t, torch.zeros(5)), ("a",)):
+        with pytest.raises(SharpdimError, match="weights=") as err:
+            batch_size(ambiguous)
+        _one_line(err)
+
+
+def _rmse_at_exact_fit() -> HessianOperator:
+    """RMSE = sqrt(MSE) at an exact fit: the loss is 0, its gradient and Hessian are NaN."""
+    model = make_mlp([3, 1], bias=False)
+    x = _random(8, 3)
+    y = model(x).detach()
+    return HessianOperator(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean().sqrt(), (x, y))
+
+
+def test_non_finite_hessian_product_is_rejected() -> None:
+    op = _rmse_at_exact_fit()
+    assert op.loss_and_gradient()[0] == 0.0
+    with pytest.raises(SharpdimError, match=r"not finite.*although the loss is finite") as err:
+        op @ torch.ones(3, dtype=DTYPE)
+    _one_line(err)
+    finite = HessianOperator(make_mlp([3, 4, 2]), mse_loss, regression_batch(6, 3, 2))
+    with pytest.raises(SharpdimError, match="vector holds NaN") as err:
+        finite @ torch.full((finite.num_params,), float("nan"), dtype=DTYPE)
+    _one_line(err)
+
+
+def test_complex_loss_is_rejected() -> None:
+    model, batch = make_mlp([3, 4, 2]), regression_batch(6, 3, 2)
+    op = HessianOperator(model, lambda m, b: mse_loss(m, b) * (1 + 1j), batch)
+    with pytest.raises(SharpdimError, match="real") as err:
+        op @ torch.zeros(op.num_params, dtype=DTYPE)
+    _one_line(err)

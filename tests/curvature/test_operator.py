@@ -100,3 +100,31 @@ def test_to_scipy_matches() -> None:
     np.testing.assert_allclose(sp.matvec(x), a.numpy() @ x, rtol=1e-14)
     np.testing.assert_allclose(sp.rmatvec(x), a.numpy() @ x, rtol=1e-14)
     assert sp.shape == (5, 5)
+
+
+def test_non_symmetric_or_non_finite_matrix_is_rejected() -> None:
+    from sharpdim.curvature.lanczos import lanczos_eigenvalues
+
+    upper = torch.triu(torch.ones(5, 5, dtype=DTYPE))  # every eigenvalue 1
+    with pytest.raises(SharpdimError, match="not symmetric") as err:
+        lanczos_eigenvalues(upper, k=1)
+    assert "\n" not in str(err.value)
+    bad = _matrix(4)
+    bad[1, 2] = float("nan")
+    with pytest.raises(SharpdimError, match="NaN/inf"):
+        as_operator(bad)
+    a = _matrix(300)  # round-off asymmetry is accepted (float64 and float32)
+    noise = 1e-14 * torch.randn(300, 300, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+    assert as_operator(a + noise).num_params == 300
+    assert as_operator((a @ a).float()).num_params == 300
+
+
+def test_numpy_vectors_are_converted() -> None:
+    a = _matrix(6)
+    op = DenseOperator(a)
+    ones = np.ones(6)
+    torch.testing.assert_close(op @ ones, a @ torch.ones(6, dtype=DTYPE))
+    torch.testing.assert_close(op @ np.eye(6, 2, dtype=np.float32), a[:, :2])
+    with pytest.raises(SharpdimError, match="tensor") as err:
+        op @ "abc"  # type: ignore[operator]
+    assert "\n" not in str(err.value)

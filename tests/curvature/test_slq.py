@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,3 +147,33 @@ def test_bad_input() -> None:
     with pytest.raises(SharpdimError, match="one dimension"):
         slq_spectrum(lambda r, g: sizes[r], num_runs=2)
     assert isinstance(slq_spectrum(a, num_runs=1, num_steps=2), SLQResult)
+
+
+def test_numpy_integers_are_accepted_and_bools_rejected() -> None:
+    a = random_symmetric(6)
+    res = slq_spectrum(a, num_runs=np.int64(2), num_steps=np.int32(3))
+    assert res.nodes.shape == (2, 3)
+    torch.testing.assert_close(res.nodes, slq_spectrum(a, 2, 3).nodes, rtol=0, atol=0)
+    for kwargs in ({"num_runs": True}, {"num_steps": False}, {"num_steps": 2.0}):
+        with pytest.raises(SharpdimError, match="num_"):
+            slq_spectrum(a, **kwargs)  # type: ignore[arg-type]
+
+
+def test_factory_with_wrong_signature_is_rejected() -> None:
+    a = random_symmetric(5)
+    with pytest.raises(SharpdimError, match=r"factory\(run_index, generator\)") as err:
+        slq_spectrum(lambda run: a, num_runs=2, num_steps=3)  # type: ignore[arg-type,misc]
+    assert "\n" not in str(err.value)
+
+
+def test_non_finite_products_are_errors() -> None:
+    model = make_mlp([3, 1], bias=False)
+    x = regression_batch(8, 3, 1)[0]
+    y = model(x).detach()
+    rmse = HessianOperator(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean().sqrt(), (x, y))
+    with pytest.raises(SharpdimError, match="not finite"):
+        slq_spectrum(rmse, num_runs=2, num_steps=3)
+    a = random_symmetric(5)
+    a[2, 2] = float("nan")
+    with pytest.raises(SharpdimError, match="NaN/inf"):
+        slq_spectrum(a, num_runs=1, num_steps=3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,3 +119,33 @@ def test_bad_input(fn) -> None:  # type: ignore[no-untyped-def]
     if fn is hutchpp_trace:
         with pytest.raises(SharpdimError, match=">= 3"):
             fn(a, 2)
+
+
+@pytest.mark.parametrize("fn", [hutchinson_trace, hutchpp_trace])
+def test_numpy_integers_and_bools(fn) -> None:  # type: ignore[no-untyped-def]
+    a = torch.diag(torch.arange(1.0, 6.0, dtype=F64))
+    assert fn(a, np.int64(6)) == fn(a, 6)
+    assert isinstance(fn(a, np.int32(6)).num_matvecs, int)
+    with pytest.raises(SharpdimError, match="num_matvecs"):
+        fn(a, True)
+    with pytest.raises(SharpdimError, match="num_matvecs"):
+        fn(a, "6")
+
+
+def _nan_hessian() -> HessianOperator:
+    """RMSE = sqrt(MSE) at an exact fit: finite loss 0, NaN second derivatives."""
+    model = make_mlp([3, 1], bias=False)
+    x = regression_batch(8, 3, 1)[0]
+    y = model(x).detach()
+    return HessianOperator(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean().sqrt(), (x, y))
+
+
+@pytest.mark.parametrize("fn", [hutchinson_trace, hutchpp_trace])
+def test_non_finite_products_are_errors(fn) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SharpdimError, match="not finite") as err:
+        fn(_nan_hessian(), 6)
+    assert "\n" not in str(err.value)
+    a = torch.eye(4, dtype=F64)
+    a[0, 0] = float("inf")
+    with pytest.raises(SharpdimError, match="NaN/inf"):
+        fn(a, 6)

@@ -324,3 +324,26 @@ def test_jvp_of_a_linear_loss_equals_autograd_jacobian(
     x_next, jt = phi.jvp(x, 2, tangents)
     torch.testing.assert_close(x_next, phi.step(x, 2), rtol=0, atol=1e-15)
     torch.testing.assert_close(jt, phi.jacobian(x, 2) @ tangents, rtol=1e-12, atol=1e-14)
+
+
+def test_jvp_through_fused_attention_equals_the_dense_jacobian() -> None:
+    # nn.MultiheadAttention calls F.scaled_dot_product_attention, whose fused CPU kernel
+    # has no double backward: the map must build its gradient with the math backend
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(4, 2, batch_first=True).double()
+    head = nn.Linear(4, 1).double()
+    model = nn.ModuleDict({"attention": attention, "head": head})
+
+    def loss(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        out, _ = m["attention"](x, x, x, need_weights=False)
+        return ((m["head"](out).mean(1) - y) ** 2).mean()
+
+    batch = (torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64))
+    phi = TrainingMap(model, loss, [batch], optimizer="sgd", lr=0.1, mode="eval")
+    x = phi.initial_state()
+    tangents = torch.randn(
+        phi.state_dim, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    _, jt = phi.jvp(x, 0, tangents)
+    torch.testing.assert_close(jt, phi.jacobian(x, 0) @ tangents, rtol=1e-10, atol=1e-12)

@@ -19,6 +19,7 @@ from typing import Any, Literal, final
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
@@ -29,16 +30,24 @@ Mode = Literal["eval", "train", "keep"]
 
 
 def batch_size(batch: Any) -> int:
-    """Number of examples in a batch: the leading dimension of its first tensor."""
+    """Number of examples in a batch: the shared leading dimension of its top-level tensors.
+
+    A tensor, or a tuple, list or dict whose tensors (0-dim ones and non-tensors aside) share
+    their leading dimension. Nested containers (e.g. a list of ``(x_i, y_i)`` examples) are
+    ambiguous and refused.
+    """
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.ndim else 1
-    if isinstance(batch, dict) and batch:
-        return batch_size(next(iter(batch.values())))
-    if isinstance(batch, (tuple, list)) and batch:
-        return batch_size(batch[0])
+    items = list(batch.values()) if isinstance(batch, dict) else batch
+    if isinstance(items, (tuple, list)):
+        nested = any(isinstance(t, (tuple, list, dict)) for t in items)
+        sizes = {int(t.shape[0]) for t in items if isinstance(t, torch.Tensor) and t.ndim}
+        if not nested and len(sizes) == 1:
+            return sizes.pop()
     raise SharpdimError(
         f"cannot tell the size of a batch of type {type(batch).__name__}: "
-        "pass `weights=` explicitly or use tensors, tuples, lists or dicts of tensors"
+        "pass `weights=` explicitly or use a tensor, or a tuple, list or dict of tensors "
+        "sharing their leading (batch) dimension"
     )
 
 
@@ -50,12 +59,26 @@ def checked_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
         raise SharpdimError(
             f"loss_fn must return a scalar tensor, got {shape}: reduce it, e.g. with .mean()"
         )
+    if not loss.is_floating_point():
+        raise SharpdimError(
+            f"loss_fn must return a real floating-point scalar, got dtype {loss.dtype}: "
+            "return a real loss (e.g. take .real or .abs() of a complex value)"
+        )
     if not torch.isfinite(loss.detach()).all():
         raise SharpdimError(
             f"loss is not finite ({loss.detach().item()}): the model has diverged or the input holds "
             "NaN/inf; check the data and the parameters before computing curvature"
         )
     return loss.reshape(())
+
+
+def math_attention() -> Any:
+    """A context in which ``F.scaled_dot_product_attention`` uses its math backend.
+
+    The fused (flash, memory-efficient) kernels have no double backward, so every forward
+    whose gradient is differentiated again (Hessian-vector products) runs inside it.
+    """
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def _differentiable_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
@@ -219,10 +242,21 @@ class HessianOperator(LinearOperator):
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         if self.reuse_graph:
             out = self._hvp(self._cached_graph(), block)
-            return out if self.weights[0] == 1.0 else self.weights[0] * out
-        out = torch.zeros_like(block)
-        for i, w in enumerate(self.weights):
-            out += w * self._hvp(self._gradient_graph(i), block)
+            out = out if self.weights[0] == 1.0 else self.weights[0] * out
+        else:
+            out = torch.zeros_like(block)
+            for i, w in enumerate(self.weights):
+                out += w * self._hvp(self._gradient_graph(i), block)
+        # the sum is a cheap filter (it overflows at worst, hence the exact second test)
+        if not out.sum().isfinite() and not torch.isfinite(out).all():
+            if not torch.isfinite(block).all():
+                raise SharpdimError("the vector holds NaN/inf: pass a finite vector to H @ v")
+            raise SharpdimError(
+                "H @ v is not finite although the loss is finite, so the Hessian holds NaN or inf: "
+                "second derivatives overflow (use a float64 model) or are undefined at these "
+                "parameters (e.g. sqrt or norm at 0); use a loss that is twice differentiable "
+                "there (e.g. MSE, not RMSE) or other parameters"
+            )
         return out
 
     # -- extras ---------------------------------------------------------------------------
@@ -230,7 +264,12 @@ class HessianOperator(LinearOperator):
         """The (weighted) loss and its flat gradient at the current parameters."""
         total, grad = 0.0, torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
         for i, (b, w) in enumerate(zip(self.batches, self.weights, strict=True)):
-            with torch.enable_grad(), self._same_randomness(i), _ModeScope(self.model, self.mode):
+            with (
+                torch.enable_grad(),
+                math_attention(),
+                self._same_randomness(i),
+                _ModeScope(self.model, self.mode),
+            ):
                 loss = _differentiable_loss(self.model, self.loss_fn, b)
             gs = torch.autograd.grad(loss, self.params, allow_unused=True)
             grad += w * flatten(
@@ -275,7 +314,12 @@ class HessianOperator(LinearOperator):
 
     def _gradient_graph(self, index: int) -> tuple[list[torch.Tensor], list[int]]:
         """Gradients of batch ``index`` with their graph, and the indices of the live ones."""
-        with torch.enable_grad(), self._same_randomness(index), _ModeScope(self.model, self.mode):
+        with (
+            torch.enable_grad(),
+            math_attention(),
+            self._same_randomness(index),
+            _ModeScope(self.model, self.mode),
+        ):
             loss = _differentiable_loss(self.model, self.loss_fn, self.batches[index])
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]

@@ -46,8 +46,16 @@ class LinearOperator(ABC):
         return (self.num_params, self.num_params)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """``A @ v`` for ``v`` of shape ``(n,)`` or ``(n, k)``."""
+        """``A @ v`` for ``v`` of shape ``(n,)`` or ``(n, k)`` (a tensor or a numpy array)."""
         n = self.num_params
+        if not isinstance(v, torch.Tensor):
+            try:
+                v = torch.as_tensor(v)
+            except (TypeError, ValueError, RuntimeError):
+                raise SharpdimError(
+                    f"cannot multiply the operator by a {type(v).__name__}: pass a tensor "
+                    f"(or numpy array) of shape ({n},) or ({n}, k)"
+                ) from None
         if v.ndim not in (1, 2) or v.shape[0] != n:
             raise SharpdimError(
                 f"vector of shape {tuple(v.shape)} does not match the operator of size {n}: "
@@ -122,12 +130,36 @@ OperatorLike = LinearOperator | torch.Tensor
 
 
 def as_operator(a: OperatorLike) -> LinearOperator:
-    """Wrap a dense square tensor as a :class:`DenseOperator`; return operators unchanged."""
+    """Wrap a dense square tensor as a :class:`DenseOperator`; return operators unchanged.
+
+    A tensor must be finite and symmetric up to ``sqrt(eps) * max|A|`` of its dtype (round-off,
+    as in ``HessianOperator.dense()``, passes; a genuinely non-symmetric matrix does not).
+    """
     if isinstance(a, LinearOperator):
         return a
     if isinstance(a, torch.Tensor):
-        return DenseOperator(a)
+        op = DenseOperator(a)
+        _check_finite_symmetric(a)
+        return op
     raise SharpdimError(
         f"expected a square tensor or a LinearOperator, got {type(a).__name__}: "
         "pass e.g. sharpdim.HessianOperator(model, loss_fn, batch)"
     )
+
+
+def _check_finite_symmetric(a: torch.Tensor, block: int = 1024) -> None:
+    """Raise unless ``a`` is finite and ``|a - a^T| <= sqrt(eps) max|a|`` (tiled, no n^2 copy)."""
+    scale = asym = 0.0
+    for i in range(0, a.shape[0], block):
+        rows = a[i : i + block]
+        if not torch.isfinite(rows).all():
+            raise SharpdimError(
+                "the matrix holds NaN/inf: pass a finite matrix (check how it was computed)"
+            )
+        scale = max(scale, float(rows.abs().max()))
+        asym = max(asym, float((rows - a[:, i : i + block].T).abs().max()))
+    if asym > torch.finfo(a.dtype).eps ** 0.5 * scale:
+        raise SharpdimError(
+            f"the matrix is not symmetric (max |A - A^T| = {asym:.3g}, max |A| = {scale:.3g}): "
+            "the estimators need a symmetric matrix; pass (A + A.T) / 2 if that is what you mean"
+        )

@@ -20,6 +20,8 @@ Each run may use a different operator, e.g. the Hessian of a fresh minibatch, th
 
 from __future__ import annotations
 
+import inspect
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +121,33 @@ def gauss_quadrature(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Ten
     return theta, w / w.sum()
 
 
+def _positive_int(name: str, value: Any) -> int:
+    """``value`` as an ``int`` (numpy integers too, not bools), checked ``>= 1``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise SharpdimError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_factory(factory: Any) -> None:
+    """Refuse anything but a callable taking ``(run_index, generator)``."""
+    if not callable(factory):
+        raise SharpdimError(
+            f"expected a tensor, a LinearOperator or a factory, got {type(factory).__name__}: "
+            "pass e.g. HessianOperator(model, loss_fn, batch)"
+        )
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without a signature: trust them
+        return
+    try:
+        signature.bind(0, None)
+    except TypeError:
+        raise SharpdimError(
+            f"the factory has the signature {signature}, but it is called as "
+            "factory(run_index, generator): accept both arguments, e.g. lambda run, gen: ..."
+        ) from None
+
+
 def _resolve(source: Any, run: int, gen: torch.Generator) -> LinearOperator:
     if isinstance(source, (LinearOperator, torch.Tensor)):
         return as_operator(source)
@@ -155,15 +184,9 @@ def slq_spectrum(
     Returns:
         :class:`SLQResult` with ``nodes`` and ``weights`` of shape ``(num_runs, m)``.
     """
-    if isinstance(num_runs, bool) or not isinstance(num_runs, int) or num_runs < 1:
-        raise SharpdimError(f"num_runs must be a positive integer, got {num_runs!r}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise SharpdimError(f"num_steps must be a positive integer, got {num_steps!r}")
-    if not isinstance(H_or_factory, (LinearOperator, torch.Tensor)) and not callable(H_or_factory):
-        raise SharpdimError(
-            f"expected a tensor, a LinearOperator or a factory, got {type(H_or_factory).__name__}: "
-            "pass e.g. HessianOperator(model, loss_fn, batch)"
-        )
+    num_runs, num_steps = _positive_int("num_runs", num_runs), _positive_int("num_steps", num_steps)
+    if not isinstance(H_or_factory, (LinearOperator, torch.Tensor)):
+        _check_factory(H_or_factory)
     check_reorthogonalization(reorthogonalization)
     tridiagonal = _TRIDIAGONALIZATIONS[reorthogonalization]
     gen = generator if generator is not None else torch.Generator().manual_seed(0)

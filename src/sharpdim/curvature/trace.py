@@ -16,6 +16,7 @@ Both return a standard error: the sample standard deviation of the Hutchinson te
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,9 +58,14 @@ class TraceResult:
 
 
 def _check(num_matvecs: Any, minimum: int) -> int:
-    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, int) or num_matvecs < minimum:
+    """``num_matvecs`` as an ``int`` (numpy integers too, not bools), checked ``>= minimum``."""
+    if (
+        isinstance(num_matvecs, bool)
+        or not isinstance(num_matvecs, numbers.Integral)
+        or num_matvecs < minimum
+    ):
         raise SharpdimError(f"num_matvecs must be an integer >= {minimum}, got {num_matvecs!r}")
-    return num_matvecs
+    return int(num_matvecs)
 
 
 def _rademacher(n: int, k: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sharpdim.curvature.hessian import LossFn, Mode, _ModeScope, checked_loss
+from sharpdim.curvature.hessian import LossFn, Mode, _ModeScope, checked_loss, math_attention
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.dynamics.jacobian_spectra import OPTIMIZERS
 from sharpdim.errors import SharpdimError
@@ -209,7 +209,12 @@ class TrainingMap:
         """
         leaf = w if (create_graph and w.requires_grad) else w.detach().requires_grad_(True)
         with torch.enable_grad():
-            with _ModeScope(self.model, self.mode), self._swap(leaf), self._step_rng(t):
+            with (
+                _ModeScope(self.model, self.mode),
+                self._swap(leaf),
+                self._step_rng(t),
+                math_attention(),  # (fused attention kernels have no double backward)
+            ):
                 loss = _orbit_loss(self.model, self.loss_fn, self.batch(t))
             if not torch.isfinite(loss):
                 return loss.detach(), torch.full_like(leaf.detach(), math.nan), leaf
