@@ -201,6 +201,26 @@ class KrylovBasis:
         self.T[self.m : self.m + self.nb, m : self.m] = r  # q_l . H x_i
         self.T[: self.m, self.m : self.m + self.nb] = self.T[self.m : self.m + self.nb, : self.m].T
 
+    def add_round(self) -> bool:
+        """Start a round without a breakdown: add a random direction, orthogonal to the basis
+        and the pending block and with zero coupling, to the pending block (which then grows
+        by one). ``False`` (nothing done) when the basis has no room for it."""
+        row = self.m + self.nb
+        if row + 1 > min(self.n, self.V.shape[0]):
+            return False
+        r = self._random_row()[None]
+        self._project(r, self.V[:row])
+        norm = float(r.norm())
+        if not norm > 0:
+            return False
+        self.V[row] = r[0] / norm
+        self.T[row, :] = 0
+        self.T[:, row] = 0
+        self.rounds += 1
+        self.round_of[row] = self.rounds
+        self.nb += 1
+        return True
+
     # -- Ritz pairs and restart -----------------------------------------------------------
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ritz values (ascending), vectors in the basis coordinates, residual norms."""

@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 import torch
 
+from sharpdim.checks import check_count, check_number
 from sharpdim.curvature.krylov_basis import KrylovBasis
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
 from sharpdim.errors import SharpdimError
@@ -171,10 +172,12 @@ def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
     return torch.tensor(out, device=theta.device)
 
 
-def _round_settled(
+def _round_state(
     basis: KrylovBasis, theta: torch.Tensor, which: str, k: int, tol: float, floor: float
-) -> bool:
-    """Whether further rounds after an invariant subspace can no longer change the answer.
+) -> str:
+    """``"settled"`` when further rounds can no longer change the answer, ``"spent"`` when the
+    latest round has converged to a copy more extreme than the ``k``-th wanted value (a
+    further round may hold another), ``"open"`` while it is still converging.
 
     From a random start, an invariant Krylov space holds one vector of every eigenspace, so
     its orthogonal complement holds only further copies of eigenvalues already found; the
@@ -188,50 +191,64 @@ def _round_settled(
     in their complement (where the same test applies).
     """
     if basis.rounds == 0 or basis.m >= basis.n:  # (a basis of the whole space is exact)
-        return True
+        return "settled"
     m, nb = basis.m, basis.nb
     rows = torch.nonzero(basis.round_of[:m] == basis.rounds).reshape(-1)
     if rows.numel() == 0:  # the new round has no products yet: judge the complete one before
         rows = torch.nonzero(basis.round_of[:m] == basis.rounds - 1).reshape(-1)
     if rows.numel() == 0:
-        return False
+        return "open"
     t_round, s_round = torch.linalg.eigh(basis.T[rows][:, rows])
     # residuals through the pending block, as for all Ritz pairs (the coupling to the earlier,
     # invariant rows is zero but for rounding)
     res = (basis.T[m : m + nb, rows] @ s_round).norm(dim=0)
 
-    def settled(i: int, kth: float, sign: float) -> bool:
+    def state(i: int, kth: float, sign: float) -> str:
         top = float(t_round[i])
-        return float(res[i]) <= max(tol * abs(top), floor) and sign * (top - kth) <= max(
-            tol * abs(kth), floor
-        )
+        if float(res[i]) > max(tol * abs(top), floor):
+            return "open"
+        return "settled" if sign * (top - kth) <= max(tol * abs(kth), floor) else "spent"
 
-    ok = True
+    ends = []
     if which in ("LA", "both"):
-        ok = ok and settled(-1, float(theta[-k]), 1.0)
+        ends.append(state(-1, float(theta[-k]), 1.0))
     if which in ("SA", "both"):
-        ok = ok and settled(0, float(theta[k - 1]), -1.0)
-    return ok
+        ends.append(state(0, float(theta[k - 1]), -1.0))
+    return next((s for s in ("open", "spent") if s in ends), "settled")
 
 
-def _check(op: LinearOperator, k: int, which: str, tol: float, block_size: int) -> None:
+def _needs_round(basis: KrylovBasis, state: str, wanted: torch.Tensor, zero: float) -> bool:
+    """Whether converged wanted values call for a new round before any breakdown: the latest
+    round is spent, or the first Krylov sequence has found a (numerical) zero, which on a
+    rank-deficient Hessian is mostly a multiple eigenvalue that one sequence sees only once
+    (its Krylov space need not become invariant to rounding, so no breakdown starts a round).
+    """
+    if basis.m >= basis.n:  # a basis of the whole space: exact
+        return False
+    if state == "spent":
+        return True
+    return basis.rounds == 0 and bool((wanted.abs() <= zero).any())
+
+
+def _check(
+    op: LinearOperator, k: Any, which: str, tol: Any, block_size: Any
+) -> tuple[int, float, int]:
+    """The checked ``(k, tol, block_size)`` as Python numbers."""
     n = op.num_params
     if which not in ("LA", "SA", "both"):
         raise SharpdimError(
             f"unknown which={which!r}: use 'LA' (largest algebraic), 'SA' (smallest) or 'both'"
         )
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise SharpdimError(f"k must be a positive integer, got {k!r}")
+    k = check_count(k, "k", hint=f"the number of eigenvalues wanted, at most {n}")
     if k > n:
         raise SharpdimError(
             f"k={k} exceeds the dimension {n} of the operator: ask for at most {n} eigenvalues"
         )
-    if not tol > 0:
-        raise SharpdimError(f"tol must be > 0, got {tol}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int):
-        raise SharpdimError(f"block_size must be an integer, got {block_size!r}")
-    if block_size < 1 or block_size > n:
+    tol = check_number(tol, "tol", "> 0", "1e-6")
+    block_size = check_count(block_size, "block_size", hint=f"a block size in [1, {n}]")
+    if block_size > n:
         raise SharpdimError(f"block_size must be in [1, {n}], got {block_size}")
+    return k, tol, block_size
 
 
 def lanczos_eigenvalues(
@@ -273,7 +290,7 @@ def lanczos_eigenvalues(
         [100.0, 99.0, 98.0]
     """
     op = as_operator(H)
-    _check(op, k, which, tol, block_size)
+    k, tol, block_size = _check(op, k, which, tol, block_size)
     n, b = op.num_params, block_size
     wanted = min(2 * k, n) if which == "both" else k
     if max_basis is None:
@@ -311,12 +328,17 @@ def lanczos_eigenvalues(
         m = basis.m
         prio = _priority(theta, which)
         idx = prio[: min(wanted, m)]
-        floor = 8 * eps * float(theta.abs().max()) if m else 0.0  # accuracy of one product
+        hmax = float(theta.abs().max()) if m else 0.0
+        floor = 8 * eps * hmax  # accuracy of one product
         ok = res[idx] <= torch.clamp(tol * theta[idx].abs(), min=floor)
-        settled = idx.numel() < k or _round_settled(basis, theta, which, k, tol, floor)
-        done = idx.numel() == wanted and bool(ok.all()) and settled
-        if done or basis.nb == 0 or basis.matvecs >= budget:
+        state = "settled" if idx.numel() < k else _round_state(basis, theta, which, k, tol, floor)
+        more = _needs_round(basis, state, theta[idx], max(floor, tol * hmax))
+        settled = state == "settled" and not more
+        all_ok = idx.numel() == wanted and bool(ok.all())
+        if (all_ok and settled) or basis.nb == 0 or basis.matvecs >= budget:
             break
+        if all_ok and more:
+            basis.add_round()
         full = m + 2 * basis.nb > basis.V.shape[0]
         if full and m + basis.nb < n:  # thick restart (unless the next step spans the space)
             keep = min(m - basis.nb, wanted + max(basis.nb, (m - wanted) // 2))
