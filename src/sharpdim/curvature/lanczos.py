@@ -172,12 +172,10 @@ def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
     return torch.tensor(out, device=theta.device)
 
 
-def _round_state(
+def _round_settled(
     basis: KrylovBasis, theta: torch.Tensor, which: str, k: int, tol: float, floor: float
-) -> str:
-    """``"settled"`` when further rounds can no longer change the answer, ``"spent"`` when the
-    latest round has converged to a copy more extreme than the ``k``-th wanted value (a
-    further round may hold another), ``"open"`` while it is still converging.
+) -> bool:
+    """Whether further rounds after an invariant subspace can no longer change the answer.
 
     From a random start, an invariant Krylov space holds one vector of every eigenspace, so
     its orthogonal complement holds only further copies of eigenvalues already found; the
@@ -191,42 +189,41 @@ def _round_state(
     in their complement (where the same test applies).
     """
     if basis.rounds == 0 or basis.m >= basis.n:  # (a basis of the whole space is exact)
-        return "settled"
+        return True
     m, nb = basis.m, basis.nb
     rows = torch.nonzero(basis.round_of[:m] == basis.rounds).reshape(-1)
     if rows.numel() == 0:  # the new round has no products yet: judge the complete one before
         rows = torch.nonzero(basis.round_of[:m] == basis.rounds - 1).reshape(-1)
     if rows.numel() == 0:
-        return "open"
+        return False
     t_round, s_round = torch.linalg.eigh(basis.T[rows][:, rows])
     # residuals through the pending block, as for all Ritz pairs (the coupling to the earlier,
     # invariant rows is zero but for rounding)
     res = (basis.T[m : m + nb, rows] @ s_round).norm(dim=0)
 
-    def state(i: int, kth: float, sign: float) -> str:
+    def settled(i: int, kth: float, sign: float) -> bool:
         top = float(t_round[i])
-        if float(res[i]) > max(tol * abs(top), floor):
-            return "open"
-        return "settled" if sign * (top - kth) <= max(tol * abs(kth), floor) else "spent"
+        return float(res[i]) <= max(tol * abs(top), floor) and sign * (top - kth) <= max(
+            tol * abs(kth), floor
+        )
 
-    ends = []
+    ok = True
     if which in ("LA", "both"):
-        ends.append(state(-1, float(theta[-k]), 1.0))
+        ok = ok and settled(-1, float(theta[-k]), 1.0)
     if which in ("SA", "both"):
-        ends.append(state(0, float(theta[k - 1]), -1.0))
-    return next((s for s in ("open", "spent") if s in ends), "settled")
+        ok = ok and settled(0, float(theta[k - 1]), -1.0)
+    return ok
 
 
-def _needs_round(basis: KrylovBasis, state: str, wanted: torch.Tensor, zero: float) -> bool:
-    """Whether converged wanted values call for a new round before any breakdown: the latest
-    round is spent, or the first Krylov sequence has found a (numerical) zero, which on a
-    rank-deficient Hessian is mostly a multiple eigenvalue that one sequence sees only once
-    (its Krylov space need not become invariant to rounding, so no breakdown starts a round).
-    """
+def _zero_needs_round(basis: KrylovBasis, wanted: torch.Tensor, zero: float) -> bool:
+    """Whether the first Krylov sequence has converged to a (numerical) zero among the wanted
+    values: on a rank-deficient Hessian mostly a multiple eigenvalue that one sequence sees
+    only once, while its Krylov space need not become invariant to rounding (no breakdown
+    starts a round), so a round is started by hand. Later rounds start on breakdowns only: a
+    round started by hand leaves the earlier rows non-invariant, so only the large null space
+    of a rank-deficient operator justifies it."""
     if basis.m >= basis.n:  # a basis of the whole space: exact
         return False
-    if state == "spent":
-        return True
     return basis.rounds == 0 and bool((wanted.abs() <= zero).any())
 
 
@@ -331,9 +328,10 @@ def lanczos_eigenvalues(
         hmax = float(theta.abs().max()) if m else 0.0
         floor = 8 * eps * hmax  # accuracy of one product
         ok = res[idx] <= torch.clamp(tol * theta[idx].abs(), min=floor)
-        state = "settled" if idx.numel() < k else _round_state(basis, theta, which, k, tol, floor)
-        more = _needs_round(basis, state, theta[idx], max(floor, tol * hmax))
-        settled = state == "settled" and not more
+        more = _zero_needs_round(basis, theta[idx], max(floor, tol * hmax))
+        settled = not more and (
+            idx.numel() < k or _round_settled(basis, theta, which, k, tol, floor)
+        )
         all_ok = idx.numel() == wanted and bool(ok.all())
         if (all_ok and settled) or basis.nb == 0 or basis.matvecs >= budget:
             break

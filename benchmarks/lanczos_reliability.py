@@ -1,0 +1,149 @@
+"""How often ``lanczos_eigenvalues`` returns a wrong list that it marks converged.
+
+Krylov methods cannot certify multiplicities (docs/curvature.md), so this counts, against
+float64 ``eigvalsh``, the results that are wrong by more than ``1e-6 max(1, ||A||)`` (float64;
+``1e-3`` in float32) while ``all_converged`` is true, and the results left unconverged, on
+three seeded families:
+
+* ``least_squares``: ``(2/N) X^T X`` with 3-14 examples and 20-49 weights (a 6- to 46-fold
+  zero eigenvalue), ``which`` in ``"SA"``/``"both"``, ``k = 1..4``, ``tol=1e-8``;
+* ``dense``: random, shifted log-normal, uniform and half-zero spectra of size 3-59, float64
+  and float32, ``"LA"``/``"SA"``/``"both"``, ``k`` in ``{1, 2, n/2, n-1, n}``, block sizes 1-2,
+  ``tol=1e-8``;
+* ``few_values``: values in ``{-2, ..., 2}``, rank-deficient spectra and 1e-3-wide top
+  clusters of size 2-60, float64 (``tol=1e-8``) and float32 (``tol=1e-5``), block sizes 1-3.
+
+    python benchmarks/lanczos_reliability.py --out lanczos_reliability.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from _common import dump_json
+from sharpdim.curvature.lanczos import lanczos_eigenvalues
+
+F64 = torch.float64
+Case = tuple[torch.Tensor, int, str, int, float]  # matrix, k, which, block size, tol
+
+
+def with_spectrum(values: torch.Tensor, seed: int) -> torch.Tensor:
+    """``Q diag(values) Q^T`` with a seeded random orthogonal ``Q``."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=g, dtype=F64))
+    return (q * values) @ q.T
+
+
+def wanted(a: torch.Tensor, k: int, which: str) -> torch.Tensor:
+    """The exact eigenvalues ``lanczos_eigenvalues`` should return, in its order."""
+    ev = torch.linalg.eigvalsh(a.double())
+    if which == "LA":
+        return ev.flip(0)[:k]
+    if which == "SA":
+        return ev[:k]
+    return ev.flip(0) if 2 * k >= len(ev) else torch.cat([ev.flip(0)[:k], ev[:k].flip(0)])
+
+
+def least_squares(seeds: int) -> Iterator[Case]:
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(seed)
+        n_ex = int(torch.randint(3, 15, (1,), generator=g))
+        d = int(torch.randint(20, 50, (1,), generator=g))
+        x = torch.randn(n_ex, d, generator=g, dtype=F64)
+        a = 2 / n_ex * x.T @ x
+        for k in (1, 2, 3, 4):
+            for which in ("SA", "both"):
+                yield a, k, which, 1, 1e-8
+
+
+def dense(seeds: int) -> Iterator[Case]:
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(seed)
+        n = int(torch.randint(3, 60, (1,), generator=g))
+        kind = seed % 4
+        if kind == 0:
+            ev = torch.randn(n, generator=g, dtype=F64)
+        elif kind == 1:
+            ev = torch.randn(n, generator=g, dtype=F64).exp() - 1
+        elif kind == 2:
+            ev = torch.linspace(-1, 5, n, dtype=F64)
+        else:
+            half = torch.rand(n - n // 2, generator=g, dtype=F64) * 3 + 0.5
+            ev = torch.cat([torch.zeros(n // 2, dtype=F64), half])
+        for dtype in (F64, torch.float32):
+            a = with_spectrum(ev, seed).to(dtype)
+            for which in ("LA", "SA", "both"):
+                for k in sorted({1, 2, n // 2 or 1, n - 1 or 1, n}):
+                    for block in (1, 2):
+                        yield a, k, which, block, 1e-8
+
+
+def few_values(trials: int) -> Iterator[Case]:
+    for trial in range(trials):
+        g = torch.Generator().manual_seed(10_000 + trial)
+        n = int(torch.randint(2, 61, (1,), generator=g))
+        if trial % 3 == 0:
+            values = torch.randint(-2, 3, (n,), generator=g).to(F64)
+        elif trial % 3 == 1:
+            values = torch.zeros(n, dtype=F64)
+            rank = int(torch.randint(1, max(2, n // 3), (1,), generator=g))
+            values[:rank] = 3 * torch.randn(rank, generator=g, dtype=F64)
+        else:
+            top = 3 + 1e-3 * torch.rand(min(n, 5), generator=g, dtype=F64)
+            values = torch.cat([top, torch.randn(max(0, n - 5), generator=g, dtype=F64)])
+        which = ("LA", "SA", "both")[trial % 3]
+        k = int(torch.randint(1, n + 1, (1,), generator=g))
+        block = int(torch.randint(1, min(n, 3) + 1, (1,), generator=g))
+        for dtype, tol in ((F64, 1e-8), (torch.float32, 1e-5)):
+            yield with_spectrum(values, trial).to(dtype), k, which, block, tol
+
+
+def count(cases: Iterator[Case]) -> dict[str, Any]:
+    """Cases, wrong-but-converged results, unconverged results, products, seconds."""
+    total = wrong = unconverged = products = 0
+    start = time.perf_counter()
+    for a, k, which, block, tol in cases:
+        res = lanczos_eigenvalues(a, k=k, which=which, block_size=block, tol=tol)
+        exact = wanted(a, k, which)
+        scale = max(1.0, float(exact.abs().max()))
+        limit = (1e-6 if a.dtype == F64 else 1e-3) * scale
+        err = float((res.eigenvalues - exact).abs().max())
+        total += 1
+        products += res.num_matvecs
+        wrong += int(res.all_converged and err > limit)
+        unconverged += int(not res.all_converged)
+    seconds = time.perf_counter() - start
+    return dict(
+        cases=total, wrong_but_converged=wrong, unconverged=unconverged, products=products,
+        seconds=round(seconds, 1),
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=80, help="dense-spectrum seeds")
+    parser.add_argument("--ls-seeds", type=int, default=30, help="least-squares seeds")
+    parser.add_argument("--trials", type=int, default=750, help="few-value trials")
+    parser.add_argument("--out", default=None, help="write the counts as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    families = {
+        "least_squares": least_squares(args.ls_seeds),
+        "dense": dense(args.seeds),
+        "few_values": few_values(args.trials),
+    }
+    results = {}
+    for name, cases in families.items():
+        results[name] = count(cases)
+        print(name, results[name], flush=True)
+    if args.out:
+        dump_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
