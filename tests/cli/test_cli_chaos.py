@@ -326,5 +326,6 @@ def test_idx_dataset_names_the_cli_options(
     msg = _exit_2(["chaos", "lyapunov", "--dataset", "idx"], capsys)
     assert msg == (
         "--dataset 'idx' is not one the command line can load: pass --dataset digits, "
-        "mnist1d, modular, teacher_student (your own IDX files: load_idx_dataset in Python)"
+        "mnist1d, modular, teacher_student (your own IDX files: in Python, "
+        'load_dataset("idx", directory=...) from sharpdim.training.datasets)'
     )

@@ -63,8 +63,11 @@ def test_demo_write_error_is_one_line(
 
     monkeypatch.setattr(demo_module, "_write_outputs", fail)
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--n-train", "20", "--width", "2", "--steps", "2"]
-    assert main([*args, "--sd-batches", "1", "--slq-runs", "1", "--slq-steps", "4"]) == 2
+    args = ["demo", "--out", str(out), "--n-train", "20", "--batch-size", "20", "--width", "2"]
+    assert (
+        main([*args, "--steps", "2", "--sd-batches", "1", "--slq-runs", "1", "--slq-steps", "4"])
+        == 2
+    )
     assert capsys.readouterr().err == (
         f"error: cannot write {out / 'summary.json'} (Permission denied): "
         "choose a writable --out folder\n"

@@ -57,6 +57,31 @@ def test_fractal(tmp_path):
     summary = _summary(tmp_path / "fractal.json")
     assert summary["num_particles"] == 300 and summary["steps"] == 20
     assert 0.0 <= summary["eos_fraction"] <= 1.0
+    assert summary["status"] == "done" and summary["num_diverged"] == 0
+
+
+def test_fractal_that_diverges_is_recorded_with_null_measures(tmp_path, capsys):
+    args = ["--particles", "100", "--steps", "10", "--lr", "1e10", "--out", str(tmp_path)]
+    assert main(["eos", "fractal", *args]) == 0
+    summary = _summary(tmp_path / "fractal.json")
+    assert summary["status"] == "diverged"
+    assert summary["num_diverged"] == 100 and summary["diverged_fraction"] == 1.0
+    for key in ("eos_fraction", "mean_loss", "median_sharpness", "box_dimension"):
+        assert summary[key] is None, key
+    assert summary["box_counts"] == []
+    out = capsys.readouterr().out
+    assert "diverged: 100 of 100 particles ran away" in out and "slope" not in out
+
+
+@pytest.mark.parametrize(
+    ("command", "stores"),
+    [("sharpening", True), ("thresholds", True), ("minimalist", False), ("fractal", False)],
+)
+def test_out_help_names_what_the_command_writes(command, stores, capsys):
+    assert main(["eos", command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "folder for the PNG" in text
+    assert ("runs.sqlite" in text) is stores and "(sharpening, thresholds)" not in text
 
 
 def test_bad_input_exits_with_code_2(tmp_path, capsys):
@@ -177,7 +202,11 @@ def test_thresholds_refuses_bad_step_sizes(tmp_path, capsys, args, message):
     [
         (["--dataset", "idx"], "dataset 'idx' is not one of the EoS datasets: use one of digits"),
         (["--dataset", "cifar"], "dataset 'cifar' is not one of the EoS datasets"),
-        (["--n-train", "1501"], "n_train=1501 does not fit in the 1500 training examples"),
+        (
+            ["--n-train", "1501"],
+            "--n-train 1501 exceeds the 1500 training examples of --dataset digits: pass "
+            "--n-train <= 1500",
+        ),
     ],
 )
 def test_eos_data_errors(tmp_path, capsys, trained, args, message):

@@ -23,7 +23,10 @@ def _interrupt(*args: Any, **kwargs: Any) -> Any:
 @pytest.mark.parametrize(
     ("target", "argv"),
     [
-        ((demo_module, "train"), ["demo", "--n-train", "20", "--width", "2", "--steps", "1"]),
+        (
+            (demo_module, "train"),
+            ["demo", "--n-train", "20", "--batch-size", "8", "--width", "2", "--steps", "1"],
+        ),
         (
             (loop_module, "train"),
             ["sd", "compute", "--n-train", "20", "--width", "2", "--batch-size", "8"],
@@ -143,7 +146,9 @@ def _never(*args: Any, **kwargs: Any) -> Any:
         (["eos", "sharpening", "--lrs", "-1"], "--lrs must be a positive finite number"),
         (["eos", "sharpening", "--steps", "0"], "--steps must be >= 1"),
         (["eos", "sharpening", "--late-fraction", "nan"], "--late-fraction must be in (0, 1]"),
-        (["eos", "sharpening", "--n-train", "999999"], "n_train=999999 does not fit"),
+        (["eos", "sharpening", "--n-train", "999999"], "--n-train 999999 exceeds the 1500"),
+        (["eos", "minimalist", "--steps", "5", "--late", "6"], "--late 6 exceeds --steps 5"),
+        (["demo", "--n-train", "10"], "--batch-size 64 exceeds the 10 training examples"),
         (["eos", "thresholds", "--beta2", "1.0"], "--beta2 must be in [0, 1)"),
     ],
 )

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from sharpdim.commands._common import (
+    MAX_N_TRAIN,
     check_at_least,
+    check_batch_size,
     check_exact_sd_size,
+    check_n_train,
     check_positive_lr,
     jsonable,
     kv_table,
@@ -139,7 +142,15 @@ def test_parse_floats_refuses_empty_items(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "hint"), [("idx", " (your own IDX files: load_idx_dataset in Python)"), ("cifar", "")]
+    ("name", "hint"),
+    [
+        (
+            "idx",
+            ' (your own IDX files: in Python, load_dataset("idx", directory=...) from '
+            "sharpdim.training.datasets)",
+        ),
+        ("cifar", ""),
+    ],
 )
 def test_cli_datasets_name_the_option(name: str, hint: str) -> None:
     with pytest.raises(SharpdimError) as err:
@@ -148,7 +159,7 @@ def test_cli_datasets_name_the_option(name: str, hint: str) -> None:
         f"--dataset {name!r} is not one the command line can load: pass --dataset digits, "
         f"mnist1d, modular, teacher_student{hint}"
     )
-    assert "directory=" not in str(err.value) and "train_images=" not in str(err.value)
+    assert "--directory" not in str(err.value) and "train_images=" not in str(err.value)
 
 
 def test_store_path_refuses_a_folder(tmp_path: Path) -> None:
@@ -173,4 +184,30 @@ def test_exact_sd_size_limit() -> None:
     assert str(err.value) == (
         "the MLP has 22,510 parameters, more than the 20,000 the exact sharpness dimension "
         "(dense Hessians) takes: pass a smaller --width or --depth"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "limit", "num_test"), [("digits", 1500, 297), ("modular", 9409, 0)]
+)
+def test_n_train_limits_are_what_the_datasets_hold(name: str, limit: int, num_test: int) -> None:
+    assert MAX_N_TRAIN[name] == limit
+    data = load_mlp_dataset(name, seed=0, n_train=limit)
+    assert (data.num_train, data.num_test) == (limit, num_test)
+    with pytest.raises(SharpdimError) as err:
+        mlp_setup(name, n_train=limit + 1, width=3, depth=1, seed=0)
+    assert str(err.value) == (
+        f"--n-train {limit + 1} exceeds the {limit} training examples of --dataset {name}: "
+        f"pass --n-train <= {limit}"
+    )
+    assert check_n_train("teacher_student", 10**6) == 10**6 and check_n_train(name, None) is None
+
+
+def test_batch_size_check_names_the_flag() -> None:
+    assert check_batch_size(100, 100) == 100
+    with pytest.raises(SharpdimError) as err:
+        check_batch_size(101, 100)
+    assert str(err.value) == (
+        "--batch-size 101 exceeds the 100 training examples: pass --batch-size <= 100 "
+        "(or a larger --n-train)"
     )

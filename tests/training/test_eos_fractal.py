@@ -9,6 +9,7 @@ from sharpdim.errors import SharpdimError
 from sharpdim.training.eos_fractal import (
     box_counting_dimension,
     fractal_attractor,
+    fractal_diverged,
     fractal_gradient,
     fractal_hessian,
     fractal_loss,
@@ -95,3 +96,32 @@ def test_bad_input():
         fractal_attractor(10, lr=0.0)
     with pytest.raises(SharpdimError):
         fractal_attractor(10, noise_std=-1.0)
+
+
+def test_diverged_particles_left_the_basin_or_are_not_finite():
+    x = torch.tensor([[0.5, 0.5], [1e5, 0.0], [math.inf, 0.0], [math.nan, 1.0], [2.0, 2.0]])
+    loss = torch.tensor([1.0, 5e9, math.inf, math.nan, 2e6 - 1])
+    initial = torch.tensor([1.0, 3.0, 1.0, 1.0, 2.0])  # limit 1e6 * max(|L_0|, 1)
+    assert fractal_diverged(x, loss, initial).tolist() == [False, True, True, True, False]
+    assert fractal_diverged(x[:1], torch.tensor([1e6 + 1]), torch.tensor([-0.5])).tolist() == [True]
+
+
+def test_a_diverged_run_has_nan_measures():
+    res = fractal_attractor(40, steps=10, lr=1e10, generator=torch.Generator().manual_seed(6))
+    assert res.status == "diverged" and res.num_diverged == 40 and res.diverged_fraction == 1.0
+    assert torch.isfinite(res.final).all()  # |x| ~ 1e100: finite, but far out of the basin
+    for value in (res.eos_fraction, res.mean_loss, res.median_sharpness, res.box_dimension):
+        assert math.isnan(value)
+    assert res.box_counts == ()
+    d = res.to_dict()
+    assert d["status"] == "diverged" and d["num_diverged"] == 40 and d["diverged_fraction"] == 1.0
+    assert math.isnan(d["box_dimension"]) and d["box_counts"] == []
+    overflow = fractal_attractor(5, steps=40, lr=1e10, generator=torch.Generator().manual_seed(6))
+    assert not torch.isfinite(overflow.final).all() and overflow.num_diverged == 5
+
+
+def test_a_bounded_run_is_done():
+    res = fractal_attractor(200, steps=20, generator=torch.Generator().manual_seed(3))
+    assert res.status == "done" and res.num_diverged == 0 and res.diverged_fraction == 0.0
+    assert res.median_sharpness == pytest.approx(float(res.final_sharpness.median()))
+    assert res.to_dict()["status"] == "done" and not math.isnan(res.box_dimension)

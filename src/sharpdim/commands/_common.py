@@ -8,8 +8,9 @@
 * :func:`load_mlp_dataset`: :func:`~sharpdim.training.datasets.load_dataset` with the float
   inputs an MLP needs (modular arithmetic one-hot encoded); :func:`mlp_setup`: that data and
   the MLP, with the model options checked before any training;
-* :func:`check_positive_lr`, :func:`check_at_least`, :func:`check_mlp_size`,
-  :func:`check_exact_sd_size`: option checks whose one-line errors name the flag;
+* :func:`check_positive_lr`, :func:`check_at_least`, :func:`check_n_train`,
+  :func:`check_batch_size`, :func:`check_mlp_size`, :func:`check_exact_sd_size`: option
+  checks whose one-line errors name the flag;
   :func:`training_record`: the model/data/training part of a JSON result;
 * :func:`parse_output_folder` (``--out`` must not be empty), :func:`prepare_output_dir` /
   :func:`prepare_output_file` / :func:`prepare_store_path`: check (and create) where a command
@@ -108,11 +109,37 @@ def parse_floats(text: str, what: str) -> list[float]:
 CLI_DATASETS = ("digits", "mnist1d", "modular", "teacher_student")
 """The ``--dataset`` names (``"idx"`` needs file paths, which only the Python API takes)."""
 
+MAX_N_TRAIN = {"digits": 1797 - 297, "modular": 97 * 97}
+"""Most ``--n-train`` a dataset holds: digits keeps 297 of its 1,797 images for testing;
+modular has ``p^2`` pairs (all of them leave no test set). The generated ones have no limit."""
+
+
+def check_n_train(dataset: str, n_train: int | None) -> int | None:
+    """``n_train`` if ``--dataset`` holds that many training examples, else a one-line error."""
+    limit = MAX_N_TRAIN.get(dataset)
+    if n_train is not None and limit is not None and n_train > limit:
+        raise SharpdimError(
+            f"--n-train {n_train} exceeds the {limit} training examples of --dataset "
+            f"{dataset}: pass --n-train <= {limit}"
+        )
+    return n_train
+
+
+def check_batch_size(batch_size: int, num_train: int) -> int:
+    """``batch_size`` if at most ``num_train``, else a one-line error naming ``--batch-size``."""
+    if batch_size > num_train:
+        raise SharpdimError(
+            f"--batch-size {batch_size} exceeds the {num_train} training examples: pass "
+            f"--batch-size <= {num_train} (or a larger --n-train)"
+        )
+    return batch_size
+
 
 def load_mlp_dataset(
     name: str, *, seed: int, n_train: int | None, dtype: torch.dtype = torch.float32
 ) -> Dataset:
-    """``load_dataset(name, ...)`` with float inputs for an MLP; ``name`` one of :data:`CLI_DATASETS`.
+    """``load_dataset(name, ...)`` with float inputs for an MLP; ``name`` one of :data:`CLI_DATASETS`,
+    ``n_train`` within :data:`MAX_N_TRAIN` (both errors name the option).
 
     Modular arithmetic comes as int64 token inputs by default (for transformers); an MLP needs
     its one-hot encoding ``[onehot(a), onehot(b)]`` (width ``2p``), so that is what it gets.
@@ -120,11 +147,17 @@ def load_mlp_dataset(
     from sharpdim.training.datasets import load_dataset
 
     if name not in CLI_DATASETS:
-        idx = " (your own IDX files: load_idx_dataset in Python)" if name == "idx" else ""
+        idx = (
+            ' (your own IDX files: in Python, load_dataset("idx", directory=...) from '
+            "sharpdim.training.datasets)"
+            if name == "idx"
+            else ""
+        )
         raise SharpdimError(
             f"--dataset {name!r} is not one the command line can load: pass --dataset "
             f"{', '.join(CLI_DATASETS)}{idx}"
         )
+    check_n_train(name, n_train)
     options: dict[str, Any] = {"encoding": "onehot"} if name == "modular" else {}
     return load_dataset(name, seed=seed, n_train=n_train, dtype=dtype, **options)
 
@@ -153,11 +186,8 @@ def mlp_setup(
     if batch_size is not None:
         check_at_least(batch_size, 1, "--batch-size")
     data = load_mlp_dataset(dataset, seed=seed, n_train=n_train, dtype=dtype)
-    if batch_size is not None and batch_size > data.num_train:
-        raise SharpdimError(
-            f"--batch-size {batch_size} exceeds the {data.num_train} training examples: "
-            f"pass --batch-size <= {data.num_train} (or a larger --n-train)"
-        )
+    if batch_size is not None:
+        check_batch_size(batch_size, data.num_train)
     check_mlp_size(data.input_dim, data.num_outputs, width, depth)
     model = build_mlp(
         data.input_dim,

@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 
 from sharpdim.commands._common import (
+    MAX_N_TRAIN,
     SEED_RANGE,
+    check_batch_size,
     check_exact_sd_size,
     check_positive_lr,
     kv_table,
@@ -33,7 +35,7 @@ from sharpdim.training.loop import TrainConfig, TrainResult, train
 from sharpdim.training.losses import mse_loss
 from sharpdim.training.models import build_mlp
 
-DIGITS_TRAIN = 1500
+DIGITS_TRAIN = MAX_N_TRAIN["digits"]
 """Training examples of scikit-learn digits (1,797 images, 297 kept for testing)."""
 DIGITS_IN, DIGITS_OUT = 64, 10
 
@@ -60,7 +62,9 @@ def demo(
     ] = 1000,
     width: Annotated[int, typer.Option(min=1, help="MLP width (2 hidden tanh layers).")] = 16,
     lr: Annotated[float, typer.Option(help="SGD step size eta.")] = 0.5,
-    batch_size: Annotated[int, typer.Option(min=1, help="SGD minibatch size.")] = 64,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="SGD minibatch size (at most --n-train).")
+    ] = 64,
     steps: Annotated[int, typer.Option(min=1, help="SGD steps.")] = 1500,
     sd_batches: Annotated[int, typer.Option(min=1, help="Minibatches for the exact SD.")] = 4,
     slq_runs: Annotated[int, typer.Option(min=1, help="SLQ runs for the density.")] = 5,
@@ -79,15 +83,14 @@ def demo(
     arXiv 2604.19740, Def. 4.2); writes spectrum.png, summary.json and report.html.
     """
     check_positive_lr(lr, example="0.5")
+    check_batch_size(batch_size, n_train)
     _check_width(width)
     prepare_output_dir(out, "--out folder")
     console = Console()
     start = time.perf_counter()
     data = load_dataset("digits", seed=seed, n_train=n_train)
     model = build_mlp(DIGITS_IN, DIGITS_OUT, width=width, depth=2, seed=seed)
-    config = TrainConfig(
-        optimizer="sgd", lr=lr, batch_size=min(batch_size, n_train), steps=steps, seed=seed
-    )
+    config = TrainConfig(optimizer="sgd", lr=lr, batch_size=batch_size, steps=steps, seed=seed)
     console.print(
         f"training a 64-{width}-{width}-10 tanh MLP on {data.num_train} digits: "
         f"SGD, eta={lr}, batch {config.batch_size}, {steps} steps"
@@ -105,7 +108,7 @@ def demo(
         data.train_batch(),
         lr,
         num_batches=sd_batches,
-        batch_size=config.batch_size or n_train,
+        batch_size=batch_size,
         generator=gen,
     )
     with output_errors(out, "--out folder"):

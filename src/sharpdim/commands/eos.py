@@ -34,6 +34,7 @@ from sharpdim.commands._common import (
     check_finite,
     check_fraction,
     check_mlp_size,
+    check_n_train,
     check_positive_lr,
     depth_option,
     float64_option,
@@ -56,11 +57,18 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-# options of the two tanh-MLP commands (sharpening, thresholds) and of all four (--out)
+# --out of the sweeps (sharpening, thresholds), which keep runs.sqlite there, and of the
+# other two; then the options of the two tanh-MLP sweeps
 _OUT = typer.Option(
     Path("eos_results"),
     "--out",
-    help="folder for the PNG, the JSON summary and (sharpening, thresholds) runs.sqlite",
+    help="folder for the PNG, the JSON summary and runs.sqlite (the stored runs)",
+    parser=parse_output_folder,
+)
+_OUT_FIGURE = typer.Option(
+    Path("eos_results"),
+    "--out",
+    help="folder for the PNG and the JSON summary",
     parser=parse_output_folder,
 )
 _DATASET = typer.Option("digits", help="digits | mnist1d | modular | teacher_student")
@@ -93,6 +101,7 @@ def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float6
     from sharpdim.training.eos_setup import MLPSetup
 
     check_at_least(n_train, 1, "--n-train")
+    check_n_train(dataset, n_train)
     check_at_least(width, 1, "--width")
     check_at_least(depth, 0, "--depth")
     setup = MLPSetup(
@@ -275,8 +284,8 @@ def minimalist(
     bif_max: float = typer.Option(1.1, help="largest step size of the bifurcation diagram"),
     bif_num: int = typer.Option(451, help="step sizes in the bifurcation diagram"),
     steps: int = typer.Option(20_000, help="GD steps"),
-    late: int = typer.Option(300, help="late iterates kept per step size"),
-    out: Path = _OUT,
+    late: int = typer.Option(300, help="late iterates kept per step size (at most --steps)"),
+    out: Path = _OUT_FIGURE,
 ) -> None:
     """GD on 0.5 (1 - xyzw)^2: EoS ratios and a bifurcation diagram (Zhu et al. 2023)."""
     from sharpdim.report.eos_figures import plot_minimalist
@@ -292,6 +301,8 @@ def minimalist(
             raise SharpdimError(f"{flag} {count} exceeds {MAX_GRID:,}: use a coarser grid")
     check_at_least(steps, 1, "--steps")
     check_at_least(late, 1, "--late")
+    if late > steps:
+        raise SharpdimError(f"--late {late} exceeds --steps {steps}: pass --late <= --steps")
     if not (lr_min <= lr_max and bif_min <= bif_max):
         raise SharpdimError(
             "step-size grids need min <= max: check --lr-min/--lr-max and --bif-min/--bif-max"
@@ -305,7 +316,7 @@ def minimalist(
             ratio_lrs=ratio_lrs,
             bifurcation_lrs=bif_lrs,
             steps=steps,
-            late=min(late, steps),
+            late=late,
             trace_lrs=trace,
             progress=lambda done, _total: update(done),
         )
@@ -339,11 +350,11 @@ def fractal(
     noise_std: float = typer.Option(0.1, help="sigma of the additive Gaussian noise"),
     init_range: float = typer.Option(3.0, help="initial points uniform in [-r, r]^2"),
     seed: int = seed_option("seed of the initial points and the noise"),
-    out: Path = _OUT,
+    out: Path = _OUT_FIGURE,
 ) -> None:
     """The toy fractal attractor: noisy GD on 0.5|x|^2 - A cos(k x1) cos(k x2) (paper Fig. 6)."""
     from sharpdim.report.eos_figures import plot_fractal
-    from sharpdim.training.eos_fractal import fractal_attractor
+    from sharpdim.training.eos_fractal import DIVERGENCE_FACTOR, fractal_attractor
 
     check_positive_lr(lr, "--lr", "0.15")
     check_at_least(particles, 1, "--particles")
@@ -369,11 +380,16 @@ def fractal(
         generator=torch.Generator().manual_seed(seed),
     )
     png, js = _save(out, "fractal", result, plot_fractal)
-    median = float(result.final_sharpness.median())
-    print_report(
-        f"2/eta = {result.threshold:.4g}; share of particles with sharpness above it: "
-        f"{result.eos_fraction:.3f}; median sharpness {median:.3f}; "
-        f"box-counting slope {result.box_dimension:.3f}",
-        png,
-        js,
-    )
+    if result.status == "diverged":
+        shown = (
+            f"diverged: {result.num_diverged:,} of {result.final.shape[0]:,} particles ran away "
+            f"(loss above {DIVERGENCE_FACTOR:,.0f} x its start, or not finite): the measures are "
+            "NaN; pass a smaller --lr (below 2 keeps the particles bounded)"
+        )
+    else:
+        shown = (
+            f"2/eta = {result.threshold:.4g}; share of particles with sharpness above it: "
+            f"{result.eos_fraction:.3f}; median sharpness {result.median_sharpness:.3f}; "
+            f"box-counting slope {result.box_dimension:.3f}"
+        )
+    print_report(shown, png, js)

@@ -132,9 +132,10 @@ def _sizes(
     n_test = default_test if n_test is None else n_test
     n_train = total - n_test if n_train is None else n_train
     if n_train < 1 or n_test < 0 or n_train + n_test > total:
+        here = f" (here {total - n_test})" if 0 <= n_test < total else ""
         raise SharpdimError(
-            f"n_train={n_train}, n_test={n_test} do not fit in {total} examples: "
-            "choose n_train >= 1 and n_train + n_test <= the dataset size"
+            f"n_train={n_train}, n_test={n_test} do not fit in the {total} examples: choose "
+            f"0 <= n_test < {total} and 1 <= n_train <= {total} - n_test{here}"
         )
     return n_train, n_test
 
@@ -265,7 +266,7 @@ def make_modular_dataset(
     total = p * p
     default_train = max(1, round(train_fraction * total))
     n_train = default_train if n_train is None else n_train
-    n_train, n_test = _sizes(total, n_train, n_test, default_test=total - n_train)
+    n_train, n_test = _sizes(total, n_train, n_test, default_test=max(total - n_train, 0))
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     a, b = order // p, order % p
     c = _OPERATIONS[operation](a, b, p)

@@ -17,7 +17,8 @@ With the paper's ``A = 2, k = 4`` the global minimum ``x = 0`` has sharpness
 in the deep central wells. Without noise the particles end on flatter stationary points or
 cycles; with the noise they spread over a fractal-looking cloud, about half of it in regions
 of sharpness above ``2 / eta`` (see ``docs/reproductions.md``). Everything is vectorised over
-particles.
+particles. For ``eta >= 2`` the particles run away (``|1 - eta| >= 1``): such a run is
+recorded as ``status="diverged"`` with NaN measures (:func:`fractal_diverged`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,20 @@ def fractal_step(
     return x - lr * fractal_gradient(x, amplitude=amplitude, frequency=frequency) + noise
 
 
+DIVERGENCE_FACTOR = 1e6
+"""A particle has diverged once its loss exceeds this times ``max(|its initial loss|, 1)``
+(the default of :class:`~sharpdim.training.loop.TrainConfig`)."""
+
+
+def fractal_diverged(
+    x: torch.Tensor, loss: torch.Tensor, initial_loss: torch.Tensor
+) -> torch.Tensor:
+    """Per particle: position or loss not finite, or loss above
+    ``DIVERGENCE_FACTOR * max(|initial_loss|, 1)``."""
+    limit = DIVERGENCE_FACTOR * initial_loss.abs().clamp(min=1.0)
+    return ~torch.isfinite(x).all(dim=-1) | ~(loss <= limit)
+
+
 @dataclass(frozen=True)
 class FractalResult:
     """Particles of the noisy GD random dynamical system after ``steps`` steps.
@@ -98,7 +113,9 @@ class FractalResult:
         mean_loss: mean final loss.
         box_dimension: box-counting slope of the final cloud over ``box_sizes`` (a rough
             summary; with noise the cloud is not a true fractal at scales below ``noise_std``).
-        box_sizes, box_counts: the boxes used.
+        box_sizes, box_counts: the boxes used (no counts when diverged).
+        num_diverged: particles that diverged (:func:`fractal_diverged`); if any did, the
+            run's ``status`` is ``"diverged"`` and the ensemble measures above are NaN.
     """
 
     initial: torch.Tensor
@@ -116,14 +133,30 @@ class FractalResult:
     box_dimension: float
     box_sizes: tuple[float, ...]
     box_counts: tuple[int, ...]
+    num_diverged: int
 
     @property
     def threshold(self) -> float:
         return 2.0 / self.lr
 
+    @property
+    def status(self) -> str:
+        return "diverged" if self.num_diverged else "done"
+
+    @property
+    def diverged_fraction(self) -> float:
+        return self.num_diverged / self.final.shape[0]
+
+    @property
+    def median_sharpness(self) -> float:
+        return math.nan if self.num_diverged else float(self.final_sharpness.median())
+
     def to_dict(self, *, with_points: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "num_particles": int(self.final.shape[0]),
+            "status": self.status,
+            "num_diverged": self.num_diverged,
+            "diverged_fraction": self.diverged_fraction,
             "lr": self.lr,
             "amplitude": self.amplitude,
             "frequency": self.frequency,
@@ -134,7 +167,7 @@ class FractalResult:
             "max_minimum_sharpness": 1.0 + self.amplitude * self.frequency**2,
             "eos_fraction": self.eos_fraction,
             "mean_loss": self.mean_loss,
-            "median_sharpness": float(self.final_sharpness.median()),
+            "median_sharpness": self.median_sharpness,
             "box_dimension": self.box_dimension,
             "box_sizes": list(self.box_sizes),
             "box_counts": list(self.box_counts),
@@ -186,7 +219,8 @@ def fractal_attractor(
         dtype: float dtype of the particles.
 
     Returns:
-        A :class:`FractalResult`.
+        A :class:`FractalResult`; with any particle diverged, its ``status`` is
+        ``"diverged"`` and its ensemble measures NaN.
     """
     if num_particles < 1 or steps < 0 or not lr > 0 or noise_std < 0 or not init_range > 0:
         raise SharpdimError(
@@ -203,7 +237,8 @@ def fractal_attractor(
         x = fractal_step(x, noise, lr=lr, **opts)
     sharp = fractal_sharpness(x, **opts)
     loss = fractal_loss(x, **opts)
-    dim, counts = box_counting_dimension(x, box_sizes)
+    diverged = int(fractal_diverged(x, loss, fractal_loss(initial, **opts)).sum())
+    dim, counts = box_counting_dimension(x, box_sizes) if not diverged else (math.nan, ())
     return FractalResult(
         initial=initial,
         final=x,
@@ -215,9 +250,10 @@ def fractal_attractor(
         noise_std=noise_std,
         steps=steps,
         init_range=init_range,
-        eos_fraction=float((sharp > 2.0 / lr).to(torch.float64).mean()),
-        mean_loss=float(loss.mean()),
+        eos_fraction=math.nan if diverged else float((sharp > 2.0 / lr).to(torch.float64).mean()),
+        mean_loss=math.nan if diverged else float(loss.mean()),
         box_dimension=dim,
         box_sizes=tuple(box_sizes),
         box_counts=counts,
+        num_diverged=diverged,
     )
