@@ -4,8 +4,6 @@ each bad value is a one-line :class:`~sharpdim.errors.SharpdimError` saying what
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -89,15 +87,3 @@ def check_estimator_options(method: str, opts: Any) -> dict[str, Any]:
             f"use {', '.join(allowed)}"
         )
     return {k: check_estimator_option(k, v) for k, v in opts.items()}
-
-
-def check_lr(lr: Any) -> float:
-    """``lr`` as a float: a real number or 0-dim real tensor, finite and ``> 0``."""
-    if isinstance(lr, torch.Tensor) and lr.ndim == 0 and lr.dtype != torch.bool:
-        lr = lr.item()  # a complex tensor gives a complex number, rejected below
-    real = isinstance(lr, numbers.Real) and not isinstance(lr, bool)
-    if not (real and math.isfinite(lr) and lr > 0):
-        raise SharpdimError(
-            f"lr must be a finite number > 0, got {lr!r}: pass the optimizer's step size"
-        )
-    return float(lr)

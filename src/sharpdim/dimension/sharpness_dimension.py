@@ -36,7 +36,7 @@ from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.slq import check_reorthogonalization
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.dimension.rds_sharpness import rds_sharpness
-from sharpdim.dimension.sd_arguments import check_data, check_estimator_options, check_lr
+from sharpdim.dimension.sd_arguments import check_data, check_estimator_options
 from sharpdim.dimension.sd_estimators import (
     SD_METHODS,
     exponent_measure,
@@ -249,7 +249,7 @@ def sharpness_dimension(
         raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if optimizer not in OPTIMIZERS:
         raise SharpdimError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-    lr = check_lr(lr)
+    lr = check_number(lr, "lr", "> 0", "the optimizer's step size, 0.1")
     n = check_data(data)
     batch_size = check_count(batch_size, "batch_size")
     if batch_size > n:
