@@ -6,9 +6,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sharpdim.errors import SharpdimError
+
+if TYPE_CHECKING:
+    import torch
 
 _RANGES: dict[str, Callable[[float], bool]] = {
     ">= 0": lambda x: x >= 0,
@@ -57,3 +60,18 @@ def check_betas(betas: Any) -> tuple[float, float]:
         raise SharpdimError(f"betas must be a pair (b1, b2), got {betas!r}: pass e.g. (0.9, 0.999)")
     b1, b2 = (check_number(b, "betas", "in [0, 1)", "(0.9, 0.999)") for b in betas)
     return b1, b2
+
+
+def default_generator(generator: Any) -> torch.Generator:
+    """``generator``, or a ``torch.Generator`` seeded with 0 when it is ``None``: the one source
+    of randomness of every estimator; anything else is refused."""
+    import torch  # (this module stays importable without torch)
+
+    if generator is None:
+        return torch.Generator().manual_seed(0)
+    if not isinstance(generator, torch.Generator):
+        raise SharpdimError(
+            f"generator must be a torch.Generator, got {type(generator).__name__}: "
+            "pass torch.Generator().manual_seed(seed)"
+        )
+    return generator

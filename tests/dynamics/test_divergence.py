@@ -189,4 +189,4 @@ def test_dropout_orbits_follow_the_tangent_map() -> None:
 def test_a_non_finite_start_is_a_one_line_error(bad: float) -> None:
     x0 = torch.tensor([0.1, bad], dtype=torch.float64)
     with pytest.raises(SharpdimError, match="x0 holds NaN or inf"):
-        trajectory_divergence(lambda x, t: 2 * x, x0, 10)
+        trajectory_divergence(lambda x: 2 * x, x0, 10)

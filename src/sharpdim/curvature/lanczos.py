@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import torch
 
-from sharpdim.checks import check_count, check_number
+from sharpdim.checks import check_count, check_number, default_generator
 from sharpdim.curvature.krylov_basis import KrylovBasis
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
 from sharpdim.errors import SharpdimError
@@ -304,7 +304,7 @@ def lanczos_eigenvalues(
             f"max_iter={max_iter} products cannot give {wanted} eigenvalues: "
             f"use max_iter >= {wanted} (or leave it unset)"
         )
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    gen = default_generator(generator)
     if v0 is None:
         start = torch.randn(n, b, generator=gen, dtype=torch.float64)
     else:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import default_generator
 from sharpdim.curvature.krylov_basis import basis_storage
 from sharpdim.curvature.lanczos import lanczos_tridiagonal
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
@@ -189,7 +190,7 @@ def slq_spectrum(
         _check_factory(H_or_factory)
     check_reorthogonalization(reorthogonalization)
     tridiagonal = _TRIDIAGONALIZATIONS[reorthogonalization]
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    gen = default_generator(generator)
     all_nodes, all_weights, steps = [], [], []
     n: int | None = None
     m = 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import default_generator
 from sharpdim.curvature.density import kde_density
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
 from sharpdim.curvature.operator import OperatorLike, as_operator
@@ -80,7 +81,7 @@ def spectrum_summary(
         generator: the only source of randomness.
     """
     op = as_operator(hessian)
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    gen = default_generator(generator)
     top = lanczos_eigenvalues(op, k=k, which="LA", tol=tol, generator=gen)
     bottom = lanczos_eigenvalues(op, k=1, which="SA", tol=bottom_tol, generator=gen)
     trace = hutchpp_trace(op, num_matvecs=trace_matvecs, generator=gen)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import default_generator
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
 from sharpdim.errors import SharpdimError
 
@@ -120,7 +121,7 @@ def hutchinson_trace(
     """
     op = as_operator(H)
     m = _check(num_matvecs, 1)
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    gen = default_generator(generator)
     est, se = _mean_and_stderr(_hutchinson_terms(op, m, gen, None))
     return TraceResult(est, se, m, "hutchinson", op.num_params)
 
@@ -142,7 +143,7 @@ def hutchpp_trace(
     """
     op = as_operator(H)
     total = _check(num_matvecs, 3)
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    gen = default_generator(generator)
     n = op.num_params
     s = min(total // 3, n)
     sketch = _apply(op, _rademacher(n, s, gen, op.device))

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sharpdim.checks import default_generator
 from sharpdim.dimension.mst import (
     Metric,
     as_points,
@@ -137,7 +138,7 @@ def ph_dimension(
             f"min_points={lo}, max_points={hi} with {n_all} points: need "
             f"2 <= min_points < max_points <= {n_all}"
         )
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    gen = default_generator(generator)
     pool = torch.randperm(n_all, generator=gen)[:hi] if hi < n_all else torch.arange(n_all)
     dist = pairwise_distances(pts[pool], metric, chunk_size=chunk_size)
     sizes = np.unique(np.round(np.geomspace(lo, hi, num_sizes)).astype(np.int64))

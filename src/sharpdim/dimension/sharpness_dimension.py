@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sharpdim.checks import check_betas, check_count, check_number
+from sharpdim.checks import check_betas, check_count, check_number, default_generator
 from sharpdim.curvature.dense import DENSE_LIMIT
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
@@ -271,11 +271,8 @@ def sharpness_dimension(
         step = check_count(step, "step", hint="Adam's step count, or None late in training")
     if max_params is not None:
         max_params = check_count(max_params, "max_params", hint="a parameter count, or None")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise SharpdimError(
-            f"generator must be a torch.Generator, got {type(generator).__name__}: "
-            "pass torch.Generator().manual_seed(seed)"
-        )
+    if generator is not None:
+        default_generator(generator)  # (checked here, used further down)
     if preconditioner is not None and optimizer not in ("adam", "adamw"):
         raise SharpdimError(
             f"a preconditioner is Adam's; optimizer={optimizer!r} does not use it: drop it or "

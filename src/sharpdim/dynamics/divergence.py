@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import default_generator
 from sharpdim.dynamics.lyapunov import as_step_map
 from sharpdim.errors import SharpdimError
 
@@ -150,7 +151,7 @@ def trajectory_divergence(
     if not 1 <= m <= n:
         raise SharpdimError(f"perturb_dims={m} for a {n}-dimensional state: pass 1..{n}")
     if direction is None:
-        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        gen = default_generator(generator)
         u = torch.randn(m, generator=gen, dtype=torch.float64)
     else:
         u = direction.detach().to(torch.float64).reshape(-1)

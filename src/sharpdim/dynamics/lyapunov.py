@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from sharpdim.checks import default_generator
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.errors import SharpdimError
 
@@ -274,7 +275,7 @@ def lyapunov_spectrum(
         raise SharpdimError("need num_steps >= 1, warmup >= 0 and num_blocks >= 1")
     x = x0.detach()
     if initial_vectors is None:
-        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        gen = default_generator(generator)
         block = torch.randn(n, k, generator=gen, dtype=torch.float64).to(x.dtype)
     else:
         if initial_vectors.shape != (n, k):

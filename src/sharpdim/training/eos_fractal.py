@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import default_generator
 from sharpdim.errors import SharpdimError
 
 
@@ -228,7 +229,7 @@ def fractal_attractor(
             f"init_range={init_range}: need >= 1 particle, steps >= 0, lr > 0, noise_std >= 0 "
             "and init_range > 0"
         )
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    gen = default_generator(generator)
     opts = {"amplitude": amplitude, "frequency": frequency}
     x = (2.0 * torch.rand(num_particles, 2, generator=gen, dtype=dtype) - 1.0) * init_range
     initial = x.clone()

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sharpdim.checks import default_generator
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
 from sharpdim.curvature.operator import LinearOperator
@@ -224,7 +225,7 @@ class EoSMonitor:
         self.mode: Mode = mode
         self.raw_sharpness, self.warm_start = raw_sharpness, warm_start
         self.sd_every, self.sd_options = sd_every, dict(sd_options or {})
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.generator = default_generator(generator)
         self.records: list[EoSRecord] = []
         self._start: dict[str, torch.Tensor] = {}
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sharpdim.checks import default_generator
 from sharpdim.curvature.params import get_flat_params, set_flat_params, trainable_parameters
 from sharpdim.dynamics.step_maps import TrainingMap
 from sharpdim.errors import SharpdimError
@@ -270,7 +271,7 @@ def capture_forward(
         raise SharpdimError("need num_steps >= 0 and every >= 1")
     params = trainable_parameters(model)
     data = dataset.to(dtype=params[0].dtype, device=params[0].device)
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    gen = default_generator(generator)
     batches = fresh_batches(data, batch_size, max(num_steps, 1), gen)
     fn = get_loss(loss) if loss_fn is None else loss_fn
     phi = TrainingMap(model, fn, batches, optimizer=optimizer, lr=lr, **map_options)
