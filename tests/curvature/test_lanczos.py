@@ -144,6 +144,29 @@ def test_rank_deficient_zeros_are_counted_before_any_breakdown(seed: int) -> Non
             assert float((res.smallest - exact[:k]).abs().max()) <= 1e-8 * float(exact[-1])
 
 
+@pytest.mark.parametrize(("which", "max_basis"), [("both", 25), ("SA", 25), ("both", None)])
+def test_a_round_started_by_hand_ends_under_thick_restarts(
+    which: str, max_basis: int | None
+) -> None:
+    """Rank 30 in 300 dimensions with a basis of 25: restarts keep trimming the round started
+    for the zero, which then never settles; it may take as many products again as came
+    before it (this ran into the 1000-product budget, all flagged unconverged)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 300, generator=g, dtype=F64)
+    a = 2 / 30 * x.T @ x
+    res = lanczos_eigenvalues(a, k=5, which=which, max_basis=max_basis)
+    assert res.all_converged and res.num_matvecs <= 300
+    torch.testing.assert_close(res.eigenvalues, expected(a, 5, which), rtol=0, atol=1e-10)
+
+
+def test_a_loose_tolerance_does_not_take_small_eigenvalues_for_zeros() -> None:
+    """Only a numerical zero starts a round: with tol=1e-2 a full-rank bulk 200x below the top
+    once did, doubling the products of "LA" (71 instead of 33)."""
+    values = torch.cat([torch.tensor([1000.0, 800.0, 600.0]), torch.linspace(0.1, 5.1, 497)])
+    res = lanczos_eigenvalues(with_spectrum(values), k=5, tol=1e-2)
+    assert res.all_converged and res.num_matvecs <= 40
+
+
 @pytest.mark.parametrize("which", ["LA", "SA", "both"])
 def test_float32_invariant_subspace_is_noticed_above_rounding_noise(which: str) -> None:
     """In float32 the product of a null vector is rounding noise (~1e-7 ||H||), far above the

@@ -292,13 +292,17 @@ def lanczos_eigenvalues(
     wanted = min(2 * k, n) if which == "both" else k
     if max_basis is None:
         max_basis = max(2 * wanted + 40, 80)
-    max_basis = min(int(max_basis), n)
+    max_basis = min(check_count(max_basis, "max_basis", hint="a basis size, or None"), n)
     if max_basis < min(n, wanted + 2 * b):
         raise SharpdimError(
             f"max_basis={max_basis} is too small for {wanted} eigenvalues with block_size={b}: "
             f"use at least {wanted + 2 * b}"
         )
-    budget = max(1000, 10 * max_basis) if max_iter is None else int(max_iter)
+    budget = (
+        max(1000, 10 * max_basis)
+        if max_iter is None
+        else check_count(max_iter, "max_iter", hint="a number of products, or None")
+    )
     if budget < wanted:
         raise SharpdimError(
             f"max_iter={max_iter} products cannot give {wanted} eigenvalues: "
@@ -318,7 +322,7 @@ def lanczos_eigenvalues(
             start = torch.cat([start.cpu(), extra], 1)
     basis = KrylovBasis(op, max_basis + b, start, gen, restart_on_breakdown=True)
     eps = torch.finfo(op.dtype).eps if op.dtype.is_floating_point else 2.0**-52
-    restarts = 0
+    restarts = hand_round = hand_limit = 0
     while True:
         basis.step()
         theta, s, res = basis.ritz()
@@ -328,15 +332,18 @@ def lanczos_eigenvalues(
         hmax = float(theta.abs().max()) if m else 0.0
         floor = 8 * eps * hmax  # accuracy of one product
         ok = res[idx] <= torch.clamp(tol * theta[idx].abs(), min=floor)
-        more = _zero_needs_round(basis, theta[idx], max(floor, tol * hmax))
+        more = _zero_needs_round(basis, theta[idx], max(floor, eps**0.5 * hmax))
+        # a round started by hand may take as many products again as came before it; then
+        # (e.g. thick restarts keep trimming it) the first sequence's answer stands
+        gave_up = hand_round > 0 and basis.rounds == hand_round and basis.matvecs >= hand_limit
         settled = not more and (
-            idx.numel() < k or _round_settled(basis, theta, which, k, tol, floor)
+            idx.numel() < k or gave_up or _round_settled(basis, theta, which, k, tol, floor)
         )
         all_ok = idx.numel() == wanted and bool(ok.all())
         if (all_ok and settled) or basis.nb == 0 or basis.matvecs >= budget:
             break
-        if all_ok and more:
-            basis.add_round()
+        if all_ok and more and basis.add_round():
+            hand_round, hand_limit = basis.rounds, 2 * basis.matvecs
         full = m + 2 * basis.nb > basis.V.shape[0]
         if full and m + basis.nb < n:  # thick restart (unless the next step spans the space)
             keep = min(m - basis.nb, wanted + max(basis.nb, (m - wanted) // 2))
