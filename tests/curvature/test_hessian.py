@@ -561,13 +561,22 @@ def test_batches_of_example_lists_need_explicit_weights() -> None:
     assert_matches(op.dense(), full)
 
 
-def test_batch_size_uses_top_level_tensors_only() -> None:
+def test_batch_size_is_the_first_top_level_tensor() -> None:
     t = torch.zeros(4, 2)
-    assert batch_size((t, t[:, 0], "names", torch.tensor(0.5))) == 4
-    assert batch_size({"x": t, "y": t[:, 0], "step": 3}) == 4
-    for ambiguous in ([(t, t), (t, t)], ((t,), t), {"x": {"y": t}}, (t, torch.zeros(5)), ("a",)):
+    texts, labels = ["a", "b", "c", "d"], [0, 1, 0, 1]
+    for batch in (
+        (t, t[:, 0], "names", torch.tensor(0.5)),
+        {"x": t, "y": t[:, 0], "step": 3},
+        (t, t[:, 0], texts),  # raw texts beside the tensors
+        (t, labels),  # labels as a Python list
+        {"x": t, "y": t[:, 0], "meta": {"epoch": 1}},
+        (t, t[:, 0], torch.ones(10)),  # per-class weights after the examples
+        ((t[:, 0], t[:, 1]), t[:, 0]),  # nested inputs (e.g. a PackedSequence) and labels
+    ):
+        assert batch_size(batch) == 4
+    for examples in ([(t, t), (t, t)], {"x": {"y": t}}, ("a",), ()):
         with pytest.raises(SharpdimError, match="weights=") as err:
-            batch_size(ambiguous)
+            batch_size(examples)
         _one_line(err)
 
 

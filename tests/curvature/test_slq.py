@@ -154,7 +154,7 @@ def test_numpy_integers_are_accepted_and_bools_rejected() -> None:
     res = slq_spectrum(a, num_runs=np.int64(2), num_steps=np.int32(3))
     assert res.nodes.shape == (2, 3)
     torch.testing.assert_close(res.nodes, slq_spectrum(a, 2, 3).nodes, rtol=0, atol=0)
-    for kwargs in ({"num_runs": True}, {"num_steps": False}, {"num_steps": 2.0}):
+    for kwargs in ({"num_runs": True}, {"num_steps": False}, {"num_steps": 2.5}):
         with pytest.raises(SharpdimError, match="num_"):
             slq_spectrum(a, **kwargs)  # type: ignore[arg-type]
 
@@ -177,3 +177,17 @@ def test_non_finite_products_are_errors() -> None:
     a[2, 2] = float("nan")
     with pytest.raises(SharpdimError, match="NaN/inf"):
         slq_spectrum(a, num_runs=1, num_steps=3)
+
+
+def test_a_dense_matrix_is_checked_once_not_once_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sharpdim.curvature.operator as operator_module
+
+    calls = []
+    check = operator_module._check_finite_symmetric
+    monkeypatch.setattr(
+        operator_module,
+        "_check_finite_symmetric",
+        lambda *a, **k: calls.append(1) or check(*a, **k),
+    )
+    slq_spectrum(random_symmetric(8), num_runs=5, num_steps=3)
+    assert len(calls) == 1

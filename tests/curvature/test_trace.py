@@ -149,3 +149,12 @@ def test_non_finite_products_are_errors(fn) -> None:  # type: ignore[no-untyped-
     a[0, 0] = float("inf")
     with pytest.raises(SharpdimError, match="NaN/inf"):
         fn(a, 6)
+
+
+def test_a_non_symmetric_matrix_has_its_trace_estimated() -> None:
+    # the trace estimators need only a square matrix: E[z^T A z] = tr A for any A
+    a = torch.triu(torch.ones(30, 30, dtype=torch.float64))
+    assert hutchpp_trace(a, 90).estimate == pytest.approx(30.0, abs=1e-9)  # sketch spans all
+    assert abs(hutchinson_trace(a, 400).estimate - 30.0) < 5.0
+    with pytest.raises(SharpdimError, match="NaN"):
+        hutchinson_trace(torch.full((3, 3), math.nan, dtype=torch.float64), 4)

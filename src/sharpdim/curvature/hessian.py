@@ -30,24 +30,25 @@ Mode = Literal["eval", "train", "keep"]
 
 
 def batch_size(batch: Any) -> int:
-    """Number of examples in a batch: the shared leading dimension of its top-level tensors.
+    """Number of examples in a batch: the leading dimension of its first top-level tensor.
 
-    A tensor, or a tuple, list or dict whose tensors (0-dim ones and non-tensors aside) share
-    their leading dimension. Nested containers (e.g. a list of ``(x_i, y_i)`` examples) are
-    ambiguous and refused.
+    A tensor, or a tuple, list or dict (the inputs come first, as in ``(x, y, ...)``) holding
+    at least one tensor of one or more dimensions at its top level; other items (strings,
+    numbers, nested containers) are passed over. A list of examples, whose items are all
+    containers (``[(x_1, y_1), (x_2, y_2), ...]``), is refused: its tensors are per example.
     """
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.ndim else 1
     items = list(batch.values()) if isinstance(batch, dict) else batch
-    if isinstance(items, (tuple, list)):
-        nested = any(isinstance(t, (tuple, list, dict)) for t in items)
-        sizes = {int(t.shape[0]) for t in items if isinstance(t, torch.Tensor) and t.ndim}
-        if not nested and len(sizes) == 1:
-            return sizes.pop()
+    if isinstance(items, (tuple, list)) and items:
+        examples = all(isinstance(t, (tuple, list, dict)) for t in items)
+        first = next((t for t in items if isinstance(t, torch.Tensor) and t.ndim), None)
+        if not examples and first is not None:
+            return int(first.shape[0])
     raise SharpdimError(
         f"cannot tell the size of a batch of type {type(batch).__name__}: "
-        "pass `weights=` explicitly or use a tensor, or a tuple, list or dict of tensors "
-        "sharing their leading (batch) dimension"
+        "pass `weights=` explicitly or use a tensor, or a tuple, list or dict whose first "
+        "tensor has the batch dimension first"
     )
 
 
@@ -254,8 +255,9 @@ class HessianOperator(LinearOperator):
             raise SharpdimError(
                 "H @ v is not finite although the loss is finite, so the Hessian holds NaN or inf: "
                 "second derivatives overflow (use a float64 model) or are undefined at these "
-                "parameters (e.g. sqrt or norm at 0); use a loss that is twice differentiable "
-                "there (e.g. MSE, not RMSE) or other parameters"
+                "parameters (e.g. sqrt or norm at 0; or the gradient itself is NaN, as with "
+                "torch.where(p > 0, p * log(p), 0) at p = 0); use a loss that is twice "
+                "differentiable there (e.g. MSE, not RMSE) or other parameters"
             )
         return out
 

@@ -129,17 +129,18 @@ class DenseOperator(LinearOperator):
 OperatorLike = LinearOperator | torch.Tensor
 
 
-def as_operator(a: OperatorLike) -> LinearOperator:
+def as_operator(a: OperatorLike, *, symmetric: bool = True) -> LinearOperator:
     """Wrap a dense square tensor as a :class:`DenseOperator`; return operators unchanged.
 
-    A tensor must be finite and symmetric up to ``sqrt(eps) * max|A|`` of its dtype (round-off,
-    as in ``HessianOperator.dense()``, passes; a genuinely non-symmetric matrix does not).
+    A tensor must be finite and (unless ``symmetric=False``, for the trace estimators)
+    symmetric up to ``sqrt(eps) * max|A|`` of its dtype (round-off, as in
+    ``HessianOperator.dense()``, passes; a genuinely non-symmetric matrix does not).
     """
     if isinstance(a, LinearOperator):
         return a
     if isinstance(a, torch.Tensor):
         op = DenseOperator(a)
-        _check_finite_symmetric(a)
+        _check_finite_symmetric(a, symmetric)
         return op
     raise SharpdimError(
         f"expected a square tensor or a LinearOperator, got {type(a).__name__}: "
@@ -147,7 +148,7 @@ def as_operator(a: OperatorLike) -> LinearOperator:
     )
 
 
-def _check_finite_symmetric(a: torch.Tensor, block: int = 1024) -> None:
+def _check_finite_symmetric(a: torch.Tensor, symmetric: bool, block: int = 1024) -> None:
     """Raise unless ``a`` is finite and ``|a - a^T| <= sqrt(eps) max|a|`` (tiled, no n^2 copy)."""
     scale = asym = 0.0
     for i in range(0, a.shape[0], block):
@@ -156,8 +157,9 @@ def _check_finite_symmetric(a: torch.Tensor, block: int = 1024) -> None:
             raise SharpdimError(
                 "the matrix holds NaN/inf: pass a finite matrix (check how it was computed)"
             )
-        scale = max(scale, float(rows.abs().max()))
-        asym = max(asym, float((rows - a[:, i : i + block].T).abs().max()))
+        if symmetric:
+            scale = max(scale, float(rows.abs().max()))
+            asym = max(asym, float((rows - a[:, i : i + block].T).abs().max()))
     if asym > torch.finfo(a.dtype).eps ** 0.5 * scale:
         raise SharpdimError(
             f"the matrix is not symmetric (max |A - A^T| = {asym:.3g}, max |A| = {scale:.3g}): "

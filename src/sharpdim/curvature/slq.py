@@ -21,14 +21,13 @@ Each run may use a different operator, e.g. the Hessian of a fresh minibatch, th
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sharpdim.checks import default_generator
+from sharpdim.checks import check_count, default_generator
 from sharpdim.curvature.krylov_basis import basis_storage
 from sharpdim.curvature.lanczos import lanczos_tridiagonal
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
@@ -122,13 +121,6 @@ def gauss_quadrature(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Ten
     return theta, w / w.sum()
 
 
-def _positive_int(name: str, value: Any) -> int:
-    """``value`` as an ``int`` (numpy integers too, not bools), checked ``>= 1``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise SharpdimError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _check_factory(factory: Any) -> None:
     """Refuse anything but a callable taking ``(run_index, generator)``."""
     if not callable(factory):
@@ -150,8 +142,8 @@ def _check_factory(factory: Any) -> None:
 
 
 def _resolve(source: Any, run: int, gen: torch.Generator) -> LinearOperator:
-    if isinstance(source, (LinearOperator, torch.Tensor)):
-        return as_operator(source)
+    if isinstance(source, LinearOperator):
+        return source
     return as_operator(source(run, gen))
 
 
@@ -185,8 +177,10 @@ def slq_spectrum(
     Returns:
         :class:`SLQResult` with ``nodes`` and ``weights`` of shape ``(num_runs, m)``.
     """
-    num_runs, num_steps = _positive_int("num_runs", num_runs), _positive_int("num_steps", num_steps)
-    if not isinstance(H_or_factory, (LinearOperator, torch.Tensor)):
+    num_runs, num_steps = check_count(num_runs, "num_runs"), check_count(num_steps, "num_steps")
+    if isinstance(H_or_factory, torch.Tensor):  # checked once, not once per run
+        H_or_factory = as_operator(H_or_factory)
+    if not isinstance(H_or_factory, LinearOperator):
         _check_factory(H_or_factory)
     check_reorthogonalization(reorthogonalization)
     tridiagonal = _TRIDIAGONALIZATIONS[reorthogonalization]

@@ -16,15 +16,13 @@ Both return a standard error: the sample standard deviation of the Hutchinson te
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sharpdim.checks import default_generator
+from sharpdim.checks import check_count, default_generator
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
-from sharpdim.errors import SharpdimError
 
 _CHUNK = 32
 """Probes multiplied per operator call (memory ``8 n _CHUNK`` bytes in float64)."""
@@ -56,17 +54,6 @@ class TraceResult:
             "method": self.method,
             "num_params": self.num_params,
         }
-
-
-def _check(num_matvecs: Any, minimum: int) -> int:
-    """``num_matvecs`` as an ``int`` (numpy integers too, not bools), checked ``>= minimum``."""
-    if (
-        isinstance(num_matvecs, bool)
-        or not isinstance(num_matvecs, numbers.Integral)
-        or num_matvecs < minimum
-    ):
-        raise SharpdimError(f"num_matvecs must be an integer >= {minimum}, got {num_matvecs!r}")
-    return int(num_matvecs)
 
 
 def _rademacher(n: int, k: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -119,8 +106,8 @@ def hutchinson_trace(
         >>> hutchinson_trace(A, 5).estimate  # exact for a diagonal matrix
         55.0
     """
-    op = as_operator(H)
-    m = _check(num_matvecs, 1)
+    op = as_operator(H, symmetric=False)  # (a trace needs no symmetry)
+    m = check_count(num_matvecs, "num_matvecs")
     gen = default_generator(generator)
     est, se = _mean_and_stderr(_hutchinson_terms(op, m, gen, None))
     return TraceResult(est, se, m, "hutchinson", op.num_params)
@@ -141,8 +128,8 @@ def hutchpp_trace(
         num_matvecs: total operator products (``>= 3``).
         generator: the only source of randomness (default: seeded with 0).
     """
-    op = as_operator(H)
-    total = _check(num_matvecs, 3)
+    op = as_operator(H, symmetric=False)  # (a trace needs no symmetry)
+    total = check_count(num_matvecs, "num_matvecs", 3)
     gen = default_generator(generator)
     n = op.num_params
     s = min(total // 3, n)
