@@ -68,3 +68,8 @@ def test_bad_input() -> None:
         ph_dimension(torch.rand(50, 2), metric="manhattan")
     with pytest.raises(SharpdimError):
         ph_dimension(torch.zeros(50, 2))
+
+
+def test_too_few_points_for_the_default_min_points_says_it_is_the_default() -> None:
+    with pytest.raises(SharpdimError, match=r"^min_points=10 \(the default, .*pass more points"):
+        ph_dimension(torch.rand(5, 2, generator=torch.Generator().manual_seed(0)))

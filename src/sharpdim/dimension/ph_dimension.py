@@ -134,9 +134,10 @@ def ph_dimension(
     hi = n_all if max_points is None else int(max_points)
     lo = max(10, hi // 10) if min_points is None else int(min_points)
     if not 2 <= lo < hi <= n_all:
+        given = "" if min_points is not None else " (the default, max(10, max_points // 10))"
         raise SharpdimError(
-            f"min_points={lo}, max_points={hi} with {n_all} points: need "
-            f"2 <= min_points < max_points <= {n_all}"
+            f"min_points={lo}{given}, max_points={hi} with {n_all} points: need "
+            f"2 <= min_points < max_points <= {n_all}; pass more points or a smaller min_points"
         )
     gen = default_generator(generator)
     pool = torch.randperm(n_all, generator=gen)[:hi] if hi < n_all else torch.arange(n_all)
