@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from sharpdim.atomic import save_figure_atomic
+from sharpdim.report.figure_file import save_and_close
 
 
 def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) -> Path:
@@ -70,8 +70,4 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
     axes[2].set(title="Dimensions")
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        return save_figure_atomic(fig, path)
-    finally:
-        plt.close(fig)
+    return save_and_close(fig, path)

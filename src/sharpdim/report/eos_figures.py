@@ -15,18 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sharpdim.atomic import save_figure_atomic
+from sharpdim.report.figure_file import save_and_close
 from sharpdim.training.eos_experiments import EoSRunsResult
 from sharpdim.training.eos_fractal import FractalResult
 from sharpdim.training.eos_minimalist_experiment import MinimalistExperiment
-
-
-def _save(fig: plt.Figure, path: str | Path, dpi: int) -> Path:
-    fig.tight_layout()
-    try:
-        return save_figure_atomic(fig, path, dpi=dpi)
-    finally:
-        plt.close(fig)
 
 
 def _upper_limit(values: np.ndarray, default: float = 10.0) -> float:
@@ -63,7 +55,7 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
         else "EoS thresholds (dashed): momentum $(2+2\\mu)/\\eta$, Adam on $P^{-1}H$"
     )
     top.set_title(title, fontsize=10)
-    return _save(fig, path, dpi)
+    return save_and_close(fig, path, dpi=dpi)
 
 
 def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int = 100) -> Path:
@@ -120,7 +112,7 @@ def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int 
     ax.set_xlabel("$\\eta$")
     ax.set_ylabel("late xyzw")
     ax.set_title(f"bifurcation from {tuple(bif.init)}", fontsize=10)
-    return _save(fig, path, dpi)
+    return save_and_close(fig, path, dpi=dpi)
 
 
 def plot_fractal(result: FractalResult, path: str | Path, *, dpi: int = 100) -> Path:
@@ -138,4 +130,4 @@ def plot_fractal(result: FractalResult, path: str | Path, *, dpi: int = 100) -> 
     )
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")
-    return _save(fig, path, dpi)
+    return save_and_close(fig, path, dpi=dpi)

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from sharpdim.atomic import save_figure_atomic
+from sharpdim.report.figure_file import save_and_close
 
 
 def plot_spectrum_density(
@@ -47,8 +47,4 @@ def plot_spectrum_density(
     ax.set_title(title)
     if top_eigenvalues or threshold is not None:
         ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    try:
-        return save_figure_atomic(fig, path)
-    finally:
-        plt.close(fig)
+    return save_and_close(fig, path)
