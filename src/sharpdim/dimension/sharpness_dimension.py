@@ -271,8 +271,7 @@ def sharpness_dimension(
         step = check_count(step, "step", hint="Adam's step count, or None late in training")
     if max_params is not None:
         max_params = check_count(max_params, "max_params", hint="a parameter count, or None")
-    if generator is not None:
-        default_generator(generator)  # (checked here, used further down)
+    gen = default_generator(generator)
     if preconditioner is not None and optimizer not in ("adam", "adamw"):
         raise SharpdimError(
             f"a preconditioner is Adam's; optimizer={optimizer!r} does not use it: drop it or "
@@ -295,7 +294,6 @@ def sharpness_dimension(
             f"method='exact' needs dense Hessians of {d:,} parameters, above max_params="
             f"{max_params:,}: use method='slq', 'kde' or 'ps' (or raise max_params)"
         )
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
     opts = check_estimator_options(method, estimator_options)
     settings: dict[str, Any] = {
         "batch_size": batch_size,
