@@ -171,3 +171,39 @@ def test_disconnected_or_invalid_distances() -> None:
     assert mst_edge_lengths(dist).tolist() == [1.0, 2.0]
     with pytest.raises(SharpdimError, match="NaN or negative"):
         mst_edge_lengths(torch.tensor([[0.0, math.nan], [math.nan, 0.0]], dtype=F64))
+
+
+_CLOUD = torch.rand(12, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+
+@pytest.mark.parametrize("chunk_size", [-1, 0, 2.5, "8", True])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: pairwise_distances(_CLOUD, chunk_size=c),
+        lambda c: alpha_weighted_lifetime_sum(_CLOUD, chunk_size=c),
+        lambda c: ph_dimension(_CLOUD, min_points=4, chunk_size=c),
+    ],
+    ids=["pairwise_distances", "alpha_weighted_lifetime_sum", "ph_dimension"],
+)
+def test_chunk_size_must_be_a_positive_integer(call: object, chunk_size: object) -> None:
+    # chunk_size=-1 used to leave uninitialised memory as distances (a silently wrong E_alpha)
+    with pytest.raises(SharpdimError, match="chunk_size must be an integer >= 1") as err:
+        call(chunk_size)  # type: ignore[operator]
+    assert "\n" not in str(err.value)
+
+
+def test_whole_float_chunk_size_equals_int() -> None:
+    torch.testing.assert_close(
+        pairwise_distances(_CLOUD, chunk_size=5.0),  # type: ignore[arg-type]
+        pairwise_distances(_CLOUD, chunk_size=5),
+        rtol=0,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize("points", ["points.npy", None, [["a", "b"], ["c", "d"]]])
+def test_points_that_are_not_an_array_are_a_one_line_error(points: object) -> None:
+    with pytest.raises(SharpdimError, match=r"points must be an \(N, D\) tensor or array") as err:
+        alpha_weighted_lifetime_sum(points)
+    assert "\n" not in str(err.value) and "numpy" in str(err.value)

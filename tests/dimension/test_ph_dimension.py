@@ -73,3 +73,43 @@ def test_bad_input() -> None:
 def test_too_few_points_for_the_default_min_points_says_it_is_the_default() -> None:
     with pytest.raises(SharpdimError, match=r"^min_points=10 \(the default, .*pass more points"):
         ph_dimension(torch.rand(5, 2, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"alpha": "1"}, "alpha must be a finite number > 0"),
+        ({"alpha": True}, "alpha must be a finite number > 0"),
+        ({"alpha": 0.0}, "alpha must be a finite number > 0"),
+        ({"alpha": math.inf}, "alpha must be a finite number > 0"),  # was "all points equal"
+        ({"alpha": math.nan}, "alpha must be a finite number > 0"),
+        ({"num_sizes": 2.5}, "num_sizes must be an integer >= 2"),
+        ({"num_sizes": "5"}, "num_sizes must be an integer >= 2"),
+        ({"num_sizes": 1}, "num_sizes must be an integer >= 2"),
+        ({"num_sizes": True}, "num_sizes must be an integer >= 2"),
+        ({"num_repeats": 0}, "num_repeats must be an integer >= 1"),
+        ({"num_repeats": 1.5}, "num_repeats must be an integer >= 1"),
+        ({"min_points": 2.5}, "min_points must be an integer >= 2"),
+        ({"min_points": "10"}, "min_points must be an integer >= 2"),
+        ({"max_points": "50"}, "max_points must be an integer >= 2"),
+        ({"max_points": 50.5}, "max_points must be an integer >= 2"),
+        ({"chunk_size": 0}, "chunk_size must be an integer >= 1"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(kwargs: dict, match: str) -> None:
+    pts = torch.rand(60, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with pytest.raises(SharpdimError, match=match) as err:
+        ph_dimension(pts, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_whole_float_counts_equal_ints() -> None:
+    pts = torch.rand(60, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def run(**kw: object) -> torch.Tensor:
+        return ph_dimension(pts, generator=torch.Generator().manual_seed(0), **kw).lifetime_sums
+
+    ints = run(min_points=10, max_points=50, num_sizes=4, num_repeats=2)
+    floats = run(min_points=10.0, max_points=50.0, num_sizes=4.0, num_repeats=2.0)
+    torch.testing.assert_close(floats, ints, rtol=0, atol=0)
+    assert ph_dimension(pts, num_repeats=2.0).num_repeats == 2  # type: ignore[arg-type]

@@ -152,3 +152,11 @@ def test_overflowing_exponents_name_the_learning_rate() -> None:
 
     with pytest.raises(SharpdimError, match=r"exponents overflow float64.*lower lr"):
         rds_sharpness(model, mse, [batch], StepSpectrumConfig(lr=1e308))
+
+
+def test_exactly_singular_direction_with_eps_0_asks_for_eps() -> None:
+    model, batches = _setup()  # heavy ball with momentum 0: each block has sigma_2 = 0 exactly
+    config = StepSpectrumConfig(optimizer="momentum", momentum=0.0, lr=0.1, eps=0.0)
+    with pytest.raises(SharpdimError, match=r"exactly 0.*eps=0.*pass eps > 0") as err:
+        rds_sharpness(model, _ce, batches, config)
+    assert "\n" not in str(err.value) and "overflow" not in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -217,3 +218,21 @@ def test_exponent_measure_refuses_non_finite_curvature_and_overflow() -> None:
     nodes = torch.tensor([[1.0, 1e10]], dtype=torch.float64)
     with pytest.raises(SharpdimError, match=r"exponents overflow float64.*lower lr"):
         exponent_measure(nodes, w, 2, StepSpectrumConfig(lr=1e300))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        StepSpectrumConfig(optimizer="momentum", momentum=0.0, lr=0.1, eps=0.0),  # sigma_2 = 0
+        StepSpectrumConfig(optimizer="adam", betas=(0.0, 0.999), lr=0.1, eps=0.0),
+        StepSpectrumConfig(lr=0.5, eps=0.0),  # |1 - 0.5 * 2| = 0
+    ],
+)
+def test_exactly_singular_direction_with_eps_0_asks_for_eps(config: StepSpectrumConfig) -> None:
+    nodes = torch.tensor([[0.5, 2.0]], dtype=torch.float64)
+    w = torch.full((1, 2), 0.5, dtype=torch.float64)
+    with pytest.raises(SharpdimError, match=r"exactly 0.*eps=0.*pass eps > 0") as err:
+        exponent_measure(nodes, w, 2, config)
+    assert "\n" not in str(err.value) and "overflow" not in str(err.value)
+    values, _ = exponent_measure(nodes, w, 2, dataclasses.replace(config, eps=1e-12))
+    assert float(values.min()) == math.log(1e-12)  # the default guard caps it at ln(1e-12)

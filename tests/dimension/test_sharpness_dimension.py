@@ -334,6 +334,12 @@ def test_bad_input() -> None:
         ({"optimizer": "adam", "step": 2.5}, "step must be an integer >= 1.*Adam's step count"),
         ({"optimizer": "adam", "step": True}, "step must be an integer >= 1.*Adam's step count"),
         ({"preconditioner": torch.ones(38)}, "optimizer='sgd' does not use it"),
+        ({"optimizer": "momentum", "momentum": 0.0, "eps": 0.0}, "exactly 0.*pass eps > 0"),
+        ({"optimizer": "adam", "betas": (0.0, 0.999), "eps": 0.0}, "exactly 0.*pass eps > 0"),
+        (
+            {"method": "slq", "optimizer": "momentum", "momentum": 0.0, "eps": 0.0},
+            "exactly 0.*pass eps > 0",
+        ),
         ({"optimizer": "momentum", "preconditioner": [1.0] * 38}, "'momentum' does not use it"),
     ],
 )
@@ -433,3 +439,22 @@ def test_sd_and_its_interval_never_exceed_the_number_of_exponents() -> None:
     )
     assert r.sd == r.num_exponents == 38  # the pooled mass sums to 38 + 1 ulp
     assert r.ci_low == r.ci_high == 38
+
+
+def test_given_preconditioner_is_recorded_and_to_dict_has_sd_fraction() -> None:
+    model, data = _setup()
+    p = torch.full((38,), 0.5, dtype=torch.float64)
+    kw = {"optimizer": "adam", "num_batches": 2, "batch_size": 10, "num_bootstrap": 0}
+    r = sharpness_dimension(model, _ce, data, 0.2, preconditioner=p, **kw)
+    assert r.settings["preconditioner"] == "given"
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["settings"]["preconditioner"] == "given"
+    assert d["sd_fraction"] == r.sd / 76 == r.sd_fraction
+
+
+@pytest.mark.parametrize("loss_fn", [None, "cross_entropy"])
+def test_loss_fn_must_be_callable(loss_fn: object) -> None:
+    model, data = _setup()
+    with pytest.raises(SharpdimError, match=r"loss_fn must be callable .*got") as err:
+        sharpness_dimension(model, loss_fn, data, 0.1, batch_size=10)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)

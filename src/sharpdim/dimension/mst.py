@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sharpdim.checks import check_count
 from sharpdim.errors import SharpdimError
 
 Metric = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,9 +38,15 @@ _CANCELLATION_RATIO = 1e-3  # d^2 / (|a|^2 + |b|^2) below which the matmul form 
 
 def as_points(points: Any) -> torch.Tensor:
     """An ``(N, D)`` float64 tensor from a tensor, numpy array or memmap (checked finite)."""
-    if isinstance(points, np.ndarray):
-        points = torch.from_numpy(np.asarray(points))
-    pts = torch.as_tensor(points).detach().cpu()
+    try:
+        if isinstance(points, np.ndarray):
+            points = torch.from_numpy(np.asarray(points))
+        pts = torch.as_tensor(points).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise SharpdimError(
+            f"points must be an (N, D) tensor or array of numbers, got {type(points).__name__}: "
+            "pass a tensor or numpy array (load a file with numpy.load first)"
+        ) from None
     if pts.ndim != 2 or pts.shape[0] < 2 or not pts.is_floating_point():
         raise SharpdimError(
             f"points must be a floating (N, D) array with N >= 2, got shape {tuple(pts.shape)}"
@@ -57,6 +64,9 @@ def pairwise_distances(
     Rows are computed ``chunk_size`` at a time (peak extra memory ``chunk_size x N`` plus
     one float64 chunk of the points).
     """
+    chunk_size = check_count(
+        chunk_size, "chunk_size", hint="the rows computed at a time, e.g. 1024"
+    )
     pts = as_points(points)
     n = pts.shape[0]
     if isinstance(metric, str) and metric not in METRICS:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharpdim.checks import default_generator
+from sharpdim.checks import check_count, check_number, default_generator
 from sharpdim.dimension.mst import (
     Metric,
     as_points,
@@ -110,11 +110,11 @@ def ph_dimension(
             loss vectors for ``metric="loss"``.
         metric: ``"euclidean"``, ``"loss"`` (Dupuis et al. 2023) or a callable
             ``metric(a, b) -> (len(a), len(b))`` distances.
-        alpha: the weight (``> 0``; the dimension must exceed it).
+        alpha: the weight (a finite number ``> 0``; the dimension must exceed it).
         min_points: smallest subsample (default ``max(10, max_points // 10)``).
         max_points: largest subsample (default ``N``).
         num_sizes: number of sizes (``>= 2``).
-        num_repeats: subsamples averaged per size.
+        num_repeats: subsamples averaged per size (``>= 1``).
         generator: draws the subsets (default seed 0).
         chunk_size: rows of the distance matrix computed at a time.
 
@@ -127,12 +127,20 @@ def ph_dimension(
         >>> round(ph_dimension(pts, generator=g).dimension, 1)
         1.0
     """
+    alpha = check_number(alpha, "alpha", "> 0", "1.0")
+    num_sizes = check_count(num_sizes, "num_sizes", 2)
+    num_repeats = check_count(num_repeats, "num_repeats")
+    chunk_size = check_count(
+        chunk_size, "chunk_size", hint="the rows computed at a time, e.g. 1024"
+    )
+    if min_points is not None:
+        min_points = check_count(min_points, "min_points", 2, "a sample size, or None")
+    if max_points is not None:
+        max_points = check_count(max_points, "max_points", 2, "a sample size, or None")
     pts = as_points(points)
     n_all = pts.shape[0]
-    if not alpha > 0 or num_sizes < 2 or num_repeats < 1:
-        raise SharpdimError("need alpha > 0, num_sizes >= 2 and num_repeats >= 1")
-    hi = n_all if max_points is None else int(max_points)
-    lo = max(10, hi // 10) if min_points is None else int(min_points)
+    hi = n_all if max_points is None else max_points
+    lo = max(10, hi // 10) if min_points is None else min_points
     if not 2 <= lo < hi <= n_all:
         given = "" if min_points is not None else " (the default, max(10, max_points // 10))"
         raise SharpdimError(
@@ -167,7 +175,7 @@ def ph_dimension(
         r_squared=r2,
         sizes=torch.from_numpy(sizes),
         lifetime_sums=e,
-        alpha=float(alpha),
+        alpha=alpha,
         metric=metric if isinstance(metric, str) else "callable",
         num_points=n_all,
         num_repeats=num_repeats,

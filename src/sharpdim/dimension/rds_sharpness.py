@@ -29,7 +29,7 @@ from torch import nn
 from sharpdim.curvature.dense import DENSE_LIMIT, check_dense_size, dense_hessian
 from sharpdim.curvature.hessian import LossFn, Mode
 from sharpdim.curvature.params import get_flat_params, set_flat_params, trainable_parameters
-from sharpdim.dimension.sd_estimators import EXPONENTS_NOT_FINITE, HESSIAN_NOT_FINITE
+from sharpdim.dimension.sd_estimators import HESSIAN_NOT_FINITE, check_exponents
 from sharpdim.dynamics.jacobian_spectra import (
     StepSpectrumConfig,
     step_log_singular_values,
@@ -144,8 +144,7 @@ def batch_log_singular_values(
     if not torch.isfinite(a).all():
         raise SharpdimError(f"the minibatch Hessian holds NaN or inf: {HESSIAN_NOT_FINITE}")
     exponents = step_log_singular_values(torch.linalg.eigvalsh(a), config)
-    if not torch.isfinite(exponents).all():
-        raise SharpdimError(EXPONENTS_NOT_FINITE)
+    check_exponents(exponents, config.eps)
     return exponents
 
 

@@ -49,7 +49,11 @@ from sharpdim.curvature.measure import flat_measure as _flat
 from sharpdim.curvature.measure import silverman_bandwidth, weighted_quantiles
 from sharpdim.dimension.kaplan_yorke import KaplanYorkeResult, kaplan_yorke_measure
 from sharpdim.dimension.sd_arguments import check_estimator_option
-from sharpdim.dynamics.jacobian_spectra import StepSpectrumConfig, block_singular_values
+from sharpdim.dynamics.jacobian_spectra import (
+    LOG_EPS,
+    StepSpectrumConfig,
+    block_singular_values,
+)
 from sharpdim.errors import SharpdimError
 
 SD_METHODS: tuple[str, ...] = ("slq", "kde", "ps")
@@ -62,6 +66,19 @@ EXPONENTS_NOT_FINITE = (
     "the one-step exponents overflow float64 (lr times the curvature is too large): "
     "lower lr or check the model's parameters"
 )
+SINGULAR_WITH_EPS_0 = (
+    "a one-step singular value is exactly 0 (e.g. momentum=0, Adam's b1=0, or lr times a "
+    "curvature of exactly 1), so ln(sigma + eps) = -inf with eps=0: pass eps > 0 (default "
+    f"{LOG_EPS:g})"
+)
+
+
+def check_exponents(values: torch.Tensor, eps: float) -> None:
+    """Refuse non-finite exponents ``ln(sigma + eps)``: ``-inf`` (``sigma = 0`` with ``eps = 0``)
+    or an overflow, each with its own message."""
+    if not torch.isfinite(values).all():
+        singular = eps == 0 and bool(torch.isneginf(values).any())
+        raise SharpdimError(SINGULAR_WITH_EPS_0 if singular else EXPONENTS_NOT_FINITE)
 
 
 def exponent_measure(
@@ -91,8 +108,7 @@ def exponent_measure(
     runs, s = nodes.shape[0], config.states_per_param
     sigma = block_singular_values(nodes.reshape(-1), config).reshape(runs, -1)
     values = torch.log(sigma + config.eps)
-    if not torch.isfinite(values).all():
-        raise SharpdimError(EXPONENTS_NOT_FINITE)
+    check_exponents(values, config.eps)
     masses = (weights * (num_params / runs)).repeat_interleave(s, dim=1)
     return values, masses
 

@@ -71,7 +71,8 @@ class SDResult:
         num_params: ``d``; num_exponents: ``d`` (SGD) or ``2d`` (momentum, Adam).
         ci_low, ci_high: bootstrap confidence interval of SD (NaN without bootstrap).
         confidence: its level; num_bootstrap: resamples.
-        method, optimizer, lr: the request; settings: every other setting used.
+        method, optimizer, lr: the request; settings: every other setting used (for Adam,
+            ``settings["preconditioner"]`` says how ``P`` was estimated, or ``"given"``).
         wall_time_s: seconds spent.
     """
 
@@ -111,6 +112,7 @@ class SDResult:
             "num_expanding": self.num_expanding,
             "num_params": self.num_params,
             "num_exponents": self.num_exponents,
+            "sd_fraction": self.sd_fraction,
             "ci_low": clean(self.ci_low),
             "ci_high": clean(self.ci_high),
             "confidence": self.confidence,
@@ -249,6 +251,11 @@ def sharpness_dimension(
         raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if optimizer not in OPTIMIZERS:
         raise SharpdimError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    if not callable(loss_fn):
+        raise SharpdimError(
+            f"loss_fn must be callable as loss_fn(model, batch) -> scalar, got "
+            f"{type(loss_fn).__name__}: pass a function such as sharpdim.training.losses.mse_loss"
+        )
     lr = check_number(lr, "lr", "> 0", "the optimizer's step size, 0.1")
     n = check_data(data)
     batch_size = check_count(batch_size, "batch_size")
@@ -318,6 +325,8 @@ def sharpness_dimension(
             if coupled
             else "estimated: sqrt(mean_B g_B^2) + adam_eps"
         )
+    elif config.is_adam:
+        settings["preconditioner"] = "given"
     num_exp = d * config.states_per_param
 
     if method == "exact":
