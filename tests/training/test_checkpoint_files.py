@@ -58,3 +58,28 @@ def test_a_failed_idx_write_keeps_the_old_file(
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     np.testing.assert_array_equal(read_idx(path), old)
+
+
+def test_the_state_of_another_optimizer_type_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    adam.step()
+    path = save_checkpoint(tmp_path, 1, model, adam)
+    old = torch.load(path, weights_only=True)
+    del old["optimizer_class"]  # as written by earlier versions
+    torch.save(old, tmp_path / "old.pt")
+    fresh = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    sgd = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(SharpdimError, match=r"holds Adam optimizer state but the optimizer is SGD"):
+        load_checkpoint(path, fresh, sgd)
+    with pytest.raises(
+        SharpdimError, match=r"holds the state of another optimizer type but the optimizer is SGD"
+    ):
+        load_checkpoint(tmp_path / "old.pt", fresh, sgd)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+    assert "momentum_buffer" not in str(sgd.state_dict()) and sgd.param_groups[0]["momentum"] == 0.9
+    for source in (path, tmp_path / "old.pt"):  # the same type loads
+        assert load_checkpoint(source, fresh, torch.optim.Adam(fresh.parameters())) == 1

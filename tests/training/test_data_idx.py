@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 
 import numpy as np
 import pytest
@@ -63,3 +64,23 @@ def test_truncated_gzip_names_the_file(tmp_path):
     (tmp_path / "bad_crc.gz").write_bytes(gzip.compress(raw, mtime=0)[:-8] + bytes(8))
     with pytest.raises(SharpdimError, match=r"bad_crc\.gz"):
         read_idx(tmp_path / "bad_crc.gz")
+
+
+def test_gzipped_files_are_read_whatever_their_suffix(tmp_path):
+    labels = np.array([7, 2, 1], dtype=np.uint8)
+    gz = write_idx(tmp_path / "labels.gz", labels).read_bytes()
+    for name in ("labels", "labels.GZ", "labels.idx"):
+        (tmp_path / name).write_bytes(gz)
+        np.testing.assert_array_equal(read_idx(tmp_path / name), labels)
+    (tmp_path / "cut").write_bytes(gz[:-5])
+    with pytest.raises(SharpdimError, match=r"cut starts like gzip data but is not complete gzip"):
+        read_idx(tmp_path / "cut")
+
+
+def test_a_header_too_large_for_int64_is_reported_exactly(tmp_path):
+    sizes = (2**32 - 1,) * 4  # (2**32 - 1)**4 uint8 elements: past int64
+    (tmp_path / "huge").write_bytes(bytes([0, 0, 0x08, 4]) + struct.pack(">4I", *sizes))
+    with pytest.raises(
+        SharpdimError, match=rf"holds 0 data bytes but .* needs {(2**32 - 1) ** 4}:"
+    ):
+        read_idx(tmp_path / "huge")

@@ -81,6 +81,9 @@ def test_mnist1d_matches_make_dataset_and_keeps_global_rng():
     assert ds.x_train.shape == (35, 40)
     with pytest.raises(SharpdimError, match="unknown mnist1d option"):
         load_dataset("mnist1d", n_train=10, n_test=0, bogus=1)
+    for key, value in (("num_samples", 50), ("train_split", 0.5)):
+        with pytest.raises(SharpdimError, match=rf"\['{key}'\] are set by sharpdim: pass n_train"):
+            load_dataset("mnist1d", n_train=10, n_test=0, **{key: value})
 
 
 @pytest.mark.parametrize("operation", ["add", "sub", "mul"])
@@ -221,6 +224,9 @@ def _idx_files(directory, **replace):
         ("train-labels-idx1-ubyte", np.full(12, 3.7, dtype=np.float32), "not whole numbers >= 0"),
         ("train-labels-idx1-ubyte", np.full(12, -3, dtype=np.int8), "not whole numbers >= 0"),
         ("t10k-labels-idx1-ubyte", np.full(6, np.nan), "not whole numbers >= 0"),
+        ("train-labels-idx1-ubyte", np.full(12, 1e30, np.float32), r"labels must be below 1048576"),
+        ("t10k-labels-idx1-ubyte", np.full(6, 2**31 - 1, np.int32), "the label 2147483647, but"),
+        ("train-labels-idx1-ubyte", np.full(12, 2**20, np.int32), r"most 1048576 classes\)"),
         ("train-images-idx3-ubyte", np.zeros(12, dtype=np.uint8), r"images \(12,\) and labels"),
         ("t10k-images-idx3-ubyte", np.zeros((6, 5, 5), dtype=np.uint8), r"shape \(5, 5\)"),
         ("train-images-idx3-ubyte", np.zeros((12, 4, 4), dtype=np.float32), "float32 of shape"),

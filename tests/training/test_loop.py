@@ -75,6 +75,22 @@ def test_global_rng_untouched_and_dropout_seeded(digits):
     assert torch.equal(flat(model), flat(other))
 
 
+def test_training_inside_no_grad_trains_the_same(digits):
+    model, other = small_mlp(), small_mlp()
+    config = TrainConfig(optimizer="momentum", lr=0.05, steps=3)
+    with torch.no_grad():
+        assert train(model, digits, config).status == "ok"
+    train(other, digits, config)
+    assert torch.equal(flat(model), flat(other)) and not torch.equal(flat(model), flat(small_mlp()))
+
+
+def test_a_model_with_too_few_outputs_is_refused(digits):
+    model = build_mlp(64, 5, width=8, depth=1, dtype=torch.float64)
+    for loss in ("mse", "ce"):
+        with pytest.raises(SharpdimError, match=r"^labels range over 0..9 but the model has 5 "):
+            train(model, digits, TrainConfig(loss=loss, steps=2))
+
+
 def test_divergence_is_recorded_not_raised(digits):
     result = train(small_mlp(), digits, TrainConfig(lr=50.0, steps=100))
     assert result.status == "diverged" and result.diverged
@@ -177,6 +193,39 @@ def test_config_validation():
     with pytest.raises(SharpdimError, match="batch_size"):
         TrainConfig(batch_size=0)
     assert TrainConfig(betas=[0.5, 0.6]).to_dict()["betas"] == (0.5, 0.6)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"stop_loss": float("nan")}, r"^stop_loss must be a finite number or None, got nan"),
+        ({"divergence_threshold": float("nan")}, r"^divergence_threshold must be a finite"),
+        ({"stop_loss": "0.1"}, r"^stop_loss must be a finite number or None, got '0.1'"),
+        ({"steps": 10.5}, r"^steps must be an integer >= 0, got 10.5"),
+        ({"steps": -1}, r"^steps must be an integer >= 0, got -1"),
+        ({"log_every": 0}, r"^log_every must be an integer >= 1, got 0"),
+        ({"checkpoint_steps": (2.5,)}, r"^a checkpoint step must be an integer >= 0, got 2.5"),
+        ({"batch_size": 2.5}, r"^batch_size must be an integer >= 1, got 2.5"),
+    ],
+)
+def test_bad_numbers_in_the_config_are_refused(options, message):
+    with pytest.raises(SharpdimError, match=message):
+        TrainConfig(**options)
+
+
+def test_whole_floats_in_the_config_become_ints(digits, tmp_path):
+    config = TrainConfig(
+        steps=4.0,
+        eval_every=2.0,
+        batch_size=50.0,
+        checkpoint_steps=(2.0, 0),
+        checkpoint_dir=str(tmp_path),
+    )
+    assert (config.steps, config.eval_every, config.batch_size) == (4, 2, 50)
+    assert config.checkpoint_steps == (0, 2) and all(
+        type(s) is int for s in config.checkpoint_steps
+    )
+    assert sorted(train(small_mlp(), digits, config).checkpoint_paths) == [0, 2]
 
 
 def with_dropout():

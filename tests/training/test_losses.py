@@ -54,6 +54,14 @@ def test_cross_entropy_and_accuracy():
         mse_loss(Fixed(OUT), OUT)
 
 
+@pytest.mark.parametrize("loss_fn", [mse_loss, cross_entropy_loss])
+def test_labels_beyond_the_outputs_name_both(loss_fn):
+    with pytest.raises(SharpdimError, match=r"^labels range over 0..3 but the model has 3 outputs"):
+        loss_fn(Fixed(OUT), (None, torch.tensor([3, 0])))
+    with pytest.raises(SharpdimError, match=r"^labels range over -1..2 but the model has 3"):
+        loss_fn(Fixed(OUT), (None, torch.tensor([-1, 2])))
+
+
 def test_get_loss_and_evaluate():
     assert get_loss("mse") is mse_loss and get_loss("ce") is cross_entropy_loss
     with pytest.raises(SharpdimError, match="unknown loss"):
@@ -66,3 +74,12 @@ def test_get_loss_and_evaluate():
         model, mse_loss, (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64))
     )
     assert acc is None
+
+
+def test_cross_entropy_keeps_its_ignore_index():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    y = torch.tensor([0, -100])
+    expected = nn.functional.cross_entropy(logits, y)
+    assert float(cross_entropy_loss(Fixed(logits), (None, y))) == pytest.approx(float(expected))
+    with pytest.raises(SharpdimError, match=r"^labels range over -100..2 but the model has 3"):
+        mse_loss(Fixed(logits), (None, torch.tensor([-100, 2])))

@@ -111,6 +111,89 @@ def test_adam_without_gradients_uses_the_last_step():
     assert math.isnan(record.sharpness) and record.preconditioned_sharpness is not None
 
 
+class _UnusedHead(torch.nn.Module):
+    """The MLP of ``_model`` plus a head that no loss uses (it never gets a gradient)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _model()
+        self.aux_head = torch.nn.Linear(2, 3, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _adam_scaling(opt, params, b1, b2, eps):
+    """``P^-1/2`` of the coming Adam step by torch's formulas; 0 where the step moves nothing."""
+    pieces = []
+    for p in params:
+        state = opt.state.get(p, {})
+        if p.grad is None and not state:
+            pieces.append(torch.zeros(p.numel(), dtype=torch.float64))
+            continue
+        if p.grad is None:
+            v, t = state["exp_avg_sq"], float(state["step"])
+        else:
+            v0 = state.get("exp_avg_sq", torch.zeros_like(p))
+            v, t = b2 * v0 + (1 - b2) * p.grad**2, float(state.get("step", 0)) + 1
+        pieces.append(((1 - b1**t) * ((v / (1 - b2**t)).sqrt() + eps)).rsqrt().reshape(-1))
+    return torch.cat(pieces)
+
+
+def test_adam_parameters_without_gradients_are_frozen():
+    x, y = _data()
+    model = _UnusedHead()
+    params = list(model.parameters())
+    b1, b2, eps = 0.9, 0.99, 1e-8
+    opt = torch.optim.Adam(params, lr=0.01, betas=(b1, b2), eps=eps)
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, tol=1e-10)
+    dropped = {0: model.body[1].bias, 2: model.body[3].weight}  # a gradient the user drops
+    for step in range(3):
+        opt.zero_grad(set_to_none=True)
+        mse_loss(model, (x, y)).backward()
+        if step in dropped:  # step 0: no Adam state yet; step 2: the last step's P
+            dropped[step].grad = None
+        record = monitor.on_step(step, model, 0.0, opt)
+        d = _adam_scaling(opt, params, b1, b2, eps)
+        h = dense_hessian(model, mse_loss, (x, y))
+        assert record is not None and record.preconditioned_sharpness is not None
+        assert record.preconditioned_sharpness == pytest.approx(
+            _top(d[:, None] * h * d[None, :]), rel=1e-8
+        )
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        for p, w in zip(params, before, strict=True):  # frozen directions stay put
+            assert torch.equal(p.detach(), w) == (p.grad is None)
+
+
+def test_adam_with_an_unused_head_inside_train():
+    x, y = _data(30)
+    data = Dataset("toy", x, y, x[:0], y[:0], num_classes=2)
+    monitor = EoSMonitor(mse_loss, data, every=2)
+    config = TrainConfig(optimizer="adam", lr=1e-3, steps=5)
+    assert train(_UnusedHead(), data, config, monitor=monitor).status == "ok"
+    assert monitor.history["step"] == [0, 2, 4]
+    assert all(math.isfinite(r.preconditioned_sharpness or math.nan) for r in monitor.records)
+    fresh = list(_model().parameters())
+    with pytest.raises(SharpdimError, match="neither gradients nor state"):
+        upcoming_adam_preconditioner(torch.optim.Adam(fresh), fresh)
+
+
+def test_a_train_mode_monitor_leaves_the_dropout_stream_alone():
+    x, y = _data(40)
+    data = Dataset("toy", x, y, x[:0], y[:0], num_classes=2)
+    config = TrainConfig(optimizer="adam", lr=0.01, steps=6, batch_size=10)
+
+    def run(monitor):
+        model = _model()
+        model.insert(3, torch.nn.Dropout(0.3))
+        train(model, data, config, monitor=monitor)
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    watched = EoSMonitor(mse_loss, data, every=2, mode="train")
+    assert torch.equal(run(watched), run(None)) and len(watched.records) == 3
+
+
 def test_warm_start_saves_products():
     x, y = _data(60)
     model = build_mlp(3, 2, width=16, depth=2, seed=0, dtype=torch.float64)

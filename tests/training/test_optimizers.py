@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from sharpdim.errors import SharpdimError
+from sharpdim.training.loop import TrainConfig
 from sharpdim.training.optimizers import (
     adam_preconditioner,
     make_optimizer,
@@ -95,6 +96,14 @@ def test_aliases_and_bad_input():
         stability_threshold("momentum", 0.1, momentum=1.0)
     with pytest.raises(SharpdimError, match="no stability threshold"):
         optimizer_name(torch.optim.RMSprop([nn.Parameter(W0)]))
+
+
+def test_nesterov_needs_a_positive_momentum():
+    with pytest.raises(SharpdimError, match=r"^momentum 0.0 must lie in \(0, 1\) for nesterov"):
+        TrainConfig(optimizer="nesterov", momentum=0.0)
+    with pytest.raises(SharpdimError, match=r"for nesterov"):
+        stability_threshold("nesterov", 0.1, momentum=0.0)
+    assert TrainConfig(optimizer="momentum", momentum=0.0).momentum == 0.0  # heavy-ball: GD
 
 
 @pytest.mark.parametrize(

@@ -49,8 +49,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     loop_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Save ``{"step", "model", "optimizer"[, "loop"]}`` to ``directory/step_XXXXXX.pt``.
+    """Save ``{"step", "model", "optimizer", "optimizer_class"[, "loop"]}`` to
+    ``directory/step_XXXXXX.pt``.
 
+    ``optimizer_class`` is the optimizer's class name (``"Adam"``), checked on loading.
     ``loop_state`` is the training loop's own state (see the module docstring); it is stored
     only when given.
     """
@@ -59,6 +61,7 @@ def save_checkpoint(
         "step": step,
         "model": model.state_dict(),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "optimizer_class": None if optimizer is None else type(optimizer).__name__,
     }
     if loop_state is not None:
         state["loop"] = loop_state
@@ -99,6 +102,8 @@ def _is_checkpoint(state: Any) -> bool:
         return False
     if not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
         return False
+    if not isinstance(state.get("optimizer_class"), (str, type(None))):
+        return False
     loop = state.get("loop")
     if loop is None:
         return True
@@ -131,6 +136,10 @@ def restore_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
 ) -> int:
     """Load the contents ``state`` of checkpoint ``path`` into ``model`` (and ``optimizer``)."""
+    if optimizer is not None:
+        if state.get("optimizer") is None:
+            raise SharpdimError(f"{path} holds no optimizer state: load the model only")
+        _check_optimizer_type(state, path, optimizer)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
@@ -139,8 +148,6 @@ def restore_checkpoint(
             "build the model with the architecture the checkpoint was written from"
         ) from exc
     if optimizer is not None:
-        if state.get("optimizer") is None:
-            raise SharpdimError(f"{path} holds no optimizer state: load the model only")
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
@@ -149,6 +156,27 @@ def restore_checkpoint(
                 "use the optimizer the checkpoint was written with"
             ) from exc
     return int(state["step"])
+
+
+def _check_optimizer_type(
+    state: dict[str, Any], path: str | Path, optimizer: torch.optim.Optimizer
+) -> None:
+    """Refuse the state of another optimizer type: by the saved class name, or (checkpoints
+    without one) by the keys of the first parameter group."""
+    live, saved = type(optimizer).__name__, state.get("optimizer_class")
+    if saved is not None:
+        mismatch, what = saved != live, f"{saved} optimizer state"
+    else:
+        saved_state = state["optimizer"]
+        groups = saved_state.get("param_groups") if isinstance(saved_state, dict) else None
+        first = groups[0] if isinstance(groups, list) and groups else None
+        mismatch = isinstance(first, dict) and set(first) != set(optimizer.param_groups[0])
+        what = "the state of another optimizer type"
+    if mismatch:
+        raise SharpdimError(
+            f"{path} holds {what} but the optimizer is {live}: pass the optimizer type the "
+            "checkpoint was written with, or load the model only"
+        )
 
 
 def load_checkpoint(

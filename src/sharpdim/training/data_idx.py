@@ -3,7 +3,8 @@
 An IDX file is: two zero bytes; one byte naming the element type (``0x08`` uint8,
 ``0x09`` int8, ``0x0B`` int16, ``0x0C`` int32, ``0x0D`` float32, ``0x0E`` float64); one
 byte with the number of dimensions ``k``; ``k`` big-endian ``uint32`` sizes; then the
-elements in C order, big-endian. Files ending in ``.gz`` are read and written through gzip.
+elements in C order, big-endian. Files ending in ``.gz`` are written through gzip; gzipped
+files (by suffix or by their first bytes) are read through it.
 Reference: Y. LeCun, C. Cortes & C. Burges, "The MNIST database of handwritten digits".
 
 :func:`load_idx_dataset` turns the four MNIST files into a
@@ -44,16 +45,21 @@ _IDX_CODES: dict[str, int] = {
 }
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_MAX_CLASSES = 2**20  # labels must lie below this (it bounds num_classes)
+
+
 def _open_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise SharpdimError(f"IDX file {path} does not exist: check the path or the directory")
     raw = path.read_bytes()
-    if path.suffix == ".gz":
+    if path.suffix.lower() == ".gz" or raw.startswith(_GZIP_MAGIC):
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
+            kind = "ends in .gz" if path.suffix.lower() == ".gz" else "starts like gzip data"
             raise SharpdimError(
-                f"{path} ends in .gz but is not complete gzip data ({exc}): "
+                f"{path} {kind} but is not complete gzip data ({exc}): "
                 "the file is truncated or not gzipped; re-download or rename it"
             ) from exc
     return raw
@@ -83,7 +89,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise SharpdimError(f"{path} is truncated inside its header: re-download the file")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if len(raw) - header != expected:
         raise SharpdimError(
             f"{path} holds {len(raw) - header} data bytes but its header {shape} needs "
@@ -156,6 +162,11 @@ def _check_split(
         raise SharpdimError(
             f"{paths[f'{split}_labels']} holds labels that are not whole numbers >= 0: "
             "class labels must be 0, 1, 2, ..."
+        )
+    if labels.size and labels.max() >= _MAX_CLASSES:
+        raise SharpdimError(
+            f"{paths[f'{split}_labels']} holds the label {labels.max()}, but labels must be below "
+            f"{_MAX_CLASSES} (at most {_MAX_CLASSES} classes): pass class labels 0, 1, 2, ..."
         )
 
 

@@ -192,7 +192,8 @@ def make_mnist1d_dataset(
     Only as many examples as asked for are generated (default 4,000 train / 1,000 test, the
     library's defaults), so small subsets are fast. ``seed`` is mnist1d's ``seed`` argument;
     other keyword arguments override ``mnist1d.data.get_dataset_args()`` (e.g.
-    ``final_seq_length``, ``iid_noise_scale``). Features (length 40) are standardised by
+    ``final_seq_length``, ``iid_noise_scale``; not ``num_samples`` or ``train_split``, which
+    ``n_train``/``n_test`` set). Features (length 40) are standardised by
     mnist1d over the generated set. Never downloads: ``get_dataset`` is not used.
     """
     from mnist1d.data import get_dataset_args, make_dataset
@@ -206,6 +207,12 @@ def make_mnist1d_dataset(
     if unknown:
         raise SharpdimError(
             f"unknown mnist1d option(s) {sorted(unknown)}: use keys of mnist1d.data.get_dataset_args()"
+        )
+    fixed = set(mnist1d_args) & {"num_samples", "train_split"}
+    if fixed:
+        raise SharpdimError(
+            f"mnist1d option(s) {sorted(fixed)} are set by sharpdim: pass n_train= and n_test= "
+            "instead"
         )
     total = 10 * math.ceil((n_train + n_test) / 10)  # mnist1d makes num_samples // 10 per class
     vars(args).update(mnist1d_args, num_samples=total, train_split=1.0, seed=seed)

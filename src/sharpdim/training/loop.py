@@ -19,6 +19,7 @@ parameters end the run with ``status="diverged"`` and the step where it was seen
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from sharpdim.checks import check_count
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
 from sharpdim.training.checkpoint import (
@@ -105,11 +107,15 @@ class TrainConfig:
                 f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
             )
         get_loss(self.loss)
-        if self.steps < 0 or self.eval_every < 0 or self.log_every < 1:
-            raise SharpdimError(
-                f"steps={self.steps}, eval_every={self.eval_every}, log_every={self.log_every}: "
-                "need steps >= 0, eval_every >= 0 and log_every >= 1"
-            )
+        for name, minimum in (("steps", 0), ("eval_every", 0), ("log_every", 1)):
+            object.__setattr__(self, name, check_count(getattr(self, name), name, minimum))
+        for name, example in (("divergence_threshold", "1e3"), ("stop_loss", "0.01")):
+            value = getattr(self, name)
+            real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if value is not None and not (real and math.isfinite(value)):
+                raise SharpdimError(
+                    f"{name} must be a finite number or None, got {value!r}: pass e.g. {example}"
+                )
         if not self.lr > 0 or not self.divergence_factor > 1:
             raise SharpdimError(
                 f"lr={self.lr}, divergence_factor={self.divergence_factor}: need lr > 0 and a "
@@ -123,12 +129,14 @@ class TrainConfig:
             eps=self.eps,
             weight_decay=self.weight_decay,
         )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise SharpdimError(f"batch_size={self.batch_size}: use a positive size or None")
-        bad = [s for s in self.checkpoint_steps if not 0 <= s <= self.steps]
+        if self.batch_size is not None:
+            size = check_count(self.batch_size, "batch_size", hint="a positive size or None")
+            object.__setattr__(self, "batch_size", size)
+        wanted = [check_count(s, "a checkpoint step", 0) for s in self.checkpoint_steps]
+        bad = [s for s in wanted if s > self.steps]
         if bad:
             raise SharpdimError(f"checkpoint steps {bad} are outside [0, {self.steps}]")
-        object.__setattr__(self, "checkpoint_steps", tuple(sorted(set(self.checkpoint_steps))))
+        object.__setattr__(self, "checkpoint_steps", tuple(sorted(set(wanted))))
         object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
 
     def make_optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
@@ -302,7 +310,7 @@ def train(
         stream.skip(first)  # an older checkpoint: replay the batch order from the seed
     bar = _progress_bar(config.steps - first) if progress else None
     was_training = model.training
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # also inside torch.no_grad()
         torch.manual_seed(config.seed)
         if loop_state is not None:
             torch.set_rng_state(loop_state["rng"])

@@ -32,9 +32,21 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[0], batch[1]
 
 
+def _check_labels(y: torch.Tensor, num_outputs: int, ignore: int | None = None) -> None:
+    """Raise unless every class label (other than ``ignore``) lies in ``0 .. num_outputs - 1``."""
+    labels = y if ignore is None else y[y != ignore]
+    if bool(((labels < 0) | (labels >= num_outputs)).any()):
+        raise SharpdimError(
+            f"labels range over {int(labels.min())}..{int(labels.max())} but the model has "
+            f"{num_outputs} outputs: give the model one output per class (the dataset's "
+            "num_classes)"
+        )
+
+
 def mse_targets(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The regression targets for ``outputs``: one-hot labels, or ``y`` in ``outputs``' shape."""
     if not y.is_floating_point():
+        _check_labels(y, outputs.shape[-1])
         return F.one_hot(y.long(), outputs.shape[-1]).to(outputs.dtype)
     if y.numel() != outputs.numel():
         raise SharpdimError(
@@ -60,7 +72,10 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
             "cross-entropy needs integer class labels but the targets are floating point: "
             "use the 'mse' loss for regression"
         )
-    return F.cross_entropy(model(x), y)
+    logits = model(x)
+    if logits.ndim > 1:  # classes along dim 1, as F.cross_entropy reads them
+        _check_labels(y, logits.shape[1], ignore=-100)  # F.cross_entropy's ignore_index
+    return F.cross_entropy(logits, y)
 
 
 LOSSES: dict[str, LossFn] = {

@@ -44,7 +44,6 @@ from sharpdim.training.losses import get_loss
 from sharpdim.training.optimizers import (
     ADAPTIVE,
     adam_diagonal,
-    adam_preconditioner,
     optimizer_stability_threshold,
     param_groups_by_id,
 )
@@ -121,10 +120,13 @@ def upcoming_adam_preconditioner(
     is advanced as ``v <- beta2 v + (1 - beta2) g^2`` and ``t <- t + 1`` (zero state before the
     first step); then ``P = (1 - beta1^t) (sqrt(v / (1 - beta2^t)) + eps)`` as in
     :func:`sharpdim.training.optimizers.adam_preconditioner`. The optimizer is not changed.
-    Parameters without a gradient fall back to the last step's ``P``.
+    A parameter without a gradient (which the step leaves alone) keeps the last step's ``P``,
+    or, without Adam state, gets ``P = inf``: ``P^-1/2 = 0`` freezes its directions.
     """
-    if any(p.grad is None for p in params):
-        return adam_preconditioner(optimizer, params)
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        raise SharpdimError(
+            f"{type(optimizer).__name__} has no Adam preconditioner: pass an Adam/AdamW optimizer"
+        )
     group_of = param_groups_by_id(optimizer)
     pieces = []
     for p in params:
@@ -135,14 +137,26 @@ def upcoming_adam_preconditioner(
             )
         group = group_of[id(p)]
         state = optimizer.state.get(p, {})
-        grad = p.grad.detach()  # type: ignore[union-attr]
+        if p.grad is None:
+            if "exp_avg_sq" in state:
+                pieces.append(adam_diagonal(group, state["exp_avg_sq"], float(state["step"])))
+            else:
+                pieces.append(torch.full((p.numel(),), math.inf, dtype=p.dtype, device=p.device))
+            continue
+        grad = p.grad.detach()
         if isinstance(optimizer, torch.optim.Adam) and not isinstance(optimizer, torch.optim.AdamW):
             grad = grad + group["weight_decay"] * p.detach()
         beta2 = group["betas"][1]
         v = state.get("exp_avg_sq", torch.zeros_like(p))
         v_new = beta2 * v + (1.0 - beta2) * grad * grad
         pieces.append(adam_diagonal(group, v_new, float(state.get("step", 0.0)) + 1.0))
-    return torch.cat(pieces)
+    flat = torch.cat(pieces)
+    if bool(torch.isinf(flat).all()):
+        raise SharpdimError(
+            "the Adam optimizer has neither gradients nor state: call this after "
+            "loss.backward() or after the optimizer's first step"
+        )
+    return flat
 
 
 def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,7 +266,22 @@ class EoSMonitor:
         step: int = -1,
         loss_value: float = math.nan,
     ) -> EoSRecord:
-        """Measure now, append the record to :attr:`records` and return it."""
+        """Measure now, append the record to :attr:`records` and return it.
+
+        Runs inside a forked RNG state, so dropout (``mode="train"``) leaves the global RNG,
+        and with it the training run, untouched.
+        """
+        cuda = {p.device for p in model.parameters() if p.device.type == "cuda"}
+        with torch.random.fork_rng(devices=sorted(cuda, key=str)):
+            return self._measure(model, optimizer, step, loss_value)
+
+    def _measure(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        step: int,
+        loss_value: float,
+    ) -> EoSRecord:
         start = time.perf_counter()
         hessian = self._hessian(model)
         name, lr, threshold = "unknown", math.nan, math.nan

@@ -43,8 +43,12 @@ def check_optimizer_options(
         raise SharpdimError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
     if not lr > 0:
         raise SharpdimError(f"learning rate {lr} must be > 0: pass a positive lr")
-    if name in ("momentum", "heavy_ball", "nesterov") and not 0 <= momentum < 1:
+    if name in ("momentum", "heavy_ball") and not 0 <= momentum < 1:
         raise SharpdimError(f"momentum {momentum} must lie in [0, 1): e.g. 0.9")
+    if name == "nesterov" and not 0 < momentum < 1:
+        raise SharpdimError(
+            f"momentum {momentum} must lie in (0, 1) for nesterov: e.g. 0.9 (or use 'gd')"
+        )
     if name in ADAPTIVE and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
         raise SharpdimError(
             f"betas {tuple(betas)} must be two numbers in [0, 1): e.g. (0.9, 0.999)"
