@@ -329,3 +329,85 @@ def test_idx_dataset_names_the_cli_options(
         "mnist1d, modular, teacher_student (your own IDX files: in Python, "
         'load_dataset("idx", directory=...) from sharpdim.training.datasets)'
     )
+
+
+def test_lyapunov_says_when_the_orbit_diverged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # no training; at lr=1e30 the map's orbit overflows at step 6 (5 warmup steps, then 1)
+    out = tmp_path / "l.json"
+    args = ["chaos", "lyapunov", "--n-train", "32", "--width", "4", "--depth", "1"]
+    args += ["--train-steps", "0", "--lr", "1e30", "--k", "3", "--steps", "30", "--warmup", "5"]
+    assert main([*args, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "warning: the orbit diverged (non-finite state) at step 6 of 35 (warmup included): "
+        "its exponents average only 1 of the 30 steps; lower --lr"
+    ) in printed.splitlines()
+    result = json.loads(out.read_text())["result"]
+    assert (result["diverged_at"], result["num_steps"]) == (6, 1)
+
+
+def _overflowing_map_at(lr_to_break: float) -> type:
+    """A TrainingMap whose step size is 1e30 for the case at ``lr_to_break``: its orbits
+    overflow after training went fine."""
+    from sharpdim.dynamics.step_maps import TrainingMap
+
+    class Overflowing(TrainingMap):
+        def __init__(self, *args: Any, lr: float, **kwargs: Any) -> None:
+            super().__init__(*args, lr=1e30 if lr == lr_to_break else lr, **kwargs)
+
+    return Overflowing
+
+
+def test_run_case_records_an_orbit_that_diverged(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sharpdim.dynamics.step_maps as step_maps_module
+    from sharpdim.commands.chaos_cases import run_case
+
+    monkeypatch.setattr(step_maps_module, "TrainingMap", _overflowing_map_at(0.5))
+    case = run_case(
+        lr=0.5, n_train=48, width=4, depth=1, train_steps=10, k=1, lyap_steps=20, warmup=0,
+        num_iterates=11, seed=0, seeds=2,
+    )  # fmt: skip
+    assert (case["status"], case["diverged_at"]) == ("orbit_diverged", None)  # was "done"
+    lyap = case["lyapunov"]
+    assert case["orbit_diverged_at"] == lyap["diverged_at"] == lyap["num_steps"] == 6
+    assert case["orbit_diverged_seeds"] == [0, 1] and case["diverged_seeds"] == []
+    assert case["divergence"]["diverged_at"] is not None
+    fine = run_case(
+        lr=0.05, n_train=48, width=4, depth=1, train_steps=10, k=1, lyap_steps=4, warmup=0,
+        num_iterates=11, seed=0, seeds=1,
+    )  # fmt: skip
+    assert (fine["status"], fine["orbit_diverged_at"], fine["orbit_diverged_seeds"]) == (
+        "done",
+        None,
+        [],
+    )
+
+
+def test_compare_reports_and_stores_an_orbit_that_diverged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    import sharpdim.dynamics.step_maps as step_maps_module
+
+    monkeypatch.setattr(step_maps_module, "TrainingMap", _overflowing_map_at(0.5))
+    out = tmp_path / "cmp"
+    args = [
+        "chaos", "compare", "--lr-eos", "0.5", "--lr-below", "0.05", "--n-train", "48",
+        "--width", "4", "--depth", "1", "--train-steps", "10", "--k", "1", "--lyap-steps", "20",
+        "--warmup", "0", "--num-iterates", "11", "--seeds", "1", "--out", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert (
+        "EoS (lr=0.5): warning: the Lyapunov orbit diverged (non-finite state) at step 6 of 20 "
+        "(warmup included): its exponents average only 6 of the 20 steps"
+    ) in capsys.readouterr().out.splitlines()
+    cases = json.loads((out / "chaos_compare.json").read_text())["cases"]
+    assert (cases["EoS"]["status"], cases["EoS"]["orbit_diverged_at"]) == ("orbit_diverged", 6)
+    assert cases["below"]["status"] == "done"
+    conn = sqlite3.connect(out / "runs.sqlite")
+    statuses = sorted(s for (s,) in conn.execute("SELECT status FROM runs"))
+    conn.close()
+    assert statuses == ["done", "done"]  # finished measurements: reused by a rerun

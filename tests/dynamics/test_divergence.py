@@ -190,3 +190,45 @@ def test_a_non_finite_start_is_a_one_line_error(bad: float) -> None:
     x0 = torch.tensor([0.1, bad], dtype=torch.float64)
     with pytest.raises(SharpdimError, match="x0 holds NaN or inf"):
         trajectory_divergence(lambda x: 2 * x, x0, 10)
+
+
+def test_a_delta_below_the_float32_resolution_is_refused() -> None:
+    # float32 spacing on [0.125, 0.25) is 2^-26 = 1.49e-8: 0.2 + 8e-9 rounds up one spacing,
+    # so the realised start is 2^-26 away, 1.86 delta (before: fit on that silently)
+    x0 = torch.tensor([0.2], dtype=torch.float32)
+    with pytest.raises(SharpdimError) as err:
+        trajectory_divergence(lambda x: 2 * x, x0, 5, delta=8e-9, direction=torch.ones(1))
+    assert str(err.value) == (
+        "delta=8e-09 is below the resolution of torch.float32 states (the perturbed start is "
+        "1.49e-08 away): use float64 states or a larger delta"
+    )
+    with pytest.raises(SharpdimError, match="start is 0 away"):  # 1 + 1e-8 rounds to 1
+        trajectory_divergence(lambda x: 2 * x, torch.ones(1), 5, direction=torch.ones(1))
+    # 1e-6 is 67.1 spacings: rounded to 67, within delta / 2; doubling is exact
+    r = trajectory_divergence(lambda x: 2 * x, x0, 3, delta=1e-6, direction=torch.ones(1))
+    d0 = 67 * 2.0**-26
+    assert r.log_distance.tolist() == pytest.approx(
+        [math.log(d0 * 2**t) for t in range(4)], rel=0, abs=1e-12
+    )
+
+
+def test_training_map_float32_with_the_default_delta_is_refused() -> None:
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    gen = torch.Generator().manual_seed(3)
+    batch = (torch.randn(6, 3, generator=gen), torch.randn(6, 2, generator=gen))
+    phi = TrainingMap(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [batch], lr=0.1)
+    with pytest.raises(SharpdimError, match=r"below the resolution of torch\.float32 states"):
+        trajectory_divergence(phi, phi.initial_state(), 10)  # realised start 2.1e-9 away
+
+
+def test_the_fit_window_ends_where_the_orbits_coincide() -> None:
+    # halving, then 0 once |x| < 1e-3: x_t = 2^-t and y_t = (1 + delta) 2^-t both reach the
+    # dead zone at t = 10, so d_t = d_0 2^-t for t <= 10 and d_11 = 0 (ln d = -inf)
+    def halve(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x.abs() < 1e-3, torch.zeros_like(x), 0.5 * x)
+
+    r = trajectory_divergence(halve, torch.ones(1, dtype=F64), 15, direction=torch.ones(1))
+    assert math.isinf(r.log_distance[11]) and torch.isfinite(r.log_distance[:11]).all()
+    assert (r.fit_start, r.fit_stop) == (0, 11)  # was 16: the -inf steps were dropped silently
+    assert r.growth_rate == pytest.approx(-math.log(2), rel=1e-12)

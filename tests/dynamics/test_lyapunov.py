@@ -168,3 +168,54 @@ def test_training_map_overflow_is_recorded_not_raised() -> None:
     torch.testing.assert_close(r.exponents, torch.tensor([math.log(44)], dtype=F64))
     expected = torch.tensor([(-44.0) ** t_star, 0.0], dtype=F64)
     torch.testing.assert_close(r.final_state, expected, rtol=1e-12, atol=0)
+
+
+def test_a_map_that_changes_the_state_shape_is_refused() -> None:
+    # before: ran, with final_state of shape (16,) and state_dim 2
+    with pytest.raises(SharpdimError) as err:
+        lyapunov_spectrum(lambda x: torch.cat([x, x]), torch.ones(2, dtype=F64), 2, 3)
+    assert str(err.value) == (
+        "step_fn maps a state of shape (2,) to one of shape (4,) at step 0: it must return "
+        "a state of the shape it was given"
+    )
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_a_constant_map_has_zero_jacobian_in_both_modes(mode: str) -> None:
+    # J = 0: every stretch is floored at the smallest normal float64 (reverse mode crashed)
+    r = lyapunov_spectrum(
+        lambda x: torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64), 1, 2, jvp_mode=mode
+    )
+    assert r.exponents.tolist() == [math.log(torch.finfo(F64).tiny)]
+    scale = torch.tensor(1.0, dtype=F64, requires_grad=True)  # constant in x, not in scale
+    r = lyapunov_spectrum(
+        lambda x: scale * torch.ones(2, dtype=F64), torch.ones(2, dtype=F64), 1, 2, jvp_mode=mode
+    )
+    assert r.exponents.tolist() == [math.log(torch.finfo(F64).tiny)]
+
+
+def test_whole_float_counts_are_accepted_and_others_refused() -> None:
+    x0 = torch.ones(2, dtype=F64)
+    ref = lyapunov_spectrum(lambda x: 2 * x, x0, 2, 3)
+    r = lyapunov_spectrum(lambda x: 2 * x, x0, 2.0, 3.0, warmup=1.0)  # type: ignore[arg-type]
+    assert (r.k, r.num_steps, r.warmup) == (2, 3, 1)
+    assert r.exponents.tolist() == ref.exponents.tolist() == [math.log(2)] * 2
+    bad = [
+        ({"k": 1.5}, "k must be an integer >= 1, got 1.5: pass the number of exponents"),
+        ({"num_steps": True}, "num_steps must be an integer >= 1, got True: pass e.g. 100"),
+        ({"warmup": -1}, "warmup must be an integer >= 0, got -1: pass e.g. 0"),
+    ]
+    for kwargs, message in bad:
+        args = {"k": 1, "num_steps": 3, **kwargs}
+        with pytest.raises(SharpdimError) as err:  # a TypeError before
+            lyapunov_spectrum(lambda x: 2 * x, x0, **args)
+        assert str(err.value) == message
+
+
+def test_jvp_mode_is_checked_for_step_maps_too() -> None:
+    model = torch.nn.Linear(2, 1).double()
+    batch = (torch.ones(1, 2, dtype=F64), torch.zeros(1, 1, dtype=F64))
+    phi = TrainingMap(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [batch], lr=0.1)
+    with pytest.raises(SharpdimError) as err:  # ignored before
+        lyapunov_spectrum(phi, phi.initial_state(), 1, 2, jvp_mode="sideways")
+    assert str(err.value) == "unknown jvp_mode 'sideways': use 'forward' or 'reverse'"

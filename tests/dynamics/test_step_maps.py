@@ -347,3 +347,99 @@ def test_jvp_through_fused_attention_equals_the_dense_jacobian() -> None:
     )
     _, jt = phi.jvp(x, 0, tangents)
     torch.testing.assert_close(jt, phi.jacobian(x, 0) @ tangents, rtol=1e-10, atol=1e-12)
+
+
+BAD_SETTINGS = [
+    (
+        {"optimizer": "adam", "step_offset": -1},
+        "step_offset must be an integer >= 0, got -1: pass the number of Adam steps already "
+        "taken (0 for a fresh optimizer)",
+    ),
+    (
+        {"optimizer": "adam", "betas": (1.0, 0.999)},
+        "betas must be a finite number in [0, 1), got 1.0: pass e.g. (0.9, 0.999)",
+    ),
+    (
+        {"optimizer": "adam", "betas": (0.9, 1.0)},
+        "betas must be a finite number in [0, 1), got 1.0: pass e.g. (0.9, 0.999)",
+    ),
+    (
+        {"optimizer": "momentum", "momentum": -1.0},
+        "momentum must be a finite number in [0, 1), got -1.0: pass e.g. 0.9",
+    ),
+    ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0, got -1.0: pass e.g. 0.0"),
+    (
+        {"optimizer": "adam", "eps": -1.0},
+        "eps must be a finite number >= 0, got -1.0: pass e.g. 1e-08",
+    ),
+    ({"lr": float("inf")}, "lr must be a finite number > 0, got inf: pass e.g. 0.1"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_SETTINGS, ids=[str(b[0]) for b in BAD_SETTINGS])
+def test_bad_optimizer_settings_are_one_line_errors(kwargs: dict, message: str) -> None:
+    # before: ZeroDivisionError (step_offset=-1, b1=1), a NaN state (b2=1), or accepted
+    settings = {"lr": 0.1, **kwargs}
+    with pytest.raises(SharpdimError) as err:
+        TrainingMap(_model(), _ce, _batches(), **settings)
+    assert str(err.value) == message
+
+
+def test_settings_given_as_whole_floats_and_tensors_are_accepted() -> None:
+    batches = _batches()
+    ref = TrainingMap(
+        _model(), _ce, batches, optimizer="adam", lr=0.1, betas=(0.8, 0.9), step_offset=2
+    )
+    phi = TrainingMap(
+        _model(),
+        _ce,
+        batches,
+        optimizer="adam",
+        lr=torch.tensor(0.1, dtype=torch.float64),
+        betas=torch.tensor([0.8, 0.9], dtype=torch.float64),
+        step_offset=2.0,
+    )
+    assert phi.betas == (0.8, 0.9) and phi.step_offset == 2 and type(phi.lr) is float
+    x = ref.initial_state()
+    torch.testing.assert_close(phi.step(x, 2), ref.step(x, 2), rtol=0, atol=0)
+
+
+def test_a_state_of_the_wrong_length_names_initial_state() -> None:
+    from sharpdim.dynamics.divergence import trajectory_divergence
+    from sharpdim.dynamics.lyapunov import lyapunov_spectrum
+
+    phi = TrainingMap(_model(), _ce, _batches(), optimizer="momentum", lr=0.1)
+    w = phi.params(phi.initial_state())  # the parameters only: 26 of the 52 entries
+    message = (
+        "the state has shape (26,), the momentum map's has (52,) (parameters, then the "
+        "optimizer's buffers): start from initial_state()"
+    )
+    calls = [
+        lambda: phi.step(w, 0),
+        lambda: phi.jvp(w, 0, torch.zeros(26, 1, dtype=torch.float64)),
+        lambda: phi.jacobian(w, 0),
+        lambda: lyapunov_spectrum(phi, w, 1, 2),  # said "tangents have 26 rows" before
+        lambda: trajectory_divergence(phi, w, 2),  # a raw RuntimeError before
+    ]
+    for call in calls:
+        with pytest.raises(SharpdimError) as err:
+            call()
+        assert str(err.value) == message
+
+
+def test_a_state_of_another_dtype_than_the_model_is_a_one_line_error() -> None:
+    from sharpdim.dynamics.lyapunov import lyapunov_spectrum
+
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)  # float32
+    batch = (torch.randn(4, 2), torch.randn(4, 1))
+    phi = TrainingMap(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [batch], lr=0.1)
+    x = phi.initial_state().double()
+    message = (
+        "the state is torch.float64, the model's parameters torch.float32: make them match "
+        "(model.to(torch.float64) with batches of that dtype, or state.to(torch.float32))"
+    )
+    for call in (lambda: phi.step(x, 0), lambda: lyapunov_spectrum(phi, x, 1, 2)):
+        with pytest.raises(SharpdimError) as err:  # a raw dtype RuntimeError before
+            call()
+        assert str(err.value) == message

@@ -9,7 +9,9 @@
   (same batches), the Kaplan–Yorke dimension of the top-k spectrum, the sharpness dimension,
   the PH0 dimension (Euclidean and loss pseudo-metric) and ``E_1`` of the last iterates; a
   table, a JSON file and a figure. A case whose training diverges is recorded as such
-  (``status`` ``"diverged"``, ``diverged_at``, NaN measures) and the other case still runs.
+  (``status`` ``"diverged"``, ``diverged_at``, NaN measures) and the other case still runs; one
+  whose Lyapunov orbit diverges after training gets ``status`` ``"orbit_diverged"`` and
+  ``orbit_diverged_at`` (its exponents average the steps completed), with a printed warning.
   Each finished case is stored in ``<out>/runs.sqlite`` (:mod:`sharpdim.runner`), so a rerun
   of a killed comparison reuses it.
 """
@@ -85,7 +87,7 @@ def _check_model_options(
 
 
 _ROWS = [
-    ("status (done / diverged)", "status"),
+    ("status", "status"),
     ("sharpness (full batch)", "sharpness_full_batch"),
     ("2 / lr", "threshold_2_over_lr"),
     ("largest Lyapunov exponent", "largest_lyapunov"),
@@ -102,6 +104,15 @@ _ROWS = [
     ("train / test loss", None),
     ("wall time (s)", "wall_time_s"),
 ]
+
+
+def _orbit_warning(diverged_at: int, warmup: int, averaged: int, steps: int, what: str) -> str:
+    """The line that says a Lyapunov orbit became non-finite and what its exponents average."""
+    return (
+        f"warning: the {what} diverged (non-finite state) at step {diverged_at} of "
+        f"{warmup + steps} (warmup included): its exponents average only {averaged} of the "
+        f"{steps} steps"
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -194,7 +205,10 @@ def compare(
     store_path = prepare_store_path(out)
     with ResultsStore(store_path) as store, Progress(transient=True) as progress:
         runs: ResumableRuns[dict[str, Any]] = ResumableRuns(
-            store, encode=dict, decode=dict, status=lambda case: case["status"]
+            store,
+            encode=dict,
+            decode=dict,  # a finished measurement whose orbit diverged is "done" in the store
+            status=lambda case: "diverged" if case["status"] == "diverged" else "done",
         )
         cases = {
             name: runs(
@@ -213,6 +227,12 @@ def compare(
                 "its measures are NaN",
                 markup=False,
             )
+        elif case.get("status") == "orbit_diverged":
+            lyap = case["lyapunov"]
+            line = _orbit_warning(
+                case["orbit_diverged_at"], warmup, lyap["num_steps"], lyap_steps, "Lyapunov orbit"
+            )
+            Console().print(f"{name} (lr={case['lr']:g}): {line}", markup=False, soft_wrap=True)
     from sharpdim.report.chaos_figures import plot_chaos_comparison
 
     figure = out / "chaos_compare.png"
@@ -292,6 +312,9 @@ def lyapunov(
         table.add_row(str(i), f"{float(lam):.5f}", f"{float(err):.1e}")
     Console().print(table)
     Console().print(f"Kaplan-Yorke dimension of the top-{k}: {result.kaplan_yorke:.3f}")
+    if result.diverged_at is not None:
+        line = _orbit_warning(result.diverged_at, warmup, result.num_steps, steps, "orbit")
+        Console().print(f"{line}; lower --lr", markup=False, soft_wrap=True)
     if json_out is not None:
         payload = {
             "result": result.to_dict(),

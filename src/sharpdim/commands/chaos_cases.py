@@ -5,7 +5,10 @@ real optimizer step (``chaos lyapunov``); :func:`run_case` adds, for ``chaos com
 largest exponent over independent seeds, the divergence of nearby runs, the sharpness (largest
 algebraic Hessian eigenvalue), the sharpness dimension, the PH0 dimension and ``E_1``.
 Training that diverges is a recorded outcome, not an error: the case gets ``status``
-``"diverged"``, the step ``diverged_at`` and NaN measures.
+``"diverged"``, the step ``diverged_at`` and NaN measures. A case whose training finished but
+whose Lyapunov orbit (continued from the trained weights) became non-finite gets ``status``
+``"orbit_diverged"`` and the step ``orbit_diverged_at``: its exponents average only the steps
+completed before it.
 """
 
 from __future__ import annotations
@@ -159,10 +162,13 @@ def run_case(
         return _diverged_case(lr, trained, model, time.perf_counter() - start)
     advance("trained, Lyapunov")
     per_seed, diverged_seeds = [lyap.largest], []
+    orbit_diverged_seeds = [seed] if lyap.diverged_at is not None else []
     for extra in range(1, seeds):
         other = train_and_lyapunov(num_iterates=1, seed=seed + extra, **run_opts)
         if other["lyap"] is None:
             diverged_seeds.append(seed + extra)
+        elif other["lyap"].diverged_at is not None:
+            orbit_diverged_seeds.append(seed + extra)
         per_seed.append(math.nan if other["lyap"] is None else other["lyap"].largest)
         advance(f"Lyapunov of seed {seed + extra}")
     lyap_mean, lyap_sem = _mean_stderr([v for v in per_seed if not math.isnan(v)])
@@ -195,8 +201,9 @@ def run_case(
     advance("E_alpha")
     return {
         "lr": lr,
-        "status": "done",
+        "status": "done" if lyap.diverged_at is None else "orbit_diverged",
         "diverged_at": None,
+        "orbit_diverged_at": lyap.diverged_at,
         "threshold_2_over_lr": 2.0 / lr,
         "sharpness_full_batch": sharp,
         "sharpness_converged": sharp_converged,
@@ -212,6 +219,7 @@ def run_case(
         "largest_lyapunov_seed_mean": lyap_mean,
         "largest_lyapunov_seed_stderr": lyap_sem,
         "diverged_seeds": diverged_seeds,
+        "orbit_diverged_seeds": orbit_diverged_seeds,
         "kaplan_yorke_top_k": lyap.kaplan_yorke,
         "divergence": div.to_dict(),
         "divergence_rate": div.growth_rate,
@@ -258,6 +266,7 @@ def _diverged_case(
         "lr": lr,
         "status": "diverged",
         "diverged_at": trained.diverged_at,
+        "orbit_diverged_at": None,
         "threshold_2_over_lr": 2.0 / lr,
         "sharpness_converged": False,
         "train_loss": trained.final_train_loss,
@@ -268,6 +277,7 @@ def _diverged_case(
         "lyapunov": None,
         "largest_lyapunov_per_seed": [],
         "diverged_seeds": [],
+        "orbit_diverged_seeds": [],
         "divergence": None,
         **dict.fromkeys(MEASURES, math.nan),
         "num_iterates": 0,

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.checks import default_generator
+from sharpdim.checks import check_count, check_number, default_generator
 from sharpdim.dynamics.lyapunov import as_step_map
 from sharpdim.errors import SharpdimError
 
@@ -32,13 +32,15 @@ class DivergenceResult:
 
     Attributes:
         log_distance: ``(T + 1,)`` float64, ``ln d_t`` for ``t = 0..T`` (``-inf`` where the
-            orbits coincide exactly).
+            orbits coincide exactly); ``exp(log_distance[0])`` is the realised initial
+            distance, ``delta`` rounded in the state's dtype (within ``delta / 2`` of it).
         growth_rate: slope of ``ln d_t`` over the fit window (per step); growth_rate_stderr:
             its least-squares standard error (NaN with fewer than 3 points).
-        fit_start, fit_stop: the window ``[fit_start, fit_stop)`` of steps used in the fit.
+        fit_start, fit_stop: the window ``[fit_start, fit_stop)`` of steps used in the fit
+            (it ends before the first step at which the orbits coincide).
         saturated: whether the automatic fit window ended before the end of the run
             (``d_t`` reached ``saturation_fraction`` of its maximum).
-        delta: the initial distance; num_steps: ``T``.
+        delta: the requested initial distance; num_steps: ``T``.
         diverged_at: step at which an orbit became non-finite, else ``None``.
     """
 
@@ -121,7 +123,8 @@ def trajectory_divergence(
 
     Raises:
         SharpdimError: a window outside the run, or one the saturation cut leaves with fewer
-            than 2 steps after ``fit_start``.
+            than 2 steps after ``fit_start``; a ``delta`` the state's dtype cannot resolve (the
+            perturbed start rounds to more than ``delta / 2`` away from ``delta``).
 
     Example (a linear map expanding by 2 per step along the first axis):
         >>> A = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))
@@ -135,8 +138,12 @@ def trajectory_divergence(
         raise SharpdimError("x0 must be a 1-D floating tensor: flatten the state first")
     if not bool(torch.isfinite(x0).all()):
         raise SharpdimError("x0 holds NaN or inf: pass a finite starting state")
-    if num_steps < 1 or not delta > 0 or not 0 < saturation_fraction <= 1:
-        raise SharpdimError("need num_steps >= 1, delta > 0 and 0 < saturation_fraction <= 1")
+    num_steps = check_count(num_steps, "num_steps", hint="e.g. 100")
+    delta = check_number(delta, "delta", "> 0", "1e-8")
+    if not 0 < saturation_fraction <= 1:
+        raise SharpdimError(
+            f"saturation_fraction={saturation_fraction}: pass a number in (0, 1], e.g. 0.1"
+        )
     if not 0 <= fit_start < num_steps:
         raise SharpdimError(
             f"fit_start={fit_start} for a run of {num_steps} steps: pass 0..{num_steps - 1}"
@@ -167,9 +174,10 @@ def trajectory_divergence(
         return float((a[:m].to(torch.float64) - b[:m].to(torch.float64)).norm())
 
     d0 = dist(x, y)
-    if d0 == 0:
+    if abs(d0 - delta) > delta / 2:  # rounded to the dtype's spacing: rounding noise
         raise SharpdimError(
-            f"delta={delta:g} vanishes in {x.dtype}: use float64 states or a larger delta"
+            f"delta={delta:g} is below the resolution of {x.dtype} states (the perturbed "
+            f"start is {d0:.3g} away): use float64 states or a larger delta"
         )
     logs = [math.log(d0)]
     diverged_at: int | None = None
@@ -198,10 +206,10 @@ def trajectory_divergence(
                 f"the distance saturates at step {stop - 1}, before fit_start={fit_start} "
                 "leaves 2 steps to fit: pass a smaller fit_start or an explicit fit_stop"
             )
+    if not finite.all():  # the orbits coincide from there on (the same map): end the window
+        stop = min(stop, int(torch.nonzero(~finite)[0]))
     start, stop = fit_start, max(stop, fit_start)  # an orbit that diverged early: few points
-    window = log_d[start:stop]
-    window = window[torch.isfinite(window)]
-    rate, err = _slope(window)
+    rate, err = _slope(log_d[start:stop])
     return DivergenceResult(
         log_distance=log_d,
         growth_rate=rate,

@@ -37,7 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from sharpdim.checks import default_generator
+from sharpdim.checks import check_count, default_generator
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.errors import SharpdimError
 
@@ -61,6 +61,11 @@ def _load_jvp_decompositions() -> None:
         import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 
+def _check_jvp_mode(jvp_mode: str) -> None:
+    if jvp_mode not in ("forward", "reverse"):
+        raise SharpdimError(f"unknown jvp_mode {jvp_mode!r}: use 'forward' or 'reverse'")
+
+
 class FunctionMap:
     """A plain autonomous map ``x -> f(x)`` seen as a :class:`StepMap`.
 
@@ -81,8 +86,7 @@ class FunctionMap:
         jvp_mode: str = "forward",
         vectorize: bool = True,
     ) -> None:
-        if jvp_mode not in ("forward", "reverse"):
-            raise SharpdimError(f"unknown jvp_mode {jvp_mode!r}: use 'forward' or 'reverse'")
+        _check_jvp_mode(jvp_mode)
         self.fn, self.jvp_mode, self.vectorize = fn, jvp_mode, vectorize
 
     def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -119,7 +123,11 @@ class FunctionMap:
             leaf = x.detach().requires_grad_(True)
             y = self.fn(leaf)
             u = torch.zeros_like(y, requires_grad=True)
-            (vjp,) = torch.autograd.grad(y, leaf, u, create_graph=True)
+            vjp = None
+            if y.requires_grad:
+                (vjp,) = torch.autograd.grad(y, leaf, u, create_graph=True, allow_unused=True)
+            if vjp is None or not vjp.requires_grad:  # y does not depend on x: J = 0
+                return y, y.new_zeros(*y.shape, dx.shape[1])
             cols = [
                 torch.autograd.grad(vjp, u, dx[:, j], retain_graph=True, allow_unused=True)[0]
                 for j in range(dx.shape[1])
@@ -130,6 +138,7 @@ class FunctionMap:
 
 def as_step_map(step_fn: Any, *, jvp_mode: str = "forward", vectorize: bool = True) -> StepMap:
     """``step_fn`` itself when it has ``step``/``jvp``; a :class:`FunctionMap` for a callable."""
+    _check_jvp_mode(jvp_mode)
     if isinstance(step_fn, StepMap):
         return step_fn
     if callable(step_fn):
@@ -258,6 +267,9 @@ def lyapunov_spectrum(
         A :class:`LyapunovResult`. If the orbit becomes non-finite, the run stops there and
         the exponents average the steps completed (``diverged_at`` says where).
 
+    Raises:
+        SharpdimError: bad arguments, or a map that returns a state of another shape.
+
     Example (a linear map: the exponents are the log moduli of its eigenvalues):
         >>> A = torch.tensor([[2.0, 0.0], [0.0, -0.5]], dtype=torch.float64)
         >>> x0, q0 = torch.ones(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
@@ -269,10 +281,13 @@ def lyapunov_spectrum(
     if not isinstance(x0, torch.Tensor) or x0.ndim != 1 or not x0.is_floating_point():
         raise SharpdimError("x0 must be a 1-D floating tensor: flatten the state first")
     n = x0.numel()
-    if not 1 <= k <= n:
+    k = check_count(k, "k", hint="the number of exponents")
+    if k > n:
         raise SharpdimError(f"k={k} exponents of a {n}-dimensional map: pass 1 <= k <= {n}")
-    if num_steps < 1 or warmup < 0 or num_blocks < 1:
-        raise SharpdimError("need num_steps >= 1, warmup >= 0 and num_blocks >= 1")
+    num_steps = check_count(num_steps, "num_steps", hint="e.g. 100")
+    warmup = check_count(warmup, "warmup", minimum=0, hint="e.g. 0")
+    num_blocks = check_count(num_blocks, "num_blocks", hint="e.g. 10")
+    start_step = check_count(start_step, "start_step", minimum=0, hint="e.g. 0")
     x = x0.detach()
     if initial_vectors is None:
         gen = default_generator(generator)
@@ -289,6 +304,12 @@ def lyapunov_spectrum(
     diverged_at: int | None = None
     for i in range(warmup + num_steps):
         x_next, v = fmap.jvp(x, start_step + i, q)
+        if x_next.shape != x.shape:
+            raise SharpdimError(
+                f"step_fn maps a state of shape {tuple(x.shape)} to one of shape "
+                f"{tuple(x_next.shape)} at step {start_step + i}: it must return a state of "
+                "the shape it was given"
+            )
         if not (torch.isfinite(x_next).all() and torch.isfinite(v).all()):
             diverged_at = i
             break

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sharpdim.checks import check_betas, check_count, check_number
 from sharpdim.curvature.hessian import LossFn, Mode, _ModeScope, checked_loss, math_attention
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.dynamics.jacobian_spectra import OPTIMIZERS
@@ -109,10 +110,11 @@ class TrainingMap:
         batches: a sequence of batches (index ``t`` modulo its length) or a callable
             ``t -> batch``.
         optimizer: ``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"adam"`` or ``"adamw"``.
-        lr: step size; momentum: ``mu`` (heavy ball / Nesterov); betas, eps: Adam's;
-        weight_decay: L2 decay (SGD, Adam) or decoupled decay (AdamW).
+        lr: step size (``> 0``); momentum: ``mu`` (heavy ball / Nesterov, in ``[0, 1)``);
+        betas, eps: Adam's (``b_i`` in ``[0, 1)``, ``eps >= 0``);
+        weight_decay: L2 decay (SGD, Adam) or decoupled decay (AdamW), ``>= 0``.
         mode: module mode during the loss (``"train"`` default: the loss the optimizer sees).
-        step_offset: Adam steps already taken before ``t = 0`` (bias correction).
+        step_offset: Adam steps already taken before ``t = 0`` (bias correction), ``>= 0``.
         seed: base of the per-step seeds of the loss's randomness (dropout masks of step
             ``t`` are those of seed ``(seed, t)``).
 
@@ -146,15 +148,18 @@ class TrainingMap:
             raise SharpdimError(
                 f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
             )
-        if not lr > 0:
-            raise SharpdimError(f"lr must be positive, got {lr}: pass lr > 0")
         if not callable(batches) and len(batches) == 0:
             raise SharpdimError("`batches` is empty: pass at least one batch")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.batches = batches
-        self.lr, self.momentum, self.betas, self.eps = float(lr), float(momentum), betas, eps
-        self.weight_decay, self.mode, self.step_offset = float(weight_decay), mode, step_offset
-        self.seed = int(seed)
+        self.batches, self.mode, self.seed = batches, mode, int(seed)
+        # the ranges of jacobian_spectra.StepSpectrumConfig (b_i < 1 keeps c_i = 1 - b_i^s > 0)
+        self.lr = check_number(lr, "lr", "> 0", "0.1")
+        self.momentum = check_number(momentum, "momentum", "in [0, 1)", "0.9")
+        self.betas = check_betas(betas)
+        self.eps = check_number(eps, "eps", ">= 0", "1e-08")
+        self.weight_decay = check_number(weight_decay, "weight_decay", ">= 0", "0.0")
+        hint = "the number of Adam steps already taken (0 for a fresh optimizer)"
+        self.step_offset = check_count(step_offset, "step_offset", minimum=0, hint=hint)
         self._params = trainable_parameters(model)
         self._swap = _ParameterSwap(model, self._params)
 
@@ -180,6 +185,22 @@ class TrainingMap:
     def params(self, x: torch.Tensor) -> torch.Tensor:
         """The parameter part ``w`` of a state."""
         return x[: self.num_params]
+
+    def _check_state(self, x: torch.Tensor) -> None:
+        """A one-line error for a state that is not a ``(state_dim,)`` tensor of the model's
+        dtype (e.g. the parameters alone of a momentum or Adam map)."""
+        if tuple(x.shape) != (self.state_dim,):
+            raise SharpdimError(
+                f"the state has shape {tuple(x.shape)}, the {self.optimizer} map's has "
+                f"({self.state_dim},) (parameters, then the optimizer's buffers): start from "
+                "initial_state()"
+            )
+        dtype = self._params[0].dtype if self._params else x.dtype
+        if x.dtype != dtype:
+            raise SharpdimError(
+                f"the state is {x.dtype}, the model's parameters {dtype}: make them match "
+                f"(model.to({x.dtype}) with batches of that dtype, or state.to({dtype}))"
+            )
 
     def batch(self, t: int) -> Any:
         if callable(self.batches):
@@ -222,12 +243,16 @@ class TrainingMap:
         return loss, grad, leaf
 
     def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        """One optimizer step with batch ``t``: ``phi_t(x)`` (no graph)."""
+        """One optimizer step with batch ``t``: ``phi_t(x)`` (no graph).
+
+        ``x`` is a ``(state_dim,)`` state of the model's dtype, e.g. :meth:`initial_state`.
+        """
         return self._step(x, t, differentiable=False).detach()
 
     def _step(
         self, x: torch.Tensor, t: int, *, differentiable: bool, freeze_second_moment: bool = False
     ) -> torch.Tensor:
+        self._check_state(x)
         d = self.num_params
         w = x[:d]
         _, g, _ = self.loss_and_grad(w, t, create_graph=differentiable)
@@ -262,6 +287,7 @@ class TrainingMap:
         products with ``is_grads_batched=True`` (vmap) on CPU: 24 vs 32 training steps for
         ``k = 16`` on the benchmark MLP.
         """
+        self._check_state(x)
         vec = tangents.ndim == 1
         dx = tangents[:, None] if vec else tangents
         if dx.shape[0] != self.state_dim:
