@@ -1,6 +1,8 @@
 """`sharpdim eos ...` at tiny sizes: each command writes its figure and JSON summary."""
 
+import errno
 import json
+import os
 import sqlite3
 
 import pytest
@@ -282,3 +284,113 @@ def test_a_store_path_that_is_a_folder_is_a_one_line_error(tmp_path, capsys, tra
         f"folder or move {store} away"
     )
     assert trained[0] == []
+
+
+def test_fractal_init_range_must_be_positive(tmp_path, capsys, monkeypatch):
+    from sharpdim.training import eos_fractal
+
+    monkeypatch.setattr(eos_fractal, "fractal_attractor", None)  # never reached
+    assert main(["eos", "fractal", "--init-range", "0", "--out", str(tmp_path / "o")]) == 2
+    assert _one_error_line(capsys) == (
+        "--init-range must be a positive finite number, got 0.0: pass e.g. --init-range 3.0"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def _read_only_connections(monkeypatch):
+    """Every ``sqlite3.connect`` gives a connection whose writes fail, as on a read-only file."""
+    real_connect = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+
+def test_a_read_only_store_is_refused_before_training(tmp_path, capsys, trained):
+    assert _sharpening(tmp_path, "0.2") == 0
+    with pytest.MonkeyPatch.context() as patch:
+        _read_only_connections(patch)
+        assert _sharpening(tmp_path, "0.2,0.5") == 2
+    assert _one_error_line(capsys) == (
+        f"the results store {tmp_path / 'runs.sqlite'} is read-only (attempt to write a "
+        "readonly database): make it writable or choose another path"
+    )
+    assert trained[0] == [0.2]  # 0.5 was not trained
+
+
+def test_a_store_file_without_write_permission_is_refused_before_training(
+    tmp_path, capsys, trained
+):
+    assert _sharpening(tmp_path, "0.2") == 0
+    store = tmp_path / "runs.sqlite"
+    store.chmod(0o444)
+    try:
+        if os.access(store, os.W_OK):
+            pytest.skip("file permissions do not bind this user (root)")
+        assert _sharpening(tmp_path, "0.2,0.5") == 2
+    finally:
+        store.chmod(0o644)
+    assert _one_error_line(capsys) == (
+        f"cannot write {store} (the file is read-only): choose a writable --out folder"
+    )
+    assert trained[0] == [0.2]
+
+
+@pytest.mark.filterwarnings("default::UserWarning")  # as outside pytest
+def test_an_undecodable_stored_run_is_one_warning_line(tmp_path, capsys, trained):
+    assert _sharpening(tmp_path, "0.2") == 0
+    conn = sqlite3.connect(tmp_path / "runs.sqlite")
+    (key,) = conn.execute("SELECT key FROM runs").fetchone()
+    conn.execute("UPDATE runs SET result = '{' WHERE key = ?", (key,))
+    conn.commit()
+    conn.close()
+    capsys.readouterr()
+    assert _sharpening(tmp_path, "0.2") == 0
+    assert trained[0] == [0.2, 0.2]  # computed again
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(
+        f"warning: {tmp_path / 'runs.sqlite'}: the stored run {key} cannot be decoded "
+        "(JSONDecodeError: "
+    )
+    assert err.endswith("(further such runs of this store are not reported)\n")
+
+
+def test_a_figure_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch):
+    from sharpdim.report import eos_figures
+
+    def no_space(result, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(eos_figures, "plot_fractal", no_space)
+    args = ["eos", "fractal", "--particles", "20", "--steps", "2", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert _one_error_line(capsys) == (
+        f"cannot write {tmp_path / 'fractal.png'} (No space left on device): choose a "
+        "writable --out folder"
+    )
+    assert (tmp_path / "fractal.json").exists()  # the results are written first
+
+
+def test_a_tiny_adam_step_size_plots_without_overflow_warnings(tmp_path):
+    """A threshold near the float64 maximum (``--adam-lr 1e-300``) is drawn on a log axis
+    without numpy's overflow RuntimeWarning (an error under this test configuration)."""
+    from sharpdim.report.eos_figures import plot_eos_runs
+    from sharpdim.training.eos_experiments import EoSRun, EoSRunsResult
+    from sharpdim.training.eos_setup import MLPSetup
+
+    run = EoSRun(
+        optimizer="adam", lr=1e-300, threshold=3.8e301, status="ok", diverged_at=None,
+        steps=(0, 4, 8), loss=(1.0, 0.9, 0.8), sharpness=(1.0, 2.0, 3.0),
+        bounded=(0.5, 1.0, 1.5), late_median_ratio=0.0, late_ratio_range=(0.0, 0.0),
+        final_train_loss=0.8, final_train_accuracy=0.5, wall_time_s=0.1,
+    )  # fmt: skip
+    result = EoSRunsResult(
+        kind="thresholds", setup=MLPSetup(), steps=8, every=4, late_fraction=0.3,
+        runs=(run,), wall_time_s=0.1,
+    )  # fmt: skip
+    png = plot_eos_runs(result, tmp_path / "thresholds.png")
+    assert png.stat().st_size > 1000

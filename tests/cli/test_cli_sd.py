@@ -86,6 +86,10 @@ BAD = [
         "<= 100 or omit it (full batch)",
     ),
     (["--steps", "3"], "No such option: --steps"),
+    (
+        ["--optimizer", "adam", "--momentum", "5"],
+        "--momentum must be in [0, 1), got 5.0: pass e.g. --momentum 0.9",
+    ),
 ]
 
 
@@ -110,6 +114,8 @@ CHECKED_FIRST = [
     ["--json", "{tmp}"],  # a folder
     ["--json", "{tmp}/afile/x.json"],  # below a file
     ["--json", "/proc/nonexist/x.json"],
+    ["--optimizer", "gd", "--momentum", "-0.5"],  # checked though gd does not use it
+    ["--optimizer", "adam", "--momentum", "5"],
 ]
 
 

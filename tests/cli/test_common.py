@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,23 @@ def test_store_path_refuses_a_folder(tmp_path: Path) -> None:
         f"cannot use {store} as the results store (it is a folder): choose another --out "
         f"folder or move {store} away"
     )
+
+
+def test_store_path_refuses_a_read_only_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "runs.sqlite"
+    store.write_bytes(b"")
+    real_access = os.access
+    monkeypatch.setattr(  # as for a file without write permission or on a read-only mount
+        os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode)
+    )
+    with pytest.raises(SharpdimError) as err:
+        prepare_store_path(tmp_path)
+    assert str(err.value) == (
+        f"cannot write {store} (the file is read-only): choose a writable --out folder"
+    )
+    assert prepare_store_path(tmp_path / "new") == tmp_path / "new" / "runs.sqlite"
 
 
 def test_exact_sd_size_limit() -> None:

@@ -2,6 +2,8 @@
 
 import math
 import multiprocessing
+import os
+import shutil
 import sqlite3
 import sys
 import threading
@@ -273,3 +275,119 @@ def test_undecodable_rows_read_as_missing_with_one_warning(path):
         assert "treated as missing" in message and "\n" not in message
         store.put({"lr": 0.1}, {"loss": 1.0})  # replaces the damaged row
         assert store.get({"lr": 0.1}).result == {"loss": 1.0} and len(store) == 3
+
+
+def _connect_then(monkeypatch: pytest.MonkeyPatch, setup: Any) -> None:
+    """The next ``sqlite3.connect`` runs ``setup(connection)`` before the store uses it."""
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        monkeypatch.setattr(sqlite3, "connect", real_connect)
+        conn = real_connect(*args, **kwargs)
+        setup(conn)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+
+def _full_disk_message(path: Any, doing: str) -> str:
+    return (
+        f"the disk holding the results store {path} is full while {doing}: free some space "
+        "or choose a path on another disk"
+    )
+
+
+def test_a_full_disk_while_writing_names_the_full_disk(path):
+    """SQLite rolls a transaction back itself when the disk fills (max_page_count stands in
+    for it); that must not turn into 'cannot rollback - no transaction is active'."""
+    with ResultsStore(path) as store:
+        store.put(CONFIG, {"loss": 0.5})
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+        store._conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(SharpdimError) as caught:
+            store.put({"lr": 0.3}, {"blob": "x" * 100_000})
+        assert str(caught.value) == _full_disk_message(path, "writing a run")
+        store._conn.execute("PRAGMA max_page_count = 1000000")
+        store.put({"lr": 0.3}, {"blob": "x"})  # usable once there is room
+        assert len(store) == 2
+
+
+def test_a_full_disk_while_creating_names_the_full_disk(path):
+    path.parent.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        _connect_then(patch, lambda conn: conn.execute("PRAGMA max_page_count = 1"))
+        with pytest.raises(SharpdimError) as caught:
+            ResultsStore(path)
+    assert str(caught.value) == _full_disk_message(path, "opening it")
+
+
+def _raise_on(statement: str, err: sqlite3.Error) -> Any:
+    """A connection factory whose ``execute(statement)`` raises ``err``."""
+
+    class Failing(sqlite3.Connection):
+        def execute(self, *args: Any) -> sqlite3.Cursor:
+            if args[0] == statement:
+                raise err
+            return super().execute(*args)
+
+    return Failing
+
+
+@pytest.mark.parametrize(
+    ("name", "free", "full"),
+    [
+        ("SQLITE_IOERR_SHMSIZE", 40_000, True),  # growing the -shm file on a nearly full disk
+        ("SQLITE_IOERR_SHMSIZE", 10**9, False),
+    ],
+)
+def test_a_disk_io_error_at_opening_says_when_the_disk_is_full(path, monkeypatch, name, free, full):
+    err = sqlite3.OperationalError("disk I/O error")
+    err.sqlite_errorname = name
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(
+        sqlite3,
+        "connect",
+        lambda *a, **k: real_connect(*a, factory=_raise_on("PRAGMA journal_mode=WAL", err), **k),
+    )
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1, 1, free))
+    with pytest.raises(SharpdimError) as caught:
+        ResultsStore(path)
+    if full:
+        assert str(caught.value) == _full_disk_message(path, "opening it")
+    else:
+        assert str(caught.value) == (
+            f"results store {path}: disk I/O error while opening it: check the file"
+        )
+
+
+def _open_read_only(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA query_only = ON")  # writes fail as on a read-only file
+
+
+def test_a_read_only_store_is_refused_at_opening(path):
+    with ResultsStore(path) as store:
+        store.put(CONFIG, {"loss": 0.5})
+    with pytest.MonkeyPatch.context() as patch:
+        _connect_then(patch, _open_read_only)
+        with pytest.raises(SharpdimError) as caught:
+            ResultsStore(path)
+    assert str(caught.value) == (
+        f"the results store {path} is read-only (attempt to write a readonly database): make "
+        "it writable or choose another path"
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        _connect_then(patch, _open_read_only)
+        with ResultsStore(path, writable=False) as store:  # reading it is fine
+            assert store.get(CONFIG).result == {"loss": 0.5}
+
+
+def test_a_store_file_without_write_permission_is_refused_at_opening(path):
+    ResultsStore(path).close()
+    path.chmod(0o444)
+    try:
+        if os.access(path, os.W_OK):
+            pytest.skip("file permissions do not bind this user (root)")
+        with pytest.raises(SharpdimError, match=r"is read-only \(attempt to write a readonly"):
+            ResultsStore(path)
+    finally:
+        path.chmod(0o644)

@@ -16,6 +16,7 @@
   :func:`prepare_output_file` / :func:`prepare_store_path`: check (and create) where a command
   will write, at its start, so that a bad ``--out``/``--json`` fails before any computing;
   :func:`output_errors`: an ``OSError`` while writing becomes the same one-line error;
+* :func:`warnings_as_lines`: warnings printed as one ``warning: ...`` line each;
 * :func:`jsonable` / :func:`write_json`: strict JSON (NaN/inf become ``null``, tensors and
   tuples lists) written atomically with a trailing newline, parent folders created;
 * :func:`kv_table`, :func:`wrote_line`, :func:`print_report`: the two-column rich table and the
@@ -28,7 +29,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -376,7 +379,8 @@ def prepare_output_file(path: Path | None, flag: str = "--json") -> Path | None:
 
 
 def prepare_store_path(folder: Path, name: str = "runs.sqlite") -> Path:
-    """``folder / name``, the results store of a resumable command; refuses a folder there.
+    """``folder / name``, the results store of a resumable command; refuses a folder or a
+    read-only file there (before any run is computed).
 
     Raises:
         SharpdimError: one line naming the path and ``--out``.
@@ -387,6 +391,8 @@ def prepare_store_path(folder: Path, name: str = "runs.sqlite") -> Path:
             f"cannot use {path} as the results store (it is a folder): choose another --out "
             f"folder or move {path} away"
         )
+    if path.exists() and not os.access(path, os.W_OK):
+        raise _cannot_write(path, "the file is read-only", "--out folder")
     return path
 
 
@@ -397,6 +403,19 @@ def output_errors(path: Path, flag: str) -> Iterator[None]:
         yield
     except OSError as err:
         raise _cannot_write(err.filename or path, _reason(err), flag) from None
+
+
+@contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Print each warning raised inside the block as one line ``warning: message`` on stderr
+    (instead of Python's two lines pointing into the library)."""
+
+    def show(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 # -- JSON ------------------------------------------------------------------------------------

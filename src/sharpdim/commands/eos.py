@@ -47,6 +47,7 @@ from sharpdim.commands._common import (
     print_report,
     progress_bar,
     seed_option,
+    warnings_as_lines,
     width_option,
     write_json,
 )
@@ -92,8 +93,9 @@ def _save(
     The results first: a failing figure leaves them written.
     """
     js = write_json(out / f"{name}.json", result.to_dict(), "--out folder")
-    with output_errors(out, "--out folder"):
-        png = plot(result, out / f"{name}.png")
+    png = out / f"{name}.png"
+    with output_errors(png, "--out folder"):
+        plot(result, png)
     return png, js
 
 
@@ -159,7 +161,7 @@ def _runs_command(
     from sharpdim.training.eos_experiments import EoSRun
 
     prepare_output_dir(out, "--out folder")
-    with ResultsStore(prepare_store_path(out, STORE_NAME)) as store:
+    with warnings_as_lines(), ResultsStore(prepare_store_path(out, STORE_NAME)) as store:
         runs: ResumableRuns[EoSRun] = ResumableRuns(
             store,
             encode=EoSRun.to_dict,
@@ -367,7 +369,7 @@ def fractal(
     check_finite(amplitude, "--amplitude", example="2.0")
     check_finite(frequency, "--frequency", example="4.0")
     check_finite(noise_std, "--noise-std", low=0.0, example="0.1")
-    check_finite(init_range, "--init-range", low=0.0, example="3.0")
+    check_positive_lr(init_range, "--init-range", "3.0")
     prepare_output_dir(out, "--out folder")
     result = fractal_attractor(
         particles,

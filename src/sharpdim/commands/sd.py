@@ -78,7 +78,9 @@ def compute(
     loss: str = typer.Option("mse", help="mse | ce"),
     lr: float = typer.Option(0.1, help="step size of training and of the SD's optimizer step"),
     optimizer: str = typer.Option("gd", help="gd | sgd | momentum | nesterov | adam | adamw"),
-    momentum: float = typer.Option(0.9, help="momentum (heavy ball / Nesterov)"),
+    momentum: float = typer.Option(
+        0.9, help="momentum (heavy ball / Nesterov), in [0, 1) for every optimizer"
+    ),
     train_batch_size: int | None = typer.Option(
         None, help="training minibatch (default: full batch)"
     ),
@@ -111,8 +113,7 @@ def compute(
             f"unknown optimizer {optimizer!r}: use one of {', '.join(_TRAIN_TO_SD)}"
         )
     check_positive_lr(lr)
-    if optimizer in ("momentum", "nesterov"):
-        check_fraction(momentum, "--momentum", "0.9")
+    check_fraction(momentum, "--momentum", "0.9")  # whatever the optimizer, as the SD does
     check_at_least(num_batches, 1, "--num-batches")
     check_at_least(num_runs, 1, "--num-runs")
     check_at_least(num_steps, 1, "--num-steps")

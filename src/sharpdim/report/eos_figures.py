@@ -34,28 +34,34 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
     against ``(2 + 2 beta1)/(eta (1 - beta1))``; the shaded span is the late window whose
     median ratio is reported.
     """
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True)
-    for i, run in enumerate(result.runs):
-        color = f"C{i}"
-        label = f"{run.optimizer} $\\eta$={run.lr:g} (ratio {run.late_median_ratio:.3f})"
-        steps = np.asarray(run.steps)
-        top.semilogy(steps, np.asarray(run.loss), color=color, lw=1.0, label=label)
-        bottom.plot(steps, np.asarray(run.bounded), color=color, lw=1.0)
-        bottom.axhline(run.threshold, color=color, ls="--", lw=0.9)
-    bottom.axvspan((1 - result.late_fraction) * result.steps, result.steps, color="0.9", zorder=0)
-    adaptive = any(r.optimizer in ("adam", "adamw") for r in result.runs)
-    top.set_ylabel("train loss")
-    top.legend(fontsize=7)
-    bottom.set_ylabel("(preconditioned) sharpness" if adaptive else "sharpness $\\lambda_{max}(H)$")
-    bottom.set_xlabel("step")
-    bottom.set_yscale("log")
-    title = (
-        "Progressive sharpening and EoS (GD, dashed: 2/$\\eta$)"
-        if result.kind == "sharpening"
-        else "EoS thresholds (dashed): momentum $(2+2\\mu)/\\eta$, Adam on $P^{-1}H$"
-    )
-    top.set_title(title, fontsize=10)
-    return save_and_close(fig, path, dpi=dpi)
+    # a threshold near the float maximum (a tiny eta) overflows in the log axis: harmless
+    with np.errstate(over="ignore"):
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True)
+        for i, run in enumerate(result.runs):
+            color = f"C{i}"
+            label = f"{run.optimizer} $\\eta$={run.lr:g} (ratio {run.late_median_ratio:.3f})"
+            steps = np.asarray(run.steps)
+            top.semilogy(steps, np.asarray(run.loss), color=color, lw=1.0, label=label)
+            bottom.plot(steps, np.asarray(run.bounded), color=color, lw=1.0)
+            bottom.axhline(run.threshold, color=color, ls="--", lw=0.9)
+        bottom.axvspan(
+            (1 - result.late_fraction) * result.steps, result.steps, color="0.9", zorder=0
+        )
+        adaptive = any(r.optimizer in ("adam", "adamw") for r in result.runs)
+        top.set_ylabel("train loss")
+        top.legend(fontsize=7)
+        bottom.set_ylabel(
+            "(preconditioned) sharpness" if adaptive else "sharpness $\\lambda_{max}(H)$"
+        )
+        bottom.set_xlabel("step")
+        bottom.set_yscale("log")
+        title = (
+            "Progressive sharpening and EoS (GD, dashed: 2/$\\eta$)"
+            if result.kind == "sharpening"
+            else "EoS thresholds (dashed): momentum $(2+2\\mu)/\\eta$, Adam on $P^{-1}H$"
+        )
+        top.set_title(title, fontsize=10)
+        return save_and_close(fig, path, dpi=dpi)
 
 
 def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int = 100) -> Path:

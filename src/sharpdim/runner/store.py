@@ -28,7 +28,9 @@ warning per store: :meth:`~ResultsStore.get` returns ``None`` and
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sqlite3
 import time
 import warnings
@@ -46,6 +48,7 @@ STATUSES = ("done", "diverged", "failed")
 FINISHED = ("done", "diverged")  # outcomes a resumed sweep does not repeat
 APPLICATION_ID = 0x53445253  # "SDRS": marks a sharpdim results store
 SCHEMA_VERSION = 1
+NEARLY_FULL = 1 << 20  # free bytes below which a disk I/O error is put down to a full disk
 
 _SCHEMA = """
 CREATE TABLE runs (
@@ -100,10 +103,13 @@ class ResultsStore:
     Args:
         path: the database file; created (with its folder) if missing.
         timeout: seconds a write waits for another process's write to finish.
+        writable: check at once that runs can be put, so that a read-only file is refused
+            before any run is computed; ``False`` opens one only to read it.
 
     Raises:
-        SharpdimError: ``path`` cannot be opened, or holds something other than a results
-            store (another SQLite database, a corrupt or a non-SQLite file).
+        SharpdimError: ``path`` cannot be opened, is read-only (with ``writable``), its disk
+            is full, or it holds something other than a results store (another SQLite
+            database, a corrupt or a non-SQLite file).
 
     Example:
         >>> import tempfile
@@ -114,7 +120,7 @@ class ResultsStore:
         ('diverged', {'loss': None, 'acc': 0.9}, 1)
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 60.0, writable: bool = True) -> None:
         self.path = Path(path)
         self.timeout = timeout
         self._warned = False
@@ -126,7 +132,7 @@ class ResultsStore:
                 f"cannot open the results store {self.path} ({err}): choose a writable file path"
             ) from None
         try:
-            self._open()
+            self._open(writable)
         except BaseException:
             self._conn.close()
             raise
@@ -134,6 +140,16 @@ class ResultsStore:
     # -- connection ----------------------------------------------------------------------------
     def _fail(self, err: sqlite3.Error, doing: str) -> SharpdimError:
         text = str(err)
+        if self._disk_full(err):
+            return SharpdimError(
+                f"the disk holding the results store {self.path} is full while {doing}: free "
+                "some space or choose a path on another disk"
+            )
+        if "readonly" in text:
+            return SharpdimError(
+                f"the results store {self.path} is read-only ({text}): make it writable or "
+                "choose another path"
+            )
         if "locked" in text or "busy" in text:
             return SharpdimError(
                 f"the results store {self.path} stayed locked by another process while "
@@ -146,15 +162,42 @@ class ResultsStore:
             )
         return SharpdimError(f"results store {self.path}: {text} while {doing}: check the file")
 
-    def _open(self) -> None:
+    def _disk_full(self, err: sqlite3.Error) -> bool:
+        """Whether ``err`` comes from a full disk: SQLite says so, or it is an I/O error (such
+        as growing the ``-shm`` file) while the disk has next to no space left."""
+        name = getattr(err, "sqlite_errorname", "")
+        if name == "SQLITE_FULL":
+            return True
+        try:
+            return name.startswith("SQLITE_IOERR") and (
+                shutil.disk_usage(self.path.parent).free < NEARLY_FULL
+            )
+        except OSError:
+            return False
+
+    def _open(self, writable: bool) -> None:
         try:
             # each check reads one snapshot, so a file that another process is making a store
             # is seen empty or complete; an empty one is made a store in a write transaction
             if not self._in_transaction("BEGIN", create=False):
                 self._in_transaction("BEGIN IMMEDIATE", create=True)
             self._switch_to_wal()  # after the checks: another file is left as it is
+            if writable:
+                self._check_writable()
         except sqlite3.Error as err:
             raise self._fail(err, "opening it") from None
+
+    def _check_writable(self) -> None:
+        """Raise on a read-only file: a write that changes nothing, tried without waiting
+        for a lock (SQLite refuses it as read-only first; a file being written is not)."""
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._conn.execute("UPDATE runs SET key = key WHERE 0")
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err):
+                raise
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {round(self.timeout * 1000)}")
 
     def _switch_to_wal(self) -> None:
         """``PRAGMA journal_mode=WAL``, retried while locked: SQLite's busy timeout does not
@@ -177,9 +220,16 @@ class ResultsStore:
             found = self._check_or_create(create=create)
             self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
             raise
         return found
+
+    def _rollback(self) -> None:
+        """Roll back after an error, unless SQLite already has (it does on a full disk); a
+        failing rollback is ignored, so that the first error is the one reported."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
 
     def _check_or_create(self, *, create: bool) -> bool:
         """True if the file is a store; refuse other files; create an empty one if ``create``."""
@@ -285,7 +335,7 @@ class ResultsStore:
                 ).fetchone()
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         except sqlite3.Error as err:
             raise self._fail(err, "writing a run") from None
