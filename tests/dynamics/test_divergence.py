@@ -200,7 +200,12 @@ def test_a_delta_below_the_float32_resolution_is_refused() -> None:
         trajectory_divergence(lambda x: 2 * x, x0, 5, delta=8e-9, direction=torch.ones(1))
     assert str(err.value) == (
         "delta=8e-09 is below the resolution of torch.float32 states (the perturbed start is "
-        "1.49e-08 away): use float64 states or a larger delta"
+        "1.49e-08 away): use float64 states or a delta of at least ~1e-07"
+    )
+    with pytest.raises(SharpdimError) as err:  # float64 states: only a larger delta helps
+        trajectory_divergence(lambda x: 2 * x, torch.tensor([1e10], dtype=torch.float64), 5)
+    assert str(err.value).endswith(
+        "(the perturbed start is 0 away): use a delta of at least ~9e-06"
     )
     with pytest.raises(SharpdimError, match="start is 0 away"):  # 1 + 1e-8 rounds to 1
         trajectory_divergence(lambda x: 2 * x, torch.ones(1), 5, direction=torch.ones(1))

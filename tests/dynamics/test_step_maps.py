@@ -443,3 +443,15 @@ def test_a_state_of_another_dtype_than_the_model_is_a_one_line_error() -> None:
         with pytest.raises(SharpdimError) as err:  # a raw dtype RuntimeError before
             call()
         assert str(err.value) == message
+
+
+def test_settings_the_update_rule_does_not_use_are_not_checked() -> None:
+    """As TrainConfig: momentum only for momentum/nesterov, betas only for Adam/AdamW."""
+    batches = _batches()
+    ref = TrainingMap(_model(), _ce, batches, optimizer="sgd", lr=0.1)
+    phi = TrainingMap(
+        _model(), _ce, batches, optimizer="sgd", lr=0.1, momentum=1.0, betas=(1.0, 0.999)
+    )
+    x = ref.initial_state()
+    torch.testing.assert_close(phi.step(x, 0), ref.step(x, 0), rtol=0, atol=0)
+    TrainingMap(_model(), _ce, batches, optimizer="adam", lr=0.1, momentum=5.0)

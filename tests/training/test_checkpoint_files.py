@@ -76,10 +76,35 @@ def test_the_state_of_another_optimizer_type_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SharpdimError, match=r"holds Adam optimizer state but the optimizer is SGD"):
         load_checkpoint(path, fresh, sgd)
     with pytest.raises(
-        SharpdimError, match=r"holds the state of another optimizer type but the optimizer is SGD"
+        SharpdimError,
+        match=r"holds the state of another optimizer type than SGD \(its parameter groups "
+        r"differ in amsgrad, betas, dampening, momentum, nesterov\)",
     ):
         load_checkpoint(tmp_path / "old.pt", fresh, sgd)
+    with pytest.raises(SharpdimError, match=r"differ in decoupled_weight_decay \(Adam vs AdamW\)"):
+        load_checkpoint(tmp_path / "old.pt", fresh, torch.optim.AdamW(fresh.parameters()))
     assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
     assert "momentum_buffer" not in str(sgd.state_dict()) and sgd.param_groups[0]["momentum"] == 0.9
     for source in (path, tmp_path / "old.pt"):  # the same type loads
         assert load_checkpoint(source, fresh, torch.optim.Adam(fresh.parameters())) == 1
+
+
+def test_old_checkpoints_with_extra_or_missing_group_keys_load(tmp_path: Path) -> None:
+    """Before ``optimizer_class`` was saved, only keys that name an update rule decide: a
+    scheduler's ``initial_lr`` or a key a newer torch added are not another optimizer type."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.optim.lr_scheduler.StepLR(adam, step_size=10)  # adds initial_lr to the groups
+    model(torch.ones(1, 3)).sum().backward()
+    adam.step()
+    old = torch.load(save_checkpoint(tmp_path, 1, model, adam), weights_only=True)
+    del old["optimizer_class"]
+    del old["optimizer"]["param_groups"][0]["decoupled_weight_decay"]  # as an older torch
+    torch.save(old, tmp_path / "old.pt")
+    fresh = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    assert load_checkpoint(tmp_path / "old.pt", fresh, opt) == 1
+    assert torch.equal(
+        opt.state_dict()["state"][0]["exp_avg"], adam.state_dict()["state"][0]["exp_avg"]
+    )

@@ -16,7 +16,7 @@ from sharpdim.training.loop import TrainConfig, train
 from sharpdim.training.losses import mse_loss
 from sharpdim.training.models import build_mlp
 from sharpdim.training.monitor import EoSMonitor, EoSRecord, upcoming_adam_preconditioner
-from sharpdim.training.optimizers import adam_preconditioner
+from sharpdim.training.optimizers import adam_preconditioner, optimizer_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -328,3 +328,19 @@ def test_example_script_runs(capsys, monkeypatch):
     assert "sharpness" in out and "median sharpness / (2/eta)" in out
     assert monitor.history["step"] == [0, 20, 40]
     assert all(t == pytest.approx(4.0) for t in monitor.history["threshold"])
+
+
+def test_adam_with_decoupled_weight_decay_is_measured_as_adamw():
+    """torch's Adam(decoupled_weight_decay=True) is AdamW's update: no L2 term in the gradient."""
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.Adam(
+        model.parameters(), lr=0.01, weight_decay=0.5, decoupled_weight_decay=True
+    )
+    for _ in range(3):
+        opt.zero_grad()
+        mse_loss(model, (x, y)).backward()
+        p_next = upcoming_adam_preconditioner(opt, list(model.parameters()))
+        opt.step()
+        torch.testing.assert_close(adam_preconditioner(opt), p_next, rtol=1e-12, atol=1e-15)
+    assert optimizer_name(opt) == "adamw"

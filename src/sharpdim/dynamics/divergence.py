@@ -175,9 +175,12 @@ def trajectory_divergence(
 
     d0 = dist(x, y)
     if abs(d0 - delta) > delta / 2:  # rounded to the dtype's spacing: rounding noise
+        finfo = torch.finfo(x.dtype)
+        smallest = 4 * finfo.eps * float(x[:m].to(torch.float64).norm())  # > rounding of x + u
+        advice = "use a" if x.dtype == torch.float64 else "use float64 states or a"
         raise SharpdimError(
             f"delta={delta:g} is below the resolution of {x.dtype} states (the perturbed "
-            f"start is {d0:.3g} away): use float64 states or a larger delta"
+            f"start is {d0:.3g} away): {advice} delta of at least ~{smallest:.1g}"
         )
     logs = [math.log(d0)]
     diverged_at: int | None = None

@@ -158,24 +158,43 @@ def restore_checkpoint(
     return int(state["step"])
 
 
+# param-group keys that tell torch.optim's update rules apart (a scheduler's ``initial_lr`` or a
+# key added by a newer torch does not; torch fills those in on loading)
+_RULE_KEYS = frozenset(
+    {"momentum", "dampening", "nesterov", "betas", "amsgrad", "rho", "centered", "lr_decay"}
+    | {"initial_accumulator_value", "lambd", "etas", "step_sizes", "momentum_decay"}
+)
+
+
 def _check_optimizer_type(
     state: dict[str, Any], path: str | Path, optimizer: torch.optim.Optimizer
 ) -> None:
     """Refuse the state of another optimizer type: by the saved class name, or (checkpoints
-    without one) by the keys of the first parameter group."""
+    written before it was saved) by the param-group keys that identify an update rule and
+    ``decoupled_weight_decay`` (Adam vs AdamW)."""
     live, saved = type(optimizer).__name__, state.get("optimizer_class")
     if saved is not None:
-        mismatch, what = saved != live, f"{saved} optimizer state"
-    else:
-        saved_state = state["optimizer"]
-        groups = saved_state.get("param_groups") if isinstance(saved_state, dict) else None
-        first = groups[0] if isinstance(groups, list) and groups else None
-        mismatch = isinstance(first, dict) and set(first) != set(optimizer.param_groups[0])
-        what = "the state of another optimizer type"
-    if mismatch:
+        if saved != live:
+            raise SharpdimError(
+                f"{path} holds {saved} optimizer state but the optimizer is {live}: pass the "
+                "optimizer type the checkpoint was written with, or load the model only"
+            )
+        return
+    saved_state = state["optimizer"]
+    groups = saved_state.get("param_groups") if isinstance(saved_state, dict) else None
+    first = groups[0] if isinstance(groups, list) and groups else None
+    if not isinstance(first, dict):
+        return  # malformed: torch's own loading reports it
+    now = optimizer.param_groups[0]
+    differ = sorted((set(first) ^ set(now)) & _RULE_KEYS)
+    flag = "decoupled_weight_decay"
+    if not differ and flag in first and flag in now and bool(first[flag]) != bool(now[flag]):
+        differ = ["decoupled_weight_decay (Adam vs AdamW)"]
+    if differ:
         raise SharpdimError(
-            f"{path} holds {what} but the optimizer is {live}: pass the optimizer type the "
-            "checkpoint was written with, or load the model only"
+            f"{path} holds the state of another optimizer type than {live} (its parameter "
+            f"groups differ in {', '.join(differ)}): pass the optimizer type the checkpoint was "
+            "written with, or load the model only"
         )
 
 

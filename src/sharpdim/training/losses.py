@@ -34,8 +34,13 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _check_labels(y: torch.Tensor, num_outputs: int, ignore: int | None = None) -> None:
     """Raise unless every class label (other than ``ignore``) lies in ``0 .. num_outputs - 1``."""
+    if y.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(y))
+    if lo >= 0 and hi < num_outputs:  # the common case: one reduction
+        return
     labels = y if ignore is None else y[y != ignore]
-    if bool(((labels < 0) | (labels >= num_outputs)).any()):
+    if labels.numel() and bool(((labels < 0) | (labels >= num_outputs)).any()):
         raise SharpdimError(
             f"labels range over {int(labels.min())}..{int(labels.max())} but the model has "
             f"{num_outputs} outputs: give the model one output per class (the dataset's "

@@ -44,6 +44,7 @@ from sharpdim.training.losses import get_loss
 from sharpdim.training.optimizers import (
     ADAPTIVE,
     adam_diagonal,
+    decoupled_decay,
     optimizer_stability_threshold,
     param_groups_by_id,
 )
@@ -144,7 +145,7 @@ def upcoming_adam_preconditioner(
                 pieces.append(torch.full((p.numel(),), math.inf, dtype=p.dtype, device=p.device))
             continue
         grad = p.grad.detach()
-        if isinstance(optimizer, torch.optim.Adam) and not isinstance(optimizer, torch.optim.AdamW):
+        if not decoupled_decay(optimizer, group):  # Adam's L2 decay enters the gradient
             grad = grad + group["weight_decay"] * p.detach()
         beta2 = group["betas"][1]
         v = state.get("exp_avg_sq", torch.zeros_like(p))

@@ -128,10 +128,8 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     Reads the first parameter group; SGD with momentum 0 is ``"gd"``.
     """
     group = optimizer.param_groups[0]
-    if isinstance(optimizer, torch.optim.AdamW):
-        return "adamw"
-    if isinstance(optimizer, torch.optim.Adam):
-        return "adam"
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        return "adamw" if decoupled_decay(optimizer, group) else "adam"
     if isinstance(optimizer, torch.optim.SGD):
         if group.get("momentum", 0.0) == 0.0:
             return "gd"
@@ -187,6 +185,14 @@ def adam_preconditioner(
             )
         pieces.append(adam_diagonal(group_of[id(p)], state["exp_avg_sq"], float(state["step"])))
     return torch.cat(pieces)
+
+
+def decoupled_decay(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
+    """Whether an Adam-family optimizer decays weights AdamW's way (``AdamW``, or torch's
+    ``Adam(decoupled_weight_decay=True)``, the same update) rather than as L2 in the gradient."""
+    return isinstance(optimizer, torch.optim.AdamW) or bool(
+        group.get("decoupled_weight_decay", False)
+    )
 
 
 def param_groups_by_id(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, Any]]:
