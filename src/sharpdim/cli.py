@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from sharpdim.commands import chaos, demo, eos, sd
+from sharpdim.commands._common import warnings_as_lines
 from sharpdim.errors import SharpdimError
 
 app = typer.Typer(
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # non-standalone typer returns the command's value (None) or, for typer.Exit and for
         # Ctrl-C (which it turns into Exit(130)), the exit code
-        code = app(args=argv, prog_name="sharpdim", standalone_mode=False)
+        with warnings_as_lines():  # one "warning: ..." line each, as errors are
+            code = app(args=argv, prog_name="sharpdim", standalone_mode=False)
     except KeyboardInterrupt:  # an interrupt that typer did not catch
         code = INTERRUPTED
     except SharpdimError as err:

@@ -47,7 +47,6 @@ from sharpdim.commands._common import (
     print_report,
     progress_bar,
     seed_option,
-    warnings_as_lines,
     width_option,
     write_json,
 )
@@ -161,7 +160,7 @@ def _runs_command(
     from sharpdim.training.eos_experiments import EoSRun
 
     prepare_output_dir(out, "--out folder")
-    with warnings_as_lines(), ResultsStore(prepare_store_path(out, STORE_NAME)) as store:
+    with ResultsStore(prepare_store_path(out, STORE_NAME)) as store:
         runs: ResumableRuns[EoSRun] = ResumableRuns(
             store,
             encode=EoSRun.to_dict,
