@@ -207,6 +207,8 @@ def test_a_delta_below_the_float32_resolution_is_refused() -> None:
     assert str(err.value).endswith(
         "(the perturbed start is 0 away): use a delta of at least ~9e-06"
     )
+    with pytest.raises(SharpdimError, match=r"or a delta of at least ~1e-38$"):  # not ~0
+        trajectory_divergence(lambda x: 2 * x, torch.zeros(3), 5, delta=1e-50)
     with pytest.raises(SharpdimError, match="start is 0 away"):  # 1 + 1e-8 rounds to 1
         trajectory_divergence(lambda x: 2 * x, torch.ones(1), 5, direction=torch.ones(1))
     # 1e-6 is 67.1 spacings: rounded to 67, within delta / 2; doubling is exact

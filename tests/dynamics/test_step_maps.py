@@ -455,3 +455,4 @@ def test_settings_the_update_rule_does_not_use_are_not_checked() -> None:
     x = ref.initial_state()
     torch.testing.assert_close(phi.step(x, 0), ref.step(x, 0), rtol=0, atol=0)
     TrainingMap(_model(), _ce, batches, optimizer="adam", lr=0.1, momentum=5.0)
+    TrainingMap(_model(), _ce, batches, optimizer="sgd", lr=0.1, momentum=None, betas=None)

@@ -391,3 +391,57 @@ def test_a_store_file_without_write_permission_is_refused_at_opening(path):
             ResultsStore(path)
     finally:
         path.chmod(0o644)
+
+
+def test_a_store_on_a_read_only_filesystem_is_read_with_writable_false(tmp_path):
+    """WAL mode needs a ``-shm`` file beside the store; where none can be created (a read-only
+    folder or filesystem), ``writable=False`` reads the file as immutable. Needs a read-only
+    bind mount, so root and ``unshare``; skipped elsewhere."""
+    folder = tmp_path / "ro"
+    with ResultsStore(folder / "runs.sqlite") as store:
+        store.put({"a": 1}, {"x": 1.0})
+        store.put({"a": 2}, {"x": 2.0}, "diverged")
+    script = (
+        "import sys\n"
+        "from sharpdim.errors import SharpdimError\n"
+        "from sharpdim.runner.store import ResultsStore\n"
+        f"with ResultsStore({str(folder / 'runs.sqlite')!r}, writable=False) as s:\n"
+        "    print(sorted((r.status, r.result['x']) for r in s.records()))\n"
+        "try:\n"
+        f"    ResultsStore({str(folder / 'runs.sqlite')!r})\n"
+        "except SharpdimError as err:\n"
+        "    print(err)\n"
+    )
+    (tmp_path / "read.py").write_text(script)
+    cmd = (
+        f"mount --bind -o ro {folder} {folder} && cd {os.getcwd()} && "
+        f"{sys.executable} {tmp_path / 'read.py'}"
+    )
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare for a read-only bind mount")
+    import subprocess
+
+    out = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True)
+    if "mount" in out.stderr or "unshare" in out.stderr:
+        pytest.skip(f"no read-only bind mount here: {out.stderr.strip()}")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "[('diverged', 2.0), ('done', 1.0)]"
+    assert lines[1].startswith(f"cannot open the results store {folder / 'runs.sqlite'} (")
+    assert lines[1].endswith(
+        "SQLite creates files beside it, so its folder must be writable; choose a writable "
+        "folder (to only read it: ResultsStore(path, writable=False))"
+    )
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 1e7])
+def test_huge_timeouts_are_capped_not_broken(path, timeout):
+    """SQLite's busy timeout is an int of milliseconds: inf crashed, 1e7 s became 0 (no wait)."""
+    with ResultsStore(path, timeout=1.0) as store:
+        store.put({"a": 1}, {"x": 1.0})
+    with ResultsStore(path, timeout=timeout) as store:
+        (busy,) = store._conn.execute("PRAGMA busy_timeout").fetchone()
+        assert busy == 2**31 - 1
+        assert store.get({"a": 1}).result == {"x": 1.0}
+    with pytest.raises(SharpdimError, match=r"^timeout must be a finite number >= 0, got -1"):
+        ResultsStore(path, timeout=-1)

@@ -108,3 +108,24 @@ def test_old_checkpoints_with_extra_or_missing_group_keys_load(tmp_path: Path) -
     assert torch.equal(
         opt.state_dict()["state"][0]["exp_avg"], adam.state_dict()["state"][0]["exp_avg"]
     )
+
+
+def test_adam_with_decoupled_decay_and_adamw_share_checkpoints(tmp_path: Path) -> None:
+    """torch's Adam(decoupled_weight_decay=True) is AdamW's update: their states are
+    interchangeable, but not with plain (L2) Adam, whose flag loading would flip."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    adam = torch.optim.Adam(model.parameters(), weight_decay=0.1, decoupled_weight_decay=True)
+    model(torch.ones(1, 3)).sum().backward()
+    adam.step()
+    path = save_checkpoint(tmp_path, 1, model, adam)
+    fresh = torch.nn.Linear(3, 2)
+    assert load_checkpoint(path, fresh, torch.optim.AdamW(fresh.parameters())) == 1
+    with pytest.raises(
+        SharpdimError, match=r"holds AdamW optimizer state but the optimizer is Adam"
+    ):
+        load_checkpoint(path, fresh, torch.optim.Adam(fresh.parameters()))
+    adamw = torch.optim.AdamW(fresh.parameters())
+    path = save_checkpoint(tmp_path / "w", 1, fresh, adamw)
+    again = torch.optim.Adam(fresh.parameters(), decoupled_weight_decay=True)
+    assert load_checkpoint(path, fresh, again) == 1

@@ -176,7 +176,8 @@ def trajectory_divergence(
     d0 = dist(x, y)
     if abs(d0 - delta) > delta / 2:  # rounded to the dtype's spacing: rounding noise
         finfo = torch.finfo(x.dtype)
-        smallest = 4 * finfo.eps * float(x[:m].to(torch.float64).norm())  # > rounding of x + u
+        # above the rounding of x + delta u (and of a vector of subnormal entries)
+        smallest = max(4 * finfo.eps * float(x[:m].to(torch.float64).norm()), finfo.tiny)
         advice = "use a" if x.dtype == torch.float64 else "use float64 states or a"
         raise SharpdimError(
             f"delta={delta:g} is below the resolution of {x.dtype} states (the perturbed "

@@ -156,16 +156,10 @@ class TrainingMap:
         self.lr = check_number(lr, "lr", "> 0", "0.1")
         # momentum and betas are checked only where the update rule uses them (as TrainConfig)
         uses_momentum = optimizer in ("momentum", "nesterov")
-        self.momentum = (
-            check_number(momentum, "momentum", "in [0, 1)", "0.9")
-            if uses_momentum
-            else float(momentum)
+        self.momentum: Any = (
+            check_number(momentum, "momentum", "in [0, 1)", "0.9") if uses_momentum else momentum
         )
-        self.betas = (
-            check_betas(betas)
-            if optimizer in ("adam", "adamw")
-            else (float(betas[0]), float(betas[1]))
-        )
+        self.betas: Any = check_betas(betas) if optimizer in ("adam", "adamw") else betas
         self.eps = check_number(eps, "eps", ">= 0", "1e-08")
         self.weight_decay = check_number(weight_decay, "weight_decay", ">= 0", "0.0")
         hint = "the number of Adam steps already taken (0 for a fresh optimizer)"

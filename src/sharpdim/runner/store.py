@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import sqlite3
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from sharpdim.checks import check_number
 from sharpdim.errors import SharpdimError
 from sharpdim.runner.encoding import canonical_json, config_key, json_value
 
@@ -49,6 +52,7 @@ FINISHED = ("done", "diverged")  # outcomes a resumed sweep does not repeat
 APPLICATION_ID = 0x53445253  # "SDRS": marks a sharpdim results store
 SCHEMA_VERSION = 1
 NEARLY_FULL = 1 << 20  # free bytes below which a disk I/O error is put down to a full disk
+MAX_TIMEOUT = (2**31 - 1) / 1000  # seconds: SQLite's busy timeout is an int of milliseconds
 
 _SCHEMA = """
 CREATE TABLE runs (
@@ -122,20 +126,53 @@ class ResultsStore:
 
     def __init__(self, path: str | Path, *, timeout: float = 60.0, writable: bool = True) -> None:
         self.path = Path(path)
-        self.timeout = timeout
+        # SQLite's busy timeout is an int of milliseconds: longer waits (inf too) are capped
+        # at 24.8 days
+        forever = isinstance(timeout, float) and timeout == math.inf
+        self.timeout = (
+            MAX_TIMEOUT
+            if forever
+            else min(check_number(timeout, "timeout", ">= 0", "60.0"), MAX_TIMEOUT)
+        )
         self._warned = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self._conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as err:
             raise SharpdimError(
                 f"cannot open the results store {self.path} ({err}): choose a writable file path"
             ) from None
         try:
             self._open(writable)
+        except SharpdimError:
+            self._conn.close()
+            if writable or not self._open_immutable():
+                raise
         except BaseException:
             self._conn.close()
             raise
+
+    def _open_immutable(self) -> bool:
+        """Open an existing store for reading where nothing can be written beside it (a
+        read-only folder or filesystem: WAL mode cannot create its ``-shm`` file), as an
+        immutable file; whether that worked."""
+        if not self.path.is_file():
+            return False
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?immutable=1"
+        try:
+            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error:
+            return False
+        try:
+            if self._in_transaction("BEGIN", create=False):
+                return True
+        except sqlite3.Error:
+            pass
+        except BaseException:
+            self._conn.close()
+            raise
+        self._conn.close()
+        return False
 
     # -- connection ----------------------------------------------------------------------------
     def _fail(self, err: sqlite3.Error, doing: str) -> SharpdimError:
@@ -144,6 +181,12 @@ class ResultsStore:
             return SharpdimError(
                 f"the disk holding the results store {self.path} is full while {doing}: free "
                 "some space or choose a path on another disk"
+            )
+        if getattr(err, "sqlite_errorname", "") == "SQLITE_CANTOPEN" and self.path.is_file():
+            return SharpdimError(
+                f"cannot open the results store {self.path} ({text}) while {doing}: SQLite "
+                "creates files beside it, so its folder must be writable; choose a writable "
+                "folder (to only read it: ResultsStore(path, writable=False))"
             )
         if "readonly" in text:
             return SharpdimError(
@@ -190,6 +233,7 @@ class ResultsStore:
     def _check_writable(self) -> None:
         """Raise on a read-only file: a write that changes nothing, tried without waiting
         for a lock (SQLite refuses it as read-only first; a file being written is not)."""
+        (busy,) = self._conn.execute("PRAGMA busy_timeout").fetchone()
         self._conn.execute("PRAGMA busy_timeout = 0")
         try:
             self._conn.execute("UPDATE runs SET key = key WHERE 0")
@@ -197,7 +241,7 @@ class ResultsStore:
             if "locked" not in str(err) and "busy" not in str(err):
                 raise
         finally:
-            self._conn.execute(f"PRAGMA busy_timeout = {round(self.timeout * 1000)}")
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy)}")
 
     def _switch_to_wal(self) -> None:
         """``PRAGMA journal_mode=WAL``, retried while locked: SQLite's busy timeout does not

@@ -166,26 +166,38 @@ _RULE_KEYS = frozenset(
 )
 
 
+def _update_rule(class_name: str, group: Any) -> str:
+    """The class name, for the Adam family with its weight decay: ``Adam(decoupled_weight_decay
+    =True)`` is AdamW's update, and loading a group sets that flag on the live optimizer."""
+    if class_name not in ("Adam", "AdamW"):
+        return class_name
+    decoupled = class_name == "AdamW" or (
+        isinstance(group, dict) and bool(group.get("decoupled_weight_decay", False))
+    )
+    return "AdamW" if decoupled else "Adam"
+
+
 def _check_optimizer_type(
     state: dict[str, Any], path: str | Path, optimizer: torch.optim.Optimizer
 ) -> None:
-    """Refuse the state of another optimizer type: by the saved class name, or (checkpoints
-    written before it was saved) by the param-group keys that identify an update rule and
-    ``decoupled_weight_decay`` (Adam vs AdamW)."""
-    live, saved = type(optimizer).__name__, state.get("optimizer_class")
-    if saved is not None:
+    """Refuse the state of another update rule: by the saved class name (Adam's decoupled
+    decay counted as AdamW), or (checkpoints written before it was saved) by the param-group
+    keys that identify an update rule and ``decoupled_weight_decay``."""
+    saved_state = state["optimizer"]
+    groups = saved_state.get("param_groups") if isinstance(saved_state, dict) else None
+    first = groups[0] if isinstance(groups, list) and groups else None
+    now = optimizer.param_groups[0]
+    live = _update_rule(type(optimizer).__name__, now)
+    if state.get("optimizer_class") is not None:
+        saved = _update_rule(state["optimizer_class"], first)
         if saved != live:
             raise SharpdimError(
                 f"{path} holds {saved} optimizer state but the optimizer is {live}: pass the "
                 "optimizer type the checkpoint was written with, or load the model only"
             )
         return
-    saved_state = state["optimizer"]
-    groups = saved_state.get("param_groups") if isinstance(saved_state, dict) else None
-    first = groups[0] if isinstance(groups, list) and groups else None
     if not isinstance(first, dict):
         return  # malformed: torch's own loading reports it
-    now = optimizer.param_groups[0]
     differ = sorted((set(first) ^ set(now)) & _RULE_KEYS)
     flag = "decoupled_weight_decay"
     if not differ and flag in first and flag in now and bool(first[flag]) != bool(now[flag]):
