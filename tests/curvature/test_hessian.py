@@ -420,6 +420,17 @@ def test_non_finite_loss_is_rejected() -> None:
         op.loss_and_gradient()
 
 
+def test_a_loss_over_no_targets_names_the_empty_mean() -> None:
+    model = make_mlp([3, 4, 2])
+    x = regression_batch(6, 3, 2)[0]
+    y = torch.full((6,), -100)  # every target is cross-entropy's ignore_index: a mean of none
+    op = HessianOperator(
+        model, lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]), (x, y)
+    )
+    with pytest.raises(SharpdimError, match=r"a mean is over no elements \(e\.g\. every target"):
+        op @ torch.zeros(op.num_params, dtype=DTYPE)
+
+
 def test_loss_without_graph_is_rejected() -> None:
     model, batch = make_mlp([3, 4, 2]), regression_batch(6, 3, 2)
     op = HessianOperator(model, lambda m, b: mse_loss(m, b).detach(), batch)

@@ -458,3 +458,27 @@ def test_loss_fn_must_be_callable(loss_fn: object) -> None:
     with pytest.raises(SharpdimError, match=r"loss_fn must be callable .*got") as err:
         sharpness_dimension(model, loss_fn, data, 0.1, batch_size=10)  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["exact", "slq"])
+def test_train_mode_dropout_follows_the_generator_and_leaves_the_global_rng(method: str) -> None:
+    """Dropout masks come from a fork of the global RNG seeded from the generator: two calls
+    with equal generators agree, the caller's random stream is not advanced, and a different
+    generator draws other masks."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Dropout(0.3), nn.Linear(6, 3)).double()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    data = (x, torch.randint(0, 3, (30,), generator=gen))
+    opts = {"method": method, "num_batches": 3, "num_runs": 3, "num_steps": 20, "batch_size": 10}
+
+    def sd(seed: int) -> SDResult:
+        g = torch.Generator().manual_seed(seed)
+        return sharpness_dimension(model, _ce, data, 0.5, generator=g, mode="train", **opts)
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, again, other = sd(0), sd(0), sd(1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first.sd == again.sd and torch.equal(first.exponents, again.exponents)
+    assert not torch.equal(first.exponents, other.exponents)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -83,3 +85,10 @@ def test_cross_entropy_keeps_its_ignore_index():
     assert float(cross_entropy_loss(Fixed(logits), (None, y))) == pytest.approx(float(expected))
     with pytest.raises(SharpdimError, match=r"^labels range over -100..2 but the model has 3"):
         mse_loss(Fixed(logits), (None, torch.tensor([-100, 2])))
+
+
+def test_accuracy_leaves_out_ignored_labels():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    y = torch.tensor([0, 2, -100, -100])  # 1 of the 2 counted labels is right
+    assert accuracy(Fixed(logits), (None, y)) == 0.5
+    assert math.isnan(accuracy(Fixed(logits), (None, torch.full((4,), -100))))

@@ -67,8 +67,9 @@ def checked_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
         )
     if not torch.isfinite(loss.detach()).all():
         raise SharpdimError(
-            f"loss is not finite ({loss.detach().item()}): the model has diverged or the input holds "
-            "NaN/inf; check the data and the parameters before computing curvature"
+            f"loss is not finite ({loss.detach().item()}): the model has diverged, the input holds "
+            "NaN/inf, or a mean is over no elements (e.g. every target is cross-entropy's "
+            "ignore_index); check the data and the parameters before computing curvature"
         )
     return loss.reshape(())
 

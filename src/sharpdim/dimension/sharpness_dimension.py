@@ -20,11 +20,12 @@ same generator.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -50,8 +51,11 @@ from sharpdim.dynamics.jacobian_spectra import (
     StepSpectrumConfig,
 )
 from sharpdim.errors import SharpdimError, TooLargeError
+from sharpdim.rng import forked_global_rng, peek_seed
 
 METHODS: tuple[str, ...] = ("exact", *SD_METHODS)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,24 @@ def _percentile_ci(samples: list[float], confidence: float) -> tuple[float, floa
     return float(q[0]), float(q[1])
 
 
+def _own_dropout_stream(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn(model, ..., generator=...)`` in a forked global RNG seeded from a copy of the
+    generator: train-mode dropout masks are then fixed by ``generator`` and the caller's
+    random stream (e.g. a training run) is left as it was."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        gen = kwargs.get("generator")
+        seed = peek_seed(gen if isinstance(gen, torch.Generator) else default_generator(None))
+        model = args[0] if args else kwargs.get("model")
+        params = list(model.parameters()) if isinstance(model, nn.Module) else []
+        with forked_global_rng(seed, params):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_own_dropout_stream
 def sharpness_dimension(
     model: nn.Module,
     loss_fn: LossFn,

@@ -43,6 +43,7 @@ from sharpdim.curvature.hessian import LossFn, Mode, _ModeScope, checked_loss, m
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.dynamics.jacobian_spectra import OPTIMIZERS
 from sharpdim.errors import SharpdimError
+from sharpdim.rng import forked_global_rng
 
 
 def _orbit_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
@@ -215,14 +216,7 @@ class TrainingMap:
     @contextmanager
     def _step_rng(self, t: int) -> Iterator[None]:
         """Forks the global RNG (CPU, and the model's CUDA device) seeded from ``(seed, t)``."""
-        seed = _step_seed(self.seed, t)
-        device = self._params[0].device if self._params else torch.device("cpu")
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.random.default_generator.manual_seed(seed)
-            for d in devices:
-                with torch.cuda.device(d):
-                    torch.cuda.manual_seed(seed)
+        with forked_global_rng(_step_seed(self.seed, t), self._params[:1]):
             yield
 
     def loss_and_grad(

@@ -24,6 +24,9 @@ from sharpdim.errors import SharpdimError
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
+
+
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise SharpdimError(
@@ -79,7 +82,7 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
         )
     logits = model(x)
     if logits.ndim > 1:  # classes along dim 1, as F.cross_entropy reads them
-        _check_labels(y, logits.shape[1], ignore=-100)  # F.cross_entropy's ignore_index
+        _check_labels(y, logits.shape[1], ignore=IGNORE_INDEX)
     return F.cross_entropy(logits, y)
 
 
@@ -99,13 +102,15 @@ def get_loss(name: str) -> LossFn:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, batch: Any) -> float:
-    """Share of examples whose arg-max output equals the integer label."""
+    """Share of examples whose arg-max output equals the integer label; labels ``-100``
+    (cross-entropy's ``ignore_index``, e.g. padding) are left out, as the loss leaves them."""
     x, y = _unpack(batch)
     if y.is_floating_point():
         raise SharpdimError("accuracy needs integer class labels: it is undefined for regression")
-    if y.numel() == 0:
+    counted = y != IGNORE_INDEX
+    if not bool(counted.any()):
         return float("nan")
-    return float((model(x).argmax(dim=-1) == y).double().mean())
+    return float((model(x).argmax(dim=-1) == y)[counted].double().mean())
 
 
 @torch.no_grad()

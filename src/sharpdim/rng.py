@@ -1,0 +1,35 @@
+"""The global RNG around computations that run a user's model (dropout in train mode).
+
+A Hessian in train mode draws dropout masks from torch's global generator. Computations that
+must be reproducible from their own ``torch.Generator`` and must not shift the caller's random
+stream (a training run around them) run inside :func:`forked_global_rng`: the global state is
+saved, seeded, and restored afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def peek_seed(generator: torch.Generator) -> int:
+    """A 32-bit seed drawn from a copy of ``generator``: fixed by its state, which it leaves
+    as it is (so the caller's results are those of the unforked computation)."""
+    twin = torch.Generator(device=generator.device)
+    twin.set_state(generator.get_state())
+    return int(torch.randint(0, 2**32, (1,), generator=twin, device=generator.device))
+
+
+@contextmanager
+def forked_global_rng(seed: int, params: Iterable[torch.Tensor] = ()) -> Iterator[None]:
+    """Fork the global CPU generator (and those of the CUDA devices holding ``params``) and
+    seed them with ``seed``; every state is restored on exit."""
+    cuda = sorted({p.device for p in params if p.device.type == "cuda"}, key=str)
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for device in cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
