@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sharpdim.curvature.dense import dense_hessian
 from sharpdim.errors import SharpdimError
@@ -344,3 +345,106 @@ def test_adam_with_decoupled_weight_decay_is_measured_as_adamw():
         opt.step()
         torch.testing.assert_close(adam_preconditioner(opt), p_next, rtol=1e-12, atol=1e-15)
     assert optimizer_name(opt) == "adamw"
+
+
+def _grouped(cls, lrs, **options):
+    """The MLP of ``_model`` with its first layer in one param group and the rest in another."""
+    model = _model()
+    first = list(model[1].parameters())
+    rest = [p for p in model.parameters() if all(p is not q for q in first)]
+    groups = [{"params": first, "lr": lrs[0]}, {"params": rest, "lr": lrs[1]}]
+    return model, cls(groups, **options)
+
+
+def _lr_vector(model, opt):
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    return torch.cat(
+        [torch.full((p.numel(),), lr_of[id(p)], dtype=torch.float64) for p in model.parameters()]
+    )
+
+
+@pytest.mark.parametrize(
+    ("cls", "options", "name", "bound"),
+    [
+        (torch.optim.SGD, {}, "gd", 2.0),
+        (torch.optim.SGD, {"momentum": 0.5}, "momentum", 3.0),
+        (torch.optim.SGD, {"momentum": 0.5, "nesterov": True}, "nesterov", 1.5),
+        (torch.optim.AdamW, {"betas": (0.9, 0.99)}, "adamw", 38.0),
+    ],
+)
+def test_param_groups_with_different_lr(cls, options, name, bound):
+    """ratio = lambda_max(diag(lr_i) P^-1 H) / (threshold * lr), P = I without Adam: exact."""
+    x, y = _data()
+    model, opt = _grouped(cls, (0.02, 0.2), **options)
+    opt.zero_grad()
+    mse_loss(model, (x, y)).backward()
+    record = EoSMonitor(mse_loss, (x, y), tol=1e-10).measure(model, opt)
+    h = dense_hessian(model, mse_loss, (x, y))
+    scale = _lr_vector(model, opt)
+    if name == "adamw":
+        scale = scale / upcoming_adam_preconditioner(opt, list(model.parameters()))
+    d = scale.sqrt()
+    true = _top(d[:, None] * h * d[None, :])  # lambda_max(diag(lr_i) P^-1 H)
+    assert record.optimizer == name and record.lr == 0.2
+    assert record.threshold == pytest.approx(bound / 0.2)
+    assert record.ratio == pytest.approx(true / bound, rel=1e-8)
+    assert record.preconditioned_sharpness == pytest.approx(true / 0.2, rel=1e-8)
+    assert record.sharpness == pytest.approx(_top(h), rel=1e-8)
+
+
+def test_param_groups_that_differ_only_in_weight_decay():
+    x, y = _data()
+    model, opt = _grouped(torch.optim.SGD, (0.2, 0.2), momentum=0.5)
+    opt.param_groups[1]["weight_decay"] = 0.01
+    record = EoSMonitor(mse_loss, (x, y), tol=1e-10).measure(model, opt)
+    expected = _top(dense_hessian(model, mse_loss, (x, y)))
+    assert record.preconditioned_sharpness is None and record.threshold == pytest.approx(15.0)
+    assert record.ratio == pytest.approx(expected / 15.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("key", ["lr", "weight_decay"])
+def test_sharpness_dimension_refuses_param_groups_that_differ(key):
+    x, y = _data()
+    model, opt = _grouped(torch.optim.SGD, (0.2, 0.2))
+    opt.param_groups[1][key] = 0.1
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1)
+    with pytest.raises(
+        SharpdimError, match=rf"^sd_every: the optimizer's param groups differ in {key}"
+    ):
+        monitor.measure(model, opt, step=0)
+    if key == "weight_decay":  # given in sd_options, the groups' values are not used
+        options = {"weight_decay": 0.0, "batch_size": 40, "num_batches": 1}
+        monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1, sd_options=options)
+        assert monitor.measure(model, opt, step=0).sd is not None
+
+
+def _masked_ce(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y, ignore_index=-100)  # mean over labels != -100
+
+
+def test_chunk_weight_for_a_per_label_mean():
+    x, labels0 = _data(40)
+    y = labels0.clone()
+    y[14:21] = -100  # the third chunk of 7 has no label at all
+    y[30:33] = -100
+    model = _model()
+    expected = _top(dense_hessian(model, _masked_ce, (x, y)))
+    whole = EoSMonitor(_masked_ce, (x, y), tol=1e-10).measure(model)
+    assert whole.sharpness == pytest.approx(expected, rel=1e-9)
+    labels = EoSMonitor(
+        _masked_ce, (x, y), chunk_size=7, chunk_weight=lambda b: (b[1] != -100).sum(), tol=1e-10
+    ).measure(model)
+    assert labels.sharpness == pytest.approx(expected, rel=1e-9)
+    y[14:21] = labels0[14:21]  # no empty chunk, but one with 4 labels of 7
+    by_examples = EoSMonitor(_masked_ce, (x, y), chunk_size=7, tol=1e-10).measure(model)
+    expected = _top(dense_hessian(model, _masked_ce, (x, y)))
+    assert by_examples.sharpness != pytest.approx(expected, rel=1e-3)  # chunks by example count
+
+
+@pytest.mark.parametrize("weight", [-1.0, math.nan, 0.0, "two"])
+def test_bad_chunk_weight(weight):
+    x, y = _data()
+    monitor = EoSMonitor(mse_loss, (x, y), chunk_size=7, chunk_weight=lambda b: weight)
+    with pytest.raises(SharpdimError, match=r"^chunk_weight"):
+        monitor.measure(_model())

@@ -12,9 +12,11 @@ from sharpdim.errors import SharpdimError
 from sharpdim.training.loop import TrainConfig
 from sharpdim.training.optimizers import (
     adam_preconditioner,
+    lr_scaling,
     make_optimizer,
     optimizer_name,
     optimizer_stability_threshold,
+    reference_lr,
     stability_threshold,
 )
 
@@ -181,3 +183,71 @@ def test_adam_preconditioner_reproduces_the_step():
         adam_preconditioner(fresh)
     with pytest.raises(SharpdimError, match="no Adam preconditioner"):
         adam_preconditioner(make_optimizer("gd", [nn.Parameter(W0)], lr=0.1))
+
+
+def _two_groups(
+    name: str, lrs: tuple[float, float], **options
+) -> tuple[list, torch.optim.Optimizer]:
+    """``W0`` as two parameters (first entry, the rest) in param groups of learning rates ``lrs``."""
+    params = [nn.Parameter(W0[:1].clone()), nn.Parameter(W0[1:].clone())]
+    opt = make_optimizer(name, params, lr=lrs[0], momentum=0.7)
+    opt.param_groups.clear()
+    for p, lr in zip(params, lrs, strict=True):
+        opt.add_param_group({"params": [p], "lr": lr, **options})
+    return params, opt
+
+
+@pytest.mark.parametrize("name", ["gd", "momentum", "nesterov"])
+def test_groups_with_different_lr_scale_the_curvature(name):
+    """With lr_i per group the real step is stable iff lambda_max(diag(lr_i / lr) A) < threshold(lr)."""
+    params, opt = _two_groups(name, (0.1, 0.4))
+    assert reference_lr(opt) == 0.4
+    scale = lr_scaling(opt, params)
+    assert scale is not None and scale.tolist() == [0.25, 1.0, 1.0]
+    name_read, threshold = optimizer_stability_threshold(opt)
+    assert name_read == name and threshold == pytest.approx(
+        stability_threshold(name, 0.4, momentum=0.7)
+    )
+    d = scale.sqrt()
+    top = float(torch.linalg.eigvalsh(d[:, None] * A * d[None, :])[-1])
+
+    def final_size(curvature_factor: float) -> float:
+        with torch.no_grad():
+            for p, w in zip(params, (W0[:1], W0[1:]), strict=True):
+                p.copy_(w)
+        opt.state.clear()
+        for _ in range(1500):
+            opt.zero_grad()
+            w = torch.cat(params)
+            (0.5 * curvature_factor * w @ A @ w).backward()
+            opt.step()
+        return float(torch.cat(params).detach().norm())
+
+    assert final_size(0.98 * threshold / top) < 1e-3
+    assert final_size(1.02 * threshold / top) > 1e3
+
+
+def test_groups_that_differ_only_in_weight_decay_share_the_threshold():
+    params, opt = _two_groups("momentum", (0.1, 0.1), momentum=0.5)
+    opt.param_groups[1]["weight_decay"] = 0.01
+    assert optimizer_stability_threshold(opt) == ("momentum", pytest.approx(30.0))
+    assert lr_scaling(opt, params) is None
+    unheld = lr_scaling(opt, [*params, nn.Parameter(W0)])  # not moved by this optimizer
+    assert unheld is not None and unheld.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("momentum", "momentum", 0.0),
+        ("momentum", "nesterov", True),
+        ("momentum", "dampening", 0.1),
+        ("adam", "betas", (0.8, 0.999)),
+    ],
+)
+def test_groups_that_differ_in_a_threshold_setting_are_refused(name, key, value):
+    _, opt = _two_groups(name, (0.1, 0.1))
+    opt.param_groups[1][key] = value
+    match = "beta1" if key == "betas" else key
+    with pytest.raises(SharpdimError, match=rf"^the optimizer's param groups differ in {match}"):
+        optimizer_stability_threshold(opt)

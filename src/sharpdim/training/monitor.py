@@ -12,6 +12,8 @@ Every ``every`` steps :class:`EoSMonitor` records
   ``(2 + 2 beta1)/(eta (1 - beta1))`` on the **preconditioned sharpness**
   ``lambda_max(P^-1 H)`` (Cohen et al., 2022, "Adaptive gradient methods at the edge of
   stability"), computed as the top eigenvalue of the symmetric ``P^-1/2 H P^-1/2``;
+  with param groups of different lr ``eta_i``, the thresholds are taken at the largest ``eta``
+  and bound ``lambda_max(L P^-1 H)``, ``L = diag(eta_i / eta)`` (``P = I`` without Adam);
 * optionally the sharpness dimension (Tuci et al., arXiv 2604.19740, Def. 4.2).
 
 It plugs into :func:`sharpdim.training.loop.train` (``monitor=``) and into any hand-written
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -45,8 +47,11 @@ from sharpdim.training.optimizers import (
     ADAPTIVE,
     adam_diagonal,
     decoupled_decay,
+    lr_scaling,
     optimizer_stability_threshold,
     param_groups_by_id,
+    reference_lr,
+    same_in_all_groups,
 )
 
 
@@ -58,12 +63,15 @@ class EoSRecord:
         step: the training step (parameters ``w_step``, before its update).
         loss: the loss value the loop reported (``nan`` if none was given).
         sharpness: ``lambda_max(H)`` on the monitor's examples (``nan`` if not measured).
-        threshold: the optimizer's stability threshold (``nan`` without an optimizer).
+        threshold: the optimizer's stability threshold at ``lr`` (``nan`` without one).
         optimizer: the update rule's name (``"gd"``, ``"momentum"``, ``"adam"``, ...).
-        lr: the optimizer's step size (``nan`` without an optimizer).
-        preconditioned_sharpness: ``lambda_max(P^-1 H)`` for Adam/AdamW, else ``None``.
-        ratio: the quantity the threshold bounds (sharpness, or preconditioned sharpness for
-            Adam) divided by the threshold; about 1 at the edge of stability.
+        lr: the optimizer's step size, the largest of its param groups' (``nan`` without one).
+        preconditioned_sharpness: ``lambda_max(L P^-1 H)`` for Adam/AdamW (``P`` Adam's
+            preconditioner) or for param groups of different lr (``P = I``), with
+            ``L = diag(lr_i / lr)`` (``lr_i = 0`` for a parameter the optimizer does not
+            hold; ``L = I`` when all are equal); else ``None``.
+        ratio: the quantity the threshold bounds (preconditioned sharpness if measured, else
+            sharpness) divided by the threshold; about 1 at the edge of stability.
         converged: whether the Lanczos eigenvalue(s) met their tolerance.
         num_matvecs: Hessian-vector products spent.
         sd: the sharpness dimension when it was measured at this step, else ``None``.
@@ -191,19 +199,23 @@ class EoSMonitor:
             ``None`` = all.
         chunk_size: split the examples into chunks of this size for the Hessian (memory of
             one chunk; the mean loss is the size-weighted sum); ``None`` = one batch.
+        chunk_weight: ``chunk_weight(chunk) -> number`` the chunk's share of the loss, in place
+            of its size (normalised to sum 1; chunks of weight 0 are left out): for a mean
+            over tokens with ignored labels, e.g. ``lambda b: (b[1] != -100).sum()``.
         tol: relative tolerance of the Lanczos eigenvalue.
         max_iter: Lanczos iterations at most (default: the solver's).
         mode: module mode for the Hessian (``"eval"``: dropout off; see
             :class:`~sharpdim.curvature.hessian.HessianOperator`).
-        raw_sharpness: for Adam also measure the plain ``lambda_max(H)`` (one more Lanczos).
+        raw_sharpness: also measure the plain ``lambda_max(H)`` when the preconditioned one
+            is measured (Adam, or groups of different lr; one more Lanczos).
         warm_start: start Lanczos from the previous top eigenvector.
         sd_every: also compute the sharpness dimension every this many steps (a multiple
             of ``every``; ``0`` = never) with :func:`sharpdim.dimension.sharpness_dimension`.
         sd_options: keyword arguments for it (e.g. ``method``, ``batch_size``,
             ``num_batches``); ``lr`` and ``optimizer`` come from the live optimizer, and
-            unless given here so do ``momentum``, ``betas``, ``weight_decay`` (its first
-            group) and for Adam/AdamW ``adam_eps`` and the preconditioner of the update about
-            to be taken (:func:`upcoming_adam_preconditioner`).
+            unless given here so do ``momentum``, ``betas``, ``weight_decay`` and for
+            Adam/AdamW ``adam_eps`` and the preconditioner of the update about to be taken
+            (:func:`upcoming_adam_preconditioner`); the param groups must agree on those used.
         generator: randomness of Lanczos start vectors and of the SD minibatches
             (default: seed 0).
     """
@@ -216,6 +228,7 @@ class EoSMonitor:
         every: int = 10,
         max_examples: int | None = 5000,
         chunk_size: int | None = None,
+        chunk_weight: Callable[[Any], Any] | None = None,
         tol: float = 1e-4,
         max_iter: int | None = None,
         mode: Mode = "eval",
@@ -237,6 +250,7 @@ class EoSMonitor:
         self.loss_fn: LossFn = get_loss(loss_fn) if isinstance(loss_fn, str) else loss_fn
         self.x, self.y = _examples(data, max_examples)
         self.every, self.chunk_size, self.tol, self.max_iter = every, chunk_size, tol, max_iter
+        self.chunk_weight = chunk_weight
         self.mode: Mode = mode
         self.raw_sharpness, self.warm_start = raw_sharpness, warm_start
         self.sd_every, self.sd_options = sd_every, dict(sd_options or {})
@@ -285,18 +299,20 @@ class EoSMonitor:
     ) -> EoSRecord:
         start = time.perf_counter()
         hessian = self._hessian(model)
-        name, lr, threshold = "unknown", math.nan, math.nan
+        name, lr, threshold, scale = "unknown", math.nan, math.nan, None
         if optimizer is not None:
             name, threshold = optimizer_stability_threshold(optimizer)
-            lr = float(optimizer.param_groups[0]["lr"])
+            lr, scale = reference_lr(optimizer), lr_scaling(optimizer, hessian.params)
+            if name in ADAPTIVE:  # L P^-1
+                p_inv = upcoming_adam_preconditioner(optimizer, hessian.params).reciprocal()
+                scale = p_inv if scale is None else scale * p_inv
         matvecs, converged = 0, True
         sharpness, pre = math.nan, None
-        if name not in ADAPTIVE or self.raw_sharpness:
+        if scale is None or self.raw_sharpness:
             sharpness, ok, used = self._top_eigenvalue("raw", hessian)
             matvecs, converged = matvecs + used, converged and ok
-        if optimizer is not None and name in ADAPTIVE:
-            p_diag = upcoming_adam_preconditioner(optimizer, hessian.params)
-            scaled = _ScaledOperator(hessian, p_diag.rsqrt())
+        if scale is not None:
+            scaled = _ScaledOperator(hessian, scale.sqrt())
             pre, ok, used = self._top_eigenvalue("preconditioned", scaled)
             matvecs, converged = matvecs + used, converged and ok
         bounded = pre if pre is not None else sharpness
@@ -357,7 +373,36 @@ class EoSMonitor:
             (x[i : i + self.chunk_size], y[i : i + self.chunk_size])
             for i in range(0, len(x), self.chunk_size)
         ]
-        return HessianOperator(model, self.loss_fn, batches=chunks, mode=self.mode)
+        if self.chunk_weight is None:
+            return HessianOperator(model, self.loss_fn, batches=chunks, mode=self.mode)
+        weights = [self._chunk_weight(c) for c in chunks]
+        if not sum(weights) > 0:
+            raise SharpdimError(
+                "chunk_weight is 0 for every chunk: no example counts; check the labels or "
+                "the chunk_weight function"
+            )
+        kept = [(c, w / sum(weights)) for c, w in zip(chunks, weights, strict=True) if w > 0]
+        return HessianOperator(
+            model,
+            self.loss_fn,
+            batches=[c for c, _ in kept],
+            weights=[w for _, w in kept],
+            mode=self.mode,
+        )
+
+    def _chunk_weight(self, chunk: tuple[torch.Tensor, torch.Tensor]) -> float:
+        assert self.chunk_weight is not None
+        value = self.chunk_weight(chunk)
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            weight = math.nan
+        if not (math.isfinite(weight) and weight >= 0):
+            raise SharpdimError(
+                f"chunk_weight returned {value!r}: return a finite number >= 0 per chunk, "
+                "e.g. its count of labels that are not ignored"
+            )
+        return weight
 
     def _top_eigenvalue(self, key: str, op: LinearOperator) -> tuple[float, bool, int]:
         """Largest algebraic eigenvalue by Lanczos, warm-started from ``key``'s last vector."""
@@ -393,6 +438,15 @@ class EoSMonitor:
             "num_bootstrap": 0,
             **self.sd_options,
         }
+        shared = ["lr"] + [k for k in ("weight_decay", "betas") if k not in options]
+        if name in ADAPTIVE and "adam_eps" not in options:
+            shared.append("eps")
+        same_in_all_groups(
+            optimizer,
+            shared,
+            "sharpness_dimension takes one value; use sd_every=0 or give it in sd_options",
+            prefix="sd_every: ",
+        )
         group = optimizer.param_groups[0]
         sd_name = "sgd" if name == "gd" else name
         live: dict[str, Any] = {

@@ -14,6 +14,12 @@ that curvature, does not diverge):
   ``lambda_max(P^-1 H) < (2 + 2 beta1) / (eta (1 - beta1))`` with
   ``P = (1 - beta1^t) (sqrt(v_t / (1 - beta2^t)) + eps)`` (Cohen et al. 2022, "Adaptive gradient
   methods at the edge of stability"). AdamW's decoupled decay is ignored by this threshold.
+
+Param groups with different learning rates ``eta_i`` are exact too: the thresholds, taken at
+the largest ``eta`` (:func:`reference_lr`), then bound ``lambda_max(L P^-1 H)`` with
+``L = diag(eta_i / eta)`` (:func:`lr_scaling`; ``P = I`` without Adam). The groups must agree
+on the other settings in the threshold (momentum, dampening, nesterov, beta1); weight decay
+may differ.
 """
 
 from __future__ import annotations
@@ -122,15 +128,44 @@ def stability_threshold(
     return (2.0 + 2.0 * beta1) / (lr * (1.0 - beta1))
 
 
+def same_in_all_groups(
+    optimizer: torch.optim.Optimizer, keys: Iterable[str], why: str, prefix: str = ""
+) -> None:
+    """Raise a :class:`SharpdimError` unless every param group has the same value of each key."""
+    for key in keys:
+        values: list[Any] = []
+        for group in optimizer.param_groups:
+            value = _plain(group.get(key))
+            if value not in values:
+                values.append(value)
+        if len(values) > 1:
+            raise SharpdimError(
+                f"{prefix}the optimizer's param groups differ in {key} ({values}): {why}"
+            )
+
+
+def _plain(value: Any) -> Any:
+    """A group setting with tensors as floats (torch takes 0-dim tensor lr and betas)."""
+    if isinstance(value, torch.Tensor):
+        return float(value)
+    return tuple(_plain(v) for v in value) if isinstance(value, (tuple, list)) else value
+
+
 def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     """The name (as in :func:`make_optimizer`) of a ``torch.optim`` optimizer's update rule.
 
-    Reads the first parameter group; SGD with momentum 0 is ``"gd"``.
+    SGD with momentum 0 is ``"gd"``. The param groups must agree on the settings in the
+    stability threshold (momentum, dampening, nesterov; Adam's beta1); lr may differ.
     """
     group = optimizer.param_groups[0]
+    why = "their update has no common stability threshold; give all groups the same value"
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        beta1 = sorted({float(g["betas"][0]) for g in optimizer.param_groups})
+        if len(beta1) > 1:
+            raise SharpdimError(f"the optimizer's param groups differ in beta1 ({beta1}): {why}")
         return "adamw" if decoupled_decay(optimizer, group) else "adam"
     if isinstance(optimizer, torch.optim.SGD):
+        same_in_all_groups(optimizer, ["momentum", "dampening", "nesterov"], why)
         if group.get("momentum", 0.0) == 0.0:
             return "gd"
         if group.get("dampening", 0.0) != 0.0:
@@ -143,16 +178,45 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
 
 
 def optimizer_stability_threshold(optimizer: torch.optim.Optimizer) -> tuple[str, float]:
-    """``(name, threshold)`` read from a live ``torch.optim`` optimizer's first group."""
+    """``(name, threshold)`` read from a live ``torch.optim`` optimizer.
+
+    The threshold is taken at :func:`reference_lr`; with groups of different lr it bounds
+    ``lambda_max(L P^-1 H)``, ``L`` from :func:`lr_scaling`.
+    """
     name = optimizer_name(optimizer)
     group = optimizer.param_groups[0]
     value = stability_threshold(
         name,
-        float(group["lr"]),
+        reference_lr(optimizer),
         momentum=float(group.get("momentum", 0.0)),
         betas=tuple(group.get("betas", (0.9, 0.999))),
     )
     return name, value
+
+
+def reference_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The step size the thresholds are taken at: the largest ``lr`` of the param groups."""
+    return max(float(g["lr"]) for g in optimizer.param_groups)
+
+
+def lr_scaling(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]
+) -> torch.Tensor | None:
+    """Each parameter's ``lr / reference_lr(optimizer)``, flattened; ``None`` when all are 1.
+
+    A parameter the optimizer does not hold (it does not move) gets 0.
+    """
+    eta = reference_lr(optimizer)
+    lr_of = {id(p): float(g["lr"]) for g in optimizer.param_groups for p in g["params"]}
+    scale = [lr_of.get(id(p), 0.0) / eta for p in params]
+    if all(s == 1.0 for s in scale):
+        return None
+    return torch.cat(
+        [
+            torch.full((p.numel(),), s, dtype=p.dtype, device=p.device)
+            for p, s in zip(params, scale, strict=True)
+        ]
+    )
 
 
 @torch.no_grad()
