@@ -241,18 +241,23 @@ def test_modular_dataset_runs(tmp_path: Path) -> None:
     assert run["data"].x_train.dtype == torch.float64 and len(run["traj"]) == 3
 
 
+def _tiny_compare(out: Path, *, lr_eos: str, lyap_steps: str) -> list[str]:
+    """``chaos compare`` at a tiny size: one seed, width 4, 10 training steps."""
+    return [
+        "chaos", "compare", "--lr-eos", lr_eos, "--lr-below", "0.05", "--n-train", "48",
+        "--width", "4", "--depth", "1", "--train-steps", "10", "--k", "1",
+        "--lyap-steps", lyap_steps, "--warmup", "0", "--num-iterates", "11", "--seeds", "1",
+        "--out", str(out),
+    ]  # fmt: skip
+
+
 def test_compare_records_a_diverging_run_and_keeps_going(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import sqlite3
 
     out = tmp_path / "cmp"
-    args = [
-        "chaos", "compare", "--lr-eos", "50", "--lr-below", "0.05", "--n-train", "48",
-        "--width", "4", "--depth", "1", "--train-steps", "10", "--k", "1", "--lyap-steps", "4",
-        "--warmup", "0", "--num-iterates", "11", "--seeds", "1", "--out", str(out),
-    ]  # fmt: skip
-    assert main(args) == 0
+    assert main(_tiny_compare(out, lr_eos="50", lyap_steps="4")) == 0
     assert (
         "EoS (lr=50): training diverged at step 2; its measures are NaN" in capsys.readouterr().out
     )
@@ -394,12 +399,7 @@ def test_compare_reports_and_stores_an_orbit_that_diverged(
 
     monkeypatch.setattr(step_maps_module, "TrainingMap", _overflowing_map_at(0.5))
     out = tmp_path / "cmp"
-    args = [
-        "chaos", "compare", "--lr-eos", "0.5", "--lr-below", "0.05", "--n-train", "48",
-        "--width", "4", "--depth", "1", "--train-steps", "10", "--k", "1", "--lyap-steps", "20",
-        "--warmup", "0", "--num-iterates", "11", "--seeds", "1", "--out", str(out),
-    ]  # fmt: skip
-    assert main(args) == 0
+    assert main(_tiny_compare(out, lr_eos="0.5", lyap_steps="20")) == 0
     assert (
         "EoS (lr=0.5): warning: the Lyapunov orbit diverged (non-finite state) at step 6 of 20 "
         "(warmup included): its exponents average only 6 of the 20 steps"
