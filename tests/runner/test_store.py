@@ -445,3 +445,24 @@ def test_huge_timeouts_are_capped_not_broken(path, timeout):
         assert store.get({"a": 1}).result == {"x": 1.0}
     with pytest.raises(SharpdimError, match=r"^timeout must be a finite number >= 0, got -1"):
         ResultsStore(path, timeout=-1)
+
+
+def test_a_locked_store_is_not_read_as_immutable(path):
+    """The immutable read is for read-only places only: a store another connection holds
+    exclusively (its newest runs in the -wal) gives the lock error, not a stale snapshot."""
+    with ResultsStore(path) as store:
+        store.put({"a": 1}, {"x": 1.0})
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode = EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute(
+        "INSERT INTO runs SELECT 'k2', config, status, result, created, updated FROM runs"
+    )
+    other.execute("COMMIT")
+    try:
+        with pytest.raises(SharpdimError, match=r"stayed locked by another process"):
+            ResultsStore(path, timeout=0.2, writable=False)
+    finally:
+        other.close()
+    with ResultsStore(path, writable=False) as store:
+        assert len(store) == 2

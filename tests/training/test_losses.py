@@ -60,7 +60,7 @@ def test_cross_entropy_and_accuracy():
 def test_labels_beyond_the_outputs_name_both(loss_fn):
     with pytest.raises(SharpdimError, match=r"^labels range over 0..3 but the model has 3 outputs"):
         loss_fn(Fixed(OUT), (None, torch.tensor([3, 0])))
-    with pytest.raises(SharpdimError, match=r"^labels range over -1..2 but the model has 3"):
+    with pytest.raises(SharpdimError, match=r"^labels must be >= 0, got -1: pass class labels 0"):
         loss_fn(Fixed(OUT), (None, torch.tensor([-1, 2])))
 
 
@@ -83,7 +83,7 @@ def test_cross_entropy_keeps_its_ignore_index():
     y = torch.tensor([0, -100])
     expected = nn.functional.cross_entropy(logits, y)
     assert float(cross_entropy_loss(Fixed(logits), (None, y))) == pytest.approx(float(expected))
-    with pytest.raises(SharpdimError, match=r"^labels range over -100..2 but the model has 3"):
+    with pytest.raises(SharpdimError, match=r"^labels must be >= 0, got -100: the mse loss has no"):
         mse_loss(Fixed(logits), (None, torch.tensor([-100, 2])))
 
 
@@ -92,3 +92,16 @@ def test_accuracy_leaves_out_ignored_labels():
     y = torch.tensor([0, 2, -100, -100])  # 1 of the 2 counted labels is right
     assert accuracy(Fixed(logits), (None, y)) == 0.5
     assert math.isnan(accuracy(Fixed(logits), (None, torch.full((4,), -100))))
+
+
+def test_accuracy_reads_the_classes_along_dim_1_as_the_loss():
+    """Per-token logits (N, C, T) with labels (N, T), as F.cross_entropy takes them."""
+    logits = torch.zeros(2, 3, 5)
+    y = torch.tensor([[0, 1, 2, 0, -100], [2, 2, 1, -100, -100]])
+    for n in range(2):
+        for t in range(5):
+            logits[n, max(int(y[n, t]), 0), t] = 1.0
+    logits[1, :, 2] = torch.tensor([0.0, 0.0, 1.0])  # one wrong token of the 7 counted
+    assert accuracy(Fixed(logits), (None, y)) == pytest.approx(6 / 7)
+    with pytest.raises(SharpdimError, match=r"^outputs of shape \(2, 5, 3\) give predictions"):
+        accuracy(Fixed(logits.transpose(1, 2)), (None, y))

@@ -418,6 +418,17 @@ def test_sharpness_dimension_refuses_param_groups_that_differ(key):
         assert monitor.measure(model, opt, step=0).sd is not None
 
 
+def test_sharpness_dimension_refuses_an_optimizer_over_some_parameters():
+    """Parameters the optimizer does not hold do not move (lr 0): as groups of different lr."""
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(list(model.parameters())[-2:], lr=0.2)
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1)
+    with pytest.raises(SharpdimError, match=r"^sd_every: the optimizer does not hold every"):
+        monitor.measure(model, opt, step=0)
+    assert EoSMonitor(mse_loss, (x, y), every=1).measure(model, opt).ratio > 0
+
+
 def _masked_ce(model, batch):
     x, y = batch
     return F.cross_entropy(model(x), y, ignore_index=-100)  # mean over labels != -100

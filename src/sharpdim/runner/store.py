@@ -144,20 +144,22 @@ class ResultsStore:
             ) from None
         try:
             self._open(writable)
-        except SharpdimError:
-            self._conn.close()
-            if writable or not self._open_immutable():
-                raise
         except BaseException:
             self._conn.close()
             raise
 
-    def _open_immutable(self) -> bool:
-        """Open an existing store for reading where nothing can be written beside it (a
-        read-only folder or filesystem: WAL mode cannot create its ``-shm`` file), as an
-        immutable file; whether that worked."""
-        if not self.path.is_file():
+    def _open_immutable(self, err: sqlite3.Error) -> bool:
+        """After ``err`` while opening for reading: if it says nothing can be created beside
+        the file (a read-only folder or filesystem, where WAL mode cannot make its ``-shm``
+        file) and no ``-wal`` holds unmerged runs, read the store as an immutable file (no
+        locks: nothing can write there either); whether that worked."""
+        name = getattr(err, "sqlite_errorname", "")
+        if not name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")):
             return False
+        wal = self.path.with_name(self.path.name + "-wal")
+        if not self.path.is_file() or (wal.exists() and wal.stat().st_size > 0):
+            return False
+        self._conn.close()
         uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?immutable=1"
         try:
             self._conn = sqlite3.connect(uri, uri=True, isolation_level=None)
@@ -228,6 +230,8 @@ class ResultsStore:
             if writable:
                 self._check_writable()
         except sqlite3.Error as err:
+            if not writable and self._open_immutable(err):
+                return
             raise self._fail(err, "opening it") from None
 
     def _check_writable(self) -> None:

@@ -43,7 +43,14 @@ def _check_labels(y: torch.Tensor, num_outputs: int, ignore: int | None = None) 
     if lo >= 0 and hi < num_outputs:  # the common case: one reduction
         return
     labels = y if ignore is None else y[y != ignore]
-    if labels.numel() and bool(((labels < 0) | (labels >= num_outputs)).any()):
+    if labels.numel() and int(labels.min()) < 0:
+        hint = (
+            "the mse loss has no ignore_index: use the 'ce' loss for padded targets"
+            if int(labels.min()) == IGNORE_INDEX
+            else "pass class labels 0, 1, 2, ..."
+        )
+        raise SharpdimError(f"labels must be >= 0, got {int(labels.min())}: {hint}")
+    if labels.numel() and bool((labels >= num_outputs).any()):
         raise SharpdimError(
             f"labels range over {int(labels.min())}..{int(labels.max())} but the model has "
             f"{num_outputs} outputs: give the model one output per class (the dataset's "
@@ -102,15 +109,24 @@ def get_loss(name: str) -> LossFn:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, batch: Any) -> float:
-    """Share of examples whose arg-max output equals the integer label; labels ``-100``
-    (cross-entropy's ``ignore_index``, e.g. padding) are left out, as the loss leaves them."""
+    """Share of examples whose arg-max output (over dim 1, the classes, as in the losses)
+    equals the integer label; labels ``-100`` (cross-entropy's ``ignore_index``, e.g. padding)
+    are left out, as the loss leaves them."""
     x, y = _unpack(batch)
     if y.is_floating_point():
         raise SharpdimError("accuracy needs integer class labels: it is undefined for regression")
     counted = y != IGNORE_INDEX
     if not bool(counted.any()):
         return float("nan")
-    return float((model(x).argmax(dim=-1) == y)[counted].double().mean())
+    out = model(x)
+    pred = out.argmax(dim=1 if out.ndim > 1 else 0)  # classes along dim 1, as the losses read
+    if pred.shape != y.shape:
+        raise SharpdimError(
+            f"outputs of shape {tuple(out.shape)} give predictions of shape {tuple(pred.shape)} "
+            f"for labels of shape {tuple(y.shape)}: put the classes along dim 1, e.g. (N, C) "
+            "or (N, C, T)"
+        )
+    return float((pred == y)[counted].double().mean())
 
 
 @torch.no_grad()

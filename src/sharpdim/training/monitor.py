@@ -302,17 +302,18 @@ class EoSMonitor:
         name, lr, threshold, scale = "unknown", math.nan, math.nan, None
         if optimizer is not None:
             name, threshold = optimizer_stability_threshold(optimizer)
-            lr, scale = reference_lr(optimizer), lr_scaling(optimizer, hessian.params)
-            if name in ADAPTIVE:  # L P^-1
-                p_inv = upcoming_adam_preconditioner(optimizer, hessian.params).reciprocal()
-                scale = p_inv if scale is None else scale * p_inv
+            lr, lrs = reference_lr(optimizer), lr_scaling(optimizer, hessian.params)
+            scale = None if lrs is None else lrs.sqrt()  # (L P^-1)^(1/2)
+            if name in ADAPTIVE:
+                p_root = upcoming_adam_preconditioner(optimizer, hessian.params).rsqrt()
+                scale = p_root if scale is None else scale * p_root
         matvecs, converged = 0, True
         sharpness, pre = math.nan, None
         if scale is None or self.raw_sharpness:
             sharpness, ok, used = self._top_eigenvalue("raw", hessian)
             matvecs, converged = matvecs + used, converged and ok
         if scale is not None:
-            scaled = _ScaledOperator(hessian, scale.sqrt())
+            scaled = _ScaledOperator(hessian, scale)
             pre, ok, used = self._top_eigenvalue("preconditioned", scaled)
             matvecs, converged = matvecs + used, converged and ok
         bounded = pre if pre is not None else sharpness
@@ -441,12 +442,13 @@ class EoSMonitor:
         shared = ["lr"] + [k for k in ("weight_decay", "betas") if k not in options]
         if name in ADAPTIVE and "adam_eps" not in options:
             shared.append("eps")
-        same_in_all_groups(
-            optimizer,
-            shared,
-            "sharpness_dimension takes one value; use sd_every=0 or give it in sd_options",
-            prefix="sd_every: ",
-        )
+        why = "sharpness_dimension takes one value; use sd_every=0 or give it in sd_options"
+        same_in_all_groups(optimizer, shared, why, prefix="sd_every: ")
+        if lr_scaling(optimizer, trainable_parameters(model)) is not None:
+            raise SharpdimError(
+                "sd_every: the optimizer does not hold every trainable parameter (the others "
+                f"do not move, lr 0): {why}, or freeze them (requires_grad=False)"
+            )
         group = optimizer.param_groups[0]
         sd_name = "sgd" if name == "gd" else name
         live: dict[str, Any] = {
