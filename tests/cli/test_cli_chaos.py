@@ -259,7 +259,8 @@ def test_compare_records_a_diverging_run_and_keeps_going(
     out = tmp_path / "cmp"
     assert main(_tiny_compare(out, lr_eos="50", lyap_steps="4")) == 0
     assert (
-        "EoS (lr=50): training diverged at step 2; its measures are NaN" in capsys.readouterr().out
+        "EoS (lr=50): training diverged at step 2; its measures are not computed (null in the JSON)"
+        in capsys.readouterr().out
     )
     cases = json.loads((out / "chaos_compare.json").read_text())["cases"]
     eos, below = cases["EoS"], cases["below"]

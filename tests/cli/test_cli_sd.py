@@ -61,15 +61,15 @@ def test_sd_compute_slq_tiny(tmp_path: Path, reorth: str) -> None:
 
 
 BAD = [
-    (["--method", "bogus"], "unknown method"),
-    (["--optimizer", "rmsprop"], "unknown optimizer"),
+    (["--method", "bogus"], "unknown --method 'bogus': use one of exact, slq, kde, ps"),
+    (["--optimizer", "rmsprop"], "unknown --optimizer 'rmsprop'"),
     (["--lr", "-1"], "--lr must be a positive finite number"),
     (["--lr", "0"], "--lr must be a positive finite number"),
     (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
     (["--n-train", "50", "--batch-size", "64"], "--batch-size 64 exceeds the 50"),
     (["--width", "200", "--max-params", "1000"], "'slq', 'kde' or 'ps'"),
     (["--dataset", "imagenet"], "imagenet"),
-    (["--reorth", "bogus"], "unknown reorthogonalization"),
+    (["--reorth", "bogus"], "unknown --reorth 'bogus': use one of full, partial, none"),
     (["--num-batches", "0"], "--num-batches must be >= 1, got 0: pass --num-batches 1 or more"),
     (["--num-runs", "0"], "--num-runs must be >= 1, got 0"),
     (["--num-steps", "0"], "--num-steps must be >= 1, got 0"),

@@ -463,7 +463,7 @@ def wrote_line(*paths: Path, seconds: float | None = None) -> str:
 def print_report(shown: RenderableType, *paths: Path, seconds: float | None = None) -> None:
     """Print ``shown`` (a table or a line), then :func:`wrote_line` of ``paths``."""
     console = Console()
-    console.print(shown)
+    console.print(shown, soft_wrap=isinstance(shown, str))  # a line stays one line in a pipe
     console.print(wrote_line(*paths, seconds=seconds))
 
 

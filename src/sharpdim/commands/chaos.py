@@ -224,8 +224,9 @@ def compare(
         if case.get("status") == "diverged":
             Console().print(
                 f"{name} (lr={case['lr']:g}): training diverged at step {case['diverged_at']}; "
-                "its measures are NaN",
+                "its measures are not computed (null in the JSON)",
                 markup=False,
+                soft_wrap=True,
             )
         elif case.get("status") == "orbit_diverged":
             lyap = case["lyapunov"]

@@ -385,7 +385,7 @@ def fractal(
         shown = (
             f"diverged: {result.num_diverged:,} of {result.final.shape[0]:,} particles ran away "
             f"(loss above {DIVERGENCE_FACTOR:,.0f} x its start, or not finite): the measures are "
-            "NaN; pass a smaller --lr (below 2 keeps the particles bounded)"
+            "not computed (null in the JSON); pass a smaller --lr (below 2 keeps the particles bounded)"
         )
     else:
         shown = (

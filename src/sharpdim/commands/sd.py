@@ -32,7 +32,7 @@ from sharpdim.commands._common import (
     width_option,
     write_json,
 )
-from sharpdim.curvature.slq import check_reorthogonalization
+from sharpdim.curvature.slq import REORTHOGONALIZATIONS
 from sharpdim.dimension.sharpness_dimension import METHODS, SDResult, sharpness_dimension
 from sharpdim.errors import SharpdimError
 
@@ -105,13 +105,13 @@ def compute(
     from sharpdim.training.losses import get_loss
     from sharpdim.training.optimizers import adam_preconditioner
 
-    if method not in METHODS:
-        raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    check_reorthogonalization(reorth)
-    if optimizer not in _TRAIN_TO_SD:
-        raise SharpdimError(
-            f"unknown optimizer {optimizer!r}: use one of {', '.join(_TRAIN_TO_SD)}"
-        )
+    for flag, value, choices in (
+        ("--method", method, METHODS),
+        ("--reorth", reorth, REORTHOGONALIZATIONS),
+        ("--optimizer", optimizer, tuple(_TRAIN_TO_SD)),
+    ):
+        if value not in choices:
+            raise SharpdimError(f"unknown {flag} {value!r}: use one of {', '.join(choices)}")
     check_positive_lr(lr)
     check_fraction(momentum, "--momentum", "0.9")  # whatever the optimizer, as the SD does
     check_at_least(num_batches, 1, "--num-batches")

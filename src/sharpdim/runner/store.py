@@ -108,7 +108,8 @@ class ResultsStore:
         path: the database file; created (with its folder) if missing.
         timeout: seconds a write waits for another process's write to finish.
         writable: check at once that runs can be put, so that a read-only file is refused
-            before any run is computed; ``False`` opens one only to read it.
+            before any run is computed; ``False`` skips the check, to read a store (also in a
+            read-only folder or filesystem, as an immutable file).
 
     Raises:
         SharpdimError: ``path`` cannot be opened, is read-only (with ``writable``), its disk
@@ -128,12 +129,14 @@ class ResultsStore:
         self.path = Path(path)
         # SQLite's busy timeout is an int of milliseconds: longer waits (inf too) are capped
         # at 24.8 days
-        forever = isinstance(timeout, float) and timeout == math.inf
-        self.timeout = (
-            MAX_TIMEOUT
-            if forever
-            else min(check_number(timeout, "timeout", ">= 0", "60.0"), MAX_TIMEOUT)
-        )
+        try:
+            seconds = math.inf if timeout == math.inf else check_number(timeout, "t", ">= 0", "")
+        except SharpdimError:
+            raise SharpdimError(
+                f"timeout must be a number of seconds >= 0 (inf: as long as SQLite can wait), "
+                f"got {timeout!r}: pass e.g. 60.0"
+            ) from None
+        self.timeout = min(seconds, MAX_TIMEOUT)
         self._warned = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
