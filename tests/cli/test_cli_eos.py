@@ -400,3 +400,21 @@ def test_a_tiny_adam_step_size_plots_without_overflow_warnings(tmp_path):
     )  # fmt: skip
     png = plot_eos_runs(result, tmp_path / "thresholds.png")
     assert png.stat().st_size > 1000
+
+
+def test_a_resumed_sweep_prints_its_own_time_not_the_stored_training(tmp_path, capsys, trained):
+    assert _sharpening(tmp_path, "0.2") == 0
+    conn = sqlite3.connect(tmp_path / "runs.sqlite")
+    (key, result) = conn.execute("SELECT key, result FROM runs").fetchone()
+    stored = json.loads(result)
+    stored["wall_time_s"] = 1000.0  # as if the run had trained for 1000 s
+    conn.execute("UPDATE runs SET result = ? WHERE key = ?", (json.dumps(stored), key))
+    conn.commit()
+    conn.close()
+    capsys.readouterr()
+    assert _sharpening(tmp_path, "0.2") == 0
+    assert trained[0] == [0.2]  # reused, not trained again
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    seconds = float(line.rsplit("(", 1)[1].split(" s)")[0])
+    assert line.startswith("wrote ") and seconds < 100, line
+    assert _summary(tmp_path / "sharpening.json")["wall_time_s"] >= 1000.0

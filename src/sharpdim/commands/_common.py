@@ -464,7 +464,7 @@ def print_report(shown: RenderableType, *paths: Path, seconds: float | None = No
     """Print ``shown`` (a table or a line), then :func:`wrote_line` of ``paths``."""
     console = Console()
     console.print(shown, soft_wrap=isinstance(shown, str))  # a line stays one line in a pipe
-    console.print(wrote_line(*paths, seconds=seconds))
+    console.print(wrote_line(*paths, seconds=seconds), soft_wrap=True)
 
 
 @contextmanager
