@@ -377,12 +377,13 @@ class EoSMonitor:
         if self.chunk_weight is None:
             return HessianOperator(model, self.loss_fn, batches=chunks, mode=self.mode)
         weights = [self._chunk_weight(c) for c in chunks]
-        if not sum(weights) > 0:
+        total = sum(weights)
+        if not total > 0:
             raise SharpdimError(
                 "chunk_weight is 0 for every chunk: no example counts; check the labels or "
                 "the chunk_weight function"
             )
-        kept = [(c, w / sum(weights)) for c, w in zip(chunks, weights, strict=True) if w > 0]
+        kept = [(c, w / total) for c, w in zip(chunks, weights, strict=True) if w > 0]
         return HessianOperator(
             model,
             self.loss_fn,
