@@ -418,3 +418,13 @@ def test_a_resumed_sweep_prints_its_own_time_not_the_stored_training(tmp_path, c
     seconds = float(line.rsplit("(", 1)[1].split(" s)")[0])
     assert line.startswith("wrote ") and seconds < 100, line
     assert _summary(tmp_path / "sharpening.json")["wall_time_s"] >= 1000.0
+
+
+@pytest.mark.parametrize("folder", ["x[/b]", "run[red]"])
+def test_output_paths_with_brackets_are_printed_as_they_are(tmp_path, capsys, folder):
+    """Paths go out without rich markup: '[/b]' crashed after the files were written and
+    'run[red]' printed as 'run'."""
+    out = tmp_path / folder
+    args = ["eos", "fractal", "--particles", "20", "--steps", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert f"wrote {out / 'fractal.png'} and {out / 'fractal.json'}" in capsys.readouterr().out

@@ -401,6 +401,12 @@ def test_a_store_on_a_read_only_filesystem_is_read_with_writable_false(tmp_path)
     with ResultsStore(folder / "runs.sqlite") as store:
         store.put({"a": 1}, {"x": 1.0})
         store.put({"a": 2}, {"x": 2.0}, "diverged")
+        held = ResultsStore(folder / "held.sqlite")  # copied while its runs sit in the -wal
+        held._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        held.put({"a": 3}, {"x": 3.0})
+        for suffix in ("", "-wal"):
+            shutil.copy(folder / f"held.sqlite{suffix}", folder / f"unmerged.sqlite{suffix}")
+        held.close()
     script = (
         "import sys\n"
         "from sharpdim.errors import SharpdimError\n"
@@ -409,6 +415,10 @@ def test_a_store_on_a_read_only_filesystem_is_read_with_writable_false(tmp_path)
         "    print(sorted((r.status, r.result['x']) for r in s.records()))\n"
         "try:\n"
         f"    ResultsStore({str(folder / 'runs.sqlite')!r})\n"
+        "except SharpdimError as err:\n"
+        "    print(err)\n"
+        "try:\n"
+        f"    ResultsStore({str(folder / 'unmerged.sqlite')!r}, writable=False)\n"
         "except SharpdimError as err:\n"
         "    print(err)\n"
     )
@@ -432,6 +442,10 @@ def test_a_store_on_a_read_only_filesystem_is_read_with_writable_false(tmp_path)
         "SQLite creates files beside it, so its folder must be writable; choose a writable "
         "folder (to only read it: ResultsStore(path, writable=False))"
     )
+    assert lines[2].endswith(
+        "unmerged.sqlite-wal beside it holds runs not yet merged, and its folder is read-only; "
+        "open it once where the folder is writable (that merges them), then read it anywhere"
+    )
 
 
 @pytest.mark.parametrize("timeout", [math.inf, 1e7])
@@ -443,8 +457,9 @@ def test_huge_timeouts_are_capped_not_broken(path, timeout):
         (busy,) = store._conn.execute("PRAGMA busy_timeout").fetchone()
         assert busy == 2**31 - 1
         assert store.get({"a": 1}).result == {"x": 1.0}
-    with pytest.raises(SharpdimError, match=r"^timeout must be a number of seconds >= 0 \(inf"):
-        ResultsStore(path, timeout=-1)
+    for bad in (-1, torch.tensor([1.0, 2.0]), np.array([1.0, 2.0]), "60"):
+        with pytest.raises(SharpdimError, match=r"^timeout must be a number of seconds >= 0"):
+            ResultsStore(path, timeout=bad)
 
 
 def test_a_locked_store_is_not_read_as_immutable(path):

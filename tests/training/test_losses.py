@@ -105,3 +105,13 @@ def test_accuracy_reads_the_classes_along_dim_1_as_the_loss():
     assert accuracy(Fixed(logits), (None, y)) == pytest.approx(6 / 7)
     with pytest.raises(SharpdimError, match=r"^outputs of shape \(2, 5, 3\) give predictions"):
         accuracy(Fixed(logits.transpose(1, 2)), (None, y))
+
+
+def test_mse_with_class_labels_refuses_per_token_outputs():
+    logits = torch.zeros(3, 4, 3)  # (N, C, T): N == T would silently mix tokens and classes
+    with pytest.raises(
+        SharpdimError, match=r"^mse with class labels needs outputs of shape \(N, C\)"
+    ):
+        mse_loss(Fixed(logits), (None, torch.zeros(3, 3, dtype=torch.long)))
+    targets = torch.ones(3, 4, 3)  # regression targets of the outputs' shape are fine
+    assert float(mse_loss(Fixed(logits), (None, targets))) == pytest.approx(0.5 * 12)

@@ -424,7 +424,12 @@ def test_sharpness_dimension_refuses_an_optimizer_over_some_parameters():
     model = _model()
     opt = torch.optim.SGD(list(model.parameters())[-2:], lr=0.2)
     monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1)
-    with pytest.raises(SharpdimError, match=r"^sd_every: the optimizer does not hold every"):
+    with pytest.raises(
+        SharpdimError,
+        match=r"^sd_every: the optimizer does not hold every trainable parameter \(the others "
+        r"do not move, lr 0\) and sharpness_dimension takes one lr for all: use sd_every=0, "
+        r"or freeze",
+    ):
         monitor.measure(model, opt, step=0)
     assert EoSMonitor(mse_loss, (x, y), every=1).measure(model, opt).ratio > 0
 

@@ -17,6 +17,7 @@
   will write, at its start, so that a bad ``--out``/``--json`` fails before any computing;
   :func:`output_errors`: an ``OSError`` while writing becomes the same one-line error;
 * :func:`warnings_as_lines`: warnings printed as one ``warning: ...`` line each;
+  :func:`print_line`: a plain line (no markup, no wrapping);
 * :func:`jsonable` / :func:`write_json`: strict JSON (NaN/inf become ``null``, tensors and
   tuples lists) written atomically with a trailing newline, parent folders created;
 * :func:`kv_table`, :func:`wrote_line`, :func:`print_report`: the two-column rich table and the
@@ -462,9 +463,16 @@ def wrote_line(*paths: Path, seconds: float | None = None) -> str:
 
 def print_report(shown: RenderableType, *paths: Path, seconds: float | None = None) -> None:
     """Print ``shown`` (a table or a line), then :func:`wrote_line` of ``paths``."""
-    console = Console()
-    console.print(shown, soft_wrap=isinstance(shown, str))  # a line stays one line in a pipe
-    console.print(wrote_line(*paths, seconds=seconds), soft_wrap=True)
+    if isinstance(shown, str):
+        print_line(shown)
+    else:
+        Console().print(shown)
+    print_line(wrote_line(*paths, seconds=seconds))
+
+
+def print_line(text: str) -> None:
+    """Print ``text`` as is: no rich markup (paths may hold ``[...]``) and one line in a pipe."""
+    Console().print(text, markup=False, soft_wrap=True)
 
 
 @contextmanager

@@ -42,6 +42,7 @@ from sharpdim.commands._common import (
     prepare_output_dir,
     prepare_output_file,
     prepare_store_path,
+    print_line,
     seed_option,
     training_record,
     width_option,
@@ -218,22 +219,20 @@ def compare(
             for name, lr in (("EoS", lr_eos), ("below", lr_below))
         }
     if runs.reused:
-        Console().print(f"reused {runs.reused} of 2 cases stored in {store_path}", markup=False)
+        print_line(f"reused {runs.reused} of 2 cases stored in {store_path}")
     Console().print(_table(cases))
     for name, case in cases.items():
         if case.get("status") == "diverged":
-            Console().print(
+            print_line(
                 f"{name} (lr={case['lr']:g}): training diverged at step {case['diverged_at']}; "
-                "its measures are not computed (null in the JSON)",
-                markup=False,
-                soft_wrap=True,
+                "its measures are not computed (null in the JSON)"
             )
         elif case.get("status") == "orbit_diverged":
             lyap = case["lyapunov"]
             line = _orbit_warning(
                 case["orbit_diverged_at"], warmup, lyap["num_steps"], lyap_steps, "Lyapunov orbit"
             )
-            Console().print(f"{name} (lr={case['lr']:g}): {line}", markup=False, soft_wrap=True)
+            print_line(f"{name} (lr={case['lr']:g}): {line}")
     from sharpdim.report.chaos_figures import plot_chaos_comparison
 
     figure = out / "chaos_compare.png"
@@ -246,7 +245,7 @@ def compare(
     write_json(out / "chaos_compare.json", payload, "--out folder")  # the results first
     with output_errors(out, "--out folder"):
         plot_chaos_comparison(cases, figure)
-    Console().print(wrote_line(out / "chaos_compare.json", figure))
+    print_line(wrote_line(out / "chaos_compare.json", figure))
 
 
 @app.command("lyapunov")
@@ -315,7 +314,7 @@ def lyapunov(
     Console().print(f"Kaplan-Yorke dimension of the top-{k}: {result.kaplan_yorke:.3f}")
     if result.diverged_at is not None:
         line = _orbit_warning(result.diverged_at, warmup, result.num_steps, steps, "orbit")
-        Console().print(f"{line}; lower --lr", markup=False, soft_wrap=True)
+        print_line(f"{line}; lower --lr")
     if json_out is not None:
         payload = {
             "result": result.to_dict(),

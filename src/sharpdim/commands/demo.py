@@ -21,6 +21,7 @@ from sharpdim.commands._common import (
     output_errors,
     parse_output_folder,
     prepare_output_dir,
+    print_line,
     write_json,
 )
 from sharpdim.curvature.dense import DENSE_LIMIT
@@ -166,4 +167,4 @@ def _print_summary(
     rows = _rows(run, s, res, lr).items()
     shown = [(k, f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in rows]
     console.print(kv_table("Hessian spectrum summary", shown))
-    console.print(f"wrote {out / 'spectrum.png'}, {out / 'summary.json'}, {out / 'report.html'}")
+    print_line(f"wrote {out / 'spectrum.png'}, {out / 'summary.json'}, {out / 'report.html'}")

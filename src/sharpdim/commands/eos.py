@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from sharpdim.commands._common import (
@@ -45,6 +44,7 @@ from sharpdim.commands._common import (
     parse_output_folder,
     prepare_output_dir,
     prepare_store_path,
+    print_line,
     print_report,
     progress_bar,
     seed_option,
@@ -174,9 +174,7 @@ def _runs_command(
                 progress=lambda i, s, t: update(i * t + s), execute=runs, steps=steps, **kwargs
             )
     if runs.reused:
-        Console().print(
-            f"reused {runs.reused} of {num_runs} runs stored in {out / STORE_NAME}", markup=False
-        )
+        print_line(f"reused {runs.reused} of {num_runs} runs stored in {out / STORE_NAME}")
     png, js = _save(out, kind, result, plot_eos_runs)
     # this command's time (the JSON's wall_time_s also counts the training of reused runs)
     print_report(_runs_table(title, result), png, js, seconds=time.perf_counter() - start)

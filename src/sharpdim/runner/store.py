@@ -43,6 +43,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 from sharpdim.checks import check_number
 from sharpdim.errors import SharpdimError
 from sharpdim.runner.encoding import canonical_json, config_key, json_value
@@ -130,7 +132,8 @@ class ResultsStore:
         # SQLite's busy timeout is an int of milliseconds: longer waits (inf too) are capped
         # at 24.8 days
         try:
-            seconds = math.inf if timeout == math.inf else check_number(timeout, "t", ">= 0", "")
+            forever = isinstance(timeout, (float, np.floating)) and timeout == math.inf
+            seconds = math.inf if forever else check_number(timeout, "t", ">= 0", "")
         except SharpdimError:
             raise SharpdimError(
                 f"timeout must be a number of seconds >= 0 (inf: as long as SQLite can wait), "
@@ -187,7 +190,15 @@ class ResultsStore:
                 f"the disk holding the results store {self.path} is full while {doing}: free "
                 "some space or choose a path on another disk"
             )
-        if getattr(err, "sqlite_errorname", "") == "SQLITE_CANTOPEN" and self.path.is_file():
+        wal = self.path.with_name(self.path.name + "-wal")
+        cantopen = getattr(err, "sqlite_errorname", "") == "SQLITE_CANTOPEN"
+        if cantopen and self.path.is_file() and wal.exists() and wal.stat().st_size > 0:
+            return SharpdimError(
+                f"cannot open the results store {self.path} ({text}) while {doing}: {wal.name} "
+                "beside it holds runs not yet merged, and its folder is read-only; open it once "
+                "where the folder is writable (that merges them), then read it anywhere"
+            )
+        if cantopen and self.path.is_file():
             return SharpdimError(
                 f"cannot open the results store {self.path} ({text}) while {doing}: SQLite "
                 "creates files beside it, so its folder must be writable; choose a writable "

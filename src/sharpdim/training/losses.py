@@ -75,6 +75,12 @@ def mse_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """Squared loss ``(1/n) sum_i 0.5 * ||f(x_i) - t_i||^2`` (one-hot ``t_i`` for labels)."""
     x, y = _unpack(batch)
     out = model(x)
+    if out.ndim > 2 and not y.is_floating_point():
+        raise SharpdimError(
+            f"mse with class labels needs outputs of shape (N, C), got {tuple(out.shape)}: use "
+            "the 'ce' loss for per-token classes (N, C, T), or regression targets of the "
+            "outputs' shape"
+        )
     out2d = out.reshape(out.shape[0], -1)
     return 0.5 * (out2d - mse_targets(out2d, y)).pow(2).sum(dim=1).mean()
 

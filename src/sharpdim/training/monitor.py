@@ -440,7 +440,9 @@ class EoSMonitor:
             "num_bootstrap": 0,
             **self.sd_options,
         }
-        shared = ["lr"] + [k for k in ("weight_decay", "betas") if k not in options]
+        one_lr = "sharpness_dimension takes one lr for all parameters; use sd_every=0"
+        same_in_all_groups(optimizer, ["lr"], one_lr, prefix="sd_every: ")
+        shared = [k for k in ("weight_decay", "betas") if k not in options]
         if name in ADAPTIVE and "adam_eps" not in options:
             shared.append("eps")
         why = "sharpness_dimension takes one value; use sd_every=0 or give it in sd_options"
@@ -448,7 +450,8 @@ class EoSMonitor:
         if lr_scaling(optimizer, trainable_parameters(model)) is not None:
             raise SharpdimError(
                 "sd_every: the optimizer does not hold every trainable parameter (the others "
-                f"do not move, lr 0): {why}, or freeze them (requires_grad=False)"
+                "do not move, lr 0) and sharpness_dimension takes one lr for all: use "
+                "sd_every=0, or freeze the others (requires_grad=False)"
             )
         group = optimizer.param_groups[0]
         sd_name = "sgd" if name == "gd" else name
