@@ -23,13 +23,15 @@ def peek_seed(generator: torch.Generator) -> int:
 
 
 @contextmanager
-def forked_global_rng(seed: int, params: Iterable[torch.Tensor] = ()) -> Iterator[None]:
+def forked_global_rng(seed: int | None, params: Iterable[torch.Tensor] = ()) -> Iterator[None]:
     """Fork the global CPU generator (and those of the CUDA devices holding ``params``) and
-    seed them with ``seed``; every state is restored on exit."""
+    seed them with ``seed`` (``None``: go on from their current states); every state is
+    restored on exit."""
     cuda = sorted({p.device for p in params if p.device.type == "cuda"}, key=str)
     with torch.random.fork_rng(devices=cuda):
-        torch.random.default_generator.manual_seed(seed)
-        for device in cuda:
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
+        if seed is not None:
+            torch.random.default_generator.manual_seed(seed)
+            for device in cuda:
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
         yield

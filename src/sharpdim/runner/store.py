@@ -154,6 +154,11 @@ class ResultsStore:
             self._conn.close()
             raise
 
+    def _unmerged_wal(self) -> bool:
+        """Whether a non-empty ``-wal`` file beside the store holds runs not yet merged."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return wal.exists() and wal.stat().st_size > 0
+
     def _open_immutable(self, err: sqlite3.Error) -> bool:
         """After ``err`` while opening for reading: if it says nothing can be created beside
         the file (a read-only folder or filesystem, where WAL mode cannot make its ``-shm``
@@ -162,8 +167,7 @@ class ResultsStore:
         name = getattr(err, "sqlite_errorname", "")
         if not name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")):
             return False
-        wal = self.path.with_name(self.path.name + "-wal")
-        if not self.path.is_file() or (wal.exists() and wal.stat().st_size > 0):
+        if not self.path.is_file() or self._unmerged_wal():
             return False
         self._conn.close()
         uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?immutable=1"
@@ -190,13 +194,13 @@ class ResultsStore:
                 f"the disk holding the results store {self.path} is full while {doing}: free "
                 "some space or choose a path on another disk"
             )
-        wal = self.path.with_name(self.path.name + "-wal")
         cantopen = getattr(err, "sqlite_errorname", "") == "SQLITE_CANTOPEN"
-        if cantopen and self.path.is_file() and wal.exists() and wal.stat().st_size > 0:
+        if cantopen and self.path.is_file() and self._unmerged_wal():
             return SharpdimError(
-                f"cannot open the results store {self.path} ({text}) while {doing}: {wal.name} "
-                "beside it holds runs not yet merged, and its folder is read-only; open it once "
-                "where the folder is writable (that merges them), then read it anywhere"
+                f"cannot open the results store {self.path} ({text}) while {doing}: "
+                f"{self.path.name}-wal beside it holds runs not yet merged, and its folder is "
+                "read-only; open it once where the folder is writable (that merges them), then "
+                "read it anywhere"
             )
         if cantopen and self.path.is_file():
             return SharpdimError(

@@ -41,6 +41,7 @@ from sharpdim.curvature.lanczos import lanczos_eigenvalues
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import trainable_parameters
 from sharpdim.errors import SharpdimError
+from sharpdim.rng import forked_global_rng
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.losses import get_loss
 from sharpdim.training.optimizers import (
@@ -286,8 +287,7 @@ class EoSMonitor:
         Runs inside a forked RNG state, so dropout (``mode="train"``) leaves the global RNG,
         and with it the training run, untouched.
         """
-        cuda = {p.device for p in model.parameters() if p.device.type == "cuda"}
-        with torch.random.fork_rng(devices=sorted(cuda, key=str)):
+        with forked_global_rng(None, model.parameters()):
             return self._measure(model, optimizer, step, loss_value)
 
     def _measure(
