@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from sharpdim.commands import chaos, demo, eos, sd
+from sharpdim.commands import chaos, demo, eos, sd, spectrum
 from sharpdim.commands._common import warnings_as_lines
 from sharpdim.errors import SharpdimError
 
@@ -26,6 +26,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("demo")(demo.demo)
+app.command("spectrum")(spectrum.spectrum)
 app.add_typer(sd.app, name="sd")
 app.add_typer(eos.app, name="eos")
 app.add_typer(chaos.app, name="chaos")

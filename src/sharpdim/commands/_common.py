@@ -305,6 +305,83 @@ def training_record(
     }
 
 
+TRAIN_OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adam", "adamw")
+"""The ``--optimizer`` choices of the commands that train an MLP before measuring it."""
+
+
+def activation_option() -> Any:
+    """``--activation``: the MLP's hidden nonlinearity."""
+    return typer.Option("tanh", help="tanh | relu | gelu")
+
+
+def loss_option() -> Any:
+    """``--loss``: the training loss (and the loss whose Hessian is measured)."""
+    return typer.Option("mse", help="mse | ce")
+
+
+def optimizer_option() -> Any:
+    """``--optimizer``: one of :data:`TRAIN_OPTIMIZERS`."""
+    return typer.Option("gd", help=" | ".join(TRAIN_OPTIMIZERS))
+
+
+def momentum_option() -> Any:
+    """``--momentum``: heavy-ball / Nesterov momentum."""
+    return typer.Option(0.9, help="momentum (heavy ball / Nesterov), in [0, 1) for every optimizer")
+
+
+def train_batch_size_option() -> Any:
+    """``--train-batch-size``: the training minibatch (default: full batch)."""
+    return typer.Option(None, help="training minibatch (default: full batch)")
+
+
+def train_steps_option(default: int = 200) -> Any:
+    """``--train-steps``: optimizer steps before measuring."""
+    return typer.Option(default, help="training steps before measuring")
+
+
+def check_training_options(
+    optimizer: str, lr: float, momentum: float, train_steps: int, train_batch_size: int | None
+) -> None:
+    """One-line errors naming the flag for the training options of :func:`train_mlp`."""
+    if optimizer not in TRAIN_OPTIMIZERS:
+        raise SharpdimError(
+            f"unknown --optimizer {optimizer!r}: use one of {', '.join(TRAIN_OPTIMIZERS)}"
+        )
+    check_positive_lr(lr)
+    check_fraction(momentum, "--momentum", "0.9")  # whatever the optimizer
+    check_at_least(train_steps, 0, "--train-steps")
+    if train_batch_size is not None:
+        check_at_least(train_batch_size, 1, "--train-batch-size")
+
+
+def check_train_batch_size(train_batch_size: int | None, data: Dataset) -> None:
+    """A one-line error if ``--train-batch-size`` exceeds the training set."""
+    if train_batch_size is not None and train_batch_size > data.num_train:
+        raise SharpdimError(
+            f"--train-batch-size {train_batch_size} exceeds the {data.num_train} training "
+            f"examples: pass --train-batch-size <= {data.num_train} or omit it (full batch)"
+        )
+
+
+def train_mlp(
+    model: torch.nn.Module, data: Dataset, config: TrainConfig
+) -> tuple[TrainResult, torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """Train ``model`` on ``data`` with ``config``; ``(result, optimizer, trained params)``.
+
+    A diverged run is a one-line error suggesting a lower ``--lr``.
+    """
+    from sharpdim.training.loop import train
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = config.make_optimizer(params)
+    trained = train(model, data, config, optimizer=opt)
+    if trained.diverged:
+        raise SharpdimError(
+            f"training diverged at step {trained.diverged_at}: lower --lr or --train-steps"
+        )
+    return trained, opt, params
+
+
 # -- output locations ------------------------------------------------------------------------
 def _cannot_write(path: Path | str, reason: str, flag: str) -> SharpdimError:
     return SharpdimError(f"cannot write {path} ({reason}): choose a writable {flag}")

@@ -17,17 +17,24 @@ from rich.console import Console
 from rich.table import Table
 
 from sharpdim.commands._common import (
+    activation_option,
     check_at_least,
-    check_fraction,
-    check_positive_lr,
+    check_train_batch_size,
+    check_training_options,
     dataset_option,
     depth_option,
     float64_option,
     json_option,
     kv_table,
+    loss_option,
     mlp_setup,
+    momentum_option,
+    optimizer_option,
     prepare_output_file,
     seed_option,
+    train_batch_size_option,
+    train_mlp,
+    train_steps_option,
     training_record,
     width_option,
     write_json,
@@ -74,17 +81,13 @@ def compute(
     n_train: int | None = typer.Option(None, help="training examples (dataset default if unset)"),
     width: int = width_option(32),
     depth: int = depth_option(2),
-    activation: str = typer.Option("tanh", help="tanh | relu | gelu"),
-    loss: str = typer.Option("mse", help="mse | ce"),
+    activation: str = activation_option(),
+    loss: str = loss_option(),
     lr: float = typer.Option(0.1, help="step size of training and of the SD's optimizer step"),
-    optimizer: str = typer.Option("gd", help="gd | sgd | momentum | nesterov | adam | adamw"),
-    momentum: float = typer.Option(
-        0.9, help="momentum (heavy ball / Nesterov), in [0, 1) for every optimizer"
-    ),
-    train_batch_size: int | None = typer.Option(
-        None, help="training minibatch (default: full batch)"
-    ),
-    train_steps: int = typer.Option(200, help="training steps before measuring"),
+    optimizer: str = optimizer_option(),
+    momentum: float = momentum_option(),
+    train_batch_size: int | None = train_batch_size_option(),
+    train_steps: int = train_steps_option(),
     method: str = typer.Option("exact", help="exact | slq | kde | ps"),
     batch_size: int = typer.Option(64, help="minibatch size of the SD's Jacobians"),
     num_batches: int = typer.Option(10, help="minibatches (exact method)"),
@@ -101,26 +104,21 @@ def compute(
 ) -> None:
     """Train an MLP briefly, then compute its sharpness dimension and print it."""
     from sharpdim.curvature.params import trainable_parameters
-    from sharpdim.training.loop import TrainConfig, train
+    from sharpdim.training.loop import TrainConfig
     from sharpdim.training.losses import get_loss
     from sharpdim.training.optimizers import adam_preconditioner
 
     for flag, value, choices in (
         ("--method", method, METHODS),
         ("--reorth", reorth, REORTHOGONALIZATIONS),
-        ("--optimizer", optimizer, tuple(_TRAIN_TO_SD)),
     ):
         if value not in choices:
             raise SharpdimError(f"unknown {flag} {value!r}: use one of {', '.join(choices)}")
-    check_positive_lr(lr)
-    check_fraction(momentum, "--momentum", "0.9")  # whatever the optimizer, as the SD does
+    check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
     check_at_least(num_batches, 1, "--num-batches")
     check_at_least(num_runs, 1, "--num-runs")
     check_at_least(num_steps, 1, "--num-steps")
     check_at_least(num_bootstrap, 0, "--num-bootstrap")
-    check_at_least(train_steps, 0, "--train-steps")
-    if train_batch_size is not None:
-        check_at_least(train_batch_size, 1, "--train-batch-size")
     dtype = torch.float64 if float64 else torch.float32
     data, model = mlp_setup(
         dataset,
@@ -132,11 +130,7 @@ def compute(
         dtype=dtype,
         batch_size=batch_size,
     )
-    if train_batch_size is not None and train_batch_size > data.num_train:
-        raise SharpdimError(
-            f"--train-batch-size {train_batch_size} exceeds the {data.num_train} training "
-            f"examples: pass --train-batch-size <= {data.num_train} or omit it (full batch)"
-        )
+    check_train_batch_size(train_batch_size, data)
     num_params = sum(p.numel() for p in trainable_parameters(model))
     if method == "exact" and num_params > max_params:
         raise SharpdimError(
@@ -154,13 +148,7 @@ def compute(
         loss=loss,
         seed=seed,
     )
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = config.make_optimizer(params)
-    trained = train(model, data, config, optimizer=opt)
-    if trained.diverged:
-        raise SharpdimError(
-            f"training diverged at step {trained.diverged_at}: lower --lr or --train-steps"
-        )
+    trained, opt, params = train_mlp(model, data, config)
     sd_optimizer = _TRAIN_TO_SD[optimizer]
     pre = (
         adam_preconditioner(opt, params).to(torch.float64)
