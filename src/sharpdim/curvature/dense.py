@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sharpdim.checks import check_count
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.errors import TooLargeError
@@ -23,6 +24,8 @@ DENSE_LIMIT = 20_000
 
 def check_dense_size(num_params: int, max_params: int | None = DENSE_LIMIT) -> None:
     """Refuse a dense ``num_params x num_params`` computation above ``max_params``."""
+    if max_params is not None:
+        max_params = check_count(max_params, "max_params", 0, "a parameter count, or None")
     if max_params is not None and num_params > max_params:
         gib = 8 * num_params**2 / 2**30
         raise TooLargeError(

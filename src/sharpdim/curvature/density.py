@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import check_count, check_number
 from sharpdim.curvature.measure import silverman_bandwidth
 from sharpdim.errors import SharpdimError
 
@@ -57,8 +58,7 @@ def histogram_density(
         ``sum(density * diff(edges)) = 1``.
     """
     v, p = _measure(nodes, weights)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise SharpdimError(f"bins must be a positive integer, got {bins!r}")
+    bins = check_count(bins, "bins", hint="a number of bins, e.g. 100")
     lo, hi = (float(v.min()), float(v.max())) if range is None else map(float, range)
     if hi == lo and range is None:
         lo, hi = lo - 0.5, hi + 0.5
@@ -98,14 +98,14 @@ def kde_density(
         ``(grid, density)``, both float64 of the grid's length.
     """
     v, p = _measure(nodes, weights)
-    h = silverman_bandwidth(v, p) if bandwidth is None else float(bandwidth)
-    if bandwidth is None and not h > 0:
-        h = max(1e-3 * float(v.abs().max()), 1e-12)
-    if not (h > 0 and torch.isfinite(torch.tensor(h))):
-        raise SharpdimError(f"bandwidth must be a finite number > 0, got {bandwidth}")
+    if bandwidth is None:
+        h = silverman_bandwidth(v, p)
+        if not h > 0:
+            h = max(1e-3 * float(v.abs().max()), 1e-12)
+    else:
+        h = check_number(bandwidth, "bandwidth", "> 0", "0.1, or None for Silverman's rule")
     if grid is None:
-        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
-            raise SharpdimError(f"grid_size must be an integer >= 2, got {grid_size!r}")
+        grid_size = check_count(grid_size, "grid_size", 2, "a number of grid points, e.g. 512")
         lo, hi = float(v.min()) - 3 * h, float(v.max()) + 3 * h
         grid = torch.linspace(lo, hi, grid_size, dtype=torch.float64)
     else:

@@ -86,6 +86,11 @@ def math_attention() -> Any:
 def _differentiable_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
     """:func:`checked_loss` that must also carry a graph to differentiate."""
     loss = checked_loss(model, loss_fn, batch)
+    if not loss.requires_grad and torch.is_inference_mode_enabled():
+        raise SharpdimError(
+            "curvature cannot be computed inside torch.inference_mode(): call it outside the "
+            "inference_mode block"
+        )
     if not loss.requires_grad:
         raise SharpdimError(
             "loss_fn returned a loss without a gradient graph: do not compute it under "
@@ -136,6 +141,11 @@ def _batch_weights(batches: list[Any], weights: Sequence[float] | None) -> list[
         if sum(sizes) == 0:
             raise SharpdimError("every batch is empty: pass batches holding examples")
         return [n / sum(sizes) for n in sizes]
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
+        raise SharpdimError(
+            f"weights must be a sequence of one number per batch, got {weights!r}: pass e.g. "
+            f"{[1.0 / len(batches)] * min(len(batches), 3)}"
+        )
     if len(weights) != len(batches):
         raise SharpdimError(
             f"{len(weights)} weights for {len(batches)} batches: give one weight per batch"

@@ -248,6 +248,21 @@ def _check(
     return k, tol, block_size
 
 
+def _as_start(v0: Any, n: int, b: int) -> torch.Tensor:
+    """``v0`` as a real tensor (numpy arrays and lists are converted; complex is refused)."""
+    try:
+        start = torch.as_tensor(v0)
+    except (TypeError, ValueError, RuntimeError):
+        start = None
+    if start is None or start.is_complex() or start.dtype == torch.bool:
+        what = type(v0).__name__ if start is None else f"a {start.dtype} tensor"
+        raise SharpdimError(
+            f"v0 must be a real tensor of shape ({n},) or ({n}, {b}), got {what}: pass "
+            "a float tensor or numpy array"
+        )
+    return start
+
+
 def lanczos_eigenvalues(
     H: OperatorLike,
     k: int = 5,
@@ -303,15 +318,16 @@ def lanczos_eigenvalues(
         if max_iter is None
         else check_count(max_iter, "max_iter", hint="a number of products, or None")
     )
-    if budget < wanted:
+    if budget < max(wanted, b):
         raise SharpdimError(
-            f"max_iter={max_iter} products cannot give {wanted} eigenvalues: "
-            f"use max_iter >= {wanted} (or leave it unset)"
+            f"max_iter={max_iter} products cannot give {wanted} eigenvalues with blocks of "
+            f"{b}: use max_iter >= {max(wanted, b)} (or leave it unset)"
         )
     gen = default_generator(generator)
     if v0 is None:
         start = torch.randn(n, b, generator=gen, dtype=torch.float64)
     else:
+        v0 = _as_start(v0, n, b)
         if v0.shape not in ((n,), (n, b)):
             raise SharpdimError(
                 f"v0 has shape {tuple(v0.shape)}: pass a tensor of shape ({n},) or ({n}, {b})"
@@ -340,7 +356,7 @@ def lanczos_eigenvalues(
             idx.numel() < k or gave_up or _round_settled(basis, theta, which, k, tol, floor)
         )
         all_ok = idx.numel() == wanted and bool(ok.all())
-        if (all_ok and settled) or basis.nb == 0 or basis.matvecs >= budget:
+        if (all_ok and settled) or basis.nb == 0 or basis.matvecs + basis.nb > budget:
             break
         if all_ok and more and basis.add_round():
             hand_round, hand_limit = basis.rounds, 2 * basis.matvecs

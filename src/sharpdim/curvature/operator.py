@@ -56,6 +56,11 @@ class LinearOperator(ABC):
                     f"cannot multiply the operator by a {type(v).__name__}: pass a tensor "
                     f"(or numpy array) of shape ({n},) or ({n}, k)"
                 ) from None
+        if v.is_complex():
+            raise SharpdimError(
+                f"cannot multiply the operator by a complex vector ({v.dtype}): multiply the "
+                "real and imaginary parts separately"
+            )
         if v.ndim not in (1, 2) or v.shape[0] != n:
             raise SharpdimError(
                 f"vector of shape {tuple(v.shape)} does not match the operator of size {n}: "

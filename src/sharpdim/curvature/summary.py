@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.checks import default_generator
+from sharpdim.checks import check_count, check_number, default_generator
 from sharpdim.curvature.density import kde_density
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
 from sharpdim.curvature.operator import OperatorLike, as_operator
@@ -82,6 +82,12 @@ def spectrum_summary(
     """
     op = as_operator(hessian)
     gen = default_generator(generator)
+    # every count and tolerance is checked before the first (possibly slow) product
+    trace_matvecs = check_count(trace_matvecs, "trace_matvecs", 3)
+    num_runs, num_steps = check_count(num_runs, "num_runs"), check_count(num_steps, "num_steps")
+    grid_size = check_count(grid_size, "grid_size", 2)
+    tol = check_number(tol, "tol", "> 0", "1e-6")
+    bottom_tol = check_number(bottom_tol, "bottom_tol", "> 0", "1e-3")
     top = lanczos_eigenvalues(op, k=k, which="LA", tol=tol, generator=gen)
     bottom = lanczos_eigenvalues(op, k=1, which="SA", tol=bottom_tol, generator=gen)
     trace = hutchpp_trace(op, num_matvecs=trace_matvecs, generator=gen)
