@@ -35,3 +35,13 @@ def forked_global_rng(seed: int | None, params: Iterable[torch.Tensor] = ()) -> 
                 with torch.cuda.device(device):
                     torch.cuda.manual_seed(seed)
         yield
+
+
+def operator_seed(mode: str) -> int | None:
+    """The ``seed`` of one of several Hessian operators a computation builds in turn: drawn
+    from (and advancing) the global generator in ``"train"``/``"keep"`` mode, so each operator
+    draws its own dropout masks (call it inside :func:`forked_global_rng`); ``None`` in
+    ``"eval"`` mode, which has no such randomness (nothing is drawn)."""
+    if mode == "eval":
+        return None
+    return int(torch.randint(0, 2**62, (1,)))

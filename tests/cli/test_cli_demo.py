@@ -55,6 +55,17 @@ def test_demo_unwritable_out_exits_2_before_training(
     assert afile.read_text() == "x"
 
 
+@pytest.mark.parametrize("name", ["summary.json", "spectrum.png", "report.html"])
+def test_demo_output_file_that_is_a_folder_exits_2_before_training(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo_module, "train", _no_training)
+    (tmp_path / name).mkdir()
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {tmp_path / name} (") and err.count("\n") == 1
+
+
 def test_demo_write_error_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -617,3 +617,47 @@ def test_complex_loss_is_rejected() -> None:
     with pytest.raises(SharpdimError, match="real") as err:
         op @ torch.zeros(op.num_params, dtype=DTYPE)
     _one_line(err)
+
+
+def test_train_mode_dropout_leaves_the_global_rng_and_repeats() -> None:
+    """The masks come from a fork of the global generator: computing curvature does not move
+    the caller's random stream, so the same call twice gives the same numbers."""
+    from sharpdim.curvature import lanczos_eigenvalues, slq_spectrum
+
+    model = make_mlp([4, 8, 3], "tanh", dropout=0.5)
+    x, y = regression_batch(10, 4, 3)
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        state = torch.get_rng_state()
+
+        def moment() -> float:
+            op = HessianOperator(model, mse_loss, (x, y), mode="train")
+            lanczos_eigenvalues(op, k=2)
+            slq = slq_spectrum(op, num_runs=2, num_steps=8, generator=torch.Generator())
+            return slq.expectation(lambda t: t**2)
+
+        first = moment()
+        assert torch.equal(torch.get_rng_state(), state)
+        assert moment() == first
+    # an explicit seed fixes the masks whatever the global state; batches get their own masks
+    a = HessianOperator(model, mse_loss, (x, y), mode="train", seed=3).dense()
+    torch.manual_seed(11)
+    assert torch.equal(a, HessianOperator(model, mse_loss, (x, y), mode="train", seed=3).dense())
+    assert not torch.equal(
+        a, HessianOperator(model, mse_loss, (x, y), mode="train", seed=4).dense()
+    )
+    twice = HessianOperator(model, mse_loss, batches=[(x, y), (x, y)], mode="train", seed=3)
+    b = HessianOperator(model, mse_loss, (x, y), mode="train", seed=4).dense()
+    assert torch.allclose(twice.dense(), (a + b) / 2, rtol=1e-12, atol=1e-14)
+
+
+def test_empty_or_frozen_params_subsets_are_named() -> None:
+    model = make_mlp([4, 8, 3], "tanh")
+    batch = regression_batch(10, 4, 3)
+    with pytest.raises(SharpdimError, match=r"`params` is empty"):
+        HessianOperator(model, mse_loss, batch, params=[])
+    model[-1].requires_grad_(False)
+    with pytest.raises(SharpdimError, match=r"every tensor in `params` \(2\) has requires_grad"):
+        HessianOperator(model, mse_loss, batch, params=model[-1].parameters())
+    partly = HessianOperator(model, mse_loss, batch, params=[model[0].weight, model[-1].weight])
+    assert partly.num_params == model[0].weight.numel()  # the frozen one is left out

@@ -464,3 +464,20 @@ def test_bad_chunk_weight(weight):
     monitor = EoSMonitor(mse_loss, (x, y), chunk_size=7, chunk_weight=lambda b: weight)
     with pytest.raises(SharpdimError, match=r"^chunk_weight"):
         monitor.measure(_model())
+
+
+def test_sharpness_dimension_in_the_monitors_mode():
+    """With batch norm the train- and eval-mode Hessians differ; ``sd_every`` follows ``mode``."""
+    x, y = _data(40)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh(), torch.nn.Linear(6, 2)
+    ).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    options = {"batch_size": 40, "num_batches": 1}
+    sds = {}
+    for mode in ("train", "eval"):
+        monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1, sd_options=options, mode=mode)
+        sds[mode] = monitor.measure(model, opt, step=0).sd
+        assert sds[mode] == pytest.approx(_direct_sd(model, x, y, 0.5, mode=mode), rel=1e-12)
+    assert sds["train"] != pytest.approx(sds["eval"], rel=1e-3)

@@ -421,10 +421,11 @@ def parse_output_folder(value: str | Path) -> Path:
     return Path(value)
 
 
-def prepare_output_dir(folder: Path, flag: str = "--out") -> Path:
+def prepare_output_dir(folder: Path, flag: str = "--out", files: Iterable[str] = ()) -> Path:
     """Make sure the command can write files into ``folder``; call it before any work.
 
-    Creates ``folder`` and its parents and checks that a file can be written there.
+    Creates ``folder`` and its parents and checks that a file can be written there, and
+    that each of ``files`` (names in ``folder``) can be (:func:`prepare_output_file`).
 
     Raises:
         SharpdimError: one line ``cannot write FOLDER (reason): choose a writable FLAG``.
@@ -432,6 +433,8 @@ def prepare_output_dir(folder: Path, flag: str = "--out") -> Path:
     problem = _dir_problem(folder)
     if problem is not None:
         raise _cannot_write(folder, problem, flag)
+    for name in files:
+        prepare_output_file(folder / name, flag)
     return folder
 
 

@@ -39,6 +39,7 @@ from sharpdim.training.models import build_mlp
 DIGITS_TRAIN = MAX_N_TRAIN["digits"]
 """Training examples of scikit-learn digits (1,797 images, 297 kept for testing)."""
 DIGITS_IN, DIGITS_OUT = 64, 10
+OUTPUT_FILES = ("summary.json", "spectrum.png", "report.html")
 
 
 def _check_width(width: int) -> None:
@@ -86,7 +87,7 @@ def demo(
     check_positive_lr(lr, example="0.5")
     check_batch_size(batch_size, n_train)
     _check_width(width)
-    prepare_output_dir(out, "--out folder")
+    prepare_output_dir(out, "--out folder", files=OUTPUT_FILES)
     console = Console()
     start = time.perf_counter()
     data = load_dataset("digits", seed=seed, n_train=n_train)

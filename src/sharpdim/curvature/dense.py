@@ -51,13 +51,15 @@ def dense_hessian(
     mode: Mode = "eval",
     max_params: int | None = DENSE_LIMIT,
     symmetrize: bool = True,
+    seed: int | None = None,
 ) -> torch.Tensor:
     """The dense Hessian ``d^2 loss_fn(model, batch) / dw^2`` (``d x d``).
 
     Built from ``d`` Hessian-vector products on one reused gradient graph. With
     ``symmetrize`` the result is ``(H + H^T) / 2``, which removes round-off asymmetry.
+    ``mode`` and ``seed`` (of train-mode dropout) are those of :class:`HessianOperator`.
     """
-    op = HessianOperator(model, loss_fn, batch, params, mode=mode)
+    op = HessianOperator(model, loss_fn, batch, params, mode=mode, seed=seed)
     h = dense_operator_matrix(op, max_params)
     return symmetrize_(h) if symmetrize else h
 

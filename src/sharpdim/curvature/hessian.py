@@ -21,9 +21,11 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from sharpdim.checks import check_count
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
 from sharpdim.errors import SharpdimError
+from sharpdim.rng import forked_global_rng, peek_seed
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 Mode = Literal["eval", "train", "keep"]
@@ -182,6 +184,9 @@ class HessianOperator(LinearOperator):
             for every later pass on it, so the operator stays one fixed symmetric matrix.
         reuse_graph: keep the gradient graph of a single batch between matvecs (faster,
             holds the activations' memory). Ignored for ``batches``.
+        seed: seed of that randomness (batch ``b`` uses ``seed + b``, in a fork of the global
+            generator, which is never advanced); default: peeked from the global generator's
+            state when the operator first runs the model.
 
     The operator notices in-place changes (an optimizer step, ``load_state_dict``,
     :func:`~sharpdim.curvature.params.set_flat_params`) of the model's parameters and buffers
@@ -212,6 +217,7 @@ class HessianOperator(LinearOperator):
         weights: Sequence[float] | None = None,
         mode: Mode = "eval",
         reuse_graph: bool = True,
+        seed: int | None = None,
     ) -> None:
         if (batch is None) == (batches is None):
             given = "both" if batch is not None else "neither"
@@ -236,7 +242,7 @@ class HessianOperator(LinearOperator):
         self.reuse_graph = reuse_graph and len(self.batches) == 1
         self._graph: tuple[list[torch.Tensor], list[int]] | None = None
         self._tracked_at_build: tuple[list[int], list[int], list[bool]] | None = None
-        self._rng: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._seed = None if seed is None else check_count(seed, "seed", 0, "an int, or None")
 
     # -- LinearOperator interface -------------------------------------------------------
     @property
@@ -307,22 +313,15 @@ class HessianOperator(LinearOperator):
     def _same_randomness(self, index: int) -> Iterator[None]:
         """Every forward pass on batch ``index`` draws the same random numbers.
 
-        The first pass uses the global generator as it stands (and advances it); later ones
-        replay its state inside ``torch.random.fork_rng``, which leaves the global generator
-        untouched. So in train mode a dropout mask is fixed per batch for the operator's
-        lifetime, and a graph rebuilt per matvec (``batches``) is still one linear map.
+        The pass runs in a fork of the global generator (and of the CUDA generators of the
+        parameters' devices) seeded with ``seed + index``, so in train mode a dropout mask is
+        fixed per batch for the operator's lifetime, batches get different masks, and the
+        caller's generator is never advanced. Without ``seed`` one is peeked from the global
+        generator's state at the first pass.
         """
-        devices = [self.device] if self.device.type == "cuda" else []
-        saved = self._rng.get(index)
-        if saved is None:
-            cuda = [torch.cuda.get_rng_state(d) for d in devices]
-            self._rng[index] = (torch.get_rng_state(), cuda)
-            yield
-            return
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(saved[0])
-            for d, state in zip(devices, saved[1], strict=True):
-                torch.cuda.set_rng_state(state, d)
+        if self._seed is None:
+            self._seed = peek_seed(torch.random.default_generator)
+        with forked_global_rng((self._seed + index) % 2**63, self.params):
             yield
 
     def _gradient_graph(self, index: int) -> tuple[list[torch.Tensor], list[int]]:

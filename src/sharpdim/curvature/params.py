@@ -42,7 +42,17 @@ def trainable_parameters(
             f"`params` holds {len(foreign)} tensor(s) that are not parameters of the model "
             f"(shapes {foreign[:3]}): pass tensors from this model's .parameters()"
         )
+    if params is not None and not chosen:
+        raise SharpdimError(
+            "`params` is empty: pass tensors of the model, e.g. model.fc.parameters() (an "
+            "iterator used once already, or a name filter that matched nothing, is empty)"
+        )
     unique = {id(p): p for p in chosen if p.requires_grad}
+    if params is not None and not unique:
+        raise SharpdimError(
+            f"every tensor in `params` ({len(chosen)}) has requires_grad=False: unfreeze them "
+            "(p.requires_grad_(True)) or pass trainable ones"
+        )
     chosen = list(unique.values())
     if not chosen:
         raise SharpdimError(

@@ -36,6 +36,7 @@ from sharpdim.dynamics.jacobian_spectra import (
     step_matrix,
 )
 from sharpdim.errors import SharpdimError
+from sharpdim.rng import operator_seed
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def batch_log_singular_values(
     Dense minibatch Hessian, its step matrix ``A`` (:func:`step_matrix`), float64
     ``eigvalsh`` and the closed-form block singular values.
     """
-    h = dense_hessian(model, loss_fn, batch, mode=mode, max_params=max_params)
+    seed = operator_seed(mode)  # in train mode, fresh dropout masks for every batch
+    h = dense_hessian(model, loss_fn, batch, mode=mode, max_params=max_params, seed=seed)
     a = step_matrix(h, config, preconditioner)
     del h
     if not torch.isfinite(a).all():

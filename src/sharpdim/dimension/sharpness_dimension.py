@@ -51,7 +51,7 @@ from sharpdim.dynamics.jacobian_spectra import (
     StepSpectrumConfig,
 )
 from sharpdim.errors import SharpdimError, TooLargeError
-from sharpdim.rng import forked_global_rng, peek_seed
+from sharpdim.rng import forked_global_rng, operator_seed, peek_seed
 
 METHODS: tuple[str, ...] = ("exact", *SD_METHODS)
 P = ParamSpec("P")
@@ -158,7 +158,8 @@ def _estimate_preconditioner(
     w = get_flat_params(trainable_parameters(model)).to(torch.float64)
     sq = None
     for b in batches:
-        _, g = HessianOperator(model, loss_fn, b, mode=mode).loss_and_gradient()
+        op = HessianOperator(model, loss_fn, b, mode=mode, seed=operator_seed(mode))
+        _, g = op.loss_and_gradient()
         g2 = (g.detach().to(torch.float64) + weight_decay * w) ** 2
         sq = g2 if sq is None else sq + g2
     assert sq is not None
@@ -381,7 +382,9 @@ def sharpness_dimension(
 
         def factory(run: int, _gen: torch.Generator) -> StepMatrixOperator:
             return StepMatrixOperator(
-                HessianOperator(model, loss_fn, batches[run], mode=mode), config, preconditioner
+                HessianOperator(model, loss_fn, batches[run], mode=mode, seed=operator_seed(mode)),
+                config,
+                preconditioner,
             )
 
         slq = slq_spectrum(

@@ -456,6 +456,7 @@ class EoSMonitor:
         group = optimizer.param_groups[0]
         sd_name = "sgd" if name == "gd" else name
         live: dict[str, Any] = {
+            "mode": self.mode,  # the sharpness's mode, unless sd_options says otherwise
             "momentum": float(group.get("momentum", 0.9)),
             "betas": tuple(group.get("betas", (0.9, 0.999))),
             "weight_decay": float(group.get("weight_decay", 0.0)),
