@@ -122,6 +122,14 @@ def test_inference_mode_is_named() -> None:
         HessianOperator(model, loss_fn, batch) @ torch.ones(4, dtype=torch.float64)
 
 
+def test_inference_tensors_in_the_batch_are_named() -> None:
+    model, loss_fn, batch = _tiny()
+    with torch.inference_mode():
+        frozen = (batch[0].clone(), batch[1].clone())
+    with pytest.raises(SharpdimError, match=r"made under torch.inference_mode\(\)"):
+        HessianOperator(model, loss_fn, frozen) @ torch.ones(4, dtype=torch.float64)
+
+
 def test_density_counts_accept_numpy_integers_and_check_bandwidth() -> None:
     nodes, weights = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.2, 0.3, 0.5])
     edges, density = histogram_density(nodes, weights, bins=np.int64(4))

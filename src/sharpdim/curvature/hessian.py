@@ -87,7 +87,16 @@ def math_attention() -> Any:
 
 def _differentiable_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
     """:func:`checked_loss` that must also carry a graph to differentiate."""
-    loss = checked_loss(model, loss_fn, batch)
+    try:
+        loss = checked_loss(model, loss_fn, batch)
+    except RuntimeError as err:
+        if "Inference tensors cannot be saved for backward" not in str(err):
+            raise
+        raise SharpdimError(
+            "the batch (or a tensor loss_fn uses) was made under torch.inference_mode(), and "
+            "autograd cannot differentiate through it: make it outside inference_mode, or "
+            "pass a .clone() made outside it"
+        ) from None
     if not loss.requires_grad and torch.is_inference_mode_enabled():
         raise SharpdimError(
             "curvature cannot be computed inside torch.inference_mode(): call it outside the "
