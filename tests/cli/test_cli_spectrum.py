@@ -48,10 +48,41 @@ def test_spectrum_matches_eigvalsh_and_writes_outputs(
 
 def test_spectrum_in_chunks_equals_one_batch(tmp_path: Path) -> None:
     one = _spectrum(tmp_path, f"{TINY} --which LA --k 2", "one")["spectrum"]
-    chunked = _spectrum(tmp_path, f"{TINY} --which LA --k 2 --chunk-size 25", "chunks")["spectrum"]
     a = torch.tensor(one["lanczos"]["eigenvalues"])
-    b = torch.tensor(chunked["lanczos"]["eigenvalues"])
-    assert torch.allclose(a, b, rtol=1e-9, atol=0)
+    for chunk in (25, 1000):  # chunks of 25, 25 and 10; one chunk larger than the data
+        got = _spectrum(tmp_path, f"{TINY} --which LA --k 2 --chunk-size {chunk}", f"c{chunk}")
+        assert got["spectrum"]["chunk_size"] == chunk
+        b = torch.tensor(got["spectrum"]["lanczos"]["eigenvalues"])
+        assert torch.allclose(a, b, rtol=1e-9, atol=0)
+
+
+def test_spectrum_json_records_dtype_and_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    payload = _spectrum(tmp_path, f"{TINY} --which LA --k 1 --float32 --trace-matvecs 3")
+    s, training = payload["spectrum"], payload["training"]
+    assert training["dtype"] == "float32" and s["threshold"] == 2 / 0.5
+    top = s["lanczos"]["eigenvalues"][0]
+    assert s["sharpness_over_threshold"] == pytest.approx(top / 4.0, rel=1e-12)
+    assert s["trace"]["stderr"] is None  # one probe: no standard error
+    assert "(no standard error)" in capsys.readouterr().out
+
+
+def test_spectrum_output_paths_checked_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sharpdim.training.loop as loop
+
+    monkeypatch.setattr(loop, "train", _no_training)
+    same = str(tmp_path / "s.png")
+    for args, message in (
+        (["--png", str(tmp_path / "f.svgx")], "matplotlib cannot write 'svgx' figures: end it in"),
+        (["--png", same, "--json", same], f"--json and --png both name {same}"),
+    ):
+        assert main(["spectrum", "--n-train", "60", "--width", "4", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_spectrum_smallest_only_and_unconverged(
@@ -75,6 +106,10 @@ def test_spectrum_threshold_of_the_sgd_family_only(
     assert "stability threshold" not in capsys.readouterr().out  # Adam's bounds P^-1 H
 
 
+def _no_training(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("training started before the options were checked")
+
+
 BAD = [
     (["--which", "LM"], "unknown --which 'LM': use one of LA, SA, both"),
     (["--k", "0"], "--k must be >= 1, got 0"),
@@ -82,6 +117,7 @@ BAD = [
     (["--tol", "0"], "--tol must be in (0, 1), got 0.0: pass e.g. --tol 1e-6"),
     (["--tol", "nan"], "--tol must be in (0, 1), got nan"),
     (["--max-iter", "0"], "--max-iter must be >= 1, got 0"),
+    (["--max-iter", "8"], "--max-iter 8 products cannot give 10 eigenvalues (--k 5 --which both)"),
     (["--chunk-size", "0"], "--chunk-size must be >= 1, got 0"),
     (["--trace-matvecs", "2"], "--trace-matvecs must be >= 3, got 2"),
     (["--slq-runs", "0"], "--slq-runs must be >= 1, got 0"),
@@ -103,10 +139,7 @@ def test_spectrum_bad_input_exits_2_before_training(
 ) -> None:
     import sharpdim.training.loop as loop
 
-    def no_training(*a: Any, **kw: Any) -> Any:
-        raise AssertionError("training started before the options were checked")
-
-    monkeypatch.setattr(loop, "train", no_training)
+    monkeypatch.setattr(loop, "train", _no_training)
     code = main(["spectrum", "--n-train", "60", "--width", "4", "--depth", "1", *args])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err, err

@@ -287,6 +287,7 @@ def training_record(
     loss: str,
     config: TrainConfig,
     trained: TrainResult,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """What a command's JSON records about the model, the data and the training run."""
     return {
@@ -296,6 +297,7 @@ def training_record(
         "width": width,
         "depth": depth,
         "activation": activation,
+        **({} if dtype is None else {"dtype": str(dtype).removeprefix("torch.")}),
         "loss": loss,
         **config.to_dict(),
         "final_train_loss": trained.final_train_loss,

@@ -197,6 +197,7 @@ def compute(
                 loss=loss,
                 config=config,
                 trained=trained,
+                dtype=dtype,
             ),
         }
         write_json(json_out, payload, "--json path")

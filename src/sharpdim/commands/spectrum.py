@@ -11,6 +11,7 @@ over chunks of the training set, so memory is that of one chunk.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from sharpdim.curvature.lanczos import LanczosResult, lanczos_eigenvalues
 from sharpdim.curvature.slq import slq_spectrum
 from sharpdim.curvature.trace import hutchpp_trace
 from sharpdim.errors import SharpdimError
+from sharpdim.report.figure_file import check_figure_format
 from sharpdim.report.spectrum_figures import plot_spectrum_density
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.loop import TrainConfig
@@ -93,11 +95,38 @@ def _check_options(
         check_at_least(value, least[name], "--" + name.replace("_", "-"))
 
 
+def _check_sizes(num_params: int, k: int, which: str, max_iter: int | None, exact: bool) -> None:
+    """The options that depend on the model's size, checked before training."""
+    if k > num_params:
+        raise SharpdimError(f"--k {k} exceeds the {num_params} parameters: pass --k {num_params}")
+    wanted = min(2 * k, num_params) if which == "both" else k
+    if max_iter is not None and max_iter < wanted:
+        raise SharpdimError(
+            f"--max-iter {max_iter} products cannot give {wanted} eigenvalues (--k {k} "
+            f"--which {which}): pass --max-iter {wanted} or more, or leave it unset"
+        )
+    if exact and num_params > DENSE_LIMIT:
+        raise SharpdimError(
+            f"--exact needs the dense Hessian of {num_params:,} parameters, above "
+            f"{DENSE_LIMIT:,}: drop --exact or use a smaller --width/--depth"
+        )
+
+
+def _check_outputs(json_out: Path | None, png: Path | None) -> None:
+    """Both output files writable, the figure's format one matplotlib writes, two paths."""
+    prepare_output_file(json_out, "--json path")
+    prepare_output_file(png, "--png path")
+    if png is not None:
+        check_figure_format(png, "--png path")
+        if json_out is not None and json_out.resolve() == png.resolve():
+            raise SharpdimError(f"--json and --png both name {png}: give two different paths")
+
+
 def _hessian(model: nn.Module, loss: str, data: Dataset, chunk_size: int | None) -> HessianOperator:
     """The full-batch training-loss Hessian, over chunks of ``chunk_size`` examples if given."""
     loss_fn = get_loss(loss)
-    chunks = list(data.batches(chunk_size, drop_last=False)) if chunk_size else []
-    if len(chunks) > 1:
+    if chunk_size is not None and chunk_size < data.num_train:
+        chunks = list(data.batches(chunk_size, drop_last=False))
         return HessianOperator(model, loss_fn, batches=chunks)
     return HessianOperator(model, loss_fn, data.train_batch())
 
@@ -171,15 +200,8 @@ def spectrum(
     )  # fmt: skip
     check_train_batch_size(train_batch_size, data)
     num_params = sum(p.numel() for p in model.parameters())
-    if k > num_params:
-        raise SharpdimError(f"--k {k} exceeds the {num_params} parameters: pass --k {num_params}")
-    if exact and num_params > DENSE_LIMIT:
-        raise SharpdimError(
-            f"--exact needs the dense Hessian of {num_params:,} parameters, above "
-            f"{DENSE_LIMIT:,}: drop --exact or use a smaller --width/--depth"
-        )
-    prepare_output_file(json_out, "--json path")
-    prepare_output_file(png, "--png path")
+    _check_sizes(num_params, k, which, max_iter, exact)
+    _check_outputs(json_out, png)
     config = TrainConfig(
         optimizer=optimizer, lr=lr, momentum=momentum, batch_size=train_batch_size,
         steps=train_steps, loss=loss, seed=seed,
@@ -194,14 +216,17 @@ def spectrum(
     slq = slq_spectrum(hessian, num_runs=slq_runs, num_steps=slq_steps, generator=gen)
     grid, density = kde_density(slq.nodes, slq.weights)
     rows = [("parameters", f"{num_params:,}"), *_extremes(eig)]
-    rows.append(("trace (Hutch++)", f"{trace.estimate:.6g} ± {trace.stderr:.2g}"))
+    stderr = f" ± {trace.stderr:.2g}" if math.isfinite(trace.stderr) else " (no standard error)"
+    rows.append(("trace (Hutch++)", f"{trace.estimate:.6g}{stderr}"))
     record: dict[str, Any] = {"num_params": num_params, "lanczos": eig.to_dict()}
     record.update(trace=trace.to_dict(), slq={"nodes": slq.nodes, "weights": slq.weights})
     threshold = None
     if optimizer in THRESHOLDS and which != "SA":  # Adam's bounds P^-1 H, not H
         threshold = stability_threshold(optimizer, lr, momentum=momentum)
         rows.append((f"stability threshold {THRESHOLDS[optimizer]}", f"{threshold:.6g}"))
-        rows.append(("sharpness / threshold", f"{float(eig.largest[0]) / threshold:.4f}"))
+        ratio = float(eig.largest[0]) / threshold
+        rows.append(("sharpness / threshold", f"{ratio:.4f}"))
+        record.update(threshold=threshold, sharpness_over_threshold=ratio)
     if exact:
         reference = torch.linalg.eigvalsh(hessian.dense().to(torch.float64))
         error = _max_error(eig, reference)
@@ -212,16 +237,17 @@ def spectrum(
     Console().print(kv_table("Hessian spectrum of the full-batch training loss", rows))
     if not eig.all_converged:
         print_line("* not converged: raise --max-iter or --tol")
+    if json_out is not None:  # the numbers first, then the figure
+        record.update(chunk_size=chunk_size)
+        training = training_record(
+            dataset, data, width=width, depth=depth, activation=activation, loss=loss,
+            config=config, trained=trained, dtype=dtype,
+        )  # fmt: skip
+        write_json(json_out, {"spectrum": record, "training": training}, "--json path")
     if png is not None:
         top = eig.largest.tolist() if which != "SA" else []
         with output_errors(png, "--png path"):
             plot_spectrum_density(grid, density, png, top_eigenvalues=top, threshold=threshold)
-    if json_out is not None:
-        training = training_record(
-            dataset, data, width=width, depth=depth, activation=activation, loss=loss,
-            config=config, trained=trained,
-        )  # fmt: skip
-        write_json(json_out, {"spectrum": record, "training": training}, "--json path")
     written = [str(path) for path in (json_out, png) if path is not None]
     if written:
         print_line("wrote " + " and ".join(written))
