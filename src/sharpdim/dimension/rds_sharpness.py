@@ -36,7 +36,7 @@ from sharpdim.dynamics.jacobian_spectra import (
     step_matrix,
 )
 from sharpdim.errors import SharpdimError
-from sharpdim.rng import operator_seed
+from sharpdim.rng import forked_global_rng, operator_seed
 
 
 @dataclass(frozen=True)
@@ -133,13 +133,14 @@ def batch_log_singular_values(
     preconditioner: torch.Tensor | None = None,
     mode: Mode = "eval",
     max_params: int | None = DENSE_LIMIT,
+    seed: int | None = None,
 ) -> torch.Tensor:
     """Sorted exponents ``ln(sigma_k + eps)`` of one step with ``batch`` at the current ``w``.
 
     Dense minibatch Hessian, its step matrix ``A`` (:func:`step_matrix`), float64
-    ``eigvalsh`` and the closed-form block singular values.
+    ``eigvalsh`` and the closed-form block singular values. ``mode`` and ``seed`` (of
+    train-mode dropout) are those of :class:`~sharpdim.curvature.hessian.HessianOperator`.
     """
-    seed = operator_seed(mode)  # in train mode, fresh dropout masks for every batch
     h = dense_hessian(model, loss_fn, batch, mode=mode, max_params=max_params, seed=seed)
     a = step_matrix(h, config, preconditioner)
     del h
@@ -185,38 +186,44 @@ def rds_sharpness(
     saved = get_flat_params(params)
     points = [saved] if iterates is None or len(iterates) == 0 else list(iterates)
     rows: list[torch.Tensor] = []
-    try:
-        for w in points:
-            if not isinstance(w, torch.Tensor):
-                try:
-                    w = torch.as_tensor(w, dtype=saved.dtype, device=saved.device)
-                except (TypeError, ValueError, RuntimeError):
-                    raise SharpdimError(
-                        f"iterate of type {type(w).__name__} is not numeric: pass flat "
-                        "parameter vectors (sharpdim get_flat_params)"
-                    ) from None
-            if w.shape != saved.shape:
-                raise SharpdimError(
-                    f"iterate of shape {tuple(w.shape)} does not match {saved.numel()} "
-                    "parameters: pass flat parameter vectors (sharpdim get_flat_params)"
-                )
-            set_flat_params(params, w)
-            rows.append(
-                torch.stack(
-                    [
-                        batch_log_singular_values(
-                            model,
-                            loss_fn,
-                            b,
-                            config,
-                            preconditioner=preconditioner,
-                            mode=mode,
-                            max_params=max_params,
-                        )
-                        for b in batches
-                    ]
-                )
-            )
-    finally:
-        set_flat_params(params, saved)
+    # in train mode every (iterate, batch) draws fresh dropout masks, from a fork of the
+    # global generator: the caller's random stream is not advanced
+    with forked_global_rng(None, params):
+        try:
+            for w in points:
+                set_flat_params(params, _as_point(w, saved))
+                row = [
+                    batch_log_singular_values(
+                        model,
+                        loss_fn,
+                        b,
+                        config,
+                        preconditioner=preconditioner,
+                        mode=mode,
+                        max_params=max_params,
+                        seed=operator_seed(mode),
+                    )
+                    for b in batches
+                ]
+                rows.append(torch.stack(row))
+        finally:
+            set_flat_params(params, saved)
     return rds_exponents(torch.stack(rows))
+
+
+def _as_point(w: Any, saved: torch.Tensor) -> torch.Tensor:
+    """An iterate as a flat parameter vector like ``saved``; one-line errors otherwise."""
+    if not isinstance(w, torch.Tensor):
+        try:
+            w = torch.as_tensor(w, dtype=saved.dtype, device=saved.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise SharpdimError(
+                f"iterate of type {type(w).__name__} is not numeric: pass flat "
+                "parameter vectors (sharpdim get_flat_params)"
+            ) from None
+    if w.shape != saved.shape:
+        raise SharpdimError(
+            f"iterate of shape {tuple(w.shape)} does not match {saved.numel()} "
+            "parameters: pass flat parameter vectors (sharpdim get_flat_params)"
+        )
+    return w
