@@ -1,8 +1,9 @@
 """How often ``lanczos_eigenvalues`` returns a wrong list that it marks converged.
 
 Krylov methods cannot certify multiplicities (docs/curvature.md), so this counts, against
-float64 ``eigvalsh``, the results that are wrong by more than ``1e-6 max(1, ||A||)`` (float64;
-``1e-3`` in float32) while ``all_converged`` is true, and the results left unconverged, on
+float64 ``eigvalsh``, the results that are wrong by more than ``1e-6 max(1, m)`` (float64;
+``1e-3`` in float32; ``m`` the largest magnitude among the wanted exact eigenvalues, at most
+``||A||``, so the limit is the stricter one) while ``all_converged`` is true, and the results left unconverged, on
 three seeded families:
 
 * ``least_squares``: ``(2/N) X^T X`` with 3-14 examples and 20-49 weights (a 6- to 46-fold
