@@ -15,7 +15,8 @@ _BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.S | re.M)
 
 
 def run_guide(name: str, *, min_blocks: int = 1) -> str:
-    """Execute every python block of ``docs/<name>`` in one namespace; return what it printed."""
+    """Execute every python block of ``docs/<name>`` (``"../README.md"``: the README) in one
+    namespace; return what it printed."""
     path = DOCS / name
     blocks = _BLOCK.findall(path.read_text())
     assert len(blocks) >= min_blocks, f"{name}: expected >= {min_blocks} python blocks"

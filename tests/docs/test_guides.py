@@ -19,3 +19,9 @@ def test_training_guide() -> None:
     assert "diverged" in printed
     assert "('nesterov', 135.7" in printed
     assert "[(0, 1.0), (25, 0.83), (50, 0.89)]" in printed  # EoSMonitor ratios
+
+
+def test_readme_snippet() -> None:
+    """The README's "Use it on your model" block runs as written (seeded: same numbers)."""
+    printed = run_guide("../README.md")
+    assert printed.startswith("tensor([0.7472, 0.7117, 0.6723, 0.6431, 0.6410]"), printed
