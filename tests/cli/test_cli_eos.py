@@ -30,6 +30,14 @@ def test_sharpening(tmp_path, capsys):
     assert "late median ratio" in capsys.readouterr().out
 
 
+def test_sharpening_table_shows_the_step_a_run_diverged_at(tmp_path, capsys):
+    assert main(["eos", "sharpening", "--lrs", "0.2,50", *TINY_MLP, "--out", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "sharpening.json").read_text())["runs"]
+    step = runs[1]["diverged_at"]
+    assert runs[1]["status"] == "diverged" and isinstance(step, int)
+    assert f"diverged@{step}" in capsys.readouterr().out
+
+
 def test_thresholds(tmp_path):
     code = main(["eos", "thresholds", "--momentum-lr", "0.1", "--adam-lr", "0.01", *TINY_MLP,
                  "--float32", "--out", str(tmp_path)])  # fmt: skip

@@ -136,7 +136,7 @@ def _runs_table(title: str, result: Any) -> Table:
             f"{r.threshold:.4g}",
             f"{r.late_median_ratio:.4f}",
             f"{low:.3f}..{high:.3f}",
-            r.status,
+            r.status if r.diverged_at is None else f"{r.status}@{r.diverged_at}",  # its step
         )
     return table
 
