@@ -24,6 +24,9 @@ def test_demo_tiny(tmp_path: Path) -> None:
     assert 0 <= summary["sharpness_dimension"]["sd"] <= summary["spectrum"]["num_params"]
     assert (out / "spectrum.png").stat().st_size > 1000
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    settings = summary["settings"]  # what was run, beside what came out
+    assert (settings["n_train"], settings["width"], settings["steps"]) == (100, 4, 20)
+    assert (settings["dtype"], settings["lr"], settings["slq_runs"]) == ("float32", 0.5, 2)
 
 
 def _no_training(*args: Any, **kwargs: Any) -> Any:

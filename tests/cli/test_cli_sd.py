@@ -29,13 +29,14 @@ def test_sd_compute_exact_writes_json(tmp_path: Path, capsys: pytest.CaptureFixt
         "--dataset digits --n-train 200 --width 6 --depth 1 --lr 0.5 --train-steps 10 "
         "--num-batches 3 --batch-size 32 --num-bootstrap 20",
     )
-    assert "Sharpness dimension" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Sharpness dimension" in out and f"wrote {tmp_path / 'sd.json'}" in out
     r = payload["result"]
     assert r["method"] == "exact" and r["optimizer"] == "sgd"
     assert r["num_params"] == 64 * 6 + 6 + 6 * 10 + 10
     assert 0 <= r["sd"] <= r["num_exponents"]
     assert r["ci_low"] <= r["ci_high"]
-    assert payload["training"]["steps"] == 10
+    assert payload["training"]["steps"] == 10 and payload["training"]["dtype"] == "float64"
 
 
 def test_sd_compute_momentum_and_adam(tmp_path: Path) -> None:
@@ -63,6 +64,10 @@ def test_sd_compute_slq_tiny(tmp_path: Path, reorth: str) -> None:
 BAD = [
     (["--method", "bogus"], "unknown --method 'bogus': use one of exact, slq, kde, ps"),
     (["--optimizer", "rmsprop"], "unknown --optimizer 'rmsprop'"),
+    (["--activation", "sigmoid"], "unknown --activation 'sigmoid'"),
+    (["--num-bootstrap", "1"], "--num-bootstrap 1 gives no interval (one resample)"),
+    (["--max-params", "-5"], "--max-params must be >= 1, got -5"),
+    (["--dataset", "teacher_student", "--loss", "ce"], "is a regression: pass --loss mse"),
     (["--lr", "-1"], "--lr must be a positive finite number"),
     (["--lr", "0"], "--lr must be a positive finite number"),
     (["--lr", "nan"], "--lr must be a positive finite number, got nan"),

@@ -123,6 +123,12 @@ BAD = [
     (["--slq-runs", "0"], "--slq-runs must be >= 1, got 0"),
     (["--slq-steps", "1"], "--slq-steps must be >= 2, got 1"),
     (["--optimizer", "rmsprop"], "unknown --optimizer 'rmsprop'"),
+    (["--activation", "sigmoid"], "unknown --activation 'sigmoid': use one of tanh, relu, gelu"),
+    (["--loss", "hinge"], "unknown --loss 'hinge': use one of mse, ce"),
+    (
+        ["--dataset", "teacher_student", "--loss", "ce"],
+        "--loss ce needs class labels and --dataset teacher_student is a regression: pass --loss mse",
+    ),
     (["--lr", "0"], "--lr must be a positive finite number"),
     (["--exact", "--width", "400"], "--exact needs the dense Hessian of 30,010 parameters"),
     (["--train-batch-size", "61"], "--train-batch-size 61 exceeds the 60 training examples"),

@@ -176,13 +176,23 @@ def mlp_setup(
     activation: str = "tanh",
     dtype: torch.dtype = torch.float32,
     batch_size: int | None = None,
+    loss: str | None = None,
 ) -> tuple[Dataset, torch.nn.Sequential]:
-    """Check ``--n-train``, ``--width``, ``--depth``, ``--batch-size``; load the data, build the MLP.
+    """Check ``--n-train``, ``--width``, ``--depth``, ``--activation``, ``--batch-size`` and
+    ``--loss`` (against the data: cross-entropy needs classes); load the data, build the MLP.
 
-    Cheap, so commands call it before any training. ``batch_size=None`` is not checked.
+    Cheap, so commands call it before any training. ``batch_size=None`` and ``loss=None`` are
+    not checked.
     """
-    from sharpdim.training.models import build_mlp
+    from sharpdim.training.losses import LOSSES
+    from sharpdim.training.models import ACTIVATIONS, build_mlp
 
+    if activation not in ACTIVATIONS:
+        raise SharpdimError(
+            f"unknown --activation {activation!r}: use one of {', '.join(ACTIVATIONS)}"
+        )
+    if loss is not None and loss not in LOSSES:
+        raise SharpdimError(f"unknown --loss {loss!r}: use one of mse, ce")
     if n_train is not None:
         check_at_least(n_train, 1, "--n-train")
     check_at_least(width, 1, "--width")
@@ -190,6 +200,11 @@ def mlp_setup(
     if batch_size is not None:
         check_at_least(batch_size, 1, "--batch-size")
     data = load_mlp_dataset(dataset, seed=seed, n_train=n_train, dtype=dtype)
+    if loss is not None and loss != "mse" and not data.num_classes:
+        raise SharpdimError(
+            f"--loss {loss} needs class labels and --dataset {dataset} is a regression: pass "
+            "--loss mse"
+        )
     if batch_size is not None:
         check_batch_size(batch_size, data.num_train)
     check_mlp_size(data.input_dim, data.num_outputs, width, depth)

@@ -328,9 +328,11 @@ def lyapunov(
                     loss="mse",
                     config=config,
                     trained=trained,
+                    dtype=torch.float64,
                 ),
                 "num_params": phi.num_params,
             },
             "lyapunov": {"k": k, "steps": steps, "warmup": warmup, "lr": lr, "seed": seed},
         }
         write_json(json_out, payload, "--json path")
+        print_line(wrote_line(json_out))

@@ -62,7 +62,14 @@ def demo(
     n_train: Annotated[
         int, typer.Option(min=10, max=DIGITS_TRAIN, help="Training examples (digits).")
     ] = 1000,
-    width: Annotated[int, typer.Option(min=1, help="MLP width (2 hidden tanh layers).")] = 16,
+    width: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="MLP width (2 hidden tanh layers; at most 108, the exact SD's 20,000 "
+            "parameters; minutes and GiB near it).",
+        ),
+    ] = 16,
     lr: Annotated[float, typer.Option(help="SGD step size eta.")] = 0.5,
     batch_size: Annotated[
         int, typer.Option(min=1, help="SGD minibatch size (at most --n-train).")
@@ -114,7 +121,13 @@ def demo(
         generator=gen,
     )
     with output_errors(out, "--out folder"):
-        _write_outputs(out, run, summary, sd_result, lr)
+        settings = {
+            "dataset": "digits", "n_train": data.num_train, "width": width, "depth": 2,
+            "activation": "tanh", "loss": "mse", "dtype": "float32", "lr": lr,
+            "batch_size": batch_size, "steps": steps, "sd_batches": sd_batches,
+            "slq_runs": slq_runs, "slq_steps": slq_steps, "seed": seed,
+        }  # fmt: skip
+        _write_outputs(out, run, summary, sd_result, lr, settings)
     _print_summary(console, run, summary, sd_result, lr, out)
     console.print(f"done in {time.perf_counter() - start:.1f} s")
 
@@ -138,9 +151,15 @@ def _rows(run: TrainResult, s: SpectrumSummary, res: SDResult, lr: float) -> dic
 
 
 def _write_outputs(
-    out: Path, run: TrainResult, s: SpectrumSummary, res: SDResult, lr: float
+    out: Path,
+    run: TrainResult,
+    s: SpectrumSummary,
+    res: SDResult,
+    lr: float,
+    settings: dict[str, object],
 ) -> None:
     payload = {
+        "settings": settings,
         "training": run.to_dict(),
         "spectrum": s.to_dict(),
         "sharpness_dimension": res.to_dict(),

@@ -31,6 +31,7 @@ from sharpdim.commands._common import (
     momentum_option,
     optimizer_option,
     prepare_output_file,
+    print_line,
     seed_option,
     train_batch_size_option,
     train_mlp,
@@ -38,6 +39,7 @@ from sharpdim.commands._common import (
     training_record,
     width_option,
     write_json,
+    wrote_line,
 )
 from sharpdim.curvature.slq import REORTHOGONALIZATIONS
 from sharpdim.dimension.sharpness_dimension import METHODS, SDResult, sharpness_dimension
@@ -119,6 +121,11 @@ def compute(
     check_at_least(num_runs, 1, "--num-runs")
     check_at_least(num_steps, 1, "--num-steps")
     check_at_least(num_bootstrap, 0, "--num-bootstrap")
+    if num_bootstrap == 1:
+        raise SharpdimError(
+            "--num-bootstrap 1 gives no interval (one resample): pass 0 (no CI) or e.g. 200"
+        )
+    check_at_least(max_params, 1, "--max-params")
     dtype = torch.float64 if float64 else torch.float32
     data, model = mlp_setup(
         dataset,
@@ -129,6 +136,7 @@ def compute(
         activation=activation,
         dtype=dtype,
         batch_size=batch_size,
+        loss=loss,
     )
     check_train_batch_size(train_batch_size, data)
     num_params = sum(p.numel() for p in trainable_parameters(model))
@@ -201,3 +209,4 @@ def compute(
             ),
         }
         write_json(json_out, payload, "--json path")
+        print_line(wrote_line(json_out))

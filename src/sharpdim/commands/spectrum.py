@@ -196,7 +196,7 @@ def spectrum(
     dtype = torch.float64 if float64 else torch.float32
     data, model = mlp_setup(
         dataset, n_train=n_train, width=width, depth=depth, seed=seed, activation=activation,
-        dtype=dtype,
+        dtype=dtype, loss=loss,
     )  # fmt: skip
     check_train_batch_size(train_batch_size, data)
     num_params = sum(p.numel() for p in model.parameters())

@@ -21,6 +21,8 @@ from torch import nn
 from sharpdim.errors import SharpdimError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+ACTIVATIONS = tuple(_ACTIVATIONS)
+"""The hidden activations of :func:`build_mlp`."""
 
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
