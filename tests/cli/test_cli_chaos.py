@@ -191,7 +191,8 @@ LYAP_BAD = [
     (["--lr", "0"], "--lr must be a positive finite number, got 0.0: pass e.g. --lr 0.5"),
     (["--k", "0"], "--k must be >= 1, got 0: pass --k 1 or more"),
     (["--k", "500"], "--k 500 exceeds the 310 parameters of the MLP: pass --k <= 310"),
-    (["--steps", "0"], "--steps must be >= 1, got 0: pass --steps 1 or more"),
+    (["--steps", "0"], "--lyap-steps must be >= 1, got 0: pass --lyap-steps 1 or more"),
+    (["--lyap-steps", "0"], "--lyap-steps must be >= 1, got 0: pass --lyap-steps 1 or more"),
     (
         ["--batch-size", "999"],
         "--batch-size 999 exceeds the 256 training examples: pass --batch-size <= 256 "

@@ -143,7 +143,9 @@ def compare(
     width: int = width_option(32),
     depth: int = depth_option(2),
     train_steps: int = typer.Option(500, help="training steps before measuring"),
-    batch_size: int | None = typer.Option(None, help="minibatch size (default: full batch GD)"),
+    batch_size: int | None = typer.Option(
+        None, "--train-batch-size", "--batch-size", help="training minibatch (default: full batch)"
+    ),
     k: int = typer.Option(8, help="number of Lyapunov exponents"),
     lyap_steps: int = typer.Option(400, help="steps averaged by the Lyapunov/divergence runs"),
     warmup: int = typer.Option(50, help="Lyapunov warmup steps"),
@@ -256,9 +258,13 @@ def lyapunov(
     width: int = width_option(16),
     depth: int = depth_option(2),
     train_steps: int = typer.Option(1000, help="training steps before measuring"),
-    batch_size: int | None = typer.Option(None, help="minibatch size (default: full batch GD)"),
+    batch_size: int | None = typer.Option(
+        None, "--train-batch-size", "--batch-size", help="training minibatch (default: full batch)"
+    ),
     k: int = typer.Option(6, help="number of exponents"),
-    steps: int = typer.Option(300, help="steps averaged"),
+    steps: int = typer.Option(
+        300, "--lyap-steps", "--steps", help="steps the exponents average (after --warmup)"
+    ),
     warmup: int = typer.Option(50, help="warmup steps"),
     seed: int = seed_option("seed of data, model and sampling"),
     json_out: Path | None = json_option(),
@@ -274,7 +280,7 @@ def lyapunov(
 
     check_positive_lr(lr, example="0.5")
     check_at_least(train_steps, 0, "--train-steps")
-    check_at_least(steps, 1, "--steps")
+    check_at_least(steps, 1, "--lyap-steps")
     check_at_least(warmup, 0, "--warmup")
     data, _ = _check_model_options(
         dataset=dataset,

@@ -91,7 +91,9 @@ def compute(
     train_batch_size: int | None = train_batch_size_option(),
     train_steps: int = train_steps_option(),
     method: str = typer.Option("exact", help="exact | slq | kde | ps"),
-    batch_size: int = typer.Option(64, help="minibatch size of the SD's Jacobians"),
+    batch_size: int = typer.Option(
+        64, "--sd-batch-size", "--batch-size", help="minibatch size of the SD's Jacobians"
+    ),
     num_batches: int = typer.Option(10, help="minibatches (exact method)"),
     num_runs: int = typer.Option(100, help="Lanczos runs (slq/kde/ps)"),
     num_steps: int = typer.Option(100, help="Lanczos steps per run (slq/kde/ps)"),
