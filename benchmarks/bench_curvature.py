@@ -24,7 +24,7 @@
 
 torch runs on ``--threads`` (2) threads; numpy/scipy's OpenBLAS, which only ``eigsh`` uses (its
 vector work between products), on ``--blas-threads`` (1): its spinning threads next to
-torch's would slow that method alone (2.4-2.6x measured at 2 BLAS threads).
+torch's would slow that method alone (2.4-3.2x measured at 2 BLAS threads).
 
 Data are synthetic and seeded: inputs ``N(0, 1)``, labels from a random linear teacher
 (``argmax x W``). The reference MLP is evaluated at states ``--train-steps`` (full-batch
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=1,
         help="threads of numpy/scipy's OpenBLAS (eigsh's own vector work between products): "
         "more than 1 next to torch's threads oversubscribes the cores (their spinning slowed "
-        "curvlinops + eigsh 2.4x at 2)",
+        "curvlinops + eigsh 2.4-3.2x at 2)",
     )
     parser.add_argument("--repeats", type=int, default=10, help="repeats for (a)")
     parser.add_argument("--block", type=int, default=8, help="block size of batched HVPs in (a)")

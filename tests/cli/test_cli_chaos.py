@@ -194,8 +194,8 @@ LYAP_BAD = [
     (["--steps", "0"], "--lyap-steps must be >= 1, got 0: pass --lyap-steps 1 or more"),
     (["--lyap-steps", "0"], "--lyap-steps must be >= 1, got 0: pass --lyap-steps 1 or more"),
     (
-        ["--batch-size", "999"],
-        "--batch-size 999 exceeds the 256 training examples: pass --batch-size <= 256 "
+        ["--batch-size", "999"],  # the alias of --train-batch-size, which the error names
+        "--train-batch-size 999 exceeds the 256 training examples: pass --train-batch-size <= 256 "
         "(or a larger --n-train)",
     ),
     (["--json", "{tmp}"], "cannot write {tmp} (it is a folder): choose a writable --json path"),

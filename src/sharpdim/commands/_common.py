@@ -129,12 +129,12 @@ def check_n_train(dataset: str, n_train: int | None) -> int | None:
     return n_train
 
 
-def check_batch_size(batch_size: int, num_train: int) -> int:
-    """``batch_size`` if at most ``num_train``, else a one-line error naming ``--batch-size``."""
+def check_batch_size(batch_size: int, num_train: int, flag: str = "--batch-size") -> int:
+    """``batch_size`` if at most ``num_train``, else a one-line error naming ``flag``."""
     if batch_size > num_train:
         raise SharpdimError(
-            f"--batch-size {batch_size} exceeds the {num_train} training examples: pass "
-            f"--batch-size <= {num_train} (or a larger --n-train)"
+            f"{flag} {batch_size} exceeds the {num_train} training examples: pass "
+            f"{flag} <= {num_train} (or a larger --n-train)"
         )
     return batch_size
 
@@ -177,12 +177,13 @@ def mlp_setup(
     dtype: torch.dtype = torch.float32,
     batch_size: int | None = None,
     loss: str | None = None,
+    batch_flag: str = "--batch-size",
 ) -> tuple[Dataset, torch.nn.Sequential]:
     """Check ``--n-train``, ``--width``, ``--depth``, ``--activation``, ``--batch-size`` and
     ``--loss`` (against the data: cross-entropy needs classes); load the data, build the MLP.
 
     Cheap, so commands call it before any training. ``batch_size=None`` and ``loss=None`` are
-    not checked.
+    not checked; ``batch_flag`` is the option that sets ``batch_size``.
     """
     from sharpdim.training.losses import LOSSES
     from sharpdim.training.models import ACTIVATIONS, build_mlp
@@ -198,7 +199,7 @@ def mlp_setup(
     check_at_least(width, 1, "--width")
     check_at_least(depth, 0, "--depth")
     if batch_size is not None:
-        check_at_least(batch_size, 1, "--batch-size")
+        check_at_least(batch_size, 1, batch_flag)
     data = load_mlp_dataset(dataset, seed=seed, n_train=n_train, dtype=dtype)
     if loss is not None and loss != "mse" and not data.num_classes:
         raise SharpdimError(
@@ -206,7 +207,7 @@ def mlp_setup(
             "--loss mse"
         )
     if batch_size is not None:
-        check_batch_size(batch_size, data.num_train)
+        check_batch_size(batch_size, data.num_train, batch_flag)
     check_mlp_size(data.input_dim, data.num_outputs, width, depth)
     model = build_mlp(
         data.input_dim,

@@ -80,6 +80,7 @@ def _check_model_options(
         seed=seed,
         dtype=torch.float64,
         batch_size=batch_size,
+        batch_flag="--train-batch-size",
     )
     d = sum(p.numel() for p in trainable_parameters(model))
     if k > d:

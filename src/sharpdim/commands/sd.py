@@ -139,6 +139,7 @@ def compute(
         dtype=dtype,
         batch_size=batch_size,
         loss=loss,
+        batch_flag="--sd-batch-size",
     )
     check_train_batch_size(train_batch_size, data)
     num_params = sum(p.numel() for p in trainable_parameters(model))
