@@ -384,7 +384,8 @@ def check_train_batch_size(train_batch_size: int | None, data: Dataset) -> None:
 def train_mlp(
     model: torch.nn.Module, data: Dataset, config: TrainConfig
 ) -> tuple[TrainResult, torch.optim.Optimizer, list[torch.nn.Parameter]]:
-    """Train ``model`` on ``data`` with ``config``; ``(result, optimizer, trained params)``.
+    """Train ``model`` on ``data`` with ``config`` (with a progress bar); ``(result, optimizer,
+    trained params)``.
 
     A diverged run is a one-line error suggesting a lower ``--lr``.
     """
@@ -392,7 +393,7 @@ def train_mlp(
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = config.make_optimizer(params)
-    trained = train(model, data, config, optimizer=opt)
+    trained = train(model, data, config, optimizer=opt, progress=True)
     if trained.diverged:
         raise SharpdimError(
             f"training diverged at step {trained.diverged_at}: lower --lr or --train-steps"
