@@ -211,9 +211,13 @@ def spectrum(
     start = time.perf_counter()
     hessian = _hessian(model, loss, data, chunk_size)
     gen = torch.Generator().manual_seed(seed)
-    eig = lanczos_eigenvalues(hessian, k, which, tol=tol, max_iter=max_iter, generator=gen)  # type: ignore[arg-type]
-    trace = hutchpp_trace(hessian, num_matvecs=trace_matvecs, generator=gen)
-    slq = slq_spectrum(hessian, num_runs=slq_runs, num_steps=slq_steps, generator=gen)
+    console = Console()
+    with console.status("Lanczos: the extreme eigenvalues"):
+        eig = lanczos_eigenvalues(hessian, k, which, tol=tol, max_iter=max_iter, generator=gen)  # type: ignore[arg-type]
+    with console.status("Hutch++: the trace"):
+        trace = hutchpp_trace(hessian, num_matvecs=trace_matvecs, generator=gen)
+    with console.status("stochastic Lanczos quadrature: the density"):
+        slq = slq_spectrum(hessian, num_runs=slq_runs, num_steps=slq_steps, generator=gen)
     grid, density = kde_density(slq.nodes, slq.weights)
     rows = [("parameters", f"{num_params:,}"), *_extremes(eig)]
     stderr = f" ± {trace.stderr:.2g}" if math.isfinite(trace.stderr) else " (no standard error)"
@@ -228,13 +232,14 @@ def spectrum(
         rows.append(("sharpness / threshold", f"{ratio:.4f}"))
         record.update(threshold=threshold, sharpness_over_threshold=ratio)
     if exact:
-        reference = torch.linalg.eigvalsh(hessian.dense().to(torch.float64))
+        with console.status("--exact: the dense Hessian and its eigvalsh"):
+            reference = torch.linalg.eigvalsh(hessian.dense().to(torch.float64))
         error = _max_error(eig, reference)
         rows.append(("max |Lanczos - eigvalsh| / ||H||", f"{error:.2e}"))
         record.update(exact_eigenvalues=reference, max_error_over_norm=error)
     seconds = time.perf_counter() - start
     rows.append(("Lanczos products / curvature time", f"{eig.num_matvecs} / {seconds:.2f} s"))
-    Console().print(kv_table("Hessian spectrum of the full-batch training loss", rows))
+    console.print(kv_table("Hessian spectrum of the full-batch training loss", rows))
     if not eig.all_converged:
         print_line("* not converged: raise --max-iter or --tol")
     if json_out is not None:  # the numbers first, then the figure
