@@ -79,8 +79,15 @@ def _values(values: torch.Tensor, converged: torch.Tensor) -> str:
 
 
 def _check_options(
-    k: int, which: str, tol: float, max_iter: int | None, chunk_size: int | None, **counts: int
+    k: int,
+    which: str,
+    tol: float,
+    max_iter: int | None,
+    chunk_size: int | None,
+    counts: tuple[int, int, int],
 ) -> None:
+    """The options that do not depend on the data; ``counts`` are --trace-matvecs,
+    --slq-runs and --slq-steps."""
     if which not in WHICH:
         raise SharpdimError(f"unknown --which {which!r}: use one of {', '.join(WHICH)}")
     check_at_least(k, 1, "--k")
@@ -90,9 +97,10 @@ def _check_options(
         check_at_least(max_iter, 1, "--max-iter")
     if chunk_size is not None:
         check_at_least(chunk_size, 1, "--chunk-size")
-    least = {"trace_matvecs": 3, "slq_runs": 1, "slq_steps": 2}
-    for name, value in counts.items():
-        check_at_least(value, least[name], "--" + name.replace("_", "-"))
+    for value, least, flag in zip(
+        counts, (3, 1, 2), ("--trace-matvecs", "--slq-runs", "--slq-steps"), strict=True
+    ):
+        check_at_least(value, least, flag)
 
 
 def _check_sizes(num_params: int, k: int, which: str, max_iter: int | None, exact: bool) -> None:
@@ -188,10 +196,7 @@ def spectrum(
     png: Path | None = typer.Option(None, "--png", help="save the spectral density figure here"),
 ) -> None:
     """Train an MLP briefly, then print its Hessian's extreme eigenvalues, trace and density."""
-    _check_options(
-        k, which, tol, max_iter, chunk_size,
-        trace_matvecs=trace_matvecs, slq_runs=slq_runs, slq_steps=slq_steps,
-    )  # fmt: skip
+    _check_options(k, which, tol, max_iter, chunk_size, (trace_matvecs, slq_runs, slq_steps))
     check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
     dtype = torch.float64 if float64 else torch.float32
     data, model = mlp_setup(
