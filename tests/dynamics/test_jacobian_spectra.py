@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal, localcontext
 
 import numpy as np
 import pytest
@@ -48,6 +49,42 @@ def test_singular_values_2x2_match_svd() -> None:
     s1, s2 = singular_values_2x2(m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1])
     ref = torch.linalg.svdvals(m)
     torch.testing.assert_close(torch.stack([s1, s2], 1), ref, rtol=1e-12, atol=1e-12)
+
+
+def _decimal_singular_values(p: Decimal, q: Decimal, r: Decimal, s: Decimal) -> list[float]:
+    """Both singular values of ``[[p, q], [r, s]]`` in 60-digit decimal arithmetic."""
+    plus = ((p + s) ** 2 + (q - r) ** 2).sqrt()
+    minus = ((p - s) ** 2 + (q + r) ** 2).sqrt()
+    return [float((plus + minus) / 2), float(abs(plus - minus) / 2)]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "a"),
+    [("momentum", 0.1, 1e8), ("nesterov", 0.1, 1e8), ("adam", 1e-3, 1e10), ("adamw", 1e-3, 1e8)],
+)
+def test_block_singular_values_keep_relative_accuracy_at_large_curvature(
+    optimizer: str, lr: float, a: float
+) -> None:
+    """sigma_2 << sigma_1: the difference of square roots lost 17% (momentum) or all of it
+    (Adam, sigma_2 = 0); the closed-form determinant keeps it, against 60-digit decimals."""
+    mu, b1, wd, step = 0.9, 0.9, 0.01, 5
+    config = StepSpectrumConfig(
+        optimizer=optimizer, lr=lr, momentum=mu, betas=(b1, 0.999), weight_decay=wd, step=step
+    )
+    got = block_singular_values(torch.tensor([a], dtype=torch.float64), config).tolist()
+    with localcontext() as ctx:
+        ctx.prec = 60
+        lr_, mu_, a_, b1_, wd_ = (Decimal(x) for x in (lr, mu, a, b1, wd))
+        if optimizer == "momentum":
+            block = (1 - lr_ * a_, -lr_ * mu_, a_, mu_)
+        elif optimizer == "nesterov":
+            block = (1 - lr_ * (1 + mu_) * a_, -lr_ * mu_ * mu_, a_, mu_)
+        else:
+            decay = lr_ * wd_ if optimizer == "adamw" else Decimal(0)
+            size = lr_ / (1 - b1_**step)
+            block = (1 - decay - size * (1 - b1_) * a_, -size * b1_, (1 - b1_) * a_, b1_)
+        want = _decimal_singular_values(*block)
+    assert got == pytest.approx(want, rel=1e-12)
 
 
 def test_sgd_exponent_and_guard() -> None:

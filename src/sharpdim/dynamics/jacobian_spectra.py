@@ -36,10 +36,13 @@ Blocks (``a`` an eigenvalue of ``A``, ``lr`` the step size):
   coordinates leaves Lyapunov exponents (long-time growth rates) unchanged; only the one-step
   singular values, hence the RDS sharpness, depend on it.
 
-The singular values of a real ``2 x 2`` block ``[[p, q], [r, s]]`` are
-``(sqrt((p + s)^2 + (q - r)^2) +- sqrt((p - s)^2 + (q + r)^2)) / 2`` (absolute value for the
-smaller one), a cancellation-free form of ``sigma_1 sigma_2 = |ps - qr|``,
-``sigma_1^2 + sigma_2^2 = p^2 + q^2 + r^2 + s^2``.
+The singular values of a real ``2 x 2`` block ``[[p, q], [r, s]]`` satisfy
+``sigma_1 sigma_2 = |ps - qr|`` and ``sigma_1^2 + sigma_2^2 = p^2 + q^2 + r^2 + s^2``; the
+larger is ``(sqrt((p + s)^2 + (q - r)^2) + sqrt((p - s)^2 + (q + r)^2)) / 2`` (a sum of
+non-negative terms, no cancellation). The smaller is ``|det| / sigma_1`` with the determinant
+in closed form (``mu`` for heavy ball, ``mu (1 - lr a)`` for Nesterov, ``b1 (1 - lr wd_w)`` for
+Adam), which keeps its relative accuracy when ``sigma_2 << sigma_1`` (large curvatures), where
+the difference of the two square roots would lose it (17% error at ``sigma_1 / sigma_2 ~ 1e8``).
 """
 
 from __future__ import annotations
@@ -118,15 +121,26 @@ class StepSpectrumConfig:
 
 
 def singular_values_2x2(
-    p: torch.Tensor, q: torch.Tensor | float, r: torch.Tensor, s: torch.Tensor | float
+    p: torch.Tensor,
+    q: torch.Tensor | float,
+    r: torch.Tensor,
+    s: torch.Tensor | float,
+    det: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Singular values ``(sigma_1 >= sigma_2)`` of the blocks ``[[p, q], [r, s]]`` elementwise."""
+    """Singular values ``(sigma_1 >= sigma_2)`` of the blocks ``[[p, q], [r, s]]`` elementwise.
+
+    ``det``: the blocks' determinant ``ps - qr`` in closed form where the caller knows one
+    (default: computed, which can cancel); ``sigma_2 = |det| / sigma_1`` (0 where
+    ``sigma_1 = 0``).
+    """
     p, r = torch.as_tensor(p), torch.as_tensor(r)
     q = torch.as_tensor(q, dtype=p.dtype)
     s = torch.as_tensor(s, dtype=p.dtype)
-    plus = torch.hypot(p + s, q - r)
-    minus = torch.hypot(p - s, q + r)
-    return (plus + minus) / 2, (plus - minus).abs() / 2
+    sigma_1 = (torch.hypot(p + s, q - r) + torch.hypot(p - s, q + r)) / 2
+    det = p * s - q * r if det is None else torch.as_tensor(det, dtype=p.dtype)
+    safe = torch.where(sigma_1 > 0, sigma_1, torch.ones_like(sigma_1))
+    sigma_2 = torch.where(sigma_1 > 0, det.abs() / safe, torch.zeros_like(sigma_1))
+    return sigma_1, torch.minimum(sigma_2, sigma_1)
 
 
 def block_singular_values(a: torch.Tensor, config: StepSpectrumConfig) -> torch.Tensor:
@@ -147,15 +161,17 @@ def block_singular_values(a: torch.Tensor, config: StepSpectrumConfig) -> torch.
     if config.optimizer == "sgd":
         return (1 - lr * a).abs()
     if config.optimizer == "momentum":
-        s1, s2 = singular_values_2x2(1 - lr * a, -lr * mu, a, mu)
+        s1, s2 = singular_values_2x2(1 - lr * a, -lr * mu, a, mu, det=mu)
     elif config.optimizer == "nesterov":
-        s1, s2 = singular_values_2x2(1 - lr * (1 + mu) * a, -lr * mu * mu, a, mu)
+        det = mu * (1 - lr * a)
+        s1, s2 = singular_values_2x2(1 - lr * (1 + mu) * a, -lr * mu * mu, a, mu, det=det)
     else:  # adam / adamw, frozen preconditioner, preconditioned coordinates
         b1 = config.betas[0]
         c1 = 1.0 if config.step is None else 1 - b1**config.step
         decay = lr * config.weight_decay if config.optimizer == "adamw" else 0.0
         step = lr / c1
-        s1, s2 = singular_values_2x2(1 - decay - step * (1 - b1) * a, -step * b1, (1 - b1) * a, b1)
+        p, r = 1 - decay - step * (1 - b1) * a, (1 - b1) * a
+        s1, s2 = singular_values_2x2(p, -step * b1, r, b1, det=b1 * (1 - decay))
     return torch.stack([s1, s2], dim=1).reshape(-1)
 
 
