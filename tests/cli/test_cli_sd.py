@@ -47,6 +47,8 @@ def test_sd_compute_momentum_and_adam(tmp_path: Path) -> None:
             "--batch-size 16 --num-bootstrap 0",
         )["result"]
         assert r["optimizer"] == opt and r["num_exponents"] == n_exp * r["num_params"]
+        # Adam: the optimizer's sqrt(v_hat) + eps with its step count t = 5 for 1 - b1^t
+        assert r["settings"].get("step") == (5 if opt == "adam" else None)
 
 
 @pytest.mark.parametrize("reorth", ["partial", "none"])

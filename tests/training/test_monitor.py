@@ -17,7 +17,7 @@ from sharpdim.training.loop import TrainConfig, train
 from sharpdim.training.losses import mse_loss
 from sharpdim.training.models import build_mlp
 from sharpdim.training.monitor import EoSMonitor, EoSRecord, upcoming_adam_preconditioner
-from sharpdim.training.optimizers import adam_preconditioner, optimizer_name
+from sharpdim.training.optimizers import adam_preconditioner, adam_step, optimizer_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,10 @@ def test_adam_preconditioned_sharpness():
         loss = mse_loss(model, (x, y))
         loss.backward()
         record = monitor.on_step(step, model, float(loss.detach()), opt)
-        p_next = upcoming_adam_preconditioner(opt, list(model.parameters()))
+        params = list(model.parameters())
+        p_next = upcoming_adam_preconditioner(opt, params)
+        unbiased = upcoming_adam_preconditioner(opt, params, bias_correction=False)
+        t_next = adam_step(opt, params, upcoming=True)
         h = dense_hessian(model, mse_loss, (x, y))
         d = p_next.rsqrt()
         expected = _top(d[:, None] * h * d[None, :])  # eigenvalues of P^-1 H
@@ -97,6 +100,10 @@ def test_adam_preconditioned_sharpness():
         assert record.ratio == pytest.approx(expected / record.threshold, rel=1e-8)
         opt.step()  # the preconditioner the step used is the one predicted before it
         torch.testing.assert_close(adam_preconditioner(opt), p_next, rtol=1e-12, atol=1e-15)
+        assert adam_step(opt) == t_next == step + 1
+        torch.testing.assert_close(
+            adam_preconditioner(opt, bias_correction=False), unbiased, rtol=1e-12, atol=1e-15
+        )
 
 
 def test_adam_without_gradients_uses_the_last_step():
@@ -294,9 +301,10 @@ def test_sharpness_dimension_uses_the_live_adam_preconditioner(cls, tensor_betas
             ]
         )
         v, t = b2 * v + (1 - b2) * g * g, step + 1
-        precond = (1 - b1**t) * ((v / (1 - b2**t)).sqrt() + eps)
+        precond = (v / (1 - b2**t)).sqrt() + eps  # with 1 - b1^t passed as the step count
         name = "adam" if cls is torch.optim.Adam else "adamw"
         kwargs = {"optimizer": name, "betas": (b1, b2), "weight_decay": wd, "adam_eps": eps}
+        kwargs["step"] = t
         expected = _direct_sd(model, x, y, 0.01, preconditioner=precond, **kwargs)
         assert record is not None and record.sd == pytest.approx(expected, rel=1e-10)
         assert expected != pytest.approx(

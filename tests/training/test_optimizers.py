@@ -12,6 +12,7 @@ from sharpdim.errors import SharpdimError
 from sharpdim.training.loop import TrainConfig
 from sharpdim.training.optimizers import (
     adam_preconditioner,
+    adam_step,
     lr_scaling,
     make_optimizer,
     optimizer_name,
@@ -178,9 +179,20 @@ def test_adam_preconditioner_reproduces_the_step():
     # w_t = w_{t-1} - lr * P_t^-1 m_t (weight decay enters through g and so through m)
     torch.testing.assert_close(param.detach() - before, -LR * m / precond, rtol=1e-12, atol=1e-15)
     assert math.isfinite(float(precond.min())) and float(precond.min()) > 0
+    # the SD's pair: P without 1 - beta1^t, and t (4 steps taken)
+    beta1 = opt.param_groups[0]["betas"][0]
+    assert adam_step(opt) == 4
+    torch.testing.assert_close(
+        (1 - beta1**4) * adam_preconditioner(opt, bias_correction=False),
+        precond,
+        rtol=1e-14,
+        atol=0,
+    )
     fresh = make_optimizer("adam", [nn.Parameter(W0.clone())], lr=0.1)
     with pytest.raises(SharpdimError, match="take at least one step"):
         adam_preconditioner(fresh)
+    with pytest.raises(SharpdimError, match="no common step count"):
+        adam_step(fresh)
     with pytest.raises(SharpdimError, match="no Adam preconditioner"):
         adam_preconditioner(make_optimizer("gd", [nn.Parameter(W0)], lr=0.1))
 

@@ -110,7 +110,7 @@ def compute(
     from sharpdim.curvature.params import trainable_parameters
     from sharpdim.training.loop import TrainConfig
     from sharpdim.training.losses import get_loss
-    from sharpdim.training.optimizers import adam_preconditioner
+    from sharpdim.training.optimizers import adam_preconditioner, adam_step
 
     for flag, value, choices in (
         ("--method", method, METHODS),
@@ -161,11 +161,10 @@ def compute(
     )
     trained, opt, params = train_mlp(model, data, config)
     sd_optimizer = _TRAIN_TO_SD[optimizer]
-    pre = (
-        adam_preconditioner(opt, params).to(torch.float64)
-        if sd_optimizer in ("adam", "adamw") and train_steps > 0
-        else None
-    )
+    pre, adam_t = None, None
+    if sd_optimizer in ("adam", "adamw") and train_steps > 0:
+        pre = adam_preconditioner(opt, params, bias_correction=False).to(torch.float64)
+        adam_t = adam_step(opt, params)
     result = sharpness_dimension(
         model,
         get_loss(loss),
@@ -185,6 +184,7 @@ def compute(
         weight_decay=config.weight_decay,
         adam_eps=config.eps,
         preconditioner=pre,
+        step=adam_t,
         num_bootstrap=num_bootstrap,
     )
     extra: dict[str, Any] = {

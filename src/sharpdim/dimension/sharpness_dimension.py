@@ -251,8 +251,9 @@ def sharpness_dimension(
         preconditioner: Adam's ``P = sqrt(v_hat) + adam_eps`` (flat); default: estimated as
             ``sqrt(mean_B g_B^2) + adam_eps`` over ``num_batches`` sampled minibatches, with
             ``g_B + weight_decay w`` in place of ``g_B`` for ``"adam"`` (coupled L2 decay).
-            ``sharpdim.training.optimizers.adam_preconditioner(opt)`` reads it from a live
-            optimizer with the bias correction ``1 - b1^t`` folded in (then leave ``step=None``).
+            From a live optimizer: ``adam_preconditioner(opt, bias_correction=False)`` with
+            ``step=adam_step(opt)`` (``sharpdim.training.optimizers``); folding ``1 - b1^t``
+            into ``P`` instead changes the coordinates and the SD.
         step: Adam's step count for the bias correction of ``m``; ``None``: late training.
         iterates: flat parameter vectors of late iterates (attractor samples, exact only):
             per batch and ``k`` the maximum over them before averaging.

@@ -47,6 +47,7 @@ from sharpdim.training.losses import get_loss
 from sharpdim.training.optimizers import (
     ADAPTIVE,
     adam_diagonal,
+    adam_step,
     decoupled_decay,
     lr_scaling,
     optimizer_stability_threshold,
@@ -122,14 +123,18 @@ class _ScaledOperator(LinearOperator):
 
 @torch.no_grad()
 def upcoming_adam_preconditioner(
-    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor],
+    *,
+    bias_correction: bool = True,
 ) -> torch.Tensor:
     """Adam's diagonal preconditioner ``P_{t+1}`` for the update about to be taken.
 
     With the gradients ``g`` in ``.grad`` (Adam: plus ``weight_decay * w``), the second moment
     is advanced as ``v <- beta2 v + (1 - beta2) g^2`` and ``t <- t + 1`` (zero state before the
     first step); then ``P = (1 - beta1^t) (sqrt(v / (1 - beta2^t)) + eps)`` as in
-    :func:`sharpdim.training.optimizers.adam_preconditioner`. The optimizer is not changed.
+    :func:`sharpdim.training.optimizers.adam_preconditioner` (``bias_correction=False``: without
+    ``1 - beta1^t``, the SD's ``preconditioner``). The optimizer is not changed.
     A parameter without a gradient (which the step leaves alone) keeps the last step's ``P``,
     or, without Adam state, gets ``P = inf``: ``P^-1/2 = 0`` freezes its directions.
     """
@@ -149,7 +154,8 @@ def upcoming_adam_preconditioner(
         state = optimizer.state.get(p, {})
         if p.grad is None:
             if "exp_avg_sq" in state:
-                pieces.append(adam_diagonal(group, state["exp_avg_sq"], float(state["step"])))
+                t = float(state["step"])
+                pieces.append(adam_diagonal(group, state["exp_avg_sq"], t, bias_correction))
             else:
                 pieces.append(torch.full((p.numel(),), math.inf, dtype=p.dtype, device=p.device))
             continue
@@ -159,7 +165,8 @@ def upcoming_adam_preconditioner(
         beta2 = group["betas"][1]
         v = state.get("exp_avg_sq", torch.zeros_like(p))
         v_new = beta2 * v + (1.0 - beta2) * grad * grad
-        pieces.append(adam_diagonal(group, v_new, float(state.get("step", 0.0)) + 1.0))
+        t = float(state.get("step", 0.0)) + 1.0
+        pieces.append(adam_diagonal(group, v_new, t, bias_correction))
     flat = torch.cat(pieces)
     if bool(torch.isinf(flat).all()):
         raise SharpdimError(
@@ -465,7 +472,11 @@ class EoSMonitor:
             live["adam_eps"] = float(group["eps"])
             if "preconditioner" not in options:  # that of the update about to be taken
                 params = trainable_parameters(model)
-                live["preconditioner"] = upcoming_adam_preconditioner(optimizer, params)
+                live["preconditioner"] = upcoming_adam_preconditioner(
+                    optimizer, params, bias_correction=False
+                )
+                if "step" not in options:
+                    live["step"] = adam_step(optimizer, params, upcoming=True)
         result = sharpness_dimension(
             model,
             self.loss_fn,

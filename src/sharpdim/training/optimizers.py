@@ -221,34 +221,78 @@ def lr_scaling(
 
 @torch.no_grad()
 def adam_preconditioner(
-    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor] | None = None
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor] | None = None,
+    *,
+    bias_correction: bool = True,
 ) -> torch.Tensor:
     """The diagonal of Adam's preconditioner ``P_t`` as one flat vector.
 
     ``P_t = (1 - beta1^t) * (sqrt(v_t / (1 - beta2^t)) + eps)``, so that Adam's step is
-    ``w <- w - eta * P_t^-1 m_t`` (Cohen et al. 2022). ``params`` fixes the order (default:
-    the optimizer's parameters, group by group); each must have taken at least one step.
+    ``w <- w - eta * P_t^-1 m_t`` (Cohen et al. 2022): the matrix of the preconditioned
+    sharpness ``lambda_max(P^-1 H)``. ``bias_correction=False`` leaves out ``1 - beta1^t``:
+    ``sqrt(v_hat) + eps``, the ``preconditioner`` that
+    :func:`~sharpdim.dimension.sharpness_dimension.sharpness_dimension` takes together with
+    ``step=adam_step(optimizer)`` (folding the factor into ``P`` changes the coordinates, hence
+    the SD). ``params`` fixes the order (default: the optimizer's parameters, group by group);
+    each must have taken at least one step.
     """
-    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        raise SharpdimError(
-            f"{type(optimizer).__name__} has no Adam preconditioner: pass an Adam/AdamW optimizer"
-        )
+    _check_adam(optimizer)
     group_of = param_groups_by_id(optimizer)
-    chosen = (
-        list(params)
-        if params is not None
-        else [p for g in optimizer.param_groups for p in g["params"]]
-    )
     pieces = []
-    for p in chosen:
+    for p in _chosen(optimizer, params):
         state = optimizer.state.get(p, {})
         if "exp_avg_sq" not in state or id(p) not in group_of:
             raise SharpdimError(
                 "the Adam optimizer has no state for a parameter yet: take at least one step "
                 "(and pass parameters this optimizer owns) before asking for its preconditioner"
             )
-        pieces.append(adam_diagonal(group_of[id(p)], state["exp_avg_sq"], float(state["step"])))
+        group, t = group_of[id(p)], float(state["step"])
+        pieces.append(adam_diagonal(group, state["exp_avg_sq"], t, bias_correction))
     return torch.cat(pieces)
+
+
+def adam_step(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor] | None = None,
+    *,
+    upcoming: bool = False,
+) -> int:
+    """Adam's step count ``t``, the one in the bias correction ``1 - beta1^t``.
+
+    ``upcoming=True``: that of the update about to be taken (``t + 1`` for each parameter
+    with a gradient in ``.grad``; the others do not step and are left out). The parameters
+    (default: all of the optimizer's) must share one count.
+    """
+    _check_adam(optimizer)
+    counts = set()
+    for p in _chosen(optimizer, params):
+        if upcoming and p.grad is None:
+            continue
+        t = int(float(optimizer.state.get(p, {}).get("step", 0)))
+        counts.add(t + 1 if upcoming else t)
+    if len(counts) != 1 or 0 in counts:
+        found = ", ".join(str(t) for t in sorted(counts)) or "none"
+        raise SharpdimError(
+            f"Adam's parameters have no common step count (found: {found}): take a step with "
+            "gradients for all of them, or pass the step count yourself"
+        )
+    return counts.pop()
+
+
+def _check_adam(optimizer: torch.optim.Optimizer) -> None:
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        raise SharpdimError(
+            f"{type(optimizer).__name__} has no Adam preconditioner: pass an Adam/AdamW optimizer"
+        )
+
+
+def _chosen(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor] | None
+) -> list[torch.Tensor]:
+    if params is not None:
+        return list(params)
+    return [p for g in optimizer.param_groups for p in g["params"]]
 
 
 def decoupled_decay(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
@@ -264,14 +308,18 @@ def param_groups_by_id(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, 
     return {id(p): g for g in optimizer.param_groups for p in g["params"]}
 
 
-def adam_diagonal(group: dict[str, Any], exp_avg_sq: torch.Tensor, step: float) -> torch.Tensor:
+def adam_diagonal(
+    group: dict[str, Any], exp_avg_sq: torch.Tensor, step: float, bias_correction: bool = True
+) -> torch.Tensor:
     """Adam's preconditioner ``P = (1 - beta1^t) (sqrt(v / (1 - beta2^t)) + eps)``, flattened.
 
     ``group`` is the parameter's param group (``betas``, ``eps``), ``exp_avg_sq`` its second
-    moment ``v`` and ``step`` the step count ``t`` (Cohen et al. 2022).
+    moment ``v`` and ``step`` the step count ``t`` (Cohen et al. 2022);
+    ``bias_correction=False`` drops the factor ``1 - beta1^t``.
     """
     if group.get("amsgrad", False):
         raise SharpdimError("amsgrad is not supported here: use amsgrad=False")
     beta1, beta2 = group["betas"]
     v_hat = exp_avg_sq / (1.0 - beta2**step)
-    return ((1.0 - beta1**step) * (v_hat.sqrt() + group["eps"])).reshape(-1)
+    c1 = 1.0 - beta1**step if bias_correction else 1.0
+    return (c1 * (v_hat.sqrt() + group["eps"])).reshape(-1)
