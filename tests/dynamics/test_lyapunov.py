@@ -219,3 +219,42 @@ def test_jvp_mode_is_checked_for_step_maps_too() -> None:
     with pytest.raises(SharpdimError) as err:  # ignored before
         lyapunov_spectrum(phi, phi.initial_state(), 1, 2, jvp_mode="sideways")
     assert str(err.value) == "unknown jvp_mode 'sideways': use 'forward' or 'reverse'"
+
+
+class _SwitchingScale:
+    """``x -> s_t x`` in one dimension: local stretch ``ln s_t`` = 0 before step 10, 10 after."""
+
+    def _scale(self, t: int) -> float:
+        return 1.0 if t < 10 else math.exp(10.0)
+
+    def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return x * self._scale(t)
+
+    def jvp(self, x: torch.Tensor, t: int, tangents: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return x * self._scale(t), tangents * self._scale(t)
+
+
+@pytest.mark.parametrize("steps", [19, 20])
+def test_batch_means_stderr_uses_every_step(steps: int) -> None:
+    """19 steps in 10 blocks: the last 9 steps (the stretched ones) were dropped, stderr 0."""
+    r = lyapunov_spectrum(
+        _SwitchingScale(),
+        torch.ones(1, dtype=F64),
+        1,
+        steps,
+        num_blocks=10,
+        initial_vectors=torch.ones(1, 1, dtype=F64),
+    )
+    logs = [0.0] * 10 + [10.0] * (steps - 10)
+    mean = sum(logs) / steps
+    sizes = [2] * (steps - 10) + [1] * (20 - steps)  # numpy's array_split of `steps` into 10
+    blocks, start = [], 0
+    for size in sizes:
+        blocks.append((size, sum(logs[start : start + size]) / size))
+        start += size
+    want = math.sqrt(sum(n * (m - mean) ** 2 for n, m in blocks) / (9 * steps))
+    assert r.exponents.item() == pytest.approx(mean, rel=1e-14)
+    assert r.stderr.item() == pytest.approx(want, rel=1e-12)
+    if steps == 20:  # equal blocks: std of the block means / sqrt(10)
+        means = torch.tensor([m for _, m in blocks], dtype=F64)
+        assert r.stderr.item() == pytest.approx(float(means.std() / math.sqrt(10)), rel=1e-12)

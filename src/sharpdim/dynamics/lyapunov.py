@@ -23,8 +23,10 @@ of the top-``k`` exponents; when all ``k`` partial sums are non-negative it equa
 only a lower bound of the full spectrum's dimension.
 
 The standard error of each exponent comes from batch means: the ``T`` local stretches
-``ln R_{t, ii}`` are split into ``num_blocks`` consecutive blocks and
-``stderr = std(block means) / sqrt(num_blocks)``.
+``ln R_{t, ii}`` are split into ``B = num_blocks`` consecutive blocks of ``n_b`` steps (sizes
+differ by at most one; every step counts) with means ``m_b`` around the exponent ``m`` and
+``stderr^2 = sum_b n_b (m_b - m)^2 / ((B - 1) T)``, which is
+``std(block means)^2 / B`` for equal blocks.
 """
 
 from __future__ import annotations
@@ -220,9 +222,11 @@ def _batch_stderr(logs: torch.Tensor, num_blocks: int) -> torch.Tensor:
     blocks = min(num_blocks, steps)
     if blocks < 2:
         return torch.full((k,), math.nan, dtype=torch.float64)
-    size = steps // blocks
-    means = logs[: size * blocks].reshape(blocks, size, k).mean(dim=1)
-    return means.std(dim=0, unbiased=True) / math.sqrt(blocks)
+    parts = torch.tensor_split(logs, blocks)  # every step, sizes differ by at most one
+    sizes = torch.tensor([len(p) for p in parts], dtype=logs.dtype)[:, None]
+    means = torch.stack([p.mean(dim=0) for p in parts])
+    spread = (sizes * (means - logs.mean(dim=0)) ** 2).sum(dim=0)
+    return (spread / ((blocks - 1) * steps)).sqrt()
 
 
 def lyapunov_spectrum(
