@@ -175,5 +175,10 @@ def test_each_batch_draws_its_own_dropout_masks_in_train_mode() -> None:
         first = rds_sharpness(model, _ce, [batches[0], batches[0]], config, mode=mode)
         assert torch.equal(torch.get_rng_state(), state), mode
         assert torch.equal(first.per_batch[0], first.per_batch[1]) is same, mode
+        torch.manual_seed(1)  # the global state does not matter: the generator does
         again = rds_sharpness(model, _ce, [batches[0], batches[0]], config, mode=mode)
-        assert torch.equal(again.per_batch, first.per_batch)  # fixed by the global state
+        assert torch.equal(again.per_batch, first.per_batch)
+        gen = torch.Generator().manual_seed(5)
+        other = rds_sharpness(model, _ce, [batches[0]], config, mode=mode, generator=gen)
+        assert torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())
+        assert torch.equal(other.per_batch[0], first.per_batch[0]) is same, mode

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sharpdim.checks import default_generator
 from sharpdim.curvature.dense import DENSE_LIMIT, check_dense_size, dense_hessian
 from sharpdim.curvature.hessian import LossFn, Mode
 from sharpdim.curvature.params import get_flat_params, set_flat_params, trainable_parameters
@@ -36,7 +37,7 @@ from sharpdim.dynamics.jacobian_spectra import (
     step_matrix,
 )
 from sharpdim.errors import SharpdimError
-from sharpdim.rng import forked_global_rng, operator_seed
+from sharpdim.rng import forked_global_rng, operator_seed, peek_seed
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def rds_sharpness(
     iterates: Sequence[torch.Tensor] | None = None,
     mode: Mode = "eval",
     max_params: int | None = DENSE_LIMIT,
+    generator: torch.Generator | None = None,
 ) -> RDSSharpnessResult:
     """Exact RDS sharpness ``lambda_k`` (paper Def. 4.1) from dense minibatch Hessians.
 
@@ -175,6 +177,8 @@ def rds_sharpness(
             The model's parameters are restored afterwards.
         mode: module mode for the Hessian (``"eval"``: deterministic).
         max_params: refuse dense Hessians above this size (``None``: no limit).
+        generator: fixes the train-mode dropout masks (default: seed 0); it is not advanced,
+            and neither is the global generator.
 
     Returns:
         :class:`RDSSharpnessResult`.
@@ -187,8 +191,8 @@ def rds_sharpness(
     points = [saved] if iterates is None or len(iterates) == 0 else list(iterates)
     rows: list[torch.Tensor] = []
     # in train mode every (iterate, batch) draws fresh dropout masks, from a fork of the
-    # global generator: the caller's random stream is not advanced
-    with forked_global_rng(None, params):
+    # global generator seeded from a copy of `generator`: no random stream is advanced
+    with forked_global_rng(peek_seed(default_generator(generator)), params):
         try:
             for w in points:
                 set_flat_params(params, _as_point(w, saved))
