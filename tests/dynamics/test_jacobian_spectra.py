@@ -128,7 +128,7 @@ def test_sgd_momentum_blocks_equal_brute_force_svd(optimizer: str, weight_decay:
     ("optimizer", "weight_decay"), [("adam", 0.0), ("adam", 0.05), ("adamw", 0.1)]
 )
 def test_adam_frozen_preconditioner_equals_brute_force(optimizer: str, weight_decay: float) -> None:
-    """Jacobian of the real Adam step with v' held constant, in coordinates (P^-1/2 w, P^1/2 m)."""
+    """Jacobian of the real Adam step with v' held constant, in coordinates (P^1/2 w, P^-1/2 m)."""
     model, batches = _setup()
     lr, betas, adam_eps, t = 0.05, (0.85, 0.99), 1e-8, 1
     phi = TrainingMap(
