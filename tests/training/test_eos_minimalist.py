@@ -106,6 +106,21 @@ def test_period_two_chaos_and_divergence():
     assert float(late[::2].mean() - 1.0) * float(late[1::2].mean() - 1.0) < 0
 
 
+@pytest.mark.parametrize("init", [PAPER_INIT, (1.5, 0.6, 1.5, 0.6)])
+def test_lyapunov_of_a_period_two_orbit_is_exact(init):
+    """On a period-2 orbit the exponent is ln rho(J_2 J_1) / 2. A tangent starting at
+    (1, 1, 1, 1) stayed in the symmetric subspace of these starts (x = z, y = w): -0.109."""
+    lr = 0.52
+    sweep = minimalist_sweep([lr], init=init, steps=3000, late=200)
+    assert int(sweep.periods[0]) == 2
+    a = sweep.final_theta[0]
+    b = a - lr * minimalist_gradient(a)
+    eye = torch.eye(4, dtype=torch.float64)
+    two_steps = (eye - lr * minimalist_hessian(b)) @ (eye - lr * minimalist_hessian(a))
+    exact = math.log(float(torch.linalg.eigvals(two_steps).abs().max())) / 2
+    assert float(sweep.lyapunov[0]) == pytest.approx(exact, abs=1e-6)
+
+
 def test_summary_classifies_a_sweep():
     lrs = torch.tensor([0.05, 0.15, 0.3, 0.4, 0.56, 0.64, 0.655, 0.7, 1.2], dtype=torch.float64)
     sweep = minimalist_sweep(lrs, init=(1.5, 0.6, 1.5, 0.6), steps=6000, late=256)

@@ -20,7 +20,7 @@ and converges instead to a flatter minimum whose sharpness lies just below ``2/e
 doubling and chaos, before divergence.
 
 Everything here is vectorised over a batch of step sizes: ``theta`` has shape ``(E, d)``,
-one row per step size, updated at once. Pure functions of tensors; no RNG.
+one row per step size, updated at once. Pure functions of tensors; deterministic.
 """
 
 from __future__ import annotations
@@ -94,7 +94,11 @@ class MinimalistSweep:
         lyapunov: ``(E,)`` largest Lyapunov exponent of the GD map over the last ``late``
             steps, ``(1/late) sum_t ln ||J_t v_t||`` with ``J_t = I - eta H(theta_t)`` and
             ``v_t`` the renormalised tangent (Benettin et al. 1980): ``> 0`` signals chaos,
-            about ``0`` a point or cycle on the flat minimum manifold.
+            about ``0`` a point or cycle on the flat minimum manifold. The tangent starts
+            ``late`` steps earlier (so it has aligned with the most expanding direction
+            before the average begins) from a fixed generic vector: a symmetric start such as
+            ``(1, ..., 1)`` stays in the invariant subspace of a symmetric ``init`` like
+            ``(2, 0.3, 2, 0.3)`` and misses exponents outside it.
         periods: ``(E,)`` smallest period ``P <= max_period`` of the late products (within
             ``period_tol``), ``1`` = converged to a point, ``0`` = no period found
             (chaotic or not yet settled), ``-1`` = diverged.
@@ -165,6 +169,12 @@ def detect_periods(
     return out
 
 
+def _generic_unit_vector(d: int) -> torch.Tensor:
+    """A fixed unit vector with no symmetry among its coordinates (Gaussian, seed 0)."""
+    v = torch.randn(d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return v / v.norm()
+
+
 def minimalist_sweep(
     lrs: torch.Tensor | Sequence[float],
     *,
@@ -207,19 +217,21 @@ def minimalist_sweep(
     theta = torch.tensor([float(v) for v in init], dtype=torch.float64).repeat(all_lr.numel(), 1)
     diverged_at = torch.full((all_lr.numel(),), -1, dtype=torch.long)
     late_theta: list[torch.Tensor] = []
-    tangent = torch.ones(e, d, dtype=torch.float64) / math.sqrt(d)
+    tangent = _generic_unit_vector(d).repeat(e, 1)
     log_growth = torch.zeros(e, dtype=torch.float64)
+    tangent_from = max(0, steps - 2 * late)  # aligns over `late` steps, then is averaged
     trace_rows: list[torch.Tensor] = []
     trace_steps: list[int] = []
     for step in range(steps):
         if trace.numel() and step % trace_every == 0:
             trace_steps.append(step)
             trace_rows.append(minimalist_sharpness(theta[e:]))
-        if step >= steps - late:  # tangent dynamics v <- (I - eta H) v at theta_step
+        if step >= tangent_from:  # tangent dynamics v <- (I - eta H) v at theta_step
             hv = (minimalist_hessian(theta[:e]) @ tangent.unsqueeze(-1)).squeeze(-1)
             tangent = tangent - lr[:, None] * hv
             norm = tangent.norm(dim=1)
-            log_growth += norm.log()
+            if step >= steps - late:
+                log_growth += norm.log()
             tangent = tangent / norm[:, None]
         theta = theta - all_lr[:, None] * minimalist_gradient(theta)
         bad = ~torch.isfinite(theta).all(dim=1) | (theta.abs() > blowup).any(dim=1)
