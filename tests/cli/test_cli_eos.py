@@ -106,6 +106,8 @@ def test_bad_input_exits_with_code_2(tmp_path, capsys):
     assert main(["eos", "minimalist", "--lr-min", "0.5", "--lr-max", "0.1"]) == 2
     assert main(["eos", "fractal", "--particles", "0", "--out", str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
+    assert main(["eos", "fractal", "--amplitude", "-2", "--out", str(tmp_path)]) == 2
+    assert "--amplitude must be a finite number >= 0" in capsys.readouterr().err
 
 
 @pytest.fixture

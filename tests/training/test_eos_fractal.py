@@ -23,7 +23,7 @@ def _points() -> torch.Tensor:
     return (2 * torch.rand(8, 2, generator=g, dtype=torch.float64) - 1) * 2.0
 
 
-@pytest.mark.parametrize(("amplitude", "frequency"), [(2.0, 4.0), (0.7, 1.5)])
+@pytest.mark.parametrize(("amplitude", "frequency"), [(2.0, 4.0), (0.7, 1.5), (-2.0, 4.0)])
 def test_derivatives_match_autograd(amplitude, frequency):
     def loss(x):
         return fractal_loss(x, amplitude=amplitude, frequency=frequency)
@@ -96,6 +96,8 @@ def test_bad_input():
         fractal_attractor(10, lr=0.0)
     with pytest.raises(SharpdimError):
         fractal_attractor(10, noise_std=-1.0)
+    with pytest.raises(SharpdimError, match="amplitude >= 0"):
+        fractal_attractor(10, amplitude=-2.0)
 
 
 def test_diverged_particles_left_the_basin_or_are_not_finite():

@@ -366,7 +366,7 @@ def fractal(
             f"<= {MAX_PARTICLES:,} (the default 20,000 shows the attractor)"
         )
     check_at_least(steps, 1, "--steps")
-    check_finite(amplitude, "--amplitude", example="2.0")
+    check_finite(amplitude, "--amplitude", low=0.0, example="2.0")
     check_finite(frequency, "--frequency", example="4.0")
     check_finite(noise_std, "--noise-std", low=0.0, example="0.1")
     check_positive_lr(init_range, "--init-range", "3.0")

@@ -17,8 +17,11 @@ With the paper's ``A = 2, k = 4`` the global minimum ``x = 0`` has sharpness
 in the deep central wells. Without noise the particles end on flatter stationary points or
 cycles; with the noise they spread over a fractal-looking cloud, about half of it in regions
 of sharpness above ``2 / eta`` (see ``docs/reproductions.md``). Everything is vectorised over
-particles. For ``eta >= 2`` the particles run away (``|1 - eta| >= 1``): such a run is
-recorded as ``status="diverged"`` with NaN measures (:func:`fractal_diverged`).
+particles. For ``eta > 2`` the linear part ``x <- (1 - eta) x`` expands (``|1 - eta| > 1``)
+and the particles run away; a run in which any particle diverged is recorded as
+``status="diverged"`` with NaN measures (:func:`fractal_diverged`). At ``eta = 2`` exactly
+the linear part neither contracts nor expands and the particles spread (``|x|`` of a few
+hundred after 250 steps) without diverging.
 """
 
 from __future__ import annotations
@@ -68,12 +71,12 @@ def fractal_hessian(
 def fractal_sharpness(
     x: torch.Tensor, *, amplitude: float = 2.0, frequency: float = 4.0
 ) -> torch.Tensor:
-    """Largest Hessian eigenvalue ``1 + A k^2 max(cos(k(x_1 - x_2)), cos(k(x_1 + x_2)))``."""
-    k = frequency
-    top = torch.maximum(
-        torch.cos(k * (x[..., 0] - x[..., 1])), torch.cos(k * (x[..., 0] + x[..., 1]))
-    )
-    return 1.0 + amplitude * k**2 * top
+    """Largest Hessian eigenvalue, the larger of ``1 + A k^2 cos(k(x_1 -+ x_2))`` (for
+    ``A < 0`` that of the smaller cosine)."""
+    scale = amplitude * frequency**2
+    minus = 1.0 + scale * torch.cos(frequency * (x[..., 0] - x[..., 1]))
+    plus = 1.0 + scale * torch.cos(frequency * (x[..., 0] + x[..., 1]))
+    return torch.maximum(minus, plus)
 
 
 def fractal_step(
@@ -223,11 +226,19 @@ def fractal_attractor(
         A :class:`FractalResult`; with any particle diverged, its ``status`` is
         ``"diverged"`` and its ensemble measures NaN.
     """
-    if num_particles < 1 or steps < 0 or not lr > 0 or noise_std < 0 or not init_range > 0:
+    if (
+        num_particles < 1
+        or steps < 0
+        or not lr > 0
+        or noise_std < 0
+        or not init_range > 0
+        or not amplitude >= 0
+    ):
         raise SharpdimError(
             f"num_particles={num_particles}, steps={steps}, lr={lr}, noise_std={noise_std}, "
-            f"init_range={init_range}: need >= 1 particle, steps >= 0, lr > 0, noise_std >= 0 "
-            "and init_range > 0"
+            f"init_range={init_range}, amplitude={amplitude}: need >= 1 particle, steps >= 0, "
+            "lr > 0, noise_std >= 0, init_range > 0 and amplitude >= 0 (the central minimum "
+            "of sharpness 1 + A k^2)"
         )
     gen = default_generator(generator)
     opts = {"amplitude": amplitude, "frequency": frequency}
