@@ -59,7 +59,7 @@ def test_run_survives_the_json_round_trip_of_the_store():
 
 def test_summarized_takes_the_late_records():
     run = RUN.summarized(12, 0.5)  # records at steps 8 and 12: ratios 1.5 and 2.5
-    assert run.late_median_ratio == 1.5  # torch's median of an even count: the lower one
+    assert run.late_median_ratio == 2.0  # median of an even count: the mean of the middle two
     assert run.late_ratio_range == (1.5, 2.5)
     assert RUN.summarized(12, 0.25).late_ratio_range == (2.5, 2.5)
 

@@ -1,5 +1,6 @@
 """The minimalist example of Zhu et al. (ICLR 2023): derivatives, analytic facts, GD sweeps."""
 
+import dataclasses
 import math
 
 import pytest
@@ -171,3 +172,9 @@ def test_bad_input():
         minimalist_sweep([0.1], steps=10, late=20)
     with pytest.raises(SharpdimError):
         minimalist_sweep([0.1], init=(1.0,))
+
+
+def test_ratio_stats_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    summary = summarize_minimalist(minimalist_sweep([0.05], steps=10, late=2))
+    even = dataclasses.replace(summary, eos_ratios=(0.97, 0.99, 0.98, 0.995))
+    assert even.ratio_stats() == {"min": 0.97, "median": pytest.approx(0.985), "max": 0.995}

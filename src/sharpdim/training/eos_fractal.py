@@ -153,7 +153,7 @@ class FractalResult:
 
     @property
     def median_sharpness(self) -> float:
-        return math.nan if self.num_diverged else float(self.final_sharpness.median())
+        return math.nan if self.num_diverged else float(self.final_sharpness.quantile(0.5))
 
     def to_dict(self, *, with_points: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -294,7 +294,7 @@ class MinimalistSummary:
         if not self.eos_ratios:
             return {"min": math.nan, "median": math.nan, "max": math.nan}
         r = torch.tensor(self.eos_ratios, dtype=torch.float64)
-        return {"min": float(r.min()), "median": float(r.median()), "max": float(r.max())}
+        return {"min": float(r.min()), "median": float(r.quantile(0.5)), "max": float(r.max())}
 
     def to_dict(self) -> dict[str, Any]:
         return {
