@@ -11,7 +11,7 @@ import torch
 
 from sharpdim.errors import SharpdimError
 from sharpdim.training.data_idx import write_idx
-from sharpdim.training.datasets import load_dataset
+from sharpdim.training.datasets import MNIST1D_TEST_SEED, load_dataset
 
 SMALL = {
     "digits": {},
@@ -74,11 +74,19 @@ def test_mnist1d_matches_make_dataset_and_keeps_global_rng():
     np.testing.assert_array_equal(np.random.get_state()[1], before_np)
     assert random.getstate() == before_py
     args = get_dataset_args()
-    args.num_samples, args.train_split, args.seed = 50, 1.0, 7
+    args.num_samples, args.train_split, args.seed = 40, 1.0, 7  # 35 rounded up to 10 a class
     ref = make_dataset(args)
     np.testing.assert_array_equal(ds.x_train.numpy(), ref["x"][:35])
-    np.testing.assert_array_equal(ds.y_test.numpy(), ref["y"][35:50])
-    assert ds.x_train.shape == (35, 40)
+    args.num_samples, args.seed = 20, 7 ^ MNIST1D_TEST_SEED  # the test split: its own call
+    ref_test = make_dataset(args)
+    np.testing.assert_array_equal(ds.x_test.numpy(), ref_test["x"][:15])
+    np.testing.assert_array_equal(ds.y_test.numpy(), ref_test["y"][:15])
+    assert ds.x_train.shape == (35, 40) and ds.x_test.shape == (15, 40)
+    # the training set depends on seed and n_train only, and is standardised on its own
+    more_test = load_dataset("mnist1d", seed=7, n_train=35, n_test=150, dtype=torch.float64)
+    assert torch.equal(more_test.x_train, ds.x_train)
+    whole = load_dataset("mnist1d", seed=7, n_train=40, n_test=0, dtype=torch.float64)
+    assert abs(float(whole.x_train.mean())) < 1e-12 and whole.num_test == 0
     with pytest.raises(SharpdimError, match="unknown mnist1d option"):
         load_dataset("mnist1d", n_train=10, n_test=0, bogus=1)
     for key, value in (("num_samples", 50), ("train_split", 0.5)):

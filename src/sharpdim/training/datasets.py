@@ -190,11 +190,14 @@ def make_mnist1d_dataset(
     """MNIST-1D (Greydanus 2020), generated procedurally by ``mnist1d.data.make_dataset``.
 
     Only as many examples as asked for are generated (default 4,000 train / 1,000 test, the
-    library's defaults), so small subsets are fast. ``seed`` is mnist1d's ``seed`` argument;
-    other keyword arguments override ``mnist1d.data.get_dataset_args()`` (e.g.
+    library's defaults), so small subsets are fast. The two splits come from two calls, the
+    training set with mnist1d's ``seed`` = ``seed`` and the test set with a seed derived from
+    it, so the training set depends on ``seed`` and ``n_train`` only (not on ``n_test``).
+    Other keyword arguments override ``mnist1d.data.get_dataset_args()`` (e.g.
     ``final_seq_length``, ``iid_noise_scale``; not ``num_samples`` or ``train_split``, which
-    ``n_train``/``n_test`` set). Features (length 40) are standardised by
-    mnist1d over the generated set. Never downloads: ``get_dataset`` is not used.
+    ``n_train``/``n_test`` set). Features (length 40) are standardised by mnist1d within each
+    call (one mean and one standard deviation over all values; so the training set's scale
+    never sees test examples). Never downloads: ``get_dataset`` is not used.
     """
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -214,20 +217,34 @@ def make_mnist1d_dataset(
             f"mnist1d option(s) {sorted(fixed)} are set by sharpdim: pass n_train= and n_test= "
             "instead"
         )
-    total = 10 * math.ceil((n_train + n_test) / 10)  # mnist1d makes num_samples // 10 per class
-    vars(args).update(mnist1d_args, num_samples=total, train_split=1.0, seed=seed)
+    vars(args).update(mnist1d_args, train_split=1.0)
+    x_train, y_train = _mnist1d_split(make_dataset, args, n_train, seed % 2**32)
+    x_test, y_test = _mnist1d_split(make_dataset, args, n_test, (seed ^ MNIST1D_TEST_SEED) % 2**32)
+    return Dataset("mnist1d", x_train.to(dtype), y_train, x_test.to(dtype), y_test, 10)
+
+
+MNIST1D_TEST_SEED = 0x5EED7E57
+"""The test split of MNIST-1D is generated with mnist1d ``seed ^ MNIST1D_TEST_SEED``."""
+
+
+def _mnist1d_split(
+    make_dataset: Callable[[Any], dict[str, Any]], args: Any, n: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` examples from one ``make_dataset`` call (float64 inputs, int64 labels); mnist1d's
+    global numpy/Python RNG seeding is undone afterwards."""
+    if n == 0:
+        return torch.zeros(0, args.final_seq_length, dtype=torch.float64), torch.zeros(
+            0, dtype=torch.int64
+        )
+    vars(args).update(num_samples=10 * math.ceil(n / 10), seed=seed)  # num_samples // 10 a class
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
         data = make_dataset(args)
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    x = torch.as_tensor(np.asarray(data["x"]), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(data["y"]), dtype=torch.int64)
-    end = n_train + n_test
-    return Dataset(
-        "mnist1d", x[:n_train].to(dtype), y[:n_train], x[n_train:end].to(dtype), y[n_train:end], 10
-    )
+    x = torch.as_tensor(np.asarray(data["x"]), dtype=torch.float64)[:n]
+    return x, torch.as_tensor(np.asarray(data["y"]), dtype=torch.int64)[:n]
 
 
 _OPERATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
