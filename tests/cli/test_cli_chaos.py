@@ -293,6 +293,21 @@ def test_run_case_records_diverged_seeds() -> None:
     assert math.isnan(case["largest_lyapunov_seed_stderr"])  # one finished seed
 
 
+def test_compare_says_how_many_seeds_the_mean_over_seeds_uses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _tiny_compare(tmp_path / "cmp", lr_eos="2.75", lyap_steps="4")
+    args[args.index("--seeds") + 1] = "3"  # seeds 1 and 2 diverge at lr 2.75 (test above)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert (
+        "warning: EoS (lr=2.75): training diverged for seed(s) 1, 2 (2 of 3); the mean over "
+        "seeds uses the other 1" in " ".join(out.split())
+    )
+    row = next(line for line in out.splitlines() if "seeds in that mean" in line)
+    assert "1 of 3" in row and "3 of 3" in row  # EoS, then the case below the edge
+
+
 def test_compare_too_large_for_the_exact_sd_fails_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -49,7 +49,7 @@ from sharpdim.commands._common import (
     write_json,
     wrote_line,
 )
-from sharpdim.commands.chaos_cases import run_case
+from sharpdim.commands.chaos_cases import run_case, seeds_in_mean
 from sharpdim.errors import SharpdimError
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ _ROWS = [
     ("  its stderr (time blocks)", "largest_lyapunov_stderr"),
     ("  mean over seeds", "largest_lyapunov_seed_mean"),
     ("  its stderr (over seeds)", "largest_lyapunov_seed_stderr"),
+    ("  seeds in that mean", "seeds_in_mean"),
     ("divergence rate (per step)", "divergence_rate"),
     ("Kaplan-Yorke dim. of top-k", "kaplan_yorke_top_k"),
     ("sharpness dimension (SD)", "sd"),
@@ -129,6 +130,8 @@ def _table(cases: dict[str, dict[str, Any]]) -> Table:
     for label, key in _ROWS:
         if key is None:
             vals = [f"{_fmt(c['train_loss'])} / {_fmt(c['test_loss'])}" for c in cases.values()]
+        elif key == "seeds_in_mean":
+            vals = ["{} of {}".format(*seeds_in_mean(c)) for c in cases.values()]
         else:
             vals = [_fmt(c.get(key)) for c in cases.values()]
         table.add_row(label, *vals)
@@ -230,7 +233,15 @@ def compare(
                 f"{name} (lr={case['lr']:g}): training diverged at step {case['diverged_at']}; "
                 "its measures are not computed (null in the JSON)"
             )
-        elif case.get("status") == "orbit_diverged":
+        elif case.get("diverged_seeds"):
+            bad = case["diverged_seeds"]
+            used, total = seeds_in_mean(case)
+            print_line(
+                f"warning: {name} (lr={case['lr']:g}): training diverged for seed(s) "
+                f"{', '.join(map(str, bad))} ({len(bad)} of {total}); the mean over seeds uses "
+                f"the other {used}"
+            )
+        if case.get("status") == "orbit_diverged":
             lyap = case["lyapunov"]
             line = _orbit_warning(
                 case["orbit_diverged_at"], warmup, lyap["num_steps"], lyap_steps, "Lyapunov orbit"

@@ -236,6 +236,14 @@ def run_case(
     }
 
 
+def seeds_in_mean(case: dict[str, Any]) -> tuple[int, int]:
+    """``(used, total)``: seeds whose largest exponent enters the mean over seeds (those whose
+    training did not diverge; stored as null or NaN otherwise), and all seeds run."""
+    values = case.get("largest_lyapunov_per_seed") or []
+    used = sum(1 for v in values if v is not None and math.isfinite(v))
+    return used, len(values)
+
+
 MEASURES = (
     "sharpness_full_batch",
     "largest_lyapunov",

@@ -39,9 +39,11 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
             continue
         ft = [row[0] for row in case["lyapunov"]["finite_time"]]
         mean, sem = case.get("largest_lyapunov_seed_mean"), case.get("largest_lyapunov_seed_stderr")
-        seeds = len(case.get("largest_lyapunov_per_seed", []))
+        per_seed = case.get("largest_lyapunov_per_seed") or []
+        used = sum(1 for v in per_seed if v is not None and math.isfinite(v))
+        seeds = f"{used} seeds" if used == len(per_seed) else f"{used} of {len(per_seed)} seeds"
         stat = (
-            f": {mean:.2g} +- {sem:.1g} ({seeds} seeds)"
+            f": {mean:.2g} +- {sem:.1g} ({seeds})"
             if mean is not None and sem is not None and math.isfinite(sem)
             else ""
         )
