@@ -308,6 +308,31 @@ def test_compare_says_how_many_seeds_the_mean_over_seeds_uses(
     assert "1 of 3" in row and "3 of 3" in row  # EoS, then the case below the edge
 
 
+@pytest.mark.filterwarnings("default::UserWarning")  # as outside pytest
+def test_compare_recomputes_a_damaged_stored_case_with_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    out = tmp_path / "cmp"
+    args = _tiny_compare(out, lr_eos="1.0", lyap_steps="4")
+    assert main(args) == 0
+    first = json.loads((out / "chaos_compare.json").read_text())["cases"]
+    conn = sqlite3.connect(out / "runs.sqlite")
+    (key,) = conn.execute("SELECT key FROM runs ORDER BY key LIMIT 1").fetchone()
+    conn.execute("UPDATE runs SET result = '{\"x\": 1}' WHERE key = ?", (key,))
+    conn.commit()
+    conn.close()
+    capsys.readouterr()
+    assert main(args) == 0  # was: KeyError 'lr'
+    captured = capsys.readouterr()
+    assert "a stored case lacks" in captured.err and captured.err.count("\n") == 1
+    assert "reused 1 of 2 cases" in captured.out
+    again = json.loads((out / "chaos_compare.json").read_text())["cases"]
+    for name in ("EoS", "below"):
+        assert again[name]["largest_lyapunov"] == first[name]["largest_lyapunov"]
+
+
 def test_compare_too_large_for_the_exact_sd_fails_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

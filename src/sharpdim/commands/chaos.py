@@ -49,7 +49,7 @@ from sharpdim.commands._common import (
     write_json,
     wrote_line,
 )
-from sharpdim.commands.chaos_cases import run_case, seeds_in_mean
+from sharpdim.commands.chaos_cases import decode_case, run_case, seeds_in_mean
 from sharpdim.errors import SharpdimError
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ def compare(
         runs: ResumableRuns[dict[str, Any]] = ResumableRuns(
             store,
             encode=dict,
-            decode=dict,  # a finished measurement whose orbit diverged is "done" in the store
+            decode=decode_case,  # a finished measurement whose orbit diverged is "done" there
             status=lambda case: "diverged" if case["status"] == "diverged" else "done",
         )
         cases = {

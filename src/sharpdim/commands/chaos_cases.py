@@ -236,6 +236,36 @@ def run_case(
     }
 
 
+CASE_KEYS = frozenset(
+    {
+        "lr", "status", "diverged_at", "orbit_diverged_at", "threshold_2_over_lr",
+        "sharpness_converged", "train_loss", "test_loss", "train_accuracy", "test_accuracy",
+        "num_params", "lyapunov", "largest_lyapunov_per_seed", "diverged_seeds",
+        "orbit_diverged_seeds", "divergence", "num_iterates", "wall_time_s",
+    }
+)  # fmt: skip
+"""The keys of every case of :func:`run_case` besides :data:`MEASURES`."""
+
+_STATUSES = ("done", "orbit_diverged", "diverged")
+
+
+def decode_case(stored: Any) -> dict[str, Any]:
+    """A stored case back as a dict, checked: every key of a case, a known status and the
+    parts a finished case has (its Lyapunov and divergence records); ValueError otherwise."""
+    if not isinstance(stored, dict):
+        raise ValueError(f"a stored case is a JSON object, got {type(stored).__name__}")
+    missing = (CASE_KEYS | set(MEASURES)) - set(stored)
+    if missing:
+        raise ValueError(f"a stored case lacks {', '.join(sorted(missing))}")
+    if stored["status"] not in _STATUSES:
+        raise ValueError(f"unknown status {stored['status']!r} of a stored case")
+    finished = stored["status"] != "diverged"
+    for part in ("lyapunov", "divergence"):
+        if finished and not isinstance(stored[part], dict):
+            raise ValueError(f"a finished stored case has no {part} record")
+    return dict(stored)
+
+
 def seeds_in_mean(case: dict[str, Any]) -> tuple[int, int]:
     """``(used, total)``: seeds whose largest exponent enters the mean over seeds (those whose
     training did not diverge; stored as null or NaN otherwise), and all seeds run."""
