@@ -333,6 +333,29 @@ def test_compare_recomputes_a_damaged_stored_case_with_one_warning(
         assert again[name]["largest_lyapunov"] == first[name]["largest_lyapunov"]
 
 
+def test_run_case_leaves_no_spill_files_and_caps_the_iterates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sharpdim.commands import chaos_cases
+
+    opts = dict(
+        lr=0.5, n_train=48, width=4, depth=1, train_steps=10, k=1, lyap_steps=4, warmup=0, seed=0
+    )
+    plain = chaos_cases.run_case(num_iterates=11, seeds=1, **opts)
+    real = trajectory_module.capture_backward
+    spill = tmp_path / "spill"
+
+    def spilling(*args: Any, **kwargs: Any) -> Any:  # every buffer goes to disk
+        return real(*args, **kwargs, max_memory_bytes=0, spill_dir=spill)
+
+    monkeypatch.setattr(trajectory_module, "capture_backward", spilling)
+    spilled = chaos_cases.run_case(num_iterates=10**10, seeds=1, **opts)  # was: MemoryError
+    assert spill.is_dir() and list(spill.iterdir()) == []  # was: one folder left per run
+    assert spilled["num_iterates"] == plain["num_iterates"] == 11
+    for key in ("ph0_dimension", "e1", "sd", "largest_lyapunov"):
+        assert spilled[key] == plain[key], key
+
+
 def test_compare_too_large_for_the_exact_sd_fails_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

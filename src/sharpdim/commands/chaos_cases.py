@@ -13,8 +13,11 @@ completed before it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,7 +75,9 @@ def train_and_lyapunov(
     config = TrainConfig(
         optimizer=optimizer, lr=lr, batch_size=batch_size, steps=train_steps, seed=seed
     )
-    trained, traj = capture_backward(model, data, config, num_iterates)
+    # at most train_steps + 1 iterates exist; a larger buffer would only cost memory
+    trained, traj = capture_backward(model, data, config, min(num_iterates, train_steps + 1))
+    traj = _in_memory(traj)
     if trained.diverged:
         return dict(
             data=data, model=model, trained=trained, traj=traj, w_star=None, phi=None, lyap=None
@@ -88,6 +93,17 @@ def train_and_lyapunov(
     return dict(
         data=data, model=model, trained=trained, traj=traj, w_star=w_star, phi=phi, lyap=lyap
     )
+
+
+def _in_memory(traj: Any) -> Any:
+    """``traj`` with its points in memory and its spill folder (if it spilled to disk)
+    removed: the measures copy the points to float64 in memory anyway, and a command must
+    not leave files in the temporary directory."""
+    if traj.path is None:
+        return traj
+    points = traj.points.clone()
+    shutil.rmtree(Path(traj.path).parent, ignore_errors=True)
+    return dataclasses.replace(traj, points=points, path=None)
 
 
 def _mean_stderr(values: list[float]) -> tuple[float, float]:
