@@ -375,6 +375,29 @@ def test_an_undecodable_stored_run_is_one_warning_line(tmp_path, capsys, trained
     assert err.endswith("(further such runs of this store are not reported)\n")
 
 
+def test_an_interrupted_figure_leaves_no_figure_of_an_earlier_run(tmp_path, monkeypatch):
+    from sharpdim.report import eos_figures
+
+    args = ["eos", "fractal", "--particles", "20", "--steps", "2", "--out", str(tmp_path)]
+    assert main(args) == 0 and (tmp_path / "fractal.png").exists()
+
+    def interrupted(result, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eos_figures, "plot_fractal", interrupted)
+    assert main([*args, "--seed", "1"]) == 130
+    assert not (tmp_path / "fractal.png").exists()  # was: the seed-0 figure beside seed 1's JSON
+    settings = json.loads((tmp_path / "fractal.json").read_text())["settings"]
+    assert settings["seed"] == 1 and settings["particles"] == 20 and settings["amplitude"] == 2.0
+
+
+def test_minimalist_json_records_its_settings(tmp_path):
+    args = ["eos", "minimalist", "--num-lrs", "2", "--bif-num", "2", "--steps", "50"]
+    assert main([*args, "--late", "20", "--out", str(tmp_path)]) == 0
+    settings = json.loads((tmp_path / "minimalist.json").read_text())["settings"]
+    assert (settings["lr_min"], settings["bif_max"], settings["late"]) == (0.02, 1.1, 20)
+
+
 def test_a_figure_that_cannot_be_written_is_named(tmp_path, capsys, monkeypatch):
     from sharpdim.report import eos_figures
 

@@ -532,12 +532,20 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, payload: Any, flag: str = "--out/--json") -> Path:
+def write_json(
+    path: Path, payload: Any, flag: str = "--out/--json", *, replaces: Iterable[Path] = ()
+) -> Path:
     """Write ``jsonable(payload)`` as strict, indented JSON to ``path`` atomically; return it.
 
-    An ``OSError`` becomes the one-line error of :func:`output_errors` naming ``flag``.
+    ``replaces``: the files that will be written from the same results after it (figures,
+    reports); any earlier version of them is removed first, so a command interrupted between
+    its files never leaves this JSON beside figures of another run. An ``OSError`` becomes the
+    one-line error of :func:`output_errors` naming ``flag``.
     """
     text = json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n"
+    for stale in replaces:
+        with output_errors(stale, flag):
+            Path(stale).unlink(missing_ok=True)
     with output_errors(path, flag):
         write_text_atomic(path, text)
     return path

@@ -256,7 +256,7 @@ def compare(
         "wall_time_s": time.perf_counter() - start,
         "figure": str(figure),
     }
-    write_json(out / "chaos_compare.json", payload, "--out folder")  # the results first
+    write_json(out / "chaos_compare.json", payload, "--out folder", replaces=[figure])
     with output_errors(out, "--out folder"):
         plot_chaos_comparison(cases, figure)
     print_line(wrote_line(out / "chaos_compare.json", figure))

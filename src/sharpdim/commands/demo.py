@@ -164,7 +164,8 @@ def _write_outputs(
         "spectrum": s.to_dict(),
         "sharpness_dimension": res.to_dict(),
     }
-    write_json(out / "summary.json", payload, "--out folder")  # the results first
+    figures = [out / "spectrum.png", out / "report.html"]  # earlier ones removed first
+    write_json(out / "summary.json", payload, "--out folder", replaces=figures)
     png = plot_spectrum_density(
         s.grid,
         s.density,

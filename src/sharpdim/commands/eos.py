@@ -86,14 +86,20 @@ _SEED = seed_option("seed of data and initialisation")
 
 
 def _save(
-    out: Path, name: str, result: Any, plot: Callable[[Any, Path], Path]
+    out: Path,
+    name: str,
+    result: Any,
+    plot: Callable[[Any, Path], Path],
+    settings: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<out>/<name>.json``, then ``<out>/<name>.png`` (by ``plot``); return (png, json).
 
-    The results first: a failing figure leaves them written.
+    The results first: a failing figure leaves them written (an earlier figure is removed
+    before). ``settings``: the command's options, recorded in the JSON as ``"settings"``.
     """
-    js = write_json(out / f"{name}.json", result.to_dict(), "--out folder")
     png = out / f"{name}.png"
+    payload = result.to_dict() if settings is None else {"settings": settings, **result.to_dict()}
+    js = write_json(out / f"{name}.json", payload, "--out folder", replaces=[png])
     with output_errors(png, "--out folder"):
         plot(result, png)
     return png, js
@@ -322,7 +328,11 @@ def minimalist(
             trace_lrs=trace,
             progress=lambda done, _total: update(done),
         )
-    png, js = _save(out, "minimalist", result, plot_minimalist)
+    settings = dict(
+        lr_min=lr_min, lr_max=lr_max, num_lrs=num_lrs, bif_min=bif_min, bif_max=bif_max,
+        bif_num=bif_num, steps=steps, late=late, trace_lrs=trace,
+    )  # fmt: skip
+    png, js = _save(out, "minimalist", result, plot_minimalist, settings)
     rs, bs = result.ratio_summary, result.bifurcation_summary
     stats = rs.ratio_stats()
     rows = [
@@ -381,7 +391,11 @@ def fractal(
         init_range=init_range,
         generator=torch.Generator().manual_seed(seed),
     )
-    png, js = _save(out, "fractal", result, plot_fractal)
+    settings = dict(
+        particles=particles, steps=steps, lr=lr, amplitude=amplitude, frequency=frequency,
+        noise_std=noise_std, init_range=init_range, seed=seed,
+    )  # fmt: skip
+    png, js = _save(out, "fractal", result, plot_fractal, settings)
     if result.status == "diverged":
         shown = (
             f"diverged: {result.num_diverged:,} of {result.final.shape[0]:,} particles ran away "

@@ -253,7 +253,8 @@ def spectrum(
             dataset, data, width=width, depth=depth, activation=activation, loss=loss,
             config=config, trained=trained, dtype=dtype,
         )  # fmt: skip
-        write_json(json_out, {"spectrum": record, "training": training}, "--json path")
+        payload = {"spectrum": record, "training": training}
+        write_json(json_out, payload, "--json path", replaces=[png] if png is not None else [])
     if png is not None:
         top = eig.largest.tolist() if which != "SA" else []
         with output_errors(png, "--png path"):
