@@ -85,8 +85,10 @@ def test_fractal_that_diverges_is_recorded_with_null_measures(tmp_path, capsys):
     assert line.startswith("diverged: 100 of 100 particles ran away (loss above")
     assert line.endswith(
         "the measures are not computed (null in the JSON); pass a smaller --lr "
-        "(below 2 keeps the particles bounded)"
+        "(below 2 keeps the particles bounded), --noise-std, --amplitude or --init-range"
     )
+    assert main(["eos", "fractal", "--frequency", "1e200", "--out", str(tmp_path)]) == 2
+    assert "gives an infinite sharpness 1 + A k^2" in capsys.readouterr().err  # was a traceback
 
 
 @pytest.mark.parametrize(

@@ -221,6 +221,17 @@ def test_n_train_limits_are_what_the_datasets_hold(name: str, limit: int, num_te
     assert check_n_train("teacher_student", 10**6) == 10**6 and check_n_train(name, None) is None
 
 
+@pytest.mark.parametrize("name", ["mnist1d", "teacher_student"])
+def test_generated_datasets_are_capped_on_the_command_line(name: str) -> None:
+    """10^9 examples of teacher_student ran out of memory with a traceback."""
+    with pytest.raises(SharpdimError) as err:
+        check_n_train(name, 10**9)
+    assert str(err.value) == (
+        f"--n-train 1000000000 exceeds the command line's 1,000,000 generated examples of "
+        f"--dataset {name}: pass --n-train <= 1000000 (the Python API generates any size)"
+    )
+
+
 def test_batch_size_check_names_the_flag() -> None:
     assert check_batch_size(100, 100) == 100
     with pytest.raises(SharpdimError) as err:

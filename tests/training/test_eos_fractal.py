@@ -100,6 +100,14 @@ def test_bad_input():
         fractal_attractor(10, noise_std=-1.0)
     with pytest.raises(SharpdimError, match="amplitude >= 0"):
         fractal_attractor(10, amplitude=-2.0)
+    with pytest.raises(SharpdimError, match="finite 1 \\+ A k\\^2"):
+        fractal_attractor(10, frequency=1e200)  # was: OverflowError
+
+
+def test_particles_whose_loss_is_not_finite_have_diverged():
+    """From [-1e300, 1e300]^2 every loss is inf, which passed `loss <= 1e6 * inf`."""
+    res = fractal_attractor(50, steps=1, init_range=1e300)
+    assert res.status == "diverged" and res.num_diverged == 50
 
 
 def test_diverged_particles_left_the_basin_or_are_not_finite():

@@ -113,20 +113,37 @@ def parse_floats(text: str, what: str) -> list[float]:
 CLI_DATASETS = ("digits", "mnist1d", "modular", "teacher_student")
 """The ``--dataset`` names (``"idx"`` needs file paths, which only the Python API takes)."""
 
-MAX_N_TRAIN = {"digits": 1797 - 297, "modular": 97 * 97}
+MAX_N_TRAIN = {
+    "digits": 1797 - 297,
+    "modular": 97 * 97,
+    "mnist1d": 1_000_000,
+    "teacher_student": 1_000_000,
+}
 """Most ``--n-train`` a dataset holds: digits keeps 297 of its 1,797 images for testing;
-modular has ``p^2`` pairs (all of them leave no test set). The generated ones have no limit."""
+modular has ``p^2`` pairs (all of them leave no test set). The generated ones are capped at
+a million examples on the command line (generating 10^8 took minutes or ran out of memory;
+the Python API generates any size)."""
 
 
 def check_n_train(dataset: str, n_train: int | None) -> int | None:
     """``n_train`` if ``--dataset`` holds that many training examples, else a one-line error."""
     limit = MAX_N_TRAIN.get(dataset)
     if n_train is not None and limit is not None and n_train > limit:
+        if dataset in GENERATED:
+            raise SharpdimError(
+                f"--n-train {n_train} exceeds the command line's {limit:,} generated examples "
+                f"of --dataset {dataset}: pass --n-train <= {limit} (the Python API "
+                "generates any size)"
+            )
         raise SharpdimError(
             f"--n-train {n_train} exceeds the {limit} training examples of --dataset "
             f"{dataset}: pass --n-train <= {limit}"
         )
     return n_train
+
+
+GENERATED = ("mnist1d", "teacher_student")
+"""The datasets generated at the size asked for (capped in :data:`MAX_N_TRAIN`)."""
 
 
 def check_batch_size(batch_size: int, num_train: int, flag: str = "--batch-size") -> int:

@@ -380,6 +380,11 @@ def fractal(
     check_finite(frequency, "--frequency", example="4.0")
     check_finite(noise_std, "--noise-std", low=0.0, example="0.1")
     check_positive_lr(init_range, "--init-range", "3.0")
+    if not math.isfinite(amplitude * frequency * frequency):
+        raise SharpdimError(
+            f"--amplitude {amplitude:g} with --frequency {frequency:g} gives an infinite "
+            "sharpness 1 + A k^2: pass smaller values (the paper's are 2 and 4)"
+        )
     prepare_output_dir(out, "--out folder")
     result = fractal_attractor(
         particles,
@@ -400,7 +405,8 @@ def fractal(
         shown = (
             f"diverged: {result.num_diverged:,} of {result.final.shape[0]:,} particles ran away "
             f"(loss above {DIVERGENCE_FACTOR:,.0f} x its start, or not finite): the measures are "
-            "not computed (null in the JSON); pass a smaller --lr (below 2 keeps the particles bounded)"
+            "not computed (null in the JSON); pass a smaller --lr (below 2 keeps the particles "
+            "bounded), --noise-std, --amplitude or --init-range"
         )
     else:
         shown = (

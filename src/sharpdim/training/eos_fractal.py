@@ -73,7 +73,7 @@ def fractal_sharpness(
 ) -> torch.Tensor:
     """Largest Hessian eigenvalue, the larger of ``1 + A k^2 cos(k(x_1 -+ x_2))`` (for
     ``A < 0`` that of the smaller cosine)."""
-    scale = amplitude * frequency**2
+    scale = amplitude * frequency * frequency
     minus = 1.0 + scale * torch.cos(frequency * (x[..., 0] - x[..., 1]))
     plus = 1.0 + scale * torch.cos(frequency * (x[..., 0] + x[..., 1]))
     return torch.maximum(minus, plus)
@@ -102,7 +102,7 @@ def fractal_diverged(
     """Per particle: position or loss not finite, or loss above
     ``DIVERGENCE_FACTOR * max(|initial_loss|, 1)``."""
     limit = DIVERGENCE_FACTOR * initial_loss.abs().clamp(min=1.0)
-    return ~torch.isfinite(x).all(dim=-1) | ~(loss <= limit)
+    return ~torch.isfinite(x).all(dim=-1) | ~torch.isfinite(loss) | ~(loss <= limit)
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class FractalResult:
             "steps": self.steps,
             "init_range": self.init_range,
             "threshold": self.threshold,
-            "max_minimum_sharpness": 1.0 + self.amplitude * self.frequency**2,
+            "max_minimum_sharpness": 1.0 + self.amplitude * self.frequency * self.frequency,
             "eos_fraction": self.eos_fraction,
             "mean_loss": self.mean_loss,
             "median_sharpness": self.median_sharpness,
@@ -233,12 +233,13 @@ def fractal_attractor(
         or noise_std < 0
         or not init_range > 0
         or not amplitude >= 0
+        or not math.isfinite(amplitude * frequency * frequency)
     ):
         raise SharpdimError(
             f"num_particles={num_particles}, steps={steps}, lr={lr}, noise_std={noise_std}, "
             f"init_range={init_range}, amplitude={amplitude}: need >= 1 particle, steps >= 0, "
-            "lr > 0, noise_std >= 0, init_range > 0 and amplitude >= 0 (the central minimum "
-            "of sharpness 1 + A k^2)"
+            "lr > 0, noise_std >= 0, init_range > 0, amplitude >= 0 (the central minimum "
+            "of sharpness 1 + A k^2) and a finite 1 + A k^2"
         )
     gen = default_generator(generator)
     opts = {"amplitude": amplitude, "frequency": frequency}
