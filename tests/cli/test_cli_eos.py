@@ -104,6 +104,8 @@ def test_out_help_names_what_the_command_writes(command, stores, capsys):
 
 def test_bad_input_exits_with_code_2(tmp_path, capsys):
     assert main(["eos", "sharpening", "--lrs", "abc", "--out", str(tmp_path)]) == 2
+    assert main(["eos", "sharpening", "--lrs", "0.2,0.3,2e-1", "--out", str(tmp_path)]) == 2
+    assert "--lrs lists 0.2 twice: give each step size once" in capsys.readouterr().err
     assert main(["eos", "thresholds", "--momentum-lr", "0", "--adam-lr", "0"]) == 2
     assert main(["eos", "minimalist", "--lr-min", "0.5", "--lr-max", "0.1"]) == 2
     assert main(["eos", "fractal", "--particles", "0", "--out", str(tmp_path)]) == 2

@@ -214,8 +214,10 @@ def sharpening(
     from sharpdim.training.eos_experiments import progressive_sharpening
 
     grid = parse_floats(lrs, "--lrs")
-    for lr in grid:
+    for i, lr in enumerate(grid):
         check_positive_lr(lr, "--lrs", "0.2,0.3,0.5")
+        if lr in grid[:i]:
+            raise SharpdimError(f"--lrs lists {lr:g} twice: give each step size once")
     _check_run_options(steps, every, late_fraction)
     setup = _setup(dataset, n_train, width, depth, seed, float64)
     _runs_command(
