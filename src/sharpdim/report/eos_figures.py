@@ -39,7 +39,12 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True)
         for i, run in enumerate(result.runs):
             color = f"C{i}"
-            label = f"{run.optimizer} $\\eta$={run.lr:g} (ratio {run.late_median_ratio:.3f})"
+            outcome = (
+                f"diverged at step {run.diverged_at}"
+                if run.diverged_at is not None
+                else f"ratio {run.late_median_ratio:.3f}"
+            )
+            label = f"{run.optimizer} $\\eta$={run.lr:g} ({outcome})"
             steps = np.asarray(run.steps)
             top.semilogy(steps, np.asarray(run.loss), color=color, lw=1.0, label=label)
             bottom.plot(steps, np.asarray(run.bounded), color=color, lw=1.0)
@@ -129,9 +134,14 @@ def plot_fractal(result: FractalResult, path: str | Path, *, dpi: int = 100) -> 
     sc = ax.scatter(pts[:, 0], pts[:, 1], s=0.3, c=ratio, cmap="coolwarm", vmin=0, vmax=2.5)
     fig.colorbar(sc, ax=ax, label="sharpness / (2/$\\eta$)")
     ax.set_aspect("equal")
+    diverged = (
+        f"\n{result.num_diverged:,} of {len(pts):,} particles diverged (not shown)"
+        if result.num_diverged
+        else ""
+    )
     ax.set_title(
         f"A={result.amplitude:g}, k={result.frequency:g}, $\\eta$={result.lr:g}, "
-        f"{result.steps} steps, $\\sigma$={result.noise_std:g}, n={len(pts)}",
+        f"{result.steps} steps, $\\sigma$={result.noise_std:g}, n={len(pts)}{diverged}",
         fontsize=9,
     )
     ax.set_xlabel("$x_1$")

@@ -1,0 +1,57 @@
+"""What the EoS figures say about diverged runs (legend and title text)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sharpdim.report import eos_figures
+from sharpdim.training.eos_experiments import EoSRun, EoSRunsResult, MLPSetup
+from sharpdim.training.eos_fractal import fractal_attractor
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures the plot functions would save, kept open for inspection."""
+    figures: list[Any] = []
+
+    def keep(fig: Any, path: str | Path, *, dpi: int = 100) -> Path:
+        figures.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(eos_figures, "save_and_close", keep)
+    yield figures
+    import matplotlib.pyplot as plt
+
+    for fig in figures:
+        plt.close(fig)
+
+
+def _run(lr: float, diverged_at: int | None) -> EoSRun:
+    return EoSRun(
+        optimizer="gd", lr=lr, threshold=2 / lr, status="ok" if diverged_at is None else "diverged",
+        diverged_at=diverged_at, steps=(0, 4), loss=(1.0, 0.5), sharpness=(2.0, 3.0),
+        bounded=(2.0, 3.0), late_median_ratio=math.nan if diverged_at else 0.75,
+        late_ratio_range=(0.75, 0.75), final_train_loss=0.5, final_train_accuracy=None,
+        wall_time_s=1.0,
+    )  # fmt: skip
+
+
+def test_a_diverged_run_is_named_in_the_legend(drawn: list[Any], tmp_path: Path) -> None:
+    result = EoSRunsResult(
+        kind="sharpening", setup=MLPSetup(), steps=4, every=4, late_fraction=0.3,
+        runs=(_run(0.2, None), _run(50.0, 2)), wall_time_s=2.0,
+    )  # fmt: skip
+    eos_figures.plot_eos_runs(result, tmp_path / "x.png")
+    labels = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
+    assert labels == ["gd $\\eta$=0.2 (ratio 0.750)", "gd $\\eta$=50 (diverged at step 2)"]
+
+
+def test_a_diverged_fractal_run_says_so_in_the_title(drawn: list[Any], tmp_path: Path) -> None:
+    result = fractal_attractor(20, steps=10, lr=1e10, generator=torch.Generator().manual_seed(0))
+    eos_figures.plot_fractal(result, tmp_path / "f.png")
+    assert "20 of 20 particles diverged (not shown)" in drawn[0].axes[0].get_title()
