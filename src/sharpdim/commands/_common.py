@@ -402,20 +402,43 @@ def train_mlp(
     model: torch.nn.Module, data: Dataset, config: TrainConfig
 ) -> tuple[TrainResult, torch.optim.Optimizer, list[torch.nn.Parameter]]:
     """Train ``model`` on ``data`` with ``config`` (with a progress bar); ``(result, optimizer,
-    trained params)``.
-
-    A diverged run is a one-line error suggesting a lower ``--lr``.
+    trained params)``. A diverged run comes back too (``result.diverged``): the caller records
+    it with :func:`record_diverged`.
     """
     from sharpdim.training.loop import train
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = config.make_optimizer(params)
     trained = train(model, data, config, optimizer=opt, progress=True)
-    if trained.diverged:
-        raise SharpdimError(
-            f"training diverged at step {trained.diverged_at}: lower --lr or --train-steps"
-        )
     return trained, opt, params
+
+
+def record_diverged(
+    trained: TrainResult,
+    training: dict[str, Any],
+    json_out: Path | None,
+    flag: str = "--json path",
+    *,
+    replaces: Iterable[Path] = (),
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """A run whose training diverged is a recorded outcome: nothing is measured, one line
+    says so, and the JSON (when asked for) holds ``{**extra, "status": "diverged",
+    "diverged_at", "training"}`` (``replaces``: see :func:`write_json`). The command then
+    exits with 0."""
+    if json_out is not None:
+        payload = {
+            **(extra or {}),
+            "status": "diverged",
+            "diverged_at": trained.diverged_at,
+            "training": training,
+        }
+        write_json(json_out, payload, flag, replaces=replaces)
+    where = f"; recorded in {json_out}" if json_out is not None else ""
+    print_line(
+        f"training diverged at step {trained.diverged_at} (the loss blew up or became "
+        f"non-finite): nothing is measured; lower --lr{where}"
+    )
 
 
 # -- output locations ------------------------------------------------------------------------

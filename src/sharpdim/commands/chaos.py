@@ -43,6 +43,7 @@ from sharpdim.commands._common import (
     prepare_output_file,
     prepare_store_path,
     print_line,
+    record_diverged,
     seed_option,
     training_record,
     width_option,
@@ -314,8 +315,13 @@ def lyapunov(
         seed=seed,
     )
     trained = train(model, data, config, progress=True)
+    training = training_record(
+        dataset, data, width=width, depth=depth, activation="tanh", loss="mse", config=config,
+        trained=trained, dtype=torch.float64,
+    )  # fmt: skip
     if trained.diverged:
-        raise SharpdimError(f"training diverged at step {trained.diverged_at}: lower --lr")
+        record_diverged(trained, training, json_out)
+        return
     batches = fresh_batches(data, batch_size, warmup + steps, torch.Generator().manual_seed(seed))
     phi = TrainingMap(model, mse_loss, batches, optimizer="sgd", lr=lr)
     w = get_flat_params(trainable_parameters(model))
@@ -336,20 +342,7 @@ def lyapunov(
     if json_out is not None:
         payload = {
             "result": result.to_dict(),
-            "training": {
-                **training_record(
-                    dataset,
-                    data,
-                    width=width,
-                    depth=depth,
-                    activation="tanh",
-                    loss="mse",
-                    config=config,
-                    trained=trained,
-                    dtype=torch.float64,
-                ),
-                "num_params": phi.num_params,
-            },
+            "training": {**training, "num_params": phi.num_params},
             "lyapunov": {"k": k, "steps": steps, "warmup": warmup, "lr": lr, "seed": seed},
         }
         write_json(json_out, payload, "--json path")

@@ -22,13 +22,13 @@ from sharpdim.commands._common import (
     parse_output_folder,
     prepare_output_dir,
     print_line,
+    record_diverged,
     write_json,
 )
 from sharpdim.curvature.dense import DENSE_LIMIT
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.curvature.summary import SpectrumSummary, spectrum_summary
 from sharpdim.dimension.sharpness_dimension import SDResult, sharpness_dimension
-from sharpdim.errors import SharpdimError
 from sharpdim.report.html_report import ReportSection, write_html_report
 from sharpdim.report.spectrum_figures import plot_spectrum_density
 from sharpdim.training.datasets import load_dataset
@@ -105,8 +105,19 @@ def demo(
         f"SGD, eta={lr}, batch {config.batch_size}, {steps} steps"
     )
     run = train(model, data, config, progress=True)
-    if run.diverged:
-        raise SharpdimError(f"training diverged at step {run.diverged_at}: use a smaller --lr")
+    settings = {
+        "dataset": "digits", "n_train": data.num_train, "width": width, "depth": 2,
+        "activation": "tanh", "loss": "mse", "dtype": "float32", "lr": lr,
+        "batch_size": batch_size, "steps": steps, "sd_batches": sd_batches,
+        "slq_runs": slq_runs, "slq_steps": slq_steps, "seed": seed,
+    }  # fmt: skip
+    if run.diverged:  # recorded in summary.json; no figure, no report
+        figures = [out / "spectrum.png", out / "report.html"]
+        record_diverged(
+            run, run.to_dict(), out / "summary.json", "--out folder", replaces=figures,
+            extra={"settings": settings},
+        )  # fmt: skip
+        return
 
     gen = torch.Generator().manual_seed(seed)
     hessian = HessianOperator(model, mse_loss, data.train_batch())
@@ -121,12 +132,6 @@ def demo(
         generator=gen,
     )
     with output_errors(out, "--out folder"):
-        settings = {
-            "dataset": "digits", "n_train": data.num_train, "width": width, "depth": 2,
-            "activation": "tanh", "loss": "mse", "dtype": "float32", "lr": lr,
-            "batch_size": batch_size, "steps": steps, "sd_batches": sd_batches,
-            "slq_runs": slq_runs, "slq_steps": slq_steps, "seed": seed,
-        }  # fmt: skip
         _write_outputs(out, run, summary, sd_result, lr, settings)
     _print_summary(console, run, summary, sd_result, lr, out)
     console.print(f"done in {time.perf_counter() - start:.1f} s")

@@ -32,6 +32,7 @@ from sharpdim.commands._common import (
     optimizer_option,
     prepare_output_file,
     print_line,
+    record_diverged,
     seed_option,
     train_batch_size_option,
     train_mlp,
@@ -160,6 +161,13 @@ def compute(
         seed=seed,
     )
     trained, opt, params = train_mlp(model, data, config)
+    training = training_record(
+        dataset, data, width=width, depth=depth, activation=activation, loss=loss,
+        config=config, trained=trained, dtype=dtype,
+    )  # fmt: skip
+    if trained.diverged:
+        record_diverged(trained, training, json_out)
+        return
     sd_optimizer = _TRAIN_TO_SD[optimizer]
     pre, adam_t = None, None
     if sd_optimizer in ("adam", "adamw") and train_steps > 0:
@@ -197,19 +205,5 @@ def compute(
         )
     Console().print(_table(result, extra))
     if json_out is not None:
-        payload = {
-            "result": result.to_dict(),
-            "training": training_record(
-                dataset,
-                data,
-                width=width,
-                depth=depth,
-                activation=activation,
-                loss=loss,
-                config=config,
-                trained=trained,
-                dtype=dtype,
-            ),
-        }
-        write_json(json_out, payload, "--json path")
+        write_json(json_out, {"result": result.to_dict(), "training": training}, "--json path")
         print_line(wrote_line(json_out))

@@ -38,6 +38,7 @@ from sharpdim.commands._common import (
     output_errors,
     prepare_output_file,
     print_line,
+    record_diverged,
     seed_option,
     train_batch_size_option,
     train_mlp,
@@ -212,6 +213,13 @@ def spectrum(
         steps=train_steps, loss=loss, seed=seed,
     )  # fmt: skip
     trained, _, _ = train_mlp(model, data, config)
+    training = training_record(
+        dataset, data, width=width, depth=depth, activation=activation, loss=loss,
+        config=config, trained=trained, dtype=dtype,
+    )  # fmt: skip
+    if trained.diverged:
+        record_diverged(trained, training, json_out, replaces=[png] if png is not None else [])
+        return
 
     start = time.perf_counter()
     hessian = _hessian(model, loss, data, chunk_size)
@@ -249,10 +257,6 @@ def spectrum(
         print_line("* not converged: raise --max-iter or --tol")
     if json_out is not None:  # the numbers first, then the figure
         record.update(chunk_size=chunk_size)
-        training = training_record(
-            dataset, data, width=width, depth=depth, activation=activation, loss=loss,
-            config=config, trained=trained, dtype=dtype,
-        )  # fmt: skip
         payload = {"spectrum": record, "training": training}
         write_json(json_out, payload, "--json path", replaces=[png] if png is not None else [])
     if png is not None:
