@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -307,6 +308,11 @@ def test_resuming_under_another_config_is_refused(digits, tmp_path):
         ((name, value),) = change.items()
         assert f"{name}=" in str(err.value) and f"(now {value!r})" in str(err.value)
         assert "\n" not in str(err.value)
+    n = digits.num_train
+    for other in (digits.subset(n // 2), replace(digits, y_train=digits.y_train.flip(0))):
+        with pytest.raises(SharpdimError, match="was written on another training set") as err:
+            train(small_mlp(), other, TrainConfig(**base), resume_from=checkpoint_path(tmp_path, 3))
+        assert f"({n} examples of shape [64]; now {other.num_train} of shape [64]" in str(err.value)
     resumed = train(
         small_mlp(), digits, TrainConfig(**base), resume_from=checkpoint_path(tmp_path, 3)
     )

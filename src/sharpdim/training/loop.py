@@ -39,7 +39,13 @@ from sharpdim.training.checkpoint import (
     save_checkpoint,
 )
 from sharpdim.training.datasets import Dataset
-from sharpdim.training.loop_state import BatchStream, check_same_run, run_fields
+from sharpdim.training.loop_state import (
+    BatchStream,
+    check_same_data,
+    check_same_run,
+    data_fingerprint,
+    run_fields,
+)
 from sharpdim.training.losses import LossFn, evaluate, get_loss
 from sharpdim.training.optimizers import OPTIMIZERS, check_optimizer_options, make_optimizer
 
@@ -270,6 +276,8 @@ def train(
         loop_state = saved.get("loop")
         if loop_state is not None and "config" in loop_state:
             check_same_run(loop_state["config"], config, resume_from)
+        if loop_state is not None and "data" in loop_state:
+            check_same_data(loop_state["data"], dataset, resume_from)
         first = restore_checkpoint(saved, resume_from, model, optimizer)
         if first > config.steps:
             raise SharpdimError(
@@ -292,6 +300,7 @@ def train(
                 "rng": torch.get_rng_state(),
                 "limit": limit,
                 "config": run_fields(config),
+                "data": data_fingerprint(dataset),
             }
             if params[0].device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(params[0].device)

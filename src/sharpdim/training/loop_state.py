@@ -111,3 +111,32 @@ def check_same_run(saved: Mapping[str, Any], config: TrainConfig, path: str | Pa
             f"{path} was written with {', '.join(differ)}: resume with the configuration of "
             "the interrupted run"
         )
+
+
+def data_fingerprint(dataset: Dataset) -> dict[str, Any]:
+    """Which training set a run trains on: its size, input shape and a SHA-256 of up to 64
+    evenly spaced examples (inputs and targets as float64), cheap at any size."""
+    import hashlib
+
+    n = dataset.num_train
+    rows = torch.linspace(0, n - 1, min(n, 64)).round().long() if n else torch.zeros(0).long()
+    digest = hashlib.sha256()
+    for part in (dataset.x_train[rows], dataset.y_train[rows]):
+        digest.update(part.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return {
+        "num_train": n,
+        "input_shape": list(dataset.x_train.shape[1:]),
+        "sha256": digest.hexdigest(),
+    }
+
+
+def check_same_data(saved: Mapping[str, Any], dataset: Dataset, path: str | Path) -> None:
+    """Refuse to resume a checkpoint on another training set than the one it was written on."""
+    now = data_fingerprint(dataset)
+    if dict(saved) != now:
+        was = f"{saved.get('num_train')} examples of shape {saved.get('input_shape')}"
+        raise SharpdimError(
+            f"{path} was written on another training set ({was}; now {now['num_train']} of "
+            f"shape {now['input_shape']}, or other values): resume on the data of the "
+            "interrupted run"
+        )
