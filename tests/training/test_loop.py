@@ -145,6 +145,8 @@ def test_checkpoints_on_disk_and_in_memory(digits, tmp_path):
     assert optimizer.state_dict()["state"]  # momentum buffers came back
     with pytest.raises(SharpdimError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt", restored)
+    with pytest.raises(SharpdimError, match=r"is a folder: pass the step_XXXXXX.pt file in it"):
+        load_checkpoint(tmp_path, restored)
     assert result.to_dict()["snapshots"][0] == initial.tolist()
 
 

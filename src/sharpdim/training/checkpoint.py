@@ -79,6 +79,11 @@ def save_checkpoint(
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw contents of a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
+    if path.is_dir():
+        raise SharpdimError(
+            f"checkpoint {path} is a folder: pass the step_XXXXXX.pt file in it "
+            "(checkpoint_path(directory, step))"
+        )
     if not path.is_file():
         raise SharpdimError(f"checkpoint {path} does not exist: check the directory and step")
     try:
