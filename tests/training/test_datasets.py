@@ -70,23 +70,31 @@ def test_mnist1d_matches_make_dataset_and_keeps_global_rng():
     np.random.seed(123)
     random.seed(5)
     before_np, before_py = np.random.get_state()[1].copy(), random.getstate()
-    ds = load_dataset("mnist1d", seed=7, n_train=35, n_test=15, dtype=torch.float64)
+    ds = load_dataset("mnist1d", seed=7, n_train=40, n_test=15, dtype=torch.float64)
     np.testing.assert_array_equal(np.random.get_state()[1], before_np)
     assert random.getstate() == before_py
     args = get_dataset_args()
-    args.num_samples, args.train_split, args.seed = 40, 1.0, 7  # 35 rounded up to 10 a class
-    ref = make_dataset(args)
-    np.testing.assert_array_equal(ds.x_train.numpy(), ref["x"][:35])
-    args.num_samples, args.seed = 20, 7 ^ MNIST1D_TEST_SEED  # the test split: its own call
-    ref_test = make_dataset(args)
-    np.testing.assert_array_equal(ds.x_test.numpy(), ref_test["x"][:15])
+    args.num_samples, args.train_split, args.seed = 40, 1.0, 7
+    ref = make_dataset(args)  # standardised over these 40, the training statistics
+    np.testing.assert_array_equal(ds.x_train.numpy(), ref["x"])
+    np.testing.assert_array_equal(ds.y_train.numpy(), ref["y"])
+    args.num_samples, args.seed = 20, 7 ^ MNIST1D_TEST_SEED  # the test split: its own seed
+    ref_test = make_dataset(args)  # standardised over its own 20: an affine image of ours
     np.testing.assert_array_equal(ds.y_test.numpy(), ref_test["y"][:15])
-    assert ds.x_train.shape == (35, 40) and ds.x_test.shape == (15, 40)
-    # the training set depends on seed and n_train only, and is standardised on its own
-    more_test = load_dataset("mnist1d", seed=7, n_train=35, n_test=150, dtype=torch.float64)
+    slope, shift = np.polyfit(ref_test["x"][:15].ravel(), ds.x_test.numpy().ravel(), 1)
+    np.testing.assert_allclose(ds.x_test.numpy(), slope * ref_test["x"][:15] + shift, atol=1e-12)
+    assert ds.x_train.shape == (40, 40) and ds.x_test.shape == (15, 40)
+    # the training set depends on seed and n_train only
+    more_test = load_dataset("mnist1d", seed=7, n_train=40, n_test=150, dtype=torch.float64)
     assert torch.equal(more_test.x_train, ds.x_train)
-    whole = load_dataset("mnist1d", seed=7, n_train=40, n_test=0, dtype=torch.float64)
-    assert abs(float(whole.x_train.mean())) < 1e-12 and whole.num_test == 0
+    assert load_dataset("mnist1d", seed=7, n_train=40, n_test=0).num_test == 0
+    # shuffle_seq permutes the positions of both splits alike (it drew one order per split)
+    shuffled = load_dataset(
+        "mnist1d", seed=7, n_train=40, n_test=15, dtype=torch.float64, shuffle_seq=True
+    )
+    order = torch.as_tensor(np.random.RandomState(7).permutation(40))
+    assert torch.equal(shuffled.x_train, ds.x_train[:, order])
+    assert torch.equal(shuffled.x_test, ds.x_test[:, order])
     with pytest.raises(SharpdimError, match="unknown mnist1d option"):
         load_dataset("mnist1d", n_train=10, n_test=0, bogus=1)
     for key, value in (("num_samples", 50), ("train_split", 0.5)):

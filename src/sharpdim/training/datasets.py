@@ -187,19 +187,21 @@ def make_mnist1d_dataset(
     dtype: torch.dtype = torch.float32,
     **mnist1d_args: Any,
 ) -> Dataset:
-    """MNIST-1D (Greydanus 2020), generated procedurally by ``mnist1d.data.make_dataset``.
+    """MNIST-1D (Greydanus 2020), generated procedurally with mnist1d's templates and
+    ``transform``, as ``mnist1d.data.make_dataset`` does.
 
     Only as many examples as asked for are generated (default 4,000 train / 1,000 test, the
-    library's defaults), so small subsets are fast. The two splits come from two calls, the
-    training set with mnist1d's ``seed`` = ``seed`` and the test set with a seed derived from
-    it, so the training set depends on ``seed`` and ``n_train`` only (not on ``n_test``).
-    Other keyword arguments override ``mnist1d.data.get_dataset_args()`` (e.g.
-    ``final_seq_length``, ``iid_noise_scale``; not ``num_samples`` or ``train_split``, which
-    ``n_train``/``n_test`` set). Features (length 40) are standardised by mnist1d within each
-    call (one mean and one standard deviation over all values; so the training set's scale
-    never sees test examples). Never downloads: ``get_dataset`` is not used.
+    library's defaults), so small subsets are fast. The training set is mnist1d's examples for
+    ``seed`` (those of ``make_dataset`` with ``num_samples`` = ``n_train`` rounded up to a
+    multiple of 10), the test set those for the seed ``seed ^ MNIST1D_TEST_SEED``: the
+    training set does not depend on ``n_test``. Features (length 40) are standardised with
+    the training set's mean and standard deviation (one number each, mnist1d's convention),
+    and ``shuffle_seq=True`` permutes the positions of both splits alike. Other keyword
+    arguments override ``mnist1d.data.get_dataset_args()`` (e.g. ``final_seq_length``,
+    ``iid_noise_scale``; not ``num_samples`` or ``train_split``, which ``n_train``/``n_test``
+    set). Never downloads: ``get_dataset`` is not used.
     """
-    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d.data import get_dataset_args
 
     n_train = 4000 if n_train is None else n_train
     n_test = 1000 if n_test is None else n_test
@@ -217,34 +219,47 @@ def make_mnist1d_dataset(
             f"mnist1d option(s) {sorted(fixed)} are set by sharpdim: pass n_train= and n_test= "
             "instead"
         )
-    vars(args).update(mnist1d_args, train_split=1.0)
-    x_train, y_train = _mnist1d_split(make_dataset, args, n_train, seed % 2**32)
-    x_test, y_test = _mnist1d_split(make_dataset, args, n_test, (seed ^ MNIST1D_TEST_SEED) % 2**32)
-    return Dataset("mnist1d", x_train.to(dtype), y_train, x_test.to(dtype), y_test, 10)
-
-
-MNIST1D_TEST_SEED = 0x5EED7E57
-"""The test split of MNIST-1D is generated with mnist1d ``seed ^ MNIST1D_TEST_SEED``."""
-
-
-def _mnist1d_split(
-    make_dataset: Callable[[Any], dict[str, Any]], args: Any, n: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` examples from one ``make_dataset`` call (float64 inputs, int64 labels); mnist1d's
-    global numpy/Python RNG seeding is undone afterwards."""
-    if n == 0:
-        return torch.zeros(0, args.final_seq_length, dtype=torch.float64), torch.zeros(
-            0, dtype=torch.int64
-        )
-    vars(args).update(num_samples=10 * math.ceil(n / 10), seed=seed)  # num_samples // 10 a class
+    vars(args).update(mnist1d_args)
     py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        data = make_dataset(args)
+    try:  # mnist1d seeds numpy's and Python's global generators: restored afterwards
+        x_train, y_train = _mnist1d_examples(args, n_train, seed % 2**32)
+        x_test, y_test = _mnist1d_examples(args, n_test, (seed ^ MNIST1D_TEST_SEED) % 2**32)
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    x = torch.as_tensor(np.asarray(data["x"]), dtype=torch.float64)[:n]
-    return x, torch.as_tensor(np.asarray(data["y"]), dtype=torch.int64)[:n]
+    if args.shuffle_seq:  # one permutation of the positions for both splits
+        order = np.random.RandomState(seed % 2**32).permutation(x_train.shape[1])
+        x_train, x_test = x_train[:, order], x_test[:, order]
+    mean, std = x_train.mean(), x_train.std()
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=torch.int64)
+
+    return Dataset("mnist1d", *tensors(x_train, y_train), *tensors(x_test, y_test), 10)
+
+
+MNIST1D_TEST_SEED = 0x5EED7E57
+"""The test split of MNIST-1D is generated with the mnist1d seed ``seed ^ MNIST1D_TEST_SEED``."""
+
+
+def _mnist1d_examples(args: Any, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` examples ``make_dataset`` generates for ``seed`` with ``num_samples`` =
+    ``n`` rounded up to 10 a class, before its sequence shuffle and standardisation."""
+    from mnist1d.data import get_templates, set_seed, transform
+
+    if n == 0:
+        return np.zeros((0, args.final_seq_length)), np.zeros(0, dtype=np.int64)
+    templates = get_templates()
+    set_seed(seed)
+    xs, ys = [], []
+    for label, template in zip(templates["y"], templates["x"], strict=True):
+        for _ in range(math.ceil(n / len(templates["y"]))):
+            x, _ = transform(template, templates["t"], args)
+            xs.append(x)
+            ys.append(label)
+    order = np.random.permutation(len(ys))
+    return np.stack(xs)[order][:n].astype(np.float64), np.asarray(ys)[order][:n]
 
 
 _OPERATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
