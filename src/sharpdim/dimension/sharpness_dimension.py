@@ -365,6 +365,7 @@ def sharpness_dimension(
             iterates=iterates,
             mode=mode,
             max_params=max_params,
+            generator=gen,  # its dropout masks (peeked: gen is not advanced)
         )
         ky = kaplan_yorke_dimension(rds.exponents)
         boot = []
