@@ -489,3 +489,24 @@ def test_sharpness_dimension_in_the_monitors_mode():
         sds[mode] = monitor.measure(model, opt, step=0).sd
         assert sds[mode] == pytest.approx(_direct_sd(model, x, y, 0.5, mode=mode), rel=1e-12)
     assert sds["train"] != pytest.approx(sds["eval"], rel=1e-3)
+
+
+def test_adam_sd_when_a_parameter_skipped_a_step():
+    """A layer frozen for the first step lags one Adam step behind: the SD folds each
+    parameter's 1 - b1^t into P (it raised "no common step count"); equal to a direct call."""
+    x, y = _data(20)
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    options = {"batch_size": 20, "num_batches": 1}
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1, sd_options=options)
+    first = next(iter(model.parameters()))
+    first.requires_grad_(False)
+    mse_loss(model, (x, y)).backward()
+    first.requires_grad_(True)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    mse_loss(model, (x, y)).backward()
+    record = monitor.on_step(1, model, 0.0, opt)
+    folded = upcoming_adam_preconditioner(opt, list(model.parameters()))
+    expected = _direct_sd(model, x, y, 0.01, optimizer="adam", preconditioner=folded)
+    assert record is not None and record.sd == pytest.approx(expected, rel=1e-10)

@@ -176,6 +176,25 @@ def upcoming_adam_preconditioner(
     return flat
 
 
+def _adam_sd_inputs(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], options: dict[str, Any]
+) -> dict[str, Any]:
+    """The SD's ``preconditioner`` and ``step`` for the Adam update about to be taken:
+    ``sqrt(v_hat) + eps`` with the common step count ``t`` (or the ``step`` the caller gave in
+    ``sd_options``). When the parameters' counts differ (one skipped a step without a
+    gradient), each parameter's ``1 - beta1^t`` is folded into ``P`` instead: the same update,
+    in coordinates that differ from the documented ones by that factor."""
+    unbiased = {
+        "preconditioner": upcoming_adam_preconditioner(optimizer, params, bias_correction=False)
+    }
+    if "step" in options:
+        return unbiased
+    try:
+        return {**unbiased, "step": adam_step(optimizer, params, upcoming=True)}
+    except SharpdimError:  # no common step count
+        return {"preconditioner": upcoming_adam_preconditioner(optimizer, params)}
+
+
 def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(data, Dataset):
         data = data.train_batch()
@@ -222,8 +241,9 @@ class EoSMonitor:
         sd_options: keyword arguments for it (e.g. ``method``, ``batch_size``,
             ``num_batches``); ``lr`` and ``optimizer`` come from the live optimizer, and
             unless given here so do ``momentum``, ``betas``, ``weight_decay`` and for
-            Adam/AdamW ``adam_eps`` and the preconditioner of the update about to be taken
-            (:func:`upcoming_adam_preconditioner`); the param groups must agree on those used.
+            Adam/AdamW ``adam_eps``, the preconditioner of the update about to be taken
+            (:func:`upcoming_adam_preconditioner` without ``1 - beta1^t``) and its ``step``
+            count ``t`` (see ``_adam_sd_inputs``); the param groups must agree on those used.
         generator: randomness of Lanczos start vectors and of the SD minibatches
             (default: seed 0).
     """
@@ -471,12 +491,7 @@ class EoSMonitor:
         if name in ADAPTIVE:
             live["adam_eps"] = float(group["eps"])
             if "preconditioner" not in options:  # that of the update about to be taken
-                params = trainable_parameters(model)
-                live["preconditioner"] = upcoming_adam_preconditioner(
-                    optimizer, params, bias_correction=False
-                )
-                if "step" not in options:
-                    live["step"] = adam_step(optimizer, params, upcoming=True)
+                live.update(_adam_sd_inputs(optimizer, trainable_parameters(model), options))
         result = sharpness_dimension(
             model,
             self.loss_fn,
