@@ -1,5 +1,6 @@
 """The toy fractal attractor (Tuci et al., Fig. 6): derivatives, the step, the particle run."""
 
+import dataclasses
 import math
 
 import pytest
@@ -137,3 +138,11 @@ def test_a_bounded_run_is_done():
     assert res.status == "done" and res.num_diverged == 0 and res.diverged_fraction == 0.0
     assert res.median_sharpness == pytest.approx(float(res.final_sharpness.quantile(0.5)))
     assert res.to_dict()["status"] == "done" and not math.isnan(res.box_dimension)
+
+
+def test_median_sharpness_of_more_than_2_to_the_24_particles():
+    """torch.quantile refuses inputs this large; the median of 0..n-1 (n even) is (n-1)/2."""
+    n = 2**24 + 2
+    small = fractal_attractor(4, steps=1)
+    big = dataclasses.replace(small, final_sharpness=torch.arange(n, dtype=torch.float64))
+    assert big.median_sharpness == (n - 1) / 2

@@ -153,7 +153,11 @@ class FractalResult:
 
     @property
     def median_sharpness(self) -> float:
-        return math.nan if self.num_diverged else float(self.final_sharpness.quantile(0.5))
+        if self.num_diverged:
+            return math.nan
+        ordered = self.final_sharpness.sort().values  # quantile() refuses above 2^24 values
+        n = ordered.numel()
+        return float((ordered[(n - 1) // 2] + ordered[n // 2]) / 2)
 
     def to_dict(self, *, with_points: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
