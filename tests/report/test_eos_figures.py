@@ -55,3 +55,4 @@ def test_a_diverged_fractal_run_says_so_in_the_title(drawn: list[Any], tmp_path:
     result = fractal_attractor(20, steps=10, lr=1e10, generator=torch.Generator().manual_seed(0))
     eos_figures.plot_fractal(result, tmp_path / "f.png")
     assert "20 of 20 particles diverged (not shown)" in drawn[0].axes[0].get_title()
+    assert drawn[0].axes[0].collections[0].get_offsets().shape[0] == 0  # none drawn

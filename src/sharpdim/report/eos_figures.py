@@ -17,7 +17,7 @@ import numpy as np
 
 from sharpdim.report.figure_file import save_and_close
 from sharpdim.training.eos_experiments import EoSRunsResult
-from sharpdim.training.eos_fractal import FractalResult
+from sharpdim.training.eos_fractal import FractalResult, fractal_diverged, fractal_loss
 from sharpdim.training.eos_minimalist_experiment import MinimalistExperiment
 
 
@@ -129,19 +129,22 @@ def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int 
 def plot_fractal(result: FractalResult, path: str | Path, *, dpi: int = 100) -> Path:
     """Scatter of the final particles, coloured by sharpness relative to ``2/eta``."""
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
-    pts = result.final.numpy()
-    ratio = (result.final_sharpness / result.threshold).numpy()
+    opts = {"amplitude": result.amplitude, "frequency": result.frequency}
+    initial_loss = fractal_loss(result.initial, **opts)
+    kept = ~fractal_diverged(result.final, result.final_loss, initial_loss)  # drawn
+    pts = result.final[kept].numpy()
+    ratio = (result.final_sharpness[kept] / result.threshold).numpy()
     sc = ax.scatter(pts[:, 0], pts[:, 1], s=0.3, c=ratio, cmap="coolwarm", vmin=0, vmax=2.5)
     fig.colorbar(sc, ax=ax, label="sharpness / (2/$\\eta$)")
     ax.set_aspect("equal")
     diverged = (
-        f"\n{result.num_diverged:,} of {len(pts):,} particles diverged (not shown)"
+        f"\n{result.num_diverged:,} of {len(kept):,} particles diverged (not shown)"
         if result.num_diverged
         else ""
     )
     ax.set_title(
         f"A={result.amplitude:g}, k={result.frequency:g}, $\\eta$={result.lr:g}, "
-        f"{result.steps} steps, $\\sigma$={result.noise_std:g}, n={len(pts)}{diverged}",
+        f"{result.steps} steps, $\\sigma$={result.noise_std:g}, n={len(kept)}{diverged}",
         fontsize=9,
     )
     ax.set_xlabel("$x_1$")
