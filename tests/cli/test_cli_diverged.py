@@ -31,10 +31,14 @@ def test_a_diverged_run_is_recorded(
     assert payload["training"]["lr"] == 100 and payload["training"]["n_train"] == 64
 
 
-def test_spectrum_removes_an_earlier_figure_when_its_run_diverges(tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_json", [True, False])
+def test_spectrum_removes_an_earlier_figure_when_its_run_diverges(
+    tmp_path: Path, with_json: bool
+) -> None:
     png = tmp_path / "s.png"
     png.write_bytes(b"an earlier figure")
-    assert main(["spectrum", *TINY, "--json", str(tmp_path / "s.json"), "--png", str(png)]) == 0
+    json_flag = ["--json", str(tmp_path / "s.json")] if with_json else []
+    assert main(["spectrum", *TINY, *json_flag, "--png", str(png)]) == 0
     assert not png.exists()
 
 

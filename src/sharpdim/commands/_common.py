@@ -413,6 +413,13 @@ def train_mlp(
     return trained, opt, params
 
 
+def remove_stale(paths: Iterable[Path], flag: str) -> None:
+    """Remove earlier versions of the files ``paths`` (missing ones are fine)."""
+    for stale in paths:
+        with output_errors(stale, flag):
+            Path(stale).unlink(missing_ok=True)
+
+
 def record_diverged(
     trained: TrainResult,
     training: dict[str, Any],
@@ -434,6 +441,8 @@ def record_diverged(
             "training": training,
         }
         write_json(json_out, payload, flag, replaces=replaces)
+    else:
+        remove_stale(replaces, flag)
     where = f"; recorded in {json_out}" if json_out is not None else ""
     print_line(
         f"training diverged at step {trained.diverged_at} (the loss blew up or became "
@@ -583,9 +592,7 @@ def write_json(
     one-line error of :func:`output_errors` naming ``flag``.
     """
     text = json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n"
-    for stale in replaces:
-        with output_errors(stale, flag):
-            Path(stale).unlink(missing_ok=True)
+    remove_stale(replaces, flag)
     with output_errors(path, flag):
         write_text_atomic(path, text)
     return path
