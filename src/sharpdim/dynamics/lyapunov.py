@@ -320,7 +320,8 @@ def lyapunov_spectrum(
         q_next, stretch = _qr_positive(v.detach())
         x, q = x_next.detach(), q_next
         if i >= warmup:
-            logs.append(torch.log(stretch.to(torch.float64).clamp_min(tiny)))
+            # the results live on the CPU whatever the map's device (k numbers a step)
+            logs.append(torch.log(stretch.to("cpu", torch.float64).clamp_min(tiny)))
     log_stretches = torch.stack(logs) if logs else torch.empty(0, k, dtype=torch.float64)
     steps = log_stretches.shape[0]
     counts = torch.arange(1, steps + 1, dtype=torch.float64)[:, None]
