@@ -12,7 +12,7 @@ from sharpdim.curvature.dense import dense_hessian
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.curvature.params import get_flat_params, set_flat_params
 from sharpdim.errors import SharpdimError
-from sharpdim.training.losses import cross_entropy_loss, mse_loss
+from sharpdim.training.losses import accuracy, cross_entropy_loss, mse_loss
 from sharpdim.training.models import DeepScalarLinear, build_mlp, build_transformer
 
 
@@ -74,15 +74,23 @@ def test_transformer_shapes_and_causality():
     )
     tokens = torch.tensor([[1, 2, 3, 4], [0, 7, 7, 1]])
     out = model(tokens)
-    assert out.shape == (2, 4, 5)
+    assert out.shape == (2, 5, 4)  # (n, classes, positions)
     changed = tokens.clone()
     changed[:, 3] = 6
-    torch.testing.assert_close(model(changed)[:, :3], out[:, :3])  # the future is masked
-    assert not torch.allclose(model(changed)[:, 3], out[:, 3])
+    torch.testing.assert_close(model(changed)[..., :3], out[..., :3])  # the future is masked
+    assert not torch.allclose(model(changed)[..., 3], out[..., 3])
     last = build_transformer(
         8, 5, seq_len=4, d_model=8, num_heads=2, num_layers=2, dtype=torch.float64
     )
-    torch.testing.assert_close(last(tokens), out[:, -1])  # same seed, same weights
+    torch.testing.assert_close(last(tokens), out[..., -1])  # same seed, same weights
+    # the package's per-token loss and accuracy read that layout (it took T as the classes)
+    targets = torch.tensor([[2, 0, 4, 1], [3, 3, 0, 2]])
+    per_token = torch.nn.functional.cross_entropy(
+        out.transpose(1, 2).reshape(-1, 5), targets.reshape(-1)
+    )
+    torch.testing.assert_close(cross_entropy_loss(model, (tokens, targets)), per_token)
+    hits = (out.argmax(1) == targets).double().mean()
+    assert accuracy(model, (tokens, targets)) == pytest.approx(float(hits))
     with pytest.raises(SharpdimError, match="divisible"):
         build_transformer(8, d_model=6, num_heads=4)
     with pytest.raises(SharpdimError, match="tokens of shape"):

@@ -164,7 +164,9 @@ class DecoderTransformer(nn.Module):
     ``tokens (n, T) -> token + position embeddings -> blocks -> LayerNorm -> head``. With
     ``last_only=True`` (default) the output is the logits at the last position, shape
     ``(n, num_outputs)``: the answer token of modular arithmetic ``[a, b, =] -> (a + b) mod p``
-    (Power et al. 2022; Nanda et al. 2023). Otherwise the logits at every position ``(n, T, V)``.
+    (Power et al. 2022; Nanda et al. 2023). Otherwise the logits at every position, shape
+    ``(n, num_outputs, T)``: classes on dim 1, as ``F.cross_entropy`` and the package's
+    ``cross_entropy_loss`` / ``accuracy`` read per-token targets ``(n, T)``.
     """
 
     def __init__(
@@ -200,7 +202,7 @@ class DecoderTransformer(nn.Module):
         for block in self.blocks:
             h = block(h)
         logits = self.head(self.ln_final(h))
-        return logits[:, -1] if self.last_only else logits
+        return logits[:, -1] if self.last_only else logits.transpose(1, 2)
 
 
 def build_transformer(
@@ -225,7 +227,8 @@ def build_transformer(
         seq_len: maximal sequence length (3 for ``[a, b, =]``).
         d_model, num_heads, num_layers: width, heads per block and number of blocks.
         d_mlp: hidden width of each block's MLP; default ``4 * d_model``.
-        last_only: return only the last position's logits.
+        last_only: return only the last position's logits ``(n, C)``; else every
+            position's, ``(n, C, T)`` (classes on dim 1, for per-token losses).
         seed, generator, dtype: as in :func:`build_mlp`.
     """
     if min(vocab_size, seq_len, d_model, num_heads, num_layers) < 1:
