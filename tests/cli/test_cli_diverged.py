@@ -54,3 +54,17 @@ def test_demo_records_a_diverged_run(tmp_path: Path) -> None:
         100.0,
     )
     assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
+def test_an_earlier_figure_that_cannot_be_removed_names_the_png_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    png = tmp_path / "s.png"
+    png.write_bytes(b"an earlier figure")
+
+    def refused(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    assert main(["spectrum", *TINY, "--png", str(png)]) == 2
+    assert "choose a writable --png path" in capsys.readouterr().err  # was: --json path

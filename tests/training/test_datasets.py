@@ -95,6 +95,8 @@ def test_mnist1d_matches_make_dataset_and_keeps_global_rng():
     order = torch.as_tensor(np.random.RandomState(7).permutation(40))
     assert torch.equal(shuffled.x_train, ds.x_train[:, order])
     assert torch.equal(shuffled.x_test, ds.x_test[:, order])
+    with pytest.raises(SharpdimError, match="no spread to standardise by"):  # was NaN
+        load_dataset("mnist1d", n_train=1, n_test=2, final_seq_length=1)
     with pytest.raises(SharpdimError, match="unknown mnist1d option"):
         load_dataset("mnist1d", n_train=10, n_test=0, bogus=1)
     for key, value in (("num_samples", 50), ("train_split", 0.5)):

@@ -510,3 +510,6 @@ def test_adam_sd_when_a_parameter_skipped_a_step():
     folded = upcoming_adam_preconditioner(opt, list(model.parameters()))
     expected = _direct_sd(model, x, y, 0.01, optimizer="adam", preconditioner=folded)
     assert record is not None and record.sd == pytest.approx(expected, rel=1e-10)
+    opt.zero_grad(set_to_none=True)  # no gradient at all: no coming update to measure
+    with pytest.raises(SharpdimError, match="no common step count"):
+        monitor.on_step(1, model, 0.0, opt)

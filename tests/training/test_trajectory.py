@@ -153,3 +153,17 @@ def test_bad_input() -> None:
         IterateRecorder(0)
     with pytest.raises(SharpdimError):
         IterateRecorder(3).finish()
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_per_example_losses_refuse_per_token_outputs(loss: str) -> None:
+    """A transformer with last_only=False has outputs (n, C, T): one loss per example is not
+    defined (ce returned per-token losses, mse mixed positions into the examples)."""
+    from sharpdim.curvature.params import get_flat_params
+    from sharpdim.training.models import build_transformer
+
+    model = build_transformer(4, 4, seq_len=4, d_model=8, num_heads=2, last_only=False)
+    tokens = torch.tensor([[0, 1, 2, 3]] * 4)
+    points = get_flat_params(list(model.parameters()))[None]
+    with pytest.raises(SharpdimError, match=r"one output row per example.*\(4, 4, 4\)"):
+        per_example_losses(model, points, (tokens, tokens), loss=loss)

@@ -39,6 +39,7 @@ from sharpdim.commands._common import (
     prepare_output_file,
     print_line,
     record_diverged,
+    remove_stale,
     seed_option,
     train_batch_size_option,
     train_mlp,
@@ -217,8 +218,10 @@ def spectrum(
         dataset, data, width=width, depth=depth, activation=activation, loss=loss,
         config=config, trained=trained, dtype=dtype,
     )  # fmt: skip
+    if png is not None:  # an earlier figure never stays beside this run's JSON
+        remove_stale([png], "--png path")
     if trained.diverged:
-        record_diverged(trained, training, json_out, replaces=[png] if png is not None else [])
+        record_diverged(trained, training, json_out)
         return
 
     start = time.perf_counter()
@@ -258,7 +261,7 @@ def spectrum(
     if json_out is not None:  # the numbers first, then the figure
         record.update(chunk_size=chunk_size)
         payload = {"spectrum": record, "training": training}
-        write_json(json_out, payload, "--json path", replaces=[png] if png is not None else [])
+        write_json(json_out, payload, "--json path")
     if png is not None:
         top = eig.largest.tolist() if which != "SA" else []
         with output_errors(png, "--png path"):

@@ -194,7 +194,7 @@ def make_mnist1d_dataset(
     library's defaults), so small subsets are fast. The training set is mnist1d's examples for
     ``seed`` (those of ``make_dataset`` with ``num_samples`` = ``n_train`` rounded up to a
     multiple of 10), the test set those for the seed ``seed ^ MNIST1D_TEST_SEED``: the
-    training set does not depend on ``n_test``. Features (length 40) are standardised with
+    training set does not depend on ``n_test``. Features (length ``final_seq_length``, 40 by default) are standardised with
     the training set's mean and standard deviation (one number each, mnist1d's convention),
     and ``shuffle_seq=True`` permutes the positions of both splits alike. Other keyword
     arguments override ``mnist1d.data.get_dataset_args()`` (e.g. ``final_seq_length``,
@@ -231,6 +231,11 @@ def make_mnist1d_dataset(
         order = np.random.RandomState(seed % 2**32).permutation(x_train.shape[1])
         x_train, x_test = x_train[:, order], x_test[:, order]
     mean, std = x_train.mean(), x_train.std()
+    if not (math.isfinite(std) and std > 0):
+        raise SharpdimError(
+            f"the {n_train} MNIST-1D training example(s) have no spread to standardise by: "
+            "pass a larger n_train (or final_seq_length)"
+        )
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

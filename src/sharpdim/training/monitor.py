@@ -191,7 +191,9 @@ def _adam_sd_inputs(
         return unbiased
     try:
         return {**unbiased, "step": adam_step(optimizer, params, upcoming=True)}
-    except SharpdimError:  # no common step count
+    except SharpdimError:  # no common step count; with no gradient at all: no update to measure
+        if not any(p.grad is not None for p in params):
+            raise
         return {"preconditioner": upcoming_adam_preconditioner(optimizer, params)}
 
 

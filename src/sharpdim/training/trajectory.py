@@ -302,6 +302,11 @@ def capture_forward(
 def _example_losses(model: nn.Module, loss: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example losses of the named loss (same conventions as ``training.losses``)."""
     out = model(x)
+    if out.ndim > 2:
+        raise SharpdimError(
+            f"per-example losses need one output row per example, got outputs of shape "
+            f"{tuple(out.shape)}: use a model with outputs (n, C), e.g. last_only=True"
+        )
     if loss == "mse":
         out2d = out.reshape(out.shape[0], -1)
         return 0.5 * (out2d - mse_targets(out2d, y)).pow(2).sum(dim=1)
