@@ -40,6 +40,8 @@ DIGITS_TRAIN = MAX_N_TRAIN["digits"]
 """Training examples of scikit-learn digits (1,797 images, 297 kept for testing)."""
 DIGITS_IN, DIGITS_OUT = 64, 10
 OUTPUT_FILES = ("summary.json", "spectrum.png", "report.html")
+FIGURES = OUTPUT_FILES[1:]
+"""What is written after ``summary.json`` from the same run (an earlier version is removed first)."""
 
 
 def _check_width(width: int) -> None:
@@ -112,7 +114,7 @@ def demo(
         "slq_runs": slq_runs, "slq_steps": slq_steps, "seed": seed,
     }  # fmt: skip
     if run.diverged:  # recorded in summary.json; no figure, no report
-        figures = [out / "spectrum.png", out / "report.html"]
+        figures = [out / name for name in FIGURES]
         record_diverged(
             run, run.to_dict(), out / "summary.json", "--out folder", replaces=figures,
             extra={"settings": settings},
@@ -169,7 +171,7 @@ def _write_outputs(
         "spectrum": s.to_dict(),
         "sharpness_dimension": res.to_dict(),
     }
-    figures = [out / "spectrum.png", out / "report.html"]  # earlier ones removed first
+    figures = [out / name for name in FIGURES]
     write_json(out / "summary.json", payload, "--out folder", replaces=figures)
     png = plot_spectrum_density(
         s.grid,
