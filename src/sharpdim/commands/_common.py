@@ -125,6 +125,10 @@ a million examples on the command line (generating 10^8 took minutes or ran out 
 the Python API generates any size)."""
 
 
+GENERATED = ("mnist1d", "teacher_student")
+"""The datasets generated at the size asked for (capped in :data:`MAX_N_TRAIN`)."""
+
+
 def check_n_train(dataset: str, n_train: int | None) -> int | None:
     """``n_train`` if ``--dataset`` holds that many training examples, else a one-line error."""
     limit = MAX_N_TRAIN.get(dataset)
@@ -140,10 +144,6 @@ def check_n_train(dataset: str, n_train: int | None) -> int | None:
             f"{dataset}: pass --n-train <= {limit}"
         )
     return n_train
-
-
-GENERATED = ("mnist1d", "teacher_student")
-"""The datasets generated at the size asked for (capped in :data:`MAX_N_TRAIN`)."""
 
 
 def check_batch_size(batch_size: int, num_train: int, flag: str = "--batch-size") -> int:
@@ -433,6 +433,7 @@ def record_diverged(
     says so, and the JSON (when asked for) holds ``{**extra, "status": "diverged",
     "diverged_at", "training"}`` (``replaces``: see :func:`write_json`). The command then
     exits with 0."""
+    remove_stale(replaces, flag)
     if json_out is not None:
         payload = {
             **(extra or {}),
@@ -440,9 +441,7 @@ def record_diverged(
             "diverged_at": trained.diverged_at,
             "training": training,
         }
-        write_json(json_out, payload, flag, replaces=replaces)
-    else:
-        remove_stale(replaces, flag)
+        write_json(json_out, payload, flag)
     where = f"; recorded in {json_out}" if json_out is not None else ""
     print_line(
         f"training diverged at step {trained.diverged_at} (the loss blew up or became "
