@@ -22,6 +22,18 @@ _NOISE_ULPS = 64
 """... or shorter than this many machine epsilons of the basis dtype times ``||H||``."""
 
 
+def _copy_columns_to_rows(rows: torch.Tensor, columns: torch.Tensor) -> None:
+    """``rows.copy_(columns.T)``, one column at a time.
+
+    torch copies a transposed contiguous ``(n, b)`` block through a generic strided kernel:
+    1.0 ms for one column of 94,218 floats against 34 us column by column, 4x slower at
+    b = 2-8 (2-core CI CPU, torch 2.13). A matrix-free operator that returns a fresh
+    contiguous block spent 40% of its Lanczos time there (``docs/benchmarks.md``).
+    """
+    for j in range(columns.shape[1]):
+        rows[j].copy_(columns[:, j])
+
+
 def basis_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the Krylov basis for an operator of ``dtype`` (float32 or float64)."""
     return dtype if dtype in (torch.float32, torch.float64) else torch.float64
@@ -159,9 +171,9 @@ class KrylovBasis:
         self.matvecs += nb
         if m + 2 * nb <= self.V.shape[0]:  # work in the rows the next block will occupy
             w = self.V[m + nb : m + 2 * nb]
-            w.copy_(hx.T)
         else:
-            w = hx.to(self.dtype).T.contiguous()
+            w = torch.empty(nb, self.n, dtype=self.dtype, device=hx.device)
+        _copy_columns_to_rows(w, hx)
         # a direction vanishes relative to ||H||, estimated by the largest ||H x|| so far (a
         # null vector's product is rounding noise of its own size, not a new direction), below
         # max(1e-10, 64 eps) of it: in float32 the rounding noise of a product is far above
