@@ -85,6 +85,20 @@ def test_kde_single_atom() -> None:
     assert float(grid[dens.argmax()]) == pytest.approx(3.0, abs=1e-2)
 
 
+def test_atoms_without_mass_do_not_set_the_default_range() -> None:
+    """An atom of weight 0 (an SLQ node its probe does not see) is no part of the measure:
+    at 1000 beside mass on [0, 2] it made the KDE grid [-1.8, 1001.8] (cells 1.96 wide) and the
+    histogram range [0, 1000]."""
+    nodes, weights = [0.0, 1.0, 2.0, 1000.0], [1.0, 1.0, 1.0, 0.0]
+    edges, dens = histogram_density(nodes, weights, bins=4)
+    assert edges.tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert dens.tolist() == pytest.approx([2 / 3, 0.0, 2 / 3, 2 / 3])
+    grid, _ = kde_density(nodes, weights)
+    ref_grid, _ = kde_density(nodes[:3], weights[:3])
+    assert torch.equal(grid, ref_grid)
+    assert float(grid[-1]) < 10
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [

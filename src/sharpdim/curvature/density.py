@@ -37,7 +37,10 @@ def _measure(nodes: Any, weights: Any) -> tuple[torch.Tensor, torch.Tensor]:
     total = float(p.sum())
     if total <= 0:
         raise SharpdimError("the weights sum to 0: pass weights with positive mass")
-    return v, p / total
+    # atoms without mass (SLQ nodes a probe does not see, padding) must not set the default
+    # range, grid or scale: one at 1000 beside mass on [0, 2] made the KDE grid cells 2 wide
+    keep = p > 0
+    return v[keep], p[keep] / total
 
 
 def histogram_density(
