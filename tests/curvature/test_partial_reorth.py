@@ -117,6 +117,27 @@ def test_negative_and_mixed_spectra_stay_semi_orthogonal(
         assert float(nodes.max()) <= float(ev.max()) + 1e-5 * float(ev.abs().max())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_invariant_subspace_stops_all_variants_alike(dtype: torch.dtype) -> None:
+    """A rank-2 matrix: the Krylov space of a vector has dimension 3. In float32 the partial
+    and plain variants took product rounding (~eps ||H||, far above 1e-10 ||H||) for new
+    directions and ran all 40 steps in noise, where full reorthogonalization stops at 3."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(50, 2, generator=g, dtype=F64)
+    a = (u * torch.tensor([3.0, 1.0], dtype=F64)) @ u.T
+    z = torch.randn(50, generator=g, dtype=F64)
+    for tridiagonal in (
+        lanczos_tridiagonal,
+        lanczos_tridiagonal_partial,
+        lanczos_tridiagonal_plain,
+    ):
+        alpha, beta, _ = tridiagonal(a.to(dtype), 40, z)
+        assert alpha.numel() == 3
+        nodes, weights = gauss_quadrature(alpha, beta)
+        assert float(nodes.abs().min()) <= 1e-5 * float(nodes.abs().max())
+        assert float(weights.sum()) == pytest.approx(1.0, abs=1e-12)
+
+
 def test_without_reorthogonalization_orthogonality_would_be_lost(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -70,6 +70,15 @@ def test_bad_input() -> None:
         ph_dimension(torch.zeros(50, 2))
 
 
+def test_mostly_repeated_points_are_named_not_called_all_equal() -> None:
+    """19 equal points and one other: a subsample that misses the other one has no
+    persistence, and the error said "all points equal", which they are not."""
+    pts = torch.zeros(20, 2)
+    pts[-1] = 1.0
+    with pytest.raises(SharpdimError, match=r"subsamples of 12 points .* mostly repeated"):
+        ph_dimension(pts, generator=torch.Generator().manual_seed(1))
+
+
 def test_too_few_points_for_the_default_min_points_says_it_is_the_default() -> None:
     with pytest.raises(SharpdimError, match=r"^min_points=10 \(the default, .*pass more points"):
         ph_dimension(torch.rand(5, 2, generator=torch.Generator().manual_seed(0)))

@@ -34,6 +34,13 @@ def _copy_columns_to_rows(rows: torch.Tensor, columns: torch.Tensor) -> None:
         rows[j].copy_(columns[:, j])
 
 
+def breakdown_level(dtype: torch.dtype) -> float:
+    """A new Lanczos direction shorter than this fraction of ``||H||`` is an invariant subspace:
+    ``max(1e-10, 64 eps)`` of the basis dtype (in float32 the rounding noise of one product is
+    far above ``1e-10 ||H||``, and a noise direction would pass for a real one)."""
+    return max(_BREAKDOWN, _NOISE_ULPS * torch.finfo(dtype).eps)
+
+
 def basis_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the Krylov basis for an operator of ``dtype`` (float32 or float64)."""
     return dtype if dtype in (torch.float32, torch.float64) else torch.float64
@@ -176,10 +183,9 @@ class KrylovBasis:
         _copy_columns_to_rows(w, hx)
         # a direction vanishes relative to ||H||, estimated by the largest ||H x|| so far (a
         # null vector's product is rounding noise of its own size, not a new direction), below
-        # max(1e-10, 64 eps) of it: in float32 the rounding noise of a product is far above
-        # 1e-10 ||H||, and a noise direction would pass for a real one
+        # breakdown_level of it
         self.hnorm = max(self.hnorm, float(w.norm(dim=1).max()))
-        level = max(_BREAKDOWN, _NOISE_ULPS * torch.finfo(self.dtype).eps)
+        level = breakdown_level(self.dtype)
         floor = torch.full((nb,), self.hnorm * level, dtype=w.dtype, device=w.device)
         # coef[i, j] = v_j . H x_i: first against the vectors coupled to x (the three-term
         # recurrence, or the kept Ritz vectors after a restart), then one full pass over the

@@ -39,11 +39,10 @@ import math
 
 import torch
 
-from sharpdim.curvature.krylov_basis import basis_dtype, basis_storage
+from sharpdim.curvature.krylov_basis import basis_dtype, basis_storage, breakdown_level
 from sharpdim.curvature.lanczos import tridiagonal_steps
 from sharpdim.curvature.operator import OperatorLike, as_operator
 
-_BREAKDOWN = 1e-10
 _NOISE = 8.0
 """Rounding added per step to Simon's estimates, in units of ``eps``. With ``1`` or ``2`` the
 estimates fall behind the true loss of orthogonality of a float32 basis on wide spectra
@@ -52,7 +51,6 @@ estimates fall behind the true loss of orthogonality of a float32 basis on wide 
 keeps the test spectra and that Hessian semi-orthogonal with a margin of 2x or more (17-24
 Gram-Schmidt passes per 100 steps there). PROPACK's worst-case ``sqrt(n)/2`` would
 reorthogonalize nearly every step."""
-"""A new direction shorter than this fraction of ``||H v||`` marks an invariant subspace."""
 
 
 def _gram_schmidt(w: torch.Tensor, basis: torch.Tensor) -> None:
@@ -155,6 +153,7 @@ def _lanczos(
     dtype = basis_dtype(op.dtype)
     eps = torch.finfo(dtype).eps
     level = math.sqrt(eps)
+    floor = breakdown_level(dtype)  # (as in full reorthogonalization)
     eps1 = eps * _NOISE  # rounding per step, also what a Gram-Schmidt pass leaves behind
     keep = semi_orthogonal or return_basis  # else three rotating rows suffice
     rows = steps + 1 if keep else min(3, steps + 1)
@@ -181,7 +180,7 @@ def _lanczos(
         b = float(w.norm())
         # ||H v_j|| <= |alpha_j| + beta_j + beta_{j-1} <= anorm: the scale of breakdown
         anorm = max(anorm, abs(float(alpha[j])) + b + (float(beta[j - 1]) if j else 0.0))
-        if b <= _BREAKDOWN * anorm or j + 1 >= n:
+        if b <= floor * anorm or j + 1 >= n:
             m = j + 1
             break
         beta[j] = b
@@ -190,7 +189,7 @@ def _lanczos(
             if force or bool((nxt[:j].abs() > level).any()):
                 _gram_schmidt(w, V[: j + 1])
                 b = float(w.norm())
-                if b <= _BREAKDOWN * anorm:
+                if b <= floor * anorm:
                     m = j + 1
                     break
                 beta[j] = b

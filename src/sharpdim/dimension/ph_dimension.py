@@ -162,8 +162,11 @@ def ph_dimension(
         sums.append(sum(values) / len(values))
     e = torch.tensor(sums, dtype=torch.float64)
     if not (e > 0).all():
+        size = int(sizes[int(torch.nonzero(e <= 0)[0])])
         raise SharpdimError(
-            "a subsample has zero total persistence (all points equal): nothing to measure"
+            f"the subsamples of {size} points have zero total persistence (all their points "
+            "coincide: the cloud is mostly repeated points, e.g. a frozen trajectory); drop "
+            "the repeated points or raise min_points"
         )
     size_t = torch.from_numpy(sizes).to(torch.float64)
     slope, intercept, r2 = _fit(size_t.log(), e.log())
