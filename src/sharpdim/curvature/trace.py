@@ -2,7 +2,8 @@
 
 * **Hutchinson** (Hutchinson 1990): for Rademacher probes ``z_i`` (``E[z z^T] = I``),
   ``tr(H) ~ (1/m) sum_i z_i^T H z_i``, unbiased, with variance
-  ``(2/m) sum_{i != j} H_ij^2 <= (2/m) ||H||_F^2``: the error falls like ``1/sqrt(m)``.
+  ``(2/m) sum_{i != j} H_ij^2 <= (2/m) ||H||_F^2`` for a symmetric ``H`` (else that of its
+  symmetric part): the error falls like ``1/sqrt(m)``.
 * **Hutch++** (Meyer, Musco, Musco & Woodruff, "Hutch++: Optimal Stochastic Trace
   Estimation", SOSA 2021): spend ``m/3`` products on a sketch ``Q = orth(H S)``, take the trace
   of ``Q^T H Q`` exactly (``m/3`` products), and apply Hutchinson to the deflated
