@@ -111,8 +111,11 @@ def test_a_write_locked_too_long_is_a_one_line_error(path):
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process mid-write
     with ResultsStore(path, timeout=0.05) as store:
-        with pytest.raises(SharpdimError, match="stayed locked by another process while writing"):
+        with pytest.raises(SharpdimError, match="stayed locked by another process") as caught:
             store.put(CONFIG, {})
+        # the CLI has no timeout option: the advice is to end the holder, not raise a timeout
+        assert "for 0.05 s while writing a run: end the program holding it" in str(caught.value)
+        assert "raise the timeout" not in str(caught.value)
         other.execute("COMMIT")
         store.put(CONFIG, {})
         assert len(store) == 1
@@ -149,6 +152,55 @@ def test_to_pandas_flattens_config_and_result(path):
     assert list(frame["config.setup.width"]) == [8, 8]
     assert list(frame["status"]) == ["done", "diverged"]
     assert frame["result.loss"][0] == 0.5 and math.isnan(frame["result.loss"][1])
+
+
+def test_to_pandas_refuses_two_fields_flattening_to_one_column(path, monkeypatch):
+    """pandas would keep one of ``config.a.b`` silently (the value 2 was lost)."""
+    flattened = []
+
+    class FakePandas:  # (pandas is optional: the check runs before it is used)
+        @staticmethod
+        def json_normalize(rows, sep):
+            flattened.append(rows)
+
+    monkeypatch.setitem(sys.modules, "pandas", FakePandas)
+    with ResultsStore(path) as store:
+        store.put({"a.b": 1, "a": {"c": 2}}, {"x": {"y": 1}})
+        store.to_pandas()
+        assert len(flattened) == 1
+        store.put({"a.b": 1, "a": {"b": 2}}, {})
+        with pytest.raises(SharpdimError, match=r"flatten to the column 'config\.a\.b'"):
+            store.to_pandas()
+
+
+def test_ints_json_cannot_write_are_one_line_errors(path):
+    """Past Python's 4,300-digit limit json.dumps raised a bare ValueError."""
+    with ResultsStore(path) as store:
+        with pytest.raises(SharpdimError, match="the config holds a value JSON cannot write"):
+            store.put({"n": 10**5000}, {})
+        with pytest.raises(SharpdimError, match="the result holds a value JSON cannot write"):
+            store.put(CONFIG, {"n": 10**5000})
+        assert len(store) == 0
+
+
+def test_a_folder_where_the_log_goes_is_named(path):
+    """A folder named ``runs.sqlite-wal`` was counted as unmerged runs / a read-only folder."""
+    with ResultsStore(path) as store:
+        store.put(CONFIG, {})
+    (path.parent / "runs.sqlite-wal").mkdir()
+    with pytest.raises(SharpdimError, match="runs.sqlite-wal beside it is not a file .*move it"):
+        ResultsStore(path)
+
+
+def test_a_read_only_folder_is_named_not_the_file(path):
+    """SQLITE_READONLY_DIRECTORY (the file is writable, its folder is not: seen with chmod 555
+    on the folder) was reported as a read-only file, whose advice (make it writable) fails."""
+    with ResultsStore(path) as store:
+        err = sqlite3.OperationalError("attempt to write a readonly database")
+        err.sqlite_errorname = "SQLITE_READONLY_DIRECTORY"  # type: ignore[attr-defined]
+        message = str(store._fail(err, "opening it"))
+    assert "its folder must be writable" in message
+    assert "make it writable" not in message
 
 
 def test_to_pandas_without_pandas_is_a_one_line_error(path, monkeypatch):

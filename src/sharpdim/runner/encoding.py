@@ -95,7 +95,19 @@ def canonical_json(config: Mapping[str, Any]) -> str:
             "options as a dict"
         )
     plain = json_value(config, nonfinite="error", where="config")
-    return json.dumps(plain, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return dumps_checked(plain, "config", sort_keys=True)
+
+
+def dumps_checked(plain: Any, where: str, *, sort_keys: bool = False) -> str:
+    """Compact JSON text of ``plain``; an int past Python's 4,300-digit limit for str()
+    (the only value ``json`` then refuses) is a one-line error."""
+    try:
+        return json.dumps(plain, sort_keys=sort_keys, separators=(",", ":"), allow_nan=False)
+    except ValueError as err:
+        raise SharpdimError(
+            f"the {where} holds a value JSON cannot write ({err}): store such a number as a "
+            "float or a string"
+        ) from None
 
 
 def config_key(config: Mapping[str, Any]) -> str:

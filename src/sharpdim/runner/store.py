@@ -47,7 +47,7 @@ import numpy as np
 
 from sharpdim.checks import check_number
 from sharpdim.errors import SharpdimError
-from sharpdim.runner.encoding import canonical_json, config_key, json_value
+from sharpdim.runner.encoding import canonical_json, config_key, dumps_checked, json_value
 
 STATUSES = ("done", "diverged", "failed")
 FINISHED = ("done", "diverged")  # outcomes a resumed sweep does not repeat
@@ -157,7 +157,7 @@ class ResultsStore:
     def _unmerged_wal(self) -> bool:
         """Whether a non-empty ``-wal`` file beside the store holds runs not yet merged."""
         wal = self.path.with_name(self.path.name + "-wal")
-        return wal.exists() and wal.stat().st_size > 0
+        return wal.is_file() and wal.stat().st_size > 0
 
     def _open_immutable(self, err: sqlite3.Error) -> bool:
         """After ``err`` while opening for reading: if it says nothing can be created beside
@@ -194,7 +194,23 @@ class ResultsStore:
                 f"the disk holding the results store {self.path} is full while {doing}: free "
                 "some space or choose a path on another disk"
             )
-        cantopen = getattr(err, "sqlite_errorname", "") == "SQLITE_CANTOPEN"
+        # a read-only folder: SQLite cannot create its -wal/-shm files (CANTOPEN), or opened
+        # the file but cannot write beside it (READONLY_DIRECTORY)
+        cantopen = getattr(err, "sqlite_errorname", "") in (
+            "SQLITE_CANTOPEN",
+            "SQLITE_READONLY_DIRECTORY",
+        )
+        blocked = [
+            side
+            for side in (self.path.with_name(self.path.name + end) for end in ("-wal", "-shm"))
+            if side.exists() and not side.is_file()
+        ]
+        if cantopen and blocked:
+            return SharpdimError(
+                f"cannot open the results store {self.path} ({text}) while {doing}: "
+                f"{blocked[0].name} beside it is not a file (SQLite keeps its log there); move "
+                "it away"
+            )
         if cantopen and self.path.is_file() and self._unmerged_wal():
             return SharpdimError(
                 f"cannot open the results store {self.path} ({text}) while {doing}: "
@@ -215,8 +231,10 @@ class ResultsStore:
             )
         if "locked" in text or "busy" in text:
             return SharpdimError(
-                f"the results store {self.path} stayed locked by another process while "
-                f"{doing}: wait for it to finish or raise the timeout"
+                f"the results store {self.path} stayed locked by another process for "
+                f"{self.timeout:g} s while {doing}: end the program holding it (e.g. an open "
+                "transaction in a sqlite3 shell) and run again, the stored runs are kept (from "
+                "Python, ResultsStore(path, timeout=...) waits longer)"
             )
         if isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.OperationalError):
             return SharpdimError(
@@ -385,7 +403,7 @@ class ResultsStore:
         text = canonical_json(config)
         key = config_key(config)
         plain = json_value(result, nonfinite="null", where="result")
-        body = json.dumps(plain, allow_nan=False, separators=(",", ":"))
+        body = dumps_checked(plain, "result")
         now = _now()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -449,4 +467,22 @@ class ResultsStore:
         rows = [record.to_dict() for record in self.records()]
         if not rows:
             return pd.DataFrame(columns=["key", "config", "status", "result", "created", "updated"])
+        for row in rows:
+            _check_flat_names(row)
         return pd.json_normalize(rows, sep=".")
+
+
+def _check_flat_names(row: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """The names ``row`` flattens to (nested dicts joined with ``.``); refuse two fields that
+    flatten to one column (``{"a.b": 1, "a": {"b": 2}}``), where pandas keeps one silently."""
+    names: set[str] = set()
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        inner = _check_flat_names(value, f"{name}.") if isinstance(value, Mapping) else {name}
+        if names & inner:
+            raise SharpdimError(
+                f"two fields of a stored run flatten to the column {min(names & inner)!r}: "
+                "rename the key holding a '.', or read the runs with records()"
+            )
+        names |= inner
+    return names
