@@ -188,7 +188,7 @@ def test_a_folder_where_the_log_goes_is_named(path):
     with ResultsStore(path) as store:
         store.put(CONFIG, {})
     (path.parent / "runs.sqlite-wal").mkdir()
-    with pytest.raises(SharpdimError, match="runs.sqlite-wal beside it is not a file .*move it"):
+    with pytest.raises(SharpdimError, match=r"runs\.sqlite-wal beside it is not a file .*move it"):
         ResultsStore(path)
 
 
