@@ -2,14 +2,19 @@
 
 The content goes to a hidden temporary file in the same folder, which ``os.replace`` then
 moves over the target in one step; when writing fails (an error, Ctrl-C) the temporary file
-is deleted and the old file is left as it was.
+is deleted and the old file is left as it was. A process killed outright (SIGKILL, power)
+cannot delete its temporary file; the next successful write of the same file removes such
+leftovers once they are an hour old (a younger one may be another writer's, in progress).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +42,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if isinstance(err, OSError) and err.filename in (str(tmp), tmp):
             err.filename, err.filename2 = str(path), None  # name the file the user asked for
         raise
+    _remove_stale_temporaries(out)
+
+
+STALE_SECONDS = 3600.0
+"""Age after which a temporary file of :func:`atomic_path` counts as a killed writer's."""
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.{name}.<8 hex>.tmp`` files beside ``out`` older than :data:`STALE_SECONDS`."""
+    cutoff = time.time() - STALE_SECONDS
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.????????.tmp"):
+        with contextlib.suppress(OSError):  # (gone already, or not ours to delete)
+            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
