@@ -227,9 +227,6 @@ def make_mnist1d_dataset(
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    if args.shuffle_seq:  # one permutation of the positions for both splits
-        order = np.random.RandomState(seed % 2**32).permutation(x_train.shape[1])
-        x_train, x_test = x_train[:, order], x_test[:, order]
     mean, std = x_train.mean(), x_train.std()
     if not (math.isfinite(std) and std > 0):
         raise SharpdimError(
@@ -237,6 +234,10 @@ def make_mnist1d_dataset(
             "pass a larger n_train (or final_seq_length)"
         )
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    if args.shuffle_seq:  # one permutation of the positions for both splits; after the
+        # statistics, which a permutation changes only by rounding (the order of the sum)
+        order = np.random.RandomState(seed % 2**32).permutation(x_train.shape[1])
+        x_train, x_test = x_train[:, order], x_test[:, order]
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=torch.int64)
