@@ -156,8 +156,12 @@ class ResultsStore:
 
     def _unmerged_wal(self) -> bool:
         """Whether a non-empty ``-wal`` file beside the store holds runs not yet merged."""
-        wal = self.path.with_name(self.path.name + "-wal")
+        wal = self._beside("-wal")
         return wal.is_file() and wal.stat().st_size > 0
+
+    def _beside(self, suffix: str) -> Path:
+        """The file SQLite keeps next to the store: ``suffix`` is ``"-wal"`` or ``"-shm"``."""
+        return self.path.with_name(self.path.name + suffix)
 
     def _open_immutable(self, err: sqlite3.Error) -> bool:
         """After ``err`` while opening for reading: if it says nothing can be created beside
@@ -200,12 +204,12 @@ class ResultsStore:
             "SQLITE_CANTOPEN",
             "SQLITE_READONLY_DIRECTORY",
         )
-        blocked = [
+        blocked = cantopen and [
             side
-            for side in (self.path.with_name(self.path.name + end) for end in ("-wal", "-shm"))
+            for side in map(self._beside, ("-wal", "-shm"))
             if side.exists() and not side.is_file()
         ]
-        if cantopen and blocked:
+        if blocked:
             return SharpdimError(
                 f"cannot open the results store {self.path} ({text}) while {doing}: "
                 f"{blocked[0].name} beside it is not a file (SQLite keeps its log there); move "
