@@ -9,7 +9,9 @@ group called without a command prints its help and exits with code 2.
 
 from __future__ import annotations
 
+import inspect
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -18,6 +20,17 @@ from sharpdim.commands import chaos, demo, eos, sd, spectrum
 from sharpdim.commands._common import warnings_as_lines
 from sharpdim.errors import SharpdimError
 
+
+def help_text(command: Callable[..., Any]) -> str:
+    """A command's docstring with each paragraph on one line, for ``--help``.
+
+    typer's rich help keeps the single line breaks of every paragraph but the first, and then
+    wraps each line again to the terminal, which leaves ragged half-empty lines.
+    """
+    paragraphs = inspect.cleandoc(command.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
 app = typer.Typer(
     name="sharpdim",
     help="Training at the edge of stability: Hessian spectra, sharpness dimension, chaos.",
@@ -25,8 +38,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command("demo")(demo.demo)
-app.command("spectrum")(spectrum.spectrum)
+app.command("demo", help=help_text(demo.demo))(demo.demo)
+app.command("spectrum", help=help_text(spectrum.spectrum))(spectrum.spectrum)
 app.add_typer(sd.app, name="sd")
 app.add_typer(eos.app, name="eos")
 app.add_typer(chaos.app, name="chaos")

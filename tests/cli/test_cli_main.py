@@ -203,3 +203,20 @@ def test_import_sharpdim_is_lazy() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def _commands(command: Any, path: str = "sharpdim") -> Any:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, f"{path} {name}")
+
+
+def test_every_help_paragraph_is_one_line() -> None:
+    """typer's rich help keeps a paragraph's line breaks and wraps each line again: ragged."""
+    import typer
+
+    from sharpdim.cli import app
+
+    for path, command in _commands(typer.main.get_command(app)):
+        for paragraph in (command.help or "").split("\n\n"):
+            assert "\n" not in paragraph.strip(), f"{path}: {paragraph!r}"
