@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import torch
 
 _RANGES: dict[str, Callable[[float], bool]] = {
+    "any": lambda x: True,
     ">= 0": lambda x: x >= 0,
     "> 0": lambda x: x > 0,
     "in [0, 1)": lambda x: 0 <= x < 1,
@@ -21,7 +22,7 @@ _RANGES: dict[str, Callable[[float], bool]] = {
 }
 
 
-def _scalar(value: Any) -> Any:
+def plain_scalar(value: Any) -> Any:
     """A 0-dim tensor or numpy array (e.g. a torch optimizer's ``step`` or tensor ``betas``) as
     a Python number; anything else unchanged (bool tensors stay, and are refused)."""
     is_array = hasattr(value, "ndim") and hasattr(value, "item") and value.ndim == 0
@@ -33,7 +34,7 @@ def _scalar(value: Any) -> Any:
 def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole number") -> int:
     """``value`` as an ``int >= minimum``: an integer, a whole float (``5.0``) or a 0-dim
     tensor of one; bools, fractions and strings are refused."""
-    value = _scalar(value)
+    value = plain_scalar(value)
     whole = isinstance(value, numbers.Integral) or (
         isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
     )
@@ -42,14 +43,28 @@ def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole nu
     return int(value)
 
 
+SEED_RANGE = (0, 2**63 - 1)
+"""Seeds a ``torch.Generator`` accepts (numpy's generators take them too)."""
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """``value`` as a seed: a whole number (int, numpy integer, whole float, 0-dim tensor) in
+    :data:`SEED_RANGE`."""
+    seed = check_count(value, name, 0, f"a whole number in [0, 2**63 - 1], e.g. {name}=0")
+    if seed > SEED_RANGE[1]:
+        raise SharpdimError(f"{name} must be at most 2**63 - 1, got {seed}: pass a smaller seed")
+    return seed
+
+
 def check_number(value: Any, name: str, rule: str, example: str) -> float:
     """``value`` as a float: a finite real number or 0-dim tensor (not a bool) with ``rule``
     (a key of ``_RANGES``)."""
-    value = _scalar(value)
+    value = plain_scalar(value)
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not (real and math.isfinite(value) and _RANGES[rule](value)):
+        rule = "" if rule == "any" else f" {rule}"
         raise SharpdimError(
-            f"{name} must be a finite number {rule}, got {value!r}: pass e.g. {example}"
+            f"{name} must be a finite number{rule}, got {value!r}: pass e.g. {example}"
         )
     return float(value)
 

@@ -456,3 +456,11 @@ def test_settings_the_update_rule_does_not_use_are_not_checked() -> None:
     torch.testing.assert_close(phi.step(x, 0), ref.step(x, 0), rtol=0, atol=0)
     TrainingMap(_model(), _ce, batches, optimizer="adam", lr=0.1, momentum=5.0)
     TrainingMap(_model(), _ce, batches, optimizer="sgd", lr=0.1, momentum=None, betas=None)
+
+
+def test_the_seed_is_a_checked_whole_number():
+    """A seed of 1.5 was truncated to 1 without a word."""
+    assert TrainingMap(_model(), _ce, _batches(), lr=0.3, seed=4.0).seed == 4
+    for bad in (1.5, -1, "3"):
+        with pytest.raises(SharpdimError, match=r"^seed must be"):
+            TrainingMap(_model(), _ce, _batches(), lr=0.3, seed=bad)

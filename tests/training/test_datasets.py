@@ -138,10 +138,12 @@ def test_teacher_student_is_a_noiseless_mlp():
     )
     g = torch.Generator().manual_seed(2)
     teacher = build_mlp(4, 2, width=32, depth=1, generator=g, dtype=torch.float64)
-    x = torch.randn(35, 4, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(ds.x_train, x[:30])
+    x_train = torch.randn(30, 4, generator=g, dtype=torch.float64)  # train, then test
+    x_test = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    assert torch.equal(ds.x_train, x_train) and torch.equal(ds.x_test, x_test)
     with torch.no_grad():
-        torch.testing.assert_close(ds.y_test, teacher(x[30:]))
+        torch.testing.assert_close(ds.y_train, teacher(x_train), rtol=0, atol=0)
+        torch.testing.assert_close(ds.y_test, teacher(x_test), rtol=0, atol=0)
     assert ds.num_classes == 0 and ds.num_outputs == 2
     noisy = load_dataset(
         "teacher_student",
@@ -154,6 +156,44 @@ def test_teacher_student_is_a_noiseless_mlp():
         dtype=torch.float64,
     )
     assert torch.equal(noisy.x_train, ds.x_train) and not torch.equal(noisy.y_train, ds.y_train)
+
+
+def test_each_split_does_not_move_with_the_other_size():
+    """The digits test set was the n_test images after the first n_train (297 of the
+    n_train=500 test images were training images of the default split); teacher-student's
+    training inputs and noise were drawn together with the test set's."""
+    from sklearn.datasets import load_digits
+
+    images = torch.as_tensor(load_digits().data, dtype=torch.float64)
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
+    for n_train in (100, 500, 1500):
+        ds = load_dataset("digits", n_train=n_train, dtype=torch.float64)
+        train, test = images[order[:n_train]], images[order[-297:]]  # test: the last 297
+        std = train.std(0)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        torch.testing.assert_close(ds.x_test, (test - train.mean(0)) / std, rtol=0, atol=1e-15)
+        torch.testing.assert_close(ds.x_train, (train - train.mean(0)) / std, rtol=0, atol=1e-15)
+    pairs = {"n_train": 30, "in_dim": 3, "noise_std": 0.5, "dtype": torch.float64}
+    a = load_dataset("teacher_student", n_test=0, **pairs)
+    b = load_dataset("teacher_student", n_test=17, **pairs)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
+    m = load_dataset("modular", p=11, n_train=30, n_test=20)
+    n = load_dataset("modular", p=11, n_train=60, n_test=20)
+    assert torch.equal(m.x_test, n.x_test) and torch.equal(m.x_train, n.x_train[:30])
+    assert torch.equal(load_dataset("modular", p=11, n_train=30).x_test[-20:], m.x_test)
+
+
+def test_seeds_are_whole_numbers_in_range():
+    for name, options in SMALL.items():
+        a = load_dataset(name, seed=np.int64(3), **options)
+        assert _same(a, load_dataset(name, seed=3.0, **options))
+    for bad in (1.5, -1, 2**64, "3", True):
+        with pytest.raises(SharpdimError, match=r"^seed must be"):
+            load_dataset("digits", seed=bad)
+    with pytest.raises(SharpdimError, match=r"^seed must be"):
+        load_dataset("teacher_student", seed=2**63)
+    with pytest.raises(SharpdimError, match="finite noise_std"):
+        load_dataset("teacher_student", noise_std=float("nan"))
 
 
 def test_batches_and_subset():
@@ -258,7 +298,7 @@ def test_idx_dataset_rejects_inconsistent_files(tmp_path, stem, array, message):
 
 
 def test_idx_dataset_zero_dim_labels_and_sizes(tmp_path):
-    _idx_files(tmp_path)
+    arrays = _idx_files(tmp_path)
     for n_train in (0, -5, 13):
         with pytest.raises(SharpdimError, match=f"n_train={n_train} but the files hold 12"):
             load_dataset("idx", directory=tmp_path, n_train=n_train)
@@ -266,7 +306,9 @@ def test_idx_dataset_zero_dim_labels_and_sizes(tmp_path):
         load_dataset("idx", directory=tmp_path, n_test=7)
     no_test = load_dataset("idx", directory=tmp_path, n_train=1, n_test=0)
     assert tuple(no_test.x_train.shape) == (1, 16) and tuple(no_test.x_test.shape) == (0, 16)
-    assert no_test.y_train.tolist() == [1] and no_test.num_classes == 2
+    # the classes of the files, not of the one example kept (a model's output count)
+    most = max(int(arrays["train-labels-idx1-ubyte"].max()), 5)
+    assert no_test.y_train.tolist() == [1] and no_test.num_classes == most + 1 == 10
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 0, 5]))  # 0-dim file
     with pytest.raises(SharpdimError, match=r"labels \(\) do not match"):
         load_dataset("idx", directory=tmp_path)

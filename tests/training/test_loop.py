@@ -416,3 +416,87 @@ def test_a_checkpoint_with_a_malformed_loop_state_is_refused(digits, tmp_path, f
     torch.save(state, edited)
     with pytest.raises(SharpdimError, match=r"edited.pt is not a sharpdim checkpoint"):
         train(small_mlp(), digits, config, resume_from=edited)
+
+
+def test_numpy_hyperparameters_give_readable_checkpoints(digits, tmp_path):
+    """An lr from np.logspace reached the optimizer and the checkpoint, which
+    torch.load(weights_only=True) then refused: the run could not be resumed."""
+    import numpy as np
+
+    lr = np.logspace(-2, -1, 3)[1]
+    config = TrainConfig(
+        optimizer="momentum",
+        lr=lr,
+        momentum=np.float32(0.5),
+        batch_size=np.int64(40),
+        steps=6,
+        seed=np.int64(2),
+        divergence_threshold=np.float64(1e3),
+        checkpoint_steps=(3,),
+        checkpoint_dir=str(tmp_path / "a"),
+    )
+    assert type(config.lr) is float and config.lr == float(lr)
+    assert type(config.momentum) is float and type(config.seed) is int
+    assert type(config.divergence_threshold) is float
+    whole = small_mlp()
+    train(whole, digits, config)
+    resumed = small_mlp()
+    train(resumed, digits, config, resume_from=checkpoint_path(tmp_path / "a", 3))
+    assert torch.equal(flat(whole), flat(resumed))
+
+
+def test_a_users_optimizer_with_numpy_lr_saves_a_readable_checkpoint(tmp_path):
+    import numpy as np
+
+    from sharpdim.training.checkpoint import save_checkpoint
+
+    model = small_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=np.float64(0.1), momentum=0.9)
+    path = save_checkpoint(tmp_path, 0, model, optimizer)
+    twin = torch.optim.SGD(small_mlp(1).parameters(), lr=0.5, momentum=0.9)
+    assert load_checkpoint(path, small_mlp(1), twin) == 0
+    assert twin.param_groups[0]["lr"] == 0.1 and type(twin.param_groups[0]["lr"]) is float
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"seed": 1.5}, r"^seed must be an integer >= 0, got 1.5"),
+        ({"seed": -1}, r"^seed must be an integer >= 0, got -1"),
+        ({"seed": 2**64}, r"^seed must be at most 2\*\*63 - 1"),
+        ({"lr": float("inf")}, r"^lr must be a finite number, got inf"),
+        ({"momentum": "0.9"}, r"^momentum must be a finite number, got '0.9'"),
+        ({"divergence_factor": float("nan")}, r"need lr > 0 and a divergence factor > 1"),
+        ({"divergence_factor": "big"}, r"^divergence_factor must be a number > 1"),
+        ({"checkpoint_steps": 5}, r"^checkpoint_steps must be a sequence of steps, got 5"),
+        ({"checkpoint_dir": 123}, r"^checkpoint_dir must be a path or None, got 123"),
+    ],
+)
+def test_bad_seeds_and_settings_are_one_line_errors(options, message):
+    with pytest.raises(SharpdimError, match=message):
+        TrainConfig(**options)
+
+
+def test_an_infinite_divergence_factor_leaves_only_non_finite_losses(digits):
+    config = TrainConfig(lr=0.1, steps=3, divergence_factor=float("inf"))
+    assert train(small_mlp(), digits, config).status == "ok"
+    blow_up = replace(config, lr=1e9, steps=40)
+    result = train(small_mlp(), digits, blow_up)
+    assert result.status == "diverged" and result.diverged_at is not None
+
+
+def test_training_leaves_the_cuda_generators_alone(digits, monkeypatch):
+    """train() seeded every CUDA generator through torch.manual_seed and restored none."""
+    calls = []
+    for name in ("manual_seed_all", "manual_seed"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, name=name: calls.append(name))
+    train(small_mlp(), digits, TrainConfig(lr=0.1, steps=2))
+    assert calls == []
+
+
+def test_a_model_only_checkpoint_says_how_to_train_from_it(digits, tmp_path):
+    from sharpdim.training.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path, 0, small_mlp())
+    with pytest.raises(SharpdimError, match=r"load_checkpoint\(path, model\), no optimizer"):
+        train(small_mlp(), digits, TrainConfig(lr=0.1, steps=2), resume_from=path)

@@ -149,3 +149,13 @@ def test_deep_scalar_linear_loss_and_exact_hessian():
     assert float(net.product().detach()) == pytest.approx(0.36)
     with pytest.raises(SharpdimError, match="one per factor"):
         net.set_parameters((1.0, 2.0))
+
+
+def test_model_seeds_are_checked_whole_numbers():
+    import numpy as np
+
+    a, b = build_mlp(3, 2, width=4, seed=np.int64(5)), build_mlp(3, 2, width=4, seed=5.0)
+    assert torch.equal(get_flat_params(list(a.parameters())), get_flat_params(list(b.parameters())))
+    for bad in (1.5, -2, 2**63):
+        with pytest.raises(SharpdimError, match=r"^seed must be"):
+            build_mlp(3, 2, width=4, seed=bad)

@@ -45,6 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sharpdim.atomic import write_text_atomic
+from sharpdim.checks import SEED_RANGE
 from sharpdim.errors import SharpdimError, TooLargeError
 
 if TYPE_CHECKING:
@@ -68,10 +69,6 @@ def width_option(default: int, help: str = "MLP hidden width") -> Any:
 def depth_option(default: int, help: str = "MLP hidden layers") -> Any:
     """``--depth``: number of hidden layers of the MLP."""
     return typer.Option(default, help=help)
-
-
-SEED_RANGE = (0, 2**63 - 1)
-"""Seeds a ``torch.Generator`` accepts."""
 
 
 def seed_option(help: str, default: int = 0) -> Any:

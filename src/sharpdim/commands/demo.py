@@ -10,9 +10,9 @@ import torch
 import typer
 from rich.console import Console
 
+from sharpdim.checks import SEED_RANGE
 from sharpdim.commands._common import (
     MAX_N_TRAIN,
-    SEED_RANGE,
     check_batch_size,
     check_exact_sd_size,
     check_positive_lr,

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sharpdim.checks import check_betas, check_count, check_number
+from sharpdim.checks import check_betas, check_count, check_number, check_seed
 from sharpdim.curvature.hessian import LossFn, Mode, _ModeScope, checked_loss, math_attention
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.dynamics.jacobian_spectra import OPTIMIZERS
@@ -152,7 +152,7 @@ class TrainingMap:
         if not callable(batches) and len(batches) == 0:
             raise SharpdimError("`batches` is empty: pass at least one batch")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.batches, self.mode, self.seed = batches, mode, int(seed)
+        self.batches, self.mode, self.seed = batches, mode, check_seed(seed)
         # the ranges of jacobian_spectra.StepSpectrumConfig (b_i < 1 keeps c_i = 1 - b_i^s > 0)
         self.lr = check_number(lr, "lr", "> 0", "0.1")
         # momentum and betas are checked only where the update rule uses them (as TrainConfig)

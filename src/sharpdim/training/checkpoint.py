@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,11 +61,11 @@ def save_checkpoint(
     state: dict[str, Any] = {
         "step": step,
         "model": model.state_dict(),
-        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "optimizer": None if optimizer is None else _plain_numbers(optimizer.state_dict()),
         "optimizer_class": None if optimizer is None else type(optimizer).__name__,
     }
     if loop_state is not None:
-        state["loop"] = loop_state
+        state["loop"] = _plain_numbers(loop_state)
     try:
         with atomic_path(path) as partial:
             torch.save(state, partial)
@@ -74,6 +75,18 @@ def save_checkpoint(
             "pass a writable checkpoint_dir with free space"
         ) from exc
     return path
+
+
+def _plain_numbers(value: Any) -> Any:
+    """``value`` with numpy scalars (an lr from ``np.logspace`` in a param group) as Python
+    numbers, which ``torch.load(weights_only=True)`` accepts; tensors are left as they are."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    if type(value) in (list, tuple):  # (not a named tuple, whose fields stay as they are)
+        return type(value)(_plain_numbers(v) for v in value)
+    return value
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -143,7 +156,10 @@ def restore_checkpoint(
     """Load the contents ``state`` of checkpoint ``path`` into ``model`` (and ``optimizer``)."""
     if optimizer is not None:
         if state.get("optimizer") is None:
-            raise SharpdimError(f"{path} holds no optimizer state: load the model only")
+            raise SharpdimError(
+                f"{path} holds no optimizer state: load only the model (load_checkpoint(path, "
+                "model), no optimizer) and train from it without resume_from"
+            )
         _check_optimizer_type(state, path, optimizer)
     try:
         model.load_state_dict(state["model"])

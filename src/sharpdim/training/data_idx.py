@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sharpdim.atomic import atomic_path
+from sharpdim.checks import check_seed
 from sharpdim.errors import SharpdimError
 from sharpdim.training.datasets import Dataset
 
@@ -201,12 +202,12 @@ def load_idx_dataset(
     optionally ``.gz``), or the four paths. Images are ``(N, ...)`` with at least one
     feature dimension (MNIST: ``(N, 28, 28)``), the same per-example shape and element type in
     both splits, and finite values; labels are ``(N,)`` whole numbers ``>= 0`` (``num_classes``
-    is the largest label plus one). uint8 pixels are divided by 255 (other types are taken as
-    they are), then standardised with the training set's mean and standard deviation (one
-    scalar each); the first ``n_train`` (default all, at least 1) / ``n_test`` (default all,
+    is the largest label in the two label files plus one, whatever subset is kept). uint8
+    pixels are divided by 255 (other types are taken as they are), then standardised with the
+    training set's mean and standard deviation (one scalar each); the first ``n_train`` (default all, at least 1) / ``n_test`` (default all,
     may be 0) examples are kept. ``seed`` is unused (the files fix the order).
     """
-    del seed
+    check_seed(seed)  # unused
     names = {
         "train_images": ("train-images-idx3-ubyte", train_images),
         "train_labels": ("train-labels-idx1-ubyte", train_labels),
@@ -247,7 +248,8 @@ def load_idx_dataset(
     std = std if std > 0 else torch.tensor(1.0, dtype=torch.float64)
     y_train = torch.as_tensor(arrays["train_labels"][:n_train].astype(np.int64))
     y_test = torch.as_tensor(arrays["test_labels"][:n_test].astype(np.int64))
-    num_classes = int(max(int(y_train.max()), int(y_test.max()) if y_test.numel() else 0)) + 1
+    labels = (arrays[key] for key in ("train_labels", "test_labels"))
+    num_classes = max(int(a.max()) for a in labels if a.size) + 1  # of the files, not the subset
     return Dataset(
         "idx",
         ((x_train - mean) / std).to(dtype),

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sharpdim.checks import check_seed
 from sharpdim.errors import SharpdimError
 from sharpdim.training.models import build_mlp
 
@@ -140,6 +141,12 @@ def _sizes(
     return n_train, n_test
 
 
+def _split(total: int, n_train: int, n_test: int) -> tuple[slice, slice]:
+    """The first ``n_train`` and the last ``n_test`` of ``total`` shuffled examples: the test
+    set is the same for every ``n_train``."""
+    return slice(0, n_train), slice(total - n_test, total)
+
+
 def _standardize(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature standardisation with training statistics (constant features: centred only)."""
     mean = x_train.mean(0)
@@ -157,26 +164,23 @@ def load_digits_dataset(
 ) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1,797 images shipped with scikit-learn).
 
-    A seeded random split (default 1,500 train / 297 test), 64 features standardised with the
-    training statistics, labels 0-9.
+    A seeded random permutation of the images: the training set is its first ``n_train``, the
+    test set its last ``n_test`` (default 1,500 train / 297 test), so the test set does not
+    move with ``n_train`` and never holds a training image of a larger ``n_train``. 64
+    features standardised with the training statistics, labels 0-9.
     """
     from sklearn.datasets import load_digits
 
+    seed = check_seed(seed)
     features, labels = load_digits(return_X_y=True)
     total = features.shape[0]
     n_train, n_test = _sizes(total, n_train, n_test, default_test=297)
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     x = torch.as_tensor(features, dtype=torch.float64)[order]
     y = torch.as_tensor(labels, dtype=torch.int64)[order]
-    x_train, x_test = _standardize(x[:n_train], x[n_train : n_train + n_test])
-    return Dataset(
-        "digits",
-        x_train.to(dtype),
-        y[:n_train],
-        x_test.to(dtype),
-        y[n_train : n_train + n_test],
-        10,
-    )
+    train, test = _split(total, n_train, n_test)
+    x_train, x_test = _standardize(x[train], x[test])
+    return Dataset("digits", x_train.to(dtype), y[train], x_test.to(dtype), y[test], 10)
 
 
 def make_mnist1d_dataset(
@@ -203,6 +207,7 @@ def make_mnist1d_dataset(
     """
     from mnist1d.data import get_dataset_args
 
+    seed = check_seed(seed)
     n_train = 4000 if n_train is None else n_train
     n_test = 1000 if n_test is None else n_test
     if n_train < 1 or n_test < 0:
@@ -290,7 +295,7 @@ def make_modular_dataset(
     """Modular arithmetic ``c = (a op b) mod p`` over all ``p^2`` pairs (Power et al. 2022).
 
     A seeded permutation of the pairs; the first ``round(train_fraction * p^2)`` (or
-    ``n_train``) are the training set, the rest (or the next ``n_test``) the test set.
+    ``n_train``) are the training set, the rest (or the last ``n_test``) the test set.
 
     Args:
         p: modulus (a prime such as 97 or 113).
@@ -300,6 +305,7 @@ def make_modular_dataset(
             with ``equals_token=False``) for :func:`~sharpdim.training.models.build_transformer`;
             ``"onehot"``: float inputs ``[onehot(a), onehot(b)]`` of width ``2p`` for an MLP.
     """
+    seed = check_seed(seed)
     if p < 2:
         raise SharpdimError(f"modulus p={p} must be >= 2: use e.g. p=97")
     if operation not in _OPERATIONS:
@@ -328,8 +334,8 @@ def make_modular_dataset(
         "vocab_size": p + 1 if equals_token else p,
         "seq_len": x.shape[1] if encoding == "tokens" else 0,
     }
-    end = n_train + n_test
-    return Dataset("modular", x[:n_train], c[:n_train], x[n_train:end], c[n_train:end], p, info)
+    train, test = _split(total, n_train, n_test)
+    return Dataset("modular", x[train], c[train], x[test], c[test], p, info)
 
 
 def make_teacher_student_dataset(
@@ -347,16 +353,18 @@ def make_teacher_student_dataset(
 ) -> Dataset:
     """Synthetic regression: ``y = teacher(x) + noise_std * N(0, I)``, ``x ~ N(0, I_in_dim)``.
 
-    The teacher is a random MLP (:func:`~sharpdim.training.models.build_mlp`, seeded), the
-    inputs and noise come from the same seeded generator; defaults 500 train / 500 test.
-    Targets have shape ``(n, out_dim)``.
+    The teacher is a random MLP (:func:`~sharpdim.training.models.build_mlp`, seeded); the
+    same seeded generator then draws the training inputs (and their noise, when
+    ``noise_std > 0``), then the test inputs (and noise), so the training set does not depend
+    on ``n_test``. Defaults 500 train / 500 test. Targets have shape ``(n, out_dim)``.
     """
+    seed = check_seed(seed)
     n_train = 500 if n_train is None else n_train
     n_test = 500 if n_test is None else n_test
-    if n_train < 1 or n_test < 0 or noise_std < 0:
+    if n_train < 1 or n_test < 0 or not (math.isfinite(noise_std) and noise_std >= 0):
         raise SharpdimError(
             f"n_train={n_train}, n_test={n_test}, noise_std={noise_std}: need n_train >= 1, "
-            "n_test >= 0, noise_std >= 0"
+            "n_test >= 0, a finite noise_std >= 0"
         )
     g = torch.Generator().manual_seed(seed)
     teacher = build_mlp(
@@ -368,14 +376,19 @@ def make_teacher_student_dataset(
         generator=g,
         dtype=torch.float64,
     )
-    x = torch.randn(n_train + n_test, in_dim, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        y = teacher(x) + noise_std * torch.randn(
-            n_train + n_test, out_dim, generator=g, dtype=torch.float64
-        )
-    x, y = x.to(dtype), y.to(dtype)
+
+    def examples(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, in_dim, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            y = teacher(x)
+        if noise_std > 0:
+            y = y + noise_std * torch.randn(n, out_dim, generator=g, dtype=torch.float64)
+        return x.to(dtype), y.to(dtype)
+
+    x_train, y_train = examples(n_train)
+    x_test, y_test = examples(n_test)
     info = {"teacher_width": teacher_width, "teacher_depth": teacher_depth, "noise_std": noise_std}
-    return Dataset("teacher_student", x[:n_train], y[:n_train], x[n_train:], y[n_train:], 0, info)
+    return Dataset("teacher_student", x_train, y_train, x_test, y_test, 0, info)
 
 
 DATASETS = ("digits", "mnist1d", "modular", "teacher_student", "idx")
@@ -420,6 +433,7 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise SharpdimError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    seed = check_seed(seed)
     loader = _loader(name)
     accepted = set(inspect.signature(loader).parameters)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(loader).parameters.values())

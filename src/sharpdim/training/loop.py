@@ -21,17 +21,19 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from sharpdim.checks import check_count
+from sharpdim.checks import check_count, check_number, check_seed, plain_scalar
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
+from sharpdim.rng import forked_global_rng
 from sharpdim.training.checkpoint import (
     prepare_checkpoint_dir,
     read_checkpoint,
@@ -61,6 +63,11 @@ class StepMonitor(Protocol):
 Callback = Callable[[int, nn.Module, float, torch.optim.Optimizer], Any]
 
 
+# float fields and an example value of each; the optional ones (None allowed) last
+_FLOATS = {"lr": "0.01", "momentum": "0.9", "eps": "1e-8", "weight_decay": "0"}
+_OPTIONAL_FLOATS = {"divergence_threshold": "1e3", "stop_loss": "0.01"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of one training run.
@@ -83,7 +90,8 @@ class TrainConfig:
             parameters, ``steps`` = the final ones).
         checkpoint_dir: where to ``torch.save`` the checkpoints; ``None`` = none on disk.
         keep_snapshots: keep a flat copy of the parameters at each checkpoint step in memory.
-        divergence_factor: diverged when the loss exceeds this times ``max(L_0, 1)``.
+        divergence_factor: diverged when the loss exceeds this times ``max(L_0, 1)``
+            (``inf``: only a non-finite loss or non-finite parameters).
         divergence_threshold: diverged when the loss exceeds this (optional, absolute).
         stop_loss: stop early (status ``"ok"``) once the step's loss falls below this.
     """
@@ -113,15 +121,27 @@ class TrainConfig:
                 f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
             )
         get_loss(self.loss)
+        object.__setattr__(self, "seed", check_seed(self.seed))
         for name, minimum in (("steps", 0), ("eval_every", 0), ("log_every", 1)):
             object.__setattr__(self, name, check_count(getattr(self, name), name, minimum))
-        for name, example in (("divergence_threshold", "1e3"), ("stop_loss", "0.01")):
-            value = getattr(self, name)
+        # plain floats: a numpy or tensor scalar (an lr from np.logspace) would reach the
+        # optimizer and the checkpoints, which torch.load(weights_only=True) then refuses
+        for name, example in _FLOATS.items():
+            object.__setattr__(self, name, check_number(getattr(self, name), name, "any", example))
+        for name, example in _OPTIONAL_FLOATS.items():
+            value = plain_scalar(getattr(self, name))
             real = isinstance(value, numbers.Real) and not isinstance(value, bool)
             if value is not None and not (real and math.isfinite(value)):
                 raise SharpdimError(
                     f"{name} must be a finite number or None, got {value!r}: pass e.g. {example}"
                 )
+            object.__setattr__(self, name, None if value is None else float(value))
+        factor = plain_scalar(self.divergence_factor)  # inf: only a non-finite loss diverges
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
+            raise SharpdimError(
+                f"divergence_factor must be a number > 1, got {factor!r}: pass e.g. 1e6"
+            )
+        object.__setattr__(self, "divergence_factor", float(factor))
         if not self.lr > 0 or not self.divergence_factor > 1:
             raise SharpdimError(
                 f"lr={self.lr}, divergence_factor={self.divergence_factor}: need lr > 0 and a "
@@ -138,6 +158,18 @@ class TrainConfig:
         if self.batch_size is not None:
             size = check_count(self.batch_size, "batch_size", hint="a positive size or None")
             object.__setattr__(self, "batch_size", size)
+        if isinstance(self.checkpoint_steps, (str, bytes)) or not isinstance(
+            self.checkpoint_steps, Iterable
+        ):
+            raise SharpdimError(
+                f"checkpoint_steps must be a sequence of steps, got {self.checkpoint_steps!r}: "
+                "pass e.g. (0, 100)"
+            )
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, PathLike)):
+            raise SharpdimError(
+                f"checkpoint_dir must be a path or None, got {self.checkpoint_dir!r}: "
+                "pass e.g. 'checkpoints'"
+            )
         wanted = [check_count(s, "a checkpoint step", 0) for s in self.checkpoint_steps]
         bad = [s for s in wanted if s > self.steps]
         if bad:
@@ -319,8 +351,8 @@ def train(
         stream.skip(first)  # an older checkpoint: replay the batch order from the seed
     bar = _progress_bar(config.steps - first) if progress else None
     was_training = model.training
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # also inside torch.no_grad()
-        torch.manual_seed(config.seed)
+    # the global CPU generator and that of the model's CUDA device, seeded and restored after
+    with forked_global_rng(config.seed, params[:1]), torch.enable_grad():  # (no_grad around)
         if loop_state is not None:
             torch.set_rng_state(loop_state["rng"])
             if "cuda_rng" in loop_state and params[0].device.type == "cuda":

@@ -18,6 +18,7 @@ from typing import final
 import torch
 from torch import nn
 
+from sharpdim.checks import check_seed
 from sharpdim.errors import SharpdimError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -28,7 +29,7 @@ ACTIVATIONS = tuple(_ACTIVATIONS)
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
     if generator is not None:
         return generator
-    return torch.Generator().manual_seed(0 if seed is None else int(seed))
+    return torch.Generator().manual_seed(0 if seed is None else check_seed(seed))
 
 
 @torch.no_grad()
