@@ -236,3 +236,37 @@ def test_exactly_singular_direction_with_eps_0_asks_for_eps(config: StepSpectrum
     assert "\n" not in str(err.value) and "overflow" not in str(err.value)
     values, _ = exponent_measure(nodes, w, 2, dataclasses.replace(config, eps=1e-12))
     assert float(values.min()) == math.log(1e-12)  # the default guard caps it at ln(1e-12)
+
+
+def test_kde_bandwidth_stays_below_the_crossing_exponent() -> None:
+    """Silverman's h (0.18 here, set by the -5 and +1 outliers) smoothed the 100 exponents at
+    -0.02 across the crossing: SD-KDE gave 98.76 where Def. 4.2 gives 1 + 1/0.02 = 51."""
+    from sharpdim.curvature.measure import silverman_bandwidth
+    from sharpdim.dimension.sd_estimators import crossing_exponent, kde_bandwidth
+
+    v = torch.tensor([1.0] + [-0.02] * 100 + [-5.0], dtype=torch.float64)
+    m = torch.ones_like(v)
+    assert crossing_exponent(v, m) == -0.02
+    assert silverman_bandwidth(v, m) > 0.17 and kde_bandwidth(v, m) == pytest.approx(0.002)
+    # bias ~ 0.4 (h / |l*|) x the mass at the crossing = 0.04 x 100
+    assert 51.0 <= sd_kde(v, m).dimension <= 51.0 + 0.05 * 100
+    assert kaplan_yorke_measure(v, m).dimension == pytest.approx(51.0)
+
+
+def test_crossing_exponent_without_a_crossing_and_an_uncapped_bandwidth() -> None:
+    from sharpdim.curvature.measure import silverman_bandwidth
+    from sharpdim.dimension.sd_estimators import crossing_exponent, kde_bandwidth
+
+    ones = torch.ones(3, dtype=torch.float64)
+    assert crossing_exponent(torch.tensor([0.5, 0.2, -0.1]), ones) is None  # SD = d
+    assert crossing_exponent(torch.tensor([-0.5, -0.2, -0.1]), ones) is None  # SD = 0
+    # a zero-mass atom is not the crossing
+    v, m = torch.tensor([1.0, -5.0, -2.0]), torch.tensor([1.0, 0.0, 1.0])
+    assert crossing_exponent(v, m) == -2.0
+    g = torch.Generator().manual_seed(0)
+    bulk = torch.randn(400, generator=g, dtype=torch.float64) * 0.1 + 1.0
+    w = torch.ones(401, dtype=torch.float64)
+    for smooth in (bulk[:-1], torch.cat([bulk, torch.tensor([-1000.0], dtype=torch.float64)])):
+        # no crossing, or one at -1000: Silverman's h (about 0.03) as it is
+        h = silverman_bandwidth(smooth, w[: smooth.numel()])
+        assert 0.01 < h < 0.1 and kde_bandwidth(smooth, w[: smooth.numel()]) == h

@@ -6,8 +6,9 @@ An SLQ result (:func:`~sharpdim.curvature.slq.slq_spectrum`) is a discrete measu
 * :func:`histogram_density`: the mass of each bin divided by the bin width;
 * :func:`kde_density`: Gaussian smoothing ``sum_j p_j N(x; theta_j, h^2)`` (Ghorbani, Krishnan
   & Xiao, ICML 2019, use the same construction), bandwidth by default Silverman's robust rule
-  on the weighted atoms (:func:`~sharpdim.curvature.measure.silverman_bandwidth`, shared
-  with the SD-KDE estimator of Tuci et al., arXiv 2604.19740, App. C).
+  on the weighted atoms (:func:`~sharpdim.curvature.measure.silverman_bandwidth`; the SD-KDE
+  estimator of Tuci et al., arXiv 2604.19740, App. C, starts from it and caps it near its
+  crossing exponent).
 
 Both are normalised to integrate to 1: the histogram exactly, the KDE with the trapezoid rule
 on its grid (the mass of the kernels' tails beyond the grid is put back by that rescaling).
