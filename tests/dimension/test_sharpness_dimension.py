@@ -89,7 +89,10 @@ def test_exact_sd_equals_brute_force(optimizer: str, lr: float) -> None:
     assert 0 <= r.sd <= r.num_exponents
     assert r.exponents.shape == (r.num_exponents,) and r.exponent_weight == 1.0
     assert r.lambda_1 == pytest.approx(float(r.exponents[0]))
-    assert r.num_expanding == float((r.exponents > 0).sum())
+    # sigma > 1 beyond round-off: not the flat softmax directions (exponent ln(1 + 1e-12))
+    assert r.num_expanding == float((r.exponents > 1e-9).sum())
+    if optimizer == "sgd":  # (with momentum, alpha = 0 gives sigma = 1 and mu: none at 1 + eps)
+        assert r.num_expanding < float((r.exponents > 0).sum())
 
 
 def _mse(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -486,3 +489,38 @@ def test_train_mode_dropout_follows_the_generator_and_leaves_the_global_rng(meth
     # method's were those of seed 0 whatever the generator)
     data = (x[:1].repeat(30, 1), data[1][:1].repeat(30))
     assert (sd(0).exponents - sd(1).exponents).abs().max() > 1e-3
+
+
+class _Quadratic(nn.Module):
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(5, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("method", ["exact", "ps"])
+def test_flat_and_threshold_directions_are_not_expanding(dtype: torch.dtype, method: str) -> None:
+    """H = diag(10, 8, 2, 0, 0) at eta = 0.25 (2/eta = 8): only alpha = 10 expands (DESIGN:
+    alpha > 2/eta or alpha < 0); sigma = 1 at alpha = 0 and 8 was counted (4 instead of 1)."""
+    curv = torch.tensor([10.0, 8.0, 2.0, 0.0, 0.0], dtype=dtype)
+
+    def loss_fn(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return 0.5 * (curv * m.w**2).sum() + 0 * b[0].sum()
+
+    data = (torch.zeros(4, 1, dtype=dtype), torch.zeros(4, dtype=dtype))
+    r = sharpness_dimension(
+        _Quadratic(dtype),
+        loss_fn,
+        data,
+        0.25,
+        method=method,
+        batch_size=4,
+        num_batches=2,
+        num_runs=4,
+        num_steps=5,
+        num_bootstrap=0,
+    )
+    tol = 1e-9 if dtype == torch.float64 else 1e-6  # (SLQ weights in float32)
+    assert r.num_expanding == pytest.approx(1.0, abs=tol)
+    # Def. 4.2 itself is unchanged: ln 1.5 + 3 ln(1 + 1e-12) over |ln 0.5|
+    assert r.sd == pytest.approx(4 + (np.log(1.5) + 3e-12) / np.log(2), abs=tol)

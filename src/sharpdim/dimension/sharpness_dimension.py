@@ -71,7 +71,9 @@ class SDResult:
             estimated exponent measure (SLQ methods), each standing for ``exponent_weight``
             exponents.
         exponent_weight: how many exponents each entry of ``exponents`` stands for.
-        num_expanding: number (mass) of exponents ``> 0``.
+        num_expanding: number (mass) of expanding directions, ``sigma > 1`` beyond round-off
+            (SGD: ``alpha > 2/eta`` or ``alpha < 0``; see :func:`_expanding_mass`); flat
+            directions (``sigma = 1``) are not counted.
         num_params: ``d``; num_exponents: ``d`` (SGD) or ``2d`` (momentum, Adam).
         ci_low, ci_high: bootstrap confidence interval of SD (NaN without bootstrap).
         confidence: its level; num_bootstrap: resamples.
@@ -197,6 +199,23 @@ def _own_dropout_stream(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _expanding_mass(
+    values: torch.Tensor, masses: torch.Tensor, eps: float, params: list[torch.Tensor]
+) -> float:
+    """The mass of exponents ``ln(sigma + eps)`` with ``sigma > 1 + r``: directions that expand.
+
+    ``r = sqrt(d) u (1 + sigma_max)``, ``u`` the unit round-off of the parameters' dtype: a
+    flat direction (``alpha = 0``) or one at the threshold (``eta alpha = 2``) has ``sigma = 1``
+    up to the Hessian's round-off, and its exponent ``ln(1 + eps) > 0`` would otherwise count
+    it, or not, by the sign of that noise (float32 and float64 twins of one model differed by
+    100 of 610).
+    """
+    u = max(torch.finfo(p.dtype).eps for p in params)
+    sigma_max = math.exp(float(values.max()))
+    margin = math.sqrt(sum(p.numel() for p in params)) * u * (1 + sigma_max)
+    return float(masses[values > math.log1p(eps + margin)].sum())
+
+
 @_own_dropout_stream
 def sharpness_dimension(
     model: nn.Module,
@@ -319,7 +338,8 @@ def sharpness_dimension(
         step=step,
         eps=eps,
     )
-    d = sum(p.numel() for p in trainable_parameters(model))
+    trainable = trainable_parameters(model)
+    d = sum(p.numel() for p in trainable)
     if method == "exact" and max_params is not None and d > max_params:
         raise TooLargeError(
             f"method='exact' needs dense Hessians of {d:,} parameters, above max_params="
@@ -375,7 +395,7 @@ def sharpness_dimension(
         settings.update(num_batches=num_batches, num_iterates=rds.num_iterates)
         exponents, weight = rds.exponents, 1.0
         lam1, lam1_se = rds.lambda_1, rds.lambda_1_stderr
-        expanding = float((rds.exponents > 0).sum())
+        expanding = _expanding_mass(rds.exponents, torch.ones_like(rds.exponents), eps, trainable)
     else:
         from sharpdim.curvature.slq import slq_spectrum
 
@@ -411,7 +431,7 @@ def sharpness_dimension(
         levels = (torch.arange(m_q, dtype=torch.float64) + 0.5) / m_q
         exponents = torch.flip(weighted_quantiles(values, masses, levels), [0])
         weight = num_exp / m_q
-        expanding = float(masses[values > 0].sum())
+        expanding = _expanding_mass(values, masses, eps, trainable)
         settings.update(
             num_runs=num_runs, num_steps=num_steps, reorthogonalization=reorthogonalization
         )
