@@ -3,6 +3,8 @@ from pyplot."""
 
 from __future__ import annotations
 
+import functools
+import io
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,28 @@ def check_figure_format(path: str | Path, flag: str) -> Path:
             f"{flag} {out}: matplotlib cannot write {fmt!r} figures: end it in one of "
             f"{', '.join('.' + f for f in sorted(supported))}"
         )
+    problem = _cannot_render(fmt)
+    if problem:
+        raise SharpdimError(
+            f"{flag} {out}: matplotlib cannot write {fmt!r} figures on this machine "
+            f"({problem}): end it in .png, .svg or .pdf"
+        )
     return out
+
+
+@functools.cache
+def _cannot_render(fmt: str) -> str:
+    """Why a tiny figure cannot be saved as ``fmt`` here ('' if it can): some formats need
+    outside programs (pgf: a LaTeX engine) that only saving reveals."""
+    fig = plt.figure(figsize=(1, 1))
+    try:
+        fig.add_subplot().plot([0, 1])
+        fig.savefig(io.BytesIO(), format=fmt)
+    except Exception as exc:  # whatever the backend raises (RuntimeError, OSError, ...)
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200]
+    finally:
+        plt.close(fig)
+    return ""
 
 
 def save_and_close(fig: Any, path: str | Path, *, dpi: int | None = None) -> Path:

@@ -1,0 +1,39 @@
+"""Figure formats are checked before the work: by name and by saving a tiny figure."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sharpdim.errors import SharpdimError
+from sharpdim.report import figure_file
+from sharpdim.report.figure_file import check_figure_format
+
+
+@pytest.mark.parametrize("name", ["a.png", "a.svg", "a.pdf", "a.eps", "noext"])
+def test_formats_matplotlib_writes_here_pass(name: str) -> None:
+    assert check_figure_format(name, "--png path") == Path(name)
+
+
+@pytest.mark.skipif(shutil.which("xelatex") is not None, reason="a LaTeX engine is installed")
+def test_pgf_without_latex_is_a_one_line_error_before_the_work() -> None:
+    """pgf passed the name check and then raised RuntimeError('xelatex' not found) after the
+    whole computation (exit 1 with a traceback, the JSON already written)."""
+    with pytest.raises(SharpdimError, match=r"^--png path x.pgf: matplotlib cannot write 'pgf'"):
+        check_figure_format("x.pgf", "--png path")
+
+
+def test_a_failing_backend_is_reported_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    figure_file._cannot_render.cache_clear()
+    monkeypatch.setattr(
+        figure_file.plt.Figure,
+        "savefig",
+        lambda self, *a, **k: (_ for _ in ()).throw(RuntimeError("no\nengine")),
+    )
+    try:
+        with pytest.raises(SharpdimError, match=r"\(RuntimeError: no engine\): end it in .png"):
+            check_figure_format("f.svg", "--png path")
+    finally:
+        figure_file._cannot_render.cache_clear()
