@@ -159,3 +159,15 @@ def test_sd_compute_modular_and_json_records_the_data(tmp_path: Path) -> None:
     assert training["dataset"] == "modular" and training["n_train"] == 40
     assert (training["width"], training["depth"]) == (3, 1)
     assert payload["result"]["num_params"] == 2 * 97 * 3 + 3 + 3 * 97 + 97
+
+
+def test_one_batch_prints_no_interval_and_no_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One batch printed the zero-width '95% bootstrap CI [40.654, 40.654]' and '+- nan'."""
+    r = _compute(tmp_path / "one.json", f"{TINY} --lr 0.5 --train-steps 3 --num-batches 1")
+    out = capsys.readouterr().out
+    assert r["result"]["num_bootstrap"] == 0 and r["result"]["ci_low"] is None
+    assert "nan" not in out and "bootstrap CI" in out
+    row = next(line for line in out.splitlines() if "bootstrap CI" in line)
+    assert row.split("│")[2].strip() == "-"

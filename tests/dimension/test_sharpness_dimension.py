@@ -524,3 +524,16 @@ def test_flat_and_threshold_directions_are_not_expanding(dtype: torch.dtype, met
     assert r.num_expanding == pytest.approx(1.0, abs=tol)
     # Def. 4.2 itself is unchanged: ln 1.5 + 3 ln(1 + 1e-12) over |ln 0.5|
     assert r.sd == pytest.approx(4 + (np.log(1.5) + 3e-12) / np.log(2), abs=tol)
+
+
+@pytest.mark.parametrize(
+    ("method", "counts"), [("exact", {"num_batches": 1}), ("ps", {"num_runs": 1})]
+)
+def test_one_batch_or_run_gives_no_interval(method: str, counts: dict) -> None:
+    """Resampling a single batch gave the zero-width 'interval' [SD, SD]."""
+    model, data = _setup()
+    r = sharpness_dimension(
+        model, _ce, data, 3.0, method=method, batch_size=8, num_steps=10, **counts
+    )
+    assert r.num_bootstrap == 0 and np.isnan(r.ci_low) and np.isnan(r.ci_high)
+    assert np.isnan(r.lambda_1_stderr) and 0 < r.sd <= r.num_exponents

@@ -151,7 +151,8 @@ def _rows(run: TrainResult, s: SpectrumSummary, res: SDResult, lr: float) -> dic
         "trace (Hutch++)": f"{s.trace:.4g} ± {s.trace_stderr:.2g}",
         "stability threshold 2/eta": 2.0 / lr,
         "sharpness / (2/eta)": s.top_eigenvalues[0].item() * lr / 2.0,
-        "sharpness dimension (SGD, exact)": f"{res.sd:.2f} [{res.ci_low:.2f}, {res.ci_high:.2f}]",
+        "sharpness dimension (SGD, exact)": f"{res.sd:.2f}"
+        + ("" if res.num_bootstrap == 0 else f" [{res.ci_low:.2f}, {res.ci_high:.2f}]"),
         "RDS sharpness lambda_1": res.lambda_1,
         "expanding directions": res.num_expanding,
     }

@@ -8,6 +8,7 @@ with :func:`sharpdim.dimension.sharpness_dimension.sharpness_dimension` and prin
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,11 @@ _TRAIN_TO_SD = {
 }
 
 
+def _with_stderr(value: float, stderr: float) -> str:
+    """``value +- stderr``, or ``value`` alone when there is no standard error (one batch)."""
+    return f"{value:.5f}" if math.isnan(stderr) else f"{value:.5f} +- {stderr:.1e}"
+
+
 def _table(result: SDResult, extra: dict[str, Any]) -> Table:
     ci = "-" if result.num_bootstrap == 0 else f"[{result.ci_low:.3f}, {result.ci_high:.3f}]"
     rows = [
@@ -68,7 +74,7 @@ def _table(result: SDResult, extra: dict[str, Any]) -> Table:
         ("SD / number of exponents", f"{result.sd_fraction:.4f}"),
         (f"{int(result.confidence * 100)}% bootstrap CI", ci),
         ("j*", f"{result.j_star:.3f}"),
-        ("lambda_1 (RDS sharpness)", f"{result.lambda_1:.5f} +- {result.lambda_1_stderr:.1e}"),
+        ("lambda_1 (RDS sharpness)", _with_stderr(result.lambda_1, result.lambda_1_stderr)),
         ("expanding directions", f"{result.num_expanding:.1f}"),
         ("parameters d / exponents", f"{result.num_params} / {result.num_exponents}"),
         ("method / optimizer / lr", f"{result.method} / {result.optimizer} / {result.lr:g}"),

@@ -277,7 +277,8 @@ def sharpness_dimension(
         iterates: flat parameter vectors of late iterates (attractor samples, exact only):
             per batch and ``k`` the maximum over them before averaging.
         mode: module mode for the Hessians (``"eval"`` default).
-        num_bootstrap: bootstrap resamples for the confidence interval (0: none).
+        num_bootstrap: bootstrap resamples for the confidence interval (0: none; none either
+            with a single batch (exact) or run (SLQ methods), which has no spread to resample).
         confidence: level of the interval.
         estimator_options: extra keywords of the SD estimator: ``num_bins`` (``"slq"``),
             ``bandwidth``, ``grid_size``, ``points_per_bandwidth``, ``max_grid``,
@@ -311,6 +312,8 @@ def sharpness_dimension(
     num_runs = check_count(num_runs, "num_runs")
     num_steps = check_count(num_steps, "num_steps")
     num_bootstrap = check_count(num_bootstrap, "num_bootstrap", 0)
+    if (num_batches if method == "exact" else num_runs) < 2:
+        num_bootstrap = 0  # resampling one batch or run gives a zero-width, not a real, interval
     confidence = check_number(confidence, "confidence", "in (0, 1)", "0.95")
     eps = check_number(eps, "eps", ">= 0", "1e-12")
     momentum = check_number(momentum, "momentum", "in [0, 1)", "0.9")
