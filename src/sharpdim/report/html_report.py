@@ -1,4 +1,5 @@
-"""A self-contained HTML report: tables and PNG figures embedded as base64, no assets."""
+"""A self-contained HTML report: tables and figures (PNG, SVG, JPEG) embedded as base64, no
+assets."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ _STYLE = (
     "td,th{border:1px solid #ccc;padding:0.25rem 0.6rem;text-align:left}"
     "th{background:#f4f4f4}img{max-width:100%}"
 )
+
+
+_MIME = {
+    ".svg": "image/svg+xml",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
+"""Media types of the figure files a browser shows inline; anything else is sent as PNG."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,8 @@ def render_html_report(title: str, sections: Sequence[ReportSection]) -> str:
         for fig in sec.figures:
             data = base64.b64encode(Path(fig).read_bytes()).decode("ascii")
             alt = html.escape(Path(fig).stem)
-            parts.append(f"<p><img alt='{alt}' src='data:image/png;base64,{data}'></p>")
+            mime = _MIME.get(Path(fig).suffix.lower(), "image/png")
+            parts.append(f"<p><img alt='{alt}' src='data:{mime};base64,{data}'></p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from sharpdim.errors import SharpdimError
 from sharpdim.report.figure_file import save_and_close
 
 
@@ -33,6 +34,16 @@ def plot_spectrum_density(
         threshold: the optimizer's stability threshold (e.g. ``2/eta``), drawn dashed.
         title: axes title.
     """
+    if grid.ndim != 1 or grid.shape != density.shape or grid.numel() == 0:
+        raise SharpdimError(
+            f"grid {tuple(grid.shape)} and density {tuple(density.shape)} must be equal, "
+            "non-empty vectors: pass the (grid, density) of kde_density"
+        )
+    if not (torch.isfinite(density).all() and torch.isfinite(grid).all()):
+        raise SharpdimError(
+            "the density or its grid holds NaN or inf (nothing to draw): check the SLQ "
+            "nodes and weights it came from"
+        )
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     floor = max(float(density.max()) * 1e-8, 1e-12)
     ax.semilogy(grid.cpu().numpy(), density.clamp_min(floor).cpu().numpy(), color="C0")

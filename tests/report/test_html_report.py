@@ -1,0 +1,25 @@
+"""The HTML report: escaping and figures inlined with their own media type."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from sharpdim.report.html_report import ReportSection, render_html_report
+
+
+def test_figures_carry_their_media_type_and_text_is_escaped(tmp_path: Path) -> None:
+    """An SVG figure was labelled data:image/png and showed as a broken image."""
+    svg = tmp_path / "curve.svg"
+    svg.write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    png = tmp_path / "density.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = render_html_report(
+        "a <b> & c", [ReportSection("h<1>", "x < y", {"k&": 1 / 3}, [svg, png])]
+    )
+    svg_data = base64.b64encode(svg.read_bytes()).decode()
+    png_data = base64.b64encode(png.read_bytes()).decode()
+    assert f"src='data:image/svg+xml;base64,{svg_data}'" in page
+    assert f"src='data:image/png;base64,{png_data}'" in page
+    assert "<title>a &lt;b&gt; &amp; c</title>" in page and "<h2>h&lt;1&gt;</h2>" in page
+    assert "<p>x &lt; y</p>" in page and "<th>k&amp;</th><td>0.333333</td>" in page
