@@ -537,3 +537,12 @@ def test_one_batch_or_run_gives_no_interval(method: str, counts: dict) -> None:
     )
     assert r.num_bootstrap == 0 and np.isnan(r.ci_low) and np.isnan(r.ci_high)
     assert np.isnan(r.lambda_1_stderr) and 0 < r.sd <= r.num_exponents
+
+
+def test_float32_data_with_a_float64_model_is_cast() -> None:
+    """float32 data and a float64 model raised 'expected m1 and m2 to have the same dtype'."""
+    model, (x, y) = _setup()
+    kwargs = {"num_batches": 2, "batch_size": 8, "num_bootstrap": 0}
+    as64 = sharpness_dimension(model, _ce, (x, y), 3.0, **kwargs)
+    as32 = sharpness_dimension(model, _ce, (x.float(), y), 3.0, **kwargs)
+    assert as32.sd == pytest.approx(as64.sd, rel=1e-5)

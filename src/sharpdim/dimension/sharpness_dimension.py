@@ -250,7 +250,8 @@ def sharpness_dimension(
     Args:
         model: the network at (near) convergence; loss_fn: ``loss_fn(model, batch) -> scalar``
             with ``batch`` an ``(x, y)`` tuple.
-        data: the training set as a tuple of tensors ``(x, y)``; minibatches are drawn from it.
+        data: the training set as a tuple of tensors ``(x, y)``; minibatches are drawn from it
+            (floating tensors are cast to the model's dtype, all moved to its device).
         lr: the optimizer's step size ``eta`` (> 0).
         method: ``"exact"``, ``"slq"`` (SD-SLQ), ``"kde"`` (SD-KDE) or ``"ps"`` (SD-PS).
         optimizer: ``"sgd"``, ``"momentum"`` (heavy ball, torch convention), ``"nesterov"``,
@@ -343,6 +344,11 @@ def sharpness_dimension(
     )
     trainable = trainable_parameters(model)
     d = sum(p.numel() for p in trainable)
+    if trainable:  # floating data in the model's dtype, all on its device (as train() does)
+        ref = trainable[0]
+        data = tuple(
+            t.to(ref.device, ref.dtype) if t.is_floating_point() else t.to(ref.device) for t in data
+        )
     if method == "exact" and max_params is not None and d > max_params:
         raise TooLargeError(
             f"method='exact' needs dense Hessians of {d:,} parameters, above max_params="
