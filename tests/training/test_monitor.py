@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sharpdim.curvature.dense import dense_hessian
 from sharpdim.errors import SharpdimError
@@ -205,14 +206,43 @@ def test_a_train_mode_monitor_leaves_the_dropout_stream_alone():
 def test_warm_start_saves_products():
     x, y = _data(60)
     model = build_mlp(3, 2, width=16, depth=2, seed=0, dtype=torch.float64)
-    cold = EoSMonitor(mse_loss, (x, y), warm_start=False, tol=1e-8)
-    warm = EoSMonitor(mse_loss, (x, y), warm_start=True, tol=1e-8)
+    cold = EoSMonitor(mse_loss, (x, y), warm_start=False)
+    warm = EoSMonitor(mse_loss, (x, y), warm_start=True)
     a, b = cold.measure(model), cold.measure(model)
     c, d = warm.measure(model), warm.measure(model)
     # a fresh random start each time (the generator advances) needs about as many products;
-    # the previous top eigenvector as start converges at once
-    assert d.num_matvecs < 0.5 * min(a.num_matvecs, b.num_matvecs, c.num_matvecs)
+    # the previous top eigenvector (plus its random part) fewer: 10 against 14-15 here
+    assert d.num_matvecs < min(a.num_matvecs, b.num_matvecs, c.num_matvecs) - 2
     assert d.sharpness == pytest.approx(a.sharpness, rel=1e-7)
+
+
+class _TwoBlocks(nn.Module):
+    """Two parameter blocks without shared terms: a block-diagonal Hessian
+    ``diag(8, 1, 1) (+) scale * diag(5, 2)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(3, dtype=torch.float64))
+        self.b = nn.Parameter(torch.ones(2, dtype=torch.float64))
+        self.scale = 1.0
+
+
+def _two_blocks_loss(model: nn.Module, batch: object) -> torch.Tensor:
+    ca = torch.tensor([8.0, 1.0, 1.0], dtype=torch.float64)
+    cb = torch.tensor([5.0, 2.0], dtype=torch.float64)
+    return 0.5 * (ca * model.a**2).sum() + 0.5 * model.scale * (cb * model.b**2).sum()
+
+
+def test_warm_start_sees_another_block_overtake():
+    """The last top eigenvector (block a's, 8) stays an eigenvector when block b sharpens to
+    15: its Krylov space never left it, and 8 was reported as converged after one product."""
+    model = _TwoBlocks()
+    data = (torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64))
+    monitor = EoSMonitor(_two_blocks_loss, data)
+    assert monitor.measure(model).sharpness == pytest.approx(8.0, rel=1e-6)
+    model.scale = 3.0
+    again = monitor.measure(model)
+    assert again.sharpness == pytest.approx(15.0, rel=1e-6) and again.converged
 
 
 def test_inside_the_training_loop():

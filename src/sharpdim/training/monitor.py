@@ -6,7 +6,7 @@ Every ``every`` steps :class:`EoSMonitor` records
 * the **sharpness** ``lambda_max(H)``, the largest *algebraic* eigenvalue of the Hessian of
   the loss on a fixed set of examples (the full training set, or its first ``max_examples``
   examples as Cohen et al., ICLR 2021, do with the first 5,000), by Lanczos iteration on
-  Hessian-vector products, warm-started from the previous top eigenvector;
+  Hessian-vector products, warm-started from the previous top eigenvector plus a random part;
 * the optimizer's **stability threshold**: ``2/eta`` (GD/SGD), ``(2 + 2 mu)/eta`` (heavy-ball),
   ``(2 + 2 mu)/(eta (1 + 2 mu))`` (Nesterov), and for Adam/AdamW the threshold
   ``(2 + 2 beta1)/(eta (1 - beta1))`` on the **preconditioned sharpness**
@@ -55,6 +55,15 @@ from sharpdim.training.optimizers import (
     reference_lr,
     same_in_all_groups,
 )
+
+WARM_START_NOISE = 0.3
+"""Weight of a random unit vector added to the previous top eigenvector to warm-start Lanczos.
+
+The previous eigenvector alone can be an eigenvector of the new Hessian too (exactly, for a
+block-diagonal Hessian: a loss summed over parts without shared parameters). Its Krylov space
+then never leaves it, and when another eigenvalue overtakes it the old one is returned as
+converged after one product (8 reported where lambda_max was 22.5, past 2/eta = 20). The random
+part puts every eigenvector in the Krylov space, as a random start does."""
 
 
 @dataclass(frozen=True)
@@ -436,10 +445,15 @@ class EoSMonitor:
         return weight
 
     def _top_eigenvalue(self, key: str, op: LinearOperator) -> tuple[float, bool, int]:
-        """Largest algebraic eigenvalue by Lanczos, warm-started from ``key``'s last vector."""
+        """Largest algebraic eigenvalue by Lanczos, warm-started from ``key``'s last vector (plus
+        a random part, :data:`WARM_START_NOISE`)."""
         start = self._start.get(key) if self.warm_start else None
         if start is not None and start.numel() != op.num_params:
             start = None
+        if start is not None:  # with a random part: see WARM_START_NOISE
+            noise = torch.randn(start.shape, generator=self.generator, dtype=torch.float64)
+            noise = noise.to(start.device)
+            start = start / start.norm() + WARM_START_NOISE * noise / noise.norm()
         result = lanczos_eigenvalues(
             op,
             k=1,
