@@ -287,7 +287,10 @@ def lanczos_eigenvalues(
             eigenvalues not converged by then are reported with ``converged=False``.
         generator: source of the random start vector (default: a generator seeded with 0).
         v0: start vector ``(n,)`` (with ``block_size > 1``: the block's first column, the
-            others random) or block ``(n, block_size)`` instead of a random one.
+            others random) or block ``(n, block_size)`` instead of a random one. The answer
+            is certified only for eigenvectors the start has a part on: a ``v0`` that is (to
+            ``tol``) an eigenvector returns its eigenvalue, converged, whatever lies beyond;
+            to warm-start, add a random part (as :class:`~sharpdim.training.EoSMonitor` does).
         block_size: vectors per Krylov block; use ``>= m`` to resolve multiplicity ``m``.
         max_basis: basis vectors kept before a thick restart
             (default ``min(n, max(2 k_wanted + 40, 80))``; memory ``8 n max_basis`` bytes).
