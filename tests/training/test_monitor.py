@@ -543,3 +543,36 @@ def test_adam_sd_when_a_parameter_skipped_a_step():
     opt.zero_grad(set_to_none=True)  # no gradient at all: no coming update to measure
     with pytest.raises(SharpdimError, match="no common step count"):
         monitor.on_step(1, model, 0.0, opt)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_a_warm_up_from_lr_0_is_measured_not_refused(opt: str):
+    """A linear warm-up starts at lr = 0: the monitor raised 'learning rate 0.0 must be > 0'
+    and stopped the user's loop. At lr = 0 every curvature is stable: threshold inf."""
+    x, y = _data()
+    model = _model()
+    optimizer = (
+        torch.optim.SGD(model.parameters(), lr=0.1)
+        if opt == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=0.1)
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: s / 10)
+    monitor = EoSMonitor(mse_loss, (x, y), every=1)
+    for step in range(2):
+        optimizer.zero_grad()
+        mse_loss(model, (x, y)).backward()
+        record = monitor.on_step(step, model, 0.0, optimizer)
+        optimizer.step()
+        schedule.step()
+        if step == 0:
+            assert record.lr == 0 and record.threshold == math.inf and record.ratio == 0
+            assert record.sharpness == pytest.approx(monitor.measure(model).sharpness, rel=1e-6)
+        else:
+            assert record.lr == pytest.approx(0.01) and math.isfinite(record.threshold)
+
+
+def test_an_infinite_lr_is_refused_by_name():
+    from sharpdim.training.optimizers import stability_threshold
+
+    with pytest.raises(SharpdimError, match=r"^learning rate inf must be a finite number > 0"):
+        stability_threshold("gd", math.inf)

@@ -24,6 +24,7 @@ may differ.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -47,8 +48,8 @@ def check_optimizer_options(
     """Raise a :class:`SharpdimError` for hyperparameters ``torch.optim`` would reject."""
     if name not in OPTIMIZERS:
         raise SharpdimError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
-    if not lr > 0:
-        raise SharpdimError(f"learning rate {lr} must be > 0: pass a positive lr")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise SharpdimError(f"learning rate {lr} must be a finite number > 0: pass a positive lr")
     if name in ("momentum", "heavy_ball") and not 0 <= momentum < 1:
         raise SharpdimError(f"momentum {momentum} must lie in [0, 1): e.g. 0.9")
     if name == "nesterov" and not 0 < momentum < 1:
@@ -181,9 +182,12 @@ def optimizer_stability_threshold(optimizer: torch.optim.Optimizer) -> tuple[str
     """``(name, threshold)`` read from a live ``torch.optim`` optimizer.
 
     The threshold is taken at :func:`reference_lr`; with groups of different lr it bounds
-    ``lambda_max(L P^-1 H)``, ``L`` from :func:`lr_scaling`.
+    ``lambda_max(L P^-1 H)``, ``L`` from :func:`lr_scaling`. At ``lr = 0`` (the first step of a
+    warm-up schedule) nothing moves and every curvature is stable: ``inf``.
     """
     name = optimizer_name(optimizer)
+    if reference_lr(optimizer) == 0:
+        return name, math.inf
     group = optimizer.param_groups[0]
     value = stability_threshold(
         name,
@@ -207,6 +211,8 @@ def lr_scaling(
     A parameter the optimizer does not hold (it does not move) gets 0.
     """
     eta = reference_lr(optimizer)
+    if eta == 0:  # nothing moves (see optimizer_stability_threshold): no scaling to measure
+        return None
     lr_of = {id(p): float(g["lr"]) for g in optimizer.param_groups for p in g["params"]}
     scale = [lr_of.get(id(p), 0.0) / eta for p in params]
     if all(s == 1.0 for s in scale):
