@@ -167,3 +167,34 @@ def test_per_example_losses_refuse_per_token_outputs(loss: str) -> None:
     points = get_flat_params(list(model.parameters()))[None]
     with pytest.raises(SharpdimError, match=r"one output row per example.*\(4, 4, 4\)"):
         per_example_losses(model, points, (tokens, tokens), loss=loss)
+
+
+def test_a_ring_on_disk_ends_at_finish_and_one_in_ram_goes_on(tmp_path: Path) -> None:
+    """After finish() handed a spilled ring to its file, record() started a zero-filled ring
+    and the next finish() returned zeros for the older steps."""
+    on_disk = IterateRecorder(3, max_memory_bytes=0, spill_dir=tmp_path)
+    in_ram = IterateRecorder(3)
+    for rec in (on_disk, in_ram):
+        for step in range(5):
+            rec.record(step, torch.full((2,), float(step)))
+    first = on_disk.finish()
+    assert first.steps.tolist() == [2, 3, 4] and first.points[:, 0].tolist() == [2, 3, 4]
+    for call in (lambda: on_disk.record(5, torch.ones(2)), on_disk.finish):
+        with pytest.raises(SharpdimError, match=r"went to .*trajectory.npy at finish\(\)"):
+            call()
+    in_ram.finish()
+    in_ram.record(5, torch.full((2,), 5.0))
+    assert in_ram.finish().points[:, 0].tolist() == [3.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_iterates": 2.5}, r"^num_iterates must be an integer >= 1, got 2.5"),
+        ({"num_iterates": 3, "every": 0}, r"^every must be an integer >= 1, got 0"),
+        ({"num_iterates": 3, "max_memory_bytes": -1}, r"^max_memory_bytes must be an integer"),
+    ],
+)
+def test_recorder_settings_are_checked_in_one_line(kwargs: dict, message: str) -> None:
+    with pytest.raises(SharpdimError, match=message):
+        IterateRecorder(**kwargs)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sharpdim.checks import default_generator
+from sharpdim.checks import check_count, default_generator
 from sharpdim.curvature.params import get_flat_params, set_flat_params, trainable_parameters
 from sharpdim.dynamics.step_maps import TrainingMap
 from sharpdim.errors import SharpdimError
@@ -96,8 +96,9 @@ class IterateRecorder:
         max_memory_bytes: int = 256 * 2**20,
         spill_dir: str | Path | None = None,
     ) -> None:
-        if num_iterates < 1 or every < 1 or max_memory_bytes < 0:
-            raise SharpdimError("need num_iterates >= 1, every >= 1 and max_memory_bytes >= 0")
+        num_iterates = check_count(num_iterates, "num_iterates")
+        every = check_count(every, "every")
+        max_memory_bytes = check_count(max_memory_bytes, "max_memory_bytes", 0)
         self.num_iterates, self.every = num_iterates, every
         self.max_memory_bytes = max_memory_bytes
         self.spill_dir = spill_dir
@@ -107,6 +108,7 @@ class IterateRecorder:
         self._losses = np.full(num_iterates, np.nan)
         self._count = 0
         self._dtype: torch.dtype = torch.float32
+        self._handed_over: str | None = None  # the file finish() moved a spilled ring to
 
     @property
     def count(self) -> int:
@@ -138,8 +140,16 @@ class IterateRecorder:
         self._path = Path(folder) / "ring.npy"
         return np.lib.format.open_memmap(self._path, mode="w+", dtype=np_dtype, shape=shape)
 
+    def _check_not_handed_over(self) -> None:
+        if self._handed_over is not None:
+            raise SharpdimError(
+                f"this recorder's iterates went to {self._handed_over} at finish() (a ring on "
+                "disk is handed over, not copied): start a new IterateRecorder"
+            )
+
     def record(self, step: int, w: torch.Tensor, loss_value: float = math.nan) -> None:
         """Store ``w`` (flat) as the iterate of ``step``."""
+        self._check_not_handed_over()
         flat = w.detach().reshape(-1).cpu()
         if self._buffer is None:
             self._buffer = self._allocate(flat)
@@ -160,8 +170,11 @@ class IterateRecorder:
         """The recorded iterates in time order (``final = (step, w)`` appended first).
 
         ``final`` is skipped when its step is already the last recorded one (a run stopped by
-        ``stop_loss`` ends on a recorded iterate).
+        ``stop_loss`` ends on a recorded iterate). A ring spilled to disk is handed over to
+        the returned trajectory's file, which ends the recorder (later calls are refused); one
+        in RAM is copied and may go on recording.
         """
+        self._check_not_handed_over()
         last = int(self._steps[(self._count - 1) % self.num_iterates]) if self._count else None
         if final is not None and final[0] != last:
             self.record(final[0], final[1])
@@ -187,6 +200,7 @@ class IterateRecorder:
         self._buffer = None
         self._path.unlink()
         self._path = None
+        self._handed_over = str(out_path)
         return Trajectory(torch.from_numpy(out), steps, losses, str(out_path), "backward")
 
 
@@ -230,7 +244,7 @@ def fresh_batches(
         full = dataset.train_batch()
         return lambda t: full
     if not 1 <= batch_size <= n:
-        raise SharpdimError(f"batch_size={batch_size} is not in [1, {n}]: choose a smaller one")
+        raise SharpdimError(f"batch_size={batch_size} is not in [1, {n}]: choose one in that range")
     idx = torch.stack(
         [torch.randperm(n, generator=generator)[:batch_size] for _ in range(num_steps)]
     )
