@@ -122,3 +122,13 @@ def test_whole_float_counts_equal_ints() -> None:
     floats = run(min_points=10.0, max_points=50.0, num_sizes=4.0, num_repeats=2.0)
     torch.testing.assert_close(floats, ints, rtol=0, atol=0)
     assert ph_dimension(pts, num_repeats=2.0).num_repeats == 2  # type: ignore[arg-type]
+
+
+def test_a_two_size_fit_has_no_r_squared() -> None:
+    """11 points give the sizes {10, 11}; any line fits two points, so r^2 was always 1.0."""
+    g = torch.Generator().manual_seed(0)
+    r = ph_dimension(torch.rand(11, 2, generator=g, dtype=torch.float64), generator=g)
+    assert r.sizes.tolist() == [10, 11] and math.isnan(r.r_squared)
+    assert r.to_dict()["r_squared"] is None
+    many = ph_dimension(torch.rand(200, 2, generator=g, dtype=torch.float64), generator=g)
+    assert len(many.sizes) >= 3 and 0 < many.r_squared <= 1

@@ -45,7 +45,8 @@ class PHDimensionResult:
     Attributes:
         dimension: ``alpha / (1 - slope)`` (``inf`` if ``slope >= 1``).
         slope, intercept: least-squares fit of ``log E_alpha`` against ``log n``.
-        r_squared: coefficient of determination of that fit.
+        r_squared: coefficient of determination of that fit (``nan`` with two sizes, which any
+            line fits exactly).
         sizes: ``(m,)`` subsample sizes; lifetime_sums: ``(m,)`` mean ``E_alpha`` at each.
         alpha: the weight; metric: its name (``"callable"`` for a function).
         num_points: points available; num_repeats: subsamples per size.
@@ -67,7 +68,7 @@ class PHDimensionResult:
             "dimension": self.dimension if math.isfinite(self.dimension) else None,
             "slope": self.slope,
             "intercept": self.intercept,
-            "r_squared": self.r_squared,
+            "r_squared": self.r_squared if math.isfinite(self.r_squared) else None,
             "sizes": self.sizes.tolist(),
             "lifetime_sums": self.lifetime_sums.tolist(),
             "alpha": self.alpha,
@@ -83,6 +84,8 @@ def _fit(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
     intercept = float(y.mean() - slope * x.mean())
     ss_res = float(((yc - slope * xc) ** 2).sum())
     ss_tot = float((yc * yc).sum())
+    if x.numel() < 3:  # a line through two points fits them exactly: no goodness of fit
+        return slope, intercept, math.nan
     return slope, intercept, 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
 
 
