@@ -207,3 +207,19 @@ def test_points_that_are_not_an_array_are_a_one_line_error(points: object) -> No
     with pytest.raises(SharpdimError, match=r"points must be an \(N, D\) tensor or array") as err:
         alpha_weighted_lifetime_sum(points)
     assert "\n" not in str(err.value) and "numpy" in str(err.value)
+
+
+def test_integer_points_are_coordinates_and_bad_shapes_say_so() -> None:
+    """Integer points were refused with a complaint about their (fine) shape; a 0-dim
+    distance matrix raised IndexError."""
+    from sharpdim.dimension.mst import as_points, mst_edge_lengths, pairwise_distances
+
+    grid = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    assert as_points(grid).dtype == torch.float64
+    assert mst_edge_lengths(pairwise_distances(grid)).tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(SharpdimError, match=r"^points must be real numbers, got torch.complex64"):
+        as_points(torch.ones(3, 2, dtype=torch.complex64))
+    with pytest.raises(SharpdimError, match=r"^points must be an \(N, D\) array with N >= 2"):
+        as_points(torch.ones(3))
+    with pytest.raises(SharpdimError, match=r"^distances must be a square \(N, N\) matrix"):
+        mst_edge_lengths(torch.tensor(1.0))

@@ -99,10 +99,27 @@ def test_bad_input():
         fractal_attractor(10, lr=0.0)
     with pytest.raises(SharpdimError):
         fractal_attractor(10, noise_std=-1.0)
-    with pytest.raises(SharpdimError, match="amplitude >= 0"):
+    with pytest.raises(SharpdimError, match=r"^amplitude must be a finite number >= 0"):
         fractal_attractor(10, amplitude=-2.0)
     with pytest.raises(SharpdimError, match="finite 1 \\+ A k\\^2"):
         fractal_attractor(10, frequency=1e200)  # was: OverflowError
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_particles": 50.5}, r"^num_particles must be an integer >= 1, got 50.5"),
+        ({"noise_std": float("nan")}, r"^noise_std must be a finite number >= 0, got nan"),
+        ({"box_sizes": (0.0, 0.1)}, r"^a box size must be a finite number > 0, got 0.0"),
+        ({"box_sizes": (-0.1,)}, r"^a box size must be a finite number > 0, got -0.1"),
+        ({"box_sizes": ()}, r"^box_sizes is empty"),
+        ({"steps": "5"}, r"^steps must be an integer >= 0, got '5'"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(kwargs: dict, message: str) -> None:
+    """Were ZeroDivisionError, math domain error, TypeError, or NaN noise run as 'diverged'."""
+    with pytest.raises(SharpdimError, match=message):
+        fractal_attractor(**{"num_particles": 10, **kwargs})
 
 
 def test_particles_whose_loss_is_not_finite_have_diverged():

@@ -172,6 +172,12 @@ def test_bad_input():
         minimalist_sweep([0.1], steps=10, late=20)
     with pytest.raises(SharpdimError):
         minimalist_sweep([0.1], init=(1.0,))
+    # were TypeError tracebacks
+    with pytest.raises(SharpdimError, match=r"^lrs must be a list of step sizes, got '0.1'"):
+        minimalist_sweep("0.1")
+    with pytest.raises(SharpdimError, match=r"^steps must be an integer >= 1, got 10.5"):
+        minimalist_sweep([0.1], steps=10.5)
+    assert minimalist_sweep([0.05], steps=10.0, late=2.0).steps == 10
 
 
 def test_ratio_stats_median_of_an_even_count_is_the_mean_of_the_middle_two():

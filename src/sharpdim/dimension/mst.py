@@ -47,10 +47,17 @@ def as_points(points: Any) -> torch.Tensor:
             f"points must be an (N, D) tensor or array of numbers, got {type(points).__name__}: "
             "pass a tensor or numpy array (load a file with numpy.load first)"
         ) from None
-    if pts.ndim != 2 or pts.shape[0] < 2 or not pts.is_floating_point():
+    if pts.ndim != 2 or pts.shape[0] < 2:
         raise SharpdimError(
-            f"points must be a floating (N, D) array with N >= 2, got shape {tuple(pts.shape)}"
+            f"points must be an (N, D) array with N >= 2, got shape {tuple(pts.shape)}: pass "
+            "one row per point"
         )
+    if pts.is_complex() or pts.dtype == torch.bool:
+        raise SharpdimError(
+            f"points must be real numbers, got {pts.dtype}: pass a float (or integer) array"
+        )
+    if not pts.is_floating_point():  # integer coordinates (a grid): exact in float64
+        pts = pts.to(torch.float64)
     if not torch.isfinite(pts).all():
         raise SharpdimError("points hold NaN or inf: drop diverged iterates first")
     return pts
@@ -132,9 +139,12 @@ def mst_edge_lengths(distances: torch.Tensor) -> torch.Tensor:
         ``(N - 1,)`` float64: the finite ``H0`` death times of the Rips filtration.
     """
     d = torch.as_tensor(distances, dtype=torch.float64)
+    if d.ndim != 2 or d.shape[0] != d.shape[1]:
+        raise SharpdimError(
+            f"distances must be a square (N, N) matrix, got shape {tuple(d.shape)}: pass "
+            "pairwise_distances(points)"
+        )
     n = d.shape[0]
-    if d.ndim != 2 or d.shape[1] != n:
-        raise SharpdimError(f"distances must be square, got shape {tuple(d.shape)}")
     if n < 2:
         return torch.zeros(0, dtype=torch.float64)
     dense = d.detach().cpu().numpy()

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.checks import default_generator
+from sharpdim.checks import check_count, check_number, default_generator
 from sharpdim.errors import SharpdimError
 
 
@@ -185,10 +185,23 @@ class FractalResult:
         return out
 
 
+def _check_box_sizes(sizes: Any) -> tuple[float, ...]:
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise SharpdimError(
+            f"box_sizes must be a sequence of sides, got {sizes!r}: pass e.g. (0.2, 0.1)"
+        )
+    out = tuple(check_number(s, "a box size", "> 0", "(0.4, 0.2, 0.1, 0.05)") for s in sizes)
+    if not out:
+        raise SharpdimError("box_sizes is empty: pass at least two sides, e.g. (0.2, 0.1)")
+    return out
+
+
 def box_counting_dimension(
     points: torch.Tensor, sizes: tuple[float, ...]
 ) -> tuple[float, tuple[int, ...]]:
-    """Least-squares slope of ``log N(s)`` against ``log(1/s)``; ``N(s)`` = occupied boxes of side s."""
+    """Least-squares slope of ``log N(s)`` against ``log(1/s)``; ``N(s)`` = occupied boxes of side s
+    (NaN with a single side)."""
+    sizes = _check_box_sizes(sizes)
     counts = []
     for size in sizes:
         cells = torch.floor(points / size).long()
@@ -230,20 +243,20 @@ def fractal_attractor(
         A :class:`FractalResult`; with any particle diverged, its ``status`` is
         ``"diverged"`` and its ensemble measures NaN.
     """
-    if (
-        num_particles < 1
-        or steps < 0
-        or not lr > 0
-        or noise_std < 0
-        or not init_range > 0
-        or not amplitude >= 0
-        or not math.isfinite(amplitude * frequency * frequency)
-    ):
+    num_particles = check_count(num_particles, "num_particles")
+    steps = check_count(steps, "steps", 0)
+    lr = check_number(lr, "lr", "> 0", "0.15")
+    noise_std = check_number(noise_std, "noise_std", ">= 0", "0.1")
+    init_range = check_number(init_range, "init_range", "> 0", "3.0")
+    amplitude = check_number(
+        amplitude, "amplitude", ">= 0", "2.0 (the central minimum has sharpness 1 + A k^2)"
+    )
+    frequency = check_number(frequency, "frequency", "any", "4.0")
+    box_sizes = _check_box_sizes(box_sizes)
+    if not math.isfinite(amplitude * frequency * frequency):
         raise SharpdimError(
-            f"num_particles={num_particles}, steps={steps}, lr={lr}, noise_std={noise_std}, "
-            f"init_range={init_range}, amplitude={amplitude}: need >= 1 particle, steps >= 0, "
-            "lr > 0, noise_std >= 0, init_range > 0, amplitude >= 0 (the central minimum "
-            "of sharpness 1 + A k^2) and a finite 1 + A k^2"
+            f"amplitude={amplitude}, frequency={frequency}: the central sharpness needs a "
+            "finite 1 + A k^2: pass smaller values"
         )
     gen = default_generator(generator)
     opts = {"amplitude": amplitude, "frequency": frequency}

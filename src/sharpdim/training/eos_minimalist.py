@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import check_count
 from sharpdim.errors import SharpdimError
 
 PAPER_INIT: tuple[float, ...] = (2.0, 0.3, 2.0, 0.3)
@@ -203,7 +204,15 @@ def minimalist_sweep(
     Returns:
         A :class:`MinimalistSweep`.
     """
-    lr = torch.as_tensor(lrs, dtype=torch.float64).reshape(-1)
+    try:
+        lr = torch.as_tensor(lrs, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise SharpdimError(
+            f"lrs must be a list of step sizes, got {lrs!r}: pass e.g. [0.1, 0.3]"
+        ) from None
+    steps = check_count(steps, "steps")
+    late = check_count(late, "late")
+    trace_every = check_count(trace_every, "trace_every")
     if lr.numel() == 0 or not bool((lr > 0).all()) or not bool(torch.isfinite(lr).all()):
         raise SharpdimError("lrs must be a non-empty list of positive step sizes: e.g. 0.1 0.3")
     if len(init) < 2 or steps < 1 or not 1 <= late <= steps or trace_every < 1:
