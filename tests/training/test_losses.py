@@ -115,3 +115,25 @@ def test_mse_with_class_labels_refuses_per_token_outputs():
         mse_loss(Fixed(logits), (None, torch.zeros(3, 3, dtype=torch.long)))
     targets = torch.ones(3, 4, 3)  # regression targets of the outputs' shape are fine
     assert float(mse_loss(Fixed(logits), (None, targets))) == pytest.approx(0.5 * 12)
+
+
+def test_a_column_of_labels_is_read_as_labels_and_other_shapes_are_refused():
+    """Labels of shape (n, 1) broadcast against (n, C) outputs to an (n, n, C) difference:
+    mse returned a plausible wrong number (1.47 instead of 0.91) and a wrong Hessian."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.tensor([0, 3, 1, 2, 2, 0])
+    with torch.no_grad():
+        exact = 0.5 * ((model(x) - torch.eye(4, dtype=torch.float64)[y]) ** 2).sum(1).mean()
+        assert float(mse_loss(model, (x, y[:, None]))) == pytest.approx(float(exact), rel=1e-15)
+        ce = cross_entropy_loss(model, (x, y[:, None]))
+        assert float(ce) == pytest.approx(float(cross_entropy_loss(model, (x, y))), rel=1e-15)
+    assert accuracy(model, (x, y[:, None])) == accuracy(model, (x, y))
+    for loss_fn in (mse_loss, cross_entropy_loss):
+        with pytest.raises(SharpdimError, match=r"labels of shape \(3,\) do not fit outputs"):
+            loss_fn(model, (x, y[:3]))
+        with pytest.raises(SharpdimError, match=r"class labels must be integers, got torch.bool"):
+            loss_fn(model, (x, y > 1))
+    with pytest.raises(SharpdimError, match=r"targets of shape \(4, 6\) do not match outputs"):
+        mse_loss(model, (x, torch.randn(4, 6, dtype=torch.float64)))  # transposed

@@ -35,6 +35,22 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[0], batch[1]
 
 
+def _label_shape(y: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """Integer labels in the shape of ``outputs`` without its class dim 1: ``(N,)`` for
+    ``(N, C)`` (a column ``(N, 1)`` is taken as ``(N,)``), ``(N, T)`` for ``(N, C, T)``."""
+    if y.dtype == torch.bool or y.is_complex():
+        raise SharpdimError(f"class labels must be integers, got {y.dtype}: pass y.long()")
+    want = (outputs.shape[0], *outputs.shape[2:]) if outputs.ndim > 1 else outputs.shape
+    if y.shape == (outputs.shape[0], 1) and outputs.ndim == 2:
+        y = y.reshape(-1)
+    if y.shape != want:
+        raise SharpdimError(
+            f"labels of shape {tuple(y.shape)} do not fit outputs {tuple(outputs.shape)} "
+            f"(classes along dim 1): pass labels of shape {tuple(want)}, one per example"
+        )
+    return y
+
+
 def _check_labels(y: torch.Tensor, num_outputs: int, ignore: int | None = None) -> None:
     """Raise unless every class label (other than ``ignore``) lies in ``0 .. num_outputs - 1``."""
     if y.numel() == 0:
@@ -61,9 +77,10 @@ def _check_labels(y: torch.Tensor, num_outputs: int, ignore: int | None = None) 
 def mse_targets(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The regression targets for ``outputs``: one-hot labels, or ``y`` in ``outputs``' shape."""
     if not y.is_floating_point():
+        y = _label_shape(y, outputs)
         _check_labels(y, outputs.shape[-1])
         return F.one_hot(y.long(), outputs.shape[-1]).to(outputs.dtype)
-    if y.numel() != outputs.numel():
+    if y.numel() != outputs.numel() or (outputs.ndim and y.shape[:1] != outputs.shape[:1]):
         raise SharpdimError(
             f"targets of shape {tuple(y.shape)} do not match outputs {tuple(outputs.shape)}: "
             "give the model one output per target"
@@ -95,6 +112,7 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
         )
     logits = model(x)
     if logits.ndim > 1:  # classes along dim 1, as F.cross_entropy reads them
+        y = _label_shape(y, logits)
         _check_labels(y, logits.shape[1], ignore=IGNORE_INDEX)
     return F.cross_entropy(logits, y)
 
@@ -126,6 +144,8 @@ def accuracy(model: nn.Module, batch: Any) -> float:
         return float("nan")
     out = model(x)
     pred = out.argmax(dim=1 if out.ndim > 1 else 0)  # classes along dim 1, as the losses read
+    if out.ndim == 2 and y.shape == (out.shape[0], 1):  # a column of labels, as the losses
+        y, counted = y.reshape(-1), counted.reshape(-1)
     if pred.shape != y.shape:
         raise SharpdimError(
             f"outputs of shape {tuple(out.shape)} give predictions of shape {tuple(pred.shape)} "
