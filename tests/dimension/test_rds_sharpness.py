@@ -103,7 +103,7 @@ def test_iterates_restore_parameters_and_take_max() -> None:
 
 def test_rds_sharpness_bad_input() -> None:
     model, batches = _setup()
-    with pytest.raises(SharpdimError, match="no batches"):
+    with pytest.raises(SharpdimError, match="batches must be a non-empty list"):
         rds_sharpness(model, _ce, [], StepSpectrumConfig())
     with pytest.raises(TooLargeError):
         rds_sharpness(model, _ce, batches, StepSpectrumConfig(), max_params=10)

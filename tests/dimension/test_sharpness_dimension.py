@@ -546,3 +546,25 @@ def test_float32_data_with_a_float64_model_is_cast() -> None:
     as64 = sharpness_dimension(model, _ce, (x, y), 3.0, **kwargs)
     as32 = sharpness_dimension(model, _ce, (x.float(), y), 3.0, **kwargs)
     assert as32.sd == pytest.approx(as64.sd, rel=1e-5)
+
+
+def test_repeating_an_iterate_in_train_mode_changes_nothing() -> None:
+    """Each (iterate, batch) drew fresh dropout masks, so the max over iterates was also a max
+    over independent masks: iterates=[w, w] raised lambda_1 from 0.84 to 0.91. Def. 4.1 fixes
+    the sampled map (batch and masks) and takes the sup over the attractor only."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Dropout(0.3), nn.Linear(6, 3)).double()
+    gen = torch.Generator().manual_seed(5)
+    data = (torch.randn(30, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (30,)))
+    w = get_flat_params(list(model.parameters()))
+    opts = {"num_batches": 3, "batch_size": 10, "num_bootstrap": 0, "mode": "train"}
+    one = sharpness_dimension(model, _ce, data, 0.5, iterates=[w], **opts)
+    two = sharpness_dimension(model, _ce, data, 0.5, iterates=[w, w.clone()], **opts)
+    assert torch.equal(one.exponents, two.exponents) and one.sd == two.sd
+
+
+@pytest.mark.parametrize("iterates", [5, (t for t in [])])
+def test_iterates_of_the_wrong_type_are_a_one_line_error(iterates: object) -> None:
+    model, data = _setup()
+    with pytest.raises(SharpdimError, match=r"^iterates must be a list of flat parameter"):
+        sharpness_dimension(model, _ce, data, 3.0, num_batches=2, batch_size=8, iterates=iterates)

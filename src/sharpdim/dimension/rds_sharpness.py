@@ -183,16 +183,24 @@ def rds_sharpness(
     Returns:
         :class:`RDSSharpnessResult`.
     """
-    if len(batches) == 0:
-        raise SharpdimError("no batches: pass at least one minibatch")
+    if not isinstance(batches, Sequence) or len(batches) == 0:
+        raise SharpdimError("batches must be a non-empty list of minibatches: pass [(x, y), ...]")
+    if iterates is not None and not isinstance(iterates, (Sequence, torch.Tensor)):
+        raise SharpdimError(
+            f"iterates must be a list of flat parameter vectors (or an (m, d) tensor), got "
+            f"{type(iterates).__name__}: pass e.g. trajectory.points"
+        )
     params = trainable_parameters(model)
     check_dense_size(sum(p.numel() for p in params), max_params)
     saved = get_flat_params(params)
     points = [saved] if iterates is None or len(iterates) == 0 else list(iterates)
     rows: list[torch.Tensor] = []
-    # in train mode every (iterate, batch) draws fresh dropout masks, from a fork of the
-    # global generator seeded from a copy of `generator`: no random stream is advanced
+    # in train mode each batch draws its dropout masks once (a fork of the global generator
+    # seeded from a copy of `generator`: no random stream is advanced); the map of a sampled
+    # batch is then the same at every iterate, so the max over iterates is Def. 4.1's sup
+    # over the attractor, not also a max over independent masks
     with forked_global_rng(peek_seed(default_generator(generator)), params):
+        seeds = [operator_seed(mode) for _ in batches]
         try:
             for w in points:
                 set_flat_params(params, _as_point(w, saved))
@@ -205,9 +213,9 @@ def rds_sharpness(
                         preconditioner=preconditioner,
                         mode=mode,
                         max_params=max_params,
-                        seed=operator_seed(mode),
+                        seed=seed,
                     )
-                    for b in batches
+                    for b, seed in zip(batches, seeds, strict=True)
                 ]
                 rows.append(torch.stack(row))
         finally:
