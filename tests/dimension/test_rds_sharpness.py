@@ -155,10 +155,12 @@ def test_overflowing_exponents_name_the_learning_rate() -> None:
 
 
 def test_exactly_singular_direction_with_eps_0_asks_for_eps() -> None:
-    model, batches = _setup()  # heavy ball with momentum 0: each block has sigma_2 = 0 exactly
-    config = StepSpectrumConfig(optimizer="momentum", momentum=0.0, lr=0.1, eps=0.0)
+    model, batches = _setup()  # Adam with b1 = 0: each block has sigma_2 = b1 = 0 exactly
+    config = StepSpectrumConfig(optimizer="adam", betas=(0.0, 0.999), lr=0.1, eps=0.0)
+    n = sum(p.numel() for p in model.parameters())
+    ones = torch.ones(n, dtype=torch.float64)
     with pytest.raises(SharpdimError, match=r"exactly 0.*eps=0.*pass eps > 0") as err:
-        rds_sharpness(model, _ce, batches, config)
+        rds_sharpness(model, _ce, batches, config, preconditioner=ones)
     assert "\n" not in str(err.value) and "overflow" not in str(err.value)
 
 
@@ -182,3 +184,14 @@ def test_each_batch_draws_its_own_dropout_masks_in_train_mode() -> None:
         other = rds_sharpness(model, _ce, [batches[0]], config, mode=mode, generator=gen)
         assert torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())
         assert torch.equal(other.per_batch[0], first.per_batch[0]) is same, mode
+
+
+def test_an_infinite_preconditioner_is_refused() -> None:
+    """inf passed the positivity check and made its directions look flat."""
+    model, batches = _setup()
+    n = sum(p.numel() for p in model.parameters())
+    p = torch.ones(n, dtype=torch.float64)
+    p[0] = math.inf
+    config = StepSpectrumConfig(optimizer="adam", lr=0.1)
+    with pytest.raises(SharpdimError, match=r"preconditioner must be positive and finite"):
+        rds_sharpness(model, _ce, batches, config, preconditioner=p)

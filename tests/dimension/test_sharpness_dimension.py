@@ -337,10 +337,11 @@ def test_bad_input() -> None:
         ({"optimizer": "adam", "step": 2.5}, "step must be an integer >= 1.*Adam's step count"),
         ({"optimizer": "adam", "step": True}, "step must be an integer >= 1.*Adam's step count"),
         ({"preconditioner": torch.ones(38)}, "optimizer='sgd' does not use it"),
-        ({"optimizer": "momentum", "momentum": 0.0, "eps": 0.0}, "exactly 0.*pass eps > 0"),
+        ({"optimizer": "momentum", "momentum": 0.0}, "momentum 0 is plain SGD.*optimizer='sgd'"),
+        ({"optimizer": "nesterov", "momentum": 0.0}, "momentum 0 is plain SGD.*optimizer='sgd'"),
         ({"optimizer": "adam", "betas": (0.0, 0.999), "eps": 0.0}, "exactly 0.*pass eps > 0"),
         (
-            {"method": "slq", "optimizer": "momentum", "momentum": 0.0, "eps": 0.0},
+            {"method": "slq", "optimizer": "adam", "betas": (0.0, 0.999), "eps": 0.0},
             "exactly 0.*pass eps > 0",
         ),
         ({"optimizer": "momentum", "preconditioner": [1.0] * 38}, "'momentum' does not use it"),

@@ -365,7 +365,8 @@ BAD_SETTINGS = [
     ),
     (
         {"optimizer": "momentum", "momentum": -1.0},
-        "momentum must be a finite number in [0, 1), got -1.0: pass e.g. 0.9",
+        "momentum must be a finite number in (0, 1), got -1.0: pass e.g. 0.9 (momentum 0 is "
+        "optimizer='sgd')",
     ),
     ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0, got -1.0: pass e.g. 0.0"),
     (
@@ -464,3 +465,17 @@ def test_the_seed_is_a_checked_whole_number():
     for bad in (1.5, -1, "3"):
         with pytest.raises(SharpdimError, match=r"^seed must be"):
             TrainingMap(_model(), _ce, _batches(), lr=0.3, seed=bad)
+
+
+def test_unknown_modes_negative_steps_and_odd_inputs_are_one_line_errors() -> None:
+    """'Train' ran in eval mode without a word; Adam's step(x, -1) divided by 1 - b1^0 = 0."""
+    with pytest.raises(SharpdimError, match=r"^unknown mode 'Train'"):
+        TrainingMap(_model(), _ce, _batches(), lr=0.3, mode="Train")
+    with pytest.raises(SharpdimError, match=r"^batches must be a list of batches or a function"):
+        TrainingMap(_model(), _ce, None, lr=0.3)
+    adam = TrainingMap(_model(), _ce, _batches(), optimizer="adam", lr=0.1)
+    x = adam.initial_state()
+    with pytest.raises(SharpdimError, match=r"^the step t must be an integer >= 0, got -1"):
+        adam.step(x, -1)
+    with pytest.raises(SharpdimError, match=r"^the state must be a tensor, got list"):
+        adam.step(x.tolist(), 0)

@@ -68,7 +68,7 @@ EXPONENTS_NOT_FINITE = (
     "lower lr or check the model's parameters"
 )
 SINGULAR_WITH_EPS_0 = (
-    "a one-step singular value is exactly 0 (e.g. momentum=0, Adam's b1=0, or lr times a "
+    "a one-step singular value is exactly 0 (e.g. Adam's b1=0, or lr times a "
     "curvature of exactly 1), so ln(sigma + eps) = -inf with eps=0: pass eps > 0 (default "
     f"{LOG_EPS:g})"
 )

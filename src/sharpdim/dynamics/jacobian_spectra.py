@@ -99,6 +99,11 @@ class StepSpectrumConfig:
             "weight_decay": check_number(self.weight_decay, "weight_decay", ">= 0", "0.0"),
             "eps": check_number(self.eps, "eps", ">= 0", "1e-12"),
         }
+        if self.optimizer in ("momentum", "nesterov") and checked["momentum"] == 0:
+            raise SharpdimError(
+                f"optimizer={self.optimizer!r} with momentum 0 is plain SGD (torch.optim keeps no "
+                "buffer): use optimizer='sgd', or a momentum in (0, 1)"
+            )
         if self.step is not None:
             hint = "Adam's step count, or None late in training"
             checked["step"] = check_count(self.step, "step", hint=hint)
@@ -204,8 +209,10 @@ def _check_preconditioner(
             f"preconditioner of shape {tuple(preconditioner.shape)} does not match {n} "
             f"parameters: pass a flat tensor of shape ({n},)"
         )
-    if not bool((preconditioner > 0).all()):
-        raise SharpdimError("the preconditioner must be positive: pass sqrt(v_hat) + eps, eps > 0")
+    if not bool((preconditioner > 0).all() and torch.isfinite(preconditioner).all()):
+        raise SharpdimError(
+            "the preconditioner must be positive and finite: pass sqrt(v_hat) + eps, eps > 0"
+        )
     return preconditioner
 
 

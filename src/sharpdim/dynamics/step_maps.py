@@ -149,8 +149,15 @@ class TrainingMap:
             raise SharpdimError(
                 f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
             )
+        if not callable(batches) and not isinstance(batches, Sequence):
+            raise SharpdimError(
+                f"batches must be a list of batches or a function t -> batch, got "
+                f"{type(batches).__name__}: pass e.g. [(x, y)]"
+            )
         if not callable(batches) and len(batches) == 0:
             raise SharpdimError("`batches` is empty: pass at least one batch")
+        if mode not in ("eval", "train", "keep"):
+            raise SharpdimError(f"unknown mode {mode!r}: use 'eval', 'train' or 'keep'")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.batches, self.mode, self.seed = batches, mode, check_seed(seed)
         # the ranges of jacobian_spectra.StepSpectrumConfig (b_i < 1 keeps c_i = 1 - b_i^s > 0)
@@ -158,7 +165,9 @@ class TrainingMap:
         # momentum and betas are checked only where the update rule uses them (as TrainConfig)
         uses_momentum = optimizer in ("momentum", "nesterov")
         self.momentum: Any = (
-            check_number(momentum, "momentum", "in [0, 1)", "0.9") if uses_momentum else momentum
+            check_number(momentum, "momentum", "in (0, 1)", "0.9 (momentum 0 is optimizer='sgd')")
+            if uses_momentum
+            else momentum
         )
         self.betas: Any = check_betas(betas) if optimizer in ("adam", "adamw") else betas
         self.eps = check_number(eps, "eps", ">= 0", "1e-08")
@@ -191,9 +200,14 @@ class TrainingMap:
         """The parameter part ``w`` of a state."""
         return x[: self.num_params]
 
-    def _check_state(self, x: torch.Tensor) -> None:
+    def _check_state(self, x: torch.Tensor, t: int = 0) -> None:
         """A one-line error for a state that is not a ``(state_dim,)`` tensor of the model's
-        dtype (e.g. the parameters alone of a momentum or Adam map)."""
+        dtype (e.g. the parameters alone of a momentum or Adam map), or a negative step."""
+        check_count(t, "the step t", 0, "0, 1, 2, ... (the batch index of this step)")
+        if not isinstance(x, torch.Tensor):
+            raise SharpdimError(
+                f"the state must be a tensor, got {type(x).__name__}: start from initial_state()"
+            )
         if tuple(x.shape) != (self.state_dim,):
             raise SharpdimError(
                 f"the state has shape {tuple(x.shape)}, the {self.optimizer} map's has "
@@ -250,7 +264,7 @@ class TrainingMap:
     def _step(
         self, x: torch.Tensor, t: int, *, differentiable: bool, freeze_second_moment: bool = False
     ) -> torch.Tensor:
-        self._check_state(x)
+        self._check_state(x, t)
         d = self.num_params
         w = x[:d]
         _, g, _ = self.loss_and_grad(w, t, create_graph=differentiable)
