@@ -661,3 +661,45 @@ def test_empty_or_frozen_params_subsets_are_named() -> None:
         HessianOperator(model, mse_loss, batch, params=model[-1].parameters())
     partly = HessianOperator(model, mse_loss, batch, params=[model[0].weight, model[-1].weight])
     assert partly.num_params == model[0].weight.numel()  # the frozen one is left out
+
+
+def _linear_ce_setup() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    return model, (x, torch.tensor([0, 3, 1, 2, 2, 0]))
+
+
+def _ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def test_complex_parameters_are_refused() -> None:
+    """A complex model gave a complex, non-Hermitian 'Hessian' (the real one is 2d x 2d)."""
+    model = nn.Linear(2, 1, dtype=torch.complex128)  # (.to(complex) warns)
+    with pytest.raises(SharpdimError, match=r"^the parameters are torch.complex128: the Hessian"):
+        HessianOperator(model, lambda m, b: m(b).real.sum(), torch.ones(1, 2))
+
+
+def test_a_parameter_given_new_storage_rebuilds_the_graph() -> None:
+    """Swapping a parameter's storage (what model.to()/.double() do) bumps no version: the
+    kept graph was reused and gave neither the old nor the new Hessian."""
+    model, batch = _linear_ce_setup()
+    op = HessianOperator(model, _ce, batch)
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    op @ v
+    model.weight.data = model.weight.data * 3.0  # new storage, same version counter
+    fresh = HessianOperator(model, _ce, batch)
+    torch.testing.assert_close(op @ v, fresh @ v, rtol=1e-14, atol=1e-14)
+
+
+def test_a_chunk_of_weight_0_is_left_out() -> None:
+    """The token-count weights the docs recommend give an all-padding chunk weight 0; its NaN
+    loss was still evaluated and the operator refused it."""
+    model, (x, y) = _linear_ce_setup()
+    padded = (x[:2], torch.full((2,), -100))
+    chunked = HessianOperator(model, _ce, batches=[(x, y), padded], weights=[1.0, 0.0])
+    alone = HessianOperator(model, _ce, (x, y))
+    v = torch.randn(alone.num_params, dtype=torch.float64)
+    torch.testing.assert_close(chunked @ v, alone @ v, rtol=1e-14, atol=1e-14)
+    assert chunked.loss_and_gradient()[0] == pytest.approx(alone.loss_and_gradient()[0])

@@ -199,9 +199,9 @@ class HessianOperator(LinearOperator):
 
     The operator notices in-place changes (an optimizer step, ``load_state_dict``,
     :func:`~sharpdim.curvature.params.set_flat_params`) of the model's parameters and buffers
-    and of ``params``, and rebuilds its graph, so it always describes the current state.
-    Writes through ``p.data`` are invisible to autograd's version counters: call
-    :meth:`refresh` after them. Computing curvature never changes the model: its train/eval
+    and of ``params``, and a new storage for one (``model.to(...)``, ``p.data = t``), and
+    rebuilds its graph, so it always describes the current state. In-place writes through
+    ``p.data`` are invisible to autograd's version counters: call :meth:`refresh` after them. Computing curvature never changes the model: its train/eval
     flags and its buffers (batch-norm running statistics) are restored.
 
     Example:
@@ -238,6 +238,12 @@ class HessianOperator(LinearOperator):
             raise SharpdimError(f"unknown mode {mode!r}: use 'eval', 'train' or 'keep'")
         self.model, self.loss_fn, self.mode = model, loss_fn, mode
         self.params = trainable_parameters(model, params)
+        complex_or_int = sorted({str(p.dtype) for p in self.params if not p.is_floating_point()})
+        if complex_or_int:
+            raise SharpdimError(
+                f"the parameters are {', '.join(complex_or_int)}: the Hessian needs real floating "
+                "parameters (split a complex parameter into its real and imaginary parts)"
+            )
         kinds = {(p.dtype, p.device) for p in self.params}
         if len(kinds) > 1:
             raise SharpdimError(
@@ -250,7 +256,7 @@ class HessianOperator(LinearOperator):
         self.weights = _batch_weights(self.batches, weights)
         self.reuse_graph = reuse_graph and len(self.batches) == 1
         self._graph: tuple[list[torch.Tensor], list[int]] | None = None
-        self._tracked_at_build: tuple[list[int], list[int], list[bool]] | None = None
+        self._tracked_at_build: tuple[list[Any], list[int], list[bool]] | None = None
         self._seed = None if seed is None else check_count(seed, "seed", 0, "an int, or None")
 
     # -- LinearOperator interface -------------------------------------------------------
@@ -273,7 +279,8 @@ class HessianOperator(LinearOperator):
         else:
             out = torch.zeros_like(block)
             for i, w in enumerate(self.weights):
-                out += w * self._hvp(self._gradient_graph(i), block)
+                if w != 0:  # (a chunk of weight 0, e.g. all padding, may have a NaN loss)
+                    out += w * self._hvp(self._gradient_graph(i), block)
         # the sum is a cheap filter (it overflows at worst, hence the exact second test)
         if not out.sum().isfinite() and not torch.isfinite(out).all():
             if not torch.isfinite(block).all():
@@ -292,6 +299,8 @@ class HessianOperator(LinearOperator):
         """The (weighted) loss and its flat gradient at the current parameters."""
         total, grad = 0.0, torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
         for i, (b, w) in enumerate(zip(self.batches, self.weights, strict=True)):
+            if w == 0:
+                continue
             with (
                 torch.enable_grad(),
                 math_attention(),
@@ -312,7 +321,7 @@ class HessianOperator(LinearOperator):
     def refresh(self) -> None:
         """Drop the cached gradient graph; the next matvec rebuilds it.
 
-        Needed only after changes the operator does not watch: writes through ``p.data``,
+        Needed only after changes the operator does not watch: in-place writes through ``p.data``,
         or in-place changes of the batch or of a tensor captured by ``loss_fn``.
         """
         self._graph = None
@@ -365,12 +374,14 @@ class HessianOperator(LinearOperator):
             self._tracked_at_build = self._tracked_state()
         return self._graph
 
-    def _tracked_state(self) -> tuple[list[int], list[int], list[bool]]:
-        """Identity and version of every tracked tensor, and (``mode="keep"``) the modules'
-        train/eval flags: a graph built under other values describes another Hessian."""
+    def _tracked_state(self) -> tuple[list[Any], list[int], list[bool]]:
+        """Identity, storage and version of every tracked tensor, and (``mode="keep"``) the
+        modules' train/eval flags: a graph built under other values describes another Hessian.
+        (``model.to(...)``/``.double()`` swap a parameter's storage without a new version.)"""
         tracked = self._tensors_to_track()
         flags = [m.training for m in self.model.modules()] if self.mode == "keep" else []
-        return [id(t) for t in tracked], [t._version for t in tracked], flags
+        where = [(id(t), t.data_ptr(), t.dtype, t.device) for t in tracked]
+        return where, [t._version for t in tracked], flags
 
     def _hvp(
         self, graph: tuple[list[torch.Tensor], list[int]], block: torch.Tensor
