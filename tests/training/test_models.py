@@ -159,3 +159,28 @@ def test_model_seeds_are_checked_whole_numbers():
     for bad in (1.5, -2, 2**63):
         with pytest.raises(SharpdimError, match=r"^seed must be"):
             build_mlp(3, 2, width=4, seed=bad)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: build_mlp(3, 2, width=2.5), r"^width must be an integer >= 1, got 2.5"),
+        (lambda: build_mlp(3, 2, depth="2"), r"^depth must be an integer >= 0, got '2'"),
+        (lambda: build_mlp(None, 2), r"^in_dim must be an integer >= 1, got None"),
+        (lambda: build_mlp(3, 2, dtype=torch.int64), r"^dtype must be a floating torch dtype"),
+        (lambda: build_transformer(5, d_mlp=0), r"^d_mlp must be an integer >= 1, got 0"),
+        (lambda: build_transformer(5, num_outputs=0), r"^num_outputs must be an integer >= 1"),
+    ],
+)
+def test_bad_shapes_and_dtypes_are_one_line_errors(build, message) -> None:
+    """Were TypeError / ZeroDivisionError tracebacks, or (num_outputs=0) accepted."""
+    with pytest.raises(SharpdimError, match=message):
+        build()
+
+
+def test_float_tokens_are_refused_by_the_transformer() -> None:
+    model = build_transformer(5, seq_len=3, d_model=8, num_heads=2, dtype=torch.float64)
+    with pytest.raises(
+        SharpdimError, match=r"integer tokens of shape \(n, T<=3\), got torch.float"
+    ):
+        model(torch.zeros(2, 3))

@@ -18,12 +18,19 @@ from typing import final
 import torch
 from torch import nn
 
-from sharpdim.checks import check_seed
+from sharpdim.checks import check_count, check_seed
 from sharpdim.errors import SharpdimError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 ACTIVATIONS = tuple(_ACTIVATIONS)
 """The hidden activations of :func:`build_mlp`."""
+
+
+def _check_float_dtype(dtype: torch.dtype) -> None:
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise SharpdimError(
+            f"dtype must be a floating torch dtype, got {dtype!r}: pass e.g. torch.float64"
+        )
 
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -93,11 +100,9 @@ def build_mlp(
         raise SharpdimError(
             f"unknown activation {activation!r}: use one of {', '.join(_ACTIVATIONS)}"
         )
-    if min(in_dim, out_dim) < 1 or width < 1 or depth < 0:
-        raise SharpdimError(
-            f"bad MLP shape (in_dim={in_dim}, out_dim={out_dim}, width={width}, depth={depth}): "
-            "dimensions and width must be >= 1 and depth >= 0"
-        )
+    in_dim, out_dim = check_count(in_dim, "in_dim"), check_count(out_dim, "out_dim")
+    width, depth = check_count(width, "width"), check_count(depth, "depth", 0)
+    _check_float_dtype(dtype)
     with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws from the global RNG
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = in_dim
@@ -193,10 +198,11 @@ class DecoderTransformer(nn.Module):
         self.head = nn.Linear(d_model, num_outputs)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.ndim != 2 or tokens.shape[1] > self.seq_len:
+        if tokens.ndim != 2 or tokens.shape[1] > self.seq_len or tokens.is_floating_point():
             raise SharpdimError(
                 f"transformer input must be integer tokens of shape (n, T<={self.seq_len}), got "
-                f"{tuple(tokens.shape)}: use encoding='tokens' for modular arithmetic"
+                f"{tokens.dtype} {tuple(tokens.shape)}: use encoding='tokens' for modular "
+                "arithmetic"
             )
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         h = self.token_embedding(tokens) + self.position_embedding(positions)
@@ -232,11 +238,13 @@ def build_transformer(
             position's, ``(n, C, T)`` (classes on dim 1, for per-token losses).
         seed, generator, dtype: as in :func:`build_mlp`.
     """
-    if min(vocab_size, seq_len, d_model, num_heads, num_layers) < 1:
-        raise SharpdimError(
-            "vocab_size, seq_len, d_model, num_heads and num_layers must all be >= 1: "
-            "fix the transformer configuration"
-        )
+    sizes: dict[str, int | None] = {"vocab_size": vocab_size, "seq_len": seq_len}
+    sizes |= {"d_model": d_model, "num_heads": num_heads, "num_layers": num_layers}
+    sizes |= {"num_outputs": num_outputs, "d_mlp": d_mlp}
+    for name, value in sizes.items():
+        if value is not None or name not in ("num_outputs", "d_mlp"):
+            check_count(value, name)
+    _check_float_dtype(dtype)
     with torch.random.fork_rng(devices=[]):  # the layers' own init draws from the global RNG
         model = DecoderTransformer(
             vocab_size,
