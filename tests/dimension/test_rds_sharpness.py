@@ -13,6 +13,7 @@ from sharpdim.dimension.rds_sharpness import rds_exponents, rds_sharpness
 from sharpdim.dynamics.jacobian_spectra import StepSpectrumConfig
 from sharpdim.dynamics.step_maps import TrainingMap
 from sharpdim.errors import SharpdimError, TooLargeError
+from tests.dynamics.real_optim import in_parameter_units
 
 
 def _ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -72,7 +73,10 @@ def _brute(
     x = phi.initial_state() if x is None else x
     rows = []
     for t in range(len(batches)):
-        s = torch.linalg.svdvals(phi.jacobian(x, t))
+        jac = phi.jacobian(x, t)
+        if config.optimizer != "sgd":  # the package's coordinates: (w, lr v), the last step
+            jac = in_parameter_units(jac, phi.num_params, config.lr)
+        s = torch.linalg.svdvals(jac)
         rows.append(torch.sort(torch.log(s + config.eps), descending=True).values)
     return torch.stack(rows)
 

@@ -13,7 +13,7 @@ from sharpdim.curvature.dense import dense_hessian
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.dimension.sharpness_dimension import SDResult, sharpness_dimension
 from sharpdim.errors import SharpdimError, TooLargeError
-from tests.dynamics.real_optim import real_step_jacobian
+from tests.dynamics.real_optim import in_parameter_units, real_step_jacobian
 
 
 def _ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -52,6 +52,8 @@ def _brute_force_sd(
             model, loss_fn or _ce, batch, optimizer, x, lr=lr, momentum=momentum
         )
         assert jac.shape == (x.numel(), x.numel())
+        if optimizer != "sgd":  # the package's coordinates: (w, lr v), the last step
+            jac = in_parameter_units(jac, w.numel(), lr)
         sigma = torch.linalg.svdvals(jac)
         rows.append(torch.sort(torch.log(sigma + 1e-12), descending=True).values)
     lam = torch.stack(rows).mean(0)
@@ -569,3 +571,43 @@ def test_iterates_of_the_wrong_type_are_a_one_line_error(iterates: object) -> No
     model, data = _setup()
     with pytest.raises(SharpdimError, match=r"^iterates must be a list of flat parameter"):
         sharpness_dimension(model, _ce, data, 3.0, num_batches=2, batch_size=8, iterates=iterates)
+
+
+class _ScaledQuadratic(nn.Module):
+    """``L = c/2 sum h_i (w_i / s)^2`` at ``w = s w0``: the worked example's quadratic with the
+    loss scaled by ``c`` and the parameters by ``s``."""
+
+    def __init__(self, c: float, s: float) -> None:
+        super().__init__()
+        self.c, self.s = c, s
+        self.w = nn.Parameter(s * torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64))
+
+    def loss(self, batch: object) -> torch.Tensor:
+        h = torch.tensor([3.0, 1.0, 0.1], dtype=torch.float64)
+        return 0.5 * self.c * (h * (self.w / self.s) ** 2).sum()
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+def test_sd_does_not_depend_on_the_loss_or_parameter_units(optimizer: str) -> None:
+    """Loss x c with lr / c (SGD-type) or parameters x s with lr x s (Adam) give bit-identical
+    torch.optim iterates; with torch's buffer as the second state the heavy-ball SD of this
+    quadratic was 4.84 / 5.49 / 5.08 at c = 1 / 10 / 0.1."""
+    data = (torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    sds = []
+    for k in (1.0, 10.0, 0.1):
+        adam = optimizer == "adam"
+        model = _ScaledQuadratic(c=1.0 if adam else k, s=k if adam else 1.0)
+        extra = {"preconditioner": torch.tensor([2.0, 0.5, 1.0]) / k, "step": 5} if adam else {}
+        r = sharpness_dimension(
+            model,
+            lambda m, b: m.loss(b),
+            data,
+            0.02 * k if adam else 0.9 / k,
+            optimizer=optimizer,
+            momentum=0.5,
+            batch_size=2,
+            num_batches=1,
+            **extra,
+        )
+        sds.append(r.sd)
+    assert sds == pytest.approx([sds[0]] * 3, rel=1e-12) and 0 < sds[0] < 6

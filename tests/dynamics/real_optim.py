@@ -116,3 +116,12 @@ def real_step_jacobian(
     """Dense Jacobian of :func:`real_step_fn` at ``z`` by ``torch.autograd.functional.jacobian``."""
     fn = real_step_fn(model, loss_fn, batch, optimizer, **hyper)
     return torch.autograd.functional.jacobian(fn, z.detach(), vectorize=False)
+
+
+def in_parameter_units(jac: torch.Tensor, num_params: int, scale: float) -> torch.Tensor:
+    """``S J S^-1`` with ``S = diag(I_d, scale I)``: a Jacobian on torch's state ``(w, v)`` in
+    the coordinates ``(w, scale v)`` whose singular values the package reports (``scale = lr``
+    for heavy ball and Nesterov: ``lr v`` is the last step)."""
+    s = torch.ones(jac.shape[0], dtype=jac.dtype)
+    s[num_params:] = scale
+    return jac * s[:, None] / s[None, :]

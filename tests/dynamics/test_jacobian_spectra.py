@@ -24,6 +24,7 @@ from sharpdim.dynamics.jacobian_spectra import (
 )
 from sharpdim.dynamics.step_maps import TrainingMap
 from sharpdim.errors import SharpdimError
+from tests.dynamics.real_optim import in_parameter_units
 
 
 def _setup() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -75,14 +76,14 @@ def test_block_singular_values_keep_relative_accuracy_at_large_curvature(
     with localcontext() as ctx:
         ctx.prec = 60
         lr_, mu_, a_, b1_, wd_ = (Decimal(x) for x in (lr, mu, a, b1, wd))
-        if optimizer == "momentum":
-            block = (1 - lr_ * a_, -lr_ * mu_, a_, mu_)
+        if optimizer == "momentum":  # second state in parameter units (lr v, (lr/c1) m)
+            block = (1 - lr_ * a_, -mu_, lr_ * a_, mu_)
         elif optimizer == "nesterov":
-            block = (1 - lr_ * (1 + mu_) * a_, -lr_ * mu_ * mu_, a_, mu_)
+            block = (1 - lr_ * (1 + mu_) * a_, -mu_ * mu_, lr_ * a_, mu_)
         else:
             decay = lr_ * wd_ if optimizer == "adamw" else Decimal(0)
             size = lr_ / (1 - b1_**step)
-            block = (1 - decay - size * (1 - b1_) * a_, -size * b1_, (1 - b1_) * a_, b1_)
+            block = (1 - decay - size * (1 - b1_) * a_, -b1_, size * (1 - b1_) * a_, b1_)
         want = _decimal_singular_values(*block)
     assert got == pytest.approx(want, rel=1e-12)
 
@@ -115,8 +116,9 @@ def test_sgd_momentum_blocks_equal_brute_force_svd(optimizer: str, weight_decay:
         )
     config = StepSpectrumConfig(optimizer=optimizer, lr=lr, momentum=mu, weight_decay=weight_decay)
     for t, batch in enumerate(batches):
+        jac = in_parameter_units(phi.jacobian(x, t), phi.num_params, lr)  # (w, lr v)
         brute = torch.sort(
-            torch.log(torch.linalg.svdvals(phi.jacobian(x, t)) + config.eps), descending=True
+            torch.log(torch.linalg.svdvals(jac) + config.eps), descending=True
         ).values
         alpha = torch.linalg.eigvalsh(step_matrix(dense_hessian(model, _ce, batch), config))
         closed = step_log_singular_values(alpha, config)
@@ -153,7 +155,9 @@ def test_adam_frozen_preconditioner_equals_brute_force(optimizer: str, weight_de
         g = g + weight_decay * x[:d]
     v_new = betas[1] * x[2 * d :] + (1 - betas[1]) * g * g
     p = (v_new / (1 - betas[1] ** s)).sqrt() + adam_eps
-    scale = torch.cat([p.rsqrt(), p.sqrt()])  # S = diag(D^1/2, D^-1/2), D = 1/P
+    c1 = 1 - betas[0] ** s
+    # S = diag(D^1/2, (c1/lr) D^-1/2), D = 1/P: coordinates (D^-1/2 w, (lr/c1) D^1/2 m)
+    scale = torch.cat([p.rsqrt(), (c1 / lr) * p.sqrt()])
     jac_pre = jac * scale[None, :] / scale[:, None]  # S^-1 J S
     config = StepSpectrumConfig(
         optimizer=optimizer, lr=lr, betas=betas, weight_decay=weight_decay, step=s
