@@ -703,3 +703,27 @@ def test_a_chunk_of_weight_0_is_left_out() -> None:
     v = torch.randn(alone.num_params, dtype=torch.float64)
     torch.testing.assert_close(chunked @ v, alone @ v, rtol=1e-14, atol=1e-14)
     assert chunked.loss_and_gradient()[0] == pytest.approx(alone.loss_and_gradient()[0])
+
+
+class _SparseBuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3).double()
+        adjacency = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+        self.register_buffer("adjacency", adjacency.double().to_sparse())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sparse.mm(self.adjacency, torch.tanh(self.lin(x)))
+
+
+def test_a_sparse_buffer_is_tracked_without_a_data_pointer() -> None:
+    """Tracking storages called data_ptr() on a sparse buffer, which has none: RuntimeError."""
+    torch.manual_seed(0)
+    model = _SparseBuffer()
+    x = torch.randn(3, 3, dtype=torch.float64)
+
+    def loss(m: nn.Module, b: torch.Tensor) -> torch.Tensor:
+        return (m(b) ** 2).sum()
+
+    h = HessianOperator(model, loss, x).dense()
+    assert torch.allclose(h, h.T, atol=1e-12) and h.shape == (12, 12)

@@ -270,3 +270,12 @@ def test_crossing_exponent_without_a_crossing_and_an_uncapped_bandwidth() -> Non
         # no crossing, or one at -1000: Silverman's h (about 0.03) as it is
         h = silverman_bandwidth(smooth, w[: smooth.numel()])
         assert 0.01 < h < 0.1 and kde_bandwidth(smooth, w[: smooth.numel()]) == h
+
+
+def test_kde_keeps_a_negative_spectrum_negative() -> None:
+    """With every exponent below 0 (SD = 0) there is no crossing and the bandwidth was not
+    capped: Silverman's h carried the cluster at -0.02 above 0, SD-KDE 94.7 instead of 0."""
+    v = torch.tensor([-0.02] * 100 + [-5.0], dtype=torch.float64)
+    m = torch.ones_like(v)
+    assert kaplan_yorke_measure(v, m).dimension == 0.0
+    assert sd_kde(v, m).dimension == 0.0

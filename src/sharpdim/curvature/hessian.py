@@ -172,6 +172,11 @@ def _batch_weights(batches: list[Any], weights: Sequence[float] | None) -> list[
     return out
 
 
+def _storage(t: torch.Tensor) -> int | None:
+    """Where ``t``'s values live (``None`` for a layout without one storage, e.g. sparse)."""
+    return t.data_ptr() if t.layout == torch.strided else None
+
+
 @final
 class HessianOperator(LinearOperator):
     """The Hessian of ``loss_fn(model, batch)`` with respect to the model's parameters.
@@ -380,7 +385,7 @@ class HessianOperator(LinearOperator):
         (``model.to(...)``/``.double()`` swap a parameter's storage without a new version.)"""
         tracked = self._tensors_to_track()
         flags = [m.training for m in self.model.modules()] if self.mode == "keep" else []
-        where = [(id(t), t.data_ptr(), t.dtype, t.device) for t in tracked]
+        where = [(id(t), _storage(t), t.dtype, t.device) for t in tracked]
         return where, [t._version for t in tracked], flags
 
     def _hvp(

@@ -192,9 +192,15 @@ def kde_bandwidth(values: Any, masses: Any) -> float:
     crossing: SD 98.8 instead of 51 for ``[1, -0.02 x 100, -5]``, 269 instead of 126 (of 610)
     for a digits MLP after GD. With ``h <= 0.1 |l*|`` the bias is at most about
     ``0.4 h / |l*| <= 4%`` of the mass within a few ``h`` of the crossing (55.0 and 126.3).
+    When every exponent is negative (SD = 0) the top one plays ``l*``: smoothing must not
+    carry it above 0 (``[-0.02 x 100, -5]`` gave 94.7).
     """
     h = silverman_bandwidth(values, masses)
     level = crossing_exponent(values, masses)
+    if level is None:  # SD = 0 (every exponent < 0): keep the top one on its side of 0
+        v, m = _flat(values, masses)
+        top = float(v[m > 0].max()) if bool((m > 0).any()) else 0.0
+        level = top if top < 0 else None
     return h if level is None else min(h, KDE_CROSSING_FRACTION * abs(level))
 
 
@@ -205,7 +211,7 @@ def sd_kde(
     bandwidth: float | None = None,
     grid_size: int = 4096,
     points_per_bandwidth: float = 16.0,
-    max_grid: int = 2**21,
+    max_grid: int = 2**18,
     integration: str = "exact",
 ) -> KaplanYorkeResult:
     """SD-KDE: Kaplan–Yorke dimension of the Gaussian-smoothed exponent measure.
