@@ -130,6 +130,9 @@ def test_a_column_of_labels_is_read_as_labels_and_other_shapes_are_refused():
         ce = cross_entropy_loss(model, (x, y[:, None]))
         assert float(ce) == pytest.approx(float(cross_entropy_loss(model, (x, y))), rel=1e-15)
     assert accuracy(model, (x, y[:, None])) == accuracy(model, (x, y))
+    with torch.no_grad():  # int32 labels: torch's cross_entropy wants int64 ("Long or Byte")
+        int32 = cross_entropy_loss(model, (x, y.int()))
+        assert float(int32) == float(cross_entropy_loss(model, (x, y)))
     for loss_fn in (mse_loss, cross_entropy_loss):
         with pytest.raises(SharpdimError, match=r"labels of shape \(3,\) do not fit outputs"):
             loss_fn(model, (x, y[:3]))

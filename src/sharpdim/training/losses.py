@@ -114,7 +114,7 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     if logits.ndim > 1:  # classes along dim 1, as F.cross_entropy reads them
         y = _label_shape(y, logits)
         _check_labels(y, logits.shape[1], ignore=IGNORE_INDEX)
-    return F.cross_entropy(logits, y)
+    return F.cross_entropy(logits, y if y.dtype == torch.int64 else y.long())  # (int32 too)
 
 
 LOSSES: dict[str, LossFn] = {
