@@ -72,8 +72,8 @@ class SDResult:
             exponents.
         exponent_weight: how many exponents each entry of ``exponents`` stands for.
         num_expanding: number (mass) of expanding directions, ``sigma > 1`` beyond round-off
-            (SGD: ``alpha > 2/eta`` or ``alpha < 0``; see :func:`_expanding_mass`); flat
-            directions (``sigma = 1``) are not counted.
+            (SGD: ``alpha > 2/eta`` or ``alpha < 0``, flat directions not counted; see
+            :func:`_expanding_mass`).
         num_params: ``d``; num_exponents: ``d`` (SGD) or ``2d`` (momentum, Adam).
         ci_low, ci_high: bootstrap confidence interval of SD (NaN without bootstrap).
         confidence: its level; num_bootstrap: resamples.
