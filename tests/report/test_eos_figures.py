@@ -56,3 +56,19 @@ def test_a_diverged_fractal_run_says_so_in_the_title(drawn: list[Any], tmp_path:
     eos_figures.plot_fractal(result, tmp_path / "f.png")
     assert "20 of 20 particles diverged (not shown)" in drawn[0].axes[0].get_title()
     assert drawn[0].axes[0].collections[0].get_offsets().shape[0] == 0  # none drawn
+
+
+def test_a_run_without_finite_data_is_drawn_and_named(drawn: list[Any], tmp_path: Path) -> None:
+    """No records and a NaN threshold raised 'Data cannot be log-scaled'."""
+    import dataclasses
+
+    empty = dataclasses.replace(
+        _run(0.2, None), steps=(), loss=(), sharpness=(), bounded=(), threshold=math.nan
+    )
+    result = EoSRunsResult(
+        kind="sharpening", setup=MLPSetup(), steps=4, every=4, late_fraction=0.3,
+        runs=(empty,), wall_time_s=1.0,
+    )  # fmt: skip
+    eos_figures.plot_eos_runs(result, tmp_path / "e.png")
+    labels = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
+    assert labels == ["gd $\\eta$=0.2 (no finite data)"]

@@ -110,3 +110,15 @@ def test_step_sizes_must_be_positive_and_finite():
         progressive_sharpening([0.2, math.inf])
     with pytest.raises(SharpdimError, match=r"runs \[\('adam', nan\)\]: give positive, finite"):
         optimizer_thresholds([("momentum", 0.2), ("adam", math.nan)])
+
+
+def test_the_late_window_keeps_the_step_on_its_boundary() -> None:
+    """(1 - 0.7) * 1000 = 300.00000000000006 dropped the record of step 300: 70 of 71."""
+    from sharpdim.training.eos_experiments import _late_stats
+
+    steps = list(range(0, 1001, 10))
+    ratios = [0.0] * 30 + [1.0] * 71  # steps 300..1000 are the last 70%
+    median, (low, high) = _late_stats(steps, ratios, 1000, 0.7)
+    assert (median, low, high) == (1.0, 1.0, 1.0)
+    ratios[30] = 5.0  # step 300: inside the window
+    assert _late_stats(steps, ratios, 1000, 0.7)[1] == (1.0, 5.0)

@@ -64,9 +64,14 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
     width = 0.8 / max(len(cases), 1)
     for i, (name, case) in enumerate(cases.items()):
         diverged = case.get("status") == "diverged"
-        vals = [math.nan if diverged else case[key] or 0.0 for _, key in keys]
+        # a missing measure (None: not computed, or NaN stored as null) is no bar and "n/a",
+        # never a bar of height 0, which would read as a dimension of 0
+        vals = [math.nan if diverged or case[key] is None else case[key] for _, key in keys]
         xs = [j + (i - (len(cases) - 1) / 2) * width for j in range(len(keys))]
         axes[2].bar(xs, vals, width=width, color=f"C{i}", label=name)
+        for x, v in zip(xs, vals, strict=True):
+            if not diverged and not math.isfinite(v):
+                axes[2].text(x, 0.0, "n/a", ha="center", va="bottom", fontsize=7, color=f"C{i}")
     axes[2].set_xticks(range(len(keys)), [k for k, _ in keys])
     axes[2].set_yscale("symlog", linthresh=1.0)
     axes[2].set(title="Dimensions")

@@ -7,6 +7,7 @@ its path.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -39,16 +40,20 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True)
         for i, run in enumerate(result.runs):
             color = f"C{i}"
+            finite = np.isfinite(np.asarray(run.bounded, dtype=float)).any()
             outcome = (
                 f"diverged at step {run.diverged_at}"
                 if run.diverged_at is not None
                 else f"ratio {run.late_median_ratio:.3f}"
+                if finite
+                else "no finite data"
             )
             label = f"{run.optimizer} $\\eta$={run.lr:g} ({outcome})"
             steps = np.asarray(run.steps)
             top.semilogy(steps, np.asarray(run.loss), color=color, lw=1.0, label=label)
             bottom.plot(steps, np.asarray(run.bounded), color=color, lw=1.0)
-            bottom.axhline(run.threshold, color=color, ls="--", lw=0.9)
+            if math.isfinite(run.threshold):
+                bottom.axhline(run.threshold, color=color, ls="--", lw=0.9)
         bottom.axvspan(
             (1 - result.late_fraction) * result.steps, result.steps, color="0.9", zorder=0
         )
@@ -59,7 +64,11 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
             "(preconditioned) sharpness" if adaptive else "sharpness $\\lambda_{max}(H)$"
         )
         bottom.set_xlabel("step")
-        bottom.set_yscale("log")
+        if any(
+            np.nan_to_num(np.asarray(r.bounded, dtype=float)).max(initial=0) > 0
+            for r in result.runs
+        ):
+            bottom.set_yscale("log")  # (not with nothing positive to draw)
         title = (
             "Progressive sharpening and EoS (GD, dashed: 2/$\\eta$)"
             if result.kind == "sharpening"

@@ -158,7 +158,9 @@ class EoSRunsResult:
 def _late_stats(
     steps: Sequence[int], ratio: Sequence[float], total: int, late_fraction: float
 ) -> tuple[float, tuple[float, float]]:
-    cut = (1.0 - late_fraction) * total
+    # the last late_fraction of the steps; the tolerance keeps a step on the boundary, which
+    # (1 - 0.7) * 1000 = 300.00000000000006 dropped
+    cut = (1.0 - late_fraction) * total - 1e-9 * max(total, 1)
     late = torch.tensor(
         [r for s, r in zip(steps, ratio, strict=True) if s >= cut and math.isfinite(r)],
         dtype=torch.float64,
@@ -201,7 +203,7 @@ def monitored_run(
         for r in records
     )
     run = EoSRun(
-        optimizer=records[0].optimizer if records else config.optimizer,
+        optimizer=config.optimizer,  # (the monitor calls SGD with momentum 0 "gd")
         lr=config.lr,
         threshold=records[0].threshold if records else math.nan,
         status=result.status,
