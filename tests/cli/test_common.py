@@ -48,6 +48,12 @@ def test_jsonable_and_write_json_are_strict(tmp_path: Path) -> None:
     text = path.read_text()
     assert path == tmp_path / "a" / "b.json" and text.endswith("}\n")
     assert json.loads(text) == {"1": [None, 2.5], "t": [1.0, None], "s": "x"}
+    # numpy values as the store's encoding takes them (were 'not JSON serializable')
+    import numpy as np
+
+    arrays = {"x": np.float32("nan"), "a": np.arange(2), "i": np.int64(4)}
+    assert jsonable(arrays) == {"x": None, "a": [0, 1], "i": 4}
+    assert json.loads(write_json(tmp_path / "n.json", arrays).read_text())["a"] == [0, 1]
 
 
 def test_wrote_line_and_kv_table() -> None:

@@ -565,10 +565,11 @@ def warnings_as_lines() -> Iterator[None]:
 
 # -- JSON ------------------------------------------------------------------------------------
 def jsonable(value: Any) -> Any:
-    """JSON-safe values: NaN/inf floats become ``None``, tensors and tuples lists, keys strings."""
+    """JSON-safe values: NaN/inf floats become ``None``, tensors, numpy arrays and scalars and
+    tuples plain lists and numbers, keys strings."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
         return jsonable(value.tolist())
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
