@@ -276,7 +276,7 @@ def sharpness_dimension(
             ``g_B + weight_decay w`` in place of ``g_B`` for ``"adam"`` (coupled L2 decay).
             From a live optimizer: ``adam_preconditioner(opt, bias_correction=False)`` with
             ``step=adam_step(opt)`` (``sharpdim.training.optimizers``); folding ``1 - b1^t``
-            into ``P`` instead changes the coordinates and the SD.
+            into ``P`` with ``step=None`` gives the same SD.
         step: Adam's step count for the bias correction of ``m``; ``None``: late training.
         iterates: flat parameter vectors of late iterates (attractor samples, exact only):
             per batch and ``k`` the maximum over them before averaging.

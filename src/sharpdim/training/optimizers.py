@@ -239,8 +239,8 @@ def adam_preconditioner(
     sharpness ``lambda_max(P^-1 H)``. ``bias_correction=False`` leaves out ``1 - beta1^t``:
     ``sqrt(v_hat) + eps``, the ``preconditioner`` that
     :func:`~sharpdim.dimension.sharpness_dimension.sharpness_dimension` takes together with
-    ``step=adam_step(optimizer)`` (folding the factor into ``P`` changes the coordinates, hence
-    the SD). ``params`` fixes the order (default: the optimizer's parameters, group by group);
+    ``step=adam_step(optimizer)`` (folding the factor into ``P`` with ``step=None`` gives the
+    same SD: its blocks depend on ``(lr/c1) a`` only). ``params`` fixes the order (default: the optimizer's parameters, group by group);
     each must have taken at least one step.
     """
     _check_adam(optimizer)
