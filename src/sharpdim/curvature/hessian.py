@@ -206,8 +206,9 @@ class HessianOperator(LinearOperator):
     :func:`~sharpdim.curvature.params.set_flat_params`) of the model's parameters and buffers
     and of ``params``, and a new storage for one (``model.to(...)``, ``p.data = t``), and
     rebuilds its graph, so it always describes the current state. In-place writes through
-    ``p.data`` are invisible to autograd's version counters: call :meth:`refresh` after them. Computing curvature never changes the model: its train/eval
-    flags and its buffers (batch-norm running statistics) are restored.
+    ``p.data`` are invisible to autograd's version counters: call :meth:`refresh` after them.
+    Computing curvature never changes the model: its train/eval flags and its buffers
+    (batch-norm running statistics) are restored.
 
     Example:
         >>> import torch

@@ -23,10 +23,10 @@ is estimated three ways:
 * **SD-KDE** (:func:`sd_kde`): the measure smoothed by a Gaussian kernel of bandwidth ``h``
   (default: Silverman's robust rule ``0.9 min(std, IQR/1.34) n_eff^{-1/5}`` on the weighted
   atoms, ``n_eff = (sum tau)^2 / sum tau^2``, capped at ``0.1 |l*|``, ``l*`` the crossing
-  exponent of the unsmoothed measure: see :func:`kde_bandwidth`); ``N`` and ``S`` are integrated cell by cell on a
-  uniform grid over ``[min - 8h, max + 8h]`` (spacing at most ``h/16``) — with the trapezoid
-  rule on the density (``integration="trapezoid"``, the paper's quadrature) or exactly through
-  the normal CDF (``"exact"``, the default). Atoms are linearly binned onto the grid first, so
+  exponent of the unsmoothed measure: see :func:`kde_bandwidth`); ``N`` and ``S`` are
+  integrated cell by cell on a uniform grid over ``[min - 8h, max + 8h]`` (spacing at most
+  ``h/16``) — with the trapezoid rule on the density (``integration="trapezoid"``, the
+  paper's quadrature) or exactly through the normal CDF (``"exact"``, the default). Atoms are linearly binned onto the grid first, so
   both integrals are discrete convolutions (fast for ``10^5`` atoms and bootstraps). A
   bandwidth below the grid spacing (a tiny Silverman ``h`` on a degenerate spectrum, or a
   small ``max_grid``) cannot be resolved: then the unsmoothed measure is used (error ``O(h)``).

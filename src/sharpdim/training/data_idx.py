@@ -204,8 +204,9 @@ def load_idx_dataset(
     both splits, and finite values; labels are ``(N,)`` whole numbers ``>= 0`` (``num_classes``
     is the largest label in the two label files plus one, whatever subset is kept). uint8
     pixels are divided by 255 (other types are taken as they are), then standardised with the
-    training set's mean and standard deviation (one scalar each); the first ``n_train`` (default all, at least 1) / ``n_test`` (default all,
-    may be 0) examples are kept. ``seed`` is unused (the files fix the order).
+    training set's mean and standard deviation (one scalar each); the first ``n_train``
+    (default all, at least 1) / ``n_test`` (default all, may be 0) examples are kept.
+    ``seed`` is unused (the files fix the order).
     """
     check_seed(seed)  # unused
     names = {

@@ -433,8 +433,7 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise SharpdimError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
-    seed = check_seed(seed)
-    loader = _loader(name)
+    loader = _loader(name)  # (each loader checks the seed)
     accepted = set(inspect.signature(loader).parameters)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(loader).parameters.values())
     unknown = set(options) - accepted

@@ -240,8 +240,8 @@ def adam_preconditioner(
     ``sqrt(v_hat) + eps``, the ``preconditioner`` that
     :func:`~sharpdim.dimension.sharpness_dimension.sharpness_dimension` takes together with
     ``step=adam_step(optimizer)`` (folding the factor into ``P`` with ``step=None`` gives the
-    same SD: its blocks depend on ``(lr/c1) a`` only). ``params`` fixes the order (default: the optimizer's parameters, group by group);
-    each must have taken at least one step.
+    same SD: its blocks depend on ``(lr/c1) a`` only). ``params`` fixes the order (default:
+    the optimizer's parameters, group by group); each must have taken at least one step.
     """
     _check_adam(optimizer)
     group_of = param_groups_by_id(optimizer)
