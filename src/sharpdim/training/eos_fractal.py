@@ -192,7 +192,9 @@ def _check_box_sizes(sizes: Any) -> tuple[float, ...]:
         )
     out = tuple(check_number(s, "a box size", "> 0", "(0.4, 0.2, 0.1, 0.05)") for s in sizes)
     if not out:
-        raise SharpdimError("box_sizes is empty: pass at least two sides, e.g. (0.2, 0.1)")
+        raise SharpdimError(
+            "box_sizes is empty: pass box sides (two or more for a slope), e.g. (0.2, 0.1)"
+        )
     return out
 
 
