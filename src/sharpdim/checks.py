@@ -43,16 +43,20 @@ def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole nu
     return int(value)
 
 
-SEED_RANGE = (0, 2**63 - 1)
-"""Seeds a ``torch.Generator`` accepts (numpy's generators take them too)."""
+SEED_RANGE = (0, 2**32 - 1)
+"""Seeds that give distinct runs: torch's CPU generator keeps only the low 32 bits of a seed
+(``manual_seed(2**32)`` draws what ``manual_seed(0)`` draws), so larger seeds are refused."""
 
 
 def check_seed(value: Any, name: str = "seed") -> int:
     """``value`` as a seed: a whole number (int, numpy integer, whole float, 0-dim tensor) in
     :data:`SEED_RANGE`."""
-    seed = check_count(value, name, 0, f"a whole number in [0, 2**63 - 1], e.g. {name}=0")
+    seed = check_count(value, name, 0, f"a whole number in [0, 2**32 - 1], e.g. {name}=0")
     if seed > SEED_RANGE[1]:
-        raise SharpdimError(f"{name} must be at most 2**63 - 1, got {seed}: pass a smaller seed")
+        raise SharpdimError(
+            f"{name} must be at most 2**32 - 1 (torch keeps only a seed's low 32 bits), "
+            f"got {seed}: pass a smaller seed"
+        )
     return seed
 
 
@@ -75,6 +79,21 @@ def check_betas(betas: Any) -> tuple[float, float]:
         raise SharpdimError(f"betas must be a pair (b1, b2), got {betas!r}: pass e.g. (0.9, 0.999)")
     b1, b2 = (check_number(b, "betas", "in [0, 1)", "(0.9, 0.999)") for b in betas)
     return b1, b2
+
+
+def check_numbers(
+    values: Any, name: str, rule: str, example: str, *, allow_empty: bool = False
+) -> list[float]:
+    """``values`` (a list, tuple, numpy array or 1-d tensor) as a list of floats, each a finite
+    number with ``rule``; empty only with ``allow_empty``."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise SharpdimError(
+            f"{name} must be a list of numbers, got {values!r}: pass e.g. {example}"
+        )
+    out = [check_number(v, f"each of {name}", rule, example) for v in values]
+    if not out and not allow_empty:
+        raise SharpdimError(f"{name} is empty: pass e.g. {example}")
+    return out
 
 
 def default_generator(generator: Any) -> torch.Generator:

@@ -191,9 +191,24 @@ def test_seeds_are_whole_numbers_in_range():
         with pytest.raises(SharpdimError, match=r"^seed must be"):
             load_dataset("digits", seed=bad)
     with pytest.raises(SharpdimError, match=r"^seed must be"):
-        load_dataset("teacher_student", seed=2**63)
+        load_dataset("teacher_student", seed=2**32)  # torch would draw what seed 0 draws
+    assert not _same(load_dataset("digits", seed=2**32 - 1), load_dataset("digits", seed=0))
     with pytest.raises(SharpdimError, match="finite noise_std"):
         load_dataset("teacher_student", noise_std=float("nan"))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_sizes_are_whole_numbers_and_dtype_floating(name):
+    options = {k: v for k, v in SMALL[name].items() if k != "n_train"}
+    assert load_dataset(name, n_train=5.0, **options).num_train == 5
+    for bad in (2.5, "5", 0, True):  # were TypeErrors (slice indices, comparisons)
+        with pytest.raises(SharpdimError, match=r"^n_train must be an integer >= 1"):
+            load_dataset(name, n_train=bad, **options)
+    with pytest.raises(SharpdimError, match=r"^n_test must be an integer >= 0, got -1"):
+        load_dataset(name, **{**SMALL[name], "n_test": -1})
+    for bad in (torch.int64, "float32"):  # int64 silently truncated the features
+        with pytest.raises(SharpdimError, match=r"^dtype must be a floating torch dtype"):
+            load_dataset(name, **{**SMALL[name], "dtype": bad})
 
 
 def test_batches_and_subset():
@@ -299,8 +314,10 @@ def test_idx_dataset_rejects_inconsistent_files(tmp_path, stem, array, message):
 
 def test_idx_dataset_zero_dim_labels_and_sizes(tmp_path):
     arrays = _idx_files(tmp_path)
-    for n_train in (0, -5, 13):
-        with pytest.raises(SharpdimError, match=f"n_train={n_train} but the files hold 12"):
+    with pytest.raises(SharpdimError, match="n_train=13 but the files hold 12"):
+        load_dataset("idx", directory=tmp_path, n_train=13)
+    for n_train in (0, -5):
+        with pytest.raises(SharpdimError, match=f"^n_train must be an integer >= 1, got {n_train}"):
             load_dataset("idx", directory=tmp_path, n_train=n_train)
     with pytest.raises(SharpdimError, match="n_test=7 but the files hold 6"):
         load_dataset("idx", directory=tmp_path, n_test=7)

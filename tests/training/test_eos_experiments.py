@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,10 +107,35 @@ def test_execute_hook_can_skip_training_and_data_loading():
 
 
 def test_step_sizes_must_be_positive_and_finite():
-    with pytest.raises(SharpdimError, match=r"lrs=\[0.2, inf\]: give one or more positive, finite"):
+    with pytest.raises(SharpdimError, match=r"^each of lrs must be a finite number > 0, got inf"):
         progressive_sharpening([0.2, math.inf])
-    with pytest.raises(SharpdimError, match=r"runs \[\('adam', nan\)\]: give positive, finite"):
+    with pytest.raises(SharpdimError, match=r"^each run's lr must be a finite number > 0, got nan"):
         optimizer_thresholds([("momentum", 0.2), ("adam", math.nan)])
+    # were a numpy truth-value ValueError, TypeErrors and a tuple-unpacking ValueError
+    with pytest.raises(SharpdimError, match=r"^each of lrs must be a finite number > 0, got '0.1'"):
+        progressive_sharpening(["0.1"])
+    with pytest.raises(SharpdimError, match=r"^lrs is empty"):
+        progressive_sharpening(np.array([]))
+    with pytest.raises(SharpdimError, match=r"^each run's lr must be a finite number > 0, got 'x'"):
+        optimizer_thresholds([("adam", "x")])
+    with pytest.raises(SharpdimError, match=r"^runs must be \(optimizer, lr\) pairs"):
+        optimizer_thresholds([("adam", 0.1, 0.2)])
+    seen = []
+
+    def execute(config, train):
+        seen.append(config["train"]["lr"])
+        return RUN
+
+    setup = MLPSetup(n_train=8, width=4, depth=1)
+    progressive_sharpening(np.array([0.1, 0.2]), setup=setup, steps=2, execute=execute)
+    assert seen == [0.1, 0.2]
+
+
+def test_setup_sizes_are_whole_numbers():
+    assert MLPSetup(n_train=5.0).n_train == 5
+    for bad in (2.5, "5", 0):
+        with pytest.raises(SharpdimError, match=r"^n_train must be an integer >= 1"):
+            MLPSetup(n_train=bad)
 
 
 def test_the_late_window_keeps_the_step_on_its_boundary() -> None:

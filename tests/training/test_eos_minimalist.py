@@ -178,6 +178,14 @@ def test_bad_input():
     with pytest.raises(SharpdimError, match=r"^steps must be an integer >= 1, got 10.5"):
         minimalist_sweep([0.1], steps=10.5)
     assert minimalist_sweep([0.05], steps=10.0, late=2.0).steps == 10
+    # trace_lrs and init were not checked (a negative or NaN trace step size ran silently)
+    for bad in ([-0.1], [math.nan], ["a"]):
+        with pytest.raises(SharpdimError, match=r"^each of trace_lrs must be a finite number > 0"):
+            minimalist_sweep([0.1], steps=4, late=2, trace_lrs=bad)
+    with pytest.raises(SharpdimError, match=r"^each of init must be a finite number, got 'a'"):
+        minimalist_sweep([0.1], init=(1.0, "a"))
+    with pytest.raises(SharpdimError, match=r"^init must be a list of numbers, got 3"):
+        minimalist_sweep([0.1], init=3)
 
 
 def test_ratio_stats_median_of_an_even_count_is_the_mean_of_the_middle_two():

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharpdim.checks import check_seed
+from sharpdim.checks import check_count, check_seed
 from sharpdim.errors import SharpdimError
 from sharpdim.training.models import build_mlp
 
@@ -433,6 +433,13 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise SharpdimError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    n_train = None if n_train is None else check_count(n_train, "n_train", 1, "e.g. n_train=500")
+    n_test = None if n_test is None else check_count(n_test, "n_test", 0, "e.g. n_test=200")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise SharpdimError(
+            f"dtype must be a floating torch dtype, got {dtype!r}: pass e.g. torch.float32 "
+            "(labels are int64 whatever dtype is)"
+        )
     loader = _loader(name)  # (each loader checks the seed)
     accepted = set(inspect.signature(loader).parameters)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(loader).parameters.values())

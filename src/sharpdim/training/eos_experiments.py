@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import check_number, check_numbers
 from sharpdim.errors import SharpdimError
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.eos_setup import MLPSetup
@@ -359,8 +360,7 @@ def progressive_sharpening(
         :class:`EoSRunsResult` with one GD run per step size.
     """
     _check_common(steps, every, late_fraction)
-    if not lrs or not all(math.isfinite(lr) and lr > 0 for lr in lrs):
-        raise SharpdimError(f"lrs={list(lrs)}: give one or more positive, finite step sizes")
+    lrs = check_numbers(lrs, "lrs", "> 0", "[0.05, 0.1]")
     return _monitored_runs(
         "sharpening",
         [("gd", lr) for lr in lrs],
@@ -403,14 +403,22 @@ def optimizer_thresholds(
         momentum and preconditioned sharpness / ``(2 + 2 beta1)/(eta (1 - beta1))`` for Adam.
     """
     _check_common(steps, every, late_fraction)
+    example = "[('momentum', 0.2), ('adam', 0.001)]"
+    if isinstance(runs, (str, bytes)) or not hasattr(runs, "__iter__"):
+        raise SharpdimError(
+            f"runs must be (optimizer, lr) pairs, got {runs!r}: pass e.g. {example}"
+        )
+    runs = list(runs)
     if not runs:
-        raise SharpdimError("no runs given: pass (optimizer, lr) pairs, e.g. ('adam', 0.001)")
-    bad = [(name, lr) for name, lr in runs if not (math.isfinite(lr) and lr > 0)]
-    if bad:
-        raise SharpdimError(f"runs {bad}: give positive, finite step sizes")
+        raise SharpdimError(f"no runs given: pass (optimizer, lr) pairs, e.g. {example}")
+    if not all(isinstance(r, (tuple, list)) and len(r) == 2 for r in runs):
+        raise SharpdimError(
+            f"runs must be (optimizer, lr) pairs, got {runs!r}: pass e.g. {example}"
+        )
+    pairs = [(name, check_number(lr, "each run's lr", "> 0", example)) for name, lr in runs]
     return _monitored_runs(
         "thresholds",
-        runs,
+        pairs,
         setup or MLPSetup(),
         steps=steps,
         every=every,

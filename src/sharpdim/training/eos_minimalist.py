@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.checks import check_count
+from sharpdim.checks import check_count, check_numbers
 from sharpdim.errors import SharpdimError
 
 PAPER_INIT: tuple[float, ...] = (2.0, 0.3, 2.0, 0.3)
@@ -215,15 +215,18 @@ def minimalist_sweep(
     trace_every = check_count(trace_every, "trace_every")
     if lr.numel() == 0 or not bool((lr > 0).all()) or not bool(torch.isfinite(lr).all()):
         raise SharpdimError("lrs must be a non-empty list of positive step sizes: e.g. 0.1 0.3")
-    if len(init) < 2 or steps < 1 or not 1 <= late <= steps or trace_every < 1:
+    start = check_numbers(init, "init", "any", "(1.0, 0.5)")
+    if len(start) < 2 or steps < 1 or not 1 <= late <= steps or trace_every < 1:
         raise SharpdimError(
-            f"init of {len(init)} factors, steps={steps}, late={late}: need >= 2 factors, "
+            f"init of {len(start)} factors, steps={steps}, late={late}: need >= 2 factors, "
             "steps >= 1, 1 <= late <= steps and trace_every >= 1"
         )
-    e, d = lr.numel(), len(init)
-    trace = torch.as_tensor(list(trace_lrs), dtype=torch.float64)
+    e, d = lr.numel(), len(start)
+    trace = torch.tensor(
+        check_numbers(trace_lrs, "trace_lrs", "> 0", "[0.1]", allow_empty=True), dtype=torch.float64
+    )
     all_lr = torch.cat([lr, trace])
-    theta = torch.tensor([float(v) for v in init], dtype=torch.float64).repeat(all_lr.numel(), 1)
+    theta = torch.tensor(start, dtype=torch.float64).repeat(all_lr.numel(), 1)
     diverged_at = torch.full((all_lr.numel(),), -1, dtype=torch.long)
     late_theta: list[torch.Tensor] = []
     tangent = _generic_unit_vector(d).repeat(e, 1)

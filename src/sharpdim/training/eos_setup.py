@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import check_count
 from sharpdim.errors import SharpdimError
 from sharpdim.training.datasets import Dataset, load_dataset
 from sharpdim.training.models import build_mlp
@@ -52,6 +53,7 @@ class MLPSetup:
                 f"dataset {self.dataset!r} is not one of the EoS datasets: use one of "
                 f"{', '.join(EOS_DATASETS)}"
             )
+        object.__setattr__(self, "n_train", check_count(self.n_train, "n_train", 1, "e.g. 1000"))
         self.torch_dtype()
 
     def torch_dtype(self) -> torch.dtype:
