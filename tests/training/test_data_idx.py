@@ -40,9 +40,8 @@ def test_bad_files_raise(tmp_path):
     (tmp_path / "short").write_bytes(raw[:-1])
     with pytest.raises(SharpdimError, match="truncated"):
         read_idx(tmp_path / "short")
-    (tmp_path / "fake.gz").write_bytes(raw)
-    with pytest.raises(SharpdimError, match="gzip"):
-        read_idx(tmp_path / "fake.gz")
+    (tmp_path / "plain.gz").write_bytes(raw)  # gzip is told by the first bytes, not the name
+    np.testing.assert_array_equal(read_idx(tmp_path / "plain.gz"), np.zeros((4, 4)))
     with pytest.raises(SharpdimError, match="does not exist"):
         read_idx(tmp_path / "missing")
     with pytest.raises(SharpdimError, match="cannot write"):
@@ -59,11 +58,18 @@ def test_find_prefers_plain_then_gz(tmp_path):
 def test_truncated_gzip_names_the_file(tmp_path):
     raw = write_idx(tmp_path / "ok", np.arange(40, dtype=np.uint8).reshape(10, 4)).read_bytes()
     (tmp_path / "cut.gz").write_bytes(gzip.compress(raw, mtime=0)[:-20])
-    with pytest.raises(SharpdimError, match=r"cut\.gz ends in \.gz but is not complete gzip data"):
+    with pytest.raises(SharpdimError, match=r"cut\.gz starts like gzip data but is not complete"):
         read_idx(tmp_path / "cut.gz")
     (tmp_path / "bad_crc.gz").write_bytes(gzip.compress(raw, mtime=0)[:-8] + bytes(8))
     with pytest.raises(SharpdimError, match=r"bad_crc\.gz"):
         read_idx(tmp_path / "bad_crc.gz")
+
+
+def test_upper_case_gz_suffix_is_written_gzipped_and_read_back(tmp_path):
+    labels = np.array([7, 2, 1], dtype=np.uint8)
+    path = write_idx(tmp_path / "labels.GZ", labels)
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    np.testing.assert_array_equal(read_idx(path), labels)
 
 
 def test_gzipped_files_are_read_whatever_their_suffix(tmp_path):

@@ -54,14 +54,13 @@ def _open_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise SharpdimError(f"IDX file {path} does not exist: check the path or the directory")
     raw = path.read_bytes()
-    if path.suffix.lower() == ".gz" or raw.startswith(_GZIP_MAGIC):
+    if raw.startswith(_GZIP_MAGIC):  # (an IDX file starts with two zero bytes), any name
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
-            kind = "ends in .gz" if path.suffix.lower() == ".gz" else "starts like gzip data"
             raise SharpdimError(
-                f"{path} {kind} but is not complete gzip data ({exc}): "
-                "the file is truncated or not gzipped; re-download or rename it"
+                f"{path} starts like gzip data but is not complete gzip data ({exc}): "
+                "the file is truncated or corrupt; re-download it"
             ) from exc
     return raw
 
@@ -101,7 +100,7 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> Path:
-    """Write an array as an IDX file (gzipped when the name ends in ``.gz``).
+    """Write an array as an IDX file (gzipped when the name ends in ``.gz``, any case).
 
     Args:
         path: destination file.
@@ -122,7 +121,8 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
     body = np.ascontiguousarray(array, dtype=_IDX_TYPES[code]).tobytes()
     raw = header + body
     with atomic_path(path) as partial:
-        partial.write_bytes(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
+        gzipped = path.suffix.lower() == ".gz"
+        partial.write_bytes(gzip.compress(raw, mtime=0) if gzipped else raw)
     return path
 
 
