@@ -132,7 +132,7 @@ def _never(*args: Any, **kwargs: Any) -> Any:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["sd", "compute", "--seed", str(2**64)], "--seed"),
+        (["sd", "compute", "--seed", str(2**32)], "--seed"),
         (["demo", "--seed", "-1"], "--seed"),
         (["eos", "fractal", "--seed", str(2**64)], "--seed"),
         (["sd", "compute", "--width", "100000000"], "use a smaller --width or --depth"),

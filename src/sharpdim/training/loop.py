@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from sharpdim.checks import check_count, check_number, check_seed, plain_scalar
+from sharpdim.checks import check_betas, check_count, check_number, check_seed, plain_scalar
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
 from sharpdim.rng import forked_global_rng
@@ -147,6 +147,7 @@ class TrainConfig:
                 f"lr={self.lr}, divergence_factor={self.divergence_factor}: need lr > 0 and a "
                 "divergence factor > 1"
             )
+        object.__setattr__(self, "betas", check_betas(self.betas))  # (a pair for every optimizer)
         check_optimizer_options(
             self.optimizer,
             self.lr,
@@ -175,7 +176,6 @@ class TrainConfig:
         if bad:
             raise SharpdimError(f"checkpoint steps {bad} are outside [0, {self.steps}]")
         object.__setattr__(self, "checkpoint_steps", tuple(sorted(set(wanted))))
-        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
 
     def make_optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
         """The ``torch.optim`` optimizer this configuration describes."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import check_betas
 from sharpdim.errors import SharpdimError
 
 OPTIMIZERS = ("gd", "sgd", "momentum", "heavy_ball", "nesterov", "adam", "adamw")
@@ -56,10 +57,8 @@ def check_optimizer_options(
         raise SharpdimError(
             f"momentum {momentum} must lie in (0, 1) for nesterov: e.g. 0.9 (or use 'gd')"
         )
-    if name in ADAPTIVE and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
-        raise SharpdimError(
-            f"betas {tuple(betas)} must be two numbers in [0, 1): e.g. (0.9, 0.999)"
-        )
+    if name in ADAPTIVE:
+        check_betas(betas)
     if name in ADAPTIVE and not eps >= 0:
         raise SharpdimError(f"eps {eps} must be >= 0: e.g. 1e-8")
     if not weight_decay >= 0:
