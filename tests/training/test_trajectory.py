@@ -187,6 +187,24 @@ def test_a_ring_on_disk_ends_at_finish_and_one_in_ram_goes_on(tmp_path: Path) ->
     assert in_ram.finish().points[:, 0].tolist() == [3.0, 4.0, 5.0]
 
 
+def test_a_final_point_is_not_kept_in_a_ram_ring_that_goes_on() -> None:
+    """finish(final) wrote ``final`` into the ring: the next trajectory held its step twice."""
+    rec = IterateRecorder(4)
+    for step in range(3):
+        rec.record(step, torch.full((2,), float(step)))
+    look = rec.finish(final=(3, torch.full((2,), 3.0)))
+    assert look.steps.tolist() == [0, 1, 2, 3] and look.points[:, 0].tolist() == [0, 1, 2, 3]
+    assert rec.count == 3
+    for step in (3, 4):
+        rec.record(step, torch.full((2,), float(step)))
+    later = rec.finish()
+    assert later.steps.tolist() == [1, 2, 3, 4] and later.points[:, 0].tolist() == [1, 2, 3, 4]
+    empty = IterateRecorder(2)  # a final point alone, then the ring is still empty
+    assert empty.finish(final=(0, torch.ones(2))).steps.tolist() == [0]
+    with pytest.raises(SharpdimError, match="no iterate was recorded"):
+        empty.finish()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

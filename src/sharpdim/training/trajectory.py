@@ -172,11 +172,14 @@ class IterateRecorder:
         ``final`` is skipped when its step is already the last recorded one (a run stopped by
         ``stop_loss`` ends on a recorded iterate). A ring spilled to disk is handed over to
         the returned trajectory's file, which ends the recorder (later calls are refused); one
-        in RAM is copied and may go on recording.
+        in RAM is copied and may go on recording (``final`` is not kept in it).
         """
         self._check_not_handed_over()
         last = int(self._steps[(self._count - 1) % self.num_iterates]) if self._count else None
-        if final is not None and final[0] != last:
+        slot, undo = self._count % self.num_iterates, None
+        if final is not None and final[0] != last:  # recorded, and undone below for a RAM ring
+            row = None if self._buffer is None else self._buffer[slot].copy()
+            undo = (row, self._steps[slot], self._losses[slot])
             self.record(final[0], final[1])
         if self._buffer is None:
             raise SharpdimError("no iterate was recorded: train for at least one step")
@@ -187,6 +190,13 @@ class IterateRecorder:
         losses = torch.from_numpy(self._losses[order].copy())
         if self._path is None:
             points = torch.from_numpy(np.ascontiguousarray(self._buffer[order]))
+            if undo is not None:  # the recorder goes on from its own last iterate
+                row, self._steps[slot], self._losses[slot] = undo
+                self._count -= 1
+                if row is None:
+                    self._buffer = None
+                else:
+                    self._buffer[slot] = row
             return Trajectory(points, steps, losses, None, "backward")
         out_path = self._path.with_name("trajectory.npy")
         out = np.lib.format.open_memmap(
