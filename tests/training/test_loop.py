@@ -102,6 +102,15 @@ def test_divergence_is_recorded_not_raised(digits):
     assert capped.diverged and capped.diverged_at <= result.diverged_at
 
 
+def test_an_lr_beyond_the_model_dtype_is_refused(digits):
+    """lr=1e39 on a float32 model was a RuntimeError inside optimizer.step()."""
+    model = build_mlp(64, 10, width=4, depth=1, dtype=torch.float32)
+    with pytest.raises(SharpdimError, match=r"^lr=1e\+39 does not fit in the model's torch.float32"):
+        train(model, digits, TrainConfig(lr=1e39, steps=2))
+    far = train(small_mlp(), digits, TrainConfig(lr=1e39, steps=2))  # float64: a divergence
+    assert far.diverged and far.evaluations == ()
+
+
 def test_minimalist_example_converges_below_and_diverges_above():
     net = DeepScalarLinear((2.0, 0.3, 2.0, 0.3))
     one = net.batch()

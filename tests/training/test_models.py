@@ -95,6 +95,9 @@ def test_transformer_shapes_and_causality():
         build_transformer(8, d_model=6, num_heads=4)
     with pytest.raises(SharpdimError, match="tokens of shape"):
         model(torch.zeros(2, 5, dtype=torch.long))
+    for bad in (8, -1):  # were IndexError: index out of range in self
+        with pytest.raises(SharpdimError, match=r"^tokens must lie in 0..7 \(vocab_size=8\)"):
+            model(torch.tensor([[1, 2, bad, 4]]))
 
 
 def test_transformer_hessian_vector_products_match_finite_differences():

@@ -206,7 +206,8 @@ class TrainResult:
         final_train_accuracy, final_test_accuracy: accuracies, ``None`` for regression.
         history: ``(step, minibatch loss)`` pairs every ``log_every`` steps.
         evaluations: dicts ``{"step", "train_loss", "test_loss", "train_accuracy",
-            "test_accuracy"}`` every ``eval_every`` steps and at the end.
+            "test_accuracy"}`` every ``eval_every`` steps and at the end of a run that did not
+            diverge (a diverged run's last values are the ``final_*`` fields).
         checkpoint_paths: step -> file written (when ``checkpoint_dir`` is set).
         snapshots: step -> flat parameter vector (when ``keep_snapshots``).
         wall_time_s: seconds spent in :func:`train`.
@@ -298,6 +299,11 @@ def train(
         raise SharpdimError("the model has no trainable parameters: nothing to train")
     loss_fn = get_loss(config.loss) if loss_fn is None else loss_fn
     dataset = dataset.to(dtype=params[0].dtype, device=params[0].device)
+    if optimizer is None and config.lr > torch.finfo(params[0].dtype).max:
+        raise SharpdimError(
+            f"lr={config.lr:g} does not fit in the model's {params[0].dtype} (largest "
+            f"{torch.finfo(params[0].dtype).max:.3g}): pass a smaller lr or a float64 model"
+        )
     optimizer = config.make_optimizer(params) if optimizer is None else optimizer
     checkpoints = set(config.checkpoint_steps)
     if config.checkpoint_dir is not None and checkpoints:

@@ -204,6 +204,13 @@ class DecoderTransformer(nn.Module):
                 f"{tokens.dtype} {tuple(tokens.shape)}: use encoding='tokens' for modular "
                 "arithmetic"
             )
+        vocab = self.token_embedding.num_embeddings
+        if tokens.numel() and not (0 <= int(tokens.min()) and int(tokens.max()) < vocab):
+            raise SharpdimError(
+                f"tokens must lie in 0..{vocab - 1} (vocab_size={vocab}), got values in "
+                f"{int(tokens.min())}..{int(tokens.max())}: build the transformer with a larger "
+                "vocab_size"
+            )
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         h = self.token_embedding(tokens) + self.position_embedding(positions)
         for block in self.blocks:
