@@ -205,7 +205,7 @@ class DecoderTransformer(nn.Module):
                 "arithmetic"
             )
         vocab = self.token_embedding.num_embeddings
-        if tokens.numel() and not (0 <= int(tokens.min()) and int(tokens.max()) < vocab):
+        if tokens.numel() and not (int(tokens.min()) >= 0 and int(tokens.max()) < vocab):
             raise SharpdimError(
                 f"tokens must lie in 0..{vocab - 1} (vocab_size={vocab}), got values in "
                 f"{int(tokens.min())}..{int(tokens.max())}: build the transformer with a larger "
