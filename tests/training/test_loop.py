@@ -105,7 +105,9 @@ def test_divergence_is_recorded_not_raised(digits):
 def test_an_lr_beyond_the_model_dtype_is_refused(digits):
     """lr=1e39 on a float32 model was a RuntimeError inside optimizer.step()."""
     model = build_mlp(64, 10, width=4, depth=1, dtype=torch.float32)
-    with pytest.raises(SharpdimError, match=r"^lr=1e\+39 does not fit in the model's torch.float32"):
+    with pytest.raises(
+        SharpdimError, match=r"^lr=1e\+39 does not fit in the model's torch.float32"
+    ):
         train(model, digits, TrainConfig(lr=1e39, steps=2))
     far = train(small_mlp(), digits, TrainConfig(lr=1e39, steps=2))  # float64: a divergence
     assert far.diverged and far.evaluations == ()
