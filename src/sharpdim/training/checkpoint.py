@@ -9,6 +9,7 @@ temporary name and then renamed, so a killed process never leaves a half-written
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,11 @@ def save_checkpoint(
     }
     if loop_state is not None:
         state["loop"] = _plain_numbers(loop_state)
+    buffer = io.BytesIO()  # torch.save into a file reports a full disk as a RuntimeError
+    torch.save(state, buffer)
     try:
         with atomic_path(path) as partial:
-            torch.save(state, partial)
+            partial.write_bytes(buffer.getbuffer())
     except OSError as exc:
         raise SharpdimError(
             f"cannot write checkpoint {path} ({exc.strerror or exc}): "
