@@ -333,6 +333,14 @@ def test_resuming_under_another_config_is_refused(digits, tmp_path):
         with pytest.raises(SharpdimError, match="was written on another training set") as err:
             train(small_mlp(), other, TrainConfig(**base), resume_from=checkpoint_path(tmp_path, 3))
         assert f"({n} examples of shape [64]; now {other.num_train} of shape [64]" in str(err.value)
+    # another precision: load_state_dict cast the float64 state and the run went on in float32
+    with pytest.raises(SharpdimError, match=r"^\S+step_000003.pt holds 1.weight as torch.float64 "):
+        train(
+            small_mlp().float(),
+            digits,
+            TrainConfig(**base),
+            resume_from=checkpoint_path(tmp_path, 3),
+        )
     resumed = train(
         small_mlp(), digits, TrainConfig(**base), resume_from=checkpoint_path(tmp_path, 3)
     )

@@ -182,6 +182,22 @@ def restore_checkpoint(
     return int(state["step"])
 
 
+def check_same_dtypes(state: dict[str, Any], path: str | Path, model: nn.Module) -> None:
+    """Refuse to resume ``model`` from checkpoint ``path`` (contents ``state``) when a tensor's
+    dtype differs: ``load_state_dict`` would cast silently, and the run would go on in
+    another precision instead of continuing bit-identically."""
+    saved = state.get("model")
+    if not isinstance(saved, dict):
+        return
+    for name, value in model.state_dict().items():
+        old = saved.get(name)
+        if isinstance(old, torch.Tensor) and old.dtype != value.dtype:
+            raise SharpdimError(
+                f"{path} holds {name} as {old.dtype} but the model has {value.dtype}: resume "
+                f"with the model in {old.dtype} (model.to({old.dtype})), or start a new run"
+            )
+
+
 # param-group keys that tell torch.optim's update rules apart (a scheduler's ``initial_lr`` or a
 # key added by a newer torch does not; torch fills those in on loading)
 _RULE_KEYS = frozenset(

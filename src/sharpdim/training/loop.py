@@ -35,6 +35,7 @@ from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
 from sharpdim.rng import forked_global_rng
 from sharpdim.training.checkpoint import (
+    check_same_dtypes,
     prepare_checkpoint_dir,
     read_checkpoint,
     restore_checkpoint,
@@ -312,6 +313,7 @@ def train(
     if resume_from is not None:
         saved = read_checkpoint(resume_from)
         loop_state = saved.get("loop")
+        check_same_dtypes(saved, resume_from, model)  # (before the data, cast to the model's)
         if loop_state is not None and "config" in loop_state:
             check_same_run(loop_state["config"], config, resume_from)
         if loop_state is not None and "data" in loop_state:
