@@ -52,6 +52,13 @@ def test_results_convert_tensors_numpy_and_non_finite_numbers():
         "a": [[1, 2]],
         "x": [None, None, None, True, "s"],
     }
+    # numpy's long double: tolist() returns a long double again (was a RecursionError)
+    assert json_value({"l": np.longdouble(0.25), "la": np.array([0.5, np.inf], np.longdouble)}) == {
+        "l": 0.25,
+        "la": [0.5, None],
+    }
+    with pytest.raises(SharpdimError, match=r"^value is a complex, which has no JSON form"):
+        json_value(np.clongdouble(1 + 2j))
 
 
 def test_unstorable_values_give_one_line_errors_that_say_where():

@@ -51,7 +51,10 @@ def json_value(value: Any, *, nonfinite: NonFinite = "null", where: str = "value
             raise SharpdimError(f"{where} is {value}: configs must hold finite numbers")
         return None
     if _is_array(value):
-        return json_value(value.tolist(), nonfinite=nonfinite, where=where)
+        plain = value.tolist()
+        if _is_array(plain):  # numpy's long double stays itself: rounded to float64
+            plain = complex(plain) if plain.dtype.kind == "c" else float(plain)
+        return json_value(plain, nonfinite=nonfinite, where=where)
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
