@@ -239,3 +239,44 @@ def test_the_fit_window_ends_where_the_orbits_coincide() -> None:
     assert math.isinf(r.log_distance[11]) and torch.isfinite(r.log_distance[:11]).all()
     assert (r.fit_start, r.fit_stop) == (0, 11)  # was 16: the -inf steps were dropped silently
     assert r.growth_rate == pytest.approx(-math.log(2), rel=1e-12)
+
+
+def test_an_object_with_only_step_is_a_map() -> None:
+    """step(x, t) is all the divergence needs (such objects were refused for lacking jvp, and
+    a callable one was run through __call__, dropping t)."""
+
+    class Alternating:
+        def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
+            return (4.0 if t % 2 == 0 else 0.25 * 2.0) * x  # x2 every two steps
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            return 5.0 * x
+
+    x0 = torch.zeros(1, dtype=torch.float64)
+    result = trajectory_divergence(Alternating(), x0, 20, direction=torch.ones(1), fit_stop=21)
+    log_d = result.log_distance
+    assert float(log_d[20] - log_d[0]) == pytest.approx(10 * math.log(2), rel=1e-12)
+    assert float(log_d[1] - log_d[0]) == pytest.approx(math.log(4), rel=1e-12)  # t = 0 first
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fit_start": 2.5}, r"^fit_start must be an integer >= 0, got 2.5"),
+        ({"fit_start": True}, r"^fit_start must be an integer >= 0, got True"),
+        ({"fit_stop": "5"}, r"^fit_stop must be an integer >= 0, got '5'"),
+        ({"perturb_dims": 1.5}, r"^perturb_dims must be an integer >= 1, got 1.5"),
+        ({"start_step": -1}, r"^start_step must be an integer >= 0, got -1"),
+        ({"saturation_fraction": "x"}, r"^saturation_fraction must be a finite number > 0"),
+    ],
+)
+def test_window_and_dimension_arguments_are_checked(kwargs: dict, message: str) -> None:
+    with pytest.raises(SharpdimError, match=message):
+        trajectory_divergence(lambda x: 2 * x, torch.zeros(2, dtype=torch.float64), 10, **kwargs)
+
+
+def test_whole_float_window_arguments_are_ints() -> None:
+    x0 = torch.zeros(2, dtype=torch.float64)
+    result = trajectory_divergence(lambda x: 2 * x, x0, 10, fit_start=1.0, fit_stop=6.0)
+    assert (result.fit_start, result.fit_stop) == (1, 6) and type(result.fit_start) is int
+    assert result.growth_rate == pytest.approx(math.log(2), rel=1e-12)

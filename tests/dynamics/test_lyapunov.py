@@ -258,3 +258,23 @@ def test_batch_means_stderr_uses_every_step(steps: int) -> None:
     if steps == 20:  # equal blocks: std of the block means / sqrt(10)
         means = torch.tensor([m for _, m in blocks], dtype=F64)
         assert r.stderr.item() == pytest.approx(float(means.std() / math.sqrt(10)), rel=1e-12)
+
+
+def test_the_tangent_block_is_built_on_the_state_device() -> None:
+    """The random (or given) tangents stayed on the CPU for a state on another device (a GPU);
+    a 'meta' state stands in for one here."""
+    seen: list[tuple[str, str]] = []
+
+    class Devices:
+        def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
+            return x
+
+        def jvp(self, x: torch.Tensor, t: int, tangents: torch.Tensor) -> tuple:
+            seen.append((x.device.type, tangents.device.type))
+            raise RuntimeError("stop after the first step")
+
+    x0 = torch.zeros(4, dtype=torch.float64, device="meta")
+    for start in (None, torch.eye(4, 2, dtype=torch.float64)):
+        with pytest.raises(RuntimeError, match="stop after the first step"):
+            lyapunov_spectrum(Devices(), x0, 2, 3, initial_vectors=start)
+    assert seen == [("meta", "meta"), ("meta", "meta")]

@@ -479,3 +479,35 @@ def test_unknown_modes_negative_steps_and_odd_inputs_are_one_line_errors() -> No
         adam.step(x, -1)
     with pytest.raises(SharpdimError, match=r"^the state must be a tensor, got list"):
         adam.step(x.tolist(), 0)
+
+
+def test_whole_number_steps_of_any_type_give_the_same_step() -> None:
+    """t = 2.0 or tensor(2) passed check_count, then crashed in the step's seed and batch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5), nn.Linear(2, 1)).double()
+    batches = [(torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64))]
+    batches = batches * 3
+    phi = TrainingMap(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), batches, lr=0.1)
+    x = phi.initial_state()
+    want = phi.step(x, 2)
+    for t in (2.0, torch.tensor(2), torch.tensor(2.0)):
+        assert torch.equal(phi.step(x, t), want)
+        assert torch.equal(phi.jvp(x, t, torch.ones_like(x))[0], want)
+
+
+def test_adam_jacobian_is_finite_where_a_gradient_and_its_second_moment_are_zero() -> None:
+    """An embedding row absent from the batch (g = v = 0): autograd's d sqrt(v) = inf made
+    whole columns of jacobian() NaN; the map's derivative there is the one jvp gives."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(3, 2), nn.Flatten(), nn.Linear(4, 1)).double()
+    batch = (torch.tensor([[0, 1], [1, 0]]), torch.tensor([[1.0], [-1.0]], dtype=torch.float64))
+    phi = TrainingMap(
+        model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [batch], optimizer="adam", lr=0.01
+    )
+    x = phi.initial_state()
+    for t in range(3):
+        x = phi.step(x, t)
+    jac = phi.jacobian(x, 3)
+    _, jvp = phi.jvp(x, 3, torch.eye(phi.state_dim, dtype=torch.float64))
+    assert not jac.isnan().any()
+    torch.testing.assert_close(jac, jvp, rtol=1e-12, atol=1e-12)

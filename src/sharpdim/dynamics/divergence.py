@@ -133,14 +133,20 @@ def trajectory_divergence(
         >>> round(r.growth_rate, 6) == round(math.log(2), 6)
         True
     """
-    fmap = as_step_map(step_fn)
+    # only steps are taken: an object with step(x, t) and no jvp is a map too
+    fmap: Any = step_fn if callable(getattr(step_fn, "step", None)) else as_step_map(step_fn)
     if not isinstance(x0, torch.Tensor) or x0.ndim != 1 or not x0.is_floating_point():
         raise SharpdimError("x0 must be a 1-D floating tensor: flatten the state first")
     if not bool(torch.isfinite(x0).all()):
         raise SharpdimError("x0 holds NaN or inf: pass a finite starting state")
     num_steps = check_count(num_steps, "num_steps", hint="e.g. 100")
     delta = check_number(delta, "delta", "> 0", "1e-8")
-    if not 0 < saturation_fraction <= 1:
+    start_step = check_count(start_step, "start_step", 0, "e.g. 0")
+    fit_start = check_count(fit_start, "fit_start", 0, "e.g. 0")
+    if fit_stop is not None:
+        fit_stop = check_count(fit_stop, "fit_stop", 0, "e.g. 20 (or None: automatic)")
+    saturation_fraction = check_number(saturation_fraction, "saturation_fraction", "> 0", "0.1")
+    if not saturation_fraction <= 1:
         raise SharpdimError(
             f"saturation_fraction={saturation_fraction}: pass a number in (0, 1], e.g. 0.1"
         )
@@ -154,7 +160,11 @@ def trajectory_divergence(
             f"needs 2 or more of the steps 0..{num_steps}, pass {fit_start + 2}..{num_steps + 1}"
         )
     n = x0.numel()
-    m = perturb_dims if perturb_dims is not None else int(getattr(step_fn, "num_params", n))
+    m = (
+        check_count(perturb_dims, "perturb_dims", hint="e.g. the number of parameters")
+        if perturb_dims is not None
+        else int(getattr(step_fn, "num_params", n))
+    )
     if not 1 <= m <= n:
         raise SharpdimError(f"perturb_dims={m} for a {n}-dimensional state: pass 1..{n}")
     if direction is None:
@@ -166,6 +176,7 @@ def trajectory_divergence(
             raise SharpdimError(f"direction has {u.numel()} entries: pass {m}")
     if not float(u.norm()) > 0:
         raise SharpdimError("the perturbation direction is zero: pass a non-zero direction")
+    u = u.to(x0.device)
     x = x0.detach()
     y = x.clone()
     y[:m] = (x[:m].to(torch.float64) + delta * u / u.norm()).to(x.dtype)

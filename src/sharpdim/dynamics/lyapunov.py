@@ -295,13 +295,13 @@ def lyapunov_spectrum(
     x = x0.detach()
     if initial_vectors is None:
         gen = default_generator(generator)
-        block = torch.randn(n, k, generator=gen, dtype=torch.float64).to(x.dtype)
+        block = torch.randn(n, k, generator=gen, dtype=torch.float64).to(x.device, x.dtype)
     else:
         if initial_vectors.shape != (n, k):
             raise SharpdimError(
                 f"initial_vectors has shape {tuple(initial_vectors.shape)}: pass ({n}, {k})"
             )
-        block = initial_vectors.detach().to(x.dtype)
+        block = initial_vectors.detach().to(x.device, x.dtype)
     q, _ = _qr_positive(block)
     tiny = torch.finfo(x.dtype).tiny
     logs: list[torch.Tensor] = []

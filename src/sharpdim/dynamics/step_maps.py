@@ -54,6 +54,10 @@ def _orbit_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
     return checked_loss(model, lambda m, b: loss, batch)
 
 
+def _check_step(t: Any) -> int:
+    return check_count(t, "the step t", 0, "0, 1, 2, ... (the batch index of this step)")
+
+
 def _step_seed(seed: int, t: int) -> int:
     """A 32-bit seed for step ``t`` of a map seeded ``seed`` (splitmix64's finalizer of the
     pair): torch's CPU generator keeps only the low 32 bits of a seed."""
@@ -200,10 +204,11 @@ class TrainingMap:
         """The parameter part ``w`` of a state."""
         return x[: self.num_params]
 
-    def _check_state(self, x: torch.Tensor, t: int = 0) -> None:
-        """A one-line error for a state that is not a ``(state_dim,)`` tensor of the model's
-        dtype (e.g. the parameters alone of a momentum or Adam map), or a negative step."""
-        check_count(t, "the step t", 0, "0, 1, 2, ... (the batch index of this step)")
+    def _check_state(self, x: torch.Tensor, t: Any = 0) -> int:
+        """The step ``t`` as an int; a one-line error for a state that is not a
+        ``(state_dim,)`` tensor of the model's dtype (e.g. the parameters alone of a momentum
+        or Adam map), or a step that is not a whole number ``>= 0``."""
+        t = _check_step(t)
         if not isinstance(x, torch.Tensor):
             raise SharpdimError(
                 f"the state must be a tensor, got {type(x).__name__}: start from initial_state()"
@@ -220,6 +225,7 @@ class TrainingMap:
                 f"the state is {x.dtype}, the model's parameters {dtype}: make them match "
                 f"(model.to({x.dtype}) with batches of that dtype, or state.to({dtype}))"
             )
+        return t
 
     def batch(self, t: int) -> Any:
         if callable(self.batches):
@@ -240,6 +246,7 @@ class TrainingMap:
 
         The loss runs under the RNG of step ``t``; a non-finite loss gives a NaN gradient.
         """
+        t = _check_step(t)
         leaf = w if (create_graph and w.requires_grad) else w.detach().requires_grad_(True)
         with torch.enable_grad():
             with (
@@ -264,7 +271,7 @@ class TrainingMap:
     def _step(
         self, x: torch.Tensor, t: int, *, differentiable: bool, freeze_second_moment: bool = False
     ) -> torch.Tensor:
-        self._check_state(x, t)
+        t = self._check_state(x, t)
         d = self.num_params
         w = x[:d]
         _, g, _ = self.loss_and_grad(w, t, create_graph=differentiable)
@@ -285,7 +292,11 @@ class TrainingMap:
         m = b1 * x[d : 2 * d] + (1 - b1) * g
         v = b2 * x[2 * d :] + (1 - b2) * g * g
         vp = v.detach() if freeze_second_moment else v
-        w_next = w - (lr / c1) * m / (vp.sqrt() / c2**0.5 + self.eps)
+        # sqrt(v), with derivative 0 where v = 0 (autograd's is inf there, and 0 * inf = NaN
+        # filled whole columns of jacobian()); the same convention as jvp
+        nonzero = vp != 0
+        root = torch.where(nonzero, torch.where(nonzero, vp, torch.ones_like(vp)).sqrt(), 0.0)
+        w_next = w - (lr / c1) * m / (root / c2**0.5 + self.eps)
         return torch.cat([w_next, m, v])
 
     def jvp(
@@ -299,7 +310,7 @@ class TrainingMap:
         products with ``is_grads_batched=True`` (vmap) on CPU: 24 vs 32 training steps for
         ``k = 16`` on the benchmark MLP.
         """
-        self._check_state(x)
+        t = self._check_state(x, t)
         vec = tangents.ndim == 1
         dx = tangents[:, None] if vec else tangents
         if dx.shape[0] != self.state_dim:
