@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sharpdim.curvature.density import histogram_density, kde_density
+from sharpdim.curvature.measure import silverman_bandwidth
 from sharpdim.curvature.slq import slq_spectrum
 from sharpdim.errors import SharpdimError
 
@@ -51,17 +52,79 @@ def test_kde_integrates_to_one_by_trapezoid() -> None:
 
 
 def test_kde_matches_gaussian_mixture() -> None:
-    """With a fixed bandwidth on a wide grid the KDE is the normal mixture itself."""
+    """With a fixed bandwidth on a wide grid the KDE is the normal mixture's mean over each
+    grid cell, and that is the mixture itself up to (dx/h)^2 / 24 relative."""
+    from scipy.stats import norm
+
     nodes = torch.tensor([0.0, 1.0], dtype=F64)
     weights = torch.tensor([0.25, 0.75], dtype=F64)
     grid = torch.linspace(-4, 5, 2001, dtype=F64)
     _, dens = kde_density(nodes, weights, grid, bandwidth=0.3)
+    dx = float(grid[1] - grid[0])
+    x = grid.numpy()
+    cells = sum(
+        w * (norm.cdf(x + dx / 2, mu, 0.3) - norm.cdf(x - dx / 2, mu, 0.3)) / dx
+        for w, mu in ((0.25, 0.0), (0.75, 1.0))
+    )
+    torch.testing.assert_close(dens, torch.from_numpy(cells), rtol=1e-9, atol=1e-12)
 
     def normal(x: torch.Tensor, mu: float) -> torch.Tensor:
         return torch.exp(-0.5 * ((x - mu) / 0.3) ** 2) / (0.3 * math.sqrt(2 * math.pi))
 
     expected = 0.25 * normal(grid, 0.0) + 0.75 * normal(grid, 1.0)
-    torch.testing.assert_close(dens, expected, rtol=1e-6, atol=1e-9)
+    # cell mean - value = dx^2/24 rho'' + O(dx^4), rho'' = sum w N (z^2 - 1) / h^2
+    curvature = sum(
+        w * normal(grid, mu) * (((grid - mu) / 0.3) ** 2 - 1).abs() / 0.09
+        for w, mu in ((0.25, 0.0), (0.75, 1.0))
+    )
+    bound = 1.01 * dx**2 / 24 * curvature + 1e-6 * expected
+    assert bool(((dens - expected).abs() <= bound).all())
+    assert float((dens - expected).abs().max()) > 1e-3 * float((dx**2 / 24 * curvature).max())
+
+
+def test_kde_keeps_a_narrow_outlier_on_a_coarse_grid() -> None:
+    """A bulk of width 0.02 and outliers at 60, 170, 300 (a trained network's Hessian): the
+    bandwidth (~0.002) is far below the default cells (~0.6); evaluated at the grid points the
+    outliers fell between them (mass 0 near 60 and 170, 0.035 near 300 instead of 0.001)."""
+    g = torch.Generator().manual_seed(0)
+    bulk = torch.rand(397, generator=g, dtype=F64) * 0.02 - 0.005
+    nodes = torch.cat([torch.tensor([300.0, 170.0, 60.0], dtype=F64), bulk])
+    weights = torch.ones(400, dtype=F64) / 400
+    grid, dens = kde_density(nodes, weights)
+    cells = dens * (grid[1] - grid[0])
+    assert float(grid[1] - grid[0]) > 100 * silverman_bandwidth(nodes, weights)
+    for lo, hi, mass in ((-1, 1, 397 / 400), (50, 70, 1 / 400), (160, 180, 1 / 400)):
+        inside = (grid >= lo) & (grid <= hi)
+        assert float(cells[inside].sum()) == pytest.approx(mass, rel=1e-9)
+    assert float(torch.trapezoid(dens, grid)) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_kde_blocks_of_grid_and_atoms_give_the_same_density(monkeypatch) -> None:
+    """The grid is split into blocks too (only the atoms were: 1.9 GiB for 20,001 points)."""
+    import sharpdim.curvature.density as density
+
+    g = torch.Generator().manual_seed(2)
+    nodes, weights = torch.randn(300, generator=g, dtype=F64), torch.rand(300, generator=g)
+    grid, whole = kde_density(nodes, weights, grid_size=257)
+    monkeypatch.setattr(density, "_CHUNK", 1000)  # blocks of 3 grid points x 300 atoms
+    torch.testing.assert_close(kde_density(nodes, weights, grid)[1], whole, rtol=1e-13, atol=0)
+    monkeypatch.setattr(density, "_CHUNK", 100)  # 1 grid point x 100 atoms
+    torch.testing.assert_close(kde_density(nodes, weights, grid)[1], whole, rtol=1e-13, atol=0)
+
+
+def test_nodes_equal_up_to_rounding_are_one_point() -> None:
+    """SLQ of 0.3 I gives nodes 0.3 - 6e-17, 0.3, 0.3 + 6e-17: the histogram had 98 bins of
+    width 0 (NaN density) and the KDE a bandwidth of 2e-17."""
+    nodes = torch.tensor([0.29999999999999993, 0.3, 0.30000000000000004], dtype=F64)
+    weights = torch.ones(3, dtype=F64)
+    edges, hist = histogram_density(nodes, weights, bins=100)
+    assert edges[0] == pytest.approx(-0.2) and edges[-1] == pytest.approx(0.8)
+    assert bool(torch.isfinite(hist).all()) and float((hist * edges.diff()).sum()) == 1.0
+    grid, dens = kde_density(nodes, weights)
+    assert float(grid[1] - grid[0]) > 1e-6  # a bandwidth of 1e-3 * 0.3
+    assert float(grid[dens.argmax()]) == pytest.approx(0.3, abs=1e-5)
+    with pytest.raises(SharpdimError, match=r"too narrow for 100 bins"):
+        histogram_density(nodes, weights, bins=100, range=(0.3, 0.30000000000000004))
 
 
 def test_kde_default_bandwidth_is_silverman() -> None:
