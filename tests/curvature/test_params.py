@@ -52,6 +52,17 @@ def test_get_and_set_flat_params() -> None:
     )  # visible to operators
 
 
+def test_set_flat_params_takes_a_generator_and_checks_the_size() -> None:
+    """With model.parameters() (a generator) nothing was written and nothing raised."""
+    model = make_mlp([3, 4, 2])
+    zeros = torch.zeros(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    set_flat_params(model.parameters(), zeros)
+    assert float(get_flat_params(model.parameters()).abs().max()) == 0.0
+    for bad in (torch.zeros(5, dtype=torch.float64), zeros[:, None], [0.0] * zeros.numel()):
+        with pytest.raises(SharpdimError, match=r"^the flat vector is .*, the parameters hold 26"):
+            set_flat_params(model.parameters(), bad)
+
+
 def test_trainable_parameters_selection() -> None:
     model = make_mlp([3, 4, 2])
     model[0].bias.requires_grad_(False)

@@ -213,6 +213,14 @@ def test_bad_input() -> None:
         lanczos_tridiagonal_partial(a, 5, torch.zeros(40, dtype=F64))
     with pytest.raises(SharpdimError, match="reorthogonalization"):
         slq_spectrum(a, num_runs=1, num_steps=5, reorthogonalization="bogus")
+    # were a TypeError (comparing "3" with 1, range(2.5)) and a RuntimeError (norm of ints)
+    for method in (lanczos_tridiagonal, lanczos_tridiagonal_partial):
+        for bad in (2.5, "3"):
+            with pytest.raises(SharpdimError, match=r"^num_steps must be an integer >= 1"):
+                method(a, bad, probe(40))
+        ones = torch.ones(40, dtype=torch.int64)
+        by_ints, by_floats = method(a, 5, ones), method(a, 5.0, ones.to(F64))
+        torch.testing.assert_close(by_ints[0], by_floats[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

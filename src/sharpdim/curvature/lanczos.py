@@ -111,16 +111,18 @@ class LanczosResult:
         }
 
 
-def tridiagonal_steps(op: LinearOperator, num_steps: int, v0: torch.Tensor) -> int:
-    """Validate a tridiagonalization's arguments; the number of steps, ``min(num_steps, n)``."""
+def tridiagonal_steps(op: LinearOperator, num_steps: Any, v0: Any) -> tuple[int, torch.Tensor]:
+    """Validate a tridiagonalization's arguments: the number of steps, ``min(num_steps, n)``,
+    and ``v0`` as a float64 tensor (an integer tensor, array or list is converted)."""
     n = op.num_params
-    if num_steps < 1:
-        raise SharpdimError(f"num_steps must be >= 1, got {num_steps}")
-    if v0.ndim != 1 or v0.shape[0] != n:
-        raise SharpdimError(f"v0 has shape {tuple(v0.shape)}: pass a vector of shape ({n},)")
-    if not bool(torch.isfinite(v0).all()) or float(v0.norm()) == 0:
+    steps = check_count(num_steps, "num_steps", hint="a number of Lanczos steps, e.g. 30")
+    start = _as_start(v0, n, 1)
+    if start.ndim != 1 or start.shape[0] != n:
+        raise SharpdimError(f"v0 has shape {tuple(start.shape)}: pass a vector of shape ({n},)")
+    start = start if start.is_floating_point() else start.to(torch.float64)
+    if not bool(torch.isfinite(start).all()) or float(start.norm()) == 0:
         raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
-    return min(num_steps, n)
+    return min(steps, n), start
 
 
 def lanczos_tridiagonal(
@@ -142,7 +144,7 @@ def lanczos_tridiagonal(
     the basis instead of a fresh allocation.
     """
     op = as_operator(H)
-    steps = tridiagonal_steps(op, num_steps, v0)
+    steps, v0 = tridiagonal_steps(op, num_steps, v0)
     basis = KrylovBasis(op, steps + 1, v0, None, restart_on_breakdown=False, workspace=workspace)
     while basis.m < steps and basis.nb > 0:
         basis.step()

@@ -79,13 +79,22 @@ def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.
     return [c.T.reshape(k, *p.shape) for c, p in zip(vector.split(sizes), like, strict=False)]
 
 
-def get_flat_params(params: Sequence[torch.Tensor]) -> torch.Tensor:
+def get_flat_params(params: Iterable[torch.Tensor]) -> torch.Tensor:
     """A detached copy of the parameters as one flat vector."""
     return flatten([p.detach() for p in params]).clone()
 
 
 @torch.no_grad()
-def set_flat_params(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
-    """Write a flat vector into the parameters in place."""
-    for p, v in zip(params, unflatten(vector, params), strict=False):
+def set_flat_params(params: Iterable[torch.Tensor], vector: torch.Tensor) -> None:
+    """Write a flat vector into the parameters in place (``params`` may be a generator such
+    as ``model.parameters()``)."""
+    params = list(params)
+    size = sum(p.numel() for p in params)
+    if not isinstance(vector, torch.Tensor) or vector.ndim != 1 or vector.numel() != size:
+        what = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
+        raise SharpdimError(
+            f"the flat vector is {what}, the parameters hold {size} numbers: pass a vector of "
+            f"shape ({size},), e.g. from get_flat_params"
+        )
+    for p, v in zip(params, unflatten(vector, params), strict=True):
         p.copy_(v)

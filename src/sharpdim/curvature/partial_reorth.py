@@ -149,7 +149,7 @@ def _lanczos(
     """The Lanczos recurrence with (``semi_orthogonal``) or without Simon's safeguard."""
     op = as_operator(H)
     n = op.num_params
-    steps = tridiagonal_steps(op, num_steps, v0)
+    steps, v0 = tridiagonal_steps(op, num_steps, v0)
     dtype = basis_dtype(op.dtype)
     eps = torch.finfo(dtype).eps
     level = math.sqrt(eps)
