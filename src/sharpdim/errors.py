@@ -13,3 +13,7 @@ class SharpdimError(ValueError):
 
 class TooLargeError(SharpdimError):
     """A dense or exact computation was asked for a model above the configured size limit."""
+
+
+class NonFiniteLossError(SharpdimError):
+    """The loss at the given parameters is NaN or inf (a diverged model, or bad data)."""

@@ -24,8 +24,13 @@ from sharpdim.training.datasets import load_dataset
         (
             "digits",
             {"n_train": 10, "n_test": -1},
-            "n_train=10, n_test=-1 do not fit in the 1797 examples: choose "
-            "0 <= n_test < 1797 and 1 <= n_train <= 1797 - n_test",
+            "n_test must be an integer >= 0, got -1: pass e.g. n_test=200",
+        ),
+        (
+            "digits",
+            {"n_train": 1000, "n_test": 1000},
+            "n_train=1000, n_test=1000 do not fit in the 1797 examples: choose "
+            "0 <= n_test < 1797 and 1 <= n_train <= 1797 - n_test (here 797)",
         ),
     ],
 )

@@ -93,7 +93,8 @@ def test_adam_preconditioned_sharpness():
         t_next = adam_step(opt, params, upcoming=True)
         h = dense_hessian(model, mse_loss, (x, y))
         d = p_next.rsqrt()
-        expected = _top(d[:, None] * h * d[None, :])  # eigenvalues of P^-1 H
+        # eigenvalues of P^-1 (H + wd I): Adam's L2 decay is part of the curvature it sees
+        expected = _top(d[:, None] * (h + 0.01 * torch.eye(len(h), dtype=h.dtype)) * d[None, :])
         assert record is not None and record.preconditioned_sharpness is not None
         assert record.preconditioned_sharpness == pytest.approx(expected, rel=1e-8)
         assert record.sharpness == pytest.approx(_top(h), rel=1e-8)
@@ -435,8 +436,17 @@ def test_param_groups_that_differ_only_in_weight_decay():
     model, opt = _grouped(torch.optim.SGD, (0.2, 0.2), momentum=0.5)
     opt.param_groups[1]["weight_decay"] = 0.01
     record = EoSMonitor(mse_loss, (x, y), tol=1e-10).measure(model, opt)
-    expected = _top(dense_hessian(model, mse_loss, (x, y)))
-    assert record.preconditioned_sharpness is None and record.threshold == pytest.approx(15.0)
+    h = dense_hessian(model, mse_loss, (x, y))
+    decay = torch.cat(
+        [torch.full((p.numel(),), g["weight_decay"]) for g in opt.param_groups for p in g["params"]]
+    ).double()
+    order = {id(p): i for i, p in enumerate(model.parameters())}
+    assert [order[id(p)] for g in opt.param_groups for p in g["params"]] == sorted(order.values())
+    # the update sees H + diag(decay): measured as the "preconditioned" sharpness (P = I)
+    expected = _top(h + torch.diag(decay))
+    assert record.sharpness == pytest.approx(_top(h), rel=1e-9)
+    assert record.preconditioned_sharpness == pytest.approx(expected, rel=1e-9)
+    assert record.threshold == pytest.approx(15.0)
     assert record.ratio == pytest.approx(expected / 15.0, rel=1e-9)
 
 
@@ -576,3 +586,99 @@ def test_an_infinite_lr_is_refused_by_name():
 
     with pytest.raises(SharpdimError, match=r"^learning rate inf must be a finite number > 0"):
         stability_threshold("gd", math.inf)
+
+
+def test_coupled_weight_decay_is_in_the_bounded_quantity():
+    """SGD's L2 decay adds wd I to the Hessian the update sees: with lambda_max = 10,
+    eta = 0.19 and wd = 1 the run diverges although lambda_max / (2/eta) = 0.95 (the ratio
+    reported was 0.95; it is (10 + 1) / (2/0.19) = 1.045)."""
+    x, y = _data()
+    model = _model()
+    h = _top(dense_hessian(model, mse_loss, (x, y)))
+    for momentum, threshold in ((0.0, 2 / 0.1), (0.5, 3 / 0.1)):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum, weight_decay=0.3)
+        record = EoSMonitor(mse_loss, (x, y), tol=1e-10).measure(model, opt)
+        assert record.sharpness == pytest.approx(h, rel=1e-9)  # the loss's own
+        assert record.preconditioned_sharpness is None and record.num_matvecs > 0
+        assert record.ratio == pytest.approx((h + 0.3) / threshold, rel=1e-9)
+    decoupled = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.3)
+    mse_loss(model, (x, y)).backward()
+    record = EoSMonitor(mse_loss, (x, y), tol=1e-10).measure(model, decoupled)
+    d = upcoming_adam_preconditioner(decoupled, list(model.parameters())).rsqrt()
+    hessian = dense_hessian(model, mse_loss, (x, y))
+    expected = _top(d[:, None] * hessian * d[None, :])  # AdamW's decay is not curvature
+    assert record.preconditioned_sharpness == pytest.approx(expected, rel=1e-8)
+
+
+def test_adam_freezes_parameters_it_does_not_hold():
+    """Documented as lr scale 0; Adam raised 'a parameter of the model is not in the Adam
+    optimizer' (SGD did what the docs say)."""
+    x, y = _data()
+    model = _model()
+    first = list(model[1].parameters())
+    rest = [p for p in model.parameters() if all(p is not q for q in first)]
+    opt = torch.optim.Adam(rest, lr=0.01)
+    mse_loss(model, (x, y)).backward()
+    record = EoSMonitor(mse_loss, (x, y), tol=1e-10).measure(model, opt)
+    held = torch.cat(
+        [torch.full((p.numel(),), float(any(p is q for q in rest))) for p in model.parameters()]
+    ).double()
+    p_rest = upcoming_adam_preconditioner(opt, rest)
+    d = torch.zeros_like(held)
+    d[held.bool()] = p_rest.rsqrt()
+    hessian = dense_hessian(model, mse_loss, (x, y))
+    assert record.preconditioned_sharpness == pytest.approx(
+        _top(d[:, None] * hessian * d[None, :]), rel=1e-8
+    )
+
+
+def test_maximizing_optimizers_are_refused():
+    x, y = _data()
+    model = _model()
+    for opt in (
+        torch.optim.SGD(model.parameters(), lr=0.1, maximize=True),
+        torch.optim.Adam(model.parameters(), lr=0.1, maximize=True),
+    ):
+        with pytest.raises(SharpdimError, match=r"^the optimizer has maximize=True"):
+            EoSMonitor(mse_loss, (x, y)).measure(model, opt)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lr": 0.1}, r"^sd_options \['lr'\] are set by the monitor"),
+        ({"methd": "slq"}, r"^sd_options \['methd'\] are not sharpness_dimension options"),
+        ([("method", "slq")], r"^sd_options must be a dict, got list"),
+    ],
+)
+def test_sd_options_are_checked_when_the_monitor_is_built(options, message):
+    """They failed with a TypeError at the first SD measurement, deep inside training."""
+    with pytest.raises(SharpdimError, match=message):
+        EoSMonitor(mse_loss, _data(), sd_every=10, sd_options=options)
+
+
+def test_a_diverged_model_is_recorded_in_a_users_own_loop():
+    """train() stops before the monitor sees a non-finite loss; a hand-written loop got a
+    SharpdimError traceback instead of a record."""
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = EoSMonitor(mse_loss, (x, y), every=1)
+    assert math.isfinite(monitor.on_step(0, model, 0.5, opt).sharpness)
+    with torch.no_grad():
+        next(model.parameters()).fill_(math.inf)
+    record = monitor.on_step(1, model, math.inf, opt)
+    assert math.isnan(record.sharpness) and math.isnan(record.ratio)
+    assert record.threshold == 20.0 and not record.converged and record.num_matvecs == 0
+    assert [r.step for r in monitor.records] == [0, 1]
+
+
+def test_float64_data_stay_unrounded_after_a_float32_model():
+    """The examples were cast to the first model's dtype for good."""
+    x, y = _data()
+    monitor = EoSMonitor(mse_loss, (x, y), tol=1e-12)
+    monitor.measure(_model().float())
+    again = monitor.measure(_model()).sharpness
+    fresh = EoSMonitor(mse_loss, (x, y), tol=1e-12).measure(_model()).sharpness
+    assert again == pytest.approx(fresh, rel=1e-12)  # were 1.5e-10 apart (rounded data)
+    assert monitor.x.dtype == torch.float64

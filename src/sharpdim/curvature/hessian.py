@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from sharpdim.checks import check_count
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
-from sharpdim.errors import SharpdimError
+from sharpdim.errors import NonFiniteLossError, SharpdimError
 from sharpdim.rng import forked_global_rng, peek_seed
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -68,7 +68,7 @@ def checked_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
             "return a real loss (e.g. take .real or .abs() of a complex value)"
         )
     if not torch.isfinite(loss.detach()).all():
-        raise SharpdimError(
+        raise NonFiniteLossError(
             f"loss is not finite ({loss.detach().item()}): the model has diverged, the input holds "
             "NaN/inf, or a mean is over no elements (e.g. every target is cross-entropy's "
             "ignore_index); check the data and the parameters before computing curvature"

@@ -52,8 +52,8 @@ class EoSRun:
         threshold: its stability threshold.
         status, diverged_at: the run's outcome (see :class:`~sharpdim.training.loop.TrainResult`).
         steps, loss, sharpness: the monitor's records (sharpness = ``lambda_max(H)``).
-        bounded: the quantity the threshold bounds at each record (sharpness, or the
-            preconditioned sharpness for Adam).
+        bounded: the quantity the threshold bounds at each record (sharpness plus any
+            coupled weight decay, or the preconditioned sharpness for Adam).
         late_median_ratio: median of ``bounded / threshold`` over the records with
             ``step >= (1 - late_fraction) * steps_total``.
         late_ratio_range: (min, max) of that ratio over the same records.
@@ -199,10 +199,7 @@ def monitored_run(
             model, optimizer, step=result.steps_completed, loss_value=result.final_train_loss
         )
     records = monitor.records
-    bounded = tuple(
-        r.preconditioned_sharpness if r.preconditioned_sharpness is not None else r.sharpness
-        for r in records
-    )
+    bounded = tuple(r.bounded for r in records)
     run = EoSRun(
         optimizer=config.optimizer,  # (the monitor calls SGD with momentum 0 "gd")
         lr=config.lr,

@@ -40,7 +40,7 @@ from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import trainable_parameters
-from sharpdim.errors import SharpdimError
+from sharpdim.errors import NonFiniteLossError, SharpdimError
 from sharpdim.rng import forked_global_rng
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.losses import get_loss
@@ -48,6 +48,7 @@ from sharpdim.training.optimizers import (
     ADAPTIVE,
     adam_diagonal,
     adam_step,
+    coupled_decay,
     decoupled_decay,
     lr_scaling,
     optimizer_stability_threshold,
@@ -77,12 +78,14 @@ class EoSRecord:
         threshold: the optimizer's stability threshold at ``lr`` (``nan`` without one).
         optimizer: the update rule's name (``"gd"``, ``"momentum"``, ``"adam"``, ...).
         lr: the optimizer's step size, the largest of its param groups' (``nan`` without one).
-        preconditioned_sharpness: ``lambda_max(L P^-1 H)`` for Adam/AdamW (``P`` Adam's
-            preconditioner) or for param groups of different lr (``P = I``), with
-            ``L = diag(lr_i / lr)`` (``lr_i = 0`` for a parameter the optimizer does not
-            hold; ``L = I`` when all are equal); else ``None``.
-        ratio: the quantity the threshold bounds (preconditioned sharpness if measured, else
-            sharpness) divided by the threshold; about 1 at the edge of stability.
+        preconditioned_sharpness: ``lambda_max(L P^-1 (H + W))`` for Adam/AdamW (``P`` Adam's
+            preconditioner), for param groups of different lr or of different coupled weight
+            decay (``P = I``), with ``L = diag(lr_i / lr)`` (``lr_i = 0`` for a parameter the
+            optimizer does not hold; ``L = I`` when all are equal) and ``W`` the coupled L2
+            weight decay (SGD's, Adam's; not AdamW's decoupled one); else ``None``.
+        bounded: the quantity the threshold bounds: the preconditioned sharpness if
+            measured, else ``sharpness + weight_decay`` (the update sees ``H + wd I``).
+        ratio: ``bounded / threshold``; about 1 at the edge of stability.
         converged: whether the Lanczos eigenvalue(s) met their tolerance.
         num_matvecs: Hessian-vector products spent.
         sd: the sharpness dimension when it was measured at this step, else ``None``.
@@ -96,6 +99,7 @@ class EoSRecord:
     optimizer: str
     lr: float
     preconditioned_sharpness: float | None
+    bounded: float
     ratio: float
     converged: bool
     num_matvecs: int
@@ -107,11 +111,15 @@ class EoSRecord:
 
 
 class _ScaledOperator(LinearOperator):
-    """``D H D`` for a diagonal ``D = diag(d)``: with ``d = P^-1/2`` it is similar to ``P^-1 H``."""
+    """``D (H + W) D`` for diagonals ``D = diag(d)`` and ``W = diag(w)`` (coupled weight decay,
+    or none): with ``d = P^-1/2`` it is similar to ``P^-1 (H + W)``."""
 
-    def __init__(self, inner: LinearOperator, diagonal: torch.Tensor) -> None:
+    def __init__(
+        self, inner: LinearOperator, diagonal: torch.Tensor, shift: torch.Tensor | None = None
+    ) -> None:
         self.inner = inner
         self.diagonal = diagonal.to(dtype=inner.dtype, device=inner.device)
+        self.shift = None if shift is None else shift.to(dtype=inner.dtype, device=inner.device)
 
     @property
     def num_params(self) -> int:
@@ -127,7 +135,9 @@ class _ScaledOperator(LinearOperator):
 
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         d = self.diagonal[:, None]
-        return d * (self.inner @ (d * block))
+        scaled = d * block
+        out = self.inner @ scaled
+        return d * (out if self.shift is None else out + self.shift[:, None] * scaled)
 
 
 @torch.no_grad()
@@ -136,6 +146,7 @@ def upcoming_adam_preconditioner(
     params: Sequence[torch.Tensor],
     *,
     bias_correction: bool = True,
+    unheld: str = "error",
 ) -> torch.Tensor:
     """Adam's diagonal preconditioner ``P_{t+1}`` for the update about to be taken.
 
@@ -145,7 +156,9 @@ def upcoming_adam_preconditioner(
     :func:`sharpdim.training.optimizers.adam_preconditioner` (``bias_correction=False``: without
     ``1 - beta1^t``, the SD's ``preconditioner``). The optimizer is not changed.
     A parameter without a gradient (which the step leaves alone) keeps the last step's ``P``,
-    or, without Adam state, gets ``P = inf``: ``P^-1/2 = 0`` freezes its directions.
+    or, without Adam state, gets ``P = inf``: ``P^-1/2 = 0`` freezes its directions. A
+    parameter the optimizer does not hold is an error, or with ``unheld="freeze"`` gets
+    ``P = inf`` too (it does not move).
     """
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         raise SharpdimError(
@@ -154,6 +167,9 @@ def upcoming_adam_preconditioner(
     group_of = param_groups_by_id(optimizer)
     pieces = []
     for p in params:
+        if id(p) not in group_of and unheld == "freeze":
+            pieces.append(torch.full((p.numel(),), math.inf, dtype=p.dtype, device=p.device))
+            continue
         if id(p) not in group_of:
             raise SharpdimError(
                 "a parameter of the model is not in the Adam optimizer: pass the optimizer "
@@ -292,10 +308,11 @@ class EoSMonitor:
         self.chunk_weight = chunk_weight
         self.mode: Mode = mode
         self.raw_sharpness, self.warm_start = raw_sharpness, warm_start
-        self.sd_every, self.sd_options = sd_every, dict(sd_options or {})
+        self.sd_every, self.sd_options = sd_every, _check_sd_options(sd_options)
         self.generator = default_generator(generator)
         self.records: list[EoSRecord] = []
         self._start: dict[str, torch.Tensor] = {}
+        self._cast: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- hooks ---------------------------------------------------------------------------
     def on_step(
@@ -336,28 +353,64 @@ class EoSMonitor:
         loss_value: float,
     ) -> EoSRecord:
         start = time.perf_counter()
-        hessian = self._hessian(model)
-        name, lr, threshold, scale = "unknown", math.nan, math.nan, None
+        name, lr, threshold = "unknown", math.nan, math.nan
         if optimizer is not None:
             name, threshold = optimizer_stability_threshold(optimizer)
-            lr, lrs = reference_lr(optimizer), lr_scaling(optimizer, hessian.params)
+            lr = reference_lr(optimizer)
+        try:
+            curvature = self._curvature(model, optimizer, name)
+        except NonFiniteLossError:  # a diverged model: recorded, as train() records it
+            return self._append(step, loss_value, name, lr, threshold, start)
+        sd = None
+        if self.sd_every and step >= 0 and step % self.sd_every == 0 and optimizer is not None:
+            sd = self._sharpness_dimension(model, name, lr, optimizer)
+        return self._append(step, loss_value, name, lr, threshold, start, *curvature, sd=sd)
+
+    def _curvature(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | None, name: str
+    ) -> tuple[float, float | None, float, bool, int]:
+        """``(sharpness, preconditioned sharpness, bounded quantity, converged, matvecs)``."""
+        hessian = self._hessian(model)
+        scale, decay, shift = None, None, 0.0
+        if optimizer is not None:
+            lrs = lr_scaling(optimizer, hessian.params)
             scale = None if lrs is None else lrs.sqrt()  # (L P^-1)^(1/2)
             if name in ADAPTIVE:
-                p_root = upcoming_adam_preconditioner(optimizer, hessian.params).rsqrt()
-                scale = p_root if scale is None else scale * p_root
+                upcoming = upcoming_adam_preconditioner(optimizer, hessian.params, unheld="freeze")
+                scale = upcoming.rsqrt() if scale is None else scale * upcoming.rsqrt()
+            decay = coupled_decay(optimizer, hessian.params)  # the update sees H + diag(decay)
+            if decay is not None and scale is None and bool((decay == decay[0]).all()):
+                shift, decay = float(decay[0]), None  # lambda_max(H + wd I) = lambda_max(H) + wd
+            elif decay is not None and scale is None:
+                scale = torch.ones_like(decay)
         matvecs, converged = 0, True
         sharpness, pre = math.nan, None
         if scale is None or self.raw_sharpness:
             sharpness, ok, used = self._top_eigenvalue("raw", hessian)
             matvecs, converged = matvecs + used, converged and ok
         if scale is not None:
-            scaled = _ScaledOperator(hessian, scale)
+            scaled = _ScaledOperator(hessian, scale, decay)
             pre, ok, used = self._top_eigenvalue("preconditioned", scaled)
             matvecs, converged = matvecs + used, converged and ok
-        bounded = pre if pre is not None else sharpness
-        sd = None
-        if self.sd_every and step >= 0 and step % self.sd_every == 0 and optimizer is not None:
-            sd = self._sharpness_dimension(model, name, lr, optimizer)
+        bounded = pre if pre is not None else sharpness + shift
+        return sharpness, pre, bounded, converged, matvecs
+
+    def _append(
+        self,
+        step: int,
+        loss_value: float,
+        name: str,
+        lr: float,
+        threshold: float,
+        start: float,
+        sharpness: float = math.nan,
+        pre: float | None = None,
+        bounded: float = math.nan,
+        converged: bool = False,
+        matvecs: int = 0,
+        sd: float | None = None,
+    ) -> EoSRecord:
+        """Append and return the record of one measurement (NaN for a diverged model)."""
         record = EoSRecord(
             step=int(step),
             loss=float(loss_value),
@@ -366,7 +419,8 @@ class EoSMonitor:
             optimizer=name,
             lr=lr,
             preconditioned_sharpness=pre,
-            ratio=float(bounded / threshold) if optimizer is not None else math.nan,
+            bounded=float(bounded),
+            ratio=float(bounded / threshold) if name != "unknown" else math.nan,
             converged=bool(converged),
             num_matvecs=int(matvecs),
             sd=sd,
@@ -398,14 +452,22 @@ class EoSMonitor:
         self._start.clear()
 
     # -- internals -----------------------------------------------------------------------
+    def _examples_like(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples on ``ref``'s device with its float dtype, cast once per pair (the
+        originals are kept: a float64 model after a float32 one sees unrounded data)."""
+        key = (ref.device, ref.dtype)
+        if key not in self._cast:
+            self._cast[key] = tuple(  # type: ignore[assignment]
+                t.to(device=ref.device, dtype=ref.dtype if t.is_floating_point() else None)
+                for t in (self.x, self.y)
+            )
+        return self._cast[key]
+
     def _hessian(self, model: nn.Module) -> HessianOperator:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise SharpdimError("the model has no trainable parameters: nothing to monitor")
-        ref = params[0]
-        x = self.x.to(device=ref.device, dtype=ref.dtype if self.x.is_floating_point() else None)
-        y = self.y.to(device=ref.device, dtype=ref.dtype if self.y.is_floating_point() else None)
-        self.x, self.y = x, y  # cast once
+        x, y = self._examples_like(params[0])
         if self.chunk_size is None or self.chunk_size >= len(x):
             return HessianOperator(model, self.loss_fn, (x, y), mode=self.mode)
         chunks = [
@@ -518,3 +580,29 @@ class EoSMonitor:
             **{**live, **options},
         )
         return float(result.sd)
+
+
+def _check_sd_options(options: Any) -> dict[str, Any]:
+    """``sd_options`` as a dict of :func:`~sharpdim.dimension.sharpness_dimension` keywords
+    that the monitor does not set itself (a typo failed at the first SD measurement)."""
+    import inspect
+
+    from sharpdim.dimension.sharpness_dimension import sharpness_dimension
+
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise SharpdimError(
+            f"sd_options must be a dict, got {type(options).__name__}: pass e.g. "
+            "{'method': 'slq', 'num_batches': 8}"
+        )
+    accepted = set(inspect.signature(sharpness_dimension).parameters)
+    own = {"model", "loss_fn", "data", "lr", "optimizer", "generator"}
+    unknown = sorted(set(options) - (accepted - own))
+    if unknown:
+        why = "set by the monitor" if set(unknown) <= own else "not sharpness_dimension options"
+        raise SharpdimError(
+            f"sd_options {unknown} are {why}: use keywords of sharpness_dimension other than "
+            f"{', '.join(sorted(own))}"
+        )
+    return dict(options)

@@ -159,6 +159,11 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     """
     group = optimizer.param_groups[0]
     why = "their update has no common stability threshold; give all groups the same value"
+    if any(g.get("maximize", False) for g in optimizer.param_groups):
+        raise SharpdimError(
+            "the optimizer has maximize=True (it ascends the loss, whose curvature is then -H): "
+            "minimise the negated loss with maximize=False instead"
+        )
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         beta1 = sorted({float(g["betas"][0]) for g in optimizer.param_groups})
         if len(beta1) > 1:
@@ -220,6 +225,37 @@ def lr_scaling(
         [
             torch.full((p.numel(),), s, dtype=p.dtype, device=p.device)
             for p, s in zip(params, scale, strict=True)
+        ]
+    )
+
+
+def coupled_decay(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]
+) -> torch.Tensor | None:
+    """Each parameter's coupled L2 ``weight_decay`` (added to its gradient: SGD and its
+    momentum variants, Adam without decoupling), flattened; ``None`` when all are 0.
+
+    The update then sees the Hessian ``H + diag(decay)``. AdamW's decoupled decay (a shrink of
+    ``w``, not a gradient term) and a parameter the optimizer does not hold give 0.
+    """
+    group_of = param_groups_by_id(optimizer)
+
+    def decay(p: torch.Tensor) -> float:
+        group = group_of.get(id(p))
+        if group is None or (
+            isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+            and decoupled_decay(optimizer, group)
+        ):
+            return 0.0
+        return float(group.get("weight_decay", 0.0))
+
+    values = [decay(p) for p in params]
+    if not any(values):
+        return None
+    return torch.cat(
+        [
+            torch.full((p.numel(),), v, dtype=p.dtype, device=p.device)
+            for p, v in zip(params, values, strict=True)
         ]
     )
 
