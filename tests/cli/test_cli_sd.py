@@ -95,6 +95,11 @@ BAD = [
     ),
     (["--steps", "3"], "No such option: --steps"),
     (
+        ["--optimizer", "momentum", "--momentum", "0"],
+        "--optimizer momentum with --momentum 0 is plain gradient descent, whose SD the "
+        "momentum formula does not give: pass --optimizer gd, or --momentum in (0, 1)",
+    ),
+    (
         ["--optimizer", "adam", "--momentum", "5"],
         "--momentum must be in [0, 1), got 5.0: pass e.g. --momentum 0.9",
     ),
@@ -124,6 +129,7 @@ CHECKED_FIRST = [
     ["--json", "/proc/nonexist/x.json"],
     ["--optimizer", "gd", "--momentum", "-0.5"],  # checked though gd does not use it
     ["--optimizer", "adam", "--momentum", "5"],
+    ["--optimizer", "momentum", "--momentum", "0"],  # was refused after training, by the SD
 ]
 
 

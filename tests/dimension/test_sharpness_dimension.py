@@ -347,6 +347,7 @@ def test_bad_input() -> None:
             "exactly 0.*pass eps > 0",
         ),
         ({"optimizer": "momentum", "preconditioner": [1.0] * 38}, "'momentum' does not use it"),
+        ({"num_bootstrap": 1}, r"^num_bootstrap=1 gives no interval"),  # was [22.44, 22.44]
     ],
 )
 def test_bad_input_is_a_one_line_error(kwargs: dict, match: str) -> None:

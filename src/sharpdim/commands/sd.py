@@ -126,6 +126,11 @@ def compute(
         if value not in choices:
             raise SharpdimError(f"unknown {flag} {value!r}: use one of {', '.join(choices)}")
     check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
+    if optimizer in ("momentum", "nesterov") and momentum == 0:  # (before training, not after)
+        raise SharpdimError(
+            f"--optimizer {optimizer} with --momentum 0 is plain gradient descent, whose SD the "
+            "momentum formula does not give: pass --optimizer gd, or --momentum in (0, 1)"
+        )
     check_at_least(num_batches, 1, "--num-batches")
     check_at_least(num_runs, 1, "--num-runs")
     check_at_least(num_steps, 1, "--num-steps")

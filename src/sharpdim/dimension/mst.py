@@ -22,6 +22,7 @@ Metrics:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -97,11 +98,25 @@ def pairwise_distances(
                 )
         out[i : i + chunk_size] = block
     out.fill_diagonal_(0.0)
-    if metric == "euclidean" or metric == "loss":
-        out = torch.maximum(out, out.T)  # exact symmetry despite rounding
     if (out < 0).any() or not torch.isfinite(out).all():
         raise SharpdimError("the metric gave negative or non-finite distances: fix the metric")
-    return out
+    if callable(metric):
+        _check_symmetric(out, "the metric")
+    return torch.maximum(out, out.T)  # exact symmetry despite rounding
+
+
+def _check_symmetric(d: torch.Tensor, what: str) -> None:
+    """A one-line error if ``d`` is not symmetric up to rounding (the MST reads one triangle:
+    an asymmetric dissimilarity would make the result depend on the order of the points)."""
+    gap = float(
+        (d - d.T).abs().nan_to_num(nan=math.inf, posinf=math.inf).max()
+    )  # (inf - inf: one-sided)
+    scale = float(d[torch.isfinite(d)].abs().max()) if bool(torch.isfinite(d).any()) else 0.0
+    if not gap <= 1e-12 * scale:
+        raise SharpdimError(
+            f"{what} is not symmetric (d(a, b) and d(b, a) differ by up to {gap:.3g}): pass a "
+            "symmetric distance, e.g. the mean of both directions"
+        )
 
 
 def _euclidean_block(full: torch.Tensor, centred: torch.Tensor, i: int, m: int) -> torch.Tensor:
@@ -150,6 +165,8 @@ def mst_edge_lengths(distances: torch.Tensor) -> torch.Tensor:
     dense = d.detach().cpu().numpy()
     if np.isnan(dense).any() or (dense < 0).any():
         raise SharpdimError("distances hold NaN or negative values: fix the metric")
+    finite = torch.from_numpy(np.where(np.isinf(dense) & np.isinf(dense.T), 0.0, dense))
+    _check_symmetric(finite, "the distance matrix")
     key = dense[0].copy()  # key[j]: distance from j to the tree, while j is outside it
     outside = np.arange(1, n)
     lengths = np.empty(n - 1, dtype=np.float64)

@@ -281,8 +281,9 @@ def sharpness_dimension(
         iterates: flat parameter vectors of late iterates (attractor samples, exact only):
             per batch and ``k`` the maximum over them before averaging.
         mode: module mode for the Hessians (``"eval"`` default).
-        num_bootstrap: bootstrap resamples for the confidence interval (0: none; none either
-            with a single batch (exact) or run (SLQ methods), which has no spread to resample).
+        num_bootstrap: bootstrap resamples for the confidence interval (0: none; 1 is
+            refused; none either with a single batch (exact) or run (SLQ methods), which has
+            no spread to resample).
         confidence: level of the interval.
         estimator_options: extra keywords of the SD estimator: ``num_bins`` (``"slq"``),
             ``bandwidth``, ``grid_size``, ``points_per_bandwidth``, ``max_grid``,
@@ -316,6 +317,11 @@ def sharpness_dimension(
     num_runs = check_count(num_runs, "num_runs")
     num_steps = check_count(num_steps, "num_steps")
     num_bootstrap = check_count(num_bootstrap, "num_bootstrap", 0)
+    if num_bootstrap == 1:
+        raise SharpdimError(
+            "num_bootstrap=1 gives no interval (one resample, a zero-width 'CI' that misses sd): "
+            "pass 0 (no CI) or e.g. 200"
+        )
     if (num_batches if method == "exact" else num_runs) < 2:
         num_bootstrap = 0  # resampling one batch or run gives a zero-width, not a real, interval
     confidence = check_number(confidence, "confidence", "in (0, 1)", "0.95")
