@@ -10,6 +10,7 @@ leftovers once they are an hour old (a younger one may be another writer's, in p
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import secrets
@@ -30,8 +31,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     existing file's permission bits carry over to the new one.
     """
     out = Path(os.path.realpath(path))
+    if out.exists() and not out.is_file():  # os.replace would put a file in its place
+        code, kind = (
+            (errno.EISDIR, "a folder")
+            if out.is_dir()
+            else (errno.EINVAL, "not a regular file (a device, pipe or socket)")
+        )
+        raise OSError(code, f"it is {kind}", str(path))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+    tmp = out.with_name(f"{_temporary_prefix(out)}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         if out.exists():
@@ -49,10 +57,20 @@ STALE_SECONDS = 3600.0
 """Age after which a temporary file of :func:`atomic_path` counts as a killed writer's."""
 
 
+def _temporary_prefix(out: Path) -> str:
+    """``.{name}``, shortened so that ``.{name}.<8 hex>.tmp`` fits the file-name limit (a
+    valid name of 242-255 characters made the temporary one too long)."""
+    try:
+        limit = os.pathconf(out.parent if out.parent.exists() else "/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    return "." + out.name[: max(1, limit - 14)]
+
+
 def _remove_stale_temporaries(out: Path) -> None:
     """Delete ``.{name}.<8 hex>.tmp`` files beside ``out`` older than :data:`STALE_SECONDS`."""
     cutoff = time.time() - STALE_SECONDS
-    for leftover in out.parent.glob(f".{glob.escape(out.name)}.????????.tmp"):
+    for leftover in out.parent.glob(f"{glob.escape(_temporary_prefix(out))}.????????.tmp"):
         with contextlib.suppress(OSError):  # (gone already, or not ours to delete)
             if leftover.is_file() and leftover.stat().st_mtime < cutoff:
                 leftover.unlink()

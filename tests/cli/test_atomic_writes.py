@@ -148,3 +148,52 @@ def test_a_killed_writers_old_temporary_is_removed_by_the_next_write(tmp_path: P
     assert target.read_text() == "new"
     assert not old.exists()
     assert young.exists() and other.exists()
+
+
+def test_a_name_at_the_length_limit_is_written(tmp_path: Path) -> None:
+    """A valid name of 242-255 characters made the temporary name (14 more) too long: the
+    write failed after the run, naming the temporary."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    target = tmp_path / ("r" * (limit - 5) + ".json")
+    write_text_atomic(target, "{}")
+    assert target.read_text() == "{}" and os.listdir(tmp_path) == [target.name]
+
+
+def test_a_device_or_pipe_is_not_replaced_by_a_file(tmp_path: Path) -> None:
+    """os.replace put a regular file where a named pipe (or /dev/null, for root) was."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError, match="it is not a regular file") as err:
+        write_text_atomic(pipe, "{}")
+    assert err.value.filename == str(pipe)
+    assert pipe.is_fifo() and sorted(os.listdir(tmp_path)) == ["pipe"]
+    code = main(["chaos", "lyapunov", "--steps", "5", "--json", str(pipe)])
+    assert code == 2 and pipe.is_fifo()
+
+
+def test_eos_and_chaos_outputs_that_are_folders_are_refused_before_computing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder at <out>/minimalist.json was found after the 12 s run (its results lost)."""
+    import sharpdim.training.eos_fractal as fractal
+    import sharpdim.training.eos_minimalist_experiment as minimalist
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("computed although an output was a folder")
+
+    monkeypatch.setattr(minimalist, "minimalist_experiment", never)
+    monkeypatch.setattr(fractal, "fractal_attractor", never)
+    for command, name in (("minimalist", "minimalist.json"), ("fractal", "fractal.png")):
+        out = tmp_path / command
+        (out / name).mkdir(parents=True)
+        code = main(["eos", command, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and f"cannot write {out / name} (it is a folder)" in err, err
+    import sharpdim.commands.chaos as chaos
+
+    out = tmp_path / "compare"
+    (out / "chaos_compare.json").mkdir(parents=True)
+    monkeypatch.setattr(chaos, "run_case", never)
+    code = main(["chaos", "compare", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "chaos_compare.json (it is a folder)" in err, err

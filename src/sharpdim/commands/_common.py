@@ -505,8 +505,8 @@ def prepare_output_dir(folder: Path, flag: str = "--out", files: Iterable[str] =
 def prepare_output_file(path: Path | None, flag: str = "--json") -> Path | None:
     """Make sure the command can write the file ``path`` (``None``: nothing to check).
 
-    ``path`` must not be a folder; its parent folder is created if needed and must be
-    writable; an existing file must be writable (it is left unchanged).
+    ``path`` must not be a folder, device, pipe or socket; its parent folder is created if
+    needed and must be writable; an existing file must be writable (it is left unchanged).
 
     Raises:
         SharpdimError: one line ``cannot write PATH (reason): choose a writable FLAG``.
@@ -515,6 +515,8 @@ def prepare_output_file(path: Path | None, flag: str = "--json") -> Path | None:
         return None
     if path.is_dir():
         raise _cannot_write(path, "it is a folder", flag)
+    if path.exists() and not path.is_file():  # a device or pipe would be replaced by a file
+        raise _cannot_write(path, "it is not a regular file (a device, pipe or socket)", flag)
     problem = _dir_problem(path.parent)
     if problem is not None:
         raise _cannot_write(path, problem, flag)

@@ -192,7 +192,7 @@ def compare(
         seed=seed,
     )
     check_exact_sd_size(num_params, "pass a smaller --width or --depth")
-    prepare_output_dir(out, "--out folder")
+    prepare_output_dir(out, "--out folder", files=("chaos_compare.json", "chaos_compare.png"))
     opts: dict[str, Any] = dict(
         dataset=dataset,
         n_train=n_train,

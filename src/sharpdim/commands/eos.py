@@ -105,6 +105,11 @@ def _save(
     return png, js
 
 
+def _outputs(name: str) -> tuple[str, str]:
+    """The files :func:`_save` writes for ``name`` (checked before anything is computed)."""
+    return f"{name}.json", f"{name}.png"
+
+
 def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float64: bool) -> Any:
     from sharpdim.training.eos_setup import MLPSetup
 
@@ -167,7 +172,7 @@ def _runs_command(
     from sharpdim.training.eos_experiments import EoSRun
 
     start = time.perf_counter()
-    prepare_output_dir(out, "--out folder")
+    prepare_output_dir(out, "--out folder", files=_outputs(kind))
     with ResultsStore(prepare_store_path(out, STORE_NAME)) as store:
         runs: ResumableRuns[EoSRun] = ResumableRuns(
             store,
@@ -320,7 +325,7 @@ def minimalist(
     ratio_lrs = torch.linspace(lr_min, lr_max, num_lrs, dtype=torch.float64).tolist()
     bif_lrs = torch.linspace(bif_min, bif_max, bif_num, dtype=torch.float64).tolist()
     trace = [lr for lr in (0.05, 0.3, 0.45) if lr_min <= lr <= lr_max] or [lr_max]
-    prepare_output_dir(out, "--out folder")
+    prepare_output_dir(out, "--out folder", files=_outputs("minimalist"))
     with progress_bar("minimalist", 2 * steps) as update:
         result = minimalist_experiment(
             ratio_lrs=ratio_lrs,
@@ -387,7 +392,7 @@ def fractal(
             f"--amplitude {amplitude:g} with --frequency {frequency:g} gives an infinite "
             "sharpness 1 + A k^2: pass smaller values (the paper's are 2 and 4)"
         )
-    prepare_output_dir(out, "--out folder")
+    prepare_output_dir(out, "--out folder", files=_outputs("fractal"))
     result = fractal_attractor(
         particles,
         steps=steps,
