@@ -148,6 +148,14 @@ def _never(*args: Any, **kwargs: Any) -> Any:
         (["eos", "sharpening", "--late-fraction", "nan"], "--late-fraction must be in (0, 1]"),
         (["eos", "sharpening", "--n-train", "999999"], "--n-train 999999 exceeds the 1500"),
         (["eos", "minimalist", "--steps", "5", "--late", "6"], "--late 6 exceeds --steps 5"),
+        (  # ran 2 min, then a memory error traceback (about 128 GB at --late 20000)
+            ["eos", "minimalist", "--bif-num", "100000", "--steps", "3000", "--late", "3000"],
+            "(--num-lrs 53 + --bif-num 100000) x --late 3000 = 300,159,000 late iterates exceed",
+        ),
+        (  # four identical runs
+            ["eos", "minimalist", "--lr-min", "0.3", "--lr-max", "0.3", "--num-lrs", "4"],
+            "--lr-min = --lr-max = 0.3 with --num-lrs 4 repeats one step size",
+        ),
         (["demo", "--n-train", "10"], "--batch-size 64 exceeds the 10 training examples"),
         (["eos", "thresholds", "--beta2", "1.0"], "--beta2 must be in [0, 1)"),
     ],

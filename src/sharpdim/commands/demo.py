@@ -123,16 +123,20 @@ def demo(
 
     gen = torch.Generator().manual_seed(seed)
     hessian = HessianOperator(model, mse_loss, data.train_batch())
-    summary = spectrum_summary(hessian, k=5, num_runs=slq_runs, num_steps=slq_steps, generator=gen)
-    sd_result = sharpness_dimension(
-        model,
-        mse_loss,
-        data.train_batch(),
-        lr,
-        num_batches=sd_batches,
-        batch_size=batch_size,
-        generator=gen,
-    )
+    with console.status("Hessian spectrum: Lanczos, Hutch++, stochastic Lanczos quadrature"):
+        summary = spectrum_summary(
+            hessian, k=5, num_runs=slq_runs, num_steps=slq_steps, generator=gen
+        )
+    with console.status(f"sharpness dimension: {sd_batches} dense minibatch Hessians"):
+        sd_result = sharpness_dimension(
+            model,
+            mse_loss,
+            data.train_batch(),
+            lr,
+            num_batches=sd_batches,
+            batch_size=batch_size,
+            generator=gen,
+        )
     with output_errors(out, "--out folder"):
         _write_outputs(out, run, summary, sd_result, lr, settings)
     _print_summary(console, run, summary, sd_result, lr, out)

@@ -75,6 +75,7 @@ _OUT_FIGURE = typer.Option(
 _DATASET = typer.Option("digits", help="digits | mnist1d | modular | teacher_student")
 STORE_NAME = "runs.sqlite"
 MAX_GRID = 100_000  # step sizes per minimalist grid (each a vectorised GD run)
+MAX_LATE_ITERATES = 4_000_000  # minimalist late iterates over both grids (4 factors each)
 MAX_PARTICLES = 1_000_000  # fractal particles (each scattered into the figure)
 _WIDTH = width_option(100, help="tanh MLP hidden width")
 _DEPTH = depth_option(2, help="tanh MLP hidden layers")
@@ -318,10 +319,25 @@ def minimalist(
     check_at_least(late, 1, "--late")
     if late > steps:
         raise SharpdimError(f"--late {late} exceeds --steps {steps}: pass --late <= --steps")
+    if (num_lrs + bif_num) * late > MAX_LATE_ITERATES:  # (kept in memory, then in the JSON)
+        raise SharpdimError(
+            f"(--num-lrs {num_lrs} + --bif-num {bif_num}) x --late {late} = "
+            f"{(num_lrs + bif_num) * late:,} late iterates exceed {MAX_LATE_ITERATES:,}: use "
+            "coarser grids or a smaller --late"
+        )
     if not (lr_min <= lr_max and bif_min <= bif_max):
         raise SharpdimError(
             "step-size grids need min <= max: check --lr-min/--lr-max and --bif-min/--bif-max"
         )
+    for low, high, count, flags in (
+        (lr_min, lr_max, num_lrs, ("--lr-min", "--lr-max", "--num-lrs")),
+        (bif_min, bif_max, bif_num, ("--bif-min", "--bif-max", "--bif-num")),
+    ):
+        if low == high and count > 1:  # (the same run, count times)
+            raise SharpdimError(
+                f"{flags[0]} = {flags[1]} = {low:g} with {flags[2]} {count} repeats one step "
+                f"size: pass {flags[2]} 1 or a wider range"
+            )
     ratio_lrs = torch.linspace(lr_min, lr_max, num_lrs, dtype=torch.float64).tolist()
     bif_lrs = torch.linspace(bif_min, bif_max, bif_num, dtype=torch.float64).tolist()
     trace = [lr for lr in (0.05, 0.3, 0.45) if lr_min <= lr <= lr_max] or [lr_max]

@@ -184,28 +184,30 @@ def compute(
     if sd_optimizer in ("adam", "adamw") and train_steps > 0:
         pre = adam_preconditioner(opt, params, bias_correction=False).to(torch.float64)
         adam_t = adam_step(opt, params)
-    result = sharpness_dimension(
-        model,
-        get_loss(loss),
-        data.train_batch(),
-        lr,
-        method=method,
-        optimizer=sd_optimizer,
-        num_batches=num_batches,
-        batch_size=batch_size,
-        generator=torch.Generator().manual_seed(seed),
-        max_params=max_params,
-        num_runs=num_runs,
-        num_steps=num_steps,
-        reorthogonalization=reorth,
-        momentum=momentum,
-        betas=config.betas,
-        weight_decay=config.weight_decay,
-        adam_eps=config.eps,
-        preconditioner=pre,
-        step=adam_t,
-        num_bootstrap=num_bootstrap,
-    )
+    what = "dense minibatch Hessians" if method == "exact" else "stochastic Lanczos runs"
+    with Console().status(f"sharpness dimension ({method}): {what}"):
+        result = sharpness_dimension(
+            model,
+            get_loss(loss),
+            data.train_batch(),
+            lr,
+            method=method,
+            optimizer=sd_optimizer,
+            num_batches=num_batches,
+            batch_size=batch_size,
+            generator=torch.Generator().manual_seed(seed),
+            max_params=max_params,
+            num_runs=num_runs,
+            num_steps=num_steps,
+            reorthogonalization=reorth,
+            momentum=momentum,
+            betas=config.betas,
+            weight_decay=config.weight_decay,
+            adam_eps=config.eps,
+            preconditioner=pre,
+            step=adam_t,
+            num_bootstrap=num_bootstrap,
+        )
     extra: dict[str, Any] = {
         "train loss": trained.final_train_loss,
         "test loss": trained.final_test_loss,
