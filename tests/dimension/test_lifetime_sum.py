@@ -246,3 +246,16 @@ def test_an_asymmetric_metric_is_refused() -> None:
     assert orders[0] == pytest.approx(orders[1], rel=1e-12)
     with pytest.raises(SharpdimError, match=r"^the distance matrix is not symmetric .* inf\)"):
         mst_edge_lengths(torch.tensor([[0.0, 1.0], [math.inf, 0.0]]))
+
+
+def test_rounding_asymmetry_is_accepted() -> None:
+    """torch.cdist(x, x) of late iterates (far from 0, close together) is asymmetric by
+    rounding (5e-11 of 0.14): a 1e-12 tolerance refused it, as a matrix and as a metric."""
+    g = torch.Generator().manual_seed(0)
+    x = 10 + 1e-2 * torch.randn(200, 50, generator=g, dtype=torch.float64)
+    d = torch.cdist(x, x).fill_diagonal_(0.0)
+    assert float((d - d.T).abs().max()) > 1e-12 * float(d.max())
+    exact = mst_edge_lengths(torch.maximum(d, d.T))
+    torch.testing.assert_close(mst_edge_lengths(d), exact, rtol=1e-9, atol=0)
+    value = alpha_weighted_lifetime_sum(x, 1.0, lambda a, b: torch.cdist(a, b)).value
+    assert value == pytest.approx(float(exact.sum()), rel=1e-9)

@@ -24,8 +24,8 @@ from sharpdim.dimension.mst import (
     Metric,
     as_points,
     lifetime_sum,
-    mst_edge_lengths,
     pairwise_distances,
+    symmetric_mst_edge_lengths,
 )
 
 
@@ -73,7 +73,9 @@ def alpha_weighted_lifetime_sum(
     """
     alpha = check_number(alpha, "alpha", "> 0", "1.0")
     pts = as_points(points)
-    lengths = mst_edge_lengths(pairwise_distances(pts, metric, chunk_size=chunk_size))
+    lengths = symmetric_mst_edge_lengths(
+        pairwise_distances(pts, metric, chunk_size=chunk_size).numpy()
+    )
     return LifetimeSumResult(
         value=lifetime_sum(lengths, alpha),
         alpha=alpha,

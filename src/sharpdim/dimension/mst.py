@@ -101,20 +101,32 @@ def pairwise_distances(
     if (out < 0).any() or not torch.isfinite(out).all():
         raise SharpdimError("the metric gave negative or non-finite distances: fix the metric")
     if callable(metric):
-        _check_symmetric(out, "the metric")
+        _check_symmetric(out.numpy(), "the metric")
     return torch.maximum(out, out.T)  # exact symmetry despite rounding
 
 
-def _check_symmetric(d: torch.Tensor, what: str) -> None:
-    """A one-line error if ``d`` is not symmetric up to rounding (the MST reads one triangle:
-    an asymmetric dissimilarity would make the result depend on the order of the points)."""
-    gap = float(
-        (d - d.T).abs().nan_to_num(nan=math.inf, posinf=math.inf).max()
-    )  # (inf - inf: one-sided)
-    scale = float(d[torch.isfinite(d)].abs().max()) if bool(torch.isfinite(d).any()) else 0.0
-    if not gap <= 1e-12 * scale:
+def _check_symmetric(dense: np.ndarray, what: str) -> None:
+    """A one-line error if ``dense`` is not symmetric up to rounding, ``sqrt(eps)`` of its
+    largest finite entry (the MST reads one triangle: an asymmetric dissimilarity would make
+    the result depend on the order of the points). Tiles of the upper triangle against their
+    mirror images: no full-size copies."""
+    all_finite = bool(np.isfinite(dense).all())
+    finite = dense if all_finite else dense[np.isfinite(dense)]
+    scale = float(np.abs(finite).max()) if finite.size else 0.0
+    worst, n, tile = 0.0, dense.shape[0], 512
+    for i in range(0, n, tile):
+        for j in range(i, n, tile):
+            a, b = dense[i : i + tile, j : j + tile], dense[j : j + tile, i : i + tile].T
+            if all_finite:
+                worst = max(worst, float(np.abs(a - b).max()))
+                continue
+            with np.errstate(invalid="ignore"):
+                gap = np.abs(a - b)
+            gap[np.isinf(a) & np.isinf(b)] = 0.0  # a missing edge both ways
+            worst = max(worst, float(np.nan_to_num(gap, nan=np.inf, posinf=np.inf).max()))
+    if not worst <= math.sqrt(np.finfo(np.float64).eps) * scale:
         raise SharpdimError(
-            f"{what} is not symmetric (d(a, b) and d(b, a) differ by up to {gap:.3g}): pass a "
+            f"{what} is not symmetric (d(a, b) and d(b, a) differ by up to {worst:.3g}): pass a "
             "symmetric distance, e.g. the mean of both directions"
         )
 
@@ -165,8 +177,16 @@ def mst_edge_lengths(distances: torch.Tensor) -> torch.Tensor:
     dense = d.detach().cpu().numpy()
     if np.isnan(dense).any() or (dense < 0).any():
         raise SharpdimError("distances hold NaN or negative values: fix the metric")
-    finite = torch.from_numpy(np.where(np.isinf(dense) & np.isinf(dense.T), 0.0, dense))
-    _check_symmetric(finite, "the distance matrix")
+    _check_symmetric(dense, "the distance matrix")
+    return symmetric_mst_edge_lengths(dense)
+
+
+def symmetric_mst_edge_lengths(dense: np.ndarray) -> torch.Tensor:
+    """:func:`mst_edge_lengths` of a checked matrix (``pairwise_distances``' output, already
+    exactly symmetric): no checks, for the callers that build the matrix themselves."""
+    n = dense.shape[0]
+    if n < 2:
+        return torch.zeros(0, dtype=torch.float64)
     key = dense[0].copy()  # key[j]: distance from j to the tree, while j is outside it
     outside = np.arange(1, n)
     lengths = np.empty(n - 1, dtype=np.float64)

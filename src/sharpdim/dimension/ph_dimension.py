@@ -32,8 +32,8 @@ from sharpdim.dimension.mst import (
     Metric,
     as_points,
     lifetime_sum,
-    mst_edge_lengths,
     pairwise_distances,
+    symmetric_mst_edge_lengths,
 )
 from sharpdim.errors import SharpdimError
 
@@ -161,7 +161,8 @@ def ph_dimension(
         values = []
         for _ in range(num_repeats):
             idx = torch.randperm(hi, generator=gen)[:size] if size < hi else torch.arange(hi)
-            values.append(lifetime_sum(mst_edge_lengths(dist[idx][:, idx]), alpha))
+            sub = dist[idx][:, idx].numpy()
+            values.append(lifetime_sum(symmetric_mst_edge_lengths(sub), alpha))
         sums.append(sum(values) / len(values))
     e = torch.tensor(sums, dtype=torch.float64)
     if not (e > 0).all():
