@@ -187,3 +187,24 @@ def test_float_tokens_are_refused_by_the_transformer() -> None:
         SharpdimError, match=r"integer tokens of shape \(n, T<=3\), got torch.float"
     ):
         model(torch.zeros(2, 3))
+
+
+def test_the_token_check_leaves_vmap_per_example_gradients_working():
+    """int(tokens.min()) on vmap's batched tensor raised 'data-dependent control flow'."""
+    from torch.func import functional_call, grad, vmap
+
+    model = build_transformer(8, seq_len=3, d_model=16, num_heads=2, dtype=torch.float64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    tokens, labels = (
+        torch.randint(0, 8, (5, 3), generator=g),
+        torch.randint(0, 8, (5,), generator=g),
+    )
+
+    def loss(p, t, y):
+        return nn.functional.cross_entropy(functional_call(model, p, (t[None],)), y[None])
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))(params, tokens, labels)
+    for i in range(5):  # each equals the gradient of that example alone
+        alone = grad(loss)(params, tokens[i], labels[i])
+        torch.testing.assert_close(per_example["head.weight"][i], alone["head.weight"])

@@ -671,6 +671,10 @@ def test_a_diverged_model_is_recorded_in_a_users_own_loop():
     assert math.isnan(record.sharpness) and math.isnan(record.ratio)
     assert record.threshold == 20.0 and not record.converged and record.num_matvecs == 0
     assert [r.step for r in monitor.records] == [0, 1]
+    bad = x.clone()
+    bad[3, 1] = math.nan  # bad data are an error, not a NaN record of a healthy model
+    with pytest.raises(SharpdimError, match=r"^the monitor's examples hold NaN or inf"):
+        EoSMonitor(mse_loss, (bad, y))
 
 
 def test_float64_data_stay_unrounded_after_a_float32_model():

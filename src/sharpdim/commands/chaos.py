@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from sharpdim.checks import SEED_RANGE
 from sharpdim.commands._common import (
     check_at_least,
     check_exact_sd_size,
@@ -173,6 +174,11 @@ def compare(
     check_at_least(lyap_steps, 1, "--lyap-steps")
     check_at_least(warmup, 0, "--warmup")
     check_at_least(seeds, 1, "--seeds")
+    if seed + seeds - 1 > SEED_RANGE[1]:  # the runs use seeds seed .. seed + seeds - 1
+        raise SharpdimError(
+            f"--seed {seed} with --seeds {seeds} runs up to seed {seed + seeds - 1}, above "
+            f"{SEED_RANGE[1]}: pass --seed <= {SEED_RANGE[1] - seeds + 1}"
+        )
     check_at_least(num_iterates, 1, "--num-iterates")
     points = min(num_iterates, train_steps + 1)
     if points < MIN_TRAJECTORY_POINTS:

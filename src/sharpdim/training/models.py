@@ -197,6 +197,23 @@ class DecoderTransformer(nn.Module):
         self.ln_final = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_outputs)
 
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        """A one-line error for a token outside the vocabulary (the embedding's IndexError, or
+        a device-side assert on a GPU); skipped under ``torch.func`` transforms (vmap), where
+        a tensor's values cannot be read."""
+        if not tokens.numel():
+            return
+        try:
+            low, high = int(tokens.min()), int(tokens.max())
+        except RuntimeError:  # a batched tensor of vmap: its values are not available
+            return
+        vocab = self.token_embedding.num_embeddings
+        if low < 0 or high >= vocab:
+            raise SharpdimError(
+                f"tokens must lie in 0..{vocab - 1} (vocab_size={vocab}), got values in "
+                f"{low}..{high}: build the transformer with a larger vocab_size"
+            )
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.ndim != 2 or tokens.shape[1] > self.seq_len or tokens.is_floating_point():
             raise SharpdimError(
@@ -204,13 +221,7 @@ class DecoderTransformer(nn.Module):
                 f"{tokens.dtype} {tuple(tokens.shape)}: use encoding='tokens' for modular "
                 "arithmetic"
             )
-        vocab = self.token_embedding.num_embeddings
-        if tokens.numel() and not (int(tokens.min()) >= 0 and int(tokens.max()) < vocab):
-            raise SharpdimError(
-                f"tokens must lie in 0..{vocab - 1} (vocab_size={vocab}), got values in "
-                f"{int(tokens.min())}..{int(tokens.max())}: build the transformer with a larger "
-                "vocab_size"
-            )
+        self._check_tokens(tokens)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         h = self.token_embedding(tokens) + self.position_embedding(positions)
         for block in self.blocks:

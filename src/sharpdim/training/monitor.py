@@ -237,6 +237,10 @@ def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, torch.
         if max_examples < 1:
             raise SharpdimError(f"max_examples={max_examples}: use a positive number or None")
         x, y = x[:max_examples], y[:max_examples]
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in (x, y)):
+        raise SharpdimError(  # (a non-finite loss is then the model's: a recorded divergence)
+            "the monitor's examples hold NaN or inf: pass finite inputs and targets"
+        )
     return x, y
 
 
@@ -261,7 +265,8 @@ class EoSMonitor:
         mode: module mode for the Hessian (``"eval"``: dropout off; see
             :class:`~sharpdim.curvature.hessian.HessianOperator`).
         raw_sharpness: also measure the plain ``lambda_max(H)`` when the preconditioned one
-            is measured (Adam, or groups of different lr; one more Lanczos).
+            is measured (Adam, or groups of different lr or coupled weight decay; one more
+            Lanczos).
         warm_start: start Lanczos from the previous top eigenvector.
         sd_every: also compute the sharpness dimension every this many steps (a multiple
             of ``every``; ``0`` = never) with :func:`sharpdim.dimension.sharpness_dimension`.
