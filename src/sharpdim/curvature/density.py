@@ -161,17 +161,22 @@ def _cell_means(grid: torch.Tensor, v: torch.Tensor, p: torch.Tensor, h: float) 
     mass = torch.zeros_like(grid)
     for i in range(0, grid.numel(), rows):
         stop = min(i + rows, grid.numel())
-        a, b = edges[i:stop, None], edges[i + 1 : stop + 1, None]
         for j in range(0, v.numel(), cols):
-            mass[i:stop] += (_normal_mass(a, b, v[j : j + cols], h) * p[j : j + cols]).sum(1)
+            cells = _normal_masses(edges[i : stop + 1], v[j : j + cols], h)
+            mass[i:stop] += cells @ p[j : j + cols]
     return mass / edges.diff()
 
 
-def _normal_mass(a: torch.Tensor, b: torch.Tensor, mu: torch.Tensor, h: float) -> torch.Tensor:
-    """``P(a < X < b)`` for ``X ~ N(mu, h^2)``, from the tail on the side of the cell (no
-    cancellation of two values near 1 far from ``mu``)."""
-    za, zb = (a - mu) / (h * math.sqrt(2)), (b - mu) / (h * math.sqrt(2))
-    right = 0.5 * (torch.erfc(za) - torch.erfc(zb))  # cell right of mu
-    left = 0.5 * (torch.erfc(-zb) - torch.erfc(-za))  # cell left of mu
-    across = 0.5 * (torch.erf(zb) - torch.erf(za))
-    return torch.where(za >= 0, right, torch.where(zb <= 0, left, across))
+def _normal_masses(edges: torch.Tensor, mu: torch.Tensor, h: float) -> torch.Tensor:
+    """``P(e_k < X < e_{k+1})`` for ``X ~ N(mu_j, h^2)``, ``(len(edges) - 1, len(mu))``.
+
+    One ``erfc`` per edge and atom: ``t = erfc(|z| / sqrt 2) / 2``, the mass beyond the edge
+    on the side away from the atom, so a cell's mass is a difference of two tails on its
+    side of the atom (``t_a - t_b`` or ``t_b - t_a``: no cancellation of two values near 1
+    far from the atom) or ``1 - t_a - t_b`` for the cell holding it.
+    """
+    z = (edges[:, None] - mu[None, :]) / (h * math.sqrt(2))
+    tail = 0.5 * torch.erfc(z.abs())
+    right = z >= 0  # the edge lies right of the atom
+    t_a, t_b, right_a, right_b = tail[:-1], tail[1:], right[:-1], right[1:]
+    return torch.where(right_a, t_a - t_b, torch.where(right_b, 1 - t_a - t_b, t_b - t_a))
