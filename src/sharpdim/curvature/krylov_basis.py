@@ -150,8 +150,16 @@ class KrylovBasis:
         for i in range(w.shape[0]):
             x = w[i : i + 1].clone()
             prev = torch.stack(rows) if rows else x[:0]
+            before = float(x.norm())
             coef = self._project(x, prev)[0]
             norm = float(x.norm())
+            if prev.shape[0] and float(floor[i]) < norm < 0.7071 * before:
+                # cancellation: what rounding left along the basis (~eps ||x||) would be blown
+                # up by 1 / norm (float32 block runs lost orthogonality, Ritz values outside
+                # the spectrum); project it out again (those coefficients are rounding)
+                again = self._project(x, torch.cat([basis, prev]))[0]
+                coef = coef + again[basis.shape[0] :]
+                norm = float(x.norm())
             col = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
             col[: coef.numel()] = coef
             if basis.shape[0] + len(rows) >= self.n:
