@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -703,6 +704,19 @@ def test_a_chunk_of_weight_0_is_left_out() -> None:
     v = torch.randn(alone.num_params, dtype=torch.float64)
     torch.testing.assert_close(chunked @ v, alone @ v, rtol=1e-14, atol=1e-14)
     assert chunked.loss_and_gradient()[0] == pytest.approx(alone.loss_and_gradient()[0])
+    # a single chunk of weight 0 took the graph-reuse path, which evaluated its NaN loss
+    only_padding = HessianOperator(model, _ce, batches=[padded], weights=[0.0])
+    assert torch.equal(only_padding @ v, torch.zeros_like(v))
+
+
+def test_a_non_finite_vector_is_refused_where_the_hessian_is_zero() -> None:
+    """A zero Hessian (a linear model and loss) turned an all-NaN vector into zeros."""
+    model = nn.Linear(3, 1).double()
+    op = HessianOperator(model, lambda m, b: m(b).sum(), torch.ones(4, 3, dtype=DTYPE))
+    for bad in (math.nan, math.inf):
+        with pytest.raises(SharpdimError, match=r"^the vector holds NaN/inf"):
+            op @ torch.full((op.num_params,), bad, dtype=DTYPE)
+    assert torch.equal(op @ torch.ones(op.num_params, dtype=DTYPE), torch.zeros(4, dtype=DTYPE))
 
 
 class _SparseBuffer(nn.Module):

@@ -72,6 +72,16 @@ def test_block_lanczos_keeps_within_max_iter() -> None:
         assert max_iter - b < result.num_matvecs  # stopped only when a block did not fit
     with pytest.raises(SharpdimError, match="use max_iter >= 3"):
         lanczos_eigenvalues(CountingOperator(20), k=1, block_size=3, max_iter=2)
+    # a partial last block was accepted, then not taken: 2 of k=3 values, 9 of 10 for "both"
+    for k, which, b, max_iter, least in ((3, "LA", 2, 3, 4), (5, "both", 3, 10, 12)):
+        with pytest.raises(SharpdimError, match=rf"use max_iter >= {least} \(or leave it unset\)"):
+            lanczos_eigenvalues(
+                CountingOperator(20), k=k, which=which, block_size=b, max_iter=max_iter
+            )
+        result = lanczos_eigenvalues(
+            CountingOperator(20), k=k, which=which, block_size=b, max_iter=least
+        )
+        assert result.eigenvalues.numel() == (2 * k if which == "both" else k)
 
 
 def test_complex_vectors_are_refused() -> None:

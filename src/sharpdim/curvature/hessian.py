@@ -279,7 +279,9 @@ class HessianOperator(LinearOperator):
         return self.params[0].device
 
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
-        if self.reuse_graph:
+        if self.reuse_graph and self.weights[0] == 0:  # one chunk, left out (all padding)
+            out = torch.zeros_like(block)
+        elif self.reuse_graph:
             out = self._hvp(self._cached_graph(), block)
             out = out if self.weights[0] == 1.0 else self.weights[0] * out
         else:

@@ -323,10 +323,11 @@ def lanczos_eigenvalues(
         if max_iter is None
         else check_count(max_iter, "max_iter", hint="a number of products, or None")
     )
-    if budget < max(wanted, b):
+    least = -(-max(wanted, b) // b) * b  # whole blocks: a block past the budget is not taken
+    if budget < least:
         raise SharpdimError(
             f"max_iter={max_iter} products cannot give {wanted} eigenvalues with blocks of "
-            f"{b}: use max_iter >= {max(wanted, b)} (or leave it unset)"
+            f"{b}: use max_iter >= {least} (or leave it unset)"
         )
     gen = default_generator(generator)
     if v0 is None:

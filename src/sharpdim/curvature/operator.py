@@ -67,6 +67,10 @@ class LinearOperator(ABC):
                 f"pass a tensor of shape ({n},) or ({n}, k)"
             )
         block = v.to(dtype=self.dtype, device=self.device)
+        # the sum is a cheap filter (it overflows at worst, hence the exact second test); a NaN
+        # where the matrix's columns are zero vanished from the product before
+        if not block.sum().isfinite() and not torch.isfinite(block).all():
+            raise SharpdimError("the vector holds NaN/inf: pass a finite vector to H @ v")
         out = self._matmat(block if v.ndim == 2 else block[:, None])
         return out if v.ndim == 2 else out[:, 0]
 
