@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -146,7 +146,7 @@ def upcoming_adam_preconditioner(
     params: Sequence[torch.Tensor],
     *,
     bias_correction: bool = True,
-    unheld: str = "error",
+    unheld: Literal["error", "freeze"] = "error",
 ) -> torch.Tensor:
     """Adam's diagonal preconditioner ``P_{t+1}`` for the update about to be taken.
 
