@@ -82,6 +82,13 @@ def test_block_lanczos_keeps_within_max_iter() -> None:
             CountingOperator(20), k=k, which=which, block_size=b, max_iter=least
         )
         assert result.eigenvalues.numel() == (2 * k if which == "both" else k)
+    # a last block cut at the dimension: max_iter = n suffices (refused for a while)
+    a = torch.diag(torch.arange(1.0, 8.0, dtype=torch.float64))
+    for k, which, b in ((7, "LA", 3), (2, "both", 3)):
+        result = lanczos_eigenvalues(a, k=k, which=which, block_size=b, max_iter=7)
+        assert result.all_converged
+        want = list(range(7, 7 - k, -1)) + ([] if which == "LA" else list(range(k, 0, -1)))
+        assert result.eigenvalues.tolist() == pytest.approx(want, abs=1e-12)
 
 
 def test_complex_vectors_are_refused() -> None:

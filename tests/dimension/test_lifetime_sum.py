@@ -248,6 +248,14 @@ def test_an_asymmetric_metric_is_refused() -> None:
         mst_edge_lengths(torch.tensor([[0.0, 1.0], [math.inf, 0.0]]))
 
 
+def test_an_accepted_matrix_gives_the_same_tree_both_ways() -> None:
+    """Small distances far below the tolerance's scale (the largest distance) passed the
+    check as given, and Prim, reading rows, gave [1e-9, 1e3] or [3e-9, 1e3] by orientation."""
+    d = torch.tensor([[0.0, 1e-9, 1e3], [3e-9, 0.0, 1e3], [1e3, 1e3, 0.0]], dtype=torch.float64)
+    assert torch.equal(mst_edge_lengths(d), mst_edge_lengths(d.T))
+    assert mst_edge_lengths(d).tolist() == [3e-9, 1e3]
+
+
 def test_rounding_asymmetry_is_accepted() -> None:
     """torch.cdist(x, x) of late iterates (far from 0, close together) is asymmetric by
     rounding (5e-11 of 0.14): a 1e-12 tolerance refused it, as a matrix and as a metric."""

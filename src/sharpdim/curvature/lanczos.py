@@ -323,7 +323,9 @@ def lanczos_eigenvalues(
         if max_iter is None
         else check_count(max_iter, "max_iter", hint="a number of products, or None")
     )
-    least = -(-max(wanted, b) // b) * b  # whole blocks: a block past the budget is not taken
+    # whole blocks (a block past the budget is not taken), but no more than n: the block that
+    # reaches the dimension is cut to it
+    least = min(-(-max(wanted, b) // b) * b, n)
     if budget < least:
         raise SharpdimError(
             f"max_iter={max_iter} products cannot give {wanted} eigenvalues with blocks of "

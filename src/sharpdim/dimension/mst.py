@@ -178,7 +178,9 @@ def mst_edge_lengths(distances: torch.Tensor) -> torch.Tensor:
     if np.isnan(dense).any() or (dense < 0).any():
         raise SharpdimError("distances hold NaN or negative values: fix the metric")
     _check_symmetric(dense, "the distance matrix")
-    return symmetric_mst_edge_lengths(dense)
+    # symmetric up to rounding: made exactly so (Prim reads rows, so a small distance given
+    # differently both ways would make the result depend on the orientation)
+    return symmetric_mst_edge_lengths(np.maximum(dense, dense.T))
 
 
 def symmetric_mst_edge_lengths(dense: np.ndarray) -> torch.Tensor:
