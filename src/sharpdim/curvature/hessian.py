@@ -289,10 +289,9 @@ class HessianOperator(LinearOperator):
             for i, w in enumerate(self.weights):
                 if w != 0:  # (a chunk of weight 0, e.g. all padding, may have a NaN loss)
                     out += w * self._hvp(self._gradient_graph(i), block)
-        # the sum is a cheap filter (it overflows at worst, hence the exact second test)
+        # the sum is a cheap filter (it overflows at worst, hence the exact second test); the
+        # vector itself was checked by LinearOperator.matvec
         if not out.sum().isfinite() and not torch.isfinite(out).all():
-            if not torch.isfinite(block).all():
-                raise SharpdimError("the vector holds NaN/inf: pass a finite vector to H @ v")
             raise SharpdimError(
                 "H @ v is not finite although the loss is finite, so the Hessian holds NaN or inf: "
                 "second derivatives overflow (use a float64 model) or are undefined at these "
