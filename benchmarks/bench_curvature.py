@@ -26,6 +26,11 @@ torch runs on ``--threads`` (2) threads; numpy/scipy's OpenBLAS, which only ``ei
 vector work between products), on ``--blas-threads`` (1): its spinning threads next to
 torch's would slow that method alone (2.4-3.2x measured at 2 BLAS threads).
 
+``--malloc tuned`` (default) calls ``sharpdim.tune_allocator()`` first, as the ``sharpdim``
+command does, so freed heap pages stay mapped for every method alike; ``--malloc default``
+leaves glibc's malloc as a plain script has it (products then page-fault: see
+``docs/curvature.md``).
+
 Data are synthetic and seeded: inputs ``N(0, 1)``, labels from a random linear teacher
 (``argmax x W``). The reference MLP is evaluated at states ``--train-steps`` (full-batch
 gradient descent, lr 0.5, from the seeded PyTorch init; 0 = at init, where the top
@@ -39,6 +44,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +54,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from torch import nn
 
 from _common import ce_loss, dump_json, machine
+from sharpdim.allocator import tune_allocator
 from sharpdim.curvature.dense import dense_hessian
 from sharpdim.curvature.hessian import HessianOperator
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
@@ -416,9 +423,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--peers", nargs="*", default=["eigenthings", "curvlinops"], help="peers to run"
     )
+    parser.add_argument(
+        "--malloc",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="tuned: sharpdim.tune_allocator() first (as the sharpdim command); default: glibc's",
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the float64 check")
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args(argv)
+    args.malloc_tuned = args.malloc == "tuned" and tune_allocator()
     torch.set_num_threads(args.threads)
     import scipy.sparse.linalg  # noqa: F401  (loads scipy's OpenBLAS, so the limit reaches it)
 
@@ -434,8 +448,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
             {k: info[k] for k in ("user_api", "internal_api", "num_threads", "filepath")}
             for info in threadpool_info()
         ],
-        "command": "python benchmarks/bench_curvature.py " + " ".join(argv or []),
+        "command": "python benchmarks/bench_curvature.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "malloc_tuned": args.malloc_tuned,
     }
+    print(f"malloc: {'tuned (sharpdim.tune_allocator)' if args.malloc_tuned else 'default'}")
     if args.part in ("hvp", "all"):
         model, batch = reference_mlp(args.train_steps[0])
         out["hvp"] = bench_hvp(model, batch, args.repeats)

@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sharpdim.allocator import tune_allocator
     from sharpdim.curvature.dense import dense_hessian
     from sharpdim.curvature.density import histogram_density, kde_density
     from sharpdim.curvature.hessian import HessianOperator
@@ -80,6 +81,7 @@ _EXPORTS: dict[str, str] = {
     "LyapunovResult": "sharpdim.dynamics.lyapunov",
     "lyapunov_spectrum": "sharpdim.dynamics.lyapunov",
     "TrainingMap": "sharpdim.dynamics.step_maps",
+    "tune_allocator": "sharpdim.allocator",
     "SharpdimError": "sharpdim.errors",
     "TooLargeError": "sharpdim.errors",
     "Dataset": "sharpdim.training.datasets",
@@ -167,4 +169,5 @@ __all__ = [
     "stability_threshold",
     "train",
     "trajectory_divergence",
+    "tune_allocator",
 ]

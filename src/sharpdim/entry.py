@@ -12,8 +12,12 @@ INTERRUPTED_WHILE_LOADING = "error: interrupted while starting: rerun the comman
 
 
 def run() -> None:
-    """Entry point of the ``sharpdim`` command."""
+    """Entry point of the ``sharpdim`` command (keeps heap pages mapped: see
+    :mod:`sharpdim.allocator`)."""
     try:
+        from sharpdim.allocator import tune_allocator
+
+        tune_allocator()
         from sharpdim.cli import main
     except KeyboardInterrupt:
         print(INTERRUPTED_WHILE_LOADING, file=sys.stderr)

@@ -190,6 +190,7 @@ def test_ctrl_c_while_loading_is_one_line(
 
     from sharpdim import entry
 
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "131072")  # leaves pytest's own malloc untouched
     real_import = builtins.__import__
 
     def interrupted(name: str, *args: Any, **kwargs: Any) -> Any:
