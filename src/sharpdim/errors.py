@@ -17,3 +17,8 @@ class TooLargeError(SharpdimError):
 
 class NonFiniteLossError(SharpdimError):
     """The loss at the given parameters is NaN or inf (a diverged model, or bad data)."""
+
+
+class ZeroPersistenceError(SharpdimError):
+    """Points (or a subsample of them) that all coincide, e.g. a frozen trajectory: zero total
+    persistence, so no PH0 dimension."""

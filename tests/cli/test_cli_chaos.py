@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import sharpdim.training.loop as loop_module
+import sharpdim.training.models as models_module
 import sharpdim.training.trajectory as trajectory_module
 from sharpdim.cli import main
 from sharpdim.commands.chaos import app
@@ -242,10 +243,10 @@ def test_modular_dataset_runs(tmp_path: Path) -> None:
     assert run["data"].x_train.dtype == torch.float64 and len(run["traj"]) == 3
 
 
-def _tiny_compare(out: Path, *, lr_eos: str, lyap_steps: str) -> list[str]:
+def _tiny_compare(out: Path, *, lr_eos: str, lyap_steps: str, lr_below: str = "0.05") -> list[str]:
     """``chaos compare`` at a tiny size: one seed, width 4, 10 training steps."""
     return [
-        "chaos", "compare", "--lr-eos", lr_eos, "--lr-below", "0.05", "--n-train", "48",
+        "chaos", "compare", "--lr-eos", lr_eos, "--lr-below", lr_below, "--n-train", "48",
         "--width", "4", "--depth", "1", "--train-steps", "10", "--k", "1",
         "--lyap-steps", lyap_steps, "--warmup", "0", "--num-iterates", "11", "--seeds", "1",
         "--out", str(out),
@@ -276,6 +277,39 @@ def test_compare_records_a_diverging_run_and_keeps_going(
     statuses = sorted(s for (s,) in conn.execute("SELECT status FROM runs"))
     conn.close()
     assert statuses == ["diverged", "done"]
+
+
+def test_compare_records_a_trajectory_that_does_not_move(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At lr 1e-30 every update rounds away in float64: no PH0 dimension, a recorded outcome
+    (it stopped the command after all the training, with advice naming no CLI option)."""
+    out = tmp_path / "cmp"
+    assert main(_tiny_compare(out, lr_eos="0.5", lyap_steps="2", lr_below="1e-30")) == 0
+    printed = capsys.readouterr().out
+    assert "warning: below (lr=1e-30): the last iterates coincide" in printed
+    assert "undefined" in printed
+    below = json.loads((out / "chaos_compare.json").read_text())["cases"]["below"]
+    assert below["ph0_zero_persistence"] is True and below["status"] == "done"
+    for key in ("ph0_dimension", "ph0_slope", "ph0_dimension_loss", "ph0_dimension_r2"):
+        assert below[key] is None
+    assert below["e1"] == 0.0 and below["sd"] is not None
+
+
+def test_an_infinite_ph0_dimension_reads_inf_not_missing() -> None:
+    """JSON stores inf as null; the fitted slope (>= 1) tells it from a missing value."""
+    from sharpdim.commands.chaos import _fmt_ph0
+    from sharpdim.report.chaos_figures import _missing_label
+
+    inf = {"ph0_dimension_loss": None, "ph0_slope_loss": 4.07, "ph0_zero_persistence": False}
+    frozen = {"ph0_dimension": None, "ph0_slope": None, "ph0_zero_persistence": True}
+    nan = {"ph0_dimension": None, "ph0_slope": 0.3, "ph0_zero_persistence": False}
+    assert _fmt_ph0(inf, "ph0_dimension_loss") == "inf"
+    assert _missing_label(inf, "ph0_dimension_loss") == "inf"
+    assert _fmt_ph0(frozen, "ph0_dimension") == "undefined"
+    assert _missing_label(frozen, "ph0_dimension") == "undef."
+    assert _fmt_ph0(nan, "ph0_dimension") == "-" and _missing_label(nan, "sd") == "n/a"
+    assert _fmt_ph0({"ph0_dimension": 1.5, "ph0_slope": 0.2}, "ph0_dimension") == "1.5"
 
 
 def test_run_case_records_diverged_seeds() -> None:
@@ -367,6 +401,21 @@ def test_compare_too_large_for_the_exact_sd_fails_before_training(
         "(dense Hessians) takes: pass a smaller --width or --depth"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["compare", "lyapunov"])
+def test_the_size_checks_build_no_model(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A refused size is refused from the count: 81.7M parameters were built (2.6 GB) first."""
+    monkeypatch.setattr(models_module, "build_mlp", _no_training)
+    argv = ["chaos", command, "--width", "9000", "--depth", "2"]
+    extra = ["--out", str(tmp_path / "cmp")] if command == "compare" else ["--k", "90000000"]
+    msg = _exit_2(argv + extra, capsys)
+    assert ("81,684,010 parameters" in msg) if command == "compare" else ("--k 90000000" in msg)
 
 
 def test_compare_store_folder_and_empty_out(

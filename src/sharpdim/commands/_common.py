@@ -193,14 +193,55 @@ def mlp_setup(
     loss: str | None = None,
     batch_flag: str = "--batch-size",
 ) -> tuple[Dataset, torch.nn.Sequential]:
+    """:func:`mlp_data` (the option checks and the data), then the MLP built from them."""
+    from sharpdim.training.models import build_mlp
+
+    data, _ = mlp_data(
+        dataset,
+        n_train=n_train,
+        width=width,
+        depth=depth,
+        seed=seed,
+        activation=activation,
+        dtype=dtype,
+        batch_size=batch_size,
+        loss=loss,
+        batch_flag=batch_flag,
+    )
+    model = build_mlp(
+        data.input_dim,
+        data.num_outputs,
+        width=width,
+        depth=depth,
+        activation=activation,
+        seed=seed,
+        dtype=dtype,
+    )
+    return data, model
+
+
+def mlp_data(
+    dataset: str,
+    *,
+    n_train: int | None,
+    width: int,
+    depth: int,
+    seed: int,
+    activation: str = "tanh",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int | None = None,
+    loss: str | None = None,
+    batch_flag: str = "--batch-size",
+) -> tuple[Dataset, int]:
     """Check ``--n-train``, ``--width``, ``--depth``, ``--activation``, ``--batch-size`` and
-    ``--loss`` (against the data: cross-entropy needs classes); load the data, build the MLP.
+    ``--loss`` (against the data: cross-entropy needs classes); the data and the MLP's
+    parameter count, without building it.
 
     Cheap, so commands call it before any training. ``batch_size=None`` and ``loss=None`` are
     not checked; ``batch_flag`` is the option that sets ``batch_size``.
     """
     from sharpdim.training.losses import LOSSES
-    from sharpdim.training.models import ACTIVATIONS, build_mlp
+    from sharpdim.training.models import ACTIVATIONS
 
     if activation not in ACTIVATIONS:
         raise SharpdimError(
@@ -222,17 +263,7 @@ def mlp_setup(
         )
     if batch_size is not None:
         check_batch_size(batch_size, data.num_train, batch_flag)
-    check_mlp_size(data.input_dim, data.num_outputs, width, depth)
-    model = build_mlp(
-        data.input_dim,
-        data.num_outputs,
-        width=width,
-        depth=depth,
-        activation=activation,
-        seed=seed,
-        dtype=dtype,
-    )
-    return data, model
+    return data, check_mlp_size(data.input_dim, data.num_outputs, width, depth)
 
 
 MAX_MLP_PARAMS = 100_000_000

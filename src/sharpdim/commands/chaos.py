@@ -37,7 +37,7 @@ from sharpdim.commands._common import (
     dataset_option,
     depth_option,
     json_option,
-    mlp_setup,
+    mlp_data,
     output_errors,
     parse_output_folder,
     prepare_output_dir,
@@ -70,11 +70,10 @@ MIN_TRAJECTORY_POINTS = 11
 def _check_model_options(
     *, dataset: str, n_train: int, width: int, depth: int, batch_size: int | None, k: int, seed: int
 ) -> tuple[Dataset, int]:
-    """Check the model options and ``--k`` before any training; the data and parameter count."""
-    from sharpdim.curvature.params import trainable_parameters
-
+    """Check the model options and ``--k`` before any training (nothing built); the data and
+    the parameter count."""
     check_at_least(k, 1, "--k")
-    data, model = mlp_setup(
+    data, d = mlp_data(
         dataset,
         n_train=n_train,
         width=width,
@@ -84,7 +83,6 @@ def _check_model_options(
         batch_size=batch_size,
         batch_flag="--train-batch-size",
     )
-    d = sum(p.numel() for p in trainable_parameters(model))
     if k > d:
         raise SharpdimError(f"--k {k} exceeds the {d} parameters of the MLP: pass --k <= {d}")
     return data, d
@@ -124,6 +122,21 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+_PH0_SLOPES = {"ph0_dimension": "ph0_slope", "ph0_dimension_loss": "ph0_slope_loss"}
+
+
+def _fmt_ph0(case: dict[str, Any], key: str) -> str:
+    """A PH0 dimension: "inf" where the fit's slope is >= 1 (JSON keeps inf as null), and
+    "undefined" where the trajectory did not move."""
+    if case.get(key) is None:
+        slope = case.get(_PH0_SLOPES[key])
+        if slope is not None and slope >= 1:
+            return "inf"
+        if case.get("ph0_zero_persistence"):
+            return "undefined"
+    return _fmt(case.get(key))
+
+
 def _table(cases: dict[str, dict[str, Any]]) -> Table:
     table = Table(title="Edge of stability vs well below: chaos and trajectory geometry")
     table.add_column("quantity")
@@ -135,7 +148,9 @@ def _table(cases: dict[str, dict[str, Any]]) -> Table:
         elif key == "seeds_in_mean":
             vals = ["{} of {}".format(*seeds_in_mean(c)) for c in cases.values()]
         else:
-            vals = [_fmt(c.get(key)) for c in cases.values()]
+            vals = [
+                _fmt_ph0(c, key) if key in _PH0_SLOPES else _fmt(c.get(key)) for c in cases.values()
+            ]
         table.add_row(label, *vals)
     return table
 
@@ -247,6 +262,12 @@ def compare(
                 f"warning: {name} (lr={case['lr']:g}): training diverged for seed(s) "
                 f"{', '.join(map(str, bad))} ({len(bad)} of {total}); the mean over seeds uses "
                 f"the other {used}"
+            )
+        if case.get("ph0_zero_persistence"):
+            print_line(
+                f"warning: {name} (lr={case['lr']:g}): the last iterates coincide (updates "
+                "below the float64 resolution of the weights): no PH0 dimension; pass a larger "
+                "step size for a trajectory that moves"
             )
         if case.get("status") == "orbit_diverged":
             lyap = case["lyapunov"]

@@ -144,7 +144,6 @@ def run_case(
     with the standard error over runs; the other quantities come from the run of ``seed``.
     """
     from sharpdim.dimension.lifetime_sum import alpha_weighted_lifetime_sum
-    from sharpdim.dimension.ph_dimension import ph_dimension
     from sharpdim.dimension.sharpness_dimension import sharpness_dimension
     from sharpdim.dynamics.divergence import trajectory_divergence
     from sharpdim.training.losses import mse_loss
@@ -208,9 +207,8 @@ def run_case(
     advance("SD")
     points = traj.points.to(torch.float64)
     gen = torch.Generator().manual_seed(seed)
-    ph = ph_dimension(points, generator=gen)
     losses = per_example_losses(model, points, data.train_batch())
-    ph_loss = ph_dimension(losses, "loss", generator=gen)
+    ph0 = _ph0_measures(points, losses, gen)
     advance("PH0")
     e1 = alpha_weighted_lifetime_sum(points, alpha=1.0)
     e1_loss = alpha_weighted_lifetime_sum(losses, alpha=1.0, metric="loss")
@@ -242,14 +240,40 @@ def run_case(
         "divergence_rate_stderr": div.growth_rate_stderr,
         "sd": sd.sd,
         "sd_lambda_1": sd.lambda_1,
-        "ph0_dimension": ph.dimension,
-        "ph0_dimension_r2": ph.r_squared,
-        "ph0_dimension_loss": ph_loss.dimension,
+        **ph0,
         "e1": e1.value,
         "e1_loss": e1_loss.value,
         "num_iterates": len(traj),
         "wall_time_s": time.perf_counter() - start,
     }
+
+
+def _ph0_measures(
+    points: torch.Tensor, losses: torch.Tensor, gen: torch.Generator
+) -> dict[str, Any]:
+    """PH0 dimensions of the iterates (Euclidean) and of their loss vectors, with the fitted
+    slopes (a slope >= 1 is an infinite dimension, which JSON stores as null like a missing
+    one). A trajectory that did not move (all iterates equal: updates below the resolution of
+    its dtype) has no PH0 dimension: None, flagged ``ph0_zero_persistence``."""
+    from sharpdim.dimension.ph_dimension import ph_dimension
+    from sharpdim.errors import ZeroPersistenceError
+
+    out: dict[str, Any] = {"ph0_zero_persistence": False}
+    for cloud, metric, suffix in ((points, "euclidean", ""), (losses, "loss", "_loss")):
+        dim: float | None
+        slope: float | None
+        r2: float | None
+        try:
+            ph = ph_dimension(cloud, metric, generator=gen)
+            dim, slope, r2 = ph.dimension, ph.slope, ph.r_squared
+        except ZeroPersistenceError:
+            out["ph0_zero_persistence"] = True
+            dim = slope = r2 = None
+        out[f"ph0_dimension{suffix}"] = dim
+        out[f"ph0_slope{suffix}"] = slope
+        if not suffix:
+            out["ph0_dimension_r2"] = r2
+    return out
 
 
 CASE_KEYS = frozenset(
@@ -258,6 +282,7 @@ CASE_KEYS = frozenset(
         "sharpness_converged", "train_loss", "test_loss", "train_accuracy", "test_accuracy",
         "num_params", "lyapunov", "largest_lyapunov_per_seed", "diverged_seeds",
         "orbit_diverged_seeds", "divergence", "num_iterates", "wall_time_s",
+        "ph0_zero_persistence",
     }
 )  # fmt: skip
 """The keys of every case of :func:`run_case` besides :data:`MEASURES`."""
@@ -304,6 +329,8 @@ MEASURES = (
     "ph0_dimension",
     "ph0_dimension_r2",
     "ph0_dimension_loss",
+    "ph0_slope",
+    "ph0_slope_loss",
     "e1",
     "e1_loss",
 )
@@ -333,6 +360,7 @@ def _diverged_case(
         "diverged_seeds": [],
         "orbit_diverged_seeds": [],
         "divergence": None,
+        "ph0_zero_persistence": False,
         **dict.fromkeys(MEASURES, math.nan),
         "num_iterates": 0,
         "wall_time_s": seconds,

@@ -35,7 +35,7 @@ from sharpdim.dimension.mst import (
     pairwise_distances,
     symmetric_mst_edge_lengths,
 )
-from sharpdim.errors import SharpdimError
+from sharpdim.errors import SharpdimError, ZeroPersistenceError
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def ph_dimension(
     e = torch.tensor(sums, dtype=torch.float64)
     if not (e > 0).all():
         size = int(sizes[int(torch.nonzero(e <= 0)[0])])
-        raise SharpdimError(
+        raise ZeroPersistenceError(
             f"the subsamples of {size} points have zero total persistence (all their points "
             "coincide: the cloud is mostly repeated points, e.g. a frozen trajectory); drop "
             "the repeated points or raise min_points"

@@ -115,7 +115,7 @@ class TrainingMap:
         batches: a sequence of batches (index ``t`` modulo its length) or a callable
             ``t -> batch``.
         optimizer: ``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"adam"`` or ``"adamw"``.
-        lr: step size (``> 0``); momentum: ``mu`` (heavy ball / Nesterov, in ``[0, 1)``);
+        lr: step size (``> 0``); momentum: ``mu`` (heavy ball / Nesterov, in ``(0, 1)``);
         betas, eps: Adam's (``b_i`` in ``[0, 1)``, ``eps >= 0``);
         weight_decay: L2 decay (SGD, Adam) or decoupled decay (AdamW), ``>= 0``.
         mode: module mode during the loss (``"train"`` default: the loss the optimizer sees).

@@ -14,6 +14,17 @@ import matplotlib.pyplot as plt
 from sharpdim.report.figure_file import save_and_close
 
 
+def _missing_label(case: dict[str, Any], key: str) -> str:
+    """What a dimension stored as null is: "inf" (PH0 fit slope >= 1; JSON keeps inf as
+    null), "undef." (PH0 of iterates that coincide), else "n/a"."""
+    slope = case.get(key.replace("ph0_dimension", "ph0_slope")) if "ph0" in key else None
+    if slope is not None and slope >= 1:
+        return "inf"
+    if "ph0" in key and case.get("ph0_zero_persistence"):
+        return "undef."
+    return "n/a"
+
+
 def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """Save a three-panel comparison of training runs (``sharpdim chaos compare`` output).
 
@@ -69,9 +80,12 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
         vals = [math.nan if diverged or case[key] is None else case[key] for _, key in keys]
         xs = [j + (i - (len(cases) - 1) / 2) * width for j in range(len(keys))]
         axes[2].bar(xs, vals, width=width, color=f"C{i}", label=name)
-        for x, v in zip(xs, vals, strict=True):
+        for x, v, (_, key) in zip(xs, vals, keys, strict=True):
             if not diverged and not math.isfinite(v):
-                axes[2].text(x, 0.0, "n/a", ha="center", va="bottom", fontsize=7, color=f"C{i}")
+                axes[2].text(
+                    x, 0.0, _missing_label(case, key), ha="center", va="bottom", fontsize=7,
+                    color=f"C{i}",
+                )  # fmt: skip
     axes[2].set_xticks(range(len(keys)), [k for k, _ in keys])
     axes[2].set_yscale("symlog", linthresh=1.0)
     axes[2].set(title="Dimensions")
