@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +16,32 @@ def test_a_density_is_drawn(tmp_path: Path) -> None:
     grid = torch.linspace(-1, 4, 50)
     out = plot_spectrum_density(grid, torch.exp(-(grid**2)), tmp_path / "d.png", threshold=2.0)
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("threshold", "drawn_as_line"),
+    [(2.0, True), (5.0, True), (2000.0, False), (-1e30, False), (1e300, False)],
+)
+def test_a_far_threshold_does_not_stretch_the_axis(
+    threshold: float, drawn_as_line: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At lr 0.001 the 2/eta line at 2000 stretched the x-axis to 0-2000 and squeezed a
+    spectrum in [-1, 4] into a sliver; far thresholds are now an arrow at the edge."""
+    import sharpdim.report.spectrum_figures as figures
+
+    seen: list[Any] = []
+    real_save = figures.save_and_close
+    monkeypatch.setattr(
+        figures, "save_and_close", lambda fig, path: seen.append(fig) or real_save(fig, path)
+    )
+    grid = torch.linspace(-1, 4, 50)
+    plot_spectrum_density(grid, torch.exp(-(grid**2)), tmp_path / "d.png", threshold=threshold)
+    ax = seen[0].axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo > -2.5 and hi < 5.5, (lo, hi)
+    labels = ax.get_legend_handles_labels()[1]
+    assert (labels == [f"stability threshold {threshold:.3g}"]) is drawn_as_line
+    assert any("stability threshold" in t.get_text() for t in ax.texts) is not drawn_as_line
 
 
 @pytest.mark.parametrize(

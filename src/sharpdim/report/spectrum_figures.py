@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -13,6 +14,23 @@ import torch
 
 from sharpdim.errors import SharpdimError
 from sharpdim.report.figure_file import save_and_close
+
+
+def _mark_threshold(ax: Any, threshold: float, lo: float, hi: float) -> None:
+    """``threshold`` as a dashed line where it lies near the grid; far off it (a small step
+    size puts ``2/eta`` far right of the spectrum), an arrow at that edge of the axes, so the
+    x-axis stays on the density instead of squeezing it into a sliver."""
+    label = f"stability threshold {threshold:.3g}"
+    margin = 0.25 * max(hi - lo, abs(hi), abs(lo), 1e-300)
+    if lo - margin <= threshold <= hi + margin:
+        ax.axvline(threshold, color="k", ls="--", lw=1.0, label=label)
+        return
+    right = threshold > hi
+    ax.annotate(
+        f"{label} ->" if right else f"<- {label}",
+        xy=(0.98 if right else 0.02, 0.04), xycoords="axes fraction",
+        ha="right" if right else "left", va="bottom", fontsize=8,
+    )  # fmt: skip
 
 
 def plot_spectrum_density(
@@ -50,12 +68,10 @@ def plot_spectrum_density(
     for i, lam in enumerate(top_eigenvalues):
         ax.axvline(lam, color="C3", lw=0.8, alpha=0.7, label="top eigenvalues" if i == 0 else None)
     if threshold is not None:
-        ax.axvline(
-            threshold, color="k", ls="--", lw=1.0, label=f"stability threshold {threshold:.3g}"
-        )
+        _mark_threshold(ax, float(threshold), float(grid.min()), float(grid.max()))
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
     ax.set_title(title)
-    if top_eigenvalues or threshold is not None:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right", fontsize=8)
     return save_and_close(fig, path)
