@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -170,6 +171,21 @@ def test_kde_with_a_bandwidth_below_the_grid_spacing_keeps_every_atom(
     r = sd_kde(*_FOUR_ATOMS, bandwidth=h, integration=integration)
     assert r.dimension == pytest.approx(2.4, abs=1e-12)
     assert float(r.masses[r.exponents > 0.29].sum()) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("estimator", [sd_histogram, sd_kde, sd_quantiles])
+def test_a_measure_of_zero_mass_is_refused_alike(estimator: Any) -> None:
+    """sd_kde raised ValueError (NaN bandwidth), sd_histogram said the values were empty."""
+    with pytest.raises(SharpdimError, match="the masses sum to 0"):
+        estimator([0.5, -1.0], [0.0, 0.0])
+    with pytest.raises(SharpdimError, match="the masses sum to 0"):
+        weighted_quantiles([0.5, -1.0], [0.0, 0.0], torch.tensor([0.5]))
+
+
+def test_kde_with_a_grid_spacing_that_underflows_keeps_every_atom() -> None:
+    """h / points_per_bandwidth = 1e-200 / 1e200 underflows to 0: ZeroDivisionError before."""
+    r = sd_kde(*_FOUR_ATOMS, bandwidth=1e-200, points_per_bandwidth=1e200)
+    assert r.dimension == pytest.approx(2.4, abs=1e-12)
 
 
 def test_kde_on_a_coarse_grid_keeps_every_atom() -> None:

@@ -15,7 +15,8 @@ from sharpdim.errors import SharpdimError
 
 
 def flat_measure(values: Any, masses: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The atoms and masses as flat float64 tensors, checked (finite, masses >= 0, same size)."""
+    """The atoms and masses as flat float64 tensors, checked (finite, masses >= 0 with a
+    positive total, same size)."""
     v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     m = torch.as_tensor(masses, dtype=torch.float64).reshape(-1)
     if v.shape != m.shape or v.numel() == 0:
@@ -26,6 +27,8 @@ def flat_measure(values: Any, masses: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise SharpdimError(
             "the measure holds NaN/inf or negative masses: pass finite values and masses >= 0"
         )
+    if not float(m.sum()) > 0:
+        raise SharpdimError("the masses sum to 0: pass a measure with positive total mass")
     return v, m
 
 

@@ -252,8 +252,9 @@ def sd_kde(
     total = float(m.sum())
     lo, hi = float(v.min()) - 8 * h, float(v.max()) + 8 * h
     delta = min((hi - lo) / grid_size, h / points_per_bandwidth)
-    if (hi - lo) / delta + 2 > max_grid:
-        delta = (hi - lo) / (max_grid - 2)
+    coarsest = (hi - lo) / (max_grid - 2)  # at most max_grid nodes
+    if delta < coarsest:  # (h / points_per_bandwidth may even underflow to 0)
+        delta = coarsest
     if h < delta:  # a kernel narrower than a cell: below the grid's resolution, no smoothing
         return kaplan_yorke_measure(v, m)
     nodes = math.ceil((hi - lo) / delta) + 1
