@@ -465,3 +465,43 @@ def test_output_paths_with_brackets_are_printed_as_they_are(tmp_path, capsys, fo
     args = ["eos", "fractal", "--particles", "20", "--steps", "2", "--out", str(out)]
     assert main(args) == 0
     assert f"wrote {out / 'fractal.png'} and {out / 'fractal.json'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("sharpening", ["--lrs", "0.1,1e39"], "--lrs 1e+39 does not fit in float32"),
+        ("thresholds", ["--momentum-lr", "1e39"], "--momentum-lr 1e+39 does not fit in float32"),
+        ("thresholds", ["--adam-lr", "1e39"], "--adam-lr 1e+39 does not fit in float32"),
+    ],
+)
+def test_a_float32_step_size_beyond_float32_is_refused_before_training(
+    tmp_path, capsys, trained, command, args, message
+):
+    """torch raised inside SGD.step (a traceback, exit 1) after the earlier runs had trained."""
+    code = main(["eos", command, *args, "--float32", *TINY_MLP, "--out", str(tmp_path)])
+    assert code == 2 and trained[0] == []
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert main(["eos", command, *args, *TINY_MLP, "--out", str(tmp_path / "f64")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr-min", "0.02", "--lr-max", "0.54", "--num-lrs", "1"], "--num-lrs 1 runs one"),
+        (["--bif-min", "0.2", "--bif-max", "1.1", "--bif-num", "1"], "--bif-num 1 runs one"),
+    ],
+)
+def test_minimalist_refuses_a_range_with_one_step_size(tmp_path, capsys, args, message):
+    """linspace(lo, hi, 1) = [lo]: --lr-max/--bif-max were silently ignored."""
+    assert main(["eos", "minimalist", *args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_ratios_keep_step_sizes_that_print_alike(tmp_path, trained):
+    """Keys were f"lr={lr:g}": 0.1 and 0.1000001 shared one entry of "ratios"."""
+    assert _sharpening(tmp_path, "0.1,0.1000001") == 0
+    ratios = _summary(tmp_path / "sharpening.json")["ratios"]
+    assert sorted(ratios) == ["gd lr=0.1", "gd lr=0.1000001"]

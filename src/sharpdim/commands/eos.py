@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +111,25 @@ def _outputs(name: str) -> tuple[str, str]:
     return f"{name}.json", f"{name}.png"
 
 
-def _setup(dataset: str, n_train: int, width: int, depth: int, seed: int, float64: bool) -> Any:
+def _setup(
+    dataset: str,
+    n_train: int,
+    width: int,
+    depth: int,
+    seed: int,
+    float64: bool,
+    lrs: Sequence[tuple[str, float]] = (),
+) -> Any:
+    """The checked MLP setup; ``lrs`` (``(flag, step size)`` pairs) must fit the dtype."""
     from sharpdim.training.eos_setup import MLPSetup
+
+    largest = torch.finfo(torch.float64 if float64 else torch.float32).max
+    for flag, lr in lrs:
+        if lr > largest:
+            raise SharpdimError(
+                f"{flag} {lr:g} does not fit in float32 (largest {largest:.3g}): pass a "
+                "smaller step size or --float64"
+            )
 
     check_at_least(n_train, 1, "--n-train")
     check_n_train(dataset, n_train)
@@ -225,7 +242,9 @@ def sharpening(
         if lr in grid[:i]:
             raise SharpdimError(f"--lrs lists {lr:g} twice: give each step size once")
     _check_run_options(steps, every, late_fraction)
-    setup = _setup(dataset, n_train, width, depth, seed, float64)
+    setup = _setup(
+        dataset, n_train, width, depth, seed, float64, lrs=[("--lrs", lr) for lr in grid]
+    )
     _runs_command(
         "sharpening",
         progressive_sharpening,
@@ -274,7 +293,10 @@ def thresholds(
     check_fraction(beta1, "--beta1", "0.9")
     check_fraction(beta2, "--beta2", "0.999")
     _check_run_options(steps, every, late_fraction)
-    setup = _setup(dataset, n_train, width, depth, seed, float64)
+    flags = {"momentum": "--momentum-lr", "adam": "--adam-lr"}
+    setup = _setup(
+        dataset, n_train, width, depth, seed, float64, lrs=[(flags[n], lr) for n, lr in runs]
+    )
     _runs_command(
         "thresholds",
         optimizer_thresholds,
@@ -337,6 +359,11 @@ def minimalist(
             raise SharpdimError(
                 f"{flags[0]} = {flags[1]} = {low:g} with {flags[2]} {count} repeats one step "
                 f"size: pass {flags[2]} 1 or a wider range"
+            )
+        if low < high and count == 1:  # linspace would keep the minimum only
+            raise SharpdimError(
+                f"{flags[2]} 1 runs one step size, but {flags[0]} {low:g} < {flags[1]} "
+                f"{high:g}: pass {flags[2]} 2 or more, or {flags[0]} = {flags[1]}"
             )
     ratio_lrs = torch.linspace(lr_min, lr_max, num_lrs, dtype=torch.float64).tolist()
     bif_lrs = torch.linspace(bif_min, bif_max, bif_num, dtype=torch.float64).tolist()

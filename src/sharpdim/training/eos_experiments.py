@@ -140,8 +140,9 @@ class EoSRunsResult:
     wall_time_s: float
 
     def ratios(self) -> dict[str, float]:
-        """``{"<optimizer> lr=<eta>": late median ratio}``."""
-        return {f"{r.optimizer} lr={r.lr:g}": r.late_median_ratio for r in self.runs}
+        """``{"<optimizer> lr=<eta>": late median ratio}`` (``eta`` as ``repr`` writes it, so
+        step sizes that ``:g`` prints alike keep their own entries)."""
+        return {f"{r.optimizer} lr={r.lr!r}": r.late_median_ratio for r in self.runs}
 
     def to_dict(self) -> dict[str, Any]:
         return {
