@@ -180,3 +180,12 @@ def test_atoms_without_mass_do_not_set_the_default_range() -> None:
 def test_bad_input(call, match: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SharpdimError, match=match):
         call()
+
+
+def test_the_default_kde_grid_reaches_three_bandwidths_past_the_nodes() -> None:
+    """The documented span: nodes plus 3 h on each side (so the tails hold < 0.14% of mass)."""
+    nodes = torch.tensor([0.0, 1.0, 4.0], dtype=torch.float64)
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    h = 0.4
+    grid, _ = kde_density(nodes, weights, bandwidth=h)
+    assert float(grid[0]) <= -3 * h + 1e-12 and float(grid[-1]) >= 4.0 + 3 * h - 1e-12

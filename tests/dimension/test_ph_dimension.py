@@ -132,3 +132,12 @@ def test_a_two_size_fit_has_no_r_squared() -> None:
     assert r.to_dict()["r_squared"] is None
     many = ph_dimension(torch.rand(200, 2, generator=g, dtype=torch.float64), generator=g)
     assert len(many.sizes) >= 3 and 0 < many.r_squared <= 1
+
+
+def test_alpha_enters_the_dimension() -> None:
+    """E_alpha of n uniform points on a segment grows like n^(1 - alpha): slope 1/2 and
+    dimension alpha / (1 - slope) = 1 at alpha = 1/2 (not 1 / (1 - slope) = 2)."""
+    pts = torch.rand(800, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = ph_dimension(pts, alpha=0.5, generator=torch.Generator().manual_seed(1))
+    assert abs(r.slope - 0.5) < 0.02
+    assert abs(r.dimension - 1.0) < 0.05

@@ -295,3 +295,17 @@ def test_kde_keeps_a_negative_spectrum_negative() -> None:
     m = torch.ones_like(v)
     assert kaplan_yorke_measure(v, m).dimension == 0.0
     assert sd_kde(v, m).dimension == 0.0
+
+
+def test_quantile_levels_are_cell_midpoints() -> None:
+    """Levels (i + 1/2)/M of masses (1/3, 2/3): atoms (1, -3, -3, -3) of mass 3/4 each, so
+    0.75 * 1 is balanced by 0.25 of the -3 atoms: D = 0.75 + 0.25 = 1 exactly."""
+    r = sd_quantiles([1.0, -3.0], [1.0, 2.0], num_quantiles=4)
+    assert r.exponents.tolist() == [1.0, -3.0, -3.0, -3.0]
+    assert r.dimension == pytest.approx(1.0, abs=1e-15)
+
+
+def test_silverman_takes_the_iqr_branch_with_its_1_34() -> None:
+    """std 5.05 > IQR / 1.34 = 2 / 1.34 here: h = 0.9 (2 / 1.34) 8^(-1/5)."""
+    h = silverman_bandwidth([-10.0, -1, -1, 0, 0, 1, 1, 10], [1.0] * 8)
+    assert h == pytest.approx(0.9 * (2 / 1.34) * 8 ** (-0.2), rel=1e-12)

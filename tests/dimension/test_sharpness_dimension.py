@@ -612,3 +612,37 @@ def test_sd_does_not_depend_on_the_loss_or_parameter_units(optimizer: str) -> No
         )
         sds.append(r.sd)
     assert sds == pytest.approx([sds[0]] * 3, rel=1e-12) and 0 < sds[0] < 6
+
+
+def test_a_lower_confidence_gives_a_nested_narrower_interval() -> None:
+    """Percentile intervals of one bootstrap: the 50% one lies strictly inside the 95% one."""
+
+    def interval(confidence: float) -> tuple[float, float]:
+        model, data = _setup()
+        r = sharpness_dimension(
+            model, _ce, data, 3.0, num_batches=6, batch_size=8, num_bootstrap=200,
+            confidence=confidence, generator=torch.Generator().manual_seed(7),
+        )  # fmt: skip
+        return r.ci_low, r.ci_high
+
+    narrow, wide = interval(0.5), interval(0.95)
+    assert wide[0] < narrow[0] < narrow[1] < wide[1], (narrow, wide)
+
+
+def test_sd_ps_with_full_lanczos_has_the_exact_lambda_1_and_its_stderr() -> None:
+    """With num_runs = num_batches and one seed, SD-PS draws the exact SD's minibatches, and
+    num_steps = d (38) Lanczos steps give each Hessian's exact Ritz values: the same lambda_1
+    and standard error over runs, and a quantile measure of nearly the same exponents."""
+    model, data = _setup()
+    common = dict(batch_size=8, num_bootstrap=0)
+    exact = sharpness_dimension(
+        model, _ce, data, 3.0, num_batches=6, generator=torch.Generator().manual_seed(7),
+        **common,
+    )  # fmt: skip
+    ps = sharpness_dimension(
+        model, _ce, data, 3.0, method="ps", num_runs=6, num_steps=38,
+        generator=torch.Generator().manual_seed(7), **common,
+    )  # fmt: skip
+    assert ps.lambda_1 == pytest.approx(exact.lambda_1, rel=1e-9)
+    assert ps.lambda_1_stderr == pytest.approx(exact.lambda_1_stderr, rel=1e-9)
+    assert abs(float(ps.exponents.sum() - exact.exponents.sum())) < 0.5

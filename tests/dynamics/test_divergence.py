@@ -280,3 +280,43 @@ def test_whole_float_window_arguments_are_ints() -> None:
     result = trajectory_divergence(lambda x: 2 * x, x0, 10, fit_start=1.0, fit_stop=6.0)
     assert (result.fit_start, result.fit_stop) == (1, 6) and type(result.fit_start) is int
     assert result.growth_rate == pytest.approx(math.log(2), rel=1e-12)
+
+
+def test_a_training_map_perturbs_and_measures_only_the_parameters_from_start_step() -> None:
+    """Against two orbits stepped by hand: the perturbation and the distance live in the first
+    num_params coordinates (not the momentum buffer), and step t is start_step + i."""
+    from tests.dynamics.test_lyapunov import _tiny_problem
+
+    model, batches, mse = _tiny_problem()
+    phi = TrainingMap(model, mse, batches, optimizer="momentum", lr=0.3, momentum=0.9)
+    x0 = phi.initial_state()
+    n = phi.num_params
+    u = torch.randn(n, generator=torch.Generator().manual_seed(3), dtype=F64)
+    result = trajectory_divergence(phi, x0, 6, direction=u, start_step=1)
+    x, y = x0.clone(), x0.clone()
+    y[:n] += 1e-8 * u / u.norm()
+    expected = [float((y - x)[:n].norm().log())]
+    for i in range(6):
+        x, y = phi.step(x, 1 + i), phi.step(y, 1 + i)
+        expected.append(float((y - x)[:n].norm().log()))
+    assert result.log_distance.tolist() == pytest.approx(expected, abs=1e-9)
+
+
+def test_growth_rate_stderr_is_the_least_squares_standard_error() -> None:
+    """On ln d_t = (0, ln 4, ln 2, ln 8, ...) of the alternating map: sqrt(SSR / (n - 2) / Sxx)."""
+
+    class Alternating:
+        def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
+            return (4.0 if t % 2 == 0 else 0.5) * x
+
+    r = trajectory_divergence(
+        Alternating(), torch.zeros(1, dtype=F64), 6, direction=torch.ones(1), fit_stop=7
+    )
+    t = torch.arange(7, dtype=F64)
+    y = r.log_distance
+    tc = t - t.mean()
+    slope = float((tc * (y - y.mean())).sum() / (tc**2).sum())
+    resid = y - y.mean() - slope * tc
+    stderr = math.sqrt(float((resid**2).sum()) / (7 - 2) / float((tc**2).sum()))
+    assert r.growth_rate == pytest.approx(slope, rel=1e-12)
+    assert r.growth_rate_stderr == pytest.approx(stderr, rel=1e-12)

@@ -278,3 +278,17 @@ def test_the_tangent_block_is_built_on_the_state_device() -> None:
         with pytest.raises(RuntimeError, match="stop after the first step"):
             lyapunov_spectrum(Devices(), x0, 2, 3, initial_vectors=start)
     assert seen == [("meta", "meta"), ("meta", "meta")]
+
+
+def test_a_run_continued_from_its_final_state_and_vectors_is_the_whole_run() -> None:
+    """final_state, final_vectors and start_step continue a run: 4 + 4 steps = 8 steps."""
+    model, batches, mse = _tiny_problem()
+    phi = TrainingMap(model, mse, batches, optimizer="momentum", lr=0.3, momentum=0.9)
+    x0 = phi.initial_state()
+    q0 = torch.eye(x0.numel(), 3, dtype=F64)
+    whole = lyapunov_spectrum(phi, x0, 3, 8, initial_vectors=q0)
+    a = lyapunov_spectrum(phi, x0, 3, 4, initial_vectors=q0)
+    b = lyapunov_spectrum(phi, a.final_state, 3, 4, initial_vectors=a.final_vectors, start_step=4)
+    joined = torch.cat([a.log_stretches, b.log_stretches])
+    torch.testing.assert_close(joined, whole.log_stretches, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b.final_state, whole.final_state, rtol=1e-12, atol=1e-12)
