@@ -81,3 +81,36 @@ def test_symmetrize_in_place_equals_the_average(n: int, block: int) -> None:
     out = symmetrize_(a, block=block)
     assert out is a
     assert torch.equal(out, expected)
+
+
+def _column_by_column(op: HessianOperator) -> torch.Tensor:
+    return op._matmat(torch.eye(op.num_params, dtype=op.dtype))
+
+
+def test_batched_dense_columns_equal_the_column_loop_on_a_transformer() -> None:
+    """dense() takes its columns in batched double backwards; with LayerNorm and attention
+    (where vmap of jacrev goes wrong) they equal one product per column to round-off."""
+    from tests.curvature.models import lm_batch, lm_loss, make_transformer
+
+    op = HessianOperator(make_transformer(), lm_loss, lm_batch())
+    batched = op.dense()
+    assert op._batch_dense
+    torch.testing.assert_close(batched, _column_by_column(op), rtol=1e-12, atol=1e-12)
+
+
+def test_dense_falls_back_to_columns_where_torch_cannot_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, batch = make_mlp([4, 6, 3], "tanh", layernorm=True), classification_batch(10, 4, 3)
+    op = HessianOperator(model, ce_loss, batch)
+    real_grad = torch.autograd.grad
+
+    def no_batching(*args: object, **kwargs: object) -> object:
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("vmap: no batching rule")
+        return real_grad(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    h = op.dense()
+    assert not op._batch_dense
+    assert_matches(h, reference_hessian(model, ce_loss, batch))

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sharpdim.checks import check_count
+from sharpdim.curvature.batched_hvp import batched_hvp
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
 from sharpdim.errors import NonFiniteLossError, SharpdimError
@@ -264,6 +265,7 @@ class HessianOperator(LinearOperator):
         self._graph: tuple[list[torch.Tensor], list[int]] | None = None
         self._tracked_at_build: tuple[list[Any], list[int], list[bool]] | None = None
         self._seed = None if seed is None else check_count(seed, "seed", 0, "an int, or None")
+        self._batch_dense = True  # False once torch could not batch this model's products
 
     # -- LinearOperator interface -------------------------------------------------------
     @property
@@ -289,6 +291,23 @@ class HessianOperator(LinearOperator):
             for i, w in enumerate(self.weights):
                 if w != 0:  # (a chunk of weight 0, e.g. all padding, may have a NaN loss)
                     out += w * self._hvp(self._gradient_graph(i), block)
+        return self._finite(out)
+
+    def _dense_columns(self, unit: torch.Tensor) -> torch.Tensor:
+        """Columns of :meth:`dense`: with a kept graph, in batched double backwards
+        (:func:`~sharpdim.curvature.batched_hvp.batched_hvp`, several times faster for the
+        small models a dense Hessian is for), else (or where torch cannot batch) one by one."""
+        if not (self.reuse_graph and self.weights[0] != 0 and self._batch_dense):
+            return self._matmat(unit)
+        grads, live = self._cached_graph()
+        out = batched_hvp(grads, self.params, live, unit) if grads else None
+        if out is None:
+            self._batch_dense = bool(not grads)  # unbatchable: one column at a time from now on
+            return self._matmat(unit)
+        return self._finite(out if self.weights[0] == 1.0 else self.weights[0] * out)
+
+    def _finite(self, out: torch.Tensor) -> torch.Tensor:
+        """``out``, or a one-line error where the products are not finite."""
         # the sum is a cheap filter (it overflows at worst, hence the exact second test); the
         # vector itself was checked by LinearOperator.matvec
         if not out.sum().isfinite() and not torch.isfinite(out).all():
@@ -393,7 +412,8 @@ class HessianOperator(LinearOperator):
     def _hvp(
         self, graph: tuple[list[torch.Tensor], list[int]], block: torch.Tensor
     ) -> torch.Tensor:
-        """``H @ block`` column by column (vmap'd double backward was slower on CPU)."""
+        """``H @ block`` column by column (a batched double backward was slower on CPU for
+        large products; :meth:`dense` batches, see :mod:`~sharpdim.curvature.batched_hvp`)."""
         grads, live = graph
         if not grads:
             return torch.zeros_like(block)  # the loss is at most linear in the parameters: H = 0

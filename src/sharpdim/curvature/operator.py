@@ -86,8 +86,12 @@ class LinearOperator(ABC):
             j = min(n, i + 256)
             unit = torch.zeros(n, j - i, dtype=self.dtype, device=self.device)
             unit[i:j].fill_diagonal_(1)
-            out[:, i:j] = self._matmat(unit)
+            out[:, i:j] = self._dense_columns(unit)
         return out
+
+    def _dense_columns(self, unit: torch.Tensor) -> torch.Tensor:
+        """``self @ unit`` for :meth:`dense` (a subclass may take many columns at once)."""
+        return self._matmat(unit)
 
     def to_scipy(self) -> Any:
         """A :class:`scipy.sparse.linalg.LinearOperator` view (float64 numpy in and out)."""
