@@ -113,6 +113,14 @@ def test_an_lr_beyond_the_model_dtype_is_refused(digits):
     assert far.diverged and far.evaluations == ()
 
 
+def test_an_update_that_overflows_the_dtype_is_a_divergence(digits):
+    """Adam's first step is lr / (1 - beta1) = 1e39 at lr 1e38: torch raised inside step()
+    (a traceback from `sharpdim eos thresholds --adam-lr 1e38 --float32`)."""
+    model = build_mlp(64, 10, width=4, depth=1, dtype=torch.float32)
+    result = train(model, digits, TrainConfig(optimizer="adam", lr=1e38, steps=5))
+    assert (result.status, result.diverged_at, result.steps_completed) == ("diverged", 1, 1)
+
+
 def test_minimalist_example_converges_below_and_diverges_above():
     net = DeepScalarLinear((2.0, 0.3, 2.0, 0.3))
     one = net.batch()

@@ -392,7 +392,14 @@ def train(
                     callback(step, model, value, optimizer)
                 if config.stop_loss is not None and value < config.stop_loss:
                     break
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except RuntimeError as err:  # e.g. Adam's lr / (1 - beta1) beyond float32
+                    if "overflow" not in str(err):
+                        raise
+                    status, diverged_at = "diverged", step + 1
+                    step += 1
+                    break
                 if bar is not None:
                     bar[0].update(bar[1], advance=1, description=f"loss {value:.4g}")
                 if not _parameters_finite(params):
