@@ -3,22 +3,52 @@
 For a small model each product is a handful of small matrix multiplications, so the autograd
 engine's per-call work dominates: on the 784-16-16-10 ReLU MLP of the dense benchmark (batch
 128) a column took 1.2-2.8 ms by itself and 0.2 ms in blocks of 64 through
-``torch.autograd.grad(..., is_grads_batched=True)`` (``docs/benchmarks.md``). For large
-products (the 100-256-256-10 MLP at batch 1000) batching was 23% slower per vector, so only
-:meth:`HessianOperator.dense` uses it. The batched double backward is exact also with
-``LayerNorm`` (unlike ``vmap`` of ``jacrev``; see ``docs/curvature.md``), and an operation
-without a batching rule falls back to the column loop.
-"""
+``torch.autograd.grad(..., is_grads_batched=True)`` (``docs/benchmarks.md``). Where a product
+is large, batching is slower per column (the 100-256-256-10 MLP at batch 1000: 23% slower at 8
+columns, 2.7x slower for its bias block alone) and its intermediates grow with the columns, so
+:func:`batch_columns` batches only graphs that save little (the activations autograd keeps)
+and caps the columns by memory. The batched double backward is exact also with ``LayerNorm``
+(unlike ``vmap`` of ``jacrev``; see ``docs/curvature.md``), and an operation without a
+batching rule falls back to one column at a time."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 COLUMNS = 64
-"""Columns per batched double backward (intermediates grow with it: 64 x the activations)."""
+"""Most columns per batched double backward."""
+MAX_SAVED = 4 * 2**20
+"""Graphs that save more bytes than this are not batched (their products are large enough to
+keep the engine busy: 6.7 MiB for the bias block of the 100-256-256-10 MLP at batch 1000,
+slower batched; 0.9 and 2.5 MiB for a 784-16-16-10 MLP at batch 128 and a 100-32-32-10 one at
+batch 1000, 13x and 1.3x faster batched)."""
+MEMORY = 64 * 2**20
+"""Bound on ``columns x saved bytes``, the order of a batched double backward's intermediates."""
+
+
+def saved_bytes(build: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd saves for backward while ``build()`` runs."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        build()
+    return total
+
+
+def batch_columns(saved: int) -> int:
+    """Columns per batched double backward for a graph that saves ``saved`` bytes (1: do not
+    batch)."""
+    if saved > MAX_SAVED:
+        return 1
+    return max(1, min(COLUMNS, MEMORY // max(saved, 1)))
 
 
 def batched_hvp(

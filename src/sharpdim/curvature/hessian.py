@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sharpdim.checks import check_count
-from sharpdim.curvature.batched_hvp import batched_hvp
+from sharpdim.curvature.batched_hvp import batch_columns, batched_hvp, saved_bytes
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
 from sharpdim.errors import NonFiniteLossError, SharpdimError
@@ -265,7 +265,7 @@ class HessianOperator(LinearOperator):
         self._graph: tuple[list[torch.Tensor], list[int]] | None = None
         self._tracked_at_build: tuple[list[Any], list[int], list[bool]] | None = None
         self._seed = None if seed is None else check_count(seed, "seed", 0, "an int, or None")
-        self._batch_dense = True  # False once torch could not batch this model's products
+        self._dense_width: int | None = None  # columns per batched product in dense()
 
     # -- LinearOperator interface -------------------------------------------------------
     @property
@@ -294,15 +294,20 @@ class HessianOperator(LinearOperator):
         return self._finite(out)
 
     def _dense_columns(self, unit: torch.Tensor) -> torch.Tensor:
-        """Columns of :meth:`dense`: with a kept graph, in batched double backwards
-        (:func:`~sharpdim.curvature.batched_hvp.batched_hvp`, several times faster for the
-        small models a dense Hessian is for), else (or where torch cannot batch) one by one."""
-        if not (self.reuse_graph and self.weights[0] != 0 and self._batch_dense):
+        """Columns of :meth:`dense`: with a kept graph that saves little, in batched double
+        backwards (:mod:`~sharpdim.curvature.batched_hvp`: many times faster for small
+        models), else (or where torch cannot batch) one by one."""
+        if not (self.reuse_graph and self.weights[0] != 0):
             return self._matmat(unit)
         grads, live = self._cached_graph()
-        out = batched_hvp(grads, self.params, live, unit) if grads else None
+        if self._dense_width is None:  # once: the graph's size depends on shapes only
+            saved = saved_bytes(lambda: self._gradient_graph(0)) if grads else 0
+            self._dense_width = batch_columns(saved) if grads else 1
+        if self._dense_width == 1:
+            return self._matmat(unit)
+        out = batched_hvp(grads, self.params, live, unit, self._dense_width)
         if out is None:
-            self._batch_dense = bool(not grads)  # unbatchable: one column at a time from now on
+            self._dense_width = 1  # torch cannot batch this model: one column at a time
             return self._matmat(unit)
         return self._finite(out if self.weights[0] == 1.0 else self.weights[0] * out)
 

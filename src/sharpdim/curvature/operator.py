@@ -79,7 +79,9 @@ class LinearOperator(ABC):
 
     def dense(self) -> torch.Tensor:
         """The full ``n x n`` matrix, built 256 columns at a time into one preallocated output
-        (peak memory: the matrix plus one ``n x 256`` identity block and its product)."""
+        (peak memory: the matrix plus one ``n x 256`` identity block and its product, plus a
+        :class:`HessianOperator`'s batched intermediates, bounded by
+        :data:`~sharpdim.curvature.batched_hvp.MEMORY`)."""
         n = self.num_params
         out = torch.empty(n, n, dtype=self.dtype, device=self.device)
         for i in range(0, n, 256):
