@@ -344,7 +344,7 @@ def curvlinops_top(
         sec, (_, products) = timed(lambda ncv=ncv: run(ncv))
         tries.append({"ncv": ncv, "seconds": sec, "matvecs": products})
     best = min(tries, key=lambda t: (t["matvecs"], t["ncv"]))["ncv"]
-    runs = [timed(lambda: run(best)) for _ in range(repeats)]
+    runs = [timed(lambda: run(best)) for _ in range(max(1, repeats))]
     sec, (vals, products) = min(runs, key=lambda r: r[0])
     return {
         "seconds": sec,

@@ -198,7 +198,10 @@ def bench_slq(
         sd_cpu[reorth].append((time.process_time() - c0) / num_runs)
         sds[reorth] = res.sd
 
-    for reorth in reorths:  # untimed warm-up of every variant (the first run pays start-up)
+    hvps(-1)  # untimed warm-up of every variant (the first run pays start-up)
+    hvp_times.clear()
+    hvp_cpu.clear()
+    for reorth in reorths:
         sd_slq(-1, reorth, runs=1)
     variants = [hvps, *(functools.partial(timed_sd, reorth=k) for k in reorths)]
     for r in range(repeats):  # alternate the order, so no variant always runs first

@@ -99,6 +99,7 @@ def test_other_tunables_do_not_count_as_malloc_settings(monkeypatch: pytest.Monk
 def test_no_op_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(allocator, "_glibc", lambda: False)
     assert allocator.tune_allocator() is False
+    monkeypatch.setattr(allocator, "_glibc", lambda: True)  # only the platform says no now
     monkeypatch.setattr(sys, "platform", "darwin")
     assert allocator.tune_allocator() is False
 

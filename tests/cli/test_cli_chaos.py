@@ -525,3 +525,17 @@ def test_compare_reports_and_stores_an_orbit_that_diverged(
     statuses = sorted(s for (s,) in conn.execute("SELECT status FROM runs"))
     conn.close()
     assert statuses == ["done", "done"]  # finished measurements: reused by a rerun
+
+
+def test_cases_stored_before_the_ph0_outcome_keys_are_reused() -> None:
+    """Stores written before ph0_slope / ph0_zero_persistence existed were refused and every
+    case trained again; the shipped example JSON is such an older case."""
+    from sharpdim.commands.chaos_cases import decode_case
+
+    shipped = Path(__file__).resolve().parents[2] / "docs" / "figures" / "chaos_compare.json"
+    for case in json.loads(shipped.read_text())["cases"].values():
+        old = {k: v for k, v in case.items() if k not in ("ph0_slope", "ph0_slope_loss")}
+        old.pop("ph0_zero_persistence", None)
+        decoded = decode_case(old)
+        assert decoded["ph0_zero_persistence"] is False and decoded["ph0_slope"] is None
+        assert decoded["ph0_dimension"] == case["ph0_dimension"]

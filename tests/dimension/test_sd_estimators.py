@@ -309,3 +309,9 @@ def test_silverman_takes_the_iqr_branch_with_its_1_34() -> None:
     """std 5.05 > IQR / 1.34 = 2 / 1.34 here: h = 0.9 (2 / 1.34) 8^(-1/5)."""
     h = silverman_bandwidth([-10.0, -1, -1, 0, 0, 1, 1, 10], [1.0] * 8)
     assert h == pytest.approx(0.9 * (2 / 1.34) * 8 ** (-0.2), rel=1e-12)
+
+
+def test_kde_of_equal_values_below_their_ulp_is_the_measure() -> None:
+    """8 h below the values' ulp: a grid of width 0 (0 / 0 for its node count before)."""
+    r = sd_kde([1.0, 1.0], [1.0, 1.0], bandwidth=1e-300)
+    assert r.dimension == kaplan_yorke_measure([1.0, 1.0], [1.0, 1.0]).dimension

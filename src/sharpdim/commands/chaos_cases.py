@@ -288,6 +288,8 @@ CASE_KEYS = frozenset(
 """The keys of every case of :func:`run_case` besides :data:`MEASURES`."""
 
 _STATUSES = ("done", "orbit_diverged", "diverged")
+_ADDED_LATER = {"ph0_zero_persistence": False, "ph0_slope": None, "ph0_slope_loss": None}
+"""Keys of a case added after stores were written, with what an older case means by them."""
 
 
 def decode_case(stored: Any) -> dict[str, Any]:
@@ -295,6 +297,7 @@ def decode_case(stored: Any) -> dict[str, Any]:
     parts a finished case has (its Lyapunov and divergence records); ValueError otherwise."""
     if not isinstance(stored, dict):
         raise ValueError(f"a stored case is a JSON object, got {type(stored).__name__}")
+    stored = {**_ADDED_LATER, **stored}  # cases stored before these keys existed
     missing = (CASE_KEYS | set(MEASURES)) - set(stored)
     if missing:
         raise ValueError(f"a stored case lacks {', '.join(sorted(missing))}")

@@ -255,7 +255,8 @@ def sd_kde(
     coarsest = (hi - lo) / (max_grid - 2)  # at most max_grid nodes
     if delta < coarsest:  # (h / points_per_bandwidth may even underflow to 0)
         delta = coarsest
-    if h < delta:  # a kernel narrower than a cell: below the grid's resolution, no smoothing
+    if not delta > 0 or h < delta:  # a kernel narrower than a cell (or than the values' ulp):
+        # below the grid's resolution, no smoothing
         return kaplan_yorke_measure(v, m)
     nodes = math.ceil((hi - lo) / delta) + 1
     grid = lo + delta * torch.arange(nodes, dtype=torch.float64)
