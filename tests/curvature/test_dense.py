@@ -135,3 +135,37 @@ def test_a_graph_that_saves_much_is_not_batched() -> None:
     assert op._dense_width == 1
     torch.testing.assert_close(h, _column_by_column(op), rtol=0, atol=0)
     assert [batch_columns(s) for s in (0, 2**20, 4 * 2**20, MAX_SAVED + 1)] == [64, 64, 16, 1]
+
+
+def test_measuring_the_graph_keeps_nothing_alive() -> None:
+    """The measuring hooks handed autograd the tensors themselves: a tanh output saved by its
+    own node formed a cycle through C++ that kept the graph, the batch and the parameters."""
+    import gc
+    import weakref
+
+    model, batch = make_mlp([4, 6, 3], "tanh"), classification_batch(10, 4, 3)
+    op = HessianOperator(model, ce_loss, batch)
+    op.dense()
+    assert op._dense_width == 64
+    weight = weakref.ref(model[0].weight)
+    del op, model
+    gc.collect()
+    assert weight() is None
+
+
+def test_dense_of_a_loss_that_uses_torch_func() -> None:
+    """torch.func refuses saved-tensor hooks: the measurement is skipped, not the product."""
+    from torch.func import grad
+
+    model, batch = make_mlp([4, 6, 3], "tanh"), regression_batch(10, 4, 3)
+
+    def penalised(m: torch.nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        def out_sum(x: torch.Tensor) -> torch.Tensor:
+            return m(x).sum()
+
+        return mse_loss(m, b) + 0.1 * grad(out_sum)(b[0]).pow(2).sum()
+
+    op = HessianOperator(model, penalised, batch)
+    h = op.dense()
+    assert op._dense_width == 1
+    torch.testing.assert_close(h, _column_by_column(op), rtol=0, atol=0)

@@ -29,17 +29,29 @@ MEMORY = 64 * 2**20
 """Bound on ``columns x saved bytes``, the order of a batched double backward's intermediates."""
 
 
-def saved_bytes(build: Callable[[], object]) -> int:
-    """Bytes of the tensors autograd saves for backward while ``build()`` runs."""
-    total = 0
+def saved_bytes(build: Callable[[], object]) -> int | None:
+    """Bytes of the tensors autograd saves for backward while ``build()`` runs; ``None`` where
+    the build refuses saved-tensor hooks (``torch.func`` transforms inside the loss).
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    The hooks keep the tensors in a local store and hand autograd keys: handing the tensor
+    itself back would tie an output saved by its own node (tanh, log-softmax) into a
+    reference cycle through C++ that no garbage collection frees, keeping the graph alive.
+    """
+    total, store = 0, []
+
+    def pack(t: torch.Tensor) -> int:
         nonlocal total
         total += t.numel() * t.element_size()
-        return t
+        store.append(t)
+        return len(store) - 1
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        build()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, store.__getitem__):
+            build()
+    except RuntimeError:
+        return None
+    finally:
+        store.clear()
     return total
 
 

@@ -299,10 +299,15 @@ class HessianOperator(LinearOperator):
         models), else (or where torch cannot batch) one by one."""
         if not (self.reuse_graph and self.weights[0] != 0):
             return self._matmat(unit)
-        grads, live = self._cached_graph()
+        if self._dense_width is None and self.num_params < 16:  # too few columns to gain
+            self._dense_width = 1
         if self._dense_width is None:  # once: the graph's size depends on shapes only
-            saved = saved_bytes(lambda: self._gradient_graph(0)) if grads else 0
-            self._dense_width = batch_columns(saved) if grads else 1
+            self._graph = None  # (measured on a build of its own: one graph alive at a time)
+            saved = saved_bytes(lambda: self._gradient_graph(0))
+            self._dense_width = 1 if saved is None else batch_columns(saved)
+        grads, live = self._cached_graph()
+        if not grads:
+            self._dense_width = 1  # the loss is at most linear in the parameters: H = 0
         if self._dense_width == 1:
             return self._matmat(unit)
         out = batched_hvp(grads, self.params, live, unit, self._dense_width)
