@@ -397,8 +397,7 @@ def train(
                 except RuntimeError as err:  # e.g. Adam's lr / (1 - beta1) beyond float32
                     if "overflow" not in str(err):
                         raise
-                    status, diverged_at = "diverged", step + 1
-                    step += 1
+                    status, diverged_at = "diverged", step + 1  # (that update not applied)
                     break
                 if bar is not None:
                     bar[0].update(bar[1], advance=1, description=f"loss {value:.4g}")
