@@ -122,19 +122,11 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-_PH0_SLOPES = {"ph0_dimension": "ph0_slope", "ph0_dimension_loss": "ph0_slope_loss"}
-
-
 def _fmt_ph0(case: dict[str, Any], key: str) -> str:
-    """A PH0 dimension: "inf" where the fit's slope is >= 1 (JSON keeps inf as null), and
-    "undefined" where the trajectory did not move."""
-    if case.get(key) is None:
-        slope = case.get(_PH0_SLOPES[key])
-        if slope is not None and slope >= 1:
-            return "inf"
-        if case.get("ph0_zero_persistence"):
-            return "undefined"
-    return _fmt(case.get(key))
+    """A measure, or why it is null where that is known ("inf", "undefined")."""
+    from sharpdim.report.chaos_figures import ph0_missing_reason
+
+    return ph0_missing_reason(case, key) or _fmt(case.get(key))
 
 
 def _table(cases: dict[str, dict[str, Any]]) -> Table:
@@ -148,9 +140,7 @@ def _table(cases: dict[str, dict[str, Any]]) -> Table:
         elif key == "seeds_in_mean":
             vals = ["{} of {}".format(*seeds_in_mean(c)) for c in cases.values()]
         else:
-            vals = [
-                _fmt_ph0(c, key) if key in _PH0_SLOPES else _fmt(c.get(key)) for c in cases.values()
-            ]
+            vals = [_fmt_ph0(c, key) for c in cases.values()]
         table.add_row(label, *vals)
     return table
 

@@ -123,9 +123,9 @@ def _setup(
     """The checked MLP setup; ``lrs`` (``(flag, step size)`` pairs) must fit the dtype."""
     from sharpdim.training.eos_setup import MLPSetup
 
-    largest = torch.finfo(torch.float64 if float64 else torch.float32).max
+    largest = torch.finfo(torch.float32).max  # (a finite float64 step size always fits)
     for flag, lr in lrs:
-        if lr > largest:
+        if not float64 and lr > largest:
             raise SharpdimError(
                 f"{flag} {lr:g} does not fit in float32 (largest {largest:.3g}): pass a "
                 "smaller step size or --float64"

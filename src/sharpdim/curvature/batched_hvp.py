@@ -93,11 +93,8 @@ def batched_hvp(
                 )
         except RuntimeError:  # e.g. a custom autograd.Function without vmap support
             return None
-        rows = out[:, start : start + b]
-        offsets = [0]
-        for n in sizes:
-            offsets.append(offsets[-1] + n)
+        rows = out[:, start : start + b].split(sizes)  # views, one per parameter
         for i, h in zip(live, hv, strict=True):
             if h is not None:
-                rows[offsets[i] : offsets[i + 1]] = h.reshape(b, -1).T
+                rows[i].copy_(h.reshape(b, -1).T)
     return out

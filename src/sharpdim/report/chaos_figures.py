@@ -13,16 +13,25 @@ import matplotlib.pyplot as plt
 
 from sharpdim.report.figure_file import save_and_close
 
+PH0_SLOPES = {"ph0_dimension": "ph0_slope", "ph0_dimension_loss": "ph0_slope_loss"}
+"""The fitted slope stored beside each PH0 dimension of a ``chaos compare`` case."""
 
-def _missing_label(case: dict[str, Any], key: str) -> str:
-    """What a dimension stored as null is: "inf" (PH0 fit slope >= 1; JSON keeps inf as
-    null), "undef." (PH0 of iterates that coincide), else "n/a"."""
-    slope = case.get(key.replace("ph0_dimension", "ph0_slope")) if "ph0" in key else None
+
+def ph0_missing_reason(case: dict[str, Any], key: str) -> str | None:
+    """Why the measure ``key`` of ``case`` is stored as null, where that is known: ``"inf"``
+    (a PH0 fit slope >= 1; JSON keeps inf as null) or ``"undefined"`` (PH0 of iterates that
+    coincide); ``None`` otherwise."""
+    if key not in PH0_SLOPES or case.get(key) is not None:
+        return None
+    slope = case.get(PH0_SLOPES[key])
     if slope is not None and slope >= 1:
         return "inf"
-    if "ph0" in key and case.get("ph0_zero_persistence"):
-        return "undef."
-    return "n/a"
+    return "undefined" if case.get("ph0_zero_persistence") else None
+
+
+def _missing_label(case: dict[str, Any], key: str) -> str:
+    """The label of a missing bar: :func:`ph0_missing_reason` (shortened), else "n/a"."""
+    return {"inf": "inf", "undefined": "undef."}.get(ph0_missing_reason(case, key) or "", "n/a")
 
 
 def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) -> Path:
