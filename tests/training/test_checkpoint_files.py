@@ -131,3 +131,47 @@ def test_adam_with_decoupled_decay_and_adamw_share_checkpoints(tmp_path: Path) -
     path = save_checkpoint(tmp_path / "w", 1, fresh, adamw)
     again = torch.optim.Adam(fresh.parameters(), decoupled_weight_decay=True)
     assert load_checkpoint(path, fresh, again) == 1
+
+
+def test_a_refused_checkpoint_leaves_model_and_optimizer_as_they_were(tmp_path: Path) -> None:
+    """``load_state_dict`` copies the tensors that fit before refusing one that does not; the
+    refusal must not leave a half-loaded model (or a model loaded for a refused optimizer)."""
+    torch.manual_seed(0)
+    saved = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    adam = torch.optim.Adam(saved.parameters(), lr=1e-3)
+    saved(torch.ones(1, 3)).sum().backward()
+    adam.step()
+    path = save_checkpoint(tmp_path, 1, saved, adam)
+
+    other = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 5))  # layer 0 fits
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(SharpdimError, match=r"does not fit this model"):
+        load_checkpoint(path, other)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+
+    same = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    one_group = torch.optim.Adam(same[0].parameters(), lr=1e-3)  # another parameter layout
+    same(torch.ones(1, 3)).sum().backward()
+    one_group.step()
+    before = {k: v.clone() for k, v in same.state_dict().items()}
+    moments = one_group.state_dict()["state"][0]["exp_avg"].clone()
+    with pytest.raises(SharpdimError, match=r"different optimizer or parameter layout"):
+        load_checkpoint(path, same, one_group)
+    assert all(torch.equal(v, before[k]) for k, v in same.state_dict().items())
+    assert torch.equal(one_group.state_dict()["state"][0]["exp_avg"], moments)
+    assert load_checkpoint(path, same) == 1  # the model alone fits
+
+
+@pytest.mark.parametrize("step", [np.int64(3), torch.tensor(3), 3.0])
+def test_a_numpy_tensor_or_whole_float_step_is_saved_as_an_int(tmp_path: Path, step: Any) -> None:
+    model = torch.nn.Linear(3, 2)
+    path = save_checkpoint(tmp_path, step, model)
+    assert path.name == "step_000003.pt"
+    assert load_checkpoint(path, torch.nn.Linear(3, 2)) == 3
+
+
+@pytest.mark.parametrize("step", [-1, 2.5, "3", True])
+def test_a_bad_checkpoint_step_is_refused(tmp_path: Path, step: Any) -> None:
+    with pytest.raises(SharpdimError, match=r"step must be an integer >= 0"):
+        save_checkpoint(tmp_path, step, torch.nn.Linear(3, 2))
+    assert list(tmp_path.iterdir()) == []

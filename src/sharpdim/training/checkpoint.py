@@ -9,6 +9,7 @@ temporary name and then renamed, so a killed process never leaves a half-written
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from sharpdim.atomic import atomic_path
+from sharpdim.checks import check_count
 from sharpdim.errors import SharpdimError
 
 
@@ -56,8 +58,10 @@ def save_checkpoint(
 
     ``optimizer_class`` is the optimizer's class name (``"Adam"``), checked on loading.
     ``loop_state`` is the training loop's own state (see the module docstring); it is stored
-    only when given.
+    only when given. ``step`` is a whole number ``>= 0`` (a numpy integer or 0-dim tensor is
+    stored as a Python ``int``, which loading checks).
     """
+    step = check_count(step, "step", 0, "the training step, e.g. step=100")
     path = checkpoint_path(prepare_checkpoint_dir(directory), step)
     state: dict[str, Any] = {
         "step": step,
@@ -156,7 +160,8 @@ def restore_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> int:
-    """Load the contents ``state`` of checkpoint ``path`` into ``model`` (and ``optimizer``)."""
+    """Load the contents ``state`` of checkpoint ``path`` into ``model`` (and ``optimizer``);
+    a checkpoint that does not fit leaves both as they were."""
     if optimizer is not None:
         if state.get("optimizer") is None:
             raise SharpdimError(
@@ -164,17 +169,24 @@ def restore_checkpoint(
                 "model), no optimizer) and train from it without resume_from"
             )
         _check_optimizer_type(state, path, optimizer)
+    # load_state_dict copies every tensor that fits before it refuses one that does not, so a
+    # refused checkpoint would leave the model half overwritten: keep copies to put back
+    model_before = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
+        model.load_state_dict(model_before)
         raise SharpdimError(
             f"{path} does not fit this model (its parameter names or shapes differ): "
             "build the model with the architecture the checkpoint was written from"
         ) from exc
     if optimizer is not None:
+        optimizer_before = copy.deepcopy(optimizer.state_dict())
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+            model.load_state_dict(model_before)
+            optimizer.load_state_dict(optimizer_before)
             raise SharpdimError(
                 f"{path} holds the state of a different optimizer or parameter layout: "
                 "use the optimizer the checkpoint was written with"
