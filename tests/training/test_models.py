@@ -68,6 +68,36 @@ def test_builders_leave_global_rng_alone_and_keep_their_values():
     assert flat[:3].tolist() == [-0.07698582112789154, 0.05185819789767265, 0.23655590415000916]
 
 
+@pytest.mark.parametrize("default", [torch.float64, torch.bfloat16])
+def test_a_seed_gives_the_same_model_whatever_the_default_dtype(default: torch.dtype) -> None:
+    """The builders initialise in float32 whatever ``torch.get_default_dtype()`` is; a float64
+    default gave weights differing by 1e-8 and a bfloat16 one weights rounded to 3 digits."""
+    expected = [
+        get_flat_params(list(build(dtype=torch.float64).parameters()))
+        for build in (_small_mlp, _small_transformer)
+    ]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        got = [
+            get_flat_params(list(build(dtype=torch.float64).parameters()))
+            for build in (_small_mlp, _small_transformer)
+        ]
+    finally:
+        torch.set_default_dtype(previous)
+    for e, g in zip(expected, got, strict=True):
+        assert torch.equal(e, g)
+    assert torch.equal(expected[0].float().double(), expected[0])  # float32 numbers
+
+
+def _small_mlp(dtype: torch.dtype) -> torch.nn.Module:
+    return build_mlp(5, 3, width=4, depth=2, seed=7, dtype=dtype)
+
+
+def _small_transformer(dtype: torch.dtype) -> torch.nn.Module:
+    return build_transformer(7, seq_len=3, d_model=8, num_heads=2, seed=3, dtype=dtype)
+
+
 def test_transformer_shapes_and_causality():
     model = build_transformer(
         8, 5, seq_len=4, d_model=8, num_heads=2, num_layers=2, last_only=False, dtype=torch.float64

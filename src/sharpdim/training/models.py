@@ -2,7 +2,8 @@
 
 Every builder initialises its parameters from a seeded ``torch.Generator`` and leaves the
 global RNG untouched (the layers are constructed inside ``torch.random.fork_rng``), so a seed
-gives the same model on every run:
+gives the same model on every run, in every dtype (the values are float32 numbers, whatever
+torch's default dtype):
 
 * linear layers: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weights and biases (PyTorch's
   default distribution for ``nn.Linear``);
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import final
+from typing import TypeVar, final
 
 import torch
 from torch import nn
@@ -43,8 +44,9 @@ def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Gen
 def init_parameters(module: nn.Module, generator: torch.Generator) -> None:
     """Re-initialise every Linear, Embedding and LayerNorm of ``module`` from ``generator``.
 
-    Draws happen on the CPU in float64 and are then cast, so the values do not depend on the
-    module's dtype or device.
+    Draws happen on the CPU in float64 and are then cast to the module's dtype (the builders
+    initialise in float32 and cast afterwards, so their values do not depend on the dtype,
+    the device or torch's default dtype).
     """
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -111,7 +113,18 @@ def build_mlp(
             fan_in = width
         layers.append(nn.Linear(fan_in, out_dim, bias=bias))
         model = nn.Sequential(*layers)
-    init_parameters(model, _generator(seed, generator))
+    return _initialised(model, seed, generator, dtype)
+
+
+_Module = TypeVar("_Module", bound=nn.Module)
+
+
+def _initialised(
+    model: _Module, seed: int | None, generator: torch.Generator | None, dtype: torch.dtype
+) -> _Module:
+    """``model`` initialised in float32, whatever torch's default dtype, then cast to ``dtype``:
+    a seed gives the same values (float32 numbers) for every dtype and default."""
+    init_parameters(model.to(torch.float32), _generator(seed, generator))
     return model.to(dtype)
 
 
@@ -274,8 +287,7 @@ def build_transformer(
             d_mlp=4 * d_model if d_mlp is None else d_mlp,
             last_only=last_only,
         )
-    init_parameters(model, _generator(seed, generator))
-    return model.to(dtype)
+    return _initialised(model, seed, generator, dtype)
 
 
 @final
