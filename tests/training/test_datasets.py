@@ -193,8 +193,58 @@ def test_seeds_are_whole_numbers_in_range():
     with pytest.raises(SharpdimError, match=r"^seed must be"):
         load_dataset("teacher_student", seed=2**32)  # torch would draw what seed 0 draws
     assert not _same(load_dataset("digits", seed=2**32 - 1), load_dataset("digits", seed=0))
-    with pytest.raises(SharpdimError, match="finite noise_std"):
+    with pytest.raises(SharpdimError, match="noise_std must be a finite number >= 0, got nan"):
         load_dataset("teacher_student", noise_std=float("nan"))
+
+
+def test_whole_float_options_are_accepted_and_bad_ones_refused_in_one_line():
+    """Options beyond the sizes were used raw: ``p=97.0`` or ``in_dim=4.0`` reached torch and
+    failed with a TypeError traceback, as did ``batches(5.0)`` and ``subset(2.0)``."""
+    same_pairs = [
+        ({"p": 7}, {"p": 7.0}),
+        ({"p": 7, "train_fraction": 0.5}, {"p": np.int64(7), "train_fraction": np.float32(0.5)}),
+    ]
+    for good, whole in same_pairs:
+        assert _same(load_dataset("modular", **good), load_dataset("modular", **whole))
+    ts = {"n_train": 6, "n_test": 2}
+    assert _same(
+        load_dataset("teacher_student", in_dim=4, out_dim=2, **ts),
+        load_dataset("teacher_student", in_dim=4.0, out_dim=torch.tensor(2), **ts),
+    )
+    ds = load_dataset("modular", p=5)
+    assert [len(y) for _, y in ds.batches(5.0, drop_last=False)] == [5, 5, 2]
+    assert ds.subset(2.0).num_train == 2
+    refused = [
+        (lambda: load_dataset("modular", p=97.5), r"^modulus p must be an integer >= 2, got 97.5"),
+        (lambda: load_dataset("modular", p="97"), r"^modulus p must be an integer >= 2"),
+        (lambda: load_dataset("modular", p=1), r"^modulus p must be an integer >= 2, got 1"),
+        (lambda: load_dataset("modular", train_fraction="0.5"), r"^train_fraction must be"),
+        (lambda: load_dataset("modular", train_fraction=1.5), r"must lie in \(0, 1\]"),
+        (lambda: load_dataset("teacher_student", in_dim=4.5), r"^in_dim must be an integer"),
+        (lambda: load_dataset("teacher_student", noise_std=None), r"^noise_std must be a"),
+        (lambda: ds.batches(2.5).__next__(), r"^batch_size must be an integer >= 1, got 2.5"),
+        (lambda: ds.batches(13).__next__(), r"batch_size=13 is not in \[1, 12\]"),
+        (lambda: ds.subset(0), r"^subset size must be an integer >= 1, got 0"),
+        (lambda: ds.subset(13), r"subset size 13 is not in \[1, 12\]"),
+    ]
+    for call, message in refused:
+        with pytest.raises(SharpdimError, match=message):
+            call()
+
+
+def test_mnist1d_options_take_the_type_of_their_default():
+    pytest.importorskip("mnist1d")
+    small = {"n_train": 10, "n_test": 0}
+    a = load_dataset("mnist1d", final_seq_length=30, iid_noise_scale=0, **small)
+    b = load_dataset("mnist1d", final_seq_length=30.0, iid_noise_scale=np.int64(0), **small)
+    assert _same(a, b) and a.x_train.shape == (10, 30)
+    for options, message in [
+        ({"final_seq_length": 40.5}, r"^mnist1d option final_seq_length must be an integer"),
+        ({"iid_noise_scale": "0.1"}, r"^mnist1d option iid_noise_scale must be a finite number"),
+        ({"shuffle_seq": 1}, r"^mnist1d option shuffle_seq must be True or False, got 1"),
+    ]:
+        with pytest.raises(SharpdimError, match=message):
+            load_dataset("mnist1d", **options, **small)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

@@ -140,3 +140,10 @@ def test_a_column_of_labels_is_read_as_labels_and_other_shapes_are_refused():
             loss_fn(model, (x, y > 1))
     with pytest.raises(SharpdimError, match=r"targets of shape \(4, 6\) do not match outputs"):
         mse_loss(model, (x, torch.randn(4, 6, dtype=torch.float64)))  # transposed
+
+
+def test_evaluate_on_an_empty_batch_gives_nan_loss_and_no_accuracy():
+    model = Fixed(OUT)
+    for y in (torch.zeros(0, dtype=torch.int64), torch.zeros(0, 3, dtype=torch.float64)):
+        loss, acc = evaluate(model, mse_loss, (torch.zeros(0, 3), y))
+        assert math.isnan(loss) and acc is None

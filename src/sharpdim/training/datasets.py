@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharpdim.checks import check_count, check_seed
+from sharpdim.checks import check_count, check_number, check_seed
 from sharpdim.errors import SharpdimError
 from sharpdim.training.models import build_mlp
 
@@ -90,7 +90,8 @@ class Dataset:
         if batch_size is None:
             yield self.train_batch()
             return
-        if not 1 <= batch_size <= n:
+        batch_size = check_count(batch_size, "batch_size", 1, "e.g. batch_size=64")
+        if batch_size > n:
             raise SharpdimError(
                 f"batch_size={batch_size} is not in [1, {n}] for {self.name} with {n} "
                 "training examples: choose a smaller batch or use batch_size=None (full batch)"
@@ -103,7 +104,8 @@ class Dataset:
 
     def subset(self, n: int) -> Dataset:
         """The first ``n`` training examples (e.g. Cohen et al. 2021's fixed 5,000), same test set."""
-        if not 1 <= n <= self.num_train:
+        n = check_count(n, "subset size", 1, "e.g. subset(500)")
+        if n > self.num_train:
             raise SharpdimError(
                 f"subset size {n} is not in [1, {self.num_train}]: choose n <= the training size"
             )
@@ -224,7 +226,8 @@ def make_mnist1d_dataset(
             f"mnist1d option(s) {sorted(fixed)} are set by sharpdim: pass n_train= and n_test= "
             "instead"
         )
-    vars(args).update(mnist1d_args)
+    defaults = vars(args)
+    defaults.update({k: _mnist1d_option(k, v, defaults[k]) for k, v in mnist1d_args.items()})
     py_state, np_state = random.getstate(), np.random.get_state()
     try:  # mnist1d seeds numpy's and Python's global generators: restored afterwards
         x_train, y_train = _mnist1d_examples(args, n_train, seed % 2**32)
@@ -248,6 +251,20 @@ def make_mnist1d_dataset(
         return torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=torch.int64)
 
     return Dataset("mnist1d", *tensors(x_train, y_train), *tensors(x_test, y_test), 10)
+
+
+def _mnist1d_option(name: str, value: Any, default: Any) -> Any:
+    """An mnist1d option override of the type of its default (a whole number for an integer
+    option, a finite number for a real one, a bool for a flag); others pass unchanged."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise SharpdimError(f"mnist1d option {name} must be True or False, got {value!r}")
+        return value
+    if isinstance(default, int):
+        return check_count(value, f"mnist1d option {name}", 0, f"e.g. {name}={default}")
+    if isinstance(default, float):
+        return check_number(value, f"mnist1d option {name}", "any", f"{name}={default}")
+    return value
 
 
 MNIST1D_TEST_SEED = 0x5EED7E57
@@ -306,14 +323,14 @@ def make_modular_dataset(
             ``"onehot"``: float inputs ``[onehot(a), onehot(b)]`` of width ``2p`` for an MLP.
     """
     seed = check_seed(seed)
-    if p < 2:
-        raise SharpdimError(f"modulus p={p} must be >= 2: use e.g. p=97")
+    p = check_count(p, "modulus p", 2, "e.g. p=97")
     if operation not in _OPERATIONS:
         raise SharpdimError(f"unknown operation {operation!r}: use one of {', '.join(_OPERATIONS)}")
     if encoding not in ("tokens", "onehot"):
         raise SharpdimError(f"unknown encoding {encoding!r}: use 'tokens' or 'onehot'")
-    if not 0.0 < train_fraction <= 1.0:
-        raise SharpdimError(f"train_fraction={train_fraction} must lie in (0, 1]")
+    train_fraction = check_number(train_fraction, "train_fraction", "> 0", "train_fraction=0.5")
+    if train_fraction > 1.0:
+        raise SharpdimError(f"train_fraction={train_fraction} must lie in (0, 1]: pass e.g. 0.5")
     total = p * p
     default_train = max(1, round(train_fraction * total))
     n_train = default_train if n_train is None else n_train
@@ -361,11 +378,10 @@ def make_teacher_student_dataset(
     seed = check_seed(seed)
     n_train = 500 if n_train is None else n_train
     n_test = 500 if n_test is None else n_test
-    if n_train < 1 or n_test < 0 or not (math.isfinite(noise_std) and noise_std >= 0):
-        raise SharpdimError(
-            f"n_train={n_train}, n_test={n_test}, noise_std={noise_std}: need n_train >= 1, "
-            "n_test >= 0, a finite noise_std >= 0"
-        )
+    if n_train < 1 or n_test < 0:
+        raise SharpdimError(f"n_train={n_train}, n_test={n_test}: need n_train >= 1, n_test >= 0")
+    noise_std = check_number(noise_std, "noise_std", ">= 0", "noise_std=0.1")
+    in_dim, out_dim = check_count(in_dim, "in_dim"), check_count(out_dim, "out_dim")
     g = torch.Generator().manual_seed(seed)
     teacher = build_mlp(
         in_dim,

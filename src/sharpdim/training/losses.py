@@ -159,7 +159,8 @@ def accuracy(model: nn.Module, batch: Any) -> float:
 def evaluate(model: nn.Module, loss_fn: LossFn, batch: Any) -> tuple[float, float | None]:
     """``(loss, accuracy)`` on a batch in eval mode; accuracy is ``None`` for regression.
 
-    The model's train/eval mode is restored afterwards.
+    An empty batch (``n_test=0``) gives ``(nan, None)``, a test accuracy of ``None`` also for
+    classification. The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
