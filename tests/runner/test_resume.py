@@ -1,16 +1,20 @@
 """ResumableRuns: a killed sweep resumes without losing or repeating finished runs."""
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
+import sharpdim
 from sharpdim import __version__
-from sharpdim.runner import ResultsStore, ResumableRuns, config_key
+from sharpdim.runner import ResultsStore, ResumableRuns, code_version, config_key
+from sharpdim.runner.resume import source_digest
 
 LRS = (0.1, 0.2, 0.3, 0.4)
 
@@ -109,7 +113,7 @@ def test_undecodable_stored_runs_are_computed_again(tmp_path):
     _sweep(path, calls)
     conn = sqlite3.connect(path)
     for lr, result in ((0.1, "[1, 2"), (0.3, "5")):  # dict(5) raises: decode refuses it
-        key = config_key({"lr": lr, "sharpdim_version": __version__})
+        key = config_key({"lr": lr, "sharpdim_version": code_version()})
         conn.execute("UPDATE runs SET result = ? WHERE key = ?", (result, key))
     conn.commit()
     conn.close()
@@ -121,3 +125,25 @@ def test_undecodable_stored_runs_are_computed_again(tmp_path):
     assert [r["loss"] for r in results] == [1.0, 2.0, 3.0, 4.0]
     _, again = _sweep(path, calls)  # stored again, reused now
     assert (again.reused, again.computed) == (4, 0)
+
+
+def test_the_default_key_version_follows_the_package_sources(tmp_path):
+    """A fix that leaves ``__version__`` as it was must still change the keys: the default
+    version is ``__version__`` plus a digest of the package's ``.py`` files."""
+    root = Path(sharpdim.__file__).parent
+    assert code_version() == f"{__version__}+{source_digest(root)}"
+    copy = tmp_path / "pkg"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_digest(copy) == source_digest(root)
+    (copy / "stale.pyc").write_bytes(b"compiled")  # not source: no change
+    assert source_digest(copy) == source_digest(root)
+    core = copy / "curvature" / "lanczos.py"
+    core.write_text(core.read_text() + "\n# a fix\n")
+    changed = source_digest(copy)
+    assert changed != source_digest(root) and len(changed) == 12
+    (copy / "curvature" / "new_module.py").write_text("")
+    assert source_digest(copy) not in (changed, source_digest(root))
+    with ResultsStore(tmp_path / "runs.sqlite") as store:
+        runs = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done")
+        runs({"lr": 0.1}, lambda: {"loss": 1.0})
+        assert [r.config["sharpdim_version"] for r in store.records()] == [code_version()]

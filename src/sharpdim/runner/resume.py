@@ -10,14 +10,19 @@ that ``decode`` refuses), with one warning per store. An exception raised while 
 run propagates and stores nothing.
 
 Fresh and reused runs both come back through the stored form (``decode`` of the stored
-JSON), so a sweep's output does not depend on which of its runs were reused. The package
-version is part of every key (``"sharpdim_version"``): runs stored by another version, whose
-numbers may differ, are computed again rather than reused.
+JSON), so a sweep's output does not depend on which of its runs were reused. The code's
+version is part of every key (``"sharpdim_version"``: the package version and a digest of the
+package's source files, :func:`code_version`): runs stored by other code, whose numbers may
+differ, are computed again rather than reused, even when a fix left the version number as it
+was.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from sharpdim.runner.store import FINISHED, ResultsStore
@@ -34,7 +39,7 @@ class ResumableRuns(Generic[T]):
         decode: the inverse of ``encode`` on the stored JSON.
         status: the store status of a computed run: ``"done"``, ``"diverged"`` or
             ``"failed"``.
-        version: the version written into every key (default: this sharpdim's).
+        version: the version written into every key (default: :func:`code_version`).
 
     Attributes:
         reused, computed: how many calls returned a stored run / computed one.
@@ -63,7 +68,7 @@ class ResumableRuns(Generic[T]):
         self.encode = encode
         self.decode = decode
         self.status = status
-        self.version = _package_version() if version is None else version
+        self.version = code_version() if version is None else version
         self.reused = 0
         self.computed = 0
 
@@ -85,7 +90,20 @@ class ResumableRuns(Generic[T]):
         return self.decode(stored.result)
 
 
-def _package_version() -> str:
-    from sharpdim import __version__
+@functools.cache
+def code_version() -> str:
+    """``"<version>+<digest>"``: the package version and :func:`source_digest` of the
+    installed package, so any change of the code that computes a run changes its key."""
+    import sharpdim
 
-    return __version__
+    return f"{sharpdim.__version__}+{source_digest(Path(sharpdim.__file__).parent)}"
+
+
+def source_digest(root: Path) -> str:
+    """The first 12 hex digits of a SHA-256 over the ``.py`` files under ``root`` (relative
+    paths and contents, in path order; compiled files and data are left out)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
