@@ -2,7 +2,9 @@
 
 The content goes to a hidden temporary file in the same folder, which ``os.replace`` then
 moves over the target in one step; when writing fails (an error, Ctrl-C) the temporary file
-is deleted and the old file is left as it was. A process killed outright (SIGKILL, power)
+is deleted and the old file is left as it was. The content is flushed to the disk (``fsync``)
+before the rename and the folder after it, so a machine that loses power also keeps the old
+file or the whole new one, not an empty one. A process killed outright (SIGKILL, power)
 cannot delete its temporary file; the next successful write of the same file removes such
 leftovers once they are an hour old (a younger one may be another writer's, in progress).
 """
@@ -44,13 +46,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         if out.exists():
             os.chmod(tmp, stat.S_IMODE(out.stat().st_mode))
+        _fsync(tmp)
         os.replace(tmp, out)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.filename in (str(tmp), tmp):
             err.filename, err.filename2 = str(path), None  # name the file the user asked for
         raise
+    with contextlib.suppress(OSError):  # (some filesystems cannot sync a folder)
+        _fsync(out.parent)
     _remove_stale_temporaries(out)
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 STALE_SECONDS = 3600.0

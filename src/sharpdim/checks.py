@@ -65,12 +65,20 @@ def check_number(value: Any, name: str, rule: str, example: str) -> float:
     (a key of ``_RANGES``)."""
     value = plain_scalar(value)
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (real and math.isfinite(value) and _RANGES[rule](value)):
+    if not (real and _finite(value) and _RANGES[rule](value)):
         rule = "" if rule == "any" else f" {rule}"
         raise SharpdimError(
             f"{name} must be a finite number{rule}, got {value!r}: pass e.g. {example}"
         )
     return float(value)
+
+
+def _finite(value: numbers.Real) -> bool:
+    """Whether ``value`` is a finite float (an int beyond float's range is not: 10**400)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_betas(betas: Any) -> tuple[float, float]:

@@ -197,3 +197,29 @@ def test_eos_and_chaos_outputs_that_are_folders_are_refused_before_computing(
     code = main(["chaos", "compare", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "chaos_compare.json (it is a folder)" in err, err
+
+
+def test_the_content_is_synced_before_the_rename_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``fsync`` a power loss after the rename can leave an empty file in place of
+    both the old and the new content."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_text_atomic(tmp_path / "r.json", "new")
+    (kind0, synced), (kind1, moved), (kind2, folder) = events
+    assert (kind0, kind1, kind2) == ("fsync", "replace", "fsync")
+    assert synced == moved and Path(synced).name.startswith(".r.json.")
+    assert folder == str(tmp_path.resolve())
+    assert (tmp_path / "r.json").read_text() == "new"

@@ -533,3 +533,43 @@ def test_a_locked_store_is_not_read_as_immutable(path):
         other.close()
     with ResultsStore(path, writable=False) as store:
         assert len(store) == 2
+
+
+def test_a_closed_store_or_another_thread_is_not_called_a_corrupt_file(path):
+    """``sqlite3.ProgrammingError`` is a ``DatabaseError``: it was reported as an unreadable
+    file to be moved away, though the file is fine."""
+    with ResultsStore(path) as store:
+        store.put({"a": 1}, {"x": 1.0})
+        errors: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                store.get({"a": 1})
+            except BaseException as err:  # (collected for the assertion)
+                errors.append(err)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    with pytest.raises(SharpdimError, match=r"cannot be used here .*closed or was opened in"):
+        store.put({"a": 2}, {"x": 2.0})
+    (err,) = errors
+    assert isinstance(err, SharpdimError) and "another thread" in str(err)
+    assert "not a readable" not in str(err)
+    with ResultsStore(path) as store:
+        assert store.get({"a": 1}).result == {"x": 1.0}
+
+
+def test_bad_paths_statuses_and_numbers_are_one_line_errors(path):
+    with pytest.raises(SharpdimError, match=r"^':memory:' is SQLite's in-memory database"):
+        ResultsStore(":memory:")
+    with pytest.raises(SharpdimError, match=r"^cannot open the results store .*embedded null"):
+        ResultsStore(str(path.parent / "a\x00b.sqlite"))
+    with pytest.raises(SharpdimError, match=r"^timeout must be a number of seconds >= 0"):
+        ResultsStore(path, timeout=10**400)  # was an OverflowError from math.isfinite
+    with ResultsStore(path) as store:
+        store.put({"a": 1}, {"x": 1.0}, status="done")
+        assert [r.config for r in store.records("done")] == [{"a": 1}]
+        for bad in ("Done", "ok"):  # were an empty list
+            with pytest.raises(SharpdimError, match=rf"^status '{bad}': use one of done, dive"):
+                list(store.records(bad))

@@ -141,10 +141,15 @@ class ResultsStore:
             ) from None
         self.timeout = min(seconds, MAX_TIMEOUT)
         self._warned = False
+        if str(path) == ":memory:":
+            raise SharpdimError(
+                "':memory:' is SQLite's in-memory database, which keeps nothing after close: "
+                "pass a file path such as runs.sqlite"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        except (OSError, sqlite3.Error) as err:
+        except (OSError, ValueError, sqlite3.Error) as err:
             raise SharpdimError(
                 f"cannot open the results store {self.path} ({err}): choose a writable file path"
             ) from None
@@ -239,6 +244,11 @@ class ResultsStore:
                 f"{self.timeout:g} s while {doing}: end the program holding it (e.g. an open "
                 "transaction in a sqlite3 shell) and run again, the stored runs are kept (from "
                 "Python, ResultsStore(path, timeout=...) waits longer)"
+            )
+        if isinstance(err, sqlite3.ProgrammingError):  # not the file's fault
+            return SharpdimError(
+                f"the results store {self.path} cannot be used here ({text}): it is closed or "
+                "was opened in another thread; open a ResultsStore where it is used"
             )
         if isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.OperationalError):
             return SharpdimError(
@@ -445,6 +455,8 @@ class ResultsStore:
     def records(self, status: str | None = None) -> Iterator[RunRecord]:
         """All stored runs (or those with ``status``) in the order they were first put; rows
         that cannot be decoded are left out (see :meth:`warn_undecodable`)."""
+        if status is not None and status not in STATUSES:
+            raise SharpdimError(f"status {status!r}: use one of {', '.join(STATUSES)}")
         where, params = ("WHERE status = ?", (status,)) if status is not None else ("", ())
         rows = self._query(f"SELECT {_COLUMNS} FROM runs {where} ORDER BY rowid", params)
         return self._records(rows)
