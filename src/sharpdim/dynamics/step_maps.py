@@ -258,6 +258,12 @@ class TrainingMap:
                 loss = _orbit_loss(self.model, self.loss_fn, self.batch(t))
             if not torch.isfinite(loss):
                 return loss.detach(), torch.full_like(leaf.detach(), math.nan), leaf
+            if not loss.requires_grad:
+                raise SharpdimError(
+                    "the loss does not depend on the model's parameters (computed under "
+                    "no_grad, or from detached outputs): return loss_fn(model, batch) with its "
+                    "graph"
+                )
             (grad,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
         return loss, grad, leaf
 
@@ -276,27 +282,28 @@ class TrainingMap:
         w = x[:d]
         _, g, _ = self.loss_and_grad(w, t, create_graph=differentiable)
         lr, mu, wd = self.lr, self.momentum, self.weight_decay
+        # torch.add(a, b, alpha=c), as torch.optim writes it, rounds a + c b once (fused),
+        # unlike a + c * b: the forms below are torch.optim's own, so orbits match bit for bit
         if self.optimizer in ("sgd", "momentum", "nesterov", "adam") and wd:
-            g = g + wd * w
+            g = torch.add(g, w, alpha=wd)
         if self.optimizer == "sgd":
-            return w - lr * g
+            return torch.add(w, g, alpha=-lr)
         if self.optimizer in ("momentum", "nesterov"):
             v = mu * x[d:] + g
-            step = g + mu * v if self.optimizer == "nesterov" else v
-            return torch.cat([w - lr * step, v])
+            step = torch.add(g, v, alpha=mu) if self.optimizer == "nesterov" else v
+            return torch.cat([torch.add(w, step, alpha=-lr), v])
         b1, b2 = self.betas
         s = self.step_offset + t + 1
         c1, c2 = 1 - b1**s, 1 - b2**s
         if self.optimizer == "adamw":
             w = w * (1 - lr * wd)
-        m = b1 * x[d : 2 * d] + (1 - b1) * g
-        v = b2 * x[2 * d :] + (1 - b2) * g * g
+        m, v = _adam_moments(x[d : 2 * d], x[2 * d :], g, b1, b2)
         vp = v.detach() if freeze_second_moment else v
         # sqrt(v), with derivative 0 where v = 0 (autograd's is inf there, and 0 * inf = NaN
         # filled whole columns of jacobian()); the same convention as jvp
         nonzero = vp != 0
         root = torch.where(nonzero, torch.where(nonzero, vp, torch.ones_like(vp)).sqrt(), 0.0)
-        w_next = w - (lr / c1) * m / (root / c2**0.5 + self.eps)
+        w_next = torch.addcdiv(w, m, root / c2**0.5 + self.eps, value=-(lr / c1))
         return torch.cat([w_next, m, v])
 
     def jvp(
@@ -311,6 +318,16 @@ class TrainingMap:
         ``k = 16`` on the benchmark MLP.
         """
         t = self._check_state(x, t)
+        if not (
+            isinstance(tangents, torch.Tensor)
+            and tangents.is_floating_point()
+            and tangents.ndim in (1, 2)
+        ):
+            shape = tuple(tangents.shape) if isinstance(tangents, torch.Tensor) else None
+            raise SharpdimError(
+                f"tangents must be a floating tensor ({self.state_dim},) or ({self.state_dim}, "
+                f"k), got {type(tangents).__name__} {shape or ''}: pass a vector or a block"
+            )
         vec = tangents.ndim == 1
         dx = tangents[:, None] if vec else tangents
         if dx.shape[0] != self.state_dim:
@@ -337,16 +354,17 @@ class TrainingMap:
             )
         g = g_graph.detach()
         if self.optimizer in ("sgd", "momentum", "nesterov", "adam") and wd:
-            g, hd = g + wd * w, hd + wd * dw
+            g, hd = torch.add(g, w, alpha=wd), hd + wd * dw  # (the forms of _step)
         if self.optimizer == "sgd":
-            out_x, out_dx = w - lr * g, dw - lr * hd
+            out_x, out_dx = torch.add(w, g, alpha=-lr), dw - lr * hd
         elif self.optimizer in ("momentum", "nesterov"):
             v = mu * x[d:] + g
             dv = mu * dx[d:] + hd
             if self.optimizer == "nesterov":
-                out_w, out_dw = w - lr * (g + mu * v), dw - lr * (hd + mu * dv)
+                out_w = torch.add(w, torch.add(g, v, alpha=mu), alpha=-lr)
+                out_dw = dw - lr * (hd + mu * dv)
             else:
-                out_w, out_dw = w - lr * v, dw - lr * dv
+                out_w, out_dw = torch.add(w, v, alpha=-lr), dw - lr * dv
             out_x, out_dx = torch.cat([out_w, v]), torch.cat([out_dw, dv])
         else:
             out_x, out_dx = self._adam_jvp(x, t, g, hd, dx)
@@ -362,8 +380,7 @@ class TrainingMap:
         w, dw = x[:d], dx[:d]
         if self.optimizer == "adamw":
             w, dw = w * (1 - lr * wd), dw * (1 - lr * wd)
-        m = b1 * x[d : 2 * d] + (1 - b1) * g
-        v = b2 * x[2 * d :] + (1 - b2) * g * g
+        m, v = _adam_moments(x[d : 2 * d], x[2 * d :], g, b1, b2)
         dm = b1 * dx[d : 2 * d] + (1 - b1) * hd
         dv = b2 * dx[2 * d :] + 2 * (1 - b2) * g[:, None] * hd
         root = v.sqrt()
@@ -372,7 +389,7 @@ class TrainingMap:
         safe = torch.where(root > 0, root, torch.ones_like(root))
         droot = torch.where((root > 0)[:, None], dv / (2 * safe[:, None]), torch.zeros_like(dv))
         ddenom = droot / c2**0.5
-        w_next = w - (lr / c1) * m / denom
+        w_next = torch.addcdiv(w, m, denom, value=-(lr / c1))
         dw_next = dw - (lr / c1) * (dm / denom[:, None] - (m / denom**2)[:, None] * ddenom)
         return torch.cat([w_next, m, v]), torch.cat([dw_next, dm, dv])
 
@@ -394,3 +411,12 @@ class TrainingMap:
             x,
             vectorize=False,
         )
+
+
+def _adam_moments(
+    m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b1: float, b2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(b1 m + (1 - b1) g, b2 v + (1 - b2) g^2)`` in torch.optim.Adam's operations (``lerp``,
+    ``mul`` then ``addcmul``): the same rounding, so an orbit follows the real optimizer's bit
+    for bit instead of drifting from it (1e-4 after 200 float32 steps)."""
+    return torch.lerp(m, g, 1 - b1), torch.addcmul(v * b2, g, g, value=1 - b2)
