@@ -320,3 +320,24 @@ def test_growth_rate_stderr_is_the_least_squares_standard_error() -> None:
     stderr = math.sqrt(float((resid**2).sum()) / (7 - 2) / float((tc**2).sum()))
     assert r.growth_rate == pytest.approx(slope, rel=1e-12)
     assert r.growth_rate_stderr == pytest.approx(stderr, rel=1e-12)
+
+
+def test_bad_directions_and_step_maps_are_one_line_errors():
+    """A list direction was an AttributeError, an inf one a NaN start ending in an unrelated
+    RuntimeError, a NaN one "zero"; a map returning the wrong shape was fit silently."""
+    x0 = torch.zeros(2, dtype=torch.float64)
+    A = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))
+    cases = [
+        ({"direction": [1.0, 0.0]}, r"^direction must be a floating tensor, got list"),
+        ({"direction": torch.tensor([1, 0])}, r"^direction must be a floating tensor"),
+        ({"direction": torch.tensor([math.inf, 0.0])}, r"direction holds NaN or inf"),
+        ({"direction": torch.tensor([math.nan, 0.0])}, r"direction holds NaN or inf"),
+        ({"direction": torch.tensor([0.0, 0.0])}, r"direction is zero"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(SharpdimError, match=message):
+            trajectory_divergence(lambda x: A @ x, x0, 5, **kwargs)
+    with pytest.raises(SharpdimError, match=r"returned a state of shape \(1,\) for one of shape"):
+        trajectory_divergence(lambda x: x[:1], x0, 5)
+    ok = trajectory_divergence(lambda x: A @ x, x0, 5, direction=torch.tensor([1.0, 0.0]))
+    assert ok.growth_rate == pytest.approx(math.log(2), abs=1e-12)

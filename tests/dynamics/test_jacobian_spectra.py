@@ -169,12 +169,25 @@ def test_adam_frozen_preconditioner_equals_brute_force(optimizer: str, weight_de
     h = dense_hessian(model, _ce, batches[t])
     closed = step_log_singular_values(torch.linalg.eigvalsh(step_matrix(h, config, p)), config)
     torch.testing.assert_close(closed, brute, rtol=0, atol=1e-9)
-    # the eigenvalues of J are those of the original coordinates too
-    ev = torch.linalg.eigvals(jac)
-    ev_pre = torch.linalg.eigvals(jac_pre)
-    torch.testing.assert_close(
-        torch.sort(ev.abs()).values, torch.sort(ev_pre.abs()).values, rtol=1e-8, atol=1e-10
+    # the eigenvalues of J (autograd) are those of the 2x2 blocks [[rho - k (1 - b1) a, -k b1],
+    # [(1 - b1) a, b1]] of J in the coordinates (D^-1/2 w, D^1/2 m), k = lr / c1, over the
+    # eigenvalues a of the step matrix (rho = 1 - lr wd for AdamW's decoupled decay, else 1)
+    a = torch.linalg.eigvalsh(step_matrix(h, config, p))
+    rho = 1 - lr * weight_decay if optimizer == "adamw" else 1.0
+    k, b1, one = lr / c1, betas[0], torch.ones_like(a)
+    blocks = torch.stack(
+        [
+            torch.stack([rho - k * (1 - b1) * a, -k * b1 * one], -1),
+            torch.stack([(1 - b1) * a, b1 * one], -1),
+        ],
+        -2,
     )
+    ev_ref = torch.linalg.eigvals(blocks).reshape(-1)
+    ev = torch.linalg.eigvals(jac)
+    for part in (torch.abs, torch.real):
+        torch.testing.assert_close(
+            torch.sort(part(ev)).values, torch.sort(part(ev_ref)).values, rtol=1e-8, atol=1e-10
+        )
 
 
 def test_step_matrix_operator_matches_dense() -> None:
@@ -261,3 +274,14 @@ def test_config_takes_numbers_as_torch_and_numpy_give_them() -> None:
         p = torch.tensor([2.0, 0.5], dtype=torch.float64)
         torch.testing.assert_close(step_matrix(a, config, p), step_matrix(a, plain, p))
         assert config == plain
+
+
+def test_step_matrix_needs_a_square_matrix() -> None:
+    config = StepSpectrumConfig()
+    for bad, message in [
+        (torch.ones(3, 2, dtype=torch.float64), r"must be square, got shape \(3, 2\)"),
+        (torch.ones(3, dtype=torch.float64), r"square 2-D tensor, got \(3,\)"),
+        ([[1.0]], r"square 2-D tensor, got list"),
+    ]:
+        with pytest.raises(SharpdimError, match=message):
+            step_matrix(bad, config)

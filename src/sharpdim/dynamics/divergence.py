@@ -171,9 +171,16 @@ def trajectory_divergence(
         gen = default_generator(generator)
         u = torch.randn(m, generator=gen, dtype=torch.float64)
     else:
+        if not isinstance(direction, torch.Tensor) or not direction.is_floating_point():
+            raise SharpdimError(
+                f"direction must be a floating tensor, got {type(direction).__name__}: pass "
+                f"e.g. torch.randn({m}, dtype=torch.float64)"
+            )
         u = direction.detach().to(torch.float64).reshape(-1)
         if u.numel() != m:
             raise SharpdimError(f"direction has {u.numel()} entries: pass {m}")
+        if not bool(torch.isfinite(u).all()):
+            raise SharpdimError("the perturbation direction holds NaN or inf: pass a finite one")
     if not float(u.norm()) > 0:
         raise SharpdimError("the perturbation direction is zero: pass a non-zero direction")
     u = u.to(x0.device)
@@ -199,6 +206,11 @@ def trajectory_divergence(
     for i in range(num_steps):
         t = start_step + i
         x_next, y_next = fmap.step(x, t).detach(), fmap.step(y, t).detach()
+        if x_next.shape != x.shape or y_next.shape != y.shape:
+            raise SharpdimError(
+                f"the step map returned a state of shape {tuple(x_next.shape)} for one of shape "
+                f"{tuple(x.shape)}: a step must return the whole next state"
+            )
         if not (torch.isfinite(x_next).all() and torch.isfinite(y_next).all()):
             diverged_at = i
             break

@@ -233,6 +233,13 @@ def step_matrix(
     ``A = H + wd I`` (SGD, momentum, Nesterov; L2 decay), ``A = P^{-1/2} (H + wd I) P^{-1/2}``
     (Adam; ``wd = 0`` for AdamW) with ``P = preconditioner = sqrt(v_hat) + eps_adam``.
     """
+    if not isinstance(hessian, torch.Tensor) or hessian.ndim != 2:
+        got = tuple(hessian.shape) if isinstance(hessian, torch.Tensor) else type(hessian).__name__
+        raise SharpdimError(f"the Hessian must be a square 2-D tensor, got {got}: pass (n, n)")
+    if hessian.shape[0] != hessian.shape[1]:
+        raise SharpdimError(
+            f"the Hessian must be square, got shape {tuple(hessian.shape)}: pass an (n, n) matrix"
+        )
     a = hessian.detach().to(torch.float64)
     n = a.shape[0]
     preconditioner = _check_preconditioner(config, preconditioner, n)
