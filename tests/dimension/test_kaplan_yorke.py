@@ -114,3 +114,16 @@ def test_dimension_needs_one_vector(exponents: object, match: str) -> None:
         kaplan_yorke_dimension(exponents)
     assert "\n" not in str(err.value)
     assert kaplan_yorke_dimension(0.5).dimension == 1.0  # a scalar is one exponent
+
+
+def test_complex_bool_and_nan_mass_inputs_are_refused_with_their_own_hint():
+    """A complex spectrum lost its imaginary part with only a torch warning (1.5 returned for
+    [0.5+3j, -1]); NaN masses were told to guard logarithms they do not have."""
+    with pytest.raises(SharpdimError, match=r"^`exponents` is torch.complex64 data: pass real"):
+        kaplan_yorke_dimension(torch.tensor([0.5 + 3j, -1 + 0j]))
+    with pytest.raises(SharpdimError, match=r"^`exponents` is torch.bool data"):
+        kaplan_yorke_dimension(True)
+    with pytest.raises(SharpdimError, match=r"^`masses` holds NaN or inf: pass finite weights$"):
+        kaplan_yorke_measure([0.1, -1.0], [1.0, math.nan])
+    with pytest.raises(SharpdimError, match=r"^`values` holds NaN or inf: guard the logarithms"):
+        kaplan_yorke_measure([0.1, math.nan], [1.0, 1.0])

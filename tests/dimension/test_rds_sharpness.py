@@ -199,3 +199,26 @@ def test_an_infinite_preconditioner_is_refused() -> None:
     config = StepSpectrumConfig(optimizer="adam", lr=0.1)
     with pytest.raises(SharpdimError, match=r"preconditioner must be positive and finite"):
         rds_sharpness(model, _ce, batches, config, preconditioner=p)
+
+
+def test_one_batch_as_a_tuple_a_non_module_and_a_bad_config_are_refused():
+    """A bare (x, y) tuple was read as two batches x and y, and returned a wrong lambda_1."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    y = torch.randn(4, 3, dtype=torch.float64)
+
+    def mse(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    config = StepSpectrumConfig(lr=0.5)
+    one = rds_sharpness(model, mse, [(x, y)], config)
+    assert one.num_batches == 1
+    with pytest.raises(SharpdimError, match=r"^batches is a tuple of tensors, which reads as one"):
+        rds_sharpness(model, mse, (x, y), config)
+    with pytest.raises(SharpdimError, match=r"^config must be a StepSpectrumConfig, got NoneType"):
+        rds_sharpness(model, mse, [(x, y)], None)  # type: ignore[arg-type]
+    with pytest.raises(SharpdimError, match=r"^model must be a torch.nn.Module, got NoneType"):
+        rds_sharpness(None, mse, [(x, y)], config)  # type: ignore[arg-type]
+    with pytest.raises(SharpdimError, match=r"^`exponents` is torch.complex64 data"):
+        rds_exponents(torch.tensor([[0.5 + 3j, -1 + 0j]]))

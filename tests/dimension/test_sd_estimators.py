@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -211,6 +212,7 @@ def test_kde_on_a_coarse_grid_keeps_every_atom() -> None:
         (sd_kde, {"bandwidth": True}, "bandwidth must be a finite number"),
         (sd_kde, {"points_per_bandwidth": 0}, "points_per_bandwidth must be a finite number > 0"),
         (sd_kde, {"integration": None}, "unknown integration"),
+        (sd_kde, {"integration": np.array(["exact", "trapezoid"])}, "unknown integration"),
         (sd_histogram, {"num_bins": 2.5}, "num_bins must be an integer"),
         (sd_histogram, {"num_bins": "10"}, "num_bins must be an integer"),
         (sd_histogram, {"num_bins": True}, "num_bins must be an integer"),

@@ -646,3 +646,24 @@ def test_sd_ps_with_full_lanczos_has_the_exact_lambda_1_and_its_stderr() -> None
     assert ps.lambda_1 == pytest.approx(exact.lambda_1, rel=1e-9)
     assert ps.lambda_1_stderr == pytest.approx(exact.lambda_1_stderr, rel=1e-9)
     assert abs(float(ps.exponents.sum() - exact.exponents.sum())) < 0.5
+
+
+def test_adam_eps_zero_with_a_dead_unit_names_the_cause() -> None:
+    """With adam_eps=0, a parameter whose gradient is 0 on every batch makes the estimated
+    preconditioner 0; the error told the user to pass a preconditioner they never passed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    with torch.no_grad():
+        model[0].bias[0] = -100.0  # unit 0 never fires: its weights get no gradient
+    x = torch.randn(16, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+
+    def ce(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(b[0]), b[1])
+
+    kwargs = {"optimizer": "adam", "batch_size": 8, "num_batches": 2}
+    with pytest.raises(
+        SharpdimError, match=r"preconditioner is 0 for \d+ parameter\(s\) with zero"
+    ):
+        sharpness_dimension(model, ce, (x, y), 0.01, adam_eps=0.0, **kwargs)
+    assert sharpness_dimension(model, ce, (x, y), 0.01, adam_eps=1e-8, **kwargs).sd >= 0

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from sharpdim.errors import SharpdimError
@@ -68,9 +69,20 @@ class KaplanYorkeResult:
         }
 
 
+def real_tensor(x: Any, name: str) -> torch.Tensor:
+    """``torch.as_tensor(x)``, refusing complex and bool data (a cast to float would drop the
+    imaginary part or read ``True`` as ``1``)."""
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if t.is_complex() or t.dtype == torch.bool:
+        raise SharpdimError(f"`{name}` is {t.dtype} data: pass real numbers (floats)")
+    return t
+
+
 def _as_float64_vector(x: Any, name: str, flatten: bool = True) -> torch.Tensor:
     try:
-        t = torch.as_tensor(x, dtype=torch.float64).detach().cpu()
+        t = real_tensor(x, name).to(torch.float64).detach().cpu()
+    except SharpdimError:
+        raise
     except (TypeError, ValueError, RuntimeError):
         raise SharpdimError(
             f"`{name}` of type {type(x).__name__} is not a numeric vector: pass a 1-d tensor"
@@ -84,10 +96,13 @@ def _as_float64_vector(x: Any, name: str, flatten: bool = True) -> torch.Tensor:
     if t.numel() == 0:
         raise SharpdimError(f"`{name}` is empty: pass at least one exponent")
     if not torch.isfinite(t).all():
-        raise SharpdimError(
-            f"`{name}` holds NaN or inf: guard the logarithms (ln(sigma + eps)) before "
-            "computing a Kaplan–Yorke dimension"
+        hint = (
+            "pass finite weights"
+            if name == "masses"
+            else "guard the logarithms (ln(sigma + eps)) before computing a Kaplan–Yorke "
+            "dimension"
         )
+        raise SharpdimError(f"`{name}` holds NaN or inf: {hint}")
     return t
 
 

@@ -30,6 +30,7 @@ from sharpdim.checks import default_generator
 from sharpdim.curvature.dense import DENSE_LIMIT, check_dense_size, dense_hessian
 from sharpdim.curvature.hessian import LossFn, Mode
 from sharpdim.curvature.params import get_flat_params, set_flat_params, trainable_parameters
+from sharpdim.dimension.kaplan_yorke import real_tensor
 from sharpdim.dimension.sd_estimators import HESSIAN_NOT_FINITE, check_exponents
 from sharpdim.dynamics.jacobian_spectra import (
     StepSpectrumConfig,
@@ -92,7 +93,9 @@ def rds_exponents(log_singular_values: torch.Tensor) -> RDSSharpnessResult:
         ([1.5, -0.5], 1.5)
     """
     try:
-        x = torch.as_tensor(log_singular_values).detach().to(torch.float64)
+        x = real_tensor(log_singular_values, "exponents").detach().to(torch.float64)
+    except SharpdimError:
+        raise
     except (TypeError, ValueError, RuntimeError):
         raise SharpdimError(
             "exponents must be a numeric (num_batches, n) array with rows of equal length: "
@@ -185,6 +188,16 @@ def rds_sharpness(
     """
     if not isinstance(batches, Sequence) or len(batches) == 0:
         raise SharpdimError("batches must be a non-empty list of minibatches: pass [(x, y), ...]")
+    if isinstance(batches, tuple) and all(isinstance(b, torch.Tensor) for b in batches):
+        raise SharpdimError(
+            "batches is a tuple of tensors, which reads as one (x, y) batch, not a list of "
+            "minibatches: pass [(x, y)] for one batch, or [(x1, y1), (x2, y2), ...]"
+        )
+    if not isinstance(config, StepSpectrumConfig):
+        raise SharpdimError(
+            f"config must be a StepSpectrumConfig, got {type(config).__name__}: pass e.g. "
+            "StepSpectrumConfig(optimizer='sgd', lr=0.1)"
+        )
     if iterates is not None and not isinstance(iterates, (Sequence, torch.Tensor)):
         raise SharpdimError(
             f"iterates must be a list of flat parameter vectors (or an (m, d) tensor), got "

@@ -14,7 +14,7 @@ from sharpdim.errors import SharpdimError
 
 
 def _check_integration(value: Any) -> str:
-    if value not in ("exact", "trapezoid"):
+    if not isinstance(value, str) or value not in ("exact", "trapezoid"):
         raise SharpdimError(f"unknown integration {value!r}: use 'exact' or 'trapezoid'")
     return str(value)
 

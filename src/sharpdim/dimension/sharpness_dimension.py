@@ -165,7 +165,14 @@ def _estimate_preconditioner(
         g2 = (g.detach().to(torch.float64) + weight_decay * w) ** 2
         sq = g2 if sq is None else sq + g2
     assert sq is not None
-    return (sq / len(batches)).sqrt() + adam_eps
+    p = (sq / len(batches)).sqrt() + adam_eps
+    if not bool((p > 0).all()):
+        raise SharpdimError(
+            f"the estimated preconditioner is 0 for {int((p == 0).sum())} parameter(s) with "
+            "zero gradient on every batch (e.g. dead ReLU units) and adam_eps=0: pass "
+            "adam_eps > 0 (torch's default 1e-8) or your optimizer's own preconditioner"
+        )
+    return p
 
 
 def _child_generator(gen: torch.Generator) -> torch.Generator:
