@@ -19,6 +19,11 @@ class NonFiniteLossError(SharpdimError):
     """The loss at the given parameters is NaN or inf (a diverged model, or bad data)."""
 
 
+class NonFiniteCurvatureError(SharpdimError):
+    """The loss is finite but its Hessian-vector products are not: second derivatives that
+    overflow (a model about to diverge) or are undefined at these parameters."""
+
+
 class ZeroPersistenceError(SharpdimError):
     """Points (or a subsample of them) that all coincide, e.g. a frozen trajectory: zero total
     persistence, so no PH0 dimension."""

@@ -686,3 +686,96 @@ def test_float64_data_stay_unrounded_after_a_float32_model():
     fresh = EoSMonitor(mse_loss, (x, y), tol=1e-12).measure(_model()).sharpness
     assert again == pytest.approx(fresh, rel=1e-12)  # were 1.5e-10 apart (rounded data)
     assert monitor.x.dtype == torch.float64
+
+
+def test_bad_monitor_arguments_are_one_line_errors():
+    """Strings, NaN and fractions were TypeErrors (some only at the first measurement, inside
+    train()), and ``every=nan`` made a monitor that never measured."""
+    x, y = _data()
+    cases = [
+        ({"every": "2"}, r"^every must be an integer >= 1, got '2'"),
+        ({"every": math.nan}, r"^every must be an integer >= 1, got nan"),
+        ({"sd_every": -1}, r"^sd_every must be an integer >= 0"),
+        ({"max_examples": "5"}, r"^max_examples must be an integer >= 1"),
+        ({"max_examples": 2.5}, r"^max_examples must be an integer >= 1, got 2.5"),
+        ({"chunk_size": 2.5}, r"^chunk_size must be an integer >= 1, got 2.5"),
+        ({"max_iter": 0}, r"^max_iter must be an integer >= 1, got 0"),
+        ({"tol": "1e-4"}, r"^tol must be a finite number > 0"),
+        ({"tol": 0.0}, r"^tol must be a finite number > 0"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(SharpdimError, match=message):
+            EoSMonitor(mse_loss, (x, y), **kwargs)
+    with pytest.raises(SharpdimError, match=r"^loss_fn must be a loss name or a function.*int"):
+        EoSMonitor(3, (x, y))  # type: ignore[arg-type]
+    monitor = EoSMonitor(mse_loss, (x, y), every=2.0, max_examples=20.0)
+    assert monitor.every == 2 and monitor.x.shape[0] == 20
+
+
+def test_a_finite_loss_whose_hessian_overflows_is_recorded_not_raised():
+    """f = a b x in float32 at a = 0.1, b = 5e19: the loss (1.2e37) is finite, its second
+    derivative b^2 x^2 = 2.5e39 is not; that escaped the monitor and ended train()."""
+
+    class Product(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.tensor(0.1))
+            self.b = nn.Parameter(torch.tensor(5e19))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a * self.b * x
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return 0.5 * (model(batch[0]) - batch[1]).pow(2).mean()
+
+    x, y = torch.ones(4, 1), torch.zeros(4, 1)
+    model = Product()
+    assert math.isfinite(float(loss_fn(model, (x, y)).detach()))
+    monitor = EoSMonitor(loss_fn, (x, y), every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-40)
+    with pytest.warns(RuntimeWarning, match=r"^step 3: H @ v is not finite.*recorded as NaN"):
+        record = monitor.on_step(3, model, 1.0, opt)
+    assert record is not None and math.isnan(record.sharpness) and math.isnan(record.ratio)
+    assert record.threshold == pytest.approx(2e40, rel=1e-6) and len(monitor.records) == 1
+
+
+def test_adam_sd_with_an_unused_parameter_measures_instead_of_failing():
+    """A parameter with neither gradient nor Adam state had P = inf, which
+    sharpness_dimension refuses: an unused head ended train() with an error about a
+    preconditioner the user never passed. Its Hessian block is 0, so any finite P gives the
+    same SD."""
+    x, y = _data(40)
+
+    class WithUnusedHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _model()
+            self.unused = nn.Linear(2, 2).double()
+
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            return self.body(inputs)
+
+    torch.manual_seed(0)
+    model = WithUnusedHead()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    options = {"batch_size": 40, "num_batches": 1}
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1, sd_options=options)
+    opt.zero_grad()
+    mse_loss(model, (x, y)).backward()
+    record = monitor.on_step(0, model, 0.0, opt)
+    assert record.sd is not None and math.isfinite(record.sd)
+    params = list(model.parameters())
+    g = torch.cat(
+        [
+            torch.zeros(p.numel(), dtype=p.dtype) if p.grad is None else p.grad.reshape(-1)
+            for p in params
+        ]
+    )
+    b2, eps = 0.999, 1e-8
+    precond = ((1 - b2) * g * g / (1 - b2)).sqrt() + eps
+    n_body = sum(p.numel() for p in model.body.parameters())
+    for filler in (1.0, 7.0):  # any finite P on the unused block
+        p = precond.clone()
+        p[n_body:] = filler
+        kwargs = {"optimizer": "adam", "adam_eps": eps, "step": 1, "preconditioner": p}
+        assert record.sd == pytest.approx(_direct_sd(model, x, y, 0.01, **kwargs), rel=1e-10)

@@ -25,7 +25,7 @@ from sharpdim.checks import check_count
 from sharpdim.curvature.batched_hvp import batch_columns, batched_hvp, saved_bytes
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
-from sharpdim.errors import NonFiniteLossError, SharpdimError
+from sharpdim.errors import NonFiniteCurvatureError, NonFiniteLossError, SharpdimError
 from sharpdim.rng import forked_global_rng, peek_seed
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -321,7 +321,7 @@ class HessianOperator(LinearOperator):
         # the sum is a cheap filter (it overflows at worst, hence the exact second test); the
         # vector itself was checked by LinearOperator.matvec
         if not out.sum().isfinite() and not torch.isfinite(out).all():
-            raise SharpdimError(
+            raise NonFiniteCurvatureError(
                 "H @ v is not finite although the loss is finite, so the Hessian holds NaN or inf: "
                 "second derivatives overflow (use a float64 model) or are undefined at these "
                 "parameters (e.g. sqrt or norm at 0; or the gradient itself is NaN, as with "

@@ -99,8 +99,7 @@ def _as_float64_vector(x: Any, name: str, flatten: bool = True) -> torch.Tensor:
         hint = (
             "pass finite weights"
             if name == "masses"
-            else "guard the logarithms (ln(sigma + eps)) before computing a Kaplan–Yorke "
-            "dimension"
+            else "guard the logarithms (ln(sigma + eps)) before computing a Kaplan–Yorke dimension"
         )
         raise SharpdimError(f"`{name}` holds NaN or inf: {hint}")
     return t

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -35,12 +36,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from sharpdim.checks import default_generator
+from sharpdim.checks import check_count, check_number, default_generator
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import trainable_parameters
-from sharpdim.errors import NonFiniteLossError, SharpdimError
+from sharpdim.errors import NonFiniteCurvatureError, NonFiniteLossError, SharpdimError
 from sharpdim.rng import forked_global_rng
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.losses import get_loss
@@ -208,9 +209,14 @@ def _adam_sd_inputs(
     ``sqrt(v_hat) + eps`` with the common step count ``t`` (or the ``step`` the caller gave in
     ``sd_options``). When the parameters' counts differ (one skipped a step without a
     gradient), each parameter's ``1 - beta1^t`` is folded into ``P`` instead: the same update,
-    in coordinates that differ from the documented ones by that factor."""
+    in coordinates that differ from the documented ones by that factor. A parameter with
+    neither gradient nor Adam state (unused by the loss: a zero Hessian block, so ``J = I``
+    there for any ``P``) gets ``P = 1`` instead of the ``inf`` that freezes it in the
+    sharpness, which ``sharpness_dimension`` refuses."""
     unbiased = {
-        "preconditioner": upcoming_adam_preconditioner(optimizer, params, bias_correction=False)
+        "preconditioner": _finite(
+            upcoming_adam_preconditioner(optimizer, params, bias_correction=False)
+        )
     }
     if "step" in options:
         return unbiased
@@ -219,7 +225,12 @@ def _adam_sd_inputs(
     except SharpdimError:  # no common step count; with no gradient at all: no update to measure
         if not any(p.grad is not None for p in params):
             raise
-        return {"preconditioner": upcoming_adam_preconditioner(optimizer, params)}
+        return {"preconditioner": _finite(upcoming_adam_preconditioner(optimizer, params))}
+
+
+def _finite(preconditioner: torch.Tensor) -> torch.Tensor:
+    """``preconditioner`` with the ``inf`` of unused parameters replaced by 1."""
+    return torch.where(torch.isinf(preconditioner), 1.0, preconditioner)
 
 
 def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,15 +309,24 @@ class EoSMonitor:
         sd_options: dict[str, Any] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        if every < 1 or sd_every < 0 or (sd_every and sd_every % every):
+        every = check_count(every, "every", 1, "measure every N steps, e.g. every=10")
+        sd_every = check_count(sd_every, "sd_every", 0, "a multiple of every, or 0 (no SD)")
+        if sd_every % every:
             raise SharpdimError(
-                f"every={every}, sd_every={sd_every}: need every >= 1 and sd_every a multiple "
-                "of every (0 = no SD)"
+                f"every={every}, sd_every={sd_every}: need sd_every a multiple of every (0 = no SD)"
             )
-        if chunk_size is not None and chunk_size < 1:
-            raise SharpdimError(f"chunk_size={chunk_size}: use a positive size or None")
-        if not tol > 0:
-            raise SharpdimError(f"tol={tol}: use a positive tolerance, e.g. 1e-4")
+        if chunk_size is not None:
+            chunk_size = check_count(chunk_size, "chunk_size", 1, "a positive size, or None")
+        if max_examples is not None:
+            max_examples = check_count(max_examples, "max_examples", 1, "e.g. 5000, or None")
+        if max_iter is not None:
+            max_iter = check_count(max_iter, "max_iter", 1, "e.g. 200, or None")
+        tol = check_number(tol, "tol", "> 0", "1e-4")
+        if not (isinstance(loss_fn, str) or callable(loss_fn)):
+            raise SharpdimError(
+                f"loss_fn must be a loss name or a function (model, batch) -> scalar, got "
+                f"{type(loss_fn).__name__}: pass e.g. 'ce' or your loss function"
+            )
         self.loss_fn: LossFn = get_loss(loss_fn) if isinstance(loss_fn, str) else loss_fn
         self.x, self.y = _examples(data, max_examples)
         self.every, self.chunk_size, self.tol, self.max_iter = every, chunk_size, tol, max_iter
@@ -365,6 +385,10 @@ class EoSMonitor:
         try:
             curvature = self._curvature(model, optimizer, name)
         except NonFiniteLossError:  # a diverged model: recorded, as train() records it
+            return self._append(step, loss_value, name, lr, threshold, start)
+        except NonFiniteCurvatureError as err:  # (overflowing second derivatives, usually
+            # just before the loss overflows too): recorded, so a sweep goes on
+            warnings.warn(f"step {step}: {err}; recorded as NaN", RuntimeWarning, stacklevel=3)
             return self._append(step, loss_value, name, lr, threshold, start)
         sd = None
         if self.sd_every and step >= 0 and step % self.sd_every == 0 and optimizer is not None:
