@@ -534,3 +534,36 @@ def test_a_model_only_checkpoint_says_how_to_train_from_it(digits, tmp_path):
     path = save_checkpoint(tmp_path, 0, small_mlp())
     with pytest.raises(SharpdimError, match=r"load_checkpoint\(path, model\), no optimizer"):
         train(small_mlp(), digits, TrainConfig(lr=0.1, steps=2), resume_from=path)
+
+
+def test_train_gives_every_submodule_its_mode_back(digits):
+    """A batch norm frozen with ``.eval()`` came back in training mode after ``train()``."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(), torch.nn.Linear(8, 10)
+    ).double()
+    model[1].eval()
+    result = train(model, digits, TrainConfig(lr=0.1, steps=3, batch_size=20, eval_every=2))
+    assert result.status == "ok"
+    assert [m.training for m in model] == [True, False, True, True] and model.training
+
+
+def test_wrong_kinds_of_train_arguments_are_one_line_errors(digits):
+    config = TrainConfig(lr=0.1, steps=2)
+    model = small_mlp()
+    cases = [
+        ({"dataset": digits.train_batch()}, r"^dataset must be a Dataset.*got tuple"),
+        ({"monitor": lambda *a: None}, r"^monitor must be an object with on_step.*callbacks"),
+        ({"callbacks": [1]}, r"^callbacks must be a list of functions"),
+        ({"callbacks": "print"}, r"^callbacks must be a list of functions"),
+        ({"loss_fn": 3}, r"^loss_fn must be a loss name .*got int"),
+        ({"config": {"lr": 0.1}}, r"^config must be a TrainConfig, got dict"),
+        ({"model": None}, r"^model must be a torch.nn.Module, got NoneType"),
+    ]
+    for change, message in cases:
+        kwargs = {"model": model, "dataset": digits, "config": config, **change}
+        with pytest.raises(SharpdimError, match=message):
+            train(kwargs.pop("model"), kwargs.pop("dataset"), kwargs.pop("config"), **kwargs)
+    by_name = train(small_mlp(), digits, config, loss_fn="mse")
+    by_config = train(small_mlp(), digits, replace(config, loss="mse"))
+    assert by_name.history == by_config.history

@@ -216,3 +216,23 @@ def test_a_final_point_is_not_kept_in_a_ram_ring_that_goes_on() -> None:
 def test_recorder_settings_are_checked_in_one_line(kwargs: dict, message: str) -> None:
     with pytest.raises(SharpdimError, match=message):
         IterateRecorder(**kwargs)
+
+
+def test_per_example_losses_keep_each_submodule_mode_and_take_int32_labels() -> None:
+    """``model.train(was_training)`` switched a batch norm the user froze back to training;
+    cross-entropy refused the int32 labels ``cross_entropy_loss`` takes."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3)
+    ).double()
+    model.train()
+    model[1].eval()  # frozen statistics
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2], dtype=torch.int32)
+    w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    losses = per_example_losses(model, w0[None], (x, y), loss="ce")
+    assert [m.training for m in model] == [True, False, True] and model.training
+    model.eval()
+    with torch.no_grad():
+        ref = torch.nn.functional.cross_entropy(model(x), y.long(), reduction="none")
+    torch.testing.assert_close(losses[0], ref)

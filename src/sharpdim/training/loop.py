@@ -33,6 +33,7 @@ from torch import nn
 from sharpdim.checks import check_betas, check_count, check_number, check_seed, plain_scalar
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
+from sharpdim.module_modes import restored_modes
 from sharpdim.rng import forked_global_rng
 from sharpdim.training.checkpoint import (
     check_same_dtypes,
@@ -257,6 +258,41 @@ def _evaluation(step: int, model: nn.Module, loss_fn: LossFn, dataset: Dataset) 
     }
 
 
+def _check_train_arguments(
+    model: Any, dataset: Any, config: Any, monitor: Any, callbacks: Any, loss_fn: Any
+) -> None:
+    """One-line errors for arguments of :func:`train` of the wrong kind (they failed deep in
+    the loop with an AttributeError or TypeError)."""
+    kinds = [
+        (isinstance(model, nn.Module), "model", "a torch.nn.Module"),
+        (isinstance(dataset, Dataset), "dataset", "a Dataset, e.g. load_dataset('digits')"),
+        (isinstance(config, TrainConfig), "config", "a TrainConfig"),
+        (
+            monitor is None or callable(getattr(monitor, "on_step", None)),
+            "monitor",
+            "an object with on_step(step, model, loss, optimizer), e.g. an EoSMonitor (a "
+            "function goes in callbacks=[...])",
+        ),
+        (
+            not isinstance(callbacks, (str, bytes))
+            and isinstance(callbacks, Sequence)
+            and all(callable(c) for c in callbacks),
+            "callbacks",
+            "a list of functions (step, model, loss, optimizer) -> None",
+        ),
+        (
+            loss_fn is None or isinstance(loss_fn, str) or callable(loss_fn),
+            "loss_fn",
+            "a loss name ('ce', 'mse') or a function (model, batch) -> scalar",
+        ),
+    ]
+    for ok, name, what in kinds:
+        if not ok:
+            got = {"model": model, "dataset": dataset, "config": config, "monitor": monitor}
+            got |= {"callbacks": callbacks, "loss_fn": loss_fn}
+            raise SharpdimError(f"{name} must be {what}, got {type(got[name]).__name__}")
+
+
 def train(
     model: nn.Module,
     dataset: Dataset,
@@ -264,7 +300,7 @@ def train(
     *,
     monitor: StepMonitor | None = None,
     callbacks: Sequence[Callback] = (),
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn | str | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     progress: bool = False,
     resume_from: str | Path | None = None,
@@ -280,7 +316,8 @@ def train(
             every step after the backward pass and before the update (parameters ``w_s``,
             ``loss_value = L_{B_s}(w_s)``), e.g. ``EoSMonitor``.
         callbacks: callables with the same arguments, called right after the monitor.
-        loss_fn: a custom ``loss_fn(model, batch)`` instead of ``config.loss``.
+        loss_fn: a custom ``loss_fn(model, batch)`` (or a loss name) instead of
+            ``config.loss``.
         optimizer: a ready optimizer over the model's parameters instead of ``config``'s.
         progress: show a rich progress bar.
         resume_from: a checkpoint written by an earlier ``train`` with the same ``config``,
@@ -295,10 +332,12 @@ def train(
         A :class:`TrainResult`; divergence is reported in it, never raised.
     """
     start = time.perf_counter()
+    _check_train_arguments(model, dataset, config, monitor, callbacks, loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise SharpdimError("the model has no trainable parameters: nothing to train")
-    loss_fn = get_loss(config.loss) if loss_fn is None else loss_fn
+    if loss_fn is None or isinstance(loss_fn, str):
+        loss_fn = get_loss(config.loss if loss_fn is None else loss_fn)
     dataset = dataset.to(dtype=params[0].dtype, device=params[0].device)
     if optimizer is None and config.lr > torch.finfo(params[0].dtype).max:
         raise SharpdimError(
@@ -358,9 +397,13 @@ def train(
     else:
         stream.skip(first)  # an older checkpoint: replay the batch order from the seed
     bar = _progress_bar(config.steps - first) if progress else None
-    was_training = model.training
-    # the global CPU generator and that of the model's CUDA device, seeded and restored after
-    with forked_global_rng(config.seed, params[:1]), torch.enable_grad():  # (no_grad around)
+    # the global CPU generator and that of the model's CUDA device, seeded and restored after;
+    # every submodule's train/eval flag restored after the run (it runs in training mode)
+    with (
+        forked_global_rng(config.seed, params[:1]),
+        torch.enable_grad(),  # (no_grad around)
+        restored_modes(model),
+    ):
         if loop_state is not None:
             torch.set_rng_state(loop_state["rng"])
             if "cuda_rng" in loop_state and params[0].device.type == "cuda":
@@ -410,7 +453,6 @@ def train(
         finally:
             if bar is not None:
                 bar[0].stop()
-            model.train(was_training)
         if status == "ok":
             checkpoint(step)
     with torch.random.fork_rng(devices=[]):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharpdim.errors import SharpdimError
+from sharpdim.module_modes import restored_modes
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -162,14 +163,11 @@ def evaluate(model: nn.Module, loss_fn: LossFn, batch: Any) -> tuple[float, floa
     An empty batch (``n_test=0``) gives ``(nan, None)``, a test accuracy of ``None`` also for
     classification. The model's train/eval mode is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with restored_modes(model):
+        model.eval()
         _, y = _unpack(batch)
         if y.numel() == 0:
             return float("nan"), None
         loss = float(loss_fn(model, batch).detach())
         acc = None if y.is_floating_point() else accuracy(model, batch)
-    finally:
-        model.train(was_training)
     return loss, acc

@@ -33,6 +33,7 @@ from sharpdim.checks import check_count, default_generator
 from sharpdim.curvature.params import get_flat_params, set_flat_params, trainable_parameters
 from sharpdim.dynamics.step_maps import TrainingMap
 from sharpdim.errors import SharpdimError
+from sharpdim.module_modes import restored_modes
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.loop import TrainConfig, TrainResult, train
 from sharpdim.training.losses import get_loss, mse_targets
@@ -334,7 +335,7 @@ def _example_losses(model: nn.Module, loss: str, x: torch.Tensor, y: torch.Tenso
     if loss == "mse":
         out2d = out.reshape(out.shape[0], -1)
         return 0.5 * (out2d - mse_targets(out2d, y)).pow(2).sum(dim=1)
-    return F.cross_entropy(out, y, reduction="none")
+    return F.cross_entropy(out, y.long(), reduction="none")  # (int32 labels, as in losses)
 
 
 @torch.no_grad()
@@ -360,14 +361,13 @@ def per_example_losses(
     x, y = batch
     x = x.to(saved.dtype) if x.is_floating_point() else x
     y = y.to(saved.dtype) if y.is_floating_point() else y
-    was_training = model.training
-    model.eval()
     rows = []
-    try:
-        for w in points:
-            set_flat_params(params, torch.as_tensor(w).to(saved.dtype))
-            rows.append(_example_losses(model, loss, x, y).to(torch.float64))
-    finally:
-        set_flat_params(params, saved)
-        model.train(was_training)
+    with restored_modes(model):
+        model.eval()
+        try:
+            for w in points:
+                set_flat_params(params, torch.as_tensor(w).to(saved.dtype))
+                rows.append(_example_losses(model, loss, x, y).to(torch.float64))
+        finally:
+            set_flat_params(params, saved)
     return torch.stack(rows)
