@@ -67,6 +67,19 @@ USAGE = [
     ),
     (["sd", "compute", "--width"], "'--width' requires an argument", "sharpdim sd compute"),
     (["demo", "--steps"], "'--steps' requires an argument", "sharpdim demo"),
+    # an empty file was read as "." and reported as a folder the user never named
+    (
+        ["spectrum", "--json", ""],
+        "Invalid value for '--json': it is empty: name the file to write",
+        "sharpdim spectrum",
+    ),
+    (
+        ["spectrum", "--png", " "],
+        "Invalid value for '--png': it is empty: name the file to write",
+        "sharpdim spectrum",
+    ),
+    (["sd", "compute", "--json", ""], "'--json': it is empty", "sharpdim sd compute"),
+    (["chaos", "lyapunov", "--json", ""], "'--json': it is empty", "sharpdim chaos lyapunov"),
 ]
 
 

@@ -12,7 +12,8 @@
   :func:`check_batch_size`, :func:`check_mlp_size`, :func:`check_exact_sd_size`: option
   checks whose one-line errors name the flag;
   :func:`training_record`: the model/data/training part of a JSON result;
-* :func:`parse_output_folder` (``--out`` must not be empty), :func:`prepare_output_dir` /
+* :func:`parse_output_folder` / :func:`parse_output_file` (``--out``, ``--json`` and ``--png``
+  must not be empty), :func:`prepare_output_dir` /
   :func:`prepare_output_file` / :func:`prepare_store_path`: check (and create) where a command
   will write, at its start, so that a bad ``--out``/``--json`` fails before any computing;
   :func:`output_errors`: an ``OSError`` while writing becomes the same one-line error;
@@ -83,7 +84,9 @@ def float64_option(default: bool = True) -> Any:
 
 def json_option() -> Any:
     """``--json PATH``: optional file for the result as JSON (default: none)."""
-    return typer.Option(None, "--json", help="write the result as JSON here")
+    return typer.Option(
+        None, "--json", help="write the result as JSON here", parser=parse_output_file
+    )
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -513,6 +516,14 @@ def parse_output_folder(value: str | Path) -> Path:
     """
     if not str(value).strip():
         raise typer.BadParameter("it is empty: name a folder, e.g. --out results")
+    return Path(value)
+
+
+def parse_output_file(value: str | Path) -> Path:
+    """A ``--json``/``--png`` file as a ``Path``; an empty value is an error (it would mean
+    ``.``, reported as a folder the user never named). Typer's ``parser=`` for the option."""
+    if not str(value).strip():
+        raise typer.BadParameter("it is empty: name the file to write")
     return Path(value)
 
 

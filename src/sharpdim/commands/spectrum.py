@@ -36,6 +36,7 @@ from sharpdim.commands._common import (
     momentum_option,
     optimizer_option,
     output_errors,
+    parse_output_file,
     prepare_output_file,
     print_line,
     record_diverged,
@@ -195,7 +196,9 @@ def spectrum(
     float64: bool = float64_option(),
     seed: int = seed_option("seed of data, model, training and the estimators' probes"),
     json_out: Path | None = json_option(),
-    png: Path | None = typer.Option(None, "--png", help="save the spectral density figure here"),
+    png: Path | None = typer.Option(
+        None, "--png", help="save the spectral density figure here", parser=parse_output_file
+    ),
 ) -> None:
     """Train an MLP briefly, then print its Hessian's extreme eigenvalues, trace and density."""
     _check_options(k, which, tol, max_iter, chunk_size, (trace_matvecs, slq_runs, slq_steps))
