@@ -191,3 +191,9 @@ def test_a_dense_matrix_is_checked_once_not_once_per_run(monkeypatch: pytest.Mon
     )
     slq_spectrum(random_symmetric(8), num_runs=5, num_steps=3)
     assert len(calls) == 1
+
+
+def test_an_empty_operator_is_refused_for_what_it_is() -> None:
+    """It was blamed on num_steps (min(num_steps, 0) = 0), which the caller set to 30."""
+    with pytest.raises(SharpdimError, match=r"^the operator has dimension 0"):
+        slq_spectrum(torch.zeros(0, 0, dtype=torch.float64), num_runs=1, num_steps=30)

@@ -158,3 +158,11 @@ def test_a_non_symmetric_matrix_has_its_trace_estimated() -> None:
     assert abs(hutchinson_trace(a, 400).estimate - 30.0) < 5.0
     with pytest.raises(SharpdimError, match="NaN"):
         hutchinson_trace(torch.full((3, 3), math.nan, dtype=torch.float64), 4)
+
+
+def test_an_empty_operator_has_trace_zero_in_both_estimators() -> None:
+    """Hutch++ on a 0 x 0 matrix raised torch.cat's error; Hutchinson gave 0."""
+    empty = torch.zeros(0, 0, dtype=torch.float64)
+    for estimator in (hutchinson_trace, hutchpp_trace):
+        result = estimator(empty, 9)
+        assert (result.estimate, result.stderr, result.num_params) == (0.0, 0.0, 0)

@@ -12,9 +12,9 @@ An SLQ result (:func:`~sharpdim.curvature.slq.slq_spectrum`) is a discrete measu
 
 Both are normalised to integrate to 1: the histogram exactly, the KDE with the trapezoid rule
 on its grid (the mass of the kernels' tails beyond the grid is put back by that rescaling).
-The KDE's value at a grid point is the mixture's mean over the grid cell around it, so a
-kernel narrower than the cells (an outlier eigenvalue beside a wide bulk) keeps its mass in
-its own cell instead of falling between grid points.
+The KDE's value at a grid point is the mixture's mean over the grid cell centred on it, so on
+a uniform grid a kernel narrower than the cells (an outlier eigenvalue beside a wide bulk)
+keeps its mass in its own cell instead of falling between grid points.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from sharpdim.checks import check_count, check_number
@@ -29,9 +30,23 @@ from sharpdim.curvature.measure import silverman_bandwidth
 from sharpdim.errors import SharpdimError
 
 
+def _real_vector(values: Any, name: str) -> torch.Tensor:
+    """``values`` as a flat float64 CPU tensor; one-line errors for text, complex or bool data
+    (a cast would drop an imaginary part silently)."""
+    try:
+        t = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    except (TypeError, ValueError, RuntimeError):
+        raise SharpdimError(
+            f"{name} must be real numbers (a tensor or array), got {type(values).__name__}"
+        ) from None
+    if t.is_complex() or t.dtype == torch.bool:
+        raise SharpdimError(f"{name} must be real numbers (a tensor or array), got {t.dtype}")
+    return t.detach().to(torch.float64).reshape(-1).cpu()
+
+
 def _measure(nodes: Any, weights: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    v = torch.as_tensor(nodes, dtype=torch.float64).reshape(-1).cpu()
-    p = torch.as_tensor(weights, dtype=torch.float64).reshape(-1).cpu()
+    v = _real_vector(nodes, "nodes")
+    p = _real_vector(weights, "weights")
     if v.shape != p.shape or v.numel() == 0:
         raise SharpdimError(
             f"nodes ({v.numel()}) and weights ({p.numel()}) must be non-empty and of equal "
@@ -40,8 +55,10 @@ def _measure(nodes: Any, weights: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if not (torch.isfinite(v).all() and torch.isfinite(p).all()) or bool((p < 0).any()):
         raise SharpdimError("nodes/weights hold NaN/inf or negative weights: check the input")
     total = float(p.sum())
-    if total <= 0:
-        raise SharpdimError("the weights sum to 0: pass weights with positive mass")
+    if not 0 < total < math.inf:
+        raise SharpdimError(
+            f"the weights sum to {total:g}: pass weights with a positive, finite total mass"
+        )
     # atoms without mass (SLQ nodes a probe does not see, padding) must not set the default
     # range, grid or scale: one at 1000 beside mass on [0, 2] made the KDE grid cells 2 wide
     keep = p > 0
@@ -67,7 +84,7 @@ def histogram_density(
     """
     v, p = _measure(nodes, weights)
     bins = check_count(bins, "bins", hint="a number of bins, e.g. 100")
-    lo, hi = (float(v.min()), float(v.max())) if range is None else map(float, range)
+    lo, hi = (float(v.min()), float(v.max())) if range is None else _range(range)
     if range is None and _one_point(lo, hi):  # (nodes equal up to rounding, e.g. SLQ of c I)
         lo, hi = lo - 0.5, hi + 0.5
     if not hi > lo:
@@ -97,12 +114,14 @@ def kde_density(
     """Gaussian kernel density of a weighted point measure on a grid.
 
     ``rho(x) = sum_j p_j exp(-(x - theta_j)^2 / (2 h^2)) / (h sqrt(2 pi))`` averaged over the
-    cell of each grid point (bounded by the midpoints to its neighbours, the end cells
-    mirrored), ``(F(b_i) - F(a_i)) / (b_i - a_i)`` with ``F`` the mixture's distribution
+    cell ``[a_i, b_i]`` centred on each grid point ``x_i`` (half the smaller of its two gaps
+    on each side), ``(F(b_i) - F(a_i)) / (b_i - a_i)`` with ``F`` the mixture's distribution
     function, then rescaled so that its trapezoid integral over the grid is 1. On a grid that
-    resolves ``h`` this is ``rho(x_i)`` up to ``O((dx/h)^2)``; on one that does not, each
-    kernel's mass stays in its cell (a plain evaluation at the grid points would lose a narrow
-    outlier between two of them).
+    resolves ``h`` this is ``rho(x_i)`` up to ``O((dx/h)^2)`` (a centred cell: on a grid of
+    unequal gaps too). On a uniform grid the cells tile the grid's span, so on one that does
+    not resolve ``h`` each kernel's mass stays in its cell (a plain evaluation at the grid
+    points would lose a narrow outlier between two of them); on a non-uniform grid a kernel
+    narrower than the space between two cells can fall there.
 
     Args:
         nodes, weights: the atoms and their (non-negative) weights, any shape (flattened).
@@ -133,14 +152,28 @@ def kde_density(
         lo, hi = float(v.min()) - pad, float(v.max()) + pad
         grid = torch.linspace(lo, hi, grid_size, dtype=torch.float64)
     else:
-        grid = torch.as_tensor(grid, dtype=torch.float64).reshape(-1).cpu()
+        grid = _real_vector(grid, "grid")
         if grid.numel() < 2 or not bool((grid.diff() > 0).all()):
             raise SharpdimError("grid must hold at least 2 strictly increasing points")
     dens = _cell_means(grid, v, p, h)
     area = float(torch.trapezoid(dens, grid))
+    if not math.isfinite(area):
+        raise SharpdimError(
+            f"the density is not finite on this grid (bandwidth {h:g}): the nodes' magnitudes "
+            "overflow float64; rescale them"
+        )
     if area <= 0:
         raise SharpdimError("the grid misses all the mass of the kernels: widen the grid")
     return grid, dens / area
+
+
+def _range(value: Any) -> tuple[float, float]:
+    """A histogram's ``range`` as ``(low, high)`` floats, or a one-line error."""
+    try:
+        lo, hi = (float(x) for x in value)
+    except (TypeError, ValueError):
+        raise SharpdimError(f"range must be a pair (low, high) of numbers, got {value!r}") from None
+    return lo, hi
 
 
 def _one_point(lo: float, hi: float) -> bool:
@@ -152,19 +185,23 @@ _CHUNK = 2**20  # grid cells x atoms per block: 8 MiB of float64 per temporary
 
 
 def _cell_means(grid: torch.Tensor, v: torch.Tensor, p: torch.Tensor, h: float) -> torch.Tensor:
-    """Mean of ``sum_j p_j N(x; v_j, h^2)`` over each grid point's cell, in blocks of
-    grid points and atoms (memory bounded at any grid and measure size)."""
-    mid = (grid[1:] + grid[:-1]) / 2
-    edges = torch.cat([2 * grid[:1] - mid[:1], mid, 2 * grid[-1:] - mid[-1:]])
+    """Mean of ``sum_j p_j N(x; v_j, h^2)`` over the cell centred on each grid point (half
+    the smaller gap to its neighbours on each side), in blocks of grid points and atoms
+    (memory bounded at any grid and measure size)."""
+    gaps = grid.diff()
+    half = torch.minimum(torch.cat([gaps[:1], gaps]), torch.cat([gaps, gaps[-1:]])) / 2
+    # the cells' edges a_0 < b_0 <= a_1 < b_1 <= ...: the masses of [a_i, b_i] are the even
+    # rows of the masses between consecutive edges
+    edges = torch.stack([grid - half, grid + half], dim=1).reshape(-1)
     rows = max(1, _CHUNK // v.numel())
     cols = min(v.numel(), _CHUNK)
     mass = torch.zeros_like(grid)
     for i in range(0, grid.numel(), rows):
         stop = min(i + rows, grid.numel())
         for j in range(0, v.numel(), cols):
-            cells = _normal_masses(edges[i : stop + 1], v[j : j + cols], h)
+            cells = _normal_masses(edges[2 * i : 2 * stop], v[j : j + cols], h)[::2]
             mass[i:stop] += cells @ p[j : j + cols]
-    return mass / edges.diff()
+    return mass / (2 * half)
 
 
 def _normal_masses(edges: torch.Tensor, mu: torch.Tensor, h: float) -> torch.Tensor:

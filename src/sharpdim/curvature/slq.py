@@ -193,6 +193,10 @@ def slq_spectrum(
         op = _resolve(H_or_factory, run, gen)
         if n is None:
             n = op.num_params
+            if n == 0:
+                raise SharpdimError(
+                    "the operator has dimension 0 (no parameters): it has no spectrum"
+                )
             m = min(num_steps, n)
         elif op.num_params != n:
             raise SharpdimError(

@@ -133,6 +133,8 @@ def hutchpp_trace(
     total = check_count(num_matvecs, "num_matvecs", 3)
     gen = default_generator(generator)
     n = op.num_params
+    if n == 0:  # the trace of a 0 x 0 matrix, as hutchinson_trace gives it
+        return TraceResult(0.0, 0.0, 0, "hutchpp", 0)
     s = min(total // 3, n)
     sketch = _apply(op, _rademacher(n, s, gen, op.device))
     q, _ = torch.linalg.qr(sketch)
