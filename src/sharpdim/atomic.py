@@ -44,14 +44,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = out.with_name(f"{_temporary_prefix(out)}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
+        _fsync(tmp)  # (before the chmod, which may take the owner's read bit away)
         if out.exists():
             os.chmod(tmp, stat.S_IMODE(out.stat().st_mode))
-        _fsync(tmp)
         os.replace(tmp, out)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.filename in (str(tmp), tmp):
-            err.filename, err.filename2 = str(path), None  # name the file the user asked for
+            # name the file the user asked for (OSError picks the subclass of the errno)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     with contextlib.suppress(OSError):  # (some filesystems cannot sync a folder)
         _fsync(out.parent)

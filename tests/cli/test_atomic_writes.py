@@ -215,11 +215,36 @@ def test_the_content_is_synced_before_the_rename_and_the_folder_after(
         events.append(("replace", str(src)))
         real_replace(src, dst)
 
+    real_chmod = os.chmod
+
+    def chmod(path: Any, mode: int) -> None:
+        events.append(("chmod", str(path)))
+        real_chmod(path, mode)
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "chmod", chmod)
+    (tmp_path / "r.json").write_text("old")
     write_text_atomic(tmp_path / "r.json", "new")
-    (kind0, synced), (kind1, moved), (kind2, folder) = events
-    assert (kind0, kind1, kind2) == ("fsync", "replace", "fsync")
+    # synced before the chmod, which may take the owner's read bit away (0o200: the read-only
+    # open of the fsync then failed for a non-root user)
+    (kind0, synced), (kind1, _), (kind2, moved), (kind3, folder) = events
+    assert (kind0, kind1, kind2, kind3) == ("fsync", "chmod", "replace", "fsync")
     assert synced == moved and Path(synced).name.startswith(".r.json.")
     assert folder == str(tmp_path.resolve())
     assert (tmp_path / "r.json").read_text() == "new"
+
+
+def test_a_failed_rename_names_the_target_without_a_second_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error named the temporary file, then (filename2 = None) printed '-> None'."""
+
+    def refuse(src: Any, dst: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(src), str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError) as caught:
+        write_text_atomic(tmp_path / "r.json", "new")
+    assert str(caught.value) == f"[Errno 13] Permission denied: '{tmp_path / 'r.json'}'"
+    assert list(tmp_path.iterdir()) == []

@@ -127,3 +127,10 @@ def test_complex_bool_and_nan_mass_inputs_are_refused_with_their_own_hint():
         kaplan_yorke_measure([0.1, -1.0], [1.0, math.nan])
     with pytest.raises(SharpdimError, match=r"^`values` holds NaN or inf: guard the logarithms"):
         kaplan_yorke_measure([0.1, math.nan], [1.0, 1.0])
+
+
+def test_a_list_of_tensors_that_require_grad_is_read() -> None:
+    a = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    assert kaplan_yorke_dimension([a, b]).dimension == pytest.approx(1.5, rel=1e-15)
+    assert kaplan_yorke_dimension([0.53063, -0.09431, -2.30259]).exponents.dtype == torch.float64

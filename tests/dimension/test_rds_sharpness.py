@@ -214,7 +214,9 @@ def test_one_batch_as_a_tuple_a_non_module_and_a_bad_config_are_refused():
     config = StepSpectrumConfig(lr=0.5)
     one = rds_sharpness(model, mse, [(x, y)], config)
     assert one.num_batches == 1
-    with pytest.raises(SharpdimError, match=r"^batches is a tuple of tensors, which reads as one"):
+    with pytest.raises(
+        SharpdimError, match=r"^batches is a tuple of tensors: one \(x, y\) batch or"
+    ):
         rds_sharpness(model, mse, (x, y), config)
     with pytest.raises(SharpdimError, match=r"^config must be a StepSpectrumConfig, got NoneType"):
         rds_sharpness(model, mse, [(x, y)], None)  # type: ignore[arg-type]

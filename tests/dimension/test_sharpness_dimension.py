@@ -667,3 +667,23 @@ def test_adam_eps_zero_with_a_dead_unit_names_the_cause() -> None:
     ):
         sharpness_dimension(model, ce, (x, y), 0.01, adam_eps=0.0, **kwargs)
     assert sharpness_dimension(model, ce, (x, y), 0.01, adam_eps=1e-8, **kwargs).sd >= 0
+
+
+def test_a_nan_gradient_is_not_reported_as_a_zero_preconditioner() -> None:
+    """``P > 0`` is False for NaN too: a loss with sqrt(|b|^2) at b = 0 (NaN gradient) was
+    told about zero gradients and adam_eps=0 it had not passed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        model[0].bias.zero_()
+
+    def loss_fn(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        penalty = (m[0].bias ** 2).sum().sqrt()  # not differentiable at 0
+        return nn.functional.cross_entropy(m(b[0]), b[1]) + penalty
+
+    x = torch.randn(16, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+    with pytest.raises(SharpdimError) as caught:
+        sharpness_dimension(model, loss_fn, (x, y), 0.01, optimizer="adam", batch_size=8)
+    assert "preconditioner is 0" not in str(caught.value)
+    assert "not finite" in str(caught.value)

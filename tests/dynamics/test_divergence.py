@@ -328,8 +328,9 @@ def test_bad_directions_and_step_maps_are_one_line_errors():
     x0 = torch.zeros(2, dtype=torch.float64)
     A = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))
     cases = [
-        ({"direction": [1.0, 0.0]}, r"^direction must be a floating tensor, got list"),
-        ({"direction": torch.tensor([1, 0])}, r"^direction must be a floating tensor"),
+        ({"direction": [1.0, 0.0]}, r"^direction must be a real tensor, got <class 'list'>"),
+        ({"direction": torch.tensor([1j, 0])}, r"^direction must be a real tensor, got torch.com"),
+        ({"direction": torch.tensor([True, False])}, r"^direction must be a real tensor"),
         ({"direction": torch.tensor([math.inf, 0.0])}, r"direction holds NaN or inf"),
         ({"direction": torch.tensor([math.nan, 0.0])}, r"direction holds NaN or inf"),
         ({"direction": torch.tensor([0.0, 0.0])}, r"direction is zero"),
@@ -339,5 +340,6 @@ def test_bad_directions_and_step_maps_are_one_line_errors():
             trajectory_divergence(lambda x: A @ x, x0, 5, **kwargs)
     with pytest.raises(SharpdimError, match=r"returned a state of shape \(1,\) for one of shape"):
         trajectory_divergence(lambda x: x[:1], x0, 5)
-    ok = trajectory_divergence(lambda x: A @ x, x0, 5, direction=torch.tensor([1.0, 0.0]))
-    assert ok.growth_rate == pytest.approx(math.log(2), abs=1e-12)
+    for direction in (torch.tensor([1.0, 0.0]), torch.tensor([1, 0])):  # integers are fine
+        ok = trajectory_divergence(lambda x: A @ x, x0, 5, direction=direction)
+        assert ok.growth_rate == pytest.approx(math.log(2), abs=1e-12)

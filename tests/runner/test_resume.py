@@ -1,6 +1,7 @@
 """ResumableRuns: a killed sweep resumes without losing or repeating finished runs."""
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -147,3 +148,25 @@ def test_the_default_key_version_follows_the_package_sources(tmp_path):
         runs = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done")
         runs({"lr": 0.1}, lambda: {"loss": 1.0})
         assert [r.config["sharpdim_version"] for r in store.records()] == [code_version()]
+
+
+def test_a_package_without_readable_files_is_keyed_by_its_version_with_a_warning(
+    tmp_path, monkeypatch
+):
+    """Imported from a zip, the package's folder holds no files to hash: the digest of
+    nothing would have been one constant shared by every build."""
+    assert source_digest(tmp_path / "missing") is None
+    compiled = tmp_path / "pkg"
+    compiled.mkdir()
+    (compiled / "a.pyc").write_bytes(b"one")
+    first = source_digest(compiled)
+    (compiled / "a.pyc").write_bytes(b"two")
+    assert first is not None and source_digest(compiled) not in (None, first)
+    monkeypatch.setattr(sharpdim, "__file__", str(tmp_path / "missing" / "__init__.py"))
+    code_version.cache_clear()
+    try:
+        message = rf"keyed by the version number {re.escape(__version__)} alone"
+        with pytest.warns(RuntimeWarning, match=message):
+            assert code_version() == __version__
+    finally:
+        code_version.cache_clear()

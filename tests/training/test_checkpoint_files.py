@@ -175,3 +175,32 @@ def test_a_bad_checkpoint_step_is_refused(tmp_path: Path, step: Any) -> None:
     with pytest.raises(SharpdimError, match=r"step must be an integer >= 0"):
         save_checkpoint(tmp_path, step, torch.nn.Linear(3, 2))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_with_non_tensor_extra_state_still_loads(tmp_path: Path) -> None:
+    """The copy kept for a refused load cloned every state_dict value: a module whose
+    get_extra_state() returns a dict could no longer be loaded at all."""
+
+    class WithExtra(torch.nn.Linear):
+        def __init__(self) -> None:
+            super().__init__(3, 2)
+            self.note = {"calls": 0}
+
+        def get_extra_state(self) -> dict:
+            return dict(self.note)
+
+        def set_extra_state(self, state: dict) -> None:
+            self.note = dict(state)
+
+    torch.manual_seed(0)
+    saved = WithExtra()
+    saved.note["calls"] = 7
+    path = save_checkpoint(tmp_path, 3, saved)
+    fresh = WithExtra()
+    assert load_checkpoint(path, fresh) == 3 and fresh.note == {"calls": 7}
+    assert torch.equal(fresh.weight, saved.weight)
+    other = torch.nn.Sequential(WithExtra())  # other names: refused, nothing changed
+    before = {k: v for k, v in other.state_dict().items()}
+    with pytest.raises(SharpdimError, match=r"does not fit this model"):
+        load_checkpoint(path, other)
+    assert other[0].note == {"calls": 0} and torch.equal(other[0].weight, before["0.weight"])

@@ -238,10 +238,13 @@ def test_mnist1d_options_take_the_type_of_their_default():
     a = load_dataset("mnist1d", final_seq_length=30, iid_noise_scale=0, **small)
     b = load_dataset("mnist1d", final_seq_length=30.0, iid_noise_scale=np.int64(0), **small)
     assert _same(a, b) and a.x_train.shape == (10, 30)
+    flags = [load_dataset("mnist1d", shuffle_seq=f, **small) for f in (True, np.True_, 1)]
+    assert _same(flags[0], flags[1]) and _same(flags[0], flags[2])
     for options, message in [
         ({"final_seq_length": 40.5}, r"^mnist1d option final_seq_length must be an integer"),
         ({"iid_noise_scale": "0.1"}, r"^mnist1d option iid_noise_scale must be a finite number"),
-        ({"shuffle_seq": 1}, r"^mnist1d option shuffle_seq must be True or False, got 1"),
+        ({"shuffle_seq": 2}, r"^mnist1d option shuffle_seq must be True or False, got 2"),
+        ({"shuffle_seq": "yes"}, r"^mnist1d option shuffle_seq must be True or False"),
     ]:
         with pytest.raises(SharpdimError, match=message):
             load_dataset("mnist1d", **options, **small)

@@ -13,7 +13,7 @@ from sharpdim.errors import SharpdimError
 from sharpdim.training.checkpoint import checkpoint_path, load_checkpoint
 from sharpdim.training.datasets import load_dataset
 from sharpdim.training.loop import TrainConfig, train
-from sharpdim.training.losses import mse_loss
+from sharpdim.training.losses import get_loss, mse_loss
 from sharpdim.training.models import DeepScalarLinear, build_mlp
 
 
@@ -567,3 +567,26 @@ def test_wrong_kinds_of_train_arguments_are_one_line_errors(digits):
     by_name = train(small_mlp(), digits, config, loss_fn="mse")
     by_config = train(small_mlp(), digits, replace(config, loss="mse"))
     assert by_name.history == by_config.history
+
+
+def test_modes_are_given_back_through_each_modules_own_train(digits):
+    """A module whose ``train(mode)`` does more than set its flag (here: merging weights for
+    inference) must see that call when its mode is restored."""
+
+    class Merging(torch.nn.Linear):
+        merged = False
+
+        def train(self, mode: bool = True) -> Merging:
+            self.merged = not mode
+            return super().train(mode)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Merging(64, 8), torch.nn.Tanh(), torch.nn.Linear(8, 10)).double()
+    model.train()
+    from sharpdim.training.losses import evaluate
+
+    evaluate(model, get_loss("ce"), digits.train_batch())
+    assert model[0].training and not model[0].merged
+    model.eval()
+    train(model, digits, TrainConfig(lr=0.1, steps=2))
+    assert not model[0].training and model[0].merged

@@ -714,7 +714,9 @@ def test_bad_monitor_arguments_are_one_line_errors():
 
 def test_a_finite_loss_whose_hessian_overflows_is_recorded_not_raised():
     """f = a b x in float32 at a = 0.1, b = 5e19: the loss (1.2e37) is finite, its second
-    derivative b^2 x^2 = 2.5e39 is not; that escaped the monitor and ended train()."""
+    derivative b^2 x^2 = 2.5e39 is not; that escaped the monitor and ended train(). After a
+    finite measurement it is recorded; at the first one it is an error (it may be a loss that
+    is not twice differentiable: the user's to fix)."""
 
     class Product(nn.Module):
         def __init__(self) -> None:
@@ -731,12 +733,19 @@ def test_a_finite_loss_whose_hessian_overflows_is_recorded_not_raised():
     x, y = torch.ones(4, 1), torch.zeros(4, 1)
     model = Product()
     assert math.isfinite(float(loss_fn(model, (x, y)).detach()))
-    monitor = EoSMonitor(loss_fn, (x, y), every=1)
     opt = torch.optim.SGD(model.parameters(), lr=1e-40)
+    with pytest.raises(SharpdimError, match=r"^H @ v is not finite although the loss is"):
+        EoSMonitor(loss_fn, (x, y), every=1).on_step(0, model, 1.0, opt)
+    monitor = EoSMonitor(loss_fn, (x, y), every=1)
+    with torch.no_grad():
+        model.b.fill_(1.0)
+    assert math.isfinite(monitor.on_step(0, model, 1.0, opt).sharpness)
+    with torch.no_grad():
+        model.b.fill_(5e19)
     with pytest.warns(RuntimeWarning, match=r"^step 3: H @ v is not finite.*recorded as NaN"):
         record = monitor.on_step(3, model, 1.0, opt)
     assert record is not None and math.isnan(record.sharpness) and math.isnan(record.ratio)
-    assert record.threshold == pytest.approx(2e40, rel=1e-6) and len(monitor.records) == 1
+    assert record.threshold == pytest.approx(2e40, rel=1e-6) and len(monitor.records) == 2
 
 
 def test_adam_sd_with_an_unused_parameter_measures_instead_of_failing():

@@ -26,6 +26,7 @@ from sharpdim.curvature.batched_hvp import batch_columns, batched_hvp, saved_byt
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
 from sharpdim.errors import NonFiniteCurvatureError, NonFiniteLossError, SharpdimError
+from sharpdim.module_modes import module_flags, restore_flags
 from sharpdim.rng import forked_global_rng, peek_seed
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -122,7 +123,7 @@ class _ModeScope:
 
     def __init__(self, model: nn.Module, mode: Mode) -> None:
         self.model, self.mode = model, mode
-        self.saved = [m.training for m in model.modules()]
+        self.saved = module_flags(model)
         self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
 
     def __enter__(self) -> None:
@@ -140,8 +141,7 @@ class _ModeScope:
         for m, name, buf in self.swapped:
             m._buffers[name] = buf
         self.swapped.clear()
-        for m, was_training in zip(self.model.modules(), self.saved, strict=False):
-            m.training = was_training
+        restore_flags(self.saved)
 
 
 def _batch_weights(batches: list[Any], weights: Sequence[float] | None) -> list[float]:

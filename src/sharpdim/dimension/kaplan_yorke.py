@@ -72,7 +72,12 @@ class KaplanYorkeResult:
 def real_tensor(x: Any, name: str) -> torch.Tensor:
     """``torch.as_tensor(x)``, refusing complex and bool data (a cast to float would drop the
     imaginary part or read ``True`` as ``1``)."""
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, (list, tuple)) and x and all(isinstance(e, torch.Tensor) for e in x):
+        t = torch.stack([e.detach().cpu() for e in x])  # (e.g. exponents that need grad)
+    else:  # (numpy keeps Python floats in float64, where torch would make float32)
+        t = torch.as_tensor(np.asarray(x))
     if t.is_complex() or t.dtype == torch.bool:
         raise SharpdimError(f"`{name}` is {t.dtype} data: pass real numbers (floats)")
     return t

@@ -190,8 +190,8 @@ def rds_sharpness(
         raise SharpdimError("batches must be a non-empty list of minibatches: pass [(x, y), ...]")
     if isinstance(batches, tuple) and all(isinstance(b, torch.Tensor) for b in batches):
         raise SharpdimError(
-            "batches is a tuple of tensors, which reads as one (x, y) batch, not a list of "
-            "minibatches: pass [(x, y)] for one batch, or [(x1, y1), (x2, y2), ...]"
+            "batches is a tuple of tensors: one (x, y) batch or several one-tensor batches? "
+            "pass a list: [(x, y)] for one batch, [(x1, y1), (x2, y2), ...] or [b1, b2, ...]"
         )
     if not isinstance(config, StepSpectrumConfig):
         raise SharpdimError(

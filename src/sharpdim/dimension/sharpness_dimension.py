@@ -166,7 +166,7 @@ def _estimate_preconditioner(
         sq = g2 if sq is None else sq + g2
     assert sq is not None
     p = (sq / len(batches)).sqrt() + adam_eps
-    if not bool((p > 0).all()):
+    if bool((p == 0).any()):
         raise SharpdimError(
             f"the estimated preconditioner is 0 for {int((p == 0).sum())} parameter(s) with "
             "zero gradient on every batch (e.g. dead ReLU units) and adam_eps=0: pass "

@@ -171,10 +171,15 @@ def trajectory_divergence(
         gen = default_generator(generator)
         u = torch.randn(m, generator=gen, dtype=torch.float64)
     else:
-        if not isinstance(direction, torch.Tensor) or not direction.is_floating_point():
+        if (
+            not isinstance(direction, torch.Tensor)
+            or direction.is_complex()
+            or direction.dtype == torch.bool
+        ):
+            got = direction.dtype if isinstance(direction, torch.Tensor) else type(direction)
             raise SharpdimError(
-                f"direction must be a floating tensor, got {type(direction).__name__}: pass "
-                f"e.g. torch.randn({m}, dtype=torch.float64)"
+                f"direction must be a real tensor, got {got}: pass e.g. "
+                f"torch.randn({m}, dtype=torch.float64)"
             )
         u = direction.detach().to(torch.float64).reshape(-1)
         if u.numel() != m:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -93,17 +94,35 @@ class ResumableRuns(Generic[T]):
 @functools.cache
 def code_version() -> str:
     """``"<version>+<digest>"``: the package version and :func:`source_digest` of the
-    installed package, so any change of the code that computes a run changes its key."""
+    installed package, so any change of the code that computes a run changes its key; the
+    version alone (with a warning) where the package's files cannot be read (a zip import)."""
     import sharpdim
 
-    return f"{sharpdim.__version__}+{source_digest(Path(sharpdim.__file__).parent)}"
+    digest = source_digest(Path(sharpdim.__file__).parent)
+    if digest is None:
+        warnings.warn(
+            "sharpdim's files cannot be read (imported from a zip?): stored runs are keyed by "
+            f"the version number {sharpdim.__version__} alone, and runs of other code with the "
+            "same number are reused",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return sharpdim.__version__
+    return f"{sharpdim.__version__}+{digest}"
 
 
-def source_digest(root: Path) -> str:
+def source_digest(root: Path) -> str | None:
     """The first 12 hex digits of a SHA-256 over the ``.py`` files under ``root`` (relative
-    paths and contents, in path order; compiled files and data are left out)."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+    paths and contents, in path order), or over its compiled ``.pyc`` files where it ships
+    without sources; ``None`` when it has neither."""
+    for pattern in ("*.py", "*.pyc"):
+        files = sorted(root.rglob(pattern), key=lambda p: p.relative_to(root).as_posix())
+        if pattern == "*.pyc":
+            files = [f for f in files if "__pycache__" not in f.parts]  # (caches of sources)
+        if files:
+            digest = hashlib.sha256()
+            for path in files:
+                digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+                digest.update(path.read_bytes() + b"\0")
+            return digest.hexdigest()[:12]
+    return None

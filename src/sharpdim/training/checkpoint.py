@@ -171,7 +171,10 @@ def restore_checkpoint(
         _check_optimizer_type(state, path, optimizer)
     # load_state_dict copies every tensor that fits before it refuses one that does not, so a
     # refused checkpoint would leave the model half overwritten: keep copies to put back
-    model_before = {k: v.clone() for k, v in model.state_dict().items()}
+    model_before = {
+        k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+        for k, v in model.state_dict().items()
+    }  # (on the CPU: no second copy of a GPU model; non-tensor extra state copied as it is)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as exc:

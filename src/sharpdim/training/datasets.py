@@ -257,9 +257,9 @@ def _mnist1d_option(name: str, value: Any, default: Any) -> Any:
     """An mnist1d option override of the type of its default (a whole number for an integer
     option, a finite number for a real one, a bool for a flag); others pass unchanged."""
     if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise SharpdimError(f"mnist1d option {name} must be True or False, got {value!r}")
-        return value
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise SharpdimError(f"mnist1d option {name} must be True or False, got {value!r}")
     if isinstance(default, int):
         return check_count(value, f"mnist1d option {name}", 0, f"e.g. {name}={default}")
     if isinstance(default, float):

@@ -211,8 +211,10 @@ def _adam_sd_inputs(
     gradient), each parameter's ``1 - beta1^t`` is folded into ``P`` instead: the same update,
     in coordinates that differ from the documented ones by that factor. A parameter with
     neither gradient nor Adam state (unused by the loss: a zero Hessian block, so ``J = I``
-    there for any ``P``) gets ``P = 1`` instead of the ``inf`` that freezes it in the
-    sharpness, which ``sharpness_dimension`` refuses."""
+    there for any ``P``; if only the monitor's loss uses it, the step still leaves it alone)
+    gets the largest finite ``P`` of its dtype's square root instead of the ``inf`` that
+    freezes it in the sharpness, which ``sharpness_dimension`` refuses: ``J = I`` on it to
+    ~1e-10 (float32) or better."""
     unbiased = {
         "preconditioner": _finite(
             upcoming_adam_preconditioner(optimizer, params, bias_correction=False)
@@ -229,8 +231,10 @@ def _adam_sd_inputs(
 
 
 def _finite(preconditioner: torch.Tensor) -> torch.Tensor:
-    """``preconditioner`` with the ``inf`` of unused parameters replaced by 1."""
-    return torch.where(torch.isinf(preconditioner), 1.0, preconditioner)
+    """``preconditioner`` with the ``inf`` of frozen parameters replaced by the square root of
+    the dtype's largest number (``P^-1`` about 1e-19 in float32, 1e-154 in float64)."""
+    frozen = torch.finfo(preconditioner.dtype).max ** 0.5
+    return torch.where(torch.isinf(preconditioner), frozen, preconditioner)
 
 
 def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,8 +390,12 @@ class EoSMonitor:
             curvature = self._curvature(model, optimizer, name)
         except NonFiniteLossError:  # a diverged model: recorded, as train() records it
             return self._append(step, loss_value, name, lr, threshold, start)
-        except NonFiniteCurvatureError as err:  # (overflowing second derivatives, usually
-            # just before the loss overflows too): recorded, so a sweep goes on
+        except NonFiniteCurvatureError as err:
+            # after finite measurements: second derivatives that overflow as the run heads
+            # for divergence, recorded so a sweep goes on; at the first measurement: a loss
+            # that is not twice differentiable here, the user's to fix
+            if not any(math.isfinite(r.sharpness) for r in self.records):
+                raise
             warnings.warn(f"step {step}: {err}; recorded as NaN", RuntimeWarning, stacklevel=3)
             return self._append(step, loss_value, name, lr, threshold, start)
         sd = None
