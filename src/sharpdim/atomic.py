@@ -50,13 +50,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, out)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename in (str(tmp), tmp):
-            # name the file the user asked for (OSError picks the subclass of the errno)
-            raise OSError(err.errno, err.strerror, str(path)) from err
+        if isinstance(err, OSError) and tmp in _paths(err):
+            raise _renamed(err, tmp, path) from err  # name the file the user asked for
         raise
     with contextlib.suppress(OSError):  # (some filesystems cannot sync a folder)
         _fsync(out.parent)
     _remove_stale_temporaries(out)
+
+
+def _paths(err: OSError) -> list[Path]:
+    return [Path(f) for f in (err.filename, err.filename2) if isinstance(f, (str, Path))]
+
+
+def _renamed(err: OSError, tmp: Path, path: str | Path) -> OSError:
+    """``err`` with the temporary file's name replaced by ``path`` (same class, no
+    ``-> None``)."""
+    names = [
+        str(path) if isinstance(f, (str, Path)) and Path(f) == tmp else f
+        for f in (err.filename, err.filename2)
+    ]
+    args: tuple[Any, ...] = (err.errno, err.strerror, names[0])
+    if names[1] is not None:
+        args += (None, names[1])
+    try:
+        return type(err)(*args)
+    except Exception:  # (a subclass with another constructor)
+        return OSError(*args)
 
 
 def _fsync(path: Path) -> None:

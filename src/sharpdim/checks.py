@@ -104,6 +104,37 @@ def check_numbers(
     return out
 
 
+def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Tensor:
+    """``values`` (a tensor, array, list of numbers or of tensors) as a tensor of real numbers;
+    text, complex and bool data are refused (a cast to float would drop an imaginary part or
+    read ``True`` as 1). Python floats stay float64 (numpy's default, not torch's float32).
+    With ``word_errors=False`` a value that converts to no tensor (ragged lists, text) raises
+    the conversion's own ``TypeError``/``ValueError``, for callers that word it themselves."""
+    import numpy as np
+    import torch
+
+    try:
+        if isinstance(values, torch.Tensor):
+            t = values
+        elif (
+            isinstance(values, (list, tuple))
+            and values
+            and all(isinstance(e, torch.Tensor) for e in values)
+        ):
+            t = torch.stack([e.detach().cpu() for e in values])  # (e.g. values needing grad)
+        else:
+            t = torch.as_tensor(np.asarray(values))
+    except (TypeError, ValueError, RuntimeError):
+        if not word_errors:
+            raise
+        raise SharpdimError(
+            f"{name} must be real numbers (a tensor or array), got {type(values).__name__}"
+        ) from None
+    if t.is_complex() or t.dtype == torch.bool:
+        raise SharpdimError(f"{name} must be real numbers (a tensor or array), got {t.dtype}")
+    return t
+
+
 def default_generator(generator: Any) -> torch.Generator:
     """``generator``, or a ``torch.Generator`` seeded with 0 when it is ``None``: the one source
     of randomness of every estimator; anything else is refused."""

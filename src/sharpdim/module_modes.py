@@ -22,6 +22,8 @@ def restore_flags(flags: ModeFlags) -> None:
     for module, flag in flags:
         if module.training != flag or type(module).train is not nn.Module.train:
             module.train(flag)
+    for module, flag in flags:  # a module shared by two parents: the later parent's
+        module.training = flag  # recursive train() overrode the flag it got back first
 
 
 @contextmanager

@@ -248,3 +248,22 @@ def test_a_failed_rename_names_the_target_without_a_second_path(
         write_text_atomic(tmp_path / "r.json", "new")
     assert str(caught.value) == f"[Errno 13] Permission denied: '{tmp_path / 'r.json'}'"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_renamed_error_keeps_its_class_and_second_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class CustomError(OSError):
+        pass
+
+    def failing(src: Any, dst: Any) -> None:
+        raise CustomError(5, "io", str(src))
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(CustomError, match=r"\[Errno 5\] io: '.*r\.json'$"):
+        write_text_atomic(tmp_path / "r.json", "new")
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError) as caught, atomic_path(tmp_path / "x.bin") as tmp:
+        raise FileNotFoundError(2, "No such file", "/nonexistent_src", None, str(tmp))
+    assert caught.value.filename == "/nonexistent_src"
+    assert caught.value.filename2 == str(tmp_path / "x.bin")

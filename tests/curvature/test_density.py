@@ -250,3 +250,19 @@ def test_bad_density_inputs_are_one_line_errors() -> None:
     for call, message in cases:
         with pytest.raises(SharpdimError, match=message):
             call()
+
+
+def test_kde_on_a_coarse_non_uniform_grid_keeps_every_kernels_mass() -> None:
+    """Cells centred on the points leave gaps between them on unequal gaps: a kernel narrower
+    than the grid there was lost (the atom of weight 1 at 1.75 on the grid [0, 1, 3]), and
+    the rescaling gave its mass to the other atom."""
+    grid = torch.tensor([0.0, 1.0, 3.0], dtype=F64)
+    _, dens = kde_density(
+        torch.tensor([0.0, 1.75], dtype=F64), torch.tensor([1e-3, 1.0], dtype=F64), grid, 0.01
+    )
+    # midpoint cells [-0.5, 0.5], [0.5, 2], [2, 4]: the mass 1e-3 / 1.001 in the first, the
+    # rest in the second (width 1.5); the trapezoid rule weighs them 0.5 and 1.5
+    masses = torch.tensor([1e-3, 1.0, 0.0], dtype=F64) / 1.001
+    expected = masses / torch.tensor([1.0, 1.5, 2.0], dtype=F64)
+    expected /= torch.trapezoid(expected, grid)
+    torch.testing.assert_close(dens, expected, rtol=1e-9, atol=1e-12)

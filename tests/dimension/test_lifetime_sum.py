@@ -267,3 +267,28 @@ def test_rounding_asymmetry_is_accepted() -> None:
     torch.testing.assert_close(mst_edge_lengths(d), exact, rtol=1e-9, atol=0)
     value = alpha_weighted_lifetime_sum(x, 1.0, lambda a, b: torch.cdist(a, b)).value
     assert value == pytest.approx(float(exact.sum()), rel=1e-9)
+
+
+def test_bad_metrics_and_matrices_are_one_line_errors():
+    """A non-callable metric hit an assert, a metric returning None a TypeError, a learned
+    metric (output needing grad) a RuntimeError; a ragged matrix a ValueError; complex
+    distances lost their imaginary part."""
+    pts = torch.randn(30, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cases = [
+        (lambda: ph_dimension(pts, metric=None), r"^metric must be one of .* got NoneType"),
+        (
+            lambda: alpha_weighted_lifetime_sum(pts, metric=lambda a, b: None),
+            r"^the metric's result must be real numbers",
+        ),
+        (lambda: mst_edge_lengths([[0, 1], [1]]), r"^distances must be real numbers .* list"),
+        (
+            lambda: mst_edge_lengths(torch.tensor([[0, 1j], [1j, 0]])),
+            r"^distances must be real numbers .* got torch.complex64",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(SharpdimError, match=message):
+            call()
+    w = torch.eye(2, dtype=torch.float64, requires_grad=True)  # a learned (identity) metric
+    learned = alpha_weighted_lifetime_sum(pts, metric=lambda a, b: torch.cdist(a @ w, b @ w))
+    assert learned.value == pytest.approx(alpha_weighted_lifetime_sum(pts).value, rel=1e-12)

@@ -317,3 +317,15 @@ def test_kde_of_equal_values_below_their_ulp_is_the_measure() -> None:
     """8 h below the values' ulp: a grid of width 0 (0 / 0 for its node count before)."""
     r = sd_kde([1.0, 1.0], [1.0, 1.0], bandwidth=1e-300)
     assert r.dimension == kaplan_yorke_measure([1.0, 1.0], [1.0, 1.0]).dimension
+
+
+def test_estimators_refuse_text_complex_and_bool_measures() -> None:
+    """Text was a TypeError; complex exponents lost their imaginary part (1.5 for
+    [0.5+3j, -1]) and bool ones read True as 1 (2.0)."""
+    for estimator in (sd_histogram, sd_kde, sd_quantiles):
+        with pytest.raises(SharpdimError, match=r"^values must be real numbers .* got str"):
+            estimator("a", [1.0])
+        with pytest.raises(SharpdimError, match=r"^values must be real numbers .*complex64"):
+            estimator(torch.tensor([0.5 + 3j, -1 + 0j]), [1.0, 1.0])
+        with pytest.raises(SharpdimError, match=r"^values must be real numbers .*torch.bool"):
+            estimator(torch.tensor([True, False]), [1.0, 1.0])

@@ -590,3 +590,21 @@ def test_modes_are_given_back_through_each_modules_own_train(digits):
     model.eval()
     train(model, digits, TrainConfig(lr=0.1, steps=2))
     assert not model[0].training and model[0].merged
+
+
+def test_a_module_shared_by_two_parents_gets_its_own_mode_back():
+    """``modules()`` lists a shared module once; restoring through each parent's recursive
+    ``train()`` let the later parent override its flag."""
+    from sharpdim.module_modes import restored_modes
+
+    shared = torch.nn.BatchNorm1d(3)
+    a, b = torch.nn.Sequential(shared), torch.nn.Sequential(shared)
+    root = torch.nn.Sequential(a, b)
+    root.train()
+    b.eval()
+    a.eval()
+    shared.train()
+    before = [m.training for m in root.modules()]
+    with restored_modes(root):
+        root.eval()
+    assert [m.training for m in root.modules()] == before == [True, False, True, False]

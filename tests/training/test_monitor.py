@@ -788,3 +788,42 @@ def test_adam_sd_with_an_unused_parameter_measures_instead_of_failing():
         p[n_body:] = filler
         kwargs = {"optimizer": "adam", "adam_eps": eps, "step": 1, "preconditioner": p}
         assert record.sd == pytest.approx(_direct_sd(model, x, y, 0.01, **kwargs), rel=1e-10)
+
+
+def test_overflowing_curvature_is_recorded_for_adam_without_raw_sharpness():
+    """With raw_sharpness=False only the preconditioned value is measured (sharpness NaN by
+    design): the check for an earlier finite measurement must read the bounded quantity."""
+
+    class Product(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.tensor(0.1))
+            self.b = nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a * self.b * x
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return 0.5 * (model(batch[0]) - batch[1]).pow(2).mean()
+
+    x, y = torch.ones(4, 1), torch.zeros(4, 1)
+    model = Product()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    monitor = EoSMonitor(loss_fn, (x, y), every=1, raw_sharpness=False)
+    loss_fn(model, (x, y)).backward()
+    first = monitor.on_step(0, model, 1.0, opt)
+    assert math.isnan(first.sharpness) and math.isfinite(first.bounded)
+    with torch.no_grad():
+        model.b.fill_(5e19)
+    with pytest.warns(RuntimeWarning, match=r"recorded as NaN"):
+        second = monitor.on_step(1, model, 1.0, opt)
+    assert math.isnan(second.bounded)
+
+
+def test_frozen_adam_parameters_are_frozen_in_float16_too():
+    from sharpdim.training.monitor import _finite
+
+    p = torch.tensor([2.0, math.inf], dtype=torch.float16)
+    out = _finite(p)
+    assert out.dtype == torch.float32 and out[0] == 2.0
+    assert float(out[1]) == pytest.approx(torch.finfo(torch.float32).max ** 0.5, rel=1e-6)

@@ -12,9 +12,9 @@ An SLQ result (:func:`~sharpdim.curvature.slq.slq_spectrum`) is a discrete measu
 
 Both are normalised to integrate to 1: the histogram exactly, the KDE with the trapezoid rule
 on its grid (the mass of the kernels' tails beyond the grid is put back by that rescaling).
-The KDE's value at a grid point is the mixture's mean over the grid cell centred on it, so on
-a uniform grid a kernel narrower than the cells (an outlier eigenvalue beside a wide bulk)
-keeps its mass in its own cell instead of falling between grid points.
+The KDE's value at a grid point is the mixture's mean over the grid cell around it, so a
+kernel narrower than the cells (an outlier eigenvalue beside a wide bulk) keeps its mass in
+its own cell instead of falling between grid points.
 """
 
 from __future__ import annotations
@@ -22,26 +22,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
-from sharpdim.checks import check_count, check_number
+from sharpdim.checks import check_count, check_number, real_tensor
 from sharpdim.curvature.measure import silverman_bandwidth
 from sharpdim.errors import SharpdimError
 
 
 def _real_vector(values: Any, name: str) -> torch.Tensor:
-    """``values`` as a flat float64 CPU tensor; one-line errors for text, complex or bool data
-    (a cast would drop an imaginary part silently)."""
-    try:
-        t = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
-    except (TypeError, ValueError, RuntimeError):
-        raise SharpdimError(
-            f"{name} must be real numbers (a tensor or array), got {type(values).__name__}"
-        ) from None
-    if t.is_complex() or t.dtype == torch.bool:
-        raise SharpdimError(f"{name} must be real numbers (a tensor or array), got {t.dtype}")
-    return t.detach().to(torch.float64).reshape(-1).cpu()
+    """``values`` as a flat float64 CPU tensor (:func:`~sharpdim.checks.real_tensor`)."""
+    return real_tensor(values, name).detach().to(torch.float64).reshape(-1).cpu()
 
 
 def _measure(nodes: Any, weights: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,14 +104,13 @@ def kde_density(
     """Gaussian kernel density of a weighted point measure on a grid.
 
     ``rho(x) = sum_j p_j exp(-(x - theta_j)^2 / (2 h^2)) / (h sqrt(2 pi))`` averaged over the
-    cell ``[a_i, b_i]`` centred on each grid point ``x_i`` (half the smaller of its two gaps
-    on each side), ``(F(b_i) - F(a_i)) / (b_i - a_i)`` with ``F`` the mixture's distribution
-    function, then rescaled so that its trapezoid integral over the grid is 1. On a grid that
-    resolves ``h`` this is ``rho(x_i)`` up to ``O((dx/h)^2)`` (a centred cell: on a grid of
-    unequal gaps too). On a uniform grid the cells tile the grid's span, so on one that does
-    not resolve ``h`` each kernel's mass stays in its cell (a plain evaluation at the grid
-    points would lose a narrow outlier between two of them); on a non-uniform grid a kernel
-    narrower than the space between two cells can fall there.
+    cell ``[a_i, b_i]`` of each grid point ``x_i``, ``(F(b_i) - F(a_i)) / (b_i - a_i)`` with
+    ``F`` the mixture's distribution function, then rescaled so that its trapezoid integral
+    over the grid is 1. On a grid that resolves ``h`` (every gap at most ``h``) the cells are
+    centred on the points and this is ``rho(x_i)`` up to ``O((dx/h)^2)``, on unequal gaps too.
+    On a grid that does not, the cells are bounded by the midpoints between points, tiling
+    the grid's span, so each kernel's mass stays in its cell (a plain evaluation at the grid
+    points would lose a narrow outlier between two of them); on a uniform grid both are one.
 
     Args:
         nodes, weights: the atoms and their (non-negative) weights, any shape (flattened).
@@ -185,35 +174,52 @@ _CHUNK = 2**20  # grid cells x atoms per block: 8 MiB of float64 per temporary
 
 
 def _cell_means(grid: torch.Tensor, v: torch.Tensor, p: torch.Tensor, h: float) -> torch.Tensor:
-    """Mean of ``sum_j p_j N(x; v_j, h^2)`` over the cell centred on each grid point (half
-    the smaller gap to its neighbours on each side), in blocks of grid points and atoms
-    (memory bounded at any grid and measure size)."""
+    """Mean of ``sum_j p_j N(x; v_j, h^2)`` over each grid point's cell, in blocks of grid
+    points and atoms (memory bounded at any grid and measure size).
+
+    The cells are bounded by the midpoints to the neighbours (the end cells mirrored) where
+    that tiles the grid's span without loss: on a uniform grid, where they are also centred,
+    and on a grid with a gap wider than ``h``, where a kernel between two centred cells would
+    be lost. Otherwise (unequal gaps, all narrower than ``h``) each cell is centred on its
+    point, half its smaller gap on each side: second-order accurate.
+    """
     gaps = grid.diff()
-    half = torch.minimum(torch.cat([gaps[:1], gaps]), torch.cat([gaps, gaps[-1:]])) / 2
-    # the cells' edges a_0 < b_0 <= a_1 < b_1 <= ...: the masses of [a_i, b_i] are the even
-    # rows of the masses between consecutive edges
-    edges = torch.stack([grid - half, grid + half], dim=1).reshape(-1)
+    uniform = float(gaps.max() - gaps.min()) <= 1e-9 * float(gaps.max())
+    if uniform or float(gaps.max()) > h:
+        mid = (grid[1:] + grid[:-1]) / 2
+        edges = torch.cat([2 * grid[:1] - mid[:1], mid, 2 * grid[-1:] - mid[-1:]])
+        low, high = edges[:-1], edges[1:]
+    else:
+        half = torch.minimum(torch.cat([gaps[:1], gaps]), torch.cat([gaps, gaps[-1:]])) / 2
+        edges, low, high = None, grid - half, grid + half
     rows = max(1, _CHUNK // v.numel())
     cols = min(v.numel(), _CHUNK)
     mass = torch.zeros_like(grid)
     for i in range(0, grid.numel(), rows):
         stop = min(i + rows, grid.numel())
         for j in range(0, v.numel(), cols):
-            cells = _normal_masses(edges[2 * i : 2 * stop], v[j : j + cols], h)[::2]
+            mu = v[j : j + cols]
+            if edges is not None:  # one tail per shared edge
+                tail, right = _tails(edges[i : stop + 1], mu, h)
+                cells = _between(tail[:-1], right[:-1], tail[1:], right[1:])
+            else:
+                cells = _between(*_tails(low[i:stop], mu, h), *_tails(high[i:stop], mu, h))
             mass[i:stop] += cells @ p[j : j + cols]
-    return mass / (2 * half)
+    return mass / (high - low)
 
 
-def _normal_masses(edges: torch.Tensor, mu: torch.Tensor, h: float) -> torch.Tensor:
-    """``P(e_k < X < e_{k+1})`` for ``X ~ N(mu_j, h^2)``, ``(len(edges) - 1, len(mu))``.
-
-    One ``erfc`` per edge and atom: ``t = erfc(|z| / sqrt 2) / 2``, the mass beyond the edge
-    on the side away from the atom, so a cell's mass is a difference of two tails on its
-    side of the atom (``t_a - t_b`` or ``t_b - t_a``: no cancellation of two values near 1
-    far from the atom) or ``1 - t_a - t_b`` for the cell holding it.
-    """
+def _tails(edges: torch.Tensor, mu: torch.Tensor, h: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``X ~ N(mu_j, h^2)``: the mass beyond each edge on the side away from each atom,
+    ``erfc(|z| / sqrt 2) / 2``, and whether the edge lies right of the atom; shape
+    ``(len(edges), len(mu))``."""
     z = (edges[:, None] - mu[None, :]) / (h * math.sqrt(2))
-    tail = 0.5 * torch.erfc(z.abs())
-    right = z >= 0  # the edge lies right of the atom
-    t_a, t_b, right_a, right_b = tail[:-1], tail[1:], right[:-1], right[1:]
+    return 0.5 * torch.erfc(z.abs()), z >= 0
+
+
+def _between(
+    t_a: torch.Tensor, right_a: torch.Tensor, t_b: torch.Tensor, right_b: torch.Tensor
+) -> torch.Tensor:
+    """``P(a < X < b)`` from the tails at ``a < b``: a difference of two tails on one side of
+    the atom (``t_a - t_b`` or ``t_b - t_a``: no cancellation of two values near 1 far from
+    the atom) or ``1 - t_a - t_b`` for the cell holding it."""
     return torch.where(right_a, t_a - t_b, torch.where(right_b, 1 - t_a - t_b, t_b - t_a))

@@ -11,14 +11,15 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import real_tensor
 from sharpdim.errors import SharpdimError
 
 
 def flat_measure(values: Any, masses: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The atoms and masses as flat float64 tensors, checked (finite, masses >= 0 with a
     positive total, same size)."""
-    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    m = torch.as_tensor(masses, dtype=torch.float64).reshape(-1)
+    v = real_tensor(values, "values").detach().to(torch.float64).reshape(-1).cpu()
+    m = real_tensor(masses, "masses").detach().to(torch.float64).reshape(-1).cpu()
     if v.shape != m.shape or v.numel() == 0:
         raise SharpdimError(
             "values and masses must be non-empty and of equal size: pass one mass per value"

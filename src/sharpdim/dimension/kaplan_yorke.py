@@ -34,9 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
+from sharpdim.checks import real_tensor
 from sharpdim.errors import SharpdimError
 
 
@@ -69,23 +69,9 @@ class KaplanYorkeResult:
         }
 
 
-def real_tensor(x: Any, name: str) -> torch.Tensor:
-    """``torch.as_tensor(x)``, refusing complex and bool data (a cast to float would drop the
-    imaginary part or read ``True`` as ``1``)."""
-    if isinstance(x, torch.Tensor):
-        t = x
-    elif isinstance(x, (list, tuple)) and x and all(isinstance(e, torch.Tensor) for e in x):
-        t = torch.stack([e.detach().cpu() for e in x])  # (e.g. exponents that need grad)
-    else:  # (numpy keeps Python floats in float64, where torch would make float32)
-        t = torch.as_tensor(np.asarray(x))
-    if t.is_complex() or t.dtype == torch.bool:
-        raise SharpdimError(f"`{name}` is {t.dtype} data: pass real numbers (floats)")
-    return t
-
-
 def _as_float64_vector(x: Any, name: str, flatten: bool = True) -> torch.Tensor:
     try:
-        t = real_tensor(x, name).to(torch.float64).detach().cpu()
+        t = real_tensor(x, f"`{name}`", word_errors=False).to(torch.float64).detach().cpu()
     except SharpdimError:
         raise
     except (TypeError, ValueError, RuntimeError):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharpdim.checks import check_count
+from sharpdim.checks import check_count, real_tensor
 from sharpdim.errors import SharpdimError
 
 Metric = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,6 +79,11 @@ def pairwise_distances(
     n = pts.shape[0]
     if isinstance(metric, str) and metric not in METRICS:
         raise SharpdimError(f"unknown metric {metric!r}: use one of {METRICS} or a callable")
+    if not (isinstance(metric, str) or callable(metric)):
+        raise SharpdimError(
+            f"metric must be one of {METRICS} or a callable (a, b) -> distances, got "
+            f"{type(metric).__name__}"
+        )
     full = pts.to(torch.float64)
     centred = full - full.mean(dim=0) if metric == "euclidean" else full
     out = torch.empty(n, n, dtype=torch.float64)
@@ -90,7 +95,8 @@ def pairwise_distances(
             block = torch.cdist(rows, full, p=1.0) / full.shape[1]
         else:
             assert callable(metric)
-            block = torch.as_tensor(metric(rows, full), dtype=torch.float64)
+            what = "the metric's result"
+            block = real_tensor(metric(rows, full), what).detach().to(torch.float64).cpu()
             if block.shape != (rows.shape[0], n):
                 raise SharpdimError(
                     f"the metric returned shape {tuple(block.shape)} for "
@@ -165,7 +171,7 @@ def mst_edge_lengths(distances: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(N - 1,)`` float64: the finite ``H0`` death times of the Rips filtration.
     """
-    d = torch.as_tensor(distances, dtype=torch.float64)
+    d = real_tensor(distances, "distances").detach().to(torch.float64)
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
         raise SharpdimError(
             f"distances must be a square (N, N) matrix, got shape {tuple(d.shape)}: pass "

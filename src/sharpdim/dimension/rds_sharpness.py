@@ -26,11 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sharpdim.checks import default_generator
+from sharpdim.checks import default_generator, real_tensor
 from sharpdim.curvature.dense import DENSE_LIMIT, check_dense_size, dense_hessian
 from sharpdim.curvature.hessian import LossFn, Mode
 from sharpdim.curvature.params import get_flat_params, set_flat_params, trainable_parameters
-from sharpdim.dimension.kaplan_yorke import real_tensor
 from sharpdim.dimension.sd_estimators import HESSIAN_NOT_FINITE, check_exponents
 from sharpdim.dynamics.jacobian_spectra import (
     StepSpectrumConfig,
@@ -93,7 +92,11 @@ def rds_exponents(log_singular_values: torch.Tensor) -> RDSSharpnessResult:
         ([1.5, -0.5], 1.5)
     """
     try:
-        x = real_tensor(log_singular_values, "exponents").detach().to(torch.float64)
+        x = (
+            real_tensor(log_singular_values, "`exponents`", word_errors=False)
+            .detach()
+            .to(torch.float64)
+        )
     except SharpdimError:
         raise
     except (TypeError, ValueError, RuntimeError):

@@ -214,7 +214,7 @@ def _adam_sd_inputs(
     there for any ``P``; if only the monitor's loss uses it, the step still leaves it alone)
     gets the largest finite ``P`` of its dtype's square root instead of the ``inf`` that
     freezes it in the sharpness, which ``sharpness_dimension`` refuses: ``J = I`` on it to
-    ~1e-10 (float32) or better."""
+    ~1e-10 (float32, float16) or better."""
     unbiased = {
         "preconditioner": _finite(
             upcoming_adam_preconditioner(optimizer, params, bias_correction=False)
@@ -232,7 +232,10 @@ def _adam_sd_inputs(
 
 def _finite(preconditioner: torch.Tensor) -> torch.Tensor:
     """``preconditioner`` with the ``inf`` of frozen parameters replaced by the square root of
-    the dtype's largest number (``P^-1`` about 1e-19 in float32, 1e-154 in float64)."""
+    the dtype's largest number (``P^-1`` about 1e-19 in float32, 1e-154 in float64; a float16
+    preconditioner is taken to float32 first)."""
+    if torch.finfo(preconditioner.dtype).max < 1e30:  # float16: sqrt(max) is only 256
+        preconditioner = preconditioner.float()
     frozen = torch.finfo(preconditioner.dtype).max ** 0.5
     return torch.where(torch.isinf(preconditioner), frozen, preconditioner)
 
@@ -394,7 +397,8 @@ class EoSMonitor:
             # after finite measurements: second derivatives that overflow as the run heads
             # for divergence, recorded so a sweep goes on; at the first measurement: a loss
             # that is not twice differentiable here, the user's to fix
-            if not any(math.isfinite(r.sharpness) for r in self.records):
+            if not any(math.isfinite(r.bounded) for r in self.records):  # (Adam without
+                # raw_sharpness measures only the preconditioned value: bounded holds it)
                 raise
             warnings.warn(f"step {step}: {err}; recorded as NaN", RuntimeWarning, stacklevel=3)
             return self._append(step, loss_value, name, lr, threshold, start)
