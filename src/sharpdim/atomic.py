@@ -51,7 +51,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and tmp in _paths(err):
-            raise _renamed(err, tmp, path) from err  # name the file the user asked for
+            raise _renamed(err, tmp, out, path) from err  # name the file the user asked for
         raise
     with contextlib.suppress(OSError):  # (some filesystems cannot sync a folder)
         _fsync(out.parent)
@@ -62,12 +62,13 @@ def _paths(err: OSError) -> list[Path]:
     return [Path(f) for f in (err.filename, err.filename2) if isinstance(f, (str, Path))]
 
 
-def _renamed(err: OSError, tmp: Path, path: str | Path) -> OSError:
+def _renamed(err: OSError, tmp: Path, out: Path, path: str | Path) -> OSError:
     """``err`` with the temporary file's name replaced by ``path`` (same class, no
-    ``-> None``)."""
+    ``-> None``; the rename's second path, the resolved target ``out``, dropped)."""
+    second_is_target = isinstance(err.filename2, (str, Path)) and Path(err.filename2) == out
     names = [
         str(path) if isinstance(f, (str, Path)) and Path(f) == tmp else f
-        for f in (err.filename, err.filename2)
+        for f in (err.filename, None if second_is_target else err.filename2)
     ]
     args: tuple[Any, ...] = (err.errno, err.strerror, names[0])
     if names[1] is not None:

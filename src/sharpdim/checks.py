@@ -123,7 +123,14 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
         ):
             t = torch.stack([e.detach().cpu() for e in values])  # (e.g. values needing grad)
         else:
-            t = torch.as_tensor(np.asarray(values))
+            if isinstance(values, (list, tuple)):  # tensors among numbers, some needing grad
+                values = [e.detach().cpu() if isinstance(e, torch.Tensor) else e for e in values]
+            if values is None:  # (numpy would read it as NaN)
+                raise TypeError("None is not a number")
+            array = np.asarray(values)
+            if array.dtype == object:  # Fraction, Decimal, ints beyond int64
+                array = np.asarray(values, dtype=np.float64)
+            t = torch.as_tensor(array)
     except (TypeError, ValueError, RuntimeError):
         if not word_errors:
             raise

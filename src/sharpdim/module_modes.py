@@ -22,8 +22,18 @@ def restore_flags(flags: ModeFlags) -> None:
     for module, flag in flags:
         if module.training != flag or type(module).train is not nn.Module.train:
             module.train(flag)
-    for module, flag in flags:  # a module shared by two parents: the later parent's
-        module.training = flag  # recursive train() overrode the flag it got back first
+    # a module shared by two parents: the later parent's recursive train() overrode the flag
+    # it got back first; put it right (through its own train() where that does more), until
+    # nothing changes
+    for _ in range(len(flags)):
+        wrong = [(m, f) for m, f in flags if m.training != f]
+        if not wrong:
+            return
+        for module, flag in wrong:
+            if type(module).train is nn.Module.train:
+                module.training = flag
+            else:
+                module.train(flag)
 
 
 @contextmanager

@@ -267,3 +267,11 @@ def test_a_renamed_error_keeps_its_class_and_second_path(
         raise FileNotFoundError(2, "No such file", "/nonexistent_src", None, str(tmp))
     assert caught.value.filename == "/nonexistent_src"
     assert caught.value.filename2 == str(tmp_path / "x.bin")
+
+
+def test_a_failed_rename_does_not_name_the_target_twice(tmp_path: Path) -> None:
+    target = tmp_path / "r.json"
+    with pytest.raises(IsADirectoryError) as caught, atomic_path(target) as tmp:
+        tmp.write_text("new")
+        target.mkdir()  # os.replace(file, folder) fails naming both paths
+    assert caught.value.filename == str(target) and caught.value.filename2 is None

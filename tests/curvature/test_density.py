@@ -266,3 +266,20 @@ def test_kde_on_a_coarse_non_uniform_grid_keeps_every_kernels_mass() -> None:
     expected = masses / torch.tensor([1.0, 1.5, 2.0], dtype=F64)
     expected /= torch.trapezoid(expected, grid)
     torch.testing.assert_close(dens, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_one_wide_gap_leaves_the_rest_of_a_non_uniform_grid_second_order() -> None:
+    """The cell rule was chosen for the whole grid: one empty point far away (a gap wider
+    than h) put off-centre cells everywhere (error 6e-3 against 2e-5)."""
+    from scipy.stats import norm
+
+    gaps = torch.tensor([0.01, 0.03], dtype=F64).repeat(150)
+    bulk = torch.cat([torch.zeros(1, dtype=F64), gaps.cumsum(0)]) - 3.0
+    one = torch.ones(1, dtype=F64)
+    errors = []
+    inner = bulk[:-1]  # (the last bulk point's cell reaches into the wide gap)
+    for grid in (bulk, torch.cat([bulk, 10 * one])):
+        _, dens = kde_density(torch.zeros(1, dtype=F64), one, grid, 0.5)
+        exact = torch.from_numpy(norm.pdf(inner.numpy(), scale=0.5))
+        errors.append(float(((dens[: inner.numel()] - exact) / exact).abs().max()))
+    assert errors[0] < 1e-3 and abs(errors[1] - errors[0]) < 1e-8  # (6e-3 apart before)

@@ -329,3 +329,14 @@ def test_estimators_refuse_text_complex_and_bool_measures() -> None:
             estimator(torch.tensor([0.5 + 3j, -1 + 0j]), [1.0, 1.0])
         with pytest.raises(SharpdimError, match=r"^values must be real numbers .*torch.bool"):
             estimator(torch.tensor([True, False]), [1.0, 1.0])
+
+
+def test_estimators_take_mixed_lists_fractions_and_big_ints_as_before() -> None:
+    from fractions import Fraction
+
+    ref = sd_histogram([0.5, -1.0], [1.0, 1.0]).dimension
+    grad = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    assert sd_histogram([grad, -1.0], [1.0, 1.0]).dimension == ref
+    assert sd_histogram([Fraction(1, 2), Fraction(-1)], [1, 1]).dimension == ref
+    big = sd_histogram([0.5, -1.0], [2**70, 2**70]).dimension  # (masses beyond int64)
+    assert big == pytest.approx(ref * 2**70, rel=1e-12)

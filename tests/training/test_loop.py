@@ -608,3 +608,26 @@ def test_a_module_shared_by_two_parents_gets_its_own_mode_back():
     with restored_modes(root):
         root.eval()
     assert [m.training for m in root.modules()] == before == [True, False, True, False]
+
+
+def test_a_shared_module_with_its_own_train_is_restored_through_it():
+    from sharpdim.module_modes import restored_modes
+
+    class Merging(torch.nn.Linear):
+        merged = False
+
+        def train(self, mode: bool = True) -> Merging:
+            self.merged = not mode
+            return super().train(mode)
+
+    shared = Merging(3, 3)
+    a, b = torch.nn.Sequential(shared), torch.nn.Sequential(shared)
+    root = torch.nn.Sequential(a, b)
+    root.train()
+    b.eval()
+    a.eval()
+    shared.train()
+    with restored_modes(root):
+        root.eval()
+    assert [m.training for m in root.modules()] == [True, False, True, False]
+    assert not shared.merged  # its train(True) ran last, as before the block

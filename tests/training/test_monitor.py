@@ -827,3 +827,17 @@ def test_frozen_adam_parameters_are_frozen_in_float16_too():
     out = _finite(p)
     assert out.dtype == torch.float32 and out[0] == 2.0
     assert float(out[1]) == pytest.approx(torch.finfo(torch.float32).max ** 0.5, rel=1e-6)
+
+
+def test_a_diverged_adam_model_without_raw_sharpness_is_recorded():
+    """NaN gradients make Adam's preconditioner NaN; the scaled operator refused its vector
+    before the loss check could record the divergence."""
+    x, y = _data(20)
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    with torch.no_grad():
+        next(model.parameters()).fill_(math.nan)
+    mse_loss(model, (x, y)).backward()
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, raw_sharpness=False)
+    record = monitor.on_step(0, model, math.nan, opt)
+    assert math.isnan(record.bounded) and math.isnan(record.ratio)

@@ -106,11 +106,11 @@ def kde_density(
     ``rho(x) = sum_j p_j exp(-(x - theta_j)^2 / (2 h^2)) / (h sqrt(2 pi))`` averaged over the
     cell ``[a_i, b_i]`` of each grid point ``x_i``, ``(F(b_i) - F(a_i)) / (b_i - a_i)`` with
     ``F`` the mixture's distribution function, then rescaled so that its trapezoid integral
-    over the grid is 1. On a grid that resolves ``h`` (every gap at most ``h``) the cells are
-    centred on the points and this is ``rho(x_i)`` up to ``O((dx/h)^2)``, on unequal gaps too.
-    On a grid that does not, the cells are bounded by the midpoints between points, tiling
-    the grid's span, so each kernel's mass stays in its cell (a plain evaluation at the grid
-    points would lose a narrow outlier between two of them); on a uniform grid both are one.
+    over the grid is 1. Where the grid resolves ``h`` (gaps at most ``h``) the cells are
+    centred on the points and this is ``rho(x_i)`` up to ``O((dx/h)^2)``, on unequal gaps too;
+    across a gap wider than ``h`` the two cells meet at its midpoint, so a kernel there keeps
+    its mass in one of them (a plain evaluation at the grid points would lose a narrow outlier
+    between two of them). On a uniform grid the cells are those between midpoints.
 
     Args:
         nodes, weights: the atoms and their (non-negative) weights, any shape (flattened).
@@ -177,21 +177,23 @@ def _cell_means(grid: torch.Tensor, v: torch.Tensor, p: torch.Tensor, h: float) 
     """Mean of ``sum_j p_j N(x; v_j, h^2)`` over each grid point's cell, in blocks of grid
     points and atoms (memory bounded at any grid and measure size).
 
-    The cells are bounded by the midpoints to the neighbours (the end cells mirrored) where
-    that tiles the grid's span without loss: on a uniform grid, where they are also centred,
-    and on a grid with a gap wider than ``h``, where a kernel between two centred cells would
-    be lost. Otherwise (unequal gaps, all narrower than ``h``) each cell is centred on its
-    point, half its smaller gap on each side: second-order accurate.
+    Each side of a cell reaches the midpoint to the neighbour where the gap there is wider
+    than ``h`` (so a kernel between the two points stays in one of their cells), and half the
+    point's smaller gap elsewhere (a centred cell where the grid resolves ``h``: second-order
+    accurate on unequal gaps too). On a uniform grid both are the midpoint cells, whose shared
+    edges need one tail each.
     """
     gaps = grid.diff()
-    uniform = float(gaps.max() - gaps.min()) <= 1e-9 * float(gaps.max())
-    if uniform or float(gaps.max()) > h:
+    if float(gaps.max() - gaps.min()) <= 1e-9 * float(gaps.max()):  # uniform
         mid = (grid[1:] + grid[:-1]) / 2
         edges = torch.cat([2 * grid[:1] - mid[:1], mid, 2 * grid[-1:] - mid[-1:]])
         low, high = edges[:-1], edges[1:]
     else:
-        half = torch.minimum(torch.cat([gaps[:1], gaps]), torch.cat([gaps, gaps[-1:]])) / 2
-        edges, low, high = None, grid - half, grid + half
+        left, right = torch.cat([gaps[:1], gaps]), torch.cat([gaps, gaps[-1:]])
+        half = torch.minimum(left, right) / 2
+        low = grid - torch.where(left > h, left / 2, half)
+        high = grid + torch.where(right > h, right / 2, half)
+        edges = None
     rows = max(1, _CHUNK // v.numel())
     cols = min(v.numel(), _CHUNK)
     mass = torch.zeros_like(grid)
@@ -200,8 +202,8 @@ def _cell_means(grid: torch.Tensor, v: torch.Tensor, p: torch.Tensor, h: float) 
         for j in range(0, v.numel(), cols):
             mu = v[j : j + cols]
             if edges is not None:  # one tail per shared edge
-                tail, right = _tails(edges[i : stop + 1], mu, h)
-                cells = _between(tail[:-1], right[:-1], tail[1:], right[1:])
+                tail, after = _tails(edges[i : stop + 1], mu, h)
+                cells = _between(tail[:-1], after[:-1], tail[1:], after[1:])
             else:
                 cells = _between(*_tails(low[i:stop], mu, h), *_tails(high[i:stop], mu, h))
             mass[i:stop] += cells @ p[j : j + cols]

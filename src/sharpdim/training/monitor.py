@@ -418,6 +418,13 @@ class EoSMonitor:
             scale = None if lrs is None else lrs.sqrt()  # (L P^-1)^(1/2)
             if name in ADAPTIVE:
                 upcoming = upcoming_adam_preconditioner(optimizer, hessian.params, unheld="freeze")
+                if bool(torch.isnan(upcoming).any()):  # NaN gradients: a diverged model is
+                    hessian.loss_and_gradient()  # recorded (NonFiniteLossError) as in raw mode
+                    raise SharpdimError(
+                        "Adam's preconditioner holds NaN (NaN gradients or optimizer state) "
+                        "although the loss on the monitor's examples is finite: check the "
+                        "gradients of the training step"
+                    )
                 scale = upcoming.rsqrt() if scale is None else scale * upcoming.rsqrt()
             decay = coupled_decay(optimizer, hessian.params)  # the update sees H + diag(decay)
             if decay is not None and scale is None and bool((decay == decay[0]).all()):
