@@ -18,6 +18,7 @@ import typer
 
 from sharpdim.commands import chaos, demo, eos, sd, spectrum
 from sharpdim.commands._common import warnings_as_lines
+from sharpdim.commands.closed_pipe import pipe_safe_stdout
 from sharpdim.errors import SharpdimError
 
 
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # non-standalone typer returns the command's value (None) or, for typer.Exit and for
         # Ctrl-C (which it turns into Exit(130)), the exit code
-        with warnings_as_lines():  # one "warning: ..." line each, as errors are
+        with warnings_as_lines(), pipe_safe_stdout():  # one "warning: ..." line each, as
+            # errors are; a reader that closes the pipe early loses lines, not files
             code = app(args=argv, prog_name="sharpdim", standalone_mode=False)
     except KeyboardInterrupt:  # an interrupt that typer did not catch
         code = INTERRUPTED

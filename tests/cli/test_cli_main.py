@@ -246,3 +246,54 @@ def test_every_help_paragraph_is_one_line() -> None:
     for path, command in _commands(typer.main.get_command(app)):
         for paragraph in (command.help or "").split("\n\n"):
             assert "\n" not in paragraph.strip(), f"{path}: {paragraph!r}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["sd", "compute", "--width", "400", "--depth", "1"],
+            "--method exact needs dense Hessians of 30,010 parameters, above --max-params",
+        ),
+        (["spectrum", "--width", "30", "--exact", "--k", "5"], ""),
+        (["spectrum", "--width", "1", "--depth", "1001"], "--depth 1001 is above the 1,000"),
+    ],
+)
+def test_size_limits_are_checked_before_the_model_is_built(
+    argv: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A width-1 MLP of 100,000 layers took 35 s and 1 GB to build before --max-params
+    refused it."""
+    import sharpdim.training.models as models_module
+
+    if not message:  # a size that is fine: the builder is reached
+        argv = ["spectrum", "--width", "2", "--depth", "1", "--k", "200"]
+        message = "--k 200"
+    monkeypatch.setattr(models_module, "build_mlp", _never)
+    assert main([*argv, "--json", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_reader_that_closes_the_pipe_loses_lines_not_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sharpdim sd compute ... | head -1``: the first print after the reader had gone raised
+    BrokenPipeError, click exited 1 at once, and the --json was never written."""
+    import io
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    out = tmp_path / "r.json"
+    argv = ["sd", "compute", "--n-train", "40", "--width", "3", "--depth", "1"]
+    argv += ["--train-steps", "3", "--num-batches", "2", "--sd-batch-size", "10"]
+    argv += ["--num-bootstrap", "0", "--json", str(out)]
+    assert main(argv) == 0
+    assert out.is_file() and '"result"' in out.read_text()

@@ -150,3 +150,12 @@ def test_spectrum_bad_input_exits_2_before_training(
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_refused_figure_format_creates_no_json_folder(tmp_path, capsys) -> None:
+    from sharpdim.cli import main
+
+    argv = ["spectrum", "--json", str(tmp_path / "nd" / "deep" / "a.json")]
+    assert main([*argv, "--png", str(tmp_path / "b.xyz")]) == 2
+    assert "--png path" in capsys.readouterr().err
+    assert not (tmp_path / "nd").exists()

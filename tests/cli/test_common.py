@@ -12,6 +12,7 @@ import torch
 
 from sharpdim.commands._common import (
     MAX_N_TRAIN,
+    build_data_mlp,
     check_at_least,
     check_batch_size,
     check_exact_sd_size,
@@ -20,8 +21,8 @@ from sharpdim.commands._common import (
     jsonable,
     kv_table,
     load_mlp_dataset,
+    mlp_data,
     mlp_num_params,
-    mlp_setup,
     output_errors,
     parse_floats,
     prepare_output_dir,
@@ -131,12 +132,16 @@ def test_modular_is_one_hot_for_mlps() -> None:
     data = load_mlp_dataset("modular", seed=0, n_train=30, dtype=torch.float64)
     assert data.x_train.dtype == torch.float64 and data.x_train.shape == (30, 2 * 97)
     assert torch.equal(data.x_train.sum(1), torch.full((30,), 2.0, dtype=torch.float64))
-    data, model = mlp_setup("modular", n_train=30, width=3, depth=1, seed=0)
-    assert model(data.x_train).shape == (30, 97)  # int64 tokens made this a dtype error
+    data, num_params = mlp_data("modular", n_train=30, width=3, depth=1, seed=0)
+    model = build_data_mlp(data, 3, 1, "tanh", 0, torch.float32)
+    assert model(data.x_train).shape == (30, 97)
+    assert num_params == sum(
+        p.numel() for p in model.parameters()
+    )  # int64 tokens made this a dtype error
     with pytest.raises(SharpdimError, match=r"^--batch-size 31 exceeds the 30 training examples"):
-        mlp_setup("modular", n_train=30, width=3, depth=1, seed=0, batch_size=31)
+        mlp_data("modular", n_train=30, width=3, depth=1, seed=0, batch_size=31)
     with pytest.raises(SharpdimError, match=r"^--width must be >= 1, got 0"):
-        mlp_setup("digits", n_train=30, width=0, depth=1, seed=0)
+        mlp_data("digits", n_train=30, width=0, depth=1, seed=0)
 
 
 @pytest.mark.parametrize("text", ["0.2,,0.3", "0.2,0.3,", ",0.2", "0.2, ,0.3"])
@@ -161,7 +166,7 @@ def test_parse_floats_refuses_empty_items(text: str) -> None:
 )
 def test_cli_datasets_name_the_option(name: str, hint: str) -> None:
     with pytest.raises(SharpdimError) as err:
-        mlp_setup(name, n_train=30, width=3, depth=1, seed=0)
+        mlp_data(name, n_train=30, width=3, depth=1, seed=0)
     assert str(err.value) == (
         f"--dataset {name!r} is not one the command line can load: pass --dataset digits, "
         f"mnist1d, modular, teacher_student{hint}"
@@ -219,7 +224,7 @@ def test_n_train_limits_are_what_the_datasets_hold(name: str, limit: int, num_te
     data = load_mlp_dataset(name, seed=0, n_train=limit)
     assert (data.num_train, data.num_test) == (limit, num_test)
     with pytest.raises(SharpdimError) as err:
-        mlp_setup(name, n_train=limit + 1, width=3, depth=1, seed=0)
+        mlp_data(name, n_train=limit + 1, width=3, depth=1, seed=0)
     assert str(err.value) == (
         f"--n-train {limit + 1} exceeds the {limit} training examples of --dataset {name}: "
         f"pass --n-train <= {limit}"

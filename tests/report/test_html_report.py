@@ -23,3 +23,18 @@ def test_figures_carry_their_media_type_and_text_is_escaped(tmp_path: Path) -> N
     assert f"src='data:image/png;base64,{png_data}'" in page
     assert "<title>a &lt;b&gt; &amp; c</title>" in page and "<h2>h&lt;1&gt;</h2>" in page
     assert "<p>x &lt; y</p>" in page and "<th>k&amp;</th><td>0.333333</td>" in page
+
+
+def test_a_figure_a_browser_cannot_show_inline_is_refused(tmp_path: Path) -> None:
+    """A .pdf was embedded as image/png: a silently broken image in the report."""
+    import pytest
+
+    from sharpdim.errors import SharpdimError
+
+    for name in ("f.pdf", "f.eps", "f.tif", "f.svgz"):
+        (tmp_path / name).write_bytes(b"data")
+        with pytest.raises(SharpdimError, match=r"is not a format a browser shows inline"):
+            render_html_report("t", [ReportSection("h", figures=[tmp_path / name])])
+    (tmp_path / "f.avif").write_bytes(b"data")
+    page = render_html_report("t", [ReportSection("h", figures=[tmp_path / "f.avif"])])
+    assert "data:image/avif;base64," in page

@@ -236,6 +236,20 @@ def compare(
             )
             for name, lr in (("EoS", lr_eos), ("below", lr_below))
         }
+    from sharpdim.report.chaos_figures import plot_chaos_comparison
+
+    # the files before any print: a reader closing the pipe early (| head) ends the command
+    # at its first print
+    figure = out / "chaos_compare.png"
+    payload = {
+        "settings": {"lr_eos": lr_eos, "lr_below": lr_below, **opts},
+        "cases": cases,
+        "wall_time_s": time.perf_counter() - start,
+        "figure": str(figure),
+    }
+    write_json(out / "chaos_compare.json", payload, "--out folder", replaces=[figure])
+    with output_errors(out, "--out folder"):
+        plot_chaos_comparison(cases, figure)
     if runs.reused:
         print_line(f"reused {runs.reused} of 2 cases stored in {store_path}")
     Console().print(_table(cases))
@@ -265,18 +279,6 @@ def compare(
                 case["orbit_diverged_at"], warmup, lyap["num_steps"], lyap_steps, "Lyapunov orbit"
             )
             print_line(f"{name} (lr={case['lr']:g}): {line}")
-    from sharpdim.report.chaos_figures import plot_chaos_comparison
-
-    figure = out / "chaos_compare.png"
-    payload = {
-        "settings": {"lr_eos": lr_eos, "lr_below": lr_below, **opts},
-        "cases": cases,
-        "wall_time_s": time.perf_counter() - start,
-        "figure": str(figure),
-    }
-    write_json(out / "chaos_compare.json", payload, "--out folder", replaces=[figure])
-    with output_errors(out, "--out folder"):
-        plot_chaos_comparison(cases, figure)
     print_line(wrote_line(out / "chaos_compare.json", figure))
 
 
@@ -351,16 +353,17 @@ def lyapunov(
     table.add_column("stderr", justify="right")
     for i, (lam, err) in enumerate(zip(result.exponents, result.stderr, strict=True), 1):
         table.add_row(str(i), f"{float(lam):.5f}", f"{float(err):.1e}")
-    Console().print(table)
-    Console().print(f"Kaplan-Yorke dimension of the top-{k}: {result.kaplan_yorke:.3f}")
-    if result.diverged_at is not None:
-        line = _orbit_warning(result.diverged_at, warmup, result.num_steps, steps, "orbit")
-        print_line(f"{line}; lower --lr")
-    if json_out is not None:
+    if json_out is not None:  # (before any print: a closed pipe ends the command there)
         payload = {
             "result": result.to_dict(),
             "training": {**training, "num_params": phi.num_params},
             "lyapunov": {"k": k, "steps": steps, "warmup": warmup, "lr": lr, "seed": seed},
         }
         write_json(json_out, payload, "--json path")
+    Console().print(table)
+    Console().print(f"Kaplan-Yorke dimension of the top-{k}: {result.kaplan_yorke:.3f}")
+    if result.diverged_at is not None:
+        line = _orbit_warning(result.diverged_at, warmup, result.num_steps, steps, "orbit")
+        print_line(f"{line}; lower --lr")
+    if json_out is not None:
         print_line(wrote_line(json_out))

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from sharpdim.commands._common import (
     activation_option,
+    build_data_mlp,
     check_at_least,
     check_train_batch_size,
     check_training_options,
@@ -28,7 +29,7 @@ from sharpdim.commands._common import (
     json_option,
     kv_table,
     loss_option,
-    mlp_setup,
+    mlp_data,
     momentum_option,
     optimizer_option,
     prepare_output_file,
@@ -114,7 +115,6 @@ def compute(
     json_out: Path | None = json_option(),
 ) -> None:
     """Train an MLP briefly, then compute its sharpness dimension and print it."""
-    from sharpdim.curvature.params import trainable_parameters
     from sharpdim.training.loop import TrainConfig
     from sharpdim.training.losses import get_loss
     from sharpdim.training.optimizers import adam_preconditioner, adam_step
@@ -141,7 +141,7 @@ def compute(
         )
     check_at_least(max_params, 1, "--max-params")
     dtype = torch.float64 if float64 else torch.float32
-    data, model = mlp_setup(
+    data, num_params = mlp_data(
         dataset,
         n_train=n_train,
         width=width,
@@ -154,13 +154,13 @@ def compute(
         batch_flag="--sd-batch-size",
     )
     check_train_batch_size(train_batch_size, data)
-    num_params = sum(p.numel() for p in trainable_parameters(model))
-    if method == "exact" and num_params > max_params:
+    if method == "exact" and num_params > max_params:  # (before building the model)
         raise SharpdimError(
             f"--method exact needs dense Hessians of {num_params:,} parameters, above "
             f"--max-params {max_params:,}: use --method 'slq', 'kde' or 'ps' (or raise "
             "--max-params)"
         )
+    model = build_data_mlp(data, width, depth, activation, seed, dtype)
     prepare_output_file(json_out, "--json path")
     config = TrainConfig(
         optimizer=optimizer,
@@ -216,7 +216,8 @@ def compute(
         extra["train / test accuracy"] = (
             f"{trained.final_train_accuracy:.3f} / {trained.final_test_accuracy:.3f}"
         )
+    if json_out is not None:  # (before any print: a closed pipe ends the command there)
+        write_json(json_out, {"result": result.to_dict(), "training": training}, "--json path")
     Console().print(_table(result, extra))
     if json_out is not None:
-        write_json(json_out, {"result": result.to_dict(), "training": training}, "--json path")
         print_line(wrote_line(json_out))

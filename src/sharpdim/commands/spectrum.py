@@ -23,6 +23,7 @@ from torch import nn
 
 from sharpdim.commands._common import (
     activation_option,
+    build_data_mlp,
     check_at_least,
     check_train_batch_size,
     check_training_options,
@@ -32,7 +33,7 @@ from sharpdim.commands._common import (
     json_option,
     kv_table,
     loss_option,
-    mlp_setup,
+    mlp_data,
     momentum_option,
     optimizer_option,
     output_errors,
@@ -124,13 +125,14 @@ def _check_sizes(num_params: int, k: int, which: str, max_iter: int | None, exac
 
 
 def _check_outputs(json_out: Path | None, png: Path | None) -> None:
-    """Both output files writable, the figure's format one matplotlib writes, two paths."""
-    prepare_output_file(json_out, "--json path")
-    prepare_output_file(png, "--png path")
+    """The figure's format one matplotlib writes, two paths, both files writable (checked in
+    that order: a refused option creates no folder)."""
     if png is not None:
         check_figure_format(png, "--png path")
         if json_out is not None and json_out.resolve() == png.resolve():
             raise SharpdimError(f"--json and --png both name {png}: give two different paths")
+    prepare_output_file(json_out, "--json path")
+    prepare_output_file(png, "--png path")
 
 
 def _hessian(model: nn.Module, loss: str, data: Dataset, chunk_size: int | None) -> HessianOperator:
@@ -204,14 +206,14 @@ def spectrum(
     _check_options(k, which, tol, max_iter, chunk_size, (trace_matvecs, slq_runs, slq_steps))
     check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
     dtype = torch.float64 if float64 else torch.float32
-    data, model = mlp_setup(
+    data, num_params = mlp_data(
         dataset, n_train=n_train, width=width, depth=depth, seed=seed, activation=activation,
         dtype=dtype, loss=loss,
     )  # fmt: skip
     check_train_batch_size(train_batch_size, data)
-    num_params = sum(p.numel() for p in model.parameters())
-    _check_sizes(num_params, k, which, max_iter, exact)
+    _check_sizes(num_params, k, which, max_iter, exact)  # (before building the model)
     _check_outputs(json_out, png)
+    model = build_data_mlp(data, width, depth, activation, seed, dtype)
     config = TrainConfig(
         optimizer=optimizer, lr=lr, momentum=momentum, batch_size=train_batch_size,
         steps=train_steps, loss=loss, seed=seed,
@@ -258,9 +260,8 @@ def spectrum(
         record.update(exact_eigenvalues=reference, max_error_over_norm=error)
     seconds = time.perf_counter() - start
     rows.append(("Lanczos products / curvature time", f"{eig.num_matvecs} / {seconds:.2f} s"))
-    console.print(kv_table("Hessian spectrum of the full-batch training loss", rows))
-    if not eig.all_converged:
-        print_line("* not converged: raise --max-iter or --tol")
+    # the files before the table: a reader that closes the pipe early (| head) ends the
+    # command at its first print, and the results must be on disk by then
     if json_out is not None:  # the numbers first, then the figure
         record.update(chunk_size=chunk_size)
         payload = {"spectrum": record, "training": training}
@@ -269,6 +270,9 @@ def spectrum(
         top = eig.largest.tolist() if which != "SA" else []
         with output_errors(png, "--png path"):
             plot_spectrum_density(grid, density, png, top_eigenvalues=top, threshold=threshold)
+    console.print(kv_table("Hessian spectrum of the full-batch training loss", rows))
+    if not eig.all_converged:
+        print_line("* not converged: raise --max-iter or --tol")
     written = [str(path) for path in (json_out, png) if path is not None]
     if written:
         print_line("wrote " + " and ".join(written))

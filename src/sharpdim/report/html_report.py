@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sharpdim.atomic import write_text_atomic
+from sharpdim.errors import SharpdimError
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
@@ -20,13 +21,16 @@ _STYLE = (
 
 
 _MIME = {
+    ".png": "image/png",
+    ".avif": "image/avif",
     ".svg": "image/svg+xml",
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
     ".gif": "image/gif",
     ".webp": "image/webp",
 }
-"""Media types of the figure files a browser shows inline; anything else is sent as PNG."""
+"""Media types of the figure files a browser shows inline; others (pdf, eps, tif, svgz, ...)
+are refused rather than embedded under a wrong type as a broken image."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,14 @@ def render_html_report(title: str, sections: Sequence[ReportSection]) -> str:
                 parts.append(f"<tr>{cells}</tr>")
             parts.append("</table>")
         for fig in sec.figures:
+            mime = _MIME.get(Path(fig).suffix.lower())
+            if mime is None:
+                raise SharpdimError(
+                    f"figure {fig} is not a format a browser shows inline: pass one of "
+                    f"{', '.join(_MIME)} (e.g. save it as .png)"
+                )
             data = base64.b64encode(Path(fig).read_bytes()).decode("ascii")
             alt = html.escape(Path(fig).stem)
-            mime = _MIME.get(Path(fig).suffix.lower(), "image/png")
             parts.append(f"<p><img alt='{alt}' src='data:{mime};base64,{data}'></p>")
     parts.append("</body></html>")
     return "\n".join(parts)
