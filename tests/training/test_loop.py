@@ -592,18 +592,25 @@ def test_modes_are_given_back_through_each_modules_own_train(digits):
     assert not model[0].training and model[0].merged
 
 
-def test_a_module_shared_by_two_parents_gets_its_own_mode_back():
-    """``modules()`` lists a shared module once; restoring through each parent's recursive
-    ``train()`` let the later parent override its flag."""
-    from sharpdim.module_modes import restored_modes
-
-    shared = torch.nn.BatchNorm1d(3)
+def _shared_by_two_parents(shared: torch.nn.Module) -> torch.nn.Sequential:
+    """``root(a(shared), b(shared))`` with flags root, a, shared, b = train, eval, train, eval
+    (what ``modules()`` lists: ``b`` last, whose recursive ``train`` would reach ``shared``)."""
     a, b = torch.nn.Sequential(shared), torch.nn.Sequential(shared)
     root = torch.nn.Sequential(a, b)
     root.train()
     b.eval()
     a.eval()
     shared.train()
+    return root
+
+
+def test_a_module_shared_by_two_parents_gets_its_own_mode_back():
+    """``modules()`` lists a shared module once; restoring through each parent's recursive
+    ``train()`` let the later parent override its flag."""
+    from sharpdim.module_modes import restored_modes
+
+    shared = torch.nn.BatchNorm1d(3)
+    root = _shared_by_two_parents(shared)
     before = [m.training for m in root.modules()]
     with restored_modes(root):
         root.eval()
@@ -621,12 +628,7 @@ def test_a_shared_module_with_its_own_train_is_restored_through_it():
             return super().train(mode)
 
     shared = Merging(3, 3)
-    a, b = torch.nn.Sequential(shared), torch.nn.Sequential(shared)
-    root = torch.nn.Sequential(a, b)
-    root.train()
-    b.eval()
-    a.eval()
-    shared.train()
+    root = _shared_by_two_parents(shared)
     with restored_modes(root):
         root.eval()
     assert [m.training for m in root.modules()] == [True, False, True, False]

@@ -712,26 +712,32 @@ def test_bad_monitor_arguments_are_one_line_errors():
     assert monitor.every == 2 and monitor.x.shape[0] == 20
 
 
+class _Product(nn.Module):
+    """``f(x) = a b x`` with ``a = 0.1``: second derivatives ``b^2 x^2`` overflow float32 at
+    ``b = 5e19`` while the loss (1.2e37) is finite."""
+
+    def __init__(self, b: float) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(0.1))
+        self.b = nn.Parameter(torch.tensor(b))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a * self.b * x
+
+
+def _product_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return 0.5 * (model(batch[0]) - batch[1]).pow(2).mean()
+
+
 def test_a_finite_loss_whose_hessian_overflows_is_recorded_not_raised():
     """f = a b x in float32 at a = 0.1, b = 5e19: the loss (1.2e37) is finite, its second
     derivative b^2 x^2 = 2.5e39 is not; that escaped the monitor and ended train(). After a
     finite measurement it is recorded; at the first one it is an error (it may be a loss that
     is not twice differentiable: the user's to fix)."""
 
-    class Product(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Parameter(torch.tensor(0.1))
-            self.b = nn.Parameter(torch.tensor(5e19))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.a * self.b * x
-
-    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return 0.5 * (model(batch[0]) - batch[1]).pow(2).mean()
-
+    loss_fn = _product_loss
     x, y = torch.ones(4, 1), torch.zeros(4, 1)
-    model = Product()
+    model = _Product(5e19)
     assert math.isfinite(float(loss_fn(model, (x, y)).detach()))
     opt = torch.optim.SGD(model.parameters(), lr=1e-40)
     with pytest.raises(SharpdimError, match=r"^H @ v is not finite although the loss is"):
@@ -794,20 +800,9 @@ def test_overflowing_curvature_is_recorded_for_adam_without_raw_sharpness():
     """With raw_sharpness=False only the preconditioned value is measured (sharpness NaN by
     design): the check for an earlier finite measurement must read the bounded quantity."""
 
-    class Product(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Parameter(torch.tensor(0.1))
-            self.b = nn.Parameter(torch.tensor(1.0))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.a * self.b * x
-
-    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return 0.5 * (model(batch[0]) - batch[1]).pow(2).mean()
-
+    loss_fn = _product_loss
     x, y = torch.ones(4, 1), torch.zeros(4, 1)
-    model = Product()
+    model = _Product(1.0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     monitor = EoSMonitor(loss_fn, (x, y), every=1, raw_sharpness=False)
     loss_fn(model, (x, y)).backward()
