@@ -16,15 +16,10 @@ def module_flags(model: nn.Module) -> ModeFlags:
 
 
 def restore_flags(flags: ModeFlags) -> None:
-    """Give each module its flag back through its own ``train(flag)`` (a module that
-    overrides ``train`` to do more than set the flag does that too); parents come first, so
-    a parent's recursive ``train`` never overrides a child's own flag."""
-    for module, flag in flags:
-        if module.training != flag or type(module).train is not nn.Module.train:
-            module.train(flag)
-    # a module shared by two parents: the later parent's recursive train() overrode the flag
-    # it got back first; put it right (through its own train() where that does more), until
-    # nothing changes
+    """Give each module whose flag changed its flag back: through its own ``train(flag)`` where
+    it overrides ``train`` to do more than set the flag (e.g. merge weights for inference),
+    else by setting the flag alone. An override's ``train`` also switches its children, so
+    the pass repeats until nothing is wrong (a module shared by two parents included)."""
     for _ in range(len(flags)):
         wrong = [(m, f) for m, f in flags if m.training != f]
         if not wrong:
