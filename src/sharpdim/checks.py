@@ -128,7 +128,11 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
             if values is None:  # (numpy would read it as NaN)
                 raise TypeError("None is not a number")
             array = np.asarray(values)
-            if array.dtype == object:  # Fraction, Decimal, ints beyond int64
+            if array.dtype == object:  # Fraction, Decimal, ints beyond int64 (not None, text)
+                if not all(
+                    isinstance(e, numbers.Real) and not isinstance(e, bool) for e in array.flat
+                ):
+                    raise TypeError("not all numbers")
                 array = np.asarray(values, dtype=np.float64)
             t = torch.as_tensor(array)
     except (TypeError, ValueError, RuntimeError):

@@ -297,3 +297,39 @@ def test_a_reader_that_closes_the_pipe_loses_lines_not_files(
     argv += ["--num-bootstrap", "0", "--json", str(out)]
     assert main(argv) == 0
     assert out.is_file() and '"result"' in out.read_text()
+
+
+def test_a_closed_stdout_or_stderr_pipe_loses_no_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With fd 1 closed, sys.stdout is None: the wrapper must stay out of the way. A warning
+    printed to a closed stderr pipe must not end the run either."""
+    import io
+    import warnings
+
+    import sharpdim.commands.sd as sd_module
+
+    monkeypatch.setattr(sys, "stdout", None)
+    out = tmp_path / "r.json"
+    argv = ["sd", "compute", "--n-train", "40", "--width", "3", "--depth", "1"]
+    argv += ["--train-steps", "3", "--num-batches", "2", "--sd-batch-size", "10"]
+    argv += ["--num-bootstrap", "0", "--json", str(out)]
+    assert main(argv) == 0 and out.is_file()
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    real_write_json = sd_module.write_json
+
+    def warn_then_write(*args: Any, **kwargs: Any) -> Any:
+        warnings.warn("a late warning", RuntimeWarning, stacklevel=1)
+        return real_write_json(*args, **kwargs)
+
+    monkeypatch.setattr(sd_module, "write_json", warn_then_write)
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    monkeypatch.setattr(sys, "stderr", ClosedPipe())
+    out.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # (pytest's filterwarnings=error would raise it)
+        assert main(argv) == 0 and out.is_file()

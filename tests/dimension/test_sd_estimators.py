@@ -340,3 +340,9 @@ def test_estimators_take_mixed_lists_fractions_and_big_ints_as_before() -> None:
     assert sd_histogram([Fraction(1, 2), Fraction(-1)], [1, 1]).dimension == ref
     big = sd_histogram([0.5, -1.0], [2**70, 2**70]).dimension  # (masses beyond int64)
     assert big == pytest.approx(ref * 2**70, rel=1e-12)
+
+
+def test_none_and_text_among_numbers_are_refused_not_read_as_nan() -> None:
+    for values in ([0.5, None], ["1.5", -1.0], [None]):
+        with pytest.raises(SharpdimError, match=r"^values must be real numbers"):
+            sd_histogram(values, [1.0] * len(values))

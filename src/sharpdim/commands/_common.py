@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -588,7 +589,9 @@ def warnings_as_lines() -> Iterator[None]:
     (instead of Python's two lines pointing into the library)."""
 
     def show(message: Warning | str, *args: Any, **kwargs: Any) -> None:
-        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # (a closed pipe loses the line, not the run;
+            # Python's own showwarning does the same)
+            print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show

@@ -53,6 +53,9 @@ class _PipeSafe:
 def pipe_safe_stdout() -> Iterator[None]:
     """Run a block with ``sys.stdout`` wrapped (see the module docstring)."""
     original = sys.stdout
+    if original is None:  # (fd 1 closed at start: Python and rich write nowhere already)
+        yield
+        return
     sys.stdout = _PipeSafe(original)
     try:
         yield
