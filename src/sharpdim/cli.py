@@ -9,6 +9,7 @@ group called without a command prints its help and exits with code 2.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 from collections.abc import Callable
@@ -88,6 +89,12 @@ def usage_error_line(err: Any, argv: list[str] | None = None) -> str:
     return f"error: {message}: see '{path} --help'"
 
 
+def _stderr_line(line: str) -> None:
+    """Print ``line`` to stderr; a closed pipe loses the line, not the exit code."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 failure, 2 bad input, 130 interrupted)."""
     try:
@@ -99,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # an interrupt that typer did not catch
         code = INTERRUPTED
     except SharpdimError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _stderr_line(f"error: {err}")
         return 2
     except typer.Exit as ex:
         return int(ex.exit_code)
     except typer.Abort:
-        print("error: aborted (end of input): rerun the command", file=sys.stderr)
+        _stderr_line("error: aborted (end of input): rerun the command")
         return 1
     except Exception as err:
         exit_code = getattr(err, "exit_code", None)
@@ -115,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             if help_text.strip():
                 print(help_text)
         elif _is_a(err, "UsageError"):  # unknown option/command, bad or out-of-range value
-            print(usage_error_line(err, argv), file=sys.stderr)
+            _stderr_line(usage_error_line(err, argv))
         else:  # another click exception
-            print(f"error: {' '.join(str(err.format_message()).split())}", file=sys.stderr)
+            _stderr_line(f"error: {' '.join(str(err.format_message()).split())}")
         return exit_code
     if code == INTERRUPTED:
-        print(INTERRUPTED_LINE, file=sys.stderr)
+        _stderr_line(INTERRUPTED_LINE)
     return code if isinstance(code, int) else 0
 
 

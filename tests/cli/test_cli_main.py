@@ -333,3 +333,16 @@ def test_a_closed_stdout_or_stderr_pipe_loses_no_files(
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # (pytest's filterwarnings=error would raise it)
         assert main(argv) == 0 and out.is_file()
+
+
+def test_a_usage_error_into_a_closed_stderr_pipe_still_exits_2(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stderr", ClosedPipe())
+    assert main(["sd", "compute", "--width", "0"]) == 2
