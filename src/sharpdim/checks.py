@@ -105,8 +105,8 @@ def check_numbers(
 
 
 def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Tensor:
-    """``values`` (a tensor, array, list of numbers or of tensors) as a tensor of real numbers;
-    text, complex and bool data are refused (a cast to float would drop an imaginary part or
+    """``values`` (a tensor, array, list of numbers or of tensors) as a detached float64 CPU
+    tensor of the same shape; text, complex and bool data are refused (a cast to float would drop an imaginary part or
     read ``True`` as 1). Python floats stay float64 (numpy's default, not torch's float32).
     With ``word_errors=False`` a value that converts to no tensor (ragged lists, text) raises
     the conversion's own ``TypeError``/``ValueError``, for callers that word it themselves."""
@@ -143,7 +143,7 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
         ) from None
     if t.is_complex() or t.dtype == torch.bool:
         raise SharpdimError(f"{name} must be real numbers (a tensor or array), got {t.dtype}")
-    return t
+    return t.detach().to(device="cpu", dtype=torch.float64)
 
 
 def default_generator(generator: Any) -> torch.Generator:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import runpy
 import sys
 from pathlib import Path
@@ -279,18 +280,19 @@ def test_size_limits_are_checked_before_the_model_is_built(
     assert len(err.splitlines()) == 1 and message in err, err
 
 
+class _ClosedPipe(io.StringIO):
+    """A stream whose reader has gone: every write raises ``BrokenPipeError``."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
 def test_a_reader_that_closes_the_pipe_loses_lines_not_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``sharpdim sd compute ... | head -1``: the first print after the reader had gone raised
     BrokenPipeError, click exited 1 at once, and the --json was never written."""
-    import io
-
-    class ClosedPipe(io.StringIO):
-        def write(self, text: str) -> int:
-            raise BrokenPipeError(32, "Broken pipe")
-
-    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
     out = tmp_path / "r.json"
     argv = ["sd", "compute", "--n-train", "40", "--width", "3", "--depth", "1"]
     argv += ["--train-steps", "3", "--num-batches", "2", "--sd-batch-size", "10"]
@@ -304,7 +306,6 @@ def test_a_closed_stdout_or_stderr_pipe_loses_no_files(
 ) -> None:
     """With fd 1 closed, sys.stdout is None: the wrapper must stay out of the way. A warning
     printed to a closed stderr pipe must not end the run either."""
-    import io
     import warnings
 
     import sharpdim.commands.sd as sd_module
@@ -316,10 +317,6 @@ def test_a_closed_stdout_or_stderr_pipe_loses_no_files(
     argv += ["--num-bootstrap", "0", "--json", str(out)]
     assert main(argv) == 0 and out.is_file()
 
-    class ClosedPipe(io.StringIO):
-        def write(self, text: str) -> int:
-            raise BrokenPipeError(32, "Broken pipe")
-
     real_write_json = sd_module.write_json
 
     def warn_then_write(*args: Any, **kwargs: Any) -> Any:
@@ -327,8 +324,8 @@ def test_a_closed_stdout_or_stderr_pipe_loses_no_files(
         return real_write_json(*args, **kwargs)
 
     monkeypatch.setattr(sd_module, "write_json", warn_then_write)
-    monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    monkeypatch.setattr(sys, "stderr", ClosedPipe())
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    monkeypatch.setattr(sys, "stderr", _ClosedPipe())
     out.unlink()
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # (pytest's filterwarnings=error would raise it)
@@ -338,11 +335,5 @@ def test_a_closed_stdout_or_stderr_pipe_loses_no_files(
 def test_a_usage_error_into_a_closed_stderr_pipe_still_exits_2(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import io
-
-    class ClosedPipe(io.StringIO):
-        def write(self, text: str) -> int:
-            raise BrokenPipeError(32, "Broken pipe")
-
-    monkeypatch.setattr(sys, "stderr", ClosedPipe())
+    monkeypatch.setattr(sys, "stderr", _ClosedPipe())
     assert main(["sd", "compute", "--width", "0"]) == 2

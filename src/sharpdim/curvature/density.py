@@ -31,7 +31,7 @@ from sharpdim.errors import SharpdimError
 
 def _real_vector(values: Any, name: str) -> torch.Tensor:
     """``values`` as a flat float64 CPU tensor (:func:`~sharpdim.checks.real_tensor`)."""
-    return real_tensor(values, name).detach().to(torch.float64).reshape(-1).cpu()
+    return real_tensor(values, name).reshape(-1)
 
 
 def _measure(nodes: Any, weights: Any) -> tuple[torch.Tensor, torch.Tensor]:

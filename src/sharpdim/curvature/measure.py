@@ -18,8 +18,8 @@ from sharpdim.errors import SharpdimError
 def flat_measure(values: Any, masses: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The atoms and masses as flat float64 tensors, checked (finite, masses >= 0 with a
     positive total, same size)."""
-    v = real_tensor(values, "values").detach().to(torch.float64).reshape(-1).cpu()
-    m = real_tensor(masses, "masses").detach().to(torch.float64).reshape(-1).cpu()
+    v = real_tensor(values, "values").reshape(-1)
+    m = real_tensor(masses, "masses").reshape(-1)
     if v.shape != m.shape or v.numel() == 0:
         raise SharpdimError(
             "values and masses must be non-empty and of equal size: pass one mass per value"

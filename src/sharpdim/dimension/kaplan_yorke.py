@@ -71,7 +71,7 @@ class KaplanYorkeResult:
 
 def _as_float64_vector(x: Any, name: str, flatten: bool = True) -> torch.Tensor:
     try:
-        t = real_tensor(x, f"`{name}`", word_errors=False).to(torch.float64).detach().cpu()
+        t = real_tensor(x, f"`{name}`", word_errors=False)
     except SharpdimError:
         raise
     except (TypeError, ValueError, RuntimeError):

@@ -96,7 +96,7 @@ def pairwise_distances(
         else:
             assert callable(metric)
             what = "the metric's result"
-            block = real_tensor(metric(rows, full), what).detach().to(torch.float64).cpu()
+            block = real_tensor(metric(rows, full), what)
             if block.shape != (rows.shape[0], n):
                 raise SharpdimError(
                     f"the metric returned shape {tuple(block.shape)} for "
@@ -171,7 +171,7 @@ def mst_edge_lengths(distances: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(N - 1,)`` float64: the finite ``H0`` death times of the Rips filtration.
     """
-    d = real_tensor(distances, "distances").detach().to(torch.float64)
+    d = real_tensor(distances, "distances")
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
         raise SharpdimError(
             f"distances must be a square (N, N) matrix, got shape {tuple(d.shape)}: pass "

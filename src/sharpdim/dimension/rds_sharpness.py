@@ -92,11 +92,7 @@ def rds_exponents(log_singular_values: torch.Tensor) -> RDSSharpnessResult:
         ([1.5, -0.5], 1.5)
     """
     try:
-        x = (
-            real_tensor(log_singular_values, "`exponents`", word_errors=False)
-            .detach()
-            .to(torch.float64)
-        )
+        x = real_tensor(log_singular_values, "`exponents`", word_errors=False)
     except SharpdimError:
         raise
     except (TypeError, ValueError, RuntimeError):

@@ -264,12 +264,18 @@ def _check_train_arguments(
     """One-line errors for arguments of :func:`train` of the wrong kind (they failed deep in
     the loop with an AttributeError or TypeError)."""
     kinds = [
-        (isinstance(model, nn.Module), "model", "a torch.nn.Module"),
-        (isinstance(dataset, Dataset), "dataset", "a Dataset, e.g. load_dataset('digits')"),
-        (isinstance(config, TrainConfig), "config", "a TrainConfig"),
+        (isinstance(model, nn.Module), "model", model, "a torch.nn.Module"),
+        (
+            isinstance(dataset, Dataset),
+            "dataset",
+            dataset,
+            "a Dataset, e.g. load_dataset('digits')",
+        ),
+        (isinstance(config, TrainConfig), "config", config, "a TrainConfig"),
         (
             monitor is None or callable(getattr(monitor, "on_step", None)),
             "monitor",
+            monitor,
             "an object with on_step(step, model, loss, optimizer), e.g. an EoSMonitor (a "
             "function goes in callbacks=[...])",
         ),
@@ -278,19 +284,19 @@ def _check_train_arguments(
             and isinstance(callbacks, Sequence)
             and all(callable(c) for c in callbacks),
             "callbacks",
+            callbacks,
             "a list of functions (step, model, loss, optimizer) -> None",
         ),
         (
             loss_fn is None or isinstance(loss_fn, str) or callable(loss_fn),
             "loss_fn",
+            loss_fn,
             "a loss name ('ce', 'mse') or a function (model, batch) -> scalar",
         ),
     ]
-    for ok, name, what in kinds:
+    for ok, name, value, what in kinds:
         if not ok:
-            got = {"model": model, "dataset": dataset, "config": config, "monitor": monitor}
-            got |= {"callbacks": callbacks, "loss_fn": loss_fn}
-            raise SharpdimError(f"{name} must be {what}, got {type(got[name]).__name__}")
+            raise SharpdimError(f"{name} must be {what}, got {type(value).__name__}")
 
 
 def train(
