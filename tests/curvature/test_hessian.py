@@ -349,9 +349,45 @@ def test_set_flat_params_and_refresh() -> None:
     _ = op @ v
     set_flat_params(op.params, get_flat_params(op.params) * 0.5)
     assert_matches(op @ v, HessianOperator(model, mse_loss, batch) @ v)
-    model[0].weight.data.mul_(2.0)  # invisible to version counters: refresh() is needed
+    model[0].weight.data.mul_(2.0)  # invisible to version counters, seen in the values
+    assert_matches(op @ v, HessianOperator(model, mse_loss, batch) @ v)
     op.refresh()
     assert_matches(op @ v, HessianOperator(model, mse_loss, batch) @ v)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_operator_rebuilds_after_a_fused_optimizer_step(optimizer: str) -> None:
+    # fused steps write the parameters without bumping autograd's version counters
+    model, batch = make_mlp([4, 5, 2], "tanh"), regression_batch(8, 4, 2)
+    op = HessianOperator(model, mse_loss, batch)
+    v = _random(op.num_params)
+    before = op @ v
+    make = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
+    opt = make(model.parameters(), lr=0.1, fused=True)
+    versions = [p._version for p in model.parameters()]
+    opt.zero_grad()
+    mse_loss(model, batch).backward()
+    opt.step()
+    assert [p._version for p in model.parameters()] == versions  # (what the test is about)
+    fresh = HessianOperator(model, mse_loss, batch) @ v
+    assert (fresh - before).abs().max() > 1e-3
+    assert_matches(op @ v, fresh)
+
+
+def test_a_replaced_parameter_is_refused() -> None:
+    model, batch = make_mlp([4, 5, 2], "tanh"), regression_batch(8, 4, 2)
+    op = HessianOperator(model, mse_loss, batch)
+    v = _random(op.num_params)
+    _ = op @ v
+    model.load_state_dict({k: t.clone() * 1.1 for k, t in model.state_dict().items()}, assign=True)
+    for call in (lambda: op @ v, op.loss_and_gradient):
+        with pytest.raises(SharpdimError, match="build a new HessianOperator") as err:
+            call()
+        _one_line(err)
+    chunked = HessianOperator(model, mse_loss, batches=[batch, batch])
+    model[0].weight = nn.Parameter(model[0].weight.detach().clone())
+    with pytest.raises(SharpdimError, match="no longer parameters of the model"):
+        chunked @ v
 
 
 def test_graph_reuse_and_rebuild_agree() -> None:
@@ -586,7 +622,9 @@ def test_batch_size_is_the_first_top_level_tensor() -> None:
         ((t[:, 0], t[:, 1]), t[:, 0]),  # nested inputs (e.g. a PackedSequence) and labels
     ):
         assert batch_size(batch) == 4
-    for examples in ([(t, t), (t, t)], {"x": {"y": t}}, ("a",), ()):
+    sequences = [torch.zeros(9), torch.zeros(3), torch.zeros(4)]  # per example, varying length
+    assert batch_size([t, t[:, 0]]) == 4  # a list (x, y) of one batch is still read
+    for examples in ([(t, t), (t, t)], {"x": {"y": t}}, ("a",), (), sequences):
         with pytest.raises(SharpdimError, match="weights=") as err:
             batch_size(examples)
         _one_line(err)
@@ -650,6 +688,14 @@ def test_train_mode_dropout_leaves_the_global_rng_and_repeats() -> None:
     twice = HessianOperator(model, mse_loss, batches=[(x, y), (x, y)], mode="train", seed=3)
     b = HessianOperator(model, mse_loss, (x, y), mode="train", seed=4).dense()
     assert torch.allclose(twice.dense(), (a + b) / 2, rtol=1e-12, atol=1e-14)
+    # torch keeps a seed's low 32 bits: 2**32 would replay the masks of seed 0
+    with pytest.raises(SharpdimError, match="at most 2\\*\\*32 - 1") as err:
+        HessianOperator(model, mse_loss, (x, y), mode="train", seed=2**32)
+    _one_line(err)
+    last = HessianOperator(model, mse_loss, batches=[(x, y), (x, y)], mode="train", seed=2**32 - 1)
+    first = HessianOperator(model, mse_loss, (x, y), mode="train", seed=0).dense()  # batch 1
+    end = HessianOperator(model, mse_loss, (x, y), mode="train", seed=2**32 - 1).dense()
+    assert torch.allclose(last.dense(), (end + first) / 2, rtol=1e-12, atol=1e-14)
 
 
 def test_empty_or_frozen_params_subsets_are_named() -> None:

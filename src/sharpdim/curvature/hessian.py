@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sharpdim.checks import check_count
+from sharpdim.checks import check_seed
 from sharpdim.curvature.batched_hvp import batch_columns, batched_hvp, saved_bytes
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
@@ -39,13 +39,17 @@ def batch_size(batch: Any) -> int:
     A tensor, or a tuple, list or dict (the inputs come first, as in ``(x, y, ...)``) holding
     at least one tensor of one or more dimensions at its top level; other items (strings,
     numbers, nested containers) are passed over. A list of examples, whose items are all
-    containers (``[(x_1, y_1), (x_2, y_2), ...]``), is refused: its tensors are per example.
+    containers (``[(x_1, y_1), (x_2, y_2), ...]``), is refused: its tensors are per example;
+    so is a list of tensors whose leading dimensions differ (``[seq_1, seq_2, ...]`` of
+    varying lengths), which cannot be told from one of per-example tensors.
     """
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.ndim else 1
     items = list(batch.values()) if isinstance(batch, dict) else batch
     if isinstance(items, (tuple, list)) and items:
         examples = all(isinstance(t, (tuple, list, dict)) for t in items)
+        if isinstance(batch, list) and all(isinstance(t, torch.Tensor) for t in items):
+            examples = examples or len({t.shape[0] if t.ndim else 1 for t in items}) > 1
         first = next((t for t in items if isinstance(t, torch.Tensor) and t.ndim), None)
         if not examples and first is not None:
             return int(first.shape[0])
@@ -197,17 +201,19 @@ class HessianOperator(LinearOperator):
             ``"keep"`` the model's current mode. The model's modes are restored afterwards.
             Randomness in the forward pass (dropout) is drawn once per batch and replayed
             for every later pass on it, so the operator stays one fixed symmetric matrix.
-        reuse_graph: keep the gradient graph of a single batch between matvecs (faster,
-            holds the activations' memory). Ignored for ``batches``.
+        reuse_graph: keep the gradient graph between matvecs (faster, holds the activations'
+            memory); applies to one batch (``batch``, or ``batches`` of length 1) only.
         seed: seed of that randomness (batch ``b`` uses ``seed + b``, in a fork of the global
             generator, which is never advanced); default: peeked from the global generator's
             state when the operator first runs the model.
 
-    The operator notices in-place changes (an optimizer step, ``load_state_dict``,
-    :func:`~sharpdim.curvature.params.set_flat_params`) of the model's parameters and buffers
-    and of ``params``, and a new storage for one (``model.to(...)``, ``p.data = t``), and
-    rebuilds its graph, so it always describes the current state. In-place writes through
-    ``p.data`` are invisible to autograd's version counters: call :meth:`refresh` after them.
+    The operator notices in-place changes (an optimizer step, fused or not,
+    ``load_state_dict``, :func:`~sharpdim.curvature.params.set_flat_params`, writes through
+    ``p.data``) of the model's parameters and buffers and of ``params``, and a new storage for
+    one (``model.to(...)``, ``p.data = t``), and rebuilds its graph, so it always describes the
+    current state: it compares autograd's version counters and the values themselves with
+    those at the build (a copy of them is kept; fused optimizers and ``p.data`` writes leave
+    the counters alone). A parameter *replaced* by a new tensor is refused.
     Computing curvature never changes the model: its train/eval flags and its buffers
     (batch-norm running statistics) are restored.
 
@@ -264,7 +270,8 @@ class HessianOperator(LinearOperator):
         self.reuse_graph = reuse_graph and len(self.batches) == 1
         self._graph: tuple[list[torch.Tensor], list[int]] | None = None
         self._tracked_at_build: tuple[list[Any], list[int], list[bool]] | None = None
-        self._seed = None if seed is None else check_count(seed, "seed", 0, "an int, or None")
+        self._values_at_build: list[torch.Tensor | None] = []
+        self._seed = None if seed is None else check_seed(seed)
         self._dense_width: int | None = None  # columns per batched product in dense()
 
     # -- LinearOperator interface -------------------------------------------------------
@@ -333,6 +340,7 @@ class HessianOperator(LinearOperator):
     # -- extras ---------------------------------------------------------------------------
     def loss_and_gradient(self) -> tuple[float, torch.Tensor]:
         """The (weighted) loss and its flat gradient at the current parameters."""
+        self._check_params_in_model()
         total, grad = 0.0, torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
         for i, (b, w) in enumerate(zip(self.batches, self.weights, strict=True)):
             if w == 0:
@@ -357,8 +365,8 @@ class HessianOperator(LinearOperator):
     def refresh(self) -> None:
         """Drop the cached gradient graph; the next matvec rebuilds it.
 
-        Needed only after changes the operator does not watch: in-place writes through ``p.data``,
-        or in-place changes of the batch or of a tensor captured by ``loss_fn``.
+        Needed only after changes the operator does not watch: in-place changes of the batch
+        or of a tensor captured by ``loss_fn``.
         """
         self._graph = None
 
@@ -375,11 +383,12 @@ class HessianOperator(LinearOperator):
         """
         if self._seed is None:
             self._seed = peek_seed(torch.random.default_generator)
-        with forked_global_rng((self._seed + index) % 2**63, self.params):
+        with forked_global_rng((self._seed + index) % 2**32, self.params):
             yield
 
     def _gradient_graph(self, index: int) -> tuple[list[torch.Tensor], list[int]]:
         """Gradients of batch ``index`` with their graph, and the indices of the live ones."""
+        self._check_params_in_model()
         with (
             torch.enable_grad(),
             math_attention(),
@@ -390,6 +399,18 @@ class HessianOperator(LinearOperator):
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         return [grads[i] for i in live], live
+
+    def _check_params_in_model(self) -> None:
+        """Refuse parameters the model no longer holds: the loss does not reach a replaced
+        tensor, so its rows would silently read zero."""
+        own = {id(p) for p in self.model.parameters()}
+        gone = [tuple(p.shape) for p in self.params if id(p) not in own]
+        if gone:
+            raise SharpdimError(
+                f"{len(gone)} of the operator's parameter tensors (shapes {gone[:3]}) are no "
+                "longer parameters of the model (replaced, e.g. by load_state_dict(assign=True) "
+                "or layer.weight = nn.Parameter(...)): build a new HessianOperator"
+            )
 
     def _tensors_to_track(self) -> list[torch.Tensor]:
         """``params``, all of the model's parameters and its buffers (each tensor once)."""
@@ -405,10 +426,23 @@ class HessianOperator(LinearOperator):
         another layer changes this block of the Hessian too.
         """
         tracked = self._tracked_state()
-        if self._graph is None or tracked != self._tracked_at_build:
+        if self._graph is None or tracked != self._tracked_at_build or self._values_changed():
             self._graph = self._gradient_graph(0)
             self._tracked_at_build = self._tracked_state()
+            self._values_at_build = [
+                t.detach().clone() if t.layout == torch.strided else None
+                for t in self._tensors_to_track()
+            ]
         return self._graph
+
+    def _values_changed(self) -> bool:
+        """Whether a tracked tensor's values differ from the copy taken at the build (writes
+        that leave version counters alone: fused optimizer steps, ``p.data``). Called only
+        when identities and storages match, so the lists are aligned."""
+        return not all(
+            copy is None or torch.equal(copy, t)
+            for copy, t in zip(self._values_at_build, self._tensors_to_track(), strict=True)
+        )
 
     def _tracked_state(self) -> tuple[list[Any], list[int], list[bool]]:
         """Identity, storage and version of every tracked tensor, and (``mode="keep"``) the
