@@ -421,3 +421,112 @@ def test_float32_blocks_stay_orthogonal_after_a_cancellation_within_the_block() 
         vectors = result.eigenvectors.double()
         residual = (a.double() @ vectors - vectors * result.eigenvalues.double()).norm(dim=0)
         assert float(residual.max()) < 1e-5
+
+
+def integer_spectrum(values: torch.Tensor, seed: int) -> torch.Tensor:
+    """A random orthogonal similarity of ``diag(values)``, symmetrized."""
+    q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=_gen(seed), dtype=F64))
+    a = q @ torch.diag(values.to(F64)) @ q.T
+    return (a + a.T) / 2
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3])
+@pytest.mark.parametrize("seed", [3, 6, 27])
+def test_a_partial_block_breakdown_does_not_end_the_copies_early(
+    block_size: int, seed: int
+) -> None:
+    """When one row of a block vanishes the others go on with the earlier sequence, coupled to
+    it: the round judged after it is not invariant (blocks of 2-3 once returned some copies of
+    -3 short, and values of -2 in their place, all marked converged)."""
+    g = _gen(seed)
+    n = int(torch.randint(20, 60, (1,), generator=g))
+    values = torch.randint(-3, 4, (n,), generator=g).to(F64)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    a = q @ torch.diag(values) @ q.T
+    a = (a + a.T) / 2
+    k = int((values == -3).sum()) + 2
+    res = lanczos_eigenvalues(a, k=k, which="SA", block_size=block_size)
+    assert res.all_converged
+    torch.testing.assert_close(res.eigenvalues, expected(a, k, "SA"), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("max_basis", [9, 10, 12])
+def test_copies_locked_at_a_restart_still_count_for_their_round(max_basis: int) -> None:
+    """-3..3, each twelve times, with a small basis: a copy of -3 a round had found, locked at
+    a restart, used to leave the round judged on the interior values that followed
+    ([-3, -3, -2, -2, -1] marked converged for five copies of -3)."""
+    a = integer_spectrum(torch.arange(-3.0, 4.0).repeat(12), seed=0)
+    res = lanczos_eigenvalues(a, k=5, which="SA", max_basis=max_basis)
+    assert res.all_converged and res.num_restarts > 0
+    torch.testing.assert_close(res.eigenvalues, torch.full((5,), -3.0, dtype=F64), atol=1e-8,
+                               rtol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize(("distinct", "seed"), [(20, 0), (20, 1), (30, 4), (30, 5)])
+@pytest.mark.parametrize("which", ["LA", "SA"])
+def test_an_invariant_space_above_the_breakdown_level_starts_a_round(
+    distinct: int, seed: int, which: str
+) -> None:
+    """20-30 distinct values, each six times: the Krylov space is invariant after that many
+    products, but rounding leaves 1e-10 to 1e-7 ||H|| of a next direction (no breakdown), and
+    one copy of each value came back as the three smallest, marked converged."""
+    a = integer_spectrum(torch.linspace(-3, 3, distinct, dtype=F64).repeat(6), seed=200 + seed)
+    res = lanczos_eigenvalues(a, k=3, which=which, generator=_gen(seed))
+    assert res.all_converged
+    torch.testing.assert_close(res.eigenvalues, expected(a, 3, which), rtol=0, atol=1e-8)
+
+
+class _Counting(LinearOperator):
+    """A dense matrix that counts its products (and can turn NaN at one of them)."""
+
+    def __init__(self, a: torch.Tensor, nan_at: int | None = None) -> None:
+        self.a, self.calls, self.nan_at = a, 0, nan_at
+
+    @property
+    def num_params(self) -> int:
+        return self.a.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.a.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.a.device
+
+    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        self.calls += block.shape[1]
+        out = self.a @ block
+        if self.nan_at is not None and self.calls >= self.nan_at:
+            out[0] = float("nan")
+        return out
+
+
+def test_max_iter_bounds_the_products_when_a_round_starts() -> None:
+    """A round started for a numerical zero grows the next block by one: it took 16 products
+    with max_iter=15."""
+    g = _gen(4)
+    n_ex, d = (
+        int(torch.randint(3, 15, (1,), generator=g)),
+        int(torch.randint(20, 50, (1,), generator=g)),
+    )
+    x = torch.randn(n_ex, d, generator=g, dtype=F64)
+    op = _Counting(2 / n_ex * x.T @ x)
+    res = lanczos_eigenvalues(op, k=1, which="SA", tol=1e-8, max_iter=15)
+    assert op.calls == res.num_matvecs <= 15
+
+
+def test_an_operator_turning_nan_is_named() -> None:
+    op = _Counting(torch.diag(torch.arange(1.0, 31.0, dtype=F64)), nan_at=3)
+    for run in (
+        lambda: lanczos_eigenvalues(op, k=3),
+        lambda: lanczos_tridiagonal(op, 10, torch.ones(30, dtype=F64)),
+    ):
+        op.calls = 0
+        with pytest.raises(SharpdimError, match="_Counting returned NaN/inf") as err:
+            run()
+        assert "\n" not in str(err.value)

@@ -93,10 +93,14 @@ class KrylovBasis:
         self.T = torch.zeros(capacity, capacity, dtype=torch.float64, device=dev)
         self.m, self.nb, self.matvecs = 0, 0, 0
         self.fills, self.rounds, self.hnorm = 0, 0, 0.0
+        self.loose_rounds: set[int] = set()
+        """Rounds started by hand beside a Krylov sequence that goes on (see :meth:`add_round`),
+        whose rows stay coupled to the earlier ones."""
         self.round_of = torch.zeros(capacity, dtype=torch.long, device=dev)
         """Per row, its *round*: 0 for the Krylov sequence of the start block, ``r`` for that
         of the random block that replaced the ``r``-th invariant subspace (see
-        :func:`_round_settled`; only needed to decide when to stop)."""
+        :func:`_round_settled`; only needed to decide when to stop); a converged Ritz vector
+        locked at a restart: ``-(r + 2)`` if round ``r`` found it, else ``-1``."""
         block = start.to(dtype=self.dtype, device=dev).reshape(self.n, -1).T.contiguous()
         if not bool(torch.isfinite(block).all()) or float(block.norm()) == 0:
             raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
@@ -227,10 +231,12 @@ class KrylovBasis:
         self.T[self.m : self.m + self.nb, m : self.m] = r  # q_l . H x_i
         self.T[: self.m, self.m : self.m + self.nb] = self.T[self.m : self.m + self.nb, : self.m].T
 
-    def add_round(self) -> bool:
+    def add_round(self, loose: bool = False) -> bool:
         """Start a round without a breakdown: add a random direction, orthogonal to the basis
         and the pending block and with zero coupling, to the pending block (which then grows
-        by one). ``False`` (nothing done) when the basis has no room for it."""
+        by one). ``False`` (nothing done) when the basis has no room for it. ``loose``: the
+        earlier rows are far from invariant (a numerical zero's round), so the round is judged
+        through the pending block alone (listed in :attr:`loose_rounds`)."""
         row = self.m + self.nb
         if row + 1 > min(self.n, self.V.shape[0]):
             return False
@@ -244,8 +250,15 @@ class KrylovBasis:
         self.T[:, row] = 0
         self.rounds += 1
         self.round_of[row] = self.rounds
+        if loose:
+            self.loose_rounds.add(self.rounds)
         self.nb += 1
         return True
+
+    def round_rows(self, r: int) -> torch.Tensor:
+        """Indices of the processed rows of round ``r``, locked ones included."""
+        own = self.round_of[: self.m]
+        return torch.nonzero((own == r) | (own == -(r + 2))).reshape(-1)
 
     # -- Ritz pairs and restart -----------------------------------------------------------
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -264,16 +277,21 @@ class KrylovBasis:
         """Compress the basis to the Ritz vectors ``V^T s_keep`` plus the pending block.
 
         ``locked`` marks kept Ritz vectors that have converged: after an invariant subspace
-        they leave the current round (round ``-1``), which goes on in their complement."""
+        they are locked, and the current round goes on in their complement; one that lies
+        mostly (more than half its weight) in the current round's rows stays that round's
+        (``-(rounds + 2)``), others are marked ``-1``."""
         m, nb, k = self.m, self.nb, s_keep.shape[1]
         y = s_keep.T.to(self.dtype) @ self.V[:m]
         pending = self.V[m : m + nb].clone()
         coupling = self.T[m : m + nb, :m] @ s_keep
         self.T.zero_()  # (rows of V past the pending block are written before they are read)
         if self.rounds:
+            own = self.round_rows(self.rounds)
+            in_round = s_keep[own].pow(2).sum(0) > 0.5
             self.round_of[: k + nb] = self.rounds
             if locked is not None:
                 self.round_of[:k][locked] = -1
+                self.round_of[:k][locked & in_round] = -(self.rounds + 2)
         self.V[:k] = y
         self.V[k : k + nb] = pending
         self.T[:k, :k] = torch.diag(theta_keep)

@@ -44,7 +44,7 @@ from typing import Any, Literal
 import torch
 
 from sharpdim.checks import check_count, check_number, default_generator
-from sharpdim.curvature.krylov_basis import KrylovBasis
+from sharpdim.curvature.krylov_basis import KrylovBasis, breakdown_level
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
 from sharpdim.errors import SharpdimError
 
@@ -187,21 +187,36 @@ def _round_settled(
     has begun, its most extreme Ritz value at each wanted end must have converged and be no
     more extreme than the ``k``-th wanted value: then no later copy can enter. A round that
     has itself ended in an invariant subspace is exact and decides before the next one starts.
-    At a thick restart the converged Ritz vectors are locked out of the round, which goes on
-    in their complement (where the same test applies).
+    At a thick restart the converged Ritz vectors are locked: the round goes on in their
+    complement, and those it found itself still count as its own (else a copy it found, once
+    locked, would no longer keep it from settling on the interior values that follow).
     """
     if basis.rounds == 0 or basis.m >= basis.n:  # (a basis of the whole space is exact)
         return True
     m, nb = basis.m, basis.nb
-    rows = torch.nonzero(basis.round_of[:m] == basis.rounds).reshape(-1)
+    judged = basis.rounds
+    rows = basis.round_rows(judged)
     if rows.numel() == 0:  # the new round has no products yet: judge the complete one before
-        rows = torch.nonzero(basis.round_of[:m] == basis.rounds - 1).reshape(-1)
+        judged -= 1
+        rows = basis.round_rows(judged)
     if rows.numel() == 0:
         return False
     t_round, s_round = torch.linalg.eigh(basis.T[rows][:, rows])
-    # residuals through the pending block, as for all Ritz pairs (the coupling to the earlier,
-    # invariant rows is zero but for rounding)
-    res = (basis.T[m : m + nb, rows] @ s_round).norm(dim=0)
+    # residuals through every other row and the pending block: the earlier rounds' rows are
+    # invariant but for rounding, unless only part of a block broke down (its other rows go on
+    # with the earlier sequence and stay coupled to it); after a numerical zero's round started
+    # by hand the earlier rows are not invariant, and rounds are judged through the pending
+    # block alone
+    coupling = basis.T[m : m + nb, rows]
+    if not basis.loose_rounds:
+        earlier = torch.ones(m, dtype=torch.bool, device=rows.device)
+        earlier[rows] = False
+        c = basis.T[:m][earlier][:, rows]
+        # (entries below the breakdown level are the rounding of a vanished direction's
+        # products, e.g. 1e-13 ||H|| for a null vector's: zero)
+        c = c.masked_fill(c.abs() <= breakdown_level(basis.dtype) * basis.hnorm, 0.0)
+        coupling = torch.cat([coupling, c])
+    res = (coupling @ s_round).norm(dim=0)
 
     def settled(i: int, kth: float, sign: float) -> bool:
         top = float(t_round[i])
@@ -295,7 +310,8 @@ def lanczos_eigenvalues(
             to warm-start, add a random part (as :class:`~sharpdim.training.EoSMonitor` does).
         block_size: vectors per Krylov block; use ``>= m`` to resolve multiplicity ``m``.
         max_basis: basis vectors kept before a thick restart
-            (default ``min(n, max(2 k_wanted + 40, 80))``; memory ``8 n max_basis`` bytes).
+            (default ``min(n, max(2 k_wanted + 40, 80))``; memory ``n max_basis`` values of
+            the operator's dtype: 4 or 8 bytes each).
         return_eigenvectors: also return the Ritz vectors (float64 columns).
 
     Returns:
@@ -356,18 +372,29 @@ def lanczos_eigenvalues(
         hmax = float(theta.abs().max()) if m else 0.0
         floor = 8 * eps * hmax  # accuracy of one product
         ok = res[idx] <= torch.clamp(tol * theta[idx].abs(), min=floor)
-        more = _zero_needs_round(basis, theta[idx], max(floor, eps**0.5 * hmax))
+        zero = max(floor, eps**0.5 * hmax)  # a numerical zero
+        more = _zero_needs_round(basis, theta[idx], zero)
         # a round started by hand may take as many products again as came before it; then
         # (e.g. thick restarts keep trimming it) the first sequence's answer stands
         gave_up = hand_round > 0 and basis.rounds == hand_round and basis.matvecs >= hand_limit
-        settled = not more and (
-            idx.numel() < k or gave_up or _round_settled(basis, theta, which, k, tol, floor)
-        )
+        round_ok = idx.numel() < k or _round_settled(basis, theta, which, k, tol, floor)
         all_ok = idx.numel() == wanted and bool(ok.all())
+        # every Ritz residual as small as the wanted values need: the basis is invariant to the
+        # accuracy asked for, though its next direction was not short enough to count as a
+        # breakdown (a matrix with 20-30 distinct values leaves 1e-10 to 1e-7 ||H|| of
+        # rounding there), so a round must start by hand
+        # (not where a wanted value is a numerical zero: that round is started by `more`)
+        smallest = float(theta[idx].abs().min()) if all_ok else 0.0
+        invariant = all_ok and m < n and smallest > zero and float(res.max()) <= tol * smallest
+        unseen = invariant and (basis.rounds == 0 or not round_ok)
+        settled = not more and not unseen and (gave_up or round_ok)
         if (all_ok and settled) or basis.nb == 0 or basis.matvecs + basis.nb > budget:
             break
-        if all_ok and more and basis.add_round():
+        room = basis.matvecs + basis.nb + 1 <= budget  # (a round grows the next block by one)
+        if all_ok and more and room and basis.add_round(loose=True):
             hand_round, hand_limit = basis.rounds, 2 * basis.matvecs
+        elif unseen and room:
+            basis.add_round()
         full = m + 2 * basis.nb > basis.V.shape[0]
         if full and m + basis.nb < n:  # thick restart (unless the next step spans the space)
             keep = min(m - basis.nb, wanted + max(basis.nb, (m - wanted) // 2))

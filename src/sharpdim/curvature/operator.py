@@ -12,7 +12,7 @@ from typing import Any, final
 
 import torch
 
-from sharpdim.errors import SharpdimError
+from sharpdim.errors import NonFiniteCurvatureError, SharpdimError
 
 
 class LinearOperator(ABC):
@@ -72,6 +72,11 @@ class LinearOperator(ABC):
         if not block.sum().isfinite() and not torch.isfinite(block).all():
             raise SharpdimError("the vector holds NaN/inf: pass a finite vector to H @ v")
         out = self._matmat(block if v.ndim == 2 else block[:, None])
+        if not out.sum().isfinite() and not torch.isfinite(out).all():
+            raise NonFiniteCurvatureError(
+                f"{type(self).__name__} returned NaN/inf for a finite vector: the operator is "
+                "not finite there (check its _matmat, or use float64 where products overflow)"
+            )
         return out if v.ndim == 2 else out[:, 0]
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
