@@ -315,9 +315,9 @@ def test_an_infinite_ph0_dimension_reads_inf_not_missing() -> None:
 def test_run_case_records_diverged_seeds() -> None:
     from sharpdim.commands.chaos_cases import run_case
 
-    # at lr=2.75 the run of seed 0 finishes, those of seeds 1 and 2 diverge (steps 9 and 8)
+    # at lr=2.65 the run of seed 0 finishes, those of seeds 1 and 2 diverge (steps 9 and 8)
     case = run_case(
-        lr=2.75, n_train=48, width=4, depth=1, train_steps=10, k=1, lyap_steps=4, warmup=0,
+        lr=2.65, n_train=48, width=4, depth=1, train_steps=10, k=1, lyap_steps=4, warmup=0,
         num_iterates=11, seed=0, seeds=3,
     )  # fmt: skip
     assert (case["status"], case["diverged_at"], case["diverged_seeds"]) == ("done", None, [1, 2])
@@ -330,12 +330,12 @@ def test_run_case_records_diverged_seeds() -> None:
 def test_compare_says_how_many_seeds_the_mean_over_seeds_uses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _tiny_compare(tmp_path / "cmp", lr_eos="2.75", lyap_steps="4")
-    args[args.index("--seeds") + 1] = "3"  # seeds 1 and 2 diverge at lr 2.75 (test above)
+    args = _tiny_compare(tmp_path / "cmp", lr_eos="2.65", lyap_steps="4")
+    args[args.index("--seeds") + 1] = "3"  # seeds 1 and 2 diverge at lr 2.65 (test above)
     assert main(args) == 0
     out = capsys.readouterr().out
     assert (
-        "warning: EoS (lr=2.75): training diverged for seed(s) 1, 2 (2 of 3); the mean over "
+        "warning: EoS (lr=2.65): training diverged for seed(s) 1, 2 (2 of 3); the mean over "
         "seeds uses the other 1" in " ".join(out.split())
     )
     row = next(line for line in out.splitlines() if "seeds in that mean" in line)
@@ -539,3 +539,89 @@ def test_cases_stored_before_the_ph0_outcome_keys_are_reused() -> None:
         decoded = decode_case(old)
         assert decoded["ph0_zero_persistence"] is False and decoded["ph0_slope"] is None
         assert decoded["ph0_dimension"] == case["ph0_dimension"]
+
+
+def test_lyapunov_json_reports_the_warmup_steps_run_when_the_orbit_diverges_in_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # as above, the orbit overflows at step 6, here inside a warmup of 10 (reported: 10 before)
+    out = tmp_path / "l.json"
+    args = ["chaos", "lyapunov", "--n-train", "32", "--width", "4", "--depth", "1"]
+    args += ["--train-steps", "0", "--lr", "1e30", "--k", "1", "--steps", "3", "--warmup", "10"]
+    assert main([*args, "--json", str(out)]) == 0
+    assert (
+        "warning: the orbit diverged (non-finite state) at step 6 of 13 (warmup included): "
+        "its exponents average only 0 of the 3 steps; lower --lr"
+    ) in capsys.readouterr().out.splitlines()
+    payload = json.loads(out.read_text())
+    result = payload["result"]
+    assert (result["diverged_at"], result["warmup"], result["num_steps"]) == (6, 6, 0)
+    assert payload["lyapunov"]["warmup"] == 10  # the setting asked for
+
+
+def _map_overflowing_for_seed_1(lr_to_break: float) -> type:
+    """A TrainingMap whose step size is 1e30 for the second map built at ``lr_to_break``
+    (``run_case`` builds the map of its first seed, then one per extra seed)."""
+    from sharpdim.dynamics.step_maps import TrainingMap
+
+    built: list[float] = []
+
+    class OverflowingForSeed1(TrainingMap):
+        def __init__(self, *args: Any, lr: float, **kwargs: Any) -> None:
+            built.append(lr)
+            second = lr == lr_to_break and built.count(lr) == 2
+            super().__init__(*args, lr=1e30 if second else lr, **kwargs)
+
+    return OverflowingForSeed1
+
+
+def test_compare_names_seeds_whose_orbit_diverged_in_the_warmup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seed 1's orbit overflows inside the warmup: no exponent, so it leaves the mean over
+    seeds; it was neither listed apart nor named in a warning."""
+    import sharpdim.dynamics.step_maps as step_maps_module
+
+    monkeypatch.setattr(step_maps_module, "TrainingMap", _map_overflowing_for_seed_1(0.5))
+    out = tmp_path / "cmp"
+    args = _tiny_compare(out, lr_eos="0.5", lyap_steps="2")
+    args[args.index("--warmup") + 1] = "20"
+    args[args.index("--seeds") + 1] = "2"
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "warning: EoS (lr=0.5): the Lyapunov orbit diverged before its first averaged step for "
+        "seed(s) 1 (1 of 2); the mean over seeds uses the other 1" in " ".join(printed.split())
+    )
+    eos = json.loads((out / "chaos_compare.json").read_text())["cases"]["EoS"]
+    assert (eos["status"], eos["diverged_seeds"]) == ("done", [])
+    assert eos["orbit_diverged_seeds"] == eos["orbit_diverged_early_seeds"] == [1]
+    first, second = eos["largest_lyapunov_per_seed"]
+    assert second is None and eos["largest_lyapunov_seed_mean"] == first  # null: NaN in JSON
+    row = next(line for line in printed.splitlines() if "seeds in that mean" in line)
+    assert "1 of 2" in row and "2 of 2" in row  # EoS, then the case below the edge
+
+
+def test_cases_stored_before_the_early_seeds_key_get_it_when_their_records_tell() -> None:
+    from sharpdim.commands.chaos import _dropped_seeds
+    from sharpdim.commands.chaos_cases import decode_case
+
+    shipped = Path(__file__).resolve().parents[2] / "docs" / "figures" / "chaos_compare.json"
+    case = json.loads(shipped.read_text())["cases"]["EoS"]
+    case.pop("orbit_diverged_early_seeds", None)
+    assert decode_case(case)["orbit_diverged_early_seeds"] == []
+    # seed 1's training diverged, seed 2's orbit diverged with no exponent: tell apart
+    old = {**case, "largest_lyapunov_per_seed": [0.1, None, None]}
+    old.update(diverged_seeds=[1], orbit_diverged_seeds=[2])
+    decoded = decode_case(old)
+    assert decoded["orbit_diverged_early_seeds"] == [2]
+    assert _dropped_seeds(decoded) == (
+        "training diverged for seed(s) 1 (1 of 3) and the Lyapunov orbit diverged before its "
+        "first averaged step for seed(s) 2 (1 of 3); the mean over seeds uses the other 1"
+    )
+    # two orbits diverged, one of them early: which one is not stored, so computed again
+    old.update(
+        diverged_seeds=[], orbit_diverged_seeds=[0, 2], largest_lyapunov_per_seed=[0.1, 0.2, None]
+    )
+    with pytest.raises(ValueError, match="a stored case lacks orbit_diverged_early_seeds"):
+        decode_case(old)

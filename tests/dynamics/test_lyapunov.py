@@ -292,3 +292,130 @@ def test_a_run_continued_from_its_final_state_and_vectors_is_the_whole_run() -> 
     joined = torch.cat([a.log_stretches, b.log_stretches])
     torch.testing.assert_close(joined, whole.log_stretches, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(b.final_state, whole.final_state, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_a_map_returning_a_scalar_is_refused_before_its_jvp(mode: str) -> None:
+    # an IndexError inside the JVP before
+    with pytest.raises(SharpdimError) as err:
+        lyapunov_spectrum(lambda x: x.sum(), torch.ones(2, dtype=F64), 2, 5, jvp_mode=mode)
+    assert str(err.value) == (
+        "step_fn maps a state of shape (2,) to one of shape () at step 0: it must return "
+        "a state of the shape it was given"
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_states_are_refused(dtype: torch.dtype) -> None:
+    # "geqrf_cpu" not implemented for 'Half' from the QR before
+    with pytest.raises(SharpdimError) as err:
+        lyapunov_spectrum(lambda x: 0.5 * x, torch.ones(2, dtype=dtype), 2, 5)
+    assert str(err.value) == (
+        f"x0 is {dtype}, too coarse for Lyapunov exponents (sums of log-stretches in it mean "
+        "nothing): pass a float32 or float64 x0 and map"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "vectorize"), [("forward", True), ("forward", False), ("reverse", True)]
+)
+def test_a_map_working_in_place_leaves_x0_and_the_orbit_alone(mode: str, vectorize: bool) -> None:
+    # forward mode gave final_state [64, 64] and overwrote x0; reverse mode raised
+    x0 = torch.ones(2, dtype=F64)
+    r = lyapunov_spectrum(
+        lambda x: x.mul_(2),
+        x0,
+        2,
+        3,
+        initial_vectors=torch.eye(2, dtype=F64),
+        jvp_mode=mode,
+        vectorize=vectorize,
+    )
+    assert r.final_state.tolist() == [8.0, 8.0] and x0.tolist() == [1.0, 1.0]
+    assert r.exponents.tolist() == [math.log(2)] * 2
+    assert r.final_state.data_ptr() != x0.data_ptr()
+
+
+def test_non_finite_or_non_tensor_starts_are_refused() -> None:
+    x0 = torch.ones(2, dtype=F64)
+    nan = torch.tensor([math.nan, 1.0], dtype=F64)
+    bad: list[tuple[dict, str]] = [  # a divergence at step 0, or an AttributeError, before
+        ({"x0": nan}, "x0 holds NaN or inf: pass a finite starting state"),
+        ({"x0": torch.tensor([math.inf, 1.0], dtype=F64)}, "x0 holds NaN or inf"),
+        (
+            {"initial_vectors": torch.full((2, 2), math.nan, dtype=F64)},
+            "initial_vectors hold NaN or inf: pass a finite block",
+        ),
+        (
+            {"initial_vectors": [[1.0, 0.0], [0.0, 1.0]]},
+            "initial_vectors must be a real tensor of shape (2, 2), got list: pass e.g. "
+            "torch.eye(n, k, dtype=x0.dtype)",
+        ),
+        (
+            {"initial_vectors": torch.eye(2, dtype=torch.complex128)},
+            "initial_vectors must be a real tensor of shape (2, 2), got torch.complex128",
+        ),
+    ]
+    for kwargs, message in bad:
+        args: dict = {"x0": x0, **kwargs}
+        with pytest.raises(SharpdimError) as err:
+            lyapunov_spectrum(lambda x: 0.5 * x, k=2, num_steps=5, **args)
+        assert str(err.value).startswith(message)
+
+
+def test_a_map_that_changes_the_dtype_is_refused() -> None:
+    a = torch.tensor([[2.0, 0.0], [0.0, -0.5]], dtype=F64)
+    # went on silently in float32 before
+    for mode in ("forward", "reverse"):
+        with pytest.raises(SharpdimError) as err:
+            lyapunov_spectrum(
+                lambda x: (a @ x.double()).float(), torch.ones(2, dtype=F64), 2, 20, jvp_mode=mode
+            )
+        assert str(err.value) == (
+            "step_fn maps a torch.float64 state to a torch.float32 one at step 0: it must "
+            "return a state of the dtype it was given (compute in torch.float64, or pass an x0 "
+            "of torch.float32)"
+        )
+
+
+class _BadTangents:
+    """A step map whose ``jvp`` returns the block ``bad(tangents)`` instead of ``tangents``."""
+
+    def __init__(self, bad: object) -> None:
+        self.bad = bad
+
+    def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return x
+
+    def jvp(self, x: torch.Tensor, t: int, tangents: torch.Tensor) -> tuple:
+        return x, self.bad(tangents)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("bad", "got"),
+    [
+        (lambda v: v[:, :1], "(3, 1) torch.float64"),
+        (lambda v: v.T, "(2, 3) torch.float64"),
+        (lambda v: v.float(), "(3, 2) torch.float32"),
+        (lambda v: v.tolist(), "list"),
+    ],
+)
+def test_a_jvp_returning_a_wrong_tangent_block_is_refused(bad: object, got: str) -> None:
+    # a raw RuntimeError / QR error (or float32 tangents on a float64 orbit) before
+    with pytest.raises(SharpdimError) as err:
+        lyapunov_spectrum(_BadTangents(bad), torch.ones(3, dtype=F64), 2, 3)
+    assert str(err.value) == (
+        f"step_fn's jvp returned tangents {got} at step 0: it must return J_t applied to each "
+        "tangent column, a (3, 2) block of torch.float64"
+    )
+
+
+def test_warmup_is_the_steps_run_when_the_orbit_diverges_inside_it() -> None:
+    # x -> 10 x^2 from 2 overflows at step 7 (x_8 = inf); the requested 100 warmup steps were reported
+    blowup, x0 = (lambda x: x * x * 10), torch.tensor([2.0], dtype=F64)
+    r = lyapunov_spectrum(blowup, x0, 1, 5, warmup=100)
+    assert (r.diverged_at, r.warmup, r.num_steps) == (7, 7, 0)
+    assert r.to_dict()["warmup"] == 7 and math.isnan(r.largest)
+    r = lyapunov_spectrum(blowup, x0, 1, 50, warmup=3)  # past the warmup: all of it ran
+    assert (r.diverged_at, r.warmup, r.num_steps) == (7, 3, 4)
+    assert lyapunov_spectrum(lambda x: 0.5 * x, x0, 1, 5, warmup=4).warmup == 4

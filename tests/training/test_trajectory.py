@@ -236,3 +236,25 @@ def test_per_example_losses_keep_each_submodule_mode_and_take_int32_labels() -> 
     with torch.no_grad():
         ref = torch.nn.functional.cross_entropy(model(x), y.long(), reduction="none")
     torch.testing.assert_close(losses[0], ref)
+
+
+def test_capture_forward_counts_are_checked_in_one_line() -> None:
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    x, y = torch.eye(2, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    data = Dataset("quadratic", x, y, x, y, 0)
+    w0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    traj = capture_forward(model, data, w0, 4.0, lr=0.1, every=2.0)
+    assert traj.steps.tolist() == [0, 2, 4]  # num_steps // every + 1 points
+    bad: list[
+        tuple[dict, str]
+    ] = [  # every=2.5 kept 3 points of 4 steps, num_steps=2.5 raised a TypeError, True ran
+        ({"num_steps": 4, "every": 2.5}, "every must be an integer >= 1, got 2.5: pass e.g. 1"),
+        ({"num_steps": 2.5}, "num_steps must be an integer >= 0, got 2.5: pass e.g. 100"),
+        ({"num_steps": True}, "num_steps must be an integer >= 0, got True: pass e.g. 100"),
+        ({"num_steps": 4, "every": True}, "every must be an integer >= 1, got True"),
+        ({"num_steps": -1}, "num_steps must be an integer >= 0, got -1"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(SharpdimError) as err:
+            capture_forward(model, data, w0, lr=0.1, **kwargs)
+        assert str(err.value).startswith(message)

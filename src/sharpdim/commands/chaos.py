@@ -118,6 +118,25 @@ def _orbit_warning(diverged_at: int, warmup: int, averaged: int, steps: int, wha
     )
 
 
+def _dropped_seeds(case: dict[str, Any]) -> str:
+    """Which seeds have no exponent, why, and how many the mean over seeds uses."""
+    used, total = seeds_in_mean(case)
+    reasons = []
+    for key, what in (
+        ("diverged_seeds", "training diverged"),
+        (
+            "orbit_diverged_early_seeds",
+            "the Lyapunov orbit diverged before its first averaged step",
+        ),
+    ):
+        if case.get(key):
+            seeds = case[key]
+            reasons.append(
+                f"{what} for seed(s) {', '.join(map(str, seeds))} ({len(seeds)} of {total})"
+            )
+    return f"{' and '.join(reasons)}; the mean over seeds uses the other {used}"
+
+
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -259,14 +278,8 @@ def compare(
                 f"{name} (lr={case['lr']:g}): training diverged at step {case['diverged_at']}; "
                 "its measures are not computed (null in the JSON)"
             )
-        elif case.get("diverged_seeds"):
-            bad = case["diverged_seeds"]
-            used, total = seeds_in_mean(case)
-            print_line(
-                f"warning: {name} (lr={case['lr']:g}): training diverged for seed(s) "
-                f"{', '.join(map(str, bad))} ({len(bad)} of {total}); the mean over seeds uses "
-                f"the other {used}"
-            )
+        elif case.get("diverged_seeds") or case.get("orbit_diverged_early_seeds"):
+            print_line(f"warning: {name} (lr={case['lr']:g}): {_dropped_seeds(case)}")
         if case.get("ph0_zero_persistence"):
             print_line(
                 f"warning: {name} (lr={case['lr']:g}): the last iterates coincide (updates "

@@ -8,7 +8,9 @@ Training that diverges is a recorded outcome, not an error: the case gets ``stat
 ``"diverged"``, the step ``diverged_at`` and NaN measures. A case whose training finished but
 whose Lyapunov orbit (continued from the trained weights) became non-finite gets ``status``
 ``"orbit_diverged"`` and the step ``orbit_diverged_at``: its exponents average only the steps
-completed before it.
+completed before it. A seed whose orbit diverged before its first averaged step (in the warmup,
+or at the step right after it) has no exponent: it is listed in ``orbit_diverged_early_seeds``
+and left out of the mean over seeds, like a seed whose training diverged (``diverged_seeds``).
 """
 
 from __future__ import annotations
@@ -178,12 +180,15 @@ def run_case(
     advance("trained, Lyapunov")
     per_seed, diverged_seeds = [lyap.largest], []
     orbit_diverged_seeds = [seed] if lyap.diverged_at is not None else []
+    early_seeds = [seed] if _diverged_early(lyap) else []
     for extra in range(1, seeds):
         other = train_and_lyapunov(num_iterates=1, seed=seed + extra, **run_opts)
         if other["lyap"] is None:
             diverged_seeds.append(seed + extra)
         elif other["lyap"].diverged_at is not None:
             orbit_diverged_seeds.append(seed + extra)
+            if _diverged_early(other["lyap"]):
+                early_seeds.append(seed + extra)
         per_seed.append(math.nan if other["lyap"] is None else other["lyap"].largest)
         advance(f"Lyapunov of seed {seed + extra}")
     lyap_mean, lyap_sem = _mean_stderr([v for v in per_seed if not math.isnan(v)])
@@ -234,6 +239,7 @@ def run_case(
         "largest_lyapunov_seed_stderr": lyap_sem,
         "diverged_seeds": diverged_seeds,
         "orbit_diverged_seeds": orbit_diverged_seeds,
+        "orbit_diverged_early_seeds": early_seeds,
         "kaplan_yorke_top_k": lyap.kaplan_yorke,
         "divergence": div.to_dict(),
         "divergence_rate": div.growth_rate,
@@ -246,6 +252,11 @@ def run_case(
         "num_iterates": len(traj),
         "wall_time_s": time.perf_counter() - start,
     }
+
+
+def _diverged_early(lyap: Any) -> bool:
+    """Whether a Lyapunov orbit diverged before its first averaged step (no exponent)."""
+    return lyap.diverged_at is not None and lyap.num_steps == 0
 
 
 def _ph0_measures(
@@ -281,8 +292,8 @@ CASE_KEYS = frozenset(
         "lr", "status", "diverged_at", "orbit_diverged_at", "threshold_2_over_lr",
         "sharpness_converged", "train_loss", "test_loss", "train_accuracy", "test_accuracy",
         "num_params", "lyapunov", "largest_lyapunov_per_seed", "diverged_seeds",
-        "orbit_diverged_seeds", "divergence", "num_iterates", "wall_time_s",
-        "ph0_zero_persistence",
+        "orbit_diverged_seeds", "orbit_diverged_early_seeds", "divergence", "num_iterates",
+        "wall_time_s", "ph0_zero_persistence",
     }
 )  # fmt: skip
 """The keys of every case of :func:`run_case` besides :data:`MEASURES`."""
@@ -298,6 +309,9 @@ def decode_case(stored: Any) -> dict[str, Any]:
     if not isinstance(stored, dict):
         raise ValueError(f"a stored case is a JSON object, got {type(stored).__name__}")
     stored = {**_ADDED_LATER, **stored}  # cases stored before these keys existed
+    early = _early_seeds_of_older_case(stored)
+    if "orbit_diverged_early_seeds" not in stored and early is not None:
+        stored["orbit_diverged_early_seeds"] = early
     missing = (CASE_KEYS | set(MEASURES)) - set(stored)
     if missing:
         raise ValueError(f"a stored case lacks {', '.join(sorted(missing))}")
@@ -310,9 +324,24 @@ def decode_case(stored: Any) -> dict[str, Any]:
     return dict(stored)
 
 
+def _early_seeds_of_older_case(stored: dict[str, Any]) -> list[Any] | None:
+    """``orbit_diverged_early_seeds`` of a case stored before that key existed, when its
+    other per-seed records tell them apart (``None`` otherwise: the case is computed again).
+    Such a seed has a null exponent and is in ``orbit_diverged_seeds``, not ``diverged_seeds``."""
+    values = stored.get("largest_lyapunov_per_seed")
+    orbit, trained = stored.get("orbit_diverged_seeds"), stored.get("diverged_seeds")
+    if not (isinstance(values, list) and isinstance(orbit, list) and isinstance(trained, list)):
+        return None
+    nan = sum(1 for v in values if v is None or (isinstance(v, float) and math.isnan(v)))
+    missing = nan - len(trained)
+    return [] if missing == 0 else list(orbit) if missing == len(orbit) else None
+
+
 def seeds_in_mean(case: dict[str, Any]) -> tuple[int, int]:
     """``(used, total)``: seeds whose largest exponent enters the mean over seeds (those whose
-    training did not diverge; stored as null or NaN otherwise), and all seeds run."""
+    training finished and whose Lyapunov orbit completed a step after the warmup: not in
+    ``diverged_seeds`` or ``orbit_diverged_early_seeds``, stored as null or NaN), and all seeds
+    run."""
     values = case.get("largest_lyapunov_per_seed") or []
     used = sum(1 for v in values if v is not None and math.isfinite(v))
     return used, len(values)
@@ -362,6 +391,7 @@ def _diverged_case(
         "largest_lyapunov_per_seed": [],
         "diverged_seeds": [],
         "orbit_diverged_seeds": [],
+        "orbit_diverged_early_seeds": [],
         "divergence": None,
         "ph0_zero_persistence": False,
         **dict.fromkeys(MEASURES, math.nan),

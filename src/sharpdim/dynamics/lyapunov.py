@@ -63,6 +63,43 @@ def _load_jvp_decompositions() -> None:
         import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 
+def _check_next_state(x: torch.Tensor, x_next: Any, t: int) -> None:
+    """A one-line error for a map's output that is not a state of ``x``'s shape and dtype."""
+    if not isinstance(x_next, torch.Tensor):
+        raise SharpdimError(
+            f"step_fn returned a {type(x_next).__name__} at step {t}: it must return a state "
+            "(a tensor of the shape and dtype it was given)"
+        )
+    if x_next.shape != x.shape:
+        raise SharpdimError(
+            f"step_fn maps a state of shape {tuple(x.shape)} to one of shape "
+            f"{tuple(x_next.shape)} at step {t}: it must return a state of the shape it was given"
+        )
+    if x_next.dtype != x.dtype:
+        raise SharpdimError(
+            f"step_fn maps a {x.dtype} state to a {x_next.dtype} one at step {t}: it must "
+            f"return a state of the dtype it was given (compute in {x.dtype}, or pass an x0 "
+            f"of {x_next.dtype})"
+        )
+
+
+def _check_tangents(v: Any, x: torch.Tensor, k: int, t: int) -> None:
+    """A one-line error for a map's JVP output that is not an ``(n, k)`` block of ``x``'s
+    dtype."""
+    want = (x.numel(), k)
+    if not (isinstance(v, torch.Tensor) and tuple(v.shape) == want and v.dtype == x.dtype):
+        got = f"{tuple(v.shape)} {v.dtype}" if isinstance(v, torch.Tensor) else type(v).__name__
+        raise SharpdimError(
+            f"step_fn's jvp returned tangents {got} at step {t}: it must return J_t applied "
+            f"to each tangent column, a {want} block of {x.dtype}"
+        )
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds no NaN or inf (a ``meta`` tensor, which holds no data, does)."""
+    return t.device.type == "meta" or bool(torch.isfinite(t).all())
+
+
 def _check_jvp_mode(jvp_mode: str) -> None:
     if jvp_mode not in ("forward", "reverse"):
         raise SharpdimError(f"unknown jvp_mode {jvp_mode!r}: use 'forward' or 'reverse'")
@@ -79,6 +116,10 @@ class FunctionMap:
             (usually faster for small maps, where torch.func's per-call overhead dominates).
         vectorize: batch the forward-mode JVPs with ``vmap``; if ``fn`` does not support vmap
             (data-dependent control flow, in-place ops) it falls back to a loop.
+
+    ``fn`` gets a fresh copy of the state at every call, so a map that works in place
+    (``x.mul_(2)``) leaves the caller's state and the orbit alone. Its output is checked
+    (a tensor of the state's shape and dtype) before any tangent is pushed through it.
     """
 
     def __init__(
@@ -93,7 +134,7 @@ class FunctionMap:
 
     def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
         with torch.no_grad():
-            return self.fn(x)
+            return self.fn(x.clone())
 
     def jvp(
         self, x: torch.Tensor, t: int, tangents: torch.Tensor
@@ -101,29 +142,35 @@ class FunctionMap:
         vec = tangents.ndim == 1
         dx = tangents[:, None] if vec else tangents
         if self.jvp_mode == "reverse":
-            y, out = self._reverse(x, dx)
+            y, out = self._reverse(x, t, dx)
         else:
-            y, out = self._forward(x, dx)
+            y, out = self._forward(x, t, dx)
         return y.detach(), (out[:, 0] if vec else out).detach()
 
-    def _forward(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(
+        self, x: torch.Tensor, t: int, dx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         _load_jvp_decompositions()
+        y = self.step(x, t)
+        _check_next_state(x, y, t)
 
         def push(v: torch.Tensor) -> torch.Tensor:
-            return torch.func.jvp(self.fn, (x,), (v,))[1]
+            return torch.func.jvp(self.fn, (x.clone(),), (v,))[1]
 
         if self.vectorize:
             try:
-                return self.step(x, 0), torch.func.vmap(push, in_dims=1, out_dims=1)(dx)
+                return y, torch.func.vmap(push, in_dims=1, out_dims=1)(dx)
             except Exception:  # vmap-incompatible function: fall back to a loop
                 self.vectorize = False
-        cols = [torch.func.jvp(self.fn, (x,), (dx[:, j],)) for j in range(dx.shape[1])]
-        return cols[0][0], torch.stack([c[1] for c in cols], dim=1)
+        return y, torch.stack([push(dx[:, j]) for j in range(dx.shape[1])], dim=1)
 
-    def _reverse(self, x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reverse(
+        self, x: torch.Tensor, t: int, dx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
-            y = self.fn(leaf)
+            y = self.fn(leaf.clone())  # (a copy: fn may work in place)
+            _check_next_state(x, y, t)
             u = torch.zeros_like(y, requires_grad=True)
             vjp = None
             if y.requires_grad:
@@ -166,7 +213,8 @@ class LyapunovResult:
         log_stretches: ``(T, k)``: the local stretches ``ln R_{t, ii}``.
         kaplan_yorke: Kaplan–Yorke dimension of ``exponents`` (a lower bound of the full
             spectrum's when it equals ``k``); kaplan_yorke_j_star: its ``j*``.
-        num_steps: steps averaged (``T``); warmup: steps discarded before them.
+        num_steps: steps averaged (``T``); warmup: steps run and discarded before them
+            (fewer than asked when the orbit diverged inside the warmup).
         state_dim: ``n``; k: number of exponents.
         diverged_at: step index (counted from the start, warmup included) at which the state
             or the tangents became non-finite; ``None`` if they never did.
@@ -255,12 +303,14 @@ def lyapunov_spectrum(
         step_fn: a callable ``x -> x'`` (autonomous map; JVPs by ``torch.func.jvp``, batched
             with ``vmap``) or an object with ``step(x, t)`` and ``jvp(x, t, tangents)``
             (e.g. :class:`~sharpdim.dynamics.step_maps.TrainingMap`: ``t`` picks the batch).
-        x0: initial state, a 1-D floating tensor (use float64 for tight exponents).
+        x0: initial state, a finite 1-D float32 or float64 tensor (float64 for tight
+            exponents; half precision is refused: sums of its log-stretches mean nothing).
         k: number of exponents, ``1 <= k <= n``.
         num_steps: steps averaged (``>= 1``).
         warmup: steps discarded first (transient of the orbit and alignment of ``Q``).
         generator: draws the random initial block (default seed 0).
-        initial_vectors: an ``(n, k)`` initial block instead (orthonormalized).
+        initial_vectors: an ``(n, k)`` finite real tensor, the initial block instead
+            (orthonormalized).
         start_step: time index of the first step (``t`` runs from it).
         num_blocks: blocks of the batch-means standard error.
         jvp_mode: for a plain callable: ``"forward"`` (``torch.func.jvp``) or ``"reverse"``
@@ -272,7 +322,8 @@ def lyapunov_spectrum(
         the exponents average the steps completed (``diverged_at`` says where).
 
     Raises:
-        SharpdimError: bad arguments, or a map that returns a state of another shape.
+        SharpdimError: bad arguments, or a map that returns a state of another shape or
+            dtype, or tangents that are not an ``(n, k)`` block of the state's dtype.
 
     Example (a linear map: the exponents are the log moduli of its eigenvalues):
         >>> A = torch.tensor([[2.0, 0.0], [0.0, -0.5]], dtype=torch.float64)
@@ -284,6 +335,13 @@ def lyapunov_spectrum(
     fmap = as_step_map(step_fn, jvp_mode=jvp_mode, vectorize=vectorize)
     if not isinstance(x0, torch.Tensor) or x0.ndim != 1 or not x0.is_floating_point():
         raise SharpdimError("x0 must be a 1-D floating tensor: flatten the state first")
+    if x0.dtype not in (torch.float32, torch.float64):
+        raise SharpdimError(
+            f"x0 is {x0.dtype}, too coarse for Lyapunov exponents (sums of log-stretches in "
+            "it mean nothing): pass a float32 or float64 x0 and map"
+        )
+    if not _all_finite(x0):
+        raise SharpdimError("x0 holds NaN or inf: pass a finite starting state")
     n = x0.numel()
     k = check_count(k, "k", hint="the number of exponents")
     if k > n:
@@ -292,15 +350,27 @@ def lyapunov_spectrum(
     warmup = check_count(warmup, "warmup", minimum=0, hint="e.g. 0")
     num_blocks = check_count(num_blocks, "num_blocks", hint="e.g. 10")
     start_step = check_count(start_step, "start_step", minimum=0, hint="e.g. 0")
-    x = x0.detach()
+    x = x0.detach().clone()  # (the caller's x0 is never the orbit's state)
     if initial_vectors is None:
         gen = default_generator(generator)
         block = torch.randn(n, k, generator=gen, dtype=torch.float64).to(x.device, x.dtype)
     else:
+        if (
+            not isinstance(initial_vectors, torch.Tensor)
+            or initial_vectors.is_complex()
+            or initial_vectors.dtype == torch.bool
+        ):
+            what = getattr(initial_vectors, "dtype", type(initial_vectors).__name__)
+            raise SharpdimError(
+                f"initial_vectors must be a real tensor of shape ({n}, {k}), got {what}: "
+                "pass e.g. torch.eye(n, k, dtype=x0.dtype)"
+            )
         if initial_vectors.shape != (n, k):
             raise SharpdimError(
                 f"initial_vectors has shape {tuple(initial_vectors.shape)}: pass ({n}, {k})"
             )
+        if not _all_finite(initial_vectors):
+            raise SharpdimError("initial_vectors hold NaN or inf: pass a finite block")
         block = initial_vectors.detach().to(x.device, x.dtype)
     q, _ = _qr_positive(block)
     tiny = torch.finfo(x.dtype).tiny
@@ -308,12 +378,8 @@ def lyapunov_spectrum(
     diverged_at: int | None = None
     for i in range(warmup + num_steps):
         x_next, v = fmap.jvp(x, start_step + i, q)
-        if x_next.shape != x.shape:
-            raise SharpdimError(
-                f"step_fn maps a state of shape {tuple(x.shape)} to one of shape "
-                f"{tuple(x_next.shape)} at step {start_step + i}: it must return a state of "
-                "the shape it was given"
-            )
+        _check_next_state(x, x_next, start_step + i)
+        _check_tangents(v, x, k, start_step + i)
         if not (torch.isfinite(x_next).all() and torch.isfinite(v).all()):
             diverged_at = i
             break
@@ -341,7 +407,7 @@ def lyapunov_spectrum(
         kaplan_yorke=ky_dim,
         kaplan_yorke_j_star=ky_j,
         num_steps=steps,
-        warmup=warmup,
+        warmup=warmup if diverged_at is None else min(warmup, diverged_at),
         state_dim=n,
         k=k,
         diverged_at=diverged_at,

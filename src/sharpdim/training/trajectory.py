@@ -291,9 +291,11 @@ def capture_forward(
         batch_size: minibatch size (``None``: full batch, i.e. gradient descent).
         loss: ``"mse"`` or ``"ce"``; loss_fn: a custom ``loss_fn(model, batch)`` instead.
         generator: draws the minibatches (default seed 0).
+        num_steps, every: whole numbers ``>= 0`` and ``>= 1`` (an int, a whole float such as
+            ``5.0`` or a 0-dim tensor of one; bools and fractions are refused).
     """
-    if num_steps < 0 or every < 1:
-        raise SharpdimError("need num_steps >= 0 and every >= 1")
+    num_steps = check_count(num_steps, "num_steps", 0, "e.g. 100")
+    every = check_count(every, "every", hint="e.g. 1")
     params = trainable_parameters(model)
     data = dataset.to(dtype=params[0].dtype, device=params[0].device)
     gen = default_generator(generator)
