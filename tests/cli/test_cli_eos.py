@@ -50,13 +50,37 @@ def test_thresholds(tmp_path):
     assert adam["late_median_ratio"] is not None
 
 
+def test_sweep_jsons_record_every_option(tmp_path):
+    """thresholds.json did not record --momentum, --beta1 and --beta2."""
+    options = ["--momentum", "0.8", "--beta1", "0.85", "--beta2", "0.99"]
+    code = main(["eos", "thresholds", "--momentum-lr", "0.1", "--adam-lr", "0.01", *options,
+                 *TINY_MLP, "--out", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    summary = _summary(tmp_path / "thresholds.json")
+    assert summary["settings"] == {
+        "momentum_lr": 0.1, "adam_lr": 0.01, "momentum": 0.8, "beta1": 0.85, "beta2": 0.99,
+        "steps": 12, "every": 4, "dataset": "digits", "n_train": 60, "width": 8, "depth": 1,
+        "late_fraction": 0.3, "float64": True, "seed": 0,
+    }  # fmt: skip
+    momentum, adam = summary["runs"]
+    assert momentum["threshold"] == pytest.approx(3.6 / 0.1)
+    assert adam["threshold"] == pytest.approx(3.7 / (0.01 * 0.15))
+    assert _sharpening(tmp_path, "0.2") == 0
+    settings = json.loads((tmp_path / "sharpening.json").read_text())["settings"]
+    assert (settings["lrs"], settings["steps"], settings["n_train"]) == ([0.2], 12, 60)
+
+
 def test_minimalist(tmp_path, capsys):
-    code = main(["eos", "minimalist", "--num-lrs", "6", "--bif-num", "8", "--steps", "400",
+    # 1,500 steps: eta = 0.228, 0.332, 0.436 reach the EoS minimum (none did with 400, so
+    # the ratio check passed on an empty list)
+    code = main(["eos", "minimalist", "--num-lrs", "6", "--bif-num", "8", "--steps", "1500",
                  "--late", "50", "--out", str(tmp_path)])  # fmt: skip
     assert code == 0
     summary = _summary(tmp_path / "minimalist.json")
-    assert summary["ratio_steps"] == 400 and summary["bifurcation_num_lrs"] == 8
+    assert summary["ratio_steps"] == 1500 and summary["bifurcation_num_lrs"] == 8
     assert summary["ratio_init"] == [2.0, 0.3, 2.0, 0.3]
+    assert summary["ratios"]["eos_lrs"] == pytest.approx([0.228, 0.332, 0.436])
+    assert len(summary["ratios"]["eos_ratios"]) == 3
     assert all(0.9 < r < 1.0 for r in summary["ratios"]["eos_ratios"])
     assert "final sharpness / (2/eta)" in capsys.readouterr().out
 

@@ -148,3 +148,65 @@ def test_the_late_window_keeps_the_step_on_its_boundary() -> None:
     assert (median, low, high) == (1.0, 1.0, 1.0)
     ratios[30] = 5.0  # step 300: inside the window
     assert _late_stats(steps, ratios, 1000, 0.7)[1] == (1.0, 5.0)
+
+
+def test_a_run_that_blows_up_at_its_last_step_is_diverged():
+    """The loss after the last of 8 steps (1.3e6 > 1e6 x max(L_0, 1)) went untested: the run
+    was ok, measured at step 8 and summarised (late ratio 2.6); 40 steps diverge at step 8."""
+    setup = MLPSetup(n_train=30, width=6, depth=2, dtype="float32")
+    run, longer = (
+        progressive_sharpening([2.0], setup=setup, steps=steps, every=4).runs[0]
+        for steps in (8, 40)
+    )
+    assert (run.status, run.diverged_at, run.steps) == ("diverged", 8, (0, 4))
+    assert (longer.status, longer.diverged_at, longer.steps) == ("diverged", 8, (0, 4))
+    assert run.final_train_loss == longer.final_train_loss > 1e6
+    assert math.isnan(run.late_median_ratio)  # no record in the last 30% before step 8
+
+
+def _dense_sharpness(setup: MLPSetup, data, n: int) -> float:
+    """lambda_max of the dense Hessian (float64) of the loss on the first ``n`` training
+    examples at ``setup``'s initial parameters."""
+    from torch.func import functional_call
+
+    from sharpdim.training.losses import get_loss
+
+    model = setup.model(data)
+    named = dict(model.named_parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in named.values()])
+    batch = (data.x_train[:n], data.y_train[:n])
+
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        parts = w.split([p.numel() for p in named.values()])
+        params = {k: t.reshape(p.shape) for (k, p), t in zip(named.items(), parts, strict=True)}
+        return get_loss(setup.loss)(lambda x: functional_call(model, params, (x,)), batch)
+
+    return float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat)).max())
+
+
+def test_the_sweeps_measure_the_sharpness_on_all_training_examples():
+    """The default max_examples=5000 measured the Hessian of the first 5,000 examples while
+    GD trained on all of them (here 5,001; the modular dataset allows 9,409)."""
+    setup = MLPSetup(dataset="teacher_student", n_train=5001, width=2, depth=1)
+    data = setup.data()
+    keys = []
+
+    def execute(config, train):
+        keys.append(config)
+        return train()
+
+    def sharpness(**kw):  # at step 0: the initial parameters
+        run = progressive_sharpening([0.01], setup=setup, steps=1, every=1, execute=execute, **kw)
+        return run.runs[0].sharpness[0]
+
+    full = _dense_sharpness(setup, data, 5001)
+    assert full != pytest.approx(_dense_sharpness(setup, data, 5000), rel=1e-6)
+    assert sharpness() == pytest.approx(full, rel=1e-8)
+    assert sharpness(max_examples=None) == pytest.approx(full, rel=1e-8)
+    assert sharpness(max_examples=50) == pytest.approx(_dense_sharpness(setup, data, 50), rel=1e-8)
+    thresholds = optimizer_thresholds([("gd", 0.01)], setup=setup, steps=1, every=1)
+    assert thresholds.runs[0].sharpness[0] == pytest.approx(full, rel=1e-8)
+    # the stored runs' key: a run measured on the first 5,000 examples is not reused
+    assert [k["monitor"]["max_examples"] for k in keys] == [None, None, 50]
+    old = {**keys[0], "monitor": {**keys[0]["monitor"], "max_examples": 5000}}
+    assert config_key(old) != config_key(keys[0])

@@ -163,3 +163,24 @@ def test_median_sharpness_of_more_than_2_to_the_24_particles():
     small = fractal_attractor(4, steps=1)
     big = dataclasses.replace(small, final_sharpness=torch.arange(n, dtype=torch.float64))
     assert big.median_sharpness == (n - 1) / 2
+
+
+@pytest.mark.parametrize("scale", [1e18, 1e100, 1e307])
+def test_box_counts_of_far_apart_points_are_exact(scale):
+    """floor(x / s).long() wrapped above 9.2e18: 1,000 points at |x| ~ 1e18 filled 801 boxes
+    of side 0.05 (a negative slope), at 1e100 one box at every size."""
+    g = torch.Generator().manual_seed(0)
+    points = (2.0 * torch.rand(1000, 2, generator=g, dtype=torch.float64) - 1.0) * scale
+    distinct = torch.unique(points, dim=0).shape[0]
+    sizes = (0.4, 0.2, 0.1, 0.05, 1e-300)  # (1e307 / 1e-300 overflows float64: own boxes)
+    dim, counts = box_counting_dimension(points, sizes)
+    assert distinct == 1000 and counts == (1000,) * 5 and dim == 0.0
+    _, counts = box_counting_dimension(points.to(torch.float32) if scale < 1e38 else points, sizes)
+    assert counts == (1000,) * 5
+    twice = torch.cat([points, points, torch.tensor([[math.inf, 0.0], [math.nan, 0.0]])])
+    assert box_counting_dimension(twice, sizes)[1] == (1001,) * 5  # non-finite: one cell
+    result = fractal_attractor(200, steps=1, init_range=scale, noise_std=0.0)
+    if scale < 1e154:  # (beyond: 0.5 |x|^2 overflows float64, the run diverged)
+        assert result.box_counts == (200,) * 4 and result.box_dimension == 0.0
+    else:
+        assert result.status == "diverged"

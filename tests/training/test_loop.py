@@ -143,6 +143,43 @@ def test_nonfinite_parameters_end_the_run(digits):
     assert result.status == "diverged" and result.diverged_at == 3
 
 
+def _scalar_run(tmp_path, steps, **options):
+    """GD on ``0.5 w^2`` from ``w = 1`` at lr 11: ``w_s = (-10)^s``, ``L_s = 0.5 * 100^s``."""
+    from sharpdim.training.datasets import Dataset
+
+    model = torch.nn.Linear(1, 1, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    data = Dataset("scalar", x, y, x[:0], y[:0], 0)
+    config = TrainConfig(lr=11.0, steps=steps, checkpoint_dir=str(tmp_path), **options)
+    return model, data, train(model, data, config)
+
+
+@pytest.mark.parametrize(
+    ("steps", "options"),
+    [(4, {}), (3, {"divergence_threshold": 1e4})],  # limits 1e6 x max(0.5, 1) and 1e4
+)
+def test_a_loss_past_the_limit_after_the_last_update_is_a_divergence(tmp_path, steps, options):
+    """The loop tested each step's loss before its update only: L_4 = 5e7 > 1e6 after the last
+    of 4 updates was reported ok (as L_3 = 5e5 > 1e4 with divergence_threshold=1e4)."""
+    model, data, result = _scalar_run(tmp_path, steps, checkpoint_steps=(0, 2, steps), **options)
+
+    def outcome(run):
+        return run.status, run.diverged_at, run.steps_completed
+
+    assert outcome(result) == ("diverged", steps, steps)
+    assert result.final_train_loss == 0.5 * 100.0**steps
+    assert result.evaluations == ()  # the final evaluation is not a good one
+    assert set(result.checkpoint_paths) == set(result.snapshots) == {0, 2}  # no good end
+    longer = _scalar_run(tmp_path / "longer", steps + 3, **options)[2]  # the loop sees it
+    assert outcome(longer) == outcome(result)
+    config = TrainConfig(lr=11.0, steps=steps, **options)
+    resumed = train(model, data, config, resume_from=result.checkpoint_paths[2])
+    assert outcome(resumed) == outcome(result)
+    assert model.weight.detach().item() == (-10.0) ** steps
+
+
 def test_checkpoints_on_disk_and_in_memory(digits, tmp_path):
     model = small_mlp()
     initial = flat(model)

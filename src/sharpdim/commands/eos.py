@@ -178,12 +178,14 @@ def _runs_command(
     out: Path,
     *,
     steps: int,
+    settings: dict[str, Any],
     **kwargs: Any,
 ) -> None:
     """Run ``runner`` (``num_runs`` monitored runs) under a progress bar, save and print it.
 
     Runs go through a :class:`~sharpdim.runner.ResumableRuns` on ``<out>/runs.sqlite``:
     stored runs of the same config are reused, new ones stored as each finishes.
+    ``settings``: the command's options, recorded in the JSON.
     """
     from sharpdim.report.eos_figures import plot_eos_runs
     from sharpdim.runner import ResultsStore, ResumableRuns
@@ -204,7 +206,7 @@ def _runs_command(
             )
     if runs.reused:
         print_line(f"reused {runs.reused} of {num_runs} runs stored in {out / STORE_NAME}")
-    png, js = _save(out, kind, result, plot_eos_runs)
+    png, js = _save(out, kind, result, plot_eos_runs, settings)
     # this command's time (the JSON's wall_time_s also counts the training of reused runs)
     print_report(_runs_table(title, result), png, js, seconds=time.perf_counter() - start)
 
@@ -245,6 +247,10 @@ def sharpening(
     setup = _setup(
         dataset, n_train, width, depth, seed, float64, lrs=[("--lrs", lr) for lr in grid]
     )
+    settings = dict(
+        lrs=grid, steps=steps, every=every, dataset=dataset, n_train=n_train, width=width,
+        depth=depth, late_fraction=late_fraction, float64=float64, seed=seed,
+    )  # fmt: skip
     _runs_command(
         "sharpening",
         progressive_sharpening,
@@ -254,6 +260,7 @@ def sharpening(
         lrs=grid,
         setup=setup,
         steps=steps,
+        settings=settings,
         every=every,
         late_fraction=late_fraction,
     )
@@ -297,6 +304,11 @@ def thresholds(
     setup = _setup(
         dataset, n_train, width, depth, seed, float64, lrs=[(flags[n], lr) for n, lr in runs]
     )
+    settings = dict(
+        momentum_lr=momentum_lr, adam_lr=adam_lr, momentum=momentum, beta1=beta1, beta2=beta2,
+        steps=steps, every=every, dataset=dataset, n_train=n_train, width=width, depth=depth,
+        late_fraction=late_fraction, float64=float64, seed=seed,
+    )  # fmt: skip
     _runs_command(
         "thresholds",
         optimizer_thresholds,
@@ -308,6 +320,7 @@ def thresholds(
         betas=(beta1, beta2),
         setup=setup,
         steps=steps,
+        settings=settings,
         every=every,
         late_fraction=late_fraction,
     )
@@ -341,7 +354,7 @@ def minimalist(
     check_at_least(late, 1, "--late")
     if late > steps:
         raise SharpdimError(f"--late {late} exceeds --steps {steps}: pass --late <= --steps")
-    if (num_lrs + bif_num) * late > MAX_LATE_ITERATES:  # (kept in memory, then in the JSON)
+    if (num_lrs + bif_num) * late > MAX_LATE_ITERATES:  # (kept in memory; the JSON: summaries)
         raise SharpdimError(
             f"(--num-lrs {num_lrs} + --bif-num {bif_num}) x --late {late} = "
             f"{(num_lrs + bif_num) * late:,} late iterates exceed {MAX_LATE_ITERATES:,}: use "

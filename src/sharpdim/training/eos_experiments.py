@@ -179,11 +179,12 @@ def monitored_run(
     *,
     every: int,
     late_fraction: float = 0.3,
-    max_examples: int | None = 5000,
+    max_examples: int | None = None,
     tol: float = 1e-4,
     progress: Callable[[int, int], None] | None = None,
 ) -> EoSRun:
-    """Train a fresh ``setup`` model with ``config`` under an :class:`EoSMonitor`."""
+    """Train a fresh ``setup`` model with ``config`` under an :class:`EoSMonitor` (its
+    Hessian on the first ``max_examples`` training examples; ``None``: all of them)."""
     start = time.perf_counter()
     model = setup.model(data)
     monitor = EoSMonitor(
@@ -336,7 +337,7 @@ def progressive_sharpening(
     steps: int = 2000,
     every: int = 10,
     late_fraction: float = 0.3,
-    max_examples: int | None = 5000,
+    max_examples: int | None = None,
     tol: float = 1e-4,
     progress: Progress | None = None,
     execute: Execute | None = None,
@@ -348,7 +349,9 @@ def progressive_sharpening(
         setup: network and data (default :class:`MLPSetup`: 1,000 digits, width 100, depth 2).
         steps: GD steps per run; every: monitor period.
         late_fraction: the final share of training summarised by the median ratio.
-        max_examples, tol: passed to :class:`EoSMonitor`.
+        max_examples: the sharpness is that of the loss on the first this many training
+            examples; ``None`` (default): all of them, the full batch that GD trains on.
+        tol: passed to :class:`EoSMonitor`.
         progress: ``progress(run_index, step, steps)`` after every step.
         execute: runs each run as ``execute(config, train)``, ``config`` the run's
             :func:`eos_run_config` and ``train()`` the training; ``None`` trains every run.
@@ -382,7 +385,7 @@ def optimizer_thresholds(
     steps: int = 2000,
     every: int = 10,
     late_fraction: float = 0.3,
-    max_examples: int | None = 5000,
+    max_examples: int | None = None,
     tol: float = 1e-4,
     progress: Progress | None = None,
     execute: Execute | None = None,

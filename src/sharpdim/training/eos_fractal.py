@@ -198,16 +198,29 @@ def _check_box_sizes(sizes: Any) -> tuple[float, ...]:
     return out
 
 
+def _cells(points: torch.Tensor, finite: torch.Tensor, size: float) -> torch.Tensor:
+    """Rows that are equal exactly for points in the same box of side ``size``: the float64
+    ``floor(x / size)`` (a cast to int64 wrapped above 9.2e18), each coordinate tagged 0; a
+    coordinate whose quotient overflows is its own box (floats that far apart are farther
+    apart than ``size``), tagged 1; a non-finite one is 0 tagged 2."""
+    quotient = torch.floor(points / size)
+    overflow = finite & ~torch.isfinite(quotient)
+    key = torch.where(overflow, points, torch.where(finite, quotient, 0.0))
+    tag = overflow.to(torch.float64) + 2.0 * (~finite).to(torch.float64)
+    return torch.cat([key, tag], dim=1) if bool(tag.any()) else key  # (all 0: the keys alone)
+
+
 def box_counting_dimension(
     points: torch.Tensor, sizes: tuple[float, ...]
 ) -> tuple[float, tuple[int, ...]]:
     """Least-squares slope of ``log N(s)`` against ``log(1/s)``; ``N(s)`` = occupied boxes of side s
-    (NaN with a single side)."""
+    (NaN with a single side). Non-finite coordinates all share one cell (of their column)."""
     sizes = _check_box_sizes(sizes)
     counts = []
+    points = points.to(torch.float64).reshape(points.shape[0], -1)  # (rows of a 1-D input)
+    finite = torch.isfinite(points)
     for size in sizes:
-        cells = torch.floor(points / size).long()
-        counts.append(int(torch.unique(cells, dim=0).shape[0]))
+        counts.append(int(torch.unique(_cells(points, finite, size), dim=0).shape[0]))
     x = torch.tensor([math.log(1.0 / s) for s in sizes], dtype=torch.float64)
     y = torch.tensor([math.log(c) for c in counts], dtype=torch.float64)
     xc = x - x.mean()

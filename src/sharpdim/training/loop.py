@@ -13,7 +13,9 @@ continues a run from one: the resumed run's parameters equal the uninterrupted r
 
 Divergence never raises: a non-finite loss, a loss above
 ``divergence_factor * max(L_0, 1)`` (or above ``divergence_threshold``) or non-finite
-parameters end the run with ``status="diverged"`` and the step where it was seen.
+parameters end the run with ``status="diverged"`` and the step where it was seen. Each step
+tests its batch loss ``L_{B_s}(w_s)`` before its update; the parameters after the last update
+are tested the same way on the full training loss (for SGD: not the minibatch loss).
 """
 
 from __future__ import annotations
@@ -201,7 +203,9 @@ class TrainResult:
 
     Attributes:
         status: ``"ok"`` or ``"diverged"``.
-        diverged_at: the step whose loss (or parameters) first showed divergence, else ``None``.
+        diverged_at: the step whose loss (or parameters) first showed divergence, else ``None``
+            (``steps_completed`` when the full training loss after the last update did: the
+            loop tests each step's batch loss before its update, for SGD a minibatch loss).
         steps_completed: optimizer updates actually applied.
         final_train_loss, final_test_loss: full-set losses at the last parameters
             (``nan`` when the test set is empty; possibly ``inf``/``nan`` after divergence).
@@ -335,7 +339,9 @@ def train(
             then restarts from the seed.
 
     Returns:
-        A :class:`TrainResult`; divergence is reported in it, never raised.
+        A :class:`TrainResult`; divergence is reported in it, never raised. Each step's batch
+        loss is tested before its update, and the full training loss after the last update
+        (for SGD the in-loop test is on the minibatch loss, this one on the full set).
     """
     start = time.perf_counter()
     _check_train_arguments(model, dataset, config, monitor, callbacks, loss_fn)
@@ -459,10 +465,15 @@ def train(
         finally:
             if bar is not None:
                 bar[0].stop()
+        with forked_global_rng(None, params[:1]):  # (the checkpoint keeps the run's RNG)
+            final = _evaluation(step, model, loss_fn, dataset)
+        # the loop tests each step's loss before its update: this tests the last update's
+        # (the full training loss; before the final checkpoint, which a diverged end skips)
+        loss_end = final["train_loss"]
+        if status == "ok" and step > first and (not math.isfinite(loss_end) or loss_end > limit):
+            status, diverged_at = "diverged", step
         if status == "ok":
             checkpoint(step)
-    with torch.random.fork_rng(devices=[]):
-        final = _evaluation(step, model, loss_fn, dataset)
     if status == "ok" and (not evaluations or evaluations[-1]["step"] != step):
         evaluations.append(final)
     return TrainResult(
