@@ -36,7 +36,7 @@ def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole nu
     tensor of one; bools, fractions and strings are refused."""
     value = plain_scalar(value)
     whole = isinstance(value, numbers.Integral) or (
-        isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+        isinstance(value, numbers.Real) and _finite(value) and float(value).is_integer()
     )
     if isinstance(value, bool) or not whole or value < minimum:
         raise SharpdimError(f"{name} must be an integer >= {minimum}, got {value!r}: pass {hint}")
@@ -81,9 +81,19 @@ def _finite(value: numbers.Real) -> bool:
         return False
 
 
+def _unordered(values: Any) -> bool:
+    """Whether ``values`` cannot be a list of numbers in order: text, a set or a mapping
+    (whose iteration order is not the user's), a 0-dim array or anything not iterable."""
+    return (
+        isinstance(values, (str, bytes, set, frozenset, dict))
+        or not hasattr(values, "__iter__")
+        or getattr(values, "ndim", 1) == 0
+    )
+
+
 def check_betas(betas: Any) -> tuple[float, float]:
     """Adam's ``(b1, b2)``: a pair (tuple, list, array or tensor) of numbers in ``[0, 1)``."""
-    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+    if _unordered(betas) or not hasattr(betas, "__len__") or len(betas) != 2:
         raise SharpdimError(f"betas must be a pair (b1, b2), got {betas!r}: pass e.g. (0.9, 0.999)")
     b1, b2 = (check_number(b, "betas", "in [0, 1)", "(0.9, 0.999)") for b in betas)
     return b1, b2
@@ -94,7 +104,7 @@ def check_numbers(
 ) -> list[float]:
     """``values`` (a list, tuple, numpy array or 1-d tensor) as a list of floats, each a finite
     number with ``rule``; empty only with ``allow_empty``."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+    if _unordered(values):
         raise SharpdimError(
             f"{name} must be a list of numbers, got {values!r}: pass e.g. {example}"
         )
@@ -113,6 +123,10 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
     import numpy as np
     import torch
 
+    if isinstance(values, (list, tuple)) and _holds_bool(values):
+        raise SharpdimError(
+            f"{name} must be real numbers (a tensor or array), got a bool among them"
+        )
     try:
         if isinstance(values, torch.Tensor):
             t = values
@@ -144,6 +158,18 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
     if t.is_complex() or t.dtype == torch.bool:
         raise SharpdimError(f"{name} must be real numbers (a tensor or array), got {t.dtype}")
     return t.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _holds_bool(values: Any) -> bool:
+    """Whether a (nested) list or tuple holds a bool, a numpy bool or a bool array or tensor:
+    numpy and torch would promote it to 1 beside numbers."""
+    import numpy as np
+
+    if isinstance(values, (list, tuple)):
+        return any(_holds_bool(e) for e in values)
+    return isinstance(values, (bool, np.bool_)) or str(getattr(values, "dtype", "")).endswith(
+        "bool"
+    )
 
 
 def default_generator(generator: Any) -> torch.Generator:

@@ -147,3 +147,49 @@ def test_evaluate_on_an_empty_batch_gives_nan_loss_and_no_accuracy():
     for y in (torch.zeros(0, dtype=torch.int64), torch.zeros(0, 3, dtype=torch.float64)):
         loss, acc = evaluate(model, mse_loss, (torch.zeros(0, 3), y))
         assert math.isnan(loss) and acc is None
+
+
+def test_regression_targets_of_another_layout_are_refused_not_repaired():
+    """(2, 4, 3) targets for (2, 3, 4) outputs hold the same count: a reshape re-paired them
+    into a loss of 66 for outputs equal to the targets' transpose."""
+    out = torch.arange(24.0, dtype=torch.float64).reshape(2, 3, 4)
+    assert float(mse_loss(Fixed(out), (None, out.clone()))) == 0.0
+    with pytest.raises(SharpdimError, match=r"targets of shape \(2, 4, 3\) do not match"):
+        mse_loss(Fixed(out), (None, out.transpose(1, 2).contiguous()))
+    column = Fixed(torch.tensor([[1.0], [3.0]]))  # size-1 dimensions may differ
+    assert float(mse_loss(column, (None, torch.tensor([[[0.0]], [[1.0]]])))) == 1.25
+
+
+@pytest.mark.parametrize("labels", [torch.zeros(0, dtype=torch.long), torch.zeros(0, 4)])
+def test_mse_on_an_empty_batch_is_nan_as_the_reference(labels):
+    loss = mse_loss(Fixed(torch.zeros(0, 4)), (None, labels))
+    assert math.isnan(float(loss))
+    assert math.isnan(float(nn.functional.mse_loss(torch.zeros(0, 4), torch.zeros(0, 4))))
+
+
+def test_non_tensor_and_unbatched_labels_get_one_line_errors():
+    for fn in (mse_loss, cross_entropy_loss, accuracy):
+        with pytest.raises(SharpdimError, match="must be a tensor"):
+            fn(Fixed(OUT), (None, [2, 0]))
+    logits = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    ref = nn.functional.cross_entropy(logits, torch.tensor(2))
+    assert float(cross_entropy_loss(Fixed(logits), (None, torch.tensor(2)))) == float(ref)
+    for bad, match in (
+        (torch.tensor(True), "integers"),
+        (torch.tensor(7), "4 outputs"),
+        (torch.tensor(-1), ">= 0"),
+        (torch.tensor([1, 2]), "0-dim label"),
+    ):
+        with pytest.raises(SharpdimError, match=match):
+            cross_entropy_loss(Fixed(logits), (None, bad))
+
+
+def test_accuracy_checks_labels_as_the_losses_do():
+    for bad, match in (
+        (torch.tensor([True, False]), "integers"),
+        (torch.tensor([2, 9]), "3 outputs"),
+        (torch.tensor([-1, 0]), ">= 0"),
+    ):
+        with pytest.raises(SharpdimError, match=match):
+            accuracy(Fixed(OUT), (None, bad))
+    assert accuracy(Fixed(OUT), (None, torch.tensor([2, -100]))) == 1.0

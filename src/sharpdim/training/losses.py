@@ -33,14 +33,23 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise SharpdimError(
             f"a batch must be a pair (x, y), got {type(batch).__name__}: pass (inputs, targets)"
         )
+    if not isinstance(batch[1], torch.Tensor):
+        raise SharpdimError(
+            f"the targets y must be a tensor, got {type(batch[1]).__name__}: pass "
+            "torch.as_tensor(y)"
+        )
     return batch[0], batch[1]
+
+
+def _no_bool_labels(y: torch.Tensor) -> None:
+    if y.dtype == torch.bool or y.is_complex():
+        raise SharpdimError(f"class labels must be integers, got {y.dtype}: pass y.long()")
 
 
 def _label_shape(y: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     """Integer labels in the shape of ``outputs`` without its class dim 1: ``(N,)`` for
     ``(N, C)`` (a column ``(N, 1)`` is taken as ``(N,)``), ``(N, T)`` for ``(N, C, T)``."""
-    if y.dtype == torch.bool or y.is_complex():
-        raise SharpdimError(f"class labels must be integers, got {y.dtype}: pass y.long()")
+    _no_bool_labels(y)
     want = (outputs.shape[0], *outputs.shape[2:]) if outputs.ndim > 1 else outputs.shape
     if y.shape == (outputs.shape[0], 1) and outputs.ndim == 2:
         y = y.reshape(-1)
@@ -89,6 +98,28 @@ def mse_targets(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y.reshape(outputs.shape).to(outputs.dtype)
 
 
+def _core_shape(shape: torch.Size) -> tuple[int, ...]:
+    """The batch dimension and the others but those of size 1."""
+    return (shape[0], *(s for s in shape[1:] if s != 1)) if len(shape) else ()
+
+
+def squared_errors(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example ``0.5 * ||f(x_i) - t_i||^2`` for outputs ``(N, ...)``: one-hot ``t_i`` for
+    integer labels, else the regression targets, of the outputs' shape up to size-1 dimensions
+    (``(N,)`` for ``(N, 1)``; anything else is refused, not re-paired by a reshape)."""
+    if outputs.ndim == 0:
+        raise SharpdimError(
+            "the model returned a 0-dim output: return one row per example, shape (N, ...)"
+        )
+    if y.is_floating_point() and _core_shape(y.shape) != _core_shape(outputs.shape):
+        raise SharpdimError(
+            f"targets of shape {tuple(y.shape)} do not match outputs {tuple(outputs.shape)}: "
+            "give the model one output per target, in the targets' layout"
+        )
+    out2d = outputs.flatten(1) if outputs.ndim > 1 else outputs.unsqueeze(1)
+    return 0.5 * (out2d - mse_targets(out2d, y)).pow(2).sum(dim=1)
+
+
 def mse_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """Squared loss ``(1/n) sum_i 0.5 * ||f(x_i) - t_i||^2`` (one-hot ``t_i`` for labels)."""
     x, y = _unpack(batch)
@@ -99,8 +130,7 @@ def mse_loss(model: nn.Module, batch: Any) -> torch.Tensor:
             "the 'ce' loss for per-token classes (N, C, T), or regression targets of the "
             "outputs' shape"
         )
-    out2d = out.reshape(out.shape[0], -1)
-    return 0.5 * (out2d - mse_targets(out2d, y)).pow(2).sum(dim=1).mean()
+    return squared_errors(out, y).mean()
 
 
 def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -115,6 +145,14 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     if logits.ndim > 1:  # classes along dim 1, as F.cross_entropy reads them
         y = _label_shape(y, logits)
         _check_labels(y, logits.shape[1], ignore=IGNORE_INDEX)
+    else:  # one unbatched example: logits (C,), a 0-dim label
+        _no_bool_labels(y)
+        if logits.ndim == 0 or y.ndim != 0:
+            raise SharpdimError(
+                f"unbatched logits of shape {tuple(logits.shape)} need one 0-dim label, got "
+                f"labels of shape {tuple(y.shape)}: pass batched logits (N, C) and labels (N,)"
+            )
+        _check_labels(y, logits.shape[0], ignore=IGNORE_INDEX)
     return F.cross_entropy(logits, y if y.dtype == torch.int64 else y.long())  # (int32 too)
 
 
@@ -140,6 +178,7 @@ def accuracy(model: nn.Module, batch: Any) -> float:
     x, y = _unpack(batch)
     if y.is_floating_point():
         raise SharpdimError("accuracy needs integer class labels: it is undefined for regression")
+    _no_bool_labels(y)
     counted = y != IGNORE_INDEX
     if not bool(counted.any()):
         return float("nan")
@@ -153,6 +192,7 @@ def accuracy(model: nn.Module, batch: Any) -> float:
             f"for labels of shape {tuple(y.shape)}: put the classes along dim 1, e.g. (N, C) "
             "or (N, C, T)"
         )
+    _check_labels(y, out.shape[1] if out.ndim > 1 else out.shape[0], ignore=IGNORE_INDEX)
     return float((pred == y)[counted].double().mean())
 
 

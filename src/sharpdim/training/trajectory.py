@@ -36,7 +36,7 @@ from sharpdim.errors import SharpdimError
 from sharpdim.module_modes import restored_modes
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.loop import TrainConfig, TrainResult, train
-from sharpdim.training.losses import get_loss, mse_targets
+from sharpdim.training.losses import get_loss, squared_errors
 
 
 @dataclass(frozen=True)
@@ -335,8 +335,7 @@ def _example_losses(model: nn.Module, loss: str, x: torch.Tensor, y: torch.Tenso
             f"{tuple(out.shape)}: use a model with outputs (n, C), e.g. last_only=True"
         )
     if loss == "mse":
-        out2d = out.reshape(out.shape[0], -1)
-        return 0.5 * (out2d - mse_targets(out2d, y)).pow(2).sum(dim=1)
+        return squared_errors(out, y)
     return F.cross_entropy(out, y.long(), reduction="none")  # (int32 labels, as in losses)
 
 
