@@ -51,7 +51,7 @@ def test_spectrum_in_chunks_equals_one_batch(tmp_path: Path) -> None:
     a = torch.tensor(one["lanczos"]["eigenvalues"])
     for chunk in (25, 1000):  # chunks of 25, 25 and 10; one chunk larger than the data
         got = _spectrum(tmp_path, f"{TINY} --which LA --k 2 --chunk-size {chunk}", f"c{chunk}")
-        assert got["spectrum"]["chunk_size"] == chunk
+        assert got["spectrum"]["chunk_size"] == chunk and got["spectrum"]["max_iter"] is None
         b = torch.tensor(got["spectrum"]["lanczos"]["eigenvalues"])
         assert torch.allclose(a, b, rtol=1e-9, atol=0)
 
@@ -159,3 +159,13 @@ def test_a_refused_figure_format_creates_no_json_folder(tmp_path, capsys) -> Non
     assert main([*argv, "--png", str(tmp_path / "b.xyz")]) == 2
     assert "--png path" in capsys.readouterr().err
     assert not (tmp_path / "nd").exists()
+    # nesterov with --momentum 0 (which torch refuses) too, naming the flag
+    argv = ["spectrum", "--json", str(tmp_path / "nd" / "deep" / "a.json")]
+    assert main([*argv, "--optimizer", "nesterov", "--momentum", "0"]) == 2
+    assert "--optimizer nesterov needs --momentum in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "nd").exists()
+
+
+def test_spectrum_json_records_max_iter(tmp_path: Path) -> None:
+    got = _spectrum(tmp_path, f"{TINY} --which SA --k 2 --max-iter 3")["spectrum"]
+    assert got["max_iter"] == 3 and got["lanczos"]["num_matvecs"] == 3

@@ -192,6 +192,14 @@ def test_adam_with_given_and_estimated_preconditioner() -> None:
         model, _ce, data, 0.2, optimizer="adamw", num_batches=3, batch_size=10, num_bootstrap=0
     )
     assert est.settings["preconditioner"].startswith("estimated") and 0 <= est.sd <= 76
+    # the estimate's batches change an SLQ result too, so they are recorded whatever the method
+    slq = sharpness_dimension(
+        model, _ce, data, 0.2, optimizer="adamw", num_batches=4, batch_size=10, num_bootstrap=0,
+        method="slq", num_runs=2, num_steps=5,
+    )  # fmt: skip
+    assert est.settings["preconditioner_batches"] == 3
+    assert slq.settings["preconditioner_batches"] == 4 and "num_batches" not in slq.settings
+    assert "preconditioner_batches" not in adam.settings  # (given, not estimated)
 
 
 def _mse(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

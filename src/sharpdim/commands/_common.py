@@ -404,6 +404,11 @@ def check_training_options(
         )
     check_positive_lr(lr)
     check_fraction(momentum, "--momentum", "0.9")  # whatever the optimizer
+    if optimizer == "nesterov" and momentum == 0:
+        raise SharpdimError(
+            "--optimizer nesterov needs --momentum in (0, 1) (torch's Nesterov step has no "
+            "momentum-0 form): pass e.g. --momentum 0.9, or --optimizer gd"
+        )
     check_at_least(train_steps, 0, "--train-steps")
     if train_batch_size is not None:
         check_at_least(train_batch_size, 1, "--train-batch-size")

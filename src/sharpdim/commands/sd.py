@@ -102,7 +102,9 @@ def compute(
     batch_size: int = typer.Option(
         64, "--sd-batch-size", "--batch-size", help="minibatch size of the SD's Jacobians"
     ),
-    num_batches: int = typer.Option(10, help="minibatches (exact method)"),
+    num_batches: int = typer.Option(
+        10, help="minibatches (exact method; and Adam's estimated preconditioner at 0 steps)"
+    ),
     num_runs: int = typer.Option(100, help="Lanczos runs (slq/kde/ps)"),
     num_steps: int = typer.Option(100, help="Lanczos steps per run (slq/kde/ps)"),
     reorth: str = typer.Option(

@@ -263,7 +263,7 @@ def spectrum(
     # the files before the table: a reader that closes the pipe early (| head) ends the
     # command at its first print, and the results must be on disk by then
     if json_out is not None:  # the numbers first, then the figure
-        record.update(chunk_size=chunk_size)
+        record.update(chunk_size=chunk_size, max_iter=max_iter)
         payload = {"spectrum": record, "training": training}
         write_json(json_out, payload, "--json path")
     if png is not None:

@@ -394,6 +394,7 @@ def sharpness_dimension(
             if coupled
             else "estimated: sqrt(mean_B g_B^2) + adam_eps"
         )
+        settings["preconditioner_batches"] = num_batches  # (whatever the method)
     elif config.is_adam:
         settings["preconditioner"] = "given"
     num_exp = d * config.states_per_param
