@@ -374,6 +374,28 @@ def test_operator_rebuilds_after_a_fused_optimizer_step(optimizer: str) -> None:
     assert_matches(op @ v, fresh)
 
 
+def test_a_nan_or_an_uncomparable_tensor_the_loss_never_reaches_keeps_the_graph() -> None:
+    # the value check must not take NaN != NaN for a change (a rebuild at every product), nor
+    # fail on a dtype torch cannot compare (complex32)
+    model, batch = make_mlp([4, 5, 2], "tanh"), regression_batch(8, 4, 2)
+    model.register_buffer("stat", torch.tensor([float("nan"), 1.0], dtype=DTYPE))
+    with pytest.warns(UserWarning, match="ComplexHalf support is experimental"):
+        model.register_buffer("odd", torch.zeros(2, dtype=torch.complex32))
+    op = HessianOperator(model, mse_loss, batch)
+    builds, build = [0], op._gradient_graph
+
+    def counted(index: int):  # type: ignore[no-untyped-def]
+        builds[0] += 1
+        return build(index)
+
+    op._gradient_graph = counted  # type: ignore[method-assign]
+    v = _random(op.num_params)
+    first = op @ v
+    for _ in range(3):
+        assert torch.equal(op @ v, first)
+    assert builds[0] == 1
+
+
 def test_a_replaced_parameter_is_refused() -> None:
     model, batch = make_mlp([4, 5, 2], "tanh"), regression_batch(8, 4, 2)
     op = HessianOperator(model, mse_loss, batch)
@@ -624,6 +646,7 @@ def test_batch_size_is_the_first_top_level_tensor() -> None:
         assert batch_size(batch) == 4
     sequences = [torch.zeros(9), torch.zeros(3), torch.zeros(4)]  # per example, varying length
     assert batch_size([t, t[:, 0]]) == 4  # a list (x, y) of one batch is still read
+    assert batch_size([t, t[:, 0], torch.tensor(0.5)]) == 4  # a scalar beside them is passed over
     for examples in ([(t, t), (t, t)], {"x": {"y": t}}, ("a",), (), sequences):
         with pytest.raises(SharpdimError, match="weights=") as err:
             batch_size(examples)

@@ -49,7 +49,7 @@ def batch_size(batch: Any) -> int:
     if isinstance(items, (tuple, list)) and items:
         examples = all(isinstance(t, (tuple, list, dict)) for t in items)
         if isinstance(batch, list) and all(isinstance(t, torch.Tensor) for t in items):
-            examples = examples or len({t.shape[0] if t.ndim else 1 for t in items}) > 1
+            examples = examples or len({t.shape[0] for t in items if t.ndim}) > 1
         first = next((t for t in items if isinstance(t, torch.Tensor) and t.ndim), None)
         if not examples and first is not None:
             return int(first.shape[0])
@@ -175,6 +175,19 @@ def _batch_weights(batches: list[Any], weights: Sequence[float] | None) -> list[
     if not all(math.isfinite(w) for w in out):
         raise SharpdimError(f"weights must be finite, got {out}: pass one finite float per batch")
     return out
+
+
+def _same_values(copy: torch.Tensor, t: torch.Tensor) -> bool:
+    """Whether ``t`` still holds the values of ``copy``: NaN where NaN was (a NaN in a tensor
+    the loss never reaches must not rebuild the graph at every product); ``True`` for a dtype
+    torch cannot compare (e.g. complex32: its version counter alone is watched)."""
+    try:
+        if torch.equal(copy, t):
+            return True
+        nan = copy.isnan() & t.isnan() if copy.is_floating_point() else False
+        return bool(((copy == t) | nan).all())
+    except (NotImplementedError, RuntimeError):
+        return True
 
 
 def _storage(t: torch.Tensor) -> int | None:
@@ -440,7 +453,7 @@ class HessianOperator(LinearOperator):
         that leave version counters alone: fused optimizer steps, ``p.data``). Called only
         when identities and storages match, so the lists are aligned."""
         return not all(
-            copy is None or torch.equal(copy, t)
+            copy is None or _same_values(copy, t)
             for copy, t in zip(self._values_at_build, self._tensors_to_track(), strict=True)
         )
 

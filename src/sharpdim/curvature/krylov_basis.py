@@ -99,7 +99,7 @@ class KrylovBasis:
         self.round_of = torch.zeros(capacity, dtype=torch.long, device=dev)
         """Per row, its *round*: 0 for the Krylov sequence of the start block, ``r`` for that
         of the random block that replaced the ``r``-th invariant subspace (see
-        :func:`_round_settled`; only needed to decide when to stop); a converged Ritz vector
+        :func:`_round_state`; only needed to decide when to stop); a converged Ritz vector
         locked at a restart: ``-(r + 2)`` if round ``r`` found it, else ``-1``."""
         block = start.to(dtype=self.dtype, device=dev).reshape(self.n, -1).T.contiguous()
         if not bool(torch.isfinite(block).all()) or float(block.norm()) == 0:
@@ -235,8 +235,9 @@ class KrylovBasis:
         """Start a round without a breakdown: add a random direction, orthogonal to the basis
         and the pending block and with zero coupling, to the pending block (which then grows
         by one). ``False`` (nothing done) when the basis has no room for it. ``loose``: the
-        earlier rows are far from invariant (a numerical zero's round), so the round is judged
-        through the pending block alone (listed in :attr:`loose_rounds`)."""
+        earlier rows are far from invariant (a numerical zero's round, or one beside a round
+        kept open by its locked copies), so the round is judged through the pending block
+        alone (listed in :attr:`loose_rounds`)."""
         row = self.m + self.nb
         if row + 1 > min(self.n, self.V.shape[0]):
             return False

@@ -29,7 +29,7 @@ Implementation choices:
   dtype (the accuracy of a product ``H v`` itself; below it no residual can be trusted).
 * **Invariant subspaces** (a new direction shorter than ``1e-10 ||H||``): the process goes on
   from a random vector in the complement (a *round*), and zero residuals do not end it until
-  the latest round can no longer change the wanted values (:func:`_round_settled`): a
+  the latest round can no longer change the wanted values (:func:`_round_state`): a
   rank-deficient Hessian's repeated zeros are all counted.
 
 ``which="LA"`` (largest algebraic, e.g. the sharpness ``lambda_max(H)``, *not* the largest
@@ -174,10 +174,13 @@ def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
     return torch.tensor(out, device=theta.device)
 
 
-def _round_settled(
+def _round_state(
     basis: KrylovBasis, theta: torch.Tensor, which: str, k: int, tol: float, floor: float
-) -> bool:
-    """Whether further rounds after an invariant subspace can no longer change the answer.
+) -> tuple[bool, bool]:
+    """``(settled, blocked)``: whether further rounds after an invariant subspace can no longer
+    change the answer, and, if not, whether only copies the current round found and locked
+    keep it open (then the next round must start by hand: thick restarts keep the round from
+    the breakdown that would start it).
 
     From a random start, an invariant Krylov space holds one vector of every eigenspace, so
     its orthogonal complement holds only further copies of eigenvalues already found; the
@@ -192,21 +195,40 @@ def _round_settled(
     locked, would no longer keep it from settling on the interior values that follow).
     """
     if basis.rounds == 0 or basis.m >= basis.n:  # (a basis of the whole space is exact)
-        return True
-    m, nb = basis.m, basis.nb
+        return True, False
     judged = basis.rounds
     rows = basis.round_rows(judged)
     if rows.numel() == 0:  # the new round has no products yet: judge the complete one before
         judged -= 1
         rows = basis.round_rows(judged)
     if rows.numel() == 0:
-        return False
+        return False, False
+    if _rows_settled(basis, rows, theta, which, k, tol, floor):
+        return True, False
+    live = rows[basis.round_of[rows] >= 0]
+    blocked = judged == basis.rounds and (
+        live.numel() == 0 or _rows_settled(basis, live, theta, which, k, tol, floor)
+    )
+    return False, blocked
+
+
+def _rows_settled(
+    basis: KrylovBasis,
+    rows: torch.Tensor,
+    theta: torch.Tensor,
+    which: str,
+    k: int,
+    tol: float,
+    floor: float,
+) -> bool:
+    """The round test of :func:`_round_state` on the Ritz pairs of ``rows`` alone."""
+    m, nb = basis.m, basis.nb
     t_round, s_round = torch.linalg.eigh(basis.T[rows][:, rows])
     # residuals through every other row and the pending block: the earlier rounds' rows are
     # invariant but for rounding, unless only part of a block broke down (its other rows go on
-    # with the earlier sequence and stay coupled to it); after a numerical zero's round started
-    # by hand the earlier rows are not invariant, and rounds are judged through the pending
-    # block alone
+    # with the earlier sequence and stay coupled to it); after a round started by hand beside
+    # a sequence that goes on, the earlier rows are not invariant, and rounds are judged
+    # through the pending block alone
     coupling = basis.T[m : m + nb, rows]
     if not basis.loose_rounds:
         earlier = torch.ones(m, dtype=torch.bool, device=rows.device)
@@ -362,7 +384,7 @@ def lanczos_eigenvalues(
             start = torch.cat([start.cpu(), extra], 1)
     basis = KrylovBasis(op, max_basis + b, start, gen, restart_on_breakdown=True)
     eps = torch.finfo(op.dtype).eps if op.dtype.is_floating_point else 2.0**-52
-    restarts = hand_round = hand_limit = 0
+    restarts = hand_round = hand_limit = lock_round = lock_limit = 0
     while True:
         basis.step()
         theta, s, res = basis.ritz()
@@ -377,7 +399,13 @@ def lanczos_eigenvalues(
         # a round started by hand may take as many products again as came before it; then
         # (e.g. thick restarts keep trimming it) the first sequence's answer stands
         gave_up = hand_round > 0 and basis.rounds == hand_round and basis.matvecs >= hand_limit
-        round_ok = idx.numel() < k or _round_settled(basis, theta, which, k, tol, floor)
+        # a round started beside one kept open by its own locked copies gets as many products
+        # again as came before it; thick restarts that keep trimming it (a small max_basis
+        # full of locked vectors) leave the copies uncertified: the values are flagged
+        stuck = lock_round > 0 and basis.rounds == lock_round and basis.matvecs >= lock_limit
+        round_ok, blocked = (
+            (True, False) if idx.numel() < k else _round_state(basis, theta, which, k, tol, floor)
+        )
         all_ok = idx.numel() == wanted and bool(ok.all())
         # every Ritz residual as small as the wanted values need: the basis is invariant to the
         # accuracy asked for, though its next direction was not short enough to count as a
@@ -388,13 +416,14 @@ def lanczos_eigenvalues(
         invariant = all_ok and m < n and smallest > zero and float(res.max()) <= tol * smallest
         unseen = invariant and (basis.rounds == 0 or not round_ok)
         settled = not more and not unseen and (gave_up or round_ok)
-        if (all_ok and settled) or basis.nb == 0 or basis.matvecs + basis.nb > budget:
+        if (all_ok and settled) or stuck or basis.nb == 0 or basis.matvecs + basis.nb > budget:
             break
         room = basis.matvecs + basis.nb + 1 <= budget  # (a round grows the next block by one)
         if all_ok and more and room and basis.add_round(loose=True):
             hand_round, hand_limit = basis.rounds, 2 * basis.matvecs
-        elif unseen and room:
-            basis.add_round()
+        elif (unseen or (all_ok and blocked)) and room and basis.add_round(loose=blocked):
+            # (a blocked round's sequence goes on beside the new one, whose products are bounded)
+            lock_round, lock_limit = (basis.rounds, 2 * basis.matvecs) if blocked else (0, 0)
         full = m + 2 * basis.nb > basis.V.shape[0]
         if full and m + basis.nb < n:  # thick restart (unless the next step spans the space)
             keep = min(m - basis.nb, wanted + max(basis.nb, (m - wanted) // 2))
