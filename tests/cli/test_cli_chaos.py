@@ -450,14 +450,19 @@ def test_idx_dataset_names_the_cli_options(
     )
 
 
+def _overflowing_orbit(k: int, steps: int, warmup: int, json_out: Path) -> list[str]:
+    """``chaos lyapunov`` without training at lr=1e30: the orbit overflows at step 6."""
+    args = ["chaos", "lyapunov", "--n-train", "32", "--width", "4", "--depth", "1"]
+    args += ["--train-steps", "0", "--lr", "1e30", "--k", str(k), "--steps", str(steps)]
+    return [*args, "--warmup", str(warmup), "--json", str(json_out)]
+
+
 def test_lyapunov_says_when_the_orbit_diverged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # no training; at lr=1e30 the map's orbit overflows at step 6 (5 warmup steps, then 1)
     out = tmp_path / "l.json"
-    args = ["chaos", "lyapunov", "--n-train", "32", "--width", "4", "--depth", "1"]
-    args += ["--train-steps", "0", "--lr", "1e30", "--k", "3", "--steps", "30", "--warmup", "5"]
-    assert main([*args, "--json", str(out)]) == 0
+    assert main(_overflowing_orbit(k=3, steps=30, warmup=5, json_out=out)) == 0
     printed = capsys.readouterr().out
     assert (
         "warning: the orbit diverged (non-finite state) at step 6 of 35 (warmup included): "
@@ -546,9 +551,7 @@ def test_lyapunov_json_reports_the_warmup_steps_run_when_the_orbit_diverges_in_t
 ) -> None:
     # as above, the orbit overflows at step 6, here inside a warmup of 10 (reported: 10 before)
     out = tmp_path / "l.json"
-    args = ["chaos", "lyapunov", "--n-train", "32", "--width", "4", "--depth", "1"]
-    args += ["--train-steps", "0", "--lr", "1e30", "--k", "1", "--steps", "3", "--warmup", "10"]
-    assert main([*args, "--json", str(out)]) == 0
+    assert main(_overflowing_orbit(k=1, steps=3, warmup=10, json_out=out)) == 0
     assert (
         "warning: the orbit diverged (non-finite state) at step 6 of 13 (warmup included): "
         "its exponents average only 0 of the 3 steps; lower --lr"

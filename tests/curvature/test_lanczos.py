@@ -313,8 +313,10 @@ def test_zero_and_invariant_start() -> None:
 
 
 class _Counting(LinearOperator):
-    def __init__(self, a: torch.Tensor) -> None:
-        self.a, self.calls = a, 0
+    """A dense matrix that counts its products (and can turn NaN from one of them on)."""
+
+    def __init__(self, a: torch.Tensor, nan_at: int | None = None) -> None:
+        self.a, self.calls, self.nan_at = a, 0, nan_at
 
     @property
     def num_params(self) -> int:
@@ -330,7 +332,10 @@ class _Counting(LinearOperator):
 
     def _matmat(self, block: torch.Tensor) -> torch.Tensor:
         self.calls += block.shape[1]
-        return self.a @ block
+        out = self.a @ block
+        if self.nan_at is not None and self.calls >= self.nan_at:
+            out[0] = float("nan")
+        return out
 
 
 def test_matvec_count_is_reported() -> None:
@@ -485,32 +490,6 @@ def test_an_invariant_space_above_the_breakdown_level_starts_a_round(
     res = lanczos_eigenvalues(a, k=3, which=which, generator=_gen(seed))
     assert res.all_converged
     torch.testing.assert_close(res.eigenvalues, expected(a, 3, which), rtol=0, atol=1e-8)
-
-
-class _Counting(LinearOperator):
-    """A dense matrix that counts its products (and can turn NaN at one of them)."""
-
-    def __init__(self, a: torch.Tensor, nan_at: int | None = None) -> None:
-        self.a, self.calls, self.nan_at = a, 0, nan_at
-
-    @property
-    def num_params(self) -> int:
-        return self.a.shape[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.a.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.a.device
-
-    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
-        self.calls += block.shape[1]
-        out = self.a @ block
-        if self.nan_at is not None and self.calls >= self.nan_at:
-            out[0] = float("nan")
-        return out
 
 
 def test_max_iter_bounds_the_products_when_a_round_starts() -> None:
