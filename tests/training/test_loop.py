@@ -180,6 +180,37 @@ def test_a_loss_past_the_limit_after_the_last_update_is_a_divergence(tmp_path, s
     assert model.weight.detach().item() == (-10.0) ** steps
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+def test_the_end_test_sees_the_loss_in_training_mode(steps):
+    """Batch norm over inputs offset by 1e4: in training mode the loss stays near 0.9, while
+    eval mode's lagging running statistics give 5e7 after a few steps; the end test read the
+    eval-mode loss and called such runs diverged."""
+    from sharpdim.training.datasets import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    x = 1e4 + torch.randn(64, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(64, 1, generator=g, dtype=torch.float64)
+    data = Dataset("offset", x, y, x[:0], y[:0], 0)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.BatchNorm1d(3, dtype=torch.float64), torch.nn.Linear(3, 1, dtype=torch.float64)
+    )
+    stats = [b.clone() for b in model.buffers()]
+    result = train(model, data, TrainConfig(lr=1e-3, steps=steps, loss="mse"))
+    assert (result.status, result.steps_completed) == ("ok", steps)
+    assert result.final_train_loss > 1e6  # (the eval-mode loss the end test must not read)
+    assert int(model[0].num_batches_tracked) == steps  # the end test left the buffers alone
+    assert not torch.equal(model[0].running_mean, stats[0])
+
+
+def test_a_dataset_without_training_examples_is_refused():
+    from sharpdim.training.datasets import Dataset
+
+    x, y = torch.zeros(0, 3), torch.zeros(0, 1)
+    with pytest.raises(SharpdimError, match="no training examples"):
+        train(torch.nn.Linear(3, 1), Dataset("empty", x, y, x, y, 0), TrainConfig(steps=2))
+
+
 def test_checkpoints_on_disk_and_in_memory(digits, tmp_path):
     model = small_mlp()
     initial = flat(model)

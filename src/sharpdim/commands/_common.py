@@ -381,7 +381,9 @@ def optimizer_option() -> Any:
 
 def momentum_option() -> Any:
     """``--momentum``: heavy-ball / Nesterov momentum."""
-    return typer.Option(0.9, help="momentum (heavy ball / Nesterov), in [0, 1) for every optimizer")
+    return typer.Option(
+        0.9, help="momentum (heavy ball / Nesterov), in [0, 1) (Nesterov: in (0, 1))"
+    )
 
 
 def train_batch_size_option() -> Any:
