@@ -163,8 +163,9 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
 
 def _holds_bool(values: Any) -> bool:
     """Whether a (nested) list or tuple holds a bool, a numpy bool or a bool array or tensor:
-    numpy and torch would promote it to 1 beside numbers. (Types are gathered per level with
-    ``map``: a million-element list costs milliseconds, not a Python loop per element.)"""
+    numpy and torch would promote it to 1 beside numbers. (The element types of each list are
+    gathered with ``map``, so a flat list of a million numbers costs milliseconds; only arrays
+    and tensors among them are looked at one by one.)"""
     import numpy as np
 
     kinds = set(map(type, values))
@@ -174,14 +175,9 @@ def _holds_bool(values: Any) -> bool:
         _holds_bool(e) for e in values if isinstance(e, (list, tuple))
     ):
         return True
-    return (
-        any(
-            str(e.dtype).endswith("bool")
-            for e in values
-            if hasattr(e, "dtype") and hasattr(e, "ndim")
-        )
-        if any(hasattr(k, "dtype") for k in kinds)
-        else False
+    arrays = {k for k in kinds if hasattr(k, "dtype") and not issubclass(k, np.generic)}
+    return bool(arrays) and any(
+        str(e.dtype).endswith("bool") for e in values if type(e) in arrays and hasattr(e, "ndim")
     )
 
 

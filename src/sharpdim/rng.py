@@ -41,8 +41,8 @@ def operator_seed(mode: str) -> int | None:
     """The ``seed`` of one of several Hessian operators a computation builds in turn: drawn
     from (and advancing) the global generator in ``"train"``/``"keep"`` mode, so each operator
     draws its own dropout masks (call it inside :func:`forked_global_rng`); ``None`` in
-    ``"eval"`` mode, which has no such randomness (nothing is drawn). The draw's low 32 bits,
-    all of a seed that torch keeps."""
+    ``"eval"`` mode, which has no such randomness (nothing is drawn). The draw's low 32 bits:
+    all of a seed torch's CPU generator keeps (so the CPU streams are those of the full draw)."""
     if mode == "eval":
         return None
     return int(torch.randint(0, 2**62, (1,))) % 2**32

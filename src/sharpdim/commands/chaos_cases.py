@@ -309,9 +309,10 @@ def decode_case(stored: Any) -> dict[str, Any]:
     if not isinstance(stored, dict):
         raise ValueError(f"a stored case is a JSON object, got {type(stored).__name__}")
     stored = {**_ADDED_LATER, **stored}  # cases stored before these keys existed
-    early = _early_seeds_of_older_case(stored)
-    if "orbit_diverged_early_seeds" not in stored and early is not None:
-        stored["orbit_diverged_early_seeds"] = early
+    if "orbit_diverged_early_seeds" not in stored:
+        early = _early_seeds_of_older_case(stored)
+        if early is not None:
+            stored["orbit_diverged_early_seeds"] = early
     missing = (CASE_KEYS | set(MEASURES)) - set(stored)
     if missing:
         raise ValueError(f"a stored case lacks {', '.join(sorted(missing))}")

@@ -91,7 +91,7 @@ def _save(
     name: str,
     result: Any,
     plot: Callable[[Any, Path], Path],
-    settings: dict[str, Any] | None = None,
+    settings: dict[str, Any],
 ) -> tuple[Path, Path]:
     """Write ``<out>/<name>.json``, then ``<out>/<name>.png`` (by ``plot``); return (png, json).
 
@@ -99,7 +99,7 @@ def _save(
     before). ``settings``: the command's options, recorded in the JSON as ``"settings"``.
     """
     png = out / f"{name}.png"
-    payload = result.to_dict() if settings is None else {"settings": settings, **result.to_dict()}
+    payload = {"settings": settings, **result.to_dict()}
     js = write_json(out / f"{name}.json", payload, "--out folder", replaces=[png])
     with output_errors(png, "--out folder"):
         plot(result, png)

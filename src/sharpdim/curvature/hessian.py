@@ -49,7 +49,7 @@ def batch_size(batch: Any) -> int:
     if isinstance(items, (tuple, list)) and items:
         examples = all(isinstance(t, (tuple, list, dict)) for t in items)
         if isinstance(batch, list) and all(isinstance(t, torch.Tensor) for t in items):
-            examples = examples or len({t.shape[0] for t in items if t.ndim}) > 1
+            examples = len({t.shape[0] for t in items if t.ndim}) > 1
         first = next((t for t in items if isinstance(t, torch.Tensor) and t.ndim), None)
         if not examples and first is not None:
             return int(first.shape[0])
@@ -311,7 +311,7 @@ class HessianOperator(LinearOperator):
             for i, w in enumerate(self.weights):
                 if w != 0:  # (a chunk of weight 0, e.g. all padding, may have a NaN loss)
                     out += w * self._hvp(self._gradient_graph(i), block)
-        return self._finite(out)
+        return out  # (checked by matvec, through _finite)
 
     def _dense_columns(self, unit: torch.Tensor) -> torch.Tensor:
         """Columns of :meth:`dense`: with a kept graph that saves little, in batched double
@@ -334,7 +334,7 @@ class HessianOperator(LinearOperator):
         if out is None:
             self._dense_width = 1  # torch cannot batch this model: one column at a time
             return self._matmat(unit)
-        return self._finite(out if self.weights[0] == 1.0 else self.weights[0] * out)
+        return out if self.weights[0] == 1.0 else self.weights[0] * out  # (dense() checks it)
 
     def _finite(self, out: torch.Tensor) -> torch.Tensor:
         """``out``, or a one-line error where the products are not finite."""
@@ -438,30 +438,37 @@ class HessianOperator(LinearOperator):
         Tracking every parameter (not only ``params``) matters for a subset: an update of
         another layer changes this block of the Hessian too.
         """
-        tracked = self._tracked_state()
-        if self._graph is None or tracked != self._tracked_at_build or self._values_changed():
-            self._graph = self._gradient_graph(0)
-            self._tracked_at_build = self._tracked_state()
+        tensors = self._tensors_to_track()
+        graph = self._graph
+        if (
+            graph is None
+            or self._tracked_state(tensors) != self._tracked_at_build
+            or self._values_changed(tensors)
+        ):
+            graph = self._graph = self._gradient_graph(0)
+            tensors = self._tensors_to_track()
+            self._tracked_at_build = self._tracked_state(tensors)
             self._values_at_build = [
-                t.detach().clone() if t.layout == torch.strided else None
-                for t in self._tensors_to_track()
+                t.detach().clone() if t.layout == torch.strided else None for t in tensors
             ]
-        return self._graph
+        return graph
 
-    def _values_changed(self) -> bool:
+    def _values_changed(self, tensors: list[torch.Tensor]) -> bool:
         """Whether a tracked tensor's values differ from the copy taken at the build (writes
         that leave version counters alone: fused optimizer steps, ``p.data``). Called only
         when identities and storages match, so the lists are aligned."""
         return not all(
             copy is None or _same_values(copy, t)
-            for copy, t in zip(self._values_at_build, self._tensors_to_track(), strict=True)
+            for copy, t in zip(self._values_at_build, tensors, strict=True)
         )
 
-    def _tracked_state(self) -> tuple[list[Any], list[int], list[bool]]:
-        """Identity, storage and version of every tracked tensor, and (``mode="keep"``) the
-        modules' train/eval flags: a graph built under other values describes another Hessian.
-        (``model.to(...)``/``.double()`` swap a parameter's storage without a new version.)"""
-        tracked = self._tensors_to_track()
+    def _tracked_state(
+        self, tracked: list[torch.Tensor]
+    ) -> tuple[list[Any], list[int], list[bool]]:
+        """Identity, storage and version of every tracked tensor (of :meth:`_tensors_to_track`),
+        and (``mode="keep"``) the modules' train/eval flags: a graph built under other values
+        describes another Hessian. (``model.to(...)``/``.double()`` swap a parameter's storage
+        without a new version.)"""
         flags = [m.training for m in self.model.modules()] if self.mode == "keep" else []
         where = [(id(t), _storage(t), t.dtype, t.device) for t in tracked]
         return where, [t._version for t in tracked], flags

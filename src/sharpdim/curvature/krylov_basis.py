@@ -93,9 +93,10 @@ class KrylovBasis:
         self.T = torch.zeros(capacity, capacity, dtype=torch.float64, device=dev)
         self.m, self.nb, self.matvecs = 0, 0, 0
         self.fills, self.rounds, self.hnorm = 0, 0, 0.0
-        self.loose_rounds: set[int] = set()
-        """Rounds started by hand beside a Krylov sequence that goes on (see :meth:`add_round`),
-        whose rows stay coupled to the earlier ones."""
+        self.loose = False
+        """Whether a round was started by hand beside a Krylov sequence that goes on (see
+        :meth:`add_round`): the earlier rows are then not invariant, and every later round is
+        judged through the pending block alone."""
         self.round_of = torch.zeros(capacity, dtype=torch.long, device=dev)
         """Per row, its *round*: 0 for the Krylov sequence of the start block, ``r`` for that
         of the random block that replaced the ``r``-th invariant subspace (see
@@ -236,8 +237,7 @@ class KrylovBasis:
         and the pending block and with zero coupling, to the pending block (which then grows
         by one). ``False`` (nothing done) when the basis has no room for it. ``loose``: the
         earlier rows are far from invariant (a numerical zero's round, or one beside a round
-        kept open by its locked copies), so the round is judged through the pending block
-        alone (listed in :attr:`loose_rounds`)."""
+        kept open by its locked copies): sets :attr:`loose`."""
         row = self.m + self.nb
         if row + 1 > min(self.n, self.V.shape[0]):
             return False
@@ -251,8 +251,7 @@ class KrylovBasis:
         self.T[:, row] = 0
         self.rounds += 1
         self.round_of[row] = self.rounds
-        if loose:
-            self.loose_rounds.add(self.rounds)
+        self.loose |= loose
         self.nb += 1
         return True
 

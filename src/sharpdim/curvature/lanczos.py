@@ -175,12 +175,18 @@ def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
 
 
 def _round_state(
-    basis: KrylovBasis, theta: torch.Tensor, which: str, k: int, tol: float, floor: float
+    basis: KrylovBasis,
+    theta: torch.Tensor,
+    which: str,
+    k: int,
+    tol: float,
+    floor: float,
+    ask_blocked: bool,
 ) -> tuple[bool, bool]:
     """``(settled, blocked)``: whether further rounds after an invariant subspace can no longer
-    change the answer, and, if not, whether only copies the current round found and locked
-    keep it open (then the next round must start by hand: thick restarts keep the round from
-    the breakdown that would start it).
+    change the answer, and, if not (and ``ask_blocked``), whether only copies the current round
+    found and locked keep it open (then the next round must start by hand: thick restarts keep
+    the round from the breakdown that would start it).
 
     From a random start, an invariant Krylov space holds one vector of every eigenspace, so
     its orthogonal complement holds only further copies of eigenvalues already found; the
@@ -205,11 +211,10 @@ def _round_state(
         return False, False
     if _rows_settled(basis, rows, theta, which, k, tol, floor):
         return True, False
+    if not ask_blocked or judged != basis.rounds:
+        return False, False
     live = rows[basis.round_of[rows] >= 0]
-    blocked = judged == basis.rounds and (
-        live.numel() == 0 or _rows_settled(basis, live, theta, which, k, tol, floor)
-    )
-    return False, blocked
+    return False, live.numel() == 0 or _rows_settled(basis, live, theta, which, k, tol, floor)
 
 
 def _rows_settled(
@@ -230,7 +235,7 @@ def _rows_settled(
     # a sequence that goes on, the earlier rows are not invariant, and rounds are judged
     # through the pending block alone
     coupling = basis.T[m : m + nb, rows]
-    if not basis.loose_rounds:
+    if not basis.loose:
         earlier = torch.ones(m, dtype=torch.bool, device=rows.device)
         earlier[rows] = False
         c = basis.T[:m][earlier][:, rows]
@@ -403,10 +408,12 @@ def lanczos_eigenvalues(
         # again as came before it; thick restarts that keep trimming it (a small max_basis
         # full of locked vectors) leave the copies uncertified: the values are flagged
         stuck = lock_round > 0 and basis.rounds == lock_round and basis.matvecs >= lock_limit
-        round_ok, blocked = (
-            (True, False) if idx.numel() < k else _round_state(basis, theta, which, k, tol, floor)
-        )
         all_ok = idx.numel() == wanted and bool(ok.all())
+        round_ok, blocked = (
+            (True, False)
+            if idx.numel() < k
+            else _round_state(basis, theta, which, k, tol, floor, ask_blocked=all_ok)
+        )
         # every Ritz residual as small as the wanted values need: the basis is invariant to the
         # accuracy asked for, though its next direction was not short enough to count as a
         # breakdown (a matrix with 20-30 distinct values leaves 1e-10 to 1e-7 ||H|| of
@@ -421,9 +428,9 @@ def lanczos_eigenvalues(
         room = basis.matvecs + basis.nb + 1 <= budget  # (a round grows the next block by one)
         if all_ok and more and room and basis.add_round(loose=True):
             hand_round, hand_limit = basis.rounds, 2 * basis.matvecs
-        elif (unseen or (all_ok and blocked)) and room and basis.add_round(loose=blocked):
+        elif (unseen or blocked) and room and basis.add_round(loose=blocked) and blocked:
             # (a blocked round's sequence goes on beside the new one, whose products are bounded)
-            lock_round, lock_limit = (basis.rounds, 2 * basis.matvecs) if blocked else (0, 0)
+            lock_round, lock_limit = basis.rounds, 2 * basis.matvecs
         full = m + 2 * basis.nb > basis.V.shape[0]
         if full and m + basis.nb < n:  # thick restart (unless the next step spans the space)
             keep = min(m - basis.nb, wanted + max(basis.nb, (m - wanted) // 2))

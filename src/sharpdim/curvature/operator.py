@@ -71,13 +71,19 @@ class LinearOperator(ABC):
         # where the matrix's columns are zero vanished from the product before
         if not block.sum().isfinite() and not torch.isfinite(block).all():
             raise SharpdimError("the vector holds NaN/inf: pass a finite vector to H @ v")
-        out = self._matmat(block if v.ndim == 2 else block[:, None])
+        out = self._finite(self._matmat(block if v.ndim == 2 else block[:, None]))
+        return out if v.ndim == 2 else out[:, 0]
+
+    def _finite(self, out: torch.Tensor) -> torch.Tensor:
+        """``out``, or a one-line :class:`NonFiniteCurvatureError` where a product of a finite
+        vector is not finite (subclasses word it for their operator)."""
+        # the sum is a cheap filter (it overflows at worst, hence the exact second test)
         if not out.sum().isfinite() and not torch.isfinite(out).all():
             raise NonFiniteCurvatureError(
                 f"{type(self).__name__} returned NaN/inf for a finite vector: the operator is "
                 "not finite there (check its _matmat, or use float64 where products overflow)"
             )
-        return out if v.ndim == 2 else out[:, 0]
+        return out
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
         return self.matvec(v)
@@ -93,7 +99,7 @@ class LinearOperator(ABC):
             j = min(n, i + 256)
             unit = torch.zeros(n, j - i, dtype=self.dtype, device=self.device)
             unit[i:j].fill_diagonal_(1)
-            out[:, i:j] = self._dense_columns(unit)
+            out[:, i:j] = self._finite(self._dense_columns(unit))
         return out
 
     def _dense_columns(self, unit: torch.Tensor) -> torch.Tensor:
