@@ -1,10 +1,12 @@
-"""Train/eval flags of every submodule, kept across a block that switches the whole model."""
+"""Train/eval flags of every submodule, kept across a block that switches the whole model;
+:class:`ModeScope`, a block in train or eval mode that leaves the model's buffers alone."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 ModeFlags = list[tuple[nn.Module, bool]]
@@ -41,3 +43,36 @@ def restored_modes(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         restore_flags(flags)
+
+
+class ModeScope:
+    """Puts the model in train or eval mode (``"train"``/``"eval"``; ``"keep"``: as it is) for
+    a block, then restores its flags.
+
+    Whenever some module runs in training mode, its buffers are swapped for copies during
+    the block, so that batch-norm running statistics (updated in place by every training
+    forward) are left untouched: computing curvature never changes the model. The copies
+    are what a gradient graph built inside the block refers to.
+    """
+
+    def __init__(self, model: nn.Module, mode: str) -> None:
+        self.model, self.mode = model, mode
+        self.saved = module_flags(model)
+        self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        if self.mode != "keep":
+            self.model.train(self.mode == "train")
+        for m in self.model.modules():
+            if not m.training:
+                continue
+            for name, buf in list(m._buffers.items()):
+                if buf is not None:
+                    self.swapped.append((m, name, buf))
+                    m._buffers[name] = buf.detach().clone()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, name, buf in self.swapped:
+            m._buffers[name] = buf
+        self.swapped.clear()
+        restore_flags(self.saved)

@@ -26,7 +26,7 @@ from sharpdim.curvature.batched_hvp import batch_columns, batched_hvp, saved_byt
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
 from sharpdim.errors import NonFiniteCurvatureError, NonFiniteLossError, SharpdimError
-from sharpdim.module_modes import module_flags, restore_flags
+from sharpdim.module_modes import ModeScope
 from sharpdim.rng import forked_global_rng, peek_seed
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -114,38 +114,6 @@ def _differentiable_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch
             "torch.no_grad() or .detach() it, and make it depend on the parameters"
         )
     return loss
-
-
-class _ModeScope:
-    """Puts the model in train or eval mode for a block, then restores its flags.
-
-    Whenever some module runs in training mode, its buffers are swapped for copies during
-    the block, so that batch-norm running statistics (updated in place by every training
-    forward) are left untouched: computing curvature never changes the model. The copies
-    are what a gradient graph built inside the block refers to.
-    """
-
-    def __init__(self, model: nn.Module, mode: Mode) -> None:
-        self.model, self.mode = model, mode
-        self.saved = module_flags(model)
-        self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
-
-    def __enter__(self) -> None:
-        if self.mode != "keep":
-            self.model.train(self.mode == "train")
-        for m in self.model.modules():
-            if not m.training:
-                continue
-            for name, buf in list(m._buffers.items()):
-                if buf is not None:
-                    self.swapped.append((m, name, buf))
-                    m._buffers[name] = buf.detach().clone()
-
-    def __exit__(self, *exc: object) -> None:
-        for m, name, buf in self.swapped:
-            m._buffers[name] = buf
-        self.swapped.clear()
-        restore_flags(self.saved)
 
 
 def _batch_weights(batches: list[Any], weights: Sequence[float] | None) -> list[float]:
@@ -362,7 +330,7 @@ class HessianOperator(LinearOperator):
                 torch.enable_grad(),
                 math_attention(),
                 self._same_randomness(i),
-                _ModeScope(self.model, self.mode),
+                ModeScope(self.model, self.mode),
             ):
                 loss = _differentiable_loss(self.model, self.loss_fn, b)
             gs = torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -406,7 +374,7 @@ class HessianOperator(LinearOperator):
             torch.enable_grad(),
             math_attention(),
             self._same_randomness(index),
-            _ModeScope(self.model, self.mode),
+            ModeScope(self.model, self.mode),
         ):
             loss = _differentiable_loss(self.model, self.loss_fn, self.batches[index])
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)

@@ -39,10 +39,11 @@ import torch
 from torch import nn
 
 from sharpdim.checks import check_betas, check_count, check_number, check_seed
-from sharpdim.curvature.hessian import LossFn, Mode, _ModeScope, checked_loss, math_attention
+from sharpdim.curvature.hessian import LossFn, Mode, checked_loss, math_attention
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.dynamics.jacobian_spectra import OPTIMIZERS
 from sharpdim.errors import SharpdimError
+from sharpdim.module_modes import ModeScope
 from sharpdim.rng import forked_global_rng
 
 
@@ -250,7 +251,7 @@ class TrainingMap:
         leaf = w if (create_graph and w.requires_grad) else w.detach().requires_grad_(True)
         with torch.enable_grad():
             with (
-                _ModeScope(self.model, self.mode),
+                ModeScope(self.model, self.mode),
                 self._swap(leaf),
                 self._step_rng(t),
                 math_attention(),  # (fused attention kernels have no double backward)

@@ -36,7 +36,7 @@ from torch import nn
 from sharpdim.checks import check_betas, check_count, check_number, check_seed, plain_scalar
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
-from sharpdim.module_modes import restored_modes
+from sharpdim.module_modes import ModeScope, restored_modes
 from sharpdim.rng import forked_global_rng
 from sharpdim.training.checkpoint import (
     check_same_dtypes,
@@ -311,16 +311,9 @@ def _check_train_arguments(
 def _end_loss(model: nn.Module, loss_fn: LossFn, dataset: Dataset) -> float:
     """The full training loss at the final parameters in training mode, as the loop's own
     test sees a loss (eval mode would read batch norm's lagging running statistics: 5e7 against
-    0.9 in a short run); buffers restored, run in a fork of the RNG by the caller."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        with torch.no_grad():
-            model.train()
-            return float(loss_fn(model, dataset.train_batch()))
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
+    0.9 in a short run); buffers left alone, run in a fork of the RNG by the caller."""
+    with ModeScope(model, "train"), torch.no_grad():
+        return float(loss_fn(model, dataset.train_batch()))
 
 
 def train(
