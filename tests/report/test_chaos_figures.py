@@ -38,3 +38,19 @@ def test_a_missing_dimension_is_no_bar_and_says_n_a(
     import matplotlib.pyplot as plt
 
     plt.close(figures[0])
+
+
+def test_an_infinite_ph0_dimension_says_inf(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A case straight from run_case holds inf (JSON later makes it null): it read 'n/a' and
+    the bar's inf warned in numpy."""
+    figures: list[Any] = []
+    monkeypatch.setattr(chaos_figures, "save_and_close", lambda fig, path: figures.append(fig))
+    case = _case(kaplan_yorke_top_k=1.0, sd=2.0, ph0_dimension=math.inf, ph0_dimension_loss=4.0)
+    chaos_figures.plot_chaos_comparison({"a": {**case, "ph0_slope": 1.2}}, tmp_path / "c.png")
+    assert [t.get_text() for t in figures[0].axes[2].texts] == ["inf"]
+    assert math.isnan(figures[0].axes[2].patches[2].get_height())
+    import matplotlib.pyplot as plt
+
+    plt.close(figures[0])

@@ -72,3 +72,32 @@ def test_a_run_without_finite_data_is_drawn_and_named(drawn: list[Any], tmp_path
     eos_figures.plot_eos_runs(result, tmp_path / "e.png")
     labels = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
     assert labels == ["gd $\\eta$=0.2 (no finite data)"]
+
+
+def test_a_zero_loss_draws_without_a_log_scale_warning(drawn: list[Any], tmp_path: Path) -> None:
+    import dataclasses
+
+    zero = dataclasses.replace(_run(0.2, None), loss=(0.0, 0.0))
+    result = EoSRunsResult(
+        kind="sharpening", setup=MLPSetup(), steps=4, every=4, late_fraction=0.3,
+        runs=(zero,), wall_time_s=1.0,
+    )  # fmt: skip
+    eos_figures.plot_eos_runs(result, tmp_path / "z.png")  # (warnings are errors here)
+    assert drawn[0].axes[0].get_yscale() == "linear"
+    assert list(drawn[0].axes[0].lines[0].get_ydata()) == [0.0, 0.0]
+
+
+def test_a_threshold_above_the_trace_panel_is_named(drawn: list[Any], tmp_path: Path) -> None:
+    """With the command's default traces, 2/eta = 40 for eta = 0.05 lay above the panel's top
+    (1.3 x the largest traced sharpness) and was not drawn visibly."""
+    from sharpdim.training.eos_minimalist_experiment import minimalist_experiment
+
+    result = minimalist_experiment(
+        ratio_lrs=[0.1, 0.2], bifurcation_lrs=[0.3, 0.6], steps=2000, late=20
+    )
+    eos_figures.plot_minimalist(result, tmp_path / "m.png")
+    panel = drawn[0].axes[0]
+    top = panel.get_ylim()[1]
+    above = [2.0 / lr for lr in result.ratios.trace_lrs if 2.0 / lr > top]
+    assert above == [40.0]
+    assert [t.get_text() for t in panel.texts] == ["2/$\\eta$=40 above"]

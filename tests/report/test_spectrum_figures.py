@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,24 @@ def test_nothing_to_draw_is_a_one_line_error(
     with pytest.raises(SharpdimError, match=message):
         plot_spectrum_density(grid, density, tmp_path / "d.png")
     assert not (tmp_path / "d.png").exists()
+
+
+def test_a_tiny_density_is_drawn_at_its_scale_and_nan_marks_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A density of 1e-30 was drawn as a flat 1e-12 (an absolute floor); a NaN threshold was
+    marked 'stability threshold nan' at the left edge."""
+    from sharpdim.report import spectrum_figures
+
+    figures: list[Any] = []
+    monkeypatch.setattr(spectrum_figures, "save_and_close", lambda fig, path: figures.append(fig))
+    grid = torch.linspace(0, 1, 5, dtype=torch.float64)
+    density = torch.tensor([1e-30, 2e-30, 4e-30, 2e-30, 1e-30], dtype=torch.float64)
+    spectrum_figures.plot_spectrum_density(grid, density, tmp_path / "t.png")
+    assert list(figures[0].axes[0].lines[0].get_ydata()) == density.tolist()
+    import matplotlib.pyplot as plt
+
+    plt.close(figures[0])
+    for bad in ({"threshold": math.nan}, {"top_eigenvalues": [1.0, math.inf]}):
+        with pytest.raises(SharpdimError, match="NaN"):
+            spectrum_figures.plot_spectrum_density(grid, density, tmp_path / "t.png", **bad)

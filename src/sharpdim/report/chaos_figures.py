@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from sharpdim.report.figure_file import save_and_close
+from sharpdim.report.figure_file import closes_on_error, save_and_close
 
 PH0_SLOPES = {"ph0_dimension": "ph0_slope", "ph0_dimension_loss": "ph0_slope_loss"}
 """The fitted slope stored beside each PH0 dimension of a ``chaos compare`` case."""
@@ -21,7 +21,10 @@ def ph0_missing_reason(case: dict[str, Any], key: str) -> str | None:
     """Why the measure ``key`` of ``case`` is stored as null, where that is known: ``"inf"``
     (a PH0 fit slope >= 1; JSON keeps inf as null) or ``"undefined"`` (PH0 of iterates that
     coincide); ``None`` otherwise."""
-    if key not in PH0_SLOPES or case.get(key) is not None:
+    value = case.get(key)
+    if key in PH0_SLOPES and isinstance(value, float) and math.isinf(value):
+        return "inf"  # (a case straight from run_case, before JSON made it null)
+    if key not in PH0_SLOPES or value is not None:
         return None
     slope = case.get(PH0_SLOPES[key])
     if slope is not None and slope >= 1:
@@ -34,6 +37,7 @@ def _missing_label(case: dict[str, Any], key: str) -> str:
     return {"inf": "inf", "undefined": "undef."}.get(ph0_missing_reason(case, key) or "", "n/a")
 
 
+@closes_on_error
 def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """Save a three-panel comparison of training runs (``sharpdim chaos compare`` output).
 
@@ -71,7 +75,8 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
         div = case["divergence"]
         logd = [float("nan") if v is None else v for v in div["log_distance"]]
         axes[1].plot(range(len(logd)), logd, color=color, label=label)
-        axes[1].axvspan(div["fit_start"], div["fit_stop"], color=color, alpha=0.08)
+        # (the fit window is half-open: its last step is fit_stop - 1)
+        axes[1].axvspan(div["fit_start"], div["fit_stop"] - 1, color=color, alpha=0.08)
     axes[0].axhline(0.0, color="k", lw=0.6)
     axes[0].set(xlabel="step", ylabel="finite-time lambda_1", title="Largest Lyapunov exponent")
     axes[1].set(xlabel="step", ylabel="ln ||w_t - w'_t||", title="Divergence of nearby runs")
@@ -86,7 +91,10 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
         diverged = case.get("status") == "diverged"
         # a missing measure (None: not computed, or NaN stored as null) is no bar and "n/a",
         # never a bar of height 0, which would read as a dimension of 0
-        vals = [math.nan if diverged or case[key] is None else case[key] for _, key in keys]
+        vals = [
+            math.nan if diverged or case[key] is None or not math.isfinite(case[key]) else case[key]
+            for _, key in keys
+        ]
         xs = [j + (i - (len(cases) - 1) / 2) * width for j in range(len(keys))]
         axes[2].bar(xs, vals, width=width, color=f"C{i}", label=name)
         for x, v, (_, key) in zip(xs, vals, keys, strict=True):
@@ -99,5 +107,6 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
     axes[2].set_yscale("symlog", linthresh=1.0)
     axes[2].set(title="Dimensions")
     for ax in axes:
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return save_and_close(fig, path)

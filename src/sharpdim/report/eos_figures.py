@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sharpdim.report.figure_file import save_and_close
+from sharpdim.report.figure_file import closes_on_error, save_and_close
 from sharpdim.training.eos_experiments import EoSRunsResult
 from sharpdim.training.eos_fractal import FractalResult, fractal_diverged, fractal_loss
 from sharpdim.training.eos_minimalist_experiment import MinimalistExperiment
@@ -28,6 +28,7 @@ def _upper_limit(values: np.ndarray, default: float = 10.0) -> float:
     return 1.3 * float(finite.max()) if finite.size and finite.max() > 0 else default
 
 
+@closes_on_error
 def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) -> Path:
     """Loss (top) and sharpness with each run's threshold dashed (bottom), per run.
 
@@ -50,7 +51,7 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
             )
             label = f"{run.optimizer} $\\eta$={run.lr:g} ({outcome})"
             steps = np.asarray(run.steps)
-            top.semilogy(steps, np.asarray(run.loss), color=color, lw=1.0, label=label)
+            top.plot(steps, np.asarray(run.loss), color=color, lw=1.0, label=label)
             bottom.plot(steps, np.asarray(run.bounded), color=color, lw=1.0)
             if math.isfinite(run.threshold):
                 bottom.axhline(run.threshold, color=color, ls="--", lw=0.9)
@@ -59,7 +60,12 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
         )
         adaptive = any(r.optimizer in ("adam", "adamw") for r in result.runs)
         top.set_ylabel("train loss")
-        top.legend(fontsize=7)
+        if any(
+            np.nan_to_num(np.asarray(r.loss, dtype=float)).max(initial=0) > 0 for r in result.runs
+        ):
+            top.set_yscale("log")  # (not with nothing positive to draw)
+        if top.get_legend_handles_labels()[0]:
+            top.legend(fontsize=7)
         bottom.set_ylabel(
             "(preconditioned) sharpness" if adaptive else "sharpness $\\lambda_{max}(H)$"
         )
@@ -78,6 +84,7 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
         return save_and_close(fig, path, dpi=dpi)
 
 
+@closes_on_error
 def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int = 100) -> Path:
     """Three panels: sharpness traces, final sharpness vs ``2/eta``, bifurcation diagram."""
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.0))
@@ -95,7 +102,14 @@ def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int 
             ax.axhline(2.0 / lr, color=f"C{i}", ls="--", lw=0.8)
         ax.set_xscale("symlog", linthresh=10)
         ax.set_xlim(left=0)
-        ax.set_ylim(0, _upper_limit(sweep.trace_sharpness.numpy()))
+        top = _upper_limit(sweep.trace_sharpness.numpy())
+        ax.set_ylim(0, top)
+        for i, lr in enumerate(sweep.trace_lrs):  # a threshold above the panel: say where
+            if 2.0 / lr > top:
+                ax.annotate(
+                    f"2/$\\eta$={2.0 / lr:.3g} above", xy=(0.98, 0.97 - 0.07 * i),
+                    xycoords="axes fraction", ha="right", va="top", fontsize=7, color=f"C{i}",
+                )  # fmt: skip
         ax.legend(fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("sharpness (dashed: 2/$\\eta$)")
@@ -135,6 +149,7 @@ def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int 
     return save_and_close(fig, path, dpi=dpi)
 
 
+@closes_on_error
 def plot_fractal(result: FractalResult, path: str | Path, *, dpi: int = 100) -> Path:
     """Scatter of the final particles, coloured by sharpness relative to ``2/eta``."""
     fig, ax = plt.subplots(figsize=(5.6, 5.0))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -54,10 +55,33 @@ def _cannot_render(fmt: str) -> str:
 
 
 def save_and_close(fig: Any, path: str | Path, *, dpi: int | None = None) -> Path:
-    """``tight_layout``, then :func:`~sharpdim.atomic.save_figure_atomic` to ``path`` (parent
-    folders created); the figure is closed even when writing fails."""
-    fig.tight_layout()
+    """The format checked (:func:`check_figure_format`), ``tight_layout``, then
+    :func:`~sharpdim.atomic.save_figure_atomic` to ``path`` (parent folders created); the
+    figure is closed even when any of these fails (a warning turned error included)."""
     try:
+        check_figure_format(path, "figure path")
+        fig.tight_layout()
         return save_figure_atomic(fig, path, **({} if dpi is None else {"dpi": dpi}))
     finally:
         plt.close(fig)
+
+
+Plot = TypeVar("Plot", bound=Callable[..., Path])
+
+
+def closes_on_error(plot: Plot) -> Plot:
+    """``plot``, closing the figures it opened when it fails before :func:`save_and_close` (bad
+    input, or a matplotlib warning that a test suite turns into an error): pyplot keeps every
+    open figure alive."""
+
+    @functools.wraps(plot)
+    def wrapper(*args: Any, **kwargs: Any) -> Path:
+        before = set(plt.get_fignums())
+        try:
+            return plot(*args, **kwargs)
+        except BaseException:
+            for num in set(plt.get_fignums()) - before:
+                plt.close(num)
+            raise
+
+    return wrapper  # type: ignore[return-value]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from sharpdim.errors import SharpdimError
-from sharpdim.report.figure_file import save_and_close
+from sharpdim.report.figure_file import closes_on_error, save_and_close
 
 
 def _mark_threshold(ax: Any, threshold: float, lo: float, hi: float) -> None:
@@ -33,6 +34,7 @@ def _mark_threshold(ax: Any, threshold: float, lo: float, hi: float) -> None:
     )  # fmt: skip
 
 
+@closes_on_error
 def plot_spectrum_density(
     grid: torch.Tensor,
     density: torch.Tensor,
@@ -62,8 +64,16 @@ def plot_spectrum_density(
             "the density or its grid holds NaN or inf (nothing to draw): check the SLQ "
             "nodes and weights it came from"
         )
+    if threshold is not None and math.isnan(float(threshold)):
+        raise SharpdimError("threshold is NaN: pass a number (or None for no mark)")
+    if not all(math.isfinite(float(lam)) for lam in top_eigenvalues):
+        raise SharpdimError(
+            f"top_eigenvalues hold NaN or inf ({list(top_eigenvalues)}): pass finite values"
+        )
+    grid, density = grid.detach(), density.detach()
+    peak = float(density.max())
+    floor = peak * 1e-8 if peak > 0 else 1e-12  # (relative: a density of 1e-30 stays visible)
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    floor = max(float(density.max()) * 1e-8, 1e-12)
     ax.semilogy(grid.cpu().numpy(), density.clamp_min(floor).cpu().numpy(), color="C0")
     for i, lam in enumerate(top_eigenvalues):
         ax.axvline(lam, color="C3", lw=0.8, alpha=0.7, label="top eigenvalues" if i == 0 else None)
