@@ -22,6 +22,19 @@ from sharpdim.errors import SharpdimError
 def check_figure_format(path: str | Path, flag: str) -> Path:
     """``path`` if matplotlib can write its format (its suffix; none means PNG), else a
     one-line error naming ``flag``: call it before the work whose figure it is."""
+    out, fmt = _known_format(path, flag)
+    problem = _cannot_render(fmt)
+    if problem:
+        raise SharpdimError(
+            f"{flag} {out}: matplotlib cannot write {fmt!r} figures on this machine "
+            f"({problem}): end it in .png, .svg or .pdf"
+        )
+    return out
+
+
+def _known_format(path: str | Path, flag: str) -> tuple[Path, str]:
+    """``(path, format)`` if matplotlib knows the format of ``path``'s suffix (none means
+    PNG), else a one-line error naming ``flag``."""
     out = Path(path)
     fmt = out.suffix.lstrip(".").lower() or "png"
     supported = FigureCanvasBase.get_supported_filetypes()
@@ -30,13 +43,7 @@ def check_figure_format(path: str | Path, flag: str) -> Path:
             f"{flag} {out}: matplotlib cannot write {fmt!r} figures: end it in one of "
             f"{', '.join('.' + f for f in sorted(supported))}"
         )
-    problem = _cannot_render(fmt)
-    if problem:
-        raise SharpdimError(
-            f"{flag} {out}: matplotlib cannot write {fmt!r} figures on this machine "
-            f"({problem}): end it in .png, .svg or .pdf"
-        )
-    return out
+    return out, fmt
 
 
 @functools.cache
@@ -55,11 +62,12 @@ def _cannot_render(fmt: str) -> str:
 
 
 def save_and_close(fig: Any, path: str | Path, *, dpi: int | None = None) -> Path:
-    """The format checked (:func:`check_figure_format`), ``tight_layout``, then
-    :func:`~sharpdim.atomic.save_figure_atomic` to ``path`` (parent folders created); the
-    figure is closed even when any of these fails (a warning turned error included)."""
+    """The suffix checked (a format matplotlib knows; :func:`check_figure_format` also tries
+    one, before the work), ``tight_layout``, then :func:`~sharpdim.atomic.save_figure_atomic`
+    to ``path`` (parent folders created); the figure is closed even when any of these fails (a
+    warning turned error included)."""
     try:
-        check_figure_format(path, "figure path")
+        _known_format(path, "figure path")
         fig.tight_layout()
         return save_figure_atomic(fig, path, **({} if dpi is None else {"dpi": dpi}))
     finally:
