@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from sharpdim.report.figure_file import closes_on_error, save_and_close
+from sharpdim.report.figure_file import closes_on_error, legend_if_any, save_and_close
 
 PH0_SLOPES = {"ph0_dimension": "ph0_slope", "ph0_dimension_loss": "ph0_slope_loss"}
 """The fitted slope stored beside each PH0 dimension of a ``chaos compare`` case."""
@@ -107,6 +107,5 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
     axes[2].set_yscale("symlog", linthresh=1.0)
     axes[2].set(title="Dimensions")
     for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        legend_if_any(ax, fontsize=8)
     return save_and_close(fig, path)

@@ -8,6 +8,7 @@ its path.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sharpdim.report.figure_file import closes_on_error, save_and_close
+from sharpdim.report.figure_file import closes_on_error, legend_if_any, save_and_close
 from sharpdim.training.eos_experiments import EoSRunsResult
 from sharpdim.training.eos_fractal import FractalResult, fractal_diverged, fractal_loss
 from sharpdim.training.eos_minimalist_experiment import MinimalistExperiment
@@ -26,6 +27,11 @@ def _upper_limit(values: np.ndarray, default: float = 10.0) -> float:
     """1.3 times the largest finite value; ``default`` when none is finite (all diverged)."""
     finite = values[np.isfinite(values)]
     return 1.3 * float(finite.max()) if finite.size and finite.max() > 0 else default
+
+
+def _any_positive(series: Iterable[Sequence[float]]) -> bool:
+    """Whether some series holds a positive value, NaN ignored (else a log axis warns)."""
+    return any(np.nan_to_num(np.asarray(v, dtype=float)).max(initial=0) > 0 for v in series)
 
 
 @closes_on_error
@@ -60,20 +66,14 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
         )
         adaptive = any(r.optimizer in ("adam", "adamw") for r in result.runs)
         top.set_ylabel("train loss")
-        if any(
-            np.nan_to_num(np.asarray(r.loss, dtype=float)).max(initial=0) > 0 for r in result.runs
-        ):
+        if _any_positive(r.loss for r in result.runs):
             top.set_yscale("log")  # (not with nothing positive to draw)
-        if top.get_legend_handles_labels()[0]:
-            top.legend(fontsize=7)
+        legend_if_any(top, fontsize=7)
         bottom.set_ylabel(
             "(preconditioned) sharpness" if adaptive else "sharpness $\\lambda_{max}(H)$"
         )
         bottom.set_xlabel("step")
-        if any(
-            np.nan_to_num(np.asarray(r.bounded, dtype=float)).max(initial=0) > 0
-            for r in result.runs
-        ):
+        if _any_positive(r.bounded for r in result.runs):
             bottom.set_yscale("log")  # (not with nothing positive to draw)
         title = (
             "Progressive sharpening and EoS (GD, dashed: 2/$\\eta$)"

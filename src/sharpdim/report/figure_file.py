@@ -74,6 +74,12 @@ def save_and_close(fig: Any, path: str | Path, *, dpi: int | None = None) -> Pat
         plt.close(fig)
 
 
+def legend_if_any(ax: Any, **kwargs: Any) -> None:
+    """``ax.legend(**kwargs)`` when something on ``ax`` has a label (an empty legend warns)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 Plot = TypeVar("Plot", bound=Callable[..., Path])
 
 

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from sharpdim.errors import SharpdimError
-from sharpdim.report.figure_file import closes_on_error, save_and_close
+from sharpdim.report.figure_file import closes_on_error, legend_if_any, save_and_close
 
 
 def _mark_threshold(ax: Any, threshold: float, lo: float, hi: float) -> None:
@@ -82,6 +82,5 @@ def plot_spectrum_density(
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
     ax.set_title(title)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize=8)
+    legend_if_any(ax, loc="upper right", fontsize=8)
     return save_and_close(fig, path)
