@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 from sharpdim.cli import main
+from sharpdim.runner import resume
 from sharpdim.training import eos_experiments
 
 TINY_MLP = ["--n-train", "60", "--width", "8", "--depth", "1", "--steps", "12", "--every", "4"]
@@ -176,6 +177,22 @@ def test_sharpening_rerun_trains_nothing_and_writes_the_same_json(tmp_path, trai
     assert (tmp_path / "sharpening.json").read_text() == first
     assert "reused 2 of 2 runs stored in" in capsys.readouterr().out
     assert _stored_lrs(tmp_path) == [(0.2, "done"), (0.5, "done")]
+
+
+def test_a_rerun_with_other_code_says_it_computed_the_runs_again(
+    tmp_path, trained, capsys, monkeypatch
+):
+    calls, _ = trained
+    assert _sharpening(tmp_path, "0.2,0.5") == 0
+    capsys.readouterr()
+    stored = resume.code_version()
+    monkeypatch.setattr(resume, "code_version", lambda: "9.9+edited")
+    assert _sharpening(tmp_path, "0.2,0.5") == 0
+    assert calls == [0.2, 0.5, 0.2, 0.5]
+    out = capsys.readouterr().out
+    assert f"computed 2 of 2 runs again: {tmp_path / 'runs.sqlite'} holds them from other " in out
+    assert f"(sharpdim {stored}), whose numbers may differ; both are kept" in out
+    assert "reused" not in out
 
 
 def test_sharpening_resumes_after_a_crash(tmp_path, trained):

@@ -107,6 +107,26 @@ def test_runs_of_another_version_are_computed_again(tmp_path):
         assert sorted(r.config["sharpdim_version"] for r in store.records()) == ["0.0.1", "0.0.2"]
 
 
+def test_runs_computed_again_for_other_code_are_counted(tmp_path):
+    """Any edit of the package changes every key: a rerun recomputed the whole sweep without
+    a word. ``other_code`` names the versions of the stored runs it recomputed."""
+    with ResultsStore(tmp_path / "runs.sqlite") as store:
+        old = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done", version="a")
+        for lr in (0.1, 0.2):
+            old({"lr": lr}, lambda: {"loss": 1.0})
+        failed = ResumableRuns(
+            store, encode=dict, decode=dict, status=lambda r: "failed", version="b"
+        )
+        failed({"lr": 0.3}, lambda: {"loss": None})
+        new = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done", version="c")
+        for lr in (0.1, 0.2, 0.3, 0.4):
+            new({"lr": lr}, lambda: {"loss": 2.0})
+        assert new.other_code == ["a", "a"] and (new.computed, new.reused) == (4, 0)
+        again = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done", version="c")
+        again({"lr": 0.1}, lambda: {"loss": 3.0})
+        assert again.other_code == [] and again.reused == 1  # (a reused run is not counted)
+
+
 def test_undecodable_stored_runs_are_computed_again(tmp_path):
     """Damaged JSON, or a stored result that ``decode`` refuses, is a missing run."""
     path = tmp_path / "runs.sqlite"

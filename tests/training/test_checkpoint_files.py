@@ -70,7 +70,7 @@ def test_the_state_of_another_optimizer_type_is_refused(tmp_path: Path) -> None:
     adam.step()
     path = save_checkpoint(tmp_path, 1, model, adam)
     old = torch.load(path, weights_only=True)
-    del old["optimizer_class"]  # as written by earlier versions
+    del old["optimizer_class"], old["sha256"]  # as written by earlier versions
     torch.save(old, tmp_path / "old.pt")
     fresh = torch.nn.Linear(3, 2)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
@@ -101,7 +101,7 @@ def test_old_checkpoints_with_extra_or_missing_group_keys_load(tmp_path: Path) -
     model(torch.ones(1, 3)).sum().backward()
     adam.step()
     old = torch.load(save_checkpoint(tmp_path, 1, model, adam), weights_only=True)
-    del old["optimizer_class"]
+    del old["optimizer_class"], old["sha256"]
     del old["optimizer"]["param_groups"][0]["decoupled_weight_decay"]  # as an older torch
     torch.save(old, tmp_path / "old.pt")
     fresh = torch.nn.Linear(3, 2)
@@ -204,3 +204,86 @@ def test_a_model_with_non_tensor_extra_state_still_loads(tmp_path: Path) -> None
     with pytest.raises(SharpdimError, match=r"does not fit this model"):
         load_checkpoint(path, other)
     assert other[0].note == {"calls": 0} and torch.equal(other[0].weight, before["0.weight"])
+
+
+class _ScaledLinear(torch.nn.Linear):
+    """A module whose extra state holds a numpy scalar (a value from ``np.logspace``)."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 2)
+        self.scale: Any = np.float64(0.5)
+
+    def get_extra_state(self) -> dict:
+        return {"scale": self.scale}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.scale = state["scale"]
+
+
+def test_numpy_scalars_in_a_modules_extra_state_give_a_readable_checkpoint(tmp_path: Path) -> None:
+    """The model's state was saved as it was: the file was written without complaint, and every
+    later load (weights_only) refused it, so the run could not be resumed."""
+    saved = _ScaledLinear()
+    saved.scale = np.float64(0.125)
+    path = save_checkpoint(tmp_path, 3, saved)
+    fresh = _ScaledLinear()
+    assert load_checkpoint(path, fresh) == 3 and fresh.scale == 0.125
+
+
+class Opaque:
+    """An object ``torch.load(weights_only=True)`` refuses."""
+
+
+class _WithObject(torch.nn.Linear):
+    def __init__(self, thing: Any) -> None:
+        super().__init__(3, 2)
+        self.thing = thing
+
+    def get_extra_state(self) -> dict:
+        return {"thing": self.thing}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.thing = state["thing"]
+
+
+def test_a_state_that_cannot_be_read_back_is_refused_when_saving(tmp_path: Path) -> None:
+    with pytest.raises(SharpdimError, match=r"could not read it back \(Unsupported global") as err:
+        save_checkpoint(tmp_path, 1, _WithObject(Opaque()))
+    assert "\n" not in str(err.value) and "Opaque" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no file that no run could resume from
+
+    class Local:  # not even picklable: torch.save's own error was raised as it was
+        pass
+
+    with pytest.raises(SharpdimError, match=r"its state cannot be pickled \(Can't pickle") as err:
+        save_checkpoint(tmp_path, 1, _WithObject(Local()))
+    assert "\n" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_damaged_on_disk_is_refused(tmp_path: Path) -> None:
+    """torch.load does not check the bytes of tensor data: a flipped byte loaded as a wrong
+    weight. The SHA-256 saved with the contents catches it."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4, dtype=torch.float64)
+    path = save_checkpoint(tmp_path, 2, model)
+    raw = bytearray(path.read_bytes())
+    weights = model.weight.detach().numpy().tobytes()
+    at = bytes(raw).index(weights) + len(weights) // 2  # (stored uncompressed in the zip)
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["weight"], model.weight)
+    fresh = torch.nn.Linear(8, 4, dtype=torch.float64)
+    before = fresh.weight.detach().clone()
+    with pytest.raises(
+        SharpdimError, match=r"step_000002.pt is damaged: its contents do not"
+    ) as err:
+        load_checkpoint(path, fresh)
+    assert "\n" not in str(err.value) and torch.equal(fresh.weight, before)
+    # a checkpoint of an older version, without the digest, still loads
+    state = torch.load(path, weights_only=True)
+    state["model"]["weight"] = model.weight.detach().clone()
+    del state["sha256"]
+    torch.save(state, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt", fresh) == 2 and torch.equal(
+        fresh.weight, model.weight
+    )

@@ -13,6 +13,7 @@ from sharpdim.errors import SharpdimError
 from sharpdim.training.checkpoint import checkpoint_path, load_checkpoint
 from sharpdim.training.datasets import load_dataset
 from sharpdim.training.loop import TrainConfig, train
+from sharpdim.training.loop_state import data_fingerprint
 from sharpdim.training.losses import get_loss, mse_loss
 from sharpdim.training.models import DeepScalarLinear, build_mlp
 
@@ -435,7 +436,7 @@ def test_resuming_from_a_checkpoint_without_loop_state_replays_the_batch_order(d
     whole = small_mlp()
     train(whole, digits, config)
     state = torch.load(checkpoint_path(tmp_path, 7), weights_only=True)
-    del state["loop"]  # as written by older versions
+    del state["loop"], state["sha256"]  # as written by older versions
     torch.save(state, tmp_path / "old.pt")
     resumed = small_mlp(seed=1)
     train(
@@ -504,7 +505,15 @@ def test_bad_checkpoints_and_options_give_one_line_errors(digits, tmp_path):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("limit", "abc"), ("rng", "state"), ("rng", torch.zeros(3)), ("taken", -5), ("taken", 1.5)],
+    [
+        ("limit", "abc"),
+        ("rng", "state"),
+        ("rng", torch.zeros(3)),
+        ("taken", -5),
+        ("taken", 1.5),
+        ("config", "x"),  # (these two crashed with AttributeError / TypeError)
+        ("data", [1]),
+    ],
 )
 def test_a_checkpoint_with_a_malformed_loop_state_is_refused(digits, tmp_path, field, value):
     config = TrainConfig(
@@ -514,6 +523,7 @@ def test_a_checkpoint_with_a_malformed_loop_state_is_refused(digits, tmp_path, f
     state = torch.load(checkpoint_path(tmp_path, 2), weights_only=True)
     target = state["loop"]["batches"] if field == "taken" else state["loop"]
     target[field] = value
+    del state["sha256"]  # (edited by hand: refused for its layout, not as damaged)
     edited = tmp_path / "edited.pt"
     torch.save(state, edited)
     with pytest.raises(SharpdimError, match=r"edited.pt is not a sharpdim checkpoint"):
@@ -701,3 +711,52 @@ def test_a_shared_module_with_its_own_train_is_restored_through_it():
         root.eval()
     assert [m.training for m in root.modules()] == [True, False, True, False]
     assert not shared.merged  # its train(True) ran last, as before the block
+
+
+def test_a_refused_resume_leaves_the_model_and_optimizer_as_they_were(digits, tmp_path):
+    """The past-steps and batch-size checks ran after the checkpoint had been loaded: the
+    error was raised with the caller's model and optimizer already overwritten."""
+    config = TrainConfig(
+        optimizer="momentum", lr=0.05, steps=4, checkpoint_steps=(3,), checkpoint_dir=str(tmp_path)
+    )
+    train(small_mlp(), digits, config)
+    model = small_mlp(seed=5)
+    before = flat(model).clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for steps, batch_size, message in ((2, None, "past steps=2"), (4, 10, r"batch_size=None")):
+        with pytest.raises(SharpdimError, match=message):
+            train(
+                model,
+                digits,
+                TrainConfig(optimizer="momentum", lr=0.05, steps=steps, batch_size=batch_size),
+                optimizer=optimizer,
+                resume_from=checkpoint_path(tmp_path, 3),
+            )
+        assert torch.equal(flat(model), before) and optimizer.state_dict()["state"] == {}
+
+
+def test_a_resume_on_relabelled_examples_is_refused(digits, tmp_path):
+    """The training set's fingerprint hashed 64 evenly spaced examples: relabelling any of
+    the others (a label-noise study with another noise seed) resumed without a word."""
+    config = TrainConfig(lr=0.1, steps=4, checkpoint_steps=(2,), checkpoint_dir=str(tmp_path))
+    train(small_mlp(), digits, config)
+    n = digits.num_train
+    sampled = set(torch.linspace(0, n - 1, 64).round().long().tolist())
+    row = next(i for i in range(n) if i not in sampled)
+    labels = digits.y_train.clone()
+    labels[row] = (labels[row] + 1) % 10
+    relabelled = replace(digits, y_train=labels)
+    resume = TrainConfig(lr=0.1, steps=4)
+    with pytest.raises(SharpdimError, match="was written on another training set"):
+        train(small_mlp(), relabelled, resume, resume_from=checkpoint_path(tmp_path, 2))
+    # a checkpoint of an older version holds the sampled fingerprint, which still decides
+    state = torch.load(checkpoint_path(tmp_path, 2), weights_only=True)
+    del state["sha256"]
+    state["loop"]["data"] = data_fingerprint(digits.to(dtype=torch.float64), sampled=True)
+    torch.save(state, tmp_path / "old.pt")
+    whole, resumed = small_mlp(), small_mlp(seed=1)
+    train(whole, digits, resume)
+    train(resumed, digits, resume, resume_from=tmp_path / "old.pt")
+    assert torch.equal(flat(whole), flat(resumed)) and "rows" not in state["loop"]["data"]
+    with pytest.raises(SharpdimError, match="was written on another training set"):
+        train(small_mlp(), digits.subset(n - 1), resume, resume_from=tmp_path / "old.pt")

@@ -24,6 +24,7 @@
   tuples lists) written atomically with a trailing newline, parent folders created;
 * :func:`kv_table`, :func:`wrote_line`, :func:`print_report`: the two-column rich table and the
   closing "wrote ..." line the commands print;
+* :func:`print_reuse`: the lines on runs reused from a store or computed again;
 * :func:`progress_bar`: a transient rich progress bar.
 """
 
@@ -52,6 +53,7 @@ from sharpdim.checks import SEED_RANGE
 from sharpdim.errors import SharpdimError, TooLargeError
 
 if TYPE_CHECKING:
+    from sharpdim.runner import ResumableRuns
     from sharpdim.training.datasets import Dataset
     from sharpdim.training.loop import TrainConfig, TrainResult
 
@@ -666,6 +668,20 @@ def print_report(shown: RenderableType, *paths: Path, seconds: float | None = No
 def print_line(text: str) -> None:
     """Print ``text`` as is: no rich markup (paths may hold ``[...]``) and one line in a pipe."""
     Console().print(text, markup=False, soft_wrap=True)
+
+
+def print_reuse(runs: ResumableRuns[Any], total: int, what: str, store: Path) -> None:
+    """The lines a resumed command prints about ``runs``: how many of ``total`` ``what``
+    (``"runs"``) came from ``store``, and how many were computed again because the stored
+    ones of the same settings come from other code."""
+    if runs.reused:
+        print_line(f"reused {runs.reused} of {total} {what} stored in {store}")
+    if runs.other_code:
+        versions = ", ".join(sorted(set(runs.other_code)))
+        print_line(
+            f"computed {len(runs.other_code)} of {total} {what} again: {store} holds them from "
+            f"other code (sharpdim {versions}), whose numbers may differ; both are kept"
+        )
 
 
 @contextmanager

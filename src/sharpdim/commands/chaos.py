@@ -44,6 +44,7 @@ from sharpdim.commands._common import (
     prepare_output_file,
     prepare_store_path,
     print_line,
+    print_reuse,
     record_diverged,
     seed_option,
     training_record,
@@ -269,8 +270,7 @@ def compare(
     write_json(out / "chaos_compare.json", payload, "--out folder", replaces=[figure])
     with output_errors(out, "--out folder"):
         plot_chaos_comparison(cases, figure)
-    if runs.reused:
-        print_line(f"reused {runs.reused} of 2 cases stored in {store_path}")
+    print_reuse(runs, 2, "cases", store_path)
     Console().print(_table(cases))
     for name, case in cases.items():
         if case.get("status") == "diverged":

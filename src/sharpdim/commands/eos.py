@@ -44,8 +44,8 @@ from sharpdim.commands._common import (
     parse_output_folder,
     prepare_output_dir,
     prepare_store_path,
-    print_line,
     print_report,
+    print_reuse,
     progress_bar,
     seed_option,
     width_option,
@@ -204,8 +204,7 @@ def _runs_command(
             result = runner(
                 progress=lambda i, s, t: update(i * t + s), execute=runs, steps=steps, **kwargs
             )
-    if runs.reused:
-        print_line(f"reused {runs.reused} of {num_runs} runs stored in {out / STORE_NAME}")
+    print_reuse(runs, num_runs, "runs", out / STORE_NAME)
     png, js = _save(out, kind, result, plot_eos_runs, settings)
     # this command's time (the JSON's wall_time_s also counts the training of reused runs)
     print_report(_runs_table(title, result), png, js, seconds=time.perf_counter() - start)

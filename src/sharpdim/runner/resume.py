@@ -44,6 +44,9 @@ class ResumableRuns(Generic[T]):
 
     Attributes:
         reused, computed: how many calls returned a stored run / computed one.
+        other_code: the versions of the finished runs found stored for a computed run's
+            config under another ``sharpdim_version``, one entry per such run (runs computed
+            again because the code changed, which a command reports).
 
     Example:
         >>> import tempfile
@@ -72,6 +75,8 @@ class ResumableRuns(Generic[T]):
         self.version = code_version() if version is None else version
         self.reused = 0
         self.computed = 0
+        self.other_code: list[str] = []
+        self._versions: dict[str, set[str]] | None = None  # unversioned key -> versions
 
     def __call__(self, config: Mapping[str, Any], compute: Callable[[], T]) -> T:
         """The run of ``config``: stored if finished, else ``compute()`` (then stored)."""
@@ -85,10 +90,23 @@ class ResumableRuns(Generic[T]):
             else:
                 self.reused += 1
                 return reused
+        self.other_code.extend(sorted(self._stored_versions(config) - {self.version}))
         value = compute()
         stored = self.store.put(keyed, self.encode(value), self.status(value))
         self.computed += 1
         return self.decode(stored.result)
+
+    def _stored_versions(self, config: Mapping[str, Any]) -> set[str]:
+        """The ``sharpdim_version`` of every finished stored run of ``config`` (the store read
+        once, at the first run that is not found)."""
+        if self._versions is None:
+            self._versions = {}
+            for record in self.store.records():
+                version = record.config.pop("sharpdim_version", None)
+                if record.status in FINISHED and isinstance(version, str):
+                    key = self.store.config_key(record.config)
+                    self._versions.setdefault(key, set()).add(version)
+        return self._versions.get(self.store.config_key(config), set())
 
 
 @functools.cache

@@ -4,14 +4,19 @@ A checkpoint written by :func:`~sharpdim.training.loop.train` also holds the loo
 (``"loop"``: the batch-order generator at the start of the current epoch and the batches of
 that epoch already taken, the global RNG that dropout draws from, the divergence limit), so
 ``train(..., resume_from=path)`` continues the run bit-identically. Files are written to a
-temporary name and then renamed, so a killed process never leaves a half-written checkpoint.
+temporary name and then renamed, so a killed process never leaves a half-written checkpoint;
+each holds a SHA-256 of its contents (``"sha256"``), checked on reading, so a file damaged
+on disk is refused instead of loading wrong weights.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,26 +58,40 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     loop_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Save ``{"step", "model", "optimizer", "optimizer_class"[, "loop"]}`` to
+    """Save ``{"step", "model", "optimizer", "optimizer_class"[, "loop"], "sha256"}`` to
     ``directory/step_XXXXXX.pt``.
 
     ``optimizer_class`` is the optimizer's class name (``"Adam"``), checked on loading.
     ``loop_state`` is the training loop's own state (see the module docstring); it is stored
     only when given. ``step`` is a whole number ``>= 0`` (a numpy integer or 0-dim tensor is
-    stored as a Python ``int``, which loading checks).
+    stored as a Python ``int``, which loading checks). ``sha256`` is :func:`content_digest` of
+    the rest. The file is read back before it is written: a state ``torch.load(weights_only=
+    True)`` refuses (a module's extra state holding an arbitrary object) is a one-line error
+    here, not a checkpoint no run can resume from.
     """
     step = check_count(step, "step", 0, "the training step, e.g. step=100")
     path = checkpoint_path(prepare_checkpoint_dir(directory), step)
+    weights = model.state_dict()
+    for name in [k for k in weights if k.endswith("_extra_state")]:
+        weights[name] = _plain_numbers(weights[name])  # (numpy scalars kept by a module)
     state: dict[str, Any] = {
         "step": step,
-        "model": model.state_dict(),
+        "model": weights,
         "optimizer": None if optimizer is None else _plain_numbers(optimizer.state_dict()),
         "optimizer_class": None if optimizer is None else type(optimizer).__name__,
     }
     if loop_state is not None:
         state["loop"] = _plain_numbers(loop_state)
+    state["sha256"] = content_digest(state)
     buffer = io.BytesIO()  # torch.save into a file reports a full disk as a RuntimeError
-    torch.save(state, buffer)
+    try:
+        torch.save(state, buffer)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise SharpdimError(
+            f"cannot save checkpoint {path}: its state cannot be pickled ({exc}): keep the "
+            "model's extra state and the optimizer state to tensors and plain Python values"
+        ) from exc
+    _check_reads_back(buffer, state["sha256"], path)
     try:
         with atomic_path(path) as partial:
             partial.write_bytes(buffer.getbuffer())
@@ -82,6 +101,57 @@ def save_checkpoint(
             "pass a writable checkpoint_dir with free space"
         ) from exc
     return path
+
+
+def _check_reads_back(buffer: io.BytesIO, digest: str, path: Path) -> None:
+    """Refuse to write a checkpoint that :func:`read_checkpoint` would refuse."""
+    buffer.seek(0)
+    try:
+        back = torch.load(buffer, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the weights-only unpickler names the type it refuses
+        found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+        reason = found.group(1).split(" was not an allowed")[0] if found else type(exc).__name__
+        raise SharpdimError(
+            f"cannot save checkpoint {path}: torch.load(weights_only=True) could not read it "
+            f"back ({reason[:200]}): keep the model's extra state and the optimizer state to "
+            "tensors and plain Python values"
+        ) from exc
+    if content_digest({k: v for k, v in back.items() if k != "sha256"}) != digest:
+        raise SharpdimError(
+            f"cannot save checkpoint {path}: its contents change when read back (a value of a "
+            "type torch.save does not keep): keep the model's extra state and the optimizer "
+            "state to tensors and plain Python values"
+        )
+
+
+def content_digest(value: Any) -> str:
+    """Hex SHA-256 of a checkpoint's contents: every key, number, string and tensor (its dtype,
+    shape and bytes, read on the CPU) in order, so a file damaged on disk is noticed even
+    where ``torch.load`` reads it without error."""
+    digest = hashlib.sha256()
+    _digest_into(digest, value)
+    return digest.hexdigest()
+
+
+def _digest_into(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        try:
+            raw = value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        except RuntimeError:  # (sparse or quantized: dtype and shape only)
+            return
+        digest.update(raw.numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key, item in value.items():
+            _digest_into(digest, key)
+            _digest_into(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _digest_into(digest, item)
+    else:
+        digest.update(f"V{type(value).__name__}:{value!r};".encode())
 
 
 def _plain_numbers(value: Any) -> Any:
@@ -118,6 +188,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not a sharpdim checkpoint (its step, model or loop state is missing or "
             "malformed): pass a step_XXXXXX.pt file written by train() or save_checkpoint()"
         )
+    # (files of versions before the digest have none)
+    if "sha256" in state:
+        digest = state.pop("sha256")
+        if content_digest(state) != digest:
+            raise SharpdimError(
+                f"{path} is damaged: its contents do not match the SHA-256 written with it: "
+                "resume from another checkpoint (an earlier step) or start the run again"
+            )
     return state
 
 
@@ -129,10 +207,14 @@ def _is_checkpoint(state: Any) -> bool:
         return False
     if not isinstance(state.get("optimizer_class"), (str, type(None))):
         return False
+    if not isinstance(state.get("sha256", ""), str):
+        return False
     loop = state.get("loop")
     if loop is None:
         return True
     if not isinstance(loop, dict) or not {"batches", "rng", "limit"} <= loop.keys():
+        return False
+    if not all(isinstance(loop.get(k, {}), dict) for k in ("config", "data")):
         return False
     batches = loop["batches"]
     return (

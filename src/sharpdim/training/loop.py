@@ -21,6 +21,7 @@ minibatch loss).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import time
@@ -347,9 +348,13 @@ def train(
             dataset and model architecture: load the parameters, the optimizer state, the
             batch order and the global RNG (dropout) from it and run its step up to
             ``config.steps``, bit-identically to the uninterrupted run. ``history`` and
-            ``evaluations`` then start at the checkpoint's step. Checkpoints of older
-            versions (no loop state) replay the batch order from ``config.seed``; dropout
-            then restarts from the seed.
+            ``evaluations`` then start at the checkpoint's step. Checkpoints without the
+            loop's state (older versions, or ``save_checkpoint`` called without
+            ``loop_state``) replay the batch order from ``config.seed``; dropout then
+            restarts from the seed, and the divergence limit is set from the loss at the
+            checkpoint's step instead of step 0 (so such a run may diverge later than the
+            uninterrupted one). A refused checkpoint leaves the model and optimizer as they
+            were.
 
     Returns:
         A :class:`TrainResult`; divergence is reported in it, never raised. Each step's batch
@@ -374,6 +379,8 @@ def train(
     if config.checkpoint_dir is not None and checkpoints:
         prepare_checkpoint_dir(config.checkpoint_dir)
     first, loop_state = 0, None
+    stream = BatchStream(dataset, config.batch_size, config.seed)
+    fingerprint = functools.cache(lambda: data_fingerprint(dataset))  # (once: it reads all)
     if resume_from is not None:
         saved = read_checkpoint(resume_from)
         loop_state = saved.get("loop")
@@ -381,13 +388,17 @@ def train(
         if loop_state is not None and "config" in loop_state:
             check_same_run(loop_state["config"], config, resume_from)
         if loop_state is not None and "data" in loop_state:
-            check_same_data(loop_state["data"], dataset, resume_from)
-        first = restore_checkpoint(saved, resume_from, model, optimizer)
-        if first > config.steps:
+            check_same_data(loop_state["data"], dataset, resume_from, fingerprint)
+        if saved["step"] > config.steps:  # (every refusal before the model is overwritten)
             raise SharpdimError(
-                f"{resume_from} is at step {first}, past steps={config.steps}: "
+                f"{resume_from} is at step {saved['step']}, past steps={config.steps}: "
                 "raise steps or resume from an earlier checkpoint"
             )
+        if loop_state is not None:
+            stream.restore(loop_state["batches"], str(resume_from))
+        else:
+            stream.skip(saved["step"])  # an older checkpoint: replay the batch order
+        first = restore_checkpoint(saved, resume_from, model, optimizer)
     history: list[tuple[int, float]] = []
     evaluations: list[dict[str, Any]] = []
     paths: dict[int, str] = {}
@@ -404,7 +415,7 @@ def train(
                 "rng": torch.get_rng_state(),
                 "limit": limit,
                 "config": run_fields(config),
-                "data": data_fingerprint(dataset),
+                "data": fingerprint(),
             }
             if params[0].device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(params[0].device)
@@ -416,11 +427,6 @@ def train(
 
     status, diverged_at, step = "ok", None, first
     limit = math.inf if loop_state is None else float(loop_state["limit"])
-    stream = BatchStream(dataset, config.batch_size, config.seed)
-    if loop_state is not None:
-        stream.restore(loop_state["batches"], str(resume_from))
-    else:
-        stream.skip(first)  # an older checkpoint: replay the batch order from the seed
     bar = _progress_bar(config.steps - first) if progress else None
     # the global CPU generator and that of the model's CUDA device, seeded and restored after;
     # every submodule's train/eval flag restored after the run (it runs in training mode)

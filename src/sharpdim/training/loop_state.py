@@ -8,7 +8,7 @@ config fields that shape the trajectory, which a resumed run must share
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
@@ -113,26 +113,47 @@ def check_same_run(saved: Mapping[str, Any], config: TrainConfig, path: str | Pa
         )
 
 
-def data_fingerprint(dataset: Dataset) -> dict[str, Any]:
-    """Which training set a run trains on: its size, input shape and a SHA-256 of up to 64
-    evenly spaced examples (inputs and targets as float64), cheap at any size."""
+def data_fingerprint(dataset: Dataset, *, sampled: bool = False) -> dict[str, Any]:
+    """Which training set a run trains on: its size, input shape and a SHA-256 of every
+    example (inputs and targets as float64, so a cast to the model's dtype keeps it).
+
+    ``sampled=True`` hashes 64 evenly spaced examples only: the fingerprint that checkpoints
+    written before 2026-11-24 hold (they have no ``"rows"`` entry), which missed a change in
+    any other example (relabelled examples of a label-noise study).
+    """
     import hashlib
 
     n = dataset.num_train
-    rows = torch.linspace(0, n - 1, min(n, 64)).round().long() if n else torch.zeros(0).long()
+    if sampled:
+        rows = torch.linspace(0, n - 1, min(n, 64)).round().long() if n else torch.zeros(0).long()
+        parts = (dataset.x_train[rows], dataset.y_train[rows])
+    else:
+        parts = (dataset.x_train, dataset.y_train)
     digest = hashlib.sha256()
-    for part in (dataset.x_train[rows], dataset.y_train[rows]):
+    for part in parts:
         digest.update(part.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
-    return {
+    fingerprint: dict[str, Any] = {
         "num_train": n,
         "input_shape": list(dataset.x_train.shape[1:]),
         "sha256": digest.hexdigest(),
     }
+    if not sampled:
+        fingerprint["rows"] = "all"
+    return fingerprint
 
 
-def check_same_data(saved: Mapping[str, Any], dataset: Dataset, path: str | Path) -> None:
-    """Refuse to resume a checkpoint on another training set than the one it was written on."""
-    now = data_fingerprint(dataset)
+def check_same_data(
+    saved: Mapping[str, Any],
+    dataset: Dataset,
+    path: str | Path,
+    fingerprint: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """Refuse to resume a checkpoint on another training set than the one it was written on
+    (``fingerprint``: the dataset's :func:`data_fingerprint`, when the caller has it)."""
+    if "rows" not in saved:  # (an older checkpoint's sampled fingerprint)
+        now = data_fingerprint(dataset, sampled=True)
+    else:
+        now = data_fingerprint(dataset) if fingerprint is None else fingerprint()
     if dict(saved) != now:
         was = f"{saved.get('num_train')} examples of shape {saved.get('input_shape')}"
         raise SharpdimError(
