@@ -130,6 +130,11 @@ def test_complex_bool_and_nan_mass_inputs_are_refused_with_their_own_hint():
         kaplan_yorke_measure([0.1, -1.0], [1.0, math.nan])
     with pytest.raises(SharpdimError, match=r"^`values` holds NaN or inf: guard the logarithms"):
         kaplan_yorke_measure([0.1, math.nan], [1.0, 1.0])
+    # +inf is an overflow, which guarding ln(sigma) does not cure (the hint said it would)
+    with pytest.raises(SharpdimError, match=r"^`exponents` holds NaN or inf: an exponent overf"):
+        kaplan_yorke_dimension([math.inf, -1.0])
+    with pytest.raises(SharpdimError, match=r"holds NaN or inf: guard the logarithms"):
+        kaplan_yorke_dimension([0.5, -math.inf])
 
 
 def test_a_list_of_tensors_that_require_grad_is_read() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -103,6 +104,9 @@ def test_iterates_restore_parameters_and_take_max() -> None:
     b1 = _brute(model, batches, config, w1)
     torch.testing.assert_close(r.exponents, torch.maximum(b0, b1).mean(0), rtol=0, atol=1e-9)
     assert r.num_iterates == 2
+    # an (m, d) numpy array, as ph_dimension takes, was refused as "not a list"
+    same = rds_sharpness(model, _ce, batches, config, iterates=np.stack([w0.numpy(), w1.numpy()]))
+    assert torch.equal(same.exponents, r.exponents) and same.num_iterates == 2
 
 
 def test_rds_sharpness_bad_input() -> None:

@@ -87,11 +87,14 @@ def _as_float64_vector(x: Any, name: str, flatten: bool = True) -> torch.Tensor:
     if t.numel() == 0:
         raise SharpdimError(f"`{name}` is empty: pass at least one exponent")
     if not torch.isfinite(t).all():
-        hint = (
-            "pass finite weights"
-            if name == "masses"
-            else "guard the logarithms (ln(sigma + eps)) before computing a Kaplan–Yorke dimension"
-        )
+        if name == "masses":
+            hint = "pass finite weights"
+        elif bool(torch.isposinf(t).any()):
+            hint = "an exponent overflowed (a diverged step or Hessian): pass finite exponents"
+        else:
+            hint = (
+                "guard the logarithms (ln(sigma + eps)) before computing a Kaplan–Yorke dimension"
+            )
         raise SharpdimError(f"`{name}` holds NaN or inf: {hint}")
     return t
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -197,6 +198,8 @@ def rds_sharpness(
             f"config must be a StepSpectrumConfig, got {type(config).__name__}: pass e.g. "
             "StepSpectrumConfig(optimizer='sgd', lr=0.1)"
         )
+    if isinstance(iterates, np.ndarray):  # (an (m, d) array, as ph_dimension takes)
+        iterates = list(iterates)
     if iterates is not None and not isinstance(iterates, (Sequence, torch.Tensor)):
         raise SharpdimError(
             f"iterates must be a list of flat parameter vectors (or an (m, d) tensor), got "
