@@ -44,3 +44,27 @@ def test_a_generator_that_is_not_one_is_refused(name: str, bad: Any) -> None:
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_a_seeded_generator_is_accepted(name: str) -> None:
     CALLS[name](torch.Generator().manual_seed(3))
+
+
+class _CudaLooking(torch.Generator):
+    """A CPU generator that reports a CUDA device (a stand-in where no GPU is present)."""
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return torch.device("cuda")
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_a_generator_of_another_device_is_refused(name: str) -> None:
+    # probes are drawn on the CPU: a CUDA generator used to fail inside torch
+    with pytest.raises(SharpdimError, match=r"^generator is on cuda, but random draws are made "):
+        CALLS[name](_CudaLooking().manual_seed(0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["hutchinson_trace", "hutchpp_trace", "slq_spectrum"])
+def test_a_cuda_generator_is_refused_in_one_line(name: str) -> None:
+    with pytest.raises(
+        SharpdimError, match=r"^generator is on cuda(:\d+)?, .* torch.Generator\(\)"
+    ):
+        CALLS[name](torch.Generator(device="cuda").manual_seed(0))

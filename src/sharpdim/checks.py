@@ -183,7 +183,8 @@ def _holds_bool(values: Any) -> bool:
 
 def default_generator(generator: Any) -> torch.Generator:
     """``generator``, or a ``torch.Generator`` seeded with 0 when it is ``None``: the one source
-    of randomness of every estimator; anything else is refused."""
+    of randomness of every estimator; anything else, and a generator of another device than
+    the CPU (probes are drawn on the CPU), is refused."""
     import torch  # (this module stays importable without torch)
 
     if generator is None:
@@ -192,5 +193,10 @@ def default_generator(generator: Any) -> torch.Generator:
         raise SharpdimError(
             f"generator must be a torch.Generator, got {type(generator).__name__}: "
             "pass torch.Generator().manual_seed(seed)"
+        )
+    if generator.device.type != "cpu":
+        raise SharpdimError(
+            f"generator is on {generator.device}, but random draws are made on the CPU (so "
+            "results do not depend on the device): pass torch.Generator().manual_seed(seed)"
         )
     return generator

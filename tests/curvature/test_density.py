@@ -283,3 +283,35 @@ def test_one_wide_gap_leaves_the_rest_of_a_non_uniform_grid_second_order() -> No
         exact = torch.from_numpy(norm.pdf(inner.numpy(), scale=0.5))
         errors.append(float(((dens[: inner.numel()] - exact) / exact).abs().max()))
     assert errors[0] < 1e-3 and abs(errors[1] - errors[0]) < 1e-8  # (6e-3 apart before)
+
+
+def test_histogram_single_point_is_widened_relative_to_its_magnitude() -> None:
+    # +-0.5 is below the spacing of floats at 1e16: the range used to stay empty
+    edges, dens = histogram_density(torch.full((3,), 1e16, dtype=F64), torch.ones(3), bins=4)
+    assert edges.tolist() == [1e16 - 1e10, 1e16 - 5e9, 1e16, 1e16 + 5e9, 1e16 + 1e10]
+    assert dens.tolist() == [0.0, 0.0, 1 / 5e9, 0.0]
+    top = torch.full((2,), 1.7976931348623157e308, dtype=F64)  # widened up to float64's end
+    edges, dens = histogram_density(top, torch.ones(2), bins=2)
+    assert float(edges[-1]) == 1.7976931348623157e308 and float((dens * edges.diff()).sum()) == 1
+
+
+@pytest.mark.parametrize(
+    ("limits", "shown"),
+    [
+        ((0, math.inf), r"\(0.0, inf\)"),
+        ((math.nan, 1), r"\(nan, 1.0\)"),
+        ((0, 10**400), r"\(0.0, inf\)"),
+    ],
+)
+def test_histogram_non_finite_range_is_refused(limits: tuple[float, float], shown: str) -> None:
+    nodes = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(SharpdimError, match=rf"^range {shown}.* is not finite: pass finite"):
+        histogram_density(nodes, torch.ones(2), range=limits)
+
+
+def test_histogram_range_wider_than_float64_is_refused() -> None:
+    nodes = torch.tensor([-1e308, 1e308], dtype=F64)
+    with pytest.raises(SharpdimError, match=r"^range \(-1e\+308, 1e\+308\) is wider than float64"):
+        histogram_density(torch.tensor([0.0, 1.0], dtype=F64), torch.ones(2), range=(-1e308, 1e308))
+    with pytest.raises(SharpdimError, match=r"is wider than float64 .*, or rescale the nodes$"):
+        histogram_density(nodes, torch.ones(2))

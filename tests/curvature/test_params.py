@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -75,3 +77,25 @@ def test_trainable_parameters_selection() -> None:
         trainable_parameters(model, model[2])  # type: ignore[arg-type]
     with pytest.raises(SharpdimError, match="tensors"):
         trainable_parameters(model, [nn.Linear(1, 1)])  # type: ignore[list-item]
+
+
+def test_unflatten_of_a_vector_of_the_wrong_size_is_refused() -> None:
+    params = list(nn.Linear(2, 3).parameters())  # 6 + 3 numbers
+    with pytest.raises(
+        SharpdimError,
+        match=r"^the flat vector has shape \(10,\), the parameters hold 9 numbers: pass a vector of shape \(9,\)",
+    ):
+        unflatten(torch.zeros(10), params)
+    with pytest.raises(
+        SharpdimError, match=r"^the flat vector has shape \(8, 2\), the parameters hold 9"
+    ):
+        unflatten(torch.zeros(8, 2), params)
+
+
+def test_flat_params_of_no_parameters_is_refused() -> None:
+    used = iter([torch.zeros(2)])
+    list(used)
+    empties: list[Iterator[torch.Tensor] | list[torch.Tensor]] = [[], used]
+    for empty in empties:
+        with pytest.raises(SharpdimError, match=r"^no parameters given .*: pass the tensors"):
+            get_flat_params(empty)

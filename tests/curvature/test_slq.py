@@ -197,3 +197,17 @@ def test_an_empty_operator_is_refused_for_what_it_is() -> None:
     """It was blamed on num_steps (min(num_steps, 0) = 0), which the caller set to 30."""
     with pytest.raises(SharpdimError, match=r"^the operator has dimension 0"):
         slq_spectrum(torch.zeros(0, 0, dtype=torch.float64), num_runs=1, num_steps=30)
+
+
+@pytest.mark.parametrize("reorthogonalization", ["full", "partial", "none"])
+@pytest.mark.parametrize("wrap", [False, True])
+def test_a_matrix_requiring_grad_gives_plain_results(reorthogonalization: str, wrap: bool) -> None:
+    from sharpdim.curvature.operator import DenseOperator
+
+    plain = torch.diag(torch.arange(1.0, 6.0, dtype=torch.float64))
+    param = torch.nn.Parameter(plain.clone())
+    source = DenseOperator(param) if wrap else param
+    got = slq_spectrum(source, 2, 3, reorthogonalization=reorthogonalization)
+    want = slq_spectrum(plain, 2, 3, reorthogonalization=reorthogonalization)
+    assert not got.nodes.requires_grad and not got.weights.requires_grad
+    assert torch.equal(got.nodes, want.nodes) and torch.equal(got.weights, want.weights)

@@ -20,6 +20,7 @@ its own cell instead of falling between grid points.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -64,9 +65,9 @@ def histogram_density(
         nodes, weights: the atoms and their (non-negative) weights, any shape (flattened);
             the weights are normalised to total mass 1.
         bins: number of equal bins.
-        range: ``(low, high)`` of the bins; default the nodes' range (widened by 0.5 on both
-            sides if it is a single point). Mass outside the range is dropped before the
-            normalisation.
+        range: finite ``(low, high)`` of the bins; default the nodes' range (widened by
+            ``max(0.5, 1e-6 |x|)`` on both sides if it is a single point ``x``). Mass outside
+            the range is dropped before the normalisation.
 
     Returns:
         ``(edges, density)``: ``bins + 1`` edges and ``bins`` densities with
@@ -76,9 +77,16 @@ def histogram_density(
     bins = check_count(bins, "bins", hint="a number of bins, e.g. 100")
     lo, hi = (float(v.min()), float(v.max())) if range is None else _range(range)
     if range is None and _one_point(lo, hi):  # (nodes equal up to rounding, e.g. SLQ of c I)
-        lo, hi = lo - 0.5, hi + 0.5
+        # relative to the magnitude: 0.5 alone is below the spacing of floats beyond 4.5e15
+        pad = max(0.5, 1e-6 * max(abs(lo), abs(hi)))
+        lo, hi = max(lo - pad, -sys.float_info.max), min(hi + pad, sys.float_info.max)
     if not hi > lo:
         raise SharpdimError(f"range ({lo}, {hi}) is empty: pass low < high")
+    if math.isinf(hi - lo):
+        raise SharpdimError(
+            f"range ({lo}, {hi}) is wider than float64 holds (high - low overflows): pass "
+            "a narrower range" + (", or rescale the nodes" if range is None else "")
+        )
     edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
     if not bool((edges.diff() > 0).all()):
         raise SharpdimError(
@@ -159,10 +167,23 @@ def kde_density(
 def _range(value: Any) -> tuple[float, float]:
     """A histogram's ``range`` as ``(low, high)`` floats, or a one-line error."""
     try:
-        lo, hi = (float(x) for x in value)
+        lo, hi = (_float(x) for x in value)
     except (TypeError, ValueError):
         raise SharpdimError(f"range must be a pair (low, high) of numbers, got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise SharpdimError(
+            f"range ({lo}, {hi}) is not finite: pass finite limits, e.g. (0, 10), or None for "
+            "the nodes' range"
+        )
     return lo, hi
+
+
+def _float(x: Any) -> float:
+    """``float(x)``, with ``±inf`` for an int beyond float64 (``10**400``)."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
 
 
 def _one_point(lo: float, hi: float) -> bool:

@@ -33,19 +33,31 @@ def flat_measure(values: Any, masses: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return v, m
 
 
-def weighted_quantiles(values: Any, masses: Any, levels: torch.Tensor) -> torch.Tensor:
-    """Lower quantiles ``inf{x : P(X <= x) >= q}`` of a weighted measure, for ``q`` in ``levels``."""
+def weighted_quantiles(values: Any, masses: Any, levels: Any) -> torch.Tensor:
+    """Lower quantiles ``inf{x : P(X <= x) >= q}`` of a weighted measure, for ``q`` in ``levels``
+    (a tensor, array or list of numbers)."""
     v, m = flat_measure(values, masses)
     order = torch.argsort(v)
     v, cdf = v[order], torch.cumsum(m[order], 0)
     cdf = cdf / cdf[-1]
-    idx = torch.searchsorted(cdf, levels.to(torch.float64).clamp(0, 1))
+    idx = torch.searchsorted(cdf, real_tensor(levels, "levels").clamp(0, 1))
     return v[idx.clamp(max=v.numel() - 1)]
 
 
 def silverman_bandwidth(values: Any, masses: Any) -> float:
     """Silverman's robust rule ``0.9 min(std, IQR/1.34) n_eff^{-1/5}`` for a weighted measure."""
     v, m = flat_measure(values, masses)
+    top = float(v.abs().max())
+    if top == 0:
+        return 0.0
+    # on values scaled by a power of two near max|v| (exact): squares neither overflow
+    # (1e160) nor underflow (1e-300)
+    scale = math.ldexp(1.0, math.frexp(top)[1] - 1)
+    return _silverman_unit(v / scale, m) * scale
+
+
+def _silverman_unit(v: torch.Tensor, m: torch.Tensor) -> float:
+    """Silverman's rule for atoms ``v`` of magnitude at most 2."""
     p = m / m.sum()
     mean = float((p * v).sum())
     std = math.sqrt(max(float((p * (v - mean) ** 2).sum()), 0.0))

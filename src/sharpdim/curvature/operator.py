@@ -119,7 +119,11 @@ class LinearOperator(ABC):
 
 @final
 class DenseOperator(LinearOperator):
-    """A dense square matrix seen as an operator (used for tests and small problems)."""
+    """A dense square matrix seen as an operator (used for tests and small problems).
+
+    A matrix that requires grad (an ``nn.Parameter``) is detached: estimates built on it are
+    plain tensors and keep no autograd graph.
+    """
 
     def __init__(self, matrix: torch.Tensor) -> None:
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
@@ -131,7 +135,7 @@ class DenseOperator(LinearOperator):
                 f"the matrix has dtype {matrix.dtype}, not a real floating type: convert it, "
                 "e.g. with .double()"
             )
-        self.matrix = matrix
+        self.matrix = matrix.detach() if matrix.requires_grad else matrix
 
     @property
     def num_params(self) -> int:
@@ -166,7 +170,7 @@ def as_operator(a: OperatorLike, *, symmetric: bool = True) -> LinearOperator:
         return a
     if isinstance(a, torch.Tensor):
         op = DenseOperator(a)
-        _check_finite_symmetric(a, symmetric)
+        _check_finite_symmetric(op.matrix, symmetric)
         return op
     raise SharpdimError(
         f"expected a square tensor or a LinearOperator, got {type(a).__name__}: "

@@ -77,6 +77,11 @@ def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.
     For a block the result has shapes ``(k, *p.shape)``, the layout of batched autograd.
     """
     sizes = [p.numel() for p in like]
+    if vector.ndim not in (1, 2) or vector.shape[0] != sum(sizes):
+        raise SharpdimError(
+            f"the flat vector has shape {tuple(vector.shape)}, the parameters hold {sum(sizes)} "
+            f"numbers: pass a vector of shape ({sum(sizes)},) or a block ({sum(sizes)}, k)"
+        )
     if vector.ndim == 1:
         return [c.view_as(p) for c, p in zip(vector.split(sizes), like, strict=False)]
     k = vector.shape[1]
@@ -85,7 +90,13 @@ def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.
 
 def get_flat_params(params: Iterable[torch.Tensor]) -> torch.Tensor:
     """A detached copy of the parameters as one flat vector."""
-    return flatten([p.detach() for p in params]).clone()
+    tensors = [p.detach() for p in params]
+    if not tensors:
+        raise SharpdimError(
+            "no parameters given (an empty list, or an iterator used up already): pass the "
+            "tensors, e.g. list(model.parameters())"
+        )
+    return flatten(tensors).clone()
 
 
 @torch.no_grad()

@@ -207,7 +207,7 @@ def slq_spectrum(
         rows = m + 1 if reorthogonalization != "none" else min(3, m + 1)
         work = basis_storage(op, rows, work)  # one basis buffer for all runs
         alpha, beta, _ = tridiagonal(op, m, z.to(op.device), workspace=work)
-        theta, w = gauss_quadrature(alpha.cpu(), beta.cpu())
+        theta, w = gauss_quadrature(alpha.detach().cpu(), beta.detach().cpu())
         j = theta.numel()
         steps.append(j)
         if j < m:  # invariant Krylov space: pad with zero-weight copies of the last node

@@ -1,0 +1,41 @@
+"""Weighted point measures: quantiles and Silverman's bandwidth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sharpdim.curvature.measure import silverman_bandwidth, weighted_quantiles
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize(
+    "levels", [[0.25, 0.5, 0.75], (0.25, 0.5, 0.75), np.array([0.25, 0.5, 0.75])]
+)
+def test_weighted_quantiles_accept_a_sequence_of_levels(levels: object) -> None:
+    got = weighted_quantiles([1.0, 2, 3, 4], [1, 1, 1, 1], levels)
+    assert got.dtype == F64 and got.tolist() == [1.0, 2.0, 3.0]
+
+
+# atoms 0, 1, 2, 5 with masses .1, .2, .3, .4: mean 2.8, variance 3.56, IQR 4 (from 1 to 5),
+# n_eff = 1 / 0.3; the rule takes the std
+_V = torch.tensor([0.0, 1, 2, 5], dtype=F64)
+_P = torch.tensor([1.0, 2, 3, 4], dtype=F64)
+_H = 0.9 * math.sqrt(3.56) * (1 / 0.3) ** -0.2
+
+
+@pytest.mark.parametrize("c", [1e-300, 1e-160, 1.0, 1e160, 1e300])
+def test_silverman_bandwidth_scales_with_the_atoms(c: float) -> None:
+    # squares of the deviations used to overflow at 1e160 (2.11 instead of 1.33)
+    assert silverman_bandwidth(_V * c, _P) / c == pytest.approx(_H, rel=1e-14)
+
+
+def test_silverman_bandwidth_of_tiny_atoms() -> None:
+    # std 0.5e-300 (it underflowed to 0), below IQR / 1.34 = 1e-300 / 1.34; n_eff = 2
+    h = silverman_bandwidth(torch.tensor([1e-300, 2e-300], dtype=F64), torch.ones(2))
+    assert h == pytest.approx(0.9 * 0.5e-300 * 2**-0.2, rel=1e-14)
+    assert silverman_bandwidth(torch.zeros(3, dtype=F64), torch.ones(3)) == 0.0
