@@ -90,3 +90,22 @@ def test_a_header_too_large_for_int64_is_reported_exactly(tmp_path):
         SharpdimError, match=rf"holds 0 data bytes but .* needs {(2**32 - 1) ** 4}:"
     ):
         read_idx(tmp_path / "huge")
+
+
+def test_training_files_without_examples_are_named(tmp_path):
+    """The message was 'choose n_train between 1 and 0'."""
+    from sharpdim.training.datasets import load_dataset
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": np.zeros((0, 4, 4), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.zeros(0, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (3, 4, 4), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, 3, dtype=np.uint8),
+    }
+    for stem, array in arrays.items():
+        write_idx(tmp_path / stem, array)
+    message = r"train-images-idx3-ubyte holds no examples: pass training files with at least one$"
+    for n_train in (None, 1):
+        with pytest.raises(SharpdimError, match=message):
+            load_dataset("idx", directory=tmp_path, n_train=n_train)

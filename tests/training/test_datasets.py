@@ -250,6 +250,34 @@ def test_mnist1d_options_take_the_type_of_their_default():
             load_dataset("mnist1d", **options, **small)
 
 
+def test_mnist1d_padding_is_a_pair_of_whole_numbers_in_order():
+    """padding=[1] was a raw unpacking ValueError, padding=5 a TypeError, and [60, 36] drew
+    paddings of 38..60 instead of being refused."""
+    pytest.importorskip("mnist1d")
+    small = {"n_train": 10, "n_test": 0}
+    default = load_dataset("mnist1d", **small)
+    for same in ([36, 60], (36.0, 60), np.array([36, 60]), torch.tensor([36, 60])):
+        assert _same(load_dataset("mnist1d", padding=same, **small), default)
+    assert not _same(load_dataset("mnist1d", padding=[0, 5], **small), default)
+    message = r"^mnist1d option padding must be a pair \[low, high\] of whole numbers with 0 <= low"
+    for bad in ([1], 5, [60, 36], [-1, 3], [1.5, 2], "ab", [1, 2, 3], np.array([[1, 2]])):
+        with pytest.raises(SharpdimError, match=message):
+            load_dataset("mnist1d", padding=bad, **small)
+
+
+def test_to_refuses_a_dtype_that_is_not_floating():
+    """Dataset.to(torch.int64) truncated the float inputs and targets silently."""
+    ds = load_dataset("teacher_student", n_train=5, n_test=2)
+    for bad in (torch.int64, torch.bool, "float64"):
+        with pytest.raises(SharpdimError, match=r"^dtype must be a floating torch dtype, got"):
+            ds.to(bad)
+    wide = ds.to(torch.float64)
+    assert wide.x_train.dtype == wide.y_train.dtype == torch.float64
+    assert torch.equal(wide.x_train, ds.x_train.double())
+    labels = load_dataset("modular", p=5).to(torch.float64, device="cpu")
+    assert labels.y_train.dtype == torch.int64  # labels stay int64
+
+
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_sizes_are_whole_numbers_and_dtype_floating(name):
     options = {k: v for k, v in SMALL[name].items() if k != "n_train"}

@@ -138,6 +138,53 @@ def test_setup_sizes_are_whole_numbers():
             MLPSetup(n_train=bad)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dataset", ["digits", "mnist1d", "modular", "teacher_student"])
+def test_setup_data_are_the_loaders_in_the_setups_dtype(dataset, dtype):
+    """The data were loaded in float32 and cast: float64 digits were 4.2e-7 off."""
+    from sharpdim.training.datasets import load_dataset
+
+    if dataset == "mnist1d":
+        pytest.importorskip("mnist1d")
+    setup = MLPSetup(dataset=dataset, n_train=40, dtype=dtype)
+    options = {"mnist1d": {"n_test": 200}, "modular": {"encoding": "onehot"}}.get(dataset, {})
+    torch_dtype = getattr(torch, dtype)
+    sizes = {} if dataset == "digits" else {"n_train": 40}  # (digits: the first 40 of 1,500)
+    exact = load_dataset(dataset, seed=0, dtype=torch_dtype, **sizes, **options)
+    data = setup.data()
+    assert data.x_train.dtype == torch_dtype and data.num_train == 40
+    assert torch.equal(data.x_train, exact.x_train[:40])
+    assert torch.equal(data.y_train, exact.y_train[:40])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"loss": "bogus"}, r"^unknown loss 'bogus': use 'mse' or 'ce'$"),
+        ({"activation": "sigmoid"}, r"^unknown activation 'sigmoid': use one of tanh, relu, gelu$"),
+        ({"width": 0}, r"^width must be an integer >= 1, got 0"),
+        ({"width": 2.5}, r"^width must be an integer >= 1, got 2.5"),
+        ({"depth": -1}, r"^depth must be an integer >= 0, got -1"),
+        ({"seed": -1}, r"^seed must be an integer >= 0, got -1"),
+        ({"seed": 2**32}, r"^seed must be at most 2\*\*32 - 1"),
+        (
+            {"dataset": "teacher_student", "loss": "ce"},
+            r"^teacher_student is a regression dataset without class labels: use loss='mse'",
+        ),
+    ],
+)
+def test_setup_fields_are_checked_when_it_is_built(kwargs, message):
+    """They built, and failed (ce on regression targets) only once a run started."""
+    with pytest.raises(SharpdimError, match=message):
+        MLPSetup(**kwargs)
+
+
+def test_setup_keeps_valid_fields():
+    setup = MLPSetup(width=8.0, depth=0, seed=np.int64(3), loss="ce", activation="relu")
+    assert (setup.width, setup.depth, setup.seed) == (8, 0, 3)
+    assert type(setup.width) is int and type(setup.seed) is int
+
+
 def test_the_late_window_keeps_the_step_on_its_boundary() -> None:
     """(1 - 0.7) * 1000 = 300.00000000000006 dropped the record of step 300: 70 of 71."""
     from sharpdim.training.eos_experiments import _late_stats

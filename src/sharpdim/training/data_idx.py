@@ -235,6 +235,10 @@ def load_idx_dataset(
             f"test images {test_imgs.dtype} of shape {test_imgs.shape[1:]}: pass files of the "
             "same dataset (same image size and element type)"
         )
+    if train_imgs.shape[0] == 0:  # (n_train was asked "between 1 and 0")
+        raise SharpdimError(
+            f"{paths['train_images']} holds no examples: pass training files with at least one"
+        )
     n_train = _count("n_train", n_train, train_imgs.shape[0], minimum=1)
     n_test = _count("n_test", n_test, test_imgs.shape[0], minimum=0)
     scale = 255.0 if train_imgs.dtype == np.uint8 else 1.0

@@ -115,6 +115,11 @@ class Dataset:
         self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> Dataset:
         """Move to ``device`` and cast floating tensors to ``dtype`` (labels stay int64)."""
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise SharpdimError(
+                f"dtype must be a floating torch dtype, got {dtype!r}: pass e.g. torch.float64 "
+                "(a cast of the inputs to integers would truncate them; labels stay int64)"
+            )
 
         def move(t: torch.Tensor) -> torch.Tensor:
             cast = dtype if dtype is not None and t.is_floating_point() else None
@@ -255,7 +260,10 @@ def make_mnist1d_dataset(
 
 def _mnist1d_option(name: str, value: Any, default: Any) -> Any:
     """An mnist1d option override of the type of its default (a whole number for an integer
-    option, a finite number for a real one, a bool for a flag); others pass unchanged."""
+    option, a finite number for a real one, a bool for a flag, a pair for ``padding``); others
+    pass unchanged."""
+    if name == "padding":
+        return _mnist1d_padding(value)
     if isinstance(default, bool):
         if isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1)):
             return bool(value)
@@ -265,6 +273,28 @@ def _mnist1d_option(name: str, value: Any, default: Any) -> Any:
     if isinstance(default, float):
         return check_number(value, f"mnist1d option {name}", "any", f"{name}={default}")
     return value
+
+
+def _mnist1d_padding(value: Any) -> list[int]:
+    """MNIST-1D's ``padding``: ``[low, high]``, whole numbers ``0 <= low <= high`` (each
+    template gets ``low`` to ``high`` zeros appended, drawn uniformly)."""
+    shown = value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
+    bad = SharpdimError(
+        f"mnist1d option padding must be a pair [low, high] of whole numbers with "
+        f"0 <= low <= high, got {shown!r}: pass e.g. padding=[36, 60]"
+    )
+    pair = isinstance(value, (list, tuple)) or (
+        isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 1
+    )
+    if not pair or len(value) != 2:
+        raise bad
+    try:
+        low, high = (check_count(v, "padding", 0) for v in value)
+    except SharpdimError:
+        raise bad from None
+    if low > high:
+        raise bad
+    return [low, high]
 
 
 MNIST1D_TEST_SEED = 0x5EED7E57
