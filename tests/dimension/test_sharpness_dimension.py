@@ -79,11 +79,11 @@ def test_exact_sd_equals_brute_force(optimizer: str, lr: float) -> None:
         data,
         lr,
         optimizer=optimizer,
-        momentum=0.6,
         num_batches=5,
         batch_size=8,
         generator=torch.Generator().manual_seed(7),
         num_bootstrap=20,
+        **({} if optimizer == "sgd" else {"momentum": 0.6}),
     )
     ref = _brute_force_sd(model, data, lr, optimizer, 5, 8, 7, momentum=0.6)
     assert r.sd == pytest.approx(ref, abs=1e-8)
@@ -115,7 +115,8 @@ def test_exact_sd_equals_brute_force_near_a_minimum(optimizer: str) -> None:
         _mse(model, (x, y)).backward()
         opt.step()
     lr = 1.8 / float(torch.linalg.eigvalsh(dense_hessian(model, _mse, (x, y)))[-1])
-    kw = {"optimizer": optimizer, "momentum": 0.3, "num_batches": 6, "batch_size": 12}
+    kw = {"optimizer": optimizer, "num_batches": 6, "batch_size": 12}
+    kw.update({} if optimizer == "sgd" else {"momentum": 0.3})
     r = sharpness_dimension(
         model, _mse, (x, y), lr, generator=torch.Generator().manual_seed(4), num_bootstrap=0, **kw
     )
@@ -606,14 +607,17 @@ def test_sd_does_not_depend_on_the_loss_or_parameter_units(optimizer: str) -> No
     for k in (1.0, 10.0, 0.1):
         adam = optimizer == "adam"
         model = _ScaledQuadratic(c=1.0 if adam else k, s=k if adam else 1.0)
-        extra = {"preconditioner": torch.tensor([2.0, 0.5, 1.0]) / k, "step": 5} if adam else {}
+        extra = (
+            {"preconditioner": torch.tensor([2.0, 0.5, 1.0]) / k, "step": 5}
+            if adam
+            else {"momentum": 0.5}
+        )
         r = sharpness_dimension(
             model,
             lambda m, b: m.loss(b),
             data,
             0.02 * k if adam else 0.9 / k,
             optimizer=optimizer,
-            momentum=0.5,
             batch_size=2,
             num_batches=1,
             **extra,
@@ -695,3 +699,28 @@ def test_a_nan_gradient_is_not_reported_as_a_zero_preconditioner() -> None:
         sharpness_dimension(model, loss_fn, (x, y), 0.01, optimizer="adam", batch_size=8)
     assert "preconditioner is 0" not in str(caught.value)
     assert "not finite" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "given", "users"),
+    [
+        ("sgd", {"momentum": 0.9}, "'momentum' or 'nesterov'"),
+        ("adam", {"momentum": 0.5}, "'momentum' or 'nesterov'"),
+        ("sgd", {"betas": (0.5, 0.6)}, "'adam' or 'adamw'"),
+        ("momentum", {"adam_eps": 1e-6}, "'adam' or 'adamw'"),
+        ("nesterov", {"step": 3}, "'adam' or 'adamw'"),
+    ],
+)
+def test_a_hyperparameter_the_optimizer_does_not_use_is_refused(
+    optimizer: str, given: dict, users: str
+) -> None:
+    """optimizer='sgd' with momentum=0.9 gave the GD SD without a word (and recorded no
+    momentum): a hyperparameter the step does not use is refused, not ignored."""
+    model, data = _setup()
+    ((name, value),) = given.items()
+    with pytest.raises(SharpdimError) as err:
+        sharpness_dimension(model, _ce, data, 0.5, optimizer=optimizer, batch_size=8, **given)
+    assert str(err.value) == (
+        f"{name}={value!r} is not used by optimizer={optimizer!r} and would be ignored: drop it, "
+        f"or pass optimizer={users}"
+    )

@@ -836,3 +836,102 @@ def test_a_diverged_adam_model_without_raw_sharpness_is_recorded():
     monitor = EoSMonitor(mse_loss, (x, y), every=1, raw_sharpness=False)
     record = monitor.on_step(0, model, math.nan, opt)
     assert math.isnan(record.bounded) and math.isnan(record.ratio)
+
+
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
+@pytest.mark.parametrize("raw", [True, False])
+def test_adam_on_a_model_with_inf_gradients_records_nan(cls, raw):
+    """Loss and every gradient inf (float32, theta = 1e10) made Adam's preconditioner inf
+    everywhere, read as 'neither gradients nor state': an exception where SGD got a record."""
+    from sharpdim.training.models import DeepScalarLinear
+    from sharpdim.training.optimizers import stability_threshold
+
+    net = DeepScalarLinear((1e10, 1e10, 1e10, 1e10), dtype=torch.float32)
+    opt = cls(net.parameters(), lr=0.01)
+    loss = mse_loss(net, net.batch())
+    loss.backward()
+    assert math.isinf(loss.item()) and bool(torch.isinf(net.theta.grad).all())
+    assert bool(torch.isinf(upcoming_adam_preconditioner(opt, [net.theta])).all())
+    monitor = EoSMonitor(mse_loss, net.batch(), every=1, raw_sharpness=raw)
+    record = monitor.on_step(0, net, loss.item(), opt)
+    assert math.isnan(record.sharpness) and math.isnan(record.bounded)
+    assert math.isnan(record.ratio) and record.num_matvecs == 0 and not record.converged
+    assert record.threshold == stability_threshold("adam", 0.01, betas=(0.9, 0.999))
+
+
+def test_inf_gradients_with_a_finite_monitor_loss_are_an_error_then_a_nan_record():
+    """An inf gradient gave P = inf, which froze its directions: a finite, wrong record. At
+    the first measurement it is an error; after finite ones, a run heading for divergence
+    (Adam's next step makes the parameters NaN), recorded as NaN with a warning, not a crash."""
+    x, y = _data(20)
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    mse_loss(model, (x, y)).backward()
+    monitor = EoSMonitor(mse_loss, (x, y))
+    assert math.isfinite(monitor.measure(model, opt).bounded)
+    next(model.parameters()).grad[0, 0] = math.inf
+    with pytest.raises(SharpdimError, match=r"^Adam's preconditioner is not finite \(NaN or inf"):
+        EoSMonitor(mse_loss, (x, y)).measure(model, opt)
+    with pytest.warns(RuntimeWarning, match=r"^step 10: Adam's preconditioner is not finite"):
+        record = monitor.on_step(10, model, 0.5, opt)  # (every=10)
+    assert record is not None and math.isnan(record.bounded) and math.isnan(record.ratio)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1),
+        lambda ps: torch.optim.SGD(ps, lr=0.0),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=0.1),
+        lambda ps: torch.optim.Adam(ps, lr=1e-3),
+    ],
+)
+def test_an_optimizer_of_another_model_is_refused(make):
+    """SGD gave ratio 0 (lr scale 0 for every parameter it does not hold), Adam 'neither
+    gradients nor state'."""
+    x, y = _data(20)
+    model, other = _model(0), _model(1)
+    opt = make(other.parameters())
+    for net in (model, other):
+        mse_loss(net, (x, y)).backward()
+    message = r"^the optimizer holds none of the model's trainable parameters: pass the optim"
+    with pytest.raises(SharpdimError, match=message):
+        EoSMonitor(mse_loss, (x, y)).measure(model, opt)
+    record = EoSMonitor(mse_loss, (x, y), tol=1e-10).measure(other, opt)  # its own model
+    assert math.isfinite(record.bounded)
+
+
+def test_an_empty_example_set_is_refused_when_the_monitor_is_built():
+    """It made a monitor that recorded NaN at every step."""
+    x, y = _data(20)
+    empty = Dataset("toy", x[:0], y[:0], x, y, num_classes=2)
+    for data in ((x[:0], y[:0]), empty):
+        with pytest.raises(SharpdimError, match=r"^the monitor's data hold no examples"):
+            EoSMonitor(mse_loss, data)
+
+
+def test_mode_and_flags_are_checked_when_the_monitor_is_built():
+    """mode='evaluation' failed only at the first measurement; raw_sharpness='no' was true."""
+    x, y = _data(20)
+    cases = [
+        ({"mode": "evaluation"}, r"^unknown mode 'evaluation': use 'eval', 'train' or 'keep'"),
+        ({"mode": None}, r"^unknown mode None"),
+        ({"raw_sharpness": "no"}, r"^raw_sharpness must be True or False, got 'no'"),
+        ({"warm_start": 1}, r"^warm_start must be True or False, got 1"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(SharpdimError, match=message):
+            EoSMonitor(mse_loss, (x, y), **kwargs)
+    for mode in ("eval", "train", "keep"):
+        assert EoSMonitor(mse_loss, (x, y), mode=mode, raw_sharpness=False).mode == mode
+
+
+def test_the_loss_tensor_itself_is_taken_as_the_loss_value():
+    """float() of a loss that requires grad warned, an error under -W error."""
+    x, y = _data(20)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = mse_loss(model, (x, y))
+    loss.backward()
+    record = EoSMonitor(mse_loss, (x, y), every=1).on_step(0, model, loss, opt)
+    assert record is not None and record.loss == float(loss.detach())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import typer
@@ -47,6 +47,9 @@ from sharpdim.commands._common import (
 from sharpdim.curvature.slq import REORTHOGONALIZATIONS
 from sharpdim.dimension.sharpness_dimension import METHODS, SDResult, sharpness_dimension
 from sharpdim.errors import SharpdimError
+
+if TYPE_CHECKING:
+    from sharpdim.training.loop import TrainConfig
 
 app = typer.Typer(
     help="Sharpness dimension (paper Def. 4.2): exact and SLQ-based estimators.",
@@ -202,13 +205,10 @@ def compute(
             num_runs=num_runs,
             num_steps=num_steps,
             reorthogonalization=reorth,
-            momentum=momentum,
-            betas=config.betas,
             weight_decay=config.weight_decay,
-            adam_eps=config.eps,
             preconditioner=pre,
-            step=adam_t,
             num_bootstrap=num_bootstrap,
+            **_hyperparameters(sd_optimizer, momentum, config, adam_t),
         )
     extra: dict[str, Any] = {
         "train loss": trained.final_train_loss,
@@ -223,3 +223,15 @@ def compute(
     Console().print(_table(result, extra))
     if json_out is not None:
         print_line(wrote_line(json_out))
+
+
+def _hyperparameters(
+    sd_optimizer: str, momentum: float, config: TrainConfig, adam_t: int | None
+) -> dict[str, Any]:
+    """The optional hyperparameters of ``sharpness_dimension`` that ``sd_optimizer`` uses
+    (the others are refused there)."""
+    if sd_optimizer in ("momentum", "nesterov"):
+        return {"momentum": momentum}
+    if sd_optimizer in ("adam", "adamw"):
+        return {"betas": config.betas, "adam_eps": config.eps, "step": adam_t}
+    return {}

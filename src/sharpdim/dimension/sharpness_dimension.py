@@ -226,6 +226,26 @@ def _expanding_mass(
     return float(masses[values > math.log1p(eps + margin)].sum())
 
 
+_USED_BY = {
+    "momentum": ("momentum", "nesterov"),
+    "betas": ("adam", "adamw"),
+    "adam_eps": ("adam", "adamw"),
+    "step": ("adam", "adamw"),
+}
+"""The optimizers whose step spectrum each optional hyperparameter enters."""
+
+
+def _refuse_unused(optimizer: str, **given: Any) -> None:
+    """Refuse a hyperparameter that ``optimizer``'s step does not use (it would be ignored)."""
+    for name, value in given.items():
+        if value is not None and optimizer not in _USED_BY[name]:
+            users = " or ".join(repr(o) for o in _USED_BY[name])
+            raise SharpdimError(
+                f"{name}={value!r} is not used by optimizer={optimizer!r} and would be ignored: "
+                f"drop it, or pass optimizer={users}"
+            )
+
+
 @_own_dropout_stream
 def sharpness_dimension(
     model: nn.Module,
@@ -243,10 +263,10 @@ def sharpness_dimension(
     num_runs: int = 100,
     num_steps: int = 100,
     reorthogonalization: str = "full",
-    momentum: float = 0.9,
-    betas: tuple[float, float] = (0.9, 0.999),
+    momentum: float | None = None,
+    betas: tuple[float, float] | None = None,
     weight_decay: float = 0.0,
-    adam_eps: float = 1e-8,
+    adam_eps: float | None = None,
     preconditioner: torch.Tensor | None = None,
     step: int | None = None,
     iterates: Sequence[torch.Tensor] | None = None,
@@ -277,7 +297,10 @@ def sharpness_dimension(
             models) or ``"none"`` (plain Lanczos, O(n) memory; the quadrature still
             integrates the measure, Greenbaum 1989); see
             :func:`~sharpdim.curvature.slq.slq_spectrum`.
-        momentum, betas, weight_decay, adam_eps: optimizer hyperparameters (torch's meaning).
+        momentum, betas, weight_decay, adam_eps: optimizer hyperparameters (torch's meaning);
+            ``momentum`` (default 0.9) only for ``"momentum"``/``"nesterov"``, ``betas``
+            (default ``(0.9, 0.999)``), ``adam_eps`` (1e-8) and ``step`` only for Adam/AdamW:
+            one given to an optimizer that does not use it is refused, not ignored.
         preconditioner: Adam's ``P = sqrt(v_hat) + adam_eps`` (flat); default: estimated as
             ``sqrt(mean_B g_B^2) + adam_eps`` over ``num_batches`` sampled minibatches, with
             ``g_B + weight_decay w`` in place of ``g_B`` for ``"adam"`` (coupled L2 decay).
@@ -333,10 +356,11 @@ def sharpness_dimension(
         num_bootstrap = 0  # resampling one batch or run gives a zero-width, not a real, interval
     confidence = check_number(confidence, "confidence", "in (0, 1)", "0.95")
     eps = check_number(eps, "eps", ">= 0", "1e-12")
-    momentum = check_number(momentum, "momentum", "in [0, 1)", "0.9")
+    _refuse_unused(optimizer, momentum=momentum, betas=betas, adam_eps=adam_eps, step=step)
+    momentum = check_number(0.9 if momentum is None else momentum, "momentum", "in [0, 1)", "0.9")
     weight_decay = check_number(weight_decay, "weight_decay", ">= 0", "0.0")
-    adam_eps = check_number(adam_eps, "adam_eps", ">= 0", "1e-8")
-    betas = check_betas(betas)
+    adam_eps = check_number(1e-8 if adam_eps is None else adam_eps, "adam_eps", ">= 0", "1e-8")
+    betas = check_betas((0.9, 0.999) if betas is None else betas)
     if step is not None:
         step = check_count(step, "step", hint="Adam's step count, or None late in training")
     if max_params is not None:

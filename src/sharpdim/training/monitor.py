@@ -193,13 +193,15 @@ def upcoming_adam_preconditioner(
         v_new = beta2 * v + (1.0 - beta2) * grad * grad
         t = float(state.get("step", 0.0)) + 1.0
         pieces.append(adam_diagonal(group, v_new, t, bias_correction))
-    flat = torch.cat(pieces)
-    if bool(torch.isinf(flat).all()):
+    if not any(
+        id(p) in group_of and (p.grad is not None or "exp_avg_sq" in optimizer.state.get(p, {}))
+        for p in params
+    ):  # (not an inf of diverged gradients: the monitor records that as NaN)
         raise SharpdimError(
             "the Adam optimizer has neither gradients nor state: call this after "
             "loss.backward() or after the optimizer's first step"
         )
-    return flat
+    return torch.cat(pieces)
 
 
 def _adam_sd_inputs(
@@ -240,6 +242,15 @@ def _finite(preconditioner: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isinf(preconditioner), frozen, preconditioner)
 
 
+def _nonfinite_gradients(params: Sequence[torch.Tensor], held: dict[int, Any]) -> bool:
+    """Whether the ``.grad`` of a parameter in ``held`` (the optimizer's) holds NaN or inf:
+    Adam's ``P`` is then NaN, or an ``inf`` that is no frozen direction."""
+    return any(
+        id(p) in held and p.grad is not None and not bool(torch.isfinite(p.grad).all())
+        for p in params
+    )
+
+
 def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(data, Dataset):
         data = data.train_batch()
@@ -255,6 +266,10 @@ def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, torch.
         if max_examples < 1:
             raise SharpdimError(f"max_examples={max_examples}: use a positive number or None")
         x, y = x[:max_examples], y[:max_examples]
+    if len(x) == 0:
+        raise SharpdimError(
+            "the monitor's data hold no examples: pass a Dataset or (x, y) with at least one"
+        )
     if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in (x, y)):
         raise SharpdimError(  # (a non-finite loss is then the model's: a recorded divergence)
             "the monitor's examples hold NaN or inf: pass finite inputs and targets"
@@ -329,6 +344,11 @@ class EoSMonitor:
         if max_iter is not None:
             max_iter = check_count(max_iter, "max_iter", 1, "e.g. 200, or None")
         tol = check_number(tol, "tol", "> 0", "1e-4")
+        if not (isinstance(mode, str) and mode in ("eval", "train", "keep")):
+            raise SharpdimError(f"unknown mode {mode!r}: use 'eval', 'train' or 'keep'")
+        for flag, value in (("raw_sharpness", raw_sharpness), ("warm_start", warm_start)):
+            if not isinstance(value, bool):
+                raise SharpdimError(f"{flag} must be True or False, got {value!r}")
         if not (isinstance(loss_fn, str) or callable(loss_fn)):
             raise SharpdimError(
                 f"loss_fn must be a loss name or a function (model, batch) -> scalar, got "
@@ -414,16 +434,24 @@ class EoSMonitor:
         hessian = self._hessian(model)
         scale, decay, shift = None, None, 0.0
         if optimizer is not None:
+            held = param_groups_by_id(optimizer)
+            if not any(id(p) in held for p in hessian.params):  # (lr scale 0 everywhere)
+                raise SharpdimError(
+                    "the optimizer holds none of the model's trainable parameters: pass the "
+                    "optimizer that trains this model"
+                )
             lrs = lr_scaling(optimizer, hessian.params)
             scale = None if lrs is None else lrs.sqrt()  # (L P^-1)^(1/2)
             if name in ADAPTIVE:
                 upcoming = upcoming_adam_preconditioner(optimizer, hessian.params, unheld="freeze")
-                if bool(torch.isnan(upcoming).any()):  # NaN gradients: a diverged model is
-                    hessian.loss_and_gradient()  # recorded (NonFiniteLossError) as in raw mode
-                    raise SharpdimError(
-                        "Adam's preconditioner holds NaN (NaN gradients or optimizer state) "
-                        "although the loss on the monitor's examples is finite: check the "
-                        "gradients of the training step"
+                if bool(torch.isnan(upcoming).any()) or _nonfinite_gradients(hessian.params, held):
+                    hessian.loss_and_gradient()  # a diverged model is recorded
+                    # (NonFiniteLossError) as in raw mode; gradients that overflow under a
+                    # finite loss, a run about to diverge, as second derivatives that overflow
+                    raise NonFiniteCurvatureError(
+                        "Adam's preconditioner is not finite (NaN or inf gradients or NaN "
+                        "optimizer state) although the loss on the monitor's examples is "
+                        "finite: check the gradients of the training step"
                     )
                 scale = upcoming.rsqrt() if scale is None else scale * upcoming.rsqrt()
             decay = coupled_decay(optimizer, hessian.params)  # the update sees H + diag(decay)
@@ -461,7 +489,8 @@ class EoSMonitor:
         """Append and return the record of one measurement (NaN for a diverged model)."""
         record = EoSRecord(
             step=int(step),
-            loss=float(loss_value),
+            # (the loss tensor itself, as a loop may pass it: read without its graph)
+            loss=float(loss_value.detach() if isinstance(loss_value, torch.Tensor) else loss_value),
             sharpness=float(sharpness),
             threshold=float(threshold),
             optimizer=name,
@@ -610,12 +639,12 @@ class EoSMonitor:
         sd_name = "sgd" if name == "gd" else name
         live: dict[str, Any] = {
             "mode": self.mode,  # the sharpness's mode, unless sd_options says otherwise
-            "momentum": float(group.get("momentum", 0.9)),
-            "betas": tuple(group.get("betas", (0.9, 0.999))),
             "weight_decay": float(group.get("weight_decay", 0.0)),
-        }
+        }  # (and only the hyperparameters sd_name's step uses: the others are refused)
+        if sd_name in ("momentum", "nesterov"):
+            live["momentum"] = float(group["momentum"])
         if name in ADAPTIVE:
-            live["adam_eps"] = float(group["eps"])
+            live.update(betas=tuple(group["betas"]), adam_eps=float(group["eps"]))
             if "preconditioner" not in options:  # that of the update about to be taken
                 live.update(_adam_sd_inputs(optimizer, trainable_parameters(model), options))
         result = sharpness_dimension(
