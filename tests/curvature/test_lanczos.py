@@ -465,7 +465,9 @@ def test_copies_locked_at_a_restart_still_count_for_their_round(max_basis: int |
     a restart, used to leave the round judged on the interior values that followed
     ([-3, -3, -2, -2, -1] marked converged for five copies of -3). Now such a round starts the
     next one; where thick restarts of a basis full of locked vectors keep trimming that one,
-    the run stops after as many products again and flags the values (10 and 16 here)."""
+    the run stops after as many products again and flags the values. Which small bases do
+    that depends on rounding (10 and 16 here; 9, not 10, under torch 2.11 on another CPU): a
+    run is right and converged, or flagged; 12 and the default always converge."""
     a = integer_spectrum(torch.arange(-3.0, 4.0).repeat(12), seed=0)
     res = lanczos_eigenvalues(a, k=5, which="SA", max_basis=max_basis)
     assert res.num_matvecs < 200  # (not the 1,000-product budget)
@@ -475,7 +477,8 @@ def test_copies_locked_at_a_restart_still_count_for_their_round(max_basis: int |
         )
     else:
         assert not res.converged.any()
-    assert res.all_converged == (max_basis in (9, 12, None))
+    if max_basis in (12, None):
+        assert res.all_converged
 
 
 @pytest.mark.parametrize(("distinct", "seed"), [(20, 0), (20, 1), (30, 4), (30, 5)])
