@@ -100,8 +100,17 @@ BAD = [
         "momentum formula does not give: pass --optimizer gd, or --momentum in (0, 1)",
     ),
     (
-        ["--optimizer", "adam", "--momentum", "5"],
+        ["--optimizer", "nesterov", "--momentum", "5"],
         "--momentum must be in [0, 1), got 5.0: pass e.g. --momentum 0.9",
+    ),
+    (  # trained plain SGD and recorded momentum 0.5 in the JSON, exit 0
+        ["--optimizer", "sgd", "--momentum", "0.5"],
+        "--momentum 0.5 is not used by --optimizer sgd and would be ignored: drop it, or pass "
+        "--optimizer momentum or nesterov",
+    ),
+    (
+        ["--optimizer", "adam", "--momentum", "0.9"],
+        "--momentum 0.9 is not used by --optimizer adam and would be ignored",
     ),
 ]
 
@@ -127,8 +136,9 @@ CHECKED_FIRST = [
     ["--json", "{tmp}"],  # a folder
     ["--json", "{tmp}/afile/x.json"],  # below a file
     ["--json", "/proc/nonexist/x.json"],
-    ["--optimizer", "gd", "--momentum", "-0.5"],  # checked though gd does not use it
+    ["--optimizer", "gd", "--momentum", "-0.5"],  # refused: gd does not use it
     ["--optimizer", "adam", "--momentum", "5"],
+    ["--optimizer", "momentum", "--momentum", "5"],
     ["--optimizer", "momentum", "--momentum", "0"],  # was refused after training, by the SD
 ]
 

@@ -382,9 +382,13 @@ def optimizer_option() -> Any:
 
 
 def momentum_option() -> Any:
-    """``--momentum``: heavy-ball / Nesterov momentum."""
+    """``--momentum``: heavy-ball / Nesterov momentum (default 0.9; refused with another
+    optimizer by :func:`check_training_options`)."""
     return typer.Option(
-        0.9, help="momentum (heavy ball / Nesterov), in [0, 1) (Nesterov: in (0, 1))"
+        None,
+        help="momentum of --optimizer momentum / nesterov, in [0, 1) (Nesterov: in (0, 1)); "
+        "default 0.9",
+        show_default=False,
     )
 
 
@@ -399,15 +403,27 @@ def train_steps_option(default: int = 200) -> Any:
 
 
 def check_training_options(
-    optimizer: str, lr: float, momentum: float, train_steps: int, train_batch_size: int | None
-) -> None:
-    """One-line errors naming the flag for the training options of :func:`train_mlp`."""
+    optimizer: str,
+    lr: float,
+    momentum: float | None,
+    train_steps: int,
+    train_batch_size: int | None,
+) -> float:
+    """One-line errors naming the flag for the training options of :func:`train_mlp`; the
+    momentum to train with (0.9 when ``--momentum`` was not given). A ``--momentum`` given
+    with an optimizer that has none is refused: it would be ignored."""
     if optimizer not in TRAIN_OPTIMIZERS:
         raise SharpdimError(
             f"unknown --optimizer {optimizer!r}: use one of {', '.join(TRAIN_OPTIMIZERS)}"
         )
     check_positive_lr(lr)
-    check_fraction(momentum, "--momentum", "0.9")  # whatever the optimizer
+    if momentum is not None and optimizer not in ("momentum", "nesterov"):
+        raise SharpdimError(
+            f"--momentum {momentum:g} is not used by --optimizer {optimizer} and would be "
+            "ignored: drop it, or pass --optimizer momentum or nesterov"
+        )
+    momentum = 0.9 if momentum is None else momentum
+    check_fraction(momentum, "--momentum", "0.9")
     if optimizer == "nesterov" and momentum == 0:
         raise SharpdimError(
             "--optimizer nesterov needs --momentum in (0, 1) (torch's Nesterov step has no "
@@ -416,6 +432,7 @@ def check_training_options(
     check_at_least(train_steps, 0, "--train-steps")
     if train_batch_size is not None:
         check_at_least(train_batch_size, 1, "--train-batch-size")
+    return momentum
 
 
 def check_train_batch_size(train_batch_size: int | None, data: Dataset) -> None:

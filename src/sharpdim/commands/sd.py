@@ -98,7 +98,7 @@ def compute(
     loss: str = loss_option(),
     lr: float = typer.Option(0.1, help="step size of training and of the SD's optimizer step"),
     optimizer: str = optimizer_option(),
-    momentum: float = momentum_option(),
+    momentum: float | None = momentum_option(),
     train_batch_size: int | None = train_batch_size_option(),
     train_steps: int = train_steps_option(),
     method: str = typer.Option("exact", help="exact | slq | kde | ps"),
@@ -130,7 +130,7 @@ def compute(
     ):
         if value not in choices:
             raise SharpdimError(f"unknown {flag} {value!r}: use one of {', '.join(choices)}")
-    check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
+    momentum = check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
     if optimizer in ("momentum", "nesterov") and momentum == 0:  # (before training, not after)
         raise SharpdimError(
             f"--optimizer {optimizer} with --momentum 0 is plain gradient descent, whose SD the "

@@ -179,7 +179,7 @@ def spectrum(
     loss: str = loss_option(),
     lr: float = typer.Option(0.1, help="training step size eta"),
     optimizer: str = optimizer_option(),
-    momentum: float = momentum_option(),
+    momentum: float | None = momentum_option(),
     train_batch_size: int | None = train_batch_size_option(),
     train_steps: int = train_steps_option(),
     k: int = typer.Option(5, help="eigenvalues at each wanted end of the spectrum"),
@@ -204,7 +204,7 @@ def spectrum(
 ) -> None:
     """Train an MLP briefly, then print its Hessian's extreme eigenvalues, trace and density."""
     _check_options(k, which, tol, max_iter, chunk_size, (trace_matvecs, slq_runs, slq_steps))
-    check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
+    momentum = check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
     dtype = torch.float64 if float64 else torch.float32
     data, num_params = mlp_data(
         dataset, n_train=n_train, width=width, depth=depth, seed=seed, activation=activation,
