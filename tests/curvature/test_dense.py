@@ -169,3 +169,32 @@ def test_dense_of_a_loss_that_uses_torch_func() -> None:
     h = op.dense()
     assert op._dense_width == 1
     torch.testing.assert_close(h, _column_by_column(op), rtol=0, atol=0)
+
+
+def test_an_asymmetric_hessian_from_a_wrong_double_backward_is_refused() -> None:
+    """Under torch 2.13 the second derivative of torch._weight_norm is wrong (gradients are
+    right): dense() returned an asymmetric, wrong Hessian (asymmetry 0.07, error 0.12 on this
+    model), dense_hessian averaged it and eigvalsh read one triangle of it, with no error."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(20, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,))
+    model = torch.nn.Sequential(
+        weight_norm(torch.nn.Linear(4, 6)), torch.nn.Tanh(), torch.nn.Linear(6, 3)
+    ).double()
+    ce = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    op = HessianOperator(model, ce, (x, y))
+    columns = torch.stack([op @ e for e in torch.eye(op.num_params, dtype=torch.float64)], 1)
+    if float((columns - columns.T).abs().max()) < 1e-6:
+        pytest.skip("this torch differentiates weight_norm twice correctly")
+    message = r"^the Hessian is not symmetric \(max \|H - H\^T\| = .*weight_norm"
+    with pytest.raises(SharpdimError, match=message) as err:
+        HessianOperator(model, ce, (x, y)).dense()
+    assert "\n" not in str(err.value)
+    with pytest.raises(SharpdimError, match=message):
+        dense_hessian(model, ce, (x, y))
+    # the same function with plain ops: symmetric, accepted
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    h = HessianOperator(plain.double(), ce, (x, y)).dense()
+    assert float((h - h.T).abs().max()) <= 1e-14

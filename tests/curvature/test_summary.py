@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.summary import spectrum_summary
 from tests.curvature.test_lanczos import with_spectrum
 
@@ -23,7 +24,47 @@ def test_summary_of_a_known_spectrum() -> None:
     )
     torch.testing.assert_close(s.top_eigenvalues, ev.flip(0)[:3], rtol=0, atol=1e-8)
     assert bool(s.converged.all())
-    assert s.bottom_eigenvalue == pytest.approx(-1.0, abs=1e-6)
+    assert s.bottom_eigenvalue == pytest.approx(-1.0, abs=1e-6) and s.bottom_converged
     assert s.trace == pytest.approx(60.0, abs=1e-9)
     assert float(torch.trapezoid(s.density, s.grid)) == pytest.approx(1.0, abs=1e-6)
     assert s.num_params == 30
+
+
+class _Diagonal(LinearOperator):
+    """``diag(values)``, counting its products."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values, self.products = values.to(torch.float64), 0
+
+    @property
+    def num_params(self) -> int:
+        return self.values.numel()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
+        self.products += block.shape[1]
+        return self.values[:, None] * block
+
+
+def test_an_unconverged_smallest_eigenvalue_is_flagged_and_its_cost_bounded() -> None:
+    """An ill-conditioned spectrum (smallest 1.5e-7, next 1e-6): the smallest value came back
+    several times too large with no flag, after 1,000 products, most of the summary's cost."""
+    values = torch.cat([torch.tensor([1.5e-7]), torch.logspace(-6, 0, 1999)])
+    op = _Diagonal(values)
+    s = spectrum_summary(
+        op, k=2, num_runs=2, num_steps=10, generator=torch.Generator().manual_seed(0)
+    )
+    assert not s.bottom_converged and s.to_dict()["bottom_converged"] is False
+    assert s.bottom_eigenvalue > 1.5e-7  # (a Ritz value is never below the smallest)
+    assert op.products <= 200 + 200 + 90 + 2 * 10  # top (converges early), bottom, trace, SLQ
+    short = spectrum_summary(
+        _Diagonal(values), k=2, num_runs=2, num_steps=10, bottom_max_iter=5, bottom_tol=1e-3
+    )
+    assert not short.bottom_converged

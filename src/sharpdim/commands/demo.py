@@ -151,7 +151,8 @@ def _rows(run: TrainResult, s: SpectrumSummary, res: SDResult, lr: float) -> dic
         "test accuracy": run.final_test_accuracy,
         "top-5 eigenvalues (full-batch Hessian)": top,
         "all converged": bool(s.converged.all()),
-        "smallest eigenvalue": s.bottom_eigenvalue,
+        "smallest eigenvalue": f"{s.bottom_eigenvalue:.4g}"
+        + ("" if s.bottom_converged else " (not converged)"),
         "trace (Hutch++)": f"{s.trace:.4g} ± {s.trace_stderr:.2g}",
         "stability threshold 2/eta": 2.0 / lr,
         "sharpness / (2/eta)": s.top_eigenvalues[0].item() * lr / 2.0,

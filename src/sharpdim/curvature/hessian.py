@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sharpdim.checks import check_seed
 from sharpdim.curvature.batched_hvp import batch_columns, batched_hvp, saved_bytes
-from sharpdim.curvature.operator import LinearOperator
+from sharpdim.curvature.operator import LinearOperator, is_symmetric, max_asymmetry
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
 from sharpdim.errors import NonFiniteCurvatureError, NonFiniteLossError, SharpdimError
 from sharpdim.module_modes import ModeScope
@@ -280,6 +280,22 @@ class HessianOperator(LinearOperator):
                 if w != 0:  # (a chunk of weight 0, e.g. all padding, may have a NaN loss)
                     out += w * self._hvp(self._gradient_graph(i), block)
         return out  # (checked by matvec, through _finite)
+
+    def dense(self) -> torch.Tensor:
+        """The full Hessian (see :meth:`LinearOperator.dense`), refused when it is not
+        symmetric beyond round-off (``max |H - H^T| > sqrt(eps) max |H|``): autograd's second
+        derivative of some layer is then wrong (``torch._weight_norm`` under torch 2.13), and
+        every estimate built on it would be too."""
+        h = super().dense()
+        asym, scale = max_asymmetry(h)
+        if not is_symmetric(asym, scale, h.dtype):
+            raise SharpdimError(
+                f"the Hessian is not symmetric (max |H - H^T| = {asym:.3g}, max |H| = "
+                f"{scale:.3g}): autograd's second derivative of a layer of this model is wrong "
+                "(e.g. weight_norm under torch 2.13): write that layer with plain ops (see "
+                "docs/curvature.md, Pitfalls)"
+            )
+        return h
 
     def _dense_columns(self, unit: torch.Tensor) -> torch.Tensor:
         """Columns of :meth:`dense`: with a kept graph that saves little, in batched double

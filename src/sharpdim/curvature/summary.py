@@ -28,6 +28,8 @@ class SpectrumSummary:
         top_eigenvalues: the ``k`` largest algebraic eigenvalues, descending (float64).
         converged: per top eigenvalue, whether Lanczos met its tolerance.
         bottom_eigenvalue: the smallest algebraic eigenvalue.
+        bottom_converged: whether it met ``bottom_tol`` within ``bottom_max_iter`` products
+            (near 0 in an ill-conditioned spectrum it may not: reported, not hidden).
         trace: Hutch++ estimate of ``tr(H)``; trace_stderr its standard error.
         nodes, weights: the SLQ measure ``(runs, m)``, each run's weights summing to 1.
         grid, density: Gaussian-KDE density of the SLQ measure on an eigenvalue grid.
@@ -37,6 +39,7 @@ class SpectrumSummary:
     top_eigenvalues: torch.Tensor
     converged: torch.Tensor
     bottom_eigenvalue: float
+    bottom_converged: bool
     trace: float
     trace_stderr: float
     nodes: torch.Tensor
@@ -50,6 +53,7 @@ class SpectrumSummary:
             "top_eigenvalues": self.top_eigenvalues.tolist(),
             "converged": self.converged.tolist(),
             "bottom_eigenvalue": self.bottom_eigenvalue,
+            "bottom_converged": self.bottom_converged,
             "trace": self.trace,
             "trace_stderr": self.trace_stderr,
         }
@@ -65,6 +69,7 @@ def spectrum_summary(
     grid_size: int = 512,
     tol: float = 1e-6,
     bottom_tol: float = 1e-3,
+    bottom_max_iter: int = 200,
     generator: torch.Generator | None = None,
 ) -> SpectrumSummary:
     """Top-``k`` and bottom eigenvalues, Hutch++ trace and SLQ/KDE density of ``hessian``.
@@ -78,6 +83,10 @@ def spectrum_summary(
         tol: relative tolerance of the top eigenvalues.
         bottom_tol: relative tolerance of the smallest eigenvalue (often in a cluster near 0,
             where Lanczos converges slowly; it is reported, not optimised for).
+        bottom_max_iter: most products spent on the smallest eigenvalue (a trained network's
+            takes 20-40; an ill-conditioned one near 0 could take the solver's whole budget
+            of 1,000 and more, most of the summary's cost): ``bottom_converged`` says
+            whether it was reached.
         generator: the only source of randomness.
     """
     op = as_operator(hessian)
@@ -88,8 +97,11 @@ def spectrum_summary(
     grid_size = check_count(grid_size, "grid_size", 2)
     tol = check_number(tol, "tol", "> 0", "1e-6")
     bottom_tol = check_number(bottom_tol, "bottom_tol", "> 0", "1e-3")
+    bottom_max_iter = check_count(bottom_max_iter, "bottom_max_iter", hint="e.g. 200")
     top = lanczos_eigenvalues(op, k=k, which="LA", tol=tol, generator=gen)
-    bottom = lanczos_eigenvalues(op, k=1, which="SA", tol=bottom_tol, generator=gen)
+    bottom = lanczos_eigenvalues(
+        op, k=1, which="SA", tol=bottom_tol, max_iter=bottom_max_iter, generator=gen
+    )
     trace = hutchpp_trace(op, num_matvecs=trace_matvecs, generator=gen)
     slq = slq_spectrum(op, num_runs=num_runs, num_steps=num_steps, generator=gen)
     grid, density = kde_density(slq.nodes, slq.weights, grid_size=grid_size)
@@ -98,6 +110,7 @@ def spectrum_summary(
         top_eigenvalues=top.eigenvalues,
         converged=top.converged,
         bottom_eigenvalue=float(bottom.eigenvalues[0]),
+        bottom_converged=bool(bottom.converged[0]),
         trace=float(trace.estimate),
         trace_stderr=float(trace.stderr),
         nodes=slq.nodes,
