@@ -191,7 +191,7 @@ def test_a_rerun_with_other_code_says_it_computed_the_runs_again(
     assert calls == [0.2, 0.5, 0.2, 0.5]
     out = capsys.readouterr().out
     assert f"computed 2 of 2 runs again: {tmp_path / 'runs.sqlite'} holds them from other " in out
-    assert f"(sharpdim {stored}), whose numbers may differ; both are kept" in out
+    assert f"(sharpdim {stored}), whose numbers may differ; the stored ones are kept" in out
     assert "reused" not in out
 
 

@@ -37,18 +37,26 @@ def test_sd_compute_exact_writes_json(tmp_path: Path, capsys: pytest.CaptureFixt
     assert 0 <= r["sd"] <= r["num_exponents"]
     assert r["ci_low"] <= r["ci_high"]
     assert payload["training"]["steps"] == 10 and payload["training"]["dtype"] == "float64"
+    assert not {"momentum", "betas", "eps"} & payload["training"].keys()  # (gd uses none)
 
 
 def test_sd_compute_momentum_and_adam(tmp_path: Path) -> None:
     for opt, n_exp in (("momentum", 2), ("adam", 2)):
-        r = _compute(
+        payload = _compute(
             tmp_path / f"{opt}.json",
             f"{TINY} --lr 0.05 --optimizer {opt} --train-steps 5 --num-batches 2 "
             "--batch-size 16 --num-bootstrap 0",
-        )["result"]
+        )
+        r = payload["result"]
         assert r["optimizer"] == opt and r["num_exponents"] == n_exp * r["num_params"]
         # Adam: the optimizer's sqrt(v_hat) + eps with its step count t = 5 for 1 - b1^t
         assert r["settings"].get("step") == (5 if opt == "adam" else None)
+        # the training record holds the hyperparameters this optimizer's step uses, only
+        # (plain SGD's recorded a momentum of 0.9 and Adam's betas)
+        training = payload["training"]
+        assert ("momentum" in training) == (opt == "momentum")
+        assert ("betas" in training) == ("eps" in training) == (opt == "adam")
+        assert training["optimizer"] == opt and "weight_decay" in training
 
 
 @pytest.mark.parametrize("reorth", ["partial", "none"])

@@ -121,7 +121,10 @@ def test_runs_computed_again_for_other_code_are_counted(tmp_path):
         new = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done", version="c")
         for lr in (0.1, 0.2, 0.3, 0.4):
             new({"lr": lr}, lambda: {"loss": 2.0})
-        assert new.other_code == ["a", "a"] and (new.computed, new.reused) == (4, 0)
+        assert new.other_code == [("a",), ("a",)] and (new.computed, new.reused) == (4, 0)
+        newer = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done", version="d")
+        newer({"lr": 0.1}, lambda: {"loss": 4.0})  # stored by a and c: one run, two versions
+        assert newer.other_code == [("a", "c")]
         again = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done", version="c")
         again({"lr": 0.1}, lambda: {"loss": 3.0})
         assert again.other_code == [] and again.reused == 1  # (a reused run is not counted)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +291,65 @@ def test_a_checkpoint_damaged_on_disk_is_refused(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "old.pt", fresh) == 2 and torch.equal(
         fresh.weight, model.weight
     )
+
+
+_SAVE_TAGGED = """
+import sys, torch
+from sharpdim.training.checkpoint import save_checkpoint
+class Tagged(torch.nn.Linear):
+    def get_extra_state(self):
+        return {"tags": {"w0", "w1", "bias", "frozen", "a", "b", "c", "d"}}
+    def set_extra_state(self, state):
+        self.tags = state["tags"]
+torch.manual_seed(0)
+save_checkpoint(sys.argv[1], 0, Tagged(2, 2))
+"""
+
+
+class _Tagged(torch.nn.Linear):
+    def get_extra_state(self) -> dict:
+        return {"tags": set()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.tags = state["tags"]
+
+
+@pytest.mark.parametrize("seed", ["0", "1", "2", "4"])
+def test_a_set_in_the_state_reads_back_under_another_hash_seed(tmp_path: Path, seed: str) -> None:
+    """The digest took a set's members in iteration order, which depends on the hash seed: a
+    good checkpoint written by one process was 'damaged' for the next (or refused when saved)."""
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    subprocess.run([sys.executable, "-c", _SAVE_TAGGED, str(tmp_path)], check=True, env=env)
+    model = _Tagged(2, 2)
+    assert load_checkpoint(tmp_path / "step_000000.pt", model) == 0
+    assert model.tags == {"w0", "w1", "bias", "frozen", "a", "b", "c", "d"}
+
+
+class Schedule:
+    """A user's type, allow-listed for ``torch.load(weights_only=True)``."""
+
+    def __init__(self, warmup: int = 5) -> None:
+        self.warmup = warmup
+
+
+def test_allow_listed_objects_and_nested_tensors_are_saved(tmp_path: Path) -> None:
+    """An allow-listed object's repr holds its address (a new one after loading: saving was
+    refused as 'contents change'); a nested-tensor buffer crashed the digest with torch's raw
+    RuntimeError."""
+    with torch.serialization.safe_globals([Schedule]):
+        saved = _WithObject(Schedule(7))
+        fresh = _WithObject(Schedule())
+        assert load_checkpoint(save_checkpoint(tmp_path / "a", 1, saved), fresh) == 1
+    assert fresh.thing.warmup == 7
+
+    class Ragged(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            with warnings.catch_warnings():  # (the strided layout is a "prototype")
+                warnings.simplefilter("ignore", UserWarning)
+                parts = torch.nested.as_nested_tensor([torch.ones(2), torch.ones(3)])
+            self.register_buffer("parts", parts)
+
+    path = save_checkpoint(tmp_path / "b", 1, Ragged())
+    state = torch.load(path, weights_only=True)
+    assert [t.tolist() for t in state["model"]["parts"].unbind()] == [[1.0, 1.0], [1.0, 1.0, 1.0]]

@@ -50,6 +50,7 @@ from rich.table import Table
 
 from sharpdim.atomic import write_text_atomic
 from sharpdim.checks import SEED_RANGE
+from sharpdim.dynamics.jacobian_spectra import ADAPTIVE_OPTIMIZERS, MOMENTUM_OPTIMIZERS
 from sharpdim.errors import SharpdimError, TooLargeError
 
 if TYPE_CHECKING:
@@ -344,7 +345,10 @@ def training_record(
     trained: TrainResult,
     dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
-    """What a command's JSON records about the model, the data and the training run."""
+    """What a command's JSON records about the model, the data and the training run (the
+    optimizer's hyperparameters only where its step uses them)."""
+    unused = set() if config.optimizer in MOMENTUM_OPTIMIZERS else {"momentum"}
+    unused |= set() if config.optimizer in ADAPTIVE_OPTIMIZERS else {"betas", "eps"}
     return {
         "dataset": dataset,
         "n_train": data.num_train,
@@ -354,7 +358,7 @@ def training_record(
         "activation": activation,
         **({} if dtype is None else {"dtype": str(dtype).removeprefix("torch.")}),
         "loss": loss,
-        **config.to_dict(),
+        **{k: v for k, v in config.to_dict().items() if k not in unused},
         "final_train_loss": trained.final_train_loss,
         "final_test_loss": trained.final_test_loss,
         "final_train_accuracy": trained.final_train_accuracy,
@@ -417,7 +421,7 @@ def check_training_options(
             f"unknown --optimizer {optimizer!r}: use one of {', '.join(TRAIN_OPTIMIZERS)}"
         )
     check_positive_lr(lr)
-    if momentum is not None and optimizer not in ("momentum", "nesterov"):
+    if momentum is not None and optimizer not in MOMENTUM_OPTIMIZERS:
         raise SharpdimError(
             f"--momentum {momentum:g} is not used by --optimizer {optimizer} and would be "
             "ignored: drop it, or pass --optimizer momentum or nesterov"
@@ -694,10 +698,10 @@ def print_reuse(runs: ResumableRuns[Any], total: int, what: str, store: Path) ->
     if runs.reused:
         print_line(f"reused {runs.reused} of {total} {what} stored in {store}")
     if runs.other_code:
-        versions = ", ".join(sorted(set(runs.other_code)))
+        versions = ", ".join(sorted({v for found in runs.other_code for v in found}))
         print_line(
             f"computed {len(runs.other_code)} of {total} {what} again: {store} holds them from "
-            f"other code (sharpdim {versions}), whose numbers may differ; both are kept"
+            f"other code (sharpdim {versions}), whose numbers may differ; the stored ones are kept"
         )
 
 

@@ -46,6 +46,7 @@ from sharpdim.commands._common import (
 )
 from sharpdim.curvature.slq import REORTHOGONALIZATIONS
 from sharpdim.dimension.sharpness_dimension import METHODS, SDResult, sharpness_dimension
+from sharpdim.dynamics.jacobian_spectra import ADAPTIVE_OPTIMIZERS, MOMENTUM_OPTIMIZERS
 from sharpdim.errors import SharpdimError
 
 if TYPE_CHECKING:
@@ -230,8 +231,8 @@ def _hyperparameters(
 ) -> dict[str, Any]:
     """The optional hyperparameters of ``sharpness_dimension`` that ``sd_optimizer`` uses
     (the others are refused there)."""
-    if sd_optimizer in ("momentum", "nesterov"):
+    if sd_optimizer in MOMENTUM_OPTIMIZERS:
         return {"momentum": momentum}
-    if sd_optimizer in ("adam", "adamw"):
+    if sd_optimizer in ADAPTIVE_OPTIMIZERS:
         return {"betas": config.betas, "adam_eps": config.eps, "step": adam_t}
     return {}

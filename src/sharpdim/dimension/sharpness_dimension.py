@@ -45,7 +45,9 @@ from sharpdim.dimension.sd_estimators import (
     weighted_quantiles,
 )
 from sharpdim.dynamics.jacobian_spectra import (
+    ADAPTIVE_OPTIMIZERS,
     LOG_EPS,
+    MOMENTUM_OPTIMIZERS,
     OPTIMIZERS,
     StepMatrixOperator,
     StepSpectrumConfig,
@@ -227,10 +229,10 @@ def _expanding_mass(
 
 
 _USED_BY = {
-    "momentum": ("momentum", "nesterov"),
-    "betas": ("adam", "adamw"),
-    "adam_eps": ("adam", "adamw"),
-    "step": ("adam", "adamw"),
+    "momentum": MOMENTUM_OPTIMIZERS,
+    "betas": ADAPTIVE_OPTIMIZERS,
+    "adam_eps": ADAPTIVE_OPTIMIZERS,
+    "step": ADAPTIVE_OPTIMIZERS,
 }
 """The optimizers whose step spectrum each optional hyperparameter enters."""
 

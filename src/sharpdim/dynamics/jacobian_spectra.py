@@ -69,6 +69,10 @@ LOG_EPS = 1e-12
 
 Optimizer = Literal["sgd", "momentum", "nesterov", "adam", "adamw"]
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adam", "adamw")
+MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
+"""The optimizers whose step uses ``momentum``."""
+ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
+"""The optimizers whose step uses ``betas``, Adam's ``eps`` and its step count."""
 
 
 @dataclass(frozen=True)

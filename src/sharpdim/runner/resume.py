@@ -44,9 +44,9 @@ class ResumableRuns(Generic[T]):
 
     Attributes:
         reused, computed: how many calls returned a stored run / computed one.
-        other_code: the versions of the finished runs found stored for a computed run's
-            config under another ``sharpdim_version``, one entry per such run (runs computed
-            again because the code changed, which a command reports).
+        other_code: one entry per computed run whose config the store holds finished under
+            other ``sharpdim_version`` s: those versions, sorted (runs computed again because
+            the code changed, which a command reports).
 
     Example:
         >>> import tempfile
@@ -75,7 +75,7 @@ class ResumableRuns(Generic[T]):
         self.version = code_version() if version is None else version
         self.reused = 0
         self.computed = 0
-        self.other_code: list[str] = []
+        self.other_code: list[tuple[str, ...]] = []
         self._versions: dict[str, set[str]] | None = None  # unversioned key -> versions
 
     def __call__(self, config: Mapping[str, Any], compute: Callable[[], T]) -> T:
@@ -90,7 +90,9 @@ class ResumableRuns(Generic[T]):
             else:
                 self.reused += 1
                 return reused
-        self.other_code.extend(sorted(self._stored_versions(config) - {self.version}))
+        others = tuple(sorted(self._stored_versions(config) - {self.version}))
+        if others:
+            self.other_code.append(others)
         value = compute()
         stored = self.store.put(keyed, self.encode(value), self.status(value))
         self.computed += 1

@@ -12,7 +12,6 @@ on disk is refused instead of loading wrong weights.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import os
 import pickle
@@ -27,6 +26,7 @@ from torch import nn
 from sharpdim.atomic import atomic_path
 from sharpdim.checks import check_count
 from sharpdim.errors import SharpdimError
+from sharpdim.training.content_digest import content_digest
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
@@ -122,36 +122,6 @@ def _check_reads_back(buffer: io.BytesIO, digest: str, path: Path) -> None:
             "type torch.save does not keep): keep the model's extra state and the optimizer "
             "state to tensors and plain Python values"
         )
-
-
-def content_digest(value: Any) -> str:
-    """Hex SHA-256 of a checkpoint's contents: every key, number, string and tensor (its dtype,
-    shape and bytes, read on the CPU) in order, so a file damaged on disk is noticed even
-    where ``torch.load`` reads it without error."""
-    digest = hashlib.sha256()
-    _digest_into(digest, value)
-    return digest.hexdigest()
-
-
-def _digest_into(digest: Any, value: Any) -> None:
-    if isinstance(value, torch.Tensor):
-        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
-        try:
-            raw = value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        except RuntimeError:  # (sparse or quantized: dtype and shape only)
-            return
-        digest.update(raw.numpy().tobytes())
-    elif isinstance(value, dict):
-        digest.update(f"D{len(value)}".encode())
-        for key, item in value.items():
-            _digest_into(digest, key)
-            _digest_into(digest, item)
-    elif isinstance(value, (list, tuple)):
-        digest.update(f"L{type(value).__name__}{len(value)}".encode())
-        for item in value:
-            _digest_into(digest, item)
-    else:
-        digest.update(f"V{type(value).__name__}:{value!r};".encode())
 
 
 def _plain_numbers(value: Any) -> Any:

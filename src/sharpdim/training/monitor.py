@@ -41,6 +41,7 @@ from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import trainable_parameters
+from sharpdim.dynamics.jacobian_spectra import MOMENTUM_OPTIMIZERS
 from sharpdim.errors import NonFiniteCurvatureError, NonFiniteLossError, SharpdimError
 from sharpdim.rng import forked_global_rng
 from sharpdim.training.datasets import Dataset
@@ -641,7 +642,7 @@ class EoSMonitor:
             "mode": self.mode,  # the sharpness's mode, unless sd_options says otherwise
             "weight_decay": float(group.get("weight_decay", 0.0)),
         }  # (and only the hyperparameters sd_name's step uses: the others are refused)
-        if sd_name in ("momentum", "nesterov"):
+        if sd_name in MOMENTUM_OPTIMIZERS:
             live["momentum"] = float(group["momentum"])
         if name in ADAPTIVE:
             live.update(betas=tuple(group["betas"]), adam_eps=float(group["eps"]))
