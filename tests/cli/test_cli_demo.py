@@ -44,6 +44,21 @@ def test_demo_bad_lr_exits_2_before_training(
     )
 
 
+def test_demo_lr_beyond_float32_exits_2_before_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It failed after printing 'training ...' and creating --out, advising a float64 model
+    the demo has no option for, and naming lr instead of --lr."""
+    monkeypatch.setattr(demo_module, "train", _no_training)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--lr", "1e39"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "error: --lr 1e+39 does not fit in the model's float32 (largest 3.4e+38): pass e.g. "
+        "--lr 0.5\n"
+    )
+    assert captured.out == "" and not (tmp_path / "d").exists()
+
+
 def test_demo_unwritable_out_exits_2_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

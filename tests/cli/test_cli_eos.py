@@ -239,6 +239,8 @@ def test_thresholds_zero_skips_an_optimizer(tmp_path, trained):
     assert code == 0 and calls == [0.01]
     summary = json.loads((tmp_path / "thresholds.json").read_text())
     assert [r["optimizer"] for r in summary["runs"]] == ["adam"]
+    # the skipped optimizer's hyperparameter is not recorded as if a run had used it
+    assert "momentum" not in summary["settings"] and summary["settings"]["beta1"] == 0.9
 
 
 @pytest.mark.parametrize(

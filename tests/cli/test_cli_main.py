@@ -337,3 +337,56 @@ def test_a_usage_error_into_a_closed_stderr_pipe_still_exits_2(
 ) -> None:
     monkeypatch.setattr(sys, "stderr", _ClosedPipe())
     assert main(["sd", "compute", "--width", "0"]) == 2
+
+
+LONG = "b" * 256  # one name longer than the filesystem's 255 bytes
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eos", "fractal", "--out", LONG],
+        ["demo", "--out", LONG],
+        ["eos", "sharpening", "--out", LONG],
+        ["sd", "compute", "--json", LONG + ".json"],
+        ["spectrum", "--json", f"{LONG}/x.json"],
+        ["chaos", "lyapunov", "--json", LONG],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_a_name_too_long_is_one_line_before_any_work(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Path.exists / is_dir raise ENAMETOOLONG under Python 3.11: a traceback and exit 1."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loop_module, "train", _no_work)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write ") and len(err.strip().splitlines()) == 1
+    assert "(File name too long): choose a writable " in err
+
+
+def _no_work(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("work started before the output path was checked")
+
+
+class _FullStream(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_full_stdout_is_one_warning_and_the_files_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`> /dev/full` ended the command with a traceback (exit 1) at its first print."""
+    with capsys.disabled():
+        err = io.StringIO()
+        monkeypatch.setattr(sys, "stdout", _FullStream())
+        monkeypatch.setattr(sys, "stderr", err)
+        code = main(["eos", "fractal", "--particles", "10", "--steps", "2", "--out", str(tmp_path)])
+        monkeypatch.undo()
+    assert code == 0 and {p.name for p in tmp_path.iterdir()} == {"fractal.json", "fractal.png"}
+    assert err.getvalue().count("warning: cannot write to standard output (No space left") == 1

@@ -87,8 +87,20 @@ BAD = [
     (["--dataset", "imagenet"], "imagenet"),
     (["--reorth", "bogus"], "unknown --reorth 'bogus': use one of full, partial, none"),
     (["--num-batches", "0"], "--num-batches must be >= 1, got 0: pass --num-batches 1 or more"),
-    (["--num-runs", "0"], "--num-runs must be >= 1, got 0"),
-    (["--num-steps", "0"], "--num-steps must be >= 1, got 0"),
+    (["--method", "slq", "--num-runs", "0"], "--num-runs must be >= 1, got 0"),
+    (["--method", "slq", "--num-steps", "0"], "--num-steps must be >= 1, got 0"),
+    (  # each was accepted and ignored: the same SD as without it
+        ["--num-runs", "1"],
+        "--num-runs 1 is not used by --method exact and would be ignored: drop it, or pass "
+        "--method slq, kde or ps",
+    ),
+    (["--reorth", "none"], "--reorth none is not used by --method exact"),
+    (
+        ["--method", "slq", "--max-params", "1"],
+        "--max-params 1 is not used by --method slq and would be ignored: drop it, or pass "
+        "--method exact",
+    ),
+    (["--method", "kde", "--num-batches", "999"], "--num-batches 999 is not used by --method kde"),
     (["--num-bootstrap", "-1"], "--num-bootstrap must be >= 0, got -1"),
     (["--width", "0"], "--width must be >= 1, got 0"),
     (

@@ -315,11 +315,19 @@ def check_fraction(value: float, flag: str, example: str) -> float:
     return value
 
 
-def check_positive_lr(lr: float, flag: str = "--lr", example: str = "0.1") -> float:
-    """``lr`` if it is a finite number > 0, else a one-line error naming ``flag``."""
+def check_positive_lr(
+    lr: float, flag: str = "--lr", example: str = "0.1", dtype: torch.dtype | None = None
+) -> float:
+    """``lr`` if it is a finite number > 0 (that fits ``dtype``, when given), else a one-line
+    error naming ``flag``."""
     if not (math.isfinite(lr) and lr > 0):
         raise SharpdimError(
             f"{flag} must be a positive finite number, got {lr}: pass e.g. {flag} {example}"
+        )
+    if dtype is not None and lr > torch.finfo(dtype).max:
+        raise SharpdimError(
+            f"{flag} {lr:g} does not fit in the model's {str(dtype).removeprefix('torch.')} "
+            f"(largest {torch.finfo(dtype).max:.3g}): pass e.g. {flag} {example}"
         )
     return lr
 
@@ -555,7 +563,8 @@ def prepare_output_dir(folder: Path, flag: str = "--out", files: Iterable[str] =
     Raises:
         SharpdimError: one line ``cannot write FOLDER (reason): choose a writable FLAG``.
     """
-    problem = _dir_problem(folder)
+    with output_errors(folder, flag):  # (a name too long: Path.exists raises, 3.11)
+        problem = _dir_problem(folder)
     if problem is not None:
         raise _cannot_write(folder, problem, flag)
     for name in files:
@@ -574,15 +583,16 @@ def prepare_output_file(path: Path | None, flag: str = "--json") -> Path | None:
     """
     if path is None:
         return None
-    if path.is_dir():
-        raise _cannot_write(path, "it is a folder", flag)
-    if path.exists() and not path.is_file():  # a device or pipe would be replaced by a file
-        raise _cannot_write(path, "it is not a regular file (a device, pipe or socket)", flag)
-    problem = _dir_problem(path.parent)
-    if problem is not None:
-        raise _cannot_write(path, problem, flag)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise _cannot_write(path, "permission denied", flag)
+    with output_errors(path, flag):  # (a name too long: Path.is_dir raises, 3.11)
+        if path.is_dir():
+            raise _cannot_write(path, "it is a folder", flag)
+        if path.exists() and not path.is_file():  # a device or pipe: replaced by a file
+            raise _cannot_write(path, "it is not a regular file (a device, pipe or socket)", flag)
+        problem = _dir_problem(path.parent)
+        if problem is not None:
+            raise _cannot_write(path, problem, flag)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise _cannot_write(path, "permission denied", flag)
     return path
 
 
@@ -594,13 +604,14 @@ def prepare_store_path(folder: Path, name: str = "runs.sqlite") -> Path:
         SharpdimError: one line naming the path and ``--out``.
     """
     path = folder / name
-    if path.is_dir():
-        raise SharpdimError(
-            f"cannot use {path} as the results store (it is a folder): choose another --out "
-            f"folder or move {path} away"
-        )
-    if path.exists() and not os.access(path, os.W_OK):
-        raise _cannot_write(path, "the file is read-only", "--out folder")
+    with output_errors(path, "--out folder"):
+        if path.is_dir():
+            raise SharpdimError(
+                f"cannot use {path} as the results store (it is a folder): choose another "
+                f"--out folder or move {path} away"
+            )
+        if path.exists() and not os.access(path, os.W_OK):
+            raise _cannot_write(path, "the file is read-only", "--out folder")
     return path
 
 

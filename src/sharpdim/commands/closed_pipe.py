@@ -4,7 +4,8 @@ When the reader of a pipe exits, the next write raises ``BrokenPipeError``; clic
 the command at once (exit 1), before the files it was about to write. Inside
 :func:`pipe_safe_stdout`, the first such error points the descriptor at ``os.devnull`` (as
 the Python docs advise for SIGPIPE) and every later write is dropped, so the command runs to
-its end and writes its files.
+its end and writes its files. Any other error writing to standard output (``> /dev/full``:
+no space left) does the same, with one ``warning:`` line on standard error.
 """
 
 from __future__ import annotations
@@ -27,19 +28,26 @@ class _PipeSafe:
         if not self.reader_gone:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
-                self._gone()
+            except OSError as err:
+                self._gone(err)
         return len(text)
 
     def flush(self) -> None:
         if not self.reader_gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                self._gone()
+            except OSError as err:
+                self._gone(err)
 
-    def _gone(self) -> None:
+    def _gone(self, err: OSError) -> None:
         self.reader_gone = True
+        if not isinstance(err, BrokenPipeError):  # (a reader that left wants no more)
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                print(
+                    f"warning: cannot write to standard output ({err.strerror or err}): the "
+                    "rest of the printed output is dropped; the files are written",
+                    file=sys.stderr,
+                )
         with contextlib.suppress(OSError, ValueError, AttributeError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self._stream.fileno())  # (the interpreter's final flush too)

@@ -93,7 +93,7 @@ def demo(
     threshold 2/eta and the sharpness dimension of SGD at that step size (Tuci et al.,
     arXiv 2604.19740, Def. 4.2); writes spectrum.png, summary.json and report.html.
     """
-    check_positive_lr(lr, example="0.5")
+    check_positive_lr(lr, example="0.5", dtype=torch.float32)  # (the demo's model)
     check_batch_size(batch_size, n_train)
     _check_width(width)
     prepare_output_dir(out, "--out folder", files=OUTPUT_FILES)

@@ -304,7 +304,9 @@ def thresholds(
         dataset, n_train, width, depth, seed, float64, lrs=[(flags[n], lr) for n, lr in runs]
     )
     settings = dict(
-        momentum_lr=momentum_lr, adam_lr=adam_lr, momentum=momentum, beta1=beta1, beta2=beta2,
+        momentum_lr=momentum_lr, adam_lr=adam_lr,
+        **({"momentum": momentum} if momentum_lr > 0 else {}),  # (only what a run used)
+        **({"beta1": beta1, "beta2": beta2} if adam_lr > 0 else {}),
         steps=steps, every=every, dataset=dataset, n_train=n_train, width=width, depth=depth,
         late_fraction=late_fraction, float64=float64, seed=seed,
     )  # fmt: skip

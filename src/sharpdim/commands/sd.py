@@ -106,16 +106,28 @@ def compute(
     batch_size: int = typer.Option(
         64, "--sd-batch-size", "--batch-size", help="minibatch size of the SD's Jacobians"
     ),
-    num_batches: int = typer.Option(
-        10, help="minibatches (exact method; and Adam's estimated preconditioner at 0 steps)"
+    num_batches: int | None = typer.Option(
+        None,
+        help="minibatches (exact method; and Adam's estimated preconditioner at 0 steps) "
+        "[default: 10]",
+        show_default=False,
     ),
-    num_runs: int = typer.Option(100, help="Lanczos runs (slq/kde/ps)"),
-    num_steps: int = typer.Option(100, help="Lanczos steps per run (slq/kde/ps)"),
-    reorth: str = typer.Option(
-        "full", help="Lanczos reorthogonalization (slq/kde/ps): full (the paper's) | partial | none"
+    num_runs: int | None = typer.Option(
+        None, help="Lanczos runs (slq/kde/ps) [default: 100]", show_default=False
+    ),
+    num_steps: int | None = typer.Option(
+        None, help="Lanczos steps per run (slq/kde/ps) [default: 100]", show_default=False
+    ),
+    reorth: str | None = typer.Option(
+        None,
+        help="Lanczos reorthogonalization (slq/kde/ps): full (the paper's) | partial | none "
+        "[default: full]",
+        show_default=False,
     ),
     num_bootstrap: int = typer.Option(200, help="bootstrap resamples for the CI (0: none)"),
-    max_params: int = typer.Option(20_000, help="largest model for method=exact"),
+    max_params: int | None = typer.Option(
+        None, help="largest model for method=exact [default: 20000]", show_default=False
+    ),
     float64: bool = float64_option(),
     seed: int = seed_option("seed of data, model, training and SD sampling"),
     json_out: Path | None = json_option(),
@@ -127,11 +139,24 @@ def compute(
 
     for flag, value, choices in (
         ("--method", method, METHODS),
-        ("--reorth", reorth, REORTHOGONALIZATIONS),
+        ("--reorth", reorth, (None, *REORTHOGONALIZATIONS)),
     ):
         if value not in choices:
-            raise SharpdimError(f"unknown {flag} {value!r}: use one of {', '.join(choices)}")
+            names = ", ".join(c for c in choices if c is not None)
+            raise SharpdimError(f"unknown {flag} {value!r}: use one of {names}")
     momentum = check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
+    adam_estimate = _TRAIN_TO_SD.get(optimizer) in ("adam", "adamw") and train_steps == 0
+    _refuse_unused_method_options(
+        method,
+        adam_estimate,
+        {"--num-batches": num_batches, "--max-params": max_params},
+        {"--num-runs": num_runs, "--num-steps": num_steps, "--reorth": reorth},
+    )
+    num_batches = 10 if num_batches is None else num_batches
+    max_params = 20_000 if max_params is None else max_params
+    num_runs = 100 if num_runs is None else num_runs
+    num_steps = 100 if num_steps is None else num_steps
+    reorth = "full" if reorth is None else reorth
     if optimizer in ("momentum", "nesterov") and momentum == 0:  # (before training, not after)
         raise SharpdimError(
             f"--optimizer {optimizer} with --momentum 0 is plain gradient descent, whose SD the "
@@ -236,3 +261,20 @@ def _hyperparameters(
     if sd_optimizer in ADAPTIVE_OPTIMIZERS:
         return {"betas": config.betas, "adam_eps": config.eps, "step": adam_t}
     return {}
+
+
+def _refuse_unused_method_options(
+    method: str, adam_estimate: bool, exact: dict[str, Any], lanczos: dict[str, Any]
+) -> None:
+    """Refuse an option given for a method that does not use it (it would be ignored):
+    ``exact`` ones with slq/kde/ps (``--num-batches`` is theirs too where Adam's
+    preconditioner is estimated, at 0 training steps), ``lanczos`` ones with exact."""
+    unused = lanczos if method == "exact" else exact
+    for flag, value in unused.items():
+        if value is None or (flag == "--num-batches" and adam_estimate):
+            continue
+        users = "--method slq, kde or ps" if method == "exact" else "--method exact"
+        raise SharpdimError(
+            f"{flag} {value} is not used by --method {method} and would be ignored: drop it, "
+            f"or pass {users}"
+        )
