@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.summary import spectrum_summary
+from tests.curvature.test_input_checks import CountingOperator
 from tests.curvature.test_lanczos import with_spectrum
 
 
@@ -30,41 +30,21 @@ def test_summary_of_a_known_spectrum() -> None:
     assert s.num_params == 30
 
 
-class _Diagonal(LinearOperator):
-    """``diag(values)``, counting its products."""
-
-    def __init__(self, values: torch.Tensor) -> None:
-        self.values, self.products = values.to(torch.float64), 0
-
-    @property
-    def num_params(self) -> int:
-        return self.values.numel()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float64
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def _matmat(self, block: torch.Tensor) -> torch.Tensor:
-        self.products += block.shape[1]
-        return self.values[:, None] * block
-
-
 def test_an_unconverged_smallest_eigenvalue_is_flagged_and_its_cost_bounded() -> None:
     """An ill-conditioned spectrum (smallest 1.5e-7, next 1e-6): the smallest value came back
     several times too large with no flag, after 1,000 products, most of the summary's cost."""
-    values = torch.cat([torch.tensor([1.5e-7]), torch.logspace(-6, 0, 1999)])
-    op = _Diagonal(values)
+    values = torch.cat([torch.tensor([1.5e-7]), torch.logspace(-6, 0, 1999)]).double()
+    op = CountingOperator(2000)
+    op.diag = values
     s = spectrum_summary(
         op, k=2, num_runs=2, num_steps=10, generator=torch.Generator().manual_seed(0)
     )
     assert not s.bottom_converged and s.to_dict()["bottom_converged"] is False
     assert s.bottom_eigenvalue > 1.5e-7  # (a Ritz value is never below the smallest)
     assert op.products <= 200 + 200 + 90 + 2 * 10  # top (converges early), bottom, trace, SLQ
+    other = CountingOperator(2000)
+    other.diag = values
     short = spectrum_summary(
-        _Diagonal(values), k=2, num_runs=2, num_steps=10, bottom_max_iter=5, bottom_tol=1e-3
+        other, k=2, num_runs=2, num_steps=10, bottom_max_iter=5, bottom_tol=1e-3
     )
     assert not short.bottom_converged
