@@ -252,30 +252,38 @@ def _nonfinite_gradients(params: Sequence[torch.Tensor], held: dict[int, Any]) -
     )
 
 
-def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, ...]:
+    """The monitor's batch: a tuple of tensors with one row per example (``(x, y)``, or
+    more, e.g. ``(tokens, targets, mask)``), cut to ``max_examples``."""
     if isinstance(data, Dataset):
         data = data.train_batch()
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+    if not (isinstance(data, (tuple, list)) and len(data) >= 2):
         raise SharpdimError(
-            f"data must be a Dataset or a pair (x, y) of tensors, got {type(data).__name__}: "
-            "pass dataset.train_batch() or (inputs, targets)"
+            f"data must be a Dataset or a tuple (x, y, ...) of tensors, got "
+            f"{type(data).__name__}: pass dataset.train_batch() or (inputs, targets)"
         )
-    x, y = data
-    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or len(x) != len(y):
-        raise SharpdimError("data must be two tensors with the same number of examples")
+    batch = tuple(data)
+    if (
+        not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in batch)
+        or len({len(t) for t in batch}) != 1
+    ):
+        raise SharpdimError(
+            "data must be tensors with the same number of examples (rows): pass (x, y) or "
+            "(x, y, mask)"
+        )
     if max_examples is not None:
         if max_examples < 1:
             raise SharpdimError(f"max_examples={max_examples}: use a positive number or None")
-        x, y = x[:max_examples], y[:max_examples]
-    if len(x) == 0:
+        batch = tuple(t[:max_examples] for t in batch)
+    if len(batch[0]) == 0:
         raise SharpdimError(
             "the monitor's data hold no examples: pass a Dataset or (x, y) with at least one"
         )
-    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in (x, y)):
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in batch):
         raise SharpdimError(  # (a non-finite loss is then the model's: a recorded divergence)
             "the monitor's examples hold NaN or inf: pass finite inputs and targets"
         )
-    return x, y
+    return batch
 
 
 class EoSMonitor:
@@ -284,8 +292,9 @@ class EoSMonitor:
     Args:
         loss_fn: ``loss_fn(model, batch) -> scalar`` or a name (``"mse"``, ``"ce"``).
         data: the examples the Hessian is taken on: a
-            :class:`~sharpdim.training.datasets.Dataset` (its training set) or a pair
-            ``(x, y)``; kept fixed for the whole run.
+            :class:`~sharpdim.training.datasets.Dataset` (its training set), a pair
+            ``(x, y)`` or any tuple of tensors with one row per example (``(tokens, targets,
+            mask)``: ``loss_fn`` gets that tuple); kept fixed for the whole run.
         every: measure when ``step % every == 0``.
         max_examples: use only the first this many examples (Cohen et al. 2021: 5,000);
             ``None`` = all.
@@ -317,7 +326,7 @@ class EoSMonitor:
     def __init__(
         self,
         loss_fn: LossFn | str,
-        data: Dataset | tuple[torch.Tensor, torch.Tensor],
+        data: Dataset | tuple[torch.Tensor, ...],
         *,
         every: int = 10,
         max_examples: int | None = 5000,
@@ -356,7 +365,8 @@ class EoSMonitor:
                 f"{type(loss_fn).__name__}: pass e.g. 'ce' or your loss function"
             )
         self.loss_fn: LossFn = get_loss(loss_fn) if isinstance(loss_fn, str) else loss_fn
-        self.x, self.y = _examples(data, max_examples)
+        self.batch = _examples(data, max_examples)
+        self.x, self.y = self.batch[:2]
         self.every, self.chunk_size, self.tol, self.max_iter = every, chunk_size, tol, max_iter
         self.chunk_weight = chunk_weight
         self.mode: Mode = mode
@@ -365,7 +375,7 @@ class EoSMonitor:
         self.generator = default_generator(generator)
         self.records: list[EoSRecord] = []
         self._start: dict[str, torch.Tensor] = {}
-        self._cast: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cast: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
     # -- hooks ---------------------------------------------------------------------------
     def on_step(
@@ -530,14 +540,14 @@ class EoSMonitor:
         self._start.clear()
 
     # -- internals -----------------------------------------------------------------------
-    def _examples_like(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _examples_like(self, ref: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The examples on ``ref``'s device with its float dtype, cast once per pair (the
         originals are kept: a float64 model after a float32 one sees unrounded data)."""
         key = (ref.device, ref.dtype)
         if key not in self._cast:
-            self._cast[key] = tuple(  # type: ignore[assignment]
+            self._cast[key] = tuple(
                 t.to(device=ref.device, dtype=ref.dtype if t.is_floating_point() else None)
-                for t in (self.x, self.y)
+                for t in self.batch
             )
         return self._cast[key]
 
@@ -545,12 +555,12 @@ class EoSMonitor:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise SharpdimError("the model has no trainable parameters: nothing to monitor")
-        x, y = self._examples_like(params[0])
-        if self.chunk_size is None or self.chunk_size >= len(x):
-            return HessianOperator(model, self.loss_fn, (x, y), mode=self.mode)
+        batch = self._examples_like(params[0])
+        n = len(batch[0])
+        if self.chunk_size is None or self.chunk_size >= n:
+            return HessianOperator(model, self.loss_fn, batch, mode=self.mode)
         chunks = [
-            (x[i : i + self.chunk_size], y[i : i + self.chunk_size])
-            for i in range(0, len(x), self.chunk_size)
+            tuple(t[i : i + self.chunk_size] for t in batch) for i in range(0, n, self.chunk_size)
         ]
         if self.chunk_weight is None:
             return HessianOperator(model, self.loss_fn, batches=chunks, mode=self.mode)
@@ -570,7 +580,7 @@ class EoSMonitor:
             mode=self.mode,
         )
 
-    def _chunk_weight(self, chunk: tuple[torch.Tensor, torch.Tensor]) -> float:
+    def _chunk_weight(self, chunk: tuple[torch.Tensor, ...]) -> float:
         assert self.chunk_weight is not None
         value = self.chunk_weight(chunk)
         try:
@@ -651,7 +661,7 @@ class EoSMonitor:
         result = sharpness_dimension(
             model,
             self.loss_fn,
-            (self.x, self.y),
+            self.batch,
             lr,
             optimizer=sd_name,
             generator=self.generator,
