@@ -937,7 +937,7 @@ def test_the_loss_tensor_itself_is_taken_as_the_loss_value():
     assert record is not None and record.loss == float(loss.detach())
 
 
-def _masked_ce(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def _masked_by_weight(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     x, y, mask = batch
     per_example = F.cross_entropy(model(x), y, reduction="none")
     return (per_example * mask).sum() / mask.sum()
@@ -950,16 +950,16 @@ def test_a_batch_of_three_tensors_is_measured_like_the_other_estimators():
     mask = (torch.arange(40) % 3 != 0).double()
     model = _model()
     batch = (x, y, mask)
-    exact = _top(dense_hessian(model, _masked_ce, batch))
+    exact = _top(dense_hessian(model, _masked_by_weight, batch))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    whole = EoSMonitor(_masked_ce, batch, tol=1e-10).measure(model, opt)
+    whole = EoSMonitor(_masked_by_weight, batch, tol=1e-10).measure(model, opt)
     assert whole.sharpness == pytest.approx(exact, rel=1e-8)
     chunked = EoSMonitor(
-        _masked_ce, batch, tol=1e-10, chunk_size=7, chunk_weight=lambda c: float(c[2].sum())
+        _masked_by_weight, batch, tol=1e-10, chunk_size=7, chunk_weight=lambda c: float(c[2].sum())
     ).measure(model, opt)
     assert chunked.sharpness == pytest.approx(exact, rel=1e-8)
-    cut = EoSMonitor(_masked_ce, batch, tol=1e-10, max_examples=20)
+    cut = EoSMonitor(_masked_by_weight, batch, tol=1e-10, max_examples=20)
     assert [len(t) for t in cut.batch] == [20, 20, 20]
     for bad in ((x, y, mask[:10]), (x, y, 3.0), (x,)):
         with pytest.raises(SharpdimError, match=r"^data must be"):
-            EoSMonitor(_masked_ce, bad)
+            EoSMonitor(_masked_by_weight, bad)
