@@ -148,6 +148,23 @@ def test_per_example_losses_mean_is_the_loss() -> None:
     torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in model.parameters()]), w0)
 
 
+def test_per_example_losses_refuse_a_batch_that_is_not_a_pair() -> None:
+    """A dict batch unpacked its keys (AttributeError on a str), a 3-tuple raised ValueError."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1])
+    model = build_mlp(3, 2, width=2, depth=1, dtype=torch.float64)
+    points = torch.cat([p.detach().reshape(-1) for p in model.parameters()])[None]
+    for batch, got in (
+        ({"x": x, "y": y}, "dict"),
+        ((x, y, y), "tuple of 3"),
+        ((x, "y"), "tuple of 2"),
+    ):
+        with pytest.raises(
+            SharpdimError, match=rf"^batch must be a pair \(x, y\) of tensors, got {got}:"
+        ):
+            per_example_losses(model, points, batch, loss="ce")
+
+
 def test_bad_input() -> None:
     with pytest.raises(SharpdimError):
         IterateRecorder(0)

@@ -357,6 +357,16 @@ def per_example_losses(
     get_loss(loss)
     if loss == "cross_entropy":
         loss = "ce"
+    if not (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and all(isinstance(t, torch.Tensor) for t in batch)
+    ):
+        raise SharpdimError(
+            f"batch must be a pair (x, y) of tensors, got {type(batch).__name__}"
+            f"{f' of {len(batch)}' if isinstance(batch, (tuple, list)) else ''}: per-example "
+            "losses are those of loss='mse' or 'ce' on (inputs, targets)"
+        )
     params = trainable_parameters(model)
     saved = get_flat_params(params).clone()
     x, y = batch
