@@ -115,6 +115,16 @@ def check_numbers(
     return out
 
 
+def native_array(array: Any) -> Any:
+    """``array`` (a numpy array) in a layout torch can wrap: a copy if it has negative strides
+    (``x[::-1]``) or a non-native byte order (``'>f8'``), else itself."""
+    if any(stride < 0 for stride in array.strides):
+        array = array.copy()
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
 def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Tensor:
     """``values`` (a tensor, array, list of numbers or of tensors) as a detached float64 CPU
     tensor of the same shape; text, complex and bool data are refused (a cast to float would drop an imaginary part or
@@ -142,7 +152,7 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
                 values = [e.detach().cpu() if isinstance(e, torch.Tensor) else e for e in values]
             if values is None:  # (numpy would read it as NaN)
                 raise TypeError("None is not a number")
-            array = np.asarray(values)
+            array = native_array(np.asarray(values))
             if array.dtype == object:  # Fraction, Decimal, ints beyond int64 (not None, text)
                 if not all(
                     isinstance(e, numbers.Real) and not isinstance(e, bool) for e in array.flat

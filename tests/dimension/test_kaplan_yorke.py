@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +143,13 @@ def test_a_list_of_tensors_that_require_grad_is_read() -> None:
     b = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
     assert kaplan_yorke_dimension([a, b]).dimension == pytest.approx(1.5, rel=1e-15)
     assert kaplan_yorke_dimension([0.53063, -0.09431, -2.30259]).exponents.dtype == torch.float64
+
+
+def test_descending_numpy_views_are_read() -> None:
+    """np.sort(x)[::-1], numpy's way to sort descending, is a view with a negative stride that
+    torch cannot wrap; it (and a big-endian array) was refused as 'not a numeric vector'."""
+    lam = np.array([-2.30259, 0.53063, -0.09431])
+    expected = kaplan_yorke_dimension(lam).dimension
+    assert kaplan_yorke_dimension(np.sort(lam)[::-1]).dimension == expected
+    assert kaplan_yorke_dimension(lam.astype(">f8")).dimension == expected
+    assert expected == pytest.approx(2.18949, abs=1e-5)

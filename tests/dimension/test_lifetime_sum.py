@@ -298,3 +298,50 @@ def test_bad_metrics_and_matrices_are_one_line_errors():
     w = torch.eye(2, dtype=torch.float64, requires_grad=True)  # a learned (identity) metric
     learned = alpha_weighted_lifetime_sum(pts, metric=lambda a, b: torch.cdist(a @ w, b @ w))
     assert learned.value == pytest.approx(alpha_weighted_lifetime_sum(pts).value, rel=1e-12)
+
+
+def test_float32_distances_are_symmetric_up_to_float32_rounding() -> None:
+    """torch.cdist(x, x) of float32 points is asymmetric by a float32 rounding step (4.8e-7
+    of 8.4 here); the tolerance was float64's sqrt(eps), so the most natural matrix was
+    refused, as a matrix and from a float32 metric. A real float32 asymmetry still is."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 10, generator=g)
+    d = torch.cdist(x, x)
+    assert float((d - d.T).abs().max()) > 1e-8 * float(d.max())
+    exact = mst_edge_lengths(torch.maximum(d, d.T))
+    torch.testing.assert_close(mst_edge_lengths(d), exact, rtol=0, atol=0)
+    value = alpha_weighted_lifetime_sum(x, 1.0, lambda a, b: torch.cdist(a.float(), b.float()))
+    assert value.value == pytest.approx(alpha_weighted_lifetime_sum(x).value, rel=1e-6)
+    skewed = d.clone()
+    skewed[0, 1] += 1e-2
+    with pytest.raises(SharpdimError, match=r"^the distance matrix is not symmetric"):
+        mst_edge_lengths(skewed)
+    with pytest.raises(SharpdimError, match=r"^the metric is not symmetric"):
+        alpha_weighted_lifetime_sum(x, 1.0, lambda a, b: torch.cdist(a, b) + 1e-2 * a[:, :1])
+
+
+def test_reversed_and_big_endian_arrays_are_read() -> None:
+    """numpy views with negative strides (np.sort(x)[::-1]) and big-endian arrays were refused
+    as 'not numbers': torch cannot wrap them, and the error was reworded."""
+    rng = np.random.default_rng(0)
+    points = rng.random((60, 2))
+    expected = alpha_weighted_lifetime_sum(points[::-1].copy()).value
+    assert alpha_weighted_lifetime_sum(points[::-1]).value == expected
+    assert alpha_weighted_lifetime_sum(points.astype(">f8")).value == pytest.approx(
+        alpha_weighted_lifetime_sum(points).value, rel=1e-12
+    )
+    line = np.abs(np.subtract.outer(np.arange(5.0), np.arange(5.0)))
+    assert mst_edge_lengths(line[::-1, ::-1]).tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert mst_edge_lengths(line.astype(">f4")).tolist() == [1.0, 1.0, 1.0, 1.0]
+    fit = ph_dimension(points.astype(">f8"), num_sizes=4)
+    assert fit.dimension == ph_dimension(points, num_sizes=4).dimension
+
+
+def test_one_point_has_no_lifetimes() -> None:
+    """E_alpha of one point is the empty sum (no H0 bar dies): it was refused, while
+    mst_edge_lengths of a 1 x 1 matrix already returned no edges."""
+    result = alpha_weighted_lifetime_sum([[0.0, 1.0]], alpha=2.0)
+    assert result.value == 0.0 and result.lifetimes.numel() == 0 and result.num_points == 1
+    assert result.to_dict()["max_lifetime"] == 0.0
+    with pytest.raises(SharpdimError, match=r"^points must be an \(N, D\) array with N >= 2"):
+        ph_dimension([[0.0, 1.0]])

@@ -72,7 +72,7 @@ def alpha_weighted_lifetime_sum(
         5.0
     """
     alpha = check_number(alpha, "alpha", "> 0", "1.0")
-    pts = as_points(points)
+    pts = as_points(points, min_points=1)  # one point: no edge, E_alpha = 0
     lengths = symmetric_mst_edge_lengths(
         pairwise_distances(pts, metric, chunk_size=chunk_size).numpy()
     )

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharpdim.checks import check_count, real_tensor
+from sharpdim.checks import check_count, native_array, real_tensor
 from sharpdim.errors import SharpdimError
 
 Metric = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,20 +37,21 @@ METRICS = ("euclidean", "loss")
 _CANCELLATION_RATIO = 1e-3  # d^2 / (|a|^2 + |b|^2) below which the matmul form is redone
 
 
-def as_points(points: Any) -> torch.Tensor:
-    """An ``(N, D)`` float64 tensor from a tensor, numpy array or memmap (checked finite)."""
+def as_points(points: Any, min_points: int = 2) -> torch.Tensor:
+    """An ``(N, D)`` floating tensor (integers become float64) from a tensor, numpy array or
+    memmap, with ``N >= min_points``, checked finite."""
     try:
         if isinstance(points, np.ndarray):
-            points = torch.from_numpy(np.asarray(points))
+            points = torch.from_numpy(native_array(np.asarray(points)))
         pts = torch.as_tensor(points).detach().cpu()
     except (TypeError, ValueError, RuntimeError):
         raise SharpdimError(
             f"points must be an (N, D) tensor or array of numbers, got {type(points).__name__}: "
             "pass a tensor or numpy array (load a file with numpy.load first)"
         ) from None
-    if pts.ndim != 2 or pts.shape[0] < 2:
+    if pts.ndim != 2 or pts.shape[0] < min_points:
         raise SharpdimError(
-            f"points must be an (N, D) array with N >= 2, got shape {tuple(pts.shape)}: pass "
+            f"points must be an (N, D) array with N >= {min_points}, got shape {tuple(pts.shape)}: pass "
             "one row per point"
         )
     if pts.is_complex() or pts.dtype == torch.bool:
@@ -75,7 +76,7 @@ def pairwise_distances(
     chunk_size = check_count(
         chunk_size, "chunk_size", hint="the rows computed at a time, e.g. 1024"
     )
-    pts = as_points(points)
+    pts = as_points(points, min_points=1)
     n = pts.shape[0]
     if isinstance(metric, str) and metric not in METRICS:
         raise SharpdimError(f"unknown metric {metric!r}: use one of {METRICS} or a callable")
@@ -87,6 +88,7 @@ def pairwise_distances(
     full = pts.to(torch.float64)
     centred = full - full.mean(dim=0) if metric == "euclidean" else full
     out = torch.empty(n, n, dtype=torch.float64)
+    eps = rounding_unit(out)  # the coarsest precision a callable metric returned
     for i in range(0, n, chunk_size):
         rows = full[i : i + chunk_size]
         if metric == "euclidean":
@@ -95,8 +97,9 @@ def pairwise_distances(
             block = torch.cdist(rows, full, p=1.0) / full.shape[1]
         else:
             assert callable(metric)
-            what = "the metric's result"
-            block = real_tensor(metric(rows, full), what)
+            raw = metric(rows, full)
+            eps = max(eps, rounding_unit(raw))
+            block = real_tensor(raw, "the metric's result")
             if block.shape != (rows.shape[0], n):
                 raise SharpdimError(
                     f"the metric returned shape {tuple(block.shape)} for "
@@ -107,13 +110,24 @@ def pairwise_distances(
     if (out < 0).any() or not torch.isfinite(out).all():
         raise SharpdimError("the metric gave negative or non-finite distances: fix the metric")
     if callable(metric):
-        _check_symmetric(out.numpy(), "the metric")
+        _check_symmetric(out.numpy(), "the metric", eps)
     return torch.maximum(out, out.T)  # exact symmetry despite rounding
 
 
-def _check_symmetric(dense: np.ndarray, what: str) -> None:
+def rounding_unit(values: Any) -> float:
+    """Machine epsilon of ``values``' floating dtype (a tensor or numpy array); float64's for
+    anything else (integers, lists of Python floats)."""
+    dtype = getattr(values, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return float(torch.finfo(dtype).eps)
+    if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.floating):
+        return float(np.finfo(dtype).eps)
+    return float(np.finfo(np.float64).eps)
+
+
+def _check_symmetric(dense: np.ndarray, what: str, eps: float) -> None:
     """A one-line error if ``dense`` is not symmetric up to rounding, ``sqrt(eps)`` of its
-    largest finite entry (the MST reads one triangle: an asymmetric dissimilarity would make
+    largest finite entry, ``eps`` that of the precision the distances were computed in (the MST reads one triangle: an asymmetric dissimilarity would make
     the result depend on the order of the points). Tiles of the upper triangle against their
     mirror images: no full-size copies."""
     all_finite = bool(np.isfinite(dense).all())
@@ -130,7 +144,7 @@ def _check_symmetric(dense: np.ndarray, what: str) -> None:
                 gap = np.abs(a - b)
             gap[np.isinf(a) & np.isinf(b)] = 0.0  # a missing edge both ways
             worst = max(worst, float(np.nan_to_num(gap, nan=np.inf, posinf=np.inf).max()))
-    if not worst <= math.sqrt(np.finfo(np.float64).eps) * scale:
+    if not worst <= math.sqrt(eps) * scale:
         raise SharpdimError(
             f"{what} is not symmetric (d(a, b) and d(b, a) differ by up to {worst:.3g}): pass a "
             "symmetric distance, e.g. the mean of both directions"
@@ -183,7 +197,7 @@ def mst_edge_lengths(distances: torch.Tensor) -> torch.Tensor:
     dense = d.detach().cpu().numpy()
     if np.isnan(dense).any() or (dense < 0).any():
         raise SharpdimError("distances hold NaN or negative values: fix the metric")
-    _check_symmetric(dense, "the distance matrix")
+    _check_symmetric(dense, "the distance matrix", rounding_unit(distances))
     # symmetric up to rounding: made exactly so (Prim reads rows, so a small distance given
     # differently both ways would make the result depend on the orientation)
     return symmetric_mst_edge_lengths(np.maximum(dense, dense.T))
