@@ -15,6 +15,7 @@ import contextlib
 import errno
 import glob
 import os
+import re
 import secrets
 import stat
 import time
@@ -93,21 +94,30 @@ STALE_SECONDS = 3600.0
 
 
 def _temporary_prefix(out: Path) -> str:
-    """``.{name}``, shortened so that ``.{name}.<8 hex>.tmp`` fits the file-name limit (a
-    valid name of 242-255 characters made the temporary one too long)."""
+    """``.{name}``, shortened so that ``.{name}.<8 hex>.tmp`` fits the file-name limit, which
+    counts bytes (a valid name of 242-255 bytes made the temporary one too long; cutting
+    characters left a 125-character accented name at 264 bytes)."""
     try:
         limit = os.pathconf(out.parent if out.parent.exists() else "/", "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
-    return "." + out.name[: max(1, limit - 14)]
+    cut = os.fsencode(out.name)[: max(1, limit - 14)]
+    return "." + os.fsdecode(cut.decode("utf-8", errors="ignore").encode("utf-8") or cut)
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """Delete ``.{name}.<8 hex>.tmp`` files beside ``out`` older than :data:`STALE_SECONDS`."""
+    """Delete ``.{name}.<8 hex>.tmp`` files beside ``out`` older than :data:`STALE_SECONDS`
+    (only names this module writes: a user's ``.{name}.backup01.tmp`` is kept)."""
     cutoff = time.time() - STALE_SECONDS
-    for leftover in out.parent.glob(f"{glob.escape(_temporary_prefix(out))}.????????.tmp"):
+    prefix = _temporary_prefix(out)
+    ours = re.compile(re.escape(prefix) + r"\.[0-9a-f]{8}\.tmp")
+    for leftover in out.parent.glob(f"{glob.escape(prefix)}.????????.tmp"):
         with contextlib.suppress(OSError):  # (gone already, or not ours to delete)
-            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+            if (
+                ours.fullmatch(leftover.name)
+                and leftover.is_file()
+                and leftover.stat().st_mtime < cutoff
+            ):
                 leftover.unlink()
 
 

@@ -159,6 +159,29 @@ def test_a_name_at_the_length_limit_is_written(tmp_path: Path) -> None:
     assert target.read_text() == "{}" and os.listdir(tmp_path) == [target.name]
 
 
+def test_a_long_non_ascii_name_is_cut_by_bytes(tmp_path: Path) -> None:
+    """The limit counts bytes: 125 accented letters and '.json' (255 bytes) were cut to
+    241 characters, 264 bytes, and the write failed with 'File name too long'."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    target = tmp_path / ("\u00e9" * ((limit - 5) // 2) + ".json")
+    assert len(os.fsencode(target.name)) > limit - 14
+    write_text_atomic(target, "{}")
+    assert target.read_text() == "{}" and os.listdir(tmp_path) == [target.name]
+
+
+def test_stale_cleanup_removes_only_names_it_writes(tmp_path: Path) -> None:
+    """The cleanup's glob matched any 8 characters: a user's two-hour-old
+    '.summary.json.backup01.tmp' was deleted with the killed writers' leftovers."""
+    users = tmp_path / ".summary.json.backup01.tmp"
+    ours = tmp_path / ".summary.json.0badf00d.tmp"
+    for leftover in (users, ours):
+        leftover.write_text("kept?")
+        hours_ago = time.time() - 7200
+        os.utime(leftover, (hours_ago, hours_ago))
+    write_text_atomic(tmp_path / "summary.json", "{}")
+    assert users.read_text() == "kept?" and not ours.exists()
+
+
 def test_a_device_or_pipe_is_not_replaced_by_a_file(tmp_path: Path) -> None:
     """os.replace put a regular file where a named pipe (or /dev/null, for root) was."""
     pipe = tmp_path / "pipe"
