@@ -186,6 +186,15 @@ def test_store_path_refuses_a_folder(tmp_path: Path) -> None:
     )
 
 
+def test_store_path_refuses_a_pipe(tmp_path: Path) -> None:
+    """A named pipe (or a link to /dev/null) passed the folder check; SQLite then failed
+    with 'disk I/O error' after writing a journal beside it (/dev/null-journal as root)."""
+    os.mkfifo(tmp_path / "runs.sqlite")
+    with pytest.raises(SharpdimError, match=r"^cannot use .*runs\.sqlite as the results store "):
+        prepare_store_path(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["runs.sqlite"]
+
+
 def test_store_path_refuses_a_read_only_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 import hashlib
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -70,3 +71,25 @@ def test_unstorable_values_give_one_line_errors_that_say_where():
         config_key({"train": {"lr": math.nan}})
     with pytest.raises(SharpdimError, match="a run config must be a dict, got list"):
         config_key([1, 2])  # type: ignore[arg-type]
+
+
+def test_surrogates_cycles_and_deep_nesting_are_one_line_errors() -> None:
+    """A surrogate pair and its character wrote the same JSON escape, so two different configs
+    shared a key; a container holding itself, or nested past the recursion limit, raised
+    RecursionError."""
+    assert config_key({"s": "\U0001f600"}) != config_key({"s": "\U0001f601"})
+    with pytest.raises(SharpdimError, match=r"^config\['s'\] holds surrogate code points"):
+        config_key({"s": "\ud83d\ude00"})
+    with pytest.raises(SharpdimError, match=r"^value's key holds surrogate code points"):
+        json_value({"\ud83d": 1})
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(SharpdimError, match=r"^result\[0\] holds itself"):
+        json_value(loop, where="result")
+    deep: list = []
+    for _ in range(5 * sys.getrecursionlimit()):
+        deep = [deep]
+    with pytest.raises(SharpdimError, match=r"^the result is nested too deeply to store"):
+        json_value(deep, where="result")
+    shared = [1.0, 2.0]  # the same list twice is no cycle
+    assert json_value({"a": shared, "b": (shared, shared)}) == {"a": shared, "b": [shared, shared]}

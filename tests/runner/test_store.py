@@ -573,3 +573,43 @@ def test_bad_paths_statuses_and_numbers_are_one_line_errors(path):
         for bad in ("Done", "ok"):  # were an empty list
             with pytest.raises(SharpdimError, match=rf"^status '{bad}': use one of done, dive"):
                 list(store.records(bad))
+
+
+def test_a_pipe_is_refused_before_sqlite_writes_beside_it(tmp_path):
+    """A named pipe gave 'disk I/O error ... check the file' (a link to /dev/null the same,
+    plus a /dev/null-journal written as root)."""
+    pipe = tmp_path / "runs.sqlite"
+    os.mkfifo(pipe)
+    with pytest.raises(SharpdimError, match=r"^cannot open the results store .*not a regular"):
+        ResultsStore(pipe)
+    assert sorted(os.listdir(tmp_path)) == ["runs.sqlite"]
+
+
+def test_a_run_too_large_for_sqlite_does_not_blame_the_file(path):
+    """SQLITE_TOOBIG said the healthy store was 'not a readable SQLite results store' and to
+    move it away; the limit (1e9 bytes by default) is lowered here to reach it."""
+    with ResultsStore(path) as store:
+        store.put(CONFIG, [0.5] * 10)
+        store._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)
+        with pytest.raises(SharpdimError, match=r"^a run is too large for the results store"):
+            store.put({**CONFIG, "lr": 0.3}, [0.5] * 1000)
+        assert len(store) == 1 and store.get(CONFIG).result == [0.5] * 10
+
+
+def test_a_foreign_row_whose_config_holds_nan_is_undecodable(path):
+    """Python's json reads NaN, Infinity and 1e999 (inf); such a row written by another
+    program decoded, and the sweep then stopped at config_key's 'config['lr'] is nan'."""
+    from sharpdim.runner.resume import ResumableRuns
+
+    with ResultsStore(path) as store:
+        store.put({"lr": 1.0, "sharpdim_version": "old"}, {"x": 1})
+    conn = sqlite3.connect(path)
+    for key, text in (("k1", '{"lr":NaN}'), ("k2", '{"lr":1e999}'), ("k3", '{"lr":-Infinity}')):
+        conn.execute("INSERT INTO runs VALUES (?, ?, 'done', '{}', 't', 't')", (key, text))
+    conn.commit()
+    conn.close()
+    with ResultsStore(path) as store:
+        runs = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done")
+        with pytest.warns(UserWarning, match=r"the stored run k1 cannot be decoded .*NaN"):
+            assert runs({"lr": 0.5}, lambda: {"x": 2}) == {"x": 2}
+        assert [r.config["lr"] for r in store.records()] == [1.0, 0.5]

@@ -597,8 +597,8 @@ def prepare_output_file(path: Path | None, flag: str = "--json") -> Path | None:
 
 
 def prepare_store_path(folder: Path, name: str = "runs.sqlite") -> Path:
-    """``folder / name``, the results store of a resumable command; refuses a folder or a
-    read-only file there (before any run is computed).
+    """``folder / name``, the results store of a resumable command; refuses a folder, a device
+    or pipe, or a read-only file there (before any run is computed).
 
     Raises:
         SharpdimError: one line naming the path and ``--out``.
@@ -609,6 +609,11 @@ def prepare_store_path(folder: Path, name: str = "runs.sqlite") -> Path:
             raise SharpdimError(
                 f"cannot use {path} as the results store (it is a folder): choose another "
                 f"--out folder or move {path} away"
+            )
+        if path.exists() and not path.is_file():  # SQLite would write its journal beside it
+            raise SharpdimError(
+                f"cannot use {path} as the results store (it is a device or pipe, not a "
+                f"file): choose another --out folder or move {path} away"
             )
         if path.exists() and not os.access(path, os.W_OK):
             raise _cannot_write(path, "the file is read-only", "--out folder")

@@ -34,7 +34,9 @@ def json_value(value: Any, *, nonfinite: NonFinite = "null", where: str = "value
         where: how to name ``value`` in an error message (e.g. ``"config"``).
 
     Raises:
-        SharpdimError: for an object that has no JSON form, a non-string dict key, or
+        SharpdimError: for an object that has no JSON form, a non-string dict key, a string
+            with surrogate code points (JSON would read a pair back as another string), a
+            container holding itself or nested past Python's recursion limit, or
             (``nonfinite="error"``) a NaN/inf.
 
     Example:
@@ -42,8 +44,20 @@ def json_value(value: Any, *, nonfinite: NonFinite = "null", where: str = "value
         >>> json_value({"lr": 0.1, "betas": (0.9, float("nan")), "w": torch.tensor([1, 2])})
         {'lr': 0.1, 'betas': [0.9, None], 'w': [1, 2]}
     """
-    if value is None or isinstance(value, (bool, int, str)):
+    try:
+        return _plain(value, nonfinite, where, frozenset())
+    except RecursionError:
+        raise SharpdimError(
+            f"the {where} is nested too deeply to store: flatten it (e.g. store summaries)"
+        ) from None
+
+
+def _plain(value: Any, nonfinite: NonFinite, where: str, inside: frozenset[int]) -> Any:
+    """:func:`json_value` of ``value``, which sits inside the containers of ids ``inside``."""
+    if value is None or isinstance(value, (bool, int)):
         return value
+    if isinstance(value, str):
+        return _text(value, where)
     if isinstance(value, float):
         if math.isfinite(value):
             return value
@@ -54,7 +68,14 @@ def json_value(value: Any, *, nonfinite: NonFinite = "null", where: str = "value
         plain = value.tolist()
         if _is_array(plain):  # numpy's long double stays itself: rounded to float64
             plain = complex(plain) if plain.dtype.kind == "c" else float(plain)
-        return json_value(plain, nonfinite=nonfinite, where=where)
+        return _plain(plain, nonfinite, where, inside)
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in inside:
+            raise SharpdimError(
+                f"{where} holds itself (a container inside its own items): store a copy "
+                "without the cycle"
+            )
+        inside = inside | {id(value)}
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
@@ -63,17 +84,27 @@ def json_value(value: Any, *, nonfinite: NonFinite = "null", where: str = "value
                     f"{where} has the key {key!r} of type {type(key).__name__}: "
                     "use string keys in stored configs and results"
                 )
-            out[key] = json_value(item, nonfinite=nonfinite, where=f"{where}[{key!r}]")
+            out[_text(key, f"{where}'s key")] = _plain(item, nonfinite, f"{where}[{key!r}]", inside)
         return out
     if isinstance(value, (list, tuple)):
-        return [
-            json_value(item, nonfinite=nonfinite, where=f"{where}[{i}]")
-            for i, item in enumerate(value)
-        ]
+        return [_plain(item, nonfinite, f"{where}[{i}]", inside) for i, item in enumerate(value)]
     raise SharpdimError(
         f"{where} is a {type(value).__name__}, which has no JSON form: store numbers, strings, "
         "lists or dicts (e.g. the object's to_dict())"
     )
+
+
+def _text(value: str, where: str) -> str:
+    """``value`` if it is valid Unicode; surrogate code points are refused (JSON writes them as
+    ``\\udXXX`` escapes and reads a pair back as one other character, so two different
+    configs would share a key)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SharpdimError(
+            f"{where} holds surrogate code points ({value!r}): pass valid Unicode text"
+        ) from None
+    return value
 
 
 def _is_array(value: Any) -> bool:

@@ -93,10 +93,23 @@ class RunRecord:
 
 def _record(row: tuple[str, str, str, str, str, str]) -> RunRecord:
     key, config, status, result, created, updated = row
-    plain = json.loads(config)
+    # a config another program wrote with NaN, Infinity or 1e999 (Python's json reads them)
+    # is no config this store could have keyed: undecodable, not a crash of the sweep
+    plain = json.loads(config, parse_constant=_no_constant, parse_float=_finite_float)
     if not isinstance(plain, dict):
         raise ValueError(f"the config is a {type(plain).__name__}, not a dict")
     return RunRecord(key, plain, status, json.loads(result), created, updated)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"the config holds {name}, which configs never hold")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the config holds {text}, beyond float range")
+    return value
 
 
 def _now() -> str:
@@ -145,6 +158,11 @@ class ResultsStore:
             raise SharpdimError(
                 "':memory:' is SQLite's in-memory database, which keeps nothing after close: "
                 "pass a file path such as runs.sqlite"
+            )
+        if self.path.exists() and not self.path.is_file():  # SQLite would write beside it
+            raise SharpdimError(
+                f"cannot open the results store {self.path}: it is not a regular file (a folder, "
+                "device or pipe); choose a file path such as runs.sqlite"
             )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +267,12 @@ class ResultsStore:
             return SharpdimError(
                 f"the results store {self.path} cannot be used here ({text}): it is closed or "
                 "was opened in another thread; open a ResultsStore where it is used"
+            )
+        if getattr(err, "sqlite_errorname", "") == "SQLITE_TOOBIG":  # the run, not the file
+            return SharpdimError(
+                f"a run is too large for the results store {self.path} ({text}) while {doing}: "
+                "store a smaller result (summaries instead of whole arrays); the stored runs "
+                "are kept"
             )
         if isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.OperationalError):
             return SharpdimError(
