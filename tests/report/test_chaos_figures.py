@@ -26,7 +26,7 @@ def test_a_missing_dimension_is_no_bar_and_says_n_a(
 ) -> None:
     """None (not computed, or NaN stored as null) became 'or 0.0': a bar of a real 0."""
     figures: list[Any] = []
-    monkeypatch.setattr(chaos_figures, "save_and_close", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(chaos_figures, "save_figure", lambda fig, path: figures.append(fig))
     case = _case(kaplan_yorke_top_k=None, sd=0.0, ph0_dimension=None, ph0_dimension_loss=2.0)
     chaos_figures.plot_chaos_comparison({"a": case}, tmp_path / "c.png")
     bars = figures[0].axes[2].patches
@@ -46,7 +46,7 @@ def test_an_infinite_ph0_dimension_says_inf(
     """A case straight from run_case holds inf (JSON later makes it null): it read 'n/a' and
     the bar's inf warned in numpy."""
     figures: list[Any] = []
-    monkeypatch.setattr(chaos_figures, "save_and_close", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(chaos_figures, "save_figure", lambda fig, path: figures.append(fig))
     case = _case(kaplan_yorke_top_k=1.0, sd=2.0, ph0_dimension=math.inf, ph0_dimension_loss=4.0)
     chaos_figures.plot_chaos_comparison({"a": {**case, "ph0_slope": 1.2}}, tmp_path / "c.png")
     assert [t.get_text() for t in figures[0].axes[2].texts] == ["inf"]

@@ -23,7 +23,7 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         figures.append(fig)
         return Path(path)
 
-    monkeypatch.setattr(eos_figures, "save_and_close", keep)
+    monkeypatch.setattr(eos_figures, "save_figure", keep)
     yield figures
     import matplotlib.pyplot as plt
 
@@ -101,3 +101,20 @@ def test_a_threshold_above_the_trace_panel_is_named(drawn: list[Any], tmp_path: 
     above = [2.0 / lr for lr in result.ratios.trace_lrs if 2.0 / lr > top]
     assert above == [40.0]
     assert [t.get_text() for t in panel.texts] == ["2/$\\eta$=40 above"]
+
+
+def test_an_infinite_loss_alone_gets_a_linear_axis(tmp_path: Path) -> None:
+    """nan_to_num read +inf as 1.8e308, 'positive', so the loss axis went to log scale with
+    nothing it could draw: saving raised 'Data cannot be log-scaled'."""
+    import dataclasses
+
+    blown = dataclasses.replace(_run(0.2, None), steps=(0,), loss=(math.inf,), sharpness=(2.0,),
+                                bounded=(2.0,))  # fmt: skip
+    result = EoSRunsResult(
+        kind="sharpening", setup=MLPSetup(), steps=4, every=4, late_fraction=0.3,
+        runs=(blown,), wall_time_s=1.0,
+    )  # fmt: skip
+    out = eos_figures.plot_eos_runs(result, tmp_path / "inf.png")
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert not eos_figures._any_positive([(math.inf, math.nan)])
+    assert eos_figures._any_positive([(math.inf, 0.5)])

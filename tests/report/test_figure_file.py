@@ -28,7 +28,7 @@ def test_pgf_without_latex_is_a_one_line_error_before_the_work() -> None:
 def test_a_failing_backend_is_reported_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     figure_file._cannot_render.cache_clear()
     monkeypatch.setattr(
-        figure_file.plt.Figure,
+        figure_file.Figure,
         "savefig",
         lambda self, *a, **k: (_ for _ in ()).throw(RuntimeError("no\nengine")),
     )
@@ -58,3 +58,24 @@ def test_a_failing_plot_closes_its_figure(tmp_path: Path) -> None:
         plot_spectrum_density(grid, density, tmp_path / "a.xyz")
     assert plt.get_fignums() == before
     assert not list(tmp_path.iterdir())
+
+
+def test_the_report_modules_leave_the_users_backend_alone(tmp_path: Path) -> None:
+    """Each report module called matplotlib.use('Agg') on import, which switched a user's
+    backend (an IPython session's inline figures stopped showing); figures are plain
+    Figure objects now, saved without pyplot."""
+    import subprocess
+    import sys
+
+    script = (
+        "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+        "import torch, sharpdim.report as r\n"
+        "import sharpdim.report.eos_figures, sharpdim.report.chaos_figures\n"
+        f"r.plot_spectrum_density(torch.linspace(0, 1, 5), torch.ones(5), {str(tmp_path / 'd.png')!r})\n"
+        "print(matplotlib.get_backend(), plt.get_fignums())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["svg", "[]"]
+    assert (tmp_path / "d.png").read_bytes().startswith(b"\x89PNG")

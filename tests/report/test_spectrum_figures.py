@@ -31,9 +31,9 @@ def test_a_far_threshold_does_not_stretch_the_axis(
     import sharpdim.report.spectrum_figures as figures
 
     seen: list[Any] = []
-    real_save = figures.save_and_close
+    real_save = figures.save_figure
     monkeypatch.setattr(
-        figures, "save_and_close", lambda fig, path: seen.append(fig) or real_save(fig, path)
+        figures, "save_figure", lambda fig, path: seen.append(fig) or real_save(fig, path)
     )
     grid = torch.linspace(-1, 4, 50)
     plot_spectrum_density(grid, torch.exp(-(grid**2)), tmp_path / "d.png", threshold=threshold)
@@ -70,7 +70,7 @@ def test_a_tiny_density_is_drawn_at_its_scale_and_nan_marks_are_refused(
     from sharpdim.report import spectrum_figures
 
     figures: list[Any] = []
-    monkeypatch.setattr(spectrum_figures, "save_and_close", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(spectrum_figures, "save_figure", lambda fig, path: figures.append(fig))
     grid = torch.linspace(0, 1, 5, dtype=torch.float64)
     density = torch.tensor([1e-30, 2e-30, 4e-30, 2e-30, 1e-30], dtype=torch.float64)
     spectrum_figures.plot_spectrum_density(grid, density, tmp_path / "t.png")

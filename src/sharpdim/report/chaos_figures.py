@@ -1,4 +1,5 @@
-"""Figures of chaos measures (matplotlib, Agg backend; imports core, never the reverse)."""
+"""Figures of chaos measures (matplotlib figures without pyplot; imports core, never the
+reverse)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-from sharpdim.report.figure_file import closes_on_error, legend_if_any, save_and_close
+from sharpdim.report.figure_file import legend_if_any, save_figure
 
 PH0_SLOPES = {"ph0_dimension": "ph0_slope", "ph0_dimension_loss": "ph0_slope_loss"}
 """The fitted slope stored beside each PH0 dimension of a ``chaos compare`` case."""
@@ -37,7 +35,6 @@ def _missing_label(case: dict[str, Any], key: str) -> str:
     return {"inf": "inf", "undefined": "undef."}.get(ph0_missing_reason(case, key) or "", "n/a")
 
 
-@closes_on_error
 def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """Save a three-panel comparison of training runs (``sharpdim chaos compare`` output).
 
@@ -51,7 +48,8 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
         cases: name -> the dict of :func:`sharpdim.commands.chaos_cases.run_case`.
         path: output PNG path (parent folders are created; written atomically).
     """
-    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.8), dpi=100)
+    fig = Figure(figsize=(13.5, 3.8), dpi=100)
+    axes = fig.subplots(1, 3)
     for i, (name, case) in enumerate(cases.items()):
         color = f"C{i}"
         label = f"{name} (lr={case['lr']:g})"
@@ -108,4 +106,4 @@ def plot_chaos_comparison(cases: dict[str, dict[str, Any]], path: str | Path) ->
     axes[2].set(title="Dimensions")
     for ax in axes:
         legend_if_any(ax, fontsize=8)
-    return save_and_close(fig, path)
+    return save_figure(fig, path)

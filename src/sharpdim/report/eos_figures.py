@@ -1,4 +1,5 @@
-"""Figures of the edge-of-stability reproductions (matplotlib, Agg; imports core, never the reverse).
+"""Figures of the edge-of-stability reproductions (matplotlib figures without pyplot;
+imports core, never the reverse).
 
 Each function takes a result of :mod:`sharpdim.training.eos_experiments` (or
 :mod:`sharpdim.training.eos_fractal`), writes one PNG (parent folders created) and returns
@@ -11,13 +12,10 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
-from sharpdim.report.figure_file import closes_on_error, legend_if_any, save_and_close
+from sharpdim.report.figure_file import legend_if_any, save_figure
 from sharpdim.training.eos_experiments import EoSRunsResult
 from sharpdim.training.eos_fractal import FractalResult, fractal_diverged, fractal_loss
 from sharpdim.training.eos_minimalist_experiment import MinimalistExperiment
@@ -30,11 +28,13 @@ def _upper_limit(values: np.ndarray, default: float = 10.0) -> float:
 
 
 def _any_positive(series: Iterable[Sequence[float]]) -> bool:
-    """Whether some series holds a positive value, NaN ignored (else a log axis warns)."""
-    return any(np.nan_to_num(np.asarray(v, dtype=float)).max(initial=0) > 0 for v in series)
+    """Whether some series holds a finite positive value (a log axis needs one: with NaN and
+    +inf alone it cannot place a tick)."""
+    return any(
+        bool((np.isfinite(a) & (a > 0)).any()) for a in (np.asarray(v, dtype=float) for v in series)
+    )
 
 
-@closes_on_error
 def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) -> Path:
     """Loss (top) and sharpness with each run's threshold dashed (bottom), per run.
 
@@ -44,7 +44,8 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
     """
     # a threshold near the float maximum (a tiny eta) overflows in the log axis: harmless
     with np.errstate(over="ignore"):
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True)
+        fig = Figure(figsize=(6.4, 5.6))
+        top, bottom = fig.subplots(2, 1, sharex=True)
         for i, run in enumerate(result.runs):
             color = f"C{i}"
             finite = np.isfinite(np.asarray(run.bounded, dtype=float)).any()
@@ -81,13 +82,13 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
             else "EoS thresholds (dashed): momentum $(2+2\\mu)/\\eta$, Adam on $P^{-1}H$"
         )
         top.set_title(title, fontsize=10)
-        return save_and_close(fig, path, dpi=dpi)
+        return save_figure(fig, path, dpi=dpi)
 
 
-@closes_on_error
 def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int = 100) -> Path:
     """Three panels: sharpness traces, final sharpness vs ``2/eta``, bifurcation diagram."""
-    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.0))
+    fig = Figure(figsize=(13.5, 4.0))
+    axes = fig.subplots(1, 3)
     sweep = result.ratios
     ax = axes[0]
     if sweep.trace_steps is not None and sweep.trace_sharpness is not None:
@@ -146,13 +147,13 @@ def plot_minimalist(result: MinimalistExperiment, path: str | Path, *, dpi: int 
     ax.set_xlabel("$\\eta$")
     ax.set_ylabel("late xyzw")
     ax.set_title(f"bifurcation from {tuple(bif.init)}", fontsize=10)
-    return save_and_close(fig, path, dpi=dpi)
+    return save_figure(fig, path, dpi=dpi)
 
 
-@closes_on_error
 def plot_fractal(result: FractalResult, path: str | Path, *, dpi: int = 100) -> Path:
     """Scatter of the final particles, coloured by sharpness relative to ``2/eta``."""
-    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    fig = Figure(figsize=(5.6, 5.0))
+    ax = fig.subplots()
     opts = {"amplitude": result.amplitude, "frequency": result.frequency}
     initial_loss = fractal_loss(result.initial, **opts)
     kept = ~fractal_diverged(result.final, result.final_loss, initial_loss)  # drawn
@@ -173,4 +174,4 @@ def plot_fractal(result: FractalResult, path: str | Path, *, dpi: int = 100) -> 
     )
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")
-    return save_and_close(fig, path, dpi=dpi)
+    return save_figure(fig, path, dpi=dpi)

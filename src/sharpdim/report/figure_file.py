@@ -1,19 +1,19 @@
-"""Saving a finished figure: its format checked up front, final layout, atomic write, release
-from pyplot."""
+"""Saving a finished figure: its format checked up front, final layout, atomic write.
+
+Figures are plain :class:`matplotlib.figure.Figure` objects, never pyplot's: importing the
+report modules leaves the user's backend alone (``%matplotlib inline`` keeps working), and a
+figure that fails midway is garbage like any object, with no global registry to close it in.
+"""
 
 from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from matplotlib.backend_bases import FigureCanvasBase
+from matplotlib.figure import Figure
 
 from sharpdim.atomic import save_figure_atomic
 from sharpdim.errors import SharpdimError
@@ -50,52 +50,25 @@ def _known_format(path: str | Path, flag: str) -> tuple[Path, str]:
 def _cannot_render(fmt: str) -> str:
     """Why a tiny figure cannot be saved as ``fmt`` here ('' if it can): some formats need
     outside programs (pgf: a LaTeX engine) that only saving reveals."""
-    fig = plt.figure(figsize=(1, 1))
+    fig = Figure(figsize=(1, 1))
     try:
         fig.add_subplot().plot([0, 1])
         fig.savefig(io.BytesIO(), format=fmt)
     except Exception as exc:  # whatever the backend raises (RuntimeError, OSError, ...)
         return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200]
-    finally:
-        plt.close(fig)
     return ""
 
 
-def save_and_close(fig: Any, path: str | Path, *, dpi: int | None = None) -> Path:
+def save_figure(fig: Figure, path: str | Path, *, dpi: int | None = None) -> Path:
     """The suffix checked (a format matplotlib knows; :func:`check_figure_format` also tries
     one, before the work), ``tight_layout``, then :func:`~sharpdim.atomic.save_figure_atomic`
-    to ``path`` (parent folders created); the figure is closed even when any of these fails (a
-    warning turned error included)."""
-    try:
-        _known_format(path, "figure path")
-        fig.tight_layout()
-        return save_figure_atomic(fig, path, **({} if dpi is None else {"dpi": dpi}))
-    finally:
-        plt.close(fig)
+    to ``path`` (parent folders created)."""
+    _known_format(path, "figure path")
+    fig.tight_layout()
+    return save_figure_atomic(fig, path, **({} if dpi is None else {"dpi": dpi}))
 
 
 def legend_if_any(ax: Any, **kwargs: Any) -> None:
     """``ax.legend(**kwargs)`` when something on ``ax`` has a label (an empty legend warns)."""
     if ax.get_legend_handles_labels()[0]:
         ax.legend(**kwargs)
-
-
-Plot = TypeVar("Plot", bound=Callable[..., Path])
-
-
-def closes_on_error(plot: Plot) -> Plot:
-    """``plot``, closing the figures it opened when it fails before :func:`save_and_close` (bad
-    input, or a matplotlib warning that a test suite turns into an error): pyplot keeps every
-    open figure alive."""
-
-    @functools.wraps(plot)
-    def wrapper(*args: Any, **kwargs: Any) -> Path:
-        before = set(plt.get_fignums())
-        try:
-            return plot(*args, **kwargs)
-        except BaseException:
-            for num in set(plt.get_fignums()) - before:
-                plt.close(num)
-            raise
-
-    return wrapper  # type: ignore[return-value]

@@ -1,4 +1,5 @@
-"""Figures of Hessian spectra (matplotlib, Agg backend; imports core, never the reverse)."""
+"""Figures of Hessian spectra (matplotlib figures without pyplot; imports core, never the
+reverse)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
 
 from sharpdim.errors import SharpdimError
-from sharpdim.report.figure_file import closes_on_error, legend_if_any, save_and_close
+from sharpdim.report.figure_file import legend_if_any, save_figure
 
 
 def _mark_threshold(ax: Any, threshold: float, lo: float, hi: float) -> None:
@@ -34,7 +32,6 @@ def _mark_threshold(ax: Any, threshold: float, lo: float, hi: float) -> None:
     )  # fmt: skip
 
 
-@closes_on_error
 def plot_spectrum_density(
     grid: torch.Tensor,
     density: torch.Tensor,
@@ -73,7 +70,8 @@ def plot_spectrum_density(
     grid, density = grid.detach(), density.detach()
     peak = float(density.max())
     floor = peak * 1e-8 if peak > 0 else 1e-12  # (relative: a density of 1e-30 stays visible)
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    ax = fig.subplots()
     ax.semilogy(grid.cpu().numpy(), density.clamp_min(floor).cpu().numpy(), color="C0")
     for i, lam in enumerate(top_eigenvalues):
         ax.axvline(lam, color="C3", lw=0.8, alpha=0.7, label="top eigenvalues" if i == 0 else None)
@@ -83,4 +81,4 @@ def plot_spectrum_density(
     ax.set_ylabel("density")
     ax.set_title(title)
     legend_if_any(ax, loc="upper right", fontsize=8)
-    return save_and_close(fig, path)
+    return save_figure(fig, path)
