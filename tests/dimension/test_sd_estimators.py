@@ -346,3 +346,21 @@ def test_none_and_text_among_numbers_are_refused_not_read_as_nan() -> None:
     for values in ([0.5, None], ["1.5", -1.0], [None]):
         with pytest.raises(SharpdimError, match=r"^values must be real numbers"):
             sd_histogram(values, [1.0] * len(values))
+
+
+def test_the_coarse_crossing_bin_example_of_the_docs() -> None:
+    """docs/sharpness_dimension.md quotes these figures for a heavy cluster just below 0 and a
+    far atom; two of them (20,000 bins, SD-KDE) had drifted from what the code gives."""
+    cluster = torch.linspace(-0.0012, -0.0001, 500, dtype=torch.float64)
+    values = torch.cat([torch.tensor([0.3], dtype=torch.float64), cluster])
+    far, near = (torch.cat([values, torch.tensor([a], dtype=torch.float64)]) for a in (-27.63, -3))
+    ones = torch.ones_like(far)
+    figures = [
+        kaplan_yorke_dimension(far).dimension,
+        sd_from_measure("slq", far, ones).dimension,
+        sd_from_measure("slq", far, ones, num_bins=20_000).dimension,
+        sd_from_measure("slq", near, ones).dimension,
+        sd_from_measure("ps", far, ones).dimension,
+        sd_from_measure("kde", far, ones).dimension,
+    ]
+    assert [round(f, 1) for f in figures] == [479.8, 462.5, 466.5, 467.7, 479.8, 481.4]
