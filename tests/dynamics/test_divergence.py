@@ -343,3 +343,58 @@ def test_bad_directions_and_step_maps_are_one_line_errors():
     for direction in (torch.tensor([1.0, 0.0]), torch.tensor([1, 0])):  # integers are fine
         ok = trajectory_divergence(lambda x: A @ x, x0, 5, direction=direction)
         assert ok.growth_rate == pytest.approx(math.log(2), abs=1e-12)
+
+
+def test_a_float32_perturbation_that_keeps_its_length_but_not_its_direction_is_refused() -> None:
+    """Only the length of the realised perturbation was checked: rounding that dropped half of
+    the direction (or, on a float32 MLP, 171 of 178 coordinates) kept it within delta / 2 of
+    delta and the run went on along another direction than u."""
+    # delta u = 5e-9 (1, 1, 1, 1): below half the float32 spacing 2^-24 at 0.5, so the first
+    # two coordinates are rounded away, the other two kept: realised length delta / sqrt(2)
+    # (within delta / 2 of delta), but delta / sqrt(2) from the intended x0 + delta u
+    x0 = torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float32)
+    with pytest.raises(SharpdimError) as err:
+        trajectory_divergence(lambda x: 2 * x, x0, 3, direction=torch.ones(4))
+    assert str(err.value) == (
+        "delta=1e-08 is below the resolution of torch.float32 states (the perturbed start is "
+        "7.07e-09 away, 7.07e-09 from x0 + delta u): use float64 states or a delta of at "
+        "least ~3e-07"
+    )
+    # the advised size works: 5e-7 is 8.39 spacings at 0.5, rounded to 8; exact at 0
+    r = trajectory_divergence(lambda x: 2 * x, x0, 3, delta=1e-6, direction=torch.ones(4))
+    kept = float(torch.tensor(5e-7, dtype=torch.float32))
+    d0 = math.sqrt(2 * (8 * 2.0**-24) ** 2 + 2 * kept**2)
+    assert r.log_distance.tolist() == pytest.approx(
+        [math.log(d0 * 2**t) for t in range(4)], rel=0, abs=1e-12
+    )
+    # the reviewer's case: a float32 MLP at the default delta (realised start 5.8e-9 away)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    batch = (torch.randn(32, 8), torch.randn(32, 2))
+    phi = TrainingMap(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [batch], lr=0.1)
+    with pytest.raises(SharpdimError, match=r"float32 states .* from x0 \+ delta u\): use float6"):
+        trajectory_divergence(phi, phi.initial_state(), 5)
+
+
+def test_a_step_returning_another_dtype_or_no_tensor_is_a_one_line_error() -> None:
+    """Only the shape of a plain map's output was checked: a float32 output of a float64 state
+    gave NaN and -inf silently, a numpy array or list an AttributeError; both orbits are
+    checked."""
+    x0 = torch.tensor([0.3, 0.4], dtype=F64)
+    e1 = torch.tensor([1.0, 0.0])
+    cases = [
+        (lambda x: (2.0 * x).float(), r"^step_fn maps a torch.float64 state to a torch.float32 "),
+        (lambda x: (2 * x).numpy(), r"^step_fn returned a ndarray at step 0: it must return a "),
+        (lambda x: [float(v) for v in 2 * x], r"^step_fn returned a list at step 0"),
+    ]
+    for step, message in cases:
+        with pytest.raises(SharpdimError, match=message):
+            trajectory_divergence(step, x0, 3, direction=e1)
+
+    def wrong_off_zero(x: torch.Tensor) -> torch.Tensor:  # only the perturbed orbit leaves 0
+        return 2 * x if bool((x == 0).all()) else (2 * x).float()
+
+    with pytest.raises(SharpdimError, match=r"^step_fn maps a torch.float64 state to a torch.fl"):
+        trajectory_divergence(wrong_off_zero, torch.zeros(2, dtype=F64), 3, direction=e1)
+    with pytest.raises(SharpdimError, match=r"at step 4: it must return a state of the dtype"):
+        trajectory_divergence(lambda x: (2 * x).float(), x0, 3, start_step=4, direction=e1)

@@ -285,3 +285,38 @@ def test_step_matrix_needs_a_square_matrix() -> None:
     ]:
         with pytest.raises(SharpdimError, match=message):
             step_matrix(bad, config)
+
+
+def test_complex_and_bool_inputs_are_one_line_errors() -> None:
+    """Complex eigenvalues (torch.linalg.eigvals) lost their imaginary part with only a
+    warning, a complex preconditioner raised NotImplementedError, bools were read as 1."""
+    sgd, adam = StepSpectrumConfig(lr=0.5), StepSpectrumConfig(optimizer="adam", lr=0.5)
+    eigvals = torch.linalg.eigvals(torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64))
+    for bad in (eigvals, torch.tensor([True, False]), np.array([0.5 + 1j])):
+        with pytest.raises(SharpdimError, match=r"^the eigenvalues a must be real"):
+            block_singular_values(bad, sgd)
+        with pytest.raises(SharpdimError, match=r"^the eigenvalues a must be real"):
+            step_log_singular_values(bad, sgd)
+        with pytest.raises(SharpdimError, match=r"^alpha must be real"):
+            sgd_exponent(bad, 0.5)
+    for hessian in (torch.eye(2, dtype=torch.complex128), torch.eye(2, dtype=torch.bool)):
+        with pytest.raises(SharpdimError, match=r"^the Hessian must be real, got a torch\.(c|b)"):
+            step_matrix(hessian, sgd)
+    for p in (torch.tensor([1 + 1j, 1]), torch.tensor([True, True])):
+        with pytest.raises(SharpdimError, match=r"^the preconditioner must be real, got a "):
+            step_matrix(torch.eye(2, dtype=torch.float64), adam, p)
+        with pytest.raises(SharpdimError, match=r"^the preconditioner must be real, got a "):
+            StepMatrixOperator(DenseOperator(torch.eye(2, dtype=torch.float64)), adam, p)
+    for p in (np.array([1 + 1j, 1]), np.array([True, True]), [True, True]):  # were read as 1
+        with pytest.raises(SharpdimError, match=r"^the preconditioner must be real numbers"):
+            step_matrix(torch.eye(2, dtype=torch.float64), adam, p)
+    with pytest.raises(SharpdimError, match=r"^preconditioner of type str is not numeric"):
+        step_matrix(torch.eye(2, dtype=torch.float64), adam, "1, 1")
+
+
+def test_eigenvalues_given_as_python_floats_are_read_in_float64() -> None:
+    """A list of Python floats went through torch's float32 default: 0.1 became
+    0.10000000149, so sigma = |1 - a| was off by 1.5e-9."""
+    sgd = StepSpectrumConfig(lr=1.0)
+    assert block_singular_values([0.1, 0.7], sgd).tolist() == [1 - 0.1, 1 - 0.7]
+    assert sgd_exponent([0.1], 1.0).tolist() == [math.log(1 - 0.1 + 1e-12)]

@@ -1,9 +1,11 @@
 """Lyapunov spectra against maps with known exponents."""
 
 import math
+from typing import Any
 
 import pytest
 import torch
+from torch.autograd.function import once_differentiable
 
 from sharpdim.dynamics.lyapunov import FunctionMap, lyapunov_spectrum
 from sharpdim.dynamics.step_maps import TrainingMap
@@ -419,3 +421,117 @@ def test_warmup_is_the_steps_run_when_the_orbit_diverges_inside_it() -> None:
     r = lyapunov_spectrum(blowup, x0, 1, 50, warmup=3)  # past the warmup: all of it ran
     assert (r.diverged_at, r.warmup, r.num_steps) == (7, 3, 4)
     assert lyapunov_spectrum(lambda x: 0.5 * x, x0, 1, 5, warmup=4).warmup == 4
+
+
+_SYMMETRIC_A = torch.tensor([[2.0, -1.0], [-1.0, 2.0]], dtype=F64)
+
+
+class _OnceDifferentiableMatmul(torch.autograd.Function):
+    """``(x, a) -> a x`` whose backward has no graph (``once_differentiable``) and no
+    ``setup_context``: old-style, first order only."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        ctx.a = a
+        return a @ x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.a.T @ g, None
+
+
+class _NumpyBackwardMatmul(torch.autograd.Function):
+    """``x -> A x`` whose backward goes through numpy (so it has no graph either)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return _SYMMETRIC_A @ x
+
+    @staticmethod
+    def setup_context(ctx: object, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(_SYMMETRIC_A.T.numpy() @ g.detach().numpy())
+
+
+class _TwiceDifferentiableMatmul(torch.autograd.Function):
+    """``x -> A x`` with a differentiable backward and a ``jvp``: both modes work."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return _SYMMETRIC_A @ x
+
+    @staticmethod
+    def setup_context(ctx: object, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
+        return _SYMMETRIC_A.T @ g
+
+    @staticmethod
+    def jvp(ctx: object, v: torch.Tensor) -> torch.Tensor:
+        return _SYMMETRIC_A @ v
+
+
+def test_a_backward_that_cannot_be_differentiated_again_is_refused() -> None:
+    """jvp_mode='reverse' read the missing second-order graph of a once_differentiable (or
+    numpy) backward as J = 0: exponents ln(tiny) = -708.4 instead of ln 3, ln 1; forward mode
+    raised torch's multi-line RuntimeError for such a Function."""
+    x0 = torch.tensor([0.1, 0.2], dtype=F64)
+    # (A's J^T 1 is (1, 1); that of [[1, -1], [-1, 1]] is 0, though its J is not)
+    cancelling = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=F64)
+    maps = [
+        lambda x: _OnceDifferentiableMatmul.apply(x, _SYMMETRIC_A),
+        lambda x: _OnceDifferentiableMatmul.apply(x, cancelling),
+        _NumpyBackwardMatmul.apply,
+    ]
+    for step in maps:
+        with pytest.raises(SharpdimError, match=r"^step_fn's backward cannot be differentiated "):
+            lyapunov_spectrum(step, x0, 2, 3, jvp_mode="reverse")
+    for step, vectorize in [(maps[0], True), (maps[2], False)]:  # no setup_context, no jvp
+        with pytest.raises(SharpdimError, match=r"^step_fn uses a custom autograd.Function that"):
+            lyapunov_spectrum(step, x0, 2, 3, vectorize=vectorize)
+    eig = torch.tensor([[1.0, 1.0], [-1.0, 1.0]], dtype=F64) / math.sqrt(2)  # A's eigenvectors
+    for mode in ("forward", "reverse"):  # a twice differentiable Function: ln 3, ln 1
+        r = lyapunov_spectrum(
+            _TwiceDifferentiableMatmul.apply, x0, 2, 20, initial_vectors=eig, jvp_mode=mode
+        )
+        assert r.exponents.tolist() == pytest.approx([math.log(3), 0.0], rel=0, abs=1e-12)
+
+
+def test_maps_not_depending_on_their_input_keep_a_zero_jacobian_in_reverse_mode() -> None:
+    """The check for a backward without a graph must not refuse a Jacobian that is really 0
+    (round) or 0 in some directions only (a map of the first coordinate)."""
+    tiny = math.log(torch.finfo(F64).tiny)
+    x0, q0 = torch.tensor([0.13, 0.27], dtype=F64), torch.eye(2, dtype=F64)
+    for mode in ("forward", "reverse"):
+        r = lyapunov_spectrum(lambda x: torch.round(10 * x), x0, 2, 3, jvp_mode=mode)
+        assert r.exponents.tolist() == pytest.approx([tiny, tiny], rel=0, abs=1e-12)
+        r = lyapunov_spectrum(
+            lambda x: torch.stack([2 * x[0], 0 * x[0] + 1]),
+            x0,
+            2,
+            3,
+            initial_vectors=q0,
+            jvp_mode=mode,
+        )
+        assert r.exponents.tolist() == pytest.approx([math.log(2), tiny], rel=0, abs=1e-12)
+
+
+def test_one_block_for_the_standard_error_is_refused() -> None:
+    """num_blocks=1 was accepted and the standard error then always NaN (the docstring
+    promises NaN only with fewer than 2 steps)."""
+    with pytest.raises(SharpdimError) as err:
+        lyapunov_spectrum(lambda x: 2 * x, torch.ones(2, dtype=F64), 1, 10, num_blocks=1)
+    assert str(err.value) == (
+        "num_blocks must be an integer >= 2, got 1: pass 2 or more, e.g. 10 (one block has no "
+        "spread to estimate an error from)"
+    )
+    r = lyapunov_spectrum(henon, torch.tensor([0.1, 0.1], dtype=F64), 1, 4, num_blocks=2)
+    logs = r.log_stretches[:, 0]
+    means = torch.stack([logs[:2].mean(), logs[2:].mean()])
+    assert float(r.stderr[0]) == pytest.approx(float(means.std() / math.sqrt(2)), rel=1e-12)

@@ -537,3 +537,28 @@ def test_bad_tangents_and_a_detached_loss_are_one_line_errors() -> None:
     frozen = TrainingMap(_model(), detached, _batches(), lr=0.1)
     with pytest.raises(SharpdimError, match=r"^the loss does not depend on the model's param"):
         frozen.step(frozen.initial_state(), 0)
+
+
+def test_one_batch_passed_as_a_tuple_of_tensors_is_refused() -> None:
+    """TrainingMap(..., (x, y)) read one batch as two (step 0 used x as its batch, step 1 y):
+    a wrong step, then a shape error from the model."""
+    model = nn.Linear(2, 1, bias=False).double()
+    data = (torch.eye(2, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64))
+
+    def mse(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    with pytest.raises(SharpdimError) as err:
+        TrainingMap(model, mse, data, lr=0.5)
+    assert str(err.value) == (
+        "batches is a tuple of tensors: one (x, y) batch or several one-tensor batches? pass a "
+        "list: [(x, y)] for one batch, [(x1, y1), (x2, y2), ...] or [b1, b2, ...]"
+    )
+    phi = TrainingMap(model, mse, [data], lr=0.5)  # H = I: w' = w - 0.5 w
+    x0 = phi.initial_state()
+    assert torch.equal(phi.step(x0, 1), 0.5 * x0)
+    # a list of one-tensor batches (a loss of the inputs alone) stays a list of batches
+    batches = [torch.eye(2, dtype=torch.float64), 2 * torch.eye(2, dtype=torch.float64)]
+    psi = TrainingMap(model, lambda m, b: (m(b) ** 2).mean(), batches, lr=0.25)
+    assert torch.equal(psi.step(x0, 0), 0.75 * x0)  # H = I at t = 0, 4 I at t = 1
+    assert torch.equal(psi.step(x0, 1), 0.0 * x0)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from sharpdim.checks import check_count, check_number, default_generator
-from sharpdim.dynamics.lyapunov import as_step_map
+from sharpdim.dynamics.lyapunov import _check_next_state, as_step_map
 from sharpdim.errors import SharpdimError
 
 
@@ -124,7 +124,9 @@ def trajectory_divergence(
     Raises:
         SharpdimError: a window outside the run, or one the saturation cut leaves with fewer
             than 2 steps after ``fit_start``; a ``delta`` the state's dtype cannot resolve (the
-            perturbed start rounds to more than ``delta / 2`` away from ``delta``).
+            perturbed start rounds to more than ``delta / 2`` away from ``x0 + delta u``: a
+            distance near ``delta`` is not enough, the direction must survive the rounding);
+            a step that returns no tensor of the state's shape and dtype.
 
     Example (a linear map expanding by 2 per step along the first axis):
         >>> A = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))
@@ -197,25 +199,33 @@ def trajectory_divergence(
         return float((a[:m].to(torch.float64) - b[:m].to(torch.float64)).norm())
 
     d0 = dist(x, y)
-    if abs(d0 - delta) > delta / 2:  # rounded to the dtype's spacing: rounding noise
+    # the realised perturbation against the intended one (its norm alone can land near delta
+    # while rounding has dropped most coordinates and turned the direction): within delta / 2,
+    # which bounds |d0 - delta| too; float64 rounding leaves ~eps |x| of it
+    off = float(((y[:m] - x[:m]).to(torch.float64) - delta * u / u.norm()).norm())
+    if not off <= delta / 2:
         finfo = torch.finfo(x.dtype)
         # above the rounding of x + delta u (and of a vector of subnormal entries)
         smallest = max(4 * finfo.eps * float(x[:m].to(torch.float64).norm()), finfo.tiny)
         advice = "use a" if x.dtype == torch.float64 else "use float64 states or a"
+        turned = "" if abs(d0 - delta) > delta / 2 else f", {off:.3g} from x0 + delta u"
         raise SharpdimError(
             f"delta={delta:g} is below the resolution of {x.dtype} states (the perturbed "
-            f"start is {d0:.3g} away): {advice} delta of at least ~{smallest:.1g}"
+            f"start is {d0:.3g} away{turned}): {advice} delta of at least ~{smallest:.1g}"
         )
     logs = [math.log(d0)]
     diverged_at: int | None = None
     for i in range(num_steps):
         t = start_step + i
-        x_next, y_next = fmap.step(x, t).detach(), fmap.step(y, t).detach()
-        if x_next.shape != x.shape or y_next.shape != y.shape:
-            raise SharpdimError(
-                f"the step map returned a state of shape {tuple(x_next.shape)} for one of shape "
-                f"{tuple(x.shape)}: a step must return the whole next state"
-            )
+        x_next, y_next = fmap.step(x, t), fmap.step(y, t)
+        for state, state_next in ((x, x_next), (y, y_next)):
+            if isinstance(state_next, torch.Tensor) and state_next.shape != state.shape:
+                raise SharpdimError(
+                    f"the step map returned a state of shape {tuple(state_next.shape)} for one "
+                    f"of shape {tuple(state.shape)}: a step must return the whole next state"
+                )
+            _check_next_state(state, state_next, t)  # a tensor of the state's dtype
+        x_next, y_next = x_next.detach(), y_next.detach()
         if not (torch.isfinite(x_next).all() and torch.isfinite(y_next).all()):
             diverged_at = i
             break

@@ -60,7 +60,7 @@ from typing import Any, Literal, final
 
 import torch
 
-from sharpdim.checks import check_betas, check_count, check_number
+from sharpdim.checks import check_betas, check_count, check_number, real_tensor
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.errors import SharpdimError
 
@@ -174,7 +174,7 @@ def block_singular_values(a: torch.Tensor, config: StepSpectrumConfig) -> torch.
         Float64 singular values, shape ``(n,)`` for SGD and ``(2n,)`` otherwise (unsorted:
         the two of each block side by side).
     """
-    a = torch.as_tensor(a).detach().to(torch.float64).reshape(-1)
+    a = _real(a, "the eigenvalues a", "the eigenvalues of the symmetric A (eigvalsh)").reshape(-1)
     lr, mu = config.lr, config.momentum
     if config.optimizer == "sgd":
         return (1 - lr * a).abs()
@@ -193,6 +193,17 @@ def block_singular_values(a: torch.Tensor, config: StepSpectrumConfig) -> torch.
     return torch.stack([s1, s2], dim=1).reshape(-1)
 
 
+def _real(values: Any, name: str, hint: str) -> torch.Tensor:
+    """``values`` as float64 (a tensor keeps its device; lists and arrays are read as
+    :func:`~sharpdim.checks.real_tensor` reads them); complex and bool data are refused: a cast
+    would drop an imaginary part (with only a warning) or read ``True`` as 1."""
+    if not isinstance(values, torch.Tensor):
+        return real_tensor(values, name)
+    if values.is_complex() or values.dtype == torch.bool:
+        raise SharpdimError(f"{name} must be real, got a {values.dtype} tensor: pass {hint}")
+    return values.detach().to(torch.float64)
+
+
 def _check_preconditioner(
     config: StepSpectrumConfig, preconditioner: Any, n: int
 ) -> torch.Tensor | None:
@@ -209,9 +220,18 @@ def _check_preconditioner(
                 "drop it or use optimizer 'adam' or 'adamw'"
             )
         return None
+    if isinstance(preconditioner, torch.Tensor) and (
+        preconditioner.is_complex() or preconditioner.dtype == torch.bool
+    ):
+        raise SharpdimError(
+            f"the preconditioner must be real, got a {preconditioner.dtype} tensor: pass "
+            "sqrt(v_hat) + eps, a flat float tensor"
+        )
     if not isinstance(preconditioner, torch.Tensor):
-        try:
-            preconditioner = torch.as_tensor(preconditioner, dtype=torch.float64)
+        try:  # (complex and bool arrays and lists are refused there, in one line)
+            preconditioner = real_tensor(preconditioner, "the preconditioner", word_errors=False)
+        except SharpdimError:
+            raise
         except (TypeError, ValueError, RuntimeError):
             raise SharpdimError(
                 f"preconditioner of type {type(preconditioner).__name__} is not numeric: "
@@ -244,7 +264,7 @@ def step_matrix(
         raise SharpdimError(
             f"the Hessian must be square, got shape {tuple(hessian.shape)}: pass an (n, n) matrix"
         )
-    a = hessian.detach().to(torch.float64)
+    a = _real(hessian, "the Hessian", "a real symmetric (n, n) matrix")
     n = a.shape[0]
     preconditioner = _check_preconditioner(config, preconditioner, n)
     shift = config.hessian_shift
@@ -306,5 +326,5 @@ def step_log_singular_values(a: torch.Tensor, config: StepSpectrumConfig) -> tor
 
 def sgd_exponent(alpha: torch.Tensor, lr: float, eps: float = LOG_EPS) -> torch.Tensor:
     """The SGD push-forward ``g(alpha) = ln(|1 - lr * alpha| + eps)`` elementwise (float64)."""
-    a = torch.as_tensor(alpha).detach().to(torch.float64)
+    a = _real(alpha, "alpha", "real Hessian eigenvalues (eigvalsh)")
     return torch.log((1 - lr * a).abs() + eps)

@@ -162,7 +162,16 @@ class FunctionMap:
                 return y, torch.func.vmap(push, in_dims=1, out_dims=1)(dx)
             except Exception:  # vmap-incompatible function: fall back to a loop
                 self.vectorize = False
-        return y, torch.stack([push(dx[:, j]) for j in range(dx.shape[1])], dim=1)
+        try:
+            return y, torch.stack([push(dx[:, j]) for j in range(dx.shape[1])], dim=1)
+        except (RuntimeError, NotImplementedError) as err:
+            if not any(sign in str(err) for sign in _NO_FORWARD_FUNCTION):
+                raise
+            raise SharpdimError(
+                "step_fn uses a custom autograd.Function that forward mode (torch.func.jvp) "
+                "cannot differentiate: give it setup_context and jvp staticmethods, or use "
+                "jvp_mode='reverse' (if its backward is differentiable)"
+            ) from None
 
     def _reverse(
         self, x: torch.Tensor, t: int, dx: torch.Tensor
@@ -175,14 +184,42 @@ class FunctionMap:
             vjp = None
             if y.requires_grad:
                 (vjp,) = torch.autograd.grad(y, leaf, u, create_graph=True, allow_unused=True)
-            if vjp is None or not vjp.requires_grad:  # y does not depend on x: J = 0
-                return y, y.new_zeros(*y.shape, dx.shape[1])
-            cols = [
-                torch.autograd.grad(vjp, u, dx[:, j], retain_graph=True, allow_unused=True)[0]
-                for j in range(dx.shape[1])
-            ]
+            cols: list[torch.Tensor | None] = [None] * dx.shape[1]
+            if vjp is not None and vjp.requires_grad:
+                cols = [
+                    torch.autograd.grad(vjp, u, dx[:, j], retain_graph=True, allow_unused=True)[0]
+                    for j in range(dx.shape[1])
+                ]
+            if y.requires_grad and any(c is None for c in cols):
+                _check_twice_differentiable(y, leaf)  # J = 0, or a backward with no graph?
         out = [torch.zeros_like(y) if c is None else c for c in cols]
         return y, torch.stack(out, dim=1)
+
+
+_NO_FORWARD_FUNCTION = (
+    "must override the setup_context staticmethod",
+    "must implement the jvp function for custom autograd.Function",
+)
+"""Signs of torch's refusal to push a forward-mode tangent through a custom autograd.Function
+(one without ``setup_context``, or without ``jvp``)."""
+
+
+def _check_twice_differentiable(y: torch.Tensor, leaf: torch.Tensor) -> None:
+    """A one-line error when ``J^T u`` had no graph in ``u`` (so the double-backward ``J v``
+    came out empty) although ``y`` does depend on ``leaf``: its backward cannot be
+    differentiated again (a ``once_differentiable`` autograd.Function, a backward through
+    numpy), and ``J = 0`` would be a silent lie. A map that truly does not depend on its input
+    (``round``, a constant, some coordinates only) passes: its first-order ``J^T r`` vanishes
+    for the fixed Gaussian ``r`` (which only an exactly zero ``J`` gives, almost surely)."""
+    gen = torch.Generator().manual_seed(0)
+    r = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.device, y.dtype)
+    (probe,) = torch.autograd.grad(y, leaf, r, retain_graph=True, allow_unused=True)
+    if probe is not None and bool((probe != 0).any()):
+        raise SharpdimError(
+            "step_fn's backward cannot be differentiated again (e.g. an autograd.Function "
+            "with a once_differentiable backward), which jvp_mode='reverse' needs for J v: use "
+            "jvp_mode='forward' or make the backward differentiable"
+        )
 
 
 def as_step_map(step_fn: Any, *, jvp_mode: str = "forward", vectorize: bool = True) -> StepMap:
@@ -312,7 +349,8 @@ def lyapunov_spectrum(
         initial_vectors: an ``(n, k)`` finite real tensor, the initial block instead
             (orthonormalized).
         start_step: time index of the first step (``t`` runs from it).
-        num_blocks: blocks of the batch-means standard error.
+        num_blocks: blocks of the batch-means standard error (``>= 2``; fewer steps than
+            blocks use one block a step).
         jvp_mode: for a plain callable: ``"forward"`` (``torch.func.jvp``) or ``"reverse"``
             (double backward), see :class:`FunctionMap`.
         vectorize: batch the forward-mode JVPs of a plain callable with ``vmap``.
@@ -348,7 +386,8 @@ def lyapunov_spectrum(
         raise SharpdimError(f"k={k} exponents of a {n}-dimensional map: pass 1 <= k <= {n}")
     num_steps = check_count(num_steps, "num_steps", hint="e.g. 100")
     warmup = check_count(warmup, "warmup", minimum=0, hint="e.g. 0")
-    num_blocks = check_count(num_blocks, "num_blocks", hint="e.g. 10")
+    hint = "2 or more, e.g. 10 (one block has no spread to estimate an error from)"
+    num_blocks = check_count(num_blocks, "num_blocks", minimum=2, hint=hint)
     start_step = check_count(start_step, "start_step", minimum=0, hint="e.g. 0")
     x = x0.detach().clone()  # (the caller's x0 is never the orbit's state)
     if initial_vectors is None:

@@ -114,7 +114,7 @@ class TrainingMap:
         model: the network; its current parameters give :meth:`initial_state`.
         loss_fn: ``loss_fn(model, batch) -> scalar``.
         batches: a sequence of batches (index ``t`` modulo its length) or a callable
-            ``t -> batch``.
+            ``t -> batch``; a tuple of tensors is refused (one batch ``(x, y)`` is ``[(x, y)]``).
         optimizer: ``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"adam"`` or ``"adamw"``.
         lr: step size (``> 0``); momentum: ``mu`` (heavy ball / Nesterov, in ``(0, 1)``);
         betas, eps: Adam's (``b_i`` in ``[0, 1)``, ``eps >= 0``);
@@ -161,6 +161,12 @@ class TrainingMap:
             )
         if not callable(batches) and len(batches) == 0:
             raise SharpdimError("`batches` is empty: pass at least one batch")
+        if isinstance(batches, tuple) and all(isinstance(b, torch.Tensor) for b in batches):
+            # (as rds_sharpness): one (x, y) batch was read as the batches x and y
+            raise SharpdimError(
+                "batches is a tuple of tensors: one (x, y) batch or several one-tensor batches? "
+                "pass a list: [(x, y)] for one batch, [(x1, y1), (x2, y2), ...] or [b1, b2, ...]"
+            )
         if mode not in ("eval", "train", "keep"):
             raise SharpdimError(f"unknown mode {mode!r}: use 'eval', 'train' or 'keep'")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
