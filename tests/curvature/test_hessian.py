@@ -810,3 +810,58 @@ def test_a_sparse_buffer_is_tracked_without_a_data_pointer() -> None:
 
     h = HessianOperator(model, loss, x).dense()
     assert torch.allclose(h, h.T, atol=1e-12) and h.shape == (12, 12)
+
+
+class _OnceDifferentiableTanh(torch.autograd.Function):
+    """tanh with a first-order-only backward, as fused kernels often have."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)  # type: ignore[attr-defined]
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return g * (1 - y * y)
+
+
+class _Activation(nn.Module):
+    def __init__(self, custom: bool) -> None:
+        super().__init__()
+        self.custom = custom
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _OnceDifferentiableTanh.apply(x) if self.custom else torch.tanh(x)
+
+
+def test_a_once_differentiable_function_in_the_loss_is_refused() -> None:
+    """torch drops a @once_differentiable backward from a second derivative without an error:
+    H @ v came out ~1e-17 for a 3-4-3 MLP whose tanh was such a Function (true Hessian of
+    norm 0.33, and Lanczos 'converged' on garbage), and exactly 0 for sum(f(Wx))."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,), generator=g)
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(3, 4), _Activation(False), nn.Linear(4, 3)).double()
+    custom = copy.deepcopy(plain)
+    custom[1].custom = True
+
+    def ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    exact = HessianOperator(plain, ce, (x, y)).dense()
+    assert float(exact.abs().max()) > 0.1
+    message = r"^the loss passes through _OnceDifferentiableTanh, a custom autograd.Function"
+    op = HessianOperator(custom, ce, (x, y))
+    with pytest.raises(SharpdimError, match=message):
+        op @ torch.ones(op.num_params, dtype=torch.float64)
+    with pytest.raises(SharpdimError, match=message):
+        op.dense()
+    summed = HessianOperator(custom[:2], lambda m, b: m(b[0]).sum(), (x, y))
+    with pytest.raises(SharpdimError, match=message):
+        summed @ torch.ones(summed.num_params, dtype=torch.float64)
+    custom[1].custom = False  # the same model through differentiable ops: the exact Hessian
+    torch.testing.assert_close(HessianOperator(custom, ce, (x, y)).dense(), exact)

@@ -562,3 +562,20 @@ def test_one_batch_passed_as_a_tuple_of_tensors_is_refused() -> None:
     psi = TrainingMap(model, lambda m, b: (m(b) ** 2).mean(), batches, lr=0.25)
     assert torch.equal(psi.step(x0, 0), 0.75 * x0)  # H = I at t = 0, 4 I at t = 1
     assert torch.equal(psi.step(x0, 1), 0.0 * x0)
+
+
+def test_a_once_differentiable_layer_is_refused_by_the_step_jacobian() -> None:
+    """TrainingMap.jvp took H v through a @once_differentiable tanh as zero: I - lr H read as
+    the identity, and the Lyapunov exponents as those of a map that never moves."""
+    from tests.curvature.test_hessian import _Activation
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 4), _Activation(True), nn.Linear(4, 1)).double()
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(8, 3, generator=g, dtype=torch.float64),
+             torch.randn(8, 1, generator=g, dtype=torch.float64))  # fmt: skip
+    phi = TrainingMap(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [batch], lr=0.5)
+    x0 = phi.initial_state()
+    phi.step(x0, 0)  # a first-order step is fine
+    with pytest.raises(SharpdimError, match=r"^the loss passes through _OnceDifferentiableTanh"):
+        phi.jvp(x0, 0, torch.eye(phi.state_dim, dtype=torch.float64)[:, :2])

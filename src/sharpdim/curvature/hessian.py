@@ -25,6 +25,7 @@ from sharpdim.checks import check_seed
 from sharpdim.curvature.batched_hvp import batch_columns, batched_hvp, saved_bytes
 from sharpdim.curvature.operator import LinearOperator, is_symmetric, max_asymmetry
 from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
+from sharpdim.curvature.second_order import refuse_once_differentiable
 from sharpdim.errors import NonFiniteCurvatureError, NonFiniteLossError, SharpdimError
 from sharpdim.module_modes import ModeScope
 from sharpdim.rng import forked_global_rng, peek_seed
@@ -393,6 +394,7 @@ class HessianOperator(LinearOperator):
             ModeScope(self.model, self.mode),
         ):
             loss = _differentiable_loss(self.model, self.loss_fn, self.batches[index])
+            refuse_once_differentiable(loss, "the loss")
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         return [grads[i] for i in live], live

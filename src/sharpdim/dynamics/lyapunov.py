@@ -40,6 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from sharpdim.checks import check_count, default_generator
+from sharpdim.curvature.second_order import refuse_once_differentiable
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.errors import SharpdimError
 
@@ -183,6 +184,7 @@ class FunctionMap:
             u = torch.zeros_like(y, requires_grad=True)
             vjp = None
             if y.requires_grad:
+                refuse_once_differentiable(y, "step_fn", _FORWARD_INSTEAD)
                 (vjp,) = torch.autograd.grad(y, leaf, u, create_graph=True, allow_unused=True)
             cols: list[torch.Tensor | None] = [None] * dx.shape[1]
             if vjp is not None and vjp.requires_grad:
@@ -195,6 +197,11 @@ class FunctionMap:
         out = [torch.zeros_like(y) if c is None else c for c in cols]
         return y, torch.stack(out, dim=1)
 
+
+_FORWARD_INSTEAD = (
+    "use jvp_mode='forward' (the Function then needs a jvp staticmethod) or make its backward "
+    "differentiable"
+)
 
 _NO_FORWARD_FUNCTION = (
     "must override the setup_context staticmethod",

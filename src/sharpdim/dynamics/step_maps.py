@@ -41,6 +41,7 @@ from torch import nn
 from sharpdim.checks import check_betas, check_count, check_number, check_seed
 from sharpdim.curvature.hessian import LossFn, Mode, checked_loss, math_attention
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
+from sharpdim.curvature.second_order import refuse_once_differentiable
 from sharpdim.dynamics.jacobian_spectra import OPTIMIZERS
 from sharpdim.errors import SharpdimError
 from sharpdim.module_modes import ModeScope
@@ -271,6 +272,8 @@ class TrainingMap:
                     "no_grad, or from detached outputs): return loss_fn(model, batch) with its "
                     "graph"
                 )
+            if create_graph:
+                refuse_once_differentiable(loss, "the loss")
             (grad,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
         return loss, grad, leaf
 
