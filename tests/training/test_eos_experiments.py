@@ -257,3 +257,20 @@ def test_the_sweeps_measure_the_sharpness_on_all_training_examples():
     assert [k["monitor"]["max_examples"] for k in keys] == [None, None, 50]
     old = {**keys[0], "monitor": {**keys[0]["monitor"], "max_examples": 5000}}
     assert config_key(old) != config_key(keys[0])
+
+
+def test_bad_window_options_and_an_infinite_threshold_are_one_line_errors() -> None:
+    """every='2' and late_fraction='0.3' raised TypeError from a comparison; a subnormal lr
+    gave threshold inf, which the store writes as null and reads back as NaN (ratio 0 became
+    NaN after a rerun)."""
+    setup = MLPSetup(n_train=10, width=2, depth=0)
+    with pytest.raises(SharpdimError, match=r"^every must be an integer >= 1, got '2'"):
+        progressive_sharpening([0.1], setup=setup, steps=2, every="2")
+    with pytest.raises(SharpdimError, match=r"^late_fraction must be a finite number > 0"):
+        optimizer_thresholds([("momentum", 0.1)], setup=setup, steps=2, late_fraction="0.3")
+    with pytest.raises(SharpdimError, match=r"^lr=9.99989e-321 puts the gd stability threshold"):
+        progressive_sharpening([1e-320], setup=setup, steps=2, every=1)
+    with pytest.raises(SharpdimError, match=r"^lr=1e-310 puts the adam stability threshold at inf"):
+        optimizer_thresholds([("adam", 1e-310)], setup=setup, steps=2, every=1)
+    run = progressive_sharpening([0.1], setup=setup, steps=2, every=1).runs[0]
+    assert run.threshold == 20.0

@@ -184,3 +184,12 @@ def test_box_counts_of_far_apart_points_are_exact(scale):
         assert result.box_counts == (200,) * 4 and result.box_dimension == 0.0
     else:
         assert result.status == "diverged"
+
+
+def test_no_points_and_an_integer_dtype_are_one_line_errors() -> None:
+    """An empty cloud raised 'cannot reshape tensor of 0 elements'; dtype=torch.int64 raised
+    NotImplementedError from torch.rand."""
+    with pytest.raises(SharpdimError, match=r"^points must be a non-empty \(N, D\) tensor, got"):
+        box_counting_dimension(torch.zeros(0, 2), (0.1, 0.2))
+    with pytest.raises(SharpdimError, match=r"^dtype must be a floating dtype, got torch.int64"):
+        fractal_attractor(10, steps=2, dtype=torch.int64)

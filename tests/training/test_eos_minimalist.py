@@ -192,3 +192,19 @@ def test_ratio_stats_median_of_an_even_count_is_the_mean_of_the_middle_two():
     summary = summarize_minimalist(minimalist_sweep([0.05], steps=10, late=2))
     even = dataclasses.replace(summary, eos_ratios=(0.97, 0.99, 0.98, 0.995))
     assert even.ratio_stats() == {"min": 0.97, "median": pytest.approx(0.985), "max": 0.995}
+
+
+def test_sweep_classification_options_are_checked() -> None:
+    """blowup=-1 reported every run diverged at step 1, blowup=nan switched the check off,
+    max_period=0 and period_tol=-1 switched period detection off, period_tol='x' raised
+    TypeError."""
+    bad = [
+        ({"blowup": -1}, r"^blowup must be a finite number > 0, got -1"),
+        ({"blowup": math.nan}, r"^blowup must be a finite number > 0, got nan"),
+        ({"max_period": 0}, r"^max_period must be an integer >= 1, got 0"),
+        ({"period_tol": -1}, r"^period_tol must be a finite number >= 0, got -1"),
+        ({"period_tol": "x"}, r"^period_tol must be a finite number >= 0, got 'x'"),
+    ]
+    for options, message in bad:
+        with pytest.raises(SharpdimError, match=message):
+            minimalist_sweep([0.05, 0.3], steps=20, late=5, **options)

@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
-from sharpdim.checks import check_number, check_numbers
+from sharpdim.checks import check_count, check_number, check_numbers
 from sharpdim.errors import SharpdimError
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.eos_setup import MLPSetup
 from sharpdim.training.loop import TrainConfig, train
 from sharpdim.training.monitor import EoSMonitor
-from sharpdim.training.optimizers import ADAPTIVE
+from sharpdim.training.optimizers import ADAPTIVE, stability_threshold
 
 # progress(run_index, step, total_steps)
 Progress = Callable[[int, int, int], None]
@@ -233,7 +233,10 @@ def _for_run(progress: Progress | None, index: int) -> Callable[[int, int], None
 
 
 def _check_common(steps: int, every: int, late_fraction: float) -> None:
-    if steps < 1 or every < 1 or not 0 < late_fraction <= 1:
+    steps = check_count(steps, "steps", hint="e.g. 1000")
+    every = check_count(every, "every", hint="e.g. 10")
+    late_fraction = check_number(late_fraction, "late_fraction", "> 0", "0.3")
+    if not late_fraction <= 1:
         raise SharpdimError(
             f"steps={steps}, every={every}, late_fraction={late_fraction}: need steps >= 1, "
             "every >= 1 and 0 < late_fraction <= 1"
@@ -307,6 +310,14 @@ def _monitored_runs(
             keep_snapshots=False,
             **hyper,
         )
+        threshold = stability_threshold(
+            name, config.lr, **{k: v for k, v in hyper.items() if v is not None}
+        )
+        if not math.isfinite(threshold):  # (stored as null, it would read back as NaN)
+            raise SharpdimError(
+                f"lr={config.lr:g} puts the {name} stability threshold at {threshold}: pass a "
+                "step size whose threshold is a finite number, e.g. 1e-3"
+            )
 
         def train(config: TrainConfig = config, index: int = i) -> EoSRun:
             if not data:

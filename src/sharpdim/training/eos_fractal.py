@@ -216,6 +216,11 @@ def box_counting_dimension(
     """Least-squares slope of ``log N(s)`` against ``log(1/s)``; ``N(s)`` = occupied boxes of side s
     (NaN with a single side). Non-finite coordinates all share one cell (of their column)."""
     sizes = _check_box_sizes(sizes)
+    if not isinstance(points, torch.Tensor) or points.ndim == 0 or points.shape[0] == 0:
+        shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+        raise SharpdimError(
+            f"points must be a non-empty (N, D) tensor, got {shape}: pass the final iterates"
+        )
     counts = []
     points = points.to(torch.float64).reshape(points.shape[0], -1)  # (rows of a 1-D input)
     finite = torch.isfinite(points)
@@ -268,6 +273,8 @@ def fractal_attractor(
     )
     frequency = check_number(frequency, "frequency", "any", "4.0")
     box_sizes = _check_box_sizes(box_sizes)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise SharpdimError(f"dtype must be a floating dtype, got {dtype}: pass torch.float64")
     if not math.isfinite(amplitude * frequency * frequency):
         raise SharpdimError(
             f"amplitude={amplitude}, frequency={frequency}: the central sharpness needs a "

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.checks import check_count, check_numbers
+from sharpdim.checks import check_count, check_number, check_numbers
 from sharpdim.errors import SharpdimError
 
 PAPER_INIT: tuple[float, ...] = (2.0, 0.3, 2.0, 0.3)
@@ -213,6 +213,9 @@ def minimalist_sweep(
     steps = check_count(steps, "steps")
     late = check_count(late, "late")
     trace_every = check_count(trace_every, "trace_every")
+    max_period = check_count(max_period, "max_period", hint="e.g. 64")
+    period_tol = check_number(period_tol, "period_tol", ">= 0", "1e-7")
+    blowup = check_number(blowup, "blowup", "> 0", "1e6")
     if lr.numel() == 0 or not bool((lr > 0).all()) or not bool(torch.isfinite(lr).all()):
         raise SharpdimError("lrs must be a non-empty list of positive step sizes: e.g. 0.1 0.3")
     start = check_numbers(init, "init", "any", "(1.0, 0.5)")
