@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 
 import pytest
@@ -760,3 +761,97 @@ def test_a_resume_on_relabelled_examples_is_refused(digits, tmp_path):
     assert torch.equal(flat(whole), flat(resumed)) and "rows" not in state["loop"]["data"]
     with pytest.raises(SharpdimError, match="was written on another training set"):
         train(small_mlp(), digits.subset(n - 1), resume, resume_from=tmp_path / "old.pt")
+
+
+def _scalar_problem():
+    """GD on ``0.5 w^2`` from ``w = 1`` at lr 11: ``L_s = 0.5 * 100^s``; with
+    ``divergence_threshold=1e4`` the run diverges at step 3 (``L_3 = 5e5``)."""
+    from sharpdim.training.datasets import Dataset
+
+    def model():
+        net = torch.nn.Linear(1, 1, bias=False, dtype=torch.float64)
+        with torch.no_grad():
+            net.weight.fill_(1.0)
+        return net
+
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    return model, Dataset("scalar", x, y, x[:0], y[:0], 0)
+
+
+@pytest.mark.parametrize("legacy_inf", [False, True])
+def test_a_checkpoint_written_after_resuming_a_model_only_one_keeps_the_limit(tmp_path, legacy_inf):
+    """Resuming a checkpoint without loop state (save_checkpoint) left the divergence limit
+    inf until that step's loss was seen, and the checkpoint of that step stored the inf: a
+    run resumed from it never diverged by its loss again (ok, L_5 = 5e9, instead of
+    diverged at 3 under divergence_threshold=1e4). Such files are now repaired on reading."""
+    from sharpdim.training.checkpoint import read_checkpoint, save_checkpoint
+
+    model, data = _scalar_problem()
+    config = TrainConfig(lr=11.0, steps=5, divergence_threshold=1e4)
+    first = model()
+    optimizer = config.make_optimizer(list(first.parameters()))
+    train(first, data, replace(config, steps=1), optimizer=optimizer)
+    save_checkpoint(tmp_path / "own", 1, first, optimizer)  # (no loop state)
+    again = replace(config, checkpoint_steps=(1,), checkpoint_dir=str(tmp_path / "again"))
+    resumed = train(model(), data, again, resume_from=checkpoint_path(tmp_path / "own", 1))
+    assert (resumed.status, resumed.diverged_at) == ("diverged", 3)
+    written = checkpoint_path(tmp_path / "again", 1)
+    limit = read_checkpoint(written)["loop"]["limit"]
+    if legacy_inf:  # a file of an earlier version: the unknown limit stored as inf
+        state = read_checkpoint(written)
+        state["loop"]["limit"] = math.inf
+        written = tmp_path / "legacy.pt"
+        torch.save(state, written)  # (no sha256: edited by hand)
+    twice = train(model(), data, config, resume_from=written)
+    assert (twice.status, twice.diverged_at, twice.steps_completed) == ("diverged", 3, 3)
+    assert twice.history == ((1, 50.0), (2, 5000.0))
+    assert math.isnan(limit)  # recorded as unknown, not as inf
+
+
+def test_an_inf_limit_is_kept_where_the_config_sets_no_bound(tmp_path):
+    """With divergence_factor=inf and no threshold the limit is inf for real: kept on resuming
+    (only the loss L_5 = 5e9 after the last update is tested, and passes)."""
+    model, data = _scalar_problem()
+    config = TrainConfig(lr=11.0, steps=5, divergence_factor=math.inf)
+    run = train(model(), data, replace(config, checkpoint_steps=(2,), checkpoint_dir=str(tmp_path)))
+    resumed = train(model(), data, config, resume_from=run.checkpoint_paths[2])
+    assert (run.status, resumed.status, resumed.final_train_loss) == ("ok", "ok", 5e9)
+
+
+def test_a_custom_loss_that_is_no_scalar_with_a_graph_is_a_one_line_error(digits):
+    """A vector loss raised ValueError, a Python float AttributeError, a detached or integer
+    loss a RuntimeError from backward, deep in the loop; a NaN loss with a graph stays a
+    recorded divergence."""
+    bad = [
+        (lambda m, b: (m(b[0]) ** 2).mean(1), "a scalar tensor, got shape (200,)"),
+        (lambda m, b: 1.0, "a scalar tensor, got float"),
+        (lambda m, b: torch.tensor(3), "a real floating-point scalar, got dtype torch.int64"),
+        (lambda m, b: mse_loss(m, b).detach(), "returned a loss without a gradient graph"),
+    ]
+    for loss_fn, message in bad:
+        with pytest.raises(SharpdimError, match=r"^loss_fn ") as err:
+            train(small_mlp(), digits, TrainConfig(steps=2), loss_fn=loss_fn)
+        assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SharpdimError, match=r"^loss_fn must return a scalar tensor, got shape"):
+        train(small_mlp(), digits, TrainConfig(steps=0), loss_fn=bad[0][0])  # (evaluation)
+    nan = train(
+        small_mlp(), digits, TrainConfig(steps=3), loss_fn=lambda m, b: mse_loss(m, b) * math.nan
+    )
+    assert (nan.status, nan.diverged_at, nan.steps_completed) == ("diverged", 0, 0)
+    shaped = train(
+        small_mlp(), digits, TrainConfig(steps=3), loss_fn=lambda m, b: mse_loss(m, b)[None]
+    )  # one element of shape (1,): used as the scalar it is
+    plain = train(small_mlp(), digits, TrainConfig(steps=3))
+    assert shaped.history == plain.history
+
+
+def test_an_optimizer_name_or_a_number_as_resume_from_is_a_one_line_error(digits):
+    """optimizer='sgd' raised AttributeError ('str' has no zero_grad), resume_from=3 a
+    TypeError from pathlib."""
+    config = TrainConfig(steps=1)
+    with pytest.raises(
+        SharpdimError, match=r"^optimizer must be None or a torch.optim.Optimizer .*, got str$"
+    ):
+        train(small_mlp(), digits, config, optimizer="sgd")
+    with pytest.raises(SharpdimError, match=r"^resume_from must be None or the path .*, got int$"):
+        train(small_mlp(), digits, config, resume_from=3)

@@ -238,3 +238,50 @@ def test_the_token_check_leaves_vmap_per_example_gradients_working():
     for i in range(5):  # each equals the gradient of that example alone
         alone = grad(loss)(params, tokens[i], labels[i])
         torch.testing.assert_close(per_example["head.weight"][i], alone["head.weight"])
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: DeepScalarLinear(2.0), r"^init must be a list of numbers, got 2.0"),
+        (lambda: DeepScalarLinear(("a",)), r"^each of init must be a finite number, got 'a'"),
+        (lambda: DeepScalarLinear(()), r"^DeepScalarLinear needs at least one factor"),
+        (
+            lambda: DeepScalarLinear(dtype=torch.int64),
+            r"^dtype must be a floating torch dtype, got torch.int64",
+        ),
+        (
+            lambda: DeepScalarLinear().set_parameters(1.0),
+            r"^values must be a list of numbers, got 1.0",
+        ),
+        (
+            lambda: build_mlp(4, 2, generator=3),
+            r"^generator must be a torch.Generator, got int: pass torch.Generator\(\)",
+        ),
+    ],
+)
+def test_bad_factors_dtypes_and_generators_are_one_line_errors(build, message) -> None:
+    """Were TypeError (DeepScalarLinear(2.0), set_parameters(1.0), generator=3), ValueError
+    (a factor 'a') and RuntimeError (an int64 parameter) tracebacks."""
+    with pytest.raises(SharpdimError, match=message):
+        build()
+
+
+def test_empty_bool_and_uint8_tokens_are_refused_by_the_transformer() -> None:
+    """T = 0 raised an IndexError (logits[:, -1]), bool and uint8 tokens the embedding's
+    RuntimeError; int32 and int64 tokens give the same logits."""
+    model = build_transformer(5, seq_len=3, d_model=8, num_heads=2, dtype=torch.float64)
+    for tokens in (
+        torch.zeros(2, 0, dtype=torch.int64),
+        torch.zeros(2, 3, dtype=torch.bool),
+        torch.zeros(2, 3, dtype=torch.uint8),
+    ):
+        shape = rf"\({tokens.shape[0]}, {tokens.shape[1]}\)"
+        with pytest.raises(
+            SharpdimError,
+            match=rf"^transformer input must be integer tokens of shape \(n, T<=3\), got "
+            rf"{tokens.dtype} {shape}: pass int64 \(or int32\) tokens with 1 <= T <= 3",
+        ):
+            model(tokens)
+    tokens = torch.tensor([[1, 2, 4], [0, 3, 4]])
+    assert torch.equal(model(tokens), model(tokens.int()))

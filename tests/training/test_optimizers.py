@@ -263,3 +263,47 @@ def test_groups_that_differ_in_a_threshold_setting_are_refused(name, key, value)
     match = "beta1" if key == "betas" else key
     with pytest.raises(SharpdimError, match=rf"^the optimizer's param groups differ in {match}"):
         optimizer_stability_threshold(opt)
+
+
+def test_settings_that_are_not_numbers_and_params_that_are_not_parameters_are_refused():
+    """lr='0.1' (make_optimizer, stability_threshold) and momentum='0.9' raised TypeErrors
+    from a comparison, params=None a TypeError from list(); a 0-dim tensor lr gave a tensor
+    threshold."""
+    params = [nn.Parameter(W0)]
+    bad = [
+        (lambda: make_optimizer("sgd", params, lr="0.1"), "lr must be a finite number, got '0.1'"),
+        (lambda: stability_threshold("gd", "0.1"), "lr must be a finite number, got '0.1'"),
+        (lambda: stability_threshold("gd", True), "lr must be a finite number, got True"),
+        (
+            lambda: stability_threshold("momentum", 0.1, momentum="0.9"),
+            "momentum must be a finite number, got '0.9': pass e.g. 0.9",
+        ),
+        (
+            lambda: make_optimizer("adam", params, lr=0.1, eps=None),
+            "eps must be a finite number, got None",
+        ),
+        (
+            lambda: make_optimizer("sgd", params, lr=0.1, weight_decay="0"),
+            "weight_decay must be a finite number, got '0'",
+        ),
+        (
+            lambda: make_optimizer("sgd", None, lr=0.1),
+            "params must be an iterable of parameters, got NoneType: pass e.g. model.parameters()",
+        ),
+        (
+            lambda: make_optimizer("sgd", [], lr=0.1),
+            "params must hold parameters (tensors or param-group dicts), got nothing",
+        ),
+        (
+            lambda: make_optimizer("sgd", [None], lr=0.1),
+            "params must hold parameters (tensors or param-group dicts), got NoneType",
+        ),
+    ]
+    for call, message in bad:
+        with pytest.raises(SharpdimError) as err:
+            call()
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    threshold = stability_threshold("gd", torch.tensor(0.5, dtype=torch.float64))
+    assert type(threshold) is float and threshold == 4.0
+    # momentum is not looked at where it is not used (documented as ignored)
+    assert stability_threshold("gd", 0.5, momentum=None) == 4.0

@@ -275,3 +275,63 @@ def test_capture_forward_counts_are_checked_in_one_line() -> None:
         with pytest.raises(SharpdimError) as err:
             capture_forward(model, data, w0, lr=0.1, **kwargs)
         assert str(err.value).startswith(message)
+
+
+def test_capture_backward_of_a_run_diverged_at_step_0_returns_an_empty_trajectory() -> None:
+    """Nothing was recorded, and finish() raised 'no iterate was recorded' instead of handing
+    back the diverged result: a divergence at step 0 crashed a sweep."""
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    x, y = torch.eye(2, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    data = Dataset("quadratic", x, y, x, y, 0)  # L_0 = 0.5 > divergence_threshold
+    config = TrainConfig(lr=0.1, steps=5, divergence_threshold=1e-3)
+    result, traj = capture_backward(model, data, config, 3)
+    assert (result.status, result.diverged_at, result.steps_completed) == ("diverged", 0, 0)
+    assert traj.points.shape == (0, 2) and traj.points.dtype == torch.float64
+    assert traj.to_dict() == {
+        "num_points": 0,
+        "dim": 2,
+        "steps": [],
+        "losses": [],
+        "path": None,
+        "kind": "backward",
+        "diverged_at": None,
+    }
+    # diverged later: the iterates before the divergence, no final point
+    result, traj = capture_backward(
+        model, data, TrainConfig(lr=40.0, steps=9, divergence_threshold=1e5), 4
+    )
+    assert (result.status, result.diverged_at) == ("diverged", 3)  # L_s = 0.5 * 19^(2s)
+    assert traj.steps.tolist() == [0, 1, 2]
+
+
+def test_capture_forward_checks_batch_size_w_star_and_dataset_in_one_line() -> None:
+    """batch_size=2.5 or '8' raised a TypeError and True ran with batches of 1; w_star as a
+    list and a dataset given as (x, y) raised AttributeErrors."""
+    from sharpdim.training.trajectory import fresh_batches
+
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    x, y = torch.eye(2, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    data = Dataset("quadratic", x, y, x, y, 0)
+    w0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    size = "batch_size must be an integer >= 1, got {}: pass a positive size or None"
+    bad: list[tuple[dict, str]] = [
+        ({"batch_size": 2.5}, size.format("2.5")),
+        ({"batch_size": "8"}, size.format("'8'")),
+        ({"batch_size": True}, size.format("True")),
+        ({"w_star": [1.0, 0.0]}, "w_star must be a real tensor of flat parameters, got list:"),
+        ({"w_star": torch.ones(2, dtype=torch.bool)}, "w_star must be a real tensor of flat "),
+        ({"dataset": (x, y)}, "dataset must be a Dataset, got tuple: pass e.g. load_dataset("),
+    ]
+    for kwargs, message in bad:
+        options = {"dataset": data, "w_star": w0, **kwargs}
+        with pytest.raises(SharpdimError) as err:
+            capture_forward(model, num_steps=2, lr=0.1, **options)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(SharpdimError, match=r"^batch_size must be an integer >= 1, got 1.5"):
+        fresh_batches(data, 1.5, 2, gen)
+    with pytest.raises(SharpdimError, match=r"^dataset must be a Dataset, got tuple"):
+        fresh_batches((x, y), None, 2, gen)
+    assert fresh_batches(data, 2.0, 2, gen)(0)[0].shape == (2, 2)  # a whole float is a size

@@ -52,6 +52,7 @@ from sharpdim.training.loop_state import (
     check_same_data,
     check_same_run,
     data_fingerprint,
+    resumed_limit,
     run_fields,
 )
 from sharpdim.training.losses import LossFn, evaluate, get_loss
@@ -265,7 +266,14 @@ def _evaluation(step: int, model: nn.Module, loss_fn: LossFn, dataset: Dataset) 
 
 
 def _check_train_arguments(
-    model: Any, dataset: Any, config: Any, monitor: Any, callbacks: Any, loss_fn: Any
+    model: Any,
+    dataset: Any,
+    config: Any,
+    monitor: Any,
+    callbacks: Any,
+    loss_fn: Any,
+    optimizer: Any,
+    resume_from: Any,
 ) -> None:
     """One-line errors for arguments of :func:`train` of the wrong kind (they failed deep in
     the loop with an AttributeError or TypeError)."""
@@ -299,6 +307,19 @@ def _check_train_arguments(
             loss_fn,
             "a loss name ('ce', 'mse') or a function (model, batch) -> scalar",
         ),
+        (
+            optimizer is None or isinstance(optimizer, torch.optim.Optimizer),
+            "optimizer",
+            optimizer,
+            "None or a torch.optim.Optimizer over the model's parameters (a name such as "
+            "'sgd' goes in TrainConfig(optimizer=...))",
+        ),
+        (
+            resume_from is None or isinstance(resume_from, (str, PathLike)),
+            "resume_from",
+            resume_from,
+            "None or the path of a checkpoint file, e.g. checkpoint_path(folder, 100)",
+        ),
     ]
     for ok, name, value, what in kinds:
         if not ok:
@@ -306,6 +327,37 @@ def _check_train_arguments(
     if dataset.num_train == 0 and config.steps > 0:
         raise SharpdimError(
             "the dataset has no training examples: pass a dataset with n_train >= 1"
+        )
+
+
+def _checked_loss_fn(loss_fn: Callable[..., Any]) -> LossFn:
+    """``loss_fn`` with its value checked to be a one-element floating tensor (as
+    ``curvature.hessian.checked_loss`` checks a loss, except that a non-finite value passes:
+    in the loop it is a divergence, a recorded outcome)."""
+
+    def checked(model: nn.Module, batch: Any) -> torch.Tensor:
+        loss = loss_fn(model, batch)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else None
+            raise SharpdimError(
+                f"loss_fn must return a scalar tensor, got {got or type(loss).__name__}: "
+                "reduce it, e.g. with .mean()"
+            )
+        if not loss.is_floating_point():
+            raise SharpdimError(
+                f"loss_fn must return a real floating-point scalar, got dtype {loss.dtype}: "
+                "compute the loss from the model's floating outputs"
+            )
+        return loss.reshape(())
+
+    return checked
+
+
+def _check_graph(loss: torch.Tensor) -> None:
+    if not loss.requires_grad:
+        raise SharpdimError(
+            "loss_fn returned a loss without a gradient graph: do not compute it under "
+            "torch.no_grad() or .detach() it, and make it depend on the parameters"
         )
 
 
@@ -353,8 +405,9 @@ def train(
             ``loop_state``) replay the batch order from ``config.seed``; dropout then
             restarts from the seed, and the divergence limit is set from the loss at the
             checkpoint's step instead of step 0 (so such a run may diverge later than the
-            uninterrupted one). A refused checkpoint leaves the model and optimizer as they
-            were.
+            uninterrupted one); a checkpoint the resumed run writes at that step records the
+            limit as unknown (NaN), so a run resumed from it sets it the same way. A refused
+            checkpoint leaves the model and optimizer as they were.
 
     Returns:
         A :class:`TrainResult`; divergence is reported in it, never raised. Each step's batch
@@ -362,12 +415,16 @@ def train(
         (for SGD the in-loop test is on the minibatch loss, this one on the full set).
     """
     start = time.perf_counter()
-    _check_train_arguments(model, dataset, config, monitor, callbacks, loss_fn)
+    _check_train_arguments(
+        model, dataset, config, monitor, callbacks, loss_fn, optimizer, resume_from
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise SharpdimError("the model has no trainable parameters: nothing to train")
     if loss_fn is None or isinstance(loss_fn, str):
         loss_fn = get_loss(config.loss if loss_fn is None else loss_fn)
+    else:  # (a vector, a float or a detached loss failed deep in the loop)
+        loss_fn = _checked_loss_fn(loss_fn)
     dataset = dataset.to(dtype=params[0].dtype, device=params[0].device)
     if optimizer is None and config.lr > torch.finfo(params[0].dtype).max:
         raise SharpdimError(
@@ -426,7 +483,8 @@ def train(
             snapshots[step] = get_flat_params(params).cpu()
 
     status, diverged_at, step = "ok", None, first
-    limit = math.inf if loop_state is None else float(loop_state["limit"])
+    # NaN until the loss it comes from is seen (a checkpoint at this step records it so)
+    limit = resumed_limit(loop_state, config)
     bar = _progress_bar(config.steps - first) if progress else None
     # the global CPU generator and that of the model's CUDA device, seeded and restored after;
     # every submodule's train/eval flag restored after the run (it runs in training mode)
@@ -449,8 +507,9 @@ def train(
                 batch = next(stream)
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model, batch)
+                _check_graph(loss)
                 value = float(loss.detach())
-                if step == 0 or (step == first and loop_state is None):
+                if step == 0 or math.isnan(limit):
                     limit = config.divergence_factor * max(abs(value), 1.0)
                     if config.divergence_threshold is not None:
                         limit = min(limit, config.divergence_threshold)

@@ -3,11 +3,13 @@
 :class:`BatchStream` is the loop's sequence of batches (the full batch forever, or seeded
 permutations epoch after epoch) with a state to save and restore; :func:`run_fields` are the
 config fields that shape the trajectory, which a resumed run must share
-(:func:`check_same_run`).
+(:func:`check_same_run`); :func:`resumed_limit` is the divergence limit a resumed run starts
+with.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
@@ -111,6 +113,24 @@ def check_same_run(saved: Mapping[str, Any], config: TrainConfig, path: str | Pa
             f"{path} was written with {', '.join(differ)}: resume with the configuration of "
             "the interrupted run"
         )
+
+
+def resumed_limit(loop_state: Mapping[str, Any] | None, config: TrainConfig) -> float:
+    """The divergence limit a run resumed from a checkpoint with ``loop_state`` starts with;
+    NaN when it is not known yet (it is then set from the loss at the checkpoint's step).
+
+    Unknown: a checkpoint without loop state, one that holds NaN (written at its run's first
+    step, before that step's loss was seen), or one that holds ``inf`` under a config that
+    bounds the loss (a ``divergence_threshold`` or a finite ``divergence_factor``): earlier
+    versions wrote the unknown limit as ``inf``, and a run resumed from such a file never
+    diverged by its loss again. (An ``inf`` that is real under such a config, a step-0 loss
+    above ``float max / divergence_factor``, is then also set from the checkpoint's step.)
+    """
+    if loop_state is None:
+        return math.nan
+    limit = float(loop_state["limit"])
+    bounded = config.divergence_threshold is not None or math.isfinite(config.divergence_factor)
+    return math.nan if limit == math.inf and bounded else limit
 
 
 def data_fingerprint(dataset: Dataset, *, sampled: bool = False) -> dict[str, Any]:

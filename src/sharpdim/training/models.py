@@ -19,7 +19,7 @@ from typing import TypeVar, final
 import torch
 from torch import nn
 
-from sharpdim.checks import check_count, check_seed
+from sharpdim.checks import check_count, check_numbers, check_seed, default_generator
 from sharpdim.errors import SharpdimError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -35,8 +35,8 @@ def _check_float_dtype(dtype: torch.dtype) -> None:
 
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
-    if generator is not None:
-        return generator
+    if generator is not None:  # (a CPU torch.Generator: the draws are made on the CPU)
+        return default_generator(generator)
     return torch.Generator().manual_seed(0 if seed is None else check_seed(seed))
 
 
@@ -228,11 +228,23 @@ class DecoderTransformer(nn.Module):
             )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.ndim != 2 or tokens.shape[1] > self.seq_len or tokens.is_floating_point():
+        # int64 or int32 only: the embedding refuses bool and uint8 indices; T >= 1: the last
+        # position's logits of an empty sequence raised an IndexError
+        if (
+            not isinstance(tokens, torch.Tensor)
+            or tokens.ndim != 2
+            or not 1 <= tokens.shape[1] <= self.seq_len
+            or tokens.dtype not in (torch.int64, torch.int32)
+        ):
+            got = (
+                f"{tokens.dtype} {tuple(tokens.shape)}"
+                if isinstance(tokens, torch.Tensor)
+                else type(tokens).__name__
+            )
             raise SharpdimError(
                 f"transformer input must be integer tokens of shape (n, T<={self.seq_len}), got "
-                f"{tokens.dtype} {tuple(tokens.shape)}: use encoding='tokens' for modular "
-                "arithmetic"
+                f"{got}: pass int64 (or int32) tokens with 1 <= T <= {self.seq_len}, e.g. "
+                "encoding='tokens' for modular arithmetic"
             )
         self._check_tokens(tokens)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
@@ -313,20 +325,23 @@ class DeepScalarLinear(nn.Module):
         dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
-        if len(init) < 1:
+        _check_float_dtype(dtype)
+        factors = check_numbers(init, "init", "any", "(2, 0.3, 2, 0.3)", allow_empty=True)
+        if len(factors) < 1:
             raise SharpdimError(
                 "DeepScalarLinear needs at least one factor: pass e.g. (2, 0.3, 2, 0.3)"
             )
-        self.theta = nn.Parameter(torch.tensor([float(v) for v in init], dtype=dtype))
+        self.theta = nn.Parameter(torch.tensor(factors, dtype=dtype))
 
     @torch.no_grad()
     def set_parameters(self, values: Sequence[float]) -> None:
-        """Set ``theta`` in place (same number of factors)."""
-        if len(values) != self.theta.numel():
+        """Set ``theta`` in place (same number of factors, each a finite number)."""
+        factors = check_numbers(values, "values", "any", "(1.0, 2.0, 0.5, 1.0)", allow_empty=True)
+        if len(factors) != self.theta.numel():
             raise SharpdimError(
-                f"got {len(values)} values for {self.theta.numel()} factors: pass one per factor"
+                f"got {len(factors)} values for {self.theta.numel()} factors: pass one per factor"
             )
-        self.theta.copy_(torch.tensor([float(v) for v in values], dtype=self.theta.dtype))
+        self.theta.copy_(torch.tensor(factors, dtype=self.theta.dtype))
 
     def product(self) -> torch.Tensor:
         """``x * y * z * w``."""

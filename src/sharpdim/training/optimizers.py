@@ -25,12 +25,13 @@ may differ.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
-from sharpdim.checks import check_betas
+from sharpdim.checks import check_betas, check_number, plain_scalar
 from sharpdim.errors import SharpdimError
 
 OPTIMIZERS = ("gd", "sgd", "momentum", "heavy_ball", "nesterov", "adam", "adamw")
@@ -46,9 +47,20 @@ def check_optimizer_options(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
 ) -> None:
-    """Raise a :class:`SharpdimError` for hyperparameters ``torch.optim`` would reject."""
-    if name not in OPTIMIZERS:
+    """Raise a :class:`SharpdimError` for hyperparameters ``torch.optim`` would reject.
+
+    Each setting the optimizer uses must be a real number (a 0-dim tensor or numpy scalar of
+    one too; text, ``None`` and bools are refused); ``momentum`` is looked at for the
+    momentum optimizers only, ``betas`` and ``eps`` for Adam/AdamW only.
+    """
+    if not isinstance(name, str) or name not in OPTIMIZERS:
         raise SharpdimError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+    lr = _real(lr, "lr", "0.01")
+    weight_decay = _real(weight_decay, "weight_decay", "0 or 1e-4")
+    if name in ("momentum", "heavy_ball", "nesterov"):
+        momentum = _real(momentum, "momentum", "0.9")
+    if name in ADAPTIVE:
+        eps = _real(eps, "eps", "1e-8")
     if not (lr > 0 and math.isfinite(lr)):
         raise SharpdimError(f"learning rate {lr} must be a finite number > 0: pass a positive lr")
     if name in ("momentum", "heavy_ball") and not 0 <= momentum < 1:
@@ -63,6 +75,18 @@ def check_optimizer_options(
         raise SharpdimError(f"eps {eps} must be >= 0: e.g. 1e-8")
     if not weight_decay >= 0:
         raise SharpdimError(f"weight_decay {weight_decay} must be >= 0: e.g. 0 or 1e-4")
+
+
+def _real(value: Any, name: str, example: str) -> float:
+    """``value`` as a Python number for the range checks of :func:`check_optimizer_options`
+    (which word a non-finite or out-of-range one); anything but a real number is refused."""
+    value = plain_scalar(value)
+    try:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+    except OverflowError:  # (an int beyond float's range)
+        pass
+    return check_number(value, name, "any", example)  # (here it raises, in one line)
 
 
 def make_optimizer(
@@ -89,7 +113,7 @@ def make_optimizer(
         weight_decay: L2 coefficient (decoupled for AdamW).
     """
     check_optimizer_options(name, lr, momentum, betas, eps=eps, weight_decay=weight_decay)
-    params = list(params)
+    params = _parameter_list(params)
     if name in ("gd", "sgd"):
         return torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay)
     if name in ("momentum", "heavy_ball", "nesterov"):
@@ -99,6 +123,25 @@ def make_optimizer(
     beta_pair = (float(betas[0]), float(betas[1]))
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     return cls(params, lr=lr, betas=beta_pair, eps=eps, weight_decay=weight_decay)
+
+
+def _parameter_list(params: Any) -> list[Any]:
+    """``params`` (``model.parameters()``, a list of tensors or of param-group dicts) as a
+    list; anything else, and an empty one, is refused in one line (torch raised a TypeError
+    or ValueError)."""
+    if isinstance(params, (torch.Tensor, str, bytes, dict)) or not isinstance(params, Iterable):
+        raise SharpdimError(
+            f"params must be an iterable of parameters, got {type(params).__name__}: pass "
+            "e.g. model.parameters()"
+        )
+    params = list(params)
+    if not params or not all(isinstance(p, (torch.Tensor, dict)) for p in params):
+        got = "nothing" if not params else ", ".join(sorted({type(p).__name__ for p in params}))
+        raise SharpdimError(
+            f"params must hold parameters (tensors or param-group dicts), got {got}: pass "
+            "e.g. model.parameters()"
+        )
+    return params
 
 
 def stability_threshold(
@@ -118,8 +161,11 @@ def stability_threshold(
         (200.0, 380.0)
     """
     check_optimizer_options(name, lr, momentum, betas)
+    lr = _real(lr, "lr", "0.01")  # (plain floats: a 0-dim tensor lr gave a tensor threshold)
     if name in ("gd", "sgd"):
         return 2.0 / lr
+    if name in ("momentum", "heavy_ball", "nesterov"):
+        momentum = _real(momentum, "momentum", "0.9")
     if name in ("momentum", "heavy_ball"):
         return (2.0 + 2.0 * momentum) / lr
     if name == "nesterov":

@@ -231,15 +231,28 @@ def capture_backward(
 
     Returns:
         ``(train result, trajectory)``; with ``include_final`` the parameters after the last
-        update are the trajectory's last point (step ``steps_completed``).
+        update are the trajectory's last point (step ``steps_completed``). A diverged run's
+        trajectory ends at the last iterate before the one that diverged (no final point);
+        one that diverged at step 0 gives an empty trajectory (``points`` of shape ``(0, d)``
+        in the parameters' dtype, no steps), so its divergence stays a recorded outcome.
     """
     recorder = IterateRecorder(
         num_iterates, every=every, max_memory_bytes=max_memory_bytes, spill_dir=spill_dir
     )
     result = train(model, dataset, config, callbacks=[recorder], progress=progress)
+    params = trainable_parameters(model)
+    if result.diverged and recorder.count == 0:  # (diverged at step 0: nothing recorded)
+        dim = sum(p.numel() for p in params)
+        return result, Trajectory(
+            torch.empty(0, dim, dtype=params[0].dtype),
+            torch.zeros(0, dtype=torch.int64),
+            torch.zeros(0, dtype=torch.float64),
+            None,
+            "backward",
+        )
     final = None
     if include_final and result.status == "ok":
-        final = (result.steps_completed, get_flat_params(trainable_parameters(model)))
+        final = (result.steps_completed, get_flat_params(params))
     return result, recorder.finish(final)
 
 
@@ -250,10 +263,12 @@ def fresh_batches(
 
     The indices are drawn up front, so the same ``t`` always gives the same batch.
     """
+    _check_dataset(dataset)
     n = dataset.num_train
     if batch_size is None:
         full = dataset.train_batch()
         return lambda t: full
+    batch_size = check_count(batch_size, "batch_size", hint="a positive size or None")
     if not 1 <= batch_size <= n:
         raise SharpdimError(f"batch_size={batch_size} is not in [1, {n}]: choose one in that range")
     idx = torch.stack(
@@ -261,6 +276,15 @@ def fresh_batches(
     )
     x, y = dataset.x_train, dataset.y_train
     return lambda t: (x[idx[t % num_steps]], y[idx[t % num_steps]])
+
+
+def _check_dataset(dataset: Any) -> None:
+    if not isinstance(dataset, Dataset):
+        raise SharpdimError(
+            f"dataset must be a Dataset, got {type(dataset).__name__}: pass e.g. "
+            "load_dataset('digits'), or Dataset(name, x_train, y_train, x_test, y_test, "
+            "num_classes) for your own tensors"
+        )
 
 
 def capture_forward(
@@ -296,6 +320,13 @@ def capture_forward(
     """
     num_steps = check_count(num_steps, "num_steps", 0, "e.g. 100")
     every = check_count(every, "every", hint="e.g. 1")
+    _check_dataset(dataset)
+    if not isinstance(w_star, torch.Tensor) or w_star.is_complex() or w_star.dtype == torch.bool:
+        got = w_star.dtype if isinstance(w_star, torch.Tensor) else type(w_star).__name__
+        raise SharpdimError(
+            f"w_star must be a real tensor of flat parameters, got {got}: pass e.g. "
+            "get_flat_params(trainable_parameters(model)) or a trajectory's point"
+        )
     params = trainable_parameters(model)
     data = dataset.to(dtype=params[0].dtype, device=params[0].device)
     gen = default_generator(generator)
