@@ -49,6 +49,16 @@ SEED_RANGE = (0, 2**32 - 1)
 (``manual_seed(2**32)`` draws what ``manual_seed(0)`` draws), so larger seeds are refused."""
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (numpy's too), else a one-line error: a string such as
+    ``"no"`` is truthy and would silently mean ``True``."""
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise SharpdimError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_seed(value: Any, name: str = "seed") -> int:
     """``value`` as a seed: a whole number (int, numpy integer, whole float, 0-dim tensor) in
     :data:`SEED_RANGE`."""

@@ -285,3 +285,12 @@ def test_empty_bool_and_uint8_tokens_are_refused_by_the_transformer() -> None:
             model(tokens)
     tokens = torch.tensor([[1, 2, 4], [0, 3, 4]])
     assert torch.equal(model(tokens), model(tokens.int()))
+
+
+def test_flags_given_as_strings_are_refused() -> None:
+    """bias='no' and last_only='no' are truthy strings: they silently meant True."""
+    with pytest.raises(SharpdimError, match=r"^bias must be True or False, got 'no'"):
+        build_mlp(4, 2, bias="no")
+    with pytest.raises(SharpdimError, match=r"^last_only must be True or False, got 'no'"):
+        build_transformer(5, 3, last_only="no")
+    assert all(m.bias is None for m in build_mlp(4, 2, bias=False) if isinstance(m, nn.Linear))

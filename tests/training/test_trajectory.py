@@ -335,3 +335,12 @@ def test_capture_forward_checks_batch_size_w_star_and_dataset_in_one_line() -> N
     with pytest.raises(SharpdimError, match=r"^dataset must be a Dataset, got tuple"):
         fresh_batches((x, y), None, 2, gen)
     assert fresh_batches(data, 2.0, 2, gen)(0)[0].shape == (2, 2)  # a whole float is a size
+
+
+def test_an_iterate_that_is_no_tensor_is_a_one_line_error() -> None:
+    """record(0, [1.0, 2.0]) raised AttributeError: 'list' object has no attribute 'detach'."""
+    rec = IterateRecorder(2)
+    with pytest.raises(SharpdimError, match=r"^an iterate must be a tensor, got list"):
+        rec.record(0, [1.0, 2.0])
+    rec.record(0, torch.tensor([1.0, 2.0]))
+    assert rec.finish().points.tolist() == [[1.0, 2.0]]

@@ -19,7 +19,7 @@ from typing import TypeVar, final
 import torch
 from torch import nn
 
-from sharpdim.checks import check_count, check_numbers, check_seed, default_generator
+from sharpdim.checks import check_count, check_flag, check_numbers, check_seed, default_generator
 from sharpdim.errors import SharpdimError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -104,6 +104,7 @@ def build_mlp(
         )
     in_dim, out_dim = check_count(in_dim, "in_dim"), check_count(out_dim, "out_dim")
     width, depth = check_count(width, "width"), check_count(depth, "depth", 0)
+    bias = check_flag(bias, "bias")
     _check_float_dtype(dtype)
     with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws from the global RNG
         layers: list[nn.Module] = [nn.Flatten()]
@@ -287,6 +288,7 @@ def build_transformer(
     for name, value in sizes.items():
         if value is not None or name not in ("num_outputs", "d_mlp"):
             check_count(value, name)
+    last_only = check_flag(last_only, "last_only")
     _check_float_dtype(dtype)
     with torch.random.fork_rng(devices=[]):  # the layers' own init draws from the global RNG
         model = DecoderTransformer(

@@ -151,6 +151,11 @@ class IterateRecorder:
     def record(self, step: int, w: torch.Tensor, loss_value: float = math.nan) -> None:
         """Store ``w`` (flat) as the iterate of ``step``."""
         self._check_not_handed_over()
+        if not isinstance(w, torch.Tensor):
+            raise SharpdimError(
+                f"an iterate must be a tensor, got {type(w).__name__}: pass the flat "
+                "parameters, e.g. get_flat_params(model.parameters())"
+            )
         flat = w.detach().reshape(-1).cpu()
         if self._buffer is None:
             self._buffer = self._allocate(flat)
