@@ -76,3 +76,13 @@ class ModeScope:
             m._buffers[name] = buf
         self.swapped.clear()
         restore_flags(self.saved)
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (it holds the same parameter tensors), else
+    ``model``: compiled graphs have no double backward ("torch.compile with aot_autograd does
+    not currently support double backward"), so curvature runs the eager module."""
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return inner
+    return model

@@ -865,3 +865,80 @@ def test_a_once_differentiable_function_in_the_loss_is_refused() -> None:
         summed @ torch.ones(summed.num_params, dtype=torch.float64)
     custom[1].custom = False  # the same model through differentiable ops: the exact Hessian
     torch.testing.assert_close(HessianOperator(custom, ce, (x, y)).dense(), exact)
+
+
+class _SparseEmbeddingNet(nn.Module):
+    def __init__(self, sparse: bool) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(7, 4, sparse=sparse)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.embed(tokens))).mean(1)
+
+
+def test_sparse_embedding_gradients_give_the_dense_twins_hessian() -> None:
+    """nn.Embedding(sparse=True) gives sparse gradients: every product, dense() and
+    loss_and_gradient raised 'reshape is not implemented for sparse tensors'."""
+    torch.manual_seed(0)
+    sparse, twin = _SparseEmbeddingNet(True).double(), _SparseEmbeddingNet(False).double()
+    twin.load_state_dict(sparse.state_dict())
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randint(0, 7, (6, 3), generator=g), torch.randint(0, 3, (6,), generator=g))
+
+    def ce(model: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(model(b[0]), b[1])
+
+    ours, reference = HessianOperator(sparse, ce, batch), HessianOperator(twin, ce, batch)
+    v = torch.randn(ours.num_params, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(ours @ v, reference @ v, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(ours.dense(), reference.dense(), rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(ours.loss_and_gradient()[1], reference.loss_and_gradient()[1])
+
+
+def test_parameters_frozen_after_the_build_are_a_one_line_error() -> None:
+    """requires_grad_(False) after building the operator: the reused graph gave autograd's
+    'One of the differentiated Tensors does not require grad' (refresh() too), and a subset
+    operator 'loss without a gradient graph'."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    batch = (torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64))
+    op = HessianOperator(model, lambda m, b: F.mse_loss(m(b[0]), b[1]), batch)
+    v = torch.ones(op.num_params, dtype=torch.float64)
+    op @ v  # the graph is built and kept
+    model[0].requires_grad_(False)
+    message = r"^2 of the operator's parameter tensors \(shapes \[\(4, 3\), \(4,\)\]\) no longer"
+    with pytest.raises(SharpdimError, match=message):
+        op @ v
+    with pytest.raises(SharpdimError, match=message):
+        op.loss_and_gradient()
+    fresh = HessianOperator(model, lambda m, b: F.mse_loss(m(b[0]), b[1]), batch)
+    assert fresh.num_params == 10  # the last layer only
+
+
+def test_a_torch_compiled_model_is_measured_through_its_eager_module() -> None:
+    """torch.compile graphs have no double backward: H @ v raised 'torch.compile with
+    aot_autograd does not currently support double backward' (or, after a training step,
+    'donated buffers'), deep inside torch."""
+    torch.manual_seed(0)
+    eager = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    compiled = torch.compile(eager, backend="aot_eager")
+    batch = (torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64))
+
+    def mse(model: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return F.mse_loss(model(b[0]), b[1])
+
+    mse(compiled, batch).backward()  # one training step's backward through the compiled graph
+    torch.testing.assert_close(
+        HessianOperator(compiled, mse, batch).dense(), HessianOperator(eager, mse, batch).dense()
+    )
+
+
+def test_a_torch_loss_module_as_loss_fn_is_a_one_line_error() -> None:
+    """nn.CrossEntropyLoss() takes (output, target): it raised 'cross_entropy_loss():
+    argument input must be Tensor, not Sequential', 20 frames deep."""
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    batch = (torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0]))
+    op = HessianOperator(model, nn.CrossEntropyLoss(), batch)  # type: ignore[arg-type]
+    with pytest.raises(SharpdimError, match=r"^loss_fn is a CrossEntropyLoss, which takes"):
+        op @ torch.ones(op.num_params, dtype=torch.float64)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from sharpdim.curvature.params import strided
+
 COLUMNS = 64
 """Most columns per batched double backward."""
 MAX_SAVED = 4 * 2**20
@@ -96,5 +98,5 @@ def batched_hvp(
         rows = out[:, start : start + b].split(sizes)  # views, one per parameter
         for i, h in zip(live, hv, strict=True):
             if h is not None:
-                rows[i].copy_(h.reshape(b, -1).T)
+                rows[i].copy_(strided(h).reshape(b, -1).T)
     return out

@@ -24,10 +24,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from sharpdim.checks import check_seed
 from sharpdim.curvature.batched_hvp import batch_columns, batched_hvp, saved_bytes
 from sharpdim.curvature.operator import LinearOperator, is_symmetric, max_asymmetry
-from sharpdim.curvature.params import flatten, trainable_parameters, unflatten
+from sharpdim.curvature.params import flatten, strided, trainable_parameters, unflatten
 from sharpdim.curvature.second_order import refuse_once_differentiable
 from sharpdim.errors import NonFiniteCurvatureError, NonFiniteLossError, SharpdimError
-from sharpdim.module_modes import ModeScope
+from sharpdim.module_modes import ModeScope, uncompiled
 from sharpdim.rng import forked_global_rng, peek_seed
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -63,6 +63,12 @@ def batch_size(batch: Any) -> int:
 
 def checked_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
     """``loss_fn(model, batch)``, checked to be a finite real scalar tensor."""
+    if isinstance(loss_fn, nn.modules.loss._Loss):  # (it failed deep inside torch)
+        raise SharpdimError(
+            f"loss_fn is a {type(loss_fn).__name__}, which takes (output, target), not "
+            "(model, batch): wrap it, e.g. loss_fn=lambda model, batch: "
+            "criterion(model(batch[0]), batch[1])"
+        )
     loss = loss_fn(model, batch)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -231,6 +237,7 @@ class HessianOperator(LinearOperator):
             )
         if mode not in ("eval", "train", "keep"):
             raise SharpdimError(f"unknown mode {mode!r}: use 'eval', 'train' or 'keep'")
+        model = uncompiled(model)  # (a torch.compile wrapper has no double backward)
         self.model, self.loss_fn, self.mode = model, loss_fn, mode
         self.params = trainable_parameters(model, params)
         complex_or_int = sorted({str(p.dtype) for p in self.params if not p.is_floating_point()})
@@ -293,8 +300,10 @@ class HessianOperator(LinearOperator):
             raise SharpdimError(
                 f"the Hessian is not symmetric (max |H - H^T| = {asym:.3g}, max |H| = "
                 f"{scale:.3g}): autograd's second derivative of a layer of this model is wrong "
-                "(e.g. weight_norm under torch 2.13): write that layer with plain ops (see "
-                "docs/curvature.md, Pitfalls)"
+                "(e.g. weight_norm under torch 2.13), or the loss computes in lower precision "
+                f"than the {str(h.dtype).removeprefix('torch.')} parameters (autocast, TF32 "
+                "convolutions on a GPU): write such a layer with plain ops, and compute exact "
+                "curvature without autocast or TF32 (see docs/curvature.md, Pitfalls)"
             )
         return h
 
@@ -397,13 +406,20 @@ class HessianOperator(LinearOperator):
             refuse_once_differentiable(loss, "the loss")
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        return [grads[i] for i in live], live
+        return [strided(grads[i]) for i in live], live
 
     def _check_params_in_model(self) -> None:
         """Refuse parameters the model no longer holds: the loss does not reach a replaced
         tensor, so its rows would silently read zero."""
         own = {id(p) for p in self.model.parameters()}
         gone = [tuple(p.shape) for p in self.params if id(p) not in own]
+        frozen = [tuple(p.shape) for p in self.params if not p.requires_grad]
+        if frozen and not gone:
+            raise SharpdimError(
+                f"{len(frozen)} of the operator's parameter tensors (shapes {frozen[:3]}) no "
+                "longer require grad (frozen after the operator was built): build a new "
+                "HessianOperator, whose default parameters are the trainable ones"
+            )
         if gone:
             raise SharpdimError(
                 f"{len(gone)} of the operator's parameter tensors (shapes {gone[:3]}) are no "
@@ -453,10 +469,10 @@ class HessianOperator(LinearOperator):
     ) -> tuple[list[Any], list[int], list[bool]]:
         """Identity, storage and version of every tracked tensor (of :meth:`_tensors_to_track`),
         and (``mode="keep"``) the modules' train/eval flags: a graph built under other values
-        describes another Hessian. (``model.to(...)``/``.double()`` swap a parameter's storage
+        describes another Hessian (or, for a parameter frozen since, none). (``model.to(...)``/``.double()`` swap a parameter's storage
         without a new version.)"""
         flags = [m.training for m in self.model.modules()] if self.mode == "keep" else []
-        where = [(id(t), _storage(t), t.dtype, t.device) for t in tracked]
+        where = [(id(t), _storage(t), t.dtype, t.device, t.requires_grad) for t in tracked]
         return where, [t._version for t in tracked], flags
 
     def _hvp(
@@ -486,5 +502,5 @@ class HessianOperator(LinearOperator):
                 if block_h is None:  # a parameter the loss does not reach (twice): zero block
                     piece.zero_()
                 else:
-                    piece.copy_(block_h.reshape(-1))
+                    piece.copy_(strided(block_h).reshape(-1))
         return out

@@ -67,8 +67,15 @@ def trainable_parameters(
 
 
 def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Concatenate tensors into one flat vector."""
-    return torch.cat([t.reshape(-1) for t in tensors])
+    """Concatenate tensors into one flat vector (sparse ones, such as the gradient of an
+    ``nn.Embedding(sparse=True)``, made dense)."""
+    return torch.cat([strided(t).reshape(-1) for t in tensors])
+
+
+def strided(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as an ordinary dense tensor: a sparse gradient (``nn.Embedding(sparse=True)``)
+    densified, differentiably; ``t`` itself when it is one already."""
+    return t if t.layout == torch.strided else t.to_dense()
 
 
 def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -53,6 +53,7 @@ from sharpdim.dynamics.jacobian_spectra import (
     StepSpectrumConfig,
 )
 from sharpdim.errors import SharpdimError, TooLargeError
+from sharpdim.module_modes import uncompiled
 from sharpdim.rng import forked_global_rng, operator_seed, peek_seed
 
 METHODS: tuple[str, ...] = ("exact", *SD_METHODS)
@@ -328,6 +329,7 @@ def sharpness_dimension(
         SharpdimError: bad input; TooLargeError: ``"exact"`` above ``max_params``.
     """
     start = time.perf_counter()
+    model = uncompiled(model)  # (a torch.compile wrapper has no double backward)
     if method not in METHODS:
         raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if optimizer not in OPTIMIZERS:

@@ -44,7 +44,7 @@ from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.second_order import refuse_once_differentiable
 from sharpdim.dynamics.jacobian_spectra import OPTIMIZERS
 from sharpdim.errors import SharpdimError
-from sharpdim.module_modes import ModeScope
+from sharpdim.module_modes import ModeScope, uncompiled
 from sharpdim.rng import forked_global_rng
 
 
@@ -170,6 +170,7 @@ class TrainingMap:
             )
         if mode not in ("eval", "train", "keep"):
             raise SharpdimError(f"unknown mode {mode!r}: use 'eval', 'train' or 'keep'")
+        model = uncompiled(model)  # (a torch.compile wrapper has no double backward)
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.batches, self.mode, self.seed = batches, mode, check_seed(seed)
         # the ranges of jacobian_spectra.StepSpectrumConfig (b_i < 1 keeps c_i = 1 - b_i^s > 0)
