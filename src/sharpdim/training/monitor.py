@@ -254,13 +254,15 @@ def _nonfinite_gradients(params: Sequence[torch.Tensor], held: dict[int, Any]) -
 
 def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, ...]:
     """The monitor's batch: a tuple of tensors with one row per example (``(x, y)``, or
-    more, e.g. ``(tokens, targets, mask)``), cut to ``max_examples``."""
+    more, e.g. ``(tokens, targets, mask)``, or one, ``(tokens,)``, for a loss that derives its
+    targets from the inputs), cut to ``max_examples`` and copied: the caller's tensors (a
+    Dataset's too) may change in place afterwards without changing the monitor's examples."""
     if isinstance(data, Dataset):
         data = data.train_batch()
-    if not (isinstance(data, (tuple, list)) and len(data) >= 2):
+    if not (isinstance(data, (tuple, list)) and len(data) >= 1):
         raise SharpdimError(
-            f"data must be a Dataset or a tuple (x, y, ...) of tensors, got "
-            f"{type(data).__name__}: pass dataset.train_batch() or (inputs, targets)"
+            f"data must be a Dataset or a tuple of tensors ((x, y), (tokens, targets, mask), "
+            f"(tokens,), ...), got {_kind(data)}: pass dataset.train_batch() or (inputs, targets)"
         )
     batch = tuple(data)
     if (
@@ -279,11 +281,21 @@ def _examples(data: Any, max_examples: int | None) -> tuple[torch.Tensor, ...]:
         raise SharpdimError(
             "the monitor's data hold no examples: pass a Dataset or (x, y) with at least one"
         )
+    # a copy, not views of the caller's tensors: an in-place change of the training data
+    # after the monitor was built moved the sharpness when the model's dtype and device were
+    # the data's (.to() then returns the tensor itself) but not otherwise (a cast copy)
+    batch = tuple(t.detach().clone() for t in batch)
     if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in batch):
         raise SharpdimError(  # (a non-finite loss is then the model's: a recorded divergence)
             "the monitor's examples hold NaN or inf: pass finite inputs and targets"
         )
     return batch
+
+
+def _kind(data: Any) -> str:
+    """``data``'s type name, ``"an empty tuple"`` (or list) for the one tuple refused."""
+    name = type(data).__name__
+    return f"an empty {name}" if isinstance(data, (tuple, list)) and not data else name
 
 
 class EoSMonitor:
@@ -294,7 +306,9 @@ class EoSMonitor:
         data: the examples the Hessian is taken on: a
             :class:`~sharpdim.training.datasets.Dataset` (its training set), a pair
             ``(x, y)`` or any tuple of tensors with one row per example (``(tokens, targets,
-            mask)``: ``loss_fn`` gets that tuple); kept fixed for the whole run.
+            mask)``, or ``(tokens,)`` for a loss that derives its targets from the tokens:
+            ``loss_fn`` gets that tuple); copied when the monitor is built (the first
+            ``max_examples`` rows) and kept fixed for the whole run.
         every: measure when ``step % every == 0``.
         max_examples: use only the first this many examples (Cohen et al. 2021: 5,000);
             ``None`` = all.
@@ -366,7 +380,13 @@ class EoSMonitor:
             )
         self.loss_fn: LossFn = get_loss(loss_fn) if isinstance(loss_fn, str) else loss_fn
         self.batch = _examples(data, max_examples)
-        self.x, self.y = self.batch[:2]
+        if isinstance(loss_fn, str) and len(self.batch) != 2:
+            raise SharpdimError(
+                f"the {loss_fn!r} loss takes a pair (x, y), got {len(self.batch)} tensor(s): "
+                "pass (inputs, targets), or your own loss_fn(model, batch) for other tuples"
+            )
+        self.x: torch.Tensor = self.batch[0]
+        self.y: torch.Tensor | None = self.batch[1] if len(self.batch) > 1 else None
         self.every, self.chunk_size, self.tol, self.max_iter = every, chunk_size, tol, max_iter
         self.chunk_weight = chunk_weight
         self.mode: Mode = mode
@@ -542,7 +562,8 @@ class EoSMonitor:
     # -- internals -----------------------------------------------------------------------
     def _examples_like(self, ref: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The examples on ``ref``'s device with its float dtype, cast once per pair (the
-        originals are kept: a float64 model after a float32 one sees unrounded data)."""
+        monitor's own copies are kept: a float64 model after a float32 one sees unrounded
+        data)."""
         key = (ref.device, ref.dtype)
         if key not in self._cast:
             self._cast[key] = tuple(
