@@ -457,16 +457,8 @@ class _NumpyBackwardMatmul(torch.autograd.Function):
         return torch.from_numpy(_SYMMETRIC_A.T.numpy() @ g.detach().numpy())
 
 
-class _TwiceDifferentiableMatmul(torch.autograd.Function):
+class _TwiceDifferentiableMatmul(_NumpyBackwardMatmul):
     """``x -> A x`` with a differentiable backward and a ``jvp``: both modes work."""
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return _SYMMETRIC_A @ x
-
-    @staticmethod
-    def setup_context(ctx: object, inputs: tuple, output: torch.Tensor) -> None:
-        pass
 
     @staticmethod
     def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
