@@ -101,8 +101,17 @@ def _temporary_prefix(out: Path) -> str:
         limit = os.pathconf(out.parent if out.parent.exists() else "/", "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
-    cut = os.fsencode(out.name)[: max(1, limit - 14)]
-    return "." + os.fsdecode(cut.decode("utf-8", errors="ignore").encode("utf-8") or cut)
+    name = os.fsencode(out.name)
+    room = max(1, limit - 14)
+    if len(name) <= room:
+        return "." + out.name
+    cut = name[:room]
+    try:
+        cut.decode("utf-8")
+    except UnicodeDecodeError as err:  # a character cut in two: drop its first bytes
+        if err.reason == "unexpected end of data" and err.start > 0:
+            cut = cut[: err.start]
+    return "." + os.fsdecode(cut)  # (other bytes of a non-UTF-8 name kept as they are)
 
 
 def _remove_stale_temporaries(out: Path) -> None:

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from sharpdim.errors import SharpdimError
+
 ModeFlags = list[tuple[nn.Module, bool]]
 
 
@@ -81,8 +83,16 @@ class ModeScope:
 def uncompiled(model: nn.Module) -> nn.Module:
     """The module ``torch.compile`` wrapped (it holds the same parameter tensors), else
     ``model``: compiled graphs have no double backward ("torch.compile with aot_autograd does
-    not currently support double backward"), so curvature runs the eager module."""
+    not currently support double backward"), so curvature runs the eager module; a compiled
+    submodule is refused in one line."""
     inner = getattr(model, "_orig_mod", None)
     if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
-        return inner
+        model = inner
+    for name, module in model.named_modules():
+        if type(module).__name__ == "OptimizedModule":
+            raise SharpdimError(
+                f"the submodule {name!r} is torch.compile'd, and compiled graphs have no double "
+                "backward: put back its eager module (the wrapper's ._orig_mod), or compile it in "
+                "place with module.compile()"
+            )
     return model

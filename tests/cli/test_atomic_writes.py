@@ -298,3 +298,15 @@ def test_a_failed_rename_does_not_name_the_target_twice(tmp_path: Path) -> None:
         tmp.write_text("new")
         target.mkdir()  # os.replace(file, folder) fails naming both paths
     assert caught.value.filename == str(target) and caught.value.filename2 is None
+
+
+def test_a_non_utf8_name_keeps_its_bytes_in_the_temporary_name(tmp_path: Path) -> None:
+    """The byte cut decoded with errors='ignore', so 'caf\\xe9.json' had the temporary prefix
+    '.caf.json' of another file, and its cleanup deleted that file's leftovers."""
+    others = tmp_path / ".caf.json.0123abcd.tmp"
+    others.write_text("caf.json's")
+    hours_ago = time.time() - 7200
+    os.utime(others, (hours_ago, hours_ago))
+    target = tmp_path / os.fsdecode(b"caf\xe9.json")
+    write_text_atomic(target, "{}")
+    assert target.read_text() == "{}" and others.read_text() == "caf.json's"

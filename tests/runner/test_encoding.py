@@ -1,7 +1,9 @@
 """Canonical JSON and config keys: equal configs give equal keys, whatever the key order."""
 
 import hashlib
+import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -78,10 +80,14 @@ def test_surrogates_cycles_and_deep_nesting_are_one_line_errors() -> None:
     shared a key; a container holding itself, or nested past the recursion limit, raised
     RecursionError."""
     assert config_key({"s": "\U0001f600"}) != config_key({"s": "\U0001f601"})
-    with pytest.raises(SharpdimError, match=r"^config\['s'\] holds surrogate code points"):
+    with pytest.raises(SharpdimError, match=r"^config\['s'\] holds a surrogate pair"):
         config_key({"s": "\ud83d\ude00"})
-    with pytest.raises(SharpdimError, match=r"^value's key holds surrogate code points"):
-        json_value({"\ud83d": 1})
+    with pytest.raises(SharpdimError, match=r"^value's key holds a surrogate pair"):
+        json_value({"\ud83d\ude00": 1})
+    # a lone surrogate (a non-UTF-8 file name under surrogateescape) round-trips: kept
+    name = os.fsdecode(b"/data/caf\xe9.npy")
+    assert json.loads(canonical_json({"data": name})) == {"data": name}
+    assert config_key({"data": name}) != config_key({"data": "/data/caf.npy"})
     loop: list = []
     loop.append(loop)
     with pytest.raises(SharpdimError, match=r"^result\[0\] holds itself"):

@@ -838,6 +838,10 @@ def test_a_custom_loss_that_is_no_scalar_with_a_graph_is_a_one_line_error(digits
         small_mlp(), digits, TrainConfig(steps=3), loss_fn=lambda m, b: mse_loss(m, b) * math.nan
     )
     assert (nan.status, nan.diverged_at, nan.steps_completed) == ("diverged", 0, 0)
+    detached_nan = train(  # a loss that gives up with a plain NaN: a divergence, not an error
+        small_mlp(), digits, TrainConfig(steps=3), loss_fn=lambda m, b: torch.tensor(math.nan)
+    )
+    assert (detached_nan.status, detached_nan.diverged_at) == ("diverged", 0)
     shaped = train(
         small_mlp(), digits, TrainConfig(steps=3), loss_fn=lambda m, b: mse_loss(m, b)[None]
     )  # one element of shape (1,): used as the scalar it is

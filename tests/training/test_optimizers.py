@@ -307,3 +307,13 @@ def test_settings_that_are_not_numbers_and_params_that_are_not_parameters_are_re
     assert type(threshold) is float and threshold == 4.0
     # momentum is not looked at where it is not used (documented as ignored)
     assert stability_threshold("gd", 0.5, momentum=None) == 4.0
+
+
+def test_named_parameters_are_taken_as_torch_takes_them() -> None:
+    """The params check refused model.named_parameters() ('got tuple'), which torch accepts
+    (and records as param_names)."""
+    layer = nn.Linear(2, 1)
+    optimizer = make_optimizer("sgd", layer.named_parameters(), lr=0.1)
+    assert optimizer.param_groups[0]["param_names"] == ["weight", "bias"]
+    with pytest.raises(SharpdimError, match=r"^params must hold parameters"):
+        make_optimizer("sgd", [("weight", 1.0)], lr=0.1)

@@ -31,9 +31,10 @@ def once_differentiable_functions(output: torch.Tensor) -> list[str]:
             continue
         seen.add(node)
         function = getattr(node, "_forward_cls", None)
-        backward = getattr(function, "backward", None)
-        if getattr(backward, "__code__", None) is _ONCE_DIFFERENTIABLE:
-            found.add(getattr(function, "__name__", repr(function)))
+        for method in ("backward", "vjp"):  # (torch runs vjp where a Function defines it)
+            code = getattr(getattr(function, method, None), "__code__", None)
+            if code is _ONCE_DIFFERENTIABLE:
+                found.add(getattr(function, "__name__", repr(function)))
         stack.extend(next_node for next_node, _ in node.next_functions)
     return sorted(found)
 

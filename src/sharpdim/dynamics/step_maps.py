@@ -91,6 +91,13 @@ class _ParameterSwap:
         self.sizes = [p.numel() for p in params]
         self.shapes = [p.shape for p in params]
         self.views: list[torch.Tensor] = []
+        # a sparse embedding's gradient of a view of the state cannot be reshaped: the swapped
+        # model takes dense gradients (the same values)
+        self.sparse = [
+            m
+            for m in model.modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse
+        ]
 
     def __call__(self, flat: torch.Tensor) -> _ParameterSwap:
         self.views = [
@@ -101,10 +108,14 @@ class _ParameterSwap:
     def __enter__(self) -> None:
         for m, name, _, i in self.slots:
             m._parameters[name] = self.views[i]  # type: ignore[assignment]  # a plain view
+        for m in self.sparse:
+            m.sparse = False
 
     def __exit__(self, *exc: object) -> None:
         for m, name, p, _ in self.slots:
             m._parameters[name] = p
+        for m in self.sparse:
+            m.sparse = True
         self.views = []
 
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from sharpdim.errors import SharpdimError
+
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 
 NonFinite = Literal["null", "error"]
 
@@ -35,7 +38,7 @@ def json_value(value: Any, *, nonfinite: NonFinite = "null", where: str = "value
 
     Raises:
         SharpdimError: for an object that has no JSON form, a non-string dict key, a string
-            with surrogate code points (JSON would read a pair back as another string), a
+            with a surrogate pair (JSON would read it back as another string), a
             container holding itself or nested past Python's recursion limit, or
             (``nonfinite="error"``) a NaN/inf.
 
@@ -95,15 +98,15 @@ def _plain(value: Any, nonfinite: NonFinite, where: str, inside: frozenset[int])
 
 
 def _text(value: str, where: str) -> str:
-    """``value`` if it is valid Unicode; surrogate code points are refused (JSON writes them as
-    ``\\udXXX`` escapes and reads a pair back as one other character, so two different
-    configs would share a key)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+    """``value``, unless it holds a surrogate *pair* (a high then a low surrogate code
+    point): JSON writes it as two ``\\u`` escapes and reads them back as the one character
+    they encode, so two different configs would share a key. A lone surrogate (a file name
+    decoded with ``surrogateescape``) round-trips and is kept."""
+    if _SURROGATE_PAIR.search(value):
         raise SharpdimError(
-            f"{where} holds surrogate code points ({value!r}): pass valid Unicode text"
-        ) from None
+            f"{where} holds a surrogate pair ({value!r}): pass the character it encodes "
+            "(valid Unicode text)"
+        )
     return value
 
 

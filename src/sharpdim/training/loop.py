@@ -507,7 +507,6 @@ def train(
                 batch = next(stream)
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model, batch)
-                _check_graph(loss)
                 value = float(loss.detach())
                 if step == 0 or math.isnan(limit):
                     limit = config.divergence_factor * max(abs(value), 1.0)
@@ -516,6 +515,7 @@ def train(
                 if not math.isfinite(value) or value > limit:
                     status, diverged_at = "diverged", step
                     break
+                _check_graph(loss)  # (after: a detached NaN is a divergence, recorded)
                 if step % config.log_every == 0:
                     history.append((step, value))
                 loss.backward()

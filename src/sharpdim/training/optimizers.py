@@ -126,8 +126,8 @@ def make_optimizer(
 
 
 def _parameter_list(params: Any) -> list[Any]:
-    """``params`` (``model.parameters()``, a list of tensors or of param-group dicts) as a
-    list; anything else, and an empty one, is refused in one line (torch raised a TypeError
+    """``params`` (``model.parameters()``, ``model.named_parameters()``, a list of tensors or
+    of param-group dicts) as a list; anything else, and an empty one, is refused in one line (torch raised a TypeError
     or ValueError)."""
     if isinstance(params, (torch.Tensor, str, bytes, dict)) or not isinstance(params, Iterable):
         raise SharpdimError(
@@ -135,13 +135,23 @@ def _parameter_list(params: Any) -> list[Any]:
             "e.g. model.parameters()"
         )
     params = list(params)
-    if not params or not all(isinstance(p, (torch.Tensor, dict)) for p in params):
+    if not params or not all(isinstance(p, (torch.Tensor, dict)) or _named(p) for p in params):
         got = "nothing" if not params else ", ".join(sorted({type(p).__name__ for p in params}))
         raise SharpdimError(
             f"params must hold parameters (tensors or param-group dicts), got {got}: pass "
             "e.g. model.parameters()"
         )
     return params
+
+
+def _named(item: Any) -> bool:
+    """Whether ``item`` is a ``(name, tensor)`` pair, as ``named_parameters()`` yields."""
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], torch.Tensor)
+    )
 
 
 def stability_threshold(
