@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -877,9 +878,9 @@ class _SparseEmbeddingNet(nn.Module):
         return self.out(torch.tanh(self.embed(tokens))).mean(1)
 
 
-def test_sparse_embedding_gradients_give_the_dense_twins_hessian() -> None:
-    """nn.Embedding(sparse=True) gives sparse gradients: every product, dense() and
-    loss_and_gradient raised 'reshape is not implemented for sparse tensors'."""
+def sparse_embedding_twins() -> tuple[nn.Module, nn.Module, tuple[torch.Tensor, ...], Any]:
+    """A float64 net with ``nn.Embedding(sparse=True)``, its dense twin (same values), a
+    token batch and a cross-entropy ``loss_fn``."""
     torch.manual_seed(0)
     sparse, twin = _SparseEmbeddingNet(True).double(), _SparseEmbeddingNet(False).double()
     twin.load_state_dict(sparse.state_dict())
@@ -889,6 +890,14 @@ def test_sparse_embedding_gradients_give_the_dense_twins_hessian() -> None:
     def ce(model: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(model(b[0]), b[1])
 
+    return sparse, twin, batch, ce
+
+
+def test_sparse_embedding_gradients_give_the_dense_twins_hessian() -> None:
+    """nn.Embedding(sparse=True) gives sparse gradients: every product, dense() and
+    loss_and_gradient raised 'reshape is not implemented for sparse tensors'."""
+    sparse, twin, batch, ce = sparse_embedding_twins()
+    g = torch.Generator().manual_seed(1)
     ours, reference = HessianOperator(sparse, ce, batch), HessianOperator(twin, ce, batch)
     v = torch.randn(ours.num_params, generator=g, dtype=torch.float64)
     torch.testing.assert_close(ours @ v, reference @ v, rtol=1e-14, atol=1e-15)
@@ -956,19 +965,11 @@ def test_a_compiled_submodule_is_a_one_line_error() -> None:
 
 
 class _OnceDifferentiableVjpTanh(torch.autograd.Function):
-    """tanh whose first-order-only derivative is given as ``vjp`` (torch's alias of backward)."""
+    """The same tanh, its first-order-only derivative given as ``vjp`` (torch's alias of
+    backward)."""
 
-    @staticmethod
-    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)  # type: ignore[attr-defined]
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def vjp(ctx: object, g: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return g * (1 - y * y)
+    forward = staticmethod(_OnceDifferentiableTanh.forward)
+    vjp = staticmethod(_OnceDifferentiableTanh.backward)
 
 
 def test_a_once_differentiable_vjp_is_refused_too() -> None:

@@ -584,17 +584,9 @@ def test_a_once_differentiable_layer_is_refused_by_the_step_jacobian() -> None:
 def test_a_sparse_embedding_steps_like_its_dense_twin() -> None:
     """The swapped-in views of the state gave nn.Embedding(sparse=True) sparse gradients that
     could not be reshaped: step, jvp and every Lyapunov tool raised a raw RuntimeError."""
-    from tests.curvature.test_hessian import _SparseEmbeddingNet
+    from tests.curvature.test_hessian import sparse_embedding_twins
 
-    torch.manual_seed(0)
-    sparse, twin = _SparseEmbeddingNet(True).double(), _SparseEmbeddingNet(False).double()
-    twin.load_state_dict(sparse.state_dict())
-    g = torch.Generator().manual_seed(0)
-    batch = (torch.randint(0, 7, (6, 3), generator=g), torch.randint(0, 3, (6,), generator=g))
-
-    def ce(model: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return nn.functional.cross_entropy(model(b[0]), b[1])
-
+    sparse, twin, batch, ce = sparse_embedding_twins()
     ours, reference = (TrainingMap(m, ce, [batch], lr=0.3) for m in (sparse, twin))
     x0 = ours.initial_state()
     assert torch.equal(ours.step(x0, 0), reference.step(x0, 0))
