@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from sharpdim.checks import check_count, check_number, default_generator
+from sharpdim.checks import check_count, check_flag, check_number, default_generator
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
 from sharpdim.curvature.operator import LinearOperator
@@ -370,9 +370,8 @@ class EoSMonitor:
         tol = check_number(tol, "tol", "> 0", "1e-4")
         if not (isinstance(mode, str) and mode in ("eval", "train", "keep")):
             raise SharpdimError(f"unknown mode {mode!r}: use 'eval', 'train' or 'keep'")
-        for flag, value in (("raw_sharpness", raw_sharpness), ("warm_start", warm_start)):
-            if not isinstance(value, bool):
-                raise SharpdimError(f"{flag} must be True or False, got {value!r}")
+        raw_sharpness = check_flag(raw_sharpness, "raw_sharpness")
+        warm_start = check_flag(warm_start, "warm_start")
         if not (isinstance(loss_fn, str) or callable(loss_fn)):
             raise SharpdimError(
                 f"loss_fn must be a loss name or a function (model, batch) -> scalar, got "
