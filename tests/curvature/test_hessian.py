@@ -989,3 +989,19 @@ def test_a_once_differentiable_vjp_is_refused_too() -> None:
     op = HessianOperator(model, ce, batch)
     with pytest.raises(SharpdimError, match=r"^the loss passes through _OnceDifferentiableVjpTanh"):
         op @ torch.ones(op.num_params, dtype=torch.float64)
+
+
+def test_an_embedding_bag_is_a_one_line_error() -> None:
+    """torch has no double backward for nn.EmbeddingBag: the first product raised a raw
+    NotImplementedError ('the derivative for _embedding_bag_backward is not implemented')."""
+    torch.manual_seed(0)
+    bag, head = nn.EmbeddingBag(6, 3, mode="mean").double(), nn.Linear(3, 2).double()
+    model = nn.ModuleList([bag, head])
+    g = torch.Generator().manual_seed(0)
+    batch = (
+        torch.randint(0, 6, (4, 3), generator=g),
+        torch.randn(4, 2, generator=g, dtype=torch.float64),
+    )
+    op = HessianOperator(model, lambda m, b: F.mse_loss(m[1](torch.tanh(m[0](b[0]))), b[1]), batch)
+    with pytest.raises(SharpdimError, match=r"^the loss passes through nn.EmbeddingBag, whose"):
+        op @ torch.ones(op.num_params, dtype=torch.float64)

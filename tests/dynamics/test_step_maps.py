@@ -593,3 +593,15 @@ def test_a_sparse_embedding_steps_like_its_dense_twin() -> None:
     dx = torch.eye(ours.state_dim, dtype=torch.float64)[:, :3]
     torch.testing.assert_close(ours.jvp(x0, 0, dx)[1], reference.jvp(x0, 0, dx)[1])
     assert sparse.embed.sparse  # restored after the step
+
+
+def test_the_swap_restores_each_embeddings_own_sparse_flag() -> None:
+    """The sparse embeddings were listed when the map was built and set sparse again after
+    every step, even one the user had since made dense: the map changed the model."""
+    from tests.curvature.test_hessian import sparse_embedding_twins
+
+    sparse, _, batch, ce = sparse_embedding_twins()
+    phi = TrainingMap(sparse, ce, [batch], lr=0.3)
+    sparse.embed.sparse = False
+    phi.step(phi.initial_state(), 0)
+    assert sparse.embed.sparse is False

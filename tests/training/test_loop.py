@@ -842,6 +842,11 @@ def test_a_custom_loss_that_is_no_scalar_with_a_graph_is_a_one_line_error(digits
         small_mlp(), digits, TrainConfig(steps=3), loss_fn=lambda m, b: torch.tensor(math.nan)
     )
     assert (detached_nan.status, detached_nan.diverged_at) == ("diverged", 0)
+    with pytest.raises(SharpdimError, match=r"without a gradient graph"):  # finite: an error,
+        train(  # also above the divergence threshold (it was recorded as diverged at 0)
+            small_mlp(), digits, TrainConfig(steps=3, divergence_threshold=1e-9),
+            loss_fn=lambda m, b: mse_loss(m, b).detach(),
+        )  # fmt: skip
     shaped = train(
         small_mlp(), digits, TrainConfig(steps=3), loss_fn=lambda m, b: mse_loss(m, b)[None]
     )  # one element of shape (1,): used as the scalar it is

@@ -317,3 +317,15 @@ def test_named_parameters_are_taken_as_torch_takes_them() -> None:
     assert optimizer.param_groups[0]["param_names"] == ["weight", "bias"]
     with pytest.raises(SharpdimError, match=r"^params must hold parameters"):
         make_optimizer("sgd", [("weight", 1.0)], lr=0.1)
+
+
+def test_a_mix_of_named_and_plain_entries_is_one_line() -> None:
+    """Accepting each entry on its own let [w, ('bias', b)] through to torch's ValueError
+    ('all optimizer params should be with/without names')."""
+    layer = nn.Linear(2, 1)
+    for params in (
+        [layer.weight, ("bias", layer.bias)],
+        [{"params": [layer.weight]}, ("b", layer.bias)],
+    ):
+        with pytest.raises(SharpdimError, match=r"^params mixes .* entries, which torch refuses"):
+            make_optimizer("sgd", params, lr=0.1)

@@ -23,6 +23,13 @@ def once_differentiable_functions(output: torch.Tensor) -> list[str]:
     """Names of the custom autograd Functions with a ``@once_differentiable`` backward in the
     graph that produced ``output`` (each node visited once; sorted, without repeats)."""
     found: set[str] = set()
+    _walk(output, found, set())
+    return sorted(found)
+
+
+def _walk(output: torch.Tensor, found: set[str], bags: set[str]) -> None:
+    """Collect into ``found`` the once-differentiable Functions and into ``bags`` the
+    ``nn.EmbeddingBag`` nodes (no double backward in torch) of ``output``'s graph."""
     seen: set[object] = set()
     stack = [output.grad_fn]
     while stack:
@@ -35,8 +42,9 @@ def once_differentiable_functions(output: torch.Tensor) -> list[str]:
             code = getattr(getattr(function, method, None), "__code__", None)
             if code is _ONCE_DIFFERENTIABLE:
                 found.add(getattr(function, "__name__", repr(function)))
+        if type(node).__name__.startswith("EmbeddingBagBackward"):
+            bags.add(type(node).__name__)
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return sorted(found)
 
 
 _WRITE_IT = "write its backward with differentiable torch ops, or use the plain layer it replaces"
@@ -44,12 +52,21 @@ _WRITE_IT = "write its backward with differentiable torch ops, or use the plain 
 
 def refuse_once_differentiable(output: torch.Tensor, what: str, advice: str = _WRITE_IT) -> None:
     """A one-line error if the graph of ``output`` (named ``what``) passes through a
-    ``@once_differentiable`` backward, whose second derivative torch silently drops; the
-    message ends in ``advice``."""
-    names = once_differentiable_functions(output)
+    ``@once_differentiable`` backward, whose second derivative torch silently drops (the
+    message then ends in ``advice``), or through ``nn.EmbeddingBag``, which torch cannot
+    differentiate twice (a raw ``NotImplementedError`` at the first product)."""
+    names: set[str] = set()
+    bags: set[str] = set()
+    _walk(output, names, bags)
+    if bags:
+        raise SharpdimError(
+            f"{what} passes through nn.EmbeddingBag, whose backward torch cannot differentiate "
+            "again ('the derivative for _embedding_bag_backward is not implemented'): use "
+            "nn.Embedding followed by the bag's sum or mean"
+        )
     if names:
         raise SharpdimError(
-            f"{what} passes through {', '.join(names)}, a custom autograd.Function whose "
+            f"{what} passes through {', '.join(sorted(names))}, a custom autograd.Function whose "
             "backward is @once_differentiable: torch silently drops its terms of a second "
             f"derivative (products through the gradient come out zero or wrong); {advice}"
         )

@@ -93,11 +93,10 @@ class _ParameterSwap:
         self.views: list[torch.Tensor] = []
         # a sparse embedding's gradient of a view of the state cannot be reshaped: the swapped
         # model takes dense gradients (the same values)
-        self.sparse = [
-            m
-            for m in model.modules()
-            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse
+        self.embeddings = [
+            m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
         ]
+        self.sparse_flags: list[bool] = []
 
     def __call__(self, flat: torch.Tensor) -> _ParameterSwap:
         self.views = [
@@ -108,14 +107,15 @@ class _ParameterSwap:
     def __enter__(self) -> None:
         for m, name, _, i in self.slots:
             m._parameters[name] = self.views[i]  # type: ignore[assignment]  # a plain view
-        for m in self.sparse:
+        self.sparse_flags = [m.sparse for m in self.embeddings]  # (as they are now)
+        for m in self.embeddings:
             m.sparse = False
 
     def __exit__(self, *exc: object) -> None:
         for m, name, p, _ in self.slots:
             m._parameters[name] = p
-        for m in self.sparse:
-            m.sparse = True
+        for m, flag in zip(self.embeddings, self.sparse_flags, strict=True):
+            m.sparse = flag
         self.views = []
 
 

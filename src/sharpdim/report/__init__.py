@@ -8,7 +8,17 @@ importing one report module does not load the others and the training stack they
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # (the names for type checkers and IDEs; imported lazily at run time)
+    from sharpdim.report.chaos_figures import plot_chaos_comparison
+    from sharpdim.report.eos_figures import plot_eos_runs, plot_fractal, plot_minimalist
+    from sharpdim.report.html_report import (
+        ReportSection,
+        render_html_report,
+        write_html_report,
+    )
+    from sharpdim.report.spectrum_figures import plot_spectrum_density
 
 _HOMES = {
     "ReportSection": "html_report",
@@ -21,10 +31,23 @@ _HOMES = {
     "plot_spectrum_density": "spectrum_figures",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "ReportSection",
+    "plot_chaos_comparison",
+    "plot_eos_runs",
+    "plot_fractal",
+    "plot_minimalist",
+    "plot_spectrum_density",
+    "render_html_report",
+    "write_html_report",
+]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module 'sharpdim.report' has no attribute {name!r}")
     return getattr(importlib.import_module(f"sharpdim.report.{_HOMES[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

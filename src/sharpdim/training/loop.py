@@ -508,6 +508,8 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model, batch)
                 value = float(loss.detach())
+                if math.isfinite(value):  # (a detached NaN/inf is a divergence, recorded)
+                    _check_graph(loss)
                 if step == 0 or math.isnan(limit):
                     limit = config.divergence_factor * max(abs(value), 1.0)
                     if config.divergence_threshold is not None:
@@ -515,7 +517,6 @@ def train(
                 if not math.isfinite(value) or value > limit:
                     status, diverged_at = "diverged", step
                     break
-                _check_graph(loss)  # (after: a detached NaN is a divergence, recorded)
                 if step % config.log_every == 0:
                     history.append((step, value))
                 loss.backward()

@@ -135,6 +135,12 @@ def _parameter_list(params: Any) -> list[Any]:
             "e.g. model.parameters()"
         )
     params = list(params)
+    kinds = {"dict" if isinstance(p, dict) else "named" if _named(p) else "tensor" for p in params}
+    if len(kinds) > 1:
+        raise SharpdimError(
+            f"params mixes {' and '.join(sorted(kinds))} entries, which torch refuses: pass one "
+            "kind, e.g. model.parameters() or model.named_parameters()"
+        )
     if not params or not all(isinstance(p, (torch.Tensor, dict)) or _named(p) for p in params):
         got = "nothing" if not params else ", ".join(sorted({type(p).__name__ for p in params}))
         raise SharpdimError(
