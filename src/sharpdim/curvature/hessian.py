@@ -69,24 +69,40 @@ def checked_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
             "(model, batch): wrap it, e.g. loss_fn=lambda model, batch: "
             "criterion(model(batch[0]), batch[1])"
         )
-    loss = loss_fn(model, batch)
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise SharpdimError(
-            f"loss_fn must return a scalar tensor, got {shape}: reduce it, e.g. with .mean()"
-        )
-    if not loss.is_floating_point():
-        raise SharpdimError(
-            f"loss_fn must return a real floating-point scalar, got dtype {loss.dtype}: "
-            "return a real loss (e.g. take .real or .abs() of a complex value)"
-        )
+    loss = scalar_loss(loss_fn(model, batch))
     if not torch.isfinite(loss.detach()).all():
         raise NonFiniteLossError(
             f"loss is not finite ({loss.detach().item()}): the model has diverged, the input holds "
             "NaN/inf, or a mean is over no elements (e.g. every target is cross-entropy's "
             "ignore_index); check the data and the parameters before computing curvature"
         )
+    return loss
+
+
+def scalar_loss(loss: Any) -> torch.Tensor:
+    """``loss`` (what a ``loss_fn`` returned) as a 0-dim tensor, checked to be one real
+    floating-point number (finite or not: the training loop records a non-finite one)."""
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else None
+        raise SharpdimError(
+            f"loss_fn must return a scalar tensor, got {got or type(loss).__name__}: reduce it, "
+            "e.g. with .mean()"
+        )
+    if not loss.is_floating_point():
+        raise SharpdimError(
+            f"loss_fn must return a real floating-point scalar, got dtype {loss.dtype}: compute "
+            "a real loss from the model's floating outputs (e.g. .real or .abs() of a complex one)"
+        )
     return loss.reshape(())
+
+
+def require_graph(loss: torch.Tensor) -> None:
+    """A one-line error if ``loss`` has no gradient graph to differentiate."""
+    if not loss.requires_grad:
+        raise SharpdimError(
+            "loss_fn returned a loss without a gradient graph: do not compute it under "
+            "torch.no_grad() or .detach() it, and make it depend on the parameters"
+        )
 
 
 def math_attention() -> Any:
@@ -115,11 +131,7 @@ def _differentiable_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch
             "curvature cannot be computed inside torch.inference_mode(): call it outside the "
             "inference_mode block"
         )
-    if not loss.requires_grad:
-        raise SharpdimError(
-            "loss_fn returned a loss without a gradient graph: do not compute it under "
-            "torch.no_grad() or .detach() it, and make it depend on the parameters"
-        )
+    require_graph(loss)
     return loss
 
 
@@ -409,22 +421,22 @@ class HessianOperator(LinearOperator):
         return [strided(grads[i]) for i in live], live
 
     def _check_params_in_model(self) -> None:
-        """Refuse parameters the model no longer holds: the loss does not reach a replaced
-        tensor, so its rows would silently read zero."""
+        """Refuse parameters the model no longer holds (the loss does not reach a replaced
+        tensor, so its rows would silently read zero) or that no longer require grad."""
         own = {id(p) for p in self.model.parameters()}
         gone = [tuple(p.shape) for p in self.params if id(p) not in own]
-        frozen = [tuple(p.shape) for p in self.params if not p.requires_grad]
-        if frozen and not gone:
-            raise SharpdimError(
-                f"{len(frozen)} of the operator's parameter tensors (shapes {frozen[:3]}) no "
-                "longer require grad (frozen after the operator was built): build a new "
-                "HessianOperator, whose default parameters are the trainable ones"
-            )
         if gone:
             raise SharpdimError(
                 f"{len(gone)} of the operator's parameter tensors (shapes {gone[:3]}) are no "
                 "longer parameters of the model (replaced, e.g. by load_state_dict(assign=True) "
                 "or layer.weight = nn.Parameter(...)): build a new HessianOperator"
+            )
+        frozen = [tuple(p.shape) for p in self.params if not p.requires_grad]
+        if frozen:
+            raise SharpdimError(
+                f"{len(frozen)} of the operator's parameter tensors (shapes {frozen[:3]}) no "
+                "longer require grad (frozen after the operator was built): build a new "
+                "HessianOperator, whose default parameters are the trainable ones"
             )
 
     def _tensors_to_track(self) -> list[torch.Tensor]:
@@ -467,10 +479,11 @@ class HessianOperator(LinearOperator):
     def _tracked_state(
         self, tracked: list[torch.Tensor]
     ) -> tuple[list[Any], list[int], list[bool]]:
-        """Identity, storage and version of every tracked tensor (of :meth:`_tensors_to_track`),
-        and (``mode="keep"``) the modules' train/eval flags: a graph built under other values
-        describes another Hessian (or, for a parameter frozen since, none). (``model.to(...)``/``.double()`` swap a parameter's storage
-        without a new version.)"""
+        """Identity, storage, version and ``requires_grad`` of every tracked tensor (of
+        :meth:`_tensors_to_track`), and (``mode="keep"``) the modules' train/eval flags: a graph
+        built under other values describes another Hessian (or, for a parameter frozen since,
+        none). (``model.to(...)``/``.double()`` swap a parameter's storage without a new
+        version.)"""
         flags = [m.training for m in self.model.modules()] if self.mode == "keep" else []
         where = [(id(t), _storage(t), t.dtype, t.device, t.requires_grad) for t in tracked]
         return where, [t._version for t in tracked], flags

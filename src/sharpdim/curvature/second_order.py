@@ -19,17 +19,11 @@ _ONCE_DIFFERENTIABLE = once_differentiable(lambda ctx, *grads: grads).__code__
 """The code of the wrapper ``once_differentiable`` puts around every backward it decorates."""
 
 
-def once_differentiable_functions(output: torch.Tensor) -> list[str]:
-    """Names of the custom autograd Functions with a ``@once_differentiable`` backward in the
-    graph that produced ``output`` (each node visited once; sorted, without repeats)."""
+def _walk(output: torch.Tensor) -> tuple[set[str], set[str]]:
+    """The names of the once-differentiable Functions and of the ``nn.EmbeddingBag`` nodes (no
+    double backward in torch) in ``output``'s graph, each node visited once."""
     found: set[str] = set()
-    _walk(output, found, set())
-    return sorted(found)
-
-
-def _walk(output: torch.Tensor, found: set[str], bags: set[str]) -> None:
-    """Collect into ``found`` the once-differentiable Functions and into ``bags`` the
-    ``nn.EmbeddingBag`` nodes (no double backward in torch) of ``output``'s graph."""
+    bags: set[str] = set()
     seen: set[object] = set()
     stack = [output.grad_fn]
     while stack:
@@ -45,6 +39,7 @@ def _walk(output: torch.Tensor, found: set[str], bags: set[str]) -> None:
         if type(node).__name__.startswith("EmbeddingBagBackward"):
             bags.add(type(node).__name__)
         stack.extend(next_node for next_node, _ in node.next_functions)
+    return found, bags
 
 
 _WRITE_IT = "write its backward with differentiable torch ops, or use the plain layer it replaces"
@@ -55,9 +50,7 @@ def refuse_once_differentiable(output: torch.Tensor, what: str, advice: str = _W
     ``@once_differentiable`` backward, whose second derivative torch silently drops (the
     message then ends in ``advice``), or through ``nn.EmbeddingBag``, which torch cannot
     differentiate twice (a raw ``NotImplementedError`` at the first product)."""
-    names: set[str] = set()
-    bags: set[str] = set()
-    _walk(output, names, bags)
+    names, bags = _walk(output)
     if bags:
         raise SharpdimError(
             f"{what} passes through nn.EmbeddingBag, whose backward torch cannot differentiate "

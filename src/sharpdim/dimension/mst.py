@@ -51,8 +51,8 @@ def as_points(points: Any, min_points: int = 2) -> torch.Tensor:
         ) from None
     if pts.ndim != 2 or pts.shape[0] < min_points:
         raise SharpdimError(
-            f"points must be an (N, D) array with N >= {min_points}, got shape {tuple(pts.shape)}: pass "
-            "one row per point"
+            f"points must be an (N, D) array with N >= {min_points}, got shape "
+            f"{tuple(pts.shape)}: pass one row per point"
         )
     if pts.is_complex() or pts.dtype == torch.bool:
         raise SharpdimError(
@@ -127,9 +127,10 @@ def rounding_unit(values: Any) -> float:
 
 def _check_symmetric(dense: np.ndarray, what: str, eps: float) -> None:
     """A one-line error if ``dense`` is not symmetric up to rounding, ``sqrt(eps)`` of its
-    largest finite entry, ``eps`` that of the precision the distances were computed in (the MST reads one triangle: an asymmetric dissimilarity would make
-    the result depend on the order of the points). Tiles of the upper triangle against their
-    mirror images: no full-size copies."""
+    largest finite entry, ``eps`` that of the precision the distances were computed in (the
+    MST reads one triangle: an asymmetric dissimilarity would make the result depend on the
+    order of the points). Tiles of the upper triangle against their mirror images: no
+    full-size copies."""
     all_finite = bool(np.isfinite(dense).all())
     finite = dense if all_finite else dense[np.isfinite(dense)]
     scale = float(np.abs(finite).max()) if finite.size else 0.0

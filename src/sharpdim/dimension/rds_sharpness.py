@@ -37,6 +37,7 @@ from sharpdim.dynamics.jacobian_spectra import (
     step_log_singular_values,
     step_matrix,
 )
+from sharpdim.dynamics.step_maps import refuse_tensor_tuple
 from sharpdim.errors import SharpdimError
 from sharpdim.rng import forked_global_rng, operator_seed, peek_seed
 
@@ -188,11 +189,7 @@ def rds_sharpness(
     """
     if not isinstance(batches, Sequence) or len(batches) == 0:
         raise SharpdimError("batches must be a non-empty list of minibatches: pass [(x, y), ...]")
-    if isinstance(batches, tuple) and all(isinstance(b, torch.Tensor) for b in batches):
-        raise SharpdimError(
-            "batches is a tuple of tensors: one (x, y) batch or several one-tensor batches? "
-            "pass a list: [(x, y)] for one batch, [(x1, y1), (x2, y2), ...] or [b1, b2, ...]"
-        )
+    refuse_tensor_tuple(batches)
     if not isinstance(config, StepSpectrumConfig):
         raise SharpdimError(
             f"config must be a StepSpectrumConfig, got {type(config).__name__}: pass e.g. "

@@ -69,6 +69,16 @@ def _step_seed(seed: int, t: int) -> int:
     return (z ^ (z >> 31)) % 2**32
 
 
+def refuse_tensor_tuple(batches: Any) -> None:
+    """A one-line error for ``batches`` given as a tuple of tensors: one ``(x, y)`` batch
+    would be read as the two batches ``x`` and ``y``."""
+    if isinstance(batches, tuple) and all(isinstance(b, torch.Tensor) for b in batches):
+        raise SharpdimError(
+            "batches is a tuple of tensors: one (x, y) batch or several one-tensor batches? "
+            "pass a list: [(x, y)] for one batch, [(x1, y1), (x2, y2), ...] or [b1, b2, ...]"
+        )
+
+
 class _ParameterSwap:
     """Puts tensors in place of a model's trainable parameters for a block, then restores them.
 
@@ -173,12 +183,7 @@ class TrainingMap:
             )
         if not callable(batches) and len(batches) == 0:
             raise SharpdimError("`batches` is empty: pass at least one batch")
-        if isinstance(batches, tuple) and all(isinstance(b, torch.Tensor) for b in batches):
-            # (as rds_sharpness): one (x, y) batch was read as the batches x and y
-            raise SharpdimError(
-                "batches is a tuple of tensors: one (x, y) batch or several one-tensor batches? "
-                "pass a list: [(x, y)] for one batch, [(x1, y1), (x2, y2), ...] or [b1, b2, ...]"
-            )
+        refuse_tensor_tuple(batches)
         if mode not in ("eval", "train", "keep"):
             raise SharpdimError(f"unknown mode {mode!r}: use 'eval', 'train' or 'keep'")
         model = uncompiled(model)  # (a torch.compile wrapper has no double backward)

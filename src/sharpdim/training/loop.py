@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from sharpdim.checks import check_betas, check_count, check_number, check_seed, plain_scalar
+from sharpdim.curvature.hessian import require_graph, scalar_loss
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
 from sharpdim.module_modes import ModeScope, restored_modes
@@ -331,34 +332,13 @@ def _check_train_arguments(
 
 
 def _checked_loss_fn(loss_fn: Callable[..., Any]) -> LossFn:
-    """``loss_fn`` with its value checked to be a one-element floating tensor (as
-    ``curvature.hessian.checked_loss`` checks a loss, except that a non-finite value passes:
-    in the loop it is a divergence, a recorded outcome)."""
+    """``loss_fn`` with its value checked by :func:`~sharpdim.curvature.hessian.scalar_loss`
+    (a non-finite value passes: in the loop it is a divergence, a recorded outcome)."""
 
     def checked(model: nn.Module, batch: Any) -> torch.Tensor:
-        loss = loss_fn(model, batch)
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else None
-            raise SharpdimError(
-                f"loss_fn must return a scalar tensor, got {got or type(loss).__name__}: "
-                "reduce it, e.g. with .mean()"
-            )
-        if not loss.is_floating_point():
-            raise SharpdimError(
-                f"loss_fn must return a real floating-point scalar, got dtype {loss.dtype}: "
-                "compute the loss from the model's floating outputs"
-            )
-        return loss.reshape(())
+        return scalar_loss(loss_fn(model, batch))
 
     return checked
-
-
-def _check_graph(loss: torch.Tensor) -> None:
-    if not loss.requires_grad:
-        raise SharpdimError(
-            "loss_fn returned a loss without a gradient graph: do not compute it under "
-            "torch.no_grad() or .detach() it, and make it depend on the parameters"
-        )
 
 
 def _end_loss(model: nn.Module, loss_fn: LossFn, dataset: Dataset) -> float:
@@ -509,7 +489,7 @@ def train(
                 loss = loss_fn(model, batch)
                 value = float(loss.detach())
                 if math.isfinite(value):  # (a detached NaN/inf is a divergence, recorded)
-                    _check_graph(loss)
+                    require_graph(loss)
                 if step == 0 or math.isnan(limit):
                     limit = config.divergence_factor * max(abs(value), 1.0)
                     if config.divergence_threshold is not None:
