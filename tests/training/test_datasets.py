@@ -11,7 +11,7 @@ import torch
 
 from sharpdim.errors import SharpdimError
 from sharpdim.training.data_idx import write_idx
-from sharpdim.training.datasets import MNIST1D_TEST_SEED, load_dataset
+from sharpdim.training.datasets import MNIST1D_TEST_SEED, Dataset, load_dataset
 
 SMALL = {
     "digits": {},
@@ -263,6 +263,46 @@ def test_mnist1d_padding_is_a_pair_of_whole_numbers_in_order():
     for bad in ([1], 5, [60, 36], [-1, 3], [1.5, 2], "ab", [1, 2, 3], np.array([[1, 2]])):
         with pytest.raises(SharpdimError, match=message):
             load_dataset("mnist1d", padding=bad, **small)
+
+
+def test_mnist1d_options_that_break_its_generator_are_refused():
+    """max_translation=0 (no shift, a plausible ablation) and templates shorter than two
+    points passed the checks and failed inside mnist1d with raw ValueErrors."""
+    pytest.importorskip("mnist1d")
+    small = {"n_train": 10, "n_test": 0}
+    for options, message in [
+        ({"max_translation": 0}, r"^mnist1d option max_translation must be an integer >= 1, "
+         "got 0: pass max_translation=1 for no shift$"),
+        ({"final_seq_length": 0}, r"^mnist1d option final_seq_length must be an integer >= 1"),
+        ({"template_len": 1, "padding": [0, 0]}, r"^mnist1d options template_len=1 and "
+         r"padding=\[0, 0\] leave templates shorter than 2 points"),
+        ({"template_len": 0, "padding": [0, 1]}, "leave templates shorter than 2 points"),
+    ]:  # fmt: skip
+        with pytest.raises(SharpdimError, match=message):
+            load_dataset("mnist1d", **options, **small)
+    assert load_dataset("mnist1d", max_translation=1, **small).x_train.shape == (10, 40)
+    assert load_dataset("mnist1d", template_len=1, padding=[0, 1], **small).num_train == 10
+
+
+def test_a_dataset_of_ones_own_arrays_is_checked_when_built():
+    """Dataset(...) checked nothing: labels one short failed mid-run with a raw IndexError,
+    numpy arrays with an AttributeError, and one label too many only at the final
+    evaluation, after the whole run."""
+    x, y = torch.randn(20, 5), torch.randint(0, 3, (20,))
+    from_numpy = Dataset("own", x.numpy(), y.numpy(), x[:4].numpy()[::-1], y[:4].numpy(), 3)
+    assert torch.equal(from_numpy.x_train, x) and torch.equal(from_numpy.x_test, x[:4].flip(0))
+    assert from_numpy.y_train.dtype == torch.int64
+    for fields, message in [
+        ((x, y[:19], x[:4], y[:4], 3), r"^Dataset x_train holds 20 examples but y_train 19: "),
+        ((x, y, x[:4], y[:5], 3), r"^Dataset x_test holds 4 examples but y_test 5: "),
+        ((x, y, x[:4, :3], y[:4], 3), r"^Dataset x_train has examples of shape \(5,\) but x_test"),
+        ((x, y, x[:4], y[:4], -1), r"^num_classes must be an integer >= 0, got -1"),
+        ((x, np.array(["a"] * 20), x[:4], y[:4], 3), r"^Dataset y_train is a numpy array of <U1"),
+        (([1.0] * 20, y, x[:4], y[:4], 3), r"^Dataset x_train must be a torch.Tensor \(or numpy"),
+        ((torch.tensor(1.0), y, x[:4], y[:4], 3), r"^Dataset x_train is a single number"),
+    ]:  # fmt: skip
+        with pytest.raises(SharpdimError, match=message):
+            Dataset("own", *fields)
 
 
 def test_to_refuses_a_dtype_that_is_not_floating():

@@ -763,6 +763,46 @@ def test_a_resume_on_relabelled_examples_is_refused(digits, tmp_path):
         train(small_mlp(), digits.subset(n - 1), resume, resume_from=tmp_path / "old.pt")
 
 
+def test_a_resume_with_another_loss_fn_is_refused(digits, tmp_path):
+    """The checkpoint recorded config.loss, not the loss_fn the run trained on: a run started
+    with loss_fn="ce" under the default config (mse) resumed on MSE without a word."""
+    config = TrainConfig(lr=0.1, steps=4, checkpoint_steps=(2,), checkpoint_dir=str(tmp_path))
+    whole = small_mlp()
+    train(whole, digits, config, loss_fn="ce")
+    resume = TrainConfig(lr=0.1, steps=4)
+    path = checkpoint_path(tmp_path, 2)
+    with pytest.raises(SharpdimError, match=r"written with the loss cross_entropy_loss \(now mse"):
+        train(small_mlp(), digits, resume, resume_from=path)
+
+    def my_ce(model, batch):
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    with pytest.raises(SharpdimError, match=r"\(now tests.training.test_loop.*my_ce\): resume"):
+        train(small_mlp(), digits, resume, loss_fn=my_ce, resume_from=path)
+    resumed = small_mlp(seed=1)  # the alias names the same loss
+    train(resumed, digits, resume, loss_fn="cross_entropy", resume_from=path)
+    assert torch.equal(flat(whole), flat(resumed))
+
+
+def test_a_resume_on_a_model_with_other_modules_is_refused(digits, tmp_path):
+    """Only parameter names and shapes were compared: a ReLU twin of a tanh model (or another
+    dropout rate) loaded its checkpoint and trained on, against the docs."""
+    config = TrainConfig(lr=0.1, steps=4, checkpoint_steps=(2,), checkpoint_dir=str(tmp_path))
+    train(small_mlp(), digits, config)
+    resume, path = TrainConfig(lr=0.1, steps=4), checkpoint_path(tmp_path, 2)
+    relu = build_mlp(64, 10, width=16, depth=1, activation="relu", dtype=torch.float64)
+    before = flat(relu).clone()
+    message = r"written from another model \(module '2' Tanh\(\); now module '2' ReLU\(\)\)"
+    with pytest.raises(SharpdimError, match=message):
+        train(relu, digits, resume, resume_from=path)
+    assert torch.equal(flat(relu), before)
+    # a checkpoint of an older version has no module list: names and shapes decide, as before
+    state = torch.load(path, weights_only=True)
+    del state["sha256"], state["loop"]["modules"], state["loop"]["loss_fn"]
+    torch.save(state, tmp_path / "old.pt")
+    assert train(relu, digits, resume, resume_from=tmp_path / "old.pt").status == "ok"
+
+
 def _scalar_problem():
     """GD on ``0.5 w^2`` from ``w = 1`` at lr 11: ``L_s = 0.5 * 100^s``; with
     ``divergence_threshold=1e4`` the run diverges at step 3 (``L_3 = 5e5``)."""

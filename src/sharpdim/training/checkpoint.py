@@ -2,8 +2,10 @@
 
 A checkpoint written by :func:`~sharpdim.training.loop.train` also holds the loop's state
 (``"loop"``: the batch-order generator at the start of the current epoch and the batches of
-that epoch already taken, the global RNG that dropout draws from, the divergence limit), so
-``train(..., resume_from=path)`` continues the run bit-identically. Files are written to a
+that epoch already taken, the global RNG that dropout draws from, the divergence limit; and,
+to refuse a resume that would train differently, the config fields, the training set's
+digest, the loss and the model's modules), so ``train(..., resume_from=path)`` continues the
+run bit-identically. Files are written to a
 temporary name and then renamed, so a killed process never leaves a half-written checkpoint;
 each holds a SHA-256 of its contents (``"sha256"``), checked on reading, so a file damaged
 on disk is refused instead of loading wrong weights.

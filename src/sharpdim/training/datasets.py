@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharpdim.checks import check_count, check_number, check_seed
+from sharpdim.checks import check_count, check_number, check_seed, native_array
 from sharpdim.errors import SharpdimError
 from sharpdim.training.models import build_mlp
 
@@ -44,6 +44,27 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Numpy arrays become tensors; the splits' lengths and ``num_classes`` are checked
+        here, not at the first batch that reaches past a shorter label tensor."""
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            object.__setattr__(self, name, _split_tensor(getattr(self, name), name))
+        for x_name, y_name in (("x_train", "y_train"), ("x_test", "y_test")):
+            x, y = getattr(self, x_name), getattr(self, y_name)
+            if len(x) != len(y):
+                raise SharpdimError(
+                    f"Dataset {x_name} holds {len(x)} examples but {y_name} {len(y)}: pass one "
+                    "target per example"
+                )
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise SharpdimError(
+                f"Dataset x_train has examples of shape {tuple(self.x_train.shape[1:])} but "
+                f"x_test {tuple(self.x_test.shape[1:])}: pass both splits in one shape"
+            )
+        object.__setattr__(
+            self, "num_classes", check_count(self.num_classes, "num_classes", 0, "0 for regression")
+        )
 
     @property
     def num_train(self) -> int:
@@ -132,6 +153,28 @@ class Dataset:
             x_test=move(self.x_test),
             y_test=move(self.y_test),
         )
+
+
+def _split_tensor(value: Any, name: str) -> torch.Tensor:
+    """A split's inputs or targets as a tensor with an example axis (numpy arrays wrapped)."""
+    if isinstance(value, np.ndarray):
+        try:
+            value = torch.as_tensor(native_array(value))
+        except TypeError:
+            raise SharpdimError(
+                f"Dataset {name} is a numpy array of {value.dtype}, which torch cannot hold: "
+                "pass numbers (class labels as integers 0..C-1)"
+            ) from None
+    if not isinstance(value, torch.Tensor):
+        raise SharpdimError(
+            f"Dataset {name} must be a torch.Tensor (or numpy array), got "
+            f"{type(value).__name__}: pass e.g. torch.as_tensor({name})"
+        )
+    if value.ndim == 0:
+        raise SharpdimError(
+            f"Dataset {name} is a single number: pass one row per example (shape (n, ...))"
+        )
+    return value
 
 
 def _sizes(
@@ -233,6 +276,11 @@ def make_mnist1d_dataset(
         )
     defaults = vars(args)
     defaults.update({k: _mnist1d_option(k, v, defaults[k]) for k, v in mnist1d_args.items()})
+    if args.template_len + args.padding[1] < 2:  # (each template is resampled to this length)
+        raise SharpdimError(
+            f"mnist1d options template_len={args.template_len} and padding={args.padding} "
+            "leave templates shorter than 2 points: make template_len + padding[1] at least 2"
+        )
     py_state, np_state = random.getstate(), np.random.get_state()
     try:  # mnist1d seeds numpy's and Python's global generators: restored afterwards
         x_train, y_train = _mnist1d_examples(args, n_train, seed % 2**32)
@@ -269,7 +317,12 @@ def _mnist1d_option(name: str, value: Any, default: Any) -> Any:
             return bool(value)
         raise SharpdimError(f"mnist1d option {name} must be True or False, got {value!r}")
     if isinstance(default, int):
-        return check_count(value, f"mnist1d option {name}", 0, f"e.g. {name}={default}")
+        # a shift is drawn from [0, max_translation) (1: none); at least one output point
+        minimum = 1 if name in ("max_translation", "final_seq_length") else 0
+        hint = "max_translation=1 for no shift" if name == "max_translation" else None
+        return check_count(
+            value, f"mnist1d option {name}", minimum, hint or f"e.g. {name}={default}"
+        )
     if isinstance(default, float):
         return check_number(value, f"mnist1d option {name}", "any", f"{name}={default}")
     return value

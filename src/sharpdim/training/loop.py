@@ -51,8 +51,12 @@ from sharpdim.training.datasets import Dataset
 from sharpdim.training.loop_state import (
     BatchStream,
     check_same_data,
+    check_same_loss,
+    check_same_modules,
     check_same_run,
     data_fingerprint,
+    loss_label,
+    module_structure,
     resumed_limit,
     run_fields,
 )
@@ -401,6 +405,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise SharpdimError("the model has no trainable parameters: nothing to train")
+    loss_name = loss_label(loss_fn, config)
     if loss_fn is None or isinstance(loss_fn, str):
         loss_fn = get_loss(config.loss if loss_fn is None else loss_fn)
     else:  # (a vector, a float or a detached loss failed deep in the loop)
@@ -426,6 +431,10 @@ def train(
             check_same_run(loop_state["config"], config, resume_from)
         if loop_state is not None and "data" in loop_state:
             check_same_data(loop_state["data"], dataset, resume_from, fingerprint)
+        if loop_state is not None and "loss_fn" in loop_state:  # (since 2026-11-24)
+            check_same_loss(loop_state["loss_fn"], loss_name, resume_from)
+        if loop_state is not None and "modules" in loop_state:
+            check_same_modules(loop_state["modules"], model, resume_from)
         if saved["step"] > config.steps:  # (every refusal before the model is overwritten)
             raise SharpdimError(
                 f"{resume_from} is at step {saved['step']}, past steps={config.steps}: "
@@ -453,6 +462,8 @@ def train(
                 "limit": limit,
                 "config": run_fields(config),
                 "data": fingerprint(),
+                "loss_fn": loss_name,
+                "modules": module_structure(model),
             }
             if params[0].device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(params[0].device)

@@ -3,8 +3,9 @@
 :class:`BatchStream` is the loop's sequence of batches (the full batch forever, or seeded
 permutations epoch after epoch) with a state to save and restore; :func:`run_fields` are the
 config fields that shape the trajectory, which a resumed run must share
-(:func:`check_same_run`); :func:`resumed_limit` is the divergence limit a resumed run starts
-with.
+(:func:`check_same_run`), together with the loss used (:func:`loss_label`) and the model's
+modules (:func:`module_structure`); :func:`resumed_limit` is the divergence limit a resumed run
+starts with.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
 import torch
+from torch import nn
 
 from sharpdim.errors import SharpdimError
 from sharpdim.training.datasets import Batch, Dataset
+from sharpdim.training.losses import LOSSES
 
 if TYPE_CHECKING:
     from sharpdim.training.loop import TrainConfig
@@ -113,6 +116,64 @@ def check_same_run(saved: Mapping[str, Any], config: TrainConfig, path: str | Pa
             f"{path} was written with {', '.join(differ)}: resume with the configuration of "
             "the interrupted run"
         )
+
+
+def loss_label(loss_fn: Any, config: TrainConfig) -> str:
+    """The loss a run trains on, as a checkpoint records it: a built-in loss by its function's
+    name (so ``"ce"`` and ``"cross_entropy"`` agree), a custom ``loss_fn`` by its module and
+    qualified name (its code cannot be compared)."""
+    if loss_fn is None or isinstance(loss_fn, str):
+        name = config.loss if loss_fn is None else loss_fn
+        return LOSSES[name].__name__ if name in LOSSES else name
+    function = getattr(loss_fn, "func", loss_fn)  # (a functools.partial: its function)
+    qualname = getattr(function, "__qualname__", type(function).__qualname__)
+    return f"{getattr(function, '__module__', None)}.{qualname}"
+
+
+def check_same_loss(saved: str, now: str, path: str | Path) -> None:
+    """Refuse to resume a checkpoint with another loss than it was written with."""
+    if saved != now:
+        raise SharpdimError(
+            f"{path} was written with the loss {saved} (now {now}): resume with the loss_fn "
+            "of the interrupted run"
+        )
+
+
+def module_structure(model: nn.Module) -> list[list[str]]:
+    """Each submodule's name, class and settings (``extra_repr``): what a checkpoint's state
+    dict does not show (an activation, a dropout rate, a layer norm's eps)."""
+    return [
+        [name, type(module).__qualname__, module.extra_repr()]
+        for name, module in model.named_modules()
+    ]
+
+
+def check_same_modules(saved: list[list[str]], model: nn.Module, path: str | Path) -> None:
+    """Refuse to resume a checkpoint on a model whose modules differ from those it was written
+    from, though their parameters fit (e.g. ReLU for Tanh)."""
+    now = module_structure(model)
+    if [list(entry) for entry in saved] == now:
+        return
+    was, new = _first_difference(saved, now)
+    raise SharpdimError(
+        f"{path} was written from another model ({was}; now {new}): build the model with the "
+        "architecture of the interrupted run"
+    )
+
+
+def _first_difference(saved: list[list[str]], now: list[list[str]]) -> tuple[str, str]:
+    def word(entry: list[str] | None) -> str:
+        if entry is None:
+            return "no such module"
+        name, kind, settings = entry
+        return f"module {name or '(root)'!r} {kind}({settings})"
+
+    for index in range(max(len(saved), len(now))):
+        old = list(saved[index]) if index < len(saved) else None
+        new = now[index] if index < len(now) else None
+        if old != new:
+            return word(old), word(new)
+    return "", ""  # (not reached: the lists differ)
 
 
 def resumed_limit(loop_state: Mapping[str, Any] | None, config: TrainConfig) -> float:
