@@ -803,6 +803,28 @@ def test_a_resume_on_a_model_with_other_modules_is_refused(digits, tmp_path):
     assert train(relu, digits, resume, resume_from=tmp_path / "old.pt").status == "ok"
 
 
+class _Scaled(torch.nn.Module):
+    """A user's module whose repr shows a trained value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def forward(self, x):
+        return self.scale * x
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale.item():.6f}"
+
+
+def test_a_users_own_module_is_compared_by_class_not_by_its_repr(digits, tmp_path):
+    config = TrainConfig(lr=0.1, steps=4, checkpoint_steps=(2,), checkpoint_dir=str(tmp_path))
+    whole, resumed = (torch.nn.Sequential(small_mlp(), _Scaled()) for _ in range(2))
+    train(whole, digits, config)
+    train(resumed, digits, TrainConfig(lr=0.1, steps=4), resume_from=checkpoint_path(tmp_path, 2))
+    assert torch.equal(flat(whole), flat(resumed)) and whole[1].scale.item() != 1.0
+
+
 def _scalar_problem():
     """GD on ``0.5 w^2`` from ``w = 1`` at lr 11: ``L_s = 0.5 * 100^s``; with
     ``divergence_threshold=1e4`` the run diverges at step 3 (``L_3 = 5e5``)."""

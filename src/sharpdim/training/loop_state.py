@@ -140,10 +140,17 @@ def check_same_loss(saved: str, now: str, path: str | Path) -> None:
 
 
 def module_structure(model: nn.Module) -> list[list[str]]:
-    """Each submodule's name, class and settings (``extra_repr``): what a checkpoint's state
-    dict does not show (an activation, a dropout rate, a layer norm's eps)."""
+    """Each submodule's name, class and, for torch's and sharpdim's modules, settings
+    (``extra_repr``): what a checkpoint's state dict does not show (an activation, a dropout
+    rate, a layer norm's eps). A user's own module is named by its class alone: its
+    ``extra_repr`` may show values that change in training."""
+
+    def settings(module: nn.Module) -> str:
+        known = type(module).__module__.split(".")[0] in ("torch", "sharpdim")
+        return module.extra_repr() if known else ""
+
     return [
-        [name, type(module).__qualname__, module.extra_repr()]
+        [name, type(module).__qualname__, settings(module)]
         for name, module in model.named_modules()
     ]
 
