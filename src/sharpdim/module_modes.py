@@ -80,11 +80,21 @@ class ModeScope:
         restore_flags(self.saved)
 
 
+def require_module(model: object) -> None:
+    """A one-line error unless ``model`` is a ``torch.nn.Module`` (a bound ``forward``, a
+    lambda or a list of modules failed later with a raw AttributeError)."""
+    if not isinstance(model, nn.Module):
+        raise SharpdimError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}: pass the network"
+        )
+
+
 def uncompiled(model: nn.Module) -> nn.Module:
     """The module ``torch.compile`` wrapped (it holds the same parameter tensors), else
     ``model``: compiled graphs have no double backward ("torch.compile with aot_autograd does
     not currently support double backward"), so curvature runs the eager module; a compiled
     submodule is refused in one line."""
+    require_module(model)
     inner = getattr(model, "_orig_mod", None)
     if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
         model = inner

@@ -364,3 +364,22 @@ def test_the_coarse_crossing_bin_example_of_the_docs() -> None:
         sd_from_measure("kde", far, ones).dimension,
     ]
     assert [round(f, 1) for f in figures] == [479.8, 462.5, 466.5, 467.7, 479.8, 481.4]
+
+
+def test_bad_inputs_of_the_measure_helpers_are_one_line_errors() -> None:
+    """sd_from_measure passed another estimator's option through (a raw TypeError), and
+    exponent_measure read text as a dtype name (TypeError: new(): invalid data type)."""
+    for call, message in [
+        (
+            lambda: sd_from_measure("slq", [1.0], [1.0], bandwidth=1.0),
+            r"^estimator_options \['bandwidth'\] are not options of method='slq'",
+        ),
+        (lambda: sd_from_measure("x", [1.0], [1.0]), r"^unknown SD estimator 'x'"),
+        (
+            lambda: exponent_measure("a", "b", 3, StepSpectrumConfig(lr=0.1)),
+            r"^nodes must be real numbers",
+        ),
+    ]:
+        with pytest.raises(SharpdimError, match=message):
+            call()
+    assert sd_from_measure("ps", [1.0, -2.0], [1.0, 1.0], num_quantiles=2).dimension == 1.5

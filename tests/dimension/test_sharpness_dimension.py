@@ -270,6 +270,9 @@ def test_bad_input() -> None:
     model, data = _setup()
     with pytest.raises(SharpdimError, match="lr"):
         sharpness_dimension(model, _ce, data, 0.0)
+    for not_a_module in (model.forward, None, [model]):  # (a raw AttributeError before)
+        with pytest.raises(SharpdimError, match=r"^model must be a torch.nn.Module, got"):
+            sharpness_dimension(not_a_module, _ce, data, 0.1)
     with pytest.raises(SharpdimError, match="lr"):
         sharpness_dimension(model, _ce, data, -0.1)
     with pytest.raises(SharpdimError, match="empty"):

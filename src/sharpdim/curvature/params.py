@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sharpdim.errors import SharpdimError
+from sharpdim.module_modes import require_module
 
 
 def trainable_parameters(
@@ -23,10 +24,7 @@ def trainable_parameters(
     order of their first appearance). A single tensor counts as a one-element subset; every
     tensor given must be a parameter of ``model`` (anything else has no Hessian block here).
     """
-    if not isinstance(model, nn.Module):
-        raise SharpdimError(
-            f"model must be a torch.nn.Module, got {type(model).__name__}: pass the network"
-        )
+    require_module(model)
     if isinstance(params, nn.Module):
         raise SharpdimError(
             f"`params` is a module ({type(params).__name__}): pass its .parameters() instead"

@@ -46,10 +46,11 @@ from typing import Any
 
 import torch
 
+from sharpdim.checks import real_tensor
 from sharpdim.curvature.measure import flat_measure as _flat
 from sharpdim.curvature.measure import silverman_bandwidth, weighted_quantiles
 from sharpdim.dimension.kaplan_yorke import KaplanYorkeResult, kaplan_yorke_measure
-from sharpdim.dimension.sd_arguments import check_estimator_option
+from sharpdim.dimension.sd_arguments import check_estimator_option, check_estimator_options
 from sharpdim.dynamics.jacobian_spectra import (
     LOG_EPS,
     StepSpectrumConfig,
@@ -97,8 +98,7 @@ def exponent_measure(
         ``(values, masses)``, each ``(R, m * s)`` with ``s`` exponents per eigenvalue (1 for
         SGD, 2 otherwise); the masses sum to ``s * d`` over all runs.
     """
-    nodes = torch.as_tensor(nodes).detach().to(torch.float64)
-    weights = torch.as_tensor(weights).detach().to(torch.float64)
+    nodes, weights = real_tensor(nodes, "nodes"), real_tensor(weights, "weights")
     if nodes.ndim != 2 or nodes.shape != weights.shape or nodes.numel() == 0:
         raise SharpdimError(
             f"nodes {tuple(nodes.shape)} and weights {tuple(weights.shape)} must be equal "
@@ -302,10 +302,11 @@ def sd_quantiles(
 
 def sd_from_measure(method: str, values: Any, masses: Any, **options: Any) -> KaplanYorkeResult:
     """Dispatch to :func:`sd_histogram` (``"slq"``), :func:`sd_kde` or :func:`sd_quantiles` (``"ps"``)."""
+    if method not in SD_METHODS:
+        raise SharpdimError(f"unknown SD estimator {method!r}: use one of {', '.join(SD_METHODS)}")
+    options = check_estimator_options(method, options)
     if method == "slq":
         return sd_histogram(values, masses, **options)
     if method == "kde":
         return sd_kde(values, masses, **options)
-    if method == "ps":
-        return sd_quantiles(values, masses, **options)
-    raise SharpdimError(f"unknown SD estimator {method!r}: use one of {', '.join(SD_METHODS)}")
+    return sd_quantiles(values, masses, **options)
