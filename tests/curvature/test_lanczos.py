@@ -535,3 +535,40 @@ def test_a_round_held_open_by_its_locked_copies_ends(seed: int) -> None:
         torch.testing.assert_close(res.eigenvalues, expected(a, 6, "LA"), rtol=0, atol=1e-6)
     else:
         assert not res.converged.any()
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1e-21, 1e20])
+@pytest.mark.parametrize("reorthogonalization", ["full", "partial", "none"])
+def test_float32_operators_of_huge_or_tiny_norm_give_scaled_answers(
+    scale: float, reorthogonalization: str
+) -> None:
+    """torch sums float32 squares unscaled: at ||H|| ~ 1e-22 the basis was normalized wrongly
+    (top value 4.07 instead of 3, marked converged), at 1e20 its norms overflowed (3e20 read
+    as 1.09e20; SLQ stopped after one step)."""
+    from sharpdim.curvature.slq import slq_spectrum
+
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(50, 50, generator=g, dtype=torch.float64))
+    values = torch.linspace(-1, 3, 50, dtype=torch.float64)
+    a = ((q * values * scale) @ q.T).float()
+    res = lanczos_eigenvalues(a, k=3, tol=1e-5)
+    assert res.all_converged
+    assert torch.allclose(res.eigenvalues / scale, values.flip(0)[:3], rtol=2e-5)
+    slq = slq_spectrum(
+        a,
+        num_runs=4,
+        num_steps=10,
+        generator=torch.Generator().manual_seed(1),
+        reorthogonalization=reorthogonalization,
+    )
+    unscaled = slq_spectrum(
+        (q * values) @ q.T,
+        num_runs=4,
+        num_steps=10,
+        generator=torch.Generator().manual_seed(1),
+        reorthogonalization=reorthogonalization,
+    )
+    assert slq.steps.tolist() == [10] * 4
+    assert slq.moment(2) / scale**2 == pytest.approx(unscaled.moment(2), rel=1e-5)
+    top = lanczos_eigenvalues(torch.diag(torch.tensor([3.0, 1.0, 0.2, 0.1])) * scale, k=1)
+    assert float(top.eigenvalues[0]) == pytest.approx(3 * scale, rel=1e-6)

@@ -22,6 +22,26 @@ _NOISE_ULPS = 64
 """... or shorter than this many machine epsilons of the basis dtype times ``||H||``."""
 
 
+_NORM_RANGE = (1e-15, 1e15)
+"""Norms in this range are exact to rounding in float32's unscaled sum of squares."""
+
+
+def row_norms(w: torch.Tensor) -> torch.Tensor:
+    """Euclidean norms of the rows of ``w`` (of ``w`` itself if 1-D), in ``w``'s dtype.
+
+    torch sums float32 squares unscaled: a norm above ~1e19 overflows to ``inf`` and one
+    below ~1e-19 loses digits to subnormal squares (a basis of an operator with ``||H||``
+    of 1e20 or 1e-22 was normalized wrongly and Lanczos returned wrong values, marked
+    converged). Norms outside :data:`_NORM_RANGE` are recomputed in float64.
+    """
+    norms = torch.linalg.vector_norm(w, dim=-1)
+    if w.dtype == torch.float32:
+        lo, hi = _NORM_RANGE
+        if not bool(((norms > lo) & (norms < hi)).all()):
+            norms = torch.linalg.vector_norm(w, dim=-1, dtype=torch.float64).to(w.dtype)
+    return norms
+
+
 def _copy_columns_to_rows(rows: torch.Tensor, columns: torch.Tensor) -> None:
     """``rows.copy_(columns.T)``, one column at a time.
 
@@ -103,9 +123,9 @@ class KrylovBasis:
         :func:`_round_state`; only needed to decide when to stop); a converged Ritz vector
         locked at a restart: ``-(r + 2)`` if round ``r`` found it, else ``-1``."""
         block = start.to(dtype=self.dtype, device=dev).reshape(self.n, -1).T.contiguous()
-        if not bool(torch.isfinite(block).all()) or float(block.norm()) == 0:
+        if not bool(torch.isfinite(block).all()) or float(row_norms(block).max()) == 0:
             raise SharpdimError("the start vector is zero or not finite: pass a finite v0 != 0")
-        floor = _BREAKDOWN * block.norm(dim=1)
+        floor = _BREAKDOWN * row_norms(block)
         q, _ = self._orthonormalize(block.clone(), self.V[:0], random_fill=True, floor=floor)
         self.V[: q.shape[0]] = q
         self.nb = q.shape[0]
@@ -123,11 +143,11 @@ class KrylovBasis:
         if basis.shape[0] == 0:
             return coef
         for i in range(passes + 1):
-            before = w.norm(dim=1)
+            before = row_norms(w)
             c = torch.mm(w, basis.T)
             w.addmm_(c, basis, alpha=-1.0)
             coef += c
-            if i + 1 >= passes and not bool((w.norm(dim=1) < 0.7071 * before).any()):
+            if i + 1 >= passes and not bool((row_norms(w) < 0.7071 * before).any()):
                 break
         return coef
 
@@ -147,24 +167,26 @@ class KrylovBasis:
         """
         room = basis.shape[0] < self.n
         if w.shape[0] == 1 and room:
-            norm = w.norm()
+            norm = row_norms(w)
             if float(norm) > float(floor[0]):
-                return w.div_(norm), norm.reshape(1, 1)  # in place: callers pass a scratch w
+                return w.div_(norm[:, None]), norm.reshape(
+                    1, 1
+                )  # in place: callers pass a scratch w
         rows: list[torch.Tensor] = []
         coefs: list[torch.Tensor] = []
         for i in range(w.shape[0]):
             x = w[i : i + 1].clone()
             prev = torch.stack(rows) if rows else x[:0]
-            before = float(x.norm())
+            before = float(row_norms(x))
             coef = self._project(x, prev)[0]
-            norm = float(x.norm())
+            norm = float(row_norms(x))
             if prev.shape[0] and float(floor[i]) < norm < 0.7071 * before:
                 # cancellation: what rounding left along the basis (~eps ||x||) would be blown
                 # up by 1 / norm (float32 block runs lost orthogonality, Ritz values outside
                 # the spectrum); project it out again (those coefficients are rounding)
                 again = self._project(x, torch.cat([basis, prev]))[0]
                 coef = coef + again[basis.shape[0] :]
-                norm = float(x.norm())
+                norm = float(row_norms(x))
             col = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
             col[: coef.numel()] = coef
             if basis.shape[0] + len(rows) >= self.n:
@@ -177,7 +199,7 @@ class KrylovBasis:
                 self.fills += 1
                 r = self._random_row()[None]
                 self._project(r, torch.cat([basis, prev]))
-                rows.append((r / r.norm())[0])
+                rows.append((r / row_norms(r))[0])
             coefs.append(col)
         q = torch.stack(rows) if rows else w[:0]
         return q, torch.stack(coefs, 1)[: q.shape[0]]
@@ -197,7 +219,7 @@ class KrylovBasis:
         # a direction vanishes relative to ||H||, estimated by the largest ||H x|| so far (a
         # null vector's product is rounding noise of its own size, not a new direction), below
         # breakdown_level of it
-        self.hnorm = max(self.hnorm, float(w.norm(dim=1).max()))
+        self.hnorm = max(self.hnorm, float(row_norms(w).max()))
         level = breakdown_level(self.dtype)
         floor = torch.full((nb,), self.hnorm * level, dtype=w.dtype, device=w.device)
         # coef[i, j] = v_j . H x_i: first against the vectors coupled to x (the three-term
@@ -243,7 +265,7 @@ class KrylovBasis:
             return False
         r = self._random_row()[None]
         self._project(r, self.V[:row])
-        norm = float(r.norm())
+        norm = float(row_norms(r))
         if not norm > 0:
             return False
         self.V[row] = r[0] / norm

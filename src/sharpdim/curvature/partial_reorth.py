@@ -39,7 +39,12 @@ import math
 
 import torch
 
-from sharpdim.curvature.krylov_basis import basis_dtype, basis_storage, breakdown_level
+from sharpdim.curvature.krylov_basis import (
+    basis_dtype,
+    basis_storage,
+    breakdown_level,
+    row_norms,
+)
 from sharpdim.curvature.lanczos import tridiagonal_steps
 from sharpdim.curvature.operator import OperatorLike, as_operator
 
@@ -158,7 +163,7 @@ def _lanczos(
     keep = semi_orthogonal or return_basis  # else three rotating rows suffice
     rows = steps + 1 if keep else min(3, steps + 1)
     V = basis_storage(op, rows, workspace)
-    V[0] = v0.to(dtype=dtype, device=op.device) / v0.norm()
+    V[0] = v0.to(dtype=dtype, device=op.device) / row_norms(v0)
     alpha = torch.zeros(steps, dtype=torch.float64)
     beta = torch.zeros(steps, dtype=torch.float64)
     cur = torch.ones(1, dtype=torch.float64)  # omega_{0,0}
@@ -177,7 +182,7 @@ def _lanczos(
         alpha[j] = a + c
         if j + 1 == steps:
             break
-        b = float(w.norm())
+        b = float(row_norms(w))
         # ||H v_j|| <= |alpha_j| + beta_j + beta_{j-1} <= anorm: the scale of breakdown
         anorm = max(anorm, abs(float(alpha[j])) + b + (float(beta[j - 1]) if j else 0.0))
         if b <= floor * anorm or j + 1 >= n:
@@ -188,7 +193,7 @@ def _lanczos(
             nxt = _omega_step(cur, prev, alpha, beta, j, eps1, eps1 * anorm / b)
             if force or bool((nxt[:j].abs() > level).any()):
                 _gram_schmidt(w, V[: j + 1])
-                b = float(w.norm())
+                b = float(row_norms(w))
                 if b <= floor * anorm:
                     m = j + 1
                     break
