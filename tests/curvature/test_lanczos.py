@@ -572,3 +572,57 @@ def test_float32_operators_of_huge_or_tiny_norm_give_scaled_answers(
     assert slq.moment(2) / scale**2 == pytest.approx(unscaled.moment(2), rel=1e-5)
     top = lanczos_eigenvalues(torch.diag(torch.tensor([3.0, 1.0, 0.2, 0.1])) * scale, k=1)
     assert float(top.eigenvalues[0]) == pytest.approx(3 * scale, rel=1e-6)
+
+
+def _outliers_over_a_bulk(n: int, bulk: tuple[float, float], outliers: list[float]):
+    """A float32 Hessian-like matrix: a few outliers over a narrow bulk, and its exact spectrum."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    values = torch.cat(
+        [
+            torch.linspace(*bulk, n - len(outliers), dtype=torch.float64),
+            torch.tensor(outliers, dtype=torch.float64),
+        ]
+    )
+    a = ((q * values) @ q.T).float()
+    a = (a + a.T) / 2
+    return a, torch.linalg.eigvalsh(a.double())
+
+
+def test_a_narrow_float32_bulk_is_not_cut_as_an_invariant_subspace() -> None:
+    """At a breakdown level of 64 eps ||H|| the Lanczos steps inside a bulk 8e-6 ||H|| wide
+    counted as breakdowns: the sequence was cut, and "SA" returned [-4.8e-5, 1.95e-4,
+    2.11e-4] for [-2e-4] * 3 marked converged after 8 products, 4.3 times the documented floor
+    8 eps ||H||; SLQ ended after 5-6 of 40 steps with twice the bulk's mass below zero."""
+    from sharpdim.curvature.slq import slq_spectrum
+
+    a, exact = _outliers_over_a_bulk(400, (-2e-4, 6e-4), [20.0, 40.0, 70.0, 100.0])
+    floor = 8 * torch.finfo(torch.float32).eps * float(exact.abs().max())
+    res = lanczos_eigenvalues(a, k=3, which="SA", tol=1e-6)
+    assert res.all_converged
+    assert float((res.eigenvalues - exact[:3]).abs().max()) <= floor
+    for reorthogonalization in ("full", "partial"):
+        runs = {
+            dtype: slq_spectrum(
+                a.to(dtype),
+                num_runs=4,
+                num_steps=40,
+                generator=torch.Generator().manual_seed(1),
+                reorthogonalization=reorthogonalization,
+            )
+            for dtype in (torch.float32, torch.float64)
+        }
+        assert runs[torch.float32].steps.tolist() == [40] * 4
+        below = {d: float((r.weights * (r.nodes < 0)).sum(1).mean()) for d, r in runs.items()}
+        assert below[torch.float32] == pytest.approx(below[torch.float64], abs=2e-3)
+
+
+def test_rounds_start_by_hand_only_in_the_first_sequence() -> None:
+    """A float32 bulk a few floors wide keeps every Ritz residual below tol * lambda_max
+    without being invariant: a round was started by hand at every step while the previous
+    one was open, the block grew by one each time, and a top eigenvalue converged after 3
+    products ran to 107 (977 on other such spectra, flagged unconverged at max_iter)."""
+    a, exact = _outliers_over_a_bulk(240, (-8.5e-5, 2e-4), [19.34])
+    res = lanczos_eigenvalues(a, k=1, which="LA", tol=1e-5)
+    assert res.all_converged and res.num_matvecs <= 30
+    assert float(res.eigenvalues[0]) == pytest.approx(float(exact[-1]), rel=1e-5)

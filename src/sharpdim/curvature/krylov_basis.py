@@ -5,8 +5,8 @@ Rows of ``V`` (in the operator's dtype, float32 or float64) with the projected m
 the vectors coupled to it (the three-term recurrence, or the kept Ritz vectors after a thick
 restart) and then against the whole basis (classical Gram–Schmidt, a second pass only when the
 DGKS criterion asks), and records the coefficients in ``T``. A direction that vanishes
-(shorter than ``1e-10 ||H||``: an invariant subspace) is replaced by a random one, which
-starts a new *round* (see :func:`sharpdim.curvature.lanczos.lanczos_eigenvalues`).
+(shorter than :func:`breakdown_level` of ``||H||``: an invariant subspace) is replaced by a
+random one, which starts a new *round* (see :func:`sharpdim.curvature.lanczos.lanczos_eigenvalues`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from sharpdim.errors import SharpdimError
 
 _BREAKDOWN = 1e-10
 """A new direction shorter than this fraction of ``||H||`` marks an invariant subspace."""
-_NOISE_ULPS = 64
-"""... or shorter than this many machine epsilons of the basis dtype times ``||H||``."""
+_NOISE_ULPS = 8
+"""... or shorter than this many machine epsilons of the basis dtype times ``||H||``: the
+convergence floor of :func:`~sharpdim.curvature.lanczos.lanczos_eigenvalues`."""
 
 
 _NORM_RANGE = (1e-15, 1e15)
@@ -56,9 +57,23 @@ def _copy_columns_to_rows(rows: torch.Tensor, columns: torch.Tensor) -> None:
 
 def breakdown_level(dtype: torch.dtype) -> float:
     """A new Lanczos direction shorter than this fraction of ``||H||`` is an invariant subspace:
-    ``max(1e-10, 64 eps)`` of the basis dtype (in float32 the rounding noise of one product is
-    far above ``1e-10 ||H||``, and a noise direction would pass for a real one)."""
+    ``max(1e-10, 8 eps)`` of the basis dtype. In float32 the rounding noise of one product is
+    far above ``1e-10 ||H||``, and a noise direction would pass for a real one, hiding the
+    multiplicities that the rounds of :func:`~sharpdim.curvature.lanczos.lanczos_eigenvalues`
+    find; ``8 eps`` is the solver's convergence floor, so the coupling a breakdown drops
+    (recorded in :attr:`KrylovBasis.dropped`) moves no Ritz value by more than the floor (at
+    ``64 eps`` the steps inside a narrow float32 bulk were cut as breakdowns, and values
+    2-4 floors off were marked converged)."""
     return max(_BREAKDOWN, _NOISE_ULPS * torch.finfo(dtype).eps)
+
+
+def end_level(dtype: torch.dtype) -> float:
+    """A tridiagonalization (SLQ) ends where its next direction is shorter than this fraction
+    of ``||H||``: ``max(1e-10, eps)``, one rounding unit. It starts no rounds, so a noise
+    direction costs only a node of negligible weight, while ending early at
+    :func:`breakdown_level` cut float32 runs on a Hessian's narrow bulk (width ~1e-5 of its
+    top eigenvalue) after 5 of 40 steps, its mass squeezed into two nodes."""
+    return max(_BREAKDOWN, torch.finfo(dtype).eps)
 
 
 def basis_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -113,6 +128,11 @@ class KrylovBasis:
         self.T = torch.zeros(capacity, capacity, dtype=torch.float64, device=dev)
         self.m, self.nb, self.matvecs = 0, 0, 0
         self.fills, self.rounds, self.hnorm = 0, 0, 0.0
+        self.level = breakdown_level(self.dtype) if restart_on_breakdown else end_level(self.dtype)
+        """New directions shorter than ``level * hnorm`` vanish (see :func:`breakdown_level`)."""
+        self.dropped = 0.0
+        """The longest direction dropped as vanished so far (a coupling left out of ``T``:
+        the Ritz values are those of an operator within it of ``H``)."""
         self.loose = False
         """Whether a round was started by hand beside a Krylov sequence that goes on (see
         :meth:`add_round`): the earlier rows are then not invariant, and every later round is
@@ -129,6 +149,7 @@ class KrylovBasis:
         q, _ = self._orthonormalize(block.clone(), self.V[:0], random_fill=True, floor=floor)
         self.V[: q.shape[0]] = q
         self.nb = q.shape[0]
+        self.dropped = 0.0  # (a dependent start column is no coupling)
 
     # -- orthogonalization ----------------------------------------------------------------
     @staticmethod
@@ -195,11 +216,13 @@ class KrylovBasis:
             if norm > float(floor[i]) and norm > 0:
                 rows.append((x / norm)[0])
                 col[len(rows) - 1] = norm
-            elif random_fill:
-                self.fills += 1
-                r = self._random_row()[None]
-                self._project(r, torch.cat([basis, prev]))
-                rows.append((r / row_norms(r))[0])
+            else:
+                self.dropped = max(self.dropped, norm)  # (a coupling left out of T)
+                if random_fill:
+                    self.fills += 1
+                    r = self._random_row()[None]
+                    self._project(r, torch.cat([basis, prev]))
+                    rows.append((r / row_norms(r))[0])
             coefs.append(col)
         q = torch.stack(rows) if rows else w[:0]
         return q, torch.stack(coefs, 1)[: q.shape[0]]
@@ -220,8 +243,7 @@ class KrylovBasis:
         # null vector's product is rounding noise of its own size, not a new direction), below
         # breakdown_level of it
         self.hnorm = max(self.hnorm, float(row_norms(w).max()))
-        level = breakdown_level(self.dtype)
-        floor = torch.full((nb,), self.hnorm * level, dtype=w.dtype, device=w.device)
+        floor = torch.full((nb,), self.hnorm * self.level, dtype=w.dtype, device=w.device)
         # coef[i, j] = v_j . H x_i: first against the vectors coupled to x (the three-term
         # recurrence, or the kept Ritz vectors after a restart), then one full pass over the
         # basis (a second one only if the DGKS criterion asks for it)

@@ -26,8 +26,10 @@ Implementation choices:
   the block size, which a single start vector cannot in exact arithmetic.
 * **Convergence per eigenvalue**: a wanted Ritz value is converged when its residual is at most
   ``max(tol * |theta|, 8 * eps * ||T||)``, where ``eps`` is the machine epsilon of the operator's
-  dtype (the accuracy of a product ``H v`` itself; below it no residual can be trusted).
-* **Invariant subspaces** (a new direction shorter than ``1e-10 ||H||``): the process goes on
+  dtype (the accuracy of a product ``H v`` itself; below it no residual can be trusted), or,
+  if longer, the longest coupling a breakdown left out of ``T``.
+* **Invariant subspaces** (a new direction shorter than ``max(1e-10, 8 eps) ||H||``, the
+  floor above): the process goes on
   from a random vector in the complement (a *round*), and zero residuals do not end it until
   the latest round can no longer change the wanted values (:func:`_round_state`): a
   rank-deficient Hessian's repeated zeros are all counted.
@@ -397,7 +399,9 @@ def lanczos_eigenvalues(
         prio = _priority(theta, which)
         idx = prio[: min(wanted, m)]
         hmax = float(theta.abs().max()) if m else 0.0
-        floor = 8 * eps * hmax  # accuracy of one product
+        # accuracy of one product, or the longest coupling a breakdown dropped (the Ritz
+        # values are exact for an operator that far from H)
+        floor = max(8 * eps * hmax, basis.dropped)
         ok = res[idx] <= torch.clamp(tol * theta[idx].abs(), min=floor)
         zero = max(floor, eps**0.5 * hmax)  # a numerical zero
         more = _zero_needs_round(basis, theta[idx], zero)
@@ -417,11 +421,13 @@ def lanczos_eigenvalues(
         # every Ritz residual as small as the wanted values need: the basis is invariant to the
         # accuracy asked for, though its next direction was not short enough to count as a
         # breakdown (a matrix with 20-30 distinct values leaves 1e-10 to 1e-7 ||H|| of
-        # rounding there), so a round must start by hand
+        # rounding there), so a round must start by hand; in the first sequence only (a
+        # float32 bulk a few floors wide keeps every residual that small without being
+        # invariant, and a round started at every step grew the block until max_iter)
         # (not where a wanted value is a numerical zero: that round is started by `more`)
         smallest = float(theta[idx].abs().min()) if all_ok else 0.0
         invariant = all_ok and m < n and smallest > zero and float(res.max()) <= tol * smallest
-        unseen = invariant and (basis.rounds == 0 or not round_ok)
+        unseen = invariant and basis.rounds == 0
         settled = not more and not unseen and (gave_up or round_ok)
         if (all_ok and settled) or stuck or basis.nb == 0 or basis.matvecs + basis.nb > budget:
             break

@@ -42,7 +42,7 @@ import torch
 from sharpdim.curvature.krylov_basis import (
     basis_dtype,
     basis_storage,
-    breakdown_level,
+    end_level,
     row_norms,
 )
 from sharpdim.curvature.lanczos import tridiagonal_steps
@@ -158,7 +158,7 @@ def _lanczos(
     dtype = basis_dtype(op.dtype)
     eps = torch.finfo(dtype).eps
     level = math.sqrt(eps)
-    floor = breakdown_level(dtype)  # (as in full reorthogonalization)
+    floor = end_level(dtype)  # (as in full reorthogonalization)
     eps1 = eps * _NOISE  # rounding per step, also what a Gram-Schmidt pass leaves behind
     keep = semi_orthogonal or return_basis  # else three rotating rows suffice
     rows = steps + 1 if keep else min(3, steps + 1)
