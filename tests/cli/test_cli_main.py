@@ -80,6 +80,14 @@ USAGE = [
         "sharpdim spectrum",
     ),
     (["sd", "compute", "--json", ""], "'--json': it is empty", "sharpdim sd compute"),
+    # a trailing slash: Path dropped it, and a JSON file took the folder's name
+    (
+        ["spectrum", "--json", "newdir/"],
+        "Invalid value for '--json': newdir/ names a folder (it ends in /): name the file",
+        "sharpdim spectrum",
+    ),
+    (["sd", "compute", "--json", "out/"], "out/ names a folder", "sharpdim sd compute"),
+    (["spectrum", "--png", "figs/"], "figs/ names a folder", "sharpdim spectrum"),
     (["chaos", "lyapunov", "--json", ""], "'--json': it is empty", "sharpdim chaos lyapunov"),
 ]
 

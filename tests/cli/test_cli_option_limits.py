@@ -83,3 +83,18 @@ def test_n_train_above_the_dataset_is_refused_naming_the_option(
     assert main([*args, "--dataset", dataset, "--n-train", str(n_train)]) == 2
     assert _one_error_line(capsys) == message
     assert not out.exists()
+
+
+def test_a_step_size_without_a_finite_threshold_is_refused_before_any_run_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A subnormal lr after a valid one was refused only when its turn came, after the earlier
+    step sizes had trained."""
+    monkeypatch.setattr(eos_experiments, "monitored_run", _no_work)
+    out = tmp_path / "o"
+    args = ["eos", "sharpening", "--n-train", "16", "--width", "2", "--depth", "1"]
+    assert (
+        main([*args, "--steps", "30", "--every", "10", "--lrs", "0.2,1e-310", "--out", str(out)])
+        == 2
+    )
+    assert _one_error_line(capsys).startswith("lr=1e-310 puts the gd stability threshold at inf")

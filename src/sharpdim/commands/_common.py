@@ -551,6 +551,8 @@ def parse_output_file(value: str | Path) -> Path:
     ``.``, reported as a folder the user never named). Typer's ``parser=`` for the option."""
     if not str(value).strip():
         raise typer.BadParameter("it is empty: name the file to write")
+    if str(value).endswith(("/", os.sep)):  # (Path drops the slash: a file of that name)
+        raise typer.BadParameter(f"{value} names a folder (it ends in /): name the file to write")
     return Path(value)
 
 

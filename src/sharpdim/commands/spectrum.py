@@ -250,7 +250,7 @@ def spectrum(
         threshold = stability_threshold(optimizer, lr, momentum=momentum)
         rows.append((f"stability threshold {THRESHOLDS[optimizer]}", f"{threshold:.6g}"))
         ratio = float(eig.largest[0]) / threshold
-        rows.append(("sharpness / threshold", f"{ratio:.4f}"))
+        rows.append(("sharpness / threshold", f"{ratio:.4g}"))
         record.update(threshold=threshold, sharpness_over_threshold=ratio)
     if exact:
         with console.status("--exact: the dense Hessian and its eigvalsh"):

@@ -276,6 +276,31 @@ def _train_now(config: Mapping[str, Any], train: Callable[[], EoSRun]) -> EoSRun
     return train()
 
 
+def _run_config(
+    name: str, lr: float, setup: MLPSetup, steps: int, hyper: Mapping[str, Any]
+) -> TrainConfig:
+    """The training config of one monitored run; a step size whose stability threshold is
+    not a finite number (a subnormal ``lr``) is refused."""
+    config = TrainConfig(
+        optimizer=name,
+        lr=float(lr),
+        steps=steps,
+        loss=setup.loss,
+        seed=setup.seed,
+        keep_snapshots=False,
+        **hyper,
+    )
+    threshold = stability_threshold(
+        name, config.lr, **{k: v for k, v in hyper.items() if v is not None}
+    )
+    if not math.isfinite(threshold):  # (stored as null, it would read back as NaN)
+        raise SharpdimError(
+            f"lr={config.lr:g} puts the {name} stability threshold at {threshold}: pass a "
+            "step size whose threshold is a finite number, e.g. 1e-3"
+        )
+    return config
+
+
 def _monitored_runs(
     kind: str,
     runs: Sequence[tuple[str, float]],
@@ -299,25 +324,9 @@ def _monitored_runs(
     """
     execute = execute or _train_now
     data: list[Dataset] = []
-    out = []
-    for i, (name, lr) in enumerate(runs):
-        config = TrainConfig(
-            optimizer=name,
-            lr=float(lr),
-            steps=steps,
-            loss=setup.loss,
-            seed=setup.seed,
-            keep_snapshots=False,
-            **hyper,
-        )
-        threshold = stability_threshold(
-            name, config.lr, **{k: v for k, v in hyper.items() if v is not None}
-        )
-        if not math.isfinite(threshold):  # (stored as null, it would read back as NaN)
-            raise SharpdimError(
-                f"lr={config.lr:g} puts the {name} stability threshold at {threshold}: pass a "
-                "step size whose threshold is a finite number, e.g. 1e-3"
-            )
+    configs = [_run_config(name, lr, setup, steps, hyper) for name, lr in runs]  # (all checked
+    out = []  # before the first run trains)
+    for i, config in enumerate(configs):
 
         def train(config: TrainConfig = config, index: int = i) -> EoSRun:
             if not data:
