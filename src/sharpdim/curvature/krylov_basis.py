@@ -188,11 +188,9 @@ class KrylovBasis:
         """
         room = basis.shape[0] < self.n
         if w.shape[0] == 1 and room:
-            norm = row_norms(w)
-            if float(norm) > float(floor[0]):
-                return w.div_(norm[:, None]), norm.reshape(
-                    1, 1
-                )  # in place: callers pass a scratch w
+            length = row_norms(w)
+            if float(length) > float(floor[0]):  # (in place: callers pass a scratch w)
+                return w.div_(length[:, None]), length.reshape(1, 1)
         rows: list[torch.Tensor] = []
         coefs: list[torch.Tensor] = []
         for i in range(w.shape[0]):
