@@ -292,10 +292,11 @@ def test_a_dataset_of_ones_own_arrays_is_checked_when_built():
     from_numpy = Dataset("own", x.numpy(), y.numpy(), x[:4].numpy()[::-1], y[:4].numpy(), 3)
     assert torch.equal(from_numpy.x_train, x) and torch.equal(from_numpy.x_test, x[:4].flip(0))
     assert from_numpy.y_train.dtype == torch.int64
+    longer = Dataset("lengths", torch.randn(6, 8, 3), y[:6], torch.randn(2, 16, 3), y[:2], 3)
+    assert longer.x_test.shape == (2, 16, 3)  # (test sequences longer than training ones)
     for fields, message in [
         ((x, y[:19], x[:4], y[:4], 3), r"^Dataset x_train holds 20 examples but y_train 19: "),
         ((x, y, x[:4], y[:5], 3), r"^Dataset x_test holds 4 examples but y_test 5: "),
-        ((x, y, x[:4, :3], y[:4], 3), r"^Dataset x_train has examples of shape \(5,\) but x_test"),
         ((x, y, x[:4], y[:4], -1), r"^num_classes must be an integer >= 0, got -1"),
         ((x, np.array(["a"] * 20), x[:4], y[:4], 3), r"^Dataset y_train is a numpy array of <U1"),
         (([1.0] * 20, y, x[:4], y[:4], 3), r"^Dataset x_train must be a torch.Tensor \(or numpy"),

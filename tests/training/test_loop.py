@@ -779,9 +779,10 @@ def test_a_resume_with_another_loss_fn_is_refused(digits, tmp_path):
 
     with pytest.raises(SharpdimError, match=r"\(now tests.training.test_loop.*my_ce\): resume"):
         train(small_mlp(), digits, resume, loss_fn=my_ce, resume_from=path)
-    resumed = small_mlp(seed=1)  # the alias names the same loss
-    train(resumed, digits, resume, loss_fn="cross_entropy", resume_from=path)
-    assert torch.equal(flat(whole), flat(resumed))
+    for same in ("cross_entropy", get_loss("ce")):  # an alias, or the function itself
+        resumed = small_mlp(seed=1)
+        train(resumed, digits, resume, loss_fn=same, resume_from=path)
+        assert torch.equal(flat(whole), flat(resumed))
 
 
 def test_a_resume_on_a_model_with_other_modules_is_refused(digits, tmp_path):
@@ -817,12 +818,31 @@ class _Scaled(torch.nn.Module):
         return f"scale={self.scale.item():.6f}"
 
 
-def test_a_users_own_module_is_compared_by_class_not_by_its_repr(digits, tmp_path):
+def test_modules_whose_repr_shows_trained_values_are_compared_by_class(digits, tmp_path):
+    """A user's own module, a quantization observer (torch.ao: its repr shows the min/max it
+    has seen) and nn.ParameterList (its repr lists its tensors, on several lines) refused
+    their own checkpoints."""
+    from torch.ao.quantization import MinMaxObserver
+
+    def model():
+        extra = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(10, dtype=torch.float64))])
+        observer = MinMaxObserver(dtype=torch.quint8)
+        return torch.nn.Sequential(small_mlp(), _Scaled(), observer, _Shift(extra))
+
     config = TrainConfig(lr=0.1, steps=4, checkpoint_steps=(2,), checkpoint_dir=str(tmp_path))
-    whole, resumed = (torch.nn.Sequential(small_mlp(), _Scaled()) for _ in range(2))
+    whole, resumed = model(), model()
     train(whole, digits, config)
     train(resumed, digits, TrainConfig(lr=0.1, steps=4), resume_from=checkpoint_path(tmp_path, 2))
     assert torch.equal(flat(whole), flat(resumed)) and whole[1].scale.item() != 1.0
+
+
+class _Shift(torch.nn.Module):
+    def __init__(self, shifts: torch.nn.ParameterList) -> None:
+        super().__init__()
+        self.shifts = shifts
+
+    def forward(self, x):
+        return x + self.shifts[0]
 
 
 def _scalar_problem():

@@ -47,7 +47,8 @@ class Dataset:
 
     def __post_init__(self) -> None:
         """Numpy arrays become tensors; the splits' lengths and ``num_classes`` are checked
-        here, not at the first batch that reaches past a shorter label tensor."""
+        here, not at the first batch that reaches past a shorter label tensor. (The test
+        examples may differ in shape from the training ones: longer sequences, say.)"""
         for name in ("x_train", "y_train", "x_test", "y_test"):
             object.__setattr__(self, name, _split_tensor(getattr(self, name), name))
         for x_name, y_name in (("x_train", "y_train"), ("x_test", "y_test")):
@@ -57,11 +58,6 @@ class Dataset:
                     f"Dataset {x_name} holds {len(x)} examples but {y_name} {len(y)}: pass one "
                     "target per example"
                 )
-        if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise SharpdimError(
-                f"Dataset x_train has examples of shape {tuple(self.x_train.shape[1:])} but "
-                f"x_test {tuple(self.x_test.shape[1:])}: pass both splits in one shape"
-            )
         object.__setattr__(
             self, "num_classes", check_count(self.num_classes, "num_classes", 0, "0 for regression")
         )

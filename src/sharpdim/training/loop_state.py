@@ -125,6 +125,8 @@ def loss_label(loss_fn: Any, config: TrainConfig) -> str:
     if loss_fn is None or isinstance(loss_fn, str):
         name = config.loss if loss_fn is None else loss_fn
         return LOSSES[name].__name__ if name in LOSSES else name
+    if any(loss_fn is builtin for builtin in LOSSES.values()):  # (get_loss("ce") itself)
+        return str(loss_fn.__name__)
     function = getattr(loss_fn, "func", loss_fn)  # (a functools.partial: its function)
     qualname = getattr(function, "__qualname__", type(function).__qualname__)
     return f"{getattr(function, '__module__', None)}.{qualname}"
@@ -139,15 +141,22 @@ def check_same_loss(saved: str, now: str, path: str | Path) -> None:
         )
 
 
+_STATEFUL_REPRS = (nn.ParameterList, nn.ParameterDict)
+"""torch.nn modules whose ``extra_repr`` lists their tensors (and devices), not settings."""
+
+
 def module_structure(model: nn.Module) -> list[list[str]]:
-    """Each submodule's name, class and, for torch's and sharpdim's modules, settings
+    """Each submodule's name, class and, for the layers of ``torch.nn.modules``, settings
     (``extra_repr``): what a checkpoint's state dict does not show (an activation, a dropout
-    rate, a layer norm's eps). A user's own module is named by its class alone: its
-    ``extra_repr`` may show values that change in training."""
+    rate, a layer norm's eps). Other modules are named by their class alone: a user's own
+    ``extra_repr``, or quantization observers' (``torch.ao``), may show values that change in
+    training."""
 
     def settings(module: nn.Module) -> str:
-        known = type(module).__module__.split(".")[0] in ("torch", "sharpdim")
-        return module.extra_repr() if known else ""
+        layer = type(module).__module__.startswith("torch.nn.modules.")
+        if not layer or isinstance(module, _STATEFUL_REPRS):
+            return ""
+        return " ".join(module.extra_repr().split())  # (one line in a message)
 
     return [
         [name, type(module).__qualname__, settings(module)]
