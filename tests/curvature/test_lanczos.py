@@ -626,3 +626,17 @@ def test_rounds_start_by_hand_only_in_the_first_sequence() -> None:
     res = lanczos_eigenvalues(a, k=1, which="LA", tol=1e-5)
     assert res.all_converged and res.num_matvecs <= 30
     assert float(res.eigenvalues[0]) == pytest.approx(float(exact[-1]), rel=1e-5)
+
+
+def test_rounding_of_a_repeated_values_products_still_starts_a_round() -> None:
+    """With the float32 breakdown level at 8 eps ||H|| alone, the remainder of a product of an
+    exactly repeated value (8.7 eps ||H||, all but rounding of its own product cancelled)
+    passed for a new direction: SA found -2 twice of three times, marked converged. What is
+    left of a product within 64 eps of its own length (and of ||H||) still vanishes."""
+    values = torch.tensor([1.0, 1, 0, -2, 1, -1, -2, -1, 1, 1, -2], dtype=torch.float64)
+    g = torch.Generator().manual_seed(255)
+    q, _ = torch.linalg.qr(torch.randn(11, 11, generator=g, dtype=torch.float64))
+    a = ((q * values) @ q.T).float()
+    res = lanczos_eigenvalues(a, k=3, which="SA", block_size=2, tol=1e-5)
+    assert res.all_converged
+    assert torch.allclose(res.eigenvalues, torch.full((3,), -2.0, dtype=torch.float64), atol=1e-5)
