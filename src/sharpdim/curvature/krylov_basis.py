@@ -288,8 +288,8 @@ class KrylovBasis:
         an exactly repeated value's products pass for new directions, and a third copy of a
         float32 eigenvalue went unseen)."""
         floor = torch.full_like(own, self.hnorm * self.level)
-        if self.restart_on_breakdown and self.level < _CANCEL_ULPS * torch.finfo(self.dtype).eps:
-            cancel = _CANCEL_ULPS * torch.finfo(self.dtype).eps
+        cancel = _CANCEL_ULPS * torch.finfo(self.dtype).eps
+        if self.restart_on_breakdown and self.level < cancel:  # (float32; float64's is 1e-10)
             floor = torch.maximum(floor, torch.clamp(cancel * own, max=cancel * self.hnorm))
         return floor
 

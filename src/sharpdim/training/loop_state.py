@@ -125,7 +125,7 @@ def loss_label(loss_fn: Any, config: TrainConfig) -> str:
     if loss_fn is None or isinstance(loss_fn, str):
         name = config.loss if loss_fn is None else loss_fn
         return LOSSES[name].__name__ if name in LOSSES else name
-    if any(loss_fn is builtin for builtin in LOSSES.values()):  # (get_loss("ce") itself)
+    if loss_fn in LOSSES.values():  # (get_loss("ce") itself)
         return str(loss_fn.__name__)
     function = getattr(loss_fn, "func", loss_fn)  # (a functools.partial: its function)
     qualname = getattr(function, "__qualname__", type(function).__qualname__)
