@@ -628,15 +628,19 @@ def test_rounds_start_by_hand_only_in_the_first_sequence() -> None:
     assert float(res.eigenvalues[0]) == pytest.approx(float(exact[-1]), rel=1e-5)
 
 
-def test_rounding_of_a_repeated_values_products_still_starts_a_round() -> None:
-    """With the float32 breakdown level at 8 eps ||H|| alone, the remainder of a product of an
-    exactly repeated value (8.7 eps ||H||, all but rounding of its own product cancelled)
-    passed for a new direction: SA found -2 twice of three times, marked converged. What is
-    left of a product within 64 eps of its own length (and of ||H||) still vanishes."""
-    values = torch.tensor([1.0, 1, 0, -2, 1, -1, -2, -1, 1, 1, -2], dtype=torch.float64)
-    g = torch.Generator().manual_seed(255)
-    q, _ = torch.linalg.qr(torch.randn(11, 11, generator=g, dtype=torch.float64))
+def test_a_float32_cluster_away_from_zero_is_not_cut_by_its_own_products_length() -> None:
+    """A breakdown rule relative to the product's own length (64 eps ||H x||, tried to catch
+    the rounding of a repeated value's products) cut a cluster at 1 of relative width 1.5e-5
+    after one product: LA and SA both returned the start's Rayleigh quotient, 6e-6 and 9e-6
+    off, marked converged."""
+    values = 1.0 + 1.5e-5 * torch.linspace(-0.5, 0.5, 100, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(100, 100, generator=g, dtype=torch.float64))
     a = ((q * values) @ q.T).float()
-    res = lanczos_eigenvalues(a, k=3, which="SA", block_size=2, tol=1e-5)
-    assert res.all_converged
-    assert torch.allclose(res.eigenvalues, torch.full((3,), -2.0, dtype=torch.float64), atol=1e-5)
+    a = (a + a.T) / 2
+    exact = torch.linalg.eigvalsh(a.double())
+    floor = 8 * torch.finfo(torch.float32).eps * float(exact.abs().max())
+    for which, want in (("LA", exact[-1]), ("SA", exact[0])):
+        res = lanczos_eigenvalues(a, k=1, which=which)
+        assert res.all_converged and res.num_matvecs > 1
+        assert abs(float(res.eigenvalues[0]) - float(want)) <= floor

@@ -21,9 +21,6 @@ _BREAKDOWN = 1e-10
 _NOISE_ULPS = 8
 """... or shorter than this many machine epsilons of the basis dtype times ``||H||``: the
 convergence floor of :func:`~sharpdim.curvature.lanczos.lanczos_eigenvalues`."""
-_CANCEL_ULPS = 64
-"""... or shorter than this many epsilons of both ``||H||`` and its own product ``||H x||``
-(all but rounding of the product cancelled: see :meth:`KrylovBasis.vanish_floor`)."""
 
 
 _NORM_RANGE = (1e-15, 1e15)
@@ -243,9 +240,8 @@ class KrylovBasis:
         # a direction vanishes relative to ||H||, estimated by the largest ||H x|| so far (a
         # null vector's product is rounding noise of its own size, not a new direction), below
         # breakdown_level of it
-        own = row_norms(w)
-        self.hnorm = max(self.hnorm, float(own.max()))
-        floor = self.vanish_floor(own)
+        self.hnorm = max(self.hnorm, float(row_norms(w).max()))
+        floor = torch.full((nb,), self.hnorm * self.level, dtype=w.dtype, device=w.device)
         # coef[i, j] = v_j . H x_i: first against the vectors coupled to x (the three-term
         # recurrence, or the kept Ritz vectors after a restart), then one full pass over the
         # basis (a second one only if the DGKS criterion asks for it)
@@ -277,21 +273,6 @@ class KrylovBasis:
         self.T[self.m : self.m + self.nb, : self.m] = 0
         self.T[self.m : self.m + self.nb, m : self.m] = r  # q_l . H x_i
         self.T[: self.m, self.m : self.m + self.nb] = self.T[self.m : self.m + self.nb, : self.m].T
-
-    def vanish_floor(self, own: torch.Tensor) -> torch.Tensor:
-        """Per product ``H x_i`` (of norm ``own[i]``), the length below which what is left of
-        it after the projections counts as vanished: ``level ||H||`` (:func:`breakdown_level`),
-        raised in a basis that starts rounds to ``min(64 eps ||H||, 64 eps ||H x_i||)``: a
-        remainder that short of its own product is the product's rounding, while inside a
-        narrow bulk (``||H x_i||`` itself small) only the floor ``8 eps ||H||`` counts (a
-        level of ``64 eps ||H||`` alone cut such bulks; ``8 eps`` alone let the rounding of
-        an exactly repeated value's products pass for new directions, and a third copy of a
-        float32 eigenvalue went unseen)."""
-        floor = torch.full_like(own, self.hnorm * self.level)
-        cancel = _CANCEL_ULPS * torch.finfo(self.dtype).eps
-        if self.restart_on_breakdown and self.level < cancel:  # (float32; float64's is 1e-10)
-            floor = torch.maximum(floor, torch.clamp(cancel * own, max=cancel * self.hnorm))
-        return floor
 
     def add_round(self, loose: bool = False) -> bool:
         """Start a round without a breakdown: add a random direction, orthogonal to the basis

@@ -29,8 +29,7 @@ Implementation choices:
   dtype (the accuracy of a product ``H v`` itself; below it no residual can be trusted), or,
   if longer, the longest coupling a breakdown left out of ``T``.
 * **Invariant subspaces** (a new direction shorter than ``max(1e-10, 8 eps) ||H||``, the
-  floor above, or than the rounding of its own product:
-  :meth:`~sharpdim.curvature.krylov_basis.KrylovBasis.vanish_floor`): the process goes on
+  floor above): the process goes on
   from a random vector in the complement (a *round*), and zero residuals do not end it until
   the latest round can no longer change the wanted values (:func:`_round_state`): a
   rank-deficient Hessian's repeated zeros are all counted.
