@@ -398,8 +398,8 @@ def momentum_option() -> Any:
     optimizer by :func:`check_training_options`)."""
     return typer.Option(
         None,
-        help="momentum of --optimizer momentum / nesterov, in [0, 1) (Nesterov: in (0, 1)); "
-        "default 0.9",
+        help="momentum of --optimizer momentum / nesterov, in [0, 1) (Nesterov, and sd "
+        "compute, where 0 would be plain gd: in (0, 1)); default 0.9",
         show_default=False,
     )
 
