@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,3 +53,52 @@ def test_a_bool_among_numbers_is_refused(values):
 def test_real_tensor_keeps_plain_numbers():
     assert real_tensor([1, 2.5], "x").tolist() == [1.0, 2.5]
     assert real_tensor([torch.tensor(1.0), 2], "x").tolist() == [1.0, 2.0]
+
+
+def _flag_calls() -> dict[str, Any]:
+    """Public calls with a bool option, each given the string "no" (truthy: it meant True)."""
+    from torch import nn
+
+    from sharpdim.curvature.dense import dense_hessian
+    from sharpdim.curvature.hessian import HessianOperator
+    from sharpdim.curvature.lanczos import lanczos_eigenvalues, lanczos_tridiagonal
+    from sharpdim.dynamics.lyapunov import lyapunov_spectrum
+    from sharpdim.training.datasets import load_dataset, make_modular_dataset
+    from sharpdim.training.loop import TrainConfig, train
+    from sharpdim.training.monitor import upcoming_adam_preconditioner
+    from sharpdim.training.optimizers import adam_preconditioner
+    from sharpdim.training.trajectory import capture_backward
+
+    model = nn.Linear(2, 1).double()
+    x, y = torch.ones(3, 2, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64)
+
+    def loss(m: Any, b: Any) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    a = torch.eye(3, dtype=torch.float64)
+    adam = torch.optim.Adam(model.parameters())
+    data = load_dataset("digits", n_train=20, n_test=10)
+    return {
+        "reuse_graph": lambda: HessianOperator(model, loss, (x, y), reuse_graph="no"),
+        "symmetrize": lambda: dense_hessian(model, loss, (x, y), symmetrize="no"),
+        "return_eigenvectors": lambda: lanczos_eigenvalues(a, k=1, return_eigenvectors="no"),
+        "return_basis": lambda: lanczos_tridiagonal(a, 2, torch.ones(3), return_basis="no"),
+        "vectorize": lambda: lyapunov_spectrum(torch.tanh, torch.ones(2), 1, 2, vectorize="no"),
+        "drop_last": lambda: next(data.batches(8, drop_last="no")),
+        "equals_token": lambda: make_modular_dataset(p=5, equals_token="no"),
+        "bias_correction": lambda: adam_preconditioner(adam, bias_correction="no"),
+        "bias_correction ": lambda: upcoming_adam_preconditioner(
+            adam, list(model.parameters()), bias_correction="no"
+        ),
+        "include_final": lambda: capture_backward(
+            model, data, TrainConfig(steps=1), 1, include_final="no"
+        ),
+        "progress": lambda: train(model, data, TrainConfig(steps=1), progress="no"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_flag_calls()))
+def test_bool_options_refuse_strings(name: str) -> None:
+    """A string such as "no" is truthy: these options silently read it as True."""
+    with pytest.raises(SharpdimError, match=rf"^{name.strip()} must be True or False, got 'no'"):
+        _flag_calls()[name]()

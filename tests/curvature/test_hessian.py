@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -989,6 +991,60 @@ def test_a_once_differentiable_vjp_is_refused_too() -> None:
     op = HessianOperator(model, ce, batch)
     with pytest.raises(SharpdimError, match=r"^the loss passes through _OnceDifferentiableVjpTanh"):
         op @ torch.ones(op.num_params, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("layer", "named"),
+    [
+        (lambda h: torch.cdist(h.view(-1, 2, 2), h.view(-1, 2, 2) + 1).flatten(1), "torch.cdist"),
+        (lambda h: torch.stack([F.pdist(r.view(2, 2)) for r in h]).repeat(1, 4), "F.pdist"),
+        (
+            lambda h: torch.utils.checkpoint.checkpoint(torch.tanh, h, use_reentrant=True),
+            "torch.utils.checkpoint with use_reentrant=True",
+        ),
+    ],
+)
+def test_ops_without_a_second_derivative_are_one_line_errors(layer: Any, named: str) -> None:
+    """torch cannot differentiate these twice: the first product raised a raw
+    NotImplementedError ('the derivative for _cdist_backward is not implemented') or, for
+    reentrant activation checkpointing, a RuntimeError ('incompatible with .grad()')."""
+    torch.manual_seed(0)
+    first, head = nn.Linear(3, 4).double(), nn.Linear(4, 2).double()
+    model = nn.ModuleList([first, head])
+    g = torch.Generator().manual_seed(0)
+    batch = (
+        torch.randn(5, 3, generator=g, dtype=torch.float64),
+        torch.randn(5, 2, generator=g, dtype=torch.float64),
+    )
+    op = HessianOperator(model, lambda m, b: F.mse_loss(m[1](layer(m[0](b[0]))), b[1]), batch)
+    with pytest.raises(SharpdimError, match=rf"^the loss passes through {re.escape(named)}"):
+        op @ torch.ones(op.num_params, dtype=torch.float64)
+
+
+def test_non_reentrant_checkpointing_is_exact() -> None:
+    """The fix the message names: use_reentrant=False gives the Hessian of the plain model."""
+    torch.manual_seed(0)
+    first, head = nn.Linear(3, 4).double(), nn.Linear(4, 2).double()
+    model = nn.ModuleList([first, head])
+    g = torch.Generator().manual_seed(0)
+    batch = (
+        torch.randn(5, 3, generator=g, dtype=torch.float64),
+        torch.randn(5, 2, generator=g, dtype=torch.float64),
+    )
+
+    def loss(m: Any, b: Any, ckpt: bool) -> torch.Tensor:
+        h = m[0](b[0])
+        h = (
+            torch.utils.checkpoint.checkpoint(torch.tanh, h, use_reentrant=False)
+            if ckpt
+            else h.tanh()
+        )
+        return F.mse_loss(m[1](h), b[1])
+
+    plain = HessianOperator(model, lambda m, b: loss(m, b, False), batch).dense()
+    checked = HessianOperator(model, lambda m, b: loss(m, b, True), batch).dense()
+    torch.testing.assert_close(checked, plain, rtol=0, atol=1e-14)
+    assert plain.abs().max() > 0.1
 
 
 def test_an_embedding_bag_is_a_one_line_error() -> None:

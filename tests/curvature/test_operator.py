@@ -128,3 +128,20 @@ def test_numpy_vectors_are_converted() -> None:
     with pytest.raises(SharpdimError, match="tensor") as err:
         op @ "abc"  # type: ignore[operator]
     assert "\n" not in str(err.value)
+
+
+def test_reversed_and_byte_swapped_numpy_vectors_are_converted() -> None:
+    """A reversed view (negative strides) was refused as 'pass a tensor (or numpy array)'."""
+    a = _matrix(6)
+    op = DenseOperator(a)
+    x = np.arange(12.0)
+    torch.testing.assert_close(op @ x[::-2], a @ torch.tensor(x[::-2].copy(), dtype=DTYPE))
+    torch.testing.assert_close(op @ x[:6].astype(">f8"), a @ torch.arange(6.0, dtype=DTYPE))
+
+
+def test_bool_vectors_are_refused() -> None:
+    """A bool vector was read as 0/1 without a word."""
+    op = DenseOperator(_matrix(6))
+    for v in (torch.ones(6, dtype=torch.bool), np.ones(6, dtype=bool)):
+        with pytest.raises(SharpdimError, match=r"^cannot multiply the operator by a bool vector"):
+            op @ v

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sharpdim.checks import check_count
+from sharpdim.checks import check_count, check_flag
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.errors import TooLargeError
@@ -59,6 +59,7 @@ def dense_hessian(
     ``symmetrize`` the result is ``(H + H^T) / 2``, which removes round-off asymmetry.
     ``mode`` and ``seed`` (of train-mode dropout) are those of :class:`HessianOperator`.
     """
+    symmetrize = check_flag(symmetrize, "symmetrize")
     op = HessianOperator(model, loss_fn, batch, params, mode=mode, seed=seed)
     h = dense_operator_matrix(op, max_params)
     return symmetrize_(h) if symmetrize else h

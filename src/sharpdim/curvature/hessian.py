@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sharpdim.checks import check_seed
+from sharpdim.checks import check_flag, check_seed
 from sharpdim.curvature.batched_hvp import batch_columns, batched_hvp, saved_bytes
 from sharpdim.curvature.operator import LinearOperator, is_symmetric, max_asymmetry
 from sharpdim.curvature.params import flatten, strided, trainable_parameters, unflatten
@@ -268,7 +268,7 @@ class HessianOperator(LinearOperator):
         if not self.batches:
             raise SharpdimError("`batches` is empty: pass at least one batch")
         self.weights = _batch_weights(self.batches, weights)
-        self.reuse_graph = reuse_graph and len(self.batches) == 1
+        self.reuse_graph = check_flag(reuse_graph, "reuse_graph") and len(self.batches) == 1
         self._graph: tuple[list[torch.Tensor], list[int]] | None = None
         self._tracked_at_build: tuple[list[Any], list[int], list[bool]] | None = None
         self._values_at_build: list[torch.Tensor | None] = []

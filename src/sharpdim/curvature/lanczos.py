@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import torch
 
-from sharpdim.checks import check_count, check_number, default_generator
+from sharpdim.checks import check_count, check_flag, check_number, default_generator
 from sharpdim.curvature.krylov_basis import KrylovBasis, breakdown_level
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
 from sharpdim.errors import SharpdimError
@@ -146,6 +146,7 @@ def lanczos_tridiagonal(
     the basis instead of a fresh allocation.
     """
     op = as_operator(H)
+    return_basis = check_flag(return_basis, "return_basis")
     steps, v0 = tridiagonal_steps(op, num_steps, v0)
     basis = KrylovBasis(op, steps + 1, v0, None, restart_on_breakdown=False, workspace=workspace)
     while basis.m < steps and basis.nb > 0:
@@ -352,6 +353,7 @@ def lanczos_eigenvalues(
         [100.0, 99.0, 98.0]
     """
     op = as_operator(H)
+    return_eigenvectors = check_flag(return_eigenvectors, "return_eigenvectors")
     k, tol, block_size = _check(op, k, which, tol, block_size)
     n, b = op.num_params, block_size
     wanted = min(2 * k, n) if which == "both" else k

@@ -10,8 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, final
 
+import numpy as np
 import torch
 
+from sharpdim.checks import native_array
 from sharpdim.errors import NonFiniteCurvatureError, SharpdimError
 
 
@@ -50,12 +52,17 @@ class LinearOperator(ABC):
         n = self.num_params
         if not isinstance(v, torch.Tensor):
             try:
-                v = torch.as_tensor(v)
+                v = torch.as_tensor(native_array(v) if isinstance(v, np.ndarray) else v)
             except (TypeError, ValueError, RuntimeError):
                 raise SharpdimError(
                     f"cannot multiply the operator by a {type(v).__name__}: pass a tensor "
                     f"(or numpy array) of shape ({n},) or ({n}, k)"
                 ) from None
+        if v.dtype == torch.bool:
+            raise SharpdimError(
+                "cannot multiply the operator by a bool vector (it would read True as 1): "
+                "pass a float vector, e.g. v.double()"
+            )
         if v.is_complex():
             raise SharpdimError(
                 f"cannot multiply the operator by a complex vector ({v.dtype}): multiply the "

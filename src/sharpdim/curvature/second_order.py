@@ -5,7 +5,9 @@ A custom ``torch.autograd.Function`` whose ``backward`` is decorated with
 Differentiating the gradient again then drops every term that passes through it: torch gives
 zeros, or a wrong and asymmetric "Hessian", without an error (a 3-4-3 MLP with such a tanh:
 ``H @ v`` of order 1e-17 against a true Hessian of norm 0.33). Every Hessian-vector product
-in sharpdim therefore refuses such a graph up front.
+in sharpdim therefore refuses such a graph up front, and also one through an op torch cannot
+differentiate twice at all (``nn.EmbeddingBag``, ``torch.cdist``, ``F.pdist``, reentrant
+activation checkpointing), which would otherwise fail with a raw error at the first product.
 """
 
 from __future__ import annotations
@@ -19,11 +21,38 @@ _ONCE_DIFFERENTIABLE = once_differentiable(lambda ctx, *grads: grads).__code__
 """The code of the wrapper ``once_differentiable`` puts around every backward it decorates."""
 
 
+_NO_DOUBLE_BACKWARD = {
+    "EmbeddingBagBackward": (
+        "nn.EmbeddingBag, whose backward torch cannot differentiate again ('the derivative for "
+        "_embedding_bag_backward is not implemented')",
+        "use nn.Embedding followed by the bag's sum or mean",
+    ),
+    "CdistBackward": (
+        "torch.cdist, whose backward torch cannot differentiate again ('the derivative for "
+        "_cdist_backward is not implemented')",
+        "write the distances with elementwise ops, e.g. (x[:, None] - y[None]).pow(2).sum(-1)",
+    ),
+    "PdistBackward": (
+        "F.pdist, whose backward torch cannot differentiate again ('the derivative for "
+        "_pdist_backward is not implemented')",
+        "write the distances with elementwise ops, e.g. (x[:, None] - x[None]).pow(2).sum(-1)",
+    ),
+    "CheckpointFunctionBackward": (
+        "torch.utils.checkpoint with use_reentrant=True, which torch cannot differentiate with "
+        "autograd.grad",
+        "pass use_reentrant=False to checkpoint (or switch gradient checkpointing off)",
+    ),
+}
+"""Graph nodes (class names without torch's trailing version digit) that torch cannot take a
+second derivative through: it raises a raw error at the first product. Each maps to what the
+node is and what to do instead."""
+
+
 def _walk(output: torch.Tensor) -> tuple[set[str], set[str]]:
-    """The names of the once-differentiable Functions and of the ``nn.EmbeddingBag`` nodes (no
-    double backward in torch) in ``output``'s graph, each node visited once."""
+    """The names of the once-differentiable Functions and the keys of
+    :data:`_NO_DOUBLE_BACKWARD` met in ``output``'s graph, each node visited once."""
     found: set[str] = set()
-    bags: set[str] = set()
+    blocked: set[str] = set()
     seen: set[object] = set()
     stack = [output.grad_fn]
     while stack:
@@ -36,10 +65,11 @@ def _walk(output: torch.Tensor) -> tuple[set[str], set[str]]:
             code = getattr(getattr(function, method, None), "__code__", None)
             if code is _ONCE_DIFFERENTIABLE:
                 found.add(getattr(function, "__name__", repr(function)))
-        if type(node).__name__.startswith("EmbeddingBagBackward"):
-            bags.add(type(node).__name__)
+        kind = type(node).__name__.rstrip("0123456789")
+        if kind in _NO_DOUBLE_BACKWARD:
+            blocked.add(kind)
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return found, bags
+    return found, blocked
 
 
 _WRITE_IT = "write its backward with differentiable torch ops, or use the plain layer it replaces"
@@ -48,15 +78,13 @@ _WRITE_IT = "write its backward with differentiable torch ops, or use the plain 
 def refuse_once_differentiable(output: torch.Tensor, what: str, advice: str = _WRITE_IT) -> None:
     """A one-line error if the graph of ``output`` (named ``what``) passes through a
     ``@once_differentiable`` backward, whose second derivative torch silently drops (the
-    message then ends in ``advice``), or through ``nn.EmbeddingBag``, which torch cannot
-    differentiate twice (a raw ``NotImplementedError`` at the first product)."""
-    names, bags = _walk(output)
-    if bags:
-        raise SharpdimError(
-            f"{what} passes through nn.EmbeddingBag, whose backward torch cannot differentiate "
-            "again ('the derivative for _embedding_bag_backward is not implemented'): use "
-            "nn.Embedding followed by the bag's sum or mean"
-        )
+    message then ends in ``advice``), or through a node of :data:`_NO_DOUBLE_BACKWARD`
+    (``nn.EmbeddingBag``, ``torch.cdist``, ``F.pdist``, reentrant activation checkpointing),
+    which torch cannot differentiate twice (a raw error at the first product)."""
+    names, blocked = _walk(output)
+    if blocked:
+        node, fix = _NO_DOUBLE_BACKWARD[sorted(blocked)[0]]
+        raise SharpdimError(f"{what} passes through {node}: {fix}")
     if names:
         raise SharpdimError(
             f"{what} passes through {', '.join(sorted(names))}, a custom autograd.Function whose "

@@ -39,7 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from sharpdim.checks import check_count, default_generator
+from sharpdim.checks import check_count, check_flag, default_generator
 from sharpdim.curvature.second_order import refuse_once_differentiable
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
 from sharpdim.errors import SharpdimError
@@ -131,7 +131,8 @@ class FunctionMap:
         vectorize: bool = True,
     ) -> None:
         _check_jvp_mode(jvp_mode)
-        self.fn, self.jvp_mode, self.vectorize = fn, jvp_mode, vectorize
+        self.fn, self.jvp_mode = fn, jvp_mode
+        self.vectorize = check_flag(vectorize, "vectorize")
 
     def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
         with torch.no_grad():

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharpdim.checks import check_count, check_number, check_seed, native_array
+from sharpdim.checks import check_count, check_flag, check_number, check_seed, native_array
 from sharpdim.errors import SharpdimError
 from sharpdim.training.models import build_mlp
 
@@ -104,6 +104,7 @@ class Dataset:
             drop_last: skip a last, smaller batch so every step sees ``batch_size`` examples.
         """
         n = self.num_train
+        drop_last = check_flag(drop_last, "drop_last")
         if batch_size is None:
             yield self.train_batch()
             return
@@ -402,6 +403,7 @@ def make_modular_dataset(
             ``"onehot"``: float inputs ``[onehot(a), onehot(b)]`` of width ``2p`` for an MLP.
     """
     seed = check_seed(seed)
+    equals_token = check_flag(equals_token, "equals_token")
     p = check_count(p, "modulus p", 2, "e.g. p=97")
     if operation not in _OPERATIONS:
         raise SharpdimError(f"unknown operation {operation!r}: use one of {', '.join(_OPERATIONS)}")

@@ -34,7 +34,14 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from sharpdim.checks import check_betas, check_count, check_number, check_seed, plain_scalar
+from sharpdim.checks import (
+    check_betas,
+    check_count,
+    check_flag,
+    check_number,
+    check_seed,
+    plain_scalar,
+)
 from sharpdim.curvature.hessian import require_graph, scalar_loss
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
@@ -402,6 +409,7 @@ def train(
     _check_train_arguments(
         model, dataset, config, monitor, callbacks, loss_fn, optimizer, resume_from
     )
+    progress = check_flag(progress, "progress")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise SharpdimError("the model has no trainable parameters: nothing to train")

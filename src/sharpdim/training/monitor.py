@@ -166,6 +166,7 @@ def upcoming_adam_preconditioner(
         raise SharpdimError(
             f"{type(optimizer).__name__} has no Adam preconditioner: pass an Adam/AdamW optimizer"
         )
+    bias_correction = check_flag(bias_correction, "bias_correction")
     group_of = param_groups_by_id(optimizer)
     pieces = []
     for p in params:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.checks import check_betas, check_number, plain_scalar
+from sharpdim.checks import check_betas, check_flag, check_number, plain_scalar
 from sharpdim.errors import SharpdimError
 
 OPTIMIZERS = ("gd", "sgd", "momentum", "heavy_ball", "nesterov", "adam", "adamw")
@@ -341,6 +341,7 @@ def adam_preconditioner(
     the optimizer's parameters, group by group); each must have taken at least one step.
     """
     _check_adam(optimizer)
+    bias_correction = check_flag(bias_correction, "bias_correction")
     group_of = param_groups_by_id(optimizer)
     pieces = []
     for p in _chosen(optimizer, params):

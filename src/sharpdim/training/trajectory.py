@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sharpdim.checks import check_count, default_generator
+from sharpdim.checks import check_count, check_flag, default_generator
 from sharpdim.curvature.params import get_flat_params, set_flat_params, trainable_parameters
 from sharpdim.dynamics.step_maps import TrainingMap
 from sharpdim.errors import SharpdimError
@@ -241,6 +241,7 @@ def capture_backward(
         one that diverged at step 0 gives an empty trajectory (``points`` of shape ``(0, d)``
         in the parameters' dtype, no steps), so its divergence stays a recorded outcome.
     """
+    include_final = check_flag(include_final, "include_final")
     recorder = IterateRecorder(
         num_iterates, every=every, max_memory_bytes=max_memory_bytes, spill_dir=spill_dir
     )
