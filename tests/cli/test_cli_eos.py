@@ -548,3 +548,18 @@ def test_ratios_keep_step_sizes_that_print_alike(tmp_path, trained):
     assert _sharpening(tmp_path, "0.1,0.1000001") == 0
     ratios = _summary(tmp_path / "sharpening.json")["ratios"]
     assert sorted(ratios) == ["gd lr=0.1", "gd lr=0.1000001"]
+
+
+@pytest.mark.parametrize("flag", ["--lr-max", "--bif-max"])
+def test_minimalist_refuses_step_sizes_its_figure_cannot_draw(tmp_path, capsys, flag):
+    """Step sizes near the float maximum ran, wrote the JSON and then failed in the figure's
+    ticks with a raw ValueError ('arange: cannot compute length'), exit code 1."""
+    lo = "--lr-min" if flag == "--lr-max" else "--bif-min"
+    args = [lo, "1e306", flag, "1.7e308", "--num-lrs", "2", "--bif-num", "2", "--steps", "10"]
+    assert main(["eos", "minimalist", *args, "--late", "5", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag} 1.7e+308 is too large for the figure's step-size axis")
+    assert err.count("\n") == 1 and not (tmp_path / "minimalist.json").exists()
+    args[3] = "1e307"  # the largest allowed draws
+    assert main(["eos", "minimalist", *args, "--late", "5", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "minimalist.png").exists()

@@ -118,3 +118,24 @@ def test_an_infinite_loss_alone_gets_a_linear_axis(tmp_path: Path) -> None:
     assert out.read_bytes().startswith(b"\x89PNG")
     assert not eos_figures._any_positive([(math.inf, math.nan)])
     assert eos_figures._any_positive([(math.inf, 0.5)])
+
+
+def test_a_run_with_one_record_is_drawn_as_a_marker(drawn: list[Any], tmp_path: Path) -> None:
+    """A run that diverged before its second record (GD at lr 50, records every 5 steps) was
+    named in the legend but drawn as a one-point line: nothing visible."""
+    one = EoSRun(
+        optimizer="gd", lr=50.0, threshold=0.04, status="diverged", diverged_at=2, steps=(0,),
+        loss=(2.3,), sharpness=(8.7,), bounded=(8.7,), late_median_ratio=math.nan,
+        late_ratio_range=(math.nan, math.nan), final_train_loss=math.nan,
+        final_train_accuracy=None, wall_time_s=1.0,
+    )  # fmt: skip
+    result = EoSRunsResult(
+        kind="sharpening", setup=MLPSetup(), steps=30, every=5, late_fraction=0.3,
+        runs=(_run(0.2, None), one), wall_time_s=2.0,
+    )  # fmt: skip
+    eos_figures.plot_eos_runs(result, tmp_path / "x.png")
+    for ax in drawn[0].axes:
+        two = ax.get_lines()[0]
+        (lone,) = [line for line in ax.get_lines() if list(line.get_xdata()) == [0]]
+        assert two.get_marker() in ("", "None") and list(two.get_xdata()) == [0, 4]
+        assert lone.get_marker() == "o"

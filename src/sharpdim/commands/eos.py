@@ -76,6 +76,8 @@ _DATASET = typer.Option("digits", help="digits | mnist1d | modular | teacher_stu
 STORE_NAME = "runs.sqlite"
 MAX_GRID = 100_000  # step sizes per minimalist grid (each a vectorised GD run)
 MAX_LATE_ITERATES = 4_000_000  # minimalist late iterates over both grids (4 factors each)
+MAX_PLOTTED_LR = 1e307  # the minimalist figure draws step sizes on linear axes; their ticks
+# overflow above this (matplotlib: "arange: cannot compute length")
 MAX_PARTICLES = 1_000_000  # fractal particles (each scattered into the figure)
 _WIDTH = width_option(100, help="tanh MLP hidden width")
 _DEPTH = depth_option(2, help="tanh MLP hidden layers")
@@ -343,10 +345,18 @@ def minimalist(
     from sharpdim.report.eos_figures import plot_minimalist
     from sharpdim.training.eos_minimalist_experiment import minimalist_experiment
 
-    for flag, value in (("--lr-min", lr_min), ("--lr-max", lr_max)):
-        check_positive_lr(value, flag, "0.02")
-    for flag, value in (("--bif-min", bif_min), ("--bif-max", bif_max)):
-        check_positive_lr(value, flag, "0.2")
+    for flag, value, example in (
+        ("--lr-min", lr_min, "0.02"),
+        ("--lr-max", lr_max, "0.54"),
+        ("--bif-min", bif_min, "0.2"),
+        ("--bif-max", bif_max, "1.1"),
+    ):
+        check_positive_lr(value, flag, example)
+        if value > MAX_PLOTTED_LR:  # (matplotlib's linear ticks overflow: a raw ValueError)
+            raise SharpdimError(
+                f"{flag} {value:g} is too large for the figure's step-size axis (at most "
+                f"{MAX_PLOTTED_LR:g}): pass e.g. {flag} {example}"
+            )
     for flag, count in (("--num-lrs", num_lrs), ("--bif-num", bif_num)):
         check_at_least(count, 1, flag)
         if count > MAX_GRID:

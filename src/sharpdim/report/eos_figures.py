@@ -35,6 +35,12 @@ def _any_positive(series: Iterable[Sequence[float]]) -> bool:
     )
 
 
+def _lone(values: np.ndarray) -> str:
+    """A marker for a series with fewer than two finite values (a run that diverged before
+    its second record), which a line alone would not show; none otherwise."""
+    return "o" if int(np.isfinite(values).sum()) < 2 else ""
+
+
 def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) -> Path:
     """Loss (top) and sharpness with each run's threshold dashed (bottom), per run.
 
@@ -58,8 +64,9 @@ def plot_eos_runs(result: EoSRunsResult, path: str | Path, *, dpi: int = 100) ->
             )
             label = f"{run.optimizer} $\\eta$={run.lr:g} ({outcome})"
             steps = np.asarray(run.steps)
-            top.plot(steps, np.asarray(run.loss), color=color, lw=1.0, label=label)
-            bottom.plot(steps, np.asarray(run.bounded), color=color, lw=1.0)
+            loss, bounded = np.asarray(run.loss, dtype=float), np.asarray(run.bounded, dtype=float)
+            top.plot(steps, loss, color=color, lw=1.0, marker=_lone(loss), ms=4, label=label)
+            bottom.plot(steps, bounded, color=color, lw=1.0, marker=_lone(bounded), ms=4)
             if math.isfinite(run.threshold):
                 bottom.axhline(run.threshold, color=color, ls="--", lw=0.9)
         bottom.axvspan(
