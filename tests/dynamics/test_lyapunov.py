@@ -529,3 +529,13 @@ def test_one_block_for_the_standard_error_is_refused() -> None:
     logs = r.log_stretches[:, 0]
     means = torch.stack([logs[:2].mean(), logs[2:].mean()])
     assert float(r.stderr[0]) == pytest.approx(float(means.std() / math.sqrt(2)), rel=1e-12)
+
+
+@pytest.mark.parametrize("jvp_mode", ["forward", "reverse"])
+def test_a_map_that_leaves_torch_is_a_one_line_error(jvp_mode: str) -> None:
+    """Through numpy a map has no Jacobian: torch's raw RuntimeError ('Cannot access data
+    pointer of Tensor that doesn't have storage' / 'Can't call numpy() on Tensor that requires
+    grad') reached the user."""
+    x0 = torch.tensor([0.3, 0.2], dtype=torch.float64)
+    with pytest.raises(SharpdimError, match=r"^step_fn leaves torch \(e.g. through .numpy\(\)\)"):
+        lyapunov_spectrum(lambda x: torch.from_numpy(x.numpy() * 2), x0, 2, 5, jvp_mode=jvp_mode)

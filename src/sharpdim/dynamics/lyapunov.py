@@ -167,6 +167,7 @@ class FunctionMap:
         try:
             return y, torch.stack([push(dx[:, j]) for j in range(dx.shape[1])], dim=1)
         except (RuntimeError, NotImplementedError) as err:
+            _refuse_leaving_torch(err)
             if not any(sign in str(err) for sign in _NO_FORWARD_FUNCTION):
                 raise
             raise SharpdimError(
@@ -180,7 +181,11 @@ class FunctionMap:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
-            y = self.fn(leaf.clone())  # (a copy: fn may work in place)
+            try:
+                y = self.fn(leaf.clone())  # (a copy: fn may work in place)
+            except RuntimeError as err:
+                _refuse_leaving_torch(err)
+                raise
             _check_next_state(x, y, t)
             u = torch.zeros_like(y, requires_grad=True)
             vjp = None
@@ -210,6 +215,22 @@ _NO_FORWARD_FUNCTION = (
 )
 """Signs of torch's refusal to push a forward-mode tangent through a custom autograd.Function
 (one without ``setup_context``, or without ``jvp``)."""
+
+
+_LEFT_TORCH = (
+    "Cannot access data pointer of Tensor that doesn't have storage",  # forward-mode dual
+    "Can't call numpy() on Tensor that requires grad",  # reverse mode
+)
+"""Signs of a step function that leaves torch (``x.numpy()``, ``x.tolist()`` of a tangent)."""
+
+
+def _refuse_leaving_torch(err: Exception) -> None:
+    """A one-line error if ``err`` says ``step_fn`` left torch, where no derivative follows."""
+    if any(sign in str(err) for sign in _LEFT_TORCH):
+        raise SharpdimError(
+            "step_fn leaves torch (e.g. through .numpy()), so its Jacobian cannot be taken: "
+            "write the map with torch operations"
+        ) from None
 
 
 def _check_twice_differentiable(y: torch.Tensor, leaf: torch.Tensor) -> None:
