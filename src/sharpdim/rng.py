@@ -8,6 +8,7 @@ saved, seeded, and restored afterwards.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -46,3 +47,16 @@ def operator_seed(mode: str) -> int | None:
     if mode == "eval":
         return None
     return int(torch.randint(0, 2**62, (1,))) % 2**32
+
+
+@contextmanager
+def python_random_kept() -> Iterator[None]:
+    """Restore Python's global ``random`` state on exit: around lazy imports of modules that
+    draw from it when first imported (``rich.style`` calls ``random.getrandbits``; the first
+    digits load, through scikit-learn, and the first progress bar shifted a user's seeded
+    ``random`` stream)."""
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)

@@ -211,3 +211,10 @@ def test_a_matrix_requiring_grad_gives_plain_results(reorthogonalization: str, w
     want = slq_spectrum(plain, 2, 3, reorthogonalization=reorthogonalization)
     assert not got.nodes.requires_grad and not got.weights.requires_grad
     assert torch.equal(got.nodes, want.nodes) and torch.equal(got.weights, want.weights)
+
+
+def test_a_list_for_a_reorthogonalization_is_a_one_line_error() -> None:
+    """slq_spectrum(..., reorthogonalization=["full"]) raised 'unhashable type: list'."""
+    a = torch.eye(4, dtype=torch.float64)
+    with pytest.raises(SharpdimError, match=r"^unknown reorthogonalization \['full'\]"):
+        slq_spectrum(a, 2, 3, reorthogonalization=["full"])  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sharpdim.errors import SharpdimError
-from sharpdim.training.data_idx import write_idx
+from sharpdim.training.data_idx import read_idx, write_idx
 from sharpdim.training.datasets import MNIST1D_TEST_SEED, Dataset, load_dataset
 
 SMALL = {
@@ -471,3 +471,57 @@ def test_idx_dataset_whole_float_labels_and_float_images(tmp_path):
     np.testing.assert_allclose(ds.x_train.numpy(), expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ds.x_test.numpy(), expected[:6], rtol=1e-12, atol=1e-12)
     assert arrays["t10k-labels-idx1-ubyte"].tolist() == ds.y_test.tolist()
+
+
+def test_constant_idx_pixels_are_centred_not_blown_up(tmp_path):
+    """The std of twenty images of 7/255 is ~1e-17, not 0 (7/255 is inexact in binary): the
+    data were divided by it (test inputs ~1e17) instead of only centred."""
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.full((20, 4, 4), 7, np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", rng.integers(0, 10, 20, dtype=np.uint8))
+    test = rng.integers(0, 256, (8, 4, 4), dtype=np.uint8)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", test)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 8, dtype=np.uint8))
+    ds = load_dataset("idx", directory=tmp_path, dtype=torch.float64)
+    assert ds.x_train.abs().max() < 1e-15
+    expected = torch.as_tensor(test.reshape(8, 16) / 255.0 - 7 / 255.0)
+    torch.testing.assert_close(ds.x_test, expected, rtol=0, atol=1e-15)
+
+
+def test_loading_digits_leaves_python_random_alone():
+    """sklearn's first import pulls in rich, whose rich.style calls random.getrandbits: the
+    first digits load shifted a user's seeded Python random stream (fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import random\n"
+        "from sharpdim.training.datasets import load_dataset\n"
+        "random.seed(0); a = random.random()\n"
+        "random.seed(0); load_dataset('digits', n_train=20, n_test=5); print(random.random() == a)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: load_dataset("modular", p=5, operation=["add"]), r"unknown operation \['add'\]"),
+        (lambda: next(load_dataset("modular", p=5).batches(4, generator=0)), "generator must be"),
+        (lambda: load_dataset("teacher_student", teacher_width=0), "teacher_width must be"),
+        (lambda: load_dataset("teacher_student", teacher_depth=-1), "teacher_depth must be"),
+        (lambda: load_dataset("idx", directory="/tmp", flatten="no"), "flatten must be True"),
+    ],
+)
+def test_dataset_arguments_are_one_line_errors(call, message):
+    """A list operation raised 'unhashable type', an int generator torch's randperm TypeError,
+    and the teacher's sizes were named width/depth (build_mlp's names)."""
+    with pytest.raises(SharpdimError, match=f"^{message}") as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+def test_an_idx_directory_given_as_a_file_is_named(tmp_path):
+    with pytest.raises(SharpdimError, match="is a directory: pass the path of a file in it"):
+        read_idx(tmp_path)

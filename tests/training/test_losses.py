@@ -193,3 +193,9 @@ def test_accuracy_checks_labels_as_the_losses_do():
         with pytest.raises(SharpdimError, match=match):
             accuracy(Fixed(OUT), (None, bad))
     assert accuracy(Fixed(OUT), (None, torch.tensor([2, -100]))) == 1.0
+
+
+def test_a_list_for_a_loss_name_is_a_one_line_error():
+    """get_loss(["mse"]) raised 'unhashable type: list'."""
+    with pytest.raises(SharpdimError, match=r"^unknown loss \['mse'\]: use one of mse"):
+        get_loss(["mse"])  # type: ignore[arg-type]

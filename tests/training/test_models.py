@@ -294,3 +294,9 @@ def test_flags_given_as_strings_are_refused() -> None:
     with pytest.raises(SharpdimError, match=r"^last_only must be True or False, got 'no'"):
         build_transformer(5, 3, last_only="no")
     assert all(m.bias is None for m in build_mlp(4, 2, bias=False) if isinstance(m, nn.Linear))
+
+
+def test_a_list_for_an_activation_is_a_one_line_error():
+    """build_mlp(..., activation=["tanh"]) raised 'unhashable type: list'."""
+    with pytest.raises(SharpdimError, match=r"^unknown activation \['tanh'\]: use one of tanh"):
+        build_mlp(3, 2, activation=["tanh"])  # type: ignore[arg-type]

@@ -329,3 +329,13 @@ def test_a_mix_of_named_and_plain_entries_is_one_line() -> None:
     ):
         with pytest.raises(SharpdimError, match=r"^params mixes .* entries, which torch refuses"):
             make_optimizer("sgd", params, lr=0.1)
+
+
+def test_non_leaf_tensors_are_refused_in_one_line():
+    """torch raised ValueError("can't optimize a non-leaf Tensor")."""
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(SharpdimError, match=r"^params holds a tensor computed from others"):
+        make_optimizer("sgd", [p * 2 for p in model.parameters()], lr=0.1)
+    named = [(n, p * 2) for n, p in model.named_parameters()]
+    with pytest.raises(SharpdimError, match=r"^params holds a tensor computed from others"):
+        make_optimizer("adam", named, lr=0.1)

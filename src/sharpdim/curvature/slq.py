@@ -47,7 +47,7 @@ REORTHOGONALIZATIONS = tuple(_TRIDIAGONALIZATIONS)
 
 def check_reorthogonalization(name: str) -> None:
     """Raise a one-line error unless ``name`` is one of :data:`REORTHOGONALIZATIONS`."""
-    if name not in _TRIDIAGONALIZATIONS:
+    if not isinstance(name, str) or name not in _TRIDIAGONALIZATIONS:  # (a list: unhashable)
         raise SharpdimError(
             f"unknown reorthogonalization {name!r}: use one of {', '.join(REORTHOGONALIZATIONS)}"
         )

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from sharpdim.atomic import atomic_path
-from sharpdim.checks import check_seed
+from sharpdim.checks import check_flag, check_seed
 from sharpdim.errors import SharpdimError
-from sharpdim.training.datasets import Dataset
+from sharpdim.training.datasets import Dataset, spread_or_one
 
 _IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
@@ -51,6 +51,8 @@ _MAX_CLASSES = 2**20  # labels must lie below this (it bounds num_classes)
 
 
 def _open_bytes(path: Path) -> bytes:
+    if path.is_dir():
+        raise SharpdimError(f"IDX file {path} is a directory: pass the path of a file in it")
     if not path.is_file():
         raise SharpdimError(f"IDX file {path} does not exist: check the path or the directory")
     raw = path.read_bytes()
@@ -209,6 +211,7 @@ def load_idx_dataset(
     ``seed`` is unused (the files fix the order).
     """
     check_seed(seed)  # unused
+    flatten = check_flag(flatten, "flatten")
     names = {
         "train_images": ("train-images-idx3-ubyte", train_images),
         "train_labels": ("train-labels-idx1-ubyte", train_labels),
@@ -249,8 +252,9 @@ def load_idx_dataset(
         return t.reshape(n, features) if flatten else t
 
     x_train, x_test = images("train_images", n_train), images("test_images", n_test)
-    mean, std = x_train.mean(), x_train.std() if x_train.numel() > 1 else torch.tensor(1.0)
-    std = std if std > 0 else torch.tensor(1.0, dtype=torch.float64)
+    mean = x_train.mean()
+    std = x_train.std() if x_train.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
+    std = spread_or_one(std, x_train.abs().max())
     y_train = torch.as_tensor(arrays["train_labels"][:n_train].astype(np.int64))
     y_test = torch.as_tensor(arrays["test_labels"][:n_test].astype(np.int64))
     labels = (arrays[key] for key in ("train_labels", "test_labels"))

@@ -20,6 +20,7 @@ import torch
 
 from sharpdim.checks import check_count, check_flag, check_number, check_seed, native_array
 from sharpdim.errors import SharpdimError
+from sharpdim.rng import python_random_kept
 from sharpdim.training.models import build_mlp
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -114,6 +115,11 @@ class Dataset:
                 f"batch_size={batch_size} is not in [1, {n}] for {self.name} with {n} "
                 "training examples: choose a smaller batch or use batch_size=None (full batch)"
             )
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise SharpdimError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}: "
+                "pass torch.Generator().manual_seed(seed) (None keeps the stored order)"
+            )
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
@@ -194,11 +200,23 @@ def _split(total: int, n_train: int, n_test: int) -> tuple[slice, slice]:
     return slice(0, n_train), slice(total - n_test, total)
 
 
+_NO_SPREAD = 1e-12
+"""A standard deviation at most this fraction of the largest ``|x|`` is rounding, not spread."""
+
+
+def spread_or_one(std: torch.Tensor, largest: torch.Tensor) -> torch.Tensor:
+    """``std``, or 1 where it is rounding noise (at most :data:`_NO_SPREAD` of the largest
+    ``|x|``): a constant feature is then only centred. Its computed std is not 0 when the
+    value is inexact in binary (twenty pixels of ``7/255``: ~1e-17), and dividing by it blew
+    the data up (test inputs ~1e17)."""
+    return torch.where(std > _NO_SPREAD * largest, std, torch.ones_like(std))
+
+
 def _standardize(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature standardisation with training statistics (constant features: centred only)."""
     mean = x_train.mean(0)
     std = x_train.std(0) if x_train.shape[0] > 1 else torch.ones_like(mean)
-    std = torch.where(std > 0, std, torch.ones_like(std))
+    std = spread_or_one(std, x_train.abs().amax(0))
     return (x_train - mean) / std, (x_test - mean) / std
 
 
@@ -216,7 +234,8 @@ def load_digits_dataset(
     move with ``n_train`` and never holds a training image of a larger ``n_train``. 64
     features standardised with the training statistics, labels 0-9.
     """
-    from sklearn.datasets import load_digits
+    with python_random_kept():  # (its first import draws from Python's random)
+        from sklearn.datasets import load_digits
 
     seed = check_seed(seed)
     features, labels = load_digits(return_X_y=True)
@@ -286,7 +305,7 @@ def make_mnist1d_dataset(
         random.setstate(py_state)
         np.random.set_state(np_state)
     mean, std = x_train.mean(), x_train.std()
-    if not (math.isfinite(std) and std > 0):
+    if not (math.isfinite(std) and std > _NO_SPREAD * np.abs(x_train).max()):
         raise SharpdimError(
             f"the {n_train} MNIST-1D training example(s) have no spread to standardise by: "
             "pass a larger n_train (or final_seq_length)"
@@ -405,7 +424,7 @@ def make_modular_dataset(
     seed = check_seed(seed)
     equals_token = check_flag(equals_token, "equals_token")
     p = check_count(p, "modulus p", 2, "e.g. p=97")
-    if operation not in _OPERATIONS:
+    if not isinstance(operation, str) or operation not in _OPERATIONS:  # (a list: unhashable)
         raise SharpdimError(f"unknown operation {operation!r}: use one of {', '.join(_OPERATIONS)}")
     if encoding not in ("tokens", "onehot"):
         raise SharpdimError(f"unknown encoding {encoding!r}: use 'tokens' or 'onehot'")
@@ -463,6 +482,8 @@ def make_teacher_student_dataset(
         raise SharpdimError(f"n_train={n_train}, n_test={n_test}: need n_train >= 1, n_test >= 0")
     noise_std = check_number(noise_std, "noise_std", ">= 0", "noise_std=0.1")
     in_dim, out_dim = check_count(in_dim, "in_dim"), check_count(out_dim, "out_dim")
+    teacher_width = check_count(teacher_width, "teacher_width", 1, "e.g. teacher_width=32")
+    teacher_depth = check_count(teacher_depth, "teacher_depth", 0, "e.g. teacher_depth=1")
     g = torch.Generator().manual_seed(seed)
     teacher = build_mlp(
         in_dim,

@@ -46,7 +46,7 @@ from sharpdim.curvature.hessian import require_graph, scalar_loss
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
 from sharpdim.module_modes import ModeScope, restored_modes
-from sharpdim.rng import forked_global_rng
+from sharpdim.rng import forked_global_rng, python_random_kept
 from sharpdim.training.checkpoint import (
     check_same_dtypes,
     prepare_checkpoint_dir,
@@ -573,13 +573,14 @@ def train(
 
 
 def _progress_bar(total: int) -> tuple[Any, Any]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    with python_random_kept():  # (rich's first import draws from Python's random)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
     bar = Progress(
         TextColumn("{task.description}"),

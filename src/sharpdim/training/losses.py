@@ -165,7 +165,7 @@ LOSSES: dict[str, LossFn] = {
 
 def get_loss(name: str) -> LossFn:
     """The loss function called ``name``: ``"mse"`` or ``"ce"`` (alias ``"cross_entropy"``)."""
-    if name not in LOSSES:
+    if not isinstance(name, str) or name not in LOSSES:  # (a list: unhashable)
         raise SharpdimError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
     return LOSSES[name]
 

@@ -98,7 +98,7 @@ def build_mlp(
         >>> sum(p.numel() for p in model.parameters())
         3466
     """
-    if activation not in _ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in _ACTIVATIONS:  # (a list: unhashable)
         raise SharpdimError(
             f"unknown activation {activation!r}: use one of {', '.join(_ACTIVATIONS)}"
         )

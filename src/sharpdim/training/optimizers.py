@@ -147,6 +147,12 @@ def _parameter_list(params: Any) -> list[Any]:
             f"params must hold parameters (tensors or param-group dicts), got {got}: pass "
             "e.g. model.parameters()"
         )
+    tensors = [p[1] if _named(p) else p for p in params if not isinstance(p, dict)]
+    if any(not t.is_leaf for t in tensors):  # (torch: "can't optimize a non-leaf Tensor")
+        raise SharpdimError(
+            "params holds a tensor computed from others (not a leaf), which no optimizer can "
+            "update: pass the model's parameters (model.parameters())"
+        )
     return params
 
 
