@@ -727,3 +727,22 @@ def test_a_hyperparameter_the_optimizer_does_not_use_is_refused(
         f"{name}={value!r} is not used by optimizer={optimizer!r} and would be ignored: drop it, "
         f"or pass optimizer={users}"
     )
+
+
+@pytest.mark.parametrize(("alias", "name"), [("gd", "sgd"), ("heavy_ball", "momentum")])
+def test_the_training_side_optimizer_names_are_accepted(alias: str, name: str) -> None:
+    """make_optimizer, TrainConfig and EoSRecord.optimizer say "gd" and "heavy_ball";
+    sharpness_dimension refused them ('unknown optimizer')."""
+    model, data = _setup()
+    options = {"batch_size": 10, "num_batches": 2, "num_bootstrap": 0}
+    got = sharpness_dimension(model, _ce, data, 0.3, optimizer=alias, **options)
+    want = sharpness_dimension(model, _ce, data, 0.3, optimizer=name, **options)
+    assert got.sd == want.sd and got.lambda_1 == want.lambda_1
+
+
+def test_torch_functional_losses_are_refused_in_one_line() -> None:
+    """F.cross_entropy takes (output, target): a TypeError from inside torch ('argument
+    'input' must be Tensor, not Sequential')."""
+    model, data = _setup()
+    with pytest.raises(SharpdimError, match=r"^loss_fn is F.cross_entropy, which takes"):
+        sharpness_dimension(model, nn.functional.cross_entropy, data, 0.1)

@@ -320,3 +320,12 @@ def test_eigenvalues_given_as_python_floats_are_read_in_float64() -> None:
     sgd = StepSpectrumConfig(lr=1.0)
     assert block_singular_values([0.1, 0.7], sgd).tolist() == [1 - 0.1, 1 - 0.7]
     assert sgd_exponent([0.1], 1.0).tolist() == [math.log(1 - 0.1 + 1e-12)]
+
+
+def test_training_side_optimizer_names_are_aliases() -> None:
+    """The names "gd" and "heavy_ball" (make_optimizer's, TrainConfig's) were refused."""
+    assert StepSpectrumConfig(optimizer="gd").optimizer == "sgd"  # type: ignore[arg-type]
+    config = StepSpectrumConfig(optimizer="heavy_ball", momentum=0.5)  # type: ignore[arg-type]
+    assert config == StepSpectrumConfig(optimizer="momentum", momentum=0.5)
+    with pytest.raises(SharpdimError, match=r"^unknown optimizer \['sgd'\]: use one of sgd"):
+        StepSpectrumConfig(optimizer=["sgd"])  # type: ignore[arg-type]

@@ -344,6 +344,53 @@ def test_sharpness_dimension_uses_the_live_adam_preconditioner(cls, tensor_betas
         opt.step()
 
 
+def test_sharpness_dimension_after_the_update_uses_the_last_adam_preconditioner():
+    """Called with no gradients (after ``zero_grad(set_to_none=True)``), the SD was refused
+    ('no common step count (found: none)') while the sharpness used the last update's P."""
+    x, y = _data(40)
+    model = _model()
+    b1, b2, eps = 0.8, 0.95, 1e-3
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(b1, b2), eps=eps)
+    options = {"batch_size": 40, "num_batches": 1}
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1, sd_options=options)
+    with pytest.raises(SharpdimError, match="neither gradients nor state"):  # never stepped
+        monitor.measure(model, opt, step=0)
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        mse_loss(model, (x, y)).backward()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    record = monitor.measure(model, opt, step=2)
+    params = list(model.parameters())
+    v = torch.cat([opt.state[p]["exp_avg_sq"].reshape(-1) for p in params])
+    precond = (v / (1 - b2**2)).sqrt() + eps  # the last update's (t = 2), by hand
+    kwargs = {"optimizer": "adam", "betas": (b1, b2), "adam_eps": eps, "step": 2}
+    expected = _direct_sd(model, x, y, 0.01, preconditioner=precond, **kwargs)
+    assert record.sd == pytest.approx(expected, rel=1e-10)
+
+
+def test_no_sharpness_dimension_at_lr_zero():
+    """A warm-up's first step (lr 0): the threshold is inf and the step the identity; with
+    sd_every the monitor raised 'lr must be a finite number > 0' from inside the loop."""
+    x, y = _data(40)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / 2))
+    options = {"batch_size": 40, "num_batches": 1}
+    monitor = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1, sd_options=options)
+    sds = []
+    for step in range(3):
+        opt.zero_grad()
+        loss = mse_loss(model, (x, y))
+        loss.backward()
+        record = monitor.on_step(step, model, loss.item(), opt)
+        sds.append(record.sd)
+        opt.step()
+        schedule.step()
+    assert sds[0] is None and monitor.records[0].threshold == math.inf
+    assert sds[1] is not None and sds[2] is not None  # (lr 0.25, 0.5)
+
+
 def test_bad_input():
     x, y = _data()
     with pytest.raises(SharpdimError):
@@ -964,3 +1011,20 @@ def test_a_batch_of_three_tensors_is_measured_like_the_other_estimators():
     for bad in ((x, y, mask[:10]), (x, y, 3.0), ()):
         with pytest.raises(SharpdimError, match=r"^data must be"):
             EoSMonitor(_masked_by_weight, bad)
+
+
+def test_integration_mistakes_are_one_line_errors():
+    """A scheduler for the optimizer raised AttributeError ('no attribute param_groups'), a
+    torch functional loss a TypeError from inside torch, in the user's loop and in train()."""
+    x, y = _data(40)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, 10)
+    monitor = EoSMonitor(mse_loss, (x, y), every=1)
+    with pytest.raises(SharpdimError, match=r"got StepLR: .* \(a scheduler's is its .optimizer\)"):
+        monitor.on_step(0, model, 1.0, schedule)
+    with pytest.raises(SharpdimError, match=r"^loss_fn is F.cross_entropy, which takes"):
+        EoSMonitor(F.cross_entropy, (x, y), every=1)
+    data = Dataset("d", x, y, x[:5], y[:5], 2)
+    with pytest.raises(SharpdimError, match=r"^loss_fn is F.cross_entropy, which takes"):
+        train(model, data, TrainConfig(steps=1, batch_size=10), loss_fn=F.cross_entropy)

@@ -63,12 +63,7 @@ def batch_size(batch: Any) -> int:
 
 def checked_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
     """``loss_fn(model, batch)``, checked to be a finite real scalar tensor."""
-    if isinstance(loss_fn, nn.modules.loss._Loss):  # (it failed deep inside torch)
-        raise SharpdimError(
-            f"loss_fn is a {type(loss_fn).__name__}, which takes (output, target), not "
-            "(model, batch): wrap it, e.g. loss_fn=lambda model, batch: "
-            "criterion(model(batch[0]), batch[1])"
-        )
+    refuse_output_target_loss(loss_fn)
     loss = scalar_loss(loss_fn(model, batch))
     if not torch.isfinite(loss.detach()).all():
         raise NonFiniteLossError(
@@ -77,6 +72,25 @@ def checked_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
             "ignore_index); check the data and the parameters before computing curvature"
         )
     return loss
+
+
+def refuse_output_target_loss(loss_fn: Any) -> None:
+    """A one-line error for torch's own losses (an ``nn.CrossEntropyLoss()`` module or an
+    ``F.cross_entropy``-like function), which take ``(output, target)``, not ``(model,
+    batch)``: they failed deep inside torch with a TypeError."""
+    if isinstance(loss_fn, nn.modules.loss._Loss):  # (it failed deep inside torch)
+        raise SharpdimError(
+            f"loss_fn is a {type(loss_fn).__name__}, which takes (output, target), not "
+            "(model, batch): wrap it, e.g. loss_fn=lambda model, batch: "
+            "criterion(model(batch[0]), batch[1])"
+        )
+    if getattr(loss_fn, "__module__", None) == "torch.nn.functional":  # (F.cross_entropy: a
+        # TypeError "argument 'input' must be Tensor, not Sequential" from inside torch)
+        name = getattr(loss_fn, "__name__", "loss")
+        raise SharpdimError(
+            f"loss_fn is F.{name}, which takes (output, target), not (model, batch): wrap it, "
+            f"e.g. loss_fn=lambda model, batch: F.{name}(model(batch[0]), batch[1])"
+        )
 
 
 def scalar_loss(loss: Any) -> torch.Tensor:

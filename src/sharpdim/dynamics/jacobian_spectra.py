@@ -73,6 +73,19 @@ MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
 """The optimizers whose step uses ``momentum``."""
 ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
 """The optimizers whose step uses ``betas``, Adam's ``eps`` and its step count."""
+_ALIASES = {"gd": "sgd", "heavy_ball": "momentum"}
+"""Names :func:`sharpdim.training.optimizers.make_optimizer` (and ``TrainConfig``,
+``EoSRecord.optimizer``) use for the same updates."""
+
+
+def optimizer_kind(name: object) -> str:
+    """``name`` as one of :data:`OPTIMIZERS` (``"gd"`` is ``"sgd"``, ``"heavy_ball"`` is
+    ``"momentum"``, the training side's names), else a one-line error."""
+    kind = _ALIASES.get(name, name) if isinstance(name, str) else name
+    if not isinstance(kind, str) or kind not in OPTIMIZERS:
+        accepted = ", ".join([*OPTIMIZERS, *_ALIASES])
+        raise SharpdimError(f"unknown optimizer {name!r}: use one of {accepted}")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -100,10 +113,7 @@ class StepSpectrumConfig:
     eps: float = LOG_EPS
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise SharpdimError(
-                f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
-            )
+        object.__setattr__(self, "optimizer", optimizer_kind(self.optimizer))
         checked = {  # stored as Python numbers (torch and numpy scalars are accepted)
             "lr": check_number(self.lr, "lr", "> 0", "0.1"),
             "momentum": check_number(self.momentum, "momentum", "in [0, 1)", "0.9"),

@@ -42,7 +42,7 @@ from sharpdim.checks import check_betas, check_count, check_number, check_seed
 from sharpdim.curvature.hessian import LossFn, Mode, checked_loss, math_attention
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.second_order import refuse_once_differentiable
-from sharpdim.dynamics.jacobian_spectra import OPTIMIZERS
+from sharpdim.dynamics.jacobian_spectra import optimizer_kind
 from sharpdim.errors import SharpdimError
 from sharpdim.module_modes import ModeScope, uncompiled
 from sharpdim.rng import forked_global_rng
@@ -172,10 +172,7 @@ class TrainingMap:
         step_offset: int = 0,
         seed: int = 0,
     ) -> None:
-        if optimizer not in OPTIMIZERS:
-            raise SharpdimError(
-                f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
-            )
+        optimizer = optimizer_kind(optimizer)
         if not callable(batches) and not isinstance(batches, Sequence):
             raise SharpdimError(
                 f"batches must be a list of batches or a function t -> batch, got "

@@ -42,7 +42,7 @@ from sharpdim.checks import (
     check_seed,
     plain_scalar,
 )
-from sharpdim.curvature.hessian import require_graph, scalar_loss
+from sharpdim.curvature.hessian import refuse_output_target_loss, require_graph, scalar_loss
 from sharpdim.curvature.params import get_flat_params
 from sharpdim.errors import SharpdimError
 from sharpdim.module_modes import ModeScope, restored_modes
@@ -345,6 +345,7 @@ def _check_train_arguments(
 def _checked_loss_fn(loss_fn: Callable[..., Any]) -> LossFn:
     """``loss_fn`` with its value checked by :func:`~sharpdim.curvature.hessian.scalar_loss`
     (a non-finite value passes: in the loop it is a divergence, a recorded outcome)."""
+    refuse_output_target_loss(loss_fn)
 
     def checked(model: nn.Module, batch: Any) -> torch.Tensor:
         return scalar_loss(loss_fn(model, batch))

@@ -37,12 +37,13 @@ import torch
 from torch import nn
 
 from sharpdim.checks import check_count, check_flag, check_number, default_generator
-from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode
+from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode, refuse_output_target_loss
 from sharpdim.curvature.lanczos import lanczos_eigenvalues
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.curvature.params import trainable_parameters
 from sharpdim.dynamics.jacobian_spectra import MOMENTUM_OPTIMIZERS
 from sharpdim.errors import NonFiniteCurvatureError, NonFiniteLossError, SharpdimError
+from sharpdim.module_modes import require_module
 from sharpdim.rng import forked_global_rng
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.losses import get_loss
@@ -226,11 +227,12 @@ def _adam_sd_inputs(
     }
     if "step" in options:
         return unbiased
+    if not any(p.grad is not None for p in params):  # called after the update: the last one's
+        # (P is then the last update's too; never stepped: a one-line error, nothing to measure)
+        return {**unbiased, "step": adam_step(optimizer, params)}
     try:
         return {**unbiased, "step": adam_step(optimizer, params, upcoming=True)}
-    except SharpdimError:  # no common step count; with no gradient at all: no update to measure
-        if not any(p.grad is not None for p in params):
-            raise
+    except SharpdimError:  # no common step count
         return {"preconditioner": _finite(upcoming_adam_preconditioner(optimizer, params))}
 
 
@@ -378,6 +380,7 @@ class EoSMonitor:
                 f"loss_fn must be a loss name or a function (model, batch) -> scalar, got "
                 f"{type(loss_fn).__name__}: pass e.g. 'ce' or your loss function"
             )
+        refuse_output_target_loss(loss_fn)
         self.loss_fn: LossFn = get_loss(loss_fn) if isinstance(loss_fn, str) else loss_fn
         self.batch = _examples(data, max_examples)
         if isinstance(loss_fn, str) and len(self.batch) != 2:
@@ -425,6 +428,13 @@ class EoSMonitor:
         Runs inside a forked RNG state, so dropout (``mode="train"``) leaves the global RNG,
         and with it the training run, untouched.
         """
+        require_module(model)
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            hint = " (a scheduler's is its .optimizer)" if hasattr(optimizer, "optimizer") else ""
+            raise SharpdimError(
+                f"optimizer must be a torch.optim.Optimizer or None, got "
+                f"{type(optimizer).__name__}: pass the optimizer that trains the model{hint}"
+            )
         with forked_global_rng(None, model.parameters()):
             return self._measure(model, optimizer, step, loss_value)
 
@@ -645,9 +655,13 @@ class EoSMonitor:
 
     def _sharpness_dimension(
         self, model: nn.Module, name: str, lr: float, optimizer: torch.optim.Optimizer
-    ) -> float:
+    ) -> float | None:
+        """The SD of the update about to be taken; ``None`` at ``lr = 0`` (a warm-up's first
+        step), whose step is the identity: every exponent 0, no dynamics to measure."""
         from sharpdim.dimension.sharpness_dimension import sharpness_dimension
 
+        if lr == 0:
+            return None
         options = {
             "batch_size": min(128, len(self.x)),
             "num_batches": 5,
