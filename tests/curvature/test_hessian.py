@@ -993,6 +993,15 @@ def test_a_once_differentiable_vjp_is_refused_too() -> None:
         op @ torch.ones(op.num_params, dtype=torch.float64)
 
 
+def _two_layers() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """A 3-4-2 pair of linear layers (float64) and a batch of 5 regression examples."""
+    torch.manual_seed(0)
+    model = nn.ModuleList([nn.Linear(3, 4).double(), nn.Linear(4, 2).double()])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    return model, (x, torch.randn(5, 2, generator=g, dtype=torch.float64))
+
+
 @pytest.mark.parametrize(
     ("layer", "named"),
     [
@@ -1008,14 +1017,7 @@ def test_ops_without_a_second_derivative_are_one_line_errors(layer: Any, named: 
     """torch cannot differentiate these twice: the first product raised a raw
     NotImplementedError ('the derivative for _cdist_backward is not implemented') or, for
     reentrant activation checkpointing, a RuntimeError ('incompatible with .grad()')."""
-    torch.manual_seed(0)
-    first, head = nn.Linear(3, 4).double(), nn.Linear(4, 2).double()
-    model = nn.ModuleList([first, head])
-    g = torch.Generator().manual_seed(0)
-    batch = (
-        torch.randn(5, 3, generator=g, dtype=torch.float64),
-        torch.randn(5, 2, generator=g, dtype=torch.float64),
-    )
+    model, batch = _two_layers()
     op = HessianOperator(model, lambda m, b: F.mse_loss(m[1](layer(m[0](b[0]))), b[1]), batch)
     with pytest.raises(SharpdimError, match=rf"^the loss passes through {re.escape(named)}"):
         op @ torch.ones(op.num_params, dtype=torch.float64)
@@ -1023,14 +1025,7 @@ def test_ops_without_a_second_derivative_are_one_line_errors(layer: Any, named: 
 
 def test_non_reentrant_checkpointing_is_exact() -> None:
     """The fix the message names: use_reentrant=False gives the Hessian of the plain model."""
-    torch.manual_seed(0)
-    first, head = nn.Linear(3, 4).double(), nn.Linear(4, 2).double()
-    model = nn.ModuleList([first, head])
-    g = torch.Generator().manual_seed(0)
-    batch = (
-        torch.randn(5, 3, generator=g, dtype=torch.float64),
-        torch.randn(5, 2, generator=g, dtype=torch.float64),
-    )
+    model, batch = _two_layers()
 
     def loss(m: Any, b: Any, ckpt: bool) -> torch.Tensor:
         h = m[0](b[0])
