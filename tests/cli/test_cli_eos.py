@@ -560,6 +560,9 @@ def test_minimalist_refuses_step_sizes_its_figure_cannot_draw(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: {flag} 1.7e+308 is too large for the figure's step-size axis")
     assert err.count("\n") == 1 and not (tmp_path / "minimalist.json").exists()
+    args[3] = "1.0000001e307"  # (the value is printed in full: not '1e+307 ... at most 1e+307')
+    assert main(["eos", "minimalist", *args, "--late", "5", "--out", str(tmp_path)]) == 2
+    assert f"error: {flag} 1.0000001e+307 is too large" in capsys.readouterr().err
     args[3] = "1e307"  # the largest allowed draws
     assert main(["eos", "minimalist", *args, "--late", "5", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "minimalist.png").exists()

@@ -1023,6 +1023,69 @@ def test_ops_without_a_second_derivative_are_one_line_errors(layer: Any, named: 
         op @ torch.ones(op.num_params, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("body", ["cdist", "reentrant checkpoint"])
+def test_an_op_off_the_differentiated_path_is_not_refused(body: str) -> None:
+    """A head-only Hessian never differentiates through the body: torch computes it, and the
+    first version of the refusal (any such node in the graph) refused it."""
+    model, batch = _two_layers()
+    centres = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def loss(m: Any, b: Any, plain: bool) -> torch.Tensor:
+        h = m[0](b[0])
+        if body == "cdist":
+            points = h.view(-1, 2, 1, 2)
+            d = (
+                (points - centres).pow(2).sum(-1).sqrt()
+                if plain
+                else torch.cdist(points[:, :, 0], centres[None])
+            )
+            h = torch.exp(-d).flatten(1)[:, :4]
+        else:
+            h = (
+                h.tanh()
+                if plain
+                else torch.utils.checkpoint.checkpoint(torch.tanh, h, use_reentrant=True)
+            )
+        return F.mse_loss(m[1](h), b[1])
+
+    head = list(model[1].parameters())
+    got = HessianOperator(model, lambda m, b: loss(m, b, False), batch, head).dense()
+    want = HessianOperator(model, lambda m, b: loss(m, b, True), batch, head).dense()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+    assert want.abs().max() > 0.05
+
+
+def test_a_users_function_named_like_a_refused_node_is_accepted() -> None:
+    """Only torch's own nodes are refused: a user's twice-differentiable Function called
+    ``Cdist`` (node ``CdistBackward``) was refused as torch.cdist."""
+
+    class Cdist(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            ctx.save_for_backward(x, c)
+            return (x[:, None] - c[None]).pow(2).sum(-1)
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x, c = ctx.saved_tensors
+            diff = x[:, None] - c[None]
+            return 2 * (g[..., None] * diff).sum(1), -2 * (g[..., None] * diff).sum(0)
+
+    model, batch = _two_layers()
+    centres = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def loss(m: Any, b: Any, own: bool) -> torch.Tensor:
+        h = m[0](b[0])
+        d = Cdist.apply(h, centres) if own else (h[:, None] - centres[None]).pow(2).sum(-1)
+        return torch.tanh(d).mean()
+
+    params = list(model[0].parameters())
+    got = HessianOperator(model, lambda m, b: loss(m, b, True), batch, params).dense()
+    want = HessianOperator(model, lambda m, b: loss(m, b, False), batch, params).dense()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+    assert want.abs().max() > 0.01
+
+
 def test_non_reentrant_checkpointing_is_exact() -> None:
     """The fix the message names: use_reentrant=False gives the Hessian of the plain model."""
     model, batch = _two_layers()

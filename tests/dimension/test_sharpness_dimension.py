@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -746,3 +747,11 @@ def test_torch_functional_losses_are_refused_in_one_line() -> None:
     model, data = _setup()
     with pytest.raises(SharpdimError, match=r"^loss_fn is F.cross_entropy, which takes"):
         sharpness_dimension(model, nn.functional.cross_entropy, data, 0.1)
+
+    @functools.wraps(nn.functional.cross_entropy)  # (a (model, batch) adapter: accepted)
+    def adapter(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(b[0]), b[1])
+
+    options = {"batch_size": 10, "num_batches": 2, "num_bootstrap": 0}
+    got = sharpness_dimension(model, adapter, data, 0.1, **options)
+    assert got.sd == sharpness_dimension(model, _ce, data, 0.1, **options).sd

@@ -369,6 +369,37 @@ def test_sharpness_dimension_after_the_update_uses_the_last_adam_preconditioner(
     assert record.sd == pytest.approx(expected, rel=1e-10)
 
 
+def test_sharpness_dimension_after_an_update_some_parameters_skipped():
+    """With no gradients and step counts that differ (a parameter without a gradient at one
+    step), each parameter's 1 - beta1^t is folded into P, as with gradients; it raised 'no
+    common step count (found: 1, 2)'."""
+    x, y = _data(40)
+    model = _model()
+    b1, b2, eps = 0.8, 0.95, 1e-3
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(b1, b2), eps=eps)
+    params = list(model.parameters())
+    for step in range(2):
+        opt.zero_grad(set_to_none=True)
+        mse_loss(model, (x, y)).backward()
+        if step == 1:
+            params[0].grad = None  # (Adam leaves it alone: its count stays 1)
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    options = {"batch_size": 40, "num_batches": 1}
+    record = EoSMonitor(mse_loss, (x, y), every=1, sd_every=1, sd_options=options).measure(
+        model, opt, step=2
+    )
+    pieces = []
+    for p in params:  # each parameter's P of its last update, 1 - beta1^t folded in
+        t = float(opt.state[p]["step"])
+        v = opt.state[p]["exp_avg_sq"].reshape(-1)
+        pieces.append((1 - b1**t) * ((v / (1 - b2**t)).sqrt() + eps))
+    assert [float(opt.state[p]["step"]) for p in params] == [1.0, 2.0, 2.0, 2.0]
+    kwargs = {"optimizer": "adam", "betas": (b1, b2), "adam_eps": eps}
+    expected = _direct_sd(model, x, y, 0.01, preconditioner=torch.cat(pieces), **kwargs)
+    assert record.sd == pytest.approx(expected, rel=1e-10)
+
+
 def test_no_sharpness_dimension_at_lr_zero():
     """A warm-up's first step (lr 0): the threshold is inf and the step the identity; with
     sd_every the monitor raised 'lr must be a finite number > 0' from inside the loop."""
@@ -597,9 +628,15 @@ def test_adam_sd_when_a_parameter_skipped_a_step():
     folded = upcoming_adam_preconditioner(opt, list(model.parameters()))
     expected = _direct_sd(model, x, y, 0.01, optimizer="adam", preconditioner=folded)
     assert record is not None and record.sd == pytest.approx(expected, rel=1e-10)
-    opt.zero_grad(set_to_none=True)  # no gradient at all: no coming update to measure
-    with pytest.raises(SharpdimError, match="no common step count"):
-        monitor.on_step(1, model, 0.0, opt)
+    opt.zero_grad(set_to_none=True)  # no gradient at all: the last update's P (it raised)
+    last = upcoming_adam_preconditioner(opt, list(model.parameters()))
+    assert torch.isinf(last[: first.numel()]).all()  # (never stepped: frozen, P = inf ...)
+    last = torch.where(
+        torch.isinf(last), torch.finfo(last.dtype).max ** 0.5, last
+    )  # (... made finite)
+    record = monitor.on_step(1, model, 0.0, opt)
+    expected = _direct_sd(model, x, y, 0.01, optimizer="adam", preconditioner=last)
+    assert record is not None and record.sd == pytest.approx(expected, rel=1e-10)
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])

@@ -354,7 +354,7 @@ def minimalist(
         check_positive_lr(value, flag, example)
         if value > MAX_PLOTTED_LR:  # (matplotlib's linear ticks overflow: a raw ValueError)
             raise SharpdimError(
-                f"{flag} {value:g} is too large for the figure's step-size axis (at most "
+                f"{flag} {value!r} is too large for the figure's step-size axis (at most "
                 f"{MAX_PLOTTED_LR:g}): pass e.g. {flag} {example}"
             )
     for flag, count in (("--num-lrs", num_lrs), ("--bif-num", bif_num)):

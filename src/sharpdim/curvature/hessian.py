@@ -19,6 +19,7 @@ from typing import Any, Literal, final
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sharpdim.checks import check_flag, check_seed
@@ -84,9 +85,10 @@ def refuse_output_target_loss(loss_fn: Any) -> None:
             "(model, batch): wrap it, e.g. loss_fn=lambda model, batch: "
             "criterion(model(batch[0]), batch[1])"
         )
-    if getattr(loss_fn, "__module__", None) == "torch.nn.functional":  # (F.cross_entropy: a
-        # TypeError "argument 'input' must be Tensor, not Sequential" from inside torch)
-        name = getattr(loss_fn, "__name__", "loss")
+    name = getattr(loss_fn, "__name__", None)
+    if isinstance(name, str) and getattr(F, name, None) is loss_fn:  # (F.cross_entropy: a
+        # TypeError "argument 'input' must be Tensor, not Sequential" from inside torch; by
+        # identity: a (model, batch) adapter made with functools.wraps(F.mse_loss) is fine)
         raise SharpdimError(
             f"loss_fn is F.{name}, which takes (output, target), not (model, batch): wrap it, "
             f"e.g. loss_fn=lambda model, batch: F.{name}(model(batch[0]), batch[1])"
@@ -429,7 +431,7 @@ class HessianOperator(LinearOperator):
             ModeScope(self.model, self.mode),
         ):
             loss = _differentiable_loss(self.model, self.loss_fn, self.batches[index])
-            refuse_once_differentiable(loss, "the loss")
+            refuse_once_differentiable(loss, "the loss", inputs=self.params)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         return [strided(grads[i]) for i in live], live

@@ -12,14 +12,19 @@ activation checkpointing), which would otherwise fail with a raw error at the fi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import CheckpointFunction
 
 from sharpdim.errors import SharpdimError
 
 _ONCE_DIFFERENTIABLE = once_differentiable(lambda ctx, *grads: grads).__code__
 """The code of the wrapper ``once_differentiable`` puts around every backward it decorates."""
 
+
+_CHECKPOINT = "CheckpointFunctionBackward"
 
 _NO_DOUBLE_BACKWARD = {
     "EmbeddingBagBackward": (
@@ -37,51 +42,85 @@ _NO_DOUBLE_BACKWARD = {
         "_pdist_backward is not implemented')",
         "write the distances with elementwise ops, e.g. (x[:, None] - x[None]).pow(2).sum(-1)",
     ),
-    "CheckpointFunctionBackward": (
+    _CHECKPOINT: (
         "torch.utils.checkpoint with use_reentrant=True, which torch cannot differentiate with "
         "autograd.grad",
         "pass use_reentrant=False to checkpoint (or switch gradient checkpointing off)",
     ),
 }
-"""Graph nodes (class names without torch's trailing version digit) that torch cannot take a
-second derivative through: it raises a raw error at the first product. Each maps to what the
-node is and what to do instead."""
+"""Graph nodes that torch cannot take a second derivative through (it raises a raw error at
+the first product): torch's own nodes by class name without the trailing version digit (a
+user's ``autograd.Function`` of the same name is not one of them), and reentrant
+checkpointing by its Function. Each maps to what the node is and what to do instead."""
 
 
-def _walk(output: torch.Tensor) -> tuple[set[str], set[str]]:
+def _kind(node: object) -> str | None:
+    """The key of :data:`_NO_DOUBLE_BACKWARD` that ``node`` is, if any."""
+    function = getattr(node, "_forward_cls", None)
+    if function is None:  # (one of torch's own nodes)
+        kind = type(node).__name__.rstrip("0123456789")
+        return kind if kind in _NO_DOUBLE_BACKWARD and kind != _CHECKPOINT else None
+    return _CHECKPOINT if function is CheckpointFunction else None
+
+
+def _walk(output: torch.Tensor, inputs: Sequence[torch.Tensor] | None) -> tuple[set[str], set[str]]:
     """The names of the once-differentiable Functions and the keys of
-    :data:`_NO_DOUBLE_BACKWARD` met in ``output``'s graph, each node visited once."""
+    :data:`_NO_DOUBLE_BACKWARD` met in ``output``'s graph on a path to one of ``inputs`` (the
+    tensors differentiated; ``None``: anywhere). A node off every such path takes no part in
+    the derivative (a head-only Hessian of a model whose body holds ``torch.cdist``)."""
     found: set[str] = set()
     blocked: set[str] = set()
-    seen: set[object] = set()
-    stack = [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
+    targets = None if inputs is None else {id(t) for t in inputs if t.grad_fn is None}
+    target_nodes = {t.grad_fn for t in inputs or () if t.grad_fn is not None}  # (non-leaves)
+    reaches: dict[object, bool] = {}
+    stack: list[tuple[object, bool]] = [(output.grad_fn, False)]
+    while stack:  # (post-order: a node is judged after all of its children)
+        node, children_done = stack.pop()
+        if node is None or (node in reaches and not children_done):
             continue
-        seen.add(node)
+        children = [child for child, _ in node.next_functions if child is not None]  # type: ignore[attr-defined]
+        if not children_done:
+            reaches[node] = False  # (visited; a DAG, so no cycle comes back to it)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if child not in reaches)
+            continue
+        variable = getattr(node, "variable", None)  # (AccumulateGrad: a leaf tensor)
+        on_path = (
+            targets is None
+            or node in target_nodes
+            or (variable is not None and id(variable) in targets)
+            or any(reaches.get(child, False) for child in children)
+        )
+        reaches[node] = on_path
+        if not on_path:
+            continue
         function = getattr(node, "_forward_cls", None)
         for method in ("backward", "vjp"):  # (torch runs vjp where a Function defines it)
             code = getattr(getattr(function, method, None), "__code__", None)
             if code is _ONCE_DIFFERENTIABLE:
                 found.add(getattr(function, "__name__", repr(function)))
-        kind = type(node).__name__.rstrip("0123456789")
-        if kind in _NO_DOUBLE_BACKWARD:
+        kind = _kind(node)
+        if kind is not None:
             blocked.add(kind)
-        stack.extend(next_node for next_node, _ in node.next_functions)
     return found, blocked
 
 
 _WRITE_IT = "write its backward with differentiable torch ops, or use the plain layer it replaces"
 
 
-def refuse_once_differentiable(output: torch.Tensor, what: str, advice: str = _WRITE_IT) -> None:
+def refuse_once_differentiable(
+    output: torch.Tensor,
+    what: str,
+    advice: str = _WRITE_IT,
+    inputs: Sequence[torch.Tensor] | None = None,
+) -> None:
     """A one-line error if the graph of ``output`` (named ``what``) passes through a
     ``@once_differentiable`` backward, whose second derivative torch silently drops (the
     message then ends in ``advice``), or through a node of :data:`_NO_DOUBLE_BACKWARD`
     (``nn.EmbeddingBag``, ``torch.cdist``, ``F.pdist``, reentrant activation checkpointing),
-    which torch cannot differentiate twice (a raw error at the first product)."""
-    names, blocked = _walk(output)
+    which torch cannot differentiate twice (a raw error at the first product). Only nodes on
+    a path to ``inputs`` (the tensors differentiated; default: all) count."""
+    names, blocked = _walk(output, inputs)
     if blocked:
         node, fix = _NO_DOUBLE_BACKWARD[sorted(blocked)[0]]
         raise SharpdimError(f"{what} passes through {node}: {fix}")

@@ -190,7 +190,7 @@ class FunctionMap:
             u = torch.zeros_like(y, requires_grad=True)
             vjp = None
             if y.requires_grad:
-                refuse_once_differentiable(y, "step_fn", _FORWARD_INSTEAD)
+                refuse_once_differentiable(y, "step_fn", _FORWARD_INSTEAD, inputs=[leaf])
                 (vjp,) = torch.autograd.grad(y, leaf, u, create_graph=True, allow_unused=True)
             cols: list[torch.Tensor | None] = [None] * dx.shape[1]
             if vjp is not None and vjp.requires_grad:

@@ -287,7 +287,7 @@ class TrainingMap:
                     "graph"
                 )
             if create_graph:
-                refuse_once_differentiable(loss, "the loss")
+                refuse_once_differentiable(loss, "the loss", inputs=[leaf])
             (grad,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
         return loss, grad, leaf
 

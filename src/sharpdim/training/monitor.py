@@ -227,11 +227,11 @@ def _adam_sd_inputs(
     }
     if "step" in options:
         return unbiased
-    if not any(p.grad is not None for p in params):  # called after the update: the last one's
-        # (P is then the last update's too; never stepped: a one-line error, nothing to measure)
-        return {**unbiased, "step": adam_step(optimizer, params)}
+    # with no gradient at all (called after the update) P and t are the last update's (never
+    # stepped: the one-line error above, nothing to measure)
+    upcoming = any(p.grad is not None for p in params)
     try:
-        return {**unbiased, "step": adam_step(optimizer, params, upcoming=True)}
+        return {**unbiased, "step": adam_step(optimizer, params, upcoming=upcoming)}
     except SharpdimError:  # no common step count
         return {"preconditioner": _finite(upcoming_adam_preconditioner(optimizer, params))}
 
