@@ -1055,6 +1055,40 @@ def test_an_op_off_the_differentiated_path_is_not_refused(body: str) -> None:
     assert want.abs().max() > 0.05
 
 
+def test_a_reentrant_checkpoint_off_the_path_is_refused_when_it_holds_the_parameters() -> None:
+    """The parameters a reentrant checkpoint's function uses are not below its node (their
+    gradients come from a backward run inside it): a Hessian of the block's own parameters,
+    whose node is off every path to them, read zero with no error. A checkpointed module
+    that holds none of the differentiated parameters is computed (equal to the plain one)."""
+    torch.manual_seed(0)
+    first, block, head = (nn.Linear(3, 3).double() for _ in range(3))
+    model = nn.ModuleList([first, block, head])
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(5, 3, generator=g, dtype=torch.float64),
+             torch.randn(5, 3, generator=g, dtype=torch.float64))  # fmt: skip
+
+    def loss(m: Any, b: Any, plain: bool) -> torch.Tensor:
+        h = torch.tanh(m[0](b[0])).detach()  # (the checkpoint's input needs no gradient ...)
+        h.requires_grad_(True)  # (... but gets one, as enable_input_require_grads does)
+        h = m[1](h) if plain else torch.utils.checkpoint.checkpoint(m[1], h, use_reentrant=True)
+        return F.mse_loss(m[2](torch.tanh(h)), b[1])
+
+    for params in (list(block.parameters()), list(model.parameters())):
+        op = HessianOperator(model, lambda m, b: loss(m, b, False), batch, params)
+        with pytest.raises(SharpdimError, match=r"^the loss passes through torch.utils.checkpoint"):
+            op @ torch.ones(op.num_params, dtype=torch.float64)
+    from sharpdim.dynamics.step_maps import TrainingMap
+
+    phi = TrainingMap(model, lambda m, b: loss(m, b, False), [batch], lr=0.1)
+    with pytest.raises(SharpdimError, match=r"^the loss passes through torch.utils.checkpoint"):
+        phi.jvp(phi.initial_state(), 0, torch.ones(phi.state_dim, dtype=torch.float64))
+    heads = list(head.parameters())
+    got = HessianOperator(model, lambda m, b: loss(m, b, False), batch, heads).dense()
+    want = HessianOperator(model, lambda m, b: loss(m, b, True), batch, heads).dense()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+    assert want.abs().max() > 0.05
+
+
 def test_a_users_function_named_like_a_refused_node_is_accepted() -> None:
     """Only torch's own nodes are refused: a user's twice-differentiable Function called
     ``Cdist`` (node ``CdistBackward``) was refused as torch.cdist."""

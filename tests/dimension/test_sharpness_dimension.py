@@ -747,6 +747,14 @@ def test_torch_functional_losses_are_refused_in_one_line() -> None:
     model, data = _setup()
     with pytest.raises(SharpdimError, match=r"^loss_fn is F.cross_entropy, which takes"):
         sharpness_dimension(model, nn.functional.cross_entropy, data, 0.1)
+    smoothed = functools.partial(nn.functional.cross_entropy, label_smoothing=0.1)
+    for wrapped, named in (
+        (smoothed, "F.cross_entropy"),  # (a partial has no __name__: it passed the check)
+        (torch.binary_cross_entropy_with_logits, "torch.binary_cross_entropy_with_logits"),
+        (nn.CrossEntropyLoss().forward, "a CrossEntropyLoss"),
+    ):
+        with pytest.raises(SharpdimError, match=rf"^loss_fn is {named}, which takes"):
+            sharpness_dimension(model, wrapped, data, 0.1)
 
     @functools.wraps(nn.functional.cross_entropy)  # (a (model, batch) adapter: accepted)
     def adapter(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -12,6 +12,7 @@ graph of one batch at a time is built, used and freed, so memory stays that of o
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -76,23 +77,29 @@ def checked_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
 
 
 def refuse_output_target_loss(loss_fn: Any) -> None:
-    """A one-line error for torch's own losses (an ``nn.CrossEntropyLoss()`` module or an
-    ``F.cross_entropy``-like function), which take ``(output, target)``, not ``(model,
-    batch)``: they failed deep inside torch with a TypeError."""
-    if isinstance(loss_fn, nn.modules.loss._Loss):  # (it failed deep inside torch)
+    """A one-line error for torch's own losses (an ``nn.CrossEntropyLoss()`` module or its
+    ``forward``, an ``F.cross_entropy``-like or ``torch.*`` function, or a
+    ``functools.partial`` of one), which take ``(output, target)``, not ``(model, batch)``:
+    they failed deep inside torch with a TypeError."""
+    inner = loss_fn
+    while isinstance(inner, functools.partial):  # (partial(F.cross_entropy, label_smoothing=.1))
+        inner = inner.func
+    module = getattr(inner, "__self__", inner)  # (nn.MSELoss().forward)
+    if isinstance(module, nn.modules.loss._Loss):  # (it failed deep inside torch)
         raise SharpdimError(
-            f"loss_fn is a {type(loss_fn).__name__}, which takes (output, target), not "
+            f"loss_fn is a {type(module).__name__}, which takes (output, target), not "
             "(model, batch): wrap it, e.g. loss_fn=lambda model, batch: "
             "criterion(model(batch[0]), batch[1])"
         )
-    name = getattr(loss_fn, "__name__", None)
-    if isinstance(name, str) and getattr(F, name, None) is loss_fn:  # (F.cross_entropy: a
-        # TypeError "argument 'input' must be Tensor, not Sequential" from inside torch; by
-        # identity: a (model, batch) adapter made with functools.wraps(F.mse_loss) is fine)
-        raise SharpdimError(
-            f"loss_fn is F.{name}, which takes (output, target), not (model, batch): wrap it, "
-            f"e.g. loss_fn=lambda model, batch: F.{name}(model(batch[0]), batch[1])"
-        )
+    name = getattr(inner, "__name__", None)
+    for prefix, home in (("F", F), ("torch", torch)):  # (by identity: an adapter made with
+        # functools.wraps(F.mse_loss) takes (model, batch) and is fine)
+        if isinstance(name, str) and getattr(home, name, None) is inner:
+            raise SharpdimError(
+                f"loss_fn is {prefix}.{name}, which takes tensors (output, target), not (model, "
+                f"batch): wrap it, e.g. loss_fn=lambda model, batch: "
+                f"{prefix}.{name}(model(batch[0]), batch[1])"
+            )
 
 
 def scalar_loss(loss: Any) -> torch.Tensor:
@@ -431,7 +438,7 @@ class HessianOperator(LinearOperator):
             ModeScope(self.model, self.mode),
         ):
             loss = _differentiable_loss(self.model, self.loss_fn, self.batches[index])
-            refuse_once_differentiable(loss, "the loss", inputs=self.params)
+            refuse_once_differentiable(loss, "the loss", inputs=self.params, held_by_modules=True)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         return [strided(grads[i]) for i in live], live
