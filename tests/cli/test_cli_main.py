@@ -398,3 +398,14 @@ def test_a_full_stdout_is_one_warning_and_the_files_are_written(
         monkeypatch.undo()
     assert code == 0 and {p.name for p in tmp_path.iterdir()} == {"fractal.json", "fractal.png"}
     assert err.getvalue().count("warning: cannot write to standard output (No space left") == 1
+
+
+@pytest.mark.parametrize("command", [["sd", "compute"], ["spectrum"]])
+def test_a_step_size_float32_cannot_hold_is_refused_before_training(command, capsys, tmp_path):
+    """sd compute and spectrum trained with --lr 1e39 in float32, reported a divergence and
+    exited 0; demo refused it up front (exit 2)."""
+    args = [*command, "--n-train", "60", "--width", "4", "--train-steps", "3", "--float32"]
+    assert main([*args, "--lr", "1e39", "--json", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --lr 1e+39 does not fit in the model's float32 (largest 3.4e+38)")
+    assert err.count("\n") == 1 and not (tmp_path / "x.json").exists()

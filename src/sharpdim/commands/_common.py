@@ -420,15 +420,16 @@ def check_training_options(
     momentum: float | None,
     train_steps: int,
     train_batch_size: int | None,
+    dtype: torch.dtype,
 ) -> float:
-    """One-line errors naming the flag for the training options of :func:`train_mlp`; the
-    momentum to train with (0.9 when ``--momentum`` was not given). A ``--momentum`` given
-    with an optimizer that has none is refused: it would be ignored."""
+    """One-line errors naming the flag for the training options of :func:`train_mlp` (the
+    model in ``dtype``); the momentum to train with (0.9 when ``--momentum`` was not given). A
+    ``--momentum`` given with an optimizer that has none is refused: it would be ignored."""
     if optimizer not in TRAIN_OPTIMIZERS:
         raise SharpdimError(
             f"unknown --optimizer {optimizer!r}: use one of {', '.join(TRAIN_OPTIMIZERS)}"
         )
-    check_positive_lr(lr)
+    check_positive_lr(lr, dtype=dtype)
     if momentum is not None and optimizer not in MOMENTUM_OPTIMIZERS:
         raise SharpdimError(
             f"--momentum {momentum:g} is not used by --optimizer {optimizer} and would be "

@@ -144,7 +144,8 @@ def compute(
         if value not in choices:
             names = ", ".join(c for c in choices if c is not None)
             raise SharpdimError(f"unknown {flag} {value!r}: use one of {names}")
-    momentum = check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
+    dtype = torch.float64 if float64 else torch.float32
+    momentum = check_training_options(optimizer, lr, momentum, train_steps, train_batch_size, dtype)
     adam_estimate = _TRAIN_TO_SD.get(optimizer) in ("adam", "adamw") and train_steps == 0
     _refuse_unused_method_options(
         method,
@@ -171,7 +172,6 @@ def compute(
             "--num-bootstrap 1 gives no interval (one resample): pass 0 (no CI) or e.g. 200"
         )
     check_at_least(max_params, 1, "--max-params")
-    dtype = torch.float64 if float64 else torch.float32
     data, num_params = mlp_data(
         dataset,
         n_train=n_train,

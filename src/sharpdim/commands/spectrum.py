@@ -204,8 +204,8 @@ def spectrum(
 ) -> None:
     """Train an MLP briefly, then print its Hessian's extreme eigenvalues, trace and density."""
     _check_options(k, which, tol, max_iter, chunk_size, (trace_matvecs, slq_runs, slq_steps))
-    momentum = check_training_options(optimizer, lr, momentum, train_steps, train_batch_size)
     dtype = torch.float64 if float64 else torch.float32
+    momentum = check_training_options(optimizer, lr, momentum, train_steps, train_batch_size, dtype)
     data, num_params = mlp_data(
         dataset, n_train=n_train, width=width, depth=depth, seed=seed, activation=activation,
         dtype=dtype, loss=loss,
