@@ -1002,6 +1002,17 @@ def _two_layers() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     return model, (x, torch.randn(5, 2, generator=g, dtype=torch.float64))
 
 
+def _assert_same_hessian(
+    model: nn.Module, batch: Any, params: list[Any], loss: Any, at_least: float = 0.01
+) -> None:
+    """``loss(m, b, False)`` and its plain twin ``loss(m, b, True)`` have the same (nonzero)
+    Hessian in ``params`` to 1e-13."""
+    got = HessianOperator(model, lambda m, b: loss(m, b, False), batch, params).dense()
+    want = HessianOperator(model, lambda m, b: loss(m, b, True), batch, params).dense()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+    assert want.abs().max() > at_least
+
+
 @pytest.mark.parametrize(
     ("layer", "named"),
     [
@@ -1048,11 +1059,7 @@ def test_an_op_off_the_differentiated_path_is_not_refused(body: str) -> None:
             )
         return F.mse_loss(m[1](h), b[1])
 
-    head = list(model[1].parameters())
-    got = HessianOperator(model, lambda m, b: loss(m, b, False), batch, head).dense()
-    want = HessianOperator(model, lambda m, b: loss(m, b, True), batch, head).dense()
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
-    assert want.abs().max() > 0.05
+    _assert_same_hessian(model, batch, list(model[1].parameters()), loss, at_least=0.05)
 
 
 def test_a_reentrant_checkpoint_off_the_path_is_refused_when_it_holds_the_parameters() -> None:
@@ -1082,11 +1089,7 @@ def test_a_reentrant_checkpoint_off_the_path_is_refused_when_it_holds_the_parame
     phi = TrainingMap(model, lambda m, b: loss(m, b, False), [batch], lr=0.1)
     with pytest.raises(SharpdimError, match=r"^the loss passes through torch.utils.checkpoint"):
         phi.jvp(phi.initial_state(), 0, torch.ones(phi.state_dim, dtype=torch.float64))
-    heads = list(head.parameters())
-    got = HessianOperator(model, lambda m, b: loss(m, b, False), batch, heads).dense()
-    want = HessianOperator(model, lambda m, b: loss(m, b, True), batch, heads).dense()
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
-    assert want.abs().max() > 0.05
+    _assert_same_hessian(model, batch, list(head.parameters()), loss, at_least=0.05)
 
 
 def test_a_users_function_named_like_a_refused_node_is_accepted() -> None:
@@ -1113,11 +1116,9 @@ def test_a_users_function_named_like_a_refused_node_is_accepted() -> None:
         d = Cdist.apply(h, centres) if own else (h[:, None] - centres[None]).pow(2).sum(-1)
         return torch.tanh(d).mean()
 
-    params = list(model[0].parameters())
-    got = HessianOperator(model, lambda m, b: loss(m, b, True), batch, params).dense()
-    want = HessianOperator(model, lambda m, b: loss(m, b, False), batch, params).dense()
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
-    assert want.abs().max() > 0.01
+    _assert_same_hessian(
+        model, batch, list(model[0].parameters()), lambda m, b, plain: loss(m, b, not plain)
+    )
 
 
 def test_non_reentrant_checkpointing_is_exact() -> None:

@@ -114,17 +114,16 @@ def _walk(
             or any(reaches.get(child, False) for child in children)
         )
         reaches[node] = on_path
-        if not on_path and not (
-            _kind(node) == _CHECKPOINT
-            and not (held_by_modules and targets is not None and _holds_none_of(node, targets))
-        ):
+        kind = _kind(node)
+        if kind == _CHECKPOINT and not on_path:  # (counts unless provably harmless)
+            on_path = not (held_by_modules and targets and _holds_none_of(node, targets))
+        if not on_path:
             continue
         function = getattr(node, "_forward_cls", None)
         for method in ("backward", "vjp"):  # (torch runs vjp where a Function defines it)
             code = getattr(getattr(function, method, None), "__code__", None)
             if code is _ONCE_DIFFERENTIABLE:
                 found.add(getattr(function, "__name__", repr(function)))
-        kind = _kind(node)
         if kind is not None:
             blocked.add(kind)
     return found, blocked
