@@ -760,6 +760,11 @@ def test_torch_functional_losses_are_refused_in_one_line() -> None:
     def adapter(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return nn.functional.cross_entropy(m(b[0]), b[1])
 
+    class Smoothed(nn.CrossEntropyLoss):  # (its own (model, batch) method: accepted)
+        def on_model(self, m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            return self(m(b[0]), b[1])
+
     options = {"batch_size": 10, "num_batches": 2, "num_bootstrap": 0}
-    got = sharpness_dimension(model, adapter, data, 0.1, **options)
-    assert got.sd == sharpness_dimension(model, _ce, data, 0.1, **options).sd
+    want = sharpness_dimension(model, _ce, data, 0.1, **options).sd
+    for accepted in (adapter, Smoothed().on_model):
+        assert sharpness_dimension(model, accepted, data, 0.1, **options).sd == want

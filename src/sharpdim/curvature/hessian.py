@@ -84,7 +84,9 @@ def refuse_output_target_loss(loss_fn: Any) -> None:
     inner = loss_fn
     while isinstance(inner, functools.partial):  # (partial(F.cross_entropy, label_smoothing=.1))
         inner = inner.func
-    module = getattr(inner, "__self__", inner)  # (nn.MSELoss().forward)
+    owner = getattr(inner, "__self__", None)  # (nn.MSELoss().forward; not another method)
+    call = getattr(inner, "__name__", None) in ("forward", "__call__")
+    module = owner if isinstance(owner, nn.modules.loss._Loss) and call else inner
     if isinstance(module, nn.modules.loss._Loss):  # (it failed deep inside torch)
         raise SharpdimError(
             f"loss_fn is a {type(module).__name__}, which takes (output, target), not "
@@ -438,7 +440,7 @@ class HessianOperator(LinearOperator):
             ModeScope(self.model, self.mode),
         ):
             loss = _differentiable_loss(self.model, self.loss_fn, self.batches[index])
-            refuse_once_differentiable(loss, "the loss", inputs=self.params, held_by_modules=True)
+            refuse_once_differentiable(loss, "the loss", inputs=self.params)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         return [strided(grads[i]) for i in live], live

@@ -12,11 +12,9 @@ activation checkpointing), which would otherwise fail with a raw error at the fi
 
 from __future__ import annotations
 
-import types
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import CheckpointFunction
 
@@ -65,31 +63,16 @@ def _kind(node: object) -> str | None:
     return _CHECKPOINT if function is CheckpointFunction else None
 
 
-def _holds_none_of(node: object, targets: set[int]) -> bool:
-    """Whether the function a reentrant checkpoint ``node`` runs provably holds none of the
-    parameters ``targets`` (ids): a built-in function, or a module (or its bound method)
-    none of whose parameters is one of them; anything else (a closure) may hold any."""
-    run = getattr(node, "run_function", None)
-    if isinstance(run, types.BuiltinFunctionType):  # (torch.tanh)
-        return True
-    owner = run if isinstance(run, nn.Module) else getattr(run, "__self__", None)
-    if not isinstance(owner, nn.Module):
-        return False
-    return all(id(p) not in targets for p in owner.parameters())
-
-
-def _walk(
-    output: torch.Tensor, inputs: Sequence[torch.Tensor] | None, held_by_modules: bool
-) -> tuple[set[str], set[str]]:
+def _walk(output: torch.Tensor, inputs: Sequence[torch.Tensor] | None) -> tuple[set[str], set[str]]:
     """The names of the once-differentiable Functions and the keys of
     :data:`_NO_DOUBLE_BACKWARD` met in ``output``'s graph on a path to one of ``inputs`` (the
     tensors differentiated; ``None``: anywhere). A node off every such path takes no part in
     the derivative (a head-only Hessian of a model whose body holds ``torch.cdist``), except
     a reentrant checkpoint: its graph edges reach only its tensor inputs, not the parameters
     its function uses (their gradients come from a backward run inside it, which
-    ``autograd.grad`` cannot start: they would silently read zero). So it counts anywhere,
-    unless ``held_by_modules`` (``inputs`` are parameters the model's modules hold) and its
-    function provably holds none of them."""
+    ``autograd.grad`` cannot start: they would silently read zero), and no inspection of the
+    function proves it holds none of ``inputs`` (hooks, closures, tied weights held outside
+    its module, a tensor's bound method): it counts anywhere."""
     found: set[str] = set()
     blocked: set[str] = set()
     targets = None if inputs is None else {id(t) for t in inputs if t.grad_fn is None}
@@ -115,9 +98,7 @@ def _walk(
         )
         reaches[node] = on_path
         kind = _kind(node)
-        if kind == _CHECKPOINT and not on_path:  # (counts unless provably harmless)
-            on_path = not (held_by_modules and targets and _holds_none_of(node, targets))
-        if not on_path:
+        if not on_path and kind != _CHECKPOINT:
             continue
         function = getattr(node, "_forward_cls", None)
         for method in ("backward", "vjp"):  # (torch runs vjp where a Function defines it)
@@ -137,8 +118,6 @@ def refuse_once_differentiable(
     what: str,
     advice: str = _WRITE_IT,
     inputs: Sequence[torch.Tensor] | None = None,
-    *,
-    held_by_modules: bool = False,
 ) -> None:
     """A one-line error if the graph of ``output`` (named ``what``) passes through a
     ``@once_differentiable`` backward, whose second derivative torch silently drops (the
@@ -146,8 +125,8 @@ def refuse_once_differentiable(
     (``nn.EmbeddingBag``, ``torch.cdist``, ``F.pdist``, reentrant activation checkpointing),
     which torch cannot differentiate twice (a raw error at the first product). Only nodes on
     a path to ``inputs`` (the tensors differentiated; default: all) count, and reentrant
-    checkpoints anywhere unless ``held_by_modules`` shows them harmless (see :func:`_walk`)."""
-    names, blocked = _walk(output, inputs, held_by_modules)
+    checkpoints anywhere (see :func:`_walk`)."""
+    names, blocked = _walk(output, inputs)
     if blocked:
         node, fix = _NO_DOUBLE_BACKWARD[sorted(blocked)[0]]
         raise SharpdimError(f"{what} passes through {node}: {fix}")
