@@ -1058,7 +1058,9 @@ def test_integration_mistakes_are_one_line_errors():
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     schedule = torch.optim.lr_scheduler.StepLR(opt, 10)
     monitor = EoSMonitor(mse_loss, (x, y), every=1)
-    with pytest.raises(SharpdimError, match=r"got StepLR: .* \(a scheduler's is its .optimizer\)"):
+    with pytest.raises(
+        SharpdimError, match=r"got StepLR: .* \(a scheduler's or wrapper's is its .optimizer\)"
+    ):
         monitor.on_step(0, model, 1.0, schedule)
     with pytest.raises(SharpdimError, match=r"^loss_fn is F.cross_entropy, which takes"):
         EoSMonitor(F.cross_entropy, (x, y), every=1)

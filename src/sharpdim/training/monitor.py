@@ -430,7 +430,11 @@ class EoSMonitor:
         """
         require_module(model)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            hint = " (a scheduler's is its .optimizer)" if hasattr(optimizer, "optimizer") else ""
+            hint = (
+                " (a scheduler's or wrapper's is its .optimizer)"
+                if hasattr(optimizer, "optimizer")
+                else ""
+            )
             raise SharpdimError(
                 f"optimizer must be a torch.optim.Optimizer or None, got "
                 f"{type(optimizer).__name__}: pass the optimizer that trains the model{hint}"
@@ -656,7 +660,7 @@ class EoSMonitor:
     def _sharpness_dimension(
         self, model: nn.Module, name: str, lr: float, optimizer: torch.optim.Optimizer
     ) -> float | None:
-        """The SD of the update about to be taken; ``None`` at ``lr = 0`` (a warm-up's first
+        """The SD of the update about to be taken (with no gradients: of the last one); ``None`` at ``lr = 0`` (a warm-up's first
         step), whose step is the identity: every exponent 0, no dynamics to measure."""
         from sharpdim.dimension.sharpness_dimension import sharpness_dimension
 
