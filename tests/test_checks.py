@@ -102,3 +102,35 @@ def test_bool_options_refuse_strings(name: str) -> None:
     """A string such as "no" is truthy: these options silently read it as True."""
     with pytest.raises(SharpdimError, match=rf"^{name.strip()} must be True or False, got 'no'"):
         _flag_calls()[name]()
+
+
+def test_the_returned_float_obeys_the_rule():
+    """The range was tested on the value, but its float returned: Fraction(1, 10**400) > 0
+    came back as lr 0.0, and a beta just below 1 as 1.0 (torch's Adam then raised)."""
+    from sharpdim.checks import check_number
+
+    with pytest.raises(SharpdimError, match=r"^lr must be a finite number > 0"):
+        check_number(Fraction(1, 10**400), "lr", "> 0", "0.1")
+    with pytest.raises(SharpdimError, match=r"^betas must be a finite number in \[0, 1\)"):
+        check_betas((0.9, Fraction(1) - Fraction(1, 10**20)))
+    assert check_betas((0.9, Fraction(999, 1000))) == (0.9, 0.999)
+
+
+def test_counts_are_whole_exactly():
+    """Fraction(10**17 + 1, 10**17) rounds to the whole float 1.0 and was taken as 1."""
+    with pytest.raises(SharpdimError, match=r"^n must be an integer >= 1"):
+        check_count(Fraction(10**17 + 1, 10**17), "n")
+    assert check_count(np.float64(7.0), "n") == 7 and check_count(Fraction(14, 2), "n") == 7
+
+
+def test_conj_and_negative_views_are_digested_by_their_values():
+    """A conj or negative view failed .view(uint8) and was hashed by dtype and shape alone:
+    different contents, one digest (a checkpoint could not see their bytes change)."""
+    from sharpdim.training.content_digest import content_digest
+
+    a, b = torch.tensor([1 + 2j, 3 + 4j]), torch.tensor([1 + 5j, 3 + 9j])
+    assert content_digest(a.conj()) != content_digest(b.conj())
+    assert content_digest(a.conj()) == content_digest(a.conj().resolve_conj())
+    x, y = torch.tensor([1.0, 2.0]), torch.tensor([5.0, 7.0])
+    assert content_digest(x._neg_view()) != content_digest(y._neg_view())
+    assert content_digest(x._neg_view()) == content_digest(-x)

@@ -36,8 +36,9 @@ def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole nu
     real (``Fraction(10, 2)``) or a 0-dim tensor of one; bools, non-whole numbers and strings
     are refused."""
     value = plain_scalar(value)
-    whole = isinstance(value, numbers.Integral) or (
-        isinstance(value, numbers.Real) and _finite(value) and float(value).is_integer()
+    whole = isinstance(value, numbers.Integral) or (  # (exactly: Fraction(10**17 + 1, 10**17)
+        # rounds to the whole float 1.0)
+        isinstance(value, numbers.Real) and _finite(value) and value == math.floor(value)
     )
     if isinstance(value, bool) or not whole or value < minimum:
         raise SharpdimError(f"{name} must be an integer >= {minimum}, got {value!r}: pass {hint}")
@@ -76,7 +77,9 @@ def check_number(value: Any, name: str, rule: str, example: str) -> float:
     (a key of ``_RANGES``)."""
     value = plain_scalar(value)
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (real and _finite(value) and _RANGES[rule](value)):
+    # the rule holds for the float returned too (Fraction(1, 10**400) > 0 is 0.0 as a float;
+    # a beta just below 1 rounds to 1.0)
+    if not (real and _finite(value) and _RANGES[rule](value) and _RANGES[rule](float(value))):
         rule = "" if rule == "any" else f" {rule}"
         raise SharpdimError(
             f"{name} must be a finite number{rule}, got {value!r}: pass e.g. {example}"

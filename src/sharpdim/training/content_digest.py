@@ -55,7 +55,10 @@ def _tensor_into(digest: Any, value: torch.Tensor) -> None:
         return
     digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
     try:
-        raw = value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        # (a conj or negative view's bits are the data before the flag: resolved first, else
+        # .view raised and two different tensors hashed alike)
+        plain = value.detach().to("cpu").resolve_conj().resolve_neg()
+        raw = plain.contiguous().reshape(-1).view(torch.uint8)
     except RuntimeError:  # (sparse or quantized: dtype and shape only)
         return
     digest.update(raw.numpy())  # (the buffer itself: no copy)
