@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sharpdim.curvature.params import get_flat_params
@@ -605,3 +606,12 @@ def test_the_swap_restores_each_embeddings_own_sparse_flag() -> None:
     sparse.embed.sparse = False
     phi.step(phi.initial_state(), 0)
     assert sparse.embed.sparse is False
+
+
+def test_a_torch_functional_loss_is_refused_when_the_map_is_built() -> None:
+    """The map computes its loss before checking it, so F.cross_entropy raised torch's
+    TypeError ('argument input must be Tensor, not Linear') at the first step."""
+    model = nn.Linear(2, 2).double()
+    batch = (torch.randn(3, 2, dtype=torch.float64), torch.tensor([0, 1, 0]))
+    with pytest.raises(SharpdimError, match=r"^loss_fn is F.cross_entropy, which takes"):
+        TrainingMap(model, F.cross_entropy, [batch], lr=0.1)

@@ -39,7 +39,13 @@ import torch
 from torch import nn
 
 from sharpdim.checks import check_betas, check_count, check_number, check_seed
-from sharpdim.curvature.hessian import LossFn, Mode, checked_loss, math_attention
+from sharpdim.curvature.hessian import (
+    LossFn,
+    Mode,
+    checked_loss,
+    math_attention,
+    refuse_output_target_loss,
+)
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.second_order import refuse_once_differentiable
 from sharpdim.dynamics.jacobian_spectra import optimizer_kind
@@ -173,6 +179,7 @@ class TrainingMap:
         seed: int = 0,
     ) -> None:
         optimizer = optimizer_kind(optimizer)
+        refuse_output_target_loss(loss_fn)
         if not callable(batches) and not isinstance(batches, Sequence):
             raise SharpdimError(
                 f"batches must be a list of batches or a function t -> batch, got "
