@@ -54,7 +54,9 @@ class ModeScope:
     Whenever some module runs in training mode, its buffers are swapped for copies during
     the block, so that batch-norm running statistics (updated in place by every training
     forward) are left untouched: computing curvature never changes the model. The copies
-    are what a gradient graph built inside the block refers to.
+    are what a gradient graph built inside the block refers to; a buffer two modules share
+    stays shared (one copy). If entering fails (a module's own ``train`` raising), the
+    flags and buffers are restored before the error propagates.
     """
 
     def __init__(self, model: nn.Module, mode: str) -> None:
@@ -63,15 +65,22 @@ class ModeScope:
         self.swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
 
     def __enter__(self) -> None:
-        if self.mode != "keep":
-            self.model.train(self.mode == "train")
-        for m in self.model.modules():
-            if not m.training:
-                continue
-            for name, buf in list(m._buffers.items()):
-                if buf is not None:
-                    self.swapped.append((m, name, buf))
-                    m._buffers[name] = buf.detach().clone()
+        try:
+            if self.mode != "keep":
+                self.model.train(self.mode == "train")
+            copies: dict[int, torch.Tensor] = {}
+            for m in self.model.modules():
+                if not m.training:
+                    continue
+                for name, buf in list(m._buffers.items()):
+                    if buf is not None:
+                        self.swapped.append((m, name, buf))
+                        if id(buf) not in copies:
+                            copies[id(buf)] = buf.detach().clone()
+                        m._buffers[name] = copies[id(buf)]
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         for m, name, buf in self.swapped:
