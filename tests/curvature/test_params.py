@@ -99,3 +99,14 @@ def test_flat_params_of_no_parameters_is_refused() -> None:
     for empty in empties:
         with pytest.raises(SharpdimError, match=r"^no parameters given .*: pass the tensors"):
             get_flat_params(empty)
+
+
+def test_meta_parameters_are_refused_in_one_line() -> None:
+    from sharpdim.curvature import HessianOperator
+
+    model = nn.Linear(3, 1, device="meta")
+    with pytest.raises(SharpdimError, match=r"^Linear has parameters on the meta device.*to_empty"):
+        trainable_parameters(model)
+    batch = (torch.zeros(4, 3, device="meta"), torch.zeros(4, 1, device="meta"))
+    with pytest.raises(SharpdimError, match="meta device"):
+        HessianOperator(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), batch)

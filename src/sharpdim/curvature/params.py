@@ -22,7 +22,8 @@ def trainable_parameters(
 
     Tensors with ``requires_grad=False`` are skipped and repeated tensors kept once (in the
     order of their first appearance). A single tensor counts as a one-element subset; every
-    tensor given must be a parameter of ``model`` (anything else has no Hessian block here).
+    tensor given must be a parameter of ``model`` (anything else has no Hessian block here),
+    and none may be on the meta device (no values to differentiate at).
     """
     require_module(model)
     if isinstance(params, nn.Module):
@@ -56,6 +57,11 @@ def trainable_parameters(
             "(p.requires_grad_(True)) or pass trainable ones"
         )
     chosen = list(unique.values())
+    if any(p.is_meta for p in chosen):
+        raise SharpdimError(
+            f"{type(model).__name__} has parameters on the meta device, which hold no values: "
+            "materialise them first (model.to_empty(device='cpu'), then load_state_dict)"
+        )
     if not chosen:
         raise SharpdimError(
             f"{type(model).__name__} has no trainable parameters: "
