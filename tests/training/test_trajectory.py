@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from sharpdim.errors import SharpdimError
 from sharpdim.training.datasets import Dataset, load_dataset
@@ -163,6 +164,27 @@ def test_per_example_losses_refuse_a_batch_that_is_not_a_pair() -> None:
             SharpdimError, match=rf"^batch must be a pair \(x, y\) of tensors, got {got}:"
         ):
             per_example_losses(model, points, batch, loss="ce")
+
+
+def test_per_example_cross_entropy_checks_labels_as_the_ce_loss_does() -> None:
+    """Float targets were cut to class numbers (0.2 -> 0) and bool labels accepted; a label
+    column (N, 1), which the 'ce' loss takes, raised torch's RuntimeError."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    model = nn.Linear(4, 3).double()
+    points = torch.cat([p.detach().reshape(-1) for p in model.parameters()])[None]
+    for y, message in (
+        (torch.tensor([0.2, 1.7, 2.9, 0.0, 1.0], dtype=torch.float64), "floating point"),
+        (torch.tensor([True, False, True, False, True]), "must be integers"),
+        (torch.tensor([0, 1, 7, 2, 1]), r"labels range over 0\.\.7 but the model has 3"),
+    ):
+        with pytest.raises(SharpdimError, match=message):
+            per_example_losses(model, points, (x, y), loss="ce")
+    y = torch.tensor([0, 1, 2, 2, 1])
+    column = per_example_losses(model, points, (x, y[:, None]), loss="ce")
+    with torch.no_grad():
+        ref = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+    torch.testing.assert_close(column[0], ref)
 
 
 def test_bad_input() -> None:

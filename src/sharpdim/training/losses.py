@@ -136,12 +136,25 @@ def mse_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """Mean cross-entropy of the logits ``f(x)`` against integer labels ``y``."""
     x, y = _unpack(batch)
+    _no_float_labels(y)
+    return cross_entropy_terms(model(x), y)
+
+
+def _no_float_labels(y: torch.Tensor) -> None:
     if y.is_floating_point():
         raise SharpdimError(
             "cross-entropy needs integer class labels but the targets are floating point: "
             "use the 'mse' loss for regression"
         )
-    logits = model(x)
+
+
+def cross_entropy_terms(
+    logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """``F.cross_entropy(logits, y, reduction=...)`` after the label checks of the 'ce' loss:
+    integer labels in ``0 .. C-1`` (or ``IGNORE_INDEX``), classes along dim 1, a label column
+    ``(N, 1)`` taken as ``(N,)``."""
+    _no_float_labels(y)
     if logits.ndim > 1:  # classes along dim 1, as F.cross_entropy reads them
         y = _label_shape(y, logits)
         _check_labels(y, logits.shape[1], ignore=IGNORE_INDEX)
@@ -153,7 +166,8 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
                 f"labels of shape {tuple(y.shape)}: pass batched logits (N, C) and labels (N,)"
             )
         _check_labels(y, logits.shape[0], ignore=IGNORE_INDEX)
-    return F.cross_entropy(logits, y if y.dtype == torch.int64 else y.long())  # (int32 too)
+    labels = y if y.dtype == torch.int64 else y.long()  # (int32 too)
+    return F.cross_entropy(logits, labels, reduction=reduction)
 
 
 LOSSES: dict[str, LossFn] = {

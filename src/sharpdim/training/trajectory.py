@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sharpdim.checks import check_count, check_flag, default_generator
@@ -36,7 +35,7 @@ from sharpdim.errors import SharpdimError
 from sharpdim.module_modes import restored_modes
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.loop import TrainConfig, TrainResult, train
-from sharpdim.training.losses import get_loss, squared_errors
+from sharpdim.training.losses import cross_entropy_terms, get_loss, squared_errors
 
 
 @dataclass(frozen=True)
@@ -373,7 +372,7 @@ def _example_losses(model: nn.Module, loss: str, x: torch.Tensor, y: torch.Tenso
         )
     if loss == "mse":
         return squared_errors(out, y)
-    return F.cross_entropy(out, y.long(), reduction="none")  # (int32 labels, as in losses)
+    return cross_entropy_terms(out, y, reduction="none")
 
 
 @torch.no_grad()
