@@ -123,6 +123,18 @@ def test_an_update_that_overflows_the_dtype_is_a_divergence(digits):
     assert (result.status, result.diverged_at, result.steps_completed) == ("diverged", 1, 0)
 
 
+def test_an_overflow_in_a_later_group_leaves_no_group_updated(digits):
+    """torch's SGD updates group by group: the first group moved before the second raised,
+    so the run recorded "update not applied" and evaluated a half-updated model."""
+    model = build_mlp(64, 10, width=4, depth=1, dtype=torch.float32)
+    ps = list(model.parameters())
+    before = [p.detach().clone() for p in ps]
+    optimizer = torch.optim.SGD([{"params": ps[:2], "lr": 0.1}, {"params": ps[2:], "lr": 1e39}])
+    result = train(model, digits, TrainConfig(steps=3), optimizer=optimizer)
+    assert (result.status, result.diverged_at, result.steps_completed) == ("diverged", 1, 0)
+    assert all(torch.equal(a, b) for a, b in zip(before, ps, strict=True))
+
+
 def test_minimalist_example_converges_below_and_diverges_above():
     net = DeepScalarLinear((2.0, 0.3, 2.0, 0.3))
     one = net.batch()

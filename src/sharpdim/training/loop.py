@@ -261,6 +261,25 @@ class TrainResult:
         return out
 
 
+def _overflow_free_step(optimizer: torch.optim.Optimizer) -> bool:
+    """``optimizer.step()``, or ``False`` where torch raised because a step size overflows the
+    parameters' dtype (e.g. Adam's ``lr / (1 - beta1)`` beyond float32). torch updates group
+    by group, so with several groups the parameters are copied first and put back: an earlier
+    group's update is not left applied when a later group overflows."""
+    groups = optimizer.param_groups
+    kept = [p.detach().clone() for g in groups for p in g["params"]] if len(groups) > 1 else []
+    try:
+        optimizer.step()
+    except RuntimeError as err:
+        if "overflow" not in str(err):
+            raise
+        with torch.no_grad():
+            for p, before in zip((p for g in groups for p in g["params"]), kept, strict=False):
+                p.copy_(before)
+        return False
+    return True
+
+
 def _parameters_finite(params: Sequence[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in params)
 
@@ -526,11 +545,7 @@ def train(
                     callback(step, model, value, optimizer)
                 if config.stop_loss is not None and value < config.stop_loss:
                     break
-                try:
-                    optimizer.step()
-                except RuntimeError as err:  # e.g. Adam's lr / (1 - beta1) beyond float32
-                    if "overflow" not in str(err):
-                        raise
+                if not _overflow_free_step(optimizer):
                     status, diverged_at = "diverged", step + 1  # (that update not applied)
                     break
                 if bar is not None:
