@@ -958,3 +958,9 @@ def test_an_optimizer_name_or_a_number_as_resume_from_is_a_one_line_error(digits
         train(small_mlp(), digits, config, optimizer="sgd")
     with pytest.raises(SharpdimError, match=r"^resume_from must be None or the path .*, got int$"):
         train(small_mlp(), digits, config, resume_from=3)
+
+
+def test_training_inside_inference_mode_names_it(digits):
+    """The refusal blamed torch.no_grad(), under which training works."""
+    with torch.inference_mode(), pytest.raises(SharpdimError, match=r"inside torch.inference_mode"):
+        train(small_mlp(), digits, TrainConfig(steps=2))

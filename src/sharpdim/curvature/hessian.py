@@ -123,6 +123,11 @@ def scalar_loss(loss: Any) -> torch.Tensor:
 
 def require_graph(loss: torch.Tensor) -> None:
     """A one-line error if ``loss`` has no gradient graph to differentiate."""
+    if not loss.requires_grad and torch.is_inference_mode_enabled():
+        raise SharpdimError(
+            "the loss has no gradient graph inside torch.inference_mode(): call this outside "
+            "the inference_mode block"
+        )
     if not loss.requires_grad:
         raise SharpdimError(
             "loss_fn returned a loss without a gradient graph: do not compute it under "
@@ -151,11 +156,6 @@ def _differentiable_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch
             "autograd cannot differentiate through it: make it outside inference_mode, or "
             "pass a .clone() made outside it"
         ) from None
-    if not loss.requires_grad and torch.is_inference_mode_enabled():
-        raise SharpdimError(
-            "curvature cannot be computed inside torch.inference_mode(): call it outside the "
-            "inference_mode block"
-        )
     require_graph(loss)
     return loss
 
