@@ -644,3 +644,36 @@ def test_a_float32_cluster_away_from_zero_is_not_cut_by_its_own_products_length(
         res = lanczos_eigenvalues(a, k=1, which=which)
         assert res.all_converged and res.num_matvecs > 1
         assert abs(float(res.eigenvalues[0]) - float(want)) <= floor
+
+
+def test_a_float32_repeated_top_value_is_found_below_the_float32_floor() -> None:
+    """A 5-fold top eigenvalue 2 of a float32 matrix with values in {-2..2}: the basis was
+    invariant after 5 products, but neither the breakdown test nor 'every residual below
+    tol * |theta|' (unreachable in float32 at tol 1e-6) fired, and [2, 1] came back converged."""
+    rng = np.random.default_rng(3)
+    n = int(rng.integers(4, 30))
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    values = rng.integers(-2, 3, n).astype(float)
+    a = (q * values) @ q.T
+    matrix = torch.tensor((a + a.T) / 2, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(3)
+    result = lanczos_eigenvalues(matrix, k=2, which="LA", tol=1e-6, generator=gen)
+    assert result.all_converged
+    np.testing.assert_allclose(result.eigenvalues.numpy(), [2.0, 2.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("which", "max_iter"), [("LA", 5), ("SA", 5), ("both", 10)])
+def test_a_far_end_value_is_not_certified_when_max_iter_stops_at_k_ritz_values(
+    which: str, max_iter: int
+) -> None:
+    """With as many Ritz values as wanted, the opposite extreme (-50, or 50 for SA) converges
+    first and was returned as the 5th largest, converged; the exact 5th largest is 0.96."""
+    far = -50.0 if which == "LA" else 50.0
+    values = torch.cat([torch.tensor([far]), torch.linspace(0, 1, 99)]).double()
+    if which == "both":
+        values = torch.cat([torch.tensor([-50.0, 50.0]), torch.linspace(0, 1, 98)]).double()
+    result = lanczos_eigenvalues(torch.diag(values), k=5, which=which, max_iter=max_iter)
+    exact = torch.sort(values, descending=which != "SA").values
+    exact = torch.cat([exact[:5], exact[-5:]]) if which == "both" else exact[:5]
+    wrong = (result.eigenvalues - exact).abs() > 1e-6 * exact.abs().clamp(min=1)
+    assert not (result.converged & wrong).any()

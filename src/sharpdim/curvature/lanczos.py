@@ -177,6 +177,18 @@ def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
     return torch.tensor(out, device=theta.device)
 
 
+def _leading_runs(ok: torch.Tensor, which: str, k: int) -> torch.Tensor:
+    """``ok`` (in the result's order) kept only while every value before it at its end of the
+    spectrum is ok too: the i-th largest is certified only once the i - 1 above it are
+    (a converged Ritz value below an unconverged one may have eigenvalues missing above it;
+    with as few Ritz values as wanted, the far end's extreme converges first)."""
+    run = lambda flags: torch.cumprod(flags.to(torch.int64), 0).bool()  # noqa: E731
+    if which != "both":
+        return run(ok)
+    top = min(k, ok.numel())
+    return torch.cat([run(ok[:top]), run(ok[top:].flip(0)).flip(0)])
+
+
 def _round_state(
     basis: KrylovBasis,
     theta: torch.Tensor,
@@ -428,7 +440,10 @@ def lanczos_eigenvalues(
         # invariant, and a round started at every step grew the block until max_iter)
         # (not where a wanted value is a numerical zero: that round is started by `more`)
         smallest = float(theta[idx].abs().min()) if all_ok else 0.0
-        invariant = all_ok and m < n and smallest > zero and float(res.max()) <= tol * smallest
+        # (with 4 floors as the least: the floor is what float32 products leave, and at
+        # tol <= 1e-6 no float32 residual reaches tol * smallest, so a repeated value was missed)
+        near = max(tol * smallest, 4 * floor)
+        invariant = all_ok and m < n and smallest > zero and float(res.max()) <= near
         unseen = invariant and basis.rounds == 0
         settled = not more and not unseen and (gave_up or round_ok)
         if (all_ok and settled) or stuck or basis.nb == 0 or basis.matvecs + basis.nb > budget:
@@ -453,7 +468,7 @@ def lanczos_eigenvalues(
         vecs = (s[:, idx].T.to(basis.dtype) @ basis.V[:m]).T.to(torch.float64).contiguous()
     return LanczosResult(
         eigenvalues=theta[idx].cpu(),
-        converged=(ok[order] & settled).cpu(),
+        converged=(_leading_runs(ok[order], which, k) & settled).cpu(),
         residuals=res[idx].cpu(),
         eigenvectors=vecs,
         num_matvecs=basis.matvecs,
