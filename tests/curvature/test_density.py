@@ -315,3 +315,16 @@ def test_histogram_range_wider_than_float64_is_refused() -> None:
         histogram_density(torch.tensor([0.0, 1.0], dtype=F64), torch.ones(2), range=(-1e308, 1e308))
     with pytest.raises(SharpdimError, match=r"is wider than float64 .*, or rescale the nodes$"):
         histogram_density(nodes, torch.ones(2))
+
+
+def test_a_bandwidth_below_float64_resolution_names_it() -> None:
+    """Grid points repeated below float64 spacing gave 0/0 cell means, reported as nodes
+    whose magnitudes overflow float64 (nothing overflows; rescaling does not help)."""
+    with pytest.raises(
+        SharpdimError,
+        match=r"^bandwidth 1e-12 is below float64 resolution at the nodes \(\|x\| up to 100\) "
+        r"for 512 grid points: use bandwidth >= 7.3e-12",
+    ):
+        kde_density(torch.tensor([100.0]), torch.tensor([1.0]), bandwidth=1e-12)
+    grid, dens = kde_density(torch.tensor([100.0]), torch.tensor([1.0]), bandwidth=7.4e-12)
+    assert math.isclose(float(torch.trapezoid(dens, grid)), 1.0, rel_tol=1e-12)

@@ -148,6 +148,14 @@ def kde_density(
         pad = max(3 * h, 2 * cell)
         lo, hi = float(v.min()) - pad, float(v.max()) + pad
         grid = torch.linspace(lo, hi, grid_size, dtype=torch.float64)
+        wide = math.isfinite(hi - lo)  # (else the overflow is named below)
+        if wide and not bool((grid.diff() > 0).all()):  # cells below float64 spacing: 0/0
+            least = grid_size * math.ulp(max(abs(lo), abs(hi)))
+            raise SharpdimError(
+                f"bandwidth {h:g} is below float64 resolution at the nodes (|x| up to "
+                f"{max(abs(lo), abs(hi)):g}) for {grid_size} grid points: use bandwidth >= "
+                f"{least:.2g}, fewer grid points, or bandwidth=None (Silverman's rule)"
+            )
     else:
         grid = _real_vector(grid, "grid")
         if grid.numel() < 2 or not bool((grid.diff() > 0).all()):
