@@ -1067,3 +1067,24 @@ def test_integration_mistakes_are_one_line_errors():
     data = Dataset("d", x, y, x[:5], y[:5], 2)
     with pytest.raises(SharpdimError, match=r"^loss_fn is F.cross_entropy, which takes"):
         train(model, data, TrainConfig(steps=1, batch_size=10), loss_fn=F.cross_entropy)
+
+
+def test_a_bad_loss_value_is_refused_before_any_measuring():
+    """None (documented as nan), a forgotten loss (the optimizer in its place) and a
+    per-example loss raised torch's TypeError/ValueError after the whole measurement."""
+    x, y = _data()
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = EoSMonitor(mse_loss, (x, y))
+    per_example = torch.ones(4)
+    for value, message in (
+        (optimizer, r"^loss_value is the SGD optimizer: call on_step\(step, model, loss_value"),
+        (per_example, r"^loss_value is a tensor of shape \(4,\).*loss\.item\(\)"),
+        ([0.5], r"^loss_value must be a real number, got list"),
+    ):
+        with pytest.raises(SharpdimError, match=message):
+            monitor.on_step(0, model, value)  # type: ignore[arg-type]
+    assert monitor.records == []
+    record = monitor.on_step(0, model, None, optimizer)  # type: ignore[arg-type]
+    assert record is not None and math.isnan(record.loss) and len(monitor.records) == 1
+    assert monitor.on_step(0, model, torch.tensor([0.25]), optimizer).loss == 0.25

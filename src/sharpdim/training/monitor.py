@@ -439,8 +439,9 @@ class EoSMonitor:
                 f"optimizer must be a torch.optim.Optimizer or None, got "
                 f"{type(optimizer).__name__}: pass the optimizer that trains the model{hint}"
             )
+        loss = _recorded_loss(loss_value)
         with forked_global_rng(None, model.parameters()):
-            return self._measure(model, optimizer, step, loss_value)
+            return self._measure(model, optimizer, step, loss)
 
     def _measure(
         self,
@@ -535,7 +536,7 @@ class EoSMonitor:
         record = EoSRecord(
             step=int(step),
             # (the loss tensor itself, as a loop may pass it: read without its graph)
-            loss=float(loss_value.detach() if isinstance(loss_value, torch.Tensor) else loss_value),
+            loss=loss_value,
             sharpness=float(sharpness),
             threshold=float(threshold),
             optimizer=name,
@@ -733,3 +734,28 @@ def _check_sd_options(options: Any) -> dict[str, Any]:
             f"{', '.join(sorted(own))}"
         )
     return dict(options)
+
+
+def _recorded_loss(value: object) -> float:
+    """The loss a record keeps: a real number or a one-element tensor (``None``: ``nan``),
+    checked before any curvature is computed, in one line."""
+    if value is None:
+        return math.nan
+    if isinstance(value, torch.optim.Optimizer):
+        raise SharpdimError(
+            f"loss_value is the {type(value).__name__} optimizer: call "
+            "on_step(step, model, loss_value, optimizer)"
+        )
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise SharpdimError(
+                f"loss_value is a tensor of shape {tuple(value.shape)} and dtype {value.dtype}: "
+                "pass the real scalar (mean) loss, e.g. loss.item()"
+            )
+        value = value.detach()
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SharpdimError(
+            f"loss_value must be a real number, got {type(value).__name__}: pass loss.item()"
+        ) from None
