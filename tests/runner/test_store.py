@@ -613,3 +613,29 @@ def test_a_foreign_row_whose_config_holds_nan_is_undecodable(path):
         with pytest.warns(UserWarning, match=r"the stored run k1 cannot be decoded .*NaN"):
             assert runs({"lr": 0.5}, lambda: {"x": 2}) == {"x": 2}
         assert [r.config["lr"] for r in store.records()] == [1.0, 0.5]
+
+
+def test_a_relative_path_starting_with_file_colon_is_a_file_not_a_uri(tmp_path, monkeypatch):
+    """SQLite read 'file:...' as a URI: `--out file:res` stored its runs in res/, and
+    'file::memory:' opened an in-memory database that kept nothing."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("file:runs.sqlite", "file::memory:"):
+        with ResultsStore(name) as store:
+            store.put({"lr": 0.1}, {"loss": 1.0})
+        with ResultsStore(name) as store:
+            assert len(store) == 1
+        assert (tmp_path / name).is_file()
+    assert not (tmp_path / "runs.sqlite").exists()
+
+
+def test_a_file_name_without_room_for_the_journal_is_refused(tmp_path):
+    """At 248-255 bytes SQLite's -journal/-wal names exceed the limit (a wrong 'folder must be
+    writable' error, or a raw OSError from the -wal check); beyond 255 exists() raised."""
+    for size in (250, 255, 300):
+        name = "x" * (size - len(".sqlite")) + ".sqlite"
+        with pytest.raises(SharpdimError, match=rf"^the results store's file name is {size} bytes"):
+            ResultsStore(tmp_path / name)
+    fits = "x" * (247 - len(".sqlite")) + ".sqlite"
+    with ResultsStore(tmp_path / fits) as store:
+        store.put({"lr": 0.1}, {"loss": 1.0})
+        assert len(store) == 1

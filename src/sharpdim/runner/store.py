@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import sqlite3
 import time
@@ -159,14 +160,24 @@ class ResultsStore:
                 "':memory:' is SQLite's in-memory database, which keeps nothing after close: "
                 "pass a file path such as runs.sqlite"
             )
-        if self.path.exists() and not self.path.is_file():  # SQLite would write beside it
+        self._check_name_length()
+        try:
+            elsewhere = self.path.exists() and not self.path.is_file()
+        except OSError as err:  # (a folder name in the path too long, a loop of links)
+            raise SharpdimError(
+                f"cannot open the results store {self.path} ({err}): choose a writable file path"
+            ) from None
+        if elsewhere:  # SQLite would write beside it
             raise SharpdimError(
                 f"cannot open the results store {self.path}: it is not a regular file (a folder, "
                 "device or pipe); choose a file path such as runs.sqlite"
             )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            # (an absolute name: SQLite reads a name starting with "file:" as a URI, and wrote
+            # `--out file:res` to res/, `file:` to /runs.sqlite, `file::memory:` to memory)
+            name = os.path.abspath(self.path)
+            self._conn = sqlite3.connect(name, timeout=self.timeout, isolation_level=None)
         except (OSError, ValueError, sqlite3.Error) as err:
             raise SharpdimError(
                 f"cannot open the results store {self.path} ({err}): choose a writable file path"
@@ -176,6 +187,22 @@ class ResultsStore:
         except BaseException:
             self._conn.close()
             raise
+
+    def _check_name_length(self) -> None:
+        """A one-line error for a file name with no room for the ``-journal`` SQLite keeps
+        beside it (it failed as a misleading read-only folder, or a raw OSError)."""
+        size = len(os.fsencode(self.path.name))
+        try:
+            folder = self.path.parent if self.path.parent.is_dir() else Path(".")
+            limit = os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            limit = 255
+        if size + len("-journal") > limit:
+            raise SharpdimError(
+                f"the results store's file name is {size} bytes long, and SQLite keeps a file "
+                f"named like it plus '-journal' beside it, beyond this filesystem's {limit}-byte "
+                "names: choose a shorter name, such as runs.sqlite"
+            )
 
     def _unmerged_wal(self) -> bool:
         """Whether a non-empty ``-wal`` file beside the store holds runs not yet merged."""
