@@ -99,3 +99,11 @@ def test_surrogates_cycles_and_deep_nesting_are_one_line_errors() -> None:
         json_value(deep, where="result")
     shared = [1.0, 2.0]  # the same list twice is no cycle
     assert json_value({"a": shared, "b": (shared, shared)}) == {"a": shared, "b": [shared, shared]}
+
+
+def test_sparse_tensors_are_stored_by_value_and_meta_tensors_refused() -> None:
+    """A sparse tensor raised torch's RuntimeError, a meta tensor NotImplementedError."""
+    eye = torch.eye(2, dtype=torch.float64)
+    assert json_value({"r": eye.to_sparse()}) == {"r": [[1.0, 0.0], [0.0, 1.0]]}
+    with pytest.raises(SharpdimError, match=r"^value\['r'\] is a tensor on the meta device"):
+        json_value({"r": torch.empty(2, device="meta")})

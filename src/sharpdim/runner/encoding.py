@@ -68,7 +68,7 @@ def _plain(value: Any, nonfinite: NonFinite, where: str, inside: frozenset[int])
             raise SharpdimError(f"{where} is {value}: configs must hold finite numbers")
         return None
     if _is_array(value):
-        plain = value.tolist()
+        plain = _array_list(value, where)
         if _is_array(plain):  # numpy's long double stays itself: rounded to float64
             plain = complex(plain) if plain.dtype.kind == "c" else float(plain)
         return _plain(plain, nonfinite, where, inside)
@@ -108,6 +108,19 @@ def _text(value: str, where: str) -> str:
             "(valid Unicode text)"
         )
     return value
+
+
+def _array_list(value: Any, where: str) -> Any:
+    """``value.tolist()``; a sparse tensor by its dense values, a tensor without data (on the
+    meta device) refused in one line."""
+    if getattr(value, "is_meta", False):
+        raise SharpdimError(
+            f"{where} is a tensor on the meta device, which holds no values: store a "
+            "materialised tensor"
+        )
+    if str(getattr(value, "layout", "")).startswith("torch.sparse"):  # (COO, CSR, ...)
+        value = value.to_dense()
+    return value.tolist()
 
 
 def _is_array(value: Any) -> bool:
