@@ -434,6 +434,36 @@ def test_idx_dataset_rejects_inconsistent_files(tmp_path, stem, array, message):
         load_dataset("idx", directory=tmp_path)
 
 
+def test_idx_images_near_the_float64_limit_are_standardised(tmp_path):
+    """Squares of pixels above 1e154 overflow float64: the std was inf and every input came
+    out 0 (near 1e308 the mean overflowed too: NaN); the statistics are now taken on values
+    scaled by a power of two, so the result is that of the same pixels at a small scale."""
+    pixels = np.random.default_rng(1).standard_normal((12, 4, 4))
+    small = load_dataset("idx", directory=_written(tmp_path / "a", pixels), dtype=torch.float64)
+    for scale in (2.0**550, 2.0**1000):
+        files = _written(tmp_path / f"b{scale:.0e}", pixels * scale)
+        big = load_dataset("idx", directory=files, dtype=torch.float64)
+        assert torch.equal(big.x_train, small.x_train) and torch.equal(big.x_test, small.x_test)
+
+
+def _written(directory, train_pixels):
+    directory.mkdir()
+    _idx_files(
+        directory,
+        **{
+            "train-images-idx3-ubyte": train_pixels,
+            "t10k-images-idx3-ubyte": train_pixels[:6],
+        },
+    )
+    return directory
+
+
+def test_an_idx_path_that_is_not_a_regular_file_is_named(tmp_path):
+    """A pipe (or /dev/null) was reported as a file that does not exist."""
+    with pytest.raises(SharpdimError, match=r"is not a regular file \(a pipe or a device\)"):
+        read_idx("/dev/null")
+
+
 def test_idx_dataset_zero_dim_labels_and_sizes(tmp_path):
     arrays = _idx_files(tmp_path)
     with pytest.raises(SharpdimError, match="n_train=13 but the files hold 12"):

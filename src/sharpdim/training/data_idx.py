@@ -53,8 +53,13 @@ _MAX_CLASSES = 2**20  # labels must lie below this (it bounds num_classes)
 def _open_bytes(path: Path) -> bytes:
     if path.is_dir():
         raise SharpdimError(f"IDX file {path} is a directory: pass the path of a file in it")
-    if not path.is_file():
+    if not path.exists():
         raise SharpdimError(f"IDX file {path} does not exist: check the path or the directory")
+    if not path.is_file():
+        raise SharpdimError(
+            f"IDX file {path} is not a regular file (a pipe or a device): pass an IDX file on "
+            "disk, e.g. decompress it first (gzip files are read directly)"
+        )
     raw = path.read_bytes()
     if raw.startswith(_GZIP_MAGIC):  # (an IDX file starts with two zero bytes), any name
         try:
@@ -252,9 +257,14 @@ def load_idx_dataset(
         return t.reshape(n, features) if flatten else t
 
     x_train, x_test = images("train_images", n_train), images("test_images", n_test)
+    # statistics of values scaled by a power of two (exact): squares of |x| > 1e154 overflow
+    # float64, and an infinite std turned every input into 0 (a mean near 1e308: NaN)
+    top = float(x_train.abs().max()) if x_train.numel() else 0.0
+    power = 2.0 ** math.frexp(top)[1] if top > 0 else 1.0
+    x_train, x_test = x_train / power, x_test / power
     mean = x_train.mean()
     std = x_train.std() if x_train.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
-    std = spread_or_one(std, x_train.abs().max())
+    std = spread_or_one(std, x_train.abs().max(), one=1 / power)
     y_train = torch.as_tensor(arrays["train_labels"][:n_train].astype(np.int64))
     y_test = torch.as_tensor(arrays["test_labels"][:n_test].astype(np.int64))
     labels = (arrays[key] for key in ("train_labels", "test_labels"))

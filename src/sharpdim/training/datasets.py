@@ -204,12 +204,12 @@ _NO_SPREAD = 1e-12
 """A standard deviation at most this fraction of the largest ``|x|`` is rounding, not spread."""
 
 
-def spread_or_one(std: torch.Tensor, largest: torch.Tensor) -> torch.Tensor:
-    """``std``, or 1 where it is rounding noise (at most :data:`_NO_SPREAD` of the largest
-    ``|x|``): a constant feature is then only centred. Its computed std is not 0 when the
-    value is inexact in binary (twenty pixels of ``7/255``: ~1e-17), and dividing by it blew
-    the data up (test inputs ~1e17)."""
-    return torch.where(std > _NO_SPREAD * largest, std, torch.ones_like(std))
+def spread_or_one(std: torch.Tensor, largest: torch.Tensor, one: float = 1.0) -> torch.Tensor:
+    """``std``, or ``one`` (1 in the data's units) where it is rounding noise (at most
+    :data:`_NO_SPREAD` of the largest ``|x|``): a constant feature is then only centred. Its
+    computed std is not 0 when the value is inexact in binary (twenty pixels of ``7/255``:
+    ~1e-17), and dividing by it blew the data up (test inputs ~1e17)."""
+    return torch.where(std > _NO_SPREAD * largest, std, torch.full_like(std, one))
 
 
 def _standardize(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
