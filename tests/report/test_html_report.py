@@ -38,3 +38,9 @@ def test_a_figure_a_browser_cannot_show_inline_is_refused(tmp_path: Path) -> Non
     (tmp_path / "f.avif").write_bytes(b"data")
     page = render_html_report("t", [ReportSection("h", figures=[tmp_path / "f.avif"])])
     assert "data:image/avif;base64," in page
+
+
+def test_a_row_key_that_is_not_a_string_is_written_as_text() -> None:
+    """An int key raised AttributeError ('int' object has no attribute 'replace')."""
+    page = render_html_report("t", [ReportSection("h", rows={3: "<x>"})])  # type: ignore[dict-item]
+    assert "<th>3</th><td>&lt;x&gt;</td>" in page

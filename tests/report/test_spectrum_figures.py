@@ -81,3 +81,20 @@ def test_a_tiny_density_is_drawn_at_its_scale_and_nan_marks_are_refused(
     for bad in ({"threshold": math.nan}, {"top_eigenvalues": [1.0, math.inf]}):
         with pytest.raises(SharpdimError, match="NaN"):
             spectrum_figures.plot_spectrum_density(grid, density, tmp_path / "t.png", **bad)
+
+
+def test_bfloat16_tensors_arrays_and_lists_are_drawn(tmp_path: Path) -> None:
+    """bfloat16 raised numpy's TypeError, an array or a list an AttributeError."""
+    import numpy as np
+
+    grid = torch.linspace(-1, 4, 50)
+    density = torch.exp(-(grid**2))
+    for i, (g, d) in enumerate(
+        (
+            (grid.bfloat16(), density.bfloat16()),
+            (grid.numpy(), density.numpy().astype(np.float64)),
+            (grid.tolist(), density.tolist()),
+        )
+    ):
+        out = plot_spectrum_density(g, d, tmp_path / f"d{i}.png")  # type: ignore[arg-type]
+        assert out.read_bytes()[:4] == b"\x89PNG"

@@ -64,7 +64,7 @@ def render_html_report(title: str, sections: Sequence[ReportSection]) -> str:
         if sec.rows:
             parts.append("<table>")
             for key, value in sec.rows.items():
-                cells = f"<th>{html.escape(key)}</th><td>{html.escape(_format(value))}</td>"
+                cells = f"<th>{html.escape(str(key))}</th><td>{html.escape(_format(value))}</td>"
                 parts.append(f"<tr>{cells}</tr>")
             parts.append("</table>")
         for fig in sec.figures:

@@ -44,13 +44,15 @@ def plot_spectrum_density(
     """Save a log-scale spectral density with the top eigenvalues and ``2/eta`` marked.
 
     Args:
-        grid: eigenvalue grid ``(g,)``.
+        grid: eigenvalue grid ``(g,)`` (a tensor of any real dtype, an array or a list).
         density: density on the grid ``(g,)`` (integrates to 1).
         path: output PNG path (parent folders are created).
         top_eigenvalues: Lanczos eigenvalues to mark as vertical lines.
         threshold: the optimizer's stability threshold (e.g. ``2/eta``), drawn dashed.
         title: axes title.
     """
+    # (float64 copies: numpy has no bfloat16; arrays and lists are taken too)
+    grid, density = (torch.as_tensor(t).detach().to(torch.float64) for t in (grid, density))
     if grid.ndim != 1 or grid.shape != density.shape or grid.numel() == 0:
         raise SharpdimError(
             f"grid {tuple(grid.shape)} and density {tuple(density.shape)} must be equal, "
@@ -67,7 +69,6 @@ def plot_spectrum_density(
         raise SharpdimError(
             f"top_eigenvalues hold NaN or inf ({list(top_eigenvalues)}): pass finite values"
         )
-    grid, density = grid.detach(), density.detach()
     peak = float(density.max())
     floor = peak * 1e-8 if peak > 0 else 1e-12  # (relative: a density of 1e-30 stays visible)
     fig = Figure(figsize=(6.4, 3.6), dpi=100)
