@@ -109,3 +109,10 @@ def test_training_files_without_examples_are_named(tmp_path):
     for n_train in (None, 1):
         with pytest.raises(SharpdimError, match=message):
             load_dataset("idx", directory=tmp_path, n_train=n_train)
+
+
+def test_a_dimension_beyond_32_bits_is_refused_in_one_line(tmp_path):
+    """A zero-size array 2**32 long raised struct.error from the header."""
+    with pytest.raises(SharpdimError, match=r"every size must be below 2\*\*32"):
+        write_idx(tmp_path / "x", np.zeros((2**32, 0), np.uint8))
+    assert not (tmp_path / "x").exists()

@@ -124,6 +124,11 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
             f"cannot write an array of dtype {array.dtype} and {array.ndim} dimensions as IDX: "
             "use uint8/int8/int16/int32/float32/float64 with 1 to 255 dimensions"
         )
+    if max(array.shape) >= 2**32:  # (a zero-size array can be that long along one axis)
+        raise SharpdimError(
+            f"cannot write an array of shape {array.shape} as IDX: each dimension is stored as "
+            "a 32-bit count, so every size must be below 2**32"
+        )
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     body = np.ascontiguousarray(array, dtype=_IDX_TYPES[code]).tobytes()
     raw = header + body
