@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sharpdim.curvature.measure import silverman_bandwidth, weighted_quantiles
+from sharpdim.errors import SharpdimError
 
 F64 = torch.float64
 
@@ -39,3 +40,12 @@ def test_silverman_bandwidth_of_tiny_atoms() -> None:
     h = silverman_bandwidth(torch.tensor([1e-300, 2e-300], dtype=F64), torch.ones(2))
     assert h == pytest.approx(0.9 * 0.5e-300 * 2**-0.2, rel=1e-14)
     assert silverman_bandwidth(torch.zeros(3, dtype=F64), torch.ones(3)) == 0.0
+
+
+def test_quantile_levels_outside_zero_one_are_refused() -> None:
+    """A NaN level returned the largest atom; 1.5 was clamped to 1 without a word."""
+    values, masses = torch.tensor([1.0, 2.0, 3.0]), torch.ones(3)
+    for bad in ([math.nan], [1.5], [-0.1]):
+        with pytest.raises(SharpdimError, match=r"^levels must lie in \[0, 1\]"):
+            weighted_quantiles(values, masses, bad)
+    assert weighted_quantiles(values, masses, [0.0, 0.5, 1.0]).tolist() == [1.0, 2.0, 3.0]

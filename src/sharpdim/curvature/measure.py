@@ -37,10 +37,15 @@ def weighted_quantiles(values: Any, masses: Any, levels: Any) -> torch.Tensor:
     """Lower quantiles ``inf{x : P(X <= x) >= q}`` of a weighted measure, for ``q`` in ``levels``
     (a tensor, array or list of numbers)."""
     v, m = flat_measure(values, masses)
+    q = real_tensor(levels, "levels")
+    if not bool(((q >= 0) & (q <= 1)).all()):  # (NaN included: it returned the largest atom)
+        raise SharpdimError(
+            f"levels must lie in [0, 1], got {q.tolist()[:5]}: pass probabilities, e.g. 0.5"
+        )
     order = torch.argsort(v)
     v, cdf = v[order], torch.cumsum(m[order], 0)
     cdf = cdf / cdf[-1]
-    idx = torch.searchsorted(cdf, real_tensor(levels, "levels").clamp(0, 1))
+    idx = torch.searchsorted(cdf, q)
     return v[idx.clamp(max=v.numel() - 1)]
 
 
