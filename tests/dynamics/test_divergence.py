@@ -398,3 +398,21 @@ def test_a_step_returning_another_dtype_or_no_tensor_is_a_one_line_error() -> No
         trajectory_divergence(wrong_off_zero, torch.zeros(2, dtype=F64), 3, direction=e1)
     with pytest.raises(SharpdimError, match=r"at step 4: it must return a state of the dtype"):
         trajectory_divergence(lambda x: (2 * x).float(), x0, 3, start_step=4, direction=e1)
+
+
+class _DoublingInPlace:
+    """``x -> 2 x`` computed in place (a user's step object may work so)."""
+
+    def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return x.mul_(2.0)
+
+    def jvp(self, x: torch.Tensor, t: int, tangents: torch.Tensor):
+        return x.mul_(2.0), 2 * tangents
+
+
+def test_an_in_place_step_leaves_the_callers_x0_alone():
+    """x0.detach() shared x0's storage: the caller's x0 came back as the final state (32)."""
+    x0 = torch.ones(3, dtype=torch.float64)
+    result = trajectory_divergence(_DoublingInPlace(), x0, 5, delta=1e-3)
+    assert x0.tolist() == [1.0, 1.0, 1.0]
+    assert math.isclose(result.growth_rate, math.log(2.0), rel_tol=1e-9)

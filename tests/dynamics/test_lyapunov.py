@@ -539,3 +539,14 @@ def test_a_map_that_leaves_torch_is_a_one_line_error(jvp_mode: str) -> None:
     x0 = torch.tensor([0.3, 0.2], dtype=torch.float64)
     with pytest.raises(SharpdimError, match=r"^step_fn leaves torch \(e.g. through .numpy\(\)\)"):
         lyapunov_spectrum(lambda x: torch.from_numpy(x.numpy() * 2), x0, 2, 5, jvp_mode=jvp_mode)
+
+
+def test_an_op_without_a_forward_derivative_is_named():
+    """cdist has no forward-mode formula: torch's NotImplementedError reached the user."""
+    x0 = torch.rand(4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
+
+    def pairwise(x: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(x.view(2, 2), x.view(2, 2) + 1).reshape(-1)
+
+    with pytest.raises(SharpdimError, match=r"^step_fn uses _cdist_forward, which forward mode"):
+        lyapunov_spectrum(pairwise, x0, 2, 2)

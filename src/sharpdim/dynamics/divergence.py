@@ -191,7 +191,7 @@ def trajectory_divergence(
     if not float(u.norm()) > 0:
         raise SharpdimError("the perturbation direction is zero: pass a non-zero direction")
     u = u.to(x0.device)
-    x = x0.detach()
+    x = x0.detach().clone()  # (the caller's x0 is never the orbit's state: step may work in place)
     y = x.clone()
     y[:m] = (x[:m].to(torch.float64) + delta * u / u.norm()).to(x.dtype)
 

@@ -32,6 +32,7 @@ differ by at most one; every step counts) with means ``m_b`` around the exponent
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,6 +169,12 @@ class FunctionMap:
             return y, torch.stack([push(dx[:, j]) for j in range(dx.shape[1])], dim=1)
         except (RuntimeError, NotImplementedError) as err:
             _refuse_leaving_torch(err)
+            op = re.search(r"Trying to use forward AD with (\w+)", str(err))
+            if op:  # (cdist, pdist, ctc_loss, segment_reduce: torch has no forward formula)
+                raise SharpdimError(
+                    f"step_fn uses {op.group(1)}, which forward mode (torch.func.jvp) cannot "
+                    "differentiate: use jvp_mode='reverse', or write it with other ops"
+                ) from None
             if not any(sign in str(err) for sign in _NO_FORWARD_FUNCTION):
                 raise
             raise SharpdimError(
