@@ -7,6 +7,7 @@ import math
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -950,9 +951,8 @@ def test_a_torch_loss_module_as_loss_fn_is_a_one_line_error() -> None:
     argument input must be Tensor, not Sequential', 20 frames deep."""
     model = nn.Sequential(nn.Linear(3, 2)).double()
     batch = (torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0]))
-    op = HessianOperator(model, nn.CrossEntropyLoss(), batch)  # type: ignore[arg-type]
     with pytest.raises(SharpdimError, match=r"^loss_fn is a CrossEntropyLoss, which takes"):
-        op @ torch.ones(op.num_params, dtype=torch.float64)
+        HessianOperator(model, nn.CrossEntropyLoss(), batch)  # type: ignore[arg-type]  # (at once)
 
 
 def test_a_compiled_submodule_is_a_one_line_error() -> None:
@@ -1144,3 +1144,65 @@ def test_an_embedding_bag_is_a_one_line_error() -> None:
     op = HessianOperator(model, lambda m, b: F.mse_loss(m[1](torch.tanh(m[0](b[0]))), b[1]), batch)
     with pytest.raises(SharpdimError, match=r"^the loss passes through nn.EmbeddingBag, whose"):
         op @ torch.ones(op.num_params, dtype=torch.float64)
+
+
+def _reference_hvp(model: nn.Module, loss_fn: Any, batch: Any, v: torch.Tensor) -> torch.Tensor:
+    return HessianOperator(model, loss_fn, batch, reuse_graph=False) @ v
+
+
+def test_the_cached_graph_follows_a_batch_changed_in_place_and_a_swapped_module() -> None:
+    """Targets scaled in place left the cached products stale (off by 16.5), inputs scaled in
+    place raised autograd's "modified by an inplace operation", a swapped activation (a module
+    without parameters) left them stale too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+
+    def mse(m: nn.Module, b: Any) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    H = HessianOperator(model, mse, (x, y))
+    v = torch.randn(H.num_params, dtype=torch.float64)
+    before = H @ v
+    y.mul_(-3.0)
+    torch.testing.assert_close(H @ v, _reference_hvp(model, mse, (x, y), v), rtol=1e-12, atol=0)
+    assert not torch.allclose(H @ v, before)
+    x.mul_(2.0)
+    torch.testing.assert_close(H @ v, _reference_hvp(model, mse, (x, y), v), rtol=1e-12, atol=0)
+    model[1] = nn.Sigmoid()
+    torch.testing.assert_close(H @ v, _reference_hvp(model, mse, (x, y), v), rtol=1e-12, atol=0)
+
+
+def test_weights_that_are_not_one_number_per_batch_are_refused() -> None:
+    """A dict was read by its keys ({0: .25, 1: .75} became [0, 1]: a wrong Hessian); a 0-dim
+    tensor or array raised len()'s TypeError."""
+    model, loss_fn, batch = _tiny_problem()
+    for weights in ({0: 0.25, 1: 0.75}, torch.tensor(1.0), np.array(1.0), {0.5, 0.25}):
+        with pytest.raises(SharpdimError, match=r"^weights must be a sequence of one number"):
+            HessianOperator(model, loss_fn, batches=[batch, batch], weights=weights)
+
+
+def test_a_loss_fn_that_is_not_callable_is_refused_at_once() -> None:
+    model, _, batch = _tiny_problem()
+    with pytest.raises(
+        SharpdimError, match=r"^loss_fn must be callable as loss_fn\(model, batch\)"
+    ):
+        HessianOperator(model, None, batch)  # type: ignore[arg-type]
+
+
+def test_a_sparse_vector_is_multiplied_by_its_values() -> None:
+    model, loss_fn, batch = _tiny_problem()
+    H = HessianOperator(model, loss_fn, batch)
+    v = torch.arange(4.0, dtype=torch.float64)
+    assert torch.equal(H @ v.to_sparse(), H @ v)
+
+
+def _tiny_problem() -> tuple[nn.Module, Any, Any]:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).double()
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
+
+    def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    return model, loss_fn, batch

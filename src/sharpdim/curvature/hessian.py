@@ -76,6 +76,17 @@ def checked_loss(model: nn.Module, loss_fn: LossFn, batch: Any) -> torch.Tensor:
     return loss
 
 
+def require_loss_fn(loss_fn: Any) -> None:
+    """A one-line error unless ``loss_fn`` is a function ``(model, batch) -> scalar`` (None
+    failed at the first product with a raw TypeError)."""
+    if not callable(loss_fn):
+        raise SharpdimError(
+            f"loss_fn must be callable as loss_fn(model, batch) -> scalar, got "
+            f"{type(loss_fn).__name__}: pass a function such as sharpdim.training.losses.mse_loss"
+        )
+    refuse_output_target_loss(loss_fn)
+
+
 def refuse_output_target_loss(loss_fn: Any) -> None:
     """A one-line error for torch's own losses (an ``nn.CrossEntropyLoss()`` module or its
     ``forward``, an ``F.cross_entropy``-like or ``torch.*`` function, or a
@@ -169,7 +180,8 @@ def _batch_weights(batches: list[Any], weights: Sequence[float] | None) -> list[
         if sum(sizes) == 0:
             raise SharpdimError("every batch is empty: pass batches holding examples")
         return [n / sum(sizes) for n in sizes]
-    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
+    unordered = isinstance(weights, (str, bytes, dict, set, frozenset))  # (a dict: its keys)
+    if unordered or not hasattr(weights, "__len__") or getattr(weights, "ndim", 1) == 0:
         raise SharpdimError(
             f"weights must be a sequence of one number per batch, got {weights!r}: pass e.g. "
             f"{[1.0 / len(batches)] * min(len(batches), 3)}"
@@ -187,6 +199,19 @@ def _batch_weights(batches: list[Any], weights: Sequence[float] | None) -> list[
     if not all(math.isfinite(w) for w in out):
         raise SharpdimError(f"weights must be finite, got {out}: pass one finite float per batch")
     return out
+
+
+def _batch_tensors(batch: Any, depth: int = 0) -> list[torch.Tensor]:
+    """The tensors in ``batch`` (a tensor, or tuples, lists and dicts of them, nested up to
+    8 deep), watched by identity and version: an in-place change of the inputs or targets
+    rebuilds the graph (a target changed so was silently ignored, an input raised autograd's
+    "modified by an inplace operation")."""
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if depth >= 8 or not isinstance(batch, (tuple, list, dict)):
+        return []
+    items = batch.values() if isinstance(batch, dict) else batch
+    return [t for item in items for t in _batch_tensors(item, depth + 1)]
 
 
 def _same_values(copy: torch.Tensor, t: torch.Tensor) -> bool:
@@ -235,10 +260,12 @@ class HessianOperator(LinearOperator):
     The operator notices in-place changes (an optimizer step, fused or not,
     ``load_state_dict``, :func:`~sharpdim.curvature.params.set_flat_params`, writes through
     ``p.data``) of the model's parameters and buffers and of ``params``, and a new storage for
-    one (``model.to(...)``, ``p.data = t``), and rebuilds its graph, so it always describes the
-    current state: it compares autograd's version counters and the values themselves with
-    those at the build (a copy of them is kept; fused optimizers and ``p.data`` writes leave
-    the counters alone). A parameter *replaced* by a new tensor is refused.
+    one (``model.to(...)``, ``p.data = t``), in-place changes of the batch's tensors, and a
+    submodule swapped for another, and rebuilds its graph: it compares autograd's version
+    counters and the parameters' and buffers' values themselves with those at the build (a
+    copy of them is kept; fused optimizers and ``p.data`` writes leave the counters alone).
+    A parameter *replaced* by a new tensor is refused. Other changes of the model (a norm's
+    ``eps``, dropout's ``p``) and of tensors ``loss_fn`` captures need :meth:`refresh`.
     Computing curvature never changes the model: its train/eval flags and its buffers
     (batch-norm running statistics) are restored.
 
@@ -275,6 +302,7 @@ class HessianOperator(LinearOperator):
         if mode not in ("eval", "train", "keep"):
             raise SharpdimError(f"unknown mode {mode!r}: use 'eval', 'train' or 'keep'")
         model = uncompiled(model)  # (a torch.compile wrapper has no double backward)
+        require_loss_fn(loss_fn)
         self.model, self.loss_fn, self.mode = model, loss_fn, mode
         self.params = trainable_parameters(model, params)
         complex_or_int = sorted({str(p.dtype) for p in self.params if not p.is_floating_point()})
@@ -295,7 +323,7 @@ class HessianOperator(LinearOperator):
         self.weights = _batch_weights(self.batches, weights)
         self.reuse_graph = check_flag(reuse_graph, "reuse_graph") and len(self.batches) == 1
         self._graph: tuple[list[torch.Tensor], list[int]] | None = None
-        self._tracked_at_build: tuple[list[Any], list[int], list[bool]] | None = None
+        self._tracked_at_build: tuple[list[Any], ...] | None = None
         self._values_at_build: list[torch.Tensor | None] = []
         self._seed = None if seed is None else check_seed(seed)
         self._dense_width: int | None = None  # columns per batched product in dense()
@@ -409,8 +437,9 @@ class HessianOperator(LinearOperator):
     def refresh(self) -> None:
         """Drop the cached gradient graph; the next matvec rebuilds it.
 
-        Needed only after changes the operator does not watch: in-place changes of the batch
-        or of a tensor captured by ``loss_fn``.
+        Needed only after changes the operator does not watch: in-place changes of a tensor
+        captured by ``loss_fn``, and changes of the model other than its parameters, buffers
+        and submodules (a hyperparameter such as a norm's ``eps`` or dropout's ``p``, hooks).
         """
         self._graph = None
 
@@ -501,17 +530,19 @@ class HessianOperator(LinearOperator):
             for copy, t in zip(self._values_at_build, tensors, strict=True)
         )
 
-    def _tracked_state(
-        self, tracked: list[torch.Tensor]
-    ) -> tuple[list[Any], list[int], list[bool]]:
+    def _tracked_state(self, tracked: list[torch.Tensor]) -> tuple[list[Any], ...]:
         """Identity, storage, version and ``requires_grad`` of every tracked tensor (of
-        :meth:`_tensors_to_track`), and (``mode="keep"``) the modules' train/eval flags: a graph
-        built under other values describes another Hessian (or, for a parameter frozen since,
-        none). (``model.to(...)``/``.double()`` swap a parameter's storage without a new
-        version.)"""
-        flags = [m.training for m in self.model.modules()] if self.mode == "keep" else []
-        where = [(id(t), _storage(t), t.dtype, t.device, t.requires_grad) for t in tracked]
-        return where, [t._version for t in tracked], flags
+        :meth:`_tensors_to_track`) and of the batch's tensors, the identity and type of every
+        submodule (a module swapped in), and (``mode="keep"``) the modules' train/eval flags:
+        a graph built under other values describes another Hessian (or, for a parameter
+        frozen since, none). (``model.to(...)``/``.double()`` swap a parameter's storage
+        without a new version.)"""
+        modules = list(self.model.modules())
+        flags = [m.training for m in modules] if self.mode == "keep" else []
+        every = [*tracked, *_batch_tensors(self.batches[0])]
+        where = [(id(t), _storage(t), t.dtype, t.device, t.requires_grad) for t in every]
+        kinds = [(id(m), type(m)) for m in modules]
+        return where, [t._version for t in every], flags, kinds
 
     def _hvp(
         self, graph: tuple[list[torch.Tensor], list[int]], block: torch.Tensor

@@ -74,6 +74,8 @@ class LinearOperator(ABC):
                 f"pass a tensor of shape ({n},) or ({n}, k)"
             )
         block = v.to(dtype=self.dtype, device=self.device)
+        if block.layout != torch.strided:  # (a sparse vector: its dense values)
+            block = block.to_dense()
         # the sum is a cheap filter (it overflows at worst, hence the exact second test); a NaN
         # where the matrix's columns are zero vanished from the product before
         if not block.sum().isfinite() and not torch.isfinite(block).all():

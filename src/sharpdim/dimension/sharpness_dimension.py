@@ -32,7 +32,7 @@ from torch import nn
 
 from sharpdim.checks import check_betas, check_count, check_number, default_generator
 from sharpdim.curvature.dense import DENSE_LIMIT
-from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode, refuse_output_target_loss
+from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode, require_loss_fn
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.slq import check_reorthogonalization
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
@@ -333,12 +333,7 @@ def sharpness_dimension(
     if method not in METHODS:
         raise SharpdimError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     optimizer = optimizer_kind(optimizer)
-    if not callable(loss_fn):
-        raise SharpdimError(
-            f"loss_fn must be callable as loss_fn(model, batch) -> scalar, got "
-            f"{type(loss_fn).__name__}: pass a function such as sharpdim.training.losses.mse_loss"
-        )
-    refuse_output_target_loss(loss_fn)
+    require_loss_fn(loss_fn)
     lr = check_number(lr, "lr", "> 0", "the optimizer's step size, 0.1")
     n = check_data(data)
     batch_size = check_count(batch_size, "batch_size")

@@ -44,7 +44,7 @@ from sharpdim.curvature.hessian import (
     Mode,
     checked_loss,
     math_attention,
-    refuse_output_target_loss,
+    require_loss_fn,
 )
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.second_order import refuse_once_differentiable
@@ -179,7 +179,7 @@ class TrainingMap:
         seed: int = 0,
     ) -> None:
         optimizer = optimizer_kind(optimizer)
-        refuse_output_target_loss(loss_fn)
+        require_loss_fn(loss_fn)
         if not callable(batches) and not isinstance(batches, Sequence):
             raise SharpdimError(
                 f"batches must be a list of batches or a function t -> batch, got "
