@@ -409,3 +409,18 @@ def test_a_step_size_float32_cannot_hold_is_refused_before_training(command, cap
     err = capsys.readouterr().err
     assert err.startswith("error: --lr 1e+39 does not fit in the model's float32 (largest 3.4e+38)")
     assert err.count("\n") == 1 and not (tmp_path / "x.json").exists()
+
+
+def test_an_ascii_stdout_gets_question_marks_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trace row's '±' raised UnicodeEncodeError on an ASCII stdout (PYTHONIOENCODING=ascii):
+    a traceback and exit 1."""
+    raw = io.BytesIO()
+    ascii_out = io.TextIOWrapper(raw, encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    out = tmp_path / "s.json"
+    argv = ["spectrum", "--n-train", "30", "--width", "2", "--train-steps", "2", "--k", "1"]
+    assert main([*argv, "--json", str(out)]) == 0
+    ascii_out.flush()
+    assert out.is_file() and b" ? " in raw.getvalue()

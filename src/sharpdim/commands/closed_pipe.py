@@ -5,7 +5,8 @@ the command at once (exit 1), before the files it was about to write. Inside
 :func:`pipe_safe_stdout`, the first such error points the descriptor at ``os.devnull`` (as
 the Python docs advise for SIGPIPE) and every later write is dropped, so the command runs to
 its end and writes its files. Any other error writing to standard output (``> /dev/full``:
-no space left) does the same, with one ``warning:`` line on standard error.
+no space left) does the same, with one ``warning:`` line on standard error. Characters the
+stream cannot encode (an ASCII terminal) are written as ``?``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class _PipeSafe:
         if not self.reader_gone:
             try:
                 return self._stream.write(text)
+            except UnicodeEncodeError:  # (an ASCII terminal: '±' written as '?')
+                encoding = getattr(self._stream, "encoding", None) or "ascii"
+                return self.write(text.encode(encoding, "replace").decode(encoding))
             except OSError as err:
                 self._gone(err)
         return len(text)
