@@ -296,6 +296,25 @@ def test_compare_records_a_trajectory_that_does_not_move(
     assert below["e1"] == 0.0 and below["sd"] is not None
 
 
+def test_compare_tells_losses_that_coincide_from_iterates_that_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At lr 1e-17 the weights still move (a Euclidean PH0 dimension) but the per-example
+    losses round alike: one flag for both clouds said the iterates coincide, next to a
+    computed Euclidean dimension."""
+    out = tmp_path / "cmp"
+    argv = ["chaos", "compare", "--n-train", "20", "--width", "2", "--train-steps", "30"]
+    argv += ["--k", "2", "--lyap-steps", "3", "--warmup", "1", "--num-iterates", "20"]
+    argv += ["--seeds", "1", "--lr-below", "1e-17", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "the last iterates coincide" not in printed
+    assert "below (lr=1e-17): the last iterates' per-example losses coincide" in printed
+    below = json.loads((out / "chaos_compare.json").read_text())["cases"]["below"]
+    assert (below["ph0_zero_persistence"], below["ph0_zero_persistence_loss"]) == (False, True)
+    assert below["ph0_dimension"] is not None and below["ph0_dimension_loss"] is None
+
+
 def test_an_infinite_ph0_dimension_reads_inf_not_missing() -> None:
     """JSON stores inf as null; the fitted slope (>= 1) tells it from a missing value."""
     from sharpdim.commands.chaos import _fmt_ph0
@@ -541,9 +560,17 @@ def test_cases_stored_before_the_ph0_outcome_keys_are_reused() -> None:
     for case in json.loads(shipped.read_text())["cases"].values():
         old = {k: v for k, v in case.items() if k not in ("ph0_slope", "ph0_slope_loss")}
         old.pop("ph0_zero_persistence", None)
+        old.pop("ph0_zero_persistence_loss", None)
         decoded = decode_case(old)
         assert decoded["ph0_zero_persistence"] is False and decoded["ph0_slope"] is None
+        assert decoded["ph0_zero_persistence_loss"] is False
         assert decoded["ph0_dimension"] == case["ph0_dimension"]
+    # a case with the one flag of both clouds: it is kept for the cloud whose dimension is null
+    case = next(iter(json.loads(shipped.read_text())["cases"].values()))
+    one_flag = {**case, "ph0_zero_persistence": True, "ph0_dimension_loss": None}
+    one_flag.pop("ph0_zero_persistence_loss", None)
+    decoded = decode_case(one_flag)
+    assert (decoded["ph0_zero_persistence"], decoded["ph0_zero_persistence_loss"]) == (False, True)
 
 
 def test_lyapunov_json_reports_the_warmup_steps_run_when_the_orbit_diverges_in_them(

@@ -286,6 +286,12 @@ def compare(
                 "below the float64 resolution of the weights): no PH0 dimension; pass a larger "
                 "step size for a trajectory that moves"
             )
+        elif case.get("ph0_zero_persistence_loss"):
+            print_line(
+                f"warning: {name} (lr={case['lr']:g}): the last iterates' per-example losses "
+                "coincide (their changes round away in float64): no loss-metric PH0 dimension; "
+                "pass a larger step size"
+            )
         if case.get("status") == "orbit_diverged":
             lyap = case["lyapunov"]
             line = _orbit_warning(

@@ -265,11 +265,13 @@ def _ph0_measures(
     """PH0 dimensions of the iterates (Euclidean) and of their loss vectors, with the fitted
     slopes (a slope >= 1 is an infinite dimension, which JSON stores as null like a missing
     one). A trajectory that did not move (all iterates equal: updates below the resolution of
-    its dtype) has no PH0 dimension: None, flagged ``ph0_zero_persistence``."""
+    its dtype) has no PH0 dimension: None, flagged ``ph0_zero_persistence``; iterates that
+    moved but whose per-example losses coincide (rounded alike) have no loss-metric one: None,
+    flagged ``ph0_zero_persistence_loss``."""
     from sharpdim.dimension.ph_dimension import ph_dimension
     from sharpdim.errors import ZeroPersistenceError
 
-    out: dict[str, Any] = {"ph0_zero_persistence": False}
+    out: dict[str, Any] = {"ph0_zero_persistence": False, "ph0_zero_persistence_loss": False}
     for cloud, metric, suffix in ((points, "euclidean", ""), (losses, "loss", "_loss")):
         dim: float | None
         slope: float | None
@@ -278,7 +280,7 @@ def _ph0_measures(
             ph = ph_dimension(cloud, metric, generator=gen)
             dim, slope, r2 = ph.dimension, ph.slope, ph.r_squared
         except ZeroPersistenceError:
-            out["ph0_zero_persistence"] = True
+            out[f"ph0_zero_persistence{suffix}"] = True
             dim = slope = r2 = None
         out[f"ph0_dimension{suffix}"] = dim
         out[f"ph0_slope{suffix}"] = slope
@@ -293,7 +295,7 @@ CASE_KEYS = frozenset(
         "sharpness_converged", "train_loss", "test_loss", "train_accuracy", "test_accuracy",
         "num_params", "lyapunov", "largest_lyapunov_per_seed", "diverged_seeds",
         "orbit_diverged_seeds", "orbit_diverged_early_seeds", "divergence", "num_iterates",
-        "wall_time_s", "ph0_zero_persistence",
+        "wall_time_s", "ph0_zero_persistence", "ph0_zero_persistence_loss",
     }
 )  # fmt: skip
 """The keys of every case of :func:`run_case` besides :data:`MEASURES`."""
@@ -308,6 +310,10 @@ def decode_case(stored: Any) -> dict[str, Any]:
     parts a finished case has (its Lyapunov and divergence records); ValueError otherwise."""
     if not isinstance(stored, dict):
         raise ValueError(f"a stored case is a JSON object, got {type(stored).__name__}")
+    if "ph0_zero_persistence_loss" not in stored:  # (one flag stood for both clouds)
+        either = bool(stored.get("ph0_zero_persistence"))
+        stored["ph0_zero_persistence"] = either and stored.get("ph0_dimension") is None
+        stored["ph0_zero_persistence_loss"] = either and stored.get("ph0_dimension_loss") is None
     stored = {**_ADDED_LATER, **stored}  # cases stored before these keys existed
     if "orbit_diverged_early_seeds" not in stored:
         early = _early_seeds_of_older_case(stored)
@@ -395,6 +401,7 @@ def _diverged_case(
         "orbit_diverged_early_seeds": [],
         "divergence": None,
         "ph0_zero_persistence": False,
+        "ph0_zero_persistence_loss": False,
         **dict.fromkeys(MEASURES, math.nan),
         "num_iterates": 0,
         "wall_time_s": seconds,

@@ -17,8 +17,8 @@ PH0_SLOPES = {"ph0_dimension": "ph0_slope", "ph0_dimension_loss": "ph0_slope_los
 
 def ph0_missing_reason(case: dict[str, Any], key: str) -> str | None:
     """Why the measure ``key`` of ``case`` is stored as null, where that is known: ``"inf"``
-    (a PH0 fit slope >= 1; JSON keeps inf as null) or ``"undefined"`` (PH0 of iterates that
-    coincide); ``None`` otherwise."""
+    (a PH0 fit slope >= 1; JSON keeps inf as null) or ``"undefined"`` (PH0 of iterates, or
+    of their loss vectors, that coincide); ``None`` otherwise."""
     value = case.get(key)
     if key in PH0_SLOPES and isinstance(value, float) and math.isinf(value):
         return "inf"  # (a case straight from run_case, before JSON made it null)
@@ -27,7 +27,8 @@ def ph0_missing_reason(case: dict[str, Any], key: str) -> str | None:
     slope = case.get(PH0_SLOPES[key])
     if slope is not None and slope >= 1:
         return "inf"
-    return "undefined" if case.get("ph0_zero_persistence") else None
+    flag = "ph0_zero_persistence_loss" if key.endswith("_loss") else "ph0_zero_persistence"
+    return "undefined" if case.get(flag) else None
 
 
 def _missing_label(case: dict[str, Any], key: str) -> str:
