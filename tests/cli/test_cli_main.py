@@ -424,3 +424,21 @@ def test_an_ascii_stdout_gets_question_marks_not_a_traceback(
     assert main([*argv, "--json", str(out)]) == 0
     ascii_out.flush()
     assert out.is_file() and b" ? " in raw.getvalue()
+
+
+def test_sd_compute_help_shows_the_defaults_written_in_its_text(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rich read '[default: 100]' in a help text as a style tag and deleted it."""
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["sd", "compute", "--help"]) == 0
+    text = capsys.readouterr().out
+    for option, default in (
+        ("--num-batches", "10"),
+        ("--num-runs", "100"),
+        ("--num-steps", "100"),
+        ("--reorth", "full"),
+        ("--max-params", "20000"),
+    ):
+        line = next(row for row in text.splitlines() if option in row)
+        assert f"[default: {default}]" in line, line

@@ -109,24 +109,24 @@ def compute(
     num_batches: int | None = typer.Option(
         None,
         help="minibatches (exact method; and Adam's estimated preconditioner at 0 steps) "
-        "[default: 10]",
+        "\\[default: 10]",
         show_default=False,
     ),
     num_runs: int | None = typer.Option(
-        None, help="Lanczos runs (slq/kde/ps) [default: 100]", show_default=False
+        None, help="Lanczos runs (slq/kde/ps) \\[default: 100]", show_default=False
     ),
     num_steps: int | None = typer.Option(
-        None, help="Lanczos steps per run (slq/kde/ps) [default: 100]", show_default=False
+        None, help="Lanczos steps per run (slq/kde/ps) \\[default: 100]", show_default=False
     ),
     reorth: str | None = typer.Option(
         None,
         help="Lanczos reorthogonalization (slq/kde/ps): full (the paper's) | partial | none "
-        "[default: full]",
+        "\\[default: full]",
         show_default=False,
     ),
     num_bootstrap: int = typer.Option(200, help="bootstrap resamples for the CI (0: none)"),
     max_params: int | None = typer.Option(
-        None, help="largest model for method=exact [default: 20000]", show_default=False
+        None, help="largest model for method=exact \\[default: 20000]", show_default=False
     ),
     float64: bool = float64_option(),
     seed: int = seed_option("seed of data, model, training and SD sampling"),
