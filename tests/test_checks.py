@@ -134,3 +134,30 @@ def test_conj_and_negative_views_are_digested_by_their_values():
     x, y = torch.tensor([1.0, 2.0]), torch.tensor([5.0, 7.0])
     assert content_digest(x._neg_view()) != content_digest(y._neg_view())
     assert content_digest(x._neg_view()) == content_digest(-x)
+
+
+def test_counts_beyond_int64_are_refused_in_one_line() -> None:
+    """build_mlp(width=2**63) failed in torch.empty with a 12-line TypeError."""
+    from sharpdim.training.models import build_mlp
+
+    assert check_count(2**63 - 1, "n") == 2**63 - 1
+    with pytest.raises(
+        SharpdimError, match=r"^width must be at most 2\*\*63 - 1 \(sizes are int64\)"
+    ):
+        build_mlp(3, 1, width=2**63)
+
+
+def test_sparse_tensors_are_read_by_their_values() -> None:
+    """A sparse tensor reached reshape / ne inside the callers: raw torch errors."""
+    import sharpdim
+
+    exponents = torch.tensor([0.5, 0.1, -0.2, -1.0], dtype=torch.float64)
+    assert torch.equal(real_tensor(exponents.to_sparse(), "x"), exponents)
+    sparse = sharpdim.kaplan_yorke_dimension(exponents.to_sparse())
+    assert sparse.dimension == sharpdim.kaplan_yorke_dimension(exponents).dimension == 3.4
+
+
+def test_bytearray_and_memoryview_are_not_read_as_byte_codes() -> None:
+    for text in (bytearray(b"\x02\x03"), memoryview(b"\x02\x03")):
+        with pytest.raises(SharpdimError, match="must be a list of numbers"):
+            check_numbers(text, "init", "> 0", "(2, 0.3)")

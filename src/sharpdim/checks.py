@@ -42,7 +42,15 @@ def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole nu
     )
     if isinstance(value, bool) or not whole or value < minimum:
         raise SharpdimError(f"{name} must be an integer >= {minimum}, got {value!r}: pass {hint}")
+    if value > MAX_COUNT:  # (torch and numpy sizes are int64: it failed deep inside them)
+        raise SharpdimError(
+            f"{name} must be at most 2**63 - 1 (sizes are int64), got {value!r}: pass {hint}"
+        )
     return int(value)
+
+
+MAX_COUNT = 2**63 - 1
+"""The largest count: torch's and numpy's sizes and indices are int64."""
 
 
 SEED_RANGE = (0, 2**32 - 1)
@@ -99,7 +107,7 @@ def _unordered(values: Any) -> bool:
     """Whether ``values`` cannot be a list of numbers in order: text, a set or a mapping
     (whose iteration order is not the user's), a 0-dim array or anything not iterable."""
     return (
-        isinstance(values, (str, bytes, set, frozenset, dict))
+        isinstance(values, (str, bytes, bytearray, memoryview, set, frozenset, dict))
         or not hasattr(values, "__iter__")
         or getattr(values, "ndim", 1) == 0
     )
@@ -181,6 +189,8 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
         ) from None
     if t.is_complex() or t.dtype == torch.bool:
         raise SharpdimError(f"{name} must be real numbers (a tensor or array), got {t.dtype}")
+    if t.layout != torch.strided:  # (a sparse tensor: its dense values)
+        t = t.to_dense()
     return t.detach().to(device="cpu", dtype=torch.float64)
 
 
