@@ -212,3 +212,15 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, rtol: float = R
     """Entry-wise ``rtol`` with an absolute floor of ``rtol * max|expected|``."""
     scale = float(expected.abs().max())
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-12))
+
+
+def tiny_linear_problem() -> tuple[nn.Module, Any, Any]:
+    """``Linear(3, 1)`` in float64 with a seeded batch of 8 and the mean squared error."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).double()
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
+
+    def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    return model, loss_fn, batch

@@ -32,6 +32,7 @@ from tests.curvature.models import (
     mse_loss,
     reference_hessian,
     regression_batch,
+    tiny_linear_problem,
 )
 
 
@@ -1176,14 +1177,14 @@ def test_the_cached_graph_follows_a_batch_changed_in_place_and_a_swapped_module(
 def test_weights_that_are_not_one_number_per_batch_are_refused() -> None:
     """A dict was read by its keys ({0: .25, 1: .75} became [0, 1]: a wrong Hessian); a 0-dim
     tensor or array raised len()'s TypeError."""
-    model, loss_fn, batch = _tiny_problem()
+    model, loss_fn, batch = tiny_linear_problem()
     for weights in ({0: 0.25, 1: 0.75}, torch.tensor(1.0), np.array(1.0), {0.5, 0.25}):
         with pytest.raises(SharpdimError, match=r"^weights must be a sequence of one number"):
             HessianOperator(model, loss_fn, batches=[batch, batch], weights=weights)
 
 
 def test_a_loss_fn_that_is_not_callable_is_refused_at_once() -> None:
-    model, _, batch = _tiny_problem()
+    model, _, batch = tiny_linear_problem()
     with pytest.raises(
         SharpdimError, match=r"^loss_fn must be callable as loss_fn\(model, batch\)"
     ):
@@ -1191,18 +1192,7 @@ def test_a_loss_fn_that_is_not_callable_is_refused_at_once() -> None:
 
 
 def test_a_sparse_vector_is_multiplied_by_its_values() -> None:
-    model, loss_fn, batch = _tiny_problem()
+    model, loss_fn, batch = tiny_linear_problem()
     H = HessianOperator(model, loss_fn, batch)
     v = torch.arange(4.0, dtype=torch.float64)
     assert torch.equal(H @ v.to_sparse(), H @ v)
-
-
-def _tiny_problem() -> tuple[nn.Module, Any, Any]:
-    torch.manual_seed(0)
-    model = nn.Linear(3, 1).double()
-    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
-
-    def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
-        return ((m(b[0]) - b[1]) ** 2).mean()
-
-    return model, loss_fn, batch

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from sharpdim.curvature import (
     DenseOperator,
@@ -20,6 +19,7 @@ from sharpdim.curvature import (
 )
 from sharpdim.curvature.operator import LinearOperator
 from sharpdim.errors import SharpdimError
+from tests.curvature.models import tiny_linear_problem
 
 
 class CountingOperator(LinearOperator):
@@ -110,19 +110,8 @@ def test_v0_as_list_or_numpy_array() -> None:
         lanczos_eigenvalues(A, k=2, v0=object())
 
 
-def _tiny() -> tuple[nn.Module, Any, Any]:
-    torch.manual_seed(0)
-    model = nn.Linear(3, 1).double()
-    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
-
-    def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
-        return ((m(b[0]) - b[1]) ** 2).mean()
-
-    return model, loss_fn, batch
-
-
 def test_hessian_argument_errors_are_one_line() -> None:
-    model, loss_fn, batch = _tiny()
+    model, loss_fn, batch = tiny_linear_problem()
     with pytest.raises(SharpdimError, match="weights must be a sequence of one number per batch"):
         HessianOperator(model, loss_fn, batches=[batch, batch], weights=0.5)  # type: ignore[arg-type]
     with pytest.raises(SharpdimError, match="max_params must be an integer >= 0, got '10'"):
@@ -134,13 +123,13 @@ def test_hessian_argument_errors_are_one_line() -> None:
 
 
 def test_inference_mode_is_named() -> None:
-    model, loss_fn, batch = _tiny()
+    model, loss_fn, batch = tiny_linear_problem()
     with torch.inference_mode(), pytest.raises(SharpdimError, match=r"inside torch.inference_mode"):
         HessianOperator(model, loss_fn, batch) @ torch.ones(4, dtype=torch.float64)
 
 
 def test_inference_tensors_in_the_batch_are_named() -> None:
-    model, loss_fn, batch = _tiny()
+    model, loss_fn, batch = tiny_linear_problem()
     with torch.inference_mode():
         frozen = (batch[0].clone(), batch[1].clone())
     with pytest.raises(SharpdimError, match=r"made under torch.inference_mode\(\)"):

@@ -310,6 +310,7 @@ def decode_case(stored: Any) -> dict[str, Any]:
     parts a finished case has (its Lyapunov and divergence records); ValueError otherwise."""
     if not isinstance(stored, dict):
         raise ValueError(f"a stored case is a JSON object, got {type(stored).__name__}")
+    stored = dict(stored)  # (the caller's dict is left as it is)
     if "ph0_zero_persistence_loss" not in stored:  # (one flag stood for both clouds)
         either = bool(stored.get("ph0_zero_persistence"))
         stored["ph0_zero_persistence"] = either and stored.get("ph0_dimension") is None

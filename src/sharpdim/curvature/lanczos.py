@@ -182,11 +182,15 @@ def _leading_runs(ok: torch.Tensor, which: str, k: int) -> torch.Tensor:
     spectrum is ok too: the i-th largest is certified only once the i - 1 above it are
     (a converged Ritz value below an unconverged one may have eigenvalues missing above it;
     with as few Ritz values as wanted, the far end's extreme converges first)."""
-    run = lambda flags: torch.cumprod(flags.to(torch.int64), 0).bool()  # noqa: E731
     if which != "both":
-        return run(ok)
+        return _run(ok)
     top = min(k, ok.numel())
-    return torch.cat([run(ok[:top]), run(ok[top:].flip(0)).flip(0)])
+    return torch.cat([_run(ok[:top]), _run(ok[top:].flip(0)).flip(0)])
+
+
+def _run(flags: torch.Tensor) -> torch.Tensor:
+    """``flags`` up to its first ``False``, ``False`` from there on."""
+    return torch.cumprod(flags.to(torch.int64), 0).bool()
 
 
 def _round_state(
