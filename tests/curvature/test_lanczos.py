@@ -677,3 +677,21 @@ def test_a_far_end_value_is_not_certified_when_max_iter_stops_at_k_ritz_values(
     exact = torch.cat([exact[:5], exact[-5:]]) if which == "both" else exact[:5]
     wrong = (result.eigenvalues - exact).abs() > 1e-6 * exact.abs().clamp(min=1)
     assert not (result.converged & wrong).any()
+
+
+@pytest.mark.parametrize("max_iter", [8, 10, 14, 30])
+def test_a_round_started_at_the_float32_floor_does_not_unflag_a_budgeted_answer(
+    max_iter: int,
+) -> None:
+    """Outliers over a float32 bulk of +-1e-4: the basis is invariant to the floor after 8
+    products, so a round starts; with max_iter it used up the budget and the right top value
+    (10) came back unconverged. The round now gives up with the budget, as a hand round does."""
+    g = torch.Generator().manual_seed(0)
+    bulk = (torch.rand(194, generator=g, dtype=torch.float64) * 2 - 1) * 1e-4
+    values = torch.cat([torch.tensor([10.0, 9, -8, -7, 6, -5], dtype=torch.float64), bulk])
+    q, _ = torch.linalg.qr(torch.randn(200, 200, generator=g, dtype=torch.float64))
+    a = (q * values) @ q.T
+    matrix = ((a + a.T) / 2).float()
+    result = lanczos_eigenvalues(matrix, k=1, which="LA", max_iter=max_iter)
+    assert result.all_converged and result.num_matvecs <= min(max_iter, 16)
+    assert abs(float(result.eigenvalues[0]) - 10.0) < 1e-5

@@ -410,6 +410,7 @@ def lanczos_eigenvalues(
     basis = KrylovBasis(op, max_basis + b, start, gen, restart_on_breakdown=True)
     eps = torch.finfo(op.dtype).eps if op.dtype.is_floating_point else 2.0**-52
     restarts = hand_round = hand_limit = lock_round = lock_limit = 0
+    floor_round = False
     while True:
         basis.step()
         theta, s, res = basis.ritz()
@@ -425,7 +426,14 @@ def lanczos_eigenvalues(
         more = _zero_needs_round(basis, theta[idx], zero)
         # a round started by hand may take as many products again as came before it; then
         # (e.g. thick restarts keep trimming it) the first sequence's answer stands
-        gave_up = hand_round > 0 and basis.rounds == hand_round and basis.matvecs >= hand_limit
+        # (a round started because the basis is invariant only to the floor, not to tol,
+        # also gives up where the budget ends: the first sequence's answer then stands)
+        spent = basis.matvecs + basis.nb > budget
+        gave_up = (
+            hand_round > 0
+            and basis.rounds == hand_round
+            and (basis.matvecs >= hand_limit or (floor_round and spent))
+        )
         # a round started beside one kept open by its own locked copies gets as many products
         # again as came before it; thick restarts that keep trimming it (a small max_basis
         # full of locked vectors) leave the copies uncertified: the values are flagged
@@ -448,16 +456,19 @@ def lanczos_eigenvalues(
         # tol <= 1e-6 no float32 residual reaches tol * smallest, so a repeated value was missed)
         near = max(tol * smallest, 4 * floor)
         invariant = all_ok and m < n and smallest > zero and float(res.max()) <= near
-        unseen = invariant and basis.rounds == 0
+        to_floor = invariant and float(res.max()) > tol * smallest  # (not to tol)
+        unseen = invariant and basis.rounds == 0 and not (to_floor and spent)
         settled = not more and not unseen and (gave_up or round_ok)
-        if (all_ok and settled) or stuck or basis.nb == 0 or basis.matvecs + basis.nb > budget:
+        if (all_ok and settled) or stuck or basis.nb == 0 or spent:
             break
         room = basis.matvecs + basis.nb + 1 <= budget  # (a round grows the next block by one)
         if all_ok and more and room and basis.add_round(loose=True):
-            hand_round, hand_limit = basis.rounds, 2 * basis.matvecs
-        elif (unseen or blocked) and room and basis.add_round(loose=blocked) and blocked:
-            # (a blocked round's sequence goes on beside the new one, whose products are bounded)
-            lock_round, lock_limit = basis.rounds, 2 * basis.matvecs
+            hand_round, hand_limit, floor_round = basis.rounds, 2 * basis.matvecs, False
+        elif (unseen or blocked) and room and basis.add_round(loose=blocked):
+            if blocked:  # (its sequence goes on beside the new one, whose products are bounded)
+                lock_round, lock_limit = basis.rounds, 2 * basis.matvecs
+            elif to_floor:  # (bounded like a round started by hand)
+                hand_round, hand_limit, floor_round = basis.rounds, 2 * basis.matvecs, True
         full = m + 2 * basis.nb > basis.V.shape[0]
         if full and m + basis.nb < n:  # thick restart (unless the next step spans the space)
             keep = min(m - basis.nb, wanted + max(basis.nb, (m - wanted) // 2))
