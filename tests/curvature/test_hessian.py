@@ -1196,3 +1196,14 @@ def test_a_sparse_vector_is_multiplied_by_its_values() -> None:
     H = HessianOperator(model, loss_fn, batch)
     v = torch.arange(4.0, dtype=torch.float64)
     assert torch.equal(H @ v.to_sparse(), H @ v)
+
+
+def test_targets_made_under_inference_mode_are_accepted() -> None:
+    """Inference tensors have no version counter: watching the batch raised at the first
+    product (teacher targets computed under torch.inference_mode())."""
+    model, loss_fn, batch = tiny_linear_problem()
+    with torch.inference_mode():
+        targets = batch[1].clone()
+    v = torch.ones(4, dtype=torch.float64)
+    got = HessianOperator(model, loss_fn, (batch[0], targets)) @ v
+    torch.testing.assert_close(got, HessianOperator(model, loss_fn, batch) @ v)

@@ -639,3 +639,16 @@ def test_a_file_name_without_room_for_the_journal_is_refused(tmp_path):
     with ResultsStore(tmp_path / fits) as store:
         store.put({"lr": 0.1}, {"loss": 1.0})
         assert len(store) == 1
+
+
+def test_a_path_through_a_symlinked_folder_opens_the_file_the_os_names(tmp_path, monkeypatch):
+    """An absolute name made lexically collapsed `link/..` to the link's own folder, while the
+    OS (and the store's other checks) went to the parent of the link's target."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "link").symlink_to(tmp_path / "real" / "sub")
+    monkeypatch.chdir(tmp_path / "work")
+    with ResultsStore("link/../runs.sqlite") as store:
+        store.put({"lr": 0.1}, {"loss": 1.0})
+    assert (tmp_path / "real" / "runs.sqlite").is_file()
+    assert not (tmp_path / "work" / "runs.sqlite").exists()

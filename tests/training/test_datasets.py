@@ -458,6 +458,17 @@ def _written(directory, train_pixels):
     return directory
 
 
+def test_a_single_training_value_centres_the_test_pixels_in_their_units(tmp_path):
+    """With one training pixel the fallback std 1 was in unscaled units: test inputs came
+    out 32 times too large after the power-of-two scaling."""
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.full((1, 1), 7, np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(1, np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.full((3, 1), 9, np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
+    ds = load_dataset("idx", directory=tmp_path, dtype=torch.float64)
+    torch.testing.assert_close(ds.x_test, torch.full((3, 1), 2 / 255, dtype=torch.float64))
+
+
 def test_an_idx_path_that_is_not_a_regular_file_is_named(tmp_path):
     """A pipe (or /dev/null) was reported as a file that does not exist."""
     with pytest.raises(SharpdimError, match=r"is not a regular file \(a pipe or a device\)"):

@@ -539,7 +539,10 @@ class HessianOperator(LinearOperator):
         without a new version.)"""
         modules = list(self.model.modules())
         flags = [m.training for m in modules] if self.mode == "keep" else []
-        every = [*tracked, *_batch_tensors(self.batches[0])]
+        # (inference tensors have no version counter, and cannot change in place outside
+        # inference mode: teacher targets made under torch.inference_mode())
+        inputs = [t for t in _batch_tensors(self.batches[0]) if not t.is_inference()]
+        every = [*tracked, *inputs]
         where = [(id(t), _storage(t), t.dtype, t.device, t.requires_grad) for t in every]
         kinds = [(id(m), type(m)) for m in modules]
         return where, [t._version for t in every], flags, kinds

@@ -176,7 +176,7 @@ class ResultsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # (an absolute name: SQLite reads a name starting with "file:" as a URI, and wrote
             # `--out file:res` to res/, `file:` to /runs.sqlite, `file::memory:` to memory)
-            name = os.path.abspath(self.path)
+            name = str(self.path.absolute())  # (`..` left to the OS: symlinked folders)
             self._conn = sqlite3.connect(name, timeout=self.timeout, isolation_level=None)
         except (OSError, ValueError, sqlite3.Error) as err:
             raise SharpdimError(

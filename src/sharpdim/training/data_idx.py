@@ -268,7 +268,8 @@ def load_idx_dataset(
     power = 2.0 ** math.frexp(top)[1] if top > 0 else 1.0
     x_train, x_test = x_train / power, x_test / power
     mean = x_train.mean()
-    std = x_train.std() if x_train.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
+    one = torch.tensor(1 / power, dtype=torch.float64)  # (1 in the pixels' own units)
+    std = x_train.std() if x_train.numel() > 1 else one
     std = spread_or_one(std, x_train.abs().max(), one=1 / power)
     y_train = torch.as_tensor(arrays["train_labels"][:n_train].astype(np.int64))
     y_test = torch.as_tensor(arrays["test_labels"][:n_test].astype(np.int64))
