@@ -42,15 +42,23 @@ def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole nu
     )
     if isinstance(value, bool) or not whole or value < minimum:
         raise SharpdimError(f"{name} must be an integer >= {minimum}, got {value!r}: pass {hint}")
-    if value > MAX_COUNT:  # (torch and numpy sizes are int64: it failed deep inside them)
-        raise SharpdimError(
-            f"{name} must be at most 2**63 - 1 (sizes are int64), got {value!r}: pass {hint}"
-        )
     return int(value)
 
 
-MAX_COUNT = 2**63 - 1
-"""The largest count: torch's and numpy's sizes and indices are int64."""
+MAX_SIZE = 2**63 - 1
+"""The largest size of a tensor dimension: torch's and numpy's sizes are int64."""
+
+
+def check_size(value: Any, name: str, minimum: int = 1, hint: str = "a whole number") -> int:
+    """:func:`check_count` of a tensor dimension, at most :data:`MAX_SIZE` (beyond it torch
+    failed deep inside ``torch.empty`` with a 12-line TypeError). Upper bounds such as
+    ``max_iter`` stay :func:`check_count`: a huge one means no limit."""
+    size = check_count(value, name, minimum, hint)
+    if size > MAX_SIZE:
+        raise SharpdimError(
+            f"{name} must be at most 2**63 - 1 (sizes are int64), got {value!r}: pass {hint}"
+        )
+    return size
 
 
 SEED_RANGE = (0, 2**32 - 1)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.checks import check_count, check_number, real_tensor
+from sharpdim.checks import check_number, check_size, real_tensor
 from sharpdim.curvature.measure import silverman_bandwidth
 from sharpdim.errors import SharpdimError
 
@@ -74,7 +74,7 @@ def histogram_density(
         ``sum(density * diff(edges)) = 1``.
     """
     v, p = _measure(nodes, weights)
-    bins = check_count(bins, "bins", hint="a number of bins, e.g. 100")
+    bins = check_size(bins, "bins", hint="a number of bins, e.g. 100")
     lo, hi = (float(v.min()), float(v.max())) if range is None else _range(range)
     if range is None and _one_point(lo, hi):  # (nodes equal up to rounding, e.g. SLQ of c I)
         # relative to the magnitude: 0.5 alone is below the spacing of floats beyond 4.5e15
@@ -141,7 +141,7 @@ def kde_density(
     else:
         h = check_number(bandwidth, "bandwidth", "> 0", "0.1, or None for Silverman's rule")
     if grid is None:
-        grid_size = check_count(grid_size, "grid_size", 2, "a number of grid points, e.g. 512")
+        grid_size = check_size(grid_size, "grid_size", 2, "a number of grid points, e.g. 512")
         # 3 h beyond the atoms, and two cells: no atom's mass lies in an end cell, which the
         # trapezoid rule counts half
         cell = (float(v.max() - v.min()) + 6 * h) / (grid_size - 1)

@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharpdim.checks import check_count, check_flag, check_number, check_seed, native_array
+from sharpdim.checks import (
+    check_count,
+    check_flag,
+    check_number,
+    check_seed,
+    check_size,
+    native_array,
+)
 from sharpdim.errors import SharpdimError
 from sharpdim.rng import python_random_kept
 from sharpdim.training.models import build_mlp
@@ -423,7 +430,7 @@ def make_modular_dataset(
     """
     seed = check_seed(seed)
     equals_token = check_flag(equals_token, "equals_token")
-    p = check_count(p, "modulus p", 2, "e.g. p=97")
+    p = check_size(p, "modulus p", 2, "e.g. p=97")
     if not isinstance(operation, str) or operation not in _OPERATIONS:  # (a list: unhashable)
         raise SharpdimError(f"unknown operation {operation!r}: use one of {', '.join(_OPERATIONS)}")
     if encoding not in ("tokens", "onehot"):

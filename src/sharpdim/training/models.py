@@ -19,7 +19,13 @@ from typing import TypeVar, final
 import torch
 from torch import nn
 
-from sharpdim.checks import check_count, check_flag, check_numbers, check_seed, default_generator
+from sharpdim.checks import (
+    check_flag,
+    check_numbers,
+    check_seed,
+    check_size,
+    default_generator,
+)
 from sharpdim.errors import SharpdimError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -102,8 +108,8 @@ def build_mlp(
         raise SharpdimError(
             f"unknown activation {activation!r}: use one of {', '.join(_ACTIVATIONS)}"
         )
-    in_dim, out_dim = check_count(in_dim, "in_dim"), check_count(out_dim, "out_dim")
-    width, depth = check_count(width, "width"), check_count(depth, "depth", 0)
+    in_dim, out_dim = check_size(in_dim, "in_dim"), check_size(out_dim, "out_dim")
+    width, depth = check_size(width, "width"), check_size(depth, "depth", 0)
     bias = check_flag(bias, "bias")
     _check_float_dtype(dtype)
     with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws from the global RNG
@@ -287,7 +293,7 @@ def build_transformer(
     sizes |= {"num_outputs": num_outputs, "d_mlp": d_mlp}
     for name, value in sizes.items():
         if value is not None or name not in ("num_outputs", "d_mlp"):
-            check_count(value, name)
+            check_size(value, name)
     last_only = check_flag(last_only, "last_only")
     _check_float_dtype(dtype)
     with torch.random.fork_rng(devices=[]):  # the layers' own init draws from the global RNG
