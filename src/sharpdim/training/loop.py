@@ -267,7 +267,8 @@ def _overflow_free_step(optimizer: torch.optim.Optimizer) -> bool:
     by group, so with several groups the parameters are copied first and put back: an earlier
     group's update is not left applied when a later group overflows."""
     groups = optimizer.param_groups
-    kept = [p.detach().clone() for g in groups for p in g["params"]] if len(groups) > 1 else []
+    risky = len(groups) > 1 and any(_may_overflow(g) for g in groups)
+    kept = [p.detach().clone() for g in groups for p in g["params"]] if risky else []
     try:
         optimizer.step()
     except RuntimeError as err:
@@ -278,6 +279,18 @@ def _overflow_free_step(optimizer: torch.optim.Optimizer) -> bool:
                 p.copy_(before)
         return False
     return True
+
+
+def _may_overflow(group: dict[str, Any]) -> bool:
+    """Whether a step size of ``group`` may not fit its parameters' dtype (torch then raises
+    inside ``step()``): ``lr``, Adam's ``lr / (1 - beta1)`` or ``lr * weight_decay`` within a
+    factor 2 of the dtype's largest value. Only then is copying the parameters worth it."""
+    lr, decay = float(group.get("lr", 0.0)), float(group.get("weight_decay", 0.0) or 0.0)
+    beta1 = float(group["betas"][0]) if "betas" in group else 0.0
+    scale = max(abs(lr), abs(lr * decay), abs(decay)) / max(1.0 - beta1, 1e-300)
+    largest = min((torch.finfo(p.dtype).max for p in group["params"] if p.is_floating_point()),
+                  default=math.inf)  # fmt: skip
+    return not scale < largest / 2
 
 
 def _parameters_finite(params: Sequence[torch.Tensor]) -> bool:
