@@ -141,3 +141,10 @@ def test_alpha_enters_the_dimension() -> None:
     r = ph_dimension(pts, alpha=0.5, generator=torch.Generator().manual_seed(1))
     assert abs(r.slope - 0.5) < 0.02
     assert abs(r.dimension - 1.0) < 0.05
+
+
+def test_a_num_sizes_beyond_int64_is_refused_in_one_line() -> None:
+    """np.geomspace(lo, hi, 2**63) returned nothing and an IndexError followed."""
+    points = torch.rand(40, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(SharpdimError, match=r"^num_sizes must be at most 2\*\*63 - 1"):
+        ph_dimension(points, num_sizes=2**63)

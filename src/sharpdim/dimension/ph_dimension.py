@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sharpdim.checks import check_count, check_number, default_generator
+from sharpdim.checks import check_count, check_number, check_size, default_generator
 from sharpdim.dimension.mst import (
     Metric,
     as_points,
@@ -131,7 +131,7 @@ def ph_dimension(
         1.0
     """
     alpha = check_number(alpha, "alpha", "> 0", "1.0")
-    num_sizes = check_count(num_sizes, "num_sizes", 2)
+    num_sizes = check_size(num_sizes, "num_sizes", 2)
     num_repeats = check_count(num_repeats, "num_repeats")
     chunk_size = check_count(
         chunk_size, "chunk_size", hint="the rows computed at a time, e.g. 1024"
