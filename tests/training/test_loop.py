@@ -964,3 +964,22 @@ def test_training_inside_inference_mode_names_it(digits):
     """The refusal blamed torch.no_grad(), under which training works."""
     with torch.inference_mode(), pytest.raises(SharpdimError, match=r"inside torch.inference_mode"):
         train(small_mlp(), digits, TrainConfig(steps=2))
+
+
+def test_param_groups_without_a_numeric_lr_still_train(digits):
+    """A custom optimizer's group may hold lr=None: the overflow check must not raise."""
+
+    class _Plain(torch.optim.SGD):
+        def step(self, closure=None):  # type: ignore[override]
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.data.add_(p.grad, alpha=-0.1)
+
+    model = build_mlp(64, 10, width=4, depth=1, dtype=torch.float64)
+    ps = list(model.parameters())
+    optimizer = _Plain([{"params": ps[:2]}, {"params": ps[2:]}], lr=0.1)
+    for group in optimizer.param_groups:
+        group["lr"] = None
+    result = train(model, digits, TrainConfig(steps=3), optimizer=optimizer)
+    assert result.status == "ok" and result.steps_completed == 3

@@ -285,8 +285,11 @@ def _may_overflow(group: dict[str, Any]) -> bool:
     """Whether a step size of ``group`` may not fit its parameters' dtype (torch then raises
     inside ``step()``): ``lr``, Adam's ``lr / (1 - beta1)`` or ``lr * weight_decay`` within a
     factor 2 of the dtype's largest value. Only then is copying the parameters worth it."""
-    lr, decay = float(group.get("lr", 0.0)), float(group.get("weight_decay", 0.0) or 0.0)
-    beta1 = float(group["betas"][0]) if "betas" in group else 0.0
+    try:  # (a custom optimizer's group may hold no numbers there: copy, to be safe)
+        lr, decay = float(group.get("lr", 0.0)), float(group.get("weight_decay", 0.0) or 0.0)
+        beta1 = float(group["betas"][0]) if "betas" in group else 0.0
+    except (TypeError, ValueError, IndexError):
+        return True
     scale = max(abs(lr), abs(lr * decay), abs(decay)) / max(1.0 - beta1, 1e-300)
     largest = min((torch.finfo(p.dtype).max for p in group["params"] if p.is_floating_point()),
                   default=math.inf)  # fmt: skip
