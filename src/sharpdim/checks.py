@@ -111,7 +111,7 @@ def _finite(value: numbers.Real) -> bool:
         return False
 
 
-def _unordered(values: Any) -> bool:
+def unordered(values: Any) -> bool:
     """Whether ``values`` cannot be a list of numbers in order: text, a set or a mapping
     (whose iteration order is not the user's), a 0-dim array or anything not iterable."""
     return (
@@ -123,7 +123,7 @@ def _unordered(values: Any) -> bool:
 
 def check_betas(betas: Any) -> tuple[float, float]:
     """Adam's ``(b1, b2)``: a pair (tuple, list, array or tensor) of numbers in ``[0, 1)``."""
-    if _unordered(betas) or not hasattr(betas, "__len__") or len(betas) != 2:
+    if unordered(betas) or not hasattr(betas, "__len__") or len(betas) != 2:
         raise SharpdimError(f"betas must be a pair (b1, b2), got {betas!r}: pass e.g. (0.9, 0.999)")
     b1, b2 = (check_number(b, "betas", "in [0, 1)", "(0.9, 0.999)") for b in betas)
     return b1, b2
@@ -134,7 +134,7 @@ def check_numbers(
 ) -> list[float]:
     """``values`` (a list, tuple, numpy array or 1-d tensor) as a list of floats, each a finite
     number with ``rule``; empty only with ``allow_empty``."""
-    if _unordered(values):
+    if unordered(values):
         raise SharpdimError(
             f"{name} must be a list of numbers, got {values!r}: pass e.g. {example}"
         )

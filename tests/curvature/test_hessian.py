@@ -1178,7 +1178,8 @@ def test_weights_that_are_not_one_number_per_batch_are_refused() -> None:
     """A dict was read by its keys ({0: .25, 1: .75} became [0, 1]: a wrong Hessian); a 0-dim
     tensor or array raised len()'s TypeError."""
     model, loss_fn, batch = tiny_linear_problem()
-    for weights in ({0: 0.25, 1: 0.75}, torch.tensor(1.0), np.array(1.0), {0.5, 0.25}):
+    unordered = ({0: 0.25, 1: 0.75}, torch.tensor(1.0), np.array(1.0), {0.5, 0.25})
+    for weights in (*unordered, bytearray(b"\x01\x03")):
         with pytest.raises(SharpdimError, match=r"^weights must be a sequence of one number"):
             HessianOperator(model, loss_fn, batches=[batch, batch], weights=weights)
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sharpdim.checks import check_flag, check_seed
+from sharpdim.checks import check_flag, check_seed, unordered
 from sharpdim.curvature.batched_hvp import batch_columns, batched_hvp, saved_bytes
 from sharpdim.curvature.operator import LinearOperator, is_symmetric, max_asymmetry
 from sharpdim.curvature.params import flatten, strided, trainable_parameters, unflatten
@@ -180,8 +180,7 @@ def _batch_weights(batches: list[Any], weights: Sequence[float] | None) -> list[
         if sum(sizes) == 0:
             raise SharpdimError("every batch is empty: pass batches holding examples")
         return [n / sum(sizes) for n in sizes]
-    unordered = isinstance(weights, (str, bytes, dict, set, frozenset))  # (a dict: its keys)
-    if unordered or not hasattr(weights, "__len__") or getattr(weights, "ndim", 1) == 0:
+    if unordered(weights) or not hasattr(weights, "__len__"):  # (a dict: its keys; 0-dim)
         raise SharpdimError(
             f"weights must be a sequence of one number per batch, got {weights!r}: pass e.g. "
             f"{[1.0 / len(batches)] * min(len(batches), 3)}"
