@@ -117,6 +117,10 @@ def test_rds_sharpness_bad_input() -> None:
         rds_sharpness(model, _ce, batches, StepSpectrumConfig(), max_params=10)
     with pytest.raises(SharpdimError, match="iterate"):
         rds_sharpness(model, _ce, batches, StepSpectrumConfig(), iterates=[torch.zeros(3)])
+    # an empty list (e.g. a trajectory that recorded nothing) measured the current parameters
+    for empty in ([], np.zeros((0, 4))):
+        with pytest.raises(SharpdimError, match="iterates is empty"):
+            rds_sharpness(model, _ce, batches, StepSpectrumConfig(), iterates=empty)
 
 
 @pytest.mark.parametrize("bad", [[[1.0, 2.0], [3.0]], "a", [["a", "b"]]])

@@ -202,10 +202,15 @@ def rds_sharpness(
             f"iterates must be a list of flat parameter vectors (or an (m, d) tensor), got "
             f"{type(iterates).__name__}: pass e.g. trajectory.points"
         )
+    if iterates is not None and len(iterates) == 0:
+        raise SharpdimError(
+            "iterates is empty: pass at least one flat parameter vector, or leave it out "
+            "(None) to measure at the current parameters"
+        )
     params = trainable_parameters(model)
     check_dense_size(sum(p.numel() for p in params), max_params)
     saved = get_flat_params(params)
-    points = [saved] if iterates is None or len(iterates) == 0 else list(iterates)
+    points = [saved] if iterates is None else list(iterates)
     rows: list[torch.Tensor] = []
     # in train mode each batch draws its dropout masks once (a fork of the global generator
     # seeded from a copy of `generator`: no random stream is advanced); the map of a sampled
