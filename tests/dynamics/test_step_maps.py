@@ -285,6 +285,11 @@ def test_non_finite_loss_gives_a_nan_state() -> None:
     assert torch.isnan(phi.step(x, 0)).all()
     x_next, jt = phi.jvp(x, 0, torch.ones(phi.state_dim, 2, dtype=torch.float64))
     assert torch.isnan(x_next).all() and torch.isnan(jt).all() and jt.shape == (phi.state_dim, 2)
+    # the dense Jacobian agrees: it was finite ([[I, -lr mu I], [0, mu I]], the Hessian dropped)
+    for name in ("sgd", "momentum", "adam"):
+        other = TrainingMap(_model(), overflow, _batches(), lr=0.1, optimizer=name)
+        jac = other.jacobian(other.initial_state(), 0)
+        assert jac.shape == (other.state_dim, other.state_dim) and torch.isnan(jac).all()
     bad = TrainingMap(_model(), lambda m, b: m(b[0]).sum(1), _batches(), lr=0.1)
     with pytest.raises(SharpdimError, match="scalar"):
         bad.step(bad.initial_state(), 0)

@@ -432,9 +432,14 @@ class TrainingMap:
         For tests and brute-force references on tiny models (``state_dim^2`` entries). With
         ``freeze_second_moment`` (Adam only) the new second moment ``v'`` is treated as a
         constant, the frozen-preconditioner approximation of
-        :mod:`sharpdim.dynamics.jacobian_spectra`.
+        :mod:`sharpdim.dynamics.jacobian_spectra`. At a state whose loss is not finite (a
+        diverged orbit) it is all NaN, as :meth:`jvp`'s tangents are.
         """
         x = x.detach()
+        t = self._check_state(x, t)
+        if not torch.isfinite(self.loss_and_grad(x[: self.num_params], t)[0]):
+            # (its constant NaN gradient has no graph: autograd would drop the Hessian term)
+            return torch.full((self.state_dim,) * 2, math.nan, dtype=x.dtype, device=x.device)
         return torch.autograd.functional.jacobian(
             lambda z: self._step(
                 z, t, differentiable=True, freeze_second_moment=freeze_second_moment
