@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from sharpdim.errors import SharpdimError
-from sharpdim.training.checkpoint import load_checkpoint, save_checkpoint
+from sharpdim.training.checkpoint import (
+    load_checkpoint,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from sharpdim.training.data_idx import read_idx, write_idx
 
 
@@ -159,8 +164,12 @@ def test_a_refused_checkpoint_leaves_model_and_optimizer_as_they_were(tmp_path: 
     one_group.step()
     before = {k: v.clone() for k, v in same.state_dict().items()}
     moments = one_group.state_dict()["state"][0]["exp_avg"].clone()
-    with pytest.raises(SharpdimError, match=r"different optimizer or parameter layout"):
+    with pytest.raises(SharpdimError, match=r"group 0: 4 parameters, the optimizer has 2"):
         load_checkpoint(path, same, one_group)
+    # a file without the layout (older versions) is refused by torch's loading, rolled back
+    legacy = {k: v for k, v in read_checkpoint(path).items() if k != "optimizer_params"}
+    with pytest.raises(SharpdimError, match=r"different optimizer or parameter layout"):
+        restore_checkpoint(legacy, path, same, one_group)
     assert all(torch.equal(v, before[k]) for k, v in same.state_dict().items())
     assert torch.equal(one_group.state_dict()["state"][0]["exp_avg"], moments)
     assert load_checkpoint(path, same) == 1  # the model alone fits
@@ -353,3 +362,58 @@ def test_allow_listed_objects_and_nested_tensors_are_saved(tmp_path: Path) -> No
     path = save_checkpoint(tmp_path / "b", 1, Ragged())
     state = torch.load(path, weights_only=True)
     assert [t.tolist() for t in state["model"]["parts"].unbind()] == [[1.0, 1.0], [1.0, 1.0, 1.0]]
+
+
+def _net(frozen: int) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(*(torch.nn.Linear(3, 3) for _ in range(3)))
+    net[frozen].requires_grad_(False)
+    return net
+
+
+def _momentum_checkpoint(tmp_path: Path, net: torch.nn.Module) -> Path:
+    sgd = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    net(torch.ones(2, 3)).sum().backward()
+    sgd.step()
+    return save_checkpoint(tmp_path, 1, net, sgd)
+
+
+def test_optimizer_state_of_other_parameters_is_refused_before_loading(tmp_path: Path) -> None:
+    """torch's ``load_state_dict`` matches optimizer state to parameters by position only: with
+    another layer frozen (same shapes) the resume was accepted and layer 1 got layer 2's
+    momentum; with other shapes it crashed at the first step, the model already overwritten."""
+    path = _momentum_checkpoint(tmp_path, _net(frozen=1))  # trains layers 0 and 2
+    other = _net(frozen=2)  # trains layers 0 and 1: the same count and shapes
+    other[1].weight.data.fill_(7.0)
+    sgd = torch.optim.SGD([p for p in other.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    with pytest.raises(SharpdimError, match=r"parameter 2: 2.weight, the optimizer has 1.weight"):
+        load_checkpoint(path, other, sgd)
+    assert bool((other[1].weight == 7.0).all()) and not sgd.state  # nothing was touched
+    same = _net(frozen=1)
+    two_groups = torch.optim.SGD(
+        [{"params": [same[2].weight, same[2].bias]}, {"params": [same[0].weight, same[0].bias]}],
+        lr=0.1,
+        momentum=0.9,
+    )
+    with pytest.raises(SharpdimError, match=r"1 param groups, the optimizer has 2"):
+        load_checkpoint(path, same, two_groups)
+    fits = torch.optim.SGD([p for p in same.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    assert load_checkpoint(path, same, fits) == 1
+
+
+def test_older_files_are_checked_by_the_shapes_of_the_optimizer_buffers(tmp_path: Path) -> None:
+    """Files written before the layout was saved: a momentum buffer of another shape is refused
+    before anything is loaded (it was a raw RuntimeError at the first step)."""
+    torch.manual_seed(0)
+    saved = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
+    sgd = torch.optim.SGD(saved[1].parameters(), lr=0.1, momentum=0.9)
+    saved(torch.ones(2, 3)).sum().backward()
+    sgd.step()
+    path = save_checkpoint(tmp_path, 1, saved, sgd)
+    legacy = {k: v for k, v in read_checkpoint(path).items() if k != "optimizer_params"}
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
+    model[0].weight.data.fill_(7.0)
+    wrong = torch.optim.SGD(model[0].parameters(), lr=0.1, momentum=0.9)  # (5, 3) vs (2, 5)
+    with pytest.raises(SharpdimError, match=r"momentum_buffer\) of shape \(2, 5\) for a param"):
+        restore_checkpoint(legacy, path, model, wrong)
+    assert bool((model[0].weight == 7.0).all()) and not wrong.state

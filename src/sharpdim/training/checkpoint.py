@@ -60,10 +60,14 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     loop_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Save ``{"step", "model", "optimizer", "optimizer_class"[, "loop"], "sha256"}`` to
-    ``directory/step_XXXXXX.pt``.
+    """Save ``{"step", "model", "optimizer", "optimizer_class", "optimizer_params"[, "loop"],
+    "sha256"}`` to ``directory/step_XXXXXX.pt``.
 
-    ``optimizer_class`` is the optimizer's class name (``"Adam"``), checked on loading.
+    ``optimizer_class`` is the optimizer's class name (``"Adam"``) and ``optimizer_params``
+    the model's names of the parameters in each param group (:func:`optimizer_layout`), both
+    checked on loading: torch's ``load_state_dict`` matches the state to parameters by
+    position only, so another frozen layer or group order would put one layer's momentum on
+    another.
     ``loop_state`` is the training loop's own state (see the module docstring); it is stored
     only when given. ``step`` is a whole number ``>= 0`` (a numpy integer or 0-dim tensor is
     stored as a Python ``int``, which loading checks). ``sha256`` is :func:`content_digest` of
@@ -82,6 +86,8 @@ def save_checkpoint(
         "optimizer": None if optimizer is None else _plain_numbers(optimizer.state_dict()),
         "optimizer_class": None if optimizer is None else type(optimizer).__name__,
     }
+    if optimizer is not None:
+        state["optimizer_params"] = optimizer_layout(model, optimizer)
     if loop_state is not None:
         state["loop"] = _plain_numbers(loop_state)
     state["sha256"] = content_digest(state)
@@ -103,6 +109,64 @@ def save_checkpoint(
             "pass a writable checkpoint_dir with free space"
         ) from exc
     return path
+
+
+def optimizer_layout(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """The model's names of the parameters in each of ``optimizer``'s param groups, in order
+    (``"?"`` for a parameter that is not the model's)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [[names.get(id(p), "?") for p in group["params"]] for group in optimizer.param_groups]
+
+
+def _check_optimizer_layout(
+    state: dict[str, Any], path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Refuse optimizer state saved for other parameters: by the saved names when the file has
+    them, and (older files) by the shapes of the per-parameter buffers torch.optim keeps."""
+    saved = state.get("optimizer_params")
+    if isinstance(saved, list):
+        live = optimizer_layout(model, optimizer)
+        if saved != live:
+            where = _first_difference(saved, live)
+            raise SharpdimError(
+                f"{path} holds optimizer state for other parameters ({where}): freeze the same "
+                "layers and build the param groups in the order of the run that wrote it"
+            )
+        return
+    saved_state = state["optimizer"]
+    groups = saved_state.get("param_groups") if isinstance(saved_state, dict) else None
+    per_param = saved_state.get("state") if isinstance(saved_state, dict) else None
+    if not (isinstance(groups, list) and isinstance(per_param, dict)):
+        return  # malformed: torch's own loading reports it
+    ids = [i for g in groups if isinstance(g, dict) for i in g.get("params", [])]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for index, param in zip(ids, params, strict=False):  # (torch reports other counts)
+        for key, value in (per_param.get(index) or {}).items():
+            shaped = key in _PARAM_SHAPED and isinstance(value, torch.Tensor)
+            if shaped and value.shape != param.shape:
+                raise SharpdimError(
+                    f"{path} holds optimizer state ({key}) of shape {tuple(value.shape)} "
+                    f"for a parameter of shape {tuple(param.shape)}: freeze the same layers "
+                    "and build the param groups in the order of the run that wrote it"
+                )
+
+
+# torch.optim's buffers shaped like their parameter (Adafactor's factored ones are not)
+_PARAM_SHAPED = frozenset({"momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+
+
+def _first_difference(saved: list[list[str]], live: list[list[str]]) -> str:
+    """Where two layouts first differ, e.g. ``group 0, parameter 2: 4.weight, the optimizer
+    has 2.weight``."""
+    if len(saved) != len(live):
+        return f"{len(saved)} param groups, the optimizer has {len(live)}"
+    for i, (old, now) in enumerate(zip(saved, live, strict=True)):
+        for j, (a, b) in enumerate(zip(old, now, strict=False)):
+            if a != b:
+                return f"group {i}, parameter {j}: {a}, the optimizer has {b}"
+        if len(old) != len(now):
+            return f"group {i}: {len(old)} parameters, the optimizer has {len(now)}"
+    return "the same names"  # (unreachable: the layouts differ)
 
 
 def _check_reads_back(buffer: io.BytesIO, digest: str, path: Path) -> None:
@@ -179,6 +243,9 @@ def _is_checkpoint(state: Any) -> bool:
         return False
     if not isinstance(state.get("optimizer_class"), (str, type(None))):
         return False
+    layout = state.get("optimizer_params", [])
+    if not (isinstance(layout, list) and all(isinstance(g, list) for g in layout)):
+        return False
     if not isinstance(state.get("sha256", ""), str):
         return False
     loop = state.get("loop")
@@ -223,6 +290,7 @@ def restore_checkpoint(
                 "model), no optimizer) and train from it without resume_from"
             )
         _check_optimizer_type(state, path, optimizer)
+        _check_optimizer_layout(state, path, model, optimizer)
     # load_state_dict copies every tensor that fits before it refuses one that does not, so a
     # refused checkpoint would leave the model half overwritten: keep copies to put back
     model_before = {
