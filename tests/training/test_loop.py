@@ -578,8 +578,12 @@ def test_a_users_optimizer_with_numpy_lr_saves_a_readable_checkpoint(tmp_path):
     model = small_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=np.float64(0.1), momentum=0.9)
     path = save_checkpoint(tmp_path, 0, model, optimizer)
-    twin = torch.optim.SGD(small_mlp(1).parameters(), lr=0.5, momentum=0.9)
-    assert load_checkpoint(path, small_mlp(1), twin) == 0
+    other = small_mlp(1)
+    twin = torch.optim.SGD(other.parameters(), lr=0.5, momentum=0.9)
+    assert load_checkpoint(path, other, twin) == 0
+    # an optimizer of another model's parameters would not train this one
+    with pytest.raises(SharpdimError, match=r"the optimizer has a parameter not in the model"):
+        load_checkpoint(path, small_mlp(1), twin)
     assert twin.param_groups[0]["lr"] == 0.1 and type(twin.param_groups[0]["lr"]) is float
 
 

@@ -163,6 +163,7 @@ def _first_difference(saved: list[list[str]], live: list[list[str]]) -> str:
     for i, (old, now) in enumerate(zip(saved, live, strict=True)):
         for j, (a, b) in enumerate(zip(old, now, strict=False)):
             if a != b:
+                a, b = (name if name != "?" else "a parameter not in the model" for name in (a, b))
                 return f"group {i}, parameter {j}: {a}, the optimizer has {b}"
         if len(old) != len(now):
             return f"group {i}: {len(old)} parameters, the optimizer has {len(now)}"
