@@ -194,6 +194,22 @@ def test_model_seeds_are_checked_whole_numbers():
             build_mlp(3, 2, width=4, seed=bad)
 
 
+def test_whole_float_transformer_sizes_build_the_int_model() -> None:
+    """The sizes were checked but the raw floats built the model: torch.empty raised a
+    TypeError, and num_heads=2.0 built a model whose every forward failed in view()."""
+    import numpy as np
+
+    sizes = {"seq_len": 3, "d_model": 8, "num_heads": 2, "num_layers": 1, "d_mlp": 16}
+    ref = build_transformer(7, num_outputs=5, **sizes, seed=3)
+    floats = {k: float(v) for k, v in sizes.items()}
+    same = build_transformer(np.float64(7.0), num_outputs=5.0, **floats, seed=3)
+    tokens = torch.tensor([[1, 2, 6], [0, 4, 6]])
+    assert torch.equal(same(tokens), ref(tokens))
+    assert torch.equal(
+        get_flat_params(list(same.parameters())), get_flat_params(list(ref.parameters()))
+    )
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [

@@ -291,20 +291,22 @@ def build_transformer(
     sizes: dict[str, int | None] = {"vocab_size": vocab_size, "seq_len": seq_len}
     sizes |= {"d_model": d_model, "num_heads": num_heads, "num_layers": num_layers}
     sizes |= {"num_outputs": num_outputs, "d_mlp": d_mlp}
-    for name, value in sizes.items():
-        if value is not None or name not in ("num_outputs", "d_mlp"):
-            check_size(value, name)
+    n = {  # (whole floats as ints, as build_mlp takes them)
+        name: check_size(value, name)
+        for name, value in sizes.items()
+        if value is not None or name not in ("num_outputs", "d_mlp")
+    }
     last_only = check_flag(last_only, "last_only")
     _check_float_dtype(dtype)
     with torch.random.fork_rng(devices=[]):  # the layers' own init draws from the global RNG
         model = DecoderTransformer(
-            vocab_size,
-            vocab_size if num_outputs is None else num_outputs,
-            seq_len,
-            d_model=d_model,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            d_mlp=4 * d_model if d_mlp is None else d_mlp,
+            n["vocab_size"],
+            n.get("num_outputs", n["vocab_size"]),
+            n["seq_len"],
+            d_model=n["d_model"],
+            num_heads=n["num_heads"],
+            num_layers=n["num_layers"],
+            d_mlp=n.get("d_mlp", 4 * n["d_model"]),
             last_only=last_only,
         )
     return _initialised(model, seed, generator, dtype)
