@@ -38,3 +38,31 @@ def test_sizes_that_do_not_fit_name_the_largest_n_train(name, sizes, message):
     with pytest.raises(SharpdimError) as err:
         load_dataset(name, **sizes)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "loader",
+    [
+        "load_digits_dataset",
+        "make_mnist1d_dataset",
+        "make_modular_dataset",
+        "make_teacher_student_dataset",
+    ],
+)
+def test_each_loader_checks_sizes_and_dtype_as_load_dataset_does(loader: str) -> None:
+    """Only load_dataset checked them: called directly, a whole float was a TypeError in
+    slicing or randn, True was one example, and an int dtype truncated regression targets."""
+    import torch
+
+    from sharpdim.training import datasets
+
+    make = getattr(datasets, loader)
+    small = {"n_train": 6.0, "n_test": 2.0}
+    if loader == "make_modular_dataset":
+        small["p"] = 5
+    got = make(**small)
+    assert (got.num_train, got.num_test) == (6, 2)
+    with pytest.raises(SharpdimError, match=r"^n_train must be an integer >= 1, got True"):
+        make(n_train=True, n_test=2)
+    with pytest.raises(SharpdimError, match=r"^dtype must be a floating torch dtype"):
+        make(n_train=6, n_test=2, dtype=torch.int64)

@@ -26,7 +26,7 @@ import torch
 from sharpdim.atomic import atomic_path
 from sharpdim.checks import check_flag, check_seed
 from sharpdim.errors import SharpdimError
-from sharpdim.training.datasets import Dataset, spread_or_one
+from sharpdim.training.datasets import Dataset, check_split_args, spread_or_one
 
 _IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
@@ -221,6 +221,7 @@ def load_idx_dataset(
     ``seed`` is unused (the files fix the order).
     """
     check_seed(seed)  # unused
+    n_train, n_test, dtype = check_split_args(n_train, n_test, dtype)
     flatten = check_flag(flatten, "flatten")
     names = {
         "train_images": ("train-images-idx3-ubyte", train_images),

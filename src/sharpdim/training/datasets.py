@@ -187,6 +187,21 @@ def _split_tensor(value: Any, name: str) -> torch.Tensor:
     return value
 
 
+def check_split_args(
+    n_train: Any, n_test: Any, dtype: Any
+) -> tuple[int | None, int | None, torch.dtype]:
+    """``(n_train, n_test, dtype)`` checked as every loader takes them: whole numbers (``None``
+    for the dataset's default; whole floats as ints, bools refused) and a floating dtype."""
+    n_train = None if n_train is None else check_count(n_train, "n_train", 1, "e.g. n_train=500")
+    n_test = None if n_test is None else check_count(n_test, "n_test", 0, "e.g. n_test=200")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise SharpdimError(
+            f"dtype must be a floating torch dtype, got {dtype!r}: pass e.g. torch.float32 "
+            "(labels are int64 whatever dtype is)"
+        )
+    return n_train, n_test, dtype
+
+
 def _sizes(
     total: int, n_train: int | None, n_test: int | None, default_test: int
 ) -> tuple[int, int]:
@@ -245,6 +260,7 @@ def load_digits_dataset(
         from sklearn.datasets import load_digits
 
     seed = check_seed(seed)
+    n_train, n_test, dtype = check_split_args(n_train, n_test, dtype)
     features, labels = load_digits(return_X_y=True)
     total = features.shape[0]
     n_train, n_test = _sizes(total, n_train, n_test, default_test=297)
@@ -281,6 +297,7 @@ def make_mnist1d_dataset(
     from mnist1d.data import get_dataset_args
 
     seed = check_seed(seed)
+    n_train, n_test, dtype = check_split_args(n_train, n_test, dtype)
     n_train = 4000 if n_train is None else n_train
     n_test = 1000 if n_test is None else n_test
     if n_train < 1 or n_test < 0:
@@ -429,6 +446,7 @@ def make_modular_dataset(
             ``"onehot"``: float inputs ``[onehot(a), onehot(b)]`` of width ``2p`` for an MLP.
     """
     seed = check_seed(seed)
+    n_train, n_test, dtype = check_split_args(n_train, n_test, dtype)
     equals_token = check_flag(equals_token, "equals_token")
     p = check_size(p, "modulus p", 2, "e.g. p=97")
     if not isinstance(operation, str) or operation not in _OPERATIONS:  # (a list: unhashable)
@@ -483,6 +501,7 @@ def make_teacher_student_dataset(
     on ``n_test``. Defaults 500 train / 500 test. Targets have shape ``(n, out_dim)``.
     """
     seed = check_seed(seed)
+    n_train, n_test, dtype = check_split_args(n_train, n_test, dtype)
     n_train = 500 if n_train is None else n_train
     n_test = 500 if n_test is None else n_test
     if n_train < 1 or n_test < 0:
@@ -558,13 +577,7 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise SharpdimError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
-    n_train = None if n_train is None else check_count(n_train, "n_train", 1, "e.g. n_train=500")
-    n_test = None if n_test is None else check_count(n_test, "n_test", 0, "e.g. n_test=200")
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise SharpdimError(
-            f"dtype must be a floating torch dtype, got {dtype!r}: pass e.g. torch.float32 "
-            "(labels are int64 whatever dtype is)"
-        )
+    n_train, n_test, dtype = check_split_args(n_train, n_test, dtype)
     loader = _loader(name)  # (each loader checks the seed)
     accepted = set(inspect.signature(loader).parameters)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(loader).parameters.values())
