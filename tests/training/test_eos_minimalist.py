@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -186,6 +187,16 @@ def test_bad_input():
         minimalist_sweep([0.1], init=(1.0, "a"))
     with pytest.raises(SharpdimError, match=r"^init must be a list of numbers, got 3"):
         minimalist_sweep([0.1], init=3)
+    # bools and complex step sizes were read as 1.0 and as their real part
+    for bad in ([True], np.array([True]), torch.tensor([0.1 + 0.7j])):
+        with pytest.raises(SharpdimError, match=r"^lrs must be real numbers"):
+            minimalist_sweep(bad, steps=4, late=2)
+
+
+def test_an_init_given_as_a_generator_is_recorded() -> None:
+    """The check used a generator up, and the record rebuilt from it was empty."""
+    sweep = minimalist_sweep([0.1], init=(v for v in (2.0, 0.3, 2.0, 0.3)), steps=10, late=2)
+    assert sweep.init == (2.0, 0.3, 2.0, 0.3) and sweep.to_dict()["init"] == [2.0, 0.3, 2.0, 0.3]
 
 
 def test_ratio_stats_median_of_an_even_count_is_the_mean_of_the_middle_two():

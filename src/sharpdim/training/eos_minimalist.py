@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.checks import check_count, check_number, check_numbers
+from sharpdim.checks import check_count, check_number, check_numbers, real_tensor
 from sharpdim.errors import SharpdimError
 
 PAPER_INIT: tuple[float, ...] = (2.0, 0.3, 2.0, 0.3)
@@ -205,7 +205,11 @@ def minimalist_sweep(
         A :class:`MinimalistSweep`.
     """
     try:
-        lr = torch.as_tensor(lrs, dtype=torch.float64).reshape(-1)
+        # (bool and complex refused, as for trace_lrs: True was step size 1.0, and a complex
+        # tensor lost its imaginary part with only a warning)
+        lr = real_tensor(lrs, "lrs", word_errors=False).reshape(-1)
+    except SharpdimError:
+        raise
     except (TypeError, ValueError, RuntimeError):
         raise SharpdimError(
             f"lrs must be a list of step sizes, got {lrs!r}: pass e.g. [0.1, 0.3]"
@@ -263,7 +267,7 @@ def minimalist_sweep(
     late_sharpness = minimalist_sharpness(late_stack.reshape(-1, d)).reshape(e, late)
     return MinimalistSweep(
         lrs=lr,
-        init=tuple(float(v) for v in init),
+        init=tuple(start),  # (checked once: `init` may be a generator, now used up)
         steps=steps,
         final_theta=final,
         final_loss=minimalist_loss(final),
