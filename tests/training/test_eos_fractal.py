@@ -191,5 +191,7 @@ def test_no_points_and_an_integer_dtype_are_one_line_errors() -> None:
     NotImplementedError from torch.rand."""
     with pytest.raises(SharpdimError, match=r"^points must be a non-empty \(N, D\) tensor, got"):
         box_counting_dimension(torch.zeros(0, 2), (0.1, 0.2))
+    with pytest.raises(SharpdimError, match=r"^points must be a non-empty \(N, D\) tensor, got"):
+        box_counting_dimension(torch.zeros(5, 0), (0.1, 0.2))  # (was torch.unique's error)
     with pytest.raises(SharpdimError, match=r"^dtype must be a floating dtype, got torch.int64"):
         fractal_attractor(10, steps=2, dtype=torch.int64)

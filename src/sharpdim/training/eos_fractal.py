@@ -216,7 +216,7 @@ def box_counting_dimension(
     """Least-squares slope of ``log N(s)`` against ``log(1/s)``; ``N(s)`` = occupied boxes of side s
     (NaN with a single side). Non-finite coordinates all share one cell (of their column)."""
     sizes = _check_box_sizes(sizes)
-    if not isinstance(points, torch.Tensor) or points.ndim == 0 or points.shape[0] == 0:
+    if not isinstance(points, torch.Tensor) or points.ndim == 0 or points.numel() == 0:
         shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
         raise SharpdimError(
             f"points must be a non-empty (N, D) tensor, got {shape}: pass the final iterates"

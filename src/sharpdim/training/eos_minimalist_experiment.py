@@ -79,7 +79,8 @@ def minimalist_experiment(
         steps, late: GD steps, and late iterates kept per step size.
         ratio_init, bifurcation_init: the two initial points.
         trace_lrs: step sizes whose sharpness is traced over training (ratio sweep).
-        progress: ``progress(done, total)`` in units of 1,000 GD steps of either sweep.
+        progress: ``progress(done, total)``, counting the GD steps of both sweeps, called
+            every 1,000 steps.
     """
     ratio_grid = torch.arange(2, 55, dtype=torch.float64) / 100 if ratio_lrs is None else ratio_lrs
     bif_grid = (
