@@ -253,13 +253,33 @@ def test_thresholds_zero_skips_an_optimizer(tmp_path, trained):
         (["--adam-lr", "nan"], "error: --adam-lr nan is not a step size"),
         (["--momentum-lr", "inf"], "error: --momentum-lr inf is not a step size"),
         (["--momentum-lr", "0", "--adam-lr", "0"], "error: both step sizes are 0"),
+        # a skipped optimizer's hyperparameter was silently dropped
+        (
+            ["--momentum-lr", "0", "--momentum", "0.5"],
+            "error: --momentum 0.5 would be ignored: --momentum-lr is 0",
+        ),
+        (["--adam-lr", "0", "--beta2", "0.99"], "error: --beta2 0.99 would be ignored: --adam-lr"),
+        # a threshold that overflows was refused after --out and runs.sqlite were created, as lr=
+        (
+            ["--momentum-lr", "0", "--adam-lr", "1e-320"],
+            "error: --adam-lr 9.99989e-321 puts the adam stability threshold at inf",
+        ),
     ],
 )
 def test_thresholds_refuses_bad_step_sizes(tmp_path, capsys, args, message):
-    assert main(["eos", "thresholds", *args, "--out", str(tmp_path)]) == 2
+    out = tmp_path / "out"
+    assert main(["eos", "thresholds", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
-    assert not (tmp_path / "runs.sqlite").exists()
+    assert not out.exists()
+
+
+def test_sharpening_refuses_a_step_size_whose_threshold_overflows(tmp_path, capsys, trained):
+    out = tmp_path / "out"
+    assert main(["eos", "sharpening", "--lrs", "0.2,1e-320", *TINY_MLP, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --lrs 9.99989e-321 puts the gd stability threshold at inf")
+    assert err.count("\n") == 1 and not out.exists() and trained[0] == []
 
 
 @pytest.mark.parametrize(

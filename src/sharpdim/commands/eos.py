@@ -120,17 +120,26 @@ def _setup(
     depth: int,
     seed: int,
     float64: bool,
-    lrs: Sequence[tuple[str, float]] = (),
+    lrs: Sequence[tuple[str, str, float]] = (),
+    **hyper: Any,
 ) -> Any:
-    """The checked MLP setup; ``lrs`` (``(flag, step size)`` pairs) must fit the dtype."""
+    """The checked MLP setup; ``lrs`` (``(flag, optimizer, step size)``) must fit the dtype
+    and put the optimizer's stability threshold (with ``hyper``) at a finite number."""
     from sharpdim.training.eos_setup import MLPSetup
+    from sharpdim.training.optimizers import stability_threshold
 
     largest = torch.finfo(torch.float32).max  # (a finite float64 step size always fits)
-    for flag, lr in lrs:
+    for flag, name, lr in lrs:
         if not float64 and lr > largest:
             raise SharpdimError(
                 f"{flag} {lr:g} does not fit in float32 (largest {largest:.3g}): pass a "
                 "smaller step size or --float64"
+            )
+        threshold = stability_threshold(name, lr, **hyper)
+        if not math.isfinite(threshold):  # (refused here before --out is written, by flag)
+            raise SharpdimError(
+                f"{flag} {lr:g} puts the {name} stability threshold at {threshold}: pass a "
+                "step size whose threshold is a finite number, e.g. 1e-3"
             )
 
     check_at_least(n_train, 1, "--n-train")
@@ -246,7 +255,7 @@ def sharpening(
             raise SharpdimError(f"--lrs lists {lr:g} twice: give each step size once")
     _check_run_options(steps, every, late_fraction)
     setup = _setup(
-        dataset, n_train, width, depth, seed, float64, lrs=[("--lrs", lr) for lr in grid]
+        dataset, n_train, width, depth, seed, float64, lrs=[("--lrs", "gd", lr) for lr in grid]
     )
     settings = dict(
         lrs=grid, steps=steps, every=every, dataset=dataset, n_train=n_train, width=width,
@@ -271,9 +280,15 @@ def sharpening(
 def thresholds(
     momentum_lr: float = typer.Option(0.2, help="heavy-ball step size (0 = skip)"),
     adam_lr: float = typer.Option(0.001, help="Adam step size (0 = skip)"),
-    momentum: float = typer.Option(0.9, help="heavy-ball momentum mu"),
-    beta1: float = typer.Option(0.9, help="Adam beta1"),
-    beta2: float = typer.Option(0.999, help="Adam beta2"),
+    momentum: float | None = typer.Option(
+        None, help="heavy-ball momentum mu \\[default: 0.9]", show_default=False
+    ),
+    beta1: float | None = typer.Option(
+        None, help="Adam beta1 \\[default: 0.9]", show_default=False
+    ),
+    beta2: float | None = typer.Option(
+        None, help="Adam beta2 \\[default: 0.999]", show_default=False
+    ),
     steps: int = typer.Option(2000, help="steps per run"),
     every: int = _EVERY,
     dataset: str = _DATASET,
@@ -297,13 +312,35 @@ def thresholds(
     runs = [(n, lr) for n, lr in (("momentum", momentum_lr), ("adam", adam_lr)) if lr > 0]
     if not runs:
         raise SharpdimError("both step sizes are 0: give --momentum-lr or --adam-lr > 0")
+    for flag, value, skipped in (
+        ("--momentum", momentum, momentum_lr == 0),
+        ("--beta1", beta1, adam_lr == 0),
+        ("--beta2", beta2, adam_lr == 0),
+    ):
+        if value is not None and skipped:
+            owner = "--momentum-lr" if flag == "--momentum" else "--adam-lr"
+            raise SharpdimError(
+                f"{flag} {value:g} would be ignored: {owner} is 0 (that optimizer is "
+                f"skipped): drop {flag}, or give {owner} > 0"
+            )
+    momentum = 0.9 if momentum is None else momentum
+    beta1 = 0.9 if beta1 is None else beta1
+    beta2 = 0.999 if beta2 is None else beta2
     check_fraction(momentum, "--momentum", "0.9")
     check_fraction(beta1, "--beta1", "0.9")
     check_fraction(beta2, "--beta2", "0.999")
     _check_run_options(steps, every, late_fraction)
     flags = {"momentum": "--momentum-lr", "adam": "--adam-lr"}
     setup = _setup(
-        dataset, n_train, width, depth, seed, float64, lrs=[(flags[n], lr) for n, lr in runs]
+        dataset,
+        n_train,
+        width,
+        depth,
+        seed,
+        float64,
+        lrs=[(flags[n], n, lr) for n, lr in runs],
+        momentum=momentum,
+        betas=(beta1, beta2),
     )
     settings = dict(
         momentum_lr=momentum_lr, adam_lr=adam_lr,
