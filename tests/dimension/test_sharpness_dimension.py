@@ -768,3 +768,21 @@ def test_torch_functional_losses_are_refused_in_one_line() -> None:
     want = sharpness_dimension(model, _ce, data, 0.1, **options).sd
     for accepted in (adapter, Smoothed().on_model):
         assert sharpness_dimension(model, accepted, data, 0.1, **options).sd == want
+
+
+def test_sampled_batches_hold_indices_not_copies_of_the_data() -> None:
+    """All num_runs minibatches were copied out of the data before the first Lanczos run
+    (full batch: num_runs copies of the data); they are now index vectors, each batch copied
+    when used, with the same draws of the generator."""
+    from sharpdim.dimension.sharpness_dimension import _sample_batches
+
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(30)
+    batches = _sample_batches((x, y), 25, 30, torch.Generator().manual_seed(7))
+    stored = [v for v in vars(batches).values() if isinstance(v, list)]
+    assert stored and all(i.dtype == torch.int64 and i.shape == (30,) for i in stored[0])
+    g = torch.Generator().manual_seed(7)
+    for k in range(25):
+        idx = torch.randperm(30, generator=g)
+        assert torch.equal(batches[k][0], x[idx]) and torch.equal(batches[k][1], y[idx])
+    assert len(batches) == 25 and len(batches[3:6]) == 3

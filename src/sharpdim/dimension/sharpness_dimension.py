@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 import torch
 from torch import nn
@@ -136,15 +136,37 @@ class SDResult:
         }
 
 
+class _Batches(Sequence[tuple[torch.Tensor, ...]]):
+    """Minibatches drawn up front as index vectors and copied out of the data only when one
+    is used: the memory of one batch, not of all ``num_runs`` (full-batch copies of the data
+    each, before)."""
+
+    def __init__(self, data: Sequence[torch.Tensor], indices: list[torch.Tensor]) -> None:
+        self._data, self._indices = data, indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[torch.Tensor, ...]]: ...
+    def __getitem__(
+        self, i: int | slice
+    ) -> tuple[torch.Tensor, ...] | list[tuple[torch.Tensor, ...]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        idx = self._indices[i]
+        return tuple(t[idx.to(t.device)] for t in self._data)
+
+
 def _sample_batches(
     data: Sequence[torch.Tensor], count: int, batch_size: int, generator: torch.Generator
-) -> list[tuple[torch.Tensor, ...]]:
+) -> _Batches:
     n = int(data[0].shape[0])
-    out = []
-    for _ in range(count):
-        idx = torch.randperm(n, generator=generator)[:batch_size]
-        out.append(tuple(t[idx.to(t.device)] for t in data))
-    return out
+    return _Batches(
+        data, [torch.randperm(n, generator=generator)[:batch_size] for _ in range(count)]
+    )
 
 
 def _estimate_preconditioner(
