@@ -118,6 +118,10 @@ def test_rds_sharpness_bad_input() -> None:
     with pytest.raises(SharpdimError, match="iterate"):
         rds_sharpness(model, _ce, batches, StepSpectrumConfig(), iterates=[torch.zeros(3)])
     # an empty list (e.g. a trajectory that recorded nothing) measured the current parameters
+    w = get_flat_params(list(model.parameters()))
+    for flat in (w, w.numpy()):  # (split into numbers: "iterate of shape () does not match")
+        with pytest.raises(SharpdimError, match=r"^iterates is one flat vector of shape \("):
+            rds_sharpness(model, _ce, batches, StepSpectrumConfig(), iterates=flat)
     for empty in ([], np.zeros((0, 4))):
         with pytest.raises(SharpdimError, match="iterates is empty"):
             rds_sharpness(model, _ce, batches, StepSpectrumConfig(), iterates=empty)

@@ -195,6 +195,12 @@ def rds_sharpness(
             f"config must be a StepSpectrumConfig, got {type(config).__name__}: pass e.g. "
             "StepSpectrumConfig(optimizer='sgd', lr=0.1)"
         )
+    flat = tuple(getattr(iterates, "shape", ()))
+    if len(flat) == 1:  # (list() would split it into numbers)
+        raise SharpdimError(
+            f"iterates is one flat vector of shape {flat}: pass a list of them ([w]) or an "
+            f"(m, {flat[0]}) tensor"
+        )
     if isinstance(iterates, np.ndarray):  # (an (m, d) array, as ph_dimension takes)
         iterates = list(iterates)
     if iterates is not None and not isinstance(iterates, (Sequence, torch.Tensor)):
