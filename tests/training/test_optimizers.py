@@ -339,3 +339,46 @@ def test_non_leaf_tensors_are_refused_in_one_line():
     named = [(n, p * 2) for n, p in model.named_parameters()]
     with pytest.raises(SharpdimError, match=r"^params holds a tensor computed from others"):
         make_optimizer("adam", named, lr=0.1)
+
+
+@pytest.mark.parametrize(
+    ("name", "group", "message"),
+    [
+        ("gd", {"lr": -0.1}, r"^learning rate -0.1 must be a finite number > 0"),  # (ascent)
+        ("gd", {"momentum": 0.9}, r"^a param group sets momentum, which gd does not take"),
+        ("gd", {"weight_decay": -1.0}, r"^weight_decay -1.0 must be >= 0"),
+        ("momentum", {"momentum": 1.5}, r"^momentum 1.5 must lie in \[0, 1\)"),
+        ("momentum", {"nesterov": True}, r"^a param group sets nesterov, which momentum"),
+        ("adam", {"betas": (0.9, 1.5)}, r"^betas must be a finite number in \[0, 1\), got 1.5"),
+        ("adam", {"amsgrad": True}, r"^a param group sets amsgrad, which adam does not take"),
+        ("sgd", {"maximize": True}, r"^a param group sets maximize, which sgd does not take"),
+    ],
+)
+def test_param_group_dicts_get_the_checks_of_the_keyword_settings(name, group, message):
+    """A group's own settings bypassed every check: lr=-0.1 ran gradient ascent, a momentum in
+    a 'gd' group built heavy ball (and its threshold said momentum), betas (0.9, 1.5) failed
+    at the first step with a complex-cast RuntimeError."""
+    w = nn.Parameter(W0.clone())
+    with pytest.raises(SharpdimError, match=message):
+        make_optimizer(name, [{"params": [w], **group}], lr=0.1)
+
+
+def test_param_group_dicts_hold_parameters() -> None:
+    w = nn.Parameter(W0.clone())
+    for groups, message in [
+        ([{"lr": 0.1}], r"^a param group has no 'params' entry \(keys \['lr'\]\)"),
+        ([{"params": [w * 2]}], r"^params holds a tensor computed from others"),
+        ([{"params": [1, 2]}], r"^params must hold parameters .* got int"),
+        ([{"params": []}], r"^params must hold parameters .* got nothing"),
+    ]:
+        with pytest.raises(SharpdimError, match=message):
+            make_optimizer("gd", groups, lr=0.1)
+    # allowed: a generator or one tensor as params, own lr / weight decay / betas
+    layer = nn.Linear(2, 1)
+    opt = make_optimizer(
+        "adam",
+        [{"params": layer.parameters(), "lr": 0.5, "betas": (0.8, 0.9)}, {"params": w}],
+        lr=0.1,
+    )
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 1]
+    assert opt.param_groups[0]["betas"] == (0.8, 0.9) and opt.param_groups[1]["lr"] == 0.1

@@ -113,16 +113,21 @@ def make_optimizer(
         weight_decay: L2 coefficient (decoupled for AdamW).
     """
     check_optimizer_options(name, lr, momentum, betas, eps=eps, weight_decay=weight_decay)
-    params = _parameter_list(params)
+    groups: list[Any] = [
+        _checked_group(name, g, lr, momentum, betas, eps, weight_decay)
+        if isinstance(g, dict)
+        else g
+        for g in _parameter_list(params)
+    ]
     if name in ("gd", "sgd"):
-        return torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.0, weight_decay=weight_decay)
     if name in ("momentum", "heavy_ball", "nesterov"):
         return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=name == "nesterov"
+            groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=name == "nesterov"
         )
     beta_pair = (float(betas[0]), float(betas[1]))
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    return cls(params, lr=lr, betas=beta_pair, eps=eps, weight_decay=weight_decay)
+    return cls(groups, lr=lr, betas=beta_pair, eps=eps, weight_decay=weight_decay)
 
 
 def _parameter_list(params: Any) -> list[Any]:
@@ -154,6 +159,55 @@ def _parameter_list(params: Any) -> list[Any]:
             "update: pass the model's parameters (model.parameters())"
         )
     return params
+
+
+# param-group keys that change torch's update rule; a group may set only those of its
+# optimizer's own settings (below), else "gd" with a group's momentum would be heavy ball
+_RULE_KEYS = frozenset({"momentum", "dampening", "nesterov", "maximize", "amsgrad", "betas"})
+_RULE_KEYS |= {"eps", "decoupled_weight_decay"}
+
+
+def _checked_group(
+    name: str,
+    group: dict[str, Any],
+    lr: float,
+    momentum: float,
+    betas: Sequence[float],
+    eps: float,
+    weight_decay: float,
+) -> dict[str, Any]:
+    """A copy of a param-group dict (its ``"params"`` as a list) that passed the checks of the
+    keyword settings: a ``"params"`` entry of leaf tensors, its own ``lr``/``weight_decay``
+    (and ``momentum``, ``betas``, ``eps`` where the optimizer has them) in range, and no key
+    that changes the update rule."""
+    if "params" not in group:
+        raise SharpdimError(
+            f"a param group has no 'params' entry (keys {sorted(group)}): pass e.g. "
+            "{'params': layer.parameters(), 'lr': 0.1}"
+        )
+    inner = group["params"]
+    if isinstance(inner, torch.Tensor):  # (torch takes a single tensor here)
+        inner = [inner]
+    inner = _parameter_list(inner)
+    if any(isinstance(p, dict) for p in inner):
+        raise SharpdimError("a param group's 'params' holds dicts: pass tensors")
+    own = {"gd": (), "sgd": (), "momentum": ("momentum",), "heavy_ball": ("momentum",)}
+    own |= {"nesterov": ("momentum",), "adam": ("betas", "eps"), "adamw": ("betas", "eps")}
+    changes = sorted(k for k in _RULE_KEYS if k in group and k not in own[name])
+    if changes:
+        raise SharpdimError(
+            f"a param group sets {', '.join(changes)}, which {name} does not take (it would "
+            "change the update rule): drop it, or pick the optimizer that has it"
+        )
+    check_optimizer_options(
+        name,
+        group.get("lr", lr),
+        group.get("momentum", momentum),
+        group.get("betas", betas),
+        eps=group.get("eps", eps),
+        weight_decay=group.get("weight_decay", weight_decay),
+    )
+    return {**group, "params": inner}
 
 
 def _named(item: Any) -> bool:
