@@ -40,6 +40,17 @@ def test_forward_and_reverse_jvp_agree() -> None:
     torch.testing.assert_close(a.log_stretches, c.log_stretches, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_forward_mode_takes_a_float32_map_of_scalar_elements(vectorize: bool) -> None:
+    """torch's jvp of ``1.4 * x[0]`` (a 0-dim float32 tensor) is float64: forward mode, the
+    default, refused the float32 Henon map as returning tangents of the wrong dtype."""
+    x0 = torch.tensor([0.1, 0.1], dtype=torch.float32)
+    a = lyapunov_spectrum(henon, x0, 2, 200, jvp_mode="forward", vectorize=vectorize)
+    b = lyapunov_spectrum(henon, x0, 2, 200, jvp_mode="reverse")
+    assert torch.equal(a.log_stretches, b.log_stretches)
+    assert abs(a.exponents.sum().item() - math.log(0.3)) < 1e-5
+
+
 def test_logistic_map_ln2() -> None:
     r = lyapunov_spectrum(
         lambda x: 4 * x * (1 - x), torch.tensor([0.3], dtype=F64), 1, 3000, jvp_mode="reverse"
@@ -357,6 +368,10 @@ def test_non_finite_or_non_tensor_starts_are_refused() -> None:
             {"initial_vectors": torch.eye(2, dtype=torch.complex128)},
             "initial_vectors must be a real tensor of shape (2, 2), got torch.complex128",
         ),
+        (  # (said "got float64", as if the dtype were the problem)
+            {"initial_vectors": torch.eye(2, dtype=F64).numpy()},
+            "initial_vectors must be a real tensor of shape (2, 2), got ndarray",
+        ),
     ]
     for kwargs, message in bad:
         args: dict = {"x0": x0, **kwargs}
@@ -550,3 +565,21 @@ def test_an_op_without_a_forward_derivative_is_named():
 
     with pytest.raises(SharpdimError, match=r"^step_fn uses _cdist_forward, which forward mode"):
         lyapunov_spectrum(pairwise, x0, 2, 2)
+
+
+def test_reverse_mode_names_a_map_that_overwrites_what_its_backward_needs() -> None:
+    """Autograd's multi-line 'modified by an inplace operation' RuntimeError; forward mode
+    differentiates the same map."""
+
+    def henon_in_place(x: torch.Tensor) -> torch.Tensor:
+        a = x[0].clone()
+        x[0] = 1 - 1.4 * x[0] ** 2 + x[1]
+        x[1] = 0.3 * a
+        return x
+
+    x0 = torch.tensor([0.1, 0.1], dtype=F64)
+    ref = lyapunov_spectrum(henon, x0, 2, 50, jvp_mode="forward")
+    same = lyapunov_spectrum(henon_in_place, x0, 2, 50, jvp_mode="forward")
+    torch.testing.assert_close(same.log_stretches, ref.log_stretches, rtol=1e-12, atol=1e-12)
+    with pytest.raises(SharpdimError, match=r"^step_fn overwrites in place a value its backward"):
+        lyapunov_spectrum(henon_in_place, x0, 2, 50, jvp_mode="reverse")

@@ -158,7 +158,9 @@ class FunctionMap:
         _check_next_state(x, y, t)
 
         def push(v: torch.Tensor) -> torch.Tensor:
-            return torch.func.jvp(self.fn, (x.clone(),), (v,))[1]
+            # (in the state's dtype: torch 2.13's jvp of `1.4 * x[0]`, a Python float times a
+            # 0-dim float32 tensor, returns a float64 tangent while the map's output is float32)
+            return torch.func.jvp(self.fn, (x.clone(),), (v,))[1].to(y.dtype)
 
         if self.vectorize:
             try:
@@ -196,15 +198,26 @@ class FunctionMap:
             _check_next_state(x, y, t)
             u = torch.zeros_like(y, requires_grad=True)
             vjp = None
-            if y.requires_grad:
-                refuse_once_differentiable(y, "step_fn", _FORWARD_INSTEAD, inputs=[leaf])
-                (vjp,) = torch.autograd.grad(y, leaf, u, create_graph=True, allow_unused=True)
             cols: list[torch.Tensor | None] = [None] * dx.shape[1]
-            if vjp is not None and vjp.requires_grad:
-                cols = [
-                    torch.autograd.grad(vjp, u, dx[:, j], retain_graph=True, allow_unused=True)[0]
-                    for j in range(dx.shape[1])
-                ]
+            try:
+                if y.requires_grad:
+                    refuse_once_differentiable(y, "step_fn", _FORWARD_INSTEAD, inputs=[leaf])
+                    (vjp,) = torch.autograd.grad(y, leaf, u, create_graph=True, allow_unused=True)
+                if vjp is not None and vjp.requires_grad:
+                    cols = [
+                        torch.autograd.grad(vjp, u, dx[:, j], retain_graph=True, allow_unused=True)[
+                            0
+                        ]
+                        for j in range(dx.shape[1])
+                    ]
+            except RuntimeError as err:
+                if "modified by an inplace operation" not in str(err):
+                    raise
+                raise SharpdimError(
+                    "step_fn overwrites in place a value its backward needs (e.g. x[0] = "
+                    "f(x[0])), which reverse mode cannot differentiate: use jvp_mode='forward', "
+                    "or write the new state into a fresh tensor (torch.stack)"
+                ) from None
             if y.requires_grad and any(c is None for c in cols):
                 _check_twice_differentiable(y, leaf)  # J = 0, or a backward with no graph?
         out = [torch.zeros_like(y) if c is None else c for c in cols]
@@ -435,7 +448,11 @@ def lyapunov_spectrum(
             or initial_vectors.is_complex()
             or initial_vectors.dtype == torch.bool
         ):
-            what = getattr(initial_vectors, "dtype", type(initial_vectors).__name__)
+            what = (  # (a numpy array's dtype read as if float64 were the problem)
+                initial_vectors.dtype
+                if isinstance(initial_vectors, torch.Tensor)
+                else type(initial_vectors).__name__
+            )
             raise SharpdimError(
                 f"initial_vectors must be a real tensor of shape ({n}, {k}), got {what}: "
                 "pass e.g. torch.eye(n, k, dtype=x0.dtype)"
