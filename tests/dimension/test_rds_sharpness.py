@@ -122,7 +122,7 @@ def test_rds_sharpness_bad_input() -> None:
     for flat in (w, w.numpy()):  # (split into numbers: "iterate of shape () does not match")
         with pytest.raises(SharpdimError, match=r"^iterates is one flat vector of shape \("):
             rds_sharpness(model, _ce, batches, StepSpectrumConfig(), iterates=flat)
-    for empty in ([], np.zeros((0, 4))):
+    for empty in ([], np.zeros((0, 4)), np.zeros(0), torch.zeros(0)):
         with pytest.raises(SharpdimError, match="iterates is empty"):
             rds_sharpness(model, _ce, batches, StepSpectrumConfig(), iterates=empty)
 

@@ -417,3 +417,33 @@ def test_older_files_are_checked_by_the_shapes_of_the_optimizer_buffers(tmp_path
     with pytest.raises(SharpdimError, match=r"momentum_buffer\) of shape \(2, 5\) for a param"):
         restore_checkpoint(legacy, path, model, wrong)
     assert bool((model[0].weight == 7.0).all()) and not wrong.state
+
+
+def test_another_architecture_with_an_optimizer_is_named_as_such(tmp_path: Path) -> None:
+    """The layout check ran first and blamed the param groups of a deeper model."""
+    path = _momentum_checkpoint(tmp_path, _net(frozen=1))
+    deeper = torch.nn.Sequential(*(torch.nn.Linear(3, 3) for _ in range(4)))
+    sgd = torch.optim.SGD(deeper.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(SharpdimError, match=r"does not fit this model \(its parameter names"):
+        load_checkpoint(path, deeper, sgd)
+
+
+def test_state_of_parameters_outside_the_model_is_checked_by_shape(tmp_path: Path) -> None:
+    """Parameters outside the model all have the name '?': two of them swapped between runs
+    passed the name check and crashed at the first step."""
+    net = _net(frozen=1)
+    extra = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(5))]
+
+    def step(params: list[torch.Tensor]) -> torch.optim.SGD:
+        sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+        (net(torch.ones(2, 3)).sum() + sum(p.sum() for p in extra)).backward()
+        sgd.step()
+        return sgd
+
+    trained = [p for p in net.parameters() if p.requires_grad]
+    path = save_checkpoint(tmp_path, 1, net, step(trained + extra))
+    swapped = torch.optim.SGD(trained + extra[::-1], lr=0.1, momentum=0.9)
+    with pytest.raises(SharpdimError, match=r"\(momentum_buffer\) of shape \(3,\) for a param"):
+        load_checkpoint(path, net, swapped)
+    same = torch.optim.SGD(trained + extra, lr=0.1, momentum=0.9)
+    assert load_checkpoint(path, net, same) == 1

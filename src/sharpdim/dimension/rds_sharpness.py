@@ -196,7 +196,7 @@ def rds_sharpness(
             "StepSpectrumConfig(optimizer='sgd', lr=0.1)"
         )
     flat = tuple(getattr(iterates, "shape", ()))
-    if len(flat) == 1:  # (list() would split it into numbers)
+    if len(flat) == 1 and flat[0] > 0:  # (list() would split it into numbers)
         raise SharpdimError(
             f"iterates is one flat vector of shape {flat}: pass a list of them ([w]) or an "
             f"(m, {flat[0]}) tensor"

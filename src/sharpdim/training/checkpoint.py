@@ -122,7 +122,7 @@ def _check_optimizer_layout(
     state: dict[str, Any], path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> None:
     """Refuse optimizer state saved for other parameters: by the saved names when the file has
-    them, and (older files) by the shapes of the per-parameter buffers torch.optim keeps."""
+    them, then by the shapes of the per-parameter buffers torch.optim keeps."""
     saved = state.get("optimizer_params")
     if isinstance(saved, list):
         live = optimizer_layout(model, optimizer)
@@ -132,7 +132,7 @@ def _check_optimizer_layout(
                 f"{path} holds optimizer state for other parameters ({where}): freeze the same "
                 "layers and build the param groups in the order of the run that wrote it"
             )
-        return
+    # (all files: parameters outside the model are all named "?", and older files have no names)
     saved_state = state["optimizer"]
     groups = saved_state.get("param_groups") if isinstance(saved_state, dict) else None
     per_param = saved_state.get("state") if isinstance(saved_state, dict) else None
@@ -290,6 +290,8 @@ def restore_checkpoint(
                 f"{path} holds no optimizer state: load only the model (load_checkpoint(path, "
                 "model), no optimizer) and train from it without resume_from"
             )
+        if not _fits(state["model"], model):  # (named as such, not as an optimizer layout)
+            raise _does_not_fit(path)
         _check_optimizer_type(state, path, optimizer)
         _check_optimizer_layout(state, path, model, optimizer)
     # load_state_dict copies every tensor that fits before it refuses one that does not, so a
@@ -302,10 +304,7 @@ def restore_checkpoint(
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
         model.load_state_dict(model_before)
-        raise SharpdimError(
-            f"{path} does not fit this model (its parameter names or shapes differ): "
-            "build the model with the architecture the checkpoint was written from"
-        ) from exc
+        raise _does_not_fit(path) from exc
     if optimizer is not None:
         optimizer_before = copy.deepcopy(optimizer.state_dict())
         try:
@@ -318,6 +317,25 @@ def restore_checkpoint(
                 "use the optimizer the checkpoint was written with"
             ) from exc
     return int(state["step"])
+
+
+def _fits(saved: Any, model: nn.Module) -> bool:
+    """Whether the saved state dict has the model's keys and its tensors their shapes."""
+    live = model.state_dict()
+    if not isinstance(saved, dict) or set(saved) != set(live):
+        return False
+    return all(
+        not isinstance(v, torch.Tensor)
+        or (isinstance(saved[k], torch.Tensor) and saved[k].shape == v.shape)
+        for k, v in live.items()
+    )
+
+
+def _does_not_fit(path: str | Path) -> SharpdimError:
+    return SharpdimError(
+        f"{path} does not fit this model (its parameter names or shapes differ): "
+        "build the model with the architecture the checkpoint was written from"
+    )
 
 
 def check_same_dtypes(state: dict[str, Any], path: str | Path, model: nn.Module) -> None:
