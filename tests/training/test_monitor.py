@@ -1088,3 +1088,39 @@ def test_a_bad_loss_value_is_refused_before_any_measuring():
     record = monitor.on_step(0, model, None, optimizer)  # type: ignore[arg-type]
     assert record is not None and math.isnan(record.loss) and len(monitor.records) == 1
     assert monitor.on_step(0, model, torch.tensor([0.25]), optimizer).loss == 0.25
+
+
+def test_upcoming_preconditioner_takes_a_generator_and_checks_unheld() -> None:
+    """model.parameters() was used up by the first loop, and the 'neither gradients nor
+    state' check then saw nothing; unheld='Freeze' was read as 'error'."""
+    model = _model()
+    x, y = _data()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    mse_loss(model, (x, y)).backward()
+    ref = upcoming_adam_preconditioner(opt, list(model.parameters()))
+    assert torch.equal(upcoming_adam_preconditioner(opt, model.parameters()), ref)
+    for bad in ("Freeze", True, None):
+        with pytest.raises(SharpdimError, match=r"^unheld must be 'error' or 'freeze', got"):
+            upcoming_adam_preconditioner(opt, list(model.parameters()), unheld=bad)
+
+
+def test_steps_losses_and_chunk_weights_are_checked_before_measuring() -> None:
+    """on_step(2.5) skipped silently, measure(step=2.5) recorded 2, step='x' failed after
+    the measurement, loss '0.5' and True were recorded, chunk_weight=3 failed mid-run."""
+    model = _model()
+    monitor = EoSMonitor("mse", _data(), every=2)
+    for call, message in [
+        (lambda: monitor.on_step(2.5, model, 1.0), r"^step must be an integer >= 0, got 2.5"),
+        (lambda: monitor.on_step("4", model, 1.0), r"^step must be an integer >= 0, got '4'"),
+        (lambda: monitor.measure(model, step=2.5), r"^step must be an integer >= -1, got 2.5"),
+        (lambda: monitor.measure(model, loss_value="0.5"), r"^loss_value must be a real number"),
+        (lambda: monitor.measure(model, loss_value=True), r"^loss_value must be a real number"),
+        (
+            lambda: EoSMonitor("mse", _data(), chunk_size=4, chunk_weight=3),
+            r"^chunk_weight must be a function chunk -> number, got int",
+        ),
+    ]:
+        with pytest.raises(SharpdimError, match=message):
+            call()
+    assert monitor.records == []
+    assert monitor.on_step(4.0, model, 1.0).step == 4  # (a whole float is a step)

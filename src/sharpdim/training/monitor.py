@@ -168,6 +168,9 @@ def upcoming_adam_preconditioner(
             f"{type(optimizer).__name__} has no Adam preconditioner: pass an Adam/AdamW optimizer"
         )
     bias_correction = check_flag(bias_correction, "bias_correction")
+    if not (isinstance(unheld, str) and unheld in ("error", "freeze")):
+        raise SharpdimError(f"unheld must be 'error' or 'freeze', got {unheld!r}")
+    params = list(params)  # (a generator, model.parameters(), is read twice below)
     group_of = param_groups_by_id(optimizer)
     pieces = []
     for p in params:
@@ -391,6 +394,11 @@ class EoSMonitor:
         self.x: torch.Tensor = self.batch[0]
         self.y: torch.Tensor | None = self.batch[1] if len(self.batch) > 1 else None
         self.every, self.chunk_size, self.tol, self.max_iter = every, chunk_size, tol, max_iter
+        if chunk_weight is not None and not callable(chunk_weight):  # (a TypeError mid-run)
+            raise SharpdimError(
+                f"chunk_weight must be a function chunk -> number, got "
+                f"{type(chunk_weight).__name__}: pass e.g. lambda chunk: len(chunk[0]), or None"
+            )
         self.chunk_weight = chunk_weight
         self.mode: Mode = mode
         self.raw_sharpness, self.warm_start = raw_sharpness, warm_start
@@ -409,6 +417,7 @@ class EoSMonitor:
         optimizer: torch.optim.Optimizer | None = None,
     ) -> EoSRecord | None:
         """Measure when ``step % every == 0`` (the :class:`~sharpdim.training.loop.StepMonitor` hook)."""
+        step = _checked_step(step, 0)  # (2.5 skipped silently, "4" raised a TypeError)
         if step % self.every:
             return None
         return self.measure(model, optimizer, step=step, loss_value=loss_value)
@@ -439,6 +448,7 @@ class EoSMonitor:
                 f"optimizer must be a torch.optim.Optimizer or None, got "
                 f"{type(optimizer).__name__}: pass the optimizer that trains the model{hint}"
             )
+        step = _checked_step(step, -1)  # (before the measurement, not after it)
         loss = _recorded_loss(loss_value)
         with forked_global_rng(None, model.parameters()):
             return self._measure(model, optimizer, step, loss)
@@ -736,6 +746,11 @@ def _check_sd_options(options: Any) -> dict[str, Any]:
     return dict(options)
 
 
+def _checked_step(step: object, minimum: int) -> int:
+    """``step`` as an int ``>= minimum`` (whole floats and numpy ints too), in one line."""
+    return check_count(step, "step", minimum, "the training step, a whole number")
+
+
 def _recorded_loss(value: object) -> float:
     """The loss a record keeps: a real number or a one-element tensor (``None``: ``nan``),
     checked before any curvature is computed, in one line."""
@@ -753,6 +768,8 @@ def _recorded_loss(value: object) -> float:
                 "pass the real scalar (mean) loss, e.g. loss.item()"
             )
         value = value.detach()
+    if isinstance(value, (str, bytes, bool)):  # ("0.5" and True were read as numbers)
+        raise SharpdimError(f"loss_value must be a real number, got {value!r}: pass loss.item()")
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
