@@ -167,6 +167,13 @@ def test_the_default_key_version_follows_the_package_sources(tmp_path):
     assert changed != source_digest(root) and len(changed) == 12
     (copy / "curvature" / "new_module.py").write_text("")
     assert source_digest(copy) not in (changed, source_digest(root))
+    # an editor's lock file (Emacs: a link to nowhere) or a hidden folder: not sources (the
+    # link raised FileNotFoundError in every sweep)
+    grown = source_digest(copy)
+    (copy / "runner" / ".#store.py").symlink_to("user@host.1234:1700000000")
+    (copy / ".ipynb_checkpoints").mkdir()
+    (copy / ".ipynb_checkpoints" / "scratch.py").write_text("x = 1\n")
+    assert source_digest(copy) == grown
     with ResultsStore(tmp_path / "runs.sqlite") as store:
         runs = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done")
         runs({"lr": 0.1}, lambda: {"loss": 1.0})

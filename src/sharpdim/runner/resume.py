@@ -134,15 +134,28 @@ def code_version() -> str:
 def source_digest(root: Path) -> str | None:
     """The first 12 hex digits of a SHA-256 over the ``.py`` files under ``root`` (relative
     paths and contents, in path order), or over its compiled ``.pyc`` files where it ships
-    without sources; ``None`` when it has neither."""
+    without sources; ``None`` when it has neither or one cannot be read. Hidden files and
+    folders are left out: an editor's lock file (Emacs' ``.#store.py``, a link to nowhere)
+    made every sweep fail with FileNotFoundError."""
     for pattern in ("*.py", "*.pyc"):
-        files = sorted(root.rglob(pattern), key=lambda p: p.relative_to(root).as_posix())
+        files = sorted(
+            (
+                f
+                for f in root.rglob(pattern)
+                if not any(part.startswith((".", "#")) for part in f.relative_to(root).parts)
+                and f.is_file()
+            ),
+            key=lambda p: p.relative_to(root).as_posix(),
+        )
         if pattern == "*.pyc":
             files = [f for f in files if "__pycache__" not in f.parts]  # (caches of sources)
         if files:
             digest = hashlib.sha256()
-            for path in files:
-                digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-                digest.update(path.read_bytes() + b"\0")
+            try:
+                for path in files:
+                    digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+                    digest.update(path.read_bytes() + b"\0")
+            except OSError:
+                return None
             return digest.hexdigest()[:12]
     return None
