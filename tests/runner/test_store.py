@@ -615,6 +615,29 @@ def test_a_foreign_row_whose_config_holds_nan_is_undecodable(path):
         assert [r.config["lr"] for r in store.records()] == [1.0, 0.5]
 
 
+def test_a_row_of_invalid_utf8_is_undecodable_not_a_broken_store(path):
+    """sqlite3 decodes TEXT inside fetchall(): one row of invalid UTF-8 failed get(),
+    records(), finished_keys() and every sweep with 'Could not decode to UTF-8'."""
+    from sharpdim.runner.resume import ResumableRuns
+
+    with ResultsStore(path) as store:
+        kept = store.put({"a": 1}, {"x": 1.0})
+        damaged = store.put({"a": 2}, {"x": 2.0})
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "UPDATE runs SET result = CAST(? AS TEXT) WHERE key = ?", (b'{"x":\xff}', damaged.key)
+    )
+    conn.commit()
+    conn.close()
+    with ResultsStore(path) as store:
+        with pytest.warns(UserWarning, match=r"cannot be decoded \(UnicodeDecodeError"):
+            assert store.get({"a": 2}) is None
+        assert [r.result for r in store.records()] == [{"x": 1.0}]
+        assert store.finished_keys() == {kept.key} and len(store) == 2
+        runs = ResumableRuns(store, encode=dict, decode=dict, status=lambda r: "done")
+        assert runs({"a": 3}, lambda: {"x": 3.0}) == {"x": 3.0}
+
+
 def test_a_relative_path_starting_with_file_colon_is_a_file_not_a_uri(tmp_path, monkeypatch):
     """SQLite read 'file:...' as a URI: `--out file:res` stored its runs in res/, and
     'file::memory:' opened an in-memory database that kept nothing."""
@@ -652,3 +675,20 @@ def test_a_path_through_a_symlinked_folder_opens_the_file_the_os_names(tmp_path,
         store.put({"lr": 0.1}, {"loss": 1.0})
     assert (tmp_path / "real" / "runs.sqlite").is_file()
     assert not (tmp_path / "work" / "runs.sqlite").exists()
+
+
+def test_the_read_only_uri_quotes_a_name_that_is_not_utf8(tmp_path):
+    """A store named with a non-UTF-8 byte on a read-only filesystem raised
+    UnicodeEncodeError while building the immutable URI; the bytes are quoted as they are."""
+    import os
+
+    from sharpdim.runner.store import immutable_uri
+
+    path = tmp_path / os.fsdecode(b"r\xff.sqlite")
+    with ResultsStore(path) as store:
+        store.put({"a": 1}, {"x": 1.0})
+    uri = immutable_uri(path)
+    assert uri.endswith("/r%FF.sqlite?immutable=1")
+    conn = sqlite3.connect(uri, uri=True)
+    assert conn.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+    conn.close()

@@ -68,6 +68,9 @@ CREATE TABLE runs (
 )
 """
 _COLUMNS = "key, config, status, result, created, updated"
+# read as bytes, decoded per row: sqlite3 decodes TEXT inside fetchall(), so one row of
+# invalid UTF-8 (another program's) failed every read of the store instead of that row
+_READ = ", ".join(f"CAST({c} AS BLOB)" for c in _COLUMNS.split(", "))
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,16 @@ class RunRecord:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _record(row: tuple[str, str, str, str, str, str]) -> RunRecord:
-    key, config, status, result, created, updated = row
+def immutable_uri(path: Path) -> str:
+    """SQLite's URI of ``path`` opened read-only without locks; the name's bytes are quoted as
+    they are (``quote(str(...))`` raised UnicodeEncodeError for a name that is not UTF-8)."""
+    return f"file:{urllib.parse.quote(os.fsencode(path.resolve()))}?immutable=1"
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    key, config, status, result, created, updated = (
+        v.decode("utf-8") if isinstance(v, bytes) else v for v in row
+    )  # (strict: invalid UTF-8 is a UnicodeDecodeError, a ValueError: undecodable)
     # a config another program wrote with NaN, Infinity or 1e999 (Python's json reads them)
     # is no config this store could have keyed: undecodable, not a crash of the sweep
     plain = json.loads(config, parse_constant=_no_constant, parse_float=_finite_float)
@@ -224,9 +235,8 @@ class ResultsStore:
         if not self.path.is_file() or self._unmerged_wal():
             return False
         self._conn.close()
-        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?immutable=1"
         try:
-            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._conn = sqlite3.connect(immutable_uri(self.path), uri=True, isolation_level=None)
         except sqlite3.Error:
             return False
         try:
@@ -430,7 +440,8 @@ class ResultsStore:
             try:
                 yield _record(row)
             except (ValueError, TypeError) as err:  # JSON damaged or written by another program
-                self.warn_undecodable(row[0], err)
+                key = row[0].decode("utf-8", "replace") if isinstance(row[0], bytes) else row[0]
+                self.warn_undecodable(str(key), err)
 
     def warn_undecodable(self, key: str, err: Exception) -> None:
         """Warn, once per store, that the run ``key`` cannot be decoded and counts as missing."""
@@ -492,7 +503,7 @@ class ResultsStore:
 
     def get(self, config: Mapping[str, Any]) -> RunRecord | None:
         """The stored run of ``config``, or ``None`` (also for a row that cannot be decoded)."""
-        rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE key = ?", (config_key(config),))
+        rows = self._query(f"SELECT {_READ} FROM runs WHERE key = ?", (config_key(config),))
         return next(self._records(rows), None)
 
     def finished_keys(self) -> set[str]:
@@ -500,7 +511,7 @@ class ResultsStore:
 
         ``"failed"`` runs are left out, so a sweep retries them, and so are undecodable rows.
         """
-        rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE status IN (?, ?)", FINISHED)
+        rows = self._query(f"SELECT {_READ} FROM runs WHERE status IN (?, ?)", FINISHED)
         return {record.key for record in self._records(rows)}
 
     def records(self, status: str | None = None) -> Iterator[RunRecord]:
@@ -509,7 +520,7 @@ class ResultsStore:
         if status is not None and status not in STATUSES:
             raise SharpdimError(f"status {status!r}: use one of {', '.join(STATUSES)}")
         where, params = ("WHERE status = ?", (status,)) if status is not None else ("", ())
-        rows = self._query(f"SELECT {_COLUMNS} FROM runs {where} ORDER BY rowid", params)
+        rows = self._query(f"SELECT {_READ} FROM runs {where} ORDER BY rowid", params)
         return self._records(rows)
 
     def __len__(self) -> int:
