@@ -530,7 +530,8 @@ class ResultsStore:
     def to_pandas(self) -> Any:
         """A pandas DataFrame, one row per run: ``key``, ``status``, ``created``, ``updated``
         and the config's and result's fields flattened as ``config.<name>``,
-        ``result.<name>`` (nested dicts joined with ``.``; lists kept as cells).
+        ``result.<name>`` (nested dicts joined with ``.``; lists kept as cells; a field
+        holding an empty dict gets no column, as in pandas' ``json_normalize``).
 
         pandas is optional and imported here; ``.to_parquet(path)`` on the frame (with
         pyarrow installed) gives the Parquet export.
