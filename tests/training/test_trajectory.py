@@ -366,3 +366,35 @@ def test_an_iterate_that_is_no_tensor_is_a_one_line_error() -> None:
         rec.record(0, [1.0, 2.0])
     rec.record(0, torch.tensor([1.0, 2.0]))
     assert rec.finish().points.tolist() == [[1.0, 2.0]]
+
+
+def test_a_spill_without_the_disk_space_is_refused_before_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ring was a sparse memmap: on a full disk the first row written killed the process
+    with SIGBUS, and finish() needed a second ring's worth for its copy."""
+    import errno
+    import os
+    import shutil
+
+    from sharpdim.training import trajectory
+
+    real = shutil.disk_usage
+    w = torch.ones(1000)  # a ring of 4 x 4000 bytes: 32,000 needed with the copy
+    monkeypatch.setattr(trajectory.shutil, "disk_usage", lambda p: real(p)._replace(free=31_999))
+    rec = IterateRecorder(4, max_memory_bytes=0, spill_dir=tmp_path)
+    with pytest.raises(SharpdimError, match=r"needs 0.0 MiB on disk \(the ring and its copy"):
+        rec.record(0, w)
+    assert list(tmp_path.iterdir()) == []  # (its spill folder removed)
+    monkeypatch.setattr(trajectory.shutil, "disk_usage", real)
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(trajectory.os, "posix_fallocate", full, raising=False)
+    rec = IterateRecorder(4, max_memory_bytes=0, spill_dir=tmp_path)
+    with pytest.raises(SharpdimError, match=r"^cannot reserve 0.0 MiB for .*ring.npy \(No space"):
+        rec.record(0, w)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SharpdimError, match=r"^num_iterates=10000000000000 needs .* of RAM"):
+        IterateRecorder(10**13)

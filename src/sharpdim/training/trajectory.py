@@ -17,7 +17,10 @@ loss-based pseudo-metric of Dupuis et al. is defined.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,13 +80,39 @@ class Trajectory:
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of the (sparse) file ``path`` now: ENOSPC is then a one-line error
+    here, not a SIGBUS when a row is written through the memmap."""
+    if not hasattr(os, "posix_fallocate"):  # (macOS, Windows: the free-space check only)
+        return
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # (a filesystem without it)
+            return
+        raise SharpdimError(
+            f"cannot reserve {_size(size)} for {path} ({exc.strerror or exc}): pass a "
+            "spill_dir with more space, or record fewer iterates"
+        ) from exc
+    finally:
+        os.close(fd)
+
+
 class IterateRecorder:
     """A ``train`` callback keeping the last ``num_iterates`` flat parameter vectors.
 
     Called as ``recorder(step, model, loss_value, optimizer)`` (parameters ``w_step``, before
     the update); records every ``every``-th step in a ring buffer, in RAM or, when
     ``num_iterates * d * itemsize > max_memory_bytes``, in a ``.npy`` memmap in a new folder
-    of its own inside ``spill_dir`` (the system's temporary directory by default).
+    of its own inside ``spill_dir`` (the system's temporary directory by default), which must
+    have twice that free (the ring, and its copy in time order at :meth:`finish`); the space
+    is reserved when the ring is made. Steps and losses stay in RAM (16 bytes an iterate).
     :meth:`finish` optionally appends the final parameters and returns the
     :class:`Trajectory` in time order.
     """
@@ -104,8 +133,14 @@ class IterateRecorder:
         self.spill_dir = spill_dir
         self._buffer: np.ndarray | None = None
         self._path: Path | None = None
-        self._steps = np.zeros(num_iterates, dtype=np.int64)
-        self._losses = np.full(num_iterates, np.nan)
+        try:  # (in RAM whatever max_memory_bytes says: 16 bytes an iterate)
+            self._steps = np.zeros(num_iterates, dtype=np.int64)
+            self._losses = np.full(num_iterates, np.nan)
+        except MemoryError:
+            raise SharpdimError(
+                f"num_iterates={num_iterates} needs {_size(16 * num_iterates)} of RAM for the "
+                "steps and losses alone: record fewer iterates"
+            ) from None
         self._count = 0
         self._dtype: torch.dtype = torch.float32
         self._handed_over: str | None = None  # the file finish() moved a spilled ring to
@@ -138,7 +173,31 @@ class IterateRecorder:
                 "pass a writable spill_dir"
             ) from exc
         self._path = Path(folder) / "ring.npy"
-        return np.lib.format.open_memmap(self._path, mode="w+", dtype=np_dtype, shape=shape)
+        # the ring and finish()'s copy of it; a memmap of a sparse file on a full disk dies by
+        # SIGBUS at the first row written, so the space is checked and the ring's reserved
+        free = shutil.disk_usage(folder).free
+        if free < 2 * nbytes:
+            self._give_up_spill()
+            raise SharpdimError(
+                f"recording {shape[0]} iterates of {shape[1]} parameters needs {_size(2 * nbytes)}"
+                f" on disk (the ring and its copy at finish()), {Path(folder).parent} has "
+                f"{_size(free)} free: "
+                "pass a spill_dir with more space, or record fewer iterates"
+            )
+        ring = np.lib.format.open_memmap(self._path, mode="w+", dtype=np_dtype, shape=shape)
+        try:
+            _reserve(self._path)
+        except SharpdimError:
+            del ring
+            self._give_up_spill()
+            raise
+        return ring
+
+    def _give_up_spill(self) -> None:
+        """Remove the spill folder made for a ring that is not kept."""
+        if self._path is not None:
+            shutil.rmtree(self._path.parent, ignore_errors=True)
+            self._path = None
 
     def _check_not_handed_over(self) -> None:
         if self._handed_over is not None:
@@ -207,6 +266,12 @@ class IterateRecorder:
         out = np.lib.format.open_memmap(
             out_path, mode="w+", dtype=self._buffer.dtype, shape=(n, self._buffer.shape[1])
         )
+        try:
+            _reserve(out_path)
+        except SharpdimError:
+            del out
+            out_path.unlink()
+            raise
         chunk = max(1, (64 * 2**20) // max(1, self._buffer.shape[1] * self._buffer.itemsize))
         for i in range(0, n, chunk):
             out[i : i + chunk] = self._buffer[order[i : i + chunk]]
