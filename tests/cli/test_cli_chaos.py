@@ -190,6 +190,11 @@ def test_compare_checks_before_training(
 
 LYAP_BAD = [
     (["--lr", "0"], "--lr must be a positive finite number, got 0.0: pass e.g. --lr 0.5"),
+    (
+        ["--lr", "1e-320"],
+        "--lr 9.99989e-321 puts the gd stability threshold at inf: pass a step size whose "
+        "threshold is a finite number, e.g. 1e-3",
+    ),
     (["--k", "0"], "--k must be >= 1, got 0: pass --k 1 or more"),
     (["--k", "500"], "--k 500 exceeds the 310 parameters of the MLP: pass --k <= 310"),
     (["--steps", "0"], "--lyap-steps must be >= 1, got 0: pass --lyap-steps 1 or more"),

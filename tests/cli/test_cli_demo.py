@@ -44,6 +44,19 @@ def test_demo_bad_lr_exits_2_before_training(
     )
 
 
+def test_demo_lr_whose_threshold_overflows_exits_2_before_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--lr 1e-320 trained and reported a threshold 2/eta of inf and an SD of every parameter."""
+    monkeypatch.setattr(demo_module, "train", _no_training)
+    out = tmp_path / "out"
+    assert main(["demo", "--out", str(out), "--lr", "1e-320"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: --lr 9.99989e-321 puts the sgd stability threshold at inf"
+    )
+    assert not out.exists()
+
+
 def test_demo_lr_beyond_float32_exits_2_before_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -97,4 +97,6 @@ def test_a_step_size_without_a_finite_threshold_is_refused_before_any_run_trains
         main([*args, "--steps", "30", "--every", "10", "--lrs", "0.2,1e-310", "--out", str(out)])
         == 2
     )
-    assert _one_error_line(capsys).startswith("lr=1e-310 puts the gd stability threshold at inf")
+    # (named by its flag, and refused before --out and its store are made)
+    assert _one_error_line(capsys).startswith("--lrs 1e-310 puts the gd stability threshold at inf")
+    assert not out.exists()

@@ -81,6 +81,7 @@ BAD = [
     (["--lr", "-1"], "--lr must be a positive finite number"),
     (["--lr", "0"], "--lr must be a positive finite number"),
     (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    (["--lr", "1e-320"], "--lr 9.99989e-321 puts the gd stability threshold at inf"),
     (["--n-train", "50", "--batch-size", "64"], "--sd-batch-size 64 exceeds the 50"),  # alias
     (["--sd-batch-size", "0"], "--sd-batch-size must be >= 1, got 0"),
     (["--width", "200", "--max-params", "1000"], "'slq', 'kde' or 'ps'"),

@@ -130,6 +130,7 @@ BAD = [
         "--loss ce needs class labels and --dataset teacher_student is a regression: pass --loss mse",
     ),
     (["--lr", "0"], "--lr must be a positive finite number"),
+    (["--lr", "1e-320"], "--lr 9.99989e-321 puts the gd stability threshold at inf"),  # (ran)
     (["--exact", "--width", "400"], "--exact needs the dense Hessian of 30,010 parameters"),
     (["--train-batch-size", "61"], "--train-batch-size 61 exceeds the 60 training examples"),
     (["--png", "/proc/nonexist/x.png"], "cannot write /proc/nonexist/x.png ("),

@@ -332,6 +332,20 @@ def check_positive_lr(
     return lr
 
 
+def check_finite_threshold(flag: str, optimizer: str, lr: float, **hyper: Any) -> None:
+    """A one-line error naming ``flag`` when step size ``lr`` puts ``optimizer``'s stability
+    threshold (with ``hyper``: momentum, betas) at inf: a subnormal ``lr`` such as 1e-320,
+    which otherwise trained and reported a threshold of inf and a ratio of 0."""
+    from sharpdim.training.optimizers import stability_threshold
+
+    threshold = stability_threshold(optimizer, lr, **hyper)
+    if not math.isfinite(threshold):
+        raise SharpdimError(
+            f"{flag} {lr:g} puts the {optimizer} stability threshold at {threshold}: pass a "
+            "step size whose threshold is a finite number, e.g. 1e-3"
+        )
+
+
 def check_at_least(value: int, minimum: int, flag: str) -> int:
     """``value`` if it is ``>= minimum``, else a one-line error naming ``flag``."""
     if value < minimum:
@@ -442,6 +456,7 @@ def check_training_options(
             "--optimizer nesterov needs --momentum in (0, 1) (torch's Nesterov step has no "
             "momentum-0 form): pass e.g. --momentum 0.9, or --optimizer gd"
         )
+    check_finite_threshold("--lr", optimizer, lr, momentum=momentum)
     check_at_least(train_steps, 0, "--train-steps")
     if train_batch_size is not None:
         check_at_least(train_batch_size, 1, "--train-batch-size")

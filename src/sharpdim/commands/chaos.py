@@ -33,6 +33,7 @@ from sharpdim.checks import SEED_RANGE
 from sharpdim.commands._common import (
     check_at_least,
     check_exact_sd_size,
+    check_finite_threshold,
     check_positive_lr,
     dataset_option,
     depth_option,
@@ -190,6 +191,7 @@ def compare(
     """Train the same MLP at the edge of stability and well below; compare chaos measures."""
     check_positive_lr(lr_eos, "--lr-eos", "1.5")
     check_positive_lr(lr_below, "--lr-below", "0.1")
+    check_finite_threshold("--lr-below", "gd", lr_below)  # (the JSON's 2 / lr)
     if not lr_eos > lr_below:
         raise SharpdimError(
             f"--lr-eos {lr_eos:g} must be larger than --lr-below {lr_below:g}: pass e.g. "
@@ -330,6 +332,7 @@ def lyapunov(
     from sharpdim.training.trajectory import fresh_batches
 
     check_positive_lr(lr, example="0.5")
+    check_finite_threshold("--lr", "gd", lr)
     check_at_least(train_steps, 0, "--train-steps")
     check_at_least(steps, 1, "--lyap-steps")
     check_at_least(warmup, 0, "--warmup")

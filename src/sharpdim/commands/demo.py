@@ -15,6 +15,7 @@ from sharpdim.commands._common import (
     MAX_N_TRAIN,
     check_batch_size,
     check_exact_sd_size,
+    check_finite_threshold,
     check_positive_lr,
     kv_table,
     mlp_num_params,
@@ -94,6 +95,7 @@ def demo(
     arXiv 2604.19740, Def. 4.2); writes spectrum.png, summary.json and report.html.
     """
     check_positive_lr(lr, example="0.5", dtype=torch.float32)  # (the demo's model)
+    check_finite_threshold("--lr", "sgd", lr)
     check_batch_size(batch_size, n_train)
     _check_width(width)
     prepare_output_dir(out, "--out folder", files=OUTPUT_FILES)

@@ -32,6 +32,7 @@ from rich.table import Table
 from sharpdim.commands._common import (
     check_at_least,
     check_finite,
+    check_finite_threshold,
     check_fraction,
     check_mlp_size,
     check_n_train,
@@ -126,7 +127,6 @@ def _setup(
     """The checked MLP setup; ``lrs`` (``(flag, optimizer, step size)``) must fit the dtype
     and put the optimizer's stability threshold (with ``hyper``) at a finite number."""
     from sharpdim.training.eos_setup import MLPSetup
-    from sharpdim.training.optimizers import stability_threshold
 
     largest = torch.finfo(torch.float32).max  # (a finite float64 step size always fits)
     for flag, name, lr in lrs:
@@ -135,12 +135,7 @@ def _setup(
                 f"{flag} {lr:g} does not fit in float32 (largest {largest:.3g}): pass a "
                 "smaller step size or --float64"
             )
-        threshold = stability_threshold(name, lr, **hyper)
-        if not math.isfinite(threshold):  # (refused here before --out is written, by flag)
-            raise SharpdimError(
-                f"{flag} {lr:g} puts the {name} stability threshold at {threshold}: pass a "
-                "step size whose threshold is a finite number, e.g. 1e-3"
-            )
+        check_finite_threshold(flag, name, lr, **hyper)  # (before --out is written)
 
     check_at_least(n_train, 1, "--n-train")
     check_n_train(dataset, n_train)
