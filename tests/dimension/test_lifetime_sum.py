@@ -111,12 +111,23 @@ def test_tiny_and_zero_edges_are_kept() -> None:
     assert mst_edge_lengths(torch.zeros(4, 4, dtype=F64)).tolist() == [0.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("scale", [1e-9, 1e9])
+@pytest.mark.parametrize("scale", [1e-9, 1e9, 1e-200, 1e-160, 1e160, 1e200])
 def test_lifetime_sum_is_scale_invariant(scale: float) -> None:
+    """Squared coordinates underflowed below ~1e-154 and overflowed above ~1e154: a 1e-200
+    cloud had E = 0 and a 1e160 one was 'negative or non-finite distances'."""
+    triangle = torch.tensor([[0.0, 0.0], [3.0, 0.0], [3.0, 4.0]], dtype=F64)
+    assert alpha_weighted_lifetime_sum(triangle * scale).value == pytest.approx(
+        7 * scale, rel=1e-14
+    )
     u = torch.rand(300, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     e = alpha_weighted_lifetime_sum(u).value
     assert e == pytest.approx(sum(kruskal(u.numpy())), rel=1e-12)
     assert alpha_weighted_lifetime_sum(u * scale).value == pytest.approx(scale * e, rel=1e-9)
+
+
+def test_the_loss_metric_of_no_examples_is_named() -> None:
+    with pytest.raises(SharpdimError, match=r"^the loss metric needs per-example losses of at"):
+        alpha_weighted_lifetime_sum(torch.zeros(6, 0, dtype=F64), metric="loss")
 
 
 def test_ph_dimension_of_a_tiny_cloud_is_that_of_the_cloud() -> None:

@@ -86,6 +86,11 @@ def pairwise_distances(
             f"{type(metric).__name__}"
         )
     full = pts.to(torch.float64)
+    if metric == "loss" and full.shape[1] == 0:  # (0 / 0: "the metric gave ... non-finite")
+        raise SharpdimError(
+            "the loss metric needs per-example losses of at least one example, got (N, 0) "
+            "points: pass losses of shape (N, num_examples)"
+        )
     centred = full - full.mean(dim=0) if metric == "euclidean" else full
     out = torch.empty(n, n, dtype=torch.float64)
     eps = rounding_unit(out)  # the coarsest precision a callable metric returned
@@ -161,16 +166,30 @@ def _euclidean_block(full: torch.Tensor, centred: torch.Tensor, i: int, m: int) 
     ``||a - b||`` from the uncentred points: duplicates get exactly 0, close pairs full
     relative precision.
     """
-    sq = centred.square().sum(dim=1)
-    block = torch.cdist(centred[i : i + m], centred, compute_mode="use_mm_for_euclid_dist")
+    # in units of the largest centred coordinate: squares of coordinates below ~1e-154 (or
+    # above ~1e154) underflowed to 0 (overflowed to inf), and 1e-200-scale clouds had E = 0
+    unit = float(centred.abs().max()) if centred.numel() else 0.0
+    unit = unit if 0.0 < unit < math.inf else 1.0
+    scaled = centred / unit
+    sq = scaled.square().sum(dim=1)
+    block = torch.cdist(scaled[i : i + m], scaled, compute_mode="use_mm_for_euclid_dist")
     close = block.square() <= _CANCELLATION_RATIO * (sq[i : i + m, None] + sq[None, :])
     close[torch.arange(m), torch.arange(i, i + m)] = False  # the diagonal is set to 0 later
+    block *= unit
     rows, cols = close.nonzero(as_tuple=True)
     step = max(1, 2**22 // max(1, full.shape[1]))  # pairs per batch of differences
     for s in range(0, rows.numel(), step):
         r, c = rows[s : s + step], cols[s : s + step]
-        block[r, c] = torch.linalg.vector_norm(full[i + r] - full[c], dim=1)
+        block[r, c] = _norms(full[i + r] - full[c])
     return block
+
+
+def _norms(diff: torch.Tensor) -> torch.Tensor:
+    """Row norms of ``diff``, each taken in units of its largest entry (torch's norm squares
+    the entries as they are: 1e-200 gave 0)."""
+    big = diff.abs().amax(dim=1, keepdim=True) if diff.shape[1] else diff.new_zeros(len(diff), 1)
+    big = torch.where(big > 0, big, torch.ones_like(big))
+    return big[:, 0] * torch.linalg.vector_norm(diff / big, dim=1)
 
 
 def mst_edge_lengths(distances: torch.Tensor) -> torch.Tensor:
