@@ -49,3 +49,16 @@ def test_quantile_levels_outside_zero_one_are_refused() -> None:
         with pytest.raises(SharpdimError, match=r"^levels must lie in \[0, 1\]"):
             weighted_quantiles(values, masses, bad)
     assert weighted_quantiles(values, masses, [0.0, 0.5, 1.0]).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_masses_whose_total_overflows_are_refused() -> None:
+    """float(m.sum()) > 0 let inf through: the CDF was NaN, the median of three equal atoms
+    came out 2 instead of 1, and silverman_bandwidth divided by zero."""
+    atoms, heavy = [0.0, 1.0, 2.0], [1e308] * 3
+    assert weighted_quantiles(atoms, [1.0] * 3, [0.5]).tolist() == [1.0]
+    for call in (
+        lambda: weighted_quantiles(atoms, heavy, [0.5]),
+        lambda: silverman_bandwidth(atoms, heavy),
+    ):
+        with pytest.raises(SharpdimError, match=r"^the masses sum to inf"):
+            call()

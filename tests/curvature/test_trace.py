@@ -166,3 +166,23 @@ def test_an_empty_operator_has_trace_zero_in_both_estimators() -> None:
     for estimator in (hutchinson_trace, hutchpp_trace):
         result = estimator(empty, 9)
         assert (result.estimate, result.stderr, result.num_params) == (0.0, 0.0, 0)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_a_sparse_matrix_is_taken_as_its_dense_values(layout: str) -> None:
+    """Slicing a sparse matrix for the symmetry check raised torch's backend errors."""
+    from sharpdim.curvature.slq import slq_spectrum
+
+    dense = torch.diag(torch.arange(1.0, 6.0, dtype=torch.float64))
+    sparse = dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()
+    got = hutchpp_trace(sparse, num_matvecs=15, generator=torch.Generator().manual_seed(0))
+    assert got.estimate == pytest.approx(15.0, rel=1e-12)
+    assert hutchinson_trace(sparse, 4).estimate == pytest.approx(15.0, rel=1e-12)
+    slq = slq_spectrum(sparse, num_runs=2, num_steps=5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(
+        slq.nodes,
+        slq_spectrum(
+            dense, num_runs=2, num_steps=5, generator=torch.Generator().manual_seed(1)
+        ).nodes,
+    )

@@ -28,8 +28,14 @@ def flat_measure(values: Any, masses: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise SharpdimError(
             "the measure holds NaN/inf or negative masses: pass finite values and masses >= 0"
         )
-    if not float(m.sum()) > 0:
+    total = float(m.sum())
+    if not total > 0:
         raise SharpdimError("the masses sum to 0: pass a measure with positive total mass")
+    if total == math.inf:  # (finite masses near 1e308: the CDF was NaN, a quantile wrong)
+        raise SharpdimError(
+            "the masses sum to inf: pass masses whose total is finite (e.g. divided by the "
+            "largest)"
+        )
     return v, m
 
 

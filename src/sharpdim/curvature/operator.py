@@ -131,7 +131,7 @@ class DenseOperator(LinearOperator):
     """A dense square matrix seen as an operator (used for tests and small problems).
 
     A matrix that requires grad (an ``nn.Parameter``) is detached: estimates built on it are
-    plain tensors and keep no autograd graph.
+    plain tensors and keep no autograd graph. A sparse matrix is taken as its dense values.
     """
 
     def __init__(self, matrix: torch.Tensor) -> None:
@@ -144,7 +144,10 @@ class DenseOperator(LinearOperator):
                 f"the matrix has dtype {matrix.dtype}, not a real floating type: convert it, "
                 "e.g. with .double()"
             )
-        self.matrix = matrix.detach() if matrix.requires_grad else matrix
+        matrix = matrix.detach() if matrix.requires_grad else matrix
+        # a sparse matrix (COO, CSR, ...) as its dense values, as sparse vectors are: slicing
+        # it for the symmetry check raised torch's backend errors
+        self.matrix = matrix.to_dense() if matrix.layout != torch.strided else matrix
 
     @property
     def num_params(self) -> int:
