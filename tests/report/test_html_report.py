@@ -44,3 +44,14 @@ def test_a_row_key_that_is_not_a_string_is_written_as_text() -> None:
     """An int key raised AttributeError ('int' object has no attribute 'replace')."""
     page = render_html_report("t", [ReportSection("h", rows={3: "<x>"})])  # type: ignore[dict-item]
     assert "<th>3</th><td>&lt;x&gt;</td>" in page
+
+
+def test_one_path_as_figures_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A string was read a character at a time: 'figure / is not a format a browser shows'."""
+    import pytest
+
+    from sharpdim.errors import SharpdimError
+
+    for one in (str(tmp_path / "plot.png"), tmp_path / "plot.png"):
+        with pytest.raises(SharpdimError, match=r"^figures must be a list of paths, got the one"):
+            ReportSection("h", figures=one)  # type: ignore[arg-type]

@@ -98,3 +98,31 @@ def test_bfloat16_tensors_arrays_and_lists_are_drawn(tmp_path: Path) -> None:
     ):
         out = plot_spectrum_density(g, d, tmp_path / f"d{i}.png")  # type: ignore[arg-type]
         assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eigenvalues_from_a_generator_are_drawn_and_complex_or_bool_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The NaN check used a generator up, so no eigenvalue line was drawn; a complex density
+    was drawn as its real part and threshold=True as 'stability threshold 1'."""
+    import sharpdim.report.spectrum_figures as figures
+
+    seen: list[Any] = []
+    real_save = figures.save_figure
+    monkeypatch.setattr(
+        figures, "save_figure", lambda fig, path: seen.append(fig) or real_save(fig, path)
+    )
+    grid = torch.linspace(0, 10, 50)
+    density = torch.exp(-grid)
+    top = (v for v in (9.0, 8.0, 7.5))
+    plot_spectrum_density(grid, density, tmp_path / "d.png", top_eigenvalues=top)
+    lines = [ln.get_xdata()[0] for ln in seen[0].axes[0].lines[1:]]
+    assert lines == [9.0, 8.0, 7.5]
+    for kwargs, message in [
+        ({"density": density.to(torch.complex128)}, r"^density must be real numbers"),
+        ({"grid": torch.ones(50, dtype=torch.bool)}, r"^grid must be real numbers"),
+        ({"threshold": True}, r"^threshold must be a number, got a bool"),
+    ]:
+        args: dict[str, Any] = {"grid": grid, "density": density, **kwargs}
+        with pytest.raises(SharpdimError, match=message):
+            plot_spectrum_density(path=tmp_path / "e.png", **args)

@@ -33,8 +33,7 @@ def flat_measure(values: Any, masses: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise SharpdimError("the masses sum to 0: pass a measure with positive total mass")
     if total == math.inf:  # (finite masses near 1e308: the CDF was NaN, a quantile wrong)
         raise SharpdimError(
-            "the masses sum to inf: pass masses whose total is finite (e.g. divided by the "
-            "largest)"
+            "the masses sum to inf: pass masses whose total is finite (e.g. divided by the largest)"
         )
     return v, m
 

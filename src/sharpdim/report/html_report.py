@@ -42,6 +42,13 @@ class ReportSection:
     rows: Mapping[str, object] = field(default_factory=dict)
     figures: Sequence[Path] = ()
 
+    def __post_init__(self) -> None:
+        if isinstance(self.figures, (str, Path)):  # (a string was read a character at a time)
+            raise SharpdimError(
+                f"figures must be a list of paths, got the one path {str(self.figures)!r}: "
+                "pass figures=[path]"
+            )
+
 
 def _format(value: object) -> str:
     if isinstance(value, float):

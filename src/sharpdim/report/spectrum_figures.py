@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from sharpdim.checks import real_tensor
 from sharpdim.errors import SharpdimError
 from sharpdim.report.figure_file import legend_if_any, save_figure
 
@@ -51,8 +52,12 @@ def plot_spectrum_density(
         threshold: the optimizer's stability threshold (e.g. ``2/eta``), drawn dashed.
         title: axes title.
     """
-    # (float64 copies: numpy has no bfloat16; arrays and lists are taken too)
-    grid, density = (torch.as_tensor(t).detach().to(torch.float64) for t in (grid, density))
+    # (float64 copies: numpy has no bfloat16; arrays and lists are taken too; complex and
+    # bool data are refused, not drawn as their real part or as 0/1)
+    grid, density = (real_tensor(t, name) for t, name in ((grid, "grid"), (density, "density")))
+    top_eigenvalues = real_tensor(list(top_eigenvalues), "top_eigenvalues").reshape(-1).tolist()
+    if isinstance(threshold, bool):  # (True was drawn as "stability threshold 1")
+        raise SharpdimError("threshold must be a number, got a bool: pass e.g. 2 / lr, or None")
     if grid.ndim != 1 or grid.shape != density.shape or grid.numel() == 0:
         raise SharpdimError(
             f"grid {tuple(grid.shape)} and density {tuple(density.shape)} must be equal, "
