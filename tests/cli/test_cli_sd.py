@@ -110,7 +110,7 @@ BAD = [
         "--method 'slq', 'kde' or 'ps' (or raise --max-params)",
     ),
     (
-        ["--train-batch-size", "101"],
+        ["--train-steps", "1", "--train-batch-size", "101"],  # (the later --train-steps)
         "--train-batch-size 101 exceeds the 100 training examples: pass --train-batch-size "
         "<= 100 or omit it (full batch)",
     ),
@@ -132,6 +132,13 @@ BAD = [
     (
         ["--optimizer", "adam", "--momentum", "0.9"],
         "--momentum 0.9 is not used by --optimizer adam and would be ignored",
+    ),
+    # ignored before: adamw trained as adam (its decay was 0), and the batch size of no
+    # training was recorded in the JSON
+    (["--optimizer", "adamw"], "--optimizer adamw differs from adam only by its weight decay"),
+    (
+        ["--train-batch-size", "7"],
+        "--train-batch-size 7 is not used with --train-steps 0 and would be ignored",
     ),
 ]
 

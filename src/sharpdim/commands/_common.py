@@ -388,7 +388,8 @@ def training_record(
     }
 
 
-TRAIN_OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adam", "adamw")
+TRAIN_OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adam")
+# (no adamw: it differs from adam only by a weight decay, which these commands do not set)
 """The ``--optimizer`` choices of the commands that train an MLP before measuring it."""
 
 
@@ -438,7 +439,14 @@ def check_training_options(
 ) -> float:
     """One-line errors naming the flag for the training options of :func:`train_mlp` (the
     model in ``dtype``); the momentum to train with (0.9 when ``--momentum`` was not given). A
-    ``--momentum`` given with an optimizer that has none is refused: it would be ignored."""
+    ``--momentum`` given with an optimizer that has none, or a ``--train-batch-size`` with no
+    training steps, is refused: it would be ignored."""
+    if optimizer == "adamw":  # (it trained exactly as adam: the decay was 0)
+        raise SharpdimError(
+            "--optimizer adamw differs from adam only by its weight decay, which the command "
+            "line does not set: pass --optimizer adam, or train with TrainConfig(optimizer="
+            "'adamw', weight_decay=...) in Python"
+        )
     if optimizer not in TRAIN_OPTIMIZERS:
         raise SharpdimError(
             f"unknown --optimizer {optimizer!r}: use one of {', '.join(TRAIN_OPTIMIZERS)}"
@@ -460,6 +468,11 @@ def check_training_options(
     check_at_least(train_steps, 0, "--train-steps")
     if train_batch_size is not None:
         check_at_least(train_batch_size, 1, "--train-batch-size")
+        if train_steps == 0:  # (recorded in the JSON as if it had trained)
+            raise SharpdimError(
+                f"--train-batch-size {train_batch_size} is not used with --train-steps 0 and "
+                "would be ignored: drop it, or pass --train-steps > 0"
+            )
     return momentum
 
 

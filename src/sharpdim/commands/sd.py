@@ -63,7 +63,6 @@ _TRAIN_TO_SD = {
     "momentum": "momentum",
     "nesterov": "nesterov",
     "adam": "adam",
-    "adamw": "adamw",
 }
 
 
@@ -146,7 +145,7 @@ def compute(
             raise SharpdimError(f"unknown {flag} {value!r}: use one of {names}")
     dtype = torch.float64 if float64 else torch.float32
     momentum = check_training_options(optimizer, lr, momentum, train_steps, train_batch_size, dtype)
-    adam_estimate = _TRAIN_TO_SD.get(optimizer) in ("adam", "adamw") and train_steps == 0
+    adam_estimate = _TRAIN_TO_SD.get(optimizer) == "adam" and train_steps == 0
     _refuse_unused_method_options(
         method,
         adam_estimate,
