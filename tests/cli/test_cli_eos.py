@@ -306,7 +306,11 @@ def test_eos_data_errors(tmp_path, capsys, trained, args, message):
 def test_a_corrupt_store_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "runs.sqlite").write_bytes(b"not sqlite\n" * 100)
     assert _sharpening(tmp_path, "0.2") == 2
-    assert "runs.sqlite is not a readable SQLite results store" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "runs.sqlite as the results store (not a readable SQLite results store" in err
+    # named by --out, which picks the path (it said "choose another path")
+    assert err.rstrip().endswith(f"choose another --out folder or move {tmp_path}/runs.sqlite away")
+    assert err.count("\n") == 1
 
 
 def test_minimalist_where_every_step_size_diverges(tmp_path, capsys):

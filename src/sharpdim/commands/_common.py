@@ -651,6 +651,22 @@ def prepare_store_path(folder: Path, name: str = "runs.sqlite") -> Path:
     return path
 
 
+def open_run_store(path: Path) -> Any:
+    """The :class:`~sharpdim.runner.ResultsStore` at ``path`` (from :func:`prepare_store_path`);
+    a file there that is no results store is refused naming ``--out``, which is how the user
+    picks the path (the store's own message said "choose another path")."""
+    from sharpdim.runner import ResultsStore
+
+    try:
+        return ResultsStore(path)
+    except SharpdimError as exc:
+        reason = str(exc).split(": move ")[0].removeprefix(f"{path} ").removeprefix("is ")
+        raise SharpdimError(
+            f"cannot use {path} as the results store ({reason}): choose another --out folder "
+            f"or move {path} away"
+        ) from None
+
+
 @contextmanager
 def output_errors(path: Path, flag: str) -> Iterator[None]:
     """Turn an ``OSError`` raised inside the block (writing under ``path``) into one line."""

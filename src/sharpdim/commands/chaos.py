@@ -39,6 +39,7 @@ from sharpdim.commands._common import (
     depth_option,
     json_option,
     mlp_data,
+    open_run_store,
     output_errors,
     parse_output_folder,
     prepare_output_dir,
@@ -241,10 +242,10 @@ def compare(
         seeds=seeds,
     )
     start = time.perf_counter()
-    from sharpdim.runner import ResultsStore, ResumableRuns
+    from sharpdim.runner import ResumableRuns
 
     store_path = prepare_store_path(out)
-    with ResultsStore(store_path) as store, Progress(transient=True) as progress:
+    with open_run_store(store_path) as store, Progress(transient=True) as progress:
         runs: ResumableRuns[dict[str, Any]] = ResumableRuns(
             store,
             encode=dict,

@@ -40,6 +40,7 @@ from sharpdim.commands._common import (
     depth_option,
     float64_option,
     kv_table,
+    open_run_store,
     output_errors,
     parse_floats,
     parse_output_folder,
@@ -194,12 +195,12 @@ def _runs_command(
     ``settings``: the command's options, recorded in the JSON.
     """
     from sharpdim.report.eos_figures import plot_eos_runs
-    from sharpdim.runner import ResultsStore, ResumableRuns
+    from sharpdim.runner import ResumableRuns
     from sharpdim.training.eos_experiments import EoSRun
 
     start = time.perf_counter()
     prepare_output_dir(out, "--out folder", files=_outputs(kind))
-    with ResultsStore(prepare_store_path(out, STORE_NAME)) as store:
+    with open_run_store(prepare_store_path(out, STORE_NAME)) as store:
         runs: ResumableRuns[EoSRun] = ResumableRuns(
             store,
             encode=EoSRun.to_dict,
