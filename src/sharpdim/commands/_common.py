@@ -660,6 +660,8 @@ def open_run_store(path: Path) -> Any:
     try:
         return ResultsStore(path)
     except SharpdimError as exc:
+        if ": move " not in str(exc):  # (a read-only store, ...: its message stands)
+            raise
         reason = str(exc).split(": move ")[0].removeprefix(f"{path} ").removeprefix("is ")
         raise SharpdimError(
             f"cannot use {path} as the results store ({reason}): choose another --out folder "
