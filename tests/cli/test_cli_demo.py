@@ -44,31 +44,34 @@ def test_demo_bad_lr_exits_2_before_training(
     )
 
 
-def test_demo_lr_whose_threshold_overflows_exits_2_before_anything(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("lr", "message"),
+    [
+        # it failed after printing 'training ...' and creating --out, advising a float64 model
+        # the demo has no option for, and naming lr instead of --lr
+        (
+            "1e39",
+            "--lr 1e+39 does not fit in the model's float32 (largest 3.4e+38): pass e.g. --lr 0.5",
+        ),
+        # it trained and reported a threshold 2/eta of inf and an SD of every parameter
+        (
+            "1e-320",
+            "--lr 9.99989e-321 puts the sgd stability threshold at inf: pass a step size whose "
+            "threshold is a finite number, e.g. 1e-3",
+        ),
+    ],
+)
+def test_demo_lr_out_of_range_exits_2_before_anything(
+    lr: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """--lr 1e-320 trained and reported a threshold 2/eta of inf and an SD of every parameter."""
     monkeypatch.setattr(demo_module, "train", _no_training)
-    out = tmp_path / "out"
-    assert main(["demo", "--out", str(out), "--lr", "1e-320"]) == 2
-    assert capsys.readouterr().err.startswith(
-        "error: --lr 9.99989e-321 puts the sgd stability threshold at inf"
-    )
-    assert not out.exists()
-
-
-def test_demo_lr_beyond_float32_exits_2_before_anything(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """It failed after printing 'training ...' and creating --out, advising a float64 model
-    the demo has no option for, and naming lr instead of --lr."""
-    monkeypatch.setattr(demo_module, "train", _no_training)
-    assert main(["demo", "--out", str(tmp_path / "d"), "--lr", "1e39"]) == 2
+    assert main(["demo", "--out", str(tmp_path / "d"), "--lr", lr]) == 2
     captured = capsys.readouterr()
-    assert captured.err == (
-        "error: --lr 1e+39 does not fit in the model's float32 (largest 3.4e+38): pass e.g. "
-        "--lr 0.5\n"
-    )
+    assert captured.err == f"error: {message}\n"
     assert captured.out == "" and not (tmp_path / "d").exists()
 
 
