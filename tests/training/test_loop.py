@@ -599,6 +599,7 @@ def test_a_users_optimizer_with_numpy_lr_saves_a_readable_checkpoint(tmp_path):
         ({"divergence_factor": "big"}, r"^divergence_factor must be a number > 1"),
         ({"checkpoint_steps": 5}, r"^checkpoint_steps must be a sequence of steps, got 5"),
         ({"checkpoint_dir": 123}, r"^checkpoint_dir must be a path or None, got 123"),
+        ({"keep_snapshots": "no"}, r"^keep_snapshots must be True or False, got 'no'"),  # (kept)
     ],
 )
 def test_bad_seeds_and_settings_are_one_line_errors(options, message):
@@ -987,3 +988,20 @@ def test_param_groups_without_a_numeric_lr_still_train(digits):
         group["lr"] = None
     result = train(model, digits, TrainConfig(steps=3), optimizer=optimizer)
     assert result.status == "ok" and result.steps_completed == 3
+
+
+def test_an_optimizer_over_another_model_is_refused(digits):
+    """It trained nothing and reported status 'ok'."""
+    other = small_mlp(1)
+    sgd = torch.optim.SGD(other.parameters(), lr=0.1)
+    with pytest.raises(SharpdimError, match=r"^the optimizer holds none of the model's trainable"):
+        train(small_mlp(), digits, TrainConfig(lr=0.1, steps=3), optimizer=sgd)
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_a_checkpoint(digits, tmp_path):
+    """It was refused at the first batch, after step 0's checkpoint had been written."""
+    config = TrainConfig(lr=0.1, steps=3, batch_size=201, checkpoint_steps=(0,))
+    config = replace(config, checkpoint_dir=str(tmp_path))
+    with pytest.raises(SharpdimError, match=r"^batch_size=201 is not in \[1, 200\] for digits"):
+        train(small_mlp(), digits, config)
+    assert list(tmp_path.iterdir()) == []

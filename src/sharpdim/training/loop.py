@@ -12,7 +12,7 @@ Checkpoints hold the state of both (and of the optimizer), and ``train(..., resu
 continues a run from one: the resumed run's parameters equal the uninterrupted run's bit for bit.
 
 Divergence never raises: a non-finite loss, a loss above
-``divergence_factor * max(L_0, 1)`` (or above ``divergence_threshold``) or non-finite
+``divergence_factor * max(|L_0|, 1)`` (or above ``divergence_threshold``) or non-finite
 parameters end the run with ``status="diverged"`` and the step where it was seen. Each step
 tests its batch loss ``L_{B_s}(w_s)`` before its update; the parameters after the last update
 are tested the same way on the full training loss, in training mode (for SGD: not the
@@ -109,7 +109,7 @@ class TrainConfig:
             parameters, ``steps`` = the final ones).
         checkpoint_dir: where to ``torch.save`` the checkpoints; ``None`` = none on disk.
         keep_snapshots: keep a flat copy of the parameters at each checkpoint step in memory.
-        divergence_factor: diverged when the loss exceeds this times ``max(L_0, 1)``
+        divergence_factor: diverged when the loss exceeds this times ``max(|L_0|, 1)``
             (``inf``: only a non-finite loss or non-finite parameters).
         divergence_threshold: diverged when the loss exceeds this (optional, absolute).
         stop_loss: stop early (status ``"ok"``) once the step's loss falls below this.
@@ -141,6 +141,10 @@ class TrainConfig:
             )
         get_loss(self.loss)
         object.__setattr__(self, "seed", check_seed(self.seed))
+        # ("no" is truthy: it kept the snapshots)
+        object.__setattr__(
+            self, "keep_snapshots", check_flag(self.keep_snapshots, "keep_snapshots")
+        )
         for name, minimum in (("steps", 0), ("eval_every", 0), ("log_every", 1)):
             object.__setattr__(self, name, check_count(getattr(self, name), name, minimum))
         # plain floats: a numpy or tensor scalar (an lr from np.logspace) would reach the
@@ -460,7 +464,21 @@ def train(
             f"lr={config.lr:g} does not fit in the model's {params[0].dtype} (largest "
             f"{torch.finfo(params[0].dtype).max:.3g}): pass a smaller lr or a float64 model"
         )
+    if optimizer is not None:  # (one over another model instance trained nothing: "ok")
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if not held & {id(p) for p in params}:
+            raise SharpdimError(
+                "the optimizer holds none of the model's trainable parameters (built over "
+                "another model?): pass an optimizer over model.parameters()"
+            )
     optimizer = config.make_optimizer(params) if optimizer is None else optimizer
+    too_large = config.batch_size is not None and config.batch_size > dataset.num_train
+    if config.steps > 0 and too_large:  # (refused before a checkpoint is written)
+        raise SharpdimError(
+            f"batch_size={config.batch_size} is not in [1, {dataset.num_train}] for "
+            f"{dataset.name} with {dataset.num_train} training examples: choose a smaller "
+            "batch or use batch_size=None (full batch)"
+        )
     checkpoints = set(config.checkpoint_steps)
     if config.checkpoint_dir is not None and checkpoints:
         prepare_checkpoint_dir(config.checkpoint_dir)
