@@ -307,9 +307,9 @@ def test_a_corrupt_store_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "runs.sqlite").write_bytes(b"not sqlite\n" * 100)
     assert _sharpening(tmp_path, "0.2") == 2
     err = capsys.readouterr().err
-    assert "runs.sqlite as the results store (not a readable SQLite results store" in err
+    assert "runs.sqlite is not a readable SQLite results store" in err
     # named by --out, which picks the path (it said "choose another path")
-    assert err.rstrip().endswith(f"choose another --out folder or move {tmp_path}/runs.sqlite away")
+    assert err.rstrip().endswith("move the file away or choose another --out folder")
     assert err.count("\n") == 1
 
 
@@ -403,9 +403,24 @@ def test_a_read_only_store_is_refused_before_training(tmp_path, capsys, trained)
         assert _sharpening(tmp_path, "0.2,0.5") == 2
     assert _one_error_line(capsys) == (
         f"the results store {tmp_path / 'runs.sqlite'} is read-only (attempt to write a "
-        "readonly database): make it writable or choose another path"
+        "readonly database): make it writable or choose another --out folder"
     )
     assert trained[0] == [0.2]  # 0.5 was not trained
+
+
+def test_a_store_of_another_schema_version_names_out(tmp_path, capsys, trained):
+    """Its message said 'use a matching sharpdim or a new path'; the path is --out's."""
+    from sharpdim.runner.store import APPLICATION_ID
+
+    conn = sqlite3.connect(tmp_path / "runs.sqlite")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    assert _sharpening(tmp_path, "0.2") == 2
+    message = _one_error_line(capsys)
+    assert "is a results store of schema version 99" in message
+    assert message.endswith("use a matching sharpdim or choose another --out folder")
+    assert trained[0] == []
 
 
 def test_a_store_file_without_write_permission_is_refused_before_training(

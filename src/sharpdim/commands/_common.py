@@ -653,20 +653,20 @@ def prepare_store_path(folder: Path, name: str = "runs.sqlite") -> Path:
 
 def open_run_store(path: Path) -> Any:
     """The :class:`~sharpdim.runner.ResultsStore` at ``path`` (from :func:`prepare_store_path`);
-    a file there that is no results store is refused naming ``--out``, which is how the user
-    picks the path (the store's own message said "choose another path")."""
+    its refusals name ``--out``, through which the user picks the path (the store's own
+    messages end in "choose another path" or "a new path")."""
     from sharpdim.runner import ResultsStore
 
     try:
         return ResultsStore(path)
     except SharpdimError as exc:
-        if ": move " not in str(exc):  # (a read-only store, ...: its message stands)
-            raise
-        reason = str(exc).split(": move ")[0].removeprefix(f"{path} ").removeprefix("is ")
-        raise SharpdimError(
-            f"cannot use {path} as the results store ({reason}): choose another --out folder "
-            f"or move {path} away"
-        ) from None
+        message = str(exc)
+        for tail in ("choose another path", "a new path"):
+            if message.endswith(tail):
+                raise SharpdimError(
+                    message.removesuffix(tail) + "choose another --out folder"
+                ) from None
+        raise
 
 
 @contextmanager
