@@ -345,13 +345,13 @@ def test_non_leaf_tensors_are_refused_in_one_line():
     ("name", "group", "message"),
     [
         ("gd", {"lr": -0.1}, r"^learning rate -0.1 must be a finite number > 0"),  # (ascent)
-        ("gd", {"momentum": 0.9}, r"^a param group sets momentum, which gd does not take"),
+        ("gd", {"momentum": 0.9}, r"^a param group sets momentum=0.9, which gd does not use"),
         ("gd", {"weight_decay": -1.0}, r"^weight_decay -1.0 must be >= 0"),
         ("momentum", {"momentum": 1.5}, r"^momentum 1.5 must lie in \[0, 1\)"),
-        ("momentum", {"nesterov": True}, r"^a param group sets nesterov, which momentum"),
+        ("momentum", {"nesterov": True}, r"^a param group sets nesterov=True, which momentum"),
         ("adam", {"betas": (0.9, 1.5)}, r"^betas must be a finite number in \[0, 1\), got 1.5"),
-        ("adam", {"amsgrad": True}, r"^a param group sets amsgrad, which adam does not take"),
-        ("sgd", {"maximize": True}, r"^a param group sets maximize, which sgd does not take"),
+        ("adam", {"amsgrad": True}, r"^a param group sets amsgrad=True, which adam does not use"),
+        ("sgd", {"maximize": True}, r"^a param group sets maximize=True, which sgd does not use"),
     ],
 )
 def test_param_group_dicts_get_the_checks_of_the_keyword_settings(name, group, message):
@@ -369,7 +369,7 @@ def test_param_group_dicts_hold_parameters() -> None:
         ([{"lr": 0.1}], r"^a param group has no 'params' entry \(keys \['lr'\]\)"),
         ([{"params": [w * 2]}], r"^params holds a tensor computed from others"),
         ([{"params": [1, 2]}], r"^params must hold parameters .* got int"),
-        ([{"params": []}], r"^params must hold parameters .* got nothing"),
+        ([{"params": []}], r"^every param group is empty"),
     ]:
         with pytest.raises(SharpdimError, match=message):
             make_optimizer("gd", groups, lr=0.1)
@@ -382,3 +382,26 @@ def test_param_group_dicts_hold_parameters() -> None:
     )
     assert [len(g["params"]) for g in opt.param_groups] == [2, 1]
     assert opt.param_groups[0]["betas"] == (0.8, 0.9) and opt.param_groups[1]["lr"] == 0.1
+
+
+def test_param_groups_torch_takes_stay_accepted() -> None:
+    """The first group checks refused an empty group (a decay / no-decay split on a model
+    without biases), a frozen group (lr 0), groups copied from a torch optimizer (they carry
+    dampening=0, nesterov=False, maximize=False) and kept a copy of the caller's dict."""
+    layer = nn.Linear(3, 2, bias=False)
+    extra = nn.Parameter(torch.ones(2))
+    empty = make_optimizer("adam", [{"params": layer.parameters()}, {"params": []}], lr=0.1)
+    assert [len(g["params"]) for g in empty.param_groups] == [1, 0]
+    frozen = make_optimizer(
+        "gd", [{"params": [layer.weight], "lr": 0.0}, {"params": [extra]}], lr=0.1
+    )
+    assert [g["lr"] for g in frozen.param_groups] == [0.0, 0.1]
+    copied = torch.optim.SGD([layer.weight], lr=0.1, momentum=0.9).param_groups[0]
+    again = make_optimizer("momentum", [dict(copied)], lr=0.1)
+    assert again.param_groups[0]["momentum"] == 0.9
+    assert make_optimizer("nesterov", [{"params": [extra], "nesterov": True}], lr=0.1)
+    mine = {"params": [extra], "lr": 0.3}
+    opt = make_optimizer("gd", [mine], lr=0.1)
+    assert opt.param_groups[0] is mine
+    mine["lr"] = 0.0  # (a schedule written into the caller's dict reaches the optimizer)
+    assert opt.param_groups[0]["lr"] == 0.0

@@ -119,6 +119,11 @@ def make_optimizer(
         else g
         for g in _parameter_list(params)
     ]
+    if all(isinstance(g, dict) and not g["params"] for g in groups):
+        raise SharpdimError(
+            "every param group is empty: pass the parameters to optimise, e.g. "
+            "[{'params': model.parameters()}]"
+        )
     if name in ("gd", "sgd"):
         return torch.optim.SGD(groups, lr=lr, momentum=0.0, weight_decay=weight_decay)
     if name in ("momentum", "heavy_ball", "nesterov"):
@@ -161,10 +166,13 @@ def _parameter_list(params: Any) -> list[Any]:
     return params
 
 
-# param-group keys that change torch's update rule; a group may set only those of its
-# optimizer's own settings (below), else "gd" with a group's momentum would be heavy ball
-_RULE_KEYS = frozenset({"momentum", "dampening", "nesterov", "maximize", "amsgrad", "betas"})
-_RULE_KEYS |= {"eps", "decoupled_weight_decay"}
+def _own_rule(name: str) -> dict[str, Any]:
+    """The values of torch's rule keys that ``make_optimizer(name, ...)`` builds with: a group
+    may repeat them (groups copied from a torch optimizer's ``param_groups`` carry them all),
+    not change them ("gd" with a group's momentum would be heavy ball)."""
+    if name in ADAPTIVE:
+        return {"amsgrad": False, "maximize": False, "decoupled_weight_decay": name == "adamw"}
+    return {"dampening": 0, "nesterov": name == "nesterov", "maximize": False}
 
 
 def _checked_group(
@@ -176,38 +184,43 @@ def _checked_group(
     eps: float,
     weight_decay: float,
 ) -> dict[str, Any]:
-    """A copy of a param-group dict (its ``"params"`` as a list) that passed the checks of the
-    keyword settings: a ``"params"`` entry of leaf tensors, its own ``lr``/``weight_decay``
-    (and ``momentum``, ``betas``, ``eps`` where the optimizer has them) in range, and no key
-    that changes the update rule."""
+    """``group`` (its ``"params"`` now a list, the caller's dict kept, as torch keeps it) after
+    the checks of the keyword settings: leaf tensors (none is fine: torch takes an empty
+    group), its own ``lr >= 0`` (0 freezes the group) and ``weight_decay`` (and ``momentum``,
+    ``betas``, ``eps`` where the optimizer has them) in range, and no key that changes the
+    update rule."""
     if "params" not in group:
         raise SharpdimError(
             f"a param group has no 'params' entry (keys {sorted(group)}): pass e.g. "
             "{'params': layer.parameters(), 'lr': 0.1}"
         )
     inner = group["params"]
-    if isinstance(inner, torch.Tensor):  # (torch takes a single tensor here)
-        inner = [inner]
-    inner = _parameter_list(inner)
+    inner = [inner] if isinstance(inner, torch.Tensor) else list(inner)
+    if inner:
+        inner = _parameter_list(inner)
     if any(isinstance(p, dict) for p in inner):
         raise SharpdimError("a param group's 'params' holds dicts: pass tensors")
-    own = {"gd": (), "sgd": (), "momentum": ("momentum",), "heavy_ball": ("momentum",)}
-    own |= {"nesterov": ("momentum",), "adam": ("betas", "eps"), "adamw": ("betas", "eps")}
-    changes = sorted(k for k in _RULE_KEYS if k in group and k not in own[name])
+    own = _own_rule(name)
+    if name not in ("momentum", "heavy_ball", "nesterov"):
+        own["momentum"] = 0
+    changes = sorted(k for k, v in own.items() if k in group and group[k] != v)
     if changes:
         raise SharpdimError(
-            f"a param group sets {', '.join(changes)}, which {name} does not take (it would "
-            "change the update rule): drop it, or pick the optimizer that has it"
+            f"a param group sets {', '.join(f'{k}={group[k]!r}' for k in changes)}, which "
+            f"{name} does not use (it would change the update rule): drop it, or pick the "
+            "optimizer that has it"
         )
+    group_lr = group.get("lr", lr)
     check_optimizer_options(
         name,
-        group.get("lr", lr),
+        lr if _real(group_lr, "lr", "0.01") == 0 else group_lr,  # (a frozen group: lr 0)
         group.get("momentum", momentum),
         group.get("betas", betas),
         eps=group.get("eps", eps),
         weight_decay=group.get("weight_decay", weight_decay),
     )
-    return {**group, "params": inner}
+    group["params"] = inner
+    return group
 
 
 def _named(item: Any) -> bool:
