@@ -677,6 +677,38 @@ def test_a_path_through_a_symlinked_folder_opens_the_file_the_os_names(tmp_path,
     assert not (tmp_path / "work" / "runs.sqlite").exists()
 
 
+def test_a_utf16_store_reads_back_and_a_row_with_a_damaged_created_time_is_replaced(tmp_path):
+    """Reading TEXT as CAST(... AS BLOB) gave a UTF-16 database's bytes, decoded as UTF-8:
+    every row undecodable. put() could not replace a row whose created time was invalid
+    UTF-8 (it read it back to return it)."""
+    from sharpdim.runner import store as st
+
+    path = tmp_path / "utf16.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA encoding = 'UTF-16le'")
+    conn.execute(st._SCHEMA)
+    conn.execute(f"PRAGMA application_id = {st.APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {st.SCHEMA_VERSION}")
+    conn.close()
+    with ResultsStore(path) as store:
+        store.put({"a": 1}, {"b": 2})
+        assert store.get({"a": 1}).result == {"b": 2}
+        assert [r.config for r in store.records()] == [{"a": 1}] and len(store.finished_keys()) == 1
+    utf8 = path.with_name("utf8.sqlite")
+    with ResultsStore(utf8) as store:
+        key = store.put({"a": 1}, {"b": 2}).key
+    conn = sqlite3.connect(utf8)
+    conn.execute("UPDATE runs SET created = CAST(? AS TEXT) WHERE key = ?", (b"\xff", key))
+    conn.commit()
+    conn.close()
+    with ResultsStore(utf8) as store:
+        with pytest.warns(UserWarning, match=r"cannot be decoded"):
+            assert store.get({"a": 1}) is None
+        replaced = store.put({"a": 1}, {"b": 3})
+        assert replaced.result == {"b": 3} and replaced.created == replaced.updated
+        assert store.get({"a": 1}).result == {"b": 3}
+
+
 def test_the_read_only_uri_quotes_a_name_that_is_not_utf8(tmp_path):
     """A store named with a non-UTF-8 byte on a read-only filesystem raised
     UnicodeEncodeError while building the immutable URI; the bytes are quoted as they are."""

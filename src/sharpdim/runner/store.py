@@ -68,9 +68,6 @@ CREATE TABLE runs (
 )
 """
 _COLUMNS = "key, config, status, result, created, updated"
-# read as bytes, decoded per row: sqlite3 decodes TEXT inside fetchall(), so one row of
-# invalid UTF-8 (another program's) failed every read of the store instead of that row
-_READ = ", ".join(f"CAST({c} AS BLOB)" for c in _COLUMNS.split(", "))
 
 
 @dataclass(frozen=True)
@@ -434,6 +431,17 @@ class ResultsStore:
         except sqlite3.Error as err:
             raise self._fail(err, "reading") from None
 
+    def _query_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """``_query`` with TEXT as UTF-8 bytes, decoded per row by ``_record``: sqlite3
+        decodes inside fetchall(), so one row of invalid UTF-8 (another program's) failed
+        every read of the store instead of reading as that row undecodable. (sqlite converts
+        a UTF-16 database's text to UTF-8 for this, as it does for str.)"""
+        self._conn.text_factory = bytes
+        try:
+            return self._query(sql, params)
+        finally:
+            self._conn.text_factory = str
+
     def _records(self, rows: list[Any]) -> Iterator[RunRecord]:
         """The records of ``rows``, leaving out (with a warning) those that cannot be decoded."""
         for row in rows:
@@ -490,20 +498,32 @@ class ResultsStore:
                     "status = excluded.status, result = excluded.result, updated = excluded.updated",
                     (key, text, status, body, now, now),
                 )
-                row = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM runs WHERE key = ?", (key,)
-                ).fetchone()
+                record = self._read_back(key, now)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
         except sqlite3.Error as err:
             raise self._fail(err, "writing a run") from None
-        return _record(row)
+        return record
+
+    def _read_back(self, key: str, now: str) -> RunRecord:
+        """The row ``put`` just wrote; a replaced row keeps its ``created`` time, or gets
+        ``now`` when that cannot be decoded (another program's: put could not replace it)."""
+        select = f"SELECT {_COLUMNS} FROM runs WHERE key = ?"
+        self._conn.text_factory = bytes
+        try:
+            try:
+                return _record(self._conn.execute(select, (key,)).fetchone())
+            except (ValueError, TypeError):
+                self._conn.execute("UPDATE runs SET created = ? WHERE key = ?", (now, key))
+                return _record(self._conn.execute(select, (key,)).fetchone())
+        finally:
+            self._conn.text_factory = str
 
     def get(self, config: Mapping[str, Any]) -> RunRecord | None:
         """The stored run of ``config``, or ``None`` (also for a row that cannot be decoded)."""
-        rows = self._query(f"SELECT {_READ} FROM runs WHERE key = ?", (config_key(config),))
+        rows = self._query_rows(f"SELECT {_COLUMNS} FROM runs WHERE key = ?", (config_key(config),))
         return next(self._records(rows), None)
 
     def finished_keys(self) -> set[str]:
@@ -511,7 +531,7 @@ class ResultsStore:
 
         ``"failed"`` runs are left out, so a sweep retries them, and so are undecodable rows.
         """
-        rows = self._query(f"SELECT {_READ} FROM runs WHERE status IN (?, ?)", FINISHED)
+        rows = self._query_rows(f"SELECT {_COLUMNS} FROM runs WHERE status IN (?, ?)", FINISHED)
         return {record.key for record in self._records(rows)}
 
     def records(self, status: str | None = None) -> Iterator[RunRecord]:
@@ -520,7 +540,7 @@ class ResultsStore:
         if status is not None and status not in STATUSES:
             raise SharpdimError(f"status {status!r}: use one of {', '.join(STATUSES)}")
         where, params = ("WHERE status = ?", (status,)) if status is not None else ("", ())
-        rows = self._query(f"SELECT {_READ} FROM runs {where} ORDER BY rowid", params)
+        rows = self._query_rows(f"SELECT {_COLUMNS} FROM runs {where} ORDER BY rowid", params)
         return self._records(rows)
 
     def __len__(self) -> int:
