@@ -92,12 +92,21 @@ def pairwise_distances(
             "points: pass losses of shape (N, num_examples)"
         )
     centred = full - full.mean(dim=0) if metric == "euclidean" else full
+    unit = 1.0
+    if metric == "euclidean" and centred.numel():
+        # in units of the largest centred coordinate (in place: a fresh tensor): squares of
+        # coordinates below ~1e-154 (above ~1e154) underflowed to 0 (overflowed to inf), and a
+        # 1e-200-scale cloud had E = 0
+        largest = max(float(centred.max()), -float(centred.min()))
+        if 0.0 < largest < math.inf:
+            unit = largest
+            centred /= unit
     out = torch.empty(n, n, dtype=torch.float64)
     eps = rounding_unit(out)  # the coarsest precision a callable metric returned
     for i in range(0, n, chunk_size):
         rows = full[i : i + chunk_size]
         if metric == "euclidean":
-            block = _euclidean_block(full, centred, i, rows.shape[0])
+            block = _euclidean_block(full, centred, unit, i, rows.shape[0])
         elif metric == "loss":
             block = torch.cdist(rows, full, p=1.0) / full.shape[1]
         else:
@@ -157,22 +166,19 @@ def _check_symmetric(dense: np.ndarray, what: str, eps: float) -> None:
         )
 
 
-def _euclidean_block(full: torch.Tensor, centred: torch.Tensor, i: int, m: int) -> torch.Tensor:
+def _euclidean_block(
+    full: torch.Tensor, centred: torch.Tensor, unit: float, i: int, m: int
+) -> torch.Tensor:
     """Rows ``i .. i+m`` of the Euclidean distance matrix, accurate for close pairs.
 
     Fast matmul form ``d^2 = |a|^2 + |b|^2 - 2 a.b`` on the centred points, whose rounding error
     is ``~ eps (|a|^2 + |b|^2)``; pairs with ``d^2 <= 1e-3 (|a|^2 + |b|^2)`` (duplicates and
     close pairs, where that error is not small against ``d^2``) are recomputed as
     ``||a - b||`` from the uncentred points: duplicates get exactly 0, close pairs full
-    relative precision.
+    relative precision. ``centred`` is in units of ``unit``; the rows are in the points'.
     """
-    # in units of the largest centred coordinate: squares of coordinates below ~1e-154 (or
-    # above ~1e154) underflowed to 0 (overflowed to inf), and 1e-200-scale clouds had E = 0
-    unit = float(centred.abs().max()) if centred.numel() else 0.0
-    unit = unit if 0.0 < unit < math.inf else 1.0
-    scaled = centred / unit
-    sq = scaled.square().sum(dim=1)
-    block = torch.cdist(scaled[i : i + m], scaled, compute_mode="use_mm_for_euclid_dist")
+    sq = centred.square().sum(dim=1)
+    block = torch.cdist(centred[i : i + m], centred, compute_mode="use_mm_for_euclid_dist")
     close = block.square() <= _CANCELLATION_RATIO * (sq[i : i + m, None] + sq[None, :])
     close[torch.arange(m), torch.arange(i, i + m)] = False  # the diagonal is set to 0 later
     block *= unit
