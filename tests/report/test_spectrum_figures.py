@@ -118,6 +118,9 @@ def test_eigenvalues_from_a_generator_are_drawn_and_complex_or_bool_refused(
     plot_spectrum_density(grid, density, tmp_path / "d.png", top_eigenvalues=top)
     lines = [ln.get_xdata()[0] for ln in seen[0].axes[0].lines[1:]]
     assert lines == [9.0, 8.0, 7.5]
+    mixed = [torch.tensor([9.0]), torch.tensor(8.0), 7.5]  # (entries of mixed shapes)
+    plot_spectrum_density(grid, density, tmp_path / "m.png", top_eigenvalues=mixed)
+    assert [ln.get_xdata()[0] for ln in seen[1].axes[0].lines[1:]] == [9.0, 8.0, 7.5]
     for kwargs, message in [
         ({"density": density.to(torch.complex128)}, r"^density must be real numbers"),
         ({"grid": torch.ones(50, dtype=torch.bool)}, r"^grid must be real numbers"),

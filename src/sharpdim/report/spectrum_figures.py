@@ -55,7 +55,9 @@ def plot_spectrum_density(
     # (float64 copies: numpy has no bfloat16; arrays and lists are taken too; complex and
     # bool data are refused, not drawn as their real part or as 0/1)
     grid, density = (real_tensor(t, name) for t, name in ((grid, "grid"), (density, "density")))
-    top_eigenvalues = real_tensor(list(top_eigenvalues), "top_eigenvalues").reshape(-1).tolist()
+    top_eigenvalues = [  # (each entry flattened: [tensor([4.0]), 3.0] mixes shapes)
+        v for e in top_eigenvalues for v in real_tensor(e, "top_eigenvalues").reshape(-1).tolist()
+    ]
     if isinstance(threshold, bool):  # (True was drawn as "stability threshold 1")
         raise SharpdimError("threshold must be a number, got a bool: pass e.g. 2 / lr, or None")
     if grid.ndim != 1 or grid.shape != density.shape or grid.numel() == 0:
