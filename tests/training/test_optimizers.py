@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -370,6 +371,11 @@ def test_param_group_dicts_hold_parameters() -> None:
         ([{"params": [w * 2]}], r"^params holds a tensor computed from others"),
         ([{"params": [1, 2]}], r"^params must hold parameters .* got int"),
         ([{"params": []}], r"^every param group is empty"),
+        # (raw TypeErrors, or "got str" for a dict, in the first relaxed version)
+        ([{"params": None}], r"^params must be an iterable of parameters, got NoneType"),
+        ([{"params": 5}], r"^params must be an iterable of parameters, got int"),
+        ([{"params": {"w": w}}], r"^params must be an iterable of parameters, got dict"),
+        ([{"params": [w], "momentum": np.array([0.9, 0.9])}], r"^a param group sets momentum="),
     ]:
         with pytest.raises(SharpdimError, match=message):
             make_optimizer("gd", groups, lr=0.1)

@@ -195,15 +195,19 @@ def _checked_group(
             "{'params': layer.parameters(), 'lr': 0.1}"
         )
     inner = group["params"]
-    inner = [inner] if isinstance(inner, torch.Tensor) else list(inner)
-    if inner:
+    if isinstance(inner, torch.Tensor):  # (torch takes a single tensor here)
+        inner = [inner]
+    elif isinstance(inner, (str, bytes, dict)) or not isinstance(inner, Iterable):
+        inner = _parameter_list(inner)  # (refuses it in one line, naming its type)
+    inner = list(inner)
+    if inner:  # (an empty group is fine: torch takes it)
         inner = _parameter_list(inner)
     if any(isinstance(p, dict) for p in inner):
         raise SharpdimError("a param group's 'params' holds dicts: pass tensors")
     own = _own_rule(name)
     if name not in ("momentum", "heavy_ball", "nesterov"):
         own["momentum"] = 0
-    changes = sorted(k for k, v in own.items() if k in group and group[k] != v)
+    changes = sorted(k for k, v in own.items() if k in group and not _same(group[k], v))
     if changes:
         raise SharpdimError(
             f"a param group sets {', '.join(f'{k}={group[k]!r}' for k in changes)}, which "
@@ -221,6 +225,15 @@ def _checked_group(
     )
     group["params"] = inner
     return group
+
+
+def _same(value: Any, own: Any) -> bool:
+    """Whether a group's ``value`` is the optimizer's own setting ``own`` (an array or a
+    tensor of several values is not: its comparison has no truth value)."""
+    try:
+        return bool(plain_scalar(value) == own)
+    except (TypeError, ValueError, RuntimeError):
+        return False
 
 
 def _named(item: Any) -> bool:
