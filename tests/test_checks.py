@@ -162,3 +162,64 @@ def test_bytearray_and_memoryview_are_not_read_as_byte_codes() -> None:
     for text in (bytearray(b"\x02\x03"), memoryview(b"\x02\x03")):
         with pytest.raises(SharpdimError, match="must be a list of numbers"):
             check_numbers(text, "init", "> 0", "(2, 0.3)")
+
+
+def test_messages_describe_arrays_in_one_line() -> None:
+    """The value's repr went into the message: labels passed as lr printed 300 of them over
+    13 lines, and 10**400 all its digits."""
+    from sharpdim.checks import check_flag, check_number
+
+    labels = torch.arange(300)
+    for call, start in [
+        (
+            lambda: check_number(labels, "lr", "> 0", "0.1"),
+            "lr must be a finite number > 0, got a Tensor of shape (300,)",
+        ),
+        (
+            lambda: check_count(np.ones((7, 3)), "num_matvecs"),
+            "num_matvecs must be an integer >= 1, got a ndarray of shape (7, 3)",
+        ),
+        (
+            lambda: check_flag(np.zeros(20), "exact"),
+            "exact must be True or False, got a ndarray of shape (20,)",
+        ),
+        (
+            lambda: check_betas(torch.zeros(3, 3)),
+            "betas must be a pair (b1, b2), got a Tensor of shape (3, 3)",
+        ),
+        (
+            lambda: check_number(10**400, "lr", "> 0", "0.1"),
+            "lr must be a finite number > 0, got 1000",
+        ),
+    ]:
+        with pytest.raises(SharpdimError) as err:
+            call()
+        assert str(err.value).startswith(start) and "\n" not in str(err.value)
+        assert len(str(err.value)) < 160
+
+
+def test_overflowing_masked_decimal_longdouble_and_meta_values() -> None:
+    """real_tensor let OverflowError through for 10**400, read masked entries' hidden data,
+    refused Decimal and float128 arrays as 'not real numbers', and meta tensors raised torch's
+    errors."""
+    from decimal import Decimal
+
+    from sharpdim.checks import check_number
+
+    for big in ([0.5, -(10**400)], [Fraction(10**400), 1], 10**400):
+        with pytest.raises(SharpdimError, match=r"^x holds a number beyond float64's range"):
+            real_tensor(big, "x")
+    masked = np.ma.masked_array([0.5, 100.0, -1.0], mask=[0, 1, 0])
+    with pytest.raises(SharpdimError, match=r"^x is a masked array with masked entries"):
+        real_tensor(masked, "x")
+    assert real_tensor(np.ma.masked_array([0.5, 1.0]), "x").tolist() == [0.5, 1.0]  # none masked
+    with pytest.raises(SharpdimError, match=r"^a masked value has no number"):
+        check_count(np.ma.masked_array(3, mask=True), "n")
+    assert real_tensor([Decimal("0.5"), Decimal("-1")], "x").tolist() == [0.5, -1.0]
+    assert real_tensor(np.array([0.5, -1], dtype=np.longdouble), "x").tolist() == [0.5, -1.0]
+    assert check_number(Decimal("0.1"), "lr", "> 0", "0.1") == 0.1
+    assert check_count(Decimal("5"), "n") == 5
+    with pytest.raises(SharpdimError, match=r"^got a meta tensor, which holds no data"):
+        check_count(torch.tensor(3.0, device="meta"), "n")
+    with pytest.raises(SharpdimError, match=r"^x is a meta tensor, which holds no data"):
+        real_tensor(torch.zeros(3, device="meta"), "x")

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
+import reprlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +24,41 @@ _RANGES: dict[str, Callable[[float], bool]] = {
 }
 
 
+def described(value: Any) -> str:
+    """``value`` for a one-line message: an array or tensor by its type and shape (its repr
+    printed every entry, over many lines: labels passed as lr), anything else by a repr
+    shortened to one line (a 400-digit int)."""
+    ndim = getattr(value, "ndim", None)
+    if isinstance(ndim, int) and ndim > 0 and hasattr(value, "shape"):
+        return f"a {type(value).__name__} of shape {tuple(value.shape)}"
+    return " ".join(reprlib.repr(value).split())
+
+
 def plain_scalar(value: Any) -> Any:
     """A 0-dim tensor or numpy array (e.g. a torch optimizer's ``step`` or tensor ``betas``) as
-    a Python number; anything else unchanged (bool tensors stay, and are refused)."""
+    a Python number; anything else unchanged (bool tensors stay, and are refused). A masked
+    or meta value has no number to give: refused in one line."""
+    if getattr(value, "is_meta", False):
+        raise SharpdimError("got a meta tensor, which holds no data: pass a tensor with values")
+    if getattr(value, "mask", False) is not False and _is_masked(value):
+        raise SharpdimError(
+            f"a masked value has no number to give, got {described(value)}: pass "
+            "values.compressed() or values.filled(...)"
+        )
+    if isinstance(value, decimal.Decimal):  # (not a numbers.Real: "got Decimal('0.1')")
+        return float(value)
     is_array = hasattr(value, "ndim") and hasattr(value, "item") and value.ndim == 0
     if is_array and str(getattr(value, "dtype", "")).split(".")[-1] != "bool":
         return value.item()
     return value
+
+
+def _is_masked(value: Any) -> bool:
+    """Whether ``value`` is a numpy masked array with an entry masked (its data there is not
+    the user's: read as it is, it entered the result silently)."""
+    import numpy as np
+
+    return isinstance(value, np.ma.MaskedArray) and bool(np.ma.is_masked(value))
 
 
 def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole number") -> int:
@@ -41,7 +71,9 @@ def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole nu
         isinstance(value, numbers.Real) and _finite(value) and value == math.floor(value)
     )
     if isinstance(value, bool) or not whole or value < minimum:
-        raise SharpdimError(f"{name} must be an integer >= {minimum}, got {value!r}: pass {hint}")
+        raise SharpdimError(
+            f"{name} must be an integer >= {minimum}, got {described(value)}: pass {hint}"
+        )
     return int(value)
 
 
@@ -56,7 +88,7 @@ def check_size(value: Any, name: str, minimum: int = 1, hint: str = "a whole num
     size = check_count(value, name, minimum, hint)
     if size > MAX_SIZE:
         raise SharpdimError(
-            f"{name} must be at most 2**63 - 1 (sizes are int64), got {value!r}: pass {hint}"
+            f"{name} must be at most 2**63 - 1 (sizes are int64), got {described(value)}: pass {hint}"
         )
     return size
 
@@ -72,7 +104,7 @@ def check_flag(value: Any, name: str) -> bool:
     import numpy as np
 
     if not isinstance(value, (bool, np.bool_)):
-        raise SharpdimError(f"{name} must be True or False, got {value!r}")
+        raise SharpdimError(f"{name} must be True or False, got {described(value)}")
     return bool(value)
 
 
@@ -98,7 +130,7 @@ def check_number(value: Any, name: str, rule: str, example: str) -> float:
     if not (real and _finite(value) and _RANGES[rule](value) and _RANGES[rule](float(value))):
         rule = "" if rule == "any" else f" {rule}"
         raise SharpdimError(
-            f"{name} must be a finite number{rule}, got {value!r}: pass e.g. {example}"
+            f"{name} must be a finite number{rule}, got {described(value)}: pass e.g. {example}"
         )
     return float(value)
 
@@ -124,7 +156,9 @@ def unordered(values: Any) -> bool:
 def check_betas(betas: Any) -> tuple[float, float]:
     """Adam's ``(b1, b2)``: a pair (tuple, list, array or tensor) of numbers in ``[0, 1)``."""
     if unordered(betas) or not hasattr(betas, "__len__") or len(betas) != 2:
-        raise SharpdimError(f"betas must be a pair (b1, b2), got {betas!r}: pass e.g. (0.9, 0.999)")
+        raise SharpdimError(
+            f"betas must be a pair (b1, b2), got {described(betas)}: pass e.g. (0.9, 0.999)"
+        )
     b1, b2 = (check_number(b, "betas", "in [0, 1)", "(0.9, 0.999)") for b in betas)
     return b1, b2
 
@@ -136,7 +170,7 @@ def check_numbers(
     number with ``rule``; empty only with ``allow_empty``."""
     if unordered(values):
         raise SharpdimError(
-            f"{name} must be a list of numbers, got {values!r}: pass e.g. {example}"
+            f"{name} must be a list of numbers, got {described(values)}: pass e.g. {example}"
         )
     out = [check_number(v, f"each of {name}", rule, example) for v in values]
     if not out and not allow_empty:
@@ -167,6 +201,13 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
         raise SharpdimError(
             f"{name} must be real numbers (a tensor or array), got a bool among them"
         )
+    if getattr(values, "is_meta", False):
+        raise SharpdimError(f"{name} is a meta tensor, which holds no data: pass its values")
+    if _is_masked(values):  # (its masked entries' data entered the result silently)
+        raise SharpdimError(
+            f"{name} is a masked array with masked entries: pass {name}.compressed() or "
+            f"{name}.filled(...)"
+        )
     try:
         if isinstance(values, torch.Tensor):
             t = values
@@ -184,11 +225,18 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
             array = native_array(np.asarray(values))
             if array.dtype == object:  # Fraction, Decimal, ints beyond int64 (not None, text)
                 if not all(
-                    isinstance(e, numbers.Real) and not isinstance(e, bool) for e in array.flat
+                    isinstance(e, (numbers.Real, decimal.Decimal)) and not isinstance(e, bool)
+                    for e in array.flat
                 ):
                     raise TypeError("not all numbers")
                 array = np.asarray(values, dtype=np.float64)
+            if array.dtype == np.longdouble and array.dtype != np.float64:  # (torch has none)
+                array = array.astype(np.float64)
             t = torch.as_tensor(array)
+    except OverflowError:  # (an int or Fraction beyond float64: 10**400)
+        raise SharpdimError(
+            f"{name} holds a number beyond float64's range (about 1.8e308): pass smaller values"
+        ) from None
     except (TypeError, ValueError, RuntimeError):
         if not word_errors:
             raise
