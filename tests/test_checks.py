@@ -223,3 +223,34 @@ def test_overflowing_masked_decimal_longdouble_and_meta_values() -> None:
         check_count(torch.tensor(3.0, device="meta"), "n")
     with pytest.raises(SharpdimError, match=r"^x is a meta tensor, which holds no data"):
         real_tensor(torch.zeros(3, device="meta"), "x")
+
+
+def test_decimals_are_checked_exactly_and_messages_show_what_was_passed() -> None:
+    """Decimals were rounded to float before the exact checks (1.00000000000000001 counted as
+    1, 2**53 + 1 as 2**53), sNaN raised a bare ValueError, 1e400 in a list became inf; the
+    shortened reprs cut a Fraction to 30 characters and merged a string's spaces."""
+    from decimal import Decimal
+
+    from sharpdim.checks import check_flag, check_number
+
+    with pytest.raises(SharpdimError, match=r"got Decimal\('1.00000000000000001'\)"):
+        check_count(Decimal("1.00000000000000001"), "steps")
+    assert check_count(Decimal(2**53 + 1), "steps") == 2**53 + 1
+    with pytest.raises(
+        SharpdimError, match=r"^lr must be a finite number > 0, got Decimal\('sNaN'\)"
+    ):
+        check_number(Decimal("sNaN"), "lr", "> 0", "0.1")
+    with pytest.raises(
+        SharpdimError, match=r"^eps must be a finite number > 0, got Decimal\('1E-400'\)"
+    ):
+        check_number(Decimal("1e-400"), "eps", "> 0", "1e-8")
+    for big in ([Decimal("1e400")], np.array(["1e400"], dtype=np.longdouble)):
+        if big.__class__ is np.ndarray and np.finfo(np.longdouble).max <= np.finfo(np.float64).max:
+            continue  # (a platform whose long double is float64: 1e400 is inf already)
+        with pytest.raises(SharpdimError, match=r"^x holds a number beyond float64's range"):
+            real_tensor(big, "x")
+    with pytest.raises(SharpdimError) as err:
+        check_count(Fraction(10**17 + 1, 10**17), "steps")
+    assert "Fraction(100000000000000001, 100000000000000000)" in str(err.value)
+    with pytest.raises(SharpdimError, match=r"got 'yes  please'$"):
+        check_flag("yes  please", "exact")

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import decimal
+import fractions
 import math
 import numbers
+import re
 import reprlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,18 @@ def described(value: Any) -> str:
     ndim = getattr(value, "ndim", None)
     if isinstance(ndim, int) and ndim > 0 and hasattr(value, "shape"):
         return f"a {type(value).__name__} of shape {tuple(value.shape)}"
-    return " ".join(reprlib.repr(value).split())
+    return re.sub(r"\s*\n\s*", " ", _SHORT.repr(value))
+
+
+def _short_repr() -> reprlib.Repr:
+    """Reprs for messages: long enough for a Fraction or a user's object, never a page."""
+    short = reprlib.Repr()  # (keyword settings only from Python 3.12)
+    short.maxlevel, short.maxlist = 3, 12
+    short.maxstring, short.maxother, short.maxlong = 120, 120, 60
+    return short
+
+
+_SHORT = _short_repr()
 
 
 def plain_scalar(value: Any) -> Any:
@@ -45,8 +58,8 @@ def plain_scalar(value: Any) -> Any:
             f"a masked value has no number to give, got {described(value)}: pass "
             "values.compressed() or values.filled(...)"
         )
-    if isinstance(value, decimal.Decimal):  # (not a numbers.Real: "got Decimal('0.1')")
-        return float(value)
+    if isinstance(value, decimal.Decimal) and value.is_finite():  # (not a numbers.Real:
+        return fractions.Fraction(value)  # "got Decimal('0.1')"; exact, as Fractions are)
     is_array = hasattr(value, "ndim") and hasattr(value, "item") and value.ndim == 0
     if is_array and str(getattr(value, "dtype", "")).split(".")[-1] != "bool":
         return value.item()
@@ -65,14 +78,14 @@ def check_count(value: Any, name: str, minimum: int = 1, hint: str = "a whole nu
     """``value`` as an ``int >= minimum``: an integer, a whole float (``5.0``), any whole
     real (``Fraction(10, 2)``) or a 0-dim tensor of one; bools, non-whole numbers and strings
     are refused."""
-    value = plain_scalar(value)
+    given, value = value, plain_scalar(value)
     whole = isinstance(value, numbers.Integral) or (  # (exactly: Fraction(10**17 + 1, 10**17)
         # rounds to the whole float 1.0)
         isinstance(value, numbers.Real) and _finite(value) and value == math.floor(value)
     )
     if isinstance(value, bool) or not whole or value < minimum:
         raise SharpdimError(
-            f"{name} must be an integer >= {minimum}, got {described(value)}: pass {hint}"
+            f"{name} must be an integer >= {minimum}, got {described(given)}: pass {hint}"
         )
     return int(value)
 
@@ -123,14 +136,14 @@ def check_seed(value: Any, name: str = "seed") -> int:
 def check_number(value: Any, name: str, rule: str, example: str) -> float:
     """``value`` as a float: a finite real number or 0-dim tensor (not a bool) with ``rule``
     (a key of ``_RANGES``)."""
-    value = plain_scalar(value)
+    given, value = value, plain_scalar(value)
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
     # the rule holds for the float returned too (Fraction(1, 10**400) > 0 is 0.0 as a float;
     # a beta just below 1 rounds to 1.0)
     if not (real and _finite(value) and _RANGES[rule](value) and _RANGES[rule](float(value))):
         rule = "" if rule == "any" else f" {rule}"
         raise SharpdimError(
-            f"{name} must be a finite number{rule}, got {described(value)}: pass e.g. {example}"
+            f"{name} must be a finite number{rule}, got {described(given)}: pass e.g. {example}"
         )
     return float(value)
 
@@ -229,9 +242,14 @@ def real_tensor(values: Any, name: str, *, word_errors: bool = True) -> torch.Te
                     for e in array.flat
                 ):
                     raise TypeError("not all numbers")
-                array = np.asarray(values, dtype=np.float64)
+                exact = [plain_scalar(e) for e in array.flat]  # (Decimals as Fractions)
+                array = np.asarray(exact, dtype=np.float64).reshape(array.shape)
             if array.dtype == np.longdouble and array.dtype != np.float64:  # (torch has none)
-                array = array.astype(np.float64)
+                with np.errstate(over="ignore"):
+                    narrow = array.astype(np.float64)
+                if (np.isinf(narrow) & np.isfinite(array)).any():
+                    raise OverflowError("beyond float64")
+                array = narrow
             t = torch.as_tensor(array)
     except OverflowError:  # (an int or Fraction beyond float64: 10**400)
         raise SharpdimError(
