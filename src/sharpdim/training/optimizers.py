@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from sharpdim.checks import check_betas, check_flag, check_number, plain_scalar
+from sharpdim.checks import check_betas, check_flag, check_number, described, plain_scalar
 from sharpdim.errors import SharpdimError
 
 OPTIMIZERS = ("gd", "sgd", "momentum", "heavy_ball", "nesterov", "adam", "adamw")
@@ -210,7 +210,7 @@ def _checked_group(
     changes = sorted(k for k, v in own.items() if k in group and not _same(group[k], v))
     if changes:
         raise SharpdimError(
-            f"a param group sets {', '.join(f'{k}={group[k]!r}' for k in changes)}, which "
+            f"a param group sets {', '.join(f'{k}={described(group[k])}' for k in changes)}, which "
             f"{name} does not use (it would change the update rule): drop it, or pick the "
             "optimizer that has it"
         )
