@@ -791,6 +791,10 @@ def test_a_non_finite_vector_is_refused_where_the_hessian_is_zero() -> None:
         with pytest.raises(SharpdimError, match=r"^the vector holds NaN/inf"):
             op @ torch.full((op.num_params,), bad, dtype=DTYPE)
     assert torch.equal(op @ torch.ones(op.num_params, dtype=DTYPE), torch.zeros(4, dtype=DTYPE))
+    # a finite float64 vector beyond float32's range was "the vector holds NaN/inf"
+    narrow = HessianOperator(nn.Linear(3, 1), lambda m, b: m(b).square().sum(), torch.ones(4, 3))
+    with pytest.raises(SharpdimError, match=r"^the vector is finite but overflows the operator's"):
+        narrow @ torch.full((narrow.num_params,), 1e39, dtype=DTYPE)
 
 
 class _SparseBuffer(nn.Module):

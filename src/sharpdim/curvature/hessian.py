@@ -263,8 +263,10 @@ class HessianOperator(LinearOperator):
     submodule swapped for another, and rebuilds its graph: it compares autograd's version
     counters and the parameters' and buffers' values themselves with those at the build (a
     copy of them is kept; fused optimizers and ``p.data`` writes leave the counters alone).
-    A parameter *replaced* by a new tensor is refused. Other changes of the model (a norm's
-    ``eps``, dropout's ``p``) and of tensors ``loss_fn`` captures need :meth:`refresh`.
+    A parameter *replaced* by a new tensor is refused. The batch's tensors are watched by
+    their version counters only: writes that bypass them (a shared numpy buffer refilled,
+    ``x.data`` writes) need :meth:`refresh`, as do other changes of the model (a norm's
+    ``eps``, dropout's ``p``) and of tensors ``loss_fn`` captures.
     Computing curvature never changes the model: its train/eval flags and its buffers
     (batch-norm running statistics) are restored.
 

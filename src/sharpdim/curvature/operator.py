@@ -79,6 +79,11 @@ class LinearOperator(ABC):
         # the sum is a cheap filter (it overflows at worst, hence the exact second test); a NaN
         # where the matrix's columns are zero vanished from the product before
         if not block.sum().isfinite() and not torch.isfinite(block).all():
+            if v.layout == torch.strided and torch.isfinite(v).all():  # (cast to a narrower dtype)
+                raise SharpdimError(
+                    f"the vector is finite but overflows the operator's {self.dtype}: scale it "
+                    "down (the product is linear: multiply the result back)"
+                )
             raise SharpdimError("the vector holds NaN/inf: pass a finite vector to H @ v")
         out = self._finite(self._matmat(block if v.ndim == 2 else block[:, None]))
         return out if v.ndim == 2 else out[:, 0]
