@@ -695,3 +695,27 @@ def test_a_round_started_at_the_float32_floor_does_not_unflag_a_budgeted_answer(
     result = lanczos_eigenvalues(matrix, k=1, which="LA", max_iter=max_iter)
     assert result.all_converged and result.num_matvecs <= min(max_iter, 16)
     assert abs(float(result.eigenvalues[0]) - 10.0) < 1e-5
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e160])
+def test_float64_operators_and_start_vectors_of_extreme_scale(scale: float) -> None:
+    """float64 norms were unscaled too: at ||H|| ~ 1e160 the top value 3 came back as 1.08,
+    marked converged after one product; a v0 of 1e200 or 1e-200 entries was replaced by a
+    random vector or refused as zero; a reversed numpy v0 was 'not a real tensor'."""
+    from sharpdim.curvature.partial_reorth import lanczos_tridiagonal_partial
+
+    a = torch.diag(torch.tensor([3.0, 2.0, 1.0, -1.0, -2.0], dtype=F64)) * scale
+    res = lanczos_eigenvalues(a, k=1, tol=1e-10)
+    assert res.all_converged and res.eigenvalues.item() == pytest.approx(3 * scale, rel=1e-12)
+    assert lanczos_tridiagonal(a, 5, torch.ones(5, dtype=F64))[0].numel() == 5
+    d = torch.diag(torch.arange(1.0, 7.0, dtype=F64))
+    for v0 in (1e200 * torch.ones(6, dtype=F64), 1e-200 * torch.ones(6, dtype=F64)):
+        assert lanczos_tridiagonal(d, 3, v0)[0].tolist() == pytest.approx([3.5, 3.5, 3.5])
+        assert lanczos_tridiagonal_partial(d, 3, v0)[0].tolist() == pytest.approx([3.5] * 3)
+    e4 = torch.zeros(6, dtype=F64)
+    e4[3] = 1e200
+    assert lanczos_eigenvalues(d, k=1, v0=e4).eigenvalues.tolist() == [4.0]
+    reversed_v0 = np.arange(1.0, 7.0)[::-1]
+    ref = lanczos_tridiagonal(d, 3, torch.tensor(reversed_v0.copy()))
+    assert torch.equal(lanczos_tridiagonal(d, 3, reversed_v0)[0], ref[0])
+    assert torch.equal(lanczos_tridiagonal(d, 3, reversed_v0.astype(">f8"))[0], ref[0])

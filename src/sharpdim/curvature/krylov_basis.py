@@ -33,14 +33,26 @@ def row_norms(w: torch.Tensor) -> torch.Tensor:
     torch sums float32 squares unscaled: a norm above ~1e19 overflows to ``inf`` and one
     below ~1e-19 loses digits to subnormal squares (a basis of an operator with ``||H||``
     of 1e20 or 1e-22 was normalized wrongly and Lanczos returned wrong values, marked
-    converged). Norms outside :data:`_NORM_RANGE` are recomputed in float64.
+    converged). Norms outside :data:`_NORM_RANGE` are recomputed in float64; float64 norms
+    outside :data:`_NORM_RANGE_64` (an operator with ``||H||`` of 1e160) are scaled.
     """
     norms = torch.linalg.vector_norm(w, dim=-1)
     if w.dtype == torch.float32:
         lo, hi = _NORM_RANGE
         if not bool(((norms > lo) & (norms < hi)).all()):
             norms = torch.linalg.vector_norm(w, dim=-1, dtype=torch.float64).to(w.dtype)
+    elif w.dtype == torch.float64:  # (the same unscaled sum: 1e300 entries gave inf)
+        lo, hi = _NORM_RANGE_64
+        if not bool(((norms > lo) & (norms < hi)).all()):
+            top = w.abs().amax(dim=-1, keepdim=True)
+            top = torch.where(top > 0, top, torch.ones_like(top))
+            norms = top.squeeze(-1) * torch.linalg.vector_norm(w / top, dim=-1)
     return norms
+
+
+_NORM_RANGE_64 = (1e-140, 1e140)
+"""Norms in this range are exact to rounding in float64's unscaled sum of squares (for up to
+~1e16 entries); outside it each row is scaled by its largest entry first."""
 
 
 def _copy_columns_to_rows(rows: torch.Tensor, columns: torch.Tensor) -> None:

@@ -43,9 +43,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
-from sharpdim.checks import check_count, check_flag, check_number, default_generator
+from sharpdim.checks import (
+    check_count,
+    check_flag,
+    check_number,
+    default_generator,
+    native_array,
+)
 from sharpdim.curvature.krylov_basis import KrylovBasis, breakdown_level
 from sharpdim.curvature.operator import LinearOperator, OperatorLike, as_operator
 from sharpdim.errors import SharpdimError
@@ -313,8 +320,8 @@ def _check(
 
 def _as_start(v0: Any, n: int, b: int) -> torch.Tensor:
     """``v0`` as a real tensor (numpy arrays and lists are converted; complex is refused)."""
-    try:
-        start = torch.as_tensor(v0)
+    try:  # (a reversed or big-endian array in a layout torch can wrap)
+        start = torch.as_tensor(native_array(v0) if isinstance(v0, np.ndarray) else v0)
     except (TypeError, ValueError, RuntimeError):
         start = None
     if start is None or start.is_complex() or start.dtype == torch.bool:
@@ -323,6 +330,10 @@ def _as_start(v0: Any, n: int, b: int) -> torch.Tensor:
             f"v0 must be a real tensor of shape ({n},) or ({n}, {b}), got {what}: pass "
             "a float tensor or numpy array"
         )
+    if start.is_floating_point() and start.numel() and bool(torch.isfinite(start).all()):
+        top = start.abs().amax()  # (its direction is what counts: 1e200 or 1e-200 entries
+        if top > 0:  # had norms of inf or 0, and the start was replaced or refused)
+            start = start / top
     return start
 
 

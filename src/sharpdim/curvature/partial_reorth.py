@@ -163,7 +163,8 @@ def _lanczos(
     keep = semi_orthogonal or return_basis  # else three rotating rows suffice
     rows = steps + 1 if keep else min(3, steps + 1)
     V = basis_storage(op, rows, workspace)
-    V[0] = v0.to(dtype=dtype, device=op.device) / row_norms(v0)
+    first = v0.to(dtype=dtype, device=op.device)  # (normalized in the basis' dtype: a
+    V[0] = first / row_norms(first)  # float16 v0's own norm overflowed)
     alpha = torch.zeros(steps, dtype=torch.float64)
     beta = torch.zeros(steps, dtype=torch.float64)
     cur = torch.ones(1, dtype=torch.float64)  # omega_{0,0}
