@@ -50,7 +50,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.chmod(tmp, stat.S_IMODE(out.stat().st_mode))
         os.replace(tmp, out)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (EROFS for a file never made hid the real error)
+            tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and tmp in _paths(err):
             raise _renamed(err, tmp, out, path) from err  # name the file the user asked for
         raise

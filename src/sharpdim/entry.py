@@ -6,14 +6,22 @@ loading is answered like Ctrl-C later (one line, exit code 130) instead of a tra
 
 from __future__ import annotations
 
+import signal
 import sys
 
 INTERRUPTED_WHILE_LOADING = "error: interrupted while starting: rerun the command"
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (``timeout``, ``kill``, Slurm) handled as Ctrl-C is: the command's cleanup runs
+    (no temporary file is left beside an output) and it exits 130 with one line."""
+    raise KeyboardInterrupt
+
+
 def run() -> None:
     """Entry point of the ``sharpdim`` command (keeps heap pages mapped: see
     :mod:`sharpdim.allocator`)."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         from sharpdim.allocator import tune_allocator
 

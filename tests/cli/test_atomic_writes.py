@@ -310,3 +310,21 @@ def test_a_non_utf8_name_keeps_its_bytes_in_the_temporary_name(tmp_path: Path) -
     target = tmp_path / os.fsdecode(b"caf\xe9.json")
     write_text_atomic(target, "{}")
     assert target.read_text() == "{}" and others.read_text() == "caf.json's"
+
+
+def test_a_failed_cleanup_does_not_hide_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a read-only filesystem unlinking the never-made temporary raised EROFS, which
+    replaced the real error and named the hidden temporary file."""
+    import errno
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    target = tmp_path / "out.json"
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(OSError) as err, atomic_path(target) as partial:
+        raise OSError(errno.ENOSPC, "No space left on device", str(partial))
+    assert err.value.errno == errno.ENOSPC and ".tmp" not in str(err.value)
+    assert "out.json" in str(err.value)

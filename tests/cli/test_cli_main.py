@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import runpy
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -221,10 +222,19 @@ def test_ctrl_c_while_loading_is_one_line(
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", interrupted)
-    with pytest.raises(SystemExit) as ex:
-        entry.run()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as ex:
+            entry.run()
+        # SIGTERM (timeout, kill, Slurm) is answered as Ctrl-C is: it left a temporary file
+        # beside an output and printed nothing
+        assert signal.getsignal(signal.SIGTERM) is entry._terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert ex.value.code == 130
     assert capsys.readouterr().err == entry.INTERRUPTED_WHILE_LOADING + "\n"
+    with pytest.raises(KeyboardInterrupt):
+        entry._terminated(signal.SIGTERM, None)
 
 
 def test_import_sharpdim_is_lazy() -> None:
