@@ -6,6 +6,7 @@ loading is answered like Ctrl-C later (one line, exit code 130) instead of a tra
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -22,6 +23,8 @@ def run() -> None:
     """Entry point of the ``sharpdim`` command (keeps heap pages mapped: see
     :mod:`sharpdim.allocator`)."""
     signal.signal(signal.SIGTERM, _terminated)
+    if sys.stderr is None:  # (started with stderr closed: print(file=None) wrote to stdout)
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the whole run)
     try:
         from sharpdim.allocator import tune_allocator
 

@@ -328,3 +328,35 @@ def test_a_failed_cleanup_does_not_hide_the_error(
         raise OSError(errno.ENOSPC, "No space left on device", str(partial))
     assert err.value.errno == errno.ENOSPC and ".tmp" not in str(err.value)
     assert "out.json" in str(err.value)
+
+
+def test_a_link_to_a_file_not_made_yet_is_checked_where_it_points(tmp_path: Path) -> None:
+    """The link's own folder was checked, and the target's failed only after the work."""
+    from sharpdim.commands._common import prepare_output_file
+
+    (tmp_path / "afile").write_text("x")
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "afile" / "new.json")
+    with pytest.raises(SharpdimError, match=r"^cannot write .*link.json \(.*afile.*\): choose"):
+        prepare_output_file(link, "--json")
+
+
+def test_with_stderr_closed_errors_do_not_go_to_stdout(tmp_path: Path) -> None:
+    """Python sets sys.stderr to None when fd 2 is closed, and print(file=None) wrote the
+    error line to stdout (into the user's redirected output)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "afile").write_text("x")
+    script = (
+        "import sys; from sharpdim.entry import run; "
+        f"sys.argv = ['sharpdim', 'eos', 'fractal', '--out', {str(tmp_path / 'afile')!r}]; run()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        preexec_fn=lambda: os.close(2),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == b""

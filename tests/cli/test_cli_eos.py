@@ -408,6 +408,14 @@ def test_a_read_only_store_is_refused_before_training(tmp_path, capsys, trained)
     assert trained[0] == [0.2]  # 0.5 was not trained
 
 
+def test_a_store_link_into_a_missing_folder_names_out(tmp_path, capsys, trained):
+    """Its message ended in 'choose a writable file path', which the user picks via --out."""
+    (tmp_path / "runs.sqlite").symlink_to(tmp_path / "missing" / "runs.sqlite")
+    assert _sharpening(tmp_path, "0.2") == 2
+    assert _one_error_line(capsys).endswith(": choose another --out folder")
+    assert trained[0] == []
+
+
 def test_a_store_of_another_schema_version_names_out(tmp_path, capsys, trained):
     """Its message said 'use a matching sharpdim or a new path'; the path is --out's."""
     from sharpdim.runner.store import APPLICATION_ID

@@ -619,7 +619,9 @@ def prepare_output_file(path: Path | None, flag: str = "--json") -> Path | None:
             raise _cannot_write(path, "it is a folder", flag)
         if path.exists() and not path.is_file():  # a device or pipe: replaced by a file
             raise _cannot_write(path, "it is not a regular file (a device, pipe or socket)", flag)
-        problem = _dir_problem(path.parent)
+        # (the folder atomic_path writes in: a symbolic link's target's, checked now, not
+        # after the work as it was for a link to a file not made yet)
+        problem = _dir_problem(Path(os.path.realpath(path)).parent)
         if problem is not None:
             raise _cannot_write(path, problem, flag)
         if path.exists() and not os.access(path, os.W_OK):
@@ -651,6 +653,17 @@ def prepare_store_path(folder: Path, name: str = "runs.sqlite") -> Path:
     return path
 
 
+_STORE_REMEDIES = (
+    "choose another path",
+    "a new path",
+    "choose a writable file path",
+    "choose a path on another disk",
+    "choose a file path such as runs.sqlite",
+)
+"""The ends of :class:`~sharpdim.runner.ResultsStore`'s refusals that name its path as the
+user's choice; on the command line that choice is ``--out``."""
+
+
 def open_run_store(path: Path) -> Any:
     """The :class:`~sharpdim.runner.ResultsStore` at ``path`` (from :func:`prepare_store_path`);
     its refusals name ``--out``, through which the user picks the path (the store's own
@@ -661,7 +674,7 @@ def open_run_store(path: Path) -> Any:
         return ResultsStore(path)
     except SharpdimError as exc:
         message = str(exc)
-        for tail in ("choose another path", "a new path"):
+        for tail in _STORE_REMEDIES:
             if message.endswith(tail):
                 raise SharpdimError(
                     message.removesuffix(tail) + "choose another --out folder"
