@@ -90,9 +90,10 @@ def usage_error_line(err: Any, argv: list[str] | None = None) -> str:
 
 
 def _stderr_line(line: str) -> None:
-    """Print ``line`` to stderr; a closed pipe loses the line, not the exit code."""
+    """Print ``line`` to stderr, as one line (a path holding a newline is shown escaped); a
+    closed pipe loses the line, not the exit code."""
     with contextlib.suppress(OSError):
-        print(line, file=sys.stderr)
+        print(line.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

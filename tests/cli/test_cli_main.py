@@ -452,3 +452,17 @@ def test_sd_compute_help_shows_the_defaults_written_in_its_text(
     ):
         line = next(row for row in text.splitlines() if option in row)
         assert f"[default: {default}]" in line, line
+
+
+def test_an_error_naming_a_path_with_a_newline_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The path went into the message as it is: three lines on stderr."""
+    from sharpdim.commands._common import wrote_line
+
+    odd = tmp_path / "nl\nfile"
+    odd.write_text("x")
+    assert main(["eos", "fractal", "--out", str(odd)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nl\\nfile" in err
+    assert "\n" not in wrote_line(odd, odd)

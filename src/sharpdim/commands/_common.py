@@ -751,7 +751,8 @@ def kv_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
 
 def wrote_line(*paths: Path, seconds: float | None = None) -> str:
     """``"wrote a and b"``, with ``" (12.3 s)"`` appended when ``seconds`` is given."""
-    line = "wrote " + " and ".join(str(p) for p in paths)
+    shown = (str(p).replace("\r", "\\r").replace("\n", "\\n") for p in paths)
+    line = "wrote " + " and ".join(shown)  # (one line: a name holding a newline, escaped)
     return line if seconds is None else f"{line} ({seconds:.1f} s)"
 
 
