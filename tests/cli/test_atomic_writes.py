@@ -360,3 +360,13 @@ def test_with_stderr_closed_errors_do_not_go_to_stdout(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2 and done.stdout == b""
+
+
+def test_an_out_folder_that_is_a_link_to_a_folder_not_made_yet_is_made(tmp_path: Path) -> None:
+    """mkdir of the link itself failed: 'cannot create folder danglink: File exists'."""
+    from sharpdim.commands._common import prepare_output_dir
+
+    link = tmp_path / "danglink"
+    link.symlink_to(tmp_path / "later" / "out")
+    assert prepare_output_dir(link, "--out folder", files=("a.json",)) == link
+    assert (tmp_path / "later" / "out").is_dir() and link.is_dir()

@@ -553,8 +553,8 @@ def _dir_problem(folder: Path) -> str | None:
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         return f"{existing} is a file, not a folder"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
+    try:  # (a link to a folder not made yet: its target made, mkdir said "File exists")
+        Path(os.path.realpath(folder)).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         return f"cannot create folder {err.filename or folder}: {_reason(err)}"
     try:
