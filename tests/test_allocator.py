@@ -63,6 +63,12 @@ def _faults(mode: str) -> tuple[str, int]:
 def test_tuned_heap_keeps_the_pages_of_repeated_products() -> None:
     applied, tuned = _faults("tuned")
     assert applied == "True"
+    # other work on the machine only adds faults (seen twice in CI runs beside a busy
+    # process: 17 and 65 against 0 alone): the fewest of up to three fresh processes counts
+    for _ in range(2):
+        if tuned < 10:
+            break
+        tuned = min(tuned, _faults("tuned")[1])
     _, default = _faults("default")
     if default < 100:
         pytest.skip(f"default malloc took only {default} page faults per product here")
