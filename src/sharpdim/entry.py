@@ -22,7 +22,6 @@ def _terminated(signum: int, frame: object) -> None:
 def run() -> None:
     """Entry point of the ``sharpdim`` command (keeps heap pages mapped: see
     :mod:`sharpdim.allocator`)."""
-    signal.signal(signal.SIGTERM, _terminated)
     if sys.stderr is None:  # (started with stderr closed: print(file=None) wrote to stdout)
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the whole run)
     try:
@@ -30,6 +29,10 @@ def run() -> None:
 
         tune_allocator()
         from sharpdim.cli import main
+
+        # (after loading: raised inside torch's own imports, a SIGTERM was swallowed or gave
+        # a traceback; during loading it ends the process as it always did)
+        signal.signal(signal.SIGTERM, _terminated)
     except KeyboardInterrupt:
         print(INTERRUPTED_WHILE_LOADING, file=sys.stderr)
         sys.exit(130)

@@ -370,3 +370,15 @@ def test_an_out_folder_that_is_a_link_to_a_folder_not_made_yet_is_made(tmp_path:
     link.symlink_to(tmp_path / "later" / "out")
     assert prepare_output_dir(link, "--out folder", files=("a.json",)) == link
     assert (tmp_path / "later" / "out").is_dir() and link.is_dir()
+
+
+def test_a_plain_output_path_keeps_its_own_words_in_the_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resolving every path made the message name the absolute folder, not the one typed."""
+    from sharpdim.commands._common import prepare_output_file
+
+    monkeypatch.chdir(tmp_path)
+    Path("afile").write_text("x")
+    with pytest.raises(SharpdimError, match=r"^cannot write afile/x.json \(afile is a file"):
+        prepare_output_file(Path("afile/x.json"), "--json")

@@ -719,3 +719,16 @@ def test_float64_operators_and_start_vectors_of_extreme_scale(scale: float) -> N
     ref = lanczos_tridiagonal(d, 3, torch.tensor(reversed_v0.copy()))
     assert torch.equal(lanczos_tridiagonal(d, 3, reversed_v0)[0], ref[0])
     assert torch.equal(lanczos_tridiagonal(d, 3, reversed_v0.astype(">f8"))[0], ref[0])
+
+
+def test_a_start_vector_of_ordinary_scale_is_used_as_given() -> None:
+    """Scaling every v0 by its largest entry rounded a float32 or float16 one (first basis
+    row 6e-5 off v0 / ||v0||): only extreme scales are scaled, by a power of two."""
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(30, 30, generator=g, dtype=F64)
+    a = m + m.T
+    for dtype in (torch.float32, torch.float16):
+        v0 = torch.randn(30, generator=g).to(dtype)
+        alpha, _, q = lanczos_tridiagonal(a, 5, v0, return_basis=True)
+        ref = lanczos_tridiagonal(a, 5, v0.double(), return_basis=True)
+        assert torch.equal(alpha, ref[0]) and torch.equal(q[0], ref[2][0])

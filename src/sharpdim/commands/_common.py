@@ -621,7 +621,9 @@ def prepare_output_file(path: Path | None, flag: str = "--json") -> Path | None:
             raise _cannot_write(path, "it is not a regular file (a device, pipe or socket)", flag)
         # (the folder atomic_path writes in: a symbolic link's target's, checked now, not
         # after the work as it was for a link to a file not made yet)
-        problem = _dir_problem(Path(os.path.realpath(path)).parent)
+        problem = _dir_problem(
+            Path(os.path.realpath(path)).parent if path.is_symlink() else path.parent
+        )
         if problem is not None:
             raise _cannot_write(path, problem, flag)
         if path.exists() and not os.access(path, os.W_OK):

@@ -332,8 +332,9 @@ def _as_start(v0: Any, n: int, b: int) -> torch.Tensor:
         )
     if start.is_floating_point() and start.numel() and bool(torch.isfinite(start).all()):
         top = start.abs().amax()  # (its direction is what counts: 1e200 or 1e-200 entries
-        if top > 0:  # had norms of inf or 0, and the start was replaced or refused)
-            start = start / top
+        if top > 0 and not 1e-100 < top < 1e100:  # had norms of inf or 0, and the start was
+            # replaced or refused; scaled by a power of two, which is exact)
+            start = torch.ldexp(start, -torch.frexp(top).exponent)
     return start
 
 
