@@ -732,3 +732,17 @@ def test_a_start_vector_of_ordinary_scale_is_used_as_given() -> None:
         alpha, _, q = lanczos_tridiagonal(a, 5, v0, return_basis=True)
         ref = lanczos_tridiagonal(a, 5, v0.double(), return_basis=True)
         assert torch.equal(alpha, ref[0]) and torch.equal(q[0], ref[2][0])
+
+
+def test_float64_row_norms_scale_only_what_needs_it() -> None:
+    """Scaled rows take their largest entry as the unit; a row with an inf entry kept inf
+    (it came out NaN), a zero row 0."""
+    from sharpdim.curvature.krylov_basis import row_norms
+
+    w = torch.tensor(
+        [[1e300, 1e300], [float("inf"), 1.0], [0.0, 0.0], [3e-200, 4e-200], [3.0, 4.0]], dtype=F64
+    )
+    got = row_norms(w)
+    assert got[1].item() == float("inf") and got[2].item() == 0.0 and got[4].item() == 5.0
+    assert got[0].item() == pytest.approx(2**0.5 * 1e300, rel=1e-15)
+    assert got[3].item() == pytest.approx(5e-200, rel=1e-15)

@@ -45,8 +45,10 @@ def row_norms(w: torch.Tensor) -> torch.Tensor:
         lo, hi = _NORM_RANGE_64
         if not bool(((norms > lo) & (norms < hi)).all()):
             top = w.abs().amax(dim=-1, keepdim=True)
-            top = torch.where(top > 0, top, torch.ones_like(top))
-            norms = top.squeeze(-1) * torch.linalg.vector_norm(w / top, dim=-1)
+            usable = (top > 0) & torch.isfinite(top)  # (an inf entry keeps its inf norm)
+            top = torch.where(usable, top, torch.ones_like(top))
+            scaled = top.squeeze(-1) * torch.linalg.vector_norm(w / top, dim=-1)
+            norms = torch.where(usable.squeeze(-1), scaled, norms)
     return norms
 
 
