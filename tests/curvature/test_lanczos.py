@@ -746,3 +746,22 @@ def test_float64_row_norms_scale_only_what_needs_it() -> None:
     assert got[1].item() == float("inf") and got[2].item() == 0.0 and got[4].item() == 5.0
     assert got[0].item() == pytest.approx(2**0.5 * 1e300, rel=1e-15)
     assert got[3].item() == pytest.approx(5e-200, rel=1e-15)
+
+
+def test_start_vectors_out_of_float32_range_are_scaled_for_float32_bases() -> None:
+    """The power-of-two rescale first applied only beyond 1e+-100: a float64 v0 of 1e60 on a
+    float32 operator became inf in its basis, and a float32 v0 of 1e-25 had a zero norm."""
+    from sharpdim.curvature.partial_reorth import lanczos_tridiagonal_partial
+
+    d64 = torch.diag(torch.arange(1.0, 7.0, dtype=F64))
+    for op, v0 in (
+        (d64.float(), 1e60 * torch.ones(6, dtype=F64)),
+        (d64.float(), 1e-60 * torch.ones(6, dtype=F64)),
+        (d64, 1e-25 * torch.ones(6, dtype=torch.float32)),
+        (d64, 1e-30 * torch.ones(6, dtype=torch.bfloat16)),
+    ):
+        assert lanczos_tridiagonal(op, 3, v0)[0].tolist() == pytest.approx([3.5] * 3, rel=1e-6)
+        assert lanczos_tridiagonal_partial(op, 3, v0)[0].tolist() == pytest.approx(
+            [3.5] * 3, rel=1e-6
+        )
+        assert lanczos_eigenvalues(op, k=1, v0=v0).eigenvalues.tolist() == pytest.approx([6.0])

@@ -331,11 +331,17 @@ def _as_start(v0: Any, n: int, b: int) -> torch.Tensor:
             "a float tensor or numpy array"
         )
     if start.is_floating_point() and start.numel() and bool(torch.isfinite(start).all()):
-        top = start.abs().amax()  # (its direction is what counts: 1e200 or 1e-200 entries
-        if top > 0 and not 1e-100 < top < 1e100:  # had norms of inf or 0, and the start was
-            # replaced or refused; scaled by a power of two, which is exact)
-            start = torch.ldexp(start, -torch.frexp(top).exponent)
+        # its direction is what counts: 1e200 or 1e-200 entries had norms of inf or 0, and
+        # the start was replaced or refused; outside a window that float32 bases and norms
+        # take (entries beyond ~1e19 or below ~1e-19 square out of float32's range) it is
+        # scaled in float64 by a power of two, which is exact
+        top = start.detach().abs().amax().double()
+        if top > 0 and not _START_WINDOW[0] < top < _START_WINDOW[1]:
+            start = torch.ldexp(start.double(), -torch.frexp(top).exponent)
     return start
+
+
+_START_WINDOW = (2.0**-60, 2.0**60)
 
 
 def lanczos_eigenvalues(
