@@ -170,3 +170,13 @@ def test_a_refused_figure_format_creates_no_json_folder(tmp_path, capsys) -> Non
 def test_spectrum_json_records_max_iter(tmp_path: Path) -> None:
     got = _spectrum(tmp_path, f"{TINY} --which SA --k 2 --max-iter 3")["spectrum"]
     assert got["max_iter"] == 3 and got["lanczos"]["num_matvecs"] == 3
+
+
+def test_piped_output_starts_with_the_table_not_a_blank_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The transient training bar, stopped on a pipe, left an empty first line (`| head -1`
+    showed nothing)."""
+    flags = ["--dataset", "teacher_student", "--n-train", "20", "--width", "2", "--k", "2"]
+    assert main(["spectrum", *flags, "--train-steps", "3", "--json", str(tmp_path / "s.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].strip() != ""

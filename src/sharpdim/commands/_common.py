@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import typer
+from rich import get_console
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -795,6 +796,7 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         transient=True,
+        disable=not get_console().is_terminal,  # (piped: it only left a blank first line)
     )
     task = progress.add_task(description, total=total)
     with progress:

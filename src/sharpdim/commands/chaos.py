@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import typer
+from rich import get_console
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -245,7 +246,8 @@ def compare(
     from sharpdim.runner import ResumableRuns
 
     store_path = prepare_store_path(out)
-    with open_run_store(store_path) as store, Progress(transient=True) as progress:
+    piped = not get_console().is_terminal  # (the bar only left a blank first line)
+    with open_run_store(store_path) as store, Progress(transient=True, disable=piped) as progress:
         runs: ResumableRuns[dict[str, Any]] = ResumableRuns(
             store,
             encode=dict,

@@ -624,6 +624,7 @@ def train(
 
 def _progress_bar(total: int) -> tuple[Any, Any]:
     with python_random_kept():  # (rich's first import draws from Python's random)
+        from rich import get_console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -638,6 +639,7 @@ def _progress_bar(total: int) -> tuple[Any, Any]:
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         transient=True,
+        disable=not get_console().is_terminal,  # (piped: it only left a blank first line)
     )
     task = bar.add_task("training", total=total)
     bar.start()
