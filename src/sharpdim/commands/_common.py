@@ -796,7 +796,9 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         transient=True,
-        disable=not get_console().is_terminal,  # (piped: it only left a blank first line)
+        disable=not (
+            get_console().is_terminal or get_console().is_jupyter
+        ),  # (piped: a blank line)
     )
     task = progress.add_task(description, total=total)
     with progress:

@@ -622,6 +622,12 @@ def train(
     )
 
 
+def _interactive(console: Any) -> bool:
+    """Whether a live progress bar shows (a terminal or a notebook); on a pipe it only left
+    a blank line."""
+    return bool(console.is_terminal or console.is_jupyter)
+
+
 def _progress_bar(total: int) -> tuple[Any, Any]:
     with python_random_kept():  # (rich's first import draws from Python's random)
         from rich import get_console
@@ -639,7 +645,7 @@ def _progress_bar(total: int) -> tuple[Any, Any]:
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         transient=True,
-        disable=not get_console().is_terminal,  # (piped: it only left a blank first line)
+        disable=not _interactive(get_console()),  # (piped: it only left a blank first line)
     )
     task = bar.add_task("training", total=total)
     bar.start()
