@@ -790,15 +790,14 @@ def print_reuse(runs: ResumableRuns[Any], total: int, what: str, store: Path) ->
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A transient rich progress bar; yields ``update(completed)``."""
+    console = get_console()  # (off on a pipe, where it only left a blank first line)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         transient=True,
-        disable=not (
-            get_console().is_terminal or get_console().is_jupyter
-        ),  # (piped: a blank line)
+        disable=not (console.is_terminal or console.is_jupyter),
     )
     task = progress.add_task(description, total=total)
     with progress:

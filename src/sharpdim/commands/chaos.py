@@ -246,7 +246,8 @@ def compare(
     from sharpdim.runner import ResumableRuns
 
     store_path = prepare_store_path(out)
-    piped = not get_console().is_terminal  # (the bar only left a blank first line)
+    console = get_console()  # (off on a pipe, where the bar only left a blank first line)
+    piped = not (console.is_terminal or console.is_jupyter)
     with open_run_store(store_path) as store, Progress(transient=True, disable=piped) as progress:
         runs: ResumableRuns[dict[str, Any]] = ResumableRuns(
             store,
