@@ -18,7 +18,7 @@ from typing import Any
 import typer
 
 from sharpdim.commands import chaos, demo, eos, sd, spectrum
-from sharpdim.commands._common import warnings_as_lines
+from sharpdim.commands._common import one_line, warnings_as_lines
 from sharpdim.commands.closed_pipe import pipe_safe_stdout
 from sharpdim.errors import SharpdimError
 
@@ -93,7 +93,7 @@ def _stderr_line(line: str) -> None:
     """Print ``line`` to stderr, as one line (a path holding a newline is shown escaped); a
     closed pipe loses the line, not the exit code."""
     with contextlib.suppress(OSError):
-        print(line.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
+        print(one_line(line), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

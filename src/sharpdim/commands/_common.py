@@ -752,10 +752,21 @@ def kv_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
     return table
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks escaped: a path holding a newline split a message."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def progress_hidden() -> bool:
+    """Whether a live progress bar would not show (neither a terminal nor a notebook): on a
+    pipe it only left a blank first line."""
+    console = get_console()
+    return not (console.is_terminal or console.is_jupyter)
+
+
 def wrote_line(*paths: Path, seconds: float | None = None) -> str:
     """``"wrote a and b"``, with ``" (12.3 s)"`` appended when ``seconds`` is given."""
-    shown = (str(p).replace("\r", "\\r").replace("\n", "\\n") for p in paths)
-    line = "wrote " + " and ".join(shown)  # (one line: a name holding a newline, escaped)
+    line = one_line("wrote " + " and ".join(str(p) for p in paths))
     return line if seconds is None else f"{line} ({seconds:.1f} s)"
 
 
@@ -790,14 +801,13 @@ def print_reuse(runs: ResumableRuns[Any], total: int, what: str, store: Path) ->
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A transient rich progress bar; yields ``update(completed)``."""
-    console = get_console()  # (off on a pipe, where it only left a blank first line)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         transient=True,
-        disable=not (console.is_terminal or console.is_jupyter),
+        disable=progress_hidden(),
     )
     task = progress.add_task(description, total=total)
     with progress:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import typer
-from rich import get_console
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -48,6 +47,7 @@ from sharpdim.commands._common import (
     prepare_store_path,
     print_line,
     print_reuse,
+    progress_hidden,
     record_diverged,
     seed_option,
     training_record,
@@ -246,9 +246,8 @@ def compare(
     from sharpdim.runner import ResumableRuns
 
     store_path = prepare_store_path(out)
-    console = get_console()  # (off on a pipe, where the bar only left a blank first line)
-    piped = not (console.is_terminal or console.is_jupyter)
-    with open_run_store(store_path) as store, Progress(transient=True, disable=piped) as progress:
+    hidden = progress_hidden()
+    with open_run_store(store_path) as store, Progress(transient=True, disable=hidden) as progress:
         runs: ResumableRuns[dict[str, Any]] = ResumableRuns(
             store,
             encode=dict,

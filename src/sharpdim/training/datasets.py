@@ -96,6 +96,17 @@ class Dataset:
         """The whole test set as one batch ``(x, y)``."""
         return self.x_test, self.y_test
 
+    def check_batch_size(self, batch_size: Any) -> int:
+        """``batch_size`` as an int in ``[1, num_train]``, else a one-line error."""
+        batch_size = check_count(batch_size, "batch_size", 1, "e.g. batch_size=64")
+        n = self.num_train
+        if batch_size > n:
+            raise SharpdimError(
+                f"batch_size={batch_size} is not in [1, {n}] for {self.name} with {n} "
+                "training examples: choose a smaller batch or use batch_size=None (full batch)"
+            )
+        return batch_size
+
     def batches(
         self,
         batch_size: int | None,
@@ -116,12 +127,7 @@ class Dataset:
         if batch_size is None:
             yield self.train_batch()
             return
-        batch_size = check_count(batch_size, "batch_size", 1, "e.g. batch_size=64")
-        if batch_size > n:
-            raise SharpdimError(
-                f"batch_size={batch_size} is not in [1, {n}] for {self.name} with {n} "
-                "training examples: choose a smaller batch or use batch_size=None (full batch)"
-            )
+        batch_size = self.check_batch_size(batch_size)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise SharpdimError(
                 f"generator must be a torch.Generator or None, got {type(generator).__name__}: "

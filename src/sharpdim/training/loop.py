@@ -472,13 +472,8 @@ def train(
                 "another model?): pass an optimizer over model.parameters()"
             )
     optimizer = config.make_optimizer(params) if optimizer is None else optimizer
-    too_large = config.batch_size is not None and config.batch_size > dataset.num_train
-    if config.steps > 0 and too_large:  # (refused before a checkpoint is written)
-        raise SharpdimError(
-            f"batch_size={config.batch_size} is not in [1, {dataset.num_train}] for "
-            f"{dataset.name} with {dataset.num_train} training examples: choose a smaller "
-            "batch or use batch_size=None (full batch)"
-        )
+    if config.steps > 0 and config.batch_size is not None:  # (before a checkpoint is written)
+        dataset.check_batch_size(config.batch_size)
     checkpoints = set(config.checkpoint_steps)
     if config.checkpoint_dir is not None and checkpoints:
         prepare_checkpoint_dir(config.checkpoint_dir)

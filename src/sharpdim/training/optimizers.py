@@ -171,8 +171,16 @@ def _own_rule(name: str) -> dict[str, Any]:
     may repeat them (groups copied from a torch optimizer's ``param_groups`` carry them all),
     not change them ("gd" with a group's momentum would be heavy ball)."""
     if name in ADAPTIVE:
-        return {"amsgrad": False, "maximize": False, "decoupled_weight_decay": name == "adamw"}
-    return {"dampening": 0, "nesterov": name == "nesterov", "maximize": False}
+        return {
+            "amsgrad": False,
+            "maximize": False,
+            "decoupled_weight_decay": name == "adamw",
+            "momentum": 0,
+        }
+    own: dict[str, Any] = {"dampening": 0, "nesterov": name == "nesterov", "maximize": False}
+    if name in ("gd", "sgd"):
+        own["momentum"] = 0
+    return own
 
 
 def _checked_group(
@@ -205,8 +213,6 @@ def _checked_group(
     if any(isinstance(p, dict) for p in inner):
         raise SharpdimError("a param group's 'params' holds dicts: pass tensors")
     own = _own_rule(name)
-    if name not in ("momentum", "heavy_ball", "nesterov"):
-        own["momentum"] = 0
     changes = sorted(k for k, v in own.items() if k in group and not _same(group[k], v))
     if changes:
         raise SharpdimError(
