@@ -16,9 +16,13 @@
   oracle no real run has, the smallest ``max_iter`` whose values are within 1e-6 of the
   float64 reference) vs
   curvlinops 3.0.1 ``HessianLinearOperator`` + ``scipy.sparse.linalg.eigsh`` (``tol=1e-6``,
-  seeded start, at the ``ncv`` of 20/30/40/60 that needs the fewest products). Each timing includes building the operator. Eigenvalues are checked against a
-  float64 reference (the same network in float64, Lanczos at ``tol=1e-10``). Targets: >= 2x
-  faster than hessian-eigenthings, >= 5x faster than curvlinops + eigsh.
+  seeded start, at the ``ncv`` of 20/30/40/60 that needs the fewest products). Settings are
+  searched first; then every method is timed once per round in ``--top-rounds`` rounds whose
+  order rotates (after an untimed warm-up round), and each ratio is the median of the
+  per-round ratios. Each timing includes building the operator. Eigenvalues are checked
+  against a float64 reference: the same network in float64, scipy ``eigsh`` at ``tol=1e-12``,
+  cross-checked by ``lanczos_eigenvalues`` at ``tol=1e-10``. Targets: >= 2x faster than
+  hessian-eigenthings, >= 5x faster than curvlinops + eigsh.
 * (c) dense Hessian build time vs ``torch.linalg.eigvalsh`` time for a 784-16-16-10 ReLU MLP
   without bias (12,960 parameters, batch 128, build in float32, ``eigvalsh`` in float64).
 
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import statistics
 import sys
 import time
@@ -89,12 +94,6 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
-
-
-def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """The fastest of ``repeats`` timed calls (the first also warms caches and allocators)."""
-    runs = [timed(fn) for _ in range(max(1, repeats))]
-    return min(r[0] for r in runs), runs[-1][1]
 
 
 def bench_hvp(model: nn.Module, batch: Batch, repeats: int) -> dict[str, Any]:
@@ -206,32 +205,31 @@ def bench_hvp_strategies(
     } | {"block": block, "repeats": repeats}
 
 
-def ours_top(model: nn.Module, batch: Batch, k: int, tol: float, repeats: int) -> dict[str, Any]:
-    def run() -> Any:
+Eigenvalues = list[float]
+Runner = Callable[[], tuple[Eigenvalues, int]]
+"""One timed solve: the k values in descending order and the products it took."""
+
+
+def ours_runner(model: nn.Module, batch: Batch, k: int, tol: float) -> tuple[dict, Runner]:
+    def run() -> tuple[Eigenvalues, int]:
         op = HessianOperator(model, ce_loss, batch)
-        return lanczos_eigenvalues(op, k=k, which="LA", tol=tol)
+        res = lanczos_eigenvalues(op, k=k, which="LA", tol=tol)
+        if not bool(res.converged.all()):
+            raise RuntimeError("lanczos_eigenvalues did not converge")
+        return res.eigenvalues.tolist(), res.num_matvecs
 
-    sec, res = best_of(run, repeats)
-    return {
-        "seconds": sec,
-        "eigenvalues": res.eigenvalues.tolist(),
-        "converged": bool(res.converged.all()),
-        "matvecs": res.num_matvecs,
-        "restarts": res.num_restarts,
-        "settings": f"lanczos_eigenvalues(k={k}, which='LA', tol={tol})",
-    }
+    return {"settings": f"lanczos_eigenvalues(k={k}, which='LA', tol={tol})"}, run
 
 
-def eigenthings_top(
+def eigenthings_runner(
     model: nn.Module,
     batch: Batch,
     k: int,
     tol: float,
     start: int,
-    repeats: int,
-    accurate_to: list[float] | None = None,
-) -> dict[str, Any]:
-    """hessian-eigenthings ``lanczos`` at the smallest ``max_iter`` whose five values converge.
+    accurate_to: Eigenvalues | None = None,
+) -> tuple[dict, Runner]:
+    """hessian-eigenthings ``lanczos`` at the smallest ``max_iter`` whose k values converge.
 
     Its Lanczos runs exactly ``max_iter`` steps, so the fairest setting is the minimal one: a
     bracket is grown from ``start`` (down by 10% while it converges, up by 25% while it does
@@ -242,9 +240,9 @@ def eigenthings_top(
     import hessian_eigenthings as he
 
     tries: list[dict[str, Any]] = []
-    cache: dict[int, tuple[float, Any]] = {}
+    cache: dict[int, Any] = {}
 
-    def run(m: int) -> Any:
+    def solve(m: int) -> Any:
         op = he.HessianOperator(model, [batch], ce_loss)
         return he.lanczos(op, k=k, which="LA", tol=tol, max_iter=m, reorthogonalize=True, seed=0)
 
@@ -256,10 +254,9 @@ def eigenthings_top(
 
     def converges(m: int) -> bool:
         if m not in cache:
-            sec, res = timed(lambda: run(m))
-            cache[m] = (sec, res)
-            tries.append({"max_iter": m, "seconds": sec, "converged": accepted(res)})
-        return accepted(cache[m][1])
+            sec, cache[m] = timed(lambda: solve(m))
+            tries.append({"max_iter": m, "seconds": sec, "converged": accepted(cache[m])})
+        return accepted(cache[m])
 
     hi = max(start, 2 * k)
     lo = 2 * k - 1  # assumed failing (too few steps for k values)
@@ -284,36 +281,34 @@ def eigenthings_top(
             hi = mid
         else:
             lo = mid
-    ok = converges(hi)
-    sec, res = cache[hi]
-    if repeats > 1:
-        sec = min(sec, best_of(lambda: run(hi), repeats - 1)[0])
-    return {
-        "seconds": sec,
-        "eigenvalues": [float(e) for e in res.eigenvalues],
-        "converged": ok,
-        "matvecs": hi,
+    if not converges(hi):
+        raise RuntimeError(f"hessian-eigenthings lanczos did not converge up to max_iter={hi}")
+
+    def run() -> tuple[Eigenvalues, int]:
+        res = solve(hi)
+        return sorted((float(e) for e in res.eigenvalues), reverse=True), hi
+
+    info = {
         "settings": f"lanczos(k={k}, which='LA', tol={tol}, max_iter={hi}, "
         "reorthogonalize=True, seed=0)"
         + ("" if accurate_to is None else ", max_iter chosen against the float64 reference"),
         "tries": tries,
     }
+    return info, run
 
 
-def curvlinops_top(
+def curvlinops_runner(
     model: nn.Module,
     batch: Batch,
     k: int,
     tol: float,
-    repeats: int,
     ncvs: tuple[int, ...] = (20, 30, 40, 60),
-) -> dict[str, Any]:
+) -> tuple[dict, Runner]:
     """curvlinops ``HessianLinearOperator`` + scipy ``eigsh`` at its best Krylov size.
 
     As hessian-eigenthings gets its smallest ``max_iter``, ARPACK gets the ``ncv`` among
     ``ncvs`` (its default 20 first) that needs the fewest products, every run from the same
-    seeded start vector; only that setting is timed, and the products and values reported are
-    those of its fastest run.
+    seeded start vector; only that setting is timed.
     """
     import numpy as np
     from curvlinops import HessianLinearOperator
@@ -322,7 +317,7 @@ def curvlinops_top(
     params = [p for p in model.parameters() if p.requires_grad]
     v0 = np.random.default_rng(0).standard_normal(sum(p.numel() for p in params))
 
-    def run(ncv: int) -> tuple[list[float], int]:
+    def solve(ncv: int) -> tuple[Eigenvalues, int]:
         count = [0]
         hop = HessianLinearOperator(
             model, nn.CrossEntropyLoss(), params, [batch], check_deterministic=False
@@ -334,66 +329,120 @@ def curvlinops_top(
 
         counted = LinearOperator(hop.shape, matvec=mv, rmatvec=mv, dtype=hop.dtype)
         vals = eigsh(
-            counted, k=k, which="LA", tol=tol, ncv=ncv, v0=v0.astype(hop.dtype),
+            counted,
+            k=k,
+            which="LA",
+            tol=tol,
+            ncv=ncv,
+            v0=v0.astype(hop.dtype),
             return_eigenvectors=False,
-        )  # fmt: skip
+        )  # fmt: skip  (eigsh raises ArpackNoConvergence when it does not converge)
         return sorted((float(e) for e in vals), reverse=True), count[0]
 
     tries = []
     for ncv in ncvs:
-        sec, (_, products) = timed(lambda ncv=ncv: run(ncv))
+        sec, (_, products) = timed(lambda ncv=ncv: solve(ncv))
         tries.append({"ncv": ncv, "seconds": sec, "matvecs": products})
     best = min(tries, key=lambda t: (t["matvecs"], t["ncv"]))["ncv"]
-    runs = [timed(lambda: run(best)) for _ in range(max(1, repeats))]
-    sec, (vals, products) = min(runs, key=lambda r: r[0])
-    return {
-        "seconds": sec,
-        "eigenvalues": vals,
-        "converged": True,  # eigsh raises ArpackNoConvergence otherwise
-        "matvecs": products,
+    info = {
         "settings": f"eigsh(k={k}, which='LA', tol={tol}, ncv={best}, v0 seeded), "
         f"ncv the one of {list(ncvs)} with the fewest products",
         "tries": tries,
     }
+    return info, lambda: solve(best)
 
 
-def float64_reference(model: nn.Module, batch: Batch, k: int) -> list[float]:
+def float64_reference(model: nn.Module, batch: Batch, k: int) -> dict[str, Any]:
+    """Top-k of the network's float64 twin from ARPACK, cross-checked by our Lanczos.
+
+    scipy ``eigsh`` (``tol=1e-12``) is the reference, a solver independent of the one under
+    test; ``lanczos_eigenvalues`` at ``tol=1e-10`` must agree with it to 1e-9 relative, or the
+    run stops (a value both Krylov solvers missed would still pass: see part (d)).
+    """
     import copy
+
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
 
     twin = copy.deepcopy(model).double()
     op = HessianOperator(twin, ce_loss, (batch[0].double(), batch[1]))
-    return lanczos_eigenvalues(op, k=k, which="LA", tol=1e-10).eigenvalues.tolist()
+
+    def mv(x: Any) -> Any:
+        return (op @ torch.from_numpy(np.ascontiguousarray(x).reshape(-1))).numpy()
+
+    lin = LinearOperator((op.num_params,) * 2, matvec=mv, rmatvec=mv, dtype=np.float64)
+    v0 = np.random.default_rng(1).standard_normal(op.num_params)
+    arpack = eigsh(lin, k=k, which="LA", tol=1e-12, ncv=max(40, 2 * k + 1), v0=v0)[0]
+    ref = sorted((float(e) for e in arpack), reverse=True)
+    ours = lanczos_eigenvalues(op, k=k, which="LA", tol=1e-10).eigenvalues.tolist()
+    gap = max(abs(a - b) / abs(b) for a, b in zip(ours, ref, strict=True))
+    if gap > 1e-9:
+        raise RuntimeError(f"float64 references disagree by {gap:.1e}: {ours} vs {ref}")
+    return {"eigenvalues": ref, "method": "scipy eigsh, float64 twin, tol 1e-12",
+            "lanczos_float64_rel_gap": gap}  # fmt: skip
 
 
 TOP_ROWS = ("ours", "hessian_eigenthings", "hessian_eigenthings_oracle", "curvlinops_eigsh")
 """Rows of (b), in the order printed."""
 
 
+def interleaved(runners: dict[str, Runner], rounds: int) -> dict[str, list[tuple[float, Any]]]:
+    """``rounds`` timed calls of every runner, one of each per round, the order rotating.
+
+    An untimed round first warms caches and allocators; rotating the order puts each method
+    first, last and between the others equally often, so drift and load hit all alike.
+    """
+    names = list(runners)
+    for name in names:
+        runners[name]()
+    timings: dict[str, list[tuple[float, Any]]] = {name: [] for name in names}
+    for r in range(max(1, rounds)):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            timings[name].append(timed(runners[name]))
+    return timings
+
+
 def bench_top(
-    train_steps: int, k: int, tol: float, peers: list[str], reference: bool, repeats: int
+    train_steps: int, k: int, tol: float, peers: list[str], reference: bool, rounds: int
 ) -> dict[str, Any]:
+    """(b) top-k LA: settings searched first, then all methods timed in interleaved rounds.
+
+    Each method's time is its median over the rounds; "ours faster by" is the median over the
+    rounds of that round's ratio (peer seconds / our seconds), so load that lasts a round
+    cancels. A row counts only when its values are within ``tol`` of the float64 reference.
+    """
     model, batch = reference_mlp(train_steps)
-    out: dict[str, Any] = {"train_steps": train_steps, "k": k, "tol": tol}
-    ref = float64_reference(model, batch, k) if reference else None
-    out["reference_float64"] = ref
-    out["ours"] = ours_top(model, batch, k, tol, repeats)
+    out: dict[str, Any] = {"train_steps": train_steps, "k": k, "tol": tol, "rounds": rounds}
+    ref_info = float64_reference(model, batch, k) if reference else None
+    ref = None if ref_info is None else ref_info["eigenvalues"]
+    out["reference_float64"] = ref_info
+    setups = {"ours": ours_runner(model, batch, k, tol)}
     if "eigenthings" in peers:
-        start = 10 * (out["ours"]["matvecs"] // 10)
-        out["hessian_eigenthings"] = eigenthings_top(model, batch, k, tol, start, repeats)
+        start = 10 * (setups["ours"][1]()[1] // 10)
+        setups["hessian_eigenthings"] = eigenthings_runner(model, batch, k, tol, start)
         if ref is not None:
-            out["hessian_eigenthings_oracle"] = eigenthings_top(
-                model, batch, k, tol, out["ours"]["matvecs"], repeats, ref
+            matvecs = int(setups["hessian_eigenthings"][1]()[1])
+            setups["hessian_eigenthings_oracle"] = eigenthings_runner(
+                model, batch, k, tol, matvecs, ref
             )
     if "curvlinops" in peers:
-        out["curvlinops_eigsh"] = curvlinops_top(model, batch, k, tol, repeats)
-    ref = ref if ref is not None else out["ours"]["eigenvalues"]
-    for name in TOP_ROWS:
-        if name in out:
-            vals = out[name]["eigenvalues"]
-            err = max(abs(a - b) / abs(b) for a, b in zip(vals, ref, strict=True))
-            out[name]["max_rel_err_vs_reference"] = err
-            out[name]["within_tol"] = err <= tol  # a timing counts only for accurate values
-            out[name]["speedup_of_ours"] = out[name]["seconds"] / out["ours"]["seconds"]
+        setups["curvlinops_eigsh"] = curvlinops_runner(model, batch, k, tol)
+    timings = interleaved({name: run for name, (_, run) in setups.items()}, rounds)
+    ours_s = [sec for sec, _ in timings["ours"]]
+    ref = ref if ref is not None else timings["ours"][-1][1][0]
+    for name, (info, _) in setups.items():
+        secs = [sec for sec, _ in timings[name]]
+        vals, products = timings[name][-1][1]
+        err = max(abs(a - b) / abs(b) for a, b in zip(vals, ref, strict=True))
+        out[name] = info | {
+            "seconds": statistics.median(secs),
+            "round_seconds": secs,
+            "eigenvalues": vals,
+            "matvecs": products,
+            "max_rel_err_vs_reference": err,
+            "within_tol": err <= tol,  # a timing counts only for accurate values
+            "speedup_of_ours": statistics.median(p / o for p, o in zip(secs, ours_s, strict=True)),
+        }
     return out
 
 
@@ -426,6 +475,16 @@ def bench_dense(repeats: int) -> dict[str, Any]:
     }
 
 
+PEER_MODULES = {
+    "eigenthings": ("hessian_eigenthings", "pip install -c constraints.txt -e '.[bench]'"),
+    "curvlinops": (
+        "curvlinops",
+        "pip install --no-deps curvlinops-for-pytorch==3.0.1 (after the bench extra)",
+    ),
+}
+"""Peer name -> (module imported, the install line; --no-deps keeps torch's CPU pin)."""
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["hvp", "top", "dense", "all"], default="all")
@@ -440,7 +499,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--repeats", type=int, default=10, help="repeats for (a)")
     parser.add_argument("--block", type=int, default=8, help="block size of batched HVPs in (a)")
-    parser.add_argument("--top-repeats", type=int, default=3, help="best of, for (b)")
+    parser.add_argument(
+        "--top-rounds", type=int, default=5, help="interleaved timing rounds for (b)"
+    )
     parser.add_argument("--dense-repeats", type=int, default=1)
     parser.add_argument("--train-steps", type=int, nargs="+", default=[100, 0])
     parser.add_argument("--k", type=int, default=5)
@@ -457,6 +518,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-reference", action="store_true", help="skip the float64 check")
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args(argv)
+    if args.part in ("top", "all"):
+        for peer in args.peers:
+            if peer not in PEER_MODULES:
+                parser.error(f"unknown peer {peer!r}; choose from {', '.join(PEER_MODULES)}")
+            module, install = PEER_MODULES[peer]
+            if importlib.util.find_spec(module) is None:
+                parser.error(f"peer {peer!r} is not installed: {install} (or drop it from --peers)")
     args.malloc_tuned = args.malloc == "tuned" and tune_allocator()
     torch.set_num_threads(args.threads)
     import scipy.sparse.linalg  # noqa: F401  (loads scipy's OpenBLAS, so the limit reaches it)
@@ -492,13 +560,15 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
         for name, r in out["hvp_strategies"].items():
             if isinstance(r, dict):
                 print(f"    {name:<44}{r['per_vector_s'] * 1e3:>8.2f} ms{r['over_gradient']:>7.2f}")
+        dump_json(args.out, out, indent=1)  # each part saved as it ends
     if args.part in ("top", "all"):
         out["top"] = []
         for steps in args.train_steps:
             res = bench_top(
-                steps, args.k, args.tol, args.peers, not args.no_reference, args.top_repeats
+                steps, args.k, args.tol, args.peers, not args.no_reference, args.top_rounds
             )
             out["top"].append(res)
+            dump_json(args.out, out, indent=1)
             print(f"(b) top-{args.k} LA, tol {args.tol}, state after {steps} GD steps")
             print(f"    {'method':<28}{'seconds':>9}{'matvecs':>9}{'rel.err':>10}{'ours x':>8}")
             for name in TOP_ROWS:
