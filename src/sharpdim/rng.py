@@ -8,11 +8,21 @@ saved, seeded, and restored afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
+
+
+def stage_generator(seed: int, stage: str) -> torch.Generator:
+    """A CPU generator for one stage of a command (``"lanczos"``, ``"trace"``, ...), seeded
+    from ``seed`` and the stage's name: each stage's draws depend on the seed alone, not on
+    how many numbers the stages before it drew (so a density option cannot move the trace).
+    """
+    digest = hashlib.blake2b(f"sharpdim:{stage}:{seed}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") % 2**63)
 
 
 def peek_seed(generator: torch.Generator) -> int:

@@ -29,6 +29,20 @@ def test_demo_tiny(tmp_path: Path) -> None:
     assert (settings["dtype"], settings["lr"], settings["slq_runs"]) == ("float32", 0.5, 2)
 
 
+def test_demo_sd_depends_on_the_seed_not_on_the_density_options(tmp_path: Path) -> None:
+    """The SD's minibatches come from their own seeded stream: more SLQ runs for the density
+    figure leave the sharpness dimension and its interval unchanged (a review found them
+    moving outside each other's bootstrap intervals when one generator served both)."""
+    args = ["demo", "--n-train", "100", "--width", "4", "--steps", "20", "--sd-batches", "2"]
+    sds = []
+    for runs in ("1", "3"):
+        out = tmp_path / runs
+        assert main([*args, "--out", str(out), "--slq-runs", runs, "--slq-steps", "10"]) == 0
+        sd = json.loads((out / "summary.json").read_text())["sharpness_dimension"]
+        sds.append({key: value for key, value in sd.items() if key != "wall_time_s"})
+    assert sds[0] == sds[1]
+
+
 def _no_training(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("training started before the options were checked")
 

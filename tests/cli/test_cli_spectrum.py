@@ -180,3 +180,18 @@ def test_piped_output_starts_with_the_table_not_a_blank_line(
     flags = ["--dataset", "teacher_student", "--n-train", "20", "--width", "2", "--k", "2"]
     assert main(["spectrum", *flags, "--train-steps", "3", "--json", str(tmp_path / "s.json")]) == 0
     assert capsys.readouterr().out.splitlines()[0].strip() != ""
+
+
+def test_each_estimate_depends_on_the_seed_not_on_the_other_estimators_options(
+    tmp_path: Path,
+) -> None:
+    """The trace and the density draw from their own seeded streams: changing how many
+    eigenvalues Lanczos finds, or how many probes Hutch++ draws, moves neither of the others."""
+    a = _spectrum(tmp_path, f"{TINY} --which LA --k 1 --trace-matvecs 9", "a")["spectrum"]
+    b = _spectrum(tmp_path, f"{TINY} --which both --k 3 --trace-matvecs 9", "b")["spectrum"]
+    assert a["trace"] == b["trace"]
+    more_probes = _spectrum(tmp_path, f"{TINY} --which LA --k 1 --trace-matvecs 30", "m")
+    assert more_probes["spectrum"]["slq"] == a["slq"]
+    assert more_probes["spectrum"]["lanczos"] == a["lanczos"]
+    c = _spectrum(tmp_path, f"{TINY} --which LA --k 1 --seed 1", "c")["spectrum"]
+    assert c["trace"]["estimate"] != a["trace"]["estimate"]  # the seed does move them

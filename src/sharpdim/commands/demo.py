@@ -32,6 +32,7 @@ from sharpdim.curvature.summary import SpectrumSummary, spectrum_summary
 from sharpdim.dimension.sharpness_dimension import SDResult, sharpness_dimension
 from sharpdim.report.html_report import ReportSection, write_html_report
 from sharpdim.report.spectrum_figures import plot_spectrum_density
+from sharpdim.rng import stage_generator
 from sharpdim.training.datasets import load_dataset
 from sharpdim.training.loop import TrainConfig, TrainResult, train
 from sharpdim.training.losses import mse_loss
@@ -123,11 +124,14 @@ def demo(
         )  # fmt: skip
         return
 
-    gen = torch.Generator().manual_seed(seed)
     hessian = HessianOperator(model, mse_loss, data.train_batch())
     with console.status("Hessian spectrum: Lanczos, Hutch++, stochastic Lanczos quadrature"):
         summary = spectrum_summary(
-            hessian, k=5, num_runs=slq_runs, num_steps=slq_steps, generator=gen
+            hessian,
+            k=5,
+            num_runs=slq_runs,
+            num_steps=slq_steps,
+            generator=stage_generator(seed, "spectrum"),
         )
     with console.status(f"sharpness dimension: {sd_batches} dense minibatch Hessians"):
         sd_result = sharpness_dimension(
@@ -137,7 +141,7 @@ def demo(
             lr,
             num_batches=sd_batches,
             batch_size=batch_size,
-            generator=gen,
+            generator=stage_generator(seed, "sd"),
         )
     with output_errors(out, "--out folder"):
         _write_outputs(out, run, summary, sd_result, lr, settings)

@@ -59,6 +59,7 @@ from sharpdim.curvature.trace import hutchpp_trace
 from sharpdim.errors import SharpdimError
 from sharpdim.report.figure_file import check_figure_format
 from sharpdim.report.spectrum_figures import plot_spectrum_density
+from sharpdim.rng import stage_generator
 from sharpdim.training.datasets import Dataset
 from sharpdim.training.loop import TrainConfig
 from sharpdim.training.losses import get_loss
@@ -231,14 +232,24 @@ def spectrum(
 
     start = time.perf_counter()
     hessian = _hessian(model, loss, data, chunk_size)
-    gen = torch.Generator().manual_seed(seed)
     console = Console()
     with console.status("Lanczos: the extreme eigenvalues"):
-        eig = lanczos_eigenvalues(hessian, k, which, tol=tol, max_iter=max_iter, generator=gen)  # type: ignore[arg-type]
+        eig = lanczos_eigenvalues(
+            hessian,
+            k,
+            which,  # type: ignore[arg-type]
+            tol=tol,
+            max_iter=max_iter,
+            generator=stage_generator(seed, "lanczos"),
+        )
     with console.status("Hutch++: the trace"):
-        trace = hutchpp_trace(hessian, num_matvecs=trace_matvecs, generator=gen)
+        trace = hutchpp_trace(
+            hessian, num_matvecs=trace_matvecs, generator=stage_generator(seed, "trace")
+        )
     with console.status("stochastic Lanczos quadrature: the density"):
-        slq = slq_spectrum(hessian, num_runs=slq_runs, num_steps=slq_steps, generator=gen)
+        slq = slq_spectrum(
+            hessian, num_runs=slq_runs, num_steps=slq_steps, generator=stage_generator(seed, "slq")
+        )
     grid, density = kde_density(slq.nodes, slq.weights)
     rows = [("parameters", f"{num_params:,}"), *_extremes(eig)]
     stderr = f" ± {trace.stderr:.2g}" if math.isfinite(trace.stderr) else " (no standard error)"
