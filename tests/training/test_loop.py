@@ -248,7 +248,7 @@ def test_checkpoints_on_disk_and_in_memory(digits, tmp_path):
         load_checkpoint(tmp_path / "nope.pt", restored)
     with pytest.raises(SharpdimError, match=r"is a folder: pass the step_XXXXXX.pt file in it"):
         load_checkpoint(tmp_path, restored)
-    assert result.to_dict()["snapshots"][0] == initial.tolist()
+    assert result.to_dict()["snapshots"]["0"] == initial.tolist()
 
 
 def test_monitor_sees_each_step_before_the_update(digits):
@@ -1005,3 +1005,25 @@ def test_a_batch_larger_than_the_data_is_refused_before_a_checkpoint(digits, tmp
     with pytest.raises(SharpdimError, match=r"^batch_size=201 is not in \[1, 200\] for digits"):
         train(small_mlp(), digits, config)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_train_result_with_snapshots_goes_into_the_store_as_its_docs_say(digits, tmp_path):
+    """``ResumableRuns``' docs give ``lambda r: r.to_dict()`` as the encoder: with the int
+    step keys of ``snapshots`` the store refused it after the run was computed (review)."""
+    from sharpdim.runner import ResultsStore, ResumableRuns
+
+    config = TrainConfig(
+        lr=0.05, batch_size=10, steps=4, checkpoint_steps=(0, 4), checkpoint_dir=str(tmp_path)
+    )
+    result = train(small_mlp(seed=0), digits, config)
+    with ResultsStore(tmp_path / "runs.sqlite") as store:
+        runs = ResumableRuns(
+            store,
+            encode=lambda r: r.to_dict(),
+            decode=dict,
+            status=lambda r: "diverged" if r.diverged else "done",
+        )
+        stored = runs({"lr": 0.05}, lambda: result)
+    assert sorted(stored["snapshots"]) == ["0", "4"]
+    assert stored["snapshots"]["4"] == result.snapshots[4].tolist()
+    assert sorted(stored["checkpoint_paths"]) == ["0", "4"]

@@ -256,12 +256,14 @@ class TrainResult:
         return self.status == "diverged"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python values (snapshots as lists)."""
+        """JSON-ready plain Python values: snapshots as lists, and the step keys of
+        ``checkpoint_paths`` and ``snapshots`` as strings (as JSON writes them), so the dict
+        also goes into a :class:`~sharpdim.runner.store.ResultsStore` as it is."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "snapshots"}
         out["history"] = [list(h) for h in self.history]
         out["evaluations"] = [dict(e) for e in self.evaluations]
-        out["checkpoint_paths"] = dict(self.checkpoint_paths)
-        out["snapshots"] = {k: v.tolist() for k, v in self.snapshots.items()}
+        out["checkpoint_paths"] = {str(k): v for k, v in self.checkpoint_paths.items()}
+        out["snapshots"] = {str(k): v.tolist() for k, v in self.snapshots.items()}
         return out
 
 
