@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from sharpdim.curvature.measure import silverman_bandwidth, weighted_quantiles
+from sharpdim.curvature.measure import (
+    equal_mass_cell_means,
+    silverman_bandwidth,
+    weighted_quantiles,
+)
 from sharpdim.errors import SharpdimError
 
 F64 = torch.float64
@@ -62,3 +66,39 @@ def test_masses_whose_total_overflows_are_refused() -> None:
     ):
         with pytest.raises(SharpdimError, match=r"^the masses sum to inf"):
             call()
+
+
+def _running_sum(values: torch.Tensor, masses: torch.Tensor, x: float) -> float:
+    """Integral over [0, x] of the descending quantile function (atoms laid end to end)."""
+    total, s = 0.0, 0.0
+    for v, m in sorted(zip(values.tolist(), masses.tolist(), strict=True), reverse=True):
+        take = min(m, max(x - total, 0.0))
+        s, total = s + take * v, total + m
+    return s
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cell_means_give_the_measures_running_sum_at_every_cell_edge(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randn(40, generator=gen, dtype=torch.float64)
+    masses = torch.rand(40, generator=gen, dtype=torch.float64)
+    masses[::7] = 0.0  # atoms of no mass take no room
+    cells = 17
+    means = equal_mass_cell_means(values, masses, cells)
+    width = float(masses.sum()) / cells
+    assert bool((means[:-1] >= means[1:]).all())  # descending
+    sums = torch.cumsum(means * width, 0).tolist()
+    for i, got in enumerate(sums, start=1):
+        assert got == pytest.approx(_running_sum(values, masses, i * width), abs=1e-12)
+
+
+def test_cell_means_of_unit_atoms_are_the_atoms_sorted() -> None:
+    atoms = [0.3, -2.0, 5.0, 0.3, -1e-3]
+    got = equal_mass_cell_means(atoms, [1.0] * 5, 5)
+    assert got.tolist() == sorted(atoms, reverse=True)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, None])
+def test_cell_means_refuse_a_bad_number_of_cells(bad: object) -> None:
+    with pytest.raises(SharpdimError, match="num_cells must be an integer >= 1"):
+        equal_mass_cell_means([1.0], [1.0], bad)  # type: ignore[arg-type]

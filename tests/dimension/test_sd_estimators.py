@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sharpdim.curvature.measure import silverman_bandwidth, weighted_quantiles
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension, kaplan_yorke_measure
 from sharpdim.dimension.sd_estimators import (
     exponent_measure,
@@ -17,8 +18,6 @@ from sharpdim.dimension.sd_estimators import (
     sd_histogram,
     sd_kde,
     sd_quantiles,
-    silverman_bandwidth,
-    weighted_quantiles,
 )
 from sharpdim.dynamics.jacobian_spectra import StepSpectrumConfig, step_log_singular_values
 from sharpdim.errors import SharpdimError
@@ -299,12 +298,26 @@ def test_kde_keeps_a_negative_spectrum_negative() -> None:
     assert sd_kde(v, m).dimension == 0.0
 
 
-def test_quantile_levels_are_cell_midpoints() -> None:
-    """Levels (i + 1/2)/M of masses (1/3, 2/3): atoms (1, -3, -3, -3) of mass 3/4 each, so
-    0.75 * 1 is balanced by 0.25 of the -3 atoms: D = 0.75 + 0.25 = 1 exactly."""
+def test_quantile_cells_carry_their_mean() -> None:
+    """Masses (1, 2) at (1, -3) in 4 cells of 3/4: the second cell holds 1/4 of the atom 1
+    and 1/2 of -3, so its atom is (1/4 - 3/2) / (3/4) = -5/3 (a quantile at the cell's
+    midpoint said -3, and D = 1); D = 3/4 + (3/4) * 1 / (5/3) = 1.2."""
     r = sd_quantiles([1.0, -3.0], [1.0, 2.0], num_quantiles=4)
-    assert r.exponents.tolist() == [1.0, -3.0, -3.0, -3.0]
-    assert r.dimension == pytest.approx(1.0, abs=1e-15)
+    assert r.exponents.tolist() == pytest.approx([1.0, -5 / 3, -3.0, -3.0], abs=1e-15)
+    assert r.dimension == pytest.approx(1.2, abs=1e-15)
+
+
+def test_ps_equals_def_4_2_on_two_batches_whose_top_exponents_share_a_cell() -> None:
+    """Review case: batches (1.0, -0.01 x 98, -5) and (0.2, -0.01 x 98, -5), pooled with mass
+    1/2 each. The top cell holds 1.0 and 0.2: its mean 0.6 is the batch mean's lambda_1, and
+    SD-PS equals Def. 4.2 on the batch-mean spectrum, 1 + 0.6 / 0.01 = 61 (the cell's
+    midpoint quantile, 0.2, gave 21)."""
+    one, two = [1.0] + [-0.01] * 98 + [-5.0], [0.2] + [-0.01] * 98 + [-5.0]
+    values = torch.tensor(one + two, dtype=torch.float64)
+    r = sd_quantiles(values, torch.full_like(values, 0.5))
+    mean = kaplan_yorke_dimension([(a + b) / 2 for a, b in zip(one, two, strict=True)])
+    assert mean.dimension == pytest.approx(61.0, abs=1e-9)
+    assert r.dimension == pytest.approx(61.0, abs=1e-9)
 
 
 def test_silverman_takes_the_iqr_branch_with_its_1_34() -> None:

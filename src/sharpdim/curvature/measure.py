@@ -54,6 +54,36 @@ def weighted_quantiles(values: Any, masses: Any, levels: Any) -> torch.Tensor:
     return v[idx.clamp(max=v.numel() - 1)]
 
 
+def equal_mass_cell_means(values: Any, masses: Any, num_cells: int) -> torch.Tensor:
+    """Means of the measure over ``num_cells`` equal-mass cells, largest first.
+
+    With the atoms sorted in descending order laid end to end on ``[0, total]`` (atom ``j`` an
+    interval of length ``m_j``), cell ``i`` is ``[(i-1) T/M, i T/M]`` and its mean is the
+    exact integral of the descending quantile function over it divided by ``T/M``. So the
+    running sums of the ``M`` cell means (each of mass ``T/M``) equal the measure's at every
+    cell edge, whereas a quantile at the cell's midpoint stands in for the whole cell (on a
+    cell holding atoms 1.0 and 0.2 of equal mass, 0.2 instead of 0.6). Unit atoms with
+    ``M`` equal to their number come back as they are, sorted.
+    """
+    v, m = flat_measure(values, masses)
+    if isinstance(num_cells, bool) or not isinstance(num_cells, int) or num_cells < 1:
+        raise SharpdimError(f"num_cells must be an integer >= 1, got {num_cells!r}")
+    order = torch.argsort(v, descending=True)
+    v, m = v[order], m[order]
+    total = float(m.sum())
+    ends = torch.cumsum(m, 0).clamp(max=total)  # atom j ends at ends[j]
+    ends[-1] = total
+    edges = total * (torch.arange(num_cells + 1, dtype=torch.float64) / num_cells)
+    edges[-1] = total
+    breaks = torch.unique(torch.cat([ends, edges]).clamp(min=0.0))  # sorted, from 0
+    mids = 0.5 * (breaks[:-1] + breaks[1:])
+    atom = torch.searchsorted(ends, mids).clamp(max=v.numel() - 1)
+    cell = torch.searchsorted(edges[1:-1], mids, right=True)
+    share = (breaks[1:] - breaks[:-1]) / (total / num_cells)  # of its cell's mass, <= 1
+    means = torch.zeros(num_cells, dtype=torch.float64)
+    return means.index_add_(0, cell, share * v[atom])
+
+
 def silverman_bandwidth(values: Any, masses: Any) -> float:
     """Silverman's robust rule ``0.9 min(std, IQR/1.34) n_eff^{-1/5}`` for a weighted measure."""
     v, m = flat_measure(values, masses)

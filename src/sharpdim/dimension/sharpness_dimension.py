@@ -33,6 +33,7 @@ from torch import nn
 from sharpdim.checks import check_betas, check_count, check_number, default_generator
 from sharpdim.curvature.dense import DENSE_LIMIT
 from sharpdim.curvature.hessian import HessianOperator, LossFn, Mode, require_loss_fn
+from sharpdim.curvature.measure import equal_mass_cell_means
 from sharpdim.curvature.params import get_flat_params, trainable_parameters
 from sharpdim.curvature.slq import check_reorthogonalization
 from sharpdim.dimension.kaplan_yorke import kaplan_yorke_dimension
@@ -42,7 +43,6 @@ from sharpdim.dimension.sd_estimators import (
     SD_METHODS,
     exponent_measure,
     sd_from_measure,
-    weighted_quantiles,
 )
 from sharpdim.dynamics.jacobian_spectra import (
     ADAPTIVE_OPTIMIZERS,
@@ -70,9 +70,9 @@ class SDResult:
         j_star: ``j*`` of Def. 4.2 (for the SLQ methods: the exponent mass above the crossing).
         lambda_1: RDS sharpness (mean over batches of the top exponent); lambda_1_stderr its
             standard error.
-        exponents: ``lambda_k`` in descending order (exact), or equal-mass quantiles of the
-            estimated exponent measure (SLQ methods), each standing for ``exponent_weight``
-            exponents.
+        exponents: ``lambda_k`` in descending order (exact), or the means of the estimated
+            exponent measure over equal-mass cells (SLQ methods; at most 1,000, descending),
+            each standing for ``exponent_weight`` exponents.
         exponent_weight: how many exponents each entry of ``exponents`` stands for.
         num_expanding: number (mass) of expanding directions, ``sigma > 1`` beyond round-off
             (SGD: ``alpha > 2/eta`` or ``alpha < 0``, flat directions not counted; see
@@ -499,8 +499,7 @@ def sharpness_dimension(
             float(top.std(correction=1) / math.sqrt(num_runs)) if num_runs > 1 else float("nan")
         )
         m_q = min(num_exp, 1000)
-        levels = (torch.arange(m_q, dtype=torch.float64) + 0.5) / m_q
-        exponents = torch.flip(weighted_quantiles(values, masses, levels), [0])
+        exponents = equal_mass_cell_means(values, masses, m_q)
         weight = num_exp / m_q
         expanding = _expanding_mass(values, masses, eps, trainable)
         settings.update(
