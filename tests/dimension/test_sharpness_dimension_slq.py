@@ -179,3 +179,22 @@ def test_cheaper_reorthogonalization_gives_the_same_sd(cheaper: str, tol: float)
     assert partial.settings["reorthogonalization"] == cheaper
     assert partial.sd == pytest.approx(full.sd, abs=tol * 114)
     assert partial.lambda_1 == pytest.approx(full.lambda_1, abs=1e-9)
+
+
+def test_an_sd_clipped_to_the_dimension_stays_a_float() -> None:
+    """Three distinct eigenvalues, every exponent expanding at lr 1.5 and the SLQ mass d plus
+    an ulp: the SD is clipped to d = 20, and came back as the int 20 (review)."""
+    x = torch.zeros(200, 20, dtype=torch.float64)
+    for i in range(200):
+        x[i, i % 3] = 1.0 + (i % 3)
+    y = torch.ones(200, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = nn.Linear(20, 1, bias=False).double()
+
+    def loss(mod: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return 0.5 * (mod(b[0]).squeeze(-1) ** 2 * b[1]).mean()
+
+    r = sharpness_dimension(model, loss, (x, y), 1.5, method="slq", num_runs=4, num_steps=15,
+                            batch_size=200, num_bootstrap=3)  # fmt: skip
+    assert r.sd == 20.0 and type(r.sd) is float
+    assert type(r.ci_low) is float and type(r.ci_high) is float

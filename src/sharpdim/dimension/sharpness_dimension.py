@@ -505,10 +505,12 @@ def sharpness_dimension(
         settings.update(
             num_runs=num_runs, num_steps=num_steps, reorthogonalization=reorthogonalization
         )
-    boot = [min(max(b, 0.0), num_exp) for b in boot]  # estimators' mass can exceed d by 1 ulp
+    boot = [
+        min(max(b, 0.0), float(num_exp)) for b in boot
+    ]  # estimators' mass can exceed d by 1 ulp
     lo, hi = _percentile_ci(boot, confidence)
     return SDResult(
-        sd=min(max(ky.dimension, 0.0), num_exp),
+        sd=min(max(ky.dimension, 0.0), float(num_exp)),
         j_star=ky.j_star,
         lambda_1=lam1,
         lambda_1_stderr=lam1_se,
