@@ -164,6 +164,18 @@ def test_detect_periods():
     assert detect_periods(series, max_period=5).tolist() == [1, 2, 3, 0, -1]
 
 
+def test_one_late_sample_determines_no_period():
+    """A window of one sample has no spread: it cannot tell a point from a 2-cycle or chaos
+    (with late=1 every finite run read period 1, and the sweep's summary lost its period
+    doubling and chaos: review). Two samples decide period 1 only."""
+    one = torch.tensor([[0.3], [0.7], [math.inf]], dtype=torch.float64)
+    assert detect_periods(one).tolist() == [0, 0, -1]
+    two = torch.tensor([[0.3, 0.3], [0.2, 0.7]], dtype=torch.float64)
+    assert detect_periods(two).tolist() == [1, 0]
+    sweep = minimalist_sweep([0.55, 0.9], init=(1.5, 0.6, 1.5, 0.6), steps=2000, late=1)
+    assert sweep.periods.tolist() == [0, 0]
+
+
 def test_bad_input():
     with pytest.raises(SharpdimError):
         minimalist_sweep([])

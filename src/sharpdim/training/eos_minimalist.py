@@ -154,12 +154,15 @@ def detect_periods(
     Row ``e`` has period 1 when its range ``max_t s_t - min_t s_t`` is at most ``point_tol``
     (settled to a point at that resolution, even if a tiny oscillation is still decaying),
     else period ``P`` when ``|s_{t+P} - s_t| <= tol * max(1, |s_t|)`` for every ``t`` of the
-    window; rows with a non-finite value get ``-1``.
+    window; rows with a non-finite value get ``-1``. Period ``P`` needs ``P + 1`` samples, so a
+    window of ``T`` samples finds periods up to ``T - 1`` (a single sample: 0, undetermined).
     """
     e, t = series.shape
     out = torch.zeros(e, dtype=torch.long)
     finite = torch.isfinite(series).all(dim=1)
     out[~finite] = -1
+    if t < 2:  # one sample has no spread to judge: every finite row undetermined
+        return out
     spread = series.max(dim=1).values - series.min(dim=1).values
     out[finite & (spread <= point_tol)] = 1
     for period in range(1, min(max_period, t - 1) + 1):
