@@ -79,7 +79,11 @@ def test_the_state_of_another_optimizer_type_is_refused(tmp_path: Path) -> None:
     adam.step()
     path = save_checkpoint(tmp_path, 1, model, adam)
     old = torch.load(path, weights_only=True)
-    del old["optimizer_class"], old["sha256"]  # as written by earlier versions
+    del (
+        old["optimizer_class"],
+        old["sha256"],
+        old["optimizer_params"],
+    )  # as written by earlier versions
     torch.save(old, tmp_path / "old.pt")
     fresh = torch.nn.Linear(3, 2)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
@@ -110,7 +114,7 @@ def test_old_checkpoints_with_extra_or_missing_group_keys_load(tmp_path: Path) -
     model(torch.ones(1, 3)).sum().backward()
     adam.step()
     old = torch.load(save_checkpoint(tmp_path, 1, model, adam), weights_only=True)
-    del old["optimizer_class"], old["sha256"]
+    del old["optimizer_class"], old["sha256"], old["optimizer_params"]
     del old["optimizer"]["param_groups"][0]["decoupled_weight_decay"]  # as an older torch
     torch.save(old, tmp_path / "old.pt")
     fresh = torch.nn.Linear(3, 2)
@@ -447,3 +451,25 @@ def test_state_of_parameters_outside_the_model_is_checked_by_shape(tmp_path: Pat
         load_checkpoint(path, net, swapped)
     same = torch.optim.SGD(trained + extra, lr=0.1, momentum=0.9)
     assert load_checkpoint(path, net, same) == 1
+
+
+def test_a_flipped_byte_in_the_digest_key_is_refused_as_damage(tmp_path: Path) -> None:
+    """The pickle stores the string "sha256" once: one flipped bit renames the key, and the
+    file read as one from before the digest, accepted unchecked (review)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2, dtype=torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for with_optimizer in (True, False):
+        path = save_checkpoint(tmp_path / str(with_optimizer), 1, model,
+                               optimizer if with_optimizer else None)  # fmt: skip
+        raw = path.read_bytes()
+        at = raw.index(b"sha256")  # (the pickle comes first in the zip, uncompressed)
+        path.write_bytes(raw[:at] + b"rha256" + raw[at + 6 :])
+        with pytest.raises(SharpdimError, match=r"is damaged: it holds unknown entries rha256"):
+            read_checkpoint(path)
+    state = torch.load(path, weights_only=True)  # the optimizer's names came after the digest
+    state.pop("rha256")
+    state["optimizer_params"] = [["weight", "bias"]]
+    torch.save(state, tmp_path / "no_digest.pt")
+    with pytest.raises(SharpdimError, match=r"no_digest.pt is damaged: it holds no SHA-256"):
+        read_checkpoint(tmp_path / "no_digest.pt")

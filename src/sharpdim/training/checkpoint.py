@@ -203,6 +203,12 @@ def _plain_numbers(value: Any) -> Any:
     return value
 
 
+CHECKPOINT_KEYS = frozenset(
+    {"step", "model", "optimizer", "optimizer_class", "optimizer_params", "loop", "sha256"}
+)
+"""Every top-level entry :func:`save_checkpoint` writes (and every earlier version wrote)."""
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw contents of a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
@@ -224,6 +230,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise SharpdimError(
             f"{path} is not a sharpdim checkpoint (its step, model or loop state is missing or "
             "malformed): pass a step_XXXXXX.pt file written by train() or save_checkpoint()"
+        )
+    unknown = sorted(str(key) for key in state.keys() - CHECKPOINT_KEYS)
+    if unknown or ("sha256" not in state and "optimizer_params" in state):
+        # (a flipped byte can rename the "sha256" key; the parameter names came after it)
+        what = f"unknown entries {', '.join(unknown)}" if unknown else "no SHA-256"
+        raise SharpdimError(
+            f"{path} is damaged: it holds {what}: resume from another checkpoint (an earlier "
+            "step) or start the run again"
         )
     # (files of versions before the digest have none)
     if "sha256" in state:
