@@ -241,7 +241,8 @@ _LEFT_TORCH = (
     "Cannot access data pointer of Tensor that doesn't have storage",  # forward-mode dual
     "Can't call numpy() on Tensor that requires grad",  # reverse mode
 )
-"""Signs of a step function that leaves torch (``x.numpy()``, ``x.tolist()`` of a tangent)."""
+"""Signs of a step function that leaves torch through ``x.numpy()``. (``x.tolist()`` or
+``float(x)`` leave no sign: they read values, and the map looks constant, Jacobian 0.)"""
 
 
 def _refuse_leaving_torch(err: Exception) -> None:
