@@ -55,3 +55,16 @@ def test_one_path_as_figures_is_refused_in_one_line(tmp_path: Path) -> None:
     for one in (str(tmp_path / "plot.png"), tmp_path / "plot.png"):
         with pytest.raises(SharpdimError, match=r"^figures must be a list of paths, got the one"):
             ReportSection("h", figures=one)  # type: ignore[arg-type]
+
+
+def test_a_figure_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    """A missing figure raised a bare FileNotFoundError (review)."""
+    import pytest
+
+    from sharpdim.errors import SharpdimError
+
+    (tmp_path / "folder.png").mkdir()
+    for name, reason in (("missing.png", "No such file"), ("folder.png", "Is a directory")):
+        with pytest.raises(SharpdimError, match=rf"{name} cannot be read \({reason}") as err:
+            render_html_report("t", [ReportSection("h", figures=[tmp_path / name])])
+        assert "\n" not in str(err.value)

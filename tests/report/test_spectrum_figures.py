@@ -129,3 +129,22 @@ def test_eigenvalues_from_a_generator_are_drawn_and_complex_or_bool_refused(
         args: dict[str, Any] = {"grid": grid, "density": density, **kwargs}
         with pytest.raises(SharpdimError, match=message):
             plot_spectrum_density(path=tmp_path / "e.png", **args)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "message"),
+    [
+        ("2", "threshold must be a number, got '2'"),
+        (True, "threshold must be a number, got a bool"),
+        (math.inf, "threshold inf is not finite"),
+        (10**400, "is not finite"),
+    ],
+)
+def test_a_threshold_that_is_no_finite_number_is_refused(
+    threshold: Any, message: str, tmp_path: Path
+) -> None:
+    """The string "2" was drawn as 2, and inf as an arrow labelled 'stability threshold inf'."""
+    grid = torch.linspace(-1, 4, 5)
+    with pytest.raises(SharpdimError, match=message):
+        plot_spectrum_density(grid, torch.ones(5), tmp_path / "d.png", threshold=threshold)
+    assert not (tmp_path / "d.png").exists()

@@ -81,7 +81,15 @@ def render_html_report(title: str, sections: Sequence[ReportSection]) -> str:
                     f"figure {fig} is not a format a browser shows inline: pass one of "
                     f"{', '.join(_MIME)} (e.g. save it as .png)"
                 )
-            data = base64.b64encode(Path(fig).read_bytes()).decode("ascii")
+            try:
+                raw = Path(fig).read_bytes()
+            except OSError as exc:  # (missing, a folder, unreadable)
+                reason = exc.strerror or type(exc).__name__
+                raise SharpdimError(
+                    f"figure {fig} cannot be read ({reason}): save the figure first, or pass "
+                    "the path it was saved to"
+                ) from exc
+            data = base64.b64encode(raw).decode("ascii")
             alt = html.escape(Path(fig).stem)
             parts.append(f"<p><img alt='{alt}' src='data:{mime};base64,{data}'></p>")
     parts.append("</body></html>")

@@ -4,6 +4,7 @@ reverse)."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from sharpdim.checks import real_tensor
+from sharpdim.checks import described, plain_scalar, real_tensor
 from sharpdim.errors import SharpdimError
 from sharpdim.report.figure_file import legend_if_any, save_figure
 
@@ -58,8 +59,8 @@ def plot_spectrum_density(
     top_eigenvalues = [  # (each entry flattened: [tensor([4.0]), 3.0] mixes shapes)
         v for e in top_eigenvalues for v in real_tensor(e, "top_eigenvalues").reshape(-1).tolist()
     ]
-    if isinstance(threshold, bool):  # (True was drawn as "stability threshold 1")
-        raise SharpdimError("threshold must be a number, got a bool: pass e.g. 2 / lr, or None")
+    if threshold is not None:
+        threshold = _threshold_number(threshold)
     if grid.ndim != 1 or grid.shape != density.shape or grid.numel() == 0:
         raise SharpdimError(
             f"grid {tuple(grid.shape)} and density {tuple(density.shape)} must be equal, "
@@ -70,8 +71,6 @@ def plot_spectrum_density(
             "the density or its grid holds NaN or inf (nothing to draw): check the SLQ "
             "nodes and weights it came from"
         )
-    if threshold is not None and math.isnan(float(threshold)):
-        raise SharpdimError("threshold is NaN: pass a number (or None for no mark)")
     if not all(math.isfinite(float(lam)) for lam in top_eigenvalues):
         raise SharpdimError(
             f"top_eigenvalues hold NaN or inf ({list(top_eigenvalues)}): pass finite values"
@@ -90,3 +89,24 @@ def plot_spectrum_density(
     ax.set_title(title)
     legend_if_any(ax, loc="upper right", fontsize=8)
     return save_figure(fig, path)
+
+
+def _threshold_number(threshold: Any) -> float:
+    """``threshold`` as a finite float: a bool (drawn as "stability threshold 1"), a string
+    (``"2"`` was drawn as 2), NaN or inf is refused in one line."""
+    value = plain_scalar(threshold)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        got = "a bool" if isinstance(value, bool) else described(threshold)
+        raise SharpdimError(f"threshold must be a number, got {got}: pass e.g. 2 / lr, or None")
+    try:
+        number = float(value)
+    except OverflowError:  # (an int such as 10**400)
+        number = math.inf
+    if math.isnan(number):
+        raise SharpdimError("threshold is NaN: pass a number (or None for no mark)")
+    if math.isinf(number):
+        raise SharpdimError(
+            f"threshold {described(threshold)} is not finite: pass a finite number (or None "
+            "for no mark)"
+        )
+    return number
