@@ -389,14 +389,15 @@ TOP_ROWS = ("ours", "hessian_eigenthings", "hessian_eigenthings_oracle", "curvli
 def interleaved(runners: dict[str, Runner], rounds: int) -> dict[str, list[tuple[float, Any]]]:
     """``rounds`` timed calls of every runner, one of each per round, the order rotating.
 
-    An untimed round first warms caches and allocators; rotating the order puts each method
-    first, last and between the others equally often, so drift and load hit all alike.
+    An untimed round first warms caches and allocators; rotating the order moves each method
+    through every position (equally often when ``rounds`` is a multiple of the number of
+    methods), so drift and load spread over all of them.
     """
     names = list(runners)
     for name in names:
         runners[name]()
     timings: dict[str, list[tuple[float, Any]]] = {name: [] for name in names}
-    for r in range(max(1, rounds)):
+    for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             timings[name].append(timed(runners[name]))
     return timings
@@ -518,6 +519,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-reference", action="store_true", help="skip the float64 check")
     parser.add_argument("--out", default=None, help="JSON output path")
     args = parser.parse_args(argv)
+    if args.top_rounds < 1:
+        parser.error(f"--top-rounds must be at least 1, got {args.top_rounds}")
     if args.part in ("top", "all"):
         for peer in args.peers:
             if peer not in PEER_MODULES:

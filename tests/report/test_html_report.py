@@ -68,3 +68,12 @@ def test_a_figure_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
         with pytest.raises(SharpdimError, match=rf"{name} cannot be read \({reason}") as err:
             render_html_report("t", [ReportSection("h", figures=[tmp_path / name])])
         assert "\n" not in str(err.value)
+
+
+def test_a_figure_path_with_a_nul_is_one_line(tmp_path: Path) -> None:
+    import pytest
+
+    from sharpdim.errors import SharpdimError
+
+    with pytest.raises(SharpdimError, match=r"cannot be read \(embedded null byte"):
+        render_html_report("t", [ReportSection("h", figures=[str(tmp_path / "a\0b.png")])])

@@ -465,7 +465,7 @@ def test_a_flipped_byte_in_the_digest_key_is_refused_as_damage(tmp_path: Path) -
         raw = path.read_bytes()
         at = raw.index(b"sha256")  # (the pickle comes first in the zip, uncompressed)
         path.write_bytes(raw[:at] + b"rha256" + raw[at + 6 :])
-        with pytest.raises(SharpdimError, match=r"is damaged: it holds unknown entries rha256"):
+        with pytest.raises(SharpdimError, match=r"is damaged: it holds unknown entries 'rha256'"):
             read_checkpoint(path)
     state = torch.load(path, weights_only=True)  # the optimizer's names came after the digest
     state.pop("rha256")
@@ -473,3 +473,15 @@ def test_a_flipped_byte_in_the_digest_key_is_refused_as_damage(tmp_path: Path) -
     torch.save(state, tmp_path / "no_digest.pt")
     with pytest.raises(SharpdimError, match=r"no_digest.pt is damaged: it holds no SHA-256"):
         read_checkpoint(tmp_path / "no_digest.pt")
+
+
+def test_a_container_damaged_into_holding_itself_is_refused_as_damage(tmp_path: Path) -> None:
+    """One flipped bit can turn a pickled container into one that holds itself: the digest
+    then recursed until a raw RecursionError (review)."""
+    model = torch.nn.Linear(3, 2, dtype=torch.float64)
+    path = save_checkpoint(tmp_path, 1, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    state = torch.load(path, weights_only=True)
+    state["optimizer"]["state"]["itself"] = state["optimizer"]["state"]
+    torch.save(state, tmp_path / "looped.pt")
+    with pytest.raises(SharpdimError, match=r"looped.pt is damaged: its contents do not match"):
+        read_checkpoint(tmp_path / "looped.pt")

@@ -176,6 +176,24 @@ def test_one_late_sample_determines_no_period():
     assert sweep.periods.tolist() == [0, 0]
 
 
+def test_a_short_window_claims_no_chaos_and_one_sample_judges_convergence_by_the_loss():
+    """late=1 made every finite run period 0, so nothing converged (reference sharpness NaN,
+    no EoS step sizes) and a one-step Lyapunov estimate called eta=0.5 chaotic; late=3
+    called the period-4 eta=0.63 chaotic (review of this session's diff)."""
+    lrs = [0.05, 0.3, 0.5, 0.63, 0.9]
+    init = (1.5, 0.6, 1.5, 0.6)
+    full = summarize_minimalist(minimalist_sweep(lrs, init=init, steps=4000, late=300))
+    assert full.first_chaotic == 0.9 and full.first_period[4] == 0.63
+    for late in (1, 3, 64):
+        short = summarize_minimalist(minimalist_sweep(lrs, init=init, steps=4000, late=late))
+        assert math.isnan(short.first_chaotic), late
+    eos = [0.02, 0.228, 0.332]  # from the paper's init: the last two converge through the EoS
+    one = summarize_minimalist(minimalist_sweep(eos, steps=2000, late=1))
+    whole = summarize_minimalist(minimalist_sweep(eos, steps=2000, late=300))
+    assert one.reference_sharpness == whole.reference_sharpness
+    assert one.eos_lrs == whole.eos_lrs == (0.228, 0.332)
+
+
 def test_bad_input():
     with pytest.raises(SharpdimError):
         minimalist_sweep([])

@@ -83,8 +83,8 @@ def render_html_report(title: str, sections: Sequence[ReportSection]) -> str:
                 )
             try:
                 raw = Path(fig).read_bytes()
-            except OSError as exc:  # (missing, a folder, unreadable)
-                reason = exc.strerror or type(exc).__name__
+            except (OSError, ValueError) as exc:  # (missing, a folder, unreadable, a NUL)
+                reason = getattr(exc, "strerror", None) or str(exc)
                 raise SharpdimError(
                     f"figure {fig} cannot be read ({reason}): save the figure first, or pass "
                     "the path it was saved to"

@@ -106,6 +106,8 @@ class MinimalistSweep:
         trace_steps, trace_sharpness: for ``trace_lrs``, the sharpness every ``trace_every``
             steps, ``(T,)`` and ``(len(trace_lrs), T)``.
         trace_lrs: the step sizes traced.
+        max_period: the longest period looked for (a window of ``late`` samples tests periods
+            up to ``late - 1``).
     """
 
     lrs: torch.Tensor
@@ -122,6 +124,7 @@ class MinimalistSweep:
     trace_lrs: tuple[float, ...] = ()
     trace_steps: torch.Tensor | None = None
     trace_sharpness: torch.Tensor | None = None
+    max_period: int = 64
 
     @property
     def diverged(self) -> torch.Tensor:
@@ -139,6 +142,7 @@ class MinimalistSweep:
             "periods": self.periods.tolist(),
             "lyapunov": self.lyapunov.tolist(),
             "trace_lrs": list(self.trace_lrs),
+            "max_period": self.max_period,
         }
         if self.trace_steps is not None and self.trace_sharpness is not None:
             out["trace_steps"] = self.trace_steps.tolist()
@@ -283,6 +287,7 @@ def minimalist_sweep(
         trace_lrs=tuple(float(v) for v in trace.tolist()),
         trace_steps=torch.tensor(trace_steps) if trace_steps else None,
         trace_sharpness=torch.stack(trace_rows, dim=1) if trace_rows else None,
+        max_period=max_period,
     )
 
 
@@ -298,7 +303,9 @@ class MinimalistSummary:
         eos_ratios: final sharpness / (2/eta) for them.
         first_period: ``{P: smallest eta whose late iterates have period P}``, P = 2, 4, 8, ...
         first_chaotic: smallest ``eta`` with no period and a Lyapunov exponent above
-            ``lyapunov_tol`` (NaN if none).
+            ``lyapunov_tol`` (NaN if none, and NaN when the window of ``late`` samples is too
+            short to test every period up to ``max_period``: there "no period found" is not
+            chaos, and the exponent is averaged over too few steps).
         max_lyapunov: largest Lyapunov exponent over the non-diverged step sizes.
         first_diverged: smallest diverged ``eta`` (NaN if none).
     """
@@ -337,12 +344,15 @@ def summarize_minimalist(
     """Classify the step sizes of a sweep (see :class:`MinimalistSummary`).
 
     A run counts as converged when its final loss is below ``loss_tol`` and its late
-    products have period 1.
+    products have period 1 (with a window of one sample, which cannot show a period, by the
+    loss alone).
     """
     order = torch.argsort(sweep.lrs)
     lrs, sharp = sweep.lrs[order], sweep.final_sharpness[order]
     periods, loss, lyap = sweep.periods[order], sweep.final_loss[order], sweep.lyapunov[order]
-    converged = (periods == 1) & (loss < loss_tol)
+    window = sweep.late_products.shape[1]
+    settled = (periods == 1) | ((periods == 0) & (window < 2))
+    converged = settled & (loss < loss_tol)
     reference = float(sharp[0]) if bool(converged[0]) else math.nan
     threshold = 2.0 / lrs
     eos = converged & (threshold < reference)
@@ -351,7 +361,8 @@ def summarize_minimalist(
         hit = (periods == period).nonzero()
         if hit.numel():
             first_period[period] = float(lrs[hit[0, 0]])
-    chaotic = ((periods == 0) & (lyap > lyapunov_tol)).nonzero()
+    tested = window > sweep.max_period  # every period up to max_period could have shown
+    chaotic = ((periods == 0) & (lyap > lyapunov_tol) & tested).nonzero()
     diverged = (periods == -1).nonzero()
     finite = torch.isfinite(lyap)
     return MinimalistSummary(
