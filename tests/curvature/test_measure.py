@@ -102,3 +102,24 @@ def test_cell_means_of_unit_atoms_are_the_atoms_sorted() -> None:
 def test_cell_means_refuse_a_bad_number_of_cells(bad: object) -> None:
     with pytest.raises(SharpdimError, match="num_cells must be an integer >= 1"):
         equal_mass_cell_means([1.0], [1.0], bad)  # type: ignore[arg-type]
+
+
+def test_cell_means_stay_among_their_atoms_and_descend() -> None:
+    """Pieces divided by the nominal cell width put means of two atoms 1.0 at 1.0000000000066
+    (M = 10^5), values near the float maximum overflowed to inf, and the means could rise by
+    an ulp (review of this session's diff)."""
+    assert bool((equal_mass_cell_means([1.0, 1.0], [1.0, 1.0], 10**5) == 1.0).all())
+    big = equal_mass_cell_means([1.7e308, -1.7e308], [1.0, 1.0], 3)
+    assert big.tolist() == pytest.approx([1.7e308, 0.0, -1.7e308], abs=1e293)
+    gen = torch.Generator().manual_seed(3)
+    means = equal_mass_cell_means(
+        torch.randn(500, generator=gen), torch.rand(500, generator=gen), 7919
+    )
+    assert bool((means[:-1] >= means[1:]).all())
+
+
+def test_cell_means_of_masses_near_the_smallest_float() -> None:
+    """Masses of 1e-310 (subnormal) are scaled by a power of two first, so the edges are not
+    lost to underflow: the cells of (1, -3) with equal masses are 1 and -3."""
+    got = equal_mass_cell_means([1.0, -3.0], [1e-310, 1e-310], 4)
+    assert got.tolist() == [1.0, 1.0, -3.0, -3.0]

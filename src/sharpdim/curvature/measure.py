@@ -70,18 +70,34 @@ def equal_mass_cell_means(values: Any, masses: Any, num_cells: int) -> torch.Ten
         raise SharpdimError(f"num_cells must be an integer >= 1, got {num_cells!r}")
     order = torch.argsort(v, descending=True)
     v, m = v[order], m[order]
+    top = float(v.abs().max())
+    scale = math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 2.0**1000 else 1.0  # sums finite
+    v = v / scale
+    shift = -math.frexp(float(m.sum()))[1]  # exact scaling to a total in [1/2, 1), in two
+    m = m * math.ldexp(1.0, shift // 2) * math.ldexp(1.0, shift - shift // 2)  # (2^1074 > max)
     total = float(m.sum())
-    ends = torch.cumsum(m, 0).clamp(max=total)  # atom j ends at ends[j]
+    ends = torch.cumsum(m, 0).clamp(max=total)  # atom i ends at ends[i]
     ends[-1] = total
-    edges = total * (torch.arange(num_cells + 1, dtype=torch.float64) / num_cells)
-    edges[-1] = total
-    breaks = torch.unique(torch.cat([ends, edges]).clamp(min=0.0))  # sorted, from 0
-    mids = 0.5 * (breaks[:-1] + breaks[1:])
-    atom = torch.searchsorted(ends, mids).clamp(max=v.numel() - 1)
-    cell = torch.searchsorted(edges[1:-1], mids, right=True)
-    share = (breaks[1:] - breaks[:-1]) / (total / num_cells)  # of its cell's mass, <= 1
-    means = torch.zeros(num_cells, dtype=torch.float64)
-    return means.index_add_(0, cell, share * v[atom])
+    # interior cell edges j T / M (exact where j T is: unit atoms meet the edges exactly)
+    inner = torch.arange(1, num_cells, dtype=torch.float64) * total / num_cells
+    # the ends and edges merged in order (an end before an equal edge), without a sort
+    n = v.numel()
+    at_end = torch.arange(n) + torch.searchsorted(inner, ends)
+    at_edge = torch.arange(num_cells - 1) + torch.searchsorted(ends, inner, right=True)
+    points = torch.empty(n + num_cells - 1, dtype=torch.float64)
+    is_end = torch.zeros(points.numel(), dtype=torch.long)
+    points[at_end], points[at_edge], is_end[at_end] = ends, inner, 1
+    starts = torch.cat([points.new_zeros(1), points[:-1]])  # piece k is [starts[k], points[k]]
+    atom = torch.cumsum(is_end, 0) - is_end  # atoms ended before piece k
+    cell = torch.cumsum(1 - is_end, 0) - (1 - is_end)  # edges passed before piece k
+    edges = torch.cat([points.new_zeros(1), inner, points.new_full((1,), total)])
+    width = edges[1:] - edges[:-1]
+    share = (points - starts) / width[cell]  # of its cell's mass
+    means = torch.zeros(num_cells, dtype=torch.float64).index_add_(0, cell, share * v[atom])
+    # each mean lies among its cell's atoms, so they descend: round-off can break that by an
+    # ulp (and push a mean past the largest atom), which the clamp and cummin undo
+    means = torch.cummin(means.clamp(float(v[-1]), float(v[0])), 0).values
+    return means * scale
 
 
 def silverman_bandwidth(values: Any, masses: Any) -> float:
