@@ -50,10 +50,7 @@ from typing import Any
 import torch
 
 from sharpdim.checks import real_tensor
-from sharpdim.curvature.measure import (
-    equal_mass_cell_means,
-    silverman_bandwidth,
-)
+from sharpdim.curvature.measure import equal_mass_cell_means, silverman_bandwidth
 from sharpdim.curvature.measure import flat_measure as _flat
 from sharpdim.dimension.kaplan_yorke import KaplanYorkeResult, kaplan_yorke_measure
 from sharpdim.dimension.sd_arguments import check_estimator_option, check_estimator_options

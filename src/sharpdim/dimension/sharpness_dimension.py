@@ -505,9 +505,8 @@ def sharpness_dimension(
         settings.update(
             num_runs=num_runs, num_steps=num_steps, reorthogonalization=reorthogonalization
         )
-    boot = [
-        min(max(b, 0.0), float(num_exp)) for b in boot
-    ]  # estimators' mass can exceed d by 1 ulp
+    # (the estimators' mass can exceed d by an ulp)
+    boot = [min(max(b, 0.0), float(num_exp)) for b in boot]
     lo, hi = _percentile_ci(boot, confidence)
     return SDResult(
         sd=min(max(ky.dimension, 0.0), float(num_exp)),
